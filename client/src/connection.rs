@@ -1,0 +1,559 @@
+//! Connecting to a broker, and the request/reply multiplexer of the control stream.
+//!
+//! One control stream carries every request of a client. Callers encode their own
+//! frames (so a large publish is encoded on the caller's task), hand them to a writer
+//! task that coalesces whatever is queued into one write, and wait on a oneshot that
+//! the reader task completes when the reply with the same id arrives. Many requests are
+//! therefore in flight at once (pipelining), from any number of tasks.
+//!
+//! Invariant: once the connection is lost, `Pending` is closed, so no request can wait
+//! for a reply that will never come.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use quiver_protocol::codec::Codec;
+use quiver_protocol::{
+    ALPN, ClientFrame, ClientHello, Limits, NewRecord, Op, OpReply, PROTOCOL_VERSION, Request,
+    Retention, ServerFrame, StartAt, Subscribe, TopicInfo, WireError, frame,
+};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::FramedRead;
+use tracing::{debug, warn};
+
+use crate::error::{Error, Result};
+use crate::subscription::{self, Subscription};
+
+/// The largest frame this client accepts from a server.
+const MAX_INCOMING_FRAME: usize = frame::DEFAULT_MAX_FRAME_LEN;
+/// Frames queued for the writer task before callers wait.
+const WRITE_QUEUE: usize = 1024;
+/// The writer stops coalescing once a write reaches this size.
+const MAX_WRITE: usize = 1 << 20;
+
+/// Options for connecting; start from [`Client::builder`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    roots: rustls::RootCertStore,
+    server_name: Option<String>,
+    client_name: String,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self {
+            roots: rustls::RootCertStore::empty(),
+            server_name: None,
+            client_name: format!("quiver-client/{}", env!("CARGO_PKG_VERSION")),
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// Trusts the certificates in a PEM file: the broker's self-signed certificate
+    /// (`<data dir>/tls/cert.pem`) or the CA that issued the broker's certificate.
+    pub fn ca_file(self, path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(|e| Error::CaFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        self.ca_pem(&pem).map_err(|e| Error::CaFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Trusts the certificates in PEM text.
+    pub fn ca_pem(mut self, pem: &[u8]) -> Result<Self> {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| Error::Tls(format!("reading PEM: {e}")))?;
+            self.roots
+                .add(cert)
+                .map_err(|e| Error::Tls(format!("unusable certificate: {e}")))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(Error::Tls("no certificate found in the PEM data".into()));
+        }
+        Ok(self)
+    }
+
+    /// The name to verify the server's certificate against; defaults to the host part
+    /// of the address passed to [`ClientBuilder::connect`].
+    pub fn server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// How this client names itself in the broker's logs.
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = name.into();
+        self
+    }
+
+    /// How long connecting and the handshake may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long the broker may stay silent before the connection counts as lost (the
+    /// client sends keep-alives well within it). Pending requests then fail with
+    /// [`Error::ConnectionLost`].
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Connects to a broker at `addr` (`host:port`) and performs the handshake.
+    pub async fn connect(self, addr: &str) -> Result<Client> {
+        let timeout = self.connect_timeout;
+        tokio::time::timeout(timeout, self.connect_inner(addr))
+            .await
+            .map_err(|_| Error::Connect {
+                addr: addr.to_owned(),
+                reason: format!("no answer within {timeout:?}"),
+            })?
+    }
+
+    async fn connect_inner(self, addr: &str) -> Result<Client> {
+        if self.roots.is_empty() {
+            return Err(Error::NoCa);
+        }
+        let (socket_addr, host) = resolve(addr).await?;
+        let server_name = self.server_name.clone().unwrap_or(host);
+        let config = self.quic_config()?;
+        let bind: SocketAddr = if socket_addr.is_ipv6() {
+            "[::]:0".parse().expect("a valid literal")
+        } else {
+            "0.0.0.0:0".parse().expect("a valid literal")
+        };
+        let connect_error = |reason: String| Error::Connect {
+            addr: addr.to_owned(),
+            reason,
+        };
+        let endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_error(e.to_string()))?;
+        let conn = endpoint
+            .connect_with(config, socket_addr, &server_name)
+            .map_err(|e| connect_error(e.to_string()))?
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        let hello = ClientFrame::Hello(ClientHello {
+            version: PROTOCOL_VERSION,
+            client: self.client_name,
+        });
+        send.write_all(&encode(&hello)?)
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
+        let mut frames = FramedRead::new(
+            recv,
+            Codec::<ServerFrame, ClientFrame>::new(MAX_INCOMING_FRAME),
+        );
+        let limits = match next_frame(&mut frames).await? {
+            ServerFrame::Hello(hello) => hello.limits,
+            ServerFrame::Error(e) => return Err(Error::Server(e)),
+            other => return Err(Error::Protocol(format!("expected a hello, got {other:?}"))),
+        };
+        debug!(%addr, ?limits, "connected");
+
+        let pending = Arc::new(Pending::default());
+        let (writes, write_rx) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(write_frames(send, write_rx));
+        tokio::spawn(read_replies(frames, Arc::clone(&pending)));
+        Ok(Client {
+            shared: Arc::new(Shared {
+                endpoint,
+                conn,
+                limits,
+                writes,
+                pending,
+                next_id: AtomicU64::new(1),
+            }),
+        })
+    }
+
+    fn quic_config(&self) -> Result<quinn::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_root_certificates(self.roots.clone())
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
+            Error::Tls(format!(
+                "idle timeout {:?} is out of range",
+                self.idle_timeout
+            ))
+        })?;
+        transport
+            .max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some((self.idle_timeout / 3).min(Duration::from_secs(5))));
+        config.transport_config(Arc::new(transport));
+        Ok(config)
+    }
+}
+
+/// Resolves `host:port`, returning the address and the host part (for TLS).
+async fn resolve(addr: &str) -> Result<(SocketAddr, String)> {
+    let invalid = |reason: &str| Error::InvalidAddress {
+        addr: addr.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (host, _port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| invalid("expected host:port"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let socket_addr = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| invalid(&e.to_string()))?
+        .next()
+        .ok_or_else(|| invalid("the name resolves to no address"))?;
+    Ok((socket_addr, host))
+}
+
+pub(crate) fn encode(msg: &ClientFrame) -> Result<Bytes> {
+    let mut buf = BytesMut::new();
+    frame::encode(msg, &mut buf).map_err(|e| Error::Protocol(e.to_string()))?;
+    Ok(buf.freeze())
+}
+
+pub(crate) type Frames = FramedRead<quinn::RecvStream, Codec<ServerFrame, ClientFrame>>;
+
+/// The next frame from the server, with transport and decoding errors as [`Error`]s.
+pub(crate) async fn next_frame(frames: &mut Frames) -> Result<ServerFrame> {
+    match frames.next().await {
+        Some(Ok(Ok(frame))) => Ok(frame),
+        Some(Ok(Err(e))) => Err(Error::Protocol(e.to_string())),
+        Some(Err(e)) => Err(Error::ConnectionLost(e.to_string())),
+        None => Err(Error::ConnectionLost("the server closed the stream".into())),
+    }
+}
+
+/// Requests waiting for their replies; closed (`None`) once the connection is gone.
+#[derive(Debug, Default)]
+struct Pending {
+    waiting: Mutex<PendingState>,
+}
+
+#[derive(Debug, Default)]
+struct PendingState {
+    replies: HashMap<u64, oneshot::Sender<Result<OpReply, WireError>>>,
+    closed: Option<String>,
+}
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingState> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn insert(&self, id: u64, tx: oneshot::Sender<Result<OpReply, WireError>>) -> Result<()> {
+        let mut state = self.lock();
+        if let Some(reason) = &state.closed {
+            return Err(Error::ConnectionLost(reason.clone()));
+        }
+        state.replies.insert(id, tx);
+        Ok(())
+    }
+
+    fn close(&self, reason: String) {
+        let mut state = self.lock();
+        state.closed = Some(reason);
+        state.replies.clear(); // waiters see their sender dropped
+    }
+
+    fn lost(&self) -> Error {
+        Error::ConnectionLost(
+            self.lock()
+                .closed
+                .clone()
+                .unwrap_or_else(|| "the connection closed".into()),
+        )
+    }
+}
+
+async fn write_frames(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Bytes>) {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = rx.recv().await {
+        buf.extend_from_slice(&frame);
+        while buf.len() < MAX_WRITE {
+            match rx.try_recv() {
+                Ok(frame) => buf.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = send.write_all(&buf).await {
+            debug!(cause = %e, "control stream closed for writing");
+            return;
+        }
+        buf.clear();
+    }
+    let _ = send.finish();
+}
+
+async fn read_replies(mut frames: Frames, pending: Arc<Pending>) {
+    let reason = loop {
+        match next_frame(&mut frames).await {
+            Ok(ServerFrame::Reply(reply)) => {
+                let waiter = pending.lock().replies.remove(&reply.id);
+                if let Some(tx) = waiter {
+                    let _ = tx.send(reply.result);
+                }
+            }
+            Ok(ServerFrame::Error(e)) => {
+                // Not tied to a request: the server could not read something we sent.
+                warn!(error = %e, "server reported a stream error");
+                if e.code == quiver_protocol::ErrorCode::ShuttingDown {
+                    break e.to_string();
+                }
+            }
+            Ok(other) => break format!("unexpected frame on the control stream: {other:?}"),
+            Err(Error::ConnectionLost(reason)) => break reason,
+            Err(e) => break e.to_string(),
+        }
+    };
+    debug!(%reason, "control stream ended");
+    pending.close(reason);
+}
+
+/// What every clone of a [`Client`] shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    endpoint: quinn::Endpoint,
+    pub(crate) conn: quinn::Connection,
+    limits: Limits,
+    writes: mpsc::Sender<Bytes>,
+    pending: Arc<Pending>,
+    next_id: AtomicU64,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.conn.close(0u32.into(), b"client dropped");
+    }
+}
+
+/// A connection to a Quiver broker. Cheap to clone; clones share the connection, and
+/// any number of tasks may use it at once.
+///
+/// ```no_run
+/// # async fn demo() -> quiver_client::Result<()> {
+/// use quiver_client::{Client, NewRecord, Retention};
+///
+/// let client = Client::builder()
+///     .ca_file("quiver-data/tls/cert.pem")?
+///     .connect("127.0.0.1:7848")
+///     .await?;
+/// client.create_topic("sensors.eu.temp", Retention::default()).await?;
+/// let offset = client.publish("sensors.eu.temp", NewRecord::new("21.5")).await?;
+/// println!("stored at offset {offset}");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Client {
+    /// Starts configuring a connection.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// The limits the server announced.
+    pub fn limits(&self) -> Limits {
+        self.shared.limits
+    }
+
+    /// Sends one request and waits for its reply.
+    async fn request(&self, op: Op) -> Result<OpReply> {
+        let shared = &self.shared;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode(&ClientFrame::Request(Request { id, op }))?;
+        let body_len = frame.len() - frame::LENGTH_PREFIX_LEN;
+        if body_len as u64 > shared.limits.max_frame_len {
+            return Err(Error::TooLarge {
+                size: body_len,
+                max: shared.limits.max_frame_len,
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        shared.pending.insert(id, tx)?;
+        if shared.writes.send(frame).await.is_err() {
+            shared.pending.lock().replies.remove(&id);
+            return Err(shared.pending.lost());
+        }
+        match rx.await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err(Error::Server(e)),
+            Err(_) => Err(shared.pending.lost()),
+        }
+    }
+
+    /// Creates a topic with the given retention limits.
+    pub async fn create_topic(&self, name: &str, retention: Retention) -> Result<TopicInfo> {
+        let op = Op::CreateTopic {
+            name: name.to_owned(),
+            retention,
+        };
+        match self.request(op).await? {
+            OpReply::Topic(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Deletes a topic and all its records.
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        match self
+            .request(Op::DeleteTopic {
+                name: name.to_owned(),
+            })
+            .await?
+        {
+            OpReply::Deleted => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Describes one topic.
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
+        match self
+            .request(Op::DescribeTopic {
+                name: name.to_owned(),
+            })
+            .await?
+        {
+            OpReply::Topic(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Lists every topic, sorted by name.
+    pub async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        match self.request(Op::ListTopics).await? {
+            OpReply::Topics(topics) => Ok(topics),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Publishes one record and returns its offset once it is durable.
+    pub async fn publish(&self, topic: &str, record: impl Into<NewRecord>) -> Result<u64> {
+        Ok(self.publish_batch(topic, vec![record.into()]).await?.start)
+    }
+
+    /// Publishes records as one batch: they get consecutive offsets, returned once all
+    /// of them are durable.
+    pub async fn publish_batch(&self, topic: &str, records: Vec<NewRecord>) -> Result<Range<u64>> {
+        let op = Op::Publish {
+            topic: topic.to_owned(),
+            records,
+        };
+        match self.request(op).await? {
+            OpReply::Published { base_offset, count } => {
+                Ok(base_offset..base_offset + u64::from(count))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Subscribes to a topic or pattern (`sensors.*.temp`, `sensors.>`).
+    pub async fn subscribe(
+        &self,
+        pattern: &str,
+        options: SubscribeOptions,
+    ) -> Result<Subscription> {
+        let (mut send, recv) = self
+            .shared
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
+        let window = options.window.max(1);
+        let subscribe = ClientFrame::Subscribe(Subscribe {
+            pattern: pattern.to_owned(),
+            from: options.from,
+            credit: window,
+        });
+        send.write_all(&encode(&subscribe)?)
+            .await
+            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
+        let mut frames = FramedRead::new(recv, Codec::new(MAX_INCOMING_FRAME));
+        match next_frame(&mut frames).await? {
+            ServerFrame::Subscribed => {}
+            ServerFrame::Error(e) => return Err(Error::Server(e)),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "expected Subscribed, got {other:?}"
+                )));
+            }
+        }
+        Ok(subscription::start(self.clone(), send, frames, window))
+    }
+
+    /// Closes the connection, waiting briefly for the close to reach the server.
+    pub async fn close(&self) {
+        self.shared.conn.close(0u32.into(), b"client closed");
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+    }
+}
+
+fn unexpected(reply: OpReply) -> Error {
+    Error::Protocol(format!("unexpected reply {reply:?}"))
+}
+
+/// How a subscription starts and how far ahead the server may send.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscribeOptions {
+    /// Where to start in each topic that matches now (topics created later are read
+    /// from their beginning). Default: [`StartAt::Latest`].
+    pub from: StartAt,
+    /// Records the server may send before this subscriber consumes them: the most this
+    /// client buffers. Default: 1024.
+    pub window: u32,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        Self {
+            from: StartAt::Latest,
+            window: 1024,
+        }
+    }
+}
+
+impl SubscribeOptions {
+    /// Options starting at `from`, with the default window.
+    pub fn from(from: StartAt) -> Self {
+        Self {
+            from,
+            ..Self::default()
+        }
+    }
+}

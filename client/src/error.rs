@@ -1,0 +1,77 @@
+//! The client's error type.
+
+use std::path::PathBuf;
+
+use quiver_protocol::{ErrorCode, WireError};
+
+/// Everything that can go wrong talking to a broker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server address could not be parsed or resolved.
+    #[error("invalid server address `{addr}`: {reason}")]
+    InvalidAddress {
+        /// The address as given.
+        addr: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The CA certificate file could not be read or holds no certificate.
+    #[error("cannot use CA file {}: {reason}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// No certificate to trust was configured.
+    #[error(
+        "no CA certificate configured: pass the broker's certificate (for a local broker, \
+         <data dir>/tls/cert.pem)"
+    )]
+    NoCa,
+    /// TLS could not be set up (bad certificate, unsupported settings).
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// The QUIC connection could not be established (unreachable, certificate rejected,
+    /// handshake failed).
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The address dialled.
+        addr: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// The connection ended, with the reason.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// The server sent something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The server refused or failed a request; the code says why.
+    #[error(transparent)]
+    Server(#[from] WireError),
+    /// A request would not fit in one frame under the server's limit.
+    #[error("request of {size} bytes exceeds the server's frame limit of {max} bytes")]
+    TooLarge {
+        /// The encoded size.
+        size: usize,
+        /// The server's limit.
+        max: u64,
+    },
+    /// The server did not answer in time.
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+impl Error {
+    /// The protocol error code, for errors the server sent.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Server(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+/// The client's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

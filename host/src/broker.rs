@@ -1,0 +1,314 @@
+//! The broker's core: the topic registry, validation of every request, and the publish
+//! path into storage. No networking here: connections call these methods.
+//!
+//! Invariant: a name in the registry maps to a live (not deleted) log, and every live
+//! log in storage is in the registry. Topic creation is announced on a broadcast
+//! channel, subscribed to *before* a pattern subscription takes its snapshot of
+//! existing topics, so a topic created meanwhile is seen at least once.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use quiver_protocol::{
+    ErrorCode, NameError, NewRecord, Retention, TopicInfo, TopicName, TopicPattern, WireError,
+};
+use tokio::sync::{Notify, broadcast};
+use tracing::info;
+
+use crate::storage::{PendingAppend, Storage, StorageError, TopicLog};
+
+/// Limits the broker enforces on requests.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerLimits {
+    /// Largest record (payload + key + headers).
+    pub max_record_size: u64,
+    /// Most records in one publish.
+    pub max_batch_records: u32,
+}
+
+/// Why a request was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A topic name does not follow the grammar.
+    #[error("invalid topic name `{name}`: {source}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        source: NameError,
+    },
+    /// A pattern does not follow the grammar.
+    #[error("invalid pattern `{pattern}`: {source}")]
+    InvalidPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What is wrong with it.
+        #[source]
+        source: NameError,
+    },
+    /// No topic by that name.
+    #[error("topic `{0}` does not exist")]
+    TopicNotFound(String),
+    /// The name is taken.
+    #[error("topic `{0}` already exists")]
+    TopicExists(String),
+    /// A record exceeds the size limit.
+    #[error(
+        "record {index} is {size} bytes, over the limit of {max} bytes (limits.max_record_size)"
+    )]
+    RecordTooLarge {
+        /// Its position in the publish.
+        index: usize,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A publish carries too many records.
+    #[error("{count} records in one publish, over the limit of {max} (limits.max_batch_records)")]
+    BatchTooLarge {
+        /// Records in the publish.
+        count: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// An argument is unacceptable.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Storage failed; nothing was acknowledged.
+    #[error(transparent)]
+    Storage(StorageError),
+}
+
+impl From<StorageError> for BrokerError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::TopicExists(name) => Self::TopicExists(name.to_string()),
+            StorageError::TopicNotFound(name) => Self::TopicNotFound(name.to_string()),
+            other => Self::Storage(other),
+        }
+    }
+}
+
+impl BrokerError {
+    /// The protocol code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::InvalidName { .. } => ErrorCode::InvalidName,
+            Self::InvalidPattern { .. } => ErrorCode::InvalidPattern,
+            Self::TopicNotFound(_) => ErrorCode::TopicNotFound,
+            Self::TopicExists(_) => ErrorCode::TopicExists,
+            Self::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
+            Self::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+            Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Self::Storage(StorageError::Closed) => ErrorCode::ShuttingDown,
+            Self::Storage(_) => ErrorCode::Storage,
+        }
+    }
+}
+
+impl From<&BrokerError> for WireError {
+    fn from(e: &BrokerError) -> Self {
+        WireError::new(e.code(), e.to_string())
+    }
+}
+
+/// The broker: topics by name over the storage.
+#[derive(Debug)]
+pub struct Broker {
+    storage: Storage,
+    topics: RwLock<BTreeMap<TopicName, Arc<TopicLog>>>,
+    created: broadcast::Sender<Arc<TopicLog>>,
+    limits: BrokerLimits,
+    /// Wakes the background clean-up early (after a delete).
+    pub(crate) cleanup: Notify,
+}
+
+impl Broker {
+    /// A broker over opened storage and what it recovered.
+    pub fn new(storage: Storage, recovered: &[Arc<TopicLog>], limits: BrokerLimits) -> Self {
+        let topics = recovered
+            .iter()
+            .map(|log| (log.name().clone(), Arc::clone(log)))
+            .collect();
+        Self {
+            storage,
+            topics: RwLock::new(topics),
+            created: broadcast::channel(1024).0,
+            limits,
+            cleanup: Notify::new(),
+        }
+    }
+
+    /// The storage under the broker.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> BrokerLimits {
+        self.limits
+    }
+
+    fn parse_name(name: &str) -> Result<TopicName, BrokerError> {
+        TopicName::parse(name).map_err(|source| BrokerError::InvalidName {
+            name: name.to_owned(),
+            source,
+        })
+    }
+
+    /// A live topic by name.
+    pub fn topic(&self, name: &str) -> Result<Arc<TopicLog>, BrokerError> {
+        let parsed = Self::parse_name(name)?;
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&parsed)
+            .cloned()
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_owned()))
+    }
+
+    /// Every live topic.
+    pub fn topics(&self) -> Vec<Arc<TopicLog>> {
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Creates a topic.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        retention: Retention,
+    ) -> Result<TopicInfo, BrokerError> {
+        let name = Self::parse_name(name)?;
+        for (key, value) in [
+            ("max_age", retention.max_age_ms),
+            ("max_bytes", retention.max_bytes),
+            ("max_records", retention.max_records),
+        ] {
+            if value == Some(0) {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "retention {key} must be greater than zero (leave it unset for no limit)"
+                )));
+            }
+        }
+        let log = self.storage.create_topic(name.clone(), retention).await?;
+        self.topics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name, Arc::clone(&log));
+        info!(topic = %log.name(), ?retention, "topic created");
+        let info = describe(&log);
+        let _ = self.created.send(log); // no receivers is fine
+        Ok(info)
+    }
+
+    /// Deletes a topic; its storage is released in the background.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        let log = self.topic(name)?;
+        self.storage.delete_topic(Arc::clone(&log)).await?;
+        {
+            let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+            if topics.get(log.name()).is_some_and(|l| l.id() == log.id()) {
+                topics.remove(log.name());
+            }
+        }
+        info!(topic = %log.name(), "topic deleted");
+        self.cleanup.notify_one();
+        Ok(())
+    }
+
+    /// Describes one topic.
+    pub fn describe_topic(&self, name: &str) -> Result<TopicInfo, BrokerError> {
+        let log = self.topic(name)?;
+        Ok(describe(&log))
+    }
+
+    /// Describes every topic, sorted by name.
+    pub fn list_topics(&self) -> Vec<TopicInfo> {
+        self.topics().iter().map(|log| describe(log)).collect()
+    }
+
+    /// Validates a publish and queues it for the next group commit. Publishes queued
+    /// one after the other are stored in that order.
+    pub async fn submit_publish(
+        &self,
+        topic: &str,
+        records: Vec<NewRecord>,
+    ) -> Result<PendingAppend, BrokerError> {
+        let log = self.topic(topic)?;
+        if records.is_empty() {
+            return Err(BrokerError::InvalidArgument(
+                "a publish needs at least one record".into(),
+            ));
+        }
+        if records.len() > self.limits.max_batch_records as usize {
+            return Err(BrokerError::BatchTooLarge {
+                count: records.len(),
+                max: self.limits.max_batch_records,
+            });
+        }
+        for (index, record) in records.iter().enumerate() {
+            let size = record.size() as u64;
+            if size > self.limits.max_record_size {
+                return Err(BrokerError::RecordTooLarge {
+                    index,
+                    size,
+                    max: self.limits.max_record_size,
+                });
+            }
+        }
+        Ok(self.storage.submit_append(log, records).await?)
+    }
+
+    /// Parses a pattern and returns the live topics matching it, with a receiver of
+    /// topics created from now on (which may repeat some of those returned).
+    pub fn watch_pattern(&self, pattern: &str) -> Result<PatternWatch, BrokerError> {
+        let parsed =
+            TopicPattern::parse(pattern).map_err(|source| BrokerError::InvalidPattern {
+                pattern: pattern.to_owned(),
+                source,
+            })?;
+        let created = self.created.subscribe(); // before the snapshot: see the module docs
+        let matching = self
+            .topics()
+            .into_iter()
+            .filter(|log| parsed.matches(log.name()))
+            .collect();
+        Ok(PatternWatch {
+            pattern: parsed,
+            matching,
+            created,
+        })
+    }
+}
+
+/// A pattern, the topics matching it now, and news of topics created since.
+#[derive(Debug)]
+pub struct PatternWatch {
+    /// The parsed pattern.
+    pub pattern: TopicPattern,
+    /// Live topics matching it when the watch began.
+    pub matching: Vec<Arc<TopicLog>>,
+    /// Every topic created from then on (filter with `pattern`).
+    pub created: broadcast::Receiver<Arc<TopicLog>>,
+}
+
+/// A topic's description from its log.
+pub fn describe(log: &TopicLog) -> TopicInfo {
+    let stats = log.stats();
+    TopicInfo {
+        name: log.name().to_string(),
+        retention: log.retention(),
+        created_ms: log.created_ms(),
+        records: stats.records(),
+        bytes: stats.bytes,
+        first_offset: stats.first,
+        next_offset: stats.next,
+    }
+}

@@ -1,0 +1,122 @@
+//! The `quiver` command line: `serve` runs a broker; every other command is a client
+//! of one, built on the client SDK.
+
+mod output;
+mod pubsub;
+mod serve;
+mod topic;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use quiver_client::Client;
+
+use crate::config::{DEFAULT_DATA_DIR, DEFAULT_PORT};
+use crate::transport::tls::default_cert_path;
+
+/// Quiver: an event bus over QUIC with durable topics and WebAssembly plugins.
+#[derive(Debug, Parser)]
+#[command(name = "quiver", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a broker on an embedded data dir.
+    Serve(serve::ServeArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Publish records: MESSAGE, or each line of stdin.
+    Pub(pubsub::PubArgs),
+    /// Subscribe to a topic or pattern and print its records.
+    Sub(pubsub::SubArgs),
+}
+
+/// How client commands reach a broker.
+#[derive(Debug, Clone, Args)]
+struct ConnectArgs {
+    /// Broker address, host:port.
+    #[arg(long, env = "QUIVER_SERVER", default_value_t = format!("127.0.0.1:{DEFAULT_PORT}"))]
+    server: String,
+    /// Certificate (PEM) to trust: the broker's self-signed certificate or its CA.
+    /// Default: ./quiver-data/tls/cert.pem when it exists (a broker started here).
+    #[arg(long, env = "QUIVER_CA")]
+    ca: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    async fn connect(&self) -> anyhow::Result<Client> {
+        let ca = match &self.ca {
+            Some(ca) => ca.clone(),
+            None => {
+                let local = default_cert_path(std::path::Path::new(DEFAULT_DATA_DIR));
+                if !local.exists() {
+                    bail!(
+                        "no CA certificate: pass --ca FILE (or set QUIVER_CA) with the broker's \
+                         certificate; a broker started with `quiver serve` in this directory keeps \
+                         it at {}",
+                        local.display()
+                    );
+                }
+                local
+            }
+        };
+        let client = Client::builder()
+            .ca_file(&ca)?
+            .client_name(format!("quiver-cli/{}", env!("CARGO_PKG_VERSION")))
+            .connect(&self.server)
+            .await?;
+        Ok(client)
+    }
+}
+
+/// Runs the command line; the whole of `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        command => run_client(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_client(command: Command) -> anyhow::Result<()> {
+    init_tracing("warn", crate::config::LogFormat::Human);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        match command {
+            Command::Topic(command) => topic::run(command).await,
+            Command::Pub(args) => pubsub::publish(args).await,
+            Command::Sub(args) => pubsub::subscribe(args).await,
+            Command::Serve(_) => unreachable!("handled by main"),
+        }
+    })
+}
+
+/// Logs to stderr; the level comes from `RUST_LOG`, else `default_level`.
+fn init_tracing(default_level: &str, format: crate::config::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        crate::config::LogFormat::Human => builder.try_init(),
+        crate::config::LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -1,0 +1,186 @@
+//! `quiver pub` and `quiver sub`.
+
+use std::io::Write;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use quiver_client::{NewRecord, StartAt, SubscribeOptions};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::ConnectArgs;
+use super::output;
+
+/// Publishes from stdin kept in flight at once (offsets still print in input order).
+const PUBLISH_WINDOW: usize = 256;
+
+#[derive(Debug, Args)]
+pub(super) struct PubArgs {
+    /// The topic.
+    topic: String,
+    /// The payload; without it, each line of stdin is published as a record.
+    message: Option<String>,
+    /// Record key.
+    #[arg(long)]
+    key: Option<String>,
+    /// Record header, NAME=VALUE (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
+    if name.is_empty() {
+        return Err(format!("`{s}` has an empty header name"));
+    }
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+impl PubArgs {
+    fn record(&self, payload: impl Into<Bytes>) -> NewRecord {
+        let mut record = NewRecord::new(payload);
+        if let Some(key) = &self.key {
+            record = record.with_key(key.clone());
+        }
+        for (name, value) in &self.headers {
+            record = record.with_header(name.clone(), value.clone());
+        }
+        record
+    }
+}
+
+pub(super) async fn publish(args: PubArgs) -> anyhow::Result<()> {
+    let client = args.connect.connect().await?;
+    if let Some(message) = &args.message {
+        let offset = client
+            .publish(&args.topic, args.record(message.clone()))
+            .await?;
+        println!("{offset}");
+        return Ok(());
+    }
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut inflight = FuturesOrdered::new();
+    let mut stdout = std::io::stdout().lock();
+    let mut eof = false;
+    while !eof || !inflight.is_empty() {
+        tokio::select! {
+            line = lines.next_line(), if !eof && inflight.len() < PUBLISH_WINDOW => {
+                match line.context("reading stdin")? {
+                    Some(line) => {
+                        let (client, topic, record) = (client.clone(), args.topic.clone(), args.record(line));
+                        inflight.push_back(async move { client.publish(&topic, record).await });
+                    }
+                    None => eof = true,
+                }
+            }
+            Some(offset) = inflight.next() => {
+                writeln!(stdout, "{}", offset?)?;
+            }
+        }
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub(super) struct SubArgs {
+    /// Topic name or pattern: `*` matches one token, `>` one or more trailing tokens.
+    pattern: String,
+    /// Where to start: earliest, latest, an OFFSET, an RFC 3339 time
+    /// (2026-01-31T12:00:00Z) or a time ago (-10m).
+    #[arg(long, default_value = "latest", value_parser = parse_start, allow_hyphen_values = true)]
+    from: StartAt,
+    /// Exit after this many records.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Print one JSON object per record.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+fn parse_start(s: &str) -> Result<StartAt, String> {
+    match s {
+        "earliest" => return Ok(StartAt::Earliest),
+        "latest" => return Ok(StartAt::Latest),
+        _ => {}
+    }
+    if let Ok(offset) = s.parse::<u64>() {
+        return Ok(StartAt::Offset(offset));
+    }
+    let time = if let Some(ago) = s.strip_prefix('-') {
+        let ago = humantime::parse_duration(ago).map_err(|e| format!("`{s}`: {e}"))?;
+        std::time::SystemTime::now()
+            .checked_sub(ago)
+            .ok_or_else(|| format!("`{s}` is before the Unix epoch"))?
+    } else {
+        humantime::parse_rfc3339_weak(s).map_err(|_| {
+            format!("`{s}` is not earliest, latest, an offset, an RFC 3339 time or -DURATION")
+        })?
+    };
+    let ms = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("`{s}` is before the Unix epoch"))?
+        .as_millis();
+    Ok(StartAt::Timestamp(u64::try_from(ms).unwrap_or(u64::MAX)))
+}
+
+pub(super) async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
+    if args.count == Some(0) {
+        return Ok(());
+    }
+    let client = args.connect.connect().await?;
+    let options = SubscribeOptions::from(args.from);
+    let mut subscription = client.subscribe(&args.pattern, options).await?;
+    let mut stdout = std::io::stdout().lock();
+    let mut printed = 0;
+    while let Some(record) = subscription.next().await {
+        let record = record?;
+        if args.json {
+            writeln!(stdout, "{}", output::record_json(&record))?;
+        } else {
+            stdout.write_all(&record.payload)?;
+            stdout.write_all(b"\n")?;
+        }
+        printed += 1;
+        if args.count.is_some_and(|count| printed >= count) {
+            stdout.flush()?;
+            return Ok(());
+        }
+        // Print promptly when the subscription is idle (a live tail).
+        stdout.flush()?;
+    }
+    bail!("the subscription ended")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_positions_parse() {
+        assert_eq!(parse_start("earliest"), Ok(StartAt::Earliest));
+        assert_eq!(parse_start("latest"), Ok(StartAt::Latest));
+        assert_eq!(parse_start("42"), Ok(StartAt::Offset(42)));
+        assert_eq!(
+            parse_start("1970-01-01T00:00:01Z"),
+            Ok(StartAt::Timestamp(1000))
+        );
+        assert!(matches!(parse_start("-10m"), Ok(StartAt::Timestamp(_))));
+        assert!(parse_start("yesterday").is_err());
+    }
+
+    #[test]
+    fn headers_parse() {
+        assert_eq!(parse_header("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_header("novalue").is_err());
+        assert!(parse_header("=x").is_err());
+    }
+}

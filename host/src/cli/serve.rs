@@ -1,0 +1,94 @@
+//! `quiver serve`: load the configuration, bind, print the ready line, serve until
+//! SIGINT or SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use tracing::info;
+
+use crate::config::{Config, LogFormat, Overrides, TlsOverrides};
+use crate::server::Server;
+use crate::transport::tls::Origin;
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// TOML configuration file (see quiver.example.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data dir [default: ./quiver-data].
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// UDP address to listen on; port 0 picks a free one [default: 127.0.0.1:7848].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// PEM certificate chain (with --tls-key) instead of the self-signed one.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key (with --tls-cert).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Log format on stderr [default: human].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        listen: args.listen,
+        data: args.data,
+        log_format: args.log_format,
+        tls: TlsOverrides {
+            cert: args.tls_cert,
+            key: args.tls_key,
+        },
+    };
+    let config = Config::load(args.config.as_deref(), &overrides)?;
+    super::init_tracing("info", config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("quiver-worker")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let server = Server::bind(config.clone())?;
+        let addr = server.local_addr().context("reading the bound address")?;
+        let (cert, origin) = server.certificate();
+        if *origin == Origin::Generated {
+            info!(path = %cert.display(), "created a self-signed certificate; clients trust it with --ca");
+        }
+        // The ready line: tests and scripts wait for it.
+        let mut stdout = std::io::stdout().lock();
+        writeln!(
+            stdout,
+            "quiver {} listening on {addr} (data dir {}, certificate {})",
+            env!("CARGO_PKG_VERSION"),
+            config.data.display(),
+            cert.display()
+        )
+        .and_then(|()| stdout.flush())
+        .context("writing the ready line")?;
+        drop(stdout);
+        server.run(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(terminate) => terminate,
+        Err(e) => {
+            tracing::warn!(cause = %e, "cannot listen for SIGTERM; only SIGINT stops the broker");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        _ = terminate.recv() => info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,308 @@
+//! Broker configuration: defaults, then a TOML file, then `QUIVER_*` environment
+//! variables, then command-line flags, each overriding the one before.
+//!
+//! Environment variables name a key by its path with `__` between sections:
+//! `QUIVER_LISTEN`, `QUIVER_DATA`, `QUIVER_LIMITS__MAX_RECORD_SIZE=2MiB`.
+//! `quiver.example.toml` at the repository root documents every key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The UDP port a broker listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 7848;
+/// The data dir used unless told otherwise.
+pub const DEFAULT_DATA_DIR: &str = "./quiver-data";
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file, an environment variable or a flag holds a bad value.
+    #[error(transparent)]
+    Invalid(#[from] Box<figment::Error>),
+    /// The config file given does not exist.
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    /// A value is out of its allowed range.
+    #[error("invalid configuration: {0}")]
+    OutOfRange(String),
+}
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole broker configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// UDP address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The data dir: sled database, TLS certificate and key.
+    pub data: PathBuf,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// TLS certificate and key.
+    pub tls: TlsConfig,
+    /// Limits on what clients may send.
+    pub limits: LimitsConfig,
+    /// Storage tuning.
+    pub storage: StorageSettings,
+    /// How often retention and clean-up run.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// How long a graceful shutdown waits for in-flight work.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            data: PathBuf::from(DEFAULT_DATA_DIR),
+            log_format: LogFormat::Human,
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            storage: StorageSettings::default(),
+            retention_interval: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// TLS files; both unset means a self-signed pair kept in `<data>/tls/`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// Limits on what clients may send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest record: payload + key + header names and values.
+    pub max_record_size: ByteSize,
+    /// Most records in one publish.
+    pub max_batch_records: u32,
+    /// Largest frame a client may send.
+    pub max_frame_size: ByteSize,
+    /// Publishes one connection may have waiting for their acknowledgement.
+    pub max_inflight_publishes: u32,
+    /// Concurrent streams (subscriptions + the control stream) per connection.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_record_size: ByteSize::mib(1),
+            max_batch_records: 10_000,
+            max_frame_size: ByteSize::mib(64),
+            max_inflight_publishes: 4096,
+            max_streams_per_connection: 1024,
+        }
+    }
+}
+
+/// Storage tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// sled's page cache.
+    pub cache_capacity: ByteSize,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            cache_capacity: ByteSize::mib(64),
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the configured value.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--data`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
+    /// `--log-format`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// `--tls-cert` and `--tls-key`.
+    #[serde(skip_serializing_if = "TlsOverrides::is_empty")]
+    pub tls: TlsOverrides,
+}
+
+/// TLS files given on the command line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TlsOverrides {
+    /// `--tls-cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// `--tls-key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+impl TlsOverrides {
+    fn is_empty(&self) -> bool {
+        self.cert.is_none() && self.key.is_none()
+    }
+}
+
+/// Top-level keys, so unrelated `QUIVER_*` variables (`QUIVER_SERVER`, `QUIVER_CA`,
+/// used by the client commands) are not mistaken for broker settings.
+const KEYS: &[&str] = &[
+    "listen",
+    "data",
+    "log_format",
+    "tls",
+    "limits",
+    "storage",
+    "retention_interval",
+    "shutdown_timeout",
+];
+
+impl Config {
+    /// Loads the configuration from its layers; `file` must exist when given.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::MissingFile(file.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let env = Env::prefixed("QUIVER_").split("__").filter(|key| {
+            let key = key.as_str().to_ascii_lowercase().replace("__", ".");
+            let top = key.split('.').next().unwrap_or_default();
+            KEYS.contains(&top)
+        });
+        let config: Config = figment
+            .merge(env)
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        let out_of_range = |what: String| Err(ConfigError::OutOfRange(what));
+        if limits.max_record_size.as_u64() == 0 {
+            return out_of_range("limits.max_record_size must be at least 1 byte".into());
+        }
+        if limits.max_frame_size.as_u64() <= limits.max_record_size.as_u64() {
+            return out_of_range(format!(
+                "limits.max_frame_size ({}) must exceed limits.max_record_size ({}) so a \
+                 maximum-size record fits in a frame",
+                limits.max_frame_size, limits.max_record_size
+            ));
+        }
+        if limits.max_frame_size.as_u64() > u64::from(u32::MAX) {
+            return out_of_range("limits.max_frame_size must be below 4 GiB".into());
+        }
+        for (name, value) in [
+            ("limits.max_batch_records", limits.max_batch_records),
+            (
+                "limits.max_inflight_publishes",
+                limits.max_inflight_publishes,
+            ),
+            (
+                "limits.max_streams_per_connection",
+                limits.max_streams_per_connection,
+            ),
+        ] {
+            if value == 0 {
+                return out_of_range(format!("{name} must be at least 1"));
+            }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return out_of_range("tls.cert and tls.key must be given together".into());
+        }
+        if self.retention_interval.is_zero() {
+            return out_of_range("retention_interval must be longer than zero".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail returns its own large error type
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_is_the_default_configuration() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../quiver.example.toml");
+        figment::Jail::expect_with(|_| {
+            let loaded =
+                Config::load(Some(&example), &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(loaded, Config::default());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "q.toml",
+                "listen = \"127.0.0.1:1000\"\ndata = \"from-file\"\n[limits]\nmax_record_size = \"2 MiB\"\n",
+            )?;
+            jail.set_env("QUIVER_DATA", "from-env");
+            jail.set_env("QUIVER_LIMITS__MAX_BATCH_RECORDS", "7");
+            jail.set_env("QUIVER_SERVER", "ignored by the broker");
+            let overrides = Overrides {
+                listen: Some("127.0.0.1:0".parse().unwrap()),
+                ..Overrides::default()
+            };
+            let config =
+                Config::load(Some(Path::new("q.toml")), &overrides).map_err(|e| e.to_string())?;
+            assert_eq!(config.listen.port(), 0);
+            assert_eq!(config.data, PathBuf::from("from-env"));
+            assert_eq!(config.limits.max_record_size, ByteSize::mib(2));
+            assert_eq!(config.limits.max_batch_records, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_their_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("q.toml", "[limits]\nmax_recrod_size = 5\n")?;
+            let err = Config::load(Some(Path::new("q.toml")), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("max_recrod_size"), "{err}");
+
+            jail.create_file("q.toml", "[limits]\nmax_record_size = \"100 MiB\"\n")?;
+            let err = Config::load(Some(Path::new("q.toml")), &Overrides::default()).unwrap_err();
+            assert!(err.to_string().contains("max_frame_size"), "{err}");
+
+            let err =
+                Config::load(Some(Path::new("missing.toml")), &Overrides::default()).unwrap_err();
+            assert!(matches!(err, ConfigError::MissingFile(_)));
+            Ok(())
+        });
+    }
+}

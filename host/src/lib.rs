@@ -1,0 +1,14 @@
+//! The Quiver broker and the `quiver` command-line tool.
+//!
+//! The binary's `main` only calls [`cli::main`]; everything else lives here so that
+//! tests can reach the parts. ARCHITECTURE.md at the repository root maps the modules.
+
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod retention;
+pub mod server;
+pub mod session;
+pub mod storage;
+pub mod subscription;
+pub mod transport;

@@ -1,0 +1,70 @@
+//! Background clean-up: enforces retention limits and releases deleted topics' storage.
+//!
+//! Every `interval` (or at once after a delete) each topic with limits is asked for
+//! its retention point, the first offset the limits allow, and trimmed to it; then
+//! deleted topics are purged. Both go through the storage writer in bounded steps, so
+//! publishes never wait behind a large clean-up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::broker::Broker;
+use crate::storage::{Cleanup, StorageError, now_ms};
+
+/// Runs until `shutdown`.
+pub async fn run(broker: Arc<Broker>, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        if let Err(e) = sweep(&broker, &shutdown).await {
+            warn!(cause = %e, "retention sweep failed; retrying next interval");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = broker.cleanup.notified() => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One pass over every topic and pending purge.
+async fn sweep(broker: &Broker, shutdown: &CancellationToken) -> Result<(), StorageError> {
+    let storage = broker.storage();
+    for log in broker.topics() {
+        if log.retention().is_unlimited() {
+            continue;
+        }
+        let Some(first) = storage.retention_point(&log, now_ms())? else {
+            continue;
+        };
+        let removed = until_done(shutdown, || storage.trim(Arc::clone(&log), first)).await?;
+        debug!(topic = %log.name(), first, chunks = removed, "retention applied");
+    }
+    for id in storage.pending_purges()? {
+        let removed = until_done(shutdown, || storage.purge(id)).await?;
+        debug!(id, chunks = removed, "deleted topic purged");
+    }
+    Ok(())
+}
+
+/// Repeats a bounded clean-up step until nothing is left (or shutdown); returns the
+/// chunks removed.
+async fn until_done<F, Fut>(
+    shutdown: &CancellationToken,
+    mut step: F,
+) -> Result<usize, StorageError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Cleanup, StorageError>>,
+{
+    let mut removed = 0;
+    loop {
+        let done = step().await?;
+        removed += done.chunks_removed;
+        if !done.more || shutdown.is_cancelled() {
+            return Ok(removed);
+        }
+        tokio::task::yield_now().await;
+    }
+}

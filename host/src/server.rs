@@ -1,0 +1,191 @@
+//! Putting the broker together: open storage, load TLS, bind, serve connections until a
+//! shutdown signal, then stop gracefully.
+//!
+//! [`Server::bind`] does everything that can fail at start-up and returns before
+//! serving, so the caller can print the bound address (the ready line) and tests can
+//! bind port 0. [`Server::run`] takes the shutdown signal as a future.
+//!
+//! Graceful shutdown: refuse new connections; stop reading requests; answer every
+//! publish already read (its records are committed and flushed); end subscriptions
+//! with `ShuttingDown`; close connections; flush and close storage.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiver_protocol::Limits;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::broker::{Broker, BrokerLimits};
+use crate::config::Config;
+use crate::retention;
+use crate::session::{self, SessionSettings};
+use crate::storage::{self, Storage, StorageConfig, StorageError};
+use crate::transport::tls::{self, Origin};
+use crate::transport::{CloseCode, Listener, TransportError, TransportSettings};
+
+/// Why the broker could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data dir could not be created.
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        /// The data dir.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Storage could not be opened.
+    #[error("cannot open storage in {path}: {source}")]
+    Storage {
+        /// The sled directory.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: StorageError,
+    },
+    /// TLS or the socket.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// A broker bound to its address, ready to [`run`](Server::run).
+#[derive(Debug)]
+pub struct Server {
+    broker: Arc<Broker>,
+    listener: Listener,
+    config: Config,
+    cert_path: PathBuf,
+    cert_origin: Origin,
+}
+
+impl Server {
+    /// Opens the data dir and binds the listener.
+    pub fn bind(config: Config) -> Result<Self, ServeError> {
+        std::fs::create_dir_all(&config.data).map_err(|source| ServeError::DataDir {
+            path: config.data.clone(),
+            source,
+        })?;
+        let storage_config = StorageConfig {
+            path: config.data.join("db"),
+            cache_capacity: config.storage.cache_capacity.as_u64(),
+            chunk_bytes: storage::DEFAULT_CHUNK_BYTES,
+        };
+        let (storage, topics) =
+            Storage::open(&storage_config).map_err(|source| ServeError::Storage {
+                path: storage_config.path.clone(),
+                source,
+            })?;
+        info!(topics = topics.len(), path = %storage_config.path.display(), "storage opened");
+        let limits = &config.limits;
+        let broker = Arc::new(Broker::new(
+            storage,
+            &topics,
+            BrokerLimits {
+                max_record_size: limits.max_record_size.as_u64(),
+                max_batch_records: limits.max_batch_records,
+            },
+        ));
+        let configured = config.tls.cert.as_deref().zip(config.tls.key.as_deref());
+        let identity = tls::load_or_generate(configured, &config.data)?;
+        let (cert_path, cert_origin) = (identity.cert_path.clone(), identity.origin.clone());
+        let listener = Listener::bind(
+            config.listen,
+            identity,
+            &TransportSettings {
+                max_streams: limits.max_streams_per_connection,
+                max_frame_len: usize::try_from(limits.max_frame_size.as_u64())
+                    .unwrap_or(usize::MAX),
+                idle_timeout: Duration::from_secs(30),
+            },
+        )?;
+        Ok(Self {
+            broker,
+            listener,
+            config,
+            cert_path,
+            cert_origin,
+        })
+    }
+
+    /// The address the broker listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The certificate clients should trust when it is self-signed, and whether it was
+    /// made by this start.
+    pub fn certificate(&self) -> (&std::path::Path, &Origin) {
+        (&self.cert_path, &self.cert_origin)
+    }
+
+    /// Serves until `shutdown` resolves, then stops gracefully.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Self {
+            broker,
+            listener,
+            config,
+            ..
+        } = self;
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(retention::run(
+            Arc::clone(&broker),
+            config.retention_interval,
+            stop.clone(),
+        ));
+        let limits = &config.limits;
+        let settings = Arc::new(SessionSettings {
+            limits: Limits {
+                max_frame_len: limits.max_frame_size.as_u64(),
+                max_record_size: limits.max_record_size.as_u64(),
+                max_batch_records: limits.max_batch_records,
+            },
+            max_inflight: limits.max_inflight_publishes as usize,
+            handshake_timeout: Duration::from_secs(10),
+        });
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                connecting = listener.accept() => {
+                    let Some(connecting) = connecting else { break };
+                    let (broker, settings, stop) = (Arc::clone(&broker), Arc::clone(&settings), stop.clone());
+                    tasks.spawn(async move {
+                        match connecting.establish().await {
+                            Ok(conn) => session::run(broker, conn, settings, stop).await,
+                            Err(e) => debug!(cause = %e, "connection attempt failed"),
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+
+        info!("shutting down: no new connections; finishing in-flight work");
+        listener.stop_accepting();
+        stop.cancel();
+        tasks.close();
+        if tokio::time::timeout(config.shutdown_timeout, tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                timeout = ?config.shutdown_timeout,
+                "in-flight work did not finish in time; closing connections anyway"
+            );
+        }
+        listener
+            .close(
+                CloseCode::ShuttingDown,
+                "broker shutting down",
+                Duration::from_secs(1),
+            )
+            .await;
+        broker.storage().close().await;
+        info!("stopped");
+    }
+}

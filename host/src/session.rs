@@ -1,0 +1,257 @@
+//! One client connection: the version handshake, the control stream's pipelined
+//! requests, and a task per subscription stream.
+//!
+//! Invariants worth naming:
+//! - requests on the control stream are *queued* in the order they arrive (a publish
+//!   is handed to storage before the next frame is read), so one connection's
+//!   publishes to a topic get increasing offsets; replies go out as they complete;
+//! - at most `max_inflight` requests wait for completion; past that the stream is not
+//!   read, and QUIC flow control pushes back on the client;
+//! - a bad frame is answered with an error and the stream carries on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{FuturesUnordered, StreamExt};
+use quiver_protocol::{
+    ClientFrame, ErrorCode, FrameError, Limits, Op, OpReply, PROTOCOL_VERSION, Reply, Request,
+    ServerFrame, ServerHello, WireError,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, instrument};
+
+use crate::broker::{Broker, BrokerError};
+use crate::subscription;
+use crate::transport::{CloseCode, Connection, FrameStream, FrameWriter, Incoming};
+
+/// Per-connection settings.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// Limits announced in the hello.
+    pub limits: Limits,
+    /// Requests that may wait for completion at once.
+    pub max_inflight: usize,
+    /// How long a client has to send its hello.
+    pub handshake_timeout: Duration,
+}
+
+/// Serves one connection until the client leaves or the broker shuts down.
+#[instrument(name = "session", skip_all, fields(peer = %conn.remote_addr()))]
+pub async fn run(
+    broker: Arc<Broker>,
+    conn: Connection,
+    settings: Arc<SessionSettings>,
+    shutdown: CancellationToken,
+) {
+    let control =
+        match tokio::time::timeout(settings.handshake_timeout, handshake(&conn, &settings)).await {
+            Ok(Ok(control)) => control,
+            Ok(Err(reason)) => {
+                info!(%reason, "handshake refused");
+                conn.close(CloseCode::ProtocolViolation, &reason);
+                return;
+            }
+            Err(_) => {
+                info!("no hello in time");
+                conn.close(CloseCode::ProtocolViolation, "no hello received in time");
+                return;
+            }
+        };
+    let tasks = TaskTracker::new();
+    tasks.spawn(control_loop(
+        Arc::clone(&broker),
+        control,
+        settings.max_inflight,
+        shutdown.clone(),
+    ));
+    loop {
+        tokio::select! {
+            stream = conn.accept_stream() => match stream {
+                Ok(stream) => {
+                    tasks.spawn(subscription::serve(Arc::clone(&broker), stream, shutdown.clone()));
+                }
+                Err(e) => {
+                    debug!(reason = %e, "connection ended");
+                    break;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        }
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// Reads the client's hello on its first stream and answers it.
+async fn handshake(conn: &Connection, settings: &SessionSettings) -> Result<FrameStream, String> {
+    let mut stream = conn.accept_stream().await.map_err(|e| e.to_string())?;
+    let refusal = match stream.reader.next().await {
+        Incoming::Frame(ClientFrame::Hello(hello)) if hello.version == PROTOCOL_VERSION => {
+            let ours = ServerFrame::Hello(ServerHello {
+                version: PROTOCOL_VERSION,
+                server: format!("quiver/{}", env!("CARGO_PKG_VERSION")),
+                limits: settings.limits,
+            });
+            stream.writer.send(&ours).await.map_err(|e| e.to_string())?;
+            debug!(client = %hello.client, "handshake done");
+            return Ok(stream);
+        }
+        Incoming::Frame(ClientFrame::Hello(hello)) => WireError::new(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "this broker speaks protocol version {PROTOCOL_VERSION}; the client speaks {}",
+                hello.version
+            ),
+        ),
+        Incoming::Frame(_) => WireError::new(
+            ErrorCode::UnexpectedMessage,
+            "the first frame of a connection must be a Hello",
+        ),
+        Incoming::Bad(e) => frame_error(&e),
+        Incoming::End => {
+            return Err("the client closed its first stream before saying hello".into());
+        }
+    };
+    // Let the client read the refusal before the connection closes.
+    let _ = stream
+        .writer
+        .send(&ServerFrame::Error(refusal.clone()))
+        .await;
+    stream.writer.finish_and_wait(Duration::from_secs(2)).await;
+    Err(refusal.message)
+}
+
+/// The error answering a frame that could not be decoded.
+pub(crate) fn frame_error(e: &FrameError) -> WireError {
+    let code = match e {
+        FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+        FrameError::Malformed(_) => ErrorCode::Malformed,
+    };
+    WireError::new(code, e.to_string())
+}
+
+/// Serves the control stream: pipelined requests, replies as they complete.
+async fn control_loop(
+    broker: Arc<Broker>,
+    control: FrameStream,
+    max_inflight: usize,
+    shutdown: CancellationToken,
+) {
+    let FrameStream {
+        mut reader,
+        mut writer,
+    } = control;
+    let mut inflight: FuturesUnordered<BoxFuture<'static, ServerFrame>> = FuturesUnordered::new();
+    let mut reading = true;
+    while reading || !inflight.is_empty() {
+        tokio::select! {
+            biased;
+            Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                writer.feed(&reply);
+                // Replies that are ready too share the write.
+                while let Some(Some(reply)) = inflight.next().now_or_never() {
+                    writer.feed(&reply);
+                }
+                if writer.flush().await.is_err() {
+                    return;
+                }
+            }
+            incoming = reader.next(), if reading && inflight.len() < max_inflight => {
+                match incoming {
+                    Incoming::Frame(ClientFrame::Request(request)) => {
+                        let started = dispatch(&broker, request).await;
+                        inflight.push(started);
+                    }
+                    Incoming::Frame(other) => {
+                        let error = WireError::new(
+                            ErrorCode::UnexpectedMessage,
+                            format!("{} is not valid on the control stream", frame_kind(&other)),
+                        );
+                        if writer.send(&ServerFrame::Error(error)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Incoming::Bad(e) => {
+                        debug!(error = %e, "bad frame on the control stream");
+                        if writer.send(&ServerFrame::Error(frame_error(&e))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Incoming::End => reading = false,
+                }
+            }
+            () = shutdown.cancelled(), if reading => reading = false,
+        }
+    }
+    if shutdown.is_cancelled() {
+        let bye = WireError::new(ErrorCode::ShuttingDown, "the broker is shutting down");
+        let _ = writer.send(&ServerFrame::Error(bye)).await;
+    }
+    writer.finish();
+}
+
+/// Starts a request. Publishes are queued to storage before this returns (keeping
+/// arrival order); the returned future resolves to the reply.
+async fn dispatch(broker: &Arc<Broker>, request: Request) -> BoxFuture<'static, ServerFrame> {
+    let Request { id, op } = request;
+    let reply = move |result: Result<OpReply, BrokerError>| {
+        ServerFrame::Reply(Reply {
+            id,
+            result: result.map_err(|e| WireError::from(&e)),
+        })
+    };
+    match op {
+        Op::Publish { topic, records } => match broker.submit_publish(&topic, records).await {
+            Ok(pending) => async move {
+                let appended = pending.durable().await.map_err(BrokerError::from);
+                reply(appended.map(|a| OpReply::Published {
+                    base_offset: a.base_offset,
+                    count: a.count,
+                }))
+            }
+            .boxed(),
+            Err(e) => std::future::ready(reply(Err(e))).boxed(),
+        },
+        Op::CreateTopic { name, retention } => {
+            let broker = Arc::clone(broker);
+            async move {
+                reply(
+                    broker
+                        .create_topic(&name, retention)
+                        .await
+                        .map(OpReply::Topic),
+                )
+            }
+            .boxed()
+        }
+        Op::DeleteTopic { name } => {
+            let broker = Arc::clone(broker);
+            async move { reply(broker.delete_topic(&name).await.map(|()| OpReply::Deleted)) }
+                .boxed()
+        }
+        Op::DescribeTopic { name } => {
+            std::future::ready(reply(broker.describe_topic(&name).map(OpReply::Topic))).boxed()
+        }
+        Op::ListTopics => {
+            std::future::ready(reply(Ok(OpReply::Topics(broker.list_topics())))).boxed()
+        }
+    }
+}
+
+/// A frame's kind, for error messages.
+pub(crate) fn frame_kind(frame: &ClientFrame) -> &'static str {
+    match frame {
+        ClientFrame::Hello(_) => "Hello",
+        ClientFrame::Request(_) => "a request",
+        ClientFrame::Subscribe(_) => "Subscribe",
+        ClientFrame::Credit(_) => "Credit",
+    }
+}
+
+/// Sends an error on a stream that is then abandoned.
+pub(crate) async fn refuse(writer: &mut FrameWriter, error: WireError) {
+    let _ = writer.send(&ServerFrame::Error(error)).await;
+    writer.finish();
+}

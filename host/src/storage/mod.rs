@@ -1,0 +1,472 @@
+//! Durable topic logs in sled: the only module that imports sled.
+//!
+//! A topic is a run of *chunks*, each a record batch (the protocol's format) keyed by
+//! the offset of its first record and stored in parts of at most 4 KiB; `keys.rs` has
+//! the layout and why. All writes go through one
+//! writer thread (`writer.rs`) that takes whatever commands queued up during the last
+//! flush, applies them as one atomic sled batch, flushes once (group commit) and only
+//! then answers. Readers read sled directly, bounded by each topic's durable
+//! high-water mark.
+//!
+//! Invariants worth naming:
+//! - an offset below a topic's `next` is durable; nothing at or above it is ever served;
+//! - offsets are dense: the writer assigns `next, next + 1, …` and a failed commit
+//!   assigns nothing (the stats in memory change only after a successful flush);
+//! - chunks, index entries and stats of one commit land together or not at all;
+//! - timestamps never go backwards within a topic, so time lookups can bisect.
+
+mod keys;
+mod read;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use quiver_protocol::record::BatchError;
+use quiver_protocol::{NewRecord, Retention, TopicName};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+pub use keys::LogStats;
+use read::{LogReader, decode_index};
+use writer::{Command, Writer};
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// sled reported an error (IO, or corruption it detected).
+    #[error("storage failure: {0}")]
+    Sled(#[from] sled::Error),
+    /// The data dir holds something Quiver did not write.
+    #[error("data dir is corrupt: {0}")]
+    Corrupt(String),
+    /// A topic with that name exists already.
+    #[error("topic `{0}` already exists")]
+    TopicExists(TopicName),
+    /// The topic was deleted.
+    #[error("topic `{0}` does not exist")]
+    TopicNotFound(TopicName),
+    /// The storage writer has stopped (the broker is shutting down).
+    #[error("storage is closed")]
+    Closed,
+}
+
+impl StorageError {
+    fn corrupt(what: impl Into<String>) -> Self {
+        Self::Corrupt(what.into())
+    }
+}
+
+impl From<BatchError> for StorageError {
+    fn from(e: BatchError) -> Self {
+        Self::Corrupt(format!("stored chunk unreadable: {e}"))
+    }
+}
+
+/// The size a chunk is sealed at: one part, so that reads of small records are a
+/// single sled value, served without copying.
+pub const DEFAULT_CHUNK_BYTES: usize = keys::PART_BYTES;
+
+/// How to open storage.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// The sled directory.
+    pub path: PathBuf,
+    /// sled's page cache, in bytes.
+    pub cache_capacity: u64,
+    /// A chunk is sealed once it reaches this many bytes (normally
+    /// [`DEFAULT_CHUNK_BYTES`]; tests use less to exercise many chunks).
+    pub chunk_bytes: usize,
+}
+
+/// What is persisted of a topic besides its records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TopicMeta {
+    id: u64,
+    name: String,
+    retention: Retention,
+    created_ms: u64,
+}
+
+/// A topic's log as the rest of the broker sees it: identity, settings, live stats and
+/// a way to be woken when records arrive.
+#[derive(Debug)]
+pub struct TopicLog {
+    id: u64,
+    name: TopicName,
+    retention: Retention,
+    created_ms: u64,
+    stats: Mutex<LogStats>,
+    deleted: AtomicBool,
+    waiters: Mutex<HashMap<u64, Arc<Notify>>>,
+}
+
+impl TopicLog {
+    fn new(meta: TopicMeta, name: TopicName, stats: LogStats) -> Self {
+        Self {
+            id: meta.id,
+            name,
+            retention: meta.retention,
+            created_ms: meta.created_ms,
+            stats: Mutex::new(stats),
+            deleted: AtomicBool::new(false),
+            waiters: Mutex::default(),
+        }
+    }
+
+    /// The topic's storage id: unique for the life of the data dir, never reused.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The topic's name.
+    pub fn name(&self) -> &TopicName {
+        &self.name
+    }
+
+    /// The topic's retention limits.
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
+    /// When the topic was created (ms since the Unix epoch).
+    pub fn created_ms(&self) -> u64 {
+        self.created_ms
+    }
+
+    /// The durable state of the log right now.
+    pub fn stats(&self) -> LogStats {
+        *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// True once the topic has been deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Wakes `notify` whenever records become durable or the topic is deleted, until
+    /// the returned guard is dropped.
+    pub fn watch(self: &Arc<Self>, notify: Arc<Notify>) -> Watch {
+        static NEXT_WATCH: AtomicU64 = AtomicU64::new(0);
+        let key = NEXT_WATCH.fetch_add(1, Ordering::Relaxed);
+        self.waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, notify);
+        Watch {
+            log: Arc::clone(self),
+            key,
+        }
+    }
+
+    fn set_stats(&self, stats: LogStats) {
+        *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = stats;
+    }
+
+    fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+    }
+
+    fn wake(&self) {
+        for notify in self
+            .waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            notify.notify_one();
+        }
+    }
+}
+
+/// Keeps a waiter registered with a topic; unregisters on drop.
+#[derive(Debug)]
+pub struct Watch {
+    log: Arc<TopicLog>,
+    key: u64,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.log
+            .waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
+
+/// Where a successful append put the records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The first record's offset.
+    pub base_offset: u64,
+    /// How many records were appended.
+    pub count: u32,
+}
+
+/// Consecutive records read from a log.
+#[derive(Debug, Clone)]
+pub struct Slice {
+    /// The first record's offset.
+    pub base_offset: u64,
+    /// How many records `batch` holds.
+    pub count: u32,
+    /// The records, in the protocol's batch format.
+    pub batch: Bytes,
+}
+
+/// How a background clean-up step went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cleanup {
+    /// Chunks removed by this step.
+    pub chunks_removed: usize,
+    /// True when more remains to be removed (call again).
+    pub more: bool,
+}
+
+/// An append queued for the next group commit; await [`PendingAppend::durable`].
+#[derive(Debug)]
+pub struct PendingAppend(oneshot::Receiver<Result<Appended, StorageError>>);
+
+impl PendingAppend {
+    /// Resolves once the records are flushed to disk (or the commit failed).
+    pub async fn durable(self) -> Result<Appended, StorageError> {
+        self.0.await.unwrap_or(Err(StorageError::Closed))
+    }
+}
+
+/// Handle to the data dir's topic logs. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    db: sled::Db,
+    tree: sled::Tree,
+    commands: mpsc::Sender<Command>,
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Storage {
+    /// Opens (or creates) the data dir, checks it, starts the writer thread, and
+    /// returns every live topic.
+    pub fn open(config: &StorageConfig) -> Result<(Self, Vec<Arc<TopicLog>>), StorageError> {
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity)
+            .flush_every_ms(None) // the writer flushes before every acknowledgement
+            .open()?;
+        let tree = db.open_tree("log")?;
+        let topics = recover(&tree)?;
+        let (commands, rx) = mpsc::channel(writer::QUEUE_DEPTH);
+        let writer = Writer::new(db.clone(), tree.clone(), rx, config.chunk_bytes);
+        let handle = std::thread::Builder::new()
+            .name("quiver-storage".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StorageError::Sled(sled::Error::Io(e)))?;
+        let storage = Self {
+            db,
+            tree,
+            commands,
+            writer: Arc::new(Mutex::new(Some(handle))),
+        };
+        Ok((storage, topics))
+    }
+
+    async fn send(&self, command: Command) -> Result<(), StorageError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| StorageError::Closed)
+    }
+
+    /// Creates a topic, durable when this returns.
+    pub async fn create_topic(
+        &self,
+        name: TopicName,
+        retention: Retention,
+    ) -> Result<Arc<TopicLog>, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Create {
+            name,
+            retention,
+            reply,
+        })
+        .await?;
+        rx.await.unwrap_or(Err(StorageError::Closed))
+    }
+
+    /// Deletes a topic: it disappears at once (durably); its records are removed in the
+    /// background by [`Storage::purge`].
+    pub async fn delete_topic(&self, log: Arc<TopicLog>) -> Result<(), StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Delete { log, reply }).await?;
+        rx.await.unwrap_or(Err(StorageError::Closed))
+    }
+
+    /// Queues records for the next group commit. Appends queued one after the other get
+    /// increasing offsets; the returned handle resolves once they are durable.
+    pub async fn submit_append(
+        &self,
+        log: Arc<TopicLog>,
+        records: Vec<NewRecord>,
+    ) -> Result<PendingAppend, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Append {
+            log,
+            records,
+            reply,
+        })
+        .await?;
+        Ok(PendingAppend(rx))
+    }
+
+    /// Appends records and waits until they are durable.
+    pub async fn append(
+        &self,
+        log: Arc<TopicLog>,
+        records: Vec<NewRecord>,
+    ) -> Result<Appended, StorageError> {
+        self.submit_append(log, records).await?.durable().await
+    }
+
+    /// Hides records below `first` and removes the chunks that then hold nothing
+    /// visible (a bounded number per call: see [`Cleanup::more`]).
+    pub async fn trim(&self, log: Arc<TopicLog>, first: u64) -> Result<Cleanup, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Trim { log, first, reply }).await?;
+        rx.await.unwrap_or(Err(StorageError::Closed))
+    }
+
+    /// Removes a bounded number of a deleted topic's chunks.
+    pub async fn purge(&self, id: u64) -> Result<Cleanup, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Purge { id, reply }).await?;
+        rx.await.unwrap_or(Err(StorageError::Closed))
+    }
+
+    /// Commits what is queued, flushes, and stops the writer thread. Later calls fail
+    /// with [`StorageError::Closed`].
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Command::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            // The writer has answered the shutdown; joining only waits for it to return.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+
+    /// Reads up to `max_records` records (and about `max_bytes`, at least one record)
+    /// starting at `from`, or at the oldest record if `from` has been trimmed.
+    /// `None` when no durable record exists at or after `from`.
+    pub fn read(
+        &self,
+        log: &TopicLog,
+        from: u64,
+        max_records: u32,
+        max_bytes: usize,
+    ) -> Result<Option<Slice>, StorageError> {
+        LogReader(&self.tree).read(log, from, max_records, max_bytes)
+    }
+
+    /// The first offset whose record was appended at or after `timestamp` (ms), or the
+    /// topic's `next` offset if there is none yet.
+    pub fn offset_for_timestamp(
+        &self,
+        log: &TopicLog,
+        timestamp: u64,
+    ) -> Result<u64, StorageError> {
+        LogReader(&self.tree).offset_for_timestamp(log, timestamp)
+    }
+
+    /// The offset retention wants the topic to start at now, if that is past its first.
+    pub fn retention_point(
+        &self,
+        log: &TopicLog,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StorageError> {
+        LogReader(&self.tree).retention_point(log, now_ms)
+    }
+
+    /// Ids of deleted topics whose records are still to be removed.
+    pub fn pending_purges(&self) -> Result<Vec<u64>, StorageError> {
+        pending_purges(&self.tree)
+    }
+
+    /// Bytes the data dir takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StorageError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+/// Milliseconds since the Unix epoch, by the system clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Reads every topic and checks that its stats agree with its index.
+fn recover(tree: &sled::Tree) -> Result<Vec<Arc<TopicLog>>, StorageError> {
+    let mut topics = Vec::new();
+    for item in tree.scan_prefix([keys::TOPIC]) {
+        let (key, value) = item?;
+        let meta: TopicMeta = postcard::from_bytes(&value).map_err(|e| {
+            StorageError::corrupt(format!(
+                "topic record {:?}: {e}",
+                String::from_utf8_lossy(&key[1..])
+            ))
+        })?;
+        let name = TopicName::parse(&meta.name).map_err(|e| {
+            StorageError::corrupt(format!("stored topic name {:?}: {e}", meta.name))
+        })?;
+        let stats = tree
+            .get(keys::with_id(keys::STATS, meta.id))?
+            .and_then(|v| LogStats::decode(&v))
+            .ok_or_else(|| {
+                StorageError::corrupt(format!("topic `{name}` has no readable stats"))
+            })?;
+        let last = tree
+            .range(
+                keys::with_offset(keys::INDEX, meta.id, 0)
+                    ..=keys::with_offset(keys::INDEX, meta.id, u64::MAX),
+            )
+            .next_back()
+            .transpose()?
+            .map(|(k, v)| decode_index(&k, &v))
+            .transpose()?;
+        let indexed_next = last.map_or(stats.first, |(base, m)| base + u64::from(m.count));
+        if indexed_next != stats.next || stats.first > stats.next {
+            return Err(StorageError::corrupt(format!(
+                "topic `{name}`: stats say offsets {}..{} but the index ends at {indexed_next}",
+                stats.first, stats.next
+            )));
+        }
+        topics.push(Arc::new(TopicLog::new(meta, name, stats)));
+    }
+    Ok(topics)
+}
+
+fn pending_purges(tree: &sled::Tree) -> Result<Vec<u64>, StorageError> {
+    tree.scan_prefix([keys::PURGE])
+        .map(|item| {
+            let (key, _) = item?;
+            key.get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(|| StorageError::corrupt("purge marker of the wrong shape"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,260 @@
+//! Reading topic logs: slices for subscribers, time lookups, retention arithmetic.
+//!
+//! Readers take the tree as it is and bound themselves by the topic's durable stats,
+//! so chunks the writer has applied but not yet flushed are never served.
+
+use bytes::{Bytes, BytesMut};
+use quiver_protocol::record;
+
+use super::keys::{self, ChunkMeta, LogStats};
+use super::{Slice, StorageError, TopicLog};
+
+/// Read access to the `log` tree.
+pub(super) struct LogReader<'a>(pub(super) &'a sled::Tree);
+
+impl LogReader<'_> {
+    /// Reads up to `max_records` records (and about `max_bytes`, at least one record)
+    /// starting at `from`, or at the oldest record if `from` has been trimmed.
+    /// `None` when no durable record exists at or after `from`.
+    pub(super) fn read(
+        &self,
+        log: &TopicLog,
+        from: u64,
+        max_records: u32,
+        max_bytes: usize,
+    ) -> Result<Option<Slice>, StorageError> {
+        // A chunk can vanish between the index lookup and the read when retention trims
+        // it; the stats have moved on by then, so look again.
+        let mut attempts = 0;
+        let (stats, base, chunk, from) = loop {
+            let stats = log.stats();
+            let from = from.max(stats.first);
+            if from >= stats.next || max_records == 0 {
+                return Ok(None);
+            }
+            if let Some((base, chunk)) = self.chunk_at(log.id(), from)? {
+                break (stats, base, chunk, from.max(base));
+            }
+            attempts += 1;
+            if attempts == 3 {
+                return Err(StorageError::corrupt(format!(
+                    "topic {}: no chunk holds offset {from}",
+                    log.name()
+                )));
+            }
+        };
+        let limit = u64::from(max_records).min(stats.next - from);
+        let mut start = None;
+        let mut end = 0;
+        let mut count = 0u32;
+        for (offset, entry) in (base..).zip(record::entries(&chunk)) {
+            let entry = entry?;
+            if offset < from {
+                continue;
+            }
+            let first = *start.get_or_insert(entry.start);
+            if count > 0 && entry.start + entry.encoded_len - first > max_bytes {
+                break;
+            }
+            end = entry.start + entry.encoded_len;
+            count += 1;
+            if u64::from(count) == limit {
+                break;
+            }
+        }
+        let Some(start) = start else {
+            return Err(StorageError::corrupt(format!(
+                "topic {} chunk at {base} ends before offset {from}",
+                log.name()
+            )));
+        };
+        let batch = chunk.slice(start..end);
+        Ok(Some(Slice {
+            base_offset: from,
+            count,
+            batch,
+        }))
+    }
+
+    /// The chunk holding `offset`, or failing that the first chunk after it (records
+    /// before it were trimmed while we looked), as its base offset and bytes. `None`
+    /// when the chunk was removed between reading the index and reading it.
+    fn chunk_at(&self, id: u64, offset: u64) -> Result<Option<(u64, Bytes)>, StorageError> {
+        let found = match self.index_at(id, offset)? {
+            Some(found) => Some(found),
+            None => {
+                let at = keys::with_offset(keys::INDEX, id, offset);
+                let hi = keys::with_offset(keys::INDEX, id, u64::MAX);
+                self.0
+                    .range(at..=hi)
+                    .next()
+                    .transpose()?
+                    .map(|(key, value)| decode_index(&key, &value))
+                    .transpose()?
+            }
+        };
+        let Some((base, _)) = found else {
+            return Ok(None);
+        };
+        Ok(self.load_chunk(id, base)?.map(|chunk| (base, chunk)))
+    }
+
+    /// A chunk's bytes, joined from its parts (one part unless it holds a record larger
+    /// than a part).
+    fn load_chunk(&self, id: u64, base: u64) -> Result<Option<Bytes>, StorageError> {
+        let mut parts = self.0.scan_prefix(keys::with_offset(keys::CHUNK, id, base));
+        let Some((_, first)) = parts.next().transpose()? else {
+            return Ok(None);
+        };
+        let Some((_, second)) = parts.next().transpose()? else {
+            return Ok(Some(Bytes::from_owner(first)));
+        };
+        let mut joined = BytesMut::from(&first[..]);
+        joined.extend_from_slice(&second);
+        for part in parts {
+            joined.extend_from_slice(&part?.1);
+        }
+        Ok(Some(joined.freeze()))
+    }
+
+    /// The index entry of the chunk holding `offset`.
+    fn index_at(&self, id: u64, offset: u64) -> Result<Option<(u64, ChunkMeta)>, StorageError> {
+        let lo = keys::with_offset(keys::INDEX, id, 0);
+        let at = keys::with_offset(keys::INDEX, id, offset);
+        self.0
+            .range(lo..=at)
+            .next_back()
+            .transpose()?
+            .map(|(key, value)| decode_index(&key, &value))
+            .transpose()
+    }
+
+    /// The first offset whose record was appended at or after `timestamp` (ms), or the
+    /// topic's `next` offset if there is none yet.
+    pub(super) fn offset_for_timestamp(
+        &self,
+        log: &TopicLog,
+        timestamp: u64,
+    ) -> Result<u64, StorageError> {
+        let stats = log.stats();
+        let (mut lo, mut hi) = (stats.first, stats.next);
+        // Invariant: records below `lo` are older than `timestamp`; records at or above
+        // `hi` (if any) are not.
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let Some((base, meta)) = self.index_at(log.id(), mid)? else {
+                return Ok(lo);
+            };
+            let end = base + u64::from(meta.count);
+            if meta.last_ts < timestamp {
+                lo = end.max(mid + 1);
+            } else if meta.first_ts >= timestamp {
+                hi = base.max(lo);
+            } else {
+                // The boundary lies inside this chunk.
+                let Some((base, chunk)) = self.chunk_at(log.id(), mid)? else {
+                    return Ok(lo);
+                };
+                for (offset, entry) in (base..).zip(record::entries(&chunk)) {
+                    if offset >= lo && entry?.timestamp >= timestamp {
+                        return Ok(offset);
+                    }
+                }
+                return Ok(end.min(hi));
+            }
+        }
+        Ok(lo)
+    }
+
+    /// The offset retention wants the topic to start at now, if that is past its first.
+    pub(super) fn retention_point(
+        &self,
+        log: &TopicLog,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StorageError> {
+        let retention = log.retention();
+        let stats = log.stats();
+        let mut first = stats.first;
+        if let Some(max) = retention.max_records {
+            first = first.max(stats.next.saturating_sub(max));
+        }
+        if let Some(max_age) = retention.max_age_ms {
+            first = first.max(self.offset_for_timestamp(log, now_ms.saturating_sub(max_age))?);
+        }
+        if let Some(max_bytes) = retention.max_bytes
+            && stats.bytes > max_bytes
+        {
+            first = first.max(self.offset_after_bytes(log.id(), stats, stats.bytes - max_bytes)?);
+        }
+        Ok((first > stats.first).then_some(first.min(stats.next)))
+    }
+
+    /// The smallest offset such that dropping the records before it frees at least
+    /// `excess` bytes.
+    fn offset_after_bytes(
+        &self,
+        id: u64,
+        stats: LogStats,
+        excess: u64,
+    ) -> Result<u64, StorageError> {
+        let mut freed = 0u64;
+        let mut offset = stats.first;
+        while offset < stats.next {
+            let Some((base, meta)) = self.index_at(id, offset)? else {
+                break;
+            };
+            let end = base + u64::from(meta.count);
+            if base >= offset && freed + u64::from(meta.bytes) < excess {
+                freed += u64::from(meta.bytes);
+                offset = end;
+                continue;
+            }
+            // A partial chunk: walk its entries.
+            let Some((base, chunk)) = self.chunk_at(id, offset)? else {
+                break;
+            };
+            for (o, entry) in (base..).zip(record::entries(&chunk)) {
+                if o < offset {
+                    continue;
+                }
+                freed += entry?.encoded_len as u64;
+                if freed >= excess {
+                    return Ok(o + 1);
+                }
+            }
+            offset = end.max(offset + 1);
+        }
+        Ok(offset.min(stats.next))
+    }
+
+    /// Bytes taken by records `from..to` of a topic.
+    pub(super) fn bytes_between(&self, id: u64, from: u64, to: u64) -> Result<u64, StorageError> {
+        let mut total = 0;
+        let mut offset = from;
+        while offset < to {
+            let Some((base, meta)) = self.index_at(id, offset)? else {
+                break;
+            };
+            let end = base + u64::from(meta.count);
+            if base >= offset && end <= to {
+                total += u64::from(meta.bytes);
+            } else if let Some((base, chunk)) = self.chunk_at(id, offset)? {
+                for (o, entry) in (base..).zip(record::entries(&chunk)) {
+                    if (offset..to).contains(&o) {
+                        total += entry?.encoded_len as u64;
+                    }
+                }
+            }
+            offset = end.max(offset + 1);
+        }
+        Ok(total)
+    }
+}
+
+pub(super) fn decode_index(key: &[u8], value: &[u8]) -> Result<(u64, ChunkMeta), StorageError> {
+    let base = keys::offset_of(key)
+        .ok_or_else(|| StorageError::corrupt("index key of the wrong shape"))?;
+    let meta = ChunkMeta::decode(value)
+        .ok_or_else(|| StorageError::corrupt("index entry of the wrong size"))?;
+    Ok((base, meta))
+}

@@ -1,0 +1,216 @@
+//! Subscription streams: catch up from storage, then tail live, within the credit the
+//! subscriber grants.
+//!
+//! A subscription keeps a cursor per matching topic: the next offset to send. Each
+//! round it reads from storage at every cursor in turn (round robin, so one busy topic
+//! cannot starve the others) while credit lasts, and otherwise sleeps until a watched
+//! topic gets records, a matching topic is created, credit arrives, or the broker
+//! shuts down. Catch-up and live tail are the same loop: the cursor only ever moves by
+//! what was sent, so there is no switch-over at which a record could be skipped or sent
+//! twice.
+//!
+//! Memory per subscription is bounded by one write ([`MAX_WRITE`]) plus what QUIC flow
+//! control lets sit in the send buffer; a subscriber that stops reading stops this
+//! task in `flush`, and nothing accumulates.
+
+use std::sync::Arc;
+
+use quiver_protocol::{
+    ClientFrame, ErrorCode, Records, ServerFrame, StartAt, Subscribe, TopicPattern, WireError,
+};
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, instrument, warn};
+
+use crate::broker::{Broker, BrokerError, PatternWatch};
+use crate::session::{frame_error, frame_kind, refuse};
+use crate::storage::{Slice, Storage, StorageError, TopicLog, Watch};
+use crate::transport::{FrameStream, Incoming};
+
+/// Stop feeding frames into one write past this many bytes.
+const MAX_WRITE: usize = 256 * 1024;
+/// The most records in one `Records` frame.
+const MAX_FRAME_RECORDS: u32 = 4096;
+
+/// One topic a subscription reads.
+#[derive(Debug)]
+struct Cursor {
+    log: Arc<TopicLog>,
+    next: u64,
+    _watch: Watch,
+}
+
+/// The cursors of one subscription, read in turn.
+#[derive(Debug)]
+struct Cursors {
+    cursors: Vec<Cursor>,
+    turn: usize,
+    notify: Arc<Notify>,
+}
+
+impl Cursors {
+    fn new() -> Self {
+        Self {
+            cursors: Vec::new(),
+            turn: 0,
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Starts reading `log` at `next`, unless it is read already.
+    fn add(&mut self, log: Arc<TopicLog>, next: u64) {
+        if self.cursors.iter().any(|c| c.log.id() == log.id()) {
+            return;
+        }
+        let watch = log.watch(Arc::clone(&self.notify));
+        self.cursors.push(Cursor {
+            log,
+            next,
+            _watch: watch,
+        });
+    }
+
+    /// Forgets deleted topics.
+    fn drop_deleted(&mut self) {
+        self.cursors.retain(|c| !c.log.is_deleted());
+    }
+
+    /// The next slice to send, taking topics in turn; advances that topic's cursor.
+    fn next_slice(
+        &mut self,
+        storage: &Storage,
+        credit: u32,
+    ) -> Result<Option<(Arc<TopicLog>, Slice)>, StorageError> {
+        let n = self.cursors.len();
+        for i in 0..n {
+            let index = (self.turn + i) % n;
+            let cursor = &mut self.cursors[index];
+            let max = credit.min(MAX_FRAME_RECORDS);
+            if let Some(slice) = storage.read(&cursor.log, cursor.next, max, MAX_WRITE)? {
+                cursor.next = slice.base_offset + u64::from(slice.count);
+                self.turn = (index + 1) % n;
+                return Ok(Some((Arc::clone(&cursor.log), slice)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Serves one client-opened stream, which must start with `Subscribe`.
+#[instrument(name = "subscription", skip_all)]
+pub async fn serve(broker: Arc<Broker>, stream: FrameStream, shutdown: CancellationToken) {
+    let FrameStream {
+        mut reader,
+        mut writer,
+    } = stream;
+    let subscribe = match reader.next().await {
+        Incoming::Frame(ClientFrame::Subscribe(subscribe)) => subscribe,
+        Incoming::Frame(other) => {
+            let error = WireError::new(
+                ErrorCode::UnexpectedMessage,
+                format!(
+                    "a new stream must start with Subscribe, not {} (requests go on the control stream)",
+                    frame_kind(&other)
+                ),
+            );
+            return refuse(&mut writer, error).await;
+        }
+        Incoming::Bad(e) => return refuse(&mut writer, frame_error(&e)).await,
+        Incoming::End => return,
+    };
+    let (pattern, mut created, mut cursors) = match start(&broker, &subscribe) {
+        Ok(started) => started,
+        Err(e) => return refuse(&mut writer, WireError::from(&e)).await,
+    };
+    debug!(pattern = %pattern, from = ?subscribe.from, "subscribed");
+    if writer.send(&ServerFrame::Subscribed).await.is_err() {
+        return;
+    }
+    let storage = broker.storage();
+    let mut credit = subscribe.credit;
+    loop {
+        cursors.drop_deleted();
+        // Send what credit allows, one write at a time.
+        while credit > 0 && writer.buffered() < MAX_WRITE {
+            match cursors.next_slice(storage, credit) {
+                Ok(Some((log, slice))) => {
+                    credit -= slice.count;
+                    writer.feed(&ServerFrame::Records(Records {
+                        topic: log.name().to_string(),
+                        base_offset: slice.base_offset,
+                        batch: slice.batch,
+                    }));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(cause = %e, "reading for a subscription failed");
+                    let error = WireError::from(&BrokerError::from(e));
+                    return refuse(&mut writer, error).await;
+                }
+            }
+        }
+        if writer.buffered() > 0 {
+            tokio::select! {
+                flushed = writer.flush() => if flushed.is_err() { return },
+                () = shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        // Nothing to send: wait for something to change.
+        tokio::select! {
+            incoming = reader.next() => match incoming {
+                Incoming::Frame(ClientFrame::Credit(n)) => credit = credit.saturating_add(n),
+                Incoming::Frame(other) => {
+                    let error = WireError::new(
+                        ErrorCode::UnexpectedMessage,
+                        format!("{} is not valid on a subscription stream", frame_kind(&other)),
+                    );
+                    return refuse(&mut writer, error).await;
+                }
+                Incoming::Bad(e) => return refuse(&mut writer, frame_error(&e)).await,
+                Incoming::End => return,
+            },
+            () = cursors.notify.notified() => {}
+            topic = created.recv() => match topic {
+                Ok(log) if pattern.matches(log.name()) => cursors.add(log, 0),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Missed some creations: look at every topic again.
+                    for log in broker.topics() {
+                        if pattern.matches(log.name()) {
+                            cursors.add(log, 0);
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            () = shutdown.cancelled() => {
+                let bye = WireError::new(ErrorCode::ShuttingDown, "the broker is shutting down");
+                return refuse(&mut writer, bye).await;
+            }
+        }
+    }
+}
+
+/// Resolves the pattern and each matching topic's start offset.
+fn start(
+    broker: &Broker,
+    subscribe: &Subscribe,
+) -> Result<(TopicPattern, broadcast::Receiver<Arc<TopicLog>>, Cursors), BrokerError> {
+    let PatternWatch {
+        pattern,
+        matching,
+        created,
+    } = broker.watch_pattern(&subscribe.pattern)?;
+    let mut cursors = Cursors::new();
+    for log in matching {
+        let next = match subscribe.from {
+            StartAt::Earliest => 0,
+            StartAt::Latest => log.stats().next,
+            StartAt::Offset(offset) => offset,
+            StartAt::Timestamp(ms) => broker.storage().offset_for_timestamp(&log, ms)?,
+        };
+        cursors.add(log, next);
+    }
+    Ok((pattern, created, cursors))
+}

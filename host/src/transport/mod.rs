@@ -1,0 +1,277 @@
+//! QUIC transport: the only module that imports quinn and rustls.
+//!
+//! It hands the rest of the broker Quiver's own types: a [`Listener`] that yields
+//! [`Connection`]s, and streams of typed frames ([`FrameReader`], [`FrameWriter`]).
+//! TLS 1.3 only, ALPN `quiver/1`.
+
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use quiver_protocol::codec::Codec;
+use quiver_protocol::{ALPN, ClientFrame, FrameError, ServerFrame, frame};
+use tokio_util::codec::FramedRead;
+
+pub use tls::Identity;
+
+/// Why the transport failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Certificate or key trouble.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The peer closed the connection or it timed out.
+    #[error("connection closed: {0}")]
+    Closed(String),
+    /// Writing to a stream failed (the peer stopped it or the connection is gone).
+    #[error("stream closed: {0}")]
+    Write(String),
+}
+
+/// Application close codes sent when the broker closes a connection.
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+pub enum CloseCode {
+    /// Nothing wrong.
+    Normal = 0,
+    /// The peer broke the protocol (bad handshake, unexpected stream).
+    ProtocolViolation = 1,
+    /// The broker is shutting down.
+    ShuttingDown = 2,
+}
+
+/// Transport settings.
+#[derive(Debug, Clone)]
+pub struct TransportSettings {
+    /// Concurrent bidirectional streams a client may open.
+    pub max_streams: u32,
+    /// Longest frame body accepted from clients.
+    pub max_frame_len: usize,
+    /// Close connections idle this long (clients send keep-alives more often).
+    pub idle_timeout: Duration,
+}
+
+/// A bound QUIC endpoint accepting broker connections.
+#[derive(Debug)]
+pub struct Listener {
+    endpoint: quinn::Endpoint,
+    max_frame_len: usize,
+}
+
+impl Listener {
+    /// Binds `addr` with the given identity.
+    pub fn bind(
+        addr: SocketAddr,
+        identity: Identity,
+        settings: &TransportSettings,
+    ) -> Result<Self, TransportError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TransportError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(identity.certs, identity.key)
+            .map_err(|e| TransportError::Tls(format!("certificate and key do not fit: {e}")))?;
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_concurrent_bidi_streams(settings.max_streams.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .max_idle_timeout(Some(
+                settings
+                    .idle_timeout
+                    .try_into()
+                    .map_err(|_| TransportError::Tls("idle timeout out of range".into()))?,
+            ));
+        config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(config, addr)
+            .map_err(|source| TransportError::Bind { addr, source })?;
+        Ok(Self {
+            endpoint,
+            max_frame_len: settings.max_frame_len,
+        })
+    }
+
+    /// The address actually bound (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    /// Waits for the next connection attempt; `None` once the listener is closed.
+    pub async fn accept(&self) -> Option<Connecting> {
+        let incoming = self.endpoint.accept().await?;
+        Some(Connecting {
+            incoming,
+            max_frame_len: self.max_frame_len,
+        })
+    }
+
+    /// Refuses new connections from now on; existing ones carry on.
+    pub fn stop_accepting(&self) {
+        self.endpoint.set_server_config(None);
+    }
+
+    /// Closes every connection with `code` and waits (up to `timeout`) for the peers
+    /// to be told.
+    pub async fn close(&self, code: CloseCode, reason: &str, timeout: Duration) {
+        self.endpoint.close((code as u32).into(), reason.as_bytes());
+        let _ = tokio::time::timeout(timeout, self.endpoint.wait_idle()).await;
+    }
+}
+
+/// A connection attempt in progress.
+#[derive(Debug)]
+pub struct Connecting {
+    incoming: quinn::Incoming,
+    max_frame_len: usize,
+}
+
+impl Connecting {
+    /// Completes the QUIC and TLS handshakes.
+    pub async fn establish(self) -> Result<Connection, TransportError> {
+        let conn = self
+            .incoming
+            .await
+            .map_err(|e| TransportError::Closed(e.to_string()))?;
+        Ok(Connection {
+            conn,
+            max_frame_len: self.max_frame_len,
+        })
+    }
+}
+
+/// An established client connection.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    conn: quinn::Connection,
+    max_frame_len: usize,
+}
+
+impl Connection {
+    /// The client's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    /// Waits for the client to open its next stream; `Err` once the connection ends.
+    pub async fn accept_stream(&self) -> Result<FrameStream, TransportError> {
+        let (send, recv) = self
+            .conn
+            .accept_bi()
+            .await
+            .map_err(|e| TransportError::Closed(e.to_string()))?;
+        Ok(FrameStream {
+            reader: FrameReader(FramedRead::new(recv, Codec::new(self.max_frame_len))),
+            writer: FrameWriter {
+                send,
+                buf: BytesMut::new(),
+            },
+        })
+    }
+
+    /// Closes the connection with a code and reason.
+    pub fn close(&self, code: CloseCode, reason: &str) {
+        self.conn.close((code as u32).into(), reason.as_bytes());
+    }
+}
+
+/// Both halves of a client-opened stream.
+#[derive(Debug)]
+pub struct FrameStream {
+    /// Frames from the client.
+    pub reader: FrameReader,
+    /// Frames to the client.
+    pub writer: FrameWriter,
+}
+
+/// What the next read from a stream brought.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A well-formed frame.
+    Frame(ClientFrame),
+    /// A frame that could not be decoded; the stream is still in sync.
+    Bad(FrameError),
+    /// The client finished the stream or the connection is gone.
+    End,
+}
+
+/// Reads client frames from a stream.
+#[derive(Debug)]
+pub struct FrameReader(FramedRead<quinn::RecvStream, Codec<ClientFrame, ServerFrame>>);
+
+impl FrameReader {
+    /// The next frame. Cancel-safe: no frame is lost if the future is dropped.
+    pub async fn next(&mut self) -> Incoming {
+        match self.0.next().await {
+            Some(Ok(Ok(frame))) => Incoming::Frame(frame),
+            Some(Ok(Err(e))) => Incoming::Bad(e),
+            Some(Err(_)) | None => Incoming::End,
+        }
+    }
+}
+
+/// Writes server frames to a stream, coalescing fed frames into one write.
+#[derive(Debug)]
+pub struct FrameWriter {
+    send: quinn::SendStream,
+    buf: BytesMut,
+}
+
+impl FrameWriter {
+    /// Queues a frame for the next [`flush`](Self::flush).
+    pub fn feed(&mut self, frame: &ServerFrame) {
+        // Invariant: server frames are bounded by the limits that produced them (a
+        // reply, an error, or a slice of at most a few MiB of records), far below the
+        // 4 GiB a length prefix holds, so encoding cannot fail.
+        frame::encode(frame, &mut self.buf).expect("server frames fit a length prefix");
+    }
+
+    /// Bytes fed and not yet flushed.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes everything fed so far.
+    pub async fn flush(&mut self) -> Result<(), TransportError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = self.send.write_all(&self.buf).await;
+        self.buf.clear();
+        result.map_err(|e| TransportError::Write(e.to_string()))
+    }
+
+    /// Feeds and flushes one frame.
+    pub async fn send(&mut self, frame: &ServerFrame) -> Result<(), TransportError> {
+        self.feed(frame);
+        self.flush().await
+    }
+
+    /// Ends the stream after what was written.
+    pub fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+
+    /// Ends the stream and waits (up to `timeout`) until the peer has read it all, so
+    /// that closing the connection next does not discard a last error frame.
+    pub async fn finish_and_wait(&mut self, timeout: Duration) {
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(timeout, self.send.stopped()).await;
+    }
+}

@@ -1,0 +1,31 @@
+//! Quiver's wire protocol, shared by the broker and the client SDK.
+//!
+//! - [`frame`]: length-prefixed frames carrying postcard-encoded messages;
+//! - [`message`]: every message, by direction and stream;
+//! - [`record`]: records and the batch format used on the wire and on disk;
+//! - [`name`]: topic names and subscription patterns;
+//! - [`error`]: stable error codes.
+//!
+//! Boundary: this crate does no IO and knows nothing of QUIC or async runtimes; it turns
+//! bytes into values and back, so it can be tested and fuzzed alone. docs/protocol.md
+//! is its specification.
+
+#[cfg(feature = "codec")]
+pub mod codec;
+pub mod error;
+pub mod frame;
+pub mod message;
+pub mod name;
+pub mod record;
+
+pub use error::{ErrorCode, WireError};
+pub use frame::{FrameDecoder, FrameError};
+pub use message::*;
+pub use name::{NameError, TopicName, TopicPattern};
+pub use record::{Header, NewRecord, Record};
+
+/// The ALPN protocol id negotiated on every Quiver QUIC connection.
+pub const ALPN: &[u8] = b"quiver/1";
+
+/// The protocol version this crate implements, exchanged in the hello messages.
+pub const PROTOCOL_VERSION: u16 = 1;

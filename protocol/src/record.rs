@@ -1,0 +1,311 @@
+//! Records and the record batch format, shared by the wire and the broker's storage.
+//!
+//! A batch is a run of entries, each `len: u32 BE | timestamp: u64 BE | body`, where
+//! `len` counts the timestamp and the body, and the body is a postcard-encoded
+//! [`NewRecord`]. Offsets are not stored in entries: a batch travels with the offset of
+//! its first entry. The broker stores batches as they are and serves slices of them on
+//! subscription streams without re-encoding.
+//!
+//! Invariant: [`Entries`] never reads past the batch it is given; a truncated or
+//! corrupt batch yields [`BatchError`], never a panic.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::frame::BufFlavor;
+
+/// Bytes in an entry's fixed header: the length prefix and the timestamp.
+pub const ENTRY_HEADER_LEN: usize = 4 + 8;
+
+/// A record header: a name and a byte value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// The header's name.
+    pub name: String,
+    /// The header's value.
+    pub value: Bytes,
+}
+
+/// A record as a producer publishes it: the broker assigns offset and timestamp.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewRecord {
+    /// Optional key (for example, what a consumer groups or deduplicates by).
+    pub key: Option<Bytes>,
+    /// Headers, in the order given.
+    pub headers: Vec<Header>,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+impl NewRecord {
+    /// A record with just a payload.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Self {
+            key: None,
+            headers: Vec::new(),
+            payload: payload.into(),
+        }
+    }
+
+    /// Sets the key.
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push(Header {
+            name: name.into(),
+            value: value.into(),
+        });
+        self
+    }
+
+    /// The record's size as limits count it: payload, key, header names and values.
+    pub fn size(&self) -> usize {
+        self.payload.len()
+            + self.key.as_ref().map_or(0, Bytes::len)
+            + self
+                .headers
+                .iter()
+                .map(|h| h.name.len() + h.value.len())
+                .sum::<usize>()
+    }
+}
+
+macro_rules! payload_into_record {
+    ($($t:ty),*) => {$(
+        impl From<$t> for NewRecord {
+            /// A record with this payload and no key or headers.
+            fn from(payload: $t) -> Self {
+                Self::new(payload)
+            }
+        }
+    )*};
+}
+
+payload_into_record!(Bytes, Vec<u8>, String, &'static str, &'static [u8]);
+
+/// A stored record as a reader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The record's position in its topic.
+    pub offset: u64,
+    /// When the broker appended it, in milliseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// Optional key.
+    pub key: Option<Bytes>,
+    /// Headers, in the order published.
+    pub headers: Vec<Header>,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+impl Record {
+    /// The first header with this name, if any.
+    pub fn header(&self, name: &str) -> Option<&Bytes> {
+        self.headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| &h.value)
+    }
+}
+
+/// Why a batch could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// An entry runs past the end of the batch.
+    #[error("record batch truncated at byte {at}")]
+    Truncated {
+        /// Where the incomplete entry starts.
+        at: usize,
+    },
+    /// An entry's body is not a valid record.
+    #[error("record at byte {at} is malformed: {reason}")]
+    Malformed {
+        /// Where the entry starts.
+        at: usize,
+        /// What the decoder said.
+        reason: String,
+    },
+}
+
+/// Appends one entry to a batch and returns the number of bytes it takes.
+///
+/// Panics if the encoded record exceeds 4 GiB; callers enforce a record-size limit
+/// far below that first (the broker's default is 1 MiB).
+pub fn append_entry(dst: &mut BytesMut, timestamp: u64, record: &NewRecord) -> usize {
+    let start = dst.len();
+    dst.put_u32(0); // patched below, once the body's length is known
+    dst.put_u64(timestamp);
+    // Invariant: a `NewRecord` has no map or unsized sequence, and `BufFlavor` grows
+    // the buffer, so postcard cannot fail here.
+    postcard::serialize_with_flavor(record, BufFlavor(&mut *dst))
+        .expect("a NewRecord always serializes");
+    let len = dst.len() - start;
+    let body_len = u32::try_from(len - 4).expect("record size limits keep entries below 4 GiB");
+    dst[start..start + 4].copy_from_slice(&body_len.to_be_bytes());
+    len
+}
+
+/// One entry of a batch, not yet decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct RawEntry<'a> {
+    /// When the record was appended (ms since the Unix epoch).
+    pub timestamp: u64,
+    /// The encoded record body.
+    pub body: &'a [u8],
+    /// Where this entry starts in the batch.
+    pub start: usize,
+    /// The bytes this entry takes in the batch, header included.
+    pub encoded_len: usize,
+}
+
+impl RawEntry<'_> {
+    /// Decodes the entry into a [`Record`] at `offset`.
+    pub fn decode(&self, offset: u64) -> Result<Record, BatchError> {
+        let malformed = |reason: String| BatchError::Malformed {
+            at: self.start,
+            reason,
+        };
+        let (record, rest): (NewRecord, _) =
+            postcard::take_from_bytes(self.body).map_err(|e| malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(malformed(format!("{} trailing bytes", rest.len())));
+        }
+        Ok(Record {
+            offset,
+            timestamp: self.timestamp,
+            key: record.key,
+            headers: record.headers,
+            payload: record.payload,
+        })
+    }
+}
+
+/// Iterates the entries of a batch.
+#[derive(Debug, Clone)]
+pub struct Entries<'a> {
+    batch: &'a [u8],
+    pos: usize,
+}
+
+/// Iterates the entries of `batch` without decoding their bodies.
+pub fn entries(batch: &[u8]) -> Entries<'_> {
+    Entries { batch, pos: 0 }
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = Result<RawEntry<'a>, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = &self.batch[self.pos..];
+        if rest.is_empty() {
+            return None;
+        }
+        let start = self.pos;
+        let truncated = BatchError::Truncated { at: start };
+        let parsed = (|| {
+            let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+            let entry = rest.get(4..4usize.checked_add(len)?)?;
+            let timestamp = u64::from_be_bytes(entry.get(..8)?.try_into().ok()?);
+            Some(RawEntry {
+                timestamp,
+                body: &entry[8..],
+                start,
+                encoded_len: 4 + len,
+            })
+        })();
+        match parsed {
+            Some(entry) => {
+                self.pos += entry.encoded_len;
+                Some(Ok(entry))
+            }
+            None => {
+                self.pos = self.batch.len(); // stop after reporting the error once
+                Some(Err(truncated))
+            }
+        }
+    }
+}
+
+/// Decodes every record of a batch whose first entry has offset `base_offset`.
+pub fn decode_batch(base_offset: u64, batch: &[u8]) -> Result<Vec<Record>, BatchError> {
+    entries(batch)
+        .enumerate()
+        .map(|(i, entry)| entry?.decode(base_offset + i as u64))
+        .collect()
+}
+
+/// Encodes records into a fresh batch, all with the same timestamp (used by tests and
+/// tools; the broker builds batches entry by entry).
+pub fn encode_batch<'r>(timestamp: u64, records: impl IntoIterator<Item = &'r NewRecord>) -> Bytes {
+    let mut buf = BytesMut::new();
+    for record in records {
+        append_entry(&mut buf, timestamp, record);
+    }
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(i: u8) -> NewRecord {
+        NewRecord::new(vec![i; i as usize])
+            .with_key(vec![i])
+            .with_header("h", "v")
+    }
+
+    #[test]
+    fn batch_round_trips() {
+        let records: Vec<_> = (0..5).map(sample).collect();
+        let batch = encode_batch(77, &records);
+        let decoded = decode_batch(10, &batch).unwrap();
+        assert_eq!(decoded.len(), 5);
+        for (i, (got, want)) in decoded.iter().zip(&records).enumerate() {
+            assert_eq!(got.offset, 10 + i as u64);
+            assert_eq!(got.timestamp, 77);
+            assert_eq!(got.payload, want.payload);
+            assert_eq!(got.key, want.key);
+            assert_eq!(got.headers, want.headers);
+        }
+    }
+
+    #[test]
+    fn entry_lengths_add_up() {
+        let records: Vec<_> = (0..3).map(sample).collect();
+        let batch = encode_batch(1, &records);
+        let total: usize = entries(&batch).map(|e| e.unwrap().encoded_len).sum();
+        assert_eq!(total, batch.len());
+    }
+
+    #[test]
+    fn truncated_batch_is_an_error() {
+        let batch = encode_batch(1, &[sample(9)]);
+        for cut in 1..batch.len() {
+            let result = decode_batch(0, &batch[..cut]);
+            assert_eq!(result, Err(BatchError::Truncated { at: 0 }), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn size_counts_key_headers_and_payload() {
+        let r = NewRecord::new("12345")
+            .with_key("ab")
+            .with_header("xy", "z");
+        assert_eq!(r.size(), 5 + 2 + 3);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_batches_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_batch(0, &bytes);
+            for entry in entries(&bytes).flatten() {
+                prop_assert!(entry.start + entry.encoded_len <= bytes.len());
+            }
+        }
+    }
+}

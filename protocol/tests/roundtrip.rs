@@ -1,0 +1,206 @@
+//! Property tests: every message round-trips through a frame, and arbitrary bytes never
+//! panic the decoder.
+
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+use bytes::{Bytes, BytesMut};
+use proptest::prelude::*;
+use quiver_protocol::frame::{self, FrameDecoder};
+use quiver_protocol::*;
+
+fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
+}
+
+fn record() -> impl Strategy<Value = NewRecord> {
+    (
+        proptest::option::of(bytes(16)),
+        proptest::collection::vec(
+            (".{0,8}", bytes(8)).prop_map(|(name, value)| Header { name, value }),
+            0..3,
+        ),
+        bytes(64),
+    )
+        .prop_map(|(key, headers, payload)| NewRecord {
+            key,
+            headers,
+            payload,
+        })
+}
+
+fn retention() -> impl Strategy<Value = Retention> {
+    (
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(max_age_ms, max_bytes, max_records)| Retention {
+            max_age_ms,
+            max_bytes,
+            max_records,
+        })
+}
+
+fn wire_error() -> impl Strategy<Value = WireError> {
+    (any::<u16>(), ".{0,16}").prop_map(|(code, message)| WireError::new(code.into(), message))
+}
+
+fn start_at() -> impl Strategy<Value = StartAt> {
+    prop_oneof![
+        Just(StartAt::Earliest),
+        Just(StartAt::Latest),
+        any::<u64>().prop_map(StartAt::Offset),
+        any::<u64>().prop_map(StartAt::Timestamp),
+    ]
+}
+
+fn topic_info() -> impl Strategy<Value = TopicInfo> {
+    (".{0,12}", retention(), any::<[u64; 5]>()).prop_map(|(name, retention, n)| TopicInfo {
+        name,
+        retention,
+        created_ms: n[0],
+        records: n[1],
+        bytes: n[2],
+        first_offset: n[3],
+        next_offset: n[4],
+    })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (".{0,12}", retention()).prop_map(|(name, retention)| Op::CreateTopic { name, retention }),
+        ".{0,12}".prop_map(|name| Op::DeleteTopic { name }),
+        ".{0,12}".prop_map(|name| Op::DescribeTopic { name }),
+        Just(Op::ListTopics),
+        (".{0,12}", proptest::collection::vec(record(), 0..4))
+            .prop_map(|(topic, records)| Op::Publish { topic, records }),
+    ]
+}
+
+fn op_reply() -> impl Strategy<Value = OpReply> {
+    prop_oneof![
+        topic_info().prop_map(OpReply::Topic),
+        proptest::collection::vec(topic_info(), 0..3).prop_map(OpReply::Topics),
+        Just(OpReply::Deleted),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(base_offset, count)| OpReply::Published { base_offset, count }),
+    ]
+}
+
+fn client_frame() -> impl Strategy<Value = ClientFrame> {
+    prop_oneof![
+        (any::<u16>(), ".{0,12}")
+            .prop_map(|(version, client)| ClientFrame::Hello(ClientHello { version, client })),
+        (any::<u64>(), op()).prop_map(|(id, op)| ClientFrame::Request(Request { id, op })),
+        (".{0,12}", start_at(), any::<u32>()).prop_map(|(pattern, from, credit)| {
+            ClientFrame::Subscribe(Subscribe {
+                pattern,
+                from,
+                credit,
+            })
+        }),
+        any::<u32>().prop_map(ClientFrame::Credit),
+    ]
+}
+
+fn server_frame() -> impl Strategy<Value = ServerFrame> {
+    prop_oneof![
+        (any::<u16>(), ".{0,12}", any::<(u64, u64, u32)>()).prop_map(|(version, server, l)| {
+            ServerFrame::Hello(ServerHello {
+                version,
+                server,
+                limits: Limits {
+                    max_frame_len: l.0,
+                    max_record_size: l.1,
+                    max_batch_records: l.2,
+                },
+            })
+        }),
+        (
+            any::<u64>(),
+            prop_oneof![op_reply().prop_map(Ok), wire_error().prop_map(Err)]
+        )
+            .prop_map(|(id, result)| ServerFrame::Reply(Reply { id, result })),
+        Just(ServerFrame::Subscribed),
+        (
+            ".{0,12}",
+            any::<u64>(),
+            proptest::collection::vec(record(), 0..4)
+        )
+            .prop_map(|(topic, base_offset, records)| {
+                ServerFrame::Records(Records {
+                    topic,
+                    base_offset,
+                    batch: record::encode_batch(1, &records),
+                })
+            }),
+        wire_error().prop_map(ServerFrame::Error),
+    ]
+}
+
+fn round_trip<M>(msg: &M) -> M
+where
+    M: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let mut buf = BytesMut::new();
+    frame::encode(msg, &mut buf).unwrap();
+    let mut decoder = FrameDecoder::new(frame::DEFAULT_MAX_FRAME_LEN);
+    let decoded = decoder.decode::<M>(&mut buf).unwrap().unwrap();
+    assert!(buf.is_empty(), "the frame was consumed whole");
+    decoded
+}
+
+proptest! {
+    #[test]
+    fn client_frames_round_trip(msg in client_frame()) {
+        prop_assert_eq!(round_trip(&msg), msg);
+    }
+
+    #[test]
+    fn server_frames_round_trip(msg in server_frame()) {
+        prop_assert_eq!(round_trip(&msg), msg);
+    }
+
+    #[test]
+    fn records_in_a_batch_round_trip(records in proptest::collection::vec(record(), 0..8), base in 0u64..1 << 40, ts in any::<u64>()) {
+        let batch = record::encode_batch(ts, &records);
+        let decoded = record::decode_batch(base, &batch).unwrap();
+        prop_assert_eq!(decoded.len(), records.len());
+        for (i, (got, want)) in decoded.into_iter().zip(records).enumerate() {
+            prop_assert_eq!(got.offset, base + i as u64);
+            prop_assert_eq!(got.timestamp, ts);
+            prop_assert_eq!(got.key, want.key);
+            prop_assert_eq!(got.headers, want.headers);
+            prop_assert_eq!(got.payload, want.payload);
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_the_decoder(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8)) {
+        let mut client = FrameDecoder::new(256);
+        let mut server = FrameDecoder::new(256);
+        let mut a = BytesMut::new();
+        let mut b = BytesMut::new();
+        for chunk in chunks {
+            a.extend_from_slice(&chunk);
+            b.extend_from_slice(&chunk);
+            // Drain every complete frame; errors are values, never panics.
+            while let Ok(Some(_)) | Err(_) = server.decode::<ClientFrame>(&mut a) {}
+            while let Ok(Some(_)) | Err(_) = client.decode::<ServerFrame>(&mut b) {}
+        }
+    }
+
+    #[test]
+    fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let _ = frame::decode_body::<ClientFrame>(&body);
+        if let Ok(ServerFrame::Records(records)) = frame::decode_body::<ServerFrame>(&body) {
+            let _ = record::decode_batch(records.base_offset, &records.batch);
+        }
+    }
+}
+
+#[test]
+fn unknown_error_codes_survive_decoding() {
+    let msg = ServerFrame::Error(WireError::new(ErrorCode::Unknown(777), "from the future"));
+    assert_eq!(round_trip(&msg), msg);
+}

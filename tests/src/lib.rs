@@ -1,0 +1,271 @@
+//! The integration-test harness: starts the real `quiver` binary on a temp data dir and
+//! port 0, waits for its ready line, and hands out real SDK clients.
+//!
+//! The binary is `target/<profile>/quiver` next to the test executable, or `$QUIVER_BIN`.
+//! `make test` builds it before running the tests.
+
+pub mod raw;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use quiver_client::Client;
+
+/// How long a broker may take to print its ready line before the test gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `quiver` binary under test.
+pub fn quiver_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("QUIVER_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("the test binary knows its path");
+    // target/<profile>/deps/<test> -> target/<profile>/quiver
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps")
+        .join("quiver");
+    assert!(
+        bin.exists(),
+        "{} does not exist: build it first (`make test` does), or set QUIVER_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A data dir that outlives broker restarts; removed on drop.
+#[derive(Debug)]
+pub struct DataDir(tempfile::TempDir);
+
+impl DataDir {
+    /// A fresh, empty data dir.
+    pub fn new() -> Self {
+        Self(tempfile::tempdir().expect("a temp dir"))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// The broker's self-signed certificate in it.
+    pub fn cert(&self) -> PathBuf {
+        self.path().join("tls").join("cert.pem")
+    }
+}
+
+impl Default for DataDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running broker process.
+#[derive(Debug)]
+pub struct Broker {
+    child: Child,
+    addr: String,
+    cert: PathBuf,
+    data: PathBuf,
+}
+
+/// Extra settings for a broker, as `QUIVER_*` environment variables.
+pub type Env<'a> = &'a [(&'a str, &'a str)];
+
+impl Broker {
+    /// Starts a broker on `data` with port 0 and waits for its ready line.
+    pub fn start(data: &DataDir) -> Self {
+        Self::start_with(data, &[])
+    }
+
+    /// Like [`Broker::start`], with extra environment (configuration overrides).
+    pub fn start_with(data: &DataDir, env: Env<'_>) -> Self {
+        let mut command = Command::new(quiver_bin());
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data.path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("the quiver binary starts");
+        forward_stderr(&mut child);
+        let addr = wait_for_ready_line(&mut child);
+        Self {
+            child,
+            addr,
+            cert: data.cert(),
+            data: data.path().to_owned(),
+        }
+    }
+
+    /// The address it listens on (`127.0.0.1:port`).
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The certificate clients trust.
+    pub fn cert(&self) -> &Path {
+        &self.cert
+    }
+
+    /// The data dir.
+    pub fn data(&self) -> &Path {
+        &self.data
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A connected client.
+    pub async fn client(&self) -> Client {
+        Client::builder()
+            .ca_file(&self.cert)
+            .expect("the broker's certificate is readable")
+            .connect(&self.addr)
+            .await
+            .expect("the broker accepts a connection")
+    }
+
+    /// Kills the broker with SIGKILL (no chance to flush anything) and reaps it.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL is delivered");
+        self.child.wait().expect("the broker is reaped");
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "SIGTERM is delivered");
+    }
+
+    /// Sends SIGTERM and waits for the broker to exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.terminate();
+        self.child.wait().expect("the broker is reaped")
+    }
+
+    /// Waits for the broker to exit (after [`Broker::terminate`]).
+    pub fn wait(mut self) -> ExitStatus {
+        self.child.wait().expect("the broker is reaped")
+    }
+
+    /// The broker's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the broker's /proc status is readable");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS is in /proc status")
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Copies the broker's log into the test's output (shown when a test fails).
+fn forward_stderr(child: &mut Child) {
+    let stderr = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[broker] {line}");
+        }
+    });
+}
+
+/// Reads stdout until the ready line and returns the bound address.
+fn wait_for_ready_line(child: &mut Child) -> String {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = tx.send(Some(addr));
+                // Keep draining so the broker never blocks on a full pipe.
+                for _ in lines.by_ref() {}
+                return;
+            }
+        }
+        let _ = tx.send(None);
+    });
+    match rx.recv_timeout(READY_TIMEOUT) {
+        Ok(Some(addr)) => addr,
+        Ok(None) => {
+            let status = child.wait().expect("the broker is reaped");
+            panic!("the broker exited ({status}) before printing its ready line; its log is above")
+        }
+        Err(_) => panic!("no ready line within {READY_TIMEOUT:?}"),
+    }
+}
+
+/// Runs the `quiver` CLI with `args`, in `cwd`, against nothing in particular (pass
+/// `--server`/`--ca` or set them in `env`), feeding `stdin`. Returns its output.
+pub fn cli(cwd: &Path, args: &[&str], env: Env<'_>, stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut command = Command::new(quiver_bin());
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("QUIVER_SERVER")
+        .env_remove("QUIVER_CA")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("the quiver binary starts");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    let stdin = stdin.to_owned();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(stdin.as_bytes());
+    });
+    let output = child.wait_with_output().expect("the CLI runs");
+    writer.join().expect("stdin writer finishes");
+    output
+}
+
+/// Polls `condition` every few milliseconds until it holds, for at most `limit`.
+/// For effects with no event to wait on (background retention); panics on timeout.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        if condition().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+    }
+}

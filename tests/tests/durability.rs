@@ -1,0 +1,216 @@
+//! What survives: a clean restart keeps everything; SIGKILL right after acks keeps
+//! every acknowledged record; SIGTERM answers in-flight publishes before exiting.
+
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use quiver_client::{Client, ErrorCode, Retention, StartAt, SubscribeOptions};
+use quiver_tests::{Broker, DataDir};
+
+/// Every record of a topic, as offset -> payload, read through a subscription.
+async fn read_all(client: &Client, topic: &str) -> BTreeMap<u64, Vec<u8>> {
+    let info = client.describe_topic(topic).await.unwrap();
+    let mut sub = client
+        .subscribe(topic, SubscribeOptions::from(StartAt::Earliest))
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    while out.len() < info.records as usize {
+        let record = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .expect("records keep coming")
+            .expect("open")
+            .expect("a record");
+        out.insert(record.offset, record.payload.to_vec());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_topics_settings_records_and_offsets() {
+    let data = DataDir::new();
+    let retention = Retention {
+        max_age_ms: Some(3_600_000),
+        max_bytes: None,
+        max_records: Some(500),
+    };
+    let before = {
+        let broker = Broker::start(&data);
+        let client = broker.client().await;
+        client.create_topic("kept.a", retention).await.unwrap();
+        client
+            .create_topic("kept.b", Retention::default())
+            .await
+            .unwrap();
+        for i in 0..20 {
+            client.publish("kept.a", format!("a{i}")).await.unwrap();
+        }
+        client.publish("kept.b", "b0").await.unwrap();
+        let topics = client.list_topics().await.unwrap();
+        client.close().await;
+        assert!(broker.stop().success(), "a clean stop exits 0");
+        topics
+    };
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    let after = client.list_topics().await.unwrap();
+    assert_eq!(
+        after, before,
+        "names, retention, counts, offsets and sizes all survive"
+    );
+    assert_eq!(after[0].retention, retention);
+    let records = read_all(&client, "kept.a").await;
+    assert_eq!(records.len(), 20);
+    assert_eq!(records[&19], b"a19");
+    assert_eq!(
+        client.publish("kept.a", "a20").await.unwrap(),
+        20,
+        "offsets continue"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_right_after_acks_keeps_every_acked_record() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    // A short idle timeout: after the kill, in-flight publishes fail within seconds.
+    let client = Client::builder()
+        .ca_file(broker.cert())
+        .unwrap()
+        .idle_timeout(Duration::from_secs(2))
+        .connect(broker.addr())
+        .await
+        .unwrap();
+    client
+        .create_topic("crash", Retention::default())
+        .await
+        .unwrap();
+    // Keep publishing from several tasks; kill the broker the moment 2,000 acks are in,
+    // with hundreds more in flight.
+    let (acks, mut acked) = tokio::sync::mpsc::unbounded_channel();
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let (client, acks) = (client.clone(), acks.clone());
+            tokio::spawn(async move {
+                let mut inflight = FuturesUnordered::new();
+                for i in 0..100_000u32 {
+                    let client = client.clone();
+                    let payload = format!("{p}-{i}");
+                    inflight.push(async move {
+                        (client.publish("crash", payload.clone()).await, payload)
+                    });
+                    while inflight.len() >= 128 {
+                        match inflight.next().await {
+                            Some((Ok(offset), payload)) => {
+                                if acks.send((offset, payload)).is_err() {
+                                    return;
+                                }
+                            }
+                            _ => return, // the broker is gone
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(acks);
+    let mut confirmed = BTreeMap::new();
+    while confirmed.len() < 2000 {
+        let (offset, payload) = acked.recv().await.expect("acks arrive");
+        confirmed.insert(offset, payload);
+    }
+    broker.kill9();
+    // Acks that raced the kill are acknowledged too: collect them all.
+    while let Some((offset, payload)) = acked.recv().await {
+        confirmed.insert(offset, payload);
+    }
+    for producer in producers {
+        producer.await.unwrap();
+    }
+
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    let info = client.describe_topic("crash").await.unwrap();
+    let stored = read_all(&client, "crash").await;
+    assert_eq!(
+        stored.len() as u64,
+        info.next_offset,
+        "offsets are dense after recovery"
+    );
+    for (offset, payload) in &confirmed {
+        assert_eq!(
+            stored.get(offset).map(Vec::as_slice),
+            Some(payload.as_bytes()),
+            "acked record at offset {offset} survived"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_in_flight_publishes_then_exits() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    client
+        .create_topic("drain", Retention::default())
+        .await
+        .unwrap();
+    let mut inflight = FuturesUnordered::new();
+    for i in 0..2000u32 {
+        let client = client.clone();
+        inflight.push(async move { (client.publish("drain", format!("{i}")).await, i) });
+    }
+    // Let a few complete so the broker is mid-stream, then ask it to stop.
+    let mut acked = BTreeMap::new();
+    while acked.len() < 50 {
+        let (result, i) = inflight.next().await.unwrap();
+        acked.insert(result.unwrap(), i);
+    }
+    broker.terminate();
+    while let Some((result, i)) = inflight.next().await {
+        match result {
+            Ok(offset) => {
+                acked.insert(offset, i);
+            }
+            Err(e) => assert!(
+                e.code() == Some(ErrorCode::ShuttingDown)
+                    || matches!(e, quiver_client::Error::ConnectionLost(_)),
+                "unacked publishes fail cleanly: {e}"
+            ),
+        }
+    }
+    assert!(broker.wait().success(), "graceful shutdown exits 0");
+
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    let stored = read_all(&client, "drain").await;
+    for (offset, i) in acked {
+        assert_eq!(stored[&offset], i.to_string().as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_are_told_when_the_broker_shuts_down() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    client
+        .create_topic("t", Retention::default())
+        .await
+        .unwrap();
+    let mut sub = client
+        .subscribe("t", SubscribeOptions::default())
+        .await
+        .unwrap();
+    broker.terminate();
+    let end = tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .expect("the subscription ends promptly");
+    let error = end.expect("an error, not a silent end").unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::ShuttingDown), "{error}");
+    assert!(broker.wait().success());
+}
