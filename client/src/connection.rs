@@ -35,8 +35,6 @@ use crate::subscription::{self, Subscription};
 
 /// The largest frame this client accepts from a server.
 const MAX_INCOMING_FRAME: usize = frame::DEFAULT_MAX_FRAME_LEN;
-/// Frames queued for the writer task before callers wait.
-const WRITE_QUEUE: usize = 1024;
 /// The writer stops coalescing once a write reaches this size.
 const MAX_WRITE: usize = 1 << 20;
 
@@ -176,7 +174,7 @@ impl ClientBuilder {
         debug!(%addr, ?limits, "connected");
 
         let pending = Arc::new(Pending::default());
-        let (writes, write_rx) = mpsc::channel(WRITE_QUEUE);
+        let (writes, write_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_frames(send, write_rx));
         tokio::spawn(read_replies(frames, Arc::clone(&pending)));
         Ok(Client {
@@ -298,7 +296,7 @@ impl Pending {
     }
 }
 
-async fn write_frames(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_frames(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Bytes>) {
     let mut buf = BytesMut::new();
     while let Some(frame) = rx.recv().await {
         buf.extend_from_slice(&frame);
@@ -348,9 +346,31 @@ pub(crate) struct Shared {
     endpoint: quinn::Endpoint,
     pub(crate) conn: quinn::Connection,
     limits: Limits,
-    writes: mpsc::Sender<Bytes>,
+    writes: mpsc::UnboundedSender<Bytes>,
     pending: Arc<Pending>,
     next_id: AtomicU64,
+}
+
+impl Shared {
+    /// Encodes a request, registers it and hands it to the writer task.
+    fn queue(&self, op: Op) -> Result<oneshot::Receiver<Result<OpReply, WireError>>> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = encode(&ClientFrame::Request(Request { id, op }))?;
+        let body_len = frame.len() - frame::LENGTH_PREFIX_LEN;
+        if body_len as u64 > self.limits.max_frame_len {
+            return Err(Error::TooLarge {
+                size: body_len,
+                max: self.limits.max_frame_len,
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.pending.insert(id, tx)?;
+        if self.writes.send(frame).is_err() {
+            self.pending.lock().replies.remove(&id);
+            return Err(self.pending.lost());
+        }
+        Ok(rx)
+    }
 }
 
 impl Drop for Shared {
@@ -391,28 +411,19 @@ impl Client {
         self.shared.limits
     }
 
-    /// Sends one request and waits for its reply.
-    async fn request(&self, op: Op) -> Result<OpReply> {
-        let shared = &self.shared;
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = encode(&ClientFrame::Request(Request { id, op }))?;
-        let body_len = frame.len() - frame::LENGTH_PREFIX_LEN;
-        if body_len as u64 > shared.limits.max_frame_len {
-            return Err(Error::TooLarge {
-                size: body_len,
-                max: shared.limits.max_frame_len,
-            });
-        }
-        let (tx, rx) = oneshot::channel();
-        shared.pending.insert(id, tx)?;
-        if shared.writes.send(frame).await.is_err() {
-            shared.pending.lock().replies.remove(&id);
-            return Err(shared.pending.lost());
-        }
-        match rx.await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(e)) => Err(Error::Server(e)),
-            Err(_) => Err(shared.pending.lost()),
+    /// Queues one request for sending, now, and returns a future of its reply.
+    ///
+    /// Queueing happens in this call, not when the future is first polled, so requests
+    /// go out in the order they were made however their futures are polled.
+    fn request(&self, op: Op) -> impl Future<Output = Result<OpReply>> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        let queued = shared.queue(op);
+        async move {
+            match queued?.await {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(e)) => Err(Error::Server(e)),
+                Err(_) => Err(shared.pending.lost()),
+            }
         }
     }
 
@@ -462,23 +473,39 @@ impl Client {
         }
     }
 
-    /// Publishes one record and returns its offset once it is durable.
-    pub async fn publish(&self, topic: &str, record: impl Into<NewRecord>) -> Result<u64> {
-        Ok(self.publish_batch(topic, vec![record.into()]).await?.start)
+    /// Publishes one record; the future resolves to its offset once it is durable.
+    ///
+    /// The record is queued for sending by this call, so records published one after
+    /// the other keep that order in the topic even while many are in flight. Memory:
+    /// each queued record is held until its future resolves or is dropped.
+    pub fn publish(
+        &self,
+        topic: &str,
+        record: impl Into<NewRecord>,
+    ) -> impl Future<Output = Result<u64>> + Send + 'static {
+        let batch = self.publish_batch(topic, vec![record.into()]);
+        async move { Ok(batch.await?.start) }
     }
 
-    /// Publishes records as one batch: they get consecutive offsets, returned once all
-    /// of them are durable.
-    pub async fn publish_batch(&self, topic: &str, records: Vec<NewRecord>) -> Result<Range<u64>> {
-        let op = Op::Publish {
+    /// Publishes records as one batch, all or nothing: they get consecutive offsets,
+    /// returned once all of them are durable. Queued by this call, like
+    /// [`publish`](Client::publish).
+    pub fn publish_batch(
+        &self,
+        topic: &str,
+        records: Vec<NewRecord>,
+    ) -> impl Future<Output = Result<Range<u64>>> + Send + 'static {
+        let reply = self.request(Op::Publish {
             topic: topic.to_owned(),
             records,
-        };
-        match self.request(op).await? {
-            OpReply::Published { base_offset, count } => {
-                Ok(base_offset..base_offset + u64::from(count))
+        });
+        async move {
+            match reply.await? {
+                OpReply::Published { base_offset, count } => {
+                    Ok(base_offset..base_offset + u64::from(count))
+                }
+                other => Err(unexpected(other)),
             }
-            other => Err(unexpected(other)),
         }
     }
 

@@ -37,19 +37,47 @@ pub fn quiver_bin() -> PathBuf {
     bin
 }
 
+/// A client SDK example program (`client/examples/NAME.rs`), built next to the binary.
+pub fn example_bin(name: &str) -> PathBuf {
+    let bin = quiver_bin()
+        .parent()
+        .expect("the binary is in a directory")
+        .join("examples")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} does not exist: build the examples first (`make test` does)",
+        bin.display()
+    );
+    bin
+}
+
 /// A data dir that outlives broker restarts; removed on drop.
+///
+/// It is `quiver-data` inside a temp dir, laid out as `quiver serve` run in that temp
+/// dir would lay it out, so CLI tests can run there and find the certificate.
 #[derive(Debug)]
-pub struct DataDir(tempfile::TempDir);
+pub struct DataDir {
+    root: tempfile::TempDir,
+    path: PathBuf,
+}
 
 impl DataDir {
     /// A fresh, empty data dir.
     pub fn new() -> Self {
-        Self(tempfile::tempdir().expect("a temp dir"))
+        let root = tempfile::tempdir().expect("a temp dir");
+        let path = root.path().join("quiver-data");
+        Self { root, path }
     }
 
-    /// Its path.
+    /// The data dir's path.
     pub fn path(&self) -> &Path {
-        self.0.path()
+        &self.path
+    }
+
+    /// The temp dir holding it: where `quiver` finds `./quiver-data`.
+    pub fn root(&self) -> &Path {
+        self.root.path()
     }
 
     /// The broker's self-signed certificate in it.
@@ -84,10 +112,16 @@ impl Broker {
 
     /// Like [`Broker::start`], with extra environment (configuration overrides).
     pub fn start_with(data: &DataDir, env: Env<'_>) -> Self {
+        Self::launch(data, &[], env)
+    }
+
+    /// Starts `quiver serve --listen 127.0.0.1:0 --data DATA ARGS…` with `env`.
+    pub fn launch(data: &DataDir, args: &[&str], env: Env<'_>) -> Self {
         let mut command = Command::new(quiver_bin());
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data.path())
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -97,11 +131,11 @@ impl Broker {
         }
         let mut child = command.spawn().expect("the quiver binary starts");
         forward_stderr(&mut child);
-        let addr = wait_for_ready_line(&mut child);
+        let (addr, cert) = wait_for_ready_line(&mut child);
         Self {
             child,
             addr,
-            cert: data.cert(),
+            cert,
             data: data.path().to_owned(),
         }
     }
@@ -191,20 +225,19 @@ fn forward_stderr(child: &mut Child) {
     });
 }
 
-/// Reads stdout until the ready line and returns the bound address.
-fn wait_for_ready_line(child: &mut Child) -> String {
+/// Reads stdout until the ready line and returns the bound address and the
+/// certificate it names.
+fn wait_for_ready_line(child: &mut Child) -> (String, PathBuf) {
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
         for line in lines.by_ref().map_while(Result::ok) {
             if let Some(rest) = line.split("listening on ").nth(1) {
-                let addr = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                let _ = tx.send(Some(addr));
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                let cert = line.split("certificate ").nth(1).unwrap_or_default();
+                let ready = (addr.to_owned(), PathBuf::from(cert.trim_end_matches(')')));
+                let _ = tx.send(Some(ready));
                 // Keep draining so the broker never blocks on a full pipe.
                 for _ in lines.by_ref() {}
                 return;
@@ -213,7 +246,7 @@ fn wait_for_ready_line(child: &mut Child) -> String {
         let _ = tx.send(None);
     });
     match rx.recv_timeout(READY_TIMEOUT) {
-        Ok(Some(addr)) => addr,
+        Ok(Some(ready)) => ready,
         Ok(None) => {
             let status = child.wait().expect("the broker is reaped");
             panic!("the broker exited ({status}) before printing its ready line; its log is above")

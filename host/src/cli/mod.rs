@@ -47,6 +47,9 @@ struct ConnectArgs {
     /// Default: ./quiver-data/tls/cert.pem when it exists (a broker started here).
     #[arg(long, env = "QUIVER_CA")]
     ca: Option<PathBuf>,
+    /// How long to wait for the broker to answer when connecting.
+    #[arg(long, env = "QUIVER_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    connect_timeout: std::time::Duration,
 }
 
 impl ConnectArgs {
@@ -69,6 +72,7 @@ impl ConnectArgs {
         let client = Client::builder()
             .ca_file(&ca)?
             .client_name(format!("quiver-cli/{}", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(self.connect_timeout)
             .connect(&self.server)
             .await?;
         Ok(client)

@@ -13,7 +13,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use super::ConnectArgs;
 use super::output;
 
-/// Publishes from stdin kept in flight at once (offsets still print in input order).
+/// Publishes from stdin kept in flight at once; records are stored, and offsets
+/// printed, in input order.
 const PUBLISH_WINDOW: usize = 256;
 
 #[derive(Debug, Args)]
@@ -72,10 +73,8 @@ pub(super) async fn publish(args: PubArgs) -> anyhow::Result<()> {
         tokio::select! {
             line = lines.next_line(), if !eof && inflight.len() < PUBLISH_WINDOW => {
                 match line.context("reading stdin")? {
-                    Some(line) => {
-                        let (client, topic, record) = (client.clone(), args.topic.clone(), args.record(line));
-                        inflight.push_back(async move { client.publish(&topic, record).await });
-                    }
+                    // Queued in line order by this call: the topic keeps stdin's order.
+                    Some(line) => inflight.push_back(client.publish(&args.topic, args.record(line))),
                     None => eof = true,
                 }
             }

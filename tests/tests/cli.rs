@@ -1,0 +1,297 @@
+//! The `quiver` CLI against a real broker: topic admin, pub from arguments and stdin,
+//! sub as text and JSON, exit codes and messages, configuration files and operator
+//! certificates.
+
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+use std::path::Path;
+use std::process::Output;
+
+use quiver_client::{Client, NewRecord, Retention};
+use quiver_tests::{Broker, DataDir, cli};
+use serde_json::Value;
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+/// Runs the CLI in the data dir's parent, where it finds the certificate by itself.
+fn quiver(broker: &Broker, data: &DataDir, args: &[&str], stdin: &str) -> Output {
+    cli(data.root(), args, &[("QUIVER_SERVER", broker.addr())], stdin)
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "the command failed: {}",
+        stderr(&output)
+    );
+    stdout(&output)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_commands_manage_topics() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let out = ok(quiver(
+        &broker,
+        &data,
+        &[
+            "topic",
+            "create",
+            "sensors.eu.temp",
+            "--max-records",
+            "100",
+            "--max-age",
+            "1h",
+        ],
+        "",
+    ));
+    assert_eq!(out.trim(), "created sensors.eu.temp");
+    ok(quiver(&broker, &data, &["topic", "create", "logs.app"], ""));
+
+    let table = ok(quiver(&broker, &data, &["topic", "list"], ""));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{table}");
+    assert!(lines[1].starts_with("logs.app") && lines[1].contains("unlimited"), "{table}");
+    assert!(lines[2].starts_with("sensors.eu.temp"), "{table}");
+    assert!(lines[2].contains("age 1h") && lines[2].contains("records 100"), "{table}");
+
+    let json = ok(quiver(&broker, &data, &["topic", "list", "--json"], ""));
+    let topics: Vec<Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(topics.len(), 2);
+    assert_eq!(topics[1]["name"], "sensors.eu.temp");
+    assert_eq!(topics[1]["retention"]["max_records"], 100);
+    assert_eq!(topics[1]["retention"]["max_age_ms"], 3_600_000);
+    assert_eq!(topics[1]["last_offset"], Value::Null);
+
+    let described = ok(quiver(
+        &broker,
+        &data,
+        &["topic", "describe", "sensors.eu.temp"],
+        "",
+    ));
+    assert!(described.contains("records:      0"), "{described}");
+
+    assert_eq!(
+        ok(quiver(&broker, &data, &["topic", "delete", "logs.app"], "")).trim(),
+        "deleted logs.app"
+    );
+    let failed = quiver(&broker, &data, &["topic", "describe", "logs.app"], "");
+    assert!(!failed.status.success());
+    assert!(stderr(&failed).contains("topic `logs.app` does not exist"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pub_and_sub_move_records() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    ok(quiver(&broker, &data, &["topic", "create", "app.events"], ""));
+
+    let offsets = ok(quiver(
+        &broker,
+        &data,
+        &["pub", "app.events"],
+        "first line\nsecond line\n\nfourth line\n",
+    ));
+    assert_eq!(offsets, "0\n1\n2\n3\n", "one offset per stdin line, in order");
+    let offset = ok(quiver(
+        &broker,
+        &data,
+        &[
+            "pub",
+            "app.events",
+            "with metadata",
+            "--key",
+            "user-1",
+            "--header",
+            "source=cli",
+            "--header",
+            "trace=a=b",
+        ],
+        "",
+    ));
+    assert_eq!(offset.trim(), "4");
+    // A binary payload through the SDK, to see it base64-encoded.
+    let client = Client::builder()
+        .ca_file(broker.cert())
+        .unwrap()
+        .connect(broker.addr())
+        .await
+        .unwrap();
+    client
+        .publish("app.events", NewRecord::new(vec![0xff, 0x00]))
+        .await
+        .unwrap();
+
+    let text = ok(quiver(
+        &broker,
+        &data,
+        &["sub", "app.events", "--from", "earliest", "--count", "5"],
+        "",
+    ));
+    assert_eq!(
+        text,
+        "first line\nsecond line\n\nfourth line\nwith metadata\n"
+    );
+
+    let json = ok(quiver(
+        &broker,
+        &data,
+        &["sub", "app.>", "--from", "4", "--count", "2", "--json"],
+        "",
+    ));
+    let records: Vec<Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records[0]["topic"], "app.events");
+    assert_eq!(records[0]["offset"], 4);
+    assert!(records[0]["timestamp"].as_u64().unwrap() > 0);
+    assert_eq!(records[0]["key"], "user-1");
+    assert_eq!(records[0]["headers"]["source"], "cli");
+    assert_eq!(records[0]["headers"]["trace"], "a=b");
+    assert_eq!(records[0]["payload"], "with metadata");
+    assert_eq!(records[1]["payload_base64"], "/wA=");
+    assert!(records[1].get("payload").is_none());
+
+    // Many stdin lines, pipelined: stored in input order.
+    ok(quiver(&broker, &data, &["topic", "create", "ordered"], ""));
+    let lines: String = (0..3000).map(|i| format!("line {i}\n")).collect();
+    let offsets = ok(quiver(&broker, &data, &["pub", "ordered"], &lines));
+    let offsets: Vec<u64> = offsets.lines().map(|o| o.parse().unwrap()).collect();
+    let misplaced = offsets.iter().zip(0..).find(|(got, want)| **got != *want);
+    assert_eq!(offsets.len(), 3000);
+    assert_eq!(misplaced, None, "line N is stored at offset N");
+    let echoed = ok(quiver(
+        &broker,
+        &data,
+        &["sub", "ordered", "--from", "earliest", "--count", "3000"],
+        "",
+    ));
+    assert!(echoed == lines, "the records read back in stdin's order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_exit_non_zero_with_a_message() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let failures: [(&[&str], &str); 5] = [
+        (&["pub", "missing.topic", "x"], "topic `missing.topic` does not exist"),
+        (&["topic", "create", "bad name"], "invalid topic name"),
+        (&["sub", "a.>.b", "--count", "1"], "invalid pattern"),
+        (&["sub", "x", "--from", "yesterday"], "not earliest, latest"),
+        (&["pub", "t", "x", "--header", "novalue"], "is not NAME=VALUE"),
+    ];
+    for (args, message) in failures {
+        let output = quiver(&broker, &data, args, "");
+        assert!(!output.status.success(), "{args:?} should fail");
+        assert!(
+            stderr(&output).contains(message),
+            "{args:?}: expected {message:?} in {}",
+            stderr(&output)
+        );
+    }
+
+    // Away from the data dir there is no certificate to find.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let output = cli(
+        elsewhere.path(),
+        &["topic", "list"],
+        &[("QUIVER_SERVER", broker.addr())],
+        "",
+    );
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("--ca"), "{}", stderr(&output));
+    // QUIVER_CA points at it from anywhere.
+    let cert = broker.cert().to_str().unwrap();
+    let output = cli(
+        elsewhere.path(),
+        &["topic", "list"],
+        &[("QUIVER_SERVER", broker.addr()), ("QUIVER_CA", cert)],
+        "",
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+
+    // Nothing listening.
+    let output = cli(
+        data.root(),
+        &["topic", "list", "--server", "127.0.0.1:9", "--connect-timeout", "1s"],
+        &[],
+        "",
+    );
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("cannot connect to 127.0.0.1:9"), "{}", stderr(&output));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reads_a_config_file_and_flags_override_it() {
+    let data = DataDir::new();
+    let config = data.root().join("quiver.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:1\"\n[limits]\nmax_record_size = \"2 KiB\"\nmax_batch_records = 5\n",
+    )
+    .unwrap();
+    // --listen on the command line wins over the file's port 1.
+    let broker = Broker::launch(&data, &["--config", config.to_str().unwrap()], &[]);
+    let client = broker.client().await;
+    assert_eq!(client.limits().max_record_size, 2048);
+    assert_eq!(client.limits().max_batch_records, 5);
+
+    let bad = data.root().join("bad.toml");
+    std::fs::write(&bad, "[limits]\nmax_record_sise = 5\n").unwrap();
+    let output = cli(
+        data.root(),
+        &["serve", "--config", bad.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+        &[],
+        "",
+    );
+    assert!(!output.status.success(), "a typo in the config is refused");
+    assert!(stderr(&output).contains("max_record_sise"), "{}", stderr(&output));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_can_bring_their_own_certificate() {
+    let data = DataDir::new();
+    let (ca_pem, cert, key) = issue_certificate(data.root());
+    let broker = Broker::launch(
+        &data,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(broker.cert(), cert, "the ready line names the configured certificate");
+    assert!(!data.cert().exists(), "no self-signed pair is made");
+    let client = Client::builder()
+        .ca_file(&ca_pem)
+        .unwrap()
+        .server_name("localhost")
+        .connect(broker.addr())
+        .await
+        .unwrap();
+    client.create_topic("secure", Retention::default()).await.unwrap();
+}
+
+/// A CA and a leaf certificate for `localhost` signed by it, as PEM files.
+fn issue_certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let paths = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
+    paths
+}
