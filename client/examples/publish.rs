@@ -18,7 +18,9 @@ async fn main() -> anyhow::Result<()> {
     let offset = client.publish("examples.readings", record).await?;
     println!("stored at offset {offset}");
 
-    let batch = (0..10).map(|i| NewRecord::new(format!("batch record {i}"))).collect();
+    let batch = (0..10)
+        .map(|i| NewRecord::new(format!("batch record {i}")))
+        .collect();
     let offsets = client.publish_batch("examples.readings", batch).await?;
     println!("batch stored at offsets {offsets:?}");
 
@@ -26,6 +28,9 @@ async fn main() -> anyhow::Result<()> {
     // become durable (many share one disk flush).
     let publishes = (0..100).map(|i| client.publish("examples.readings", format!("pipelined {i}")));
     let offsets = try_join_all(publishes).await?;
-    println!("100 pipelined publishes, offsets {}..={}", offsets[0], offsets[99]);
+    println!(
+        "100 pipelined publishes, offsets {}..={}",
+        offsets[0], offsets[99]
+    );
     Ok(())
 }

@@ -176,7 +176,7 @@ impl ClientBuilder {
         let pending = Arc::new(Pending::default());
         let (writes, write_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_frames(send, write_rx));
-        tokio::spawn(read_replies(frames, Arc::clone(&pending)));
+        tokio::spawn(read_replies(frames, Arc::clone(&pending), conn.clone()));
         Ok(Client {
             shared: Arc::new(Shared {
                 endpoint,
@@ -315,7 +315,16 @@ async fn write_frames(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiv
     let _ = send.finish();
 }
 
-async fn read_replies(mut frames: Frames, pending: Arc<Pending>) {
+/// The reason a connection ended, from QUIC if it knows one (a broker shutting down says
+/// so), else what the stream reported.
+pub(crate) fn lost_reason(conn: &quinn::Connection, error: Error) -> Error {
+    match (error, conn.close_reason()) {
+        (Error::ConnectionLost(_), Some(reason)) => Error::ConnectionLost(reason.to_string()),
+        (error, _) => error,
+    }
+}
+
+async fn read_replies(mut frames: Frames, pending: Arc<Pending>, conn: quinn::Connection) {
     let reason = loop {
         match next_frame(&mut frames).await {
             Ok(ServerFrame::Reply(reply)) => {
@@ -332,7 +341,10 @@ async fn read_replies(mut frames: Frames, pending: Arc<Pending>) {
                 }
             }
             Ok(other) => break format!("unexpected frame on the control stream: {other:?}"),
-            Err(Error::ConnectionLost(reason)) => break reason,
+            Err(e @ Error::ConnectionLost(_)) => match lost_reason(&conn, e) {
+                Error::ConnectionLost(reason) => break reason,
+                other => break other.to_string(),
+            },
             Err(e) => break e.to_string(),
         }
     };

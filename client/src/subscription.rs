@@ -17,7 +17,7 @@ use quiver_protocol::{ClientFrame, Header, ServerFrame};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::connection::{Client, Frames, encode, next_frame};
+use crate::connection::{Client, Frames, encode, lost_reason, next_frame};
 use crate::error::{Error, Result};
 
 /// A record delivered to a subscriber.
@@ -69,7 +69,13 @@ pub(crate) fn start(
 ) -> Subscription {
     let (tx, records) = mpsc::channel(window as usize);
     let (credit, credit_rx) = mpsc::unbounded_channel();
-    tokio::spawn(pump(frames, send, tx, credit_rx));
+    tokio::spawn(pump(
+        frames,
+        send,
+        tx,
+        credit_rx,
+        client.shared.conn.clone(),
+    ));
     Subscription {
         records,
         credit,
@@ -109,6 +115,7 @@ async fn pump(
     mut send: quinn::SendStream,
     records: mpsc::Sender<Result<Record>>,
     mut credit: mpsc::UnboundedReceiver<u32>,
+    conn: quinn::Connection,
 ) {
     loop {
         tokio::select! {
@@ -125,7 +132,7 @@ async fn pump(
                         break;
                     }
                     Err(e) => {
-                        let _ = records.send(Err(e)).await;
+                        let _ = records.send(Err(lost_reason(&conn, e))).await;
                         break;
                     }
                 };

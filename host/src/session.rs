@@ -187,7 +187,7 @@ async fn control_loop(
     }
     if shutdown.is_cancelled() {
         let bye = WireError::new(ErrorCode::ShuttingDown, "the broker is shutting down");
-        let _ = writer.send(&ServerFrame::Error(bye)).await;
+        return refuse(&mut writer, bye).await;
     }
     writer.finish();
 }
@@ -250,8 +250,13 @@ pub(crate) fn frame_kind(frame: &ClientFrame) -> &'static str {
     }
 }
 
-/// Sends an error on a stream that is then abandoned.
+/// Sends a last error on a stream and ends it, waiting (briefly) until the client has
+/// it: on shutdown the connection closes next, which would discard unacknowledged data.
 pub(crate) async fn refuse(writer: &mut FrameWriter, error: WireError) {
-    let _ = writer.send(&ServerFrame::Error(error)).await;
-    writer.finish();
+    if writer.send(&ServerFrame::Error(error)).await.is_ok() {
+        writer.finish_and_wait(LAST_WORDS_TIMEOUT).await;
+    }
 }
+
+/// How long a last error frame may take to be acknowledged before the stream is left.
+const LAST_WORDS_TIMEOUT: Duration = Duration::from_secs(1);

@@ -204,3 +204,153 @@ fn unknown_error_codes_survive_decoding() {
     let msg = ServerFrame::Error(WireError::new(ErrorCode::Unknown(777), "from the future"));
     assert_eq!(round_trip(&msg), msg);
 }
+
+fn body<M: serde::Serialize>(msg: &M) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    frame::encode(msg, &mut buf).unwrap();
+    buf[frame::LENGTH_PREFIX_LEN..].to_vec()
+}
+
+/// docs/protocol.md gives this frame byte by byte.
+#[test]
+fn the_documented_hello_frame_encodes_as_written() {
+    let hello = ClientFrame::Hello(ClientHello {
+        version: 1,
+        client: "a".into(),
+    });
+    let mut buf = BytesMut::new();
+    frame::encode(&hello, &mut buf).unwrap();
+    assert_eq!(&buf[..], &[0, 0, 0, 4, 0x00, 0x01, 0x01, b'a']);
+}
+
+/// The variant indexes in docs/protocol.md's tables.
+#[test]
+fn variant_indexes_match_the_documentation() {
+    let request = |op| ClientFrame::Request(Request { id: 0, op });
+    let client = [
+        (
+            body(&ClientFrame::Hello(ClientHello {
+                version: 1,
+                client: String::new(),
+            }))[0],
+            0,
+        ),
+        (body(&request(Op::ListTopics))[0], 1),
+        (
+            body(&ClientFrame::Subscribe(Subscribe {
+                pattern: String::new(),
+                from: StartAt::Earliest,
+                credit: 0,
+            }))[0],
+            2,
+        ),
+        (body(&ClientFrame::Credit(0))[0], 3),
+    ];
+    for (got, want) in client {
+        assert_eq!(got, want);
+    }
+    // Request: variant, id (varint 0), then the op's variant.
+    let ops = [
+        (
+            Op::CreateTopic {
+                name: String::new(),
+                retention: Retention::default(),
+            },
+            0,
+        ),
+        (
+            Op::DeleteTopic {
+                name: String::new(),
+            },
+            1,
+        ),
+        (
+            Op::DescribeTopic {
+                name: String::new(),
+            },
+            2,
+        ),
+        (Op::ListTopics, 3),
+        (
+            Op::Publish {
+                topic: String::new(),
+                records: vec![],
+            },
+            4,
+        ),
+    ];
+    for (op, want) in ops {
+        assert_eq!(body(&request(op))[2], want);
+    }
+    let starts = [
+        (StartAt::Earliest, 0),
+        (StartAt::Latest, 1),
+        (StartAt::Offset(0), 2),
+        (StartAt::Timestamp(0), 3),
+    ];
+    for (start, want) in starts {
+        assert_eq!(body(&start)[0], want);
+    }
+    let reply = |result| ServerFrame::Reply(Reply { id: 0, result });
+    let limits = Limits {
+        max_frame_len: 0,
+        max_record_size: 0,
+        max_batch_records: 0,
+    };
+    let server = [
+        (
+            ServerFrame::Hello(ServerHello {
+                version: 1,
+                server: String::new(),
+                limits,
+            }),
+            0,
+        ),
+        (reply(Ok(OpReply::Deleted)), 1),
+        (ServerFrame::Subscribed, 2),
+        (
+            ServerFrame::Records(Records {
+                topic: String::new(),
+                base_offset: 0,
+                batch: Bytes::new(),
+            }),
+            3,
+        ),
+        (
+            ServerFrame::Error(WireError::new(ErrorCode::Internal, "")),
+            4,
+        ),
+    ];
+    for (frame, want) in server {
+        assert_eq!(body(&frame)[0], want);
+    }
+    // Reply: variant, id, Result tag (0 = Ok), then the reply's variant.
+    let info = TopicInfo {
+        name: String::new(),
+        retention: Retention::default(),
+        created_ms: 0,
+        records: 0,
+        bytes: 0,
+        first_offset: 0,
+        next_offset: 0,
+    };
+    let replies = [
+        (OpReply::Topic(info), 0),
+        (OpReply::Topics(vec![]), 1),
+        (OpReply::Deleted, 2),
+        (
+            OpReply::Published {
+                base_offset: 0,
+                count: 0,
+            },
+            3,
+        ),
+    ];
+    for (op_reply, want) in replies {
+        let encoded = body(&reply(Ok(op_reply)));
+        assert_eq!((encoded[2], encoded[3]), (0, want));
+    }
+    // An error reply: Result tag 1, then the code as a varint.
+    let refused = body(&reply(Err(WireError::new(ErrorCode::TopicNotFound, "x"))));
+    assert_eq!(&refused[..], &[1, 0, 1, 12, 1, b'x']);
+}

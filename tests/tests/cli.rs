@@ -21,7 +21,12 @@ fn stderr(output: &Output) -> String {
 
 /// Runs the CLI in the data dir's parent, where it finds the certificate by itself.
 fn quiver(broker: &Broker, data: &DataDir, args: &[&str], stdin: &str) -> Output {
-    cli(data.root(), args, &[("QUIVER_SERVER", broker.addr())], stdin)
+    cli(
+        data.root(),
+        args,
+        &[("QUIVER_SERVER", broker.addr())],
+        stdin,
+    )
 }
 
 fn ok(output: Output) -> String {
@@ -57,12 +62,21 @@ async fn topic_commands_manage_topics() {
     let table = ok(quiver(&broker, &data, &["topic", "list"], ""));
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("NAME"), "{table}");
-    assert!(lines[1].starts_with("logs.app") && lines[1].contains("unlimited"), "{table}");
+    assert!(
+        lines[1].starts_with("logs.app") && lines[1].contains("unlimited"),
+        "{table}"
+    );
     assert!(lines[2].starts_with("sensors.eu.temp"), "{table}");
-    assert!(lines[2].contains("age 1h") && lines[2].contains("records 100"), "{table}");
+    assert!(
+        lines[2].contains("age 1h") && lines[2].contains("records 100"),
+        "{table}"
+    );
 
     let json = ok(quiver(&broker, &data, &["topic", "list", "--json"], ""));
-    let topics: Vec<Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let topics: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(topics.len(), 2);
     assert_eq!(topics[1]["name"], "sensors.eu.temp");
     assert_eq!(topics[1]["retention"]["max_records"], 100);
@@ -90,7 +104,12 @@ async fn topic_commands_manage_topics() {
 async fn pub_and_sub_move_records() {
     let data = DataDir::new();
     let broker = Broker::start(&data);
-    ok(quiver(&broker, &data, &["topic", "create", "app.events"], ""));
+    ok(quiver(
+        &broker,
+        &data,
+        &["topic", "create", "app.events"],
+        "",
+    ));
 
     let offsets = ok(quiver(
         &broker,
@@ -98,7 +117,10 @@ async fn pub_and_sub_move_records() {
         &["pub", "app.events"],
         "first line\nsecond line\n\nfourth line\n",
     ));
-    assert_eq!(offsets, "0\n1\n2\n3\n", "one offset per stdin line, in order");
+    assert_eq!(
+        offsets, "0\n1\n2\n3\n",
+        "one offset per stdin line, in order"
+    );
     let offset = ok(quiver(
         &broker,
         &data,
@@ -145,7 +167,10 @@ async fn pub_and_sub_move_records() {
         &["sub", "app.>", "--from", "4", "--count", "2", "--json"],
         "",
     ));
-    let records: Vec<Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(records[0]["topic"], "app.events");
     assert_eq!(records[0]["offset"], 4);
     assert!(records[0]["timestamp"].as_u64().unwrap() > 0);
@@ -178,11 +203,17 @@ async fn errors_exit_non_zero_with_a_message() {
     let data = DataDir::new();
     let broker = Broker::start(&data);
     let failures: [(&[&str], &str); 5] = [
-        (&["pub", "missing.topic", "x"], "topic `missing.topic` does not exist"),
+        (
+            &["pub", "missing.topic", "x"],
+            "topic `missing.topic` does not exist",
+        ),
         (&["topic", "create", "bad name"], "invalid topic name"),
         (&["sub", "a.>.b", "--count", "1"], "invalid pattern"),
         (&["sub", "x", "--from", "yesterday"], "not earliest, latest"),
-        (&["pub", "t", "x", "--header", "novalue"], "is not NAME=VALUE"),
+        (
+            &["pub", "t", "x", "--header", "novalue"],
+            "is not NAME=VALUE",
+        ),
     ];
     for (args, message) in failures {
         let output = quiver(&broker, &data, args, "");
@@ -217,12 +248,23 @@ async fn errors_exit_non_zero_with_a_message() {
     // Nothing listening.
     let output = cli(
         data.root(),
-        &["topic", "list", "--server", "127.0.0.1:9", "--connect-timeout", "1s"],
+        &[
+            "topic",
+            "list",
+            "--server",
+            "127.0.0.1:9",
+            "--connect-timeout",
+            "1s",
+        ],
         &[],
         "",
     );
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("cannot connect to 127.0.0.1:9"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("cannot connect to 127.0.0.1:9"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,12 +286,22 @@ async fn serve_reads_a_config_file_and_flags_override_it() {
     std::fs::write(&bad, "[limits]\nmax_record_sise = 5\n").unwrap();
     let output = cli(
         data.root(),
-        &["serve", "--config", bad.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+        &[
+            "serve",
+            "--config",
+            bad.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
         &[],
         "",
     );
     assert!(!output.status.success(), "a typo in the config is refused");
-    assert!(stderr(&output).contains("max_record_sise"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("max_record_sise"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +318,11 @@ async fn operators_can_bring_their_own_certificate() {
         ],
         &[],
     );
-    assert_eq!(broker.cert(), cert, "the ready line names the configured certificate");
+    assert_eq!(
+        broker.cert(),
+        cert,
+        "the ready line names the configured certificate"
+    );
     assert!(!data.cert().exists(), "no self-signed pair is made");
     let client = Client::builder()
         .ca_file(&ca_pem)
@@ -275,7 +331,10 @@ async fn operators_can_bring_their_own_certificate() {
         .connect(broker.addr())
         .await
         .unwrap();
-    client.create_topic("secure", Retention::default()).await.unwrap();
+    client
+        .create_topic("secure", Retention::default())
+        .await
+        .unwrap();
 }
 
 /// A CA and a leaf certificate for `localhost` signed by it, as PEM files.
@@ -289,7 +348,11 @@ fn issue_certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std
         .unwrap()
         .signed_by(&leaf_key, &ca)
         .unwrap();
-    let paths = (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"));
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
     std::fs::write(&paths.0, ca.pem()).unwrap();
     std::fs::write(&paths.1, leaf.pem()).unwrap();
     std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();

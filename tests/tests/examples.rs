@@ -33,11 +33,18 @@ fn the_sdk_examples_run() {
     assert!(topics.contains("examples.readings: 0 records"), "{topics}");
     let published = run_example(&broker, &data, "publish");
     assert!(published.contains("stored at offset 0"), "{published}");
-    assert!(published.contains("batch stored at offsets 1..11"), "{published}");
+    assert!(
+        published.contains("batch stored at offsets 1..11"),
+        "{published}"
+    );
     assert!(published.contains("offsets 11..=110"), "{published}");
     let received = run_example(&broker, &data, "subscribe");
     let lines: Vec<&str> = received.lines().collect();
     assert_eq!(lines.len(), 111);
-    assert!(lines[0].starts_with("examples.readings #0 key=Some(\"probe-7\")"), "{}", lines[0]);
+    assert!(
+        lines[0].starts_with("examples.readings #0 key=Some(\"probe-7\")"),
+        "{}",
+        lines[0]
+    );
     assert!(lines[110].ends_with("pipelined 99"), "{}", lines[110]);
 }

@@ -47,6 +47,9 @@ struct ConnectArgs {
     /// Default: ./quiver-data/tls/cert.pem when it exists (a broker started here).
     #[arg(long, env = "QUIVER_CA")]
     ca: Option<PathBuf>,
+    /// Name to verify the broker's certificate against [default: the host in --server].
+    #[arg(long, env = "QUIVER_SERVER_NAME")]
+    server_name: Option<String>,
     /// How long to wait for the broker to answer when connecting.
     #[arg(long, env = "QUIVER_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     connect_timeout: std::time::Duration,
@@ -69,13 +72,14 @@ impl ConnectArgs {
                 local
             }
         };
-        let client = Client::builder()
+        let mut builder = Client::builder()
             .ca_file(&ca)?
             .client_name(format!("quiver-cli/{}", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(self.connect_timeout)
-            .connect(&self.server)
-            .await?;
-        Ok(client)
+            .connect_timeout(self.connect_timeout);
+        if let Some(name) = &self.server_name {
+            builder = builder.server_name(name);
+        }
+        Ok(builder.connect(&self.server).await?)
     }
 }
 
