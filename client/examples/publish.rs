@@ -21,8 +21,8 @@ async fn main() -> anyhow::Result<()> {
     let batch = (0..10)
         .map(|i| NewRecord::new(format!("batch record {i}")))
         .collect();
-    let offsets = client.publish_batch("examples.readings", batch).await?;
-    println!("batch stored at offsets {offsets:?}");
+    let receipt = client.publish_batch("examples.readings", batch).await?;
+    println!("batch stored at offsets {:?}", receipt.offsets());
 
     // Pipelining: 100 publishes in flight on one connection, acknowledged as they
     // become durable (many share one disk flush).

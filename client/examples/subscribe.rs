@@ -16,6 +16,7 @@ async fn main() -> anyhow::Result<()> {
     let options = SubscribeOptions {
         from: StartAt::Earliest,
         window: 256, // records buffered ahead of this loop, at most
+        ..SubscribeOptions::default()
     };
     let mut records = client.subscribe("examples.>", options).await?.take(count);
     while let Some(record) = records.next().await {

@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,8 +20,9 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use quiver_protocol::codec::Codec;
 use quiver_protocol::{
-    ALPN, ClientFrame, ClientHello, Limits, NewRecord, Op, OpReply, PROTOCOL_VERSION, Request,
-    Retention, ServerFrame, StartAt, Subscribe, TopicInfo, WireError, frame,
+    ALPN, ClientFrame, ClientHello, Limits, NewRecord, Op, OpReply, PROTOCOL_VERSION, PluginInfo,
+    PluginStatus, Receipt, Request, Retention, ServerFrame, Stage, StartAt, Subscribe, TopicInfo,
+    WireError, frame,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -439,11 +439,18 @@ impl Client {
         }
     }
 
-    /// Creates a topic with the given retention limits.
-    pub async fn create_topic(&self, name: &str, retention: Retention) -> Result<TopicInfo> {
+    /// Creates a topic with retention limits (a [`Retention`]) or full settings (a
+    /// [`TopicConfig`]).
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        config: impl Into<TopicConfig>,
+    ) -> Result<TopicInfo> {
+        let config = config.into();
         let op = Op::CreateTopic {
             name: name.to_owned(),
-            retention,
+            retention: config.retention,
+            dead_letter: config.dead_letter,
         };
         match self.request(op).await? {
             OpReply::Topic(info) => Ok(info),
@@ -490,34 +497,142 @@ impl Client {
     /// The record is queued for sending by this call, so records published one after
     /// the other keep that order in the topic even while many are in flight. Memory:
     /// each queued record is held until its future resolves or is dropped.
+    ///
+    /// On a topic whose ingress plugins may drop, route or split records, this fails
+    /// with [`Error::Transformed`] when the record did not land in the topic as one
+    /// record; [`publish_batch`](Client::publish_batch) returns the full receipt.
     pub fn publish(
         &self,
         topic: &str,
         record: impl Into<NewRecord>,
     ) -> impl Future<Output = Result<u64>> + Send + 'static {
         let batch = self.publish_batch(topic, vec![record.into()]);
-        async move { Ok(batch.await?.start) }
+        async move {
+            let receipt = batch.await?;
+            match receipt.count {
+                1 => Ok(receipt.base_offset),
+                _ => Err(Error::Transformed(Box::new(receipt))),
+            }
+        }
     }
 
-    /// Publishes records as one batch, all or nothing: they get consecutive offsets,
-    /// returned once all of them are durable. Queued by this call, like
-    /// [`publish`](Client::publish).
+    /// Publishes records as one batch, all or nothing, and resolves once everything is
+    /// durable. Without ingress plugins the records get consecutive offsets in the
+    /// topic ([`Receipt::offsets`]); with them, the receipt also says what was routed,
+    /// dead-lettered or dropped. Queued by this call, like [`publish`](Client::publish).
     pub fn publish_batch(
         &self,
         topic: &str,
         records: Vec<NewRecord>,
-    ) -> impl Future<Output = Result<Range<u64>>> + Send + 'static {
+    ) -> impl Future<Output = Result<Receipt>> + Send + 'static {
         let reply = self.request(Op::Publish {
             topic: topic.to_owned(),
             records,
         });
         async move {
             match reply.await? {
-                OpReply::Published { base_offset, count } => {
-                    Ok(base_offset..base_offset + u64::from(count))
-                }
+                OpReply::Published(receipt) => Ok(receipt),
                 other => Err(unexpected(other)),
             }
+        }
+    }
+
+    /// Deploys a plugin: the broker validates the component against Quiver's plugin
+    /// world, compiles it and stores it with its sha256. `version` defaults to the next
+    /// number.
+    pub async fn deploy_plugin(
+        &self,
+        name: &str,
+        wasm: impl Into<Bytes>,
+        version: Option<&str>,
+    ) -> Result<PluginInfo> {
+        let op = Op::DeployPlugin {
+            name: name.to_owned(),
+            version: version.map(str::to_owned),
+            wasm: wasm.into(),
+        };
+        self.plugin_reply(op).await
+    }
+
+    /// Upgrades a deployed plugin everywhere it is attached, atomically: each batch of
+    /// records is processed wholly by the old or wholly by the new version.
+    pub async fn upgrade_plugin(
+        &self,
+        name: &str,
+        wasm: impl Into<Bytes>,
+        version: Option<&str>,
+    ) -> Result<PluginInfo> {
+        let op = Op::UpgradePlugin {
+            name: name.to_owned(),
+            version: version.map(str::to_owned),
+            wasm: wasm.into(),
+        };
+        self.plugin_reply(op).await
+    }
+
+    async fn plugin_reply(&self, op: Op) -> Result<PluginInfo> {
+        match self.request(op).await? {
+            OpReply::Plugin(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Removes a plugin that is attached to no topic, with its state.
+    pub async fn remove_plugin(&self, name: &str) -> Result<()> {
+        match self
+            .request(Op::RemovePlugin {
+                name: name.to_owned(),
+            })
+            .await?
+        {
+            OpReply::Deleted => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Lists deployed plugins, sorted by name.
+    pub async fn list_plugins(&self) -> Result<Vec<PluginInfo>> {
+        match self.request(Op::ListPlugins).await? {
+            OpReply::Plugins(plugins) => Ok(plugins),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A plugin's attachments and their figures (calls, records, errors, timings,
+    /// quarantine).
+    pub async fn plugin_status(&self, name: &str) -> Result<PluginStatus> {
+        match self
+            .request(Op::PluginStatus {
+                name: name.to_owned(),
+            })
+            .await?
+        {
+            OpReply::PluginStatus(status) => Ok(status),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Adds a stage to the end of a topic's ingress pipeline; returns the topic.
+    pub async fn attach_plugin(&self, topic: &str, stage: Stage) -> Result<TopicInfo> {
+        let op = Op::AttachPlugin {
+            topic: topic.to_owned(),
+            stage,
+        };
+        match self.request(op).await? {
+            OpReply::Topic(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Removes a plugin's stage from a topic's ingress pipeline; returns the topic.
+    pub async fn detach_plugin(&self, topic: &str, plugin: &str) -> Result<TopicInfo> {
+        let op = Op::DetachPlugin {
+            topic: topic.to_owned(),
+            plugin: plugin.to_owned(),
+        };
+        match self.request(op).await? {
+            OpReply::Topic(info) => Ok(info),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -538,6 +653,7 @@ impl Client {
             pattern: pattern.to_owned(),
             from: options.from,
             credit: window,
+            pipeline: options.pipeline,
         });
         send.write_all(&encode(&subscribe)?)
             .await
@@ -567,8 +683,9 @@ fn unexpected(reply: OpReply) -> Error {
     Error::Protocol(format!("unexpected reply {reply:?}"))
 }
 
-/// How a subscription starts and how far ahead the server may send.
-#[derive(Debug, Clone, Copy)]
+/// How a subscription starts, how far ahead the server may send, and which plugins
+/// shape this subscriber's view.
+#[derive(Debug, Clone)]
 pub struct SubscribeOptions {
     /// Where to start in each topic that matches now (topics created later are read
     /// from their beginning). Default: [`StartAt::Latest`].
@@ -576,6 +693,9 @@ pub struct SubscribeOptions {
     /// Records the server may send before this subscriber consumes them: the most this
     /// client buffers. Default: 1024.
     pub window: u32,
+    /// Plugin stages the broker runs on delivery, for this subscriber only. Default:
+    /// none.
+    pub pipeline: Vec<Stage>,
 }
 
 impl Default for SubscribeOptions {
@@ -583,6 +703,26 @@ impl Default for SubscribeOptions {
         Self {
             from: StartAt::Latest,
             window: 1024,
+            pipeline: Vec::new(),
+        }
+    }
+}
+
+/// A topic's settings at creation; a [`Retention`] converts into one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicConfig {
+    /// Retention limits.
+    pub retention: Retention,
+    /// Where records go that the topic's plugins fail on or reject. Default:
+    /// `dlq.<topic>`, created when first needed.
+    pub dead_letter: Option<String>,
+}
+
+impl From<Retention> for TopicConfig {
+    fn from(retention: Retention) -> Self {
+        Self {
+            retention,
+            dead_letter: None,
         }
     }
 }

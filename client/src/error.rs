@@ -58,6 +58,12 @@ pub enum Error {
         /// The server's limit.
         max: u64,
     },
+    /// The topic's ingress plugins did not store the record as one record in the
+    /// topic (they dropped, routed, dead-lettered or split it): the receipt says where
+    /// it went. Only [`Client::publish`](crate::Client::publish) reports this;
+    /// `publish_batch` returns the receipt.
+    #[error("the record was not stored as one record in the topic: {0:?}")]
+    Transformed(Box<quiver_protocol::Receipt>),
     /// The server did not answer in time.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),

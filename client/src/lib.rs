@@ -32,10 +32,11 @@ mod connection;
 mod error;
 mod subscription;
 
-pub use connection::{Client, ClientBuilder, SubscribeOptions};
+pub use connection::{Client, ClientBuilder, SubscribeOptions, TopicConfig};
 pub use error::{Error, Result};
 pub use subscription::{Record, Subscription};
 
 pub use quiver_protocol::{
-    ErrorCode, Header, Limits, NewRecord, Retention, StartAt, TopicInfo, WireError,
+    AttachmentStatus, ErrorCode, Header, Limits, NewRecord, OnError, Placement, PluginInfo,
+    PluginStatus, Receipt, Retention, Stage, StartAt, TopicInfo, WireError,
 };

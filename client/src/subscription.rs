@@ -122,6 +122,24 @@ async fn pump(
             frame = next_frame(&mut frames) => {
                 let batch = match frame {
                     Ok(ServerFrame::Records(batch)) => batch,
+                    Ok(ServerFrame::Processed(processed)) => {
+                        let topic: Arc<str> = processed.topic.into();
+                        for delivered in processed.records {
+                            let record = Record {
+                                topic: Arc::clone(&topic),
+                                offset: delivered.offset,
+                                timestamp: delivered.timestamp,
+                                key: delivered.record.key,
+                                headers: delivered.record.headers,
+                                payload: delivered.record.payload,
+                            };
+                            if records.send(Ok(record)).await.is_err() {
+                                let _ = send.finish();
+                                return;
+                            }
+                        }
+                        continue;
+                    }
                     Ok(ServerFrame::Error(e)) => {
                         let _ = records.send(Err(Error::Server(e))).await;
                         break;

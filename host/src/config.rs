@@ -59,6 +59,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Storage tuning.
     pub storage: StorageSettings,
+    /// WebAssembly plugins: sandbox limits, quarantine, cache, autoload dir.
+    pub plugins: PluginsConfig,
     /// How often retention and clean-up run.
     #[serde(with = "humantime_serde")]
     pub retention_interval: Duration,
@@ -76,6 +78,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             storage: StorageSettings::default(),
+            plugins: PluginsConfig::default(),
             retention_interval: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
         }
@@ -136,6 +139,45 @@ impl Default for StorageSettings {
     }
 }
 
+/// WebAssembly plugin settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Linear memory one plugin instance may use.
+    pub memory_limit: ByteSize,
+    /// CPU time one call (one batch) may take.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Records one event may be replaced with.
+    pub max_outputs_per_event: u32,
+    /// Bytes of replacement records one call may return.
+    pub max_output_bytes: ByteSize,
+    /// Consecutive failed calls that quarantine an attachment.
+    pub quarantine_after: u32,
+    /// How long a quarantine lasts before a trial call.
+    #[serde(with = "humantime_serde")]
+    pub quarantine_for: Duration,
+    /// Where compiled plugins are cached (default: `<data>/plugins`).
+    pub cache_dir: Option<PathBuf>,
+    /// A directory whose `*.wasm` files are deployed (or upgraded) at start-up.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            memory_limit: ByteSize::mib(64),
+            call_timeout: Duration::from_millis(100),
+            max_outputs_per_event: 64,
+            max_output_bytes: ByteSize::mib(16),
+            quarantine_after: 3,
+            quarantine_for: Duration::from_secs(30),
+            cache_dir: None,
+            dir: None,
+        }
+    }
+}
+
 /// Values given on the command line; `None` leaves the configured value.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Overrides {
@@ -151,6 +193,23 @@ pub struct Overrides {
     /// `--tls-cert` and `--tls-key`.
     #[serde(skip_serializing_if = "TlsOverrides::is_empty")]
     pub tls: TlsOverrides,
+    /// `--plugin-dir`.
+    #[serde(skip_serializing_if = "PluginOverrides::is_empty")]
+    pub plugins: PluginOverrides,
+}
+
+/// Plugin settings given on the command line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PluginOverrides {
+    /// `--plugin-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+impl PluginOverrides {
+    fn is_empty(&self) -> bool {
+        self.dir.is_none()
+    }
 }
 
 /// TLS files given on the command line.
@@ -179,6 +238,7 @@ const KEYS: &[&str] = &[
     "tls",
     "limits",
     "storage",
+    "plugins",
     "retention_interval",
     "shutdown_timeout",
 ];
@@ -240,6 +300,21 @@ impl Config {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return out_of_range("tls.cert and tls.key must be given together".into());
+        }
+        let plugins = &self.plugins;
+        if plugins.memory_limit.as_u64() < 1 << 20 {
+            return out_of_range("plugins.memory_limit must be at least 1 MiB".into());
+        }
+        if plugins.call_timeout.is_zero() || plugins.quarantine_for.is_zero() {
+            return out_of_range(
+                "plugins.call_timeout and plugins.quarantine_for must be longer than zero".into(),
+            );
+        }
+        if plugins.quarantine_after == 0 || plugins.max_outputs_per_event == 0 {
+            return out_of_range(
+                "plugins.quarantine_after and plugins.max_outputs_per_event must be at least 1"
+                    .into(),
+            );
         }
         if self.retention_interval.is_zero() {
             return out_of_range("retention_interval must be longer than zero".into());

@@ -21,6 +21,9 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{Broker, BrokerLimits};
 use crate::config::Config;
+use crate::plugins::runtime::SandboxLimits;
+use crate::plugins::stage::QuarantinePolicy;
+use crate::plugins::{AdminError, PluginSettings, Plugins};
 use crate::retention;
 use crate::session::{self, SessionSettings};
 use crate::storage::{self, Storage, StorageConfig, StorageError};
@@ -51,6 +54,30 @@ pub enum ServeError {
     /// TLS or the socket.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The plugin runtime could not start, or the plugin dir could not be read.
+    #[error("plugins: {0}")]
+    Plugins(#[from] AdminError),
+}
+
+fn plugin_settings(config: &Config) -> PluginSettings {
+    let p = &config.plugins;
+    PluginSettings {
+        limits: SandboxLimits {
+            memory_bytes: usize::try_from(p.memory_limit.as_u64()).unwrap_or(usize::MAX),
+            call_timeout: p.call_timeout,
+            max_outputs_per_event: p.max_outputs_per_event as usize,
+            max_output_bytes: usize::try_from(p.max_output_bytes.as_u64()).unwrap_or(usize::MAX),
+        },
+        quarantine: QuarantinePolicy {
+            after_failures: p.quarantine_after,
+            duration_ms: u64::try_from(p.quarantine_for.as_millis()).unwrap_or(u64::MAX),
+        },
+        cache_dir: Some(
+            p.cache_dir
+                .clone()
+                .unwrap_or_else(|| config.data.join("plugins")),
+        ),
+    }
 }
 
 /// A broker bound to its address, ready to [`run`](Server::run).
@@ -64,8 +91,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the data dir and binds the listener.
-    pub fn bind(config: Config) -> Result<Self, ServeError> {
+    /// Opens the data dir, loads plugins (deploying those of the plugin dir), and binds
+    /// the listener.
+    pub async fn bind(config: Config) -> Result<Self, ServeError> {
         std::fs::create_dir_all(&config.data).map_err(|source| ServeError::DataDir {
             path: config.data.clone(),
             source,
@@ -82,9 +110,18 @@ impl Server {
             })?;
         info!(topics = topics.len(), path = %storage_config.path.display(), "storage opened");
         let limits = &config.limits;
+        let plugins = Arc::new(Plugins::open(
+            storage.clone(),
+            &topics,
+            plugin_settings(&config),
+        )?);
+        if let Some(dir) = &config.plugins.dir {
+            plugins.autoload(dir).await?;
+        }
         let broker = Arc::new(Broker::new(
             storage,
             &topics,
+            plugins,
             BrokerLimits {
                 max_record_size: limits.max_record_size.as_u64(),
                 max_batch_records: limits.max_batch_records,

@@ -202,41 +202,82 @@ async fn dispatch(broker: &Arc<Broker>, request: Request) -> BoxFuture<'static, 
             result: result.map_err(|e| WireError::from(&e)),
         })
     };
+    let ready = |result| std::future::ready(reply(result)).boxed();
+    let broker = Arc::clone(broker);
     match op {
         Op::Publish { topic, records } => match broker.submit_publish(&topic, records).await {
-            Ok(pending) => async move {
-                let appended = pending.durable().await.map_err(BrokerError::from);
-                reply(appended.map(|a| OpReply::Published {
-                    base_offset: a.base_offset,
-                    count: a.count,
-                }))
+            Ok(pending) => {
+                async move { reply(pending.durable().await.map(OpReply::Published)) }.boxed()
             }
-            .boxed(),
-            Err(e) => std::future::ready(reply(Err(e))).boxed(),
+            Err(e) => ready(Err(e)),
         },
-        Op::CreateTopic { name, retention } => {
-            let broker = Arc::clone(broker);
-            async move {
-                reply(
-                    broker
-                        .create_topic(&name, retention)
-                        .await
-                        .map(OpReply::Topic),
-                )
-            }
-            .boxed()
+        Op::CreateTopic {
+            name,
+            retention,
+            dead_letter,
+        } => async move {
+            let created = broker
+                .create_topic(&name, retention, dead_letter.as_deref())
+                .await;
+            reply(created.map(OpReply::Topic))
         }
+        .boxed(),
         Op::DeleteTopic { name } => {
-            let broker = Arc::clone(broker);
             async move { reply(broker.delete_topic(&name).await.map(|()| OpReply::Deleted)) }
                 .boxed()
         }
-        Op::DescribeTopic { name } => {
-            std::future::ready(reply(broker.describe_topic(&name).map(OpReply::Topic))).boxed()
+        Op::DescribeTopic { name } => ready(broker.describe_topic(&name).map(OpReply::Topic)),
+        Op::ListTopics => ready(Ok(OpReply::Topics(broker.list_topics()))),
+        Op::DeployPlugin {
+            name,
+            version,
+            wasm,
+        } => async move {
+            reply(
+                broker
+                    .deploy_plugin(&name, version, wasm)
+                    .await
+                    .map(OpReply::Plugin),
+            )
         }
-        Op::ListTopics => {
-            std::future::ready(reply(Ok(OpReply::Topics(broker.list_topics())))).boxed()
+        .boxed(),
+        Op::UpgradePlugin {
+            name,
+            version,
+            wasm,
+        } => async move {
+            reply(
+                broker
+                    .upgrade_plugin(&name, version, wasm)
+                    .await
+                    .map(OpReply::Plugin),
+            )
         }
+        .boxed(),
+        Op::RemovePlugin { name } => {
+            async move { reply(broker.remove_plugin(&name).await.map(|()| OpReply::Deleted)) }
+                .boxed()
+        }
+        Op::ListPlugins => ready(Ok(OpReply::Plugins(broker.list_plugins()))),
+        Op::PluginStatus { name } => ready(broker.plugin_status(&name).map(OpReply::PluginStatus)),
+        Op::AttachPlugin { topic, stage } => async move {
+            reply(
+                broker
+                    .attach_plugin(&topic, stage)
+                    .await
+                    .map(OpReply::Topic),
+            )
+        }
+        .boxed(),
+        Op::DetachPlugin { topic, plugin } => async move {
+            reply(
+                broker
+                    .detach_plugin(&topic, &plugin)
+                    .await
+                    .map(OpReply::Topic),
+            )
+        }
+        .boxed(),
     }
 }
 

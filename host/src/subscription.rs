@@ -15,14 +15,18 @@
 
 use std::sync::Arc;
 
+use quiver_protocol::record::decode_batch;
 use quiver_protocol::{
-    ClientFrame, ErrorCode, Records, ServerFrame, StartAt, Subscribe, TopicPattern, WireError,
+    ClientFrame, Delivered, ErrorCode, NewRecord, Processed, Records, ServerFrame, StartAt,
+    Subscribe, TopicPattern, WireError,
 };
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, instrument, warn};
 
 use crate::broker::{Broker, BrokerError, PatternWatch};
+use crate::plugins::pipeline::Item;
+use crate::plugins::stage::StageRunner;
 use crate::session::{frame_error, frame_kind, refuse};
 use crate::storage::{Slice, Storage, StorageError, TopicLog, Watch};
 use crate::transport::{FrameStream, Incoming};
@@ -122,6 +126,16 @@ pub async fn serve(broker: Arc<Broker>, stream: FrameStream, shutdown: Cancellat
         Ok(started) => started,
         Err(e) => return refuse(&mut writer, WireError::from(&e)).await,
     };
+    let stages = match subscribe.pipeline.is_empty() {
+        true => None,
+        false => match broker
+            .plugins()
+            .subscription_stages(subscribe.pipeline.clone(), &subscribe.pattern)
+        {
+            Ok(stages) => Some(stages),
+            Err(e) => return refuse(&mut writer, WireError::from(&BrokerError::from(e))).await,
+        },
+    };
     debug!(pattern = %pattern, from = ?subscribe.from, "subscribed");
     if writer.send(&ServerFrame::Subscribed).await.is_err() {
         return;
@@ -132,21 +146,32 @@ pub async fn serve(broker: Arc<Broker>, stream: FrameStream, shutdown: Cancellat
         cursors.drop_deleted();
         // Send what credit allows, one write at a time.
         while credit > 0 && writer.buffered() < MAX_WRITE {
-            match cursors.next_slice(storage, credit) {
-                Ok(Some((log, slice))) => {
-                    credit -= slice.count;
-                    writer.feed(&ServerFrame::Records(Records {
-                        topic: log.name().to_string(),
-                        base_offset: slice.base_offset,
-                        batch: slice.batch,
-                    }));
-                }
+            let (log, slice) = match cursors.next_slice(storage, credit) {
+                Ok(Some(next)) => next,
                 Ok(None) => break,
                 Err(e) => {
                     warn!(cause = %e, "reading for a subscription failed");
                     let error = WireError::from(&BrokerError::from(e));
                     return refuse(&mut writer, error).await;
                 }
+            };
+            let Some(stages) = &stages else {
+                credit -= slice.count;
+                writer.feed(&ServerFrame::Records(Records {
+                    topic: log.name().to_string(),
+                    base_offset: slice.base_offset,
+                    batch: slice.batch,
+                }));
+                continue;
+            };
+            match process(&broker, stages, &log, slice).await {
+                Ok(processed) if processed.records.is_empty() => {}
+                Ok(processed) => {
+                    let count = u32::try_from(processed.records.len()).unwrap_or(u32::MAX);
+                    credit = credit.saturating_sub(count);
+                    writer.feed(&ServerFrame::Processed(processed));
+                }
+                Err(e) => return refuse(&mut writer, WireError::from(&e)).await,
             }
         }
         if writer.buffered() > 0 {
@@ -190,6 +215,61 @@ pub async fn serve(broker: Arc<Broker>, stream: FrameStream, shutdown: Cancellat
             }
         }
     }
+}
+
+/// Runs a slice through the subscription's plugins; dead letters and plugin state are
+/// made durable before the survivors are delivered.
+async fn process(
+    broker: &Broker,
+    stages: &Arc<[Arc<StageRunner>]>,
+    log: &Arc<TopicLog>,
+    slice: Slice,
+) -> Result<Processed, BrokerError> {
+    let records = decode_batch(slice.base_offset, &slice.batch).map_err(StorageError::from)?;
+    let items = records
+        .into_iter()
+        .map(|r| Item {
+            offset: r.offset,
+            timestamp: r.timestamp,
+            record: NewRecord {
+                key: r.key,
+                headers: r.headers,
+                payload: r.payload,
+            },
+        })
+        .collect();
+    let plugins = broker.plugins();
+    let sorted = plugins
+        .run(Arc::clone(stages), log.name().to_string(), items, false)
+        .await?;
+    if !sorted.dead.is_empty() || !sorted.state.is_empty() {
+        let mut appends = Vec::new();
+        if !sorted.dead.is_empty() {
+            appends.push(broker.dead_letters(log, sorted.dead).await?);
+        }
+        let committed = match broker
+            .storage()
+            .submit_append(appends, sorted.state.clone())
+            .await
+        {
+            Ok(pending) => pending.durable().await.map(drop),
+            Err(e) => Err(e),
+        };
+        plugins.state_settled(&sorted.state);
+        committed?;
+    }
+    Ok(Processed {
+        topic: log.name().to_string(),
+        records: sorted
+            .passed
+            .into_iter()
+            .map(|i| Delivered {
+                offset: i.offset,
+                timestamp: i.timestamp,
+                record: i.record,
+            })
+            .collect(),
+    })
 }
 
 /// Resolves the pattern and each matching topic's start offset.

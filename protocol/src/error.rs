@@ -71,6 +71,16 @@ error_codes! {
     ShuttingDown = 21,
     /// A limit on concurrent work was reached; retry later.
     Overloaded = 22,
+    /// No plugin by that name is deployed.
+    PluginNotFound = 30,
+    /// A plugin by that name is deployed already (upgrade it instead).
+    PluginExists = 31,
+    /// The bytes are not a valid component for Quiver's plugin world.
+    InvalidPlugin = 32,
+    /// The plugin is attached somewhere and cannot be removed.
+    PluginInUse = 33,
+    /// A fail-closed plugin on the topic is quarantined: publishes are refused.
+    PluginQuarantined = 34,
     /// A bug in the server.
     Internal = 99,
 }

@@ -41,6 +41,9 @@ pub enum ServerFrame {
     /// An error not tied to a request: a failed handshake, a frame that could not be
     /// decoded, or the end of a subscription. The stream may stay open (see the code).
     Error(WireError),
+    /// Records for a subscription with plugins: each with its own offset, since a
+    /// plugin may drop records or replace one with several.
+    Processed(Processed),
 }
 
 /// The client's side of the version handshake.
@@ -92,6 +95,8 @@ pub enum Op {
         name: String,
         /// Its retention limits.
         retention: Retention,
+        /// Where records go that its plugins fail on (default `dlq.<name>`).
+        dead_letter: Option<String>,
     },
     /// Delete a topic and its records.
     DeleteTopic {
@@ -112,6 +117,50 @@ pub enum Op {
         /// The records, appended in order with consecutive offsets.
         records: Vec<NewRecord>,
     },
+    /// Store a new plugin: validate, compile, keep with its sha256.
+    DeployPlugin {
+        /// The plugin's name.
+        name: String,
+        /// A version label (default: the next number).
+        version: Option<String>,
+        /// The WebAssembly component.
+        wasm: Bytes,
+    },
+    /// Replace a deployed plugin's code everywhere it is attached, atomically.
+    UpgradePlugin {
+        /// The plugin's name.
+        name: String,
+        /// A version label (default: the next number).
+        version: Option<String>,
+        /// The new WebAssembly component.
+        wasm: Bytes,
+    },
+    /// Remove a plugin that is attached nowhere, with its state.
+    RemovePlugin {
+        /// The plugin's name.
+        name: String,
+    },
+    /// List deployed plugins.
+    ListPlugins,
+    /// A plugin's attachments and their figures.
+    PluginStatus {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Add a stage at the end of a topic's ingress pipeline.
+    AttachPlugin {
+        /// The topic.
+        topic: String,
+        /// The plugin and how to run it.
+        stage: Stage,
+    },
+    /// Remove a plugin's stage from a topic's ingress pipeline.
+    DetachPlugin {
+        /// The topic.
+        topic: String,
+        /// The plugin's name.
+        plugin: String,
+    },
 }
 
 /// A reply to a [`Request`].
@@ -130,15 +179,151 @@ pub enum OpReply {
     Topic(TopicInfo),
     /// All topics, sorted by name.
     Topics(Vec<TopicInfo>),
-    /// The topic was deleted.
+    /// The topic or plugin was deleted or removed.
     Deleted,
-    /// The records are durable at offsets `base_offset .. base_offset + count`.
-    Published {
-        /// The first record's offset.
-        base_offset: u64,
-        /// How many records were appended.
-        count: u32,
-    },
+    /// Where the records of a publish went, once all of it is durable.
+    Published(Receipt),
+    /// The plugin deployed, upgraded or described.
+    Plugin(PluginInfo),
+    /// All deployed plugins, sorted by name.
+    Plugins(Vec<PluginInfo>),
+    /// A plugin's attachments and their figures.
+    PluginStatus(PluginStatus),
+}
+
+/// Where a publish's records went. Without plugins on the topic, all of them are in
+/// the topic at `base_offset .. base_offset + count`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The first record stored in the topic published to.
+    pub base_offset: u64,
+    /// Records stored in that topic (after its ingress plugins).
+    pub count: u32,
+    /// Records an ingress plugin routed to other topics.
+    pub routed: Vec<Placement>,
+    /// Records a plugin failed on or rejected, stored in the dead-letter topic.
+    pub dead_letter: Option<Placement>,
+    /// Records a plugin dropped.
+    pub dropped: u32,
+}
+
+impl Receipt {
+    /// The offsets of the records stored in the topic published to.
+    pub fn offsets(&self) -> std::ops::Range<u64> {
+        self.base_offset..self.base_offset + u64::from(self.count)
+    }
+}
+
+/// Consecutive records stored in one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The topic.
+    pub topic: String,
+    /// The first record's offset.
+    pub base_offset: u64,
+    /// How many records.
+    pub count: u32,
+}
+
+/// A plugin stage: which plugin, with which parameters, failing how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stage {
+    /// The plugin's name (the stage follows its upgrades).
+    pub plugin: String,
+    /// Parameters the plugin reads with `param`.
+    pub params: Vec<(String, String)>,
+    /// What happens while the plugin is quarantined.
+    pub on_error: OnError,
+}
+
+impl Stage {
+    /// A stage running `plugin` with no parameters, failing closed.
+    pub fn new(plugin: impl Into<String>) -> Self {
+        Self {
+            plugin: plugin.into(),
+            params: Vec::new(),
+            on_error: OnError::default(),
+        }
+    }
+
+    /// Adds a parameter.
+    pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.params.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the failure policy.
+    pub fn on_error(mut self, on_error: OnError) -> Self {
+        self.on_error = on_error;
+        self
+    }
+}
+
+/// What a stage does while its plugin is quarantined for failing repeatedly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OnError {
+    /// Records pass the stage unchanged.
+    FailOpen,
+    /// Publishes are refused (`PluginQuarantined`); subscriptions end.
+    #[default]
+    FailClosed,
+}
+
+/// A deployed plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    /// Its name.
+    pub name: String,
+    /// The version running.
+    pub version: String,
+    /// The sha256 of that version's component, hex.
+    pub sha256: String,
+    /// The component's size in bytes.
+    pub size: u64,
+    /// When that version was deployed (ms since the Unix epoch).
+    pub deployed_ms: u64,
+    /// Every version deployed, oldest first.
+    pub versions: Vec<String>,
+    /// True when the running code was loaded from the compiled-artifact cache.
+    pub cached: bool,
+    /// Topics whose ingress pipeline uses it.
+    pub topics: Vec<String>,
+}
+
+/// A plugin with the figures of each place it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginStatus {
+    /// The plugin.
+    pub info: PluginInfo,
+    /// Each attachment: topic ingress stages and live subscription stages.
+    pub attachments: Vec<AttachmentStatus>,
+}
+
+/// One attachment's figures since the broker started (or the attachment was made).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentStatus {
+    /// Where it runs: `topic NAME` or `subscription PATTERN`.
+    pub target: String,
+    /// The version that ran last.
+    pub version: String,
+    /// Its failure policy.
+    pub on_error: OnError,
+    /// Calls made (one per batch).
+    pub calls: u64,
+    /// Records passed in.
+    pub records_in: u64,
+    /// Records that came out (kept, replacements, routed).
+    pub records_out: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// Median time per call, in microseconds.
+    pub p50_us: u64,
+    /// 99th percentile time per call, in microseconds.
+    pub p99_us: u64,
+    /// While quarantined: until when (ms since the Unix epoch).
+    pub quarantined_until_ms: Option<u64>,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
 }
 
 /// A topic's retention limits; the oldest records go first when any is exceeded.
@@ -176,6 +361,10 @@ pub struct TopicInfo {
     pub first_offset: u64,
     /// The offset the next record will get.
     pub next_offset: u64,
+    /// Where records go that its plugins fail on.
+    pub dead_letter: String,
+    /// Its ingress pipeline, in order.
+    pub pipeline: Vec<Stage>,
 }
 
 impl TopicInfo {
@@ -195,6 +384,8 @@ pub struct Subscribe {
     pub from: StartAt,
     /// Initial credit, in records.
     pub credit: u32,
+    /// Plugin stages run on delivery, for this subscriber only.
+    pub pipeline: Vec<Stage>,
 }
 
 /// Where a subscription starts.
@@ -219,4 +410,24 @@ pub struct Records {
     pub base_offset: u64,
     /// Consecutive records in the batch format of [`crate::record`].
     pub batch: Bytes,
+}
+
+/// Records for a subscription after its plugins ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Processed {
+    /// The topic the records came from.
+    pub topic: String,
+    /// The records, in offset order; a replaced record's outputs share its offset.
+    pub records: Vec<Delivered>,
+}
+
+/// One record delivered through subscription plugins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivered {
+    /// The offset of the stored record it came from.
+    pub offset: u64,
+    /// When that record was appended (ms since the Unix epoch).
+    pub timestamp: u64,
+    /// The record as the plugins left it.
+    pub record: NewRecord,
 }

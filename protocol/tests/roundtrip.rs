@@ -54,26 +54,134 @@ fn start_at() -> impl Strategy<Value = StartAt> {
     ]
 }
 
+fn stage() -> impl Strategy<Value = Stage> {
+    (
+        ".{0,8}",
+        proptest::collection::vec((".{0,4}", ".{0,4}"), 0..3),
+        any::<bool>(),
+    )
+        .prop_map(|(plugin, params, open)| Stage {
+            plugin,
+            params,
+            on_error: if open {
+                OnError::FailOpen
+            } else {
+                OnError::FailClosed
+            },
+        })
+}
+
 fn topic_info() -> impl Strategy<Value = TopicInfo> {
-    (".{0,12}", retention(), any::<[u64; 5]>()).prop_map(|(name, retention, n)| TopicInfo {
-        name,
-        retention,
-        created_ms: n[0],
-        records: n[1],
-        bytes: n[2],
-        first_offset: n[3],
-        next_offset: n[4],
+    (
+        ".{0,12}",
+        retention(),
+        any::<[u64; 5]>(),
+        ".{0,12}",
+        proptest::collection::vec(stage(), 0..3),
+    )
+        .prop_map(|(name, retention, n, dead_letter, pipeline)| TopicInfo {
+            name,
+            retention,
+            created_ms: n[0],
+            records: n[1],
+            bytes: n[2],
+            first_offset: n[3],
+            next_offset: n[4],
+            dead_letter,
+            pipeline,
+        })
+}
+
+fn plugin_info() -> impl Strategy<Value = PluginInfo> {
+    (
+        (".{0,8}", ".{0,4}", "[0-9a-f]{0,64}"),
+        any::<(u64, u64, bool)>(),
+        proptest::collection::vec(".{0,4}", 0..3),
+        proptest::collection::vec(".{0,8}", 0..3),
+    )
+        .prop_map(
+            |((name, version, sha256), (size, deployed_ms, cached), versions, topics)| PluginInfo {
+                name,
+                version,
+                sha256,
+                size,
+                deployed_ms,
+                versions,
+                cached,
+                topics,
+            },
+        )
+}
+
+fn attachment() -> impl Strategy<Value = AttachmentStatus> {
+    (
+        (".{0,12}", ".{0,4}", any::<bool>()),
+        any::<[u64; 6]>(),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(".{0,12}"),
+    )
+        .prop_map(
+            |((target, version, open), n, quarantined_until_ms, last_error)| AttachmentStatus {
+                target,
+                version,
+                on_error: if open {
+                    OnError::FailOpen
+                } else {
+                    OnError::FailClosed
+                },
+                calls: n[0],
+                records_in: n[1],
+                records_out: n[2],
+                errors: n[3],
+                p50_us: n[4],
+                p99_us: n[5],
+                quarantined_until_ms,
+                last_error,
+            },
+        )
+}
+
+fn placement() -> impl Strategy<Value = Placement> {
+    (".{0,8}", any::<u64>(), any::<u32>()).prop_map(|(topic, base_offset, count)| Placement {
+        topic,
+        base_offset,
+        count,
     })
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (".{0,12}", retention()).prop_map(|(name, retention)| Op::CreateTopic { name, retention }),
+        (".{0,12}", retention(), proptest::option::of(".{0,8}")).prop_map(
+            |(name, retention, dead_letter)| Op::CreateTopic {
+                name,
+                retention,
+                dead_letter
+            }
+        ),
         ".{0,12}".prop_map(|name| Op::DeleteTopic { name }),
         ".{0,12}".prop_map(|name| Op::DescribeTopic { name }),
         Just(Op::ListTopics),
         (".{0,12}", proptest::collection::vec(record(), 0..4))
             .prop_map(|(topic, records)| Op::Publish { topic, records }),
+        (".{0,8}", proptest::option::of(".{0,4}"), bytes(32)).prop_map(|(name, version, wasm)| {
+            Op::DeployPlugin {
+                name,
+                version,
+                wasm,
+            }
+        }),
+        (".{0,8}", proptest::option::of(".{0,4}"), bytes(32)).prop_map(|(name, version, wasm)| {
+            Op::UpgradePlugin {
+                name,
+                version,
+                wasm,
+            }
+        }),
+        ".{0,8}".prop_map(|name| Op::RemovePlugin { name }),
+        Just(Op::ListPlugins),
+        ".{0,8}".prop_map(|name| Op::PluginStatus { name }),
+        (".{0,8}", stage()).prop_map(|(topic, stage)| Op::AttachPlugin { topic, stage }),
+        (".{0,8}", ".{0,8}").prop_map(|(topic, plugin)| Op::DetachPlugin { topic, plugin }),
     ]
 }
 
@@ -82,8 +190,25 @@ fn op_reply() -> impl Strategy<Value = OpReply> {
         topic_info().prop_map(OpReply::Topic),
         proptest::collection::vec(topic_info(), 0..3).prop_map(OpReply::Topics),
         Just(OpReply::Deleted),
-        (any::<u64>(), any::<u32>())
-            .prop_map(|(base_offset, count)| OpReply::Published { base_offset, count }),
+        (
+            any::<(u64, u32, u32)>(),
+            proptest::collection::vec(placement(), 0..3),
+            proptest::option::of(placement())
+        )
+            .prop_map(|((base_offset, count, dropped), routed, dead_letter)| {
+                OpReply::Published(Receipt {
+                    base_offset,
+                    count,
+                    routed,
+                    dead_letter,
+                    dropped,
+                })
+            }),
+        plugin_info().prop_map(OpReply::Plugin),
+        proptest::collection::vec(plugin_info(), 0..3).prop_map(OpReply::Plugins),
+        (plugin_info(), proptest::collection::vec(attachment(), 0..3)).prop_map(
+            |(info, attachments)| OpReply::PluginStatus(PluginStatus { info, attachments })
+        ),
     ]
 }
 
@@ -92,13 +217,20 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
         (any::<u16>(), ".{0,12}")
             .prop_map(|(version, client)| ClientFrame::Hello(ClientHello { version, client })),
         (any::<u64>(), op()).prop_map(|(id, op)| ClientFrame::Request(Request { id, op })),
-        (".{0,12}", start_at(), any::<u32>()).prop_map(|(pattern, from, credit)| {
-            ClientFrame::Subscribe(Subscribe {
-                pattern,
-                from,
-                credit,
-            })
-        }),
+        (
+            ".{0,12}",
+            start_at(),
+            any::<u32>(),
+            proptest::collection::vec(stage(), 0..3)
+        )
+            .prop_map(|(pattern, from, credit, pipeline)| {
+                ClientFrame::Subscribe(Subscribe {
+                    pattern,
+                    from,
+                    credit,
+                    pipeline,
+                })
+            }),
         any::<u32>().prop_map(ClientFrame::Credit),
     ]
 }
@@ -135,6 +267,23 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                 })
             }),
         wire_error().prop_map(ServerFrame::Error),
+        (
+            ".{0,12}",
+            proptest::collection::vec((any::<(u64, u64)>(), record()), 0..4)
+        )
+            .prop_map(|(topic, records)| {
+                ServerFrame::Processed(Processed {
+                    topic,
+                    records: records
+                        .into_iter()
+                        .map(|((offset, timestamp), record)| Delivered {
+                            offset,
+                            timestamp,
+                            record,
+                        })
+                        .collect(),
+                })
+            }),
     ]
 }
 
@@ -226,57 +375,84 @@ fn the_documented_hello_frame_encodes_as_written() {
 /// The variant indexes in docs/protocol.md's tables.
 #[test]
 fn variant_indexes_match_the_documentation() {
+    let name = String::new;
     let request = |op| ClientFrame::Request(Request { id: 0, op });
+    let hello = ClientHello {
+        version: 1,
+        client: name(),
+    };
+    let subscribe = Subscribe {
+        pattern: name(),
+        from: StartAt::Earliest,
+        credit: 0,
+        pipeline: vec![],
+    };
     let client = [
-        (
-            body(&ClientFrame::Hello(ClientHello {
-                version: 1,
-                client: String::new(),
-            }))[0],
-            0,
-        ),
-        (body(&request(Op::ListTopics))[0], 1),
-        (
-            body(&ClientFrame::Subscribe(Subscribe {
-                pattern: String::new(),
-                from: StartAt::Earliest,
-                credit: 0,
-            }))[0],
-            2,
-        ),
-        (body(&ClientFrame::Credit(0))[0], 3),
+        (ClientFrame::Hello(hello), 0),
+        (request(Op::ListTopics), 1),
+        (ClientFrame::Subscribe(subscribe), 2),
+        (ClientFrame::Credit(0), 3),
     ];
-    for (got, want) in client {
-        assert_eq!(got, want);
+    for (frame, want) in client {
+        assert_eq!(body(&frame)[0], want);
     }
     // Request: variant, id (varint 0), then the op's variant.
+    let stage = Stage {
+        plugin: name(),
+        params: vec![],
+        on_error: OnError::FailOpen,
+    };
     let ops = [
         (
             Op::CreateTopic {
-                name: String::new(),
+                name: name(),
                 retention: Retention::default(),
+                dead_letter: None,
             },
             0,
         ),
-        (
-            Op::DeleteTopic {
-                name: String::new(),
-            },
-            1,
-        ),
-        (
-            Op::DescribeTopic {
-                name: String::new(),
-            },
-            2,
-        ),
+        (Op::DeleteTopic { name: name() }, 1),
+        (Op::DescribeTopic { name: name() }, 2),
         (Op::ListTopics, 3),
         (
             Op::Publish {
-                topic: String::new(),
+                topic: name(),
                 records: vec![],
             },
             4,
+        ),
+        (
+            Op::DeployPlugin {
+                name: name(),
+                version: None,
+                wasm: Bytes::new(),
+            },
+            5,
+        ),
+        (
+            Op::UpgradePlugin {
+                name: name(),
+                version: None,
+                wasm: Bytes::new(),
+            },
+            6,
+        ),
+        (Op::RemovePlugin { name: name() }, 7),
+        (Op::ListPlugins, 8),
+        (Op::PluginStatus { name: name() }, 9),
+        (
+            Op::AttachPlugin {
+                topic: name(),
+                stage,
+            },
+            10,
+        ),
+        (
+            Op::DetachPlugin {
+                topic: name(),
+                plugin: name(),
+            },
+            11,
         ),
     ];
     for (op, want) in ops {
@@ -291,60 +467,84 @@ fn variant_indexes_match_the_documentation() {
     for (start, want) in starts {
         assert_eq!(body(&start)[0], want);
     }
+    assert_eq!(body(&OnError::FailOpen)[0], 0);
+    assert_eq!(body(&OnError::FailClosed)[0], 1);
+
     let reply = |result| ServerFrame::Reply(Reply { id: 0, result });
     let limits = Limits {
         max_frame_len: 0,
         max_record_size: 0,
         max_batch_records: 0,
     };
+    let server_hello = ServerHello {
+        version: 1,
+        server: name(),
+        limits,
+    };
+    let records = Records {
+        topic: name(),
+        base_offset: 0,
+        batch: Bytes::new(),
+    };
+    let processed = Processed {
+        topic: name(),
+        records: vec![],
+    };
     let server = [
-        (
-            ServerFrame::Hello(ServerHello {
-                version: 1,
-                server: String::new(),
-                limits,
-            }),
-            0,
-        ),
+        (ServerFrame::Hello(server_hello), 0),
         (reply(Ok(OpReply::Deleted)), 1),
         (ServerFrame::Subscribed, 2),
-        (
-            ServerFrame::Records(Records {
-                topic: String::new(),
-                base_offset: 0,
-                batch: Bytes::new(),
-            }),
-            3,
-        ),
+        (ServerFrame::Records(records), 3),
         (
             ServerFrame::Error(WireError::new(ErrorCode::Internal, "")),
             4,
         ),
+        (ServerFrame::Processed(processed), 5),
     ];
     for (frame, want) in server {
         assert_eq!(body(&frame)[0], want);
     }
     // Reply: variant, id, Result tag (0 = Ok), then the reply's variant.
     let info = TopicInfo {
-        name: String::new(),
+        name: name(),
         retention: Retention::default(),
         created_ms: 0,
         records: 0,
         bytes: 0,
         first_offset: 0,
         next_offset: 0,
+        dead_letter: name(),
+        pipeline: vec![],
+    };
+    let plugin = PluginInfo {
+        name: name(),
+        version: name(),
+        sha256: name(),
+        size: 0,
+        deployed_ms: 0,
+        versions: vec![],
+        cached: false,
+        topics: vec![],
+    };
+    let receipt = Receipt {
+        base_offset: 0,
+        count: 0,
+        routed: vec![],
+        dead_letter: None,
+        dropped: 0,
+    };
+    let status = PluginStatus {
+        info: plugin.clone(),
+        attachments: vec![],
     };
     let replies = [
         (OpReply::Topic(info), 0),
         (OpReply::Topics(vec![]), 1),
         (OpReply::Deleted, 2),
-        (
-            OpReply::Published {
-                base_offset: 0,
-                count: 0,
-            },
-            3,
-        ),
+        (OpReply::Published(receipt), 3),
+        (OpReply::Plugin(plugin), 4),
+        (OpReply::Plugins(vec![]), 5),
+        (OpReply::PluginStatus(status), 6),
     ];
     for (op_reply, want) in replies {
         let encoded = body(&reply(Ok(op_reply)));

@@ -200,6 +200,7 @@ async fn malformed_frames_get_errors_and_the_stream_stays_usable() {
         pattern: "x".into(),
         from: quiver_protocol::StartAt::Latest,
         credit: 1,
+        pipeline: vec![],
     });
     control.send(&subscribe).await;
     match control.recv().await {
@@ -250,6 +251,7 @@ async fn malformed_frames_get_errors_and_the_stream_stays_usable() {
             pattern: "sub.t".into(),
             from: quiver_protocol::StartAt::Earliest,
             credit: 10,
+            pipeline: vec![],
         }))
         .await;
     assert_eq!(sub_stream.recv().await, Some(ServerFrame::Subscribed));

@@ -25,12 +25,16 @@ async fn a_stalled_subscriber_does_not_grow_broker_memory() {
     let options = SubscribeOptions {
         from: StartAt::Earliest,
         window: 8,
+        ..SubscribeOptions::default()
     };
     // Subscribed, then never read until the end.
-    let mut stalled = client.subscribe("firehose", options).await.unwrap();
+    let mut stalled = client.subscribe("firehose", options.clone()).await.unwrap();
     // A second subscriber on its own connection reads everything as it comes.
     let reader_client = broker.client().await;
-    let mut live = reader_client.subscribe("firehose", options).await.unwrap();
+    let mut live = reader_client
+        .subscribe("firehose", options.clone())
+        .await
+        .unwrap();
     let reader = tokio::spawn(async move {
         let mut next = 0u64;
         while next < (BATCH * PUBLISHES) as u64 {

@@ -2,6 +2,7 @@
 //! of one, built on the client SDK.
 
 mod output;
+mod plugin;
 mod pubsub;
 mod serve;
 mod topic;
@@ -35,6 +36,9 @@ enum Command {
     Pub(pubsub::PubArgs),
     /// Subscribe to a topic or pattern and print its records.
     Sub(pubsub::SubArgs),
+    /// Deploy, attach, upgrade, inspect and try WebAssembly plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
 }
 
 /// How client commands reach a broker.
@@ -110,6 +114,7 @@ fn run_client(command: Command) -> anyhow::Result<()> {
             Command::Topic(command) => topic::run(command).await,
             Command::Pub(args) => pubsub::publish(args).await,
             Command::Sub(args) => pubsub::subscribe(args).await,
+            Command::Plugin(command) => plugin::run(command).await,
             Command::Serve(_) => unreachable!("handled by main"),
         }
     })

@@ -7,8 +7,9 @@ use std::fmt::Write;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
 use bytesize::ByteSize;
-use quiver_client::{Record, TopicInfo};
+use quiver_client::{Header, NewRecord, OnError, Receipt, Record, Stage, TopicInfo};
 use serde_json::{Map, Value, json};
 
 /// Puts `bytes` under `field` as text, or under `field_base64` when not UTF-8.
@@ -25,29 +26,134 @@ pub(super) fn record_json(record: &Record) -> Value {
     object.insert("topic".into(), Value::from(&*record.topic));
     object.insert("offset".into(), Value::from(record.offset));
     object.insert("timestamp".into(), Value::from(record.timestamp));
-    match &record.key {
-        Some(key) => put_bytes(&mut object, "key", key),
+    put_record(
+        &mut object,
+        record.key.as_deref(),
+        &record.headers,
+        &record.payload,
+    );
+    Value::Object(object)
+}
+
+/// A new record (key, headers, payload) as a JSON object.
+pub(super) fn new_record_json(record: &NewRecord) -> Value {
+    let mut object = Map::new();
+    put_record(
+        &mut object,
+        record.key.as_deref(),
+        &record.headers,
+        &record.payload,
+    );
+    Value::Object(object)
+}
+
+fn put_record(
+    object: &mut Map<String, Value>,
+    key: Option<&[u8]>,
+    headers: &[Header],
+    payload: &[u8],
+) {
+    match key {
+        Some(key) => put_bytes(object, "key", key),
         None => {
             object.insert("key".into(), Value::Null);
         }
     }
-    let mut headers = Map::new();
+    let mut text_headers = Map::new();
     let mut binary_headers = Map::new();
-    for header in &record.headers {
+    for header in headers {
         match std::str::from_utf8(&header.value) {
-            Ok(text) => headers.insert(header.name.clone(), Value::from(text)),
+            Ok(text) => text_headers.insert(header.name.clone(), Value::from(text)),
             Err(_) => binary_headers.insert(
                 header.name.clone(),
                 Value::from(BASE64.encode(&header.value)),
             ),
         };
     }
-    object.insert("headers".into(), Value::Object(headers));
+    object.insert("headers".into(), Value::Object(text_headers));
     if !binary_headers.is_empty() {
         object.insert("headers_base64".into(), Value::Object(binary_headers));
     }
-    put_bytes(&mut object, "payload", &record.payload);
-    Value::Object(object)
+    put_bytes(object, "payload", payload);
+}
+
+/// Reads a record written the way [`record_json`] writes them (every field optional;
+/// `payload` or `payload_base64`, and likewise `key`).
+pub(super) fn record_from_json(value: &Value) -> Result<NewRecord, String> {
+    let object = value.as_object().ok_or("a record must be a JSON object")?;
+    let bytes = |field: &str| -> Result<Option<Bytes>, String> {
+        if let Some(text) = object.get(field).and_then(Value::as_str) {
+            return Ok(Some(Bytes::from(text.to_owned())));
+        }
+        match object.get(&format!("{field}_base64")) {
+            Some(Value::String(b64)) => BASE64
+                .decode(b64)
+                .map(|b| Some(Bytes::from(b)))
+                .map_err(|e| format!("{field}_base64: {e}")),
+            Some(_) => Err(format!("{field}_base64 must be a string")),
+            None => Ok(None),
+        }
+    };
+    let mut headers = Vec::new();
+    for (field, base64) in [("headers", false), ("headers_base64", true)] {
+        let Some(map) = object.get(field) else {
+            continue;
+        };
+        let map = map
+            .as_object()
+            .ok_or_else(|| format!("{field} must be an object"))?;
+        for (name, value) in map {
+            let text = value
+                .as_str()
+                .ok_or_else(|| format!("header `{name}` must be a string"))?;
+            let value = if base64 {
+                BASE64
+                    .decode(text)
+                    .map_err(|e| format!("header `{name}`: {e}"))?
+            } else {
+                text.as_bytes().to_vec()
+            };
+            headers.push(Header {
+                name: name.clone(),
+                value: value.into(),
+            });
+        }
+    }
+    Ok(NewRecord {
+        key: bytes("key")?,
+        headers,
+        payload: bytes("payload")?.unwrap_or_default(),
+    })
+}
+
+/// What became of one published record, in a word or an offset.
+pub(super) fn receipt_text(receipt: &Receipt) -> String {
+    let mut parts = Vec::new();
+    match receipt.count {
+        0 => {}
+        1 => parts.push(receipt.base_offset.to_string()),
+        n => parts.push(format!(
+            "{}..={}",
+            receipt.base_offset,
+            receipt.base_offset + u64::from(n) - 1
+        )),
+    }
+    for placement in &receipt.routed {
+        parts.push(format!(
+            "routed to {}@{}",
+            placement.topic, placement.base_offset
+        ));
+    }
+    if let Some(dead) = &receipt.dead_letter {
+        parts.push(format!(
+            "dead-lettered to {}@{}",
+            dead.topic, dead.base_offset
+        ));
+    }
+    if receipt.dropped > 0 {
+        parts.push("dropped".into());
+    }
+    parts.join(", ")
 }
 
 /// One topic as a JSON object.
@@ -60,6 +166,12 @@ pub(super) fn topic_json(topic: &TopicInfo) -> Value {
         "last_offset": topic.last_offset(),
         "next_offset": topic.next_offset,
         "created_ms": topic.created_ms,
+        "dead_letter": topic.dead_letter,
+        "pipeline": topic.pipeline.iter().map(|s| json!({
+            "plugin": s.plugin,
+            "params": s.params.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect::<Map<String, Value>>(),
+            "on_error": on_error_text(s.on_error),
+        })).collect::<Vec<_>>(),
         "retention": {
             "max_age_ms": topic.retention.max_age_ms,
             "max_bytes": topic.retention.max_bytes,
@@ -130,11 +242,36 @@ pub(super) fn topic_table(topics: &[TopicInfo]) -> String {
     out
 }
 
+/// How a failure policy reads on the command line.
+pub(super) fn on_error_text(on_error: OnError) -> &'static str {
+    match on_error {
+        OnError::FailOpen => "fail-open",
+        OnError::FailClosed => "fail-closed",
+    }
+}
+
+/// A pipeline as `plugin(k=v, …; policy) → …`.
+pub(super) fn pipeline_text(stages: &[Stage]) -> String {
+    if stages.is_empty() {
+        return "none".into();
+    }
+    let stage = |s: &Stage| {
+        let params: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(
+            "{}({}; {})",
+            s.plugin,
+            params.join(", "),
+            on_error_text(s.on_error)
+        )
+    };
+    stages.iter().map(stage).collect::<Vec<_>>().join(" -> ")
+}
+
 /// One topic as `key: value` lines.
 pub(super) fn topic_details(topic: &TopicInfo) -> String {
     let created = std::time::UNIX_EPOCH + std::time::Duration::from_millis(topic.created_ms);
     format!(
-        "name:         {}\nrecords:      {}\nbytes:        {} ({})\nfirst offset: {}\nlast offset:  {}\nnext offset:  {}\nretention:    {}\ncreated:      {}\n",
+        "name:         {}\nrecords:      {}\nbytes:        {} ({})\nfirst offset: {}\nlast offset:  {}\nnext offset:  {}\nretention:    {}\ndead letter:  {}\npipeline:     {}\ncreated:      {}\n",
         topic.name,
         topic.records,
         topic.bytes,
@@ -143,6 +280,8 @@ pub(super) fn topic_details(topic: &TopicInfo) -> String {
         last_text(topic),
         topic.next_offset,
         retention_text(topic),
+        topic.dead_letter,
+        pipeline_text(&topic.pipeline),
         humantime::format_rfc3339_millis(created),
     )
 }
@@ -184,6 +323,39 @@ mod tests {
         assert_eq!(v["headers"]["h"], "v");
         assert_eq!(v["headers_base64"]["bin"], "/w==");
         assert!(v.get("payload_base64").is_none());
+    }
+
+    #[test]
+    fn records_read_back_what_was_written() {
+        let written = record_json(&record(&[0, 159], Some(b"k")));
+        let read = record_from_json(&written).unwrap();
+        assert_eq!(read.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(&read.payload[..], &[0, 159]);
+        assert_eq!(read.headers.len(), 2);
+        assert!(record_from_json(&json!({"payload_base64": "%%"})).is_err());
+        assert_eq!(record_from_json(&json!({})).unwrap(), NewRecord::default());
+    }
+
+    #[test]
+    fn receipts_read_as_a_word_or_an_offset() {
+        let mut receipt = Receipt {
+            base_offset: 4,
+            count: 1,
+            routed: vec![],
+            dead_letter: None,
+            dropped: 0,
+        };
+        assert_eq!(receipt_text(&receipt), "4");
+        receipt.count = 0;
+        receipt.dropped = 1;
+        assert_eq!(receipt_text(&receipt), "dropped");
+        receipt.dropped = 0;
+        receipt.routed.push(quiver_client::Placement {
+            topic: "x".into(),
+            base_offset: 9,
+            count: 1,
+        });
+        assert_eq!(receipt_text(&receipt), "routed to x@9");
     }
 
     #[test]

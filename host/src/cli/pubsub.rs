@@ -7,7 +7,7 @@ use bytes::Bytes;
 use clap::Args;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use quiver_client::{NewRecord, StartAt, SubscribeOptions};
+use quiver_client::{NewRecord, Stage, StartAt, SubscribeOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::ConnectArgs;
@@ -33,7 +33,8 @@ pub(super) struct PubArgs {
     connect: ConnectArgs,
 }
 
-fn parse_header(s: &str) -> Result<(String, String), String> {
+/// Parses `NAME=VALUE` (headers and plugin parameters).
+pub(super) fn parse_header(s: &str) -> Result<(String, String), String> {
     let (name, value) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
@@ -58,11 +59,12 @@ impl PubArgs {
 
 pub(super) async fn publish(args: PubArgs) -> anyhow::Result<()> {
     let client = args.connect.connect().await?;
+    let publish = |record| {
+        let receipt = client.publish_batch(&args.topic, vec![record]);
+        async move { receipt.await.map(|r| output::receipt_text(&r)) }
+    };
     if let Some(message) = &args.message {
-        let offset = client
-            .publish(&args.topic, args.record(message.clone()))
-            .await?;
-        println!("{offset}");
+        println!("{}", publish(args.record(message.clone())).await?);
         return Ok(());
     }
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -74,12 +76,12 @@ pub(super) async fn publish(args: PubArgs) -> anyhow::Result<()> {
             line = lines.next_line(), if !eof && inflight.len() < PUBLISH_WINDOW => {
                 match line.context("reading stdin")? {
                     // Queued in line order by this call: the topic keeps stdin's order.
-                    Some(line) => inflight.push_back(client.publish(&args.topic, args.record(line))),
+                    Some(line) => inflight.push_back(publish(args.record(line))),
                     None => eof = true,
                 }
             }
-            Some(offset) = inflight.next() => {
-                writeln!(stdout, "{}", offset?)?;
+            Some(placed) = inflight.next() => {
+                writeln!(stdout, "{}", placed?)?;
             }
         }
     }
@@ -101,11 +103,21 @@ pub(super) struct SubArgs {
     /// Print one JSON object per record.
     #[arg(long)]
     json: bool,
+    /// Run this deployed plugin on delivery, for this subscriber only.
+    #[arg(long, value_name = "NAME")]
+    plugin: Option<String>,
+    /// A parameter for --plugin, NAME=VALUE (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_header, requires = "plugin")]
+    params: Vec<(String, String)>,
+    /// What happens while --plugin is quarantined: the subscription ends
+    /// (fail-closed) or records pass unchanged (fail-open).
+    #[arg(long, value_enum, default_value_t = super::plugin::Policy::FailClosed, requires = "plugin")]
+    on_error: super::plugin::Policy,
     #[command(flatten)]
     connect: ConnectArgs,
 }
 
-fn parse_start(s: &str) -> Result<StartAt, String> {
+pub(super) fn parse_start(s: &str) -> Result<StartAt, String> {
     match s {
         "earliest" => return Ok(StartAt::Earliest),
         "latest" => return Ok(StartAt::Latest),
@@ -136,7 +148,14 @@ pub(super) async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let client = args.connect.connect().await?;
-    let options = SubscribeOptions::from(args.from);
+    let mut options = SubscribeOptions::from(args.from);
+    if let Some(plugin) = &args.plugin {
+        options.pipeline.push(Stage {
+            plugin: plugin.clone(),
+            params: args.params.clone(),
+            on_error: args.on_error.into(),
+        });
+    }
     let mut subscription = client.subscribe(&args.pattern, options).await?;
     let mut stdout = std::io::stdout().lock();
     let mut printed = 0;

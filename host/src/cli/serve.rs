@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use tracing::info;
 
-use crate::config::{Config, LogFormat, Overrides, TlsOverrides};
+use crate::config::{Config, LogFormat, Overrides, PluginOverrides, TlsOverrides};
 use crate::server::Server;
 use crate::transport::tls::Origin;
 
@@ -33,6 +33,10 @@ pub(super) struct ServeArgs {
     /// Log format on stderr [default: human].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Deploy (or upgrade) every *.wasm in DIR at start-up; the file stem names the
+    /// plugin.
+    #[arg(long, value_name = "DIR")]
+    plugin_dir: Option<PathBuf>,
 }
 
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -44,6 +48,9 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
             cert: args.tls_cert,
             key: args.tls_key,
         },
+        plugins: PluginOverrides {
+            dir: args.plugin_dir,
+        },
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;
     super::init_tracing("info", config.log_format);
@@ -53,7 +60,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let server = Server::bind(config.clone())?;
+        let server = Server::bind(config.clone()).await?;
         let addr = server.local_addr().context("reading the bound address")?;
         let (cert, origin) = server.certificate();
         if *origin == Origin::Generated {

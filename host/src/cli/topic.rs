@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use clap::{Args, Subcommand};
-use quiver_client::{Retention, TopicInfo};
+use quiver_client::{Retention, TopicConfig, TopicInfo};
 
 use super::ConnectArgs;
 use super::output;
@@ -24,6 +24,9 @@ pub(super) enum TopicCommand {
         /// Keep at most this many records.
         #[arg(long)]
         max_records: Option<u64>,
+        /// Where records go that the topic's plugins fail on [default: dlq.NAME].
+        #[arg(long, value_name = "TOPIC")]
+        dead_letter: Option<String>,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -64,6 +67,7 @@ pub(super) async fn run(command: TopicCommand) -> anyhow::Result<()> {
             max_age,
             max_bytes,
             max_records,
+            dead_letter,
             connect,
         } => {
             let retention = Retention {
@@ -71,11 +75,11 @@ pub(super) async fn run(command: TopicCommand) -> anyhow::Result<()> {
                 max_bytes: max_bytes.map(|b| b.as_u64()),
                 max_records,
             };
-            let info = connect
-                .connect()
-                .await?
-                .create_topic(&name, retention)
-                .await?;
+            let config = TopicConfig {
+                retention,
+                dead_letter,
+            };
+            let info = connect.connect().await?.create_topic(&name, config).await?;
             println!("created {}", info.name);
         }
         TopicCommand::List(ListArgs { json, connect }) => {

@@ -7,6 +7,10 @@
 //! | `i` topic-id base-offset (u64 BE ×2)  | [`ChunkMeta`] (24 bytes)      |
 //! | `c` topic-id base-offset part (u32 BE) | up to [`PART_BYTES`] of a chunk's record batch |
 //! | `p` topic-id                          | the deleted topic's name (purge pending) |
+//! | `P` plugin-name                       | [`PluginRecord`](super::PluginRecord) (postcard) |
+//! | `W` sha256 (32 bytes) part (u32 BE)   | up to [`PART_BYTES`] of a plugin component |
+//! | `K` name-length (u8) plugin-name key  | a plugin's state value |
+//! | `v`                                   | the layout version, [`FORMAT`] (u32 BE) |
 //!
 //! Big-endian integers make key order offset order, so "the chunk holding offset N" is
 //! the last `i` key at or below N. Everything lives in one tree so that one
@@ -24,6 +28,53 @@ pub(super) const STATS: u8 = b's';
 pub(super) const INDEX: u8 = b'i';
 pub(super) const CHUNK: u8 = b'c';
 pub(super) const PURGE: u8 = b'p';
+pub(super) const PLUGIN: u8 = b'P';
+pub(super) const WASM: u8 = b'W';
+pub(super) const STATE: u8 = b'K';
+pub(super) const VERSION: &[u8] = b"v";
+
+/// The layout this code reads and writes; a data dir with another is refused.
+pub(super) const FORMAT: u32 = 1;
+
+pub(super) fn plugin(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(PLUGIN);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The prefix of a component's parts.
+pub(super) fn wasm(sha256: &[u8; 32]) -> [u8; 33] {
+    let mut key = [0; 33];
+    key[0] = WASM;
+    key[1..].copy_from_slice(sha256);
+    key
+}
+
+pub(super) fn wasm_part(sha256: &[u8; 32], part: u32) -> [u8; 37] {
+    let mut key = [0; 37];
+    key[..33].copy_from_slice(&wasm(sha256));
+    key[33..].copy_from_slice(&part.to_be_bytes());
+    key
+}
+
+/// The prefix of a plugin's state keys. Plugin names are at most 255 bytes (they
+/// follow the topic-name grammar), so the length fits a byte and no plugin's prefix is
+/// another's.
+pub(super) fn state_prefix(plugin: &str) -> Vec<u8> {
+    let len = u8::try_from(plugin.len()).unwrap_or(u8::MAX);
+    let mut key = Vec::with_capacity(2 + plugin.len());
+    key.push(STATE);
+    key.push(len);
+    key.extend_from_slice(plugin.as_bytes());
+    key
+}
+
+pub(super) fn state(plugin: &str, state_key: &[u8]) -> Vec<u8> {
+    let mut key = state_prefix(plugin);
+    key.extend_from_slice(state_key);
+    key
+}
 
 pub(super) fn topic(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name.len());
@@ -155,6 +206,14 @@ mod tests {
         assert!(chunk_part(7, 255, u32::MAX) < chunk_part(7, 256, 0));
         assert!(chunk_part(7, 256, 0).starts_with(&b));
         assert_eq!(offset_of(&chunk_part(7, 256, 3)), Some(256));
+    }
+
+    #[test]
+    fn state_prefixes_do_not_overlap() {
+        // "ab" + key "c…" must not share a prefix with plugin "abc".
+        assert!(!state("ab", b"c").starts_with(&state_prefix("abc")));
+        assert!(state("abc", b"k").starts_with(&state_prefix("abc")));
+        assert!(wasm_part(&[7; 32], 0).starts_with(&wasm(&[7; 32])));
     }
 
     #[test]

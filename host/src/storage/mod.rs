@@ -1,42 +1,45 @@
-//! Durable topic logs in sled: the only module that imports sled.
+//! Durable topic logs, plugin components and plugin state in sled: the only module
+//! that imports sled.
 //!
 //! A topic is a run of *chunks*, each a record batch (the protocol's format) keyed by
 //! the offset of its first record and stored in parts of at most 4 KiB; `keys.rs` has
-//! the layout and why. All writes go through one
-//! writer thread (`writer.rs`) that takes whatever commands queued up during the last
-//! flush, applies them as one atomic sled batch, flushes once (group commit) and only
-//! then answers. Readers read sled directly, bounded by each topic's durable
-//! high-water mark.
+//! the layout and why. All writes go through one writer thread (`writer.rs`) that takes
+//! whatever commands queued up during the last flush, applies them as one atomic sled
+//! batch, flushes once (group commit) and only then answers. Readers read sled directly,
+//! bounded by each topic's durable high-water mark.
 //!
 //! Invariants worth naming:
 //! - an offset below a topic's `next` is durable; nothing at or above it is ever served;
 //! - offsets are dense: the writer assigns `next, next + 1, …` and a failed commit
 //!   assigns nothing (the stats in memory change only after a successful flush);
-//! - chunks, index entries and stats of one commit land together or not at all;
+//! - everything one command writes (chunks, index entries, stats, routed copies in other
+//!   topics, plugin state) lands in one sled batch: all of it or none;
 //! - timestamps never go backwards within a topic, so time lookups can bisect.
 
 mod keys;
+mod log;
+mod plugins;
 mod read;
 mod writer;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use quiver_protocol::record::BatchError;
-use quiver_protocol::{NewRecord, Retention, TopicName};
-use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc, oneshot};
+use quiver_protocol::{NewRecord, Stage, TopicName};
+use tokio::sync::{mpsc, oneshot};
 
 pub use keys::LogStats;
+use log::TopicMeta;
+pub use log::{TopicLog, TopicSettings, Watch};
+pub use plugins::{PluginRecord, PluginVersion, StateWrite};
 use read::{LogReader, decode_index};
 use writer::{Command, Writer};
 
 /// Why a storage operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
     /// sled reported an error (IO, or corruption it detected).
     #[error("storage failure: {0}")]
@@ -83,124 +86,7 @@ pub struct StorageConfig {
     pub chunk_bytes: usize,
 }
 
-/// What is persisted of a topic besides its records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct TopicMeta {
-    id: u64,
-    name: String,
-    retention: Retention,
-    created_ms: u64,
-}
-
-/// A topic's log as the rest of the broker sees it: identity, settings, live stats and
-/// a way to be woken when records arrive.
-#[derive(Debug)]
-pub struct TopicLog {
-    id: u64,
-    name: TopicName,
-    retention: Retention,
-    created_ms: u64,
-    stats: Mutex<LogStats>,
-    deleted: AtomicBool,
-    waiters: Mutex<HashMap<u64, Arc<Notify>>>,
-}
-
-impl TopicLog {
-    fn new(meta: TopicMeta, name: TopicName, stats: LogStats) -> Self {
-        Self {
-            id: meta.id,
-            name,
-            retention: meta.retention,
-            created_ms: meta.created_ms,
-            stats: Mutex::new(stats),
-            deleted: AtomicBool::new(false),
-            waiters: Mutex::default(),
-        }
-    }
-
-    /// The topic's storage id: unique for the life of the data dir, never reused.
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The topic's name.
-    pub fn name(&self) -> &TopicName {
-        &self.name
-    }
-
-    /// The topic's retention limits.
-    pub fn retention(&self) -> Retention {
-        self.retention
-    }
-
-    /// When the topic was created (ms since the Unix epoch).
-    pub fn created_ms(&self) -> u64 {
-        self.created_ms
-    }
-
-    /// The durable state of the log right now.
-    pub fn stats(&self) -> LogStats {
-        *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// True once the topic has been deleted.
-    pub fn is_deleted(&self) -> bool {
-        self.deleted.load(Ordering::Acquire)
-    }
-
-    /// Wakes `notify` whenever records become durable or the topic is deleted, until
-    /// the returned guard is dropped.
-    pub fn watch(self: &Arc<Self>, notify: Arc<Notify>) -> Watch {
-        static NEXT_WATCH: AtomicU64 = AtomicU64::new(0);
-        let key = NEXT_WATCH.fetch_add(1, Ordering::Relaxed);
-        self.waiters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, notify);
-        Watch {
-            log: Arc::clone(self),
-            key,
-        }
-    }
-
-    fn set_stats(&self, stats: LogStats) {
-        *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = stats;
-    }
-
-    fn mark_deleted(&self) {
-        self.deleted.store(true, Ordering::Release);
-    }
-
-    fn wake(&self) {
-        for notify in self
-            .waiters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-        {
-            notify.notify_one();
-        }
-    }
-}
-
-/// Keeps a waiter registered with a topic; unregisters on drop.
-#[derive(Debug)]
-pub struct Watch {
-    log: Arc<TopicLog>,
-    key: u64,
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.log
-            .waiters
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.key);
-    }
-}
-
-/// Where a successful append put the records.
+/// Where a successful append put one topic's records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
     /// The first record's offset.
@@ -229,18 +115,22 @@ pub struct Cleanup {
     pub more: bool,
 }
 
+/// Records for one topic, in one atomic append.
+pub type TopicRecords = (Arc<TopicLog>, Vec<NewRecord>);
+
 /// An append queued for the next group commit; await [`PendingAppend::durable`].
 #[derive(Debug)]
-pub struct PendingAppend(oneshot::Receiver<Result<Appended, StorageError>>);
+pub struct PendingAppend(oneshot::Receiver<Result<Vec<Appended>, StorageError>>);
 
 impl PendingAppend {
-    /// Resolves once the records are flushed to disk (or the commit failed).
-    pub async fn durable(self) -> Result<Appended, StorageError> {
+    /// Resolves once everything is flushed to disk (or the commit failed), with one
+    /// [`Appended`] per topic, in the order given.
+    pub async fn durable(self) -> Result<Vec<Appended>, StorageError> {
         self.0.await.unwrap_or(Err(StorageError::Closed))
     }
 }
 
-/// Handle to the data dir's topic logs. Cheap to clone.
+/// Handle to the data dir. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Storage {
     db: sled::Db,
@@ -259,6 +149,7 @@ impl Storage {
             .flush_every_ms(None) // the writer flushes before every acknowledgement
             .open()?;
         let tree = db.open_tree("log")?;
+        check_format(&tree)?;
         let topics = recover(&tree)?;
         let (commands, rx) = mpsc::channel(writer::QUEUE_DEPTH);
         let writer = Writer::new(db.clone(), tree.clone(), rx, config.chunk_bytes);
@@ -275,83 +166,135 @@ impl Storage {
         Ok((storage, topics))
     }
 
-    async fn send(&self, command: Command) -> Result<(), StorageError> {
+    /// Sends a command and waits for its answer.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, StorageError>>) -> Command,
+    ) -> Result<T, StorageError> {
+        let (reply, rx) = oneshot::channel();
         self.commands
-            .send(command)
+            .send(command(reply))
             .await
-            .map_err(|_| StorageError::Closed)
+            .map_err(|_| StorageError::Closed)?;
+        rx.await.unwrap_or(Err(StorageError::Closed))
     }
 
     /// Creates a topic, durable when this returns.
     pub async fn create_topic(
         &self,
         name: TopicName,
-        retention: Retention,
+        settings: impl Into<TopicSettings>,
     ) -> Result<Arc<TopicLog>, StorageError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Create {
+        let settings = settings.into();
+        self.ask(|reply| Command::Create {
             name,
-            retention,
+            settings,
             reply,
         })
-        .await?;
-        rx.await.unwrap_or(Err(StorageError::Closed))
+        .await
     }
 
     /// Deletes a topic: it disappears at once (durably); its records are removed in the
     /// background by [`Storage::purge`].
     pub async fn delete_topic(&self, log: Arc<TopicLog>) -> Result<(), StorageError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Delete { log, reply }).await?;
-        rx.await.unwrap_or(Err(StorageError::Closed))
+        self.ask(|reply| Command::Delete { log, reply }).await
     }
 
-    /// Queues records for the next group commit. Appends queued one after the other get
-    /// increasing offsets; the returned handle resolves once they are durable.
-    pub async fn submit_append(
+    /// Replaces a topic's ingress pipeline, durable when this returns.
+    pub async fn set_pipeline(
         &self,
         log: Arc<TopicLog>,
-        records: Vec<NewRecord>,
-    ) -> Result<PendingAppend, StorageError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Append {
+        pipeline: Vec<Stage>,
+    ) -> Result<(), StorageError> {
+        self.ask(|reply| Command::SetPipeline {
             log,
-            records,
+            pipeline,
             reply,
         })
-        .await?;
+        .await
+    }
+
+    /// Queues records for one or more topics, and plugin state changes, for the next
+    /// group commit: all of it lands together or none of it does. Appends queued one
+    /// after the other get increasing offsets; the returned handle resolves once they
+    /// are durable.
+    pub async fn submit_append(
+        &self,
+        appends: Vec<TopicRecords>,
+        state: Vec<StateWrite>,
+    ) -> Result<PendingAppend, StorageError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Append {
+                appends,
+                state,
+                reply,
+            })
+            .await
+            .map_err(|_| StorageError::Closed)?;
         Ok(PendingAppend(rx))
     }
 
-    /// Appends records and waits until they are durable.
+    /// Appends records to one topic and waits until they are durable.
     pub async fn append(
         &self,
         log: Arc<TopicLog>,
         records: Vec<NewRecord>,
     ) -> Result<Appended, StorageError> {
-        self.submit_append(log, records).await?.durable().await
+        let appended = self
+            .submit_append(vec![(log, records)], Vec::new())
+            .await?
+            .durable()
+            .await?;
+        appended
+            .into_iter()
+            .next()
+            .ok_or_else(|| StorageError::corrupt("an append answered without its offsets"))
     }
 
     /// Hides records below `first` and removes the chunks that then hold nothing
     /// visible (a bounded number per call: see [`Cleanup::more`]).
     pub async fn trim(&self, log: Arc<TopicLog>, first: u64) -> Result<Cleanup, StorageError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Trim { log, first, reply }).await?;
-        rx.await.unwrap_or(Err(StorageError::Closed))
+        self.ask(|reply| Command::Trim { log, first, reply }).await
     }
 
     /// Removes a bounded number of a deleted topic's chunks.
     pub async fn purge(&self, id: u64) -> Result<Cleanup, StorageError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Purge { id, reply }).await?;
-        rx.await.unwrap_or(Err(StorageError::Closed))
+        self.ask(|reply| Command::Purge { id, reply }).await
+    }
+
+    /// Stores a plugin record and, when given, a component (kept under its sha256),
+    /// durable when this returns.
+    pub async fn put_plugin(
+        &self,
+        record: PluginRecord,
+        wasm: Option<Bytes>,
+    ) -> Result<(), StorageError> {
+        self.ask(|reply| Command::PutPlugin {
+            record,
+            wasm,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes a plugin: its record, its state, and its components unless another
+    /// plugin uses the same bytes.
+    pub async fn remove_plugin(&self, name: String) -> Result<(), StorageError> {
+        self.ask(|reply| Command::RemovePlugin { name, reply })
+            .await
     }
 
     /// Commits what is queued, flushes, and stops the writer thread. Later calls fail
     /// with [`StorageError::Closed`].
     pub async fn close(&self) {
         let (reply, rx) = oneshot::channel();
-        if self.send(Command::Shutdown { reply }).await.is_ok() {
+        if self
+            .commands
+            .send(Command::Shutdown { reply })
+            .await
+            .is_ok()
+        {
             let _ = rx.await;
         }
         let handle = self
@@ -399,7 +342,42 @@ impl Storage {
 
     /// Ids of deleted topics whose records are still to be removed.
     pub fn pending_purges(&self) -> Result<Vec<u64>, StorageError> {
-        pending_purges(&self.tree)
+        self.tree
+            .scan_prefix([keys::PURGE])
+            .keys()
+            .map(|key| {
+                key?.get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| StorageError::corrupt("purge marker of the wrong shape"))
+            })
+            .collect()
+    }
+
+    /// Every deployed plugin.
+    pub fn plugins(&self) -> Result<Vec<PluginRecord>, StorageError> {
+        self.tree
+            .scan_prefix([keys::PLUGIN])
+            .values()
+            .map(|value| {
+                postcard::from_bytes(&value?)
+                    .map_err(|e| StorageError::corrupt(format!("plugin record: {e}")))
+            })
+            .collect()
+    }
+
+    /// A stored component by its sha256.
+    pub fn plugin_wasm(&self, sha256: &[u8; 32]) -> Result<Option<Bytes>, StorageError> {
+        let mut wasm = BytesMut::new();
+        for part in self.tree.scan_prefix(keys::wasm(sha256)).values() {
+            wasm.extend_from_slice(&part?);
+        }
+        Ok((!wasm.is_empty()).then(|| wasm.freeze()))
+    }
+
+    /// A plugin's durable state under `key`.
+    pub fn state_get(&self, plugin: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.tree.get(keys::state(plugin, key))?.map(|v| v.to_vec()))
     }
 
     /// Bytes the data dir takes on disk.
@@ -415,6 +393,22 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Stamps a new data dir with the layout version, and refuses one of another layout.
+fn check_format(tree: &sled::Tree) -> Result<(), StorageError> {
+    match tree.get(keys::VERSION)? {
+        None if tree.is_empty() => {
+            tree.insert(keys::VERSION, &keys::FORMAT.to_be_bytes())?;
+            Ok(())
+        }
+        Some(v) if v.as_ref() == keys::FORMAT.to_be_bytes() => Ok(()),
+        other => Err(StorageError::corrupt(format!(
+            "the data dir has layout version {:?}; this broker reads version {}",
+            other.map(|v| v.to_vec()),
+            keys::FORMAT
+        ))),
+    }
+}
+
 /// Reads every topic and checks that its stats agree with its index.
 fn recover(tree: &sled::Tree) -> Result<Vec<Arc<TopicLog>>, StorageError> {
     let mut topics = Vec::new();
@@ -426,9 +420,12 @@ fn recover(tree: &sled::Tree) -> Result<Vec<Arc<TopicLog>>, StorageError> {
                 String::from_utf8_lossy(&key[1..])
             ))
         })?;
-        let name = TopicName::parse(&meta.name).map_err(|e| {
-            StorageError::corrupt(format!("stored topic name {:?}: {e}", meta.name))
-        })?;
+        let parse = |name: &str| {
+            TopicName::parse(name)
+                .map_err(|e| StorageError::corrupt(format!("stored topic name {name:?}: {e}")))
+        };
+        let name = parse(&meta.name)?;
+        let dead_letter = meta.dead_letter.as_deref().map(parse).transpose()?;
         let stats = tree
             .get(keys::with_id(keys::STATS, meta.id))?
             .and_then(|v| LogStats::decode(&v))
@@ -451,21 +448,9 @@ fn recover(tree: &sled::Tree) -> Result<Vec<Arc<TopicLog>>, StorageError> {
                 stats.first, stats.next
             )));
         }
-        topics.push(Arc::new(TopicLog::new(meta, name, stats)));
+        topics.push(Arc::new(TopicLog::new(meta, name, dead_letter, stats)));
     }
     Ok(topics)
-}
-
-fn pending_purges(tree: &sled::Tree) -> Result<Vec<u64>, StorageError> {
-    tree.scan_prefix([keys::PURGE])
-        .map(|item| {
-            let (key, _) = item?;
-            key.get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes)
-                .ok_or_else(|| StorageError::corrupt("purge marker of the wrong shape"))
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 
 use proptest::prelude::*;
+use quiver_protocol::Retention;
 use quiver_protocol::record::decode_batch;
 
 use super::*;

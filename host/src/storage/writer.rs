@@ -11,15 +11,19 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use quiver_protocol::record;
-use quiver_protocol::{NewRecord, Retention, TopicName};
+use quiver_protocol::{NewRecord, Stage, TopicName};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error};
 
 use super::keys::{self, ChunkMeta, LogStats};
+use super::log::TopicMeta;
 use super::read::{LogReader, decode_index};
-use super::{Appended, Cleanup, StorageError, TopicLog, TopicMeta, now_ms};
+use super::{
+    Appended, Cleanup, PluginRecord, StateWrite, StorageError, TopicLog, TopicRecords,
+    TopicSettings, now_ms,
+};
 
 /// Commands queued before senders wait.
 pub(super) const QUEUE_DEPTH: usize = 4096;
@@ -32,17 +36,31 @@ type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 
 pub(super) enum Command {
     Append {
-        log: Arc<TopicLog>,
-        records: Vec<NewRecord>,
-        reply: Reply<Appended>,
+        appends: Vec<TopicRecords>,
+        state: Vec<StateWrite>,
+        reply: Reply<Vec<Appended>>,
     },
     Create {
         name: TopicName,
-        retention: Retention,
+        settings: TopicSettings,
         reply: Reply<Arc<TopicLog>>,
     },
     Delete {
         log: Arc<TopicLog>,
+        reply: Reply<()>,
+    },
+    SetPipeline {
+        log: Arc<TopicLog>,
+        pipeline: Vec<Stage>,
+        reply: Reply<()>,
+    },
+    PutPlugin {
+        record: PluginRecord,
+        wasm: Option<Bytes>,
+        reply: Reply<()>,
+    },
+    RemovePlugin {
+        name: String,
         reply: Reply<()>,
     },
     Trim {
@@ -80,11 +98,25 @@ struct Staged {
     chunk: Option<OpenChunk>,
 }
 
-/// An answer held back until the group is durable.
-enum Done {
-    Append(Reply<Appended>, Appended),
-    Create(Reply<Arc<TopicLog>>, Arc<TopicLog>),
-    Delete(Reply<()>, Arc<TopicLog>),
+/// An answer held back until the group is durable: called with `Ok` after the flush
+/// (it then also applies the command's in-memory effects), or with the error.
+type Done = Box<dyn FnOnce(Result<(), &StorageError>) + Send>;
+
+/// Answers `reply` with `value` once durable, after running `effect`.
+fn answer<T: Send + 'static>(
+    reply: Reply<T>,
+    value: T,
+    effect: impl FnOnce() + Send + 'static,
+) -> Done {
+    Box::new(move |result| {
+        let result = result.map(|()| effect()).map_err(Clone::clone);
+        let _ = reply.send(result.map(|()| value));
+    })
+}
+
+/// Answers a refused command at once.
+fn refuse<T>(reply: Reply<T>, e: StorageError) {
+    let _ = reply.send(Err(e));
 }
 
 #[derive(Default)]
@@ -93,6 +125,8 @@ struct Group {
     staged: HashMap<u64, Staged>,
     created: HashSet<TopicName>,
     deleted: HashSet<u64>,
+    /// Components written in this group, which a removal must not take away.
+    components: HashSet<[u8; 32]>,
     done: Vec<Done>,
 }
 
@@ -143,57 +177,111 @@ impl Writer {
         }
     }
 
+    /// Stages one command into the group, or refuses it at once.
     fn stage(&self, group: &mut Group, command: Command) {
+        let gone =
+            |log: &TopicLog, group: &Group| log.is_deleted() || group.deleted.contains(&log.id());
+        let not_found = |log: &TopicLog| StorageError::TopicNotFound(log.name().clone());
         match command {
             Command::Append {
-                log,
-                records,
+                appends,
+                state,
                 reply,
             } => {
-                if log.is_deleted() || group.deleted.contains(&log.id) {
-                    let _ = reply.send(Err(StorageError::TopicNotFound(log.name.clone())));
-                    return;
+                // All or nothing: refuse the whole command if any topic is gone.
+                if let Some((log, _)) = appends.iter().find(|(log, _)| gone(log, group)) {
+                    return refuse(reply, not_found(log));
                 }
-                let appended = self.stage_append(group, log, &records);
-                group.done.push(Done::Append(reply, appended));
+                let appended = appends
+                    .into_iter()
+                    .map(|(log, records)| self.stage_records(group, log, &records))
+                    .collect();
+                for write in state {
+                    let key = keys::state(&write.plugin, &write.key);
+                    match write.value {
+                        Some(value) => group.batch.insert(key, value),
+                        None => group.batch.remove(key),
+                    }
+                }
+                group.done.push(answer(reply, appended, || {}));
             }
             Command::Create {
                 name,
-                retention,
+                settings,
                 reply,
-            } => match self.stage_create(group, name, retention) {
-                Ok(log) => group.done.push(Done::Create(reply, log)),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                }
+            } => match self.stage_create(group, name, settings) {
+                Ok(log) => group.done.push(answer(reply, log, || {})),
+                Err(e) => refuse(reply, e),
             },
             Command::Delete { log, reply } => {
-                if log.is_deleted() || !group.deleted.insert(log.id) {
-                    let _ = reply.send(Err(StorageError::TopicNotFound(log.name.clone())));
-                    return;
+                if gone(&log, group) {
+                    return refuse(reply, not_found(&log));
                 }
-                group.batch.remove(keys::topic(log.name.as_str()));
-                group.batch.remove(&keys::with_id(keys::STATS, log.id));
+                group.deleted.insert(log.id());
+                group.batch.remove(keys::topic(log.name().as_str()));
+                group.batch.remove(&keys::with_id(keys::STATS, log.id()));
                 group.batch.insert(
-                    &keys::with_id(keys::PURGE, log.id),
-                    log.name.as_str().as_bytes(),
+                    &keys::with_id(keys::PURGE, log.id()),
+                    log.name().as_str().as_bytes(),
                 );
-                group.done.push(Done::Delete(reply, log));
+                group.done.push(answer(reply, (), move || {
+                    log.mark_deleted();
+                    log.wake();
+                }));
             }
+            Command::SetPipeline {
+                log,
+                pipeline,
+                reply,
+            } => {
+                if gone(&log, group) {
+                    return refuse(reply, not_found(&log));
+                }
+                group.batch.insert(
+                    keys::topic(log.name().as_str()),
+                    encode_meta(&log.meta(pipeline.clone())),
+                );
+                group
+                    .done
+                    .push(answer(reply, (), move || log.set_pipeline(pipeline)));
+            }
+            Command::PutPlugin {
+                record,
+                wasm,
+                reply,
+            } => {
+                if let (Some(wasm), Some(version)) = (wasm, record.current()) {
+                    for (part, bytes) in (0u32..).zip(wasm.chunks(keys::PART_BYTES)) {
+                        group
+                            .batch
+                            .insert(&keys::wasm_part(&version.sha256, part)[..], bytes);
+                    }
+                    group.components.insert(version.sha256);
+                }
+                // Invariant: a PluginRecord holds only strings, integers and byte
+                // arrays, which postcard always encodes.
+                let encoded = postcard::to_allocvec(&record).expect("plugin records always encode");
+                group.batch.insert(keys::plugin(&record.name), encoded);
+                group.done.push(answer(reply, (), || {}));
+            }
+            Command::RemovePlugin { name, reply } => match self.stage_remove_plugin(group, &name) {
+                Ok(()) => group.done.push(answer(reply, (), || {})),
+                Err(e) => refuse(reply, e),
+            },
             Command::Trim { .. } | Command::Purge { .. } | Command::Shutdown { .. } => {
                 unreachable!("run() handles clean-up and shutdown itself")
             }
         }
     }
 
-    fn stage_append(
+    fn stage_records(
         &self,
         group: &mut Group,
         log: Arc<TopicLog>,
         records: &[NewRecord],
     ) -> Appended {
         let chunk_bytes = self.chunk_bytes;
-        let staged = group.staged.entry(log.id).or_insert_with(|| Staged {
+        let staged = group.staged.entry(log.id()).or_insert_with(|| Staged {
             stats: log.stats(),
             log,
             chunk: None,
@@ -219,7 +307,7 @@ impl Writer {
             staged.stats.last_ts = ts;
             if chunk.buf.len() >= chunk_bytes {
                 let full = staged.chunk.take().expect("the chunk was just filled");
-                seal(&mut group.batch, staged.log.id, full);
+                seal(&mut group.batch, staged.log.id(), full);
             }
         }
         Appended {
@@ -232,7 +320,7 @@ impl Writer {
         &self,
         group: &mut Group,
         name: TopicName,
-        retention: Retention,
+        settings: TopicSettings,
     ) -> Result<Arc<TopicLog>, StorageError> {
         let key = keys::topic(name.as_str());
         if group.created.contains(&name) || self.tree.contains_key(&key)? {
@@ -241,18 +329,53 @@ impl Writer {
         let meta = TopicMeta {
             id: self.db.generate_id()?,
             name: name.to_string(),
-            retention,
+            retention: settings.retention,
             created_ms: now_ms(),
+            dead_letter: settings.dead_letter.as_ref().map(ToString::to_string),
+            pipeline: Vec::new(),
         };
-        let encoded = postcard::to_allocvec(&meta)
-            .map_err(|e| StorageError::corrupt(format!("encoding topic metadata: {e}")))?;
         let stats = LogStats::default();
-        group.batch.insert(key, encoded);
+        group.batch.insert(key, encode_meta(&meta));
         group
             .batch
             .insert(&keys::with_id(keys::STATS, meta.id), &stats.encode());
         group.created.insert(name.clone());
-        Ok(Arc::new(TopicLog::new(meta, name, stats)))
+        Ok(Arc::new(TopicLog::new(
+            meta,
+            name,
+            settings.dead_letter,
+            stats,
+        )))
+    }
+
+    /// Removes a plugin's record and state, and each of its components that no other
+    /// plugin uses.
+    fn stage_remove_plugin(&self, group: &mut Group, name: &str) -> Result<(), StorageError> {
+        let Some(value) = self.tree.get(keys::plugin(name))? else {
+            return Ok(());
+        };
+        let record: PluginRecord = postcard::from_bytes(&value)
+            .map_err(|e| StorageError::corrupt(format!("plugin record `{name}`: {e}")))?;
+        let mut in_use = group.components.clone();
+        for other in self.tree.scan_prefix([keys::PLUGIN]).values() {
+            let other: PluginRecord = postcard::from_bytes(&other?)
+                .map_err(|e| StorageError::corrupt(format!("plugin record: {e}")))?;
+            if other.name != name {
+                in_use.extend(other.versions.iter().map(|v| v.sha256));
+            }
+        }
+        for version in &record.versions {
+            if !in_use.contains(&version.sha256) {
+                for part in self.tree.scan_prefix(keys::wasm(&version.sha256)).keys() {
+                    group.batch.remove(part?);
+                }
+            }
+        }
+        for key in self.tree.scan_prefix(keys::state_prefix(name)).keys() {
+            group.batch.remove(key?);
+        }
+        group.batch.remove(keys::plugin(name));
+        Ok(())
     }
 
     /// Applies and flushes a group, then publishes its effects and answers.
@@ -273,42 +396,20 @@ impl Writer {
         let result = self
             .tree
             .apply_batch(group.batch)
-            .and_then(|()| self.db.flush().map(drop));
-        match result {
-            Ok(()) => {
-                for staged in group.staged.values() {
-                    staged.log.set_stats(staged.stats);
-                    staged.log.wake();
-                }
-                for done in group.done {
-                    match done {
-                        Done::Append(reply, appended) => {
-                            let _ = reply.send(Ok(appended));
-                        }
-                        Done::Create(reply, log) => {
-                            let _ = reply.send(Ok(log));
-                        }
-                        Done::Delete(reply, log) => {
-                            log.mark_deleted();
-                            log.wake();
-                            let _ = reply.send(Ok(()));
-                        }
-                    }
-                }
+            .and_then(|()| self.db.flush().map(drop))
+            .map_err(StorageError::from);
+        if let Err(e) = &result {
+            // Nothing was acknowledged and no in-memory stats moved, so the offsets
+            // staged here will be assigned again by the next successful commit.
+            error!(cause = %e, "group commit failed");
+        } else {
+            for staged in group.staged.values() {
+                staged.log.set_stats(staged.stats);
+                staged.log.wake();
             }
-            Err(e) => {
-                // Nothing was acknowledged and no in-memory stats moved, so the offsets
-                // staged here will be assigned again by the next successful commit.
-                error!(cause = %e, "group commit failed");
-                let fail = || StorageError::Sled(e.clone());
-                for done in group.done {
-                    match done {
-                        Done::Append(reply, _) => drop(reply.send(Err(fail()))),
-                        Done::Create(reply, _) => drop(reply.send(Err(fail()))),
-                        Done::Delete(reply, _) => drop(reply.send(Err(fail()))),
-                    }
-                }
-            }
+        }
+        for done in group.done {
+            done(result.as_ref().map(|_| ()));
         }
     }
 
@@ -324,15 +425,15 @@ impl Writer {
         let mut batch = sled::Batch::default();
         let first = first.min(stats.next);
         if first > stats.first {
-            let freed = LogReader(&self.tree).bytes_between(log.id, stats.first, first)?;
+            let freed = LogReader(&self.tree).bytes_between(log.id(), stats.first, first)?;
             stats.bytes = stats.bytes.saturating_sub(freed);
             stats.first = first;
-            batch.insert(&keys::with_id(keys::STATS, log.id), &stats.encode());
+            batch.insert(&keys::with_id(keys::STATS, log.id()), &stats.encode());
         }
         let mut chunks_removed = 0;
         let mut more = false;
-        let lo = keys::with_offset(keys::INDEX, log.id, 0);
-        let hi = keys::with_offset(keys::INDEX, log.id, stats.first);
+        let lo = keys::with_offset(keys::INDEX, log.id(), 0);
+        let hi = keys::with_offset(keys::INDEX, log.id(), stats.first);
         for item in self.tree.range(lo..hi) {
             let (key, value) = item?;
             let (base, meta) = decode_index(&key, &value)?;
@@ -343,7 +444,7 @@ impl Writer {
                 more = true;
                 break;
             }
-            remove_chunk(&self.tree, &mut batch, log.id, base)?;
+            remove_chunk(&self.tree, &mut batch, log.id(), base)?;
             chunks_removed += 1;
         }
         self.tree.apply_batch(batch)?;
@@ -378,6 +479,12 @@ impl Writer {
             more,
         })
     }
+}
+
+fn encode_meta(meta: &TopicMeta) -> Vec<u8> {
+    // Invariant: a TopicMeta holds only strings, integers and options, which postcard
+    // always encodes.
+    postcard::to_allocvec(meta).expect("topic metadata always encodes")
 }
 
 fn seal(batch: &mut sled::Batch, id: u64, chunk: OpenChunk) {

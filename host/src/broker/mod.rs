@@ -1,21 +1,28 @@
-//! The broker's core: the topic registry, validation of every request, and the publish
-//! path into storage. No networking here: connections call these methods.
+//! The broker's core: the topic registry, validation of every request, plugin
+//! administration, and the publish path into storage (`publish.rs`). No networking
+//! here: connections call these methods.
 //!
 //! Invariant: a name in the registry maps to a live (not deleted) log, and every live
 //! log in storage is in the registry. Topic creation is announced on a broadcast
 //! channel, subscribed to *before* a pattern subscription takes its snapshot of
 //! existing topics, so a topic created meanwhile is seen at least once.
 
+mod publish;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use bytes::Bytes;
 use quiver_protocol::{
-    ErrorCode, NameError, NewRecord, Retention, TopicInfo, TopicName, TopicPattern, WireError,
+    ErrorCode, NameError, PluginInfo, PluginStatus, Retention, Stage, TopicInfo, TopicName,
+    TopicPattern, WireError,
 };
 use tokio::sync::{Notify, broadcast};
 use tracing::info;
 
-use crate::storage::{PendingAppend, Storage, StorageError, TopicLog};
+use crate::plugins::{AdminError, Plugins};
+use crate::storage::{Storage, StorageError, TopicLog, TopicSettings};
+pub use publish::PendingPublish;
 
 /// Limits the broker enforces on requests.
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +83,12 @@ pub enum BrokerError {
     /// An argument is unacceptable.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A plugin request was refused.
+    #[error(transparent)]
+    Plugin(#[from] AdminError),
+    /// A fail-closed stage of the topic is quarantined.
+    #[error("publish refused: {0}")]
+    Quarantined(#[from] crate::plugins::pipeline::Refused),
     /// Storage failed; nothing was acknowledged.
     #[error(transparent)]
     Storage(StorageError),
@@ -102,6 +115,16 @@ impl BrokerError {
             Self::RecordTooLarge { .. } => ErrorCode::RecordTooLarge,
             Self::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
             Self::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            Self::Plugin(e) => match e {
+                AdminError::NotFound(_) => ErrorCode::PluginNotFound,
+                AdminError::Exists(_) => ErrorCode::PluginExists,
+                AdminError::InUse { .. } => ErrorCode::PluginInUse,
+                AdminError::Invalid { .. } => ErrorCode::InvalidPlugin,
+                AdminError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+                AdminError::Storage(StorageError::Closed) => ErrorCode::ShuttingDown,
+                AdminError::Storage(_) => ErrorCode::Storage,
+            },
+            Self::Quarantined(_) => ErrorCode::PluginQuarantined,
             Self::Storage(StorageError::Closed) => ErrorCode::ShuttingDown,
             Self::Storage(_) => ErrorCode::Storage,
         }
@@ -114,10 +137,11 @@ impl From<&BrokerError> for WireError {
     }
 }
 
-/// The broker: topics by name over the storage.
+/// The broker: topics by name over the storage, and the plugins that run on them.
 #[derive(Debug)]
 pub struct Broker {
     storage: Storage,
+    plugins: Arc<Plugins>,
     topics: RwLock<BTreeMap<TopicName, Arc<TopicLog>>>,
     created: broadcast::Sender<Arc<TopicLog>>,
     limits: BrokerLimits,
@@ -126,14 +150,20 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker over opened storage and what it recovered.
-    pub fn new(storage: Storage, recovered: &[Arc<TopicLog>], limits: BrokerLimits) -> Self {
+    /// A broker over opened storage, what it recovered, and the plugin subsystem.
+    pub fn new(
+        storage: Storage,
+        recovered: &[Arc<TopicLog>],
+        plugins: Arc<Plugins>,
+        limits: BrokerLimits,
+    ) -> Self {
         let topics = recovered
             .iter()
             .map(|log| (log.name().clone(), Arc::clone(log)))
             .collect();
         Self {
             storage,
+            plugins,
             topics: RwLock::new(topics),
             created: broadcast::channel(1024).0,
             limits,
@@ -144,6 +174,11 @@ impl Broker {
     /// The storage under the broker.
     pub fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    /// The plugin subsystem.
+    pub fn plugins(&self) -> &Arc<Plugins> {
+        &self.plugins
     }
 
     /// The limits in force.
@@ -184,6 +219,7 @@ impl Broker {
         &self,
         name: &str,
         retention: Retention,
+        dead_letter: Option<&str>,
     ) -> Result<TopicInfo, BrokerError> {
         let name = Self::parse_name(name)?;
         for (key, value) in [
@@ -197,7 +233,17 @@ impl Broker {
                 )));
             }
         }
-        let log = self.storage.create_topic(name.clone(), retention).await?;
+        let dead_letter = dead_letter.map(Self::parse_name).transpose()?;
+        if dead_letter.as_ref() == Some(&name) {
+            return Err(BrokerError::InvalidArgument(
+                "a topic cannot be its own dead-letter topic".into(),
+            ));
+        }
+        let settings = TopicSettings {
+            retention,
+            dead_letter,
+        };
+        let log = self.storage.create_topic(name.clone(), settings).await?;
         self.topics
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -218,6 +264,7 @@ impl Broker {
                 topics.remove(log.name());
             }
         }
+        self.plugins.forget_topic(log.id());
         info!(topic = %log.name(), "topic deleted");
         self.cleanup.notify_one();
         Ok(())
@@ -232,38 +279,6 @@ impl Broker {
     /// Describes every topic, sorted by name.
     pub fn list_topics(&self) -> Vec<TopicInfo> {
         self.topics().iter().map(|log| describe(log)).collect()
-    }
-
-    /// Validates a publish and queues it for the next group commit. Publishes queued
-    /// one after the other are stored in that order.
-    pub async fn submit_publish(
-        &self,
-        topic: &str,
-        records: Vec<NewRecord>,
-    ) -> Result<PendingAppend, BrokerError> {
-        let log = self.topic(topic)?;
-        if records.is_empty() {
-            return Err(BrokerError::InvalidArgument(
-                "a publish needs at least one record".into(),
-            ));
-        }
-        if records.len() > self.limits.max_batch_records as usize {
-            return Err(BrokerError::BatchTooLarge {
-                count: records.len(),
-                max: self.limits.max_batch_records,
-            });
-        }
-        for (index, record) in records.iter().enumerate() {
-            let size = record.size() as u64;
-            if size > self.limits.max_record_size {
-                return Err(BrokerError::RecordTooLarge {
-                    index,
-                    size,
-                    max: self.limits.max_record_size,
-                });
-            }
-        }
-        Ok(self.storage.submit_append(log, records).await?)
     }
 
     /// Parses a pattern and returns the live topics matching it, with a receiver of
@@ -286,6 +301,93 @@ impl Broker {
             created,
         })
     }
+
+    /// The topic where `log`'s plugins send what they fail on, created if need be.
+    pub async fn dead_letter_topic(&self, log: &TopicLog) -> Result<Arc<TopicLog>, BrokerError> {
+        let name = dead_letter_name(log);
+        match self.topic(&name) {
+            Err(BrokerError::TopicNotFound(_)) => {
+                match self.create_topic(&name, Retention::default(), None).await {
+                    Ok(_) | Err(BrokerError::TopicExists(_)) => self.topic(&name),
+                    Err(e) => Err(e),
+                }
+            }
+            found => found,
+        }
+    }
+
+    /// Deploys a plugin.
+    pub async fn deploy_plugin(
+        &self,
+        name: &str,
+        version: Option<String>,
+        wasm: Bytes,
+    ) -> Result<PluginInfo, BrokerError> {
+        Ok(self.plugins.deploy(name, version, wasm).await?)
+    }
+
+    /// Upgrades a plugin everywhere it runs.
+    pub async fn upgrade_plugin(
+        &self,
+        name: &str,
+        version: Option<String>,
+        wasm: Bytes,
+    ) -> Result<PluginInfo, BrokerError> {
+        Ok(self.plugins.upgrade(name, version, wasm).await?)
+    }
+
+    /// Removes a plugin attached nowhere.
+    pub async fn remove_plugin(&self, name: &str) -> Result<(), BrokerError> {
+        Ok(self.plugins.remove(name).await?)
+    }
+
+    /// Every deployed plugin.
+    pub fn list_plugins(&self) -> Vec<PluginInfo> {
+        self.plugins.list()
+    }
+
+    /// A plugin's attachments and figures.
+    pub fn plugin_status(&self, name: &str) -> Result<PluginStatus, BrokerError> {
+        Ok(self.plugins.status(name)?)
+    }
+
+    /// Appends a stage to a topic's ingress pipeline.
+    pub async fn attach_plugin(&self, topic: &str, stage: Stage) -> Result<TopicInfo, BrokerError> {
+        let log = self.topic(topic)?;
+        self.plugins
+            .edit_topic_pipeline(&log, |mut stages| {
+                stages.push(stage);
+                Ok(stages)
+            })
+            .await?;
+        info!(topic = %log.name(), pipeline = ?log.pipeline(), "plugin attached");
+        Ok(describe(&log))
+    }
+
+    /// Removes a plugin's stage from a topic's ingress pipeline.
+    pub async fn detach_plugin(&self, topic: &str, plugin: &str) -> Result<TopicInfo, BrokerError> {
+        let log = self.topic(topic)?;
+        self.plugins
+            .edit_topic_pipeline(&log, |mut stages| {
+                let before = stages.len();
+                stages.retain(|s| s.plugin != plugin);
+                if stages.len() == before {
+                    return Err(AdminError::InvalidArgument(format!(
+                        "plugin `{plugin}` is not attached to topic `{topic}`"
+                    )));
+                }
+                Ok(stages)
+            })
+            .await?;
+        info!(topic = %log.name(), plugin, "plugin detached");
+        Ok(describe(&log))
+    }
+}
+
+/// The dead-letter topic's name: the one chosen at creation, or `dlq.<topic>`.
+pub fn dead_letter_name(log: &TopicLog) -> String {
+    log.dead_letter()
+        .map_or_else(|| format!("dlq.{}", log.name()), ToString::to_string)
 }
 
 /// A pattern, the topics matching it now, and news of topics created since.
@@ -310,5 +412,7 @@ pub fn describe(log: &TopicLog) -> TopicInfo {
         bytes: stats.bytes,
         first_offset: stats.first,
         next_offset: stats.next,
+        dead_letter: dead_letter_name(log),
+        pipeline: log.pipeline(),
     }
 }

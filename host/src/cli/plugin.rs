@@ -1,0 +1,604 @@
+//! `quiver plugin …`: deploy and manage plugins on a broker, and try them locally
+//! (`test` over sample records, `replay` over a topic's stored records) without
+//! publishing anything.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use futures::StreamExt;
+use quiver_client::{
+    NewRecord, OnError, PluginInfo, PluginStatus, Stage, StartAt, SubscribeOptions,
+};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::ConnectArgs;
+use super::output;
+use super::pubsub::{parse_header, parse_start};
+use crate::config::PluginsConfig;
+use crate::plugins::runtime::{CallContext, Runtime, SandboxLimits, hex};
+use crate::plugins::{InputEvent, Outcome, StateSource};
+
+/// How long a replay waits for the next stored record before it concludes there is
+/// none (a start time after the last record).
+const REPLAY_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[derive(Debug, Subcommand)]
+pub(super) enum PluginCommand {
+    /// Validate, compile and store a plugin component on the broker.
+    Deploy {
+        /// The component (.wasm).
+        file: PathBuf,
+        /// The plugin's name (dot-separated tokens, like topic names).
+        #[arg(long)]
+        name: String,
+        /// A version label [default: the next number].
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// List deployed plugins.
+    List {
+        /// Print one JSON object per plugin.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Add a plugin to the end of a topic's ingress pipeline.
+    Attach {
+        /// The plugin.
+        name: String,
+        /// The topic whose publishes it processes.
+        #[arg(long)]
+        topic: String,
+        /// A parameter, NAME=VALUE (repeatable).
+        #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_header)]
+        params: Vec<(String, String)>,
+        /// While quarantined: refuse publishes (fail-closed) or pass records unchanged
+        /// (fail-open).
+        #[arg(long, value_enum, default_value_t = Policy::FailClosed)]
+        on_error: Policy,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Remove a plugin from a topic's ingress pipeline.
+    Detach {
+        /// The plugin.
+        name: String,
+        /// The topic.
+        #[arg(long)]
+        topic: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Replace a plugin's code everywhere it runs, atomically, without a restart.
+    Upgrade {
+        /// The plugin.
+        name: String,
+        /// The new component (.wasm).
+        file: PathBuf,
+        /// A version label [default: the next number].
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Remove a plugin that is attached nowhere, with its state.
+    Remove {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Calls, records, errors, timings and quarantine of each attachment.
+    Status {
+        /// The plugin.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Run a component locally over records from a JSON-lines file and print each
+    /// outcome (no broker needed).
+    Test(TestArgs),
+    /// Run a component locally over a topic's stored records and print each outcome;
+    /// nothing is published.
+    Replay(ReplayArgs),
+}
+
+/// A stage's failure policy on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum Policy {
+    /// Records pass the stage unchanged while it is quarantined.
+    FailOpen,
+    /// Publishes are refused (subscriptions end) while it is quarantined.
+    FailClosed,
+}
+
+impl From<Policy> for OnError {
+    fn from(policy: Policy) -> Self {
+        match policy {
+            Policy::FailOpen => OnError::FailOpen,
+            Policy::FailClosed => OnError::FailClosed,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(super) struct TestArgs {
+    /// The component (.wasm).
+    file: PathBuf,
+    /// Records, one JSON object per line, as `quiver sub --json` prints them
+    /// (`payload` or `payload_base64`, optional `key`, `headers`, `topic`, `offset`).
+    #[arg(long)]
+    input: PathBuf,
+    /// A parameter, NAME=VALUE (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_header)]
+    params: Vec<(String, String)>,
+    /// The topic the plugin is told the records come from [default: each record's
+    /// `topic`, else `test`].
+    #[arg(long)]
+    topic: Option<String>,
+    /// Records per call.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ReplayArgs {
+    /// The component (.wasm).
+    file: PathBuf,
+    /// The topic to read.
+    #[arg(long)]
+    topic: String,
+    /// Where to start: earliest, latest, an OFFSET, an RFC 3339 time or -DURATION.
+    #[arg(long, default_value = "earliest", value_parser = parse_start, allow_hyphen_values = true)]
+    from: StartAt,
+    /// Stop after this many records [default: every record stored when the replay
+    /// starts].
+    #[arg(long)]
+    count: Option<u64>,
+    /// A parameter, NAME=VALUE (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_header)]
+    params: Vec<(String, String)>,
+    /// Records per call.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+pub(super) async fn run(command: PluginCommand) -> anyhow::Result<()> {
+    match command {
+        PluginCommand::Deploy {
+            file,
+            name,
+            version,
+            connect,
+        } => {
+            let wasm = read_wasm(&file)?;
+            let info = connect
+                .connect()
+                .await?
+                .deploy_plugin(&name, wasm, version.as_deref())
+                .await?;
+            println!(
+                "deployed {} version {} (sha256 {})",
+                info.name, info.version, info.sha256
+            );
+        }
+        PluginCommand::List { json, connect } => {
+            let plugins = connect.connect().await?.list_plugins().await?;
+            if json {
+                for plugin in &plugins {
+                    println!("{}", plugin_json(plugin));
+                }
+            } else {
+                print!("{}", plugin_table(&plugins));
+            }
+        }
+        PluginCommand::Attach {
+            name,
+            topic,
+            params,
+            on_error,
+            connect,
+        } => {
+            let stage = Stage {
+                plugin: name,
+                params,
+                on_error: on_error.into(),
+            };
+            let info = connect
+                .connect()
+                .await?
+                .attach_plugin(&topic, stage)
+                .await?;
+            println!("{}: {}", info.name, output::pipeline_text(&info.pipeline));
+        }
+        PluginCommand::Detach {
+            name,
+            topic,
+            connect,
+        } => {
+            let info = connect
+                .connect()
+                .await?
+                .detach_plugin(&topic, &name)
+                .await?;
+            println!("{}: {}", info.name, output::pipeline_text(&info.pipeline));
+        }
+        PluginCommand::Upgrade {
+            name,
+            file,
+            version,
+            connect,
+        } => {
+            let wasm = read_wasm(&file)?;
+            let info = connect
+                .connect()
+                .await?
+                .upgrade_plugin(&name, wasm, version.as_deref())
+                .await?;
+            println!(
+                "upgraded {} to version {} (sha256 {})",
+                info.name, info.version, info.sha256
+            );
+        }
+        PluginCommand::Remove { name, connect } => {
+            connect.connect().await?.remove_plugin(&name).await?;
+            println!("removed {name}");
+        }
+        PluginCommand::Status {
+            name,
+            json,
+            connect,
+        } => {
+            let status = connect.connect().await?.plugin_status(&name).await?;
+            if json {
+                println!("{}", status_json(&status));
+            } else {
+                print!("{}", status_text(&status));
+            }
+        }
+        PluginCommand::Test(args) => test(args)?,
+        PluginCommand::Replay(args) => replay(args).await?,
+    }
+    Ok(())
+}
+
+fn read_wasm(file: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(file).with_context(|| format!("reading {}", file.display()))
+}
+
+fn plugin_json(p: &PluginInfo) -> Value {
+    json!({
+        "name": p.name,
+        "version": p.version,
+        "sha256": p.sha256,
+        "size": p.size,
+        "deployed_ms": p.deployed_ms,
+        "versions": p.versions,
+        "cached": p.cached,
+        "topics": p.topics,
+    })
+}
+
+fn plugin_table(plugins: &[PluginInfo]) -> String {
+    let mut out = String::from("NAME  VERSION  SIZE  SHA256  TOPICS\n");
+    for p in plugins {
+        let topics = if p.topics.is_empty() {
+            "-".to_owned()
+        } else {
+            p.topics.join(",")
+        };
+        out.push_str(&format!(
+            "{}  {}  {}  {}  {}\n",
+            p.name,
+            p.version,
+            bytesize::ByteSize(p.size),
+            p.sha256.get(..12).unwrap_or(&p.sha256),
+            topics
+        ));
+    }
+    out
+}
+
+fn status_json(status: &PluginStatus) -> Value {
+    let attachments: Vec<Value> = status
+        .attachments
+        .iter()
+        .map(|a| {
+            json!({
+                "target": a.target,
+                "version": a.version,
+                "on_error": output::on_error_text(a.on_error),
+                "calls": a.calls,
+                "records_in": a.records_in,
+                "records_out": a.records_out,
+                "errors": a.errors,
+                "p50_us": a.p50_us,
+                "p99_us": a.p99_us,
+                "quarantined_until_ms": a.quarantined_until_ms,
+                "last_error": a.last_error,
+            })
+        })
+        .collect();
+    json!({ "plugin": plugin_json(&status.info), "attachments": attachments })
+}
+
+fn status_text(status: &PluginStatus) -> String {
+    let info = &status.info;
+    let mut out = format!(
+        "plugin:   {} version {} (sha256 {}, {})\nversions: {}\n",
+        info.name,
+        info.version,
+        info.sha256,
+        bytesize::ByteSize(info.size),
+        info.versions.join(", ")
+    );
+    if status.attachments.is_empty() {
+        out.push_str("attached nowhere\n");
+    }
+    for a in &status.attachments {
+        let state = match a.quarantined_until_ms {
+            Some(until) => format!(
+                "QUARANTINED until {}",
+                humantime::format_rfc3339_millis(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(until)
+                )
+            ),
+            None => "active".into(),
+        };
+        out.push_str(&format!(
+            "{} ({}, {}): {state}\n  calls {}  records in {}  out {}  errors {}  per batch p50 {} µs  p99 {} µs\n",
+            a.target,
+            if a.version.is_empty() { "not run yet" } else { &a.version },
+            output::on_error_text(a.on_error),
+            a.calls,
+            a.records_in,
+            a.records_out,
+            a.errors,
+            a.p50_us,
+            a.p99_us,
+        ));
+        if let Some(e) = &a.last_error {
+            out.push_str(&format!("  last error: {e}\n"));
+        }
+    }
+    out
+}
+
+/// State kept in memory for local runs.
+#[derive(Default)]
+struct MemoryState(Mutex<HashMap<Vec<u8>, Vec<u8>>>);
+
+impl StateSource for MemoryState {
+    fn get(&self, _plugin: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned())
+    }
+}
+
+/// A plugin loaded into a local runtime.
+struct Local {
+    instance: crate::plugins::runtime::Instance,
+    runtime: Runtime,
+    compiled: crate::plugins::runtime::Compiled,
+    context: CallContext,
+    state: Arc<MemoryState>,
+}
+
+impl Local {
+    fn load(file: &Path, params: Vec<(String, String)>) -> anyhow::Result<Self> {
+        let wasm = read_wasm(file)?;
+        let defaults = PluginsConfig::default();
+        let limits = SandboxLimits {
+            memory_bytes: usize::try_from(defaults.memory_limit.as_u64()).unwrap_or(usize::MAX),
+            call_timeout: defaults.call_timeout,
+            max_outputs_per_event: defaults.max_outputs_per_event as usize,
+            max_output_bytes: usize::try_from(defaults.max_output_bytes.as_u64())
+                .unwrap_or(usize::MAX),
+        };
+        let runtime = Runtime::new(limits, None)?;
+        let sha256: [u8; 32] = Sha256::digest(&wasm).into();
+        let compiled = runtime.compile(&wasm, &sha256)?;
+        let state = Arc::new(MemoryState::default());
+        let name = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("plugin");
+        let context = CallContext {
+            plugin: name.into(),
+            version: format!("local-{}", &hex(&sha256)[..12]).into(),
+            params: params.into(),
+            state: Arc::clone(&state) as Arc<dyn StateSource>,
+        };
+        let instance = runtime.instantiate(&compiled, context.clone())?;
+        Ok(Self {
+            instance,
+            runtime,
+            compiled,
+            context,
+            state,
+        })
+    }
+
+    /// Runs one batch and prints one JSON line per record; returns whether it failed.
+    fn run(
+        &mut self,
+        topic: &str,
+        batch: &[(u64, u64, NewRecord)],
+        out: &mut impl Write,
+    ) -> anyhow::Result<bool> {
+        let events: Vec<InputEvent<'_>> = batch
+            .iter()
+            .map(|(offset, timestamp, record)| InputEvent {
+                offset: *offset,
+                timestamp: *timestamp,
+                record,
+            })
+            .collect();
+        match self.instance.process(topic, &events) {
+            Ok(output) => {
+                let mut state = self.state.0.lock().unwrap_or_else(PoisonError::into_inner);
+                for (key, value) in output.state {
+                    match value {
+                        Some(value) => state.insert(key, value),
+                        None => state.remove(&key),
+                    };
+                }
+                for ((offset, _, _), outcome) in batch.iter().zip(output.outcomes) {
+                    writeln!(out, "{}", outcome_json(*offset, &outcome))?;
+                }
+                Ok(false)
+            }
+            Err(e) => {
+                for (offset, _, _) in batch {
+                    writeln!(
+                        out,
+                        "{}",
+                        json!({"offset": offset, "outcome": "error", "reason": e.to_string()})
+                    )?;
+                }
+                if e.poisons_instance() {
+                    self.instance = self
+                        .runtime
+                        .instantiate(&self.compiled, self.context.clone())?;
+                }
+                Ok(true)
+            }
+        }
+    }
+}
+
+fn outcome_json(offset: u64, outcome: &Outcome) -> Value {
+    match outcome {
+        Outcome::Keep => json!({"offset": offset, "outcome": "keep"}),
+        Outcome::Drop => json!({"offset": offset, "outcome": "drop"}),
+        Outcome::Replace(records) => json!({
+            "offset": offset,
+            "outcome": "replace",
+            "records": records.iter().map(output::new_record_json).collect::<Vec<_>>(),
+        }),
+        Outcome::Route(topics) => json!({"offset": offset, "outcome": "route", "topics": topics}),
+        Outcome::Reject(reason) => json!({"offset": offset, "outcome": "reject", "reason": reason}),
+    }
+}
+
+fn test(args: TestArgs) -> anyhow::Result<()> {
+    let mut local = Local::load(&args.file, args.params)?;
+    let input = std::fs::File::open(&args.input)
+        .with_context(|| format!("opening {}", args.input.display()))?;
+    let now = crate::storage::now_ms();
+    let mut records = Vec::new();
+    for (n, line) in std::io::BufReader::new(input).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", args.input.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}: not JSON", args.input.display(), n + 1))?;
+        let record = output::record_from_json(&value)
+            .map_err(|e| anyhow::anyhow!("{} line {}: {e}", args.input.display(), n + 1))?;
+        let topic = args
+            .topic
+            .clone()
+            .or_else(|| {
+                value
+                    .get("topic")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "test".into());
+        let offset = value
+            .get("offset")
+            .and_then(Value::as_u64)
+            .unwrap_or(records.len() as u64);
+        let timestamp = value
+            .get("timestamp")
+            .and_then(Value::as_u64)
+            .unwrap_or(now);
+        records.push((topic, (offset, timestamp, record)));
+    }
+    let mut stdout = std::io::stdout().lock();
+    let mut failed = false;
+    // Consecutive records of one topic share a call, up to --batch.
+    let mut rest = records.as_slice();
+    while let Some((topic, _)) = rest.first() {
+        let same = rest
+            .iter()
+            .take(args.batch.max(1))
+            .take_while(|(t, _)| t == topic)
+            .count();
+        let batch: Vec<_> = rest[..same].iter().map(|(_, r)| r.clone()).collect();
+        failed |= local.run(topic, &batch, &mut stdout)?;
+        rest = &rest[same..];
+    }
+    stdout.flush()?;
+    if failed {
+        bail!("the plugin failed on some records (see the `error` outcomes above)");
+    }
+    Ok(())
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let mut local = Local::load(&args.file, args.params.clone())?;
+    let client = args.connect.connect().await?;
+    let info = client.describe_topic(&args.topic).await?;
+    let options = SubscribeOptions {
+        from: args.from,
+        ..SubscribeOptions::default()
+    };
+    let mut subscription = client.subscribe(&args.topic, options).await?;
+    let mut stdout = std::io::stdout().lock();
+    let mut failed = false;
+    let mut batch = Vec::new();
+    // Stored records only: stop at the end the topic had when the replay started (or
+    // when nothing more arrives: a start time after the last record).
+    let end = info.next_offset;
+    let mut left = args.count.unwrap_or(u64::MAX);
+    let nothing_stored = info.records == 0 || matches!(args.from, StartAt::Latest);
+    while left > 0 && !nothing_stored {
+        let next = tokio::time::timeout(REPLAY_IDLE, subscription.next()).await;
+        let Ok(Some(record)) = next else { break };
+        let record = record?;
+        if record.offset >= end {
+            break;
+        }
+        left -= 1;
+        batch.push((
+            record.offset,
+            record.timestamp,
+            NewRecord {
+                key: record.key,
+                headers: record.headers,
+                payload: record.payload,
+            },
+        ));
+        if batch.len() >= args.batch.max(1) {
+            failed |= local.run(&args.topic, &batch, &mut stdout)?;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        failed |= local.run(&args.topic, &batch, &mut stdout)?;
+    }
+    stdout.flush()?;
+    if failed {
+        bail!("the plugin failed on some records (see the `error` outcomes above)");
+    }
+    Ok(())
+}

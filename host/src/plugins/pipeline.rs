@@ -1,0 +1,308 @@
+//! Running records through ordered plugin stages, and what becomes of each.
+//!
+//! [`apply`] is the pure core: given a stage's inputs and outcomes it sorts records
+//! into kept (on to the next stage), routed, dead-lettered and dropped. [`run`] drives
+//! the stages with it.
+//!
+//! Rules:
+//! - a stage sees the records the previous one kept or made, in order;
+//! - `route` takes a record out of the pipeline to the named topics (later stages do
+//!   not see it); on a subscription, where nothing is published, it is an error;
+//! - a failed call dead-letters every record of its batch; a quarantined stage passes
+//!   records unchanged (fail-open) or refuses them all (fail-closed).
+
+use std::sync::Arc;
+
+use quiver_protocol::{Header, NewRecord};
+
+use super::stage::{StageRun, StageRunner};
+use super::{InputEvent, Outcome, Plugins};
+use crate::storage::StateWrite;
+
+/// A record travelling through a pipeline, with the offset and time it is known by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// On ingress, its position in the publish; on delivery, its offset.
+    pub offset: u64,
+    /// On ingress, the time of the publish; on delivery, its append time.
+    pub timestamp: u64,
+    /// The record.
+    pub record: NewRecord,
+}
+
+/// A record that goes to the dead-letter topic, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The record as the failing stage received it.
+    pub item: Item,
+    /// The plugin that failed on it or rejected it.
+    pub plugin: String,
+    /// That plugin's version.
+    pub version: String,
+    /// What happened.
+    pub reason: String,
+}
+
+impl DeadLetter {
+    /// The record to store in the dead-letter topic: the original with headers naming
+    /// the topic, offset, plugin, version and reason.
+    pub fn into_record(self, topic: &str) -> NewRecord {
+        let mut record = self.item.record;
+        for (name, value) in [
+            ("quiver-dlq-topic", topic.to_owned()),
+            ("quiver-dlq-offset", self.item.offset.to_string()),
+            ("quiver-dlq-plugin", self.plugin),
+            ("quiver-dlq-version", self.version),
+            ("quiver-dlq-reason", self.reason),
+        ] {
+            record.headers.push(Header {
+                name: name.into(),
+                value: value.into(),
+            });
+        }
+        record
+    }
+}
+
+/// A record a stage routed out of the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    /// The target topic, as the plugin named it.
+    pub topic: String,
+    /// The record.
+    pub item: Item,
+    /// The plugin that routed it.
+    pub plugin: String,
+    /// That plugin's version.
+    pub version: String,
+}
+
+impl Routed {
+    /// A dead letter for a record whose target cannot take it.
+    pub fn undeliverable(self, reason: String) -> DeadLetter {
+        DeadLetter {
+            item: self.item,
+            plugin: self.plugin,
+            version: self.version,
+            reason,
+        }
+    }
+}
+
+/// Where a pipeline sent its records.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sorted {
+    /// Records that passed every stage.
+    pub passed: Vec<Item>,
+    /// Records routed out (once per target).
+    pub routed: Vec<Routed>,
+    /// Records for the dead-letter topic.
+    pub dead: Vec<DeadLetter>,
+    /// Records dropped.
+    pub dropped: u32,
+    /// State written by the stages' calls.
+    pub state: Vec<StateWrite>,
+}
+
+/// A pipeline that refused its records: a fail-closed stage is quarantined.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "plugin `{plugin}` is quarantined after repeated failures, and its attachment fails closed"
+)]
+pub struct Refused {
+    /// The quarantined plugin.
+    pub plugin: String,
+}
+
+/// Sorts one stage's inputs by its outcomes (one per input, in order: the runtime
+/// checked that). Returns what goes on to the next stage.
+pub fn apply(
+    inputs: Vec<Item>,
+    outcomes: Vec<Outcome>,
+    stage: (&str, &str),
+    ingress: bool,
+    sorted: &mut Sorted,
+) -> Vec<Item> {
+    let (plugin, version) = stage;
+    let mut next = Vec::with_capacity(inputs.len());
+    for (item, outcome) in inputs.into_iter().zip(outcomes) {
+        match outcome {
+            Outcome::Keep => next.push(item),
+            Outcome::Drop => sorted.dropped += 1,
+            Outcome::Replace(records) => next.extend(records.into_iter().map(|record| Item {
+                record,
+                ..item.clone()
+            })),
+            Outcome::Route(topics) if ingress => {
+                sorted.routed.extend(topics.into_iter().map(|topic| Routed {
+                    topic,
+                    item: item.clone(),
+                    plugin: plugin.into(),
+                    version: version.into(),
+                }));
+            }
+            Outcome::Route(_) => sorted.dead.push(DeadLetter {
+                item,
+                plugin: plugin.into(),
+                version: version.into(),
+                reason: "route is only possible on ingress, not on a subscription".into(),
+            }),
+            Outcome::Reject(reason) => sorted.dead.push(DeadLetter {
+                item,
+                plugin: plugin.into(),
+                version: version.into(),
+                reason,
+            }),
+        }
+    }
+    next
+}
+
+/// Runs `items` of `topic` through `stages` (blocking: run it off the async workers).
+pub fn run(
+    plugins: &Plugins,
+    stages: &[Arc<StageRunner>],
+    topic: &str,
+    items: Vec<Item>,
+    ingress: bool,
+) -> Result<Sorted, Refused> {
+    let mut sorted = Sorted::default();
+    let mut current = items;
+    for stage in stages {
+        if current.is_empty() {
+            break;
+        }
+        let events: Vec<InputEvent<'_>> = current
+            .iter()
+            .map(|item| InputEvent {
+                offset: item.offset,
+                timestamp: item.timestamp,
+                record: &item.record,
+            })
+            .collect();
+        match stage.run(plugins, topic, &events) {
+            StageRun::Ran(output) => {
+                let version = stage.version();
+                sorted
+                    .state
+                    .extend(output.state.into_iter().map(|(key, value)| StateWrite {
+                        plugin: stage.plugin().to_owned(),
+                        key,
+                        value,
+                    }));
+                current = apply(
+                    current,
+                    output.outcomes,
+                    (stage.plugin(), &version),
+                    ingress,
+                    &mut sorted,
+                );
+            }
+            StageRun::Failed(error) => {
+                let (plugin, version, reason) =
+                    (stage.plugin(), stage.version(), error.to_string());
+                sorted.dead.extend(current.drain(..).map(|item| DeadLetter {
+                    item,
+                    plugin: plugin.to_owned(),
+                    version: version.clone(),
+                    reason: reason.clone(),
+                }));
+            }
+            StageRun::Skipped => {}
+            StageRun::Refused => {
+                return Err(Refused {
+                    plugin: stage.plugin().to_owned(),
+                });
+            }
+        }
+    }
+    sorted.passed = current;
+    Ok(sorted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(offset: u64, payload: &'static str) -> Item {
+        Item {
+            offset,
+            timestamp: 7,
+            record: NewRecord::new(payload),
+        }
+    }
+
+    #[test]
+    fn outcomes_sort_records() {
+        let inputs = vec![
+            item(0, "keep"),
+            item(1, "drop"),
+            item(2, "split"),
+            item(3, "route"),
+            item(4, "reject"),
+        ];
+        let outcomes = vec![
+            Outcome::Keep,
+            Outcome::Drop,
+            Outcome::Replace(vec![NewRecord::new("a"), NewRecord::new("b")]),
+            Outcome::Route(vec!["x".into(), "y".into()]),
+            Outcome::Reject("bad".into()),
+        ];
+        let mut sorted = Sorted::default();
+        let next = apply(inputs, outcomes, ("p", "1"), true, &mut sorted);
+        let payloads: Vec<_> = next
+            .iter()
+            .map(|i| (i.offset, &i.record.payload[..]))
+            .collect();
+        assert_eq!(payloads, [(0, &b"keep"[..]), (2, b"a"), (2, b"b")]);
+        assert_eq!(sorted.dropped, 1);
+        assert_eq!(
+            sorted
+                .routed
+                .iter()
+                .map(|r| r.topic.as_str())
+                .collect::<Vec<_>>(),
+            ["x", "y"]
+        );
+        assert_eq!(sorted.dead.len(), 1);
+        assert_eq!(sorted.dead[0].reason, "bad");
+        assert_eq!(sorted.dead[0].item.offset, 4);
+    }
+
+    #[test]
+    fn routing_on_a_subscription_is_an_error() {
+        let mut sorted = Sorted::default();
+        let next = apply(
+            vec![item(9, "r")],
+            vec![Outcome::Route(vec!["x".into()])],
+            ("p", "1"),
+            false,
+            &mut sorted,
+        );
+        assert!(next.is_empty() && sorted.routed.is_empty());
+        assert!(sorted.dead[0].reason.contains("only possible on ingress"));
+    }
+
+    #[test]
+    fn dead_letters_say_where_they_came_from() {
+        let dead = DeadLetter {
+            item: item(3, "x"),
+            plugin: "p".into(),
+            version: "2".into(),
+            reason: "trapped".into(),
+        };
+        let record = dead.into_record("orders");
+        let header = |n: &str| {
+            record
+                .headers
+                .iter()
+                .find(|h| h.name == n)
+                .map(|h| h.value.clone())
+        };
+        assert_eq!(header("quiver-dlq-topic").unwrap(), "orders");
+        assert_eq!(header("quiver-dlq-offset").unwrap(), "3");
+        assert_eq!(header("quiver-dlq-plugin").unwrap(), "p");
+        assert_eq!(header("quiver-dlq-version").unwrap(), "2");
+        assert_eq!(header("quiver-dlq-reason").unwrap(), "trapped");
+    }
+}

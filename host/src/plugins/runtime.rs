@@ -1,0 +1,582 @@
+//! The WebAssembly runtime: the only module that imports wasmtime.
+//!
+//! One [`Runtime`] holds the engine (one per process), the linker with the host
+//! functions of the `quiver:plugin` world, and an epoch ticker that gives every call a
+//! CPU deadline. [`Runtime::compile`] validates a component against the world and
+//! caches its compiled form on disk, keyed by the component's sha256 and the engine's
+//! compatibility hash, so a restart does not recompile. An [`Instance`] is one store
+//! and one instantiation, reused call after call.
+//!
+//! The sandbox: a plugin can call only the `host` interface. Any other import (the
+//! WASI interfaces a `wasm32-wasip2` build pulls in: files, sockets, environment,
+//! clocks) is linked to a function that traps. Each instance has a memory cap, each
+//! call a deadline (epoch interruption), and outputs are checked against limits before
+//! the broker sees them. Every failure is a [`PluginError`] value; after a trap the
+//! instance is thrown away.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quiver_protocol::{Header, NewRecord};
+use tracing::warn;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+
+use super::{InputEvent, Outcome, PluginError, StateSource};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../plugin-sdk/wit",
+        world: "plugin",
+        imports: { default: trappable },
+    });
+}
+
+use bindings::quiver::plugin::{host, types};
+
+/// How often the epoch advances; call deadlines are counted in these ticks.
+const TICK: Duration = Duration::from_millis(2);
+/// Log lines one call may write before the rest are dropped.
+const MAX_LOG_LINES_PER_CALL: usize = 100;
+/// The longest log line kept.
+const MAX_LOG_LINE: usize = 4096;
+/// State a call may write, in bytes of keys and values.
+const MAX_STATE_BYTES_PER_CALL: usize = 4 << 20;
+/// The largest state key.
+const MAX_STATE_KEY: usize = 1024;
+/// The largest state value.
+const MAX_STATE_VALUE: usize = 256 << 10;
+/// The most topics one event may be routed to.
+const MAX_ROUTES_PER_EVENT: usize = 16;
+/// The longest reject reason kept.
+const MAX_REASON: usize = 1024;
+
+/// What a plugin may use.
+#[derive(Debug, Clone, Copy)]
+pub struct SandboxLimits {
+    /// Linear memory per instance.
+    pub memory_bytes: usize,
+    /// CPU time per call.
+    pub call_timeout: Duration,
+    /// Records one event may be replaced with.
+    pub max_outputs_per_event: usize,
+    /// Bytes of replacement records one call may return.
+    pub max_output_bytes: usize,
+}
+
+/// A component validated against the plugin world and compiled, ready to instantiate.
+#[derive(Clone)]
+pub struct Compiled {
+    pre: bindings::PluginPre<HostState>,
+    /// True when it came from the on-disk cache rather than a fresh compile.
+    pub from_cache: bool,
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("from_cache", &self.from_cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The engine, the linker and the deadline ticker.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    limits: SandboxLimits,
+    deadline_ticks: u64,
+    cache_dir: Option<PathBuf>,
+    engine_hash: u64,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("limits", &self.limits)
+            .field("cache_dir", &self.cache_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    /// A runtime with these limits, caching compiled components in `cache_dir` (or
+    /// not at all).
+    pub fn new(limits: SandboxLimits, cache_dir: Option<PathBuf>) -> Result<Self, PluginError> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(1 << 20);
+        let engine = Engine::new(&config).map_err(|e| PluginError::Runtime(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|e| PluginError::Runtime(format!("{e:#}")))?;
+        if let Some(dir) = &cache_dir {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                PluginError::Runtime(format!("creating plugin cache {}: {e}", dir.display()))
+            })?;
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        start_ticker(engine.clone(), Arc::clone(&ticker_stop))?;
+        let tick_ms = TICK.as_millis().max(1);
+        Ok(Self {
+            engine,
+            linker,
+            limits,
+            deadline_ticks: u64::try_from(limits.call_timeout.as_millis().div_ceil(tick_ms))
+                .unwrap_or(u64::MAX)
+                .max(1),
+            cache_dir,
+            engine_hash: hasher.finish(),
+            ticker_stop,
+        })
+    }
+
+    /// The limits every instance runs under.
+    pub fn limits(&self) -> SandboxLimits {
+        self.limits
+    }
+
+    /// Validates `wasm` against the plugin world and compiles it (or loads its compiled
+    /// form from the cache).
+    pub fn compile(&self, wasm: &[u8], sha256: &[u8; 32]) -> Result<Compiled, PluginError> {
+        let (component, from_cache) = self.load(wasm, sha256)?;
+        let mut linker = self.linker.clone();
+        // Everything the plugin imports beyond `host` traps when called.
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(bindings::PluginPre::new)
+            .map_err(|e| {
+                PluginError::WrongWorld(format!(
+                    "not a component of the quiver:plugin world ({e:#}); build it with \
+                     quiver-plugin-sdk"
+                ))
+            })?;
+        Ok(Compiled { pre, from_cache })
+    }
+
+    fn load(&self, wasm: &[u8], sha256: &[u8; 32]) -> Result<(Component, bool), PluginError> {
+        let invalid = |e: wasmtime::Error| PluginError::InvalidWasm(format!("{e:#}"));
+        let Some(dir) = &self.cache_dir else {
+            return Ok((Component::new(&self.engine, wasm).map_err(invalid)?, false));
+        };
+        let path = dir.join(format!("{}-{:016x}.cwasm", hex(sha256), self.engine_hash));
+        if path.exists() {
+            match self.deserialize_cached(&path) {
+                Ok(component) => return Ok((component, true)),
+                Err(e) => {
+                    warn!(path = %path.display(), cause = %e, "unusable cached plugin; recompiling");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let compiled = self.engine.precompile_component(wasm).map_err(invalid)?;
+        if let Err(e) = write_atomically(&path, &compiled) {
+            warn!(path = %path.display(), cause = %e, "could not cache a compiled plugin");
+        }
+        let component = Component::new(&self.engine, wasm).map_err(invalid)?;
+        Ok((component, false))
+    }
+
+    #[allow(unsafe_code)]
+    fn deserialize_cached(&self, path: &Path) -> wasmtime::Result<Component> {
+        // SAFETY: wasmtime requires that the file hold code produced by
+        // `Engine::precompile_component` for a compatible engine. Only this runtime
+        // writes into the cache directory (inside the broker's data dir), the file
+        // name carries the engine's compatibility hash, and wasmtime itself checks the
+        // artifact's header against the engine before using it. Whoever can write
+        // arbitrary files into the data dir already controls the broker.
+        unsafe { Component::deserialize_file(&self.engine, path) }
+    }
+
+    /// A fresh instance of `compiled` for `context`.
+    pub fn instantiate(
+        &self,
+        compiled: &Compiled,
+        context: CallContext,
+    ) -> Result<Instance, PluginError> {
+        let state = HostState::new(context, self.limits.memory_bytes);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state as &mut dyn ResourceLimiter);
+        store.set_epoch_deadline(self.deadline_ticks);
+        let plugin = compiled
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, store.data(), &self.limits))?;
+        Ok(Instance {
+            store,
+            plugin,
+            limits: self.limits,
+            deadline_ticks: self.deadline_ticks,
+        })
+    }
+}
+
+/// Advances the engine's epoch every [`TICK`] until `stop`.
+fn start_ticker(engine: Engine, stop: Arc<AtomicBool>) -> Result<(), PluginError> {
+    std::thread::Builder::new()
+        .name("quiver-plugin-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+                engine.increment_epoch();
+            }
+        })
+        .map(drop)
+        .map_err(|e| PluginError::Runtime(format!("starting the deadline ticker: {e}")))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Who is calling, for the host functions: the plugin's identity, its attachment's
+/// parameters and where its state lives.
+#[derive(Clone)]
+pub struct CallContext {
+    /// The plugin's name.
+    pub plugin: Arc<str>,
+    /// Its version.
+    pub version: Arc<str>,
+    /// The attachment's parameters.
+    pub params: Arc<[(String, String)]>,
+    /// Reads the plugin's state.
+    pub state: Arc<dyn StateSource>,
+}
+
+/// What a successful call produced.
+#[derive(Debug)]
+pub struct CallOutput {
+    /// One outcome per input event, in order.
+    pub outcomes: Vec<Outcome>,
+    /// State the call wrote: key and new value (`None`: removed).
+    pub state: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// One instantiated plugin.
+pub struct Instance {
+    store: Store<HostState>,
+    plugin: bindings::Plugin,
+    limits: SandboxLimits,
+    deadline_ticks: u64,
+}
+
+impl Instance {
+    /// Runs the plugin over a batch of events from `topic`.
+    ///
+    /// After an error for which [`PluginError::poisons_instance`] holds, the instance
+    /// must not be used again.
+    pub fn process(
+        &mut self,
+        topic: &str,
+        events: &[InputEvent<'_>],
+    ) -> Result<CallOutput, PluginError> {
+        let inputs: Vec<types::Event> = events.iter().map(to_wit).collect();
+        self.store.data_mut().begin_call();
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        let result = self.plugin.call_process(&mut self.store, topic, &inputs);
+        let outcomes = match result {
+            Err(e) => return Err(classify(e, self.store.data(), &self.limits)),
+            Ok(Err(message)) => return Err(PluginError::Failed(truncate(message, MAX_REASON))),
+            Ok(Ok(outcomes)) => outcomes,
+        };
+        let outcomes = check_outputs(outcomes, events.len(), &self.limits)?;
+        let state = std::mem::take(&mut self.store.data_mut().written)
+            .into_iter()
+            .collect();
+        Ok(CallOutput { outcomes, state })
+    }
+}
+
+fn to_wit(event: &InputEvent<'_>) -> types::Event {
+    let record = event.record;
+    types::Event {
+        offset: event.offset,
+        timestamp: event.timestamp,
+        key: record.key.as_ref().map(|k| k.to_vec()),
+        headers: record
+            .headers
+            .iter()
+            .map(|h| types::Header {
+                name: h.name.clone(),
+                value: h.value.to_vec(),
+            })
+            .collect(),
+        payload: record.payload.to_vec(),
+    }
+}
+
+/// Checks a call's outcomes against the limits and turns them into Quiver's types.
+fn check_outputs(
+    outcomes: Vec<types::Outcome>,
+    events: usize,
+    limits: &SandboxLimits,
+) -> Result<Vec<Outcome>, PluginError> {
+    if outcomes.len() != events {
+        return Err(PluginError::InvalidOutput(format!(
+            "{} outcomes for {events} events (one per event is required)",
+            outcomes.len()
+        )));
+    }
+    let mut output_bytes = 0usize;
+    outcomes
+        .into_iter()
+        .map(|outcome| {
+            Ok(match outcome {
+                types::Outcome::Keep => Outcome::Keep,
+                types::Outcome::Drop => Outcome::Drop,
+                types::Outcome::Replace(records) => {
+                    if records.len() > limits.max_outputs_per_event {
+                        return Err(PluginError::InvalidOutput(format!(
+                            "{} replacement records for one event, over the limit of {}",
+                            records.len(),
+                            limits.max_outputs_per_event
+                        )));
+                    }
+                    let records: Vec<NewRecord> = records.into_iter().map(from_wit).collect();
+                    output_bytes += records.iter().map(NewRecord::size).sum::<usize>();
+                    if output_bytes > limits.max_output_bytes {
+                        return Err(PluginError::InvalidOutput(format!(
+                            "replacement records over the limit of {} bytes per call",
+                            limits.max_output_bytes
+                        )));
+                    }
+                    Outcome::Replace(records)
+                }
+                types::Outcome::Route(topics) => {
+                    if topics.is_empty() || topics.len() > MAX_ROUTES_PER_EVENT {
+                        return Err(PluginError::InvalidOutput(format!(
+                            "route to {} topics (1 to {MAX_ROUTES_PER_EVENT} allowed)",
+                            topics.len()
+                        )));
+                    }
+                    Outcome::Route(topics)
+                }
+                types::Outcome::Reject(reason) => Outcome::Reject(truncate(reason, MAX_REASON)),
+            })
+        })
+        .collect()
+}
+
+fn from_wit(event: types::NewEvent) -> NewRecord {
+    NewRecord {
+        key: event.key.map(Bytes::from),
+        headers: event
+            .headers
+            .into_iter()
+            .map(|h| Header {
+                name: h.name,
+                value: Bytes::from(h.value),
+            })
+            .collect(),
+        payload: Bytes::from(event.payload),
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// Names what went wrong in a failed call or instantiation.
+fn classify(e: wasmtime::Error, state: &HostState, limits: &SandboxLimits) -> PluginError {
+    if state.memory_exceeded {
+        return PluginError::MemoryLimit {
+            limit: limits.memory_bytes,
+        };
+    }
+    let trap = e.chain().find_map(|cause| cause.downcast_ref::<Trap>());
+    if trap == Some(&Trap::Interrupt) {
+        return PluginError::Deadline {
+            timeout: limits.call_timeout,
+        };
+    }
+    // The root cause, without wasmtime's backtrace, and what the plugin said last (a
+    // panic message, from the SDK's panic hook).
+    let cause = trap.map_or_else(|| e.root_cause().to_string(), ToString::to_string);
+    match &state.last_error {
+        Some(said) => PluginError::Trap(format!("{cause} (the plugin logged: {said})")),
+        None => PluginError::Trap(cause),
+    }
+}
+
+/// A store's data: the call's context, what it wrote, and the resource accounting.
+struct HostState {
+    context: CallContext,
+    memory_limit: usize,
+    memory_exceeded: bool,
+    log_lines: usize,
+    /// The last error the plugin logged in this call (a panic message, often).
+    last_error: Option<String>,
+    state_bytes: usize,
+    /// State written by the current call: later reads in the same call see it.
+    written: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl HostState {
+    fn new(context: CallContext, memory_limit: usize) -> Self {
+        Self {
+            context,
+            memory_limit,
+            memory_exceeded: false,
+            log_lines: 0,
+            last_error: None,
+            state_bytes: 0,
+            written: BTreeMap::new(),
+        }
+    }
+
+    fn begin_call(&mut self) {
+        self.log_lines = 0;
+        self.last_error = None;
+        self.state_bytes = 0;
+        self.written.clear();
+    }
+
+    fn write_state(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) -> wasmtime::Result<()> {
+        let size = key.len() + value.as_ref().map_or(0, Vec::len);
+        if key.len() > MAX_STATE_KEY || value.as_ref().is_some_and(|v| v.len() > MAX_STATE_VALUE) {
+            wasmtime::bail!(
+                "state key or value too large (keys up to {MAX_STATE_KEY} bytes, values up to {MAX_STATE_VALUE})"
+            );
+        }
+        self.state_bytes += size;
+        if self.state_bytes > MAX_STATE_BYTES_PER_CALL {
+            wasmtime::bail!(
+                "more than {MAX_STATE_BYTES_PER_CALL} bytes of state written in one call"
+            );
+        }
+        self.written.insert(key, value);
+        Ok(())
+    }
+}
+
+impl ResourceLimiter for HostState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit {
+            self.memory_exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: host::Level, message: String) -> wasmtime::Result<()> {
+        self.log_lines += 1;
+        if level == host::Level::Error {
+            self.last_error = Some(truncate(message.clone(), MAX_REASON));
+        }
+        let plugin = &*self.context.plugin;
+        let version = &*self.context.version;
+        if self.log_lines > MAX_LOG_LINES_PER_CALL {
+            if self.log_lines == MAX_LOG_LINES_PER_CALL + 1 {
+                warn!(
+                    plugin,
+                    version, "plugin log lines beyond {MAX_LOG_LINES_PER_CALL} per call dropped"
+                );
+            }
+            return Ok(());
+        }
+        let message = truncate(message, MAX_LOG_LINE);
+        match level {
+            host::Level::Trace => tracing::trace!(plugin, version, "{message}"),
+            host::Level::Debug => tracing::debug!(plugin, version, "{message}"),
+            host::Level::Info => tracing::info!(plugin, version, "{message}"),
+            host::Level::Warn => tracing::warn!(plugin, version, "{message}"),
+            host::Level::Error => tracing::error!(plugin, version, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn now(&mut self) -> wasmtime::Result<u64> {
+        Ok(crate::storage::now_ms())
+    }
+
+    fn param(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        Ok(self
+            .context
+            .params
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone()))
+    }
+
+    fn params(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(self.context.params.to_vec())
+    }
+
+    fn state_get(&mut self, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
+        if let Some(value) = self.written.get(&key) {
+            return Ok(value.clone());
+        }
+        self.context
+            .state
+            .get(&self.context.plugin, &key)
+            .map_err(|e| wasmtime::format_err!("reading plugin state: {e}"))
+    }
+
+    fn state_set(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
+        self.write_state(key, Some(value))
+    }
+
+    fn state_delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
+        self.write_state(key, None)
+    }
+}

@@ -1,0 +1,296 @@
+//! One attachment of a plugin (a topic's ingress stage or a subscription's stage): its
+//! instance, its figures, and its quarantine.
+//!
+//! Invariants worth naming:
+//! - a call holds the stage's instance lock from start to end, and an upgrade takes
+//!   effect only when a call finds a newer generation before it starts, so each batch
+//!   is processed wholly by one version;
+//! - an instance that trapped, ran out of time or memory, or returned invalid output is
+//!   dropped; the next call gets a fresh one.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use hdrhistogram::Histogram;
+use quiver_protocol::{AttachmentStatus, OnError, Stage};
+
+use super::runtime::{CallContext, CallOutput, Instance};
+use super::{InputEvent, PluginError, Plugins};
+
+/// When a failing stage is quarantined and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct QuarantinePolicy {
+    /// Consecutive failed calls that quarantine a stage.
+    pub after_failures: u32,
+    /// How long a quarantine lasts before one trial call is let through.
+    pub duration_ms: u64,
+}
+
+/// A stage's health: how many calls failed in a row, and whether it is quarantined.
+///
+/// Pure: time comes in as a parameter. Active until `after_failures` calls fail in a
+/// row; then quarantined until `until_ms`; after that one trial call runs, and its
+/// result either clears the quarantine or renews it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quarantine {
+    failures_in_a_row: u32,
+    until_ms: Option<u64>,
+}
+
+impl Quarantine {
+    /// Whether a call may run at `now_ms`.
+    pub fn admits(&self, now_ms: u64) -> bool {
+        self.until_ms.is_none_or(|until| now_ms >= until)
+    }
+
+    /// Until when the stage is quarantined, as of `now_ms`.
+    pub fn quarantined_until(&self, now_ms: u64) -> Option<u64> {
+        self.until_ms.filter(|&until| now_ms < until)
+    }
+
+    /// Records a call's result.
+    pub fn record(&mut self, ok: bool, now_ms: u64, policy: QuarantinePolicy) {
+        if ok {
+            *self = Self::default();
+            return;
+        }
+        self.failures_in_a_row = self.failures_in_a_row.saturating_add(1);
+        if self.until_ms.is_some() || self.failures_in_a_row >= policy.after_failures {
+            self.until_ms = Some(now_ms + policy.duration_ms);
+        }
+    }
+}
+
+/// The result of asking a stage to process a batch.
+#[derive(Debug)]
+pub enum StageRun {
+    /// The plugin ran.
+    Ran(CallOutput),
+    /// The plugin failed; the batch goes to the dead-letter topic.
+    Failed(PluginError),
+    /// Quarantined, failing open: the batch passes unchanged.
+    Skipped,
+    /// Quarantined, failing closed: the batch is refused.
+    Refused,
+}
+
+/// Counters and timings of one attachment.
+#[derive(Debug)]
+struct Figures {
+    calls: u64,
+    records_in: u64,
+    records_out: u64,
+    errors: u64,
+    micros: Histogram<u64>,
+    last_error: Option<String>,
+    version: String,
+    quarantine: Quarantine,
+}
+
+struct Loaded {
+    generation: u64,
+    version: Arc<str>,
+    instance: Instance,
+}
+
+/// One plugin stage where it runs.
+pub struct StageRunner {
+    /// What was attached.
+    pub stage: Stage,
+    /// Where it runs, for status: `topic NAME` or `subscription PATTERN`.
+    pub target: String,
+    params: Arc<[(String, String)]>,
+    loaded: Mutex<Option<Loaded>>,
+    figures: Mutex<Figures>,
+}
+
+impl std::fmt::Debug for StageRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageRunner")
+            .field("stage", &self.stage)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl StageRunner {
+    /// A stage not yet run.
+    pub fn new(stage: Stage, target: String) -> Self {
+        let params = stage.params.clone().into();
+        Self {
+            stage,
+            target,
+            params,
+            loaded: Mutex::new(None),
+            figures: Mutex::new(Figures {
+                calls: 0,
+                records_in: 0,
+                records_out: 0,
+                errors: 0,
+                // Invariant: 1 µs to 1 hour at 3 significant digits are valid bounds.
+                micros: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .expect("valid histogram bounds"),
+                last_error: None,
+                version: String::new(),
+                quarantine: Quarantine::default(),
+            }),
+        }
+    }
+
+    /// The plugin this stage runs.
+    pub fn plugin(&self) -> &str {
+        &self.stage.plugin
+    }
+
+    /// Processes one batch (blocking: run it off the async workers).
+    pub fn run(&self, plugins: &Plugins, topic: &str, events: &[InputEvent<'_>]) -> StageRun {
+        let now = crate::storage::now_ms();
+        if !lock(&self.figures).quarantine.admits(now) {
+            return match self.stage.on_error {
+                OnError::FailOpen => StageRun::Skipped,
+                OnError::FailClosed => StageRun::Refused,
+            };
+        }
+        let started = std::time::Instant::now();
+        let mut loaded = lock(&self.loaded);
+        let result = self.call(plugins, &mut loaded, topic, events);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let version = loaded.as_ref().map(|l| l.version.to_string());
+        if let Err(e) = &result
+            && e.poisons_instance()
+        {
+            *loaded = None;
+        }
+        drop(loaded);
+
+        let mut figures = lock(&self.figures);
+        figures.calls += 1;
+        figures.records_in += events.len() as u64;
+        let _ = figures.micros.record(micros.max(1));
+        if let Some(version) = version {
+            figures.version = version;
+        }
+        let policy = plugins.quarantine_policy();
+        match result {
+            Ok(output) => {
+                figures.records_out += output.outcomes.iter().map(|o| o.outputs()).sum::<u64>();
+                figures.quarantine.record(true, now, policy);
+                StageRun::Ran(output)
+            }
+            Err(e) => {
+                figures.errors += 1;
+                figures.last_error = Some(e.to_string());
+                figures.quarantine.record(false, now, policy);
+                if let Some(until) = figures.quarantine.quarantined_until(now) {
+                    tracing::warn!(
+                        plugin = %self.stage.plugin, target = %self.target, until,
+                        cause = %e, "plugin quarantined"
+                    );
+                }
+                StageRun::Failed(e)
+            }
+        }
+    }
+
+    /// Calls the plugin, (re)instantiating first if there is no instance or a newer
+    /// version was deployed.
+    fn call(
+        &self,
+        plugins: &Plugins,
+        loaded: &mut Option<Loaded>,
+        topic: &str,
+        events: &[InputEvent<'_>],
+    ) -> Result<CallOutput, PluginError> {
+        let deployed = plugins.deployed(&self.stage.plugin)?;
+        if loaded
+            .as_ref()
+            .is_none_or(|l| l.generation != deployed.generation)
+        {
+            let compiled = deployed.compiled.as_ref().map_err(Clone::clone)?;
+            let context = CallContext {
+                plugin: self.stage.plugin.as_str().into(),
+                version: Arc::clone(&deployed.version),
+                params: Arc::clone(&self.params),
+                state: plugins.state_source(),
+            };
+            *loaded = Some(Loaded {
+                generation: deployed.generation,
+                version: Arc::clone(&deployed.version),
+                instance: plugins.runtime().instantiate(compiled, context)?,
+            });
+        }
+        let Some(loaded) = loaded.as_mut() else {
+            unreachable!("an instance was loaded just above");
+        };
+        loaded.instance.process(topic, events)
+    }
+
+    /// The version that ran last (empty before the first call).
+    pub fn version(&self) -> String {
+        lock(&self.figures).version.clone()
+    }
+
+    /// Figures for `plugin status`.
+    pub fn status(&self) -> AttachmentStatus {
+        let figures = lock(&self.figures);
+        let percentile = |q: f64| {
+            if figures.micros.is_empty() {
+                0
+            } else {
+                figures.micros.value_at_quantile(q)
+            }
+        };
+        AttachmentStatus {
+            target: self.target.clone(),
+            version: figures.version.clone(),
+            on_error: self.stage.on_error,
+            calls: figures.calls,
+            records_in: figures.records_in,
+            records_out: figures.records_out,
+            errors: figures.errors,
+            p50_us: percentile(0.5),
+            p99_us: percentile(0.99),
+            quarantined_until_ms: figures
+                .quarantine
+                .quarantined_until(crate::storage::now_ms()),
+            last_error: figures.last_error.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: QuarantinePolicy = QuarantinePolicy {
+        after_failures: 3,
+        duration_ms: 1000,
+    };
+
+    #[test]
+    fn quarantine_after_consecutive_failures_then_a_trial() {
+        let mut q = Quarantine::default();
+        q.record(false, 0, POLICY);
+        q.record(false, 1, POLICY);
+        assert!(q.admits(2), "two failures do not quarantine");
+        q.record(true, 2, POLICY);
+        q.record(false, 3, POLICY);
+        q.record(false, 4, POLICY);
+        assert!(q.admits(5), "a success resets the count");
+        q.record(false, 5, POLICY);
+        assert!(!q.admits(6));
+        assert_eq!(q.quarantined_until(6), Some(1005));
+        assert!(q.admits(1005), "a trial call runs when the quarantine ends");
+        q.record(false, 1005, POLICY);
+        assert_eq!(
+            q.quarantined_until(1006),
+            Some(2005),
+            "a failed trial renews it"
+        );
+        q.record(true, 2005, POLICY);
+        assert_eq!(q, Quarantine::default(), "a successful trial clears it");
+    }
+}

@@ -1,0 +1,186 @@
+//! A topic's log as the rest of the broker sees it: identity, settings, live stats,
+//! and a way to be woken when records arrive.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use quiver_protocol::{Retention, Stage, TopicName};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::keys::LogStats;
+
+/// What is persisted of a topic besides its records (`t` + name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct TopicMeta {
+    pub(super) id: u64,
+    pub(super) name: String,
+    pub(super) retention: Retention,
+    pub(super) created_ms: u64,
+    pub(super) dead_letter: Option<String>,
+    pub(super) pipeline: Vec<Stage>,
+}
+
+/// Settings chosen when a topic is created.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicSettings {
+    /// Retention limits.
+    pub retention: Retention,
+    /// Where records go that its plugins fail on; `None` for the default name.
+    pub dead_letter: Option<TopicName>,
+}
+
+impl From<Retention> for TopicSettings {
+    fn from(retention: Retention) -> Self {
+        Self {
+            retention,
+            dead_letter: None,
+        }
+    }
+}
+
+/// A topic's log.
+#[derive(Debug)]
+pub struct TopicLog {
+    id: u64,
+    name: TopicName,
+    retention: Retention,
+    created_ms: u64,
+    dead_letter: Option<TopicName>,
+    pipeline: Mutex<Vec<Stage>>,
+    stats: Mutex<LogStats>,
+    deleted: AtomicBool,
+    waiters: Mutex<HashMap<u64, Arc<Notify>>>,
+}
+
+impl TopicLog {
+    pub(super) fn new(
+        meta: TopicMeta,
+        name: TopicName,
+        dead_letter: Option<TopicName>,
+        stats: LogStats,
+    ) -> Self {
+        Self {
+            id: meta.id,
+            name,
+            retention: meta.retention,
+            created_ms: meta.created_ms,
+            dead_letter,
+            pipeline: Mutex::new(meta.pipeline),
+            stats: Mutex::new(stats),
+            deleted: AtomicBool::new(false),
+            waiters: Mutex::default(),
+        }
+    }
+
+    /// What is persisted for this log, with `pipeline` as its pipeline.
+    pub(super) fn meta(&self, pipeline: Vec<Stage>) -> TopicMeta {
+        TopicMeta {
+            id: self.id,
+            name: self.name.to_string(),
+            retention: self.retention,
+            created_ms: self.created_ms,
+            dead_letter: self.dead_letter.as_ref().map(ToString::to_string),
+            pipeline,
+        }
+    }
+
+    /// The topic's storage id: unique for the life of the data dir, never reused.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The topic's name.
+    pub fn name(&self) -> &TopicName {
+        &self.name
+    }
+
+    /// The topic's retention limits.
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
+    /// When the topic was created (ms since the Unix epoch).
+    pub fn created_ms(&self) -> u64 {
+        self.created_ms
+    }
+
+    /// The dead-letter topic chosen at creation, if one was.
+    pub fn dead_letter(&self) -> Option<&TopicName> {
+        self.dead_letter.as_ref()
+    }
+
+    /// The ingress pipeline as last made durable.
+    pub fn pipeline(&self) -> Vec<Stage> {
+        self.pipeline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The durable state of the log right now.
+    pub fn stats(&self) -> LogStats {
+        *self.stats.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// True once the topic has been deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Wakes `notify` whenever records become durable or the topic is deleted, until
+    /// the returned guard is dropped.
+    pub fn watch(self: &Arc<Self>, notify: Arc<Notify>) -> Watch {
+        static NEXT_WATCH: AtomicU64 = AtomicU64::new(0);
+        let key = NEXT_WATCH.fetch_add(1, Ordering::Relaxed);
+        self.waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, notify);
+        Watch {
+            log: Arc::clone(self),
+            key,
+        }
+    }
+
+    pub(super) fn set_stats(&self, stats: LogStats) {
+        *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = stats;
+    }
+
+    pub(super) fn set_pipeline(&self, pipeline: Vec<Stage>) {
+        *self.pipeline.lock().unwrap_or_else(PoisonError::into_inner) = pipeline;
+    }
+
+    pub(super) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+    }
+
+    pub(super) fn wake(&self) {
+        for notify in self
+            .waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            notify.notify_one();
+        }
+    }
+}
+
+/// Keeps a waiter registered with a topic; unregisters on drop.
+#[derive(Debug)]
+pub struct Watch {
+    log: Arc<TopicLog>,
+    key: u64,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.log
+            .waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.key);
+    }
+}
