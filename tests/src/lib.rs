@@ -52,6 +52,48 @@ pub fn example_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// An example plugin (`plugins/NAME`), built by `make plugins`.
+pub fn example_plugin(name: &str) -> PathBuf {
+    wasm(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins"),
+        name,
+    )
+}
+
+/// A test plugin (`tests/plugins/NAME`: hostile ones and the upgrade pair), built by
+/// `make plugins`.
+pub fn test_plugin(name: &str) -> PathBuf {
+    wasm(Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins"), name)
+}
+
+fn wasm(workspace: PathBuf, name: &str) -> PathBuf {
+    let file = workspace
+        .join("target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        file.exists(),
+        "{} does not exist: build the plugins first (`make plugins`)",
+        file.display()
+    );
+    file
+}
+
+/// Reads a plugin component.
+pub fn read_plugin(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// A compiled-plugin cache shared by the test brokers (`target/test-plugin-cache`), so
+/// each plugin is compiled once per test run rather than once per broker.
+pub fn shared_plugin_cache() -> String {
+    let dir = quiver_bin()
+        .parent()
+        .and_then(Path::parent)
+        .expect("the binary lives in target/<profile>")
+        .join("test-plugin-cache");
+    dir.to_string_lossy().into_owned()
+}
+
 /// A data dir that outlives broker restarts; removed on drop.
 ///
 /// It is `quiver-data` inside a temp dir, laid out as `quiver serve` run in that temp

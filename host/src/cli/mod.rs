@@ -19,7 +19,7 @@ use crate::transport::tls::default_cert_path;
 
 /// Quiver: an event bus over QUIC with durable topics and WebAssembly plugins.
 #[derive(Debug, Parser)]
-#[command(name = "quiver", version, propagate_version = true)]
+#[command(name = "quiver", version)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -132,4 +132,14 @@ fn init_tracing(default_level: &str, format: crate::config::LogFormat) {
         crate::config::LogFormat::Human => builder.try_init(),
         crate::config::LogFormat::Json => builder.json().try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -7,9 +7,10 @@
 //! compatibility hash, so a restart does not recompile. An [`Instance`] is one store
 //! and one instantiation, reused call after call.
 //!
-//! The sandbox: a plugin can call only the `host` interface. Any other import (the
-//! WASI interfaces a `wasm32-wasip2` build pulls in: files, sockets, environment,
-//! clocks) is linked to a function that traps. Each instance has a memory cap, each
+//! The sandbox: a plugin can call only the `host` interface and `wasi:random` (std's
+//! `HashMap` seeds itself from it). Any other import (the WASI interfaces a
+//! `wasm32-wasip2` build pulls in: files, sockets, environment, clocks, stdio) is linked
+//! to a function that traps. Each instance has a memory cap, each
 //! call a deadline (epoch interruption), and outputs are checked against limits before
 //! the broker sees them. Every failure is a [`PluginError`] value; after a trap the
 //! instance is thrown away.
@@ -160,7 +161,17 @@ impl Runtime {
     pub fn compile(&self, wasm: &[u8], sha256: &[u8; 32]) -> Result<Compiled, PluginError> {
         let (component, from_cache) = self.load(wasm, sha256)?;
         let mut linker = self.linker.clone();
-        // Everything the plugin imports beyond `host` traps when called.
+        // `wasi:random` under the exact names (and versions) the plugin imports; the
+        // rest of what it imports beyond `host` traps when called.
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        for name in imports.iter().filter(|n| n.starts_with("wasi:random/")) {
+            add_randomness(&mut linker, name)
+                .map_err(|e| PluginError::Runtime(format!("{e:#}")))?;
+        }
         linker
             .define_unknown_imports_as_traps(&component)
             .map_err(|e| PluginError::WrongWorld(format!("{e:#}")))?;
@@ -231,6 +242,45 @@ impl Runtime {
             deadline_ticks: self.deadline_ticks,
         })
     }
+}
+
+/// The largest random buffer one call to `get-random-bytes` returns.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// Links the `wasi:random` interface `name` (random bytes, and the seed std's `HashMap`
+/// asks for at its first use), the one WASI capability plugins get: it reaches nothing
+/// outside the sandbox. Unknown `wasi:random` interfaces are left to trap.
+fn add_randomness(linker: &mut Linker<HostState>, name: &str) -> wasmtime::Result<()> {
+    fn random_bytes(len: u64) -> wasmtime::Result<Vec<u8>> {
+        if len > MAX_RANDOM_BYTES {
+            wasmtime::bail!("asked for {len} random bytes; at most {MAX_RANDOM_BYTES} per call");
+        }
+        let mut bytes = vec![0; usize::try_from(len)?];
+        getrandom::fill(&mut bytes).map_err(|e| wasmtime::format_err!("no randomness: {e}"))?;
+        Ok(bytes)
+    }
+    fn random_u64() -> wasmtime::Result<u64> {
+        let bytes: [u8; 8] = random_bytes(8)?
+            .try_into()
+            .map_err(|_| wasmtime::format_err!("short read"))?;
+        Ok(u64::from_le_bytes(bytes))
+    }
+    let interface = name.split('@').next().unwrap_or(name);
+    let (bytes, number) = match interface {
+        "wasi:random/random" => ("get-random-bytes", "get-random-u64"),
+        "wasi:random/insecure" => ("get-insecure-random-bytes", "get-insecure-random-u64"),
+        "wasi:random/insecure-seed" => {
+            return linker
+                .instance(name)?
+                .func_wrap("insecure-seed", |_, (): ()| {
+                    Ok(((random_u64()?, random_u64()?),))
+                });
+        }
+        _ => return Ok(()),
+    };
+    let mut instance = linker.instance(name)?;
+    instance.func_wrap(bytes, |_, (len,): (u64,)| Ok((random_bytes(len)?,)))?;
+    instance.func_wrap(number, |_, (): ()| Ok((random_u64()?,)))
 }
 
 /// Advances the engine's epoch every [`TICK`] until `stop`.
