@@ -728,3 +728,42 @@ async fn the_sandbox_denies_files_environment_network_and_clocks() {
     }
     assert_eq!(client.publish("t", "harmless").await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_dir_is_deployed_at_start_and_upgraded_when_a_file_changes() {
+    let data = DataDir::new();
+    let dir = data.root().join("plugin-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tagger.wasm");
+    std::fs::copy(test_plugin("version-a"), &file).unwrap();
+    std::fs::write(dir.join("notes.txt"), "not a plugin").unwrap();
+    let dir_arg = dir.to_str().unwrap().to_owned();
+    let cache = shared_plugin_cache();
+    let env = [("QUIVER_PLUGINS__CACHE_DIR", cache.as_str())];
+    let versions = |broker: &Broker| {
+        let broker_addr = broker.addr().to_owned();
+        let cert = broker.cert().to_owned();
+        async move {
+            let client = Client::builder()
+                .ca_file(cert)
+                .unwrap()
+                .connect(&broker_addr)
+                .await
+                .unwrap();
+            let plugins = client.list_plugins().await.unwrap();
+            assert_eq!(plugins.len(), 1, "only the .wasm file is deployed");
+            assert_eq!(plugins[0].name, "tagger");
+            plugins[0].versions.clone()
+        }
+    };
+    let broker = Broker::launch(&data, &["--plugin-dir", &dir_arg], &env);
+    assert_eq!(versions(&broker).await, ["1"]);
+    assert!(broker.stop().success());
+    // Unchanged: nothing happens. Changed: upgraded.
+    let broker = Broker::launch(&data, &["--plugin-dir", &dir_arg], &env);
+    assert_eq!(versions(&broker).await, ["1"]);
+    assert!(broker.stop().success());
+    std::fs::copy(test_plugin("version-b"), &file).unwrap();
+    let broker = Broker::launch(&data, &["--plugin-dir", &dir_arg], &env);
+    assert_eq!(versions(&broker).await, ["1", "2"]);
+}

@@ -208,6 +208,27 @@ fn last_text(topic: &TopicInfo) -> String {
         .map_or_else(|| "-".into(), |o| o.to_string())
 }
 
+/// Rows under a header, each column as wide as its widest cell.
+pub(super) fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let header = header.map(String::from);
+    for row in std::iter::once(&header).chain(rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
 /// Topics as an aligned table.
 pub(super) fn topic_table(topics: &[TopicInfo]) -> String {
     let rows: Vec<[String; 6]> = topics
@@ -223,23 +244,10 @@ pub(super) fn topic_table(topics: &[TopicInfo]) -> String {
             ]
         })
         .collect();
-    let header = ["NAME", "RECORDS", "BYTES", "FIRST", "LAST", "RETENTION"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-    out
+    table(
+        ["NAME", "RECORDS", "BYTES", "FIRST", "LAST", "RETENTION"],
+        &rows,
+    )
 }
 
 /// How a failure policy reads on the command line.
@@ -257,12 +265,11 @@ pub(super) fn pipeline_text(stages: &[Stage]) -> String {
     }
     let stage = |s: &Stage| {
         let params: Vec<String> = s.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!(
-            "{}({}; {})",
-            s.plugin,
-            params.join(", "),
-            on_error_text(s.on_error)
-        )
+        let policy = on_error_text(s.on_error);
+        match params.is_empty() {
+            true => format!("{}({policy})", s.plugin),
+            false => format!("{}({}; {policy})", s.plugin, params.join(", ")),
+        }
     };
     stages.iter().map(stage).collect::<Vec<_>>().join(" -> ")
 }

@@ -293,23 +293,23 @@ fn plugin_json(p: &PluginInfo) -> Value {
 }
 
 fn plugin_table(plugins: &[PluginInfo]) -> String {
-    let mut out = String::from("NAME  VERSION  SIZE  SHA256  TOPICS\n");
-    for p in plugins {
-        let topics = if p.topics.is_empty() {
-            "-".to_owned()
-        } else {
-            p.topics.join(",")
-        };
-        out.push_str(&format!(
-            "{}  {}  {}  {}  {}\n",
-            p.name,
-            p.version,
-            bytesize::ByteSize(p.size),
-            p.sha256.get(..12).unwrap_or(&p.sha256),
-            topics
-        ));
-    }
-    out
+    let rows: Vec<[String; 5]> = plugins
+        .iter()
+        .map(|p| {
+            let topics = match p.topics.is_empty() {
+                true => "-".to_owned(),
+                false => p.topics.join(","),
+            };
+            [
+                p.name.clone(),
+                p.version.clone(),
+                bytesize::ByteSize(p.size).to_string(),
+                p.sha256.get(..12).unwrap_or(&p.sha256).to_owned(),
+                topics,
+            ]
+        })
+        .collect();
+    output::table(["NAME", "VERSION", "SIZE", "SHA256", "TOPICS"], &rows)
 }
 
 fn status_json(status: &PluginStatus) -> Value {

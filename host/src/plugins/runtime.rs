@@ -120,6 +120,8 @@ impl Runtime {
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
+            // Calls are synchronous; the concurrency machinery costs each call time.
+            .concurrency_support(false)
             .max_wasm_stack(1 << 20);
         let engine = Engine::new(&config).map_err(|e| PluginError::Runtime(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
