@@ -10,10 +10,9 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use quiver_host::plugins::runtime::{CallContext, Runtime, SandboxLimits};
+use quiver_host::plugins::runtime::{CallContext, Runtime};
 use quiver_host::plugins::{InputEvent, StateSource};
 use quiver_protocol::NewRecord;
 use sha2::{Digest, Sha256};
@@ -92,12 +91,8 @@ fn bench_plugin(c: &mut Criterion, runtime: &Runtime, plugin: &str, params: &[(&
 }
 
 fn bench(c: &mut Criterion) {
-    let limits = SandboxLimits {
-        memory_bytes: 64 << 20,
-        call_timeout: Duration::from_millis(100),
-        max_outputs_per_event: 64,
-        max_output_bytes: 16 << 20,
-    };
+    let config = quiver_host::config::Config::default();
+    let limits = config.plugins.sandbox_limits(config.limits.max_record_size);
     let runtime = Runtime::new(limits, None).expect("the runtime starts");
     bench_plugin(
         c,

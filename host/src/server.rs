@@ -21,7 +21,6 @@ use tracing::{debug, info, warn};
 
 use crate::broker::{Broker, BrokerLimits};
 use crate::config::Config;
-use crate::plugins::runtime::SandboxLimits;
 use crate::plugins::stage::QuarantinePolicy;
 use crate::plugins::{AdminError, PluginSettings, Plugins};
 use crate::retention;
@@ -62,12 +61,7 @@ pub enum ServeError {
 fn plugin_settings(config: &Config) -> PluginSettings {
     let p = &config.plugins;
     PluginSettings {
-        limits: SandboxLimits {
-            memory_bytes: usize::try_from(p.memory_limit.as_u64()).unwrap_or(usize::MAX),
-            call_timeout: p.call_timeout,
-            max_outputs_per_event: p.max_outputs_per_event as usize,
-            max_output_bytes: usize::try_from(p.max_output_bytes.as_u64()).unwrap_or(usize::MAX),
-        },
+        limits: p.sandbox_limits(config.limits.max_record_size),
         quarantine: QuarantinePolicy {
             after_failures: p.quarantine_after,
             duration_ms: u64::try_from(p.quarantine_for.as_millis()).unwrap_or(u64::MAX),

@@ -20,7 +20,7 @@ use quiver_protocol::{
 use tokio::sync::{Notify, broadcast};
 use tracing::info;
 
-use crate::plugins::{AdminError, Plugins};
+use crate::plugins::{AdminError, PipelineError, Plugins};
 use crate::storage::{Storage, StorageError, TopicLog, TopicSettings};
 pub use publish::PendingPublish;
 
@@ -86,9 +86,9 @@ pub enum BrokerError {
     /// A plugin request was refused.
     #[error(transparent)]
     Plugin(#[from] AdminError),
-    /// A fail-closed stage of the topic is quarantined.
-    #[error("publish refused: {0}")]
-    Quarantined(#[from] crate::plugins::pipeline::Refused),
+    /// A plugin pipeline refused the records or could not run.
+    #[error("refused: {0}")]
+    Pipeline(#[from] PipelineError),
     /// Storage failed; nothing was acknowledged.
     #[error(transparent)]
     Storage(StorageError),
@@ -124,7 +124,8 @@ impl BrokerError {
                 AdminError::Storage(StorageError::Closed) => ErrorCode::ShuttingDown,
                 AdminError::Storage(_) => ErrorCode::Storage,
             },
-            Self::Quarantined(_) => ErrorCode::PluginQuarantined,
+            Self::Pipeline(PipelineError::Refused(_)) => ErrorCode::PluginQuarantined,
+            Self::Pipeline(PipelineError::Aborted(_)) => ErrorCode::Internal,
             Self::Storage(StorageError::Closed) => ErrorCode::ShuttingDown,
             Self::Storage(_) => ErrorCode::Storage,
         }

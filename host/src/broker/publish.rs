@@ -149,7 +149,7 @@ impl Broker {
         for route in routed {
             if route.topic == log.name().as_str() {
                 // Routed to its own topic: stored after the records that passed.
-                stored.push(route.item.record.clone());
+                stored.push(route.item.record);
                 continue;
             }
             match self.topic(&route.topic) {

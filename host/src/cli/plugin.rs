@@ -19,8 +19,8 @@ use sha2::{Digest, Sha256};
 use super::ConnectArgs;
 use super::output;
 use super::pubsub::{parse_header, parse_start};
-use crate::config::PluginsConfig;
-use crate::plugins::runtime::{CallContext, Runtime, SandboxLimits, hex};
+use crate::config::Config;
+use crate::plugins::runtime::{CallContext, Runtime, hex};
 use crate::plugins::{InputEvent, Outcome, StateSource};
 
 /// How long a replay waits for the next stored record before it concludes there is
@@ -404,14 +404,8 @@ struct Local {
 impl Local {
     fn load(file: &Path, params: Vec<(String, String)>) -> anyhow::Result<Self> {
         let wasm = read_wasm(file)?;
-        let defaults = PluginsConfig::default();
-        let limits = SandboxLimits {
-            memory_bytes: usize::try_from(defaults.memory_limit.as_u64()).unwrap_or(usize::MAX),
-            call_timeout: defaults.call_timeout,
-            max_outputs_per_event: defaults.max_outputs_per_event as usize,
-            max_output_bytes: usize::try_from(defaults.max_output_bytes.as_u64())
-                .unwrap_or(usize::MAX),
-        };
+        let config = Config::default();
+        let limits = config.plugins.sandbox_limits(config.limits.max_record_size);
         let runtime = Runtime::new(limits, None)?;
         let sha256: [u8; 32] = Sha256::digest(&wasm).into();
         let compiled = runtime.compile(&wasm, &sha256)?;

@@ -124,6 +124,17 @@ impl PluginError {
     }
 }
 
+/// Why records could not be run through a pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A fail-closed stage is quarantined.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The blocking task running the stages did not complete.
+    #[error("plugin task did not complete: {0}")]
+    Aborted(String),
+}
+
 /// Reads a plugin's state.
 pub trait StateSource: Send + Sync {
     /// The value under `key` in `plugin`'s state.
@@ -617,21 +628,17 @@ impl Plugins {
         topic: String,
         items: Vec<Item>,
         ingress: bool,
-    ) -> Result<Sorted, Refused> {
+    ) -> Result<Sorted, PipelineError> {
         let plugins = Arc::clone(self);
         let task = tokio::task::spawn_blocking(move || {
             let sorted = pipeline::run(&plugins, &stages, &topic, items, ingress)?;
             plugins.state.written(&sorted.state);
             Ok(sorted)
         });
-        match task.await {
-            Ok(result) => result,
-            // Invariant: pipeline::run does not panic (plugin failures are values), so
-            // the task only fails if the runtime is shutting down.
-            Err(e) => Err(Refused {
-                plugin: format!("(plugin task failed: {e})"),
-            }),
-        }
+        // Plugin failures are values, so the task fails only if it is cancelled (the
+        // runtime shutting down).
+        task.await
+            .map_err(|e| PipelineError::Aborted(e.to_string()))?
     }
 
     /// Tells the state cache that a commit holding `writes` has finished (either way):

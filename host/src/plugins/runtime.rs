@@ -68,6 +68,8 @@ pub struct SandboxLimits {
     pub max_outputs_per_event: usize,
     /// Bytes of replacement records one call may return.
     pub max_output_bytes: usize,
+    /// The largest record a plugin may make (the broker's record-size limit).
+    pub max_record_size: usize,
 }
 
 /// A component validated against the plugin world and compiled, ready to instantiate.
@@ -420,6 +422,13 @@ fn check_outputs(
                         )));
                     }
                     let records: Vec<NewRecord> = records.into_iter().map(from_wit).collect();
+                    if let Some(big) = records.iter().find(|r| r.size() > limits.max_record_size) {
+                        return Err(PluginError::InvalidOutput(format!(
+                            "a replacement record of {} bytes, over the record-size limit of {}",
+                            big.size(),
+                            limits.max_record_size
+                        )));
+                    }
                     output_bytes += records.iter().map(NewRecord::size).sum::<usize>();
                     if output_bytes > limits.max_output_bytes {
                         return Err(PluginError::InvalidOutput(format!(
@@ -630,5 +639,61 @@ impl host::Host for HostState {
 
     fn state_delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
         self.write_state(key, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: SandboxLimits = SandboxLimits {
+        memory_bytes: 1 << 20,
+        call_timeout: Duration::from_millis(10),
+        max_outputs_per_event: 2,
+        max_output_bytes: 100,
+        max_record_size: 40,
+    };
+
+    fn record(size: usize) -> types::NewEvent {
+        types::NewEvent {
+            key: None,
+            headers: vec![],
+            payload: vec![0; size],
+        }
+    }
+
+    fn refused(outcomes: Vec<types::Outcome>, events: usize) -> String {
+        match check_outputs(outcomes, events, &LIMITS) {
+            Err(PluginError::InvalidOutput(why)) => why,
+            other => panic!("expected invalid output, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn outputs_within_limits_pass() {
+        let outcomes = vec![
+            types::Outcome::Keep,
+            types::Outcome::Replace(vec![record(30), record(30)]),
+            types::Outcome::Route(vec!["a".into()]),
+            types::Outcome::Reject("x".repeat(5000)),
+        ];
+        let checked = check_outputs(outcomes, 4, &LIMITS).unwrap();
+        assert!(matches!(&checked[1], Outcome::Replace(r) if r.len() == 2));
+        assert!(matches!(&checked[3], Outcome::Reject(r) if r.len() == MAX_REASON));
+    }
+
+    #[test]
+    fn outputs_over_the_limits_are_refused() {
+        assert!(refused(vec![types::Outcome::Keep], 2).contains("1 outcomes for 2 events"));
+        let many = types::Outcome::Replace(vec![record(1), record(1), record(1)]);
+        assert!(refused(vec![many], 1).contains("3 replacement records"));
+        let big = types::Outcome::Replace(vec![record(41)]);
+        assert!(refused(vec![big], 1).contains("record-size limit"));
+        let bulky = vec![
+            types::Outcome::Replace(vec![record(40), record(40)]),
+            types::Outcome::Replace(vec![record(40)]),
+        ];
+        assert!(refused(bulky, 2).contains("100 bytes per call"));
+        assert!(refused(vec![types::Outcome::Route(vec![])], 1).contains("route to 0 topics"));
     }
 }
