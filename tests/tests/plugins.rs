@@ -767,3 +767,45 @@ async fn a_plugin_dir_is_deployed_at_start_and_upgraded_when_a_file_changes() {
     let broker = Broker::launch(&data, &["--plugin-dir", &dir_arg], &env);
     assert_eq!(versions(&broker).await, ["1", "2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_fail_closed_subscription_plugin_ends_the_subscription() {
+    let data = DataDir::new();
+    let broker = start(
+        &data,
+        &[
+            ("QUIVER_PLUGINS__QUARANTINE_AFTER", "2"),
+            ("QUIVER_PLUGINS__QUARANTINE_FOR", "1h"),
+        ],
+    );
+    let client = broker.client().await;
+    create(&client, "feed").await;
+    deploy(&client, "trap", test_plugin("trap")).await;
+    client
+        .publish_batch(
+            "feed",
+            ["ok 1", "boom 1", "boom 2", "ok 2"]
+                .map(NewRecord::new)
+                .to_vec(),
+        )
+        .await
+        .unwrap();
+    // A window of one: one record per call, so each poison record fails its own call.
+    let options = SubscribeOptions {
+        from: StartAt::Earliest,
+        window: 1,
+        pipeline: vec![Stage::new("trap")],
+    };
+    let mut sub = client.subscribe("feed", options).await.unwrap();
+    assert_eq!(take(&mut sub, 1).await[0].payload, "ok 1");
+    let end = tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .expect("the subscription ends promptly")
+        .expect("with an error");
+    let error = end.unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::PluginQuarantined), "{error}");
+    // The two poison records went to the dead-letter topic on the way.
+    let dead = read_all(&client, "dlq.feed").await;
+    assert_eq!(payloads(&dead), ["boom 1", "boom 2"]);
+    assert_eq!(header(&dead[0], "quiver-dlq-offset"), "1");
+}
