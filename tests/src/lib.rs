@@ -12,7 +12,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use quiver_client::Client;
+use futures::StreamExt;
+use quiver_client::{Client, Record, StartAt, SubscribeOptions, Subscription};
 
 /// How long a broker may take to print its ready line before the test gives up.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -165,6 +166,8 @@ impl Broker {
             .arg(data.path())
             .args(args)
             .env("RUST_LOG", "info")
+            // Compile each plugin once per test run (a test may point elsewhere).
+            .env("QUIVER_PLUGINS__CACHE_DIR", shared_plugin_cache())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -200,6 +203,12 @@ impl Broker {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Runs the `quiver` CLI against this broker, in the data dir's parent (where it
+    /// finds the certificate by itself).
+    pub fn cli(&self, data: &DataDir, args: &[&str], stdin: &str) -> std::process::Output {
+        cli(data.root(), args, &[("QUIVER_SERVER", self.addr())], stdin)
     }
 
     /// A connected client.
@@ -322,6 +331,41 @@ pub fn cli(cwd: &Path, args: &[&str], env: Env<'_>, stdin: &str) -> std::process
     let output = child.wait_with_output().expect("the CLI runs");
     writer.join().expect("stdin writer finishes");
     output
+}
+
+/// The standard output of a command that must have succeeded.
+pub fn succeeded(output: std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "the command failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+/// Takes `n` records from a subscription, failing the test if it stalls for 30 s.
+pub async fn take(sub: &mut Subscription, n: usize) -> Vec<Record> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let next = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {} of {n} records", out.len()));
+        out.push(next.expect("the subscription is open").expect("a record"));
+    }
+    out
+}
+
+/// Every record a topic holds, read from the start.
+pub async fn read_all(client: &Client, topic: &str) -> Vec<Record> {
+    let info = client
+        .describe_topic(topic)
+        .await
+        .expect("the topic exists");
+    let mut sub = client
+        .subscribe(topic, SubscribeOptions::from(StartAt::Earliest))
+        .await
+        .expect("the topic can be subscribed to");
+    take(&mut sub, info.records as usize).await
 }
 
 /// Polls `condition` every few milliseconds until it holds, for at most `limit`.

@@ -8,41 +8,22 @@ use std::path::Path;
 use std::process::Output;
 
 use quiver_client::{Client, NewRecord, Retention};
-use quiver_tests::{Broker, DataDir, cli};
+use quiver_tests::{Broker, DataDir, cli, succeeded};
 use serde_json::Value;
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
 
 fn stderr(output: &Output) -> String {
     String::from_utf8(output.stderr.clone()).unwrap()
 }
 
-/// Runs the CLI in the data dir's parent, where it finds the certificate by itself.
 fn quiver(broker: &Broker, data: &DataDir, args: &[&str], stdin: &str) -> Output {
-    cli(
-        data.root(),
-        args,
-        &[("QUIVER_SERVER", broker.addr())],
-        stdin,
-    )
-}
-
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "the command failed: {}",
-        stderr(&output)
-    );
-    stdout(&output)
+    broker.cli(data, args, stdin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_commands_manage_topics() {
     let data = DataDir::new();
     let broker = Broker::start(&data);
-    let out = ok(quiver(
+    let out = succeeded(quiver(
         &broker,
         &data,
         &[
@@ -57,9 +38,9 @@ async fn topic_commands_manage_topics() {
         "",
     ));
     assert_eq!(out.trim(), "created sensors.eu.temp");
-    ok(quiver(&broker, &data, &["topic", "create", "logs.app"], ""));
+    succeeded(quiver(&broker, &data, &["topic", "create", "logs.app"], ""));
 
-    let table = ok(quiver(&broker, &data, &["topic", "list"], ""));
+    let table = succeeded(quiver(&broker, &data, &["topic", "list"], ""));
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("NAME"), "{table}");
     assert!(
@@ -72,7 +53,7 @@ async fn topic_commands_manage_topics() {
         "{table}"
     );
 
-    let json = ok(quiver(&broker, &data, &["topic", "list", "--json"], ""));
+    let json = succeeded(quiver(&broker, &data, &["topic", "list", "--json"], ""));
     let topics: Vec<Value> = json
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -83,7 +64,7 @@ async fn topic_commands_manage_topics() {
     assert_eq!(topics[1]["retention"]["max_age_ms"], 3_600_000);
     assert_eq!(topics[1]["last_offset"], Value::Null);
 
-    let described = ok(quiver(
+    let described = succeeded(quiver(
         &broker,
         &data,
         &["topic", "describe", "sensors.eu.temp"],
@@ -92,7 +73,7 @@ async fn topic_commands_manage_topics() {
     assert!(described.contains("records:      0"), "{described}");
 
     assert_eq!(
-        ok(quiver(&broker, &data, &["topic", "delete", "logs.app"], "")).trim(),
+        succeeded(quiver(&broker, &data, &["topic", "delete", "logs.app"], "")).trim(),
         "deleted logs.app"
     );
     let failed = quiver(&broker, &data, &["topic", "describe", "logs.app"], "");
@@ -104,14 +85,14 @@ async fn topic_commands_manage_topics() {
 async fn pub_and_sub_move_records() {
     let data = DataDir::new();
     let broker = Broker::start(&data);
-    ok(quiver(
+    succeeded(quiver(
         &broker,
         &data,
         &["topic", "create", "app.events"],
         "",
     ));
 
-    let offsets = ok(quiver(
+    let offsets = succeeded(quiver(
         &broker,
         &data,
         &["pub", "app.events"],
@@ -121,7 +102,7 @@ async fn pub_and_sub_move_records() {
         offsets, "0\n1\n2\n3\n",
         "one offset per stdin line, in order"
     );
-    let offset = ok(quiver(
+    let offset = succeeded(quiver(
         &broker,
         &data,
         &[
@@ -150,7 +131,7 @@ async fn pub_and_sub_move_records() {
         .await
         .unwrap();
 
-    let text = ok(quiver(
+    let text = succeeded(quiver(
         &broker,
         &data,
         &["sub", "app.events", "--from", "earliest", "--count", "5"],
@@ -161,7 +142,7 @@ async fn pub_and_sub_move_records() {
         "first line\nsecond line\n\nfourth line\nwith metadata\n"
     );
 
-    let json = ok(quiver(
+    let json = succeeded(quiver(
         &broker,
         &data,
         &["sub", "app.>", "--from", "4", "--count", "2", "--json"],
@@ -182,14 +163,14 @@ async fn pub_and_sub_move_records() {
     assert!(records[1].get("payload").is_none());
 
     // Many stdin lines, pipelined: stored in input order.
-    ok(quiver(&broker, &data, &["topic", "create", "ordered"], ""));
+    succeeded(quiver(&broker, &data, &["topic", "create", "ordered"], ""));
     let lines: String = (0..3000).map(|i| format!("line {i}\n")).collect();
-    let offsets = ok(quiver(&broker, &data, &["pub", "ordered"], &lines));
+    let offsets = succeeded(quiver(&broker, &data, &["pub", "ordered"], &lines));
     let offsets: Vec<u64> = offsets.lines().map(|o| o.parse().unwrap()).collect();
     let misplaced = offsets.iter().zip(0..).find(|(got, want)| **got != *want);
     assert_eq!(offsets.len(), 3000);
     assert_eq!(misplaced, None, "line N is stored at offset N");
-    let echoed = ok(quiver(
+    let echoed = succeeded(quiver(
         &broker,
         &data,
         &["sub", "ordered", "--from", "earliest", "--count", "3000"],

@@ -8,26 +8,16 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use quiver_client::{Client, ErrorCode, Retention, StartAt, SubscribeOptions};
+use quiver_client::{Client, ErrorCode, Retention, SubscribeOptions};
 use quiver_tests::{Broker, DataDir};
 
-/// Every record of a topic, as offset -> payload, read through a subscription.
+/// Every record of a topic, as offset -> payload.
 async fn read_all(client: &Client, topic: &str) -> BTreeMap<u64, Vec<u8>> {
-    let info = client.describe_topic(topic).await.unwrap();
-    let mut sub = client
-        .subscribe(topic, SubscribeOptions::from(StartAt::Earliest))
+    quiver_tests::read_all(client, topic)
         .await
-        .unwrap();
-    let mut out = BTreeMap::new();
-    while out.len() < info.records as usize {
-        let record = tokio::time::timeout(Duration::from_secs(30), sub.next())
-            .await
-            .expect("records keep coming")
-            .expect("open")
-            .expect("a record");
-        out.insert(record.offset, record.payload.to_vec());
-    }
-    out
+        .into_iter()
+        .map(|r| (r.offset, r.payload.to_vec()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

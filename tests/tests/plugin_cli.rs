@@ -6,30 +6,11 @@
 use std::path::Path;
 use std::process::Output;
 
-use quiver_tests::{Broker, DataDir, cli, example_plugin, shared_plugin_cache};
+use quiver_tests::{Broker, DataDir, cli, example_plugin, succeeded};
 use serde_json::{Value, json};
 
-fn ok(output: Output) -> String {
-    assert!(
-        output.status.success(),
-        "the command failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn start(data: &DataDir) -> Broker {
-    let cache = shared_plugin_cache();
-    Broker::start_with(data, &[("QUIVER_PLUGINS__CACHE_DIR", cache.as_str())])
-}
-
 fn quiver(broker: &Broker, data: &DataDir, args: &[&str], stdin: &str) -> Output {
-    cli(
-        data.root(),
-        args,
-        &[("QUIVER_SERVER", broker.addr())],
-        stdin,
-    )
+    broker.cli(data, args, stdin)
 }
 
 fn path(p: &Path) -> &str {
@@ -39,12 +20,12 @@ fn path(p: &Path) -> &str {
 #[test]
 fn the_plugin_lifecycle_from_the_command_line() {
     let data = DataDir::new();
-    let broker = start(&data);
+    let broker = Broker::start(&data);
     let filter = example_plugin("json-filter");
     let template = example_plugin("template");
-    ok(quiver(&broker, &data, &["topic", "create", "app.logs"], ""));
+    succeeded(quiver(&broker, &data, &["topic", "create", "app.logs"], ""));
 
-    let deployed = ok(quiver(
+    let deployed = succeeded(quiver(
         &broker,
         &data,
         &[
@@ -62,7 +43,7 @@ fn the_plugin_lifecycle_from_the_command_line() {
         deployed.starts_with("deployed levels version 1.0 (sha256 "),
         "{deployed}"
     );
-    let attached = ok(quiver(
+    let attached = succeeded(quiver(
         &broker,
         &data,
         &[
@@ -82,7 +63,7 @@ fn the_plugin_lifecycle_from_the_command_line() {
         attached.trim(),
         "app.logs: levels(where=level >= warn, order=info,warn,error; fail-closed)"
     );
-    let published = ok(quiver(
+    let published = succeeded(quiver(
         &broker,
         &data,
         &["pub", "app.logs"],
@@ -90,13 +71,13 @@ fn the_plugin_lifecycle_from_the_command_line() {
     ));
     assert_eq!(published, "dropped\n0\ndead-lettered to dlq.app.logs@0\n");
 
-    let listed: Vec<Value> = ok(quiver(&broker, &data, &["plugin", "list", "--json"], ""))
+    let listed: Vec<Value> = succeeded(quiver(&broker, &data, &["plugin", "list", "--json"], ""))
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(listed[0]["name"], "levels");
     assert_eq!(listed[0]["topics"], json!(["app.logs"]));
-    let status = ok(quiver(&broker, &data, &["plugin", "status", "levels"], ""));
+    let status = succeeded(quiver(&broker, &data, &["plugin", "status", "levels"], ""));
     assert!(
         status.contains("topic app.logs (1.0, fail-closed): active"),
         "{status}"
@@ -110,7 +91,7 @@ fn the_plugin_lifecycle_from_the_command_line() {
     assert!(!in_use.status.success());
     assert!(String::from_utf8_lossy(&in_use.stderr).contains("attached to topic `app.logs`"));
 
-    let upgraded = ok(quiver(
+    let upgraded = succeeded(quiver(
         &broker,
         &data,
         &["plugin", "upgrade", "levels", path(&template)],
@@ -122,11 +103,11 @@ fn the_plugin_lifecycle_from_the_command_line() {
     );
     // The template tags every record instead of filtering: the upgrade took effect.
     assert_eq!(
-        ok(quiver(&broker, &data, &["pub", "app.logs", "anything"], "")),
+        succeeded(quiver(&broker, &data, &["pub", "app.logs", "anything"], "")),
         "1\n"
     );
 
-    let detached = ok(quiver(
+    let detached = succeeded(quiver(
         &broker,
         &data,
         &["plugin", "detach", "levels", "--topic", "app.logs"],
@@ -134,7 +115,7 @@ fn the_plugin_lifecycle_from_the_command_line() {
     ));
     assert_eq!(detached.trim(), "app.logs: none");
     assert_eq!(
-        ok(quiver(&broker, &data, &["plugin", "remove", "levels"], "")).trim(),
+        succeeded(quiver(&broker, &data, &["plugin", "remove", "levels"], "")).trim(),
         "removed levels"
     );
     let gone = quiver(&broker, &data, &["plugin", "status", "levels"], "");
@@ -144,9 +125,9 @@ fn the_plugin_lifecycle_from_the_command_line() {
 #[test]
 fn sub_runs_a_plugin_for_one_subscriber() {
     let data = DataDir::new();
-    let broker = start(&data);
-    ok(quiver(&broker, &data, &["topic", "create", "people"], ""));
-    ok(quiver(
+    let broker = Broker::start(&data);
+    succeeded(quiver(&broker, &data, &["topic", "create", "people"], ""));
+    succeeded(quiver(
         &broker,
         &data,
         &[
@@ -158,13 +139,13 @@ fn sub_runs_a_plugin_for_one_subscriber() {
         ],
         "",
     ));
-    ok(quiver(
+    succeeded(quiver(
         &broker,
         &data,
         &["pub", "people"],
         "{\"name\":\"Ann\",\"mail\":\"ann@example.com\"}\n",
     ));
-    let masked = ok(quiver(
+    let masked = succeeded(quiver(
         &broker,
         &data,
         &[
@@ -182,7 +163,7 @@ fn sub_runs_a_plugin_for_one_subscriber() {
         "",
     ));
     assert_eq!(masked, "{\"name\":\"[REDACTED]\",\"mail\":\"[email]\"}\n");
-    let raw = ok(quiver(
+    let raw = succeeded(quiver(
         &broker,
         &data,
         &["sub", "people", "--from", "earliest", "--count", "1"],
@@ -205,7 +186,7 @@ fn plugin_test(name: &str, records: &[Value], params: &[&str]) -> Vec<Value> {
     for param in params {
         args.extend(["--param", param]);
     }
-    let out = ok(cli(dir.path(), &args, &[], ""));
+    let out = succeeded(cli(dir.path(), &args, &[], ""));
     out.lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
@@ -375,13 +356,13 @@ fn template_tags_records() {
 #[test]
 fn replay_runs_a_plugin_over_stored_records_without_publishing() {
     let data = DataDir::new();
-    let broker = start(&data);
-    ok(quiver(&broker, &data, &["topic", "create", "metrics"], ""));
+    let broker = Broker::start(&data);
+    succeeded(quiver(&broker, &data, &["topic", "create", "metrics"], ""));
     let lines: String = (0..5)
         .map(|i| format!("{{\"ms\":{}}}\n", i * 100))
         .collect();
-    ok(quiver(&broker, &data, &["pub", "metrics"], &lines));
-    let replayed = ok(quiver(
+    succeeded(quiver(&broker, &data, &["pub", "metrics"], &lines));
+    let replayed = succeeded(quiver(
         &broker,
         &data,
         &[
@@ -413,7 +394,7 @@ fn replay_runs_a_plugin_over_stored_records_without_publishing() {
         "stored offsets, from --from to the end"
     );
     assert_eq!(outcomes(&results), ["drop", "drop", "keep", "keep"]);
-    let topic = ok(quiver(
+    let topic = succeeded(quiver(
         &broker,
         &data,
         &["topic", "describe", "metrics"],

@@ -11,19 +11,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use quiver_client::{
     Client, Error, ErrorCode, NewRecord, OnError, Record, Retention, Stage, StartAt,
-    SubscribeOptions, Subscription,
+    SubscribeOptions,
 };
-use quiver_tests::{
-    Broker, DataDir, Env, example_plugin, read_plugin, shared_plugin_cache, test_plugin,
-};
-
-/// A broker sharing the test run's compiled-plugin cache, with extra settings.
-fn start(data: &DataDir, env: Env<'_>) -> Broker {
-    let cache = shared_plugin_cache();
-    let mut all = vec![("QUIVER_PLUGINS__CACHE_DIR", cache.as_str())];
-    all.extend_from_slice(env);
-    Broker::start_with(data, &all)
-}
+use quiver_tests::{Broker, DataDir, example_plugin, read_all, read_plugin, take, test_plugin};
 
 async fn deploy(client: &Client, name: &str, wasm: std::path::PathBuf) {
     client
@@ -37,27 +27,6 @@ async fn create(client: &Client, topic: &str) {
         .create_topic(topic, Retention::default())
         .await
         .unwrap();
-}
-
-async fn take(sub: &mut Subscription, n: usize) -> Vec<Record> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let next = tokio::time::timeout(Duration::from_secs(30), sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("stalled after {} of {n} records", out.len()));
-        out.push(next.unwrap().unwrap());
-    }
-    out
-}
-
-/// Every record of a topic, read from the start.
-async fn read_all(client: &Client, topic: &str) -> Vec<Record> {
-    let count = client.describe_topic(topic).await.unwrap().records as usize;
-    let mut sub = client
-        .subscribe(topic, SubscribeOptions::from(StartAt::Earliest))
-        .await
-        .unwrap();
-    take(&mut sub, count).await
 }
 
 fn header(record: &Record, name: &str) -> String {
@@ -86,7 +55,7 @@ fn level_filter() -> Stage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingress_filter_keeps_drops_and_dead_letters() {
     let data = DataDir::new();
-    let broker = start(&data, &[]);
+    let broker = Broker::start_with(&data, &[]);
     let client = broker.client().await;
     create(&client, "logs").await;
     let info = client
@@ -148,7 +117,7 @@ async fn an_ingress_filter_keeps_drops_and_dead_letters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stages_transform_in_order() {
     let data = DataDir::new();
-    let broker = start(&data, &[]);
+    let broker = Broker::start_with(&data, &[]);
     let client = broker.client().await;
     create(&client, "signups").await;
     deploy(&client, "json-filter", example_plugin("json-filter")).await;
@@ -187,7 +156,7 @@ async fn stages_transform_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_routes_atomically_and_dead_letters_what_it_cannot_deliver() {
     let data = DataDir::new();
-    let broker = start(&data, &[]);
+    let broker = Broker::start_with(&data, &[]);
     let client = broker.client().await;
     for topic in ["orders", "orders.eu", "orders.us"] {
         create(&client, topic).await;
@@ -228,7 +197,7 @@ async fn a_router_routes_atomically_and_dead_letters_what_it_cannot_deliver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_subscribers_see_two_views_of_one_topic() {
     let data = DataDir::new();
-    let broker = start(&data, &[]);
+    let broker = Broker::start_with(&data, &[]);
     let client = broker.client().await;
     create(&client, "audit").await;
     deploy(&client, "json-filter", example_plugin("json-filter")).await;
@@ -297,7 +266,7 @@ async fn plugin_state_survives_a_restart() {
     let data = DataDir::new();
     let window = Stage::new("dedup").param("window", "1h");
     {
-        let broker = start(&data, &[]);
+        let broker = Broker::start_with(&data, &[]);
         let client = broker.client().await;
         create(&client, "events").await;
         deploy(&client, "dedup", example_plugin("dedup")).await;
@@ -315,7 +284,7 @@ async fn plugin_state_survives_a_restart() {
         client.close().await;
         assert!(broker.stop().success());
     }
-    let broker = start(&data, &[]);
+    let broker = Broker::start_with(&data, &[]);
     let client = broker.client().await;
     let topic = client.describe_topic("events").await.unwrap();
     assert_eq!(topic.pipeline, vec![window], "the attachment survives");
@@ -343,7 +312,7 @@ async fn plugin_state_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_under_load_loses_and_doubles_nothing() {
     let data = DataDir::new();
-    let broker = start(&data, &[]);
+    let broker = Broker::start_with(&data, &[]);
     let client = broker.client().await;
     create(&client, "stream").await;
     client
@@ -444,9 +413,11 @@ async fn an_upgrade_under_load_loses_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_loads_plugins_from_the_artifact_cache() {
     let data = DataDir::new();
+    let cache = data.path().join("plugins").to_str().unwrap().to_owned();
+    let own_cache = [("QUIVER_PLUGINS__CACHE_DIR", cache.as_str())];
     {
         // This broker uses its own cache (in its data dir), not the shared one.
-        let broker = Broker::start(&data);
+        let broker = Broker::start_with(&data, &own_cache);
         let client = broker.client().await;
         create(&client, "t").await;
         let info = client
@@ -468,7 +439,7 @@ async fn a_restart_loads_plugins_from_the_artifact_cache() {
             > 0,
         "a compiled artifact is cached in the data dir"
     );
-    let broker = Broker::start(&data);
+    let broker = Broker::start_with(&data, &own_cache);
     let client = broker.client().await;
     let plugins = client.list_plugins().await.unwrap();
     assert_eq!(plugins.len(), 1);
@@ -481,7 +452,7 @@ async fn a_restart_loads_plugins_from_the_artifact_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_components_are_refused_at_deploy() {
     let data = DataDir::new();
-    let broker = start(&data, &[]);
+    let broker = Broker::start_with(&data, &[]);
     let client = broker.client().await;
     let refused = |result: Result<quiver_client::PluginInfo, Error>| {
         let error = result.unwrap_err();
@@ -532,7 +503,7 @@ async fn bad_components_are_refused_at_deploy() {
 async fn hostile_plugins_are_contained_and_the_broker_keeps_serving() {
     let data = DataDir::new();
     // Quarantine only after many failures: this test looks at each failure itself.
-    let broker = start(
+    let broker = Broker::start_with(
         &data,
         &[
             ("QUIVER_PLUGINS__QUARANTINE_AFTER", "100"),
@@ -605,7 +576,7 @@ async fn hostile_plugins_are_contained_and_the_broker_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_plugin_is_quarantined_by_its_policy() {
     let data = DataDir::new();
-    let broker = start(
+    let broker = Broker::start_with(
         &data,
         &[
             ("QUIVER_PLUGINS__QUARANTINE_AFTER", "2"),
@@ -665,7 +636,7 @@ async fn a_failing_plugin_is_quarantined_by_its_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_can_only_be_removed_when_detached() {
     let data = DataDir::new();
-    let broker = start(&data, &[]);
+    let broker = Broker::start_with(&data, &[]);
     let client = broker.client().await;
     create(&client, "t").await;
     deploy(&client, "tag", example_plugin("template")).await;
@@ -695,7 +666,7 @@ async fn plugins_can_only_be_removed_when_detached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_denies_files_environment_network_and_clocks() {
     let data = DataDir::new();
-    let broker = start(&data, &[("QUIVER_PLUGINS__QUARANTINE_AFTER", "100")]);
+    let broker = Broker::start_with(&data, &[("QUIVER_PLUGINS__QUARANTINE_AFTER", "100")]);
     let client = broker.client().await;
     create(&client, "t").await;
     deploy(&client, "escape", test_plugin("escape")).await;
@@ -738,8 +709,6 @@ async fn a_plugin_dir_is_deployed_at_start_and_upgraded_when_a_file_changes() {
     std::fs::copy(test_plugin("version-a"), &file).unwrap();
     std::fs::write(dir.join("notes.txt"), "not a plugin").unwrap();
     let dir_arg = dir.to_str().unwrap().to_owned();
-    let cache = shared_plugin_cache();
-    let env = [("QUIVER_PLUGINS__CACHE_DIR", cache.as_str())];
     let versions = |broker: &Broker| {
         let broker_addr = broker.addr().to_owned();
         let cert = broker.cert().to_owned();
@@ -756,22 +725,22 @@ async fn a_plugin_dir_is_deployed_at_start_and_upgraded_when_a_file_changes() {
             plugins[0].versions.clone()
         }
     };
-    let broker = Broker::launch(&data, &["--plugin-dir", &dir_arg], &env);
+    let broker = Broker::launch(&data, &["--plugin-dir", &dir_arg], &[]);
     assert_eq!(versions(&broker).await, ["1"]);
     assert!(broker.stop().success());
     // Unchanged: nothing happens. Changed: upgraded.
-    let broker = Broker::launch(&data, &["--plugin-dir", &dir_arg], &env);
+    let broker = Broker::launch(&data, &["--plugin-dir", &dir_arg], &[]);
     assert_eq!(versions(&broker).await, ["1"]);
     assert!(broker.stop().success());
     std::fs::copy(test_plugin("version-b"), &file).unwrap();
-    let broker = Broker::launch(&data, &["--plugin-dir", &dir_arg], &env);
+    let broker = Broker::launch(&data, &["--plugin-dir", &dir_arg], &[]);
     assert_eq!(versions(&broker).await, ["1", "2"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarantined_fail_closed_subscription_plugin_ends_the_subscription() {
     let data = DataDir::new();
-    let broker = start(
+    let broker = Broker::start_with(
         &data,
         &[
             ("QUIVER_PLUGINS__QUARANTINE_AFTER", "2"),

@@ -8,22 +8,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use quiver_client::{
-    Client, NewRecord, Record, Retention, StartAt, SubscribeOptions, Subscription,
-};
-use quiver_tests::{Broker, DataDir};
-
-/// Takes `n` records from a subscription, failing the test if it stalls.
-async fn take(sub: &mut Subscription, n: usize) -> Vec<Record> {
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let next = tokio::time::timeout(Duration::from_secs(30), sub.next())
-            .await
-            .unwrap_or_else(|_| panic!("stalled after {} of {n} records", out.len()));
-        out.push(next.expect("the subscription is open").expect("a record"));
-    }
-    out
-}
+use quiver_client::{Client, NewRecord, Record, Retention, StartAt, SubscribeOptions};
+use quiver_tests::{Broker, DataDir, take};
 
 async fn create(client: &Client, name: &str) {
     client
