@@ -19,10 +19,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use quiver_protocol::codec::Codec;
+use quiver_protocol::record::headers;
 use quiver_protocol::{
     ALPN, ClientFrame, ClientHello, Limits, NewRecord, Op, OpReply, PROTOCOL_VERSION, PluginInfo,
-    PluginStatus, Receipt, Request, Retention, ServerFrame, Stage, StartAt, Subscribe, TopicInfo,
-    WireError, frame,
+    PluginStatus, PublishId, Receipt, Request, Retention, ServerFrame, Stage, StartAt, Subscribe,
+    TopicInfo, WireError, frame,
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -31,7 +32,7 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
-use crate::subscription::{self, Subscription};
+use crate::subscription::{self, Record, Subscription};
 
 /// The largest frame this client accepts from a server.
 const MAX_INCOMING_FRAME: usize = frame::DEFAULT_MAX_FRAME_LEN;
@@ -46,6 +47,7 @@ pub struct ClientBuilder {
     client_name: String,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    producer: Option<u64>,
 }
 
 impl Default for ClientBuilder {
@@ -56,6 +58,7 @@ impl Default for ClientBuilder {
             client_name: format!("quiver-client/{}", env!("CARGO_PKG_VERSION")),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(15),
+            producer: None,
         }
     }
 }
@@ -118,6 +121,13 @@ impl ClientBuilder {
         self
     }
 
+    /// The producer id in this client's publish ids (default: random). Two clients
+    /// must not share one while both publish: their sequence numbers would collide.
+    pub fn producer_id(mut self, producer: u64) -> Self {
+        self.producer = Some(producer);
+        self
+    }
+
     /// Connects to a broker at `addr` (`host:port`) and performs the handshake.
     pub async fn connect(self, addr: &str) -> Result<Client> {
         let timeout = self.connect_timeout;
@@ -173,6 +183,15 @@ impl ClientBuilder {
         };
         debug!(%addr, ?limits, "connected");
 
+        let producer = match self.producer {
+            Some(producer) => producer,
+            None => {
+                let mut bytes = [0u8; 8];
+                getrandom::fill(&mut bytes)
+                    .map_err(|e| Error::Tls(format!("no randomness for a producer id: {e}")))?;
+                u64::from_le_bytes(bytes)
+            }
+        };
         let pending = Arc::new(Pending::default());
         let (writes, write_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_frames(send, write_rx));
@@ -185,6 +204,8 @@ impl ClientBuilder {
                 writes,
                 pending,
                 next_id: AtomicU64::new(1),
+                producer,
+                sequence: AtomicU64::new(0),
             }),
         })
     }
@@ -361,6 +382,8 @@ pub(crate) struct Shared {
     writes: mpsc::UnboundedSender<Bytes>,
     pending: Arc<Pending>,
     next_id: AtomicU64,
+    producer: u64,
+    sequence: AtomicU64,
 }
 
 impl Shared {
@@ -427,7 +450,7 @@ impl Client {
     ///
     /// Queueing happens in this call, not when the future is first polled, so requests
     /// go out in the order they were made however their futures are polled.
-    fn request(&self, op: Op) -> impl Future<Output = Result<OpReply>> + Send + 'static {
+    pub(crate) fn call(&self, op: Op) -> impl Future<Output = Result<OpReply>> + Send + 'static {
         let shared = Arc::clone(&self.shared);
         let queued = shared.queue(op);
         async move {
@@ -452,7 +475,7 @@ impl Client {
             retention: config.retention,
             dead_letter: config.dead_letter,
         };
-        match self.request(op).await? {
+        match self.call(op).await? {
             OpReply::Topic(info) => Ok(info),
             other => Err(unexpected(other)),
         }
@@ -461,7 +484,7 @@ impl Client {
     /// Deletes a topic and all its records.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         match self
-            .request(Op::DeleteTopic {
+            .call(Op::DeleteTopic {
                 name: name.to_owned(),
             })
             .await?
@@ -474,7 +497,7 @@ impl Client {
     /// Describes one topic.
     pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
         match self
-            .request(Op::DescribeTopic {
+            .call(Op::DescribeTopic {
                 name: name.to_owned(),
             })
             .await?
@@ -486,7 +509,7 @@ impl Client {
 
     /// Lists every topic, sorted by name.
     pub async fn list_topics(&self) -> Result<Vec<TopicInfo>> {
-        match self.request(Op::ListTopics).await? {
+        match self.call(Op::ListTopics).await? {
             OpReply::Topics(topics) => Ok(topics),
             other => Err(unexpected(other)),
         }
@@ -525,9 +548,32 @@ impl Client {
         topic: &str,
         records: Vec<NewRecord>,
     ) -> impl Future<Output = Result<Receipt>> + Send + 'static {
-        let reply = self.request(Op::Publish {
+        self.publish_batch_with_id(topic, records, self.next_publish_id())
+    }
+
+    /// A fresh id for a publish: this client's producer id and its next sequence
+    /// number. Every publish gets one; take one yourself to retry a publish safely.
+    pub fn next_publish_id(&self) -> PublishId {
+        PublishId {
+            producer: self.shared.producer,
+            sequence: self.shared.sequence.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Publishes under a given id. Publishing again with the same id (after a timeout
+    /// or a lost connection, from this client or another) is safe: within the broker's
+    /// dedup window the retry gets the first publish's receipt and nothing is
+    /// appended twice, even across a broker restart.
+    pub fn publish_batch_with_id(
+        &self,
+        topic: &str,
+        records: Vec<NewRecord>,
+        id: PublishId,
+    ) -> impl Future<Output = Result<Receipt>> + Send + 'static {
+        let reply = self.call(Op::Publish {
             topic: topic.to_owned(),
             records,
+            id: Some(id),
         });
         async move {
             match reply.await? {
@@ -571,7 +617,7 @@ impl Client {
     }
 
     async fn plugin_reply(&self, op: Op) -> Result<PluginInfo> {
-        match self.request(op).await? {
+        match self.call(op).await? {
             OpReply::Plugin(info) => Ok(info),
             other => Err(unexpected(other)),
         }
@@ -580,7 +626,7 @@ impl Client {
     /// Removes a plugin that is attached to no topic, with its state.
     pub async fn remove_plugin(&self, name: &str) -> Result<()> {
         match self
-            .request(Op::RemovePlugin {
+            .call(Op::RemovePlugin {
                 name: name.to_owned(),
             })
             .await?
@@ -592,7 +638,7 @@ impl Client {
 
     /// Lists deployed plugins, sorted by name.
     pub async fn list_plugins(&self) -> Result<Vec<PluginInfo>> {
-        match self.request(Op::ListPlugins).await? {
+        match self.call(Op::ListPlugins).await? {
             OpReply::Plugins(plugins) => Ok(plugins),
             other => Err(unexpected(other)),
         }
@@ -602,7 +648,7 @@ impl Client {
     /// quarantine).
     pub async fn plugin_status(&self, name: &str) -> Result<PluginStatus> {
         match self
-            .request(Op::PluginStatus {
+            .call(Op::PluginStatus {
                 name: name.to_owned(),
             })
             .await?
@@ -618,7 +664,7 @@ impl Client {
             topic: topic.to_owned(),
             stage,
         };
-        match self.request(op).await? {
+        match self.call(op).await? {
             OpReply::Topic(info) => Ok(info),
             other => Err(unexpected(other)),
         }
@@ -630,7 +676,7 @@ impl Client {
             topic: topic.to_owned(),
             plugin: plugin.to_owned(),
         };
-        match self.request(op).await? {
+        match self.call(op).await? {
             OpReply::Topic(info) => Ok(info),
             other => Err(unexpected(other)),
         }
@@ -642,12 +688,6 @@ impl Client {
         pattern: &str,
         options: SubscribeOptions,
     ) -> Result<Subscription> {
-        let (mut send, recv) = self
-            .shared
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
         let window = options.window.max(1);
         let subscribe = ClientFrame::Subscribe(Subscribe {
             pattern: pattern.to_owned(),
@@ -655,20 +695,78 @@ impl Client {
             credit: window,
             pipeline: options.pipeline,
         });
-        send.write_all(&encode(&subscribe)?)
+        let (send, frames) = self
+            .open_stream(&subscribe, ServerFrame::Subscribed)
+            .await?;
+        Ok(subscription::start(self.clone(), send, frames, window))
+    }
+
+    /// Opens a stream, sends its first frame and waits for the server to accept it
+    /// (with `accepted`) or refuse it (with an error).
+    pub(crate) async fn open_stream(
+        &self,
+        first: &ClientFrame,
+        accepted: ServerFrame,
+    ) -> Result<(quinn::SendStream, Frames)> {
+        let (mut send, recv) = self
+            .shared
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
+        send.write_all(&encode(first)?)
             .await
             .map_err(|e| Error::ConnectionLost(e.to_string()))?;
         let mut frames = FramedRead::new(recv, Codec::new(MAX_INCOMING_FRAME));
         match next_frame(&mut frames).await? {
-            ServerFrame::Subscribed => {}
-            ServerFrame::Error(e) => return Err(Error::Server(e)),
-            other => {
-                return Err(Error::Protocol(format!(
-                    "expected Subscribed, got {other:?}"
-                )));
-            }
+            frame if frame == accepted => Ok((send, frames)),
+            ServerFrame::Error(e) => Err(Error::Server(e)),
+            other => Err(Error::Protocol(format!(
+                "expected {accepted:?}, got {other:?}"
+            ))),
         }
-        Ok(subscription::start(self.clone(), send, frames, window))
+    }
+
+    /// Publishes `record` to `topic` as a request and waits up to `timeout` for a
+    /// responder's reply. The request is stored like any record, with a
+    /// `quiver-reply-to` header naming where the reply goes; it fails at once with
+    /// [`ErrorCode::NoResponders`](quiver_protocol::ErrorCode::NoResponders) when
+    /// nothing consumes the topic, and with
+    /// [`ErrorCode::RequestTimeout`](quiver_protocol::ErrorCode::RequestTimeout) when
+    /// no reply comes in time.
+    pub async fn request(
+        &self,
+        topic: &str,
+        record: impl Into<NewRecord>,
+        timeout: Duration,
+    ) -> Result<NewRecord> {
+        let op = Op::Request {
+            topic: topic.to_owned(),
+            record: record.into(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        match self.call(op).await? {
+            OpReply::Response(reply) => Ok(reply),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Answers a request received on a subscription or as a group member. Fails with
+    /// [`Error::NotARequest`] if the record has no `quiver-reply-to` header, and with
+    /// [`ErrorCode::NoRequester`](quiver_protocol::ErrorCode::NoRequester) when the
+    /// requester is gone (it timed out, or another responder answered first).
+    pub async fn reply(&self, request: &Record, response: impl Into<NewRecord>) -> Result<()> {
+        let to = request
+            .header(headers::REPLY_TO)
+            .ok_or(Error::NotARequest)?;
+        let op = Op::Reply {
+            to: String::from_utf8_lossy(to).into_owned(),
+            record: response.into(),
+        };
+        match self.call(op).await? {
+            OpReply::Replied => Ok(()),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Closes the connection, waiting briefly for the close to reach the server.
@@ -679,7 +777,7 @@ impl Client {
     }
 }
 
-fn unexpected(reply: OpReply) -> Error {
+pub(crate) fn unexpected(reply: OpReply) -> Error {
     Error::Protocol(format!("unexpected reply {reply:?}"))
 }
 

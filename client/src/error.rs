@@ -64,6 +64,10 @@ pub enum Error {
     /// `publish_batch` returns the receipt.
     #[error("the record was not stored as one record in the topic: {0:?}")]
     Transformed(Box<quiver_protocol::Receipt>),
+    /// [`Client::reply`](crate::Client::reply) was given a record without a
+    /// `quiver-reply-to` header: it was not published as a request.
+    #[error("the record is not a request (it has no quiver-reply-to header)")]
+    NotARequest,
     /// The server did not answer in time.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),

@@ -25,18 +25,28 @@
 //! # Ok(()) }
 //! ```
 //!
+//! For work queues, a durable group ([`Client::create_group`], [`Client::join`])
+//! shares a topic's records among competing members, each record settled with an ack
+//! (or redelivered, or dead-lettered). [`Client::request`] and [`Client::reply`] do
+//! request-reply over topics. Publishes carry a [`PublishId`], so a retried publish
+//! ([`Client::publish_batch_with_id`]) is stored once.
+//!
 //! Errors are [`Error`] values; those the server sent carry an
 //! [`ErrorCode`] ([`Error::code`]).
 
 mod connection;
 mod error;
+mod group;
 mod subscription;
 
 pub use connection::{Client, ClientBuilder, SubscribeOptions, TopicConfig};
 pub use error::{Error, Result};
+pub use group::{Delivery, Member};
 pub use subscription::{Record, Subscription};
 
+pub use quiver_protocol::record::headers;
 pub use quiver_protocol::{
-    AttachmentStatus, ErrorCode, Header, Limits, NewRecord, OnError, Placement, PluginInfo,
-    PluginStatus, Receipt, Retention, Stage, StartAt, TopicInfo, WireError,
+    AttachmentStatus, ErrorCode, GroupInfo, GroupSettings, GroupTopic, Header, Limits, NewRecord,
+    OnError, Placement, PluginInfo, PluginStatus, PublishId, Receipt, Retention, Stage, StartAt,
+    TopicInfo, WireError,
 };

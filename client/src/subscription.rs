@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
-use quiver_protocol::record::decode_batch;
-use quiver_protocol::{ClientFrame, Header, ServerFrame};
+use quiver_protocol::record::{decode_batch, headers};
+use quiver_protocol::{ClientFrame, Header, NewRecord, ServerFrame};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -40,10 +40,18 @@ pub struct Record {
 impl Record {
     /// The first header with this name, if any.
     pub fn header(&self, name: &str) -> Option<&Bytes> {
-        self.headers
-            .iter()
-            .find(|h| h.name == name)
-            .map(|h| &h.value)
+        headers::find(&self.headers, name)
+    }
+
+    pub(crate) fn new(topic: &Arc<str>, offset: u64, timestamp: u64, record: NewRecord) -> Self {
+        Self {
+            topic: Arc::clone(topic),
+            offset,
+            timestamp,
+            key: record.key,
+            headers: record.headers,
+            payload: record.payload,
+        }
     }
 }
 
@@ -125,14 +133,7 @@ async fn pump(
                     Ok(ServerFrame::Processed(processed)) => {
                         let topic: Arc<str> = processed.topic.into();
                         for delivered in processed.records {
-                            let record = Record {
-                                topic: Arc::clone(&topic),
-                                offset: delivered.offset,
-                                timestamp: delivered.timestamp,
-                                key: delivered.record.key,
-                                headers: delivered.record.headers,
-                                payload: delivered.record.payload,
-                            };
+                            let record = Record::new(&topic, delivered.offset, delivered.timestamp, delivered.record);
                             if records.send(Ok(record)).await.is_err() {
                                 let _ = send.finish();
                                 return;

@@ -63,6 +63,8 @@ pub struct Config {
     pub storage: StorageSettings,
     /// WebAssembly plugins: sandbox limits, quarantine, cache, autoload dir.
     pub plugins: PluginsConfig,
+    /// Deduplication of retried publishes.
+    pub dedup: DedupConfig,
     /// How often retention and clean-up run.
     #[serde(with = "humantime_serde")]
     pub retention_interval: Duration,
@@ -81,6 +83,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             storage: StorageSettings::default(),
             plugins: PluginsConfig::default(),
+            dedup: DedupConfig::default(),
             retention_interval: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
         }
@@ -137,6 +140,27 @@ impl Default for StorageSettings {
     fn default() -> Self {
         Self {
             cache_capacity: ByteSize::mib(64),
+        }
+    }
+}
+
+/// Deduplication of retried publishes (publishes carrying an id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// How long a publish id is remembered; `0s` turns deduplication off.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// The most publish ids remembered; past it the oldest are forgotten first. Each
+    /// costs about 200 bytes of memory while remembered.
+    pub max_entries: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(120),
+            max_entries: 200_000,
         }
     }
 }
@@ -255,6 +279,7 @@ const KEYS: &[&str] = &[
     "limits",
     "storage",
     "plugins",
+    "dedup",
     "retention_interval",
     "shutdown_timeout",
 ];

@@ -6,6 +6,7 @@
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod groups;
 pub mod plugins;
 pub mod retention;
 pub mod server;

@@ -45,6 +45,8 @@ async fn sweep(broker: &Broker, shutdown: &CancellationToken) -> Result<(), Stor
         let removed = until_done(shutdown, || storage.purge(id)).await?;
         debug!(id, chunks = removed, "deleted topic purged");
     }
+    let horizon = now_ms().saturating_sub(broker.dedup().window_ms());
+    until_done(shutdown, || storage.purge_dedup(horizon)).await?;
     Ok(())
 }
 
@@ -61,7 +63,7 @@ where
     let mut removed = 0;
     loop {
         let done = step().await?;
-        removed += done.chunks_removed;
+        removed += done.removed;
         if !done.more || shutdown.is_cancelled() {
             return Ok(removed);
         }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::broker::{Broker, BrokerLimits};
+use crate::broker::{Broker, BrokerLimits, BrokerSettings};
 use crate::config::Config;
 use crate::plugins::stage::QuarantinePolicy;
 use crate::plugins::{AdminError, PluginSettings, Plugins};
@@ -53,6 +53,9 @@ pub enum ServeError {
     /// TLS or the socket.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The durable groups could not be loaded.
+    #[error("groups: {0}")]
+    Groups(String),
     /// The plugin runtime could not start, or the plugin dir could not be read.
     #[error("plugins: {0}")]
     Plugins(#[from] AdminError),
@@ -112,15 +115,25 @@ impl Server {
         if let Some(dir) = &config.plugins.dir {
             plugins.autoload(dir).await?;
         }
-        let broker = Arc::new(Broker::new(
-            storage,
-            &topics,
-            plugins,
-            BrokerLimits {
+        let settings = BrokerSettings {
+            limits: BrokerLimits {
                 max_record_size: limits.max_record_size.as_u64(),
                 max_batch_records: limits.max_batch_records,
             },
-        ));
+            dedup_window_ms: u64::try_from(config.dedup.window.as_millis()).unwrap_or(u64::MAX),
+            dedup_max_entries: config.dedup.max_entries,
+        };
+        let broker = Broker::new(storage, &topics, plugins, settings).map_err(|source| {
+            ServeError::Storage {
+                path: storage_config.path.clone(),
+                source,
+            }
+        })?;
+        let broker = Arc::new(broker);
+        broker
+            .load_groups()
+            .await
+            .map_err(|e| ServeError::Groups(e.to_string()))?;
         let configured = config.tls.cert.as_deref().zip(config.tls.key.as_deref());
         let identity = tls::load_or_generate(configured, &config.data)?;
         let (cert_path, cert_origin) = (identity.cert_path.clone(), identity.origin.clone());

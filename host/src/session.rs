@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, instrument};
 
 use crate::broker::{Broker, BrokerError};
+use crate::groups::member;
 use crate::subscription;
 use crate::transport::{CloseCode, Connection, FrameStream, FrameWriter, Incoming};
 
@@ -70,7 +71,7 @@ pub async fn run(
         tokio::select! {
             stream = conn.accept_stream() => match stream {
                 Ok(stream) => {
-                    tasks.spawn(subscription::serve(Arc::clone(&broker), stream, shutdown.clone()));
+                    tasks.spawn(serve_stream(Arc::clone(&broker), stream, shutdown.clone()));
                 }
                 Err(e) => {
                     debug!(reason = %e, "connection ended");
@@ -82,6 +83,33 @@ pub async fn run(
     }
     tasks.close();
     tasks.wait().await;
+}
+
+/// Serves a client-opened stream by its first frame: `Subscribe` opens a
+/// subscription, `Join` a group membership.
+async fn serve_stream(broker: Arc<Broker>, stream: FrameStream, shutdown: CancellationToken) {
+    let FrameStream {
+        mut reader,
+        mut writer,
+    } = stream;
+    let error = match reader.next().await {
+        Incoming::Frame(ClientFrame::Subscribe(subscribe)) => {
+            return subscription::serve(broker, reader, writer, subscribe, shutdown).await;
+        }
+        Incoming::Frame(ClientFrame::Join(join)) => {
+            return member::serve(broker, reader, writer, join, shutdown).await;
+        }
+        Incoming::Frame(other) => WireError::new(
+            ErrorCode::UnexpectedMessage,
+            format!(
+                "a new stream must start with Subscribe or Join, not {} (requests go on the control stream)",
+                frame_kind(&other)
+            ),
+        ),
+        Incoming::Bad(e) => frame_error(&e),
+        Incoming::End => return,
+    };
+    refuse(&mut writer, error).await;
 }
 
 /// Reads the client's hello on its first stream and answers it.
@@ -205,12 +233,14 @@ async fn dispatch(broker: &Arc<Broker>, request: Request) -> BoxFuture<'static, 
     let ready = |result| std::future::ready(reply(result)).boxed();
     let broker = Arc::clone(broker);
     match op {
-        Op::Publish { topic, records } => match broker.submit_publish(&topic, records).await {
-            Ok(pending) => {
-                async move { reply(pending.durable().await.map(OpReply::Published)) }.boxed()
+        Op::Publish { topic, records, id } => {
+            match broker.submit_publish(&topic, records, id).await {
+                Ok(pending) => {
+                    async move { reply(pending.durable().await.map(OpReply::Published)) }.boxed()
+                }
+                Err(e) => ready(Err(e)),
             }
-            Err(e) => ready(Err(e)),
-        },
+        }
         Op::CreateTopic {
             name,
             retention,
@@ -259,6 +289,43 @@ async fn dispatch(broker: &Arc<Broker>, request: Request) -> BoxFuture<'static, 
                 .boxed()
         }
         Op::ListPlugins => ready(Ok(OpReply::Plugins(broker.list_plugins()))),
+        Op::CreateGroup { name, settings } => async move {
+            reply(
+                broker
+                    .create_group(&name, settings)
+                    .await
+                    .map(OpReply::Group),
+            )
+        }
+        .boxed(),
+        Op::DeleteGroup { name } => {
+            async move { reply(broker.delete_group(&name).await.map(|()| OpReply::Deleted)) }
+                .boxed()
+        }
+        Op::DescribeGroup { name } => {
+            async move { reply(broker.describe_group(&name).await.map(OpReply::Group)) }.boxed()
+        }
+        Op::ListGroups => {
+            async move { reply(Ok(OpReply::Groups(broker.list_groups().await))) }.boxed()
+        }
+        Op::ResetGroup { name, to } => {
+            async move { reply(broker.reset_group(&name, to).await.map(OpReply::Group)) }.boxed()
+        }
+        Op::Request {
+            topic,
+            record,
+            timeout_ms,
+        } => async move {
+            let timeout = Duration::from_millis(timeout_ms);
+            reply(
+                broker
+                    .request(&topic, record, timeout)
+                    .await
+                    .map(OpReply::Response),
+            )
+        }
+        .boxed(),
+        Op::Reply { to, record } => ready(broker.reply(&to, record).map(|()| OpReply::Replied)),
         Op::PluginStatus { name } => ready(broker.plugin_status(&name).map(OpReply::PluginStatus)),
         Op::AttachPlugin { topic, stage } => async move {
             reply(
@@ -288,6 +355,8 @@ pub(crate) fn frame_kind(frame: &ClientFrame) -> &'static str {
         ClientFrame::Request(_) => "a request",
         ClientFrame::Subscribe(_) => "Subscribe",
         ClientFrame::Credit(_) => "Credit",
+        ClientFrame::Join(_) => "Join",
+        ClientFrame::Settle(_) => "Settle",
     }
 }
 

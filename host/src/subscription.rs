@@ -29,7 +29,7 @@ use crate::plugins::pipeline::Item;
 use crate::plugins::stage::StageRunner;
 use crate::session::{frame_error, frame_kind, refuse};
 use crate::storage::{Slice, Storage, StorageError, TopicLog, Watch};
-use crate::transport::{FrameStream, Incoming};
+use crate::transport::{FrameReader, FrameWriter, Incoming};
 
 /// Stop feeding frames into one write past this many bytes.
 const MAX_WRITE: usize = 256 * 1024;
@@ -100,28 +100,15 @@ impl Cursors {
     }
 }
 
-/// Serves one client-opened stream, which must start with `Subscribe`.
-#[instrument(name = "subscription", skip_all)]
-pub async fn serve(broker: Arc<Broker>, stream: FrameStream, shutdown: CancellationToken) {
-    let FrameStream {
-        mut reader,
-        mut writer,
-    } = stream;
-    let subscribe = match reader.next().await {
-        Incoming::Frame(ClientFrame::Subscribe(subscribe)) => subscribe,
-        Incoming::Frame(other) => {
-            let error = WireError::new(
-                ErrorCode::UnexpectedMessage,
-                format!(
-                    "a new stream must start with Subscribe, not {} (requests go on the control stream)",
-                    frame_kind(&other)
-                ),
-            );
-            return refuse(&mut writer, error).await;
-        }
-        Incoming::Bad(e) => return refuse(&mut writer, frame_error(&e)).await,
-        Incoming::End => return,
-    };
+/// Serves a subscription stream whose first frame was `subscribe`.
+#[instrument(name = "subscription", skip_all, fields(pattern = %subscribe.pattern))]
+pub async fn serve(
+    broker: Arc<Broker>,
+    mut reader: FrameReader,
+    mut writer: FrameWriter,
+    subscribe: Subscribe,
+    shutdown: CancellationToken,
+) {
     let (pattern, mut created, mut cursors) = match start(&broker, &subscribe) {
         Ok(started) => started,
         Err(e) => return refuse(&mut writer, WireError::from(&e)).await,
@@ -249,7 +236,7 @@ async fn process(
         }
         let committed = match broker
             .storage()
-            .submit_append(appends, sorted.state.clone())
+            .submit_append(appends, sorted.state.clone(), None)
             .await
         {
             Ok(pending) => pending.durable().await.map(drop),

@@ -81,6 +81,16 @@ error_codes! {
     PluginInUse = 33,
     /// A fail-closed plugin on the topic is quarantined: publishes are refused.
     PluginQuarantined = 34,
+    /// No durable group by that name.
+    GroupNotFound = 40,
+    /// A durable group by that name exists already.
+    GroupExists = 41,
+    /// A request found nobody subscribed to its topic.
+    NoResponders = 50,
+    /// A request got no reply in time.
+    RequestTimeout = 51,
+    /// A reply's requester is gone (it timed out or disconnected).
+    NoRequester = 52,
     /// A bug in the server.
     Internal = 99,
 }

@@ -25,6 +25,10 @@ pub enum ClientFrame {
     Subscribe(Subscribe),
     /// More delivery credit on a subscription stream, in records.
     Credit(u32),
+    /// The first frame of a group member stream: join a durable group.
+    Join(Join),
+    /// Settles delivered records on a group member stream.
+    Settle(Vec<Settlement>),
 }
 
 /// Everything a server sends.
@@ -44,6 +48,10 @@ pub enum ServerFrame {
     /// Records for a subscription with plugins: each with its own offset, since a
     /// plugin may drop records or replace one with several.
     Processed(Processed),
+    /// The member has joined its group; assignments follow as prefetch allows.
+    Joined,
+    /// Records assigned to a group member, to settle.
+    Assigned(Assigned),
 }
 
 /// The client's side of the version handshake.
@@ -116,6 +124,9 @@ pub enum Op {
         topic: String,
         /// The records, appended in order with consecutive offsets.
         records: Vec<NewRecord>,
+        /// Makes a retry of this publish safe: within the dedup window, a publish with
+        /// an id seen before is answered with the first one's receipt, not appended.
+        id: Option<PublishId>,
     },
     /// Store a new plugin: validate, compile, keep with its sha256.
     DeployPlugin {
@@ -161,6 +172,48 @@ pub enum Op {
         /// The plugin's name.
         plugin: String,
     },
+    /// Create a durable consumer group.
+    CreateGroup {
+        /// The group's name.
+        name: String,
+        /// Its settings.
+        settings: GroupSettings,
+    },
+    /// Delete a group and its cursor.
+    DeleteGroup {
+        /// The group's name.
+        name: String,
+    },
+    /// Describe one group.
+    DescribeGroup {
+        /// The group's name.
+        name: String,
+    },
+    /// List all groups.
+    ListGroups,
+    /// Move a group's cursor (replay or skip); its pending records are forgotten.
+    ResetGroup {
+        /// The group's name.
+        name: String,
+        /// Where to move the cursor in each of its topics.
+        to: StartAt,
+    },
+    /// Publish a record and wait for a reply to it.
+    Request {
+        /// The topic to publish to.
+        topic: String,
+        /// The request.
+        record: NewRecord,
+        /// How long to wait for a reply, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// Answer a request (its `quiver-reply-to` header names it).
+    Reply {
+        /// The request's reply-to token.
+        to: String,
+        /// The answer.
+        record: NewRecord,
+    },
 }
 
 /// A reply to a [`Request`].
@@ -189,6 +242,14 @@ pub enum OpReply {
     Plugins(Vec<PluginInfo>),
     /// A plugin's attachments and their figures.
     PluginStatus(PluginStatus),
+    /// The group created, described or reset.
+    Group(GroupInfo),
+    /// All groups, sorted by name.
+    Groups(Vec<GroupInfo>),
+    /// The reply to a request.
+    Response(NewRecord),
+    /// The reply was handed to its requester.
+    Replied,
 }
 
 /// Where a publish's records went. Without plugins on the topic, all of them are in
@@ -212,6 +273,16 @@ impl Receipt {
     pub fn offsets(&self) -> std::ops::Range<u64> {
         self.base_offset..self.base_offset + u64::from(self.count)
     }
+}
+
+/// Identifies a publish so that retrying it is safe: a producer (random per client
+/// unless chosen) and a sequence number never reused by that producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PublishId {
+    /// The producer.
+    pub producer: u64,
+    /// The publish's number within the producer.
+    pub sequence: u64,
 }
 
 /// Consecutive records stored in one topic.
@@ -430,4 +501,139 @@ pub struct Delivered {
     pub timestamp: u64,
     /// The record as the plugins left it.
     pub record: NewRecord,
+}
+
+/// A durable consumer group's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSettings {
+    /// The topic name or pattern the group consumes.
+    pub pattern: String,
+    /// Where the group starts in each topic that matches at creation (topics created
+    /// later are consumed from their beginning).
+    pub from: StartAt,
+    /// How long a member has to settle a record before it is delivered again.
+    pub ack_timeout_ms: u64,
+    /// Deliveries after which an unsettled record goes to the dead-letter topic.
+    pub max_deliveries: u32,
+    /// Where such records go (default: each topic's dead-letter topic).
+    pub dead_letter: Option<String>,
+    /// The most records a member holds unsettled, unless it asks for fewer.
+    pub prefetch: u32,
+}
+
+impl GroupSettings {
+    /// How long a member holds a record by default before it is delivered again.
+    pub const DEFAULT_ACK_TIMEOUT_MS: u64 = 30_000;
+    /// Deliveries after which an unsettled record is dead-lettered, by default.
+    pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+    /// Records a member holds unsettled, by default.
+    pub const DEFAULT_PREFETCH: u32 = 100;
+
+    /// A group consuming `pattern` from the earliest retained record, with the default
+    /// ack timeout, max deliveries and prefetch, dead-lettering to each topic's
+    /// dead-letter topic.
+    pub fn new(pattern: impl Into<String>) -> Self {
+        Self {
+            pattern: pattern.into(),
+            from: StartAt::Earliest,
+            ack_timeout_ms: Self::DEFAULT_ACK_TIMEOUT_MS,
+            max_deliveries: Self::DEFAULT_MAX_DELIVERIES,
+            dead_letter: None,
+            prefetch: Self::DEFAULT_PREFETCH,
+        }
+    }
+}
+
+/// A group as `group describe` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// The group's name.
+    pub name: String,
+    /// Its settings.
+    pub settings: GroupSettings,
+    /// When it was created (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// Members connected now.
+    pub members: u32,
+    /// Each topic the group consumes.
+    pub topics: Vec<GroupTopic>,
+}
+
+/// Where a group stands in one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupTopic {
+    /// The topic.
+    pub topic: String,
+    /// The next offset the group has never delivered.
+    pub cursor: u64,
+    /// Records the group has not yet delivered (the topic's next offset minus the
+    /// cursor), plus those pending.
+    pub lag: u64,
+    /// Records delivered and not yet settled (or waiting to be redelivered).
+    pub pending: u64,
+    /// Deliveries that were redeliveries.
+    pub redelivered: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: u64,
+}
+
+/// The first frame of a member stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Join {
+    /// The group to join.
+    pub group: String,
+    /// The most records this member holds unsettled (0: the group's setting).
+    pub prefetch: u32,
+}
+
+/// Records assigned to a member, from one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assigned {
+    /// The topic they belong to.
+    pub topic: String,
+    /// The records, each with its delivery count.
+    pub records: Vec<AssignedRecord>,
+}
+
+/// One record assigned to a member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignedRecord {
+    /// Its offset.
+    pub offset: u64,
+    /// When it was appended (ms since the Unix epoch).
+    pub timestamp: u64,
+    /// This delivery's number: 1 the first time, more on redeliveries.
+    pub deliveries: u32,
+    /// The record.
+    pub record: NewRecord,
+}
+
+/// How a member settles one record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settlement {
+    /// The record's topic.
+    pub topic: String,
+    /// Its offset.
+    pub offset: u64,
+    /// What to do with it.
+    pub action: Settle,
+}
+
+/// A settlement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Settle {
+    /// Done: never deliver it again.
+    Ack,
+    /// Not done: deliver it again after `delay_ms` (to this or another member).
+    Nack {
+        /// How long to wait before redelivering.
+        delay_ms: u64,
+    },
+    /// Never deliver it again: send it to the dead-letter topic with this reason.
+    Term {
+        /// Why.
+        reason: String,
+    },
+    /// Still working on it: restart its ack timeout.
+    InProgress,
 }

@@ -14,6 +14,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::frame::BufFlavor;
 
+/// Headers the broker itself sets. Names starting `quiver-` are reserved for these.
+pub mod headers {
+    /// On a request: the token its reply must name.
+    pub const REPLY_TO: &str = "quiver-reply-to";
+    /// On a dead letter: the topic it was stored in.
+    pub const DLQ_TOPIC: &str = "quiver-dlq-topic";
+    /// On a dead letter: its offset in that topic.
+    pub const DLQ_OFFSET: &str = "quiver-dlq-offset";
+    /// On a dead letter: why it was given up on.
+    pub const DLQ_REASON: &str = "quiver-dlq-reason";
+    /// On a dead letter from a plugin: the plugin's name.
+    pub const DLQ_PLUGIN: &str = "quiver-dlq-plugin";
+    /// On a dead letter from a plugin: the plugin's version.
+    pub const DLQ_VERSION: &str = "quiver-dlq-version";
+    /// On a dead letter from a group: the group's name.
+    pub const DLQ_GROUP: &str = "quiver-dlq-group";
+    /// On a dead letter from a group: how many times it was delivered.
+    pub const DLQ_DELIVERIES: &str = "quiver-dlq-deliveries";
+
+    /// The first of `headers` named `name`.
+    pub fn find<'h>(headers: &'h [super::Header], name: &str) -> Option<&'h bytes::Bytes> {
+        headers.iter().find(|h| h.name == name).map(|h| &h.value)
+    }
+}
+
 /// Bytes in an entry's fixed header: the length prefix and the timestamp.
 pub const ENTRY_HEADER_LEN: usize = 4 + 8;
 
@@ -62,6 +87,11 @@ impl NewRecord {
         self
     }
 
+    /// The first header with this name, if any.
+    pub fn header(&self, name: &str) -> Option<&Bytes> {
+        headers::find(&self.headers, name)
+    }
+
     /// The record's size as limits count it: payload, key, header names and values.
     pub fn size(&self) -> usize {
         self.payload.len()
@@ -105,10 +135,7 @@ pub struct Record {
 impl Record {
     /// The first header with this name, if any.
     pub fn header(&self, name: &str) -> Option<&Bytes> {
-        self.headers
-            .iter()
-            .find(|h| h.name == name)
-            .map(|h| &h.value)
+        headers::find(&self.headers, name)
     }
 }
 

@@ -161,8 +161,12 @@ fn op() -> impl Strategy<Value = Op> {
         ".{0,12}".prop_map(|name| Op::DeleteTopic { name }),
         ".{0,12}".prop_map(|name| Op::DescribeTopic { name }),
         Just(Op::ListTopics),
-        (".{0,12}", proptest::collection::vec(record(), 0..4))
-            .prop_map(|(topic, records)| Op::Publish { topic, records }),
+        (
+            ".{0,12}",
+            proptest::collection::vec(record(), 0..4),
+            proptest::option::of(publish_id())
+        )
+            .prop_map(|(topic, records, id)| Op::Publish { topic, records, id }),
         (".{0,8}", proptest::option::of(".{0,4}"), bytes(32)).prop_map(|(name, version, wasm)| {
             Op::DeployPlugin {
                 name,
@@ -182,6 +186,82 @@ fn op() -> impl Strategy<Value = Op> {
         ".{0,8}".prop_map(|name| Op::PluginStatus { name }),
         (".{0,8}", stage()).prop_map(|(topic, stage)| Op::AttachPlugin { topic, stage }),
         (".{0,8}", ".{0,8}").prop_map(|(topic, plugin)| Op::DetachPlugin { topic, plugin }),
+        (".{0,8}", group_settings())
+            .prop_map(|(name, settings)| Op::CreateGroup { name, settings }),
+        ".{0,8}".prop_map(|name| Op::DeleteGroup { name }),
+        ".{0,8}".prop_map(|name| Op::DescribeGroup { name }),
+        Just(Op::ListGroups),
+        (".{0,8}", start_at()).prop_map(|(name, to)| Op::ResetGroup { name, to }),
+        (".{0,8}", record(), any::<u64>()).prop_map(|(topic, record, timeout_ms)| {
+            Op::Request {
+                topic,
+                record,
+                timeout_ms,
+            }
+        }),
+        (".{0,8}", record()).prop_map(|(to, record)| Op::Reply { to, record }),
+    ]
+}
+
+fn publish_id() -> impl Strategy<Value = PublishId> {
+    any::<(u64, u64)>().prop_map(|(producer, sequence)| PublishId { producer, sequence })
+}
+
+fn group_settings() -> impl Strategy<Value = GroupSettings> {
+    (
+        ".{0,8}",
+        start_at(),
+        any::<(u64, u32, u32)>(),
+        proptest::option::of(".{0,8}"),
+    )
+        .prop_map(
+            |(pattern, from, (ack_timeout_ms, max_deliveries, prefetch), dead_letter)| {
+                GroupSettings {
+                    pattern,
+                    from,
+                    ack_timeout_ms,
+                    max_deliveries,
+                    dead_letter,
+                    prefetch,
+                }
+            },
+        )
+}
+
+fn group_info() -> impl Strategy<Value = GroupInfo> {
+    (
+        ".{0,8}",
+        group_settings(),
+        any::<(u64, u32)>(),
+        proptest::collection::vec((".{0,8}", any::<[u64; 5]>()), 0..3),
+    )
+        .prop_map(
+            |(name, settings, (created_ms, members), topics)| GroupInfo {
+                name,
+                settings,
+                created_ms,
+                members,
+                topics: topics
+                    .into_iter()
+                    .map(|(topic, n)| GroupTopic {
+                        topic,
+                        cursor: n[0],
+                        lag: n[1],
+                        pending: n[2],
+                        redelivered: n[3],
+                        dead_lettered: n[4],
+                    })
+                    .collect(),
+            },
+        )
+}
+
+fn settle() -> impl Strategy<Value = Settle> {
+    prop_oneof![
+        Just(Settle::Ack),
+        any::<u64>().prop_map(|delay_ms| Settle::Nack { delay_ms }),
+        ".{0,8}".prop_map(|reason| Settle::Term { reason }),
+        Just(Settle::InProgress),
     ]
 }
 
@@ -209,6 +289,10 @@ fn op_reply() -> impl Strategy<Value = OpReply> {
         (plugin_info(), proptest::collection::vec(attachment(), 0..3)).prop_map(
             |(info, attachments)| OpReply::PluginStatus(PluginStatus { info, attachments })
         ),
+        group_info().prop_map(OpReply::Group),
+        proptest::collection::vec(group_info(), 0..3).prop_map(OpReply::Groups),
+        record().prop_map(OpReply::Response),
+        Just(OpReply::Replied),
     ]
 }
 
@@ -232,6 +316,19 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 })
             }),
         any::<u32>().prop_map(ClientFrame::Credit),
+        (".{0,8}", any::<u32>())
+            .prop_map(|(group, prefetch)| ClientFrame::Join(Join { group, prefetch })),
+        proptest::collection::vec((".{0,8}", any::<u64>(), settle()), 0..4).prop_map(|s| {
+            ClientFrame::Settle(
+                s.into_iter()
+                    .map(|(topic, offset, action)| Settlement {
+                        topic,
+                        offset,
+                        action,
+                    })
+                    .collect(),
+            )
+        }),
     ]
 }
 
@@ -279,6 +376,25 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
                         .map(|((offset, timestamp), record)| Delivered {
                             offset,
                             timestamp,
+                            record,
+                        })
+                        .collect(),
+                })
+            }),
+        Just(ServerFrame::Joined),
+        (
+            ".{0,8}",
+            proptest::collection::vec((any::<(u64, u64, u32)>(), record()), 0..4)
+        )
+            .prop_map(|(topic, records)| {
+                ServerFrame::Assigned(Assigned {
+                    topic,
+                    records: records
+                        .into_iter()
+                        .map(|((offset, timestamp, deliveries), record)| AssignedRecord {
+                            offset,
+                            timestamp,
+                            deliveries,
                             record,
                         })
                         .collect(),
@@ -392,6 +508,14 @@ fn variant_indexes_match_the_documentation() {
         (request(Op::ListTopics), 1),
         (ClientFrame::Subscribe(subscribe), 2),
         (ClientFrame::Credit(0), 3),
+        (
+            ClientFrame::Join(Join {
+                group: name(),
+                prefetch: 0,
+            }),
+            4,
+        ),
+        (ClientFrame::Settle(vec![]), 5),
     ];
     for (frame, want) in client {
         assert_eq!(body(&frame)[0], want);
@@ -401,6 +525,14 @@ fn variant_indexes_match_the_documentation() {
         plugin: name(),
         params: vec![],
         on_error: OnError::FailOpen,
+    };
+    let settings = GroupSettings {
+        pattern: name(),
+        from: StartAt::Earliest,
+        ack_timeout_ms: 0,
+        max_deliveries: 0,
+        dead_letter: None,
+        prefetch: 0,
     };
     let ops = [
         (
@@ -418,6 +550,7 @@ fn variant_indexes_match_the_documentation() {
             Op::Publish {
                 topic: name(),
                 records: vec![],
+                id: None,
             },
             4,
         ),
@@ -454,6 +587,38 @@ fn variant_indexes_match_the_documentation() {
             },
             11,
         ),
+        (
+            Op::CreateGroup {
+                name: name(),
+                settings: settings.clone(),
+            },
+            12,
+        ),
+        (Op::DeleteGroup { name: name() }, 13),
+        (Op::DescribeGroup { name: name() }, 14),
+        (Op::ListGroups, 15),
+        (
+            Op::ResetGroup {
+                name: name(),
+                to: StartAt::Earliest,
+            },
+            16,
+        ),
+        (
+            Op::Request {
+                topic: name(),
+                record: NewRecord::default(),
+                timeout_ms: 0,
+            },
+            17,
+        ),
+        (
+            Op::Reply {
+                to: name(),
+                record: NewRecord::default(),
+            },
+            18,
+        ),
     ];
     for (op, want) in ops {
         assert_eq!(body(&request(op))[2], want);
@@ -466,6 +631,15 @@ fn variant_indexes_match_the_documentation() {
     ];
     for (start, want) in starts {
         assert_eq!(body(&start)[0], want);
+    }
+    let settles = [
+        (Settle::Ack, 0),
+        (Settle::Nack { delay_ms: 0 }, 1),
+        (Settle::Term { reason: name() }, 2),
+        (Settle::InProgress, 3),
+    ];
+    for (settle, want) in settles {
+        assert_eq!(body(&settle)[0], want);
     }
     assert_eq!(body(&OnError::FailOpen)[0], 0);
     assert_eq!(body(&OnError::FailClosed)[0], 1);
@@ -500,6 +674,14 @@ fn variant_indexes_match_the_documentation() {
             4,
         ),
         (ServerFrame::Processed(processed), 5),
+        (ServerFrame::Joined, 6),
+        (
+            ServerFrame::Assigned(Assigned {
+                topic: name(),
+                records: vec![],
+            }),
+            7,
+        ),
     ];
     for (frame, want) in server {
         assert_eq!(body(&frame)[0], want);
@@ -545,6 +727,19 @@ fn variant_indexes_match_the_documentation() {
         (OpReply::Plugin(plugin), 4),
         (OpReply::Plugins(vec![]), 5),
         (OpReply::PluginStatus(status), 6),
+        (
+            OpReply::Group(GroupInfo {
+                name: name(),
+                settings,
+                created_ms: 0,
+                members: 0,
+                topics: vec![],
+            }),
+            7,
+        ),
+        (OpReply::Groups(vec![]), 8),
+        (OpReply::Response(NewRecord::default()), 9),
+        (OpReply::Replied, 10),
     ];
     for (op_reply, want) in replies {
         let encoded = body(&reply(Ok(op_reply)));

@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use quiver_client::{Client, Record, StartAt, SubscribeOptions, Subscription};
+use quiver_client::{Client, Delivery, Member, Record, StartAt, SubscribeOptions, Subscription};
 
 /// How long a broker may take to print its ready line before the test gives up.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -144,6 +144,28 @@ pub struct Broker {
     data: PathBuf,
 }
 
+/// A CLI process running in the background; killed if dropped while running (so a
+/// failing test leaves nothing behind).
+#[derive(Debug)]
+pub struct Background(Option<Child>);
+
+impl Background {
+    /// Waits for it to exit and collects its output.
+    pub fn wait(mut self) -> std::process::Output {
+        let child = self.0.take().expect("waited once");
+        child.wait_with_output().expect("the CLI is reaped")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Extra settings for a broker, as `QUIVER_*` environment variables.
 pub type Env<'a> = &'a [(&'a str, &'a str)];
 
@@ -209,6 +231,22 @@ impl Broker {
     /// finds the certificate by itself).
     pub fn cli(&self, data: &DataDir, args: &[&str], stdin: &str) -> std::process::Output {
         cli(data.root(), args, &[("QUIVER_SERVER", self.addr())], stdin)
+    }
+
+    /// Starts the `quiver` CLI against this broker in the background (like
+    /// [`Broker::cli`]); it is killed if still running when dropped.
+    pub fn spawn_cli(&self, data: &DataDir, args: &[&str]) -> Background {
+        let child = Command::new(quiver_bin())
+            .args(args)
+            .current_dir(data.root())
+            .env("QUIVER_SERVER", self.addr())
+            .env_remove("QUIVER_CA")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the quiver binary starts");
+        Background(Some(child))
     }
 
     /// A connected client.
@@ -351,6 +389,24 @@ pub async fn take(sub: &mut Subscription, n: usize) -> Vec<Record> {
             .await
             .unwrap_or_else(|_| panic!("stalled after {} of {n} records", out.len()));
         out.push(next.expect("the subscription is open").expect("a record"));
+    }
+    out
+}
+
+/// The next delivery to a group member, failing the test if none comes in 30 s.
+pub async fn next_delivery(member: &mut Member) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(30), member.next())
+        .await
+        .expect("a delivery within 30 s")
+        .expect("the membership is open")
+        .expect("a delivery")
+}
+
+/// Takes `n` deliveries from a group member (30 s stall limit each).
+pub async fn deliveries(member: &mut Member, n: usize) -> Vec<Delivery> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.push(next_delivery(member).await);
     }
     out
 }

@@ -333,3 +333,71 @@ async fn clients_without_the_right_certificate_cannot_connect() {
     assert!(matches!(no_ca, Error::NoCa), "{no_ca}");
     still_serving(&broker).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settlements_and_bad_member_frames_disturb_no_one() {
+    use quiver_protocol::{GroupSettings, Join, Settle, Settlement};
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let sdk = broker.client().await;
+    sdk.create_topic("jobs", Retention::default())
+        .await
+        .unwrap();
+    sdk.publish("jobs", "job-0").await.unwrap();
+    sdk.create_group("workers", GroupSettings::new("jobs"))
+        .await
+        .unwrap();
+    let raw = RawConnection::connect(broker.addr(), broker.cert()).await;
+    let (mut control, _) = raw.handshake().await;
+
+    // Settling on the control stream is refused there.
+    control.send(&ClientFrame::Settle(vec![])).await;
+    match control.recv().await {
+        Some(ServerFrame::Error(e)) => assert_eq!(e.code, ErrorCode::UnexpectedMessage),
+        other => panic!("expected an error, got {other:?}"),
+    }
+
+    // A member settling records it does not hold, in topics it does not read: ignored.
+    let mut member = raw.open().await;
+    member
+        .send(&ClientFrame::Join(Join {
+            group: "workers".into(),
+            prefetch: 1,
+        }))
+        .await;
+    assert_eq!(member.recv().await, Some(ServerFrame::Joined));
+    let Some(ServerFrame::Assigned(assigned)) = member.recv().await else {
+        panic!("the record is assigned")
+    };
+    assert_eq!(assigned.records[0].offset, 0);
+    let stray = |topic: &str, offset| Settlement {
+        topic: topic.into(),
+        offset,
+        action: Settle::Ack,
+    };
+    member
+        .send(&ClientFrame::Settle(vec![
+            stray("jobs", 99),
+            stray("nowhere", 0),
+        ]))
+        .await;
+    // A subscription frame on a member stream ends the membership with an error;
+    // what it held goes back to the group.
+    member.send(&ClientFrame::Credit(5)).await;
+    match member.recv().await {
+        Some(ServerFrame::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::UnexpectedMessage);
+            assert!(e.message.contains("member stream"), "{e}");
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let mut next = sdk.join("workers", None).await.unwrap();
+    let again = quiver_tests::next_delivery(&mut next).await;
+    assert_eq!(
+        (again.record.offset, again.deliveries),
+        (0, 2),
+        "not lost, not acked"
+    );
+    again.ack().unwrap();
+    still_serving(&broker).await;
+}

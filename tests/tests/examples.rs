@@ -47,4 +47,14 @@ fn the_sdk_examples_run() {
         lines[0]
     );
     assert!(lines[110].ends_with("pipelined 99"), "{}", lines[110]);
+    // The worker takes the same 111 records through a durable group, acking each.
+    let worked = run_example(&broker, &data, "worker");
+    let lines: Vec<&str> = worked.lines().collect();
+    assert_eq!(lines[0], "created group examples-workers");
+    assert_eq!(lines.len(), 112, "{worked}");
+    assert!(
+        lines[1].starts_with("examples.readings #0 (delivery 1)"),
+        "{}",
+        lines[1]
+    );
 }

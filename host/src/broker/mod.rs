@@ -7,7 +7,10 @@
 //! channel, subscribed to *before* a pattern subscription takes its snapshot of
 //! existing topics, so a topic created meanwhile is seen at least once.
 
+pub mod dedup;
+mod groups;
 mod publish;
+mod request;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -20,8 +23,10 @@ use quiver_protocol::{
 use tokio::sync::{Notify, broadcast};
 use tracing::info;
 
+use crate::groups::Groups;
 use crate::plugins::{AdminError, PipelineError, Plugins};
-use crate::storage::{Storage, StorageError, TopicLog, TopicSettings};
+use crate::storage::{Storage, StorageError, TopicLog, TopicSettings, now_ms};
+use dedup::Deduplicator;
 pub use publish::PendingPublish;
 
 /// Limits the broker enforces on requests.
@@ -31,6 +36,17 @@ pub struct BrokerLimits {
     pub max_record_size: u64,
     /// Most records in one publish.
     pub max_batch_records: u32,
+}
+
+/// How the broker is set up, beyond storage and plugins.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerSettings {
+    /// Limits on requests.
+    pub limits: BrokerLimits,
+    /// How long a publish id is remembered, in ms.
+    pub dedup_window_ms: u64,
+    /// The most publish ids remembered.
+    pub dedup_max_entries: usize,
 }
 
 /// Why a request was refused or failed.
@@ -86,6 +102,21 @@ pub enum BrokerError {
     /// A plugin request was refused.
     #[error(transparent)]
     Plugin(#[from] AdminError),
+    /// No group by that name.
+    #[error("group `{0}` does not exist")]
+    GroupNotFound(String),
+    /// The group name is taken.
+    #[error("group `{0}` already exists")]
+    GroupExists(String),
+    /// Nobody consumes the topic a request was sent to.
+    #[error("nothing consumes `{0}`: no subscription or group member is reading it")]
+    NoResponders(String),
+    /// A request got no reply in time.
+    #[error("no reply within {0:?}")]
+    RequestTimeout(std::time::Duration),
+    /// A reply's requester is gone.
+    #[error("no request is waiting under reply token `{0}` (it timed out or its client left)")]
+    NoRequester(String),
     /// A plugin pipeline refused the records or could not run.
     #[error("refused: {0}")]
     Pipeline(#[from] PipelineError),
@@ -99,6 +130,7 @@ impl From<StorageError> for BrokerError {
         match e {
             StorageError::TopicExists(name) => Self::TopicExists(name.to_string()),
             StorageError::TopicNotFound(name) => Self::TopicNotFound(name.to_string()),
+            StorageError::GroupExists(name) => Self::GroupExists(name),
             other => Self::Storage(other),
         }
     }
@@ -124,6 +156,11 @@ impl BrokerError {
                 AdminError::Storage(StorageError::Closed) => ErrorCode::ShuttingDown,
                 AdminError::Storage(_) => ErrorCode::Storage,
             },
+            Self::GroupNotFound(_) => ErrorCode::GroupNotFound,
+            Self::GroupExists(_) => ErrorCode::GroupExists,
+            Self::NoResponders(_) => ErrorCode::NoResponders,
+            Self::RequestTimeout(_) => ErrorCode::RequestTimeout,
+            Self::NoRequester(_) => ErrorCode::NoRequester,
             Self::Pipeline(PipelineError::Refused(_)) => ErrorCode::PluginQuarantined,
             Self::Pipeline(PipelineError::Aborted(_)) => ErrorCode::Internal,
             Self::Storage(StorageError::Closed) => ErrorCode::ShuttingDown,
@@ -146,6 +183,11 @@ pub struct Broker {
     topics: RwLock<BTreeMap<TopicName, Arc<TopicLog>>>,
     created: broadcast::Sender<Arc<TopicLog>>,
     limits: BrokerLimits,
+    dedup: Arc<Deduplicator>,
+    groups: Groups,
+    requests: request::Requests,
+    /// Makes reply tokens unique across restarts.
+    requests_prefix: String,
     /// Wakes the background clean-up early (after a delete).
     pub(crate) cleanup: Notify,
 }
@@ -156,20 +198,44 @@ impl Broker {
         storage: Storage,
         recovered: &[Arc<TopicLog>],
         plugins: Arc<Plugins>,
-        limits: BrokerLimits,
-    ) -> Self {
+        settings: BrokerSettings,
+    ) -> Result<Self, StorageError> {
         let topics = recovered
             .iter()
             .map(|log| (log.name().clone(), Arc::clone(log)))
             .collect();
-        Self {
+        let dedup = Deduplicator::new(settings.dedup_window_ms, settings.dedup_max_entries);
+        let since = now_ms().saturating_sub(settings.dedup_window_ms);
+        for (id, at, receipt) in storage.dedup_entries(since)? {
+            dedup.remember(id, receipt, at);
+        }
+        Ok(Self {
             storage,
             plugins,
             topics: RwLock::new(topics),
             created: broadcast::channel(1024).0,
-            limits,
+            limits: settings.limits,
+            dedup,
+            groups: Groups::default(),
+            requests: request::Requests::default(),
+            requests_prefix: format!("{:x}", now_ms()),
             cleanup: Notify::new(),
+        })
+    }
+
+    /// Loads the durable groups (run once, at start-up): their state, and the dead
+    /// letters a restart left for them.
+    pub async fn load_groups(&self) -> Result<(), BrokerError> {
+        let (groups, loaded) = Groups::load(self.storage.groups()?, &self.topics());
+        for group in groups.all() {
+            self.groups.insert(group);
         }
+        self.settle_loaded_groups(loaded).await
+    }
+
+    /// Remembered publish ids.
+    pub fn dedup(&self) -> &Deduplicator {
+        &self.dedup
     }
 
     /// The storage under the broker.

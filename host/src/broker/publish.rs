@@ -1,6 +1,6 @@
-//! The publish path: validate, run the topic's ingress plugins, and hand everything
-//! the publish produced (records for the topic, routed copies, dead letters, plugin
-//! state) to storage as one atomic append.
+//! The publish path: deduplicate, validate, run the topic's ingress plugins, and hand
+//! everything the publish produced (records for the topic, routed copies, dead letters,
+//! plugin state, the receipt for deduplication) to storage as one atomic append.
 //!
 //! Invariant: what a publish produced becomes durable together or not at all, and the
 //! acknowledgement (a [`Receipt`]) is sent only after that.
@@ -8,87 +8,89 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use quiver_protocol::{NewRecord, Placement, Receipt};
+use quiver_protocol::{NewRecord, PublishId, Receipt};
 
+use super::dedup::{Claim, Ticket};
 use super::{Broker, BrokerError};
 use crate::plugins::Plugins;
 use crate::plugins::pipeline::{DeadLetter, Item, Sorted};
-use crate::storage::{Appended, PendingAppend, StateWrite, TopicLog, TopicRecords, now_ms};
+use crate::storage::{
+    Dedup, PendingAppend, ReceiptLayout, StateWrite, TopicLog, TopicRecords, now_ms,
+};
 
-/// A publish queued for the next group commit; await [`PendingPublish::durable`].
+/// A publish queued for the next group commit (or already answered, for a retry);
+/// await [`PendingPublish::durable`].
 #[derive(Debug)]
-pub struct PendingPublish {
-    pending: PendingAppend,
-    /// The topics of the appends after the first (routed copies, then dead letters).
-    others: Vec<String>,
-    /// Whether the last append is the dead-letter topic's.
-    dead_letters: bool,
-    dropped: u32,
-    /// Plugin state in this commit, to settle once it is decided.
-    state: Option<(Arc<Plugins>, Vec<StateWrite>)>,
+pub struct PendingPublish(Outcome);
+
+#[derive(Debug)]
+enum Outcome {
+    /// A retry of a publish already stored: its receipt.
+    Duplicate(Receipt),
+    Queued {
+        pending: PendingAppend,
+        layout: ReceiptLayout,
+        /// Plugin state in this commit, to settle once it is decided.
+        state: Option<(Arc<Plugins>, Vec<StateWrite>)>,
+        ticket: Option<Ticket>,
+    },
 }
 
 impl PendingPublish {
     /// Resolves once everything the publish produced is durable.
     pub async fn durable(self) -> Result<Receipt, BrokerError> {
-        let result = self.pending.durable().await;
-        if let Some((plugins, state)) = &self.state {
+        let (pending, layout, state, ticket) = match self.0 {
+            Outcome::Duplicate(receipt) => return Ok(receipt),
+            Outcome::Queued {
+                pending,
+                layout,
+                state,
+                ticket,
+            } => (pending, layout, state, ticket),
+        };
+        let result = pending.durable().await;
+        if let Some((plugins, state)) = &state {
             plugins.state_settled(state);
         }
-        let appended = result?;
-        let placement = |(topic, a): (&String, &Appended)| Placement {
-            topic: topic.clone(),
-            base_offset: a.base_offset,
-            count: a.count,
-        };
-        let mut placements: Vec<Placement> = self
-            .others
-            .iter()
-            .zip(appended.iter().skip(1))
-            .map(placement)
-            .collect();
-        let dead_letter = if self.dead_letters {
-            placements.pop()
-        } else {
-            None
-        };
-        let first = appended.first().copied().unwrap_or(Appended {
-            base_offset: 0,
-            count: 0,
-        });
-        Ok(Receipt {
-            base_offset: first.base_offset,
-            count: first.count,
-            routed: placements,
-            dead_letter,
-            dropped: self.dropped,
-        })
+        let receipt = layout.receipt(&result?);
+        if let Some(ticket) = ticket {
+            ticket.done(receipt.clone(), now_ms());
+        }
+        Ok(receipt)
     }
 }
 
 impl Broker {
     /// Validates a publish, runs the topic's ingress plugins, and queues the result for
     /// the next group commit. Publishes queued one after the other are stored in that
-    /// order.
+    /// order. With an `id` seen within the dedup window, nothing is queued: the
+    /// original receipt is the answer.
     pub async fn submit_publish(
         &self,
         topic: &str,
         records: Vec<NewRecord>,
+        id: Option<PublishId>,
     ) -> Result<PendingPublish, BrokerError> {
         let log = self.topic(topic)?;
         self.check_records(&records)?;
+        // A window of zero turns deduplication off: nothing to remember.
+        let id = id.filter(|_| self.dedup.window_ms() > 0);
+        let ticket = match id {
+            Some(id) => match self.claim(id).await {
+                Ok(ticket) => Some(ticket),
+                Err(receipt) => return Ok(PendingPublish(Outcome::Duplicate(receipt))),
+            },
+            None => None,
+        };
         let Some(stages) = self.plugins.topic_stages(log.id()) else {
-            let pending = self
-                .storage
-                .submit_append(vec![(log, records)], Vec::new())
-                .await?;
-            return Ok(PendingPublish {
-                pending,
-                others: Vec::new(),
-                dead_letters: false,
-                dropped: 0,
-                state: None,
-            });
+            return self
+                .queue(
+                    vec![(log, records)],
+                    ReceiptLayout::default(),
+                    Vec::new(),
+                    ticket,
+                )
+                .await;
         };
         let now = now_ms();
         let items = (0..)
@@ -103,7 +105,15 @@ impl Broker {
             .plugins
             .run(stages, log.name().to_string(), items, true)
             .await?;
-        self.submit_sorted(log, sorted).await
+        self.submit_sorted(log, sorted, ticket).await
+    }
+
+    /// The right to publish `id`, or the receipt of its first publish.
+    async fn claim(&self, id: PublishId) -> Result<Ticket, Receipt> {
+        match self.dedup.claim(id, now_ms).await {
+            Claim::Fresh(ticket) => Ok(ticket),
+            Claim::Duplicate(receipt) => Err(receipt),
+        }
     }
 
     fn check_records(&self, records: &[NewRecord]) -> Result<(), BrokerError> {
@@ -131,11 +141,34 @@ impl Broker {
         Ok(())
     }
 
+    /// Queues the appends of one publish.
+    async fn queue(
+        &self,
+        appends: Vec<TopicRecords>,
+        layout: ReceiptLayout,
+        state: Vec<StateWrite>,
+        ticket: Option<Ticket>,
+    ) -> Result<PendingPublish, BrokerError> {
+        let dedup = ticket.as_ref().map(|t| Dedup {
+            id: t.id(),
+            layout: layout.clone(),
+        });
+        let settle = (!state.is_empty()).then(|| (Arc::clone(&self.plugins), state.clone()));
+        let pending = self.storage.submit_append(appends, state, dedup).await?;
+        Ok(PendingPublish(Outcome::Queued {
+            pending,
+            layout,
+            state: settle,
+            ticket,
+        }))
+    }
+
     /// Turns what the ingress pipeline sorted into one atomic append.
     async fn submit_sorted(
         &self,
         log: Arc<TopicLog>,
         sorted: Sorted,
+        ticket: Option<Ticket>,
     ) -> Result<PendingPublish, BrokerError> {
         let Sorted {
             passed,
@@ -165,23 +198,19 @@ impl Broker {
                 }
             }
         }
-        let mut others: Vec<String> = by_topic.keys().cloned().collect();
+        let mut layout = ReceiptLayout {
+            others: by_topic.keys().cloned().collect(),
+            dead_letter: !dead.is_empty(),
+            dropped,
+        };
         let mut appends: Vec<TopicRecords> = vec![(Arc::clone(&log), stored)];
         appends.extend(by_topic.into_values());
-        let dead_letters = !dead.is_empty();
-        if dead_letters {
+        if layout.dead_letter {
             let (dlq, records) = self.dead_letters(&log, dead).await?;
-            others.push(dlq.name().to_string());
+            layout.others.push(dlq.name().to_string());
             appends.push((dlq, records));
         }
-        let pending = self.storage.submit_append(appends, state.clone()).await?;
-        Ok(PendingPublish {
-            pending,
-            others,
-            dead_letters,
-            dropped,
-            state: Some((Arc::clone(&self.plugins), state)),
-        })
+        self.queue(appends, layout, state, ticket).await
     }
 
     /// The dead-letter topic of `log` and the records to store there.

@@ -1,9 +1,11 @@
 //! The `quiver` command line: `serve` runs a broker; every other command is a client
 //! of one, built on the client SDK.
 
+mod group;
 mod output;
 mod plugin;
 mod pubsub;
+mod request;
 mod serve;
 mod topic;
 
@@ -34,8 +36,16 @@ enum Command {
     Topic(topic::TopicCommand),
     /// Publish records: MESSAGE, or each line of stdin.
     Pub(pubsub::PubArgs),
-    /// Subscribe to a topic or pattern and print its records.
+    /// Subscribe to a topic or pattern (or consume as a group member) and print its
+    /// records.
     Sub(pubsub::SubArgs),
+    /// Create, list, describe, reset and delete durable consumer groups.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
+    /// Send a request to a topic and print the reply.
+    Request(request::RequestArgs),
+    /// Answer requests arriving on a topic (or group) with a command's output.
+    Reply(request::ReplyArgs),
     /// Deploy, attach, upgrade, inspect and try WebAssembly plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -115,6 +125,9 @@ fn run_client(command: Command) -> anyhow::Result<()> {
             Command::Pub(args) => pubsub::publish(args).await,
             Command::Sub(args) => pubsub::subscribe(args).await,
             Command::Plugin(command) => plugin::run(command).await,
+            Command::Group(command) => group::run(command).await,
+            Command::Request(args) => request::request(args).await,
+            Command::Reply(args) => request::reply(args).await,
             Command::Serve(_) => unreachable!("handled by main"),
         }
     })

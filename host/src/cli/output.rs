@@ -9,7 +9,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use bytesize::ByteSize;
-use quiver_client::{Header, NewRecord, OnError, Receipt, Record, Stage, TopicInfo};
+use quiver_client::{
+    GroupInfo, GroupTopic, Header, NewRecord, OnError, Receipt, Record, Stage, StartAt, TopicInfo,
+};
 use serde_json::{Map, Value, json};
 
 /// Puts `bytes` under `field` as text, or under `field_base64` when not UTF-8.
@@ -291,6 +293,120 @@ pub(super) fn topic_details(topic: &TopicInfo) -> String {
         pipeline_text(&topic.pipeline),
         humantime::format_rfc3339_millis(created),
     )
+}
+
+/// Where a group starts (or was reset to), as the command line spells it.
+fn start_text(start: StartAt) -> String {
+    match start {
+        StartAt::Earliest => "earliest".into(),
+        StartAt::Latest => "latest".into(),
+        StartAt::Offset(offset) => format!("offset {offset}"),
+        StartAt::Timestamp(ms) => humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        )
+        .to_string(),
+    }
+}
+
+/// The sum of one figure over a group's topics.
+fn group_total(group: &GroupInfo, figure: impl Fn(&GroupTopic) -> u64) -> u64 {
+    group.topics.iter().map(figure).sum()
+}
+
+/// One group as a JSON object.
+pub(super) fn group_json(group: &GroupInfo) -> Value {
+    let s = &group.settings;
+    json!({
+        "name": group.name,
+        "pattern": s.pattern,
+        "from": start_text(s.from),
+        "ack_timeout_ms": s.ack_timeout_ms,
+        "max_deliveries": s.max_deliveries,
+        "dead_letter": s.dead_letter,
+        "prefetch": s.prefetch,
+        "created_ms": group.created_ms,
+        "members": group.members,
+        "topics": group.topics.iter().map(|t| json!({
+            "topic": t.topic,
+            "cursor": t.cursor,
+            "lag": t.lag,
+            "pending": t.pending,
+            "redelivered": t.redelivered,
+            "dead_lettered": t.dead_lettered,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Groups as an aligned table, with their figures summed over topics.
+pub(super) fn group_table(groups: &[GroupInfo]) -> String {
+    let rows: Vec<[String; 7]> = groups
+        .iter()
+        .map(|g| {
+            [
+                g.name.clone(),
+                g.settings.pattern.clone(),
+                g.members.to_string(),
+                group_total(g, |t| t.lag).to_string(),
+                group_total(g, |t| t.pending).to_string(),
+                group_total(g, |t| t.redelivered).to_string(),
+                group_total(g, |t| t.dead_lettered).to_string(),
+            ]
+        })
+        .collect();
+    table(
+        [
+            "NAME",
+            "PATTERN",
+            "MEMBERS",
+            "LAG",
+            "PENDING",
+            "REDELIVERED",
+            "DEAD",
+        ],
+        &rows,
+    )
+}
+
+/// One group as `key: value` lines, then its topics as a table.
+pub(super) fn group_details(group: &GroupInfo) -> String {
+    let s = &group.settings;
+    let created = std::time::UNIX_EPOCH + std::time::Duration::from_millis(group.created_ms);
+    let mut out = format!(
+        "name:           {}\npattern:        {}\nstarted from:   {}\nack timeout:    {}\nmax deliveries: {}\ndead letter:    {}\nprefetch:       {}\nmembers:        {}\ncreated:        {}\n",
+        group.name,
+        s.pattern,
+        start_text(s.from),
+        humantime::format_duration(std::time::Duration::from_millis(s.ack_timeout_ms)),
+        s.max_deliveries,
+        s.dead_letter.as_deref().unwrap_or("each topic's"),
+        s.prefetch,
+        group.members,
+        humantime::format_rfc3339_millis(created),
+    );
+    if group.topics.is_empty() {
+        out.push_str("\nno topic matches yet\n");
+        return out;
+    }
+    let rows: Vec<[String; 6]> = group
+        .topics
+        .iter()
+        .map(|t| {
+            [
+                t.topic.clone(),
+                t.cursor.to_string(),
+                t.lag.to_string(),
+                t.pending.to_string(),
+                t.redelivered.to_string(),
+                t.dead_lettered.to_string(),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        ["TOPIC", "CURSOR", "LAG", "PENDING", "REDELIVERED", "DEAD"],
+        &rows,
+    ));
+    out
 }
 
 #[cfg(test)]

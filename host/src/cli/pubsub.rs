@@ -7,7 +7,9 @@ use bytes::Bytes;
 use clap::Args;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use quiver_client::{NewRecord, Stage, StartAt, SubscribeOptions};
+use quiver_client::{
+    Client, Delivery, Member, NewRecord, Record, Stage, StartAt, SubscribeOptions, Subscription,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::ConnectArgs;
@@ -23,14 +25,21 @@ pub(super) struct PubArgs {
     topic: String,
     /// The payload; without it, each line of stdin is published as a record.
     message: Option<String>,
+    #[command(flatten)]
+    record: RecordArgs,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// The key and headers of records a command sends.
+#[derive(Debug, Args)]
+pub(super) struct RecordArgs {
     /// Record key.
     #[arg(long)]
     key: Option<String>,
     /// Record header, NAME=VALUE (repeatable).
     #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
     headers: Vec<(String, String)>,
-    #[command(flatten)]
-    connect: ConnectArgs,
 }
 
 /// Parses `NAME=VALUE` (headers and plugin parameters).
@@ -44,8 +53,9 @@ pub(super) fn parse_header(s: &str) -> Result<(String, String), String> {
     Ok((name.to_owned(), value.to_owned()))
 }
 
-impl PubArgs {
-    fn record(&self, payload: impl Into<Bytes>) -> NewRecord {
+impl RecordArgs {
+    /// A record of `payload` with this key and these headers.
+    pub(super) fn record(&self, payload: impl Into<Bytes>) -> NewRecord {
         let mut record = NewRecord::new(payload);
         if let Some(key) = &self.key {
             record = record.with_key(key.clone());
@@ -64,7 +74,7 @@ pub(super) async fn publish(args: PubArgs) -> anyhow::Result<()> {
         async move { receipt.await.map(|r| output::receipt_text(&r)) }
     };
     if let Some(message) = &args.message {
-        println!("{}", publish(args.record(message.clone())).await?);
+        println!("{}", publish(args.record.record(message.clone())).await?);
         return Ok(());
     }
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -76,7 +86,7 @@ pub(super) async fn publish(args: PubArgs) -> anyhow::Result<()> {
             line = lines.next_line(), if !eof && inflight.len() < PUBLISH_WINDOW => {
                 match line.context("reading stdin")? {
                     // Queued in line order by this call: the topic keeps stdin's order.
-                    Some(line) => inflight.push_back(publish(args.record(line))),
+                    Some(line) => inflight.push_back(publish(args.record.record(line))),
                     None => eof = true,
                 }
             }
@@ -91,12 +101,8 @@ pub(super) async fn publish(args: PubArgs) -> anyhow::Result<()> {
 
 #[derive(Debug, Args)]
 pub(super) struct SubArgs {
-    /// Topic name or pattern: `*` matches one token, `>` one or more trailing tokens.
-    pattern: String,
-    /// Where to start: earliest, latest, an OFFSET, an RFC 3339 time
-    /// (2026-01-31T12:00:00Z) or a time ago (-10m).
-    #[arg(long, default_value = "latest", value_parser = parse_start, allow_hyphen_values = true)]
-    from: StartAt,
+    #[command(flatten)]
+    source: SourceArgs,
     /// Exit after this many records.
     #[arg(long)]
     count: Option<u64>,
@@ -104,7 +110,7 @@ pub(super) struct SubArgs {
     #[arg(long)]
     json: bool,
     /// Run this deployed plugin on delivery, for this subscriber only.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "group")]
     plugin: Option<String>,
     /// A parameter for --plugin, NAME=VALUE (repeatable).
     #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_header, requires = "plugin")]
@@ -113,8 +119,107 @@ pub(super) struct SubArgs {
     /// (fail-closed) or records pass unchanged (fail-open).
     #[arg(long, value_enum, default_value_t = super::plugin::Policy::FailClosed, requires = "plugin")]
     on_error: super::plugin::Policy,
+    /// With --group: do not acknowledge printed records. They are delivered again
+    /// after the ack timeout or once this member leaves, to it or another member.
+    #[arg(long, requires = "group")]
+    no_ack: bool,
     #[command(flatten)]
     connect: ConnectArgs,
+}
+
+/// Where a consuming command reads: a topic or pattern, or a durable group.
+#[derive(Debug, Args)]
+pub(super) struct SourceArgs {
+    /// Topic name or pattern: `*` matches one token, `>` one or more trailing tokens.
+    #[arg(required_unless_present = "group")]
+    pattern: Option<String>,
+    /// Consume as a member of this durable group instead: its members share the
+    /// records, each settled by one of them.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["pattern", "from"])]
+    group: Option<String>,
+    /// Where to start: earliest, latest, an OFFSET, an RFC 3339 time
+    /// (2026-01-31T12:00:00Z) or a time ago (-10m).
+    #[arg(long, default_value = "latest", value_parser = parse_start, allow_hyphen_values = true)]
+    from: StartAt,
+    /// With --group: records this member holds unsettled at once [default: the
+    /// group's prefetch].
+    #[arg(long, requires = "group")]
+    prefetch: Option<u32>,
+}
+
+/// Records from a subscription or a group membership.
+pub(super) enum Source {
+    Subscription(Subscription),
+    Member(Member),
+}
+
+/// A record received from a [`Source`]; from a group it must be settled.
+pub(super) enum Received {
+    Record(Record),
+    Delivery(Delivery),
+}
+
+impl Received {
+    pub(super) fn record(&self) -> &Record {
+        match self {
+            Self::Record(record) => record,
+            Self::Delivery(delivery) => &delivery.record,
+        }
+    }
+
+    /// Acknowledges a group delivery (a plain record needs nothing).
+    pub(super) fn ack(self) -> anyhow::Result<()> {
+        match self {
+            Self::Record(_) => Ok(()),
+            Self::Delivery(delivery) => Ok(delivery.ack()?),
+        }
+    }
+}
+
+impl SourceArgs {
+    /// Subscribes, or joins the group (holding no more than `count` records at once
+    /// when that is all the caller will take).
+    pub(super) async fn open(
+        &self,
+        client: &Client,
+        pipeline: Vec<Stage>,
+        count: Option<u64>,
+    ) -> anyhow::Result<Source> {
+        if let Some(group) = &self.group {
+            // Taking more than will be printed would only hold records from others.
+            let wanted = count.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+            let prefetch = self.prefetch.or(wanted);
+            return Ok(Source::Member(client.join(group, prefetch).await?));
+        }
+        let pattern = self
+            .pattern
+            .as_deref()
+            .context("a topic or pattern is required (or --group)")?;
+        let mut options = SubscribeOptions::from(self.from);
+        options.pipeline = pipeline;
+        Ok(Source::Subscription(
+            client.subscribe(pattern, options).await?,
+        ))
+    }
+}
+
+impl Source {
+    /// Ends the subscription or leaves the group, once the broker has every
+    /// settlement.
+    pub(super) async fn close(self) -> anyhow::Result<()> {
+        match self {
+            Self::Subscription(_) => Ok(()),
+            Self::Member(member) => Ok(member.leave().await?),
+        }
+    }
+
+    /// The next record; `None` once the source has ended.
+    pub(super) async fn next(&mut self) -> Option<quiver_client::Result<Received>> {
+        match self {
+            Self::Subscription(sub) => Some(sub.next().await?.map(Received::Record)),
+            Self::Member(member) => Some(member.next().await?.map(Received::Delivery)),
+        }
+    }
 }
 
 pub(super) fn parse_start(s: &str) -> Result<StartAt, String> {
@@ -148,32 +253,44 @@ pub(super) async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let client = args.connect.connect().await?;
-    let mut options = SubscribeOptions::from(args.from);
-    if let Some(plugin) = &args.plugin {
-        options.pipeline.push(Stage {
+    let pipeline = args
+        .plugin
+        .iter()
+        .map(|plugin| Stage {
             plugin: plugin.clone(),
             params: args.params.clone(),
             on_error: args.on_error.into(),
-        });
-    }
-    let mut subscription = client.subscribe(&args.pattern, options).await?;
+        })
+        .collect();
+    let mut source = args.source.open(&client, pipeline, args.count).await?;
     let mut stdout = std::io::stdout().lock();
     let mut printed = 0;
-    while let Some(record) = subscription.next().await {
-        let record = record?;
+    while let Some(received) = source.next().await {
+        let received = received?;
+        let record = received.record();
         if args.json {
-            writeln!(stdout, "{}", output::record_json(&record))?;
+            let mut json = output::record_json(record);
+            if let Received::Delivery(delivery) = &received {
+                json["deliveries"] = delivery.deliveries.into();
+            }
+            writeln!(stdout, "{json}")?;
         } else {
             stdout.write_all(&record.payload)?;
             stdout.write_all(b"\n")?;
         }
+        // Print promptly when idle (a live tail), and before settling: a record is
+        // acknowledged only once it is out.
+        stdout.flush()?;
+        if !args.no_ack {
+            received.ack()?;
+        }
         printed += 1;
         if args.count.is_some_and(|count| printed >= count) {
-            stdout.flush()?;
+            source.close().await?;
+            // Leave cleanly: the broker stops counting this consumer at once.
+            client.close().await;
             return Ok(());
         }
-        // Print promptly when the subscription is idle (a live tail).
-        stdout.flush()?;
     }
     bail!("the subscription ended")
 }

@@ -13,7 +13,8 @@
 
 use std::sync::Arc;
 
-use quiver_protocol::{Header, NewRecord};
+use quiver_protocol::NewRecord;
+use quiver_protocol::record::headers;
 
 use super::stage::{StageRun, StageRunner};
 use super::{InputEvent, Outcome, Plugins};
@@ -47,20 +48,13 @@ impl DeadLetter {
     /// The record to store in the dead-letter topic: the original with headers naming
     /// the topic, offset, plugin, version and reason.
     pub fn into_record(self, topic: &str) -> NewRecord {
-        let mut record = self.item.record;
-        for (name, value) in [
-            ("quiver-dlq-topic", topic.to_owned()),
-            ("quiver-dlq-offset", self.item.offset.to_string()),
-            ("quiver-dlq-plugin", self.plugin),
-            ("quiver-dlq-version", self.version),
-            ("quiver-dlq-reason", self.reason),
-        ] {
-            record.headers.push(Header {
-                name: name.into(),
-                value: value.into(),
-            });
-        }
-        record
+        self.item
+            .record
+            .with_header(headers::DLQ_TOPIC, topic.to_owned())
+            .with_header(headers::DLQ_OFFSET, self.item.offset.to_string())
+            .with_header(headers::DLQ_PLUGIN, self.plugin)
+            .with_header(headers::DLQ_VERSION, self.version)
+            .with_header(headers::DLQ_REASON, self.reason)
     }
 }
 

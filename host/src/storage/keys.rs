@@ -10,6 +10,10 @@
 //! | `P` plugin-name                       | [`PluginRecord`](super::PluginRecord) (postcard) |
 //! | `W` sha256 (32 bytes) part (u32 BE)   | up to [`PART_BYTES`] of a plugin component |
 //! | `K` name-length (u8) plugin-name key  | a plugin's state value |
+//! | `g` group-name                        | [`GroupRecord`](super::GroupRecord) (postcard) |
+//! | `o` group-id topic-id                 | a group's cursor and counters in a topic (24 bytes) |
+//! | `u` group-id topic-id offset          | a pending record: deliveries (u32), not-before (u64) |
+//! | `d` time (ms) unique-id               | the ids and receipts of one commit's publishes, for deduplicating retries (postcard) |
 //! | `v`                                   | the layout version, [`FORMAT`] (u32 BE) |
 //!
 //! Big-endian integers make key order offset order, so "the chunk holding offset N" is
@@ -31,6 +35,10 @@ pub(super) const PURGE: u8 = b'p';
 pub(super) const PLUGIN: u8 = b'P';
 pub(super) const WASM: u8 = b'W';
 pub(super) const STATE: u8 = b'K';
+pub(super) const GROUP: u8 = b'g';
+pub(super) const LANE: u8 = b'o';
+pub(super) const UNACKED: u8 = b'u';
+pub(super) const DEDUP: u8 = b'd';
 pub(super) const VERSION: &[u8] = b"v";
 
 /// The layout this code reads and writes; a data dir with another is refused.
@@ -74,6 +82,35 @@ pub(super) fn state(plugin: &str, state_key: &[u8]) -> Vec<u8> {
     let mut key = state_prefix(plugin);
     key.extend_from_slice(state_key);
     key
+}
+
+pub(super) fn group(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + name.len());
+    key.push(GROUP);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+pub(super) fn unacked(group: u64, topic: u64, offset: u64) -> [u8; 25] {
+    let mut key = [0; 25];
+    key[..17].copy_from_slice(&with_offset(UNACKED, group, topic));
+    key[17..].copy_from_slice(&offset.to_be_bytes());
+    key
+}
+
+/// One commit's dedup entries: keyed by time so that old ones are purged in key
+/// order, and by a unique id so that commits in the same millisecond differ.
+pub(super) fn dedup(at_ms: u64, unique: u64) -> [u8; 17] {
+    with_offset(DEDUP, at_ms, unique)
+}
+
+/// The big-endian u64s after a key's prefix byte.
+pub(super) fn numbers<const N: usize>(key: &[u8]) -> Option<[u64; N]> {
+    let mut out = [0; N];
+    for (i, n) in out.iter_mut().enumerate() {
+        *n = u64::from_be_bytes(key.get(1 + i * 8..9 + i * 8)?.try_into().ok()?);
+    }
+    Some(out)
 }
 
 pub(super) fn topic(name: &str) -> Vec<u8> {

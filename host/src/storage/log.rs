@@ -144,6 +144,14 @@ impl TopicLog {
         }
     }
 
+    /// How many subscriptions and group members are reading the topic now.
+    pub fn watchers(&self) -> usize {
+        self.waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     pub(super) fn set_stats(&self, stats: LogStats) {
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = stats;
     }

@@ -16,6 +16,7 @@
 //!   topics, plugin state) lands in one sled batch: all of it or none;
 //! - timestamps never go backwards within a topic, so time lookups can bisect.
 
+mod groups;
 mod keys;
 mod log;
 mod plugins;
@@ -28,9 +29,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use quiver_protocol::record::BatchError;
-use quiver_protocol::{NewRecord, Stage, TopicName};
+use quiver_protocol::{NewRecord, PublishId, Receipt, Stage, TopicName};
 use tokio::sync::{mpsc, oneshot};
 
+pub use groups::{Dedup, GroupRecord, GroupWrite, ReceiptLayout, StoredGroup, StoredLane};
 pub use keys::LogStats;
 use log::TopicMeta;
 pub use log::{TopicLog, TopicSettings, Watch};
@@ -53,6 +55,9 @@ pub enum StorageError {
     /// The topic was deleted.
     #[error("topic `{0}` does not exist")]
     TopicNotFound(TopicName),
+    /// A group with that name exists already.
+    #[error("group `{0}` already exists")]
+    GroupExists(String),
     /// The storage writer has stopped (the broker is shutting down).
     #[error("storage is closed")]
     Closed,
@@ -109,8 +114,8 @@ pub struct Slice {
 /// How a background clean-up step went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cleanup {
-    /// Chunks removed by this step.
-    pub chunks_removed: usize,
+    /// What this step removed: chunks, or deduplication entries.
+    pub removed: usize,
     /// True when more remains to be removed (call again).
     pub more: bool,
 }
@@ -218,16 +223,21 @@ impl Storage {
     /// group commit: all of it lands together or none of it does. Appends queued one
     /// after the other get increasing offsets; the returned handle resolves once they
     /// are durable.
+    ///
+    /// With `dedup`, the publish's receipt is stored in the same batch, so a retry of
+    /// it can be answered after a restart.
     pub async fn submit_append(
         &self,
         appends: Vec<TopicRecords>,
         state: Vec<StateWrite>,
+        dedup: Option<Dedup>,
     ) -> Result<PendingAppend, StorageError> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Append {
                 appends,
                 state,
+                dedup,
                 reply,
             })
             .await
@@ -242,7 +252,7 @@ impl Storage {
         records: Vec<NewRecord>,
     ) -> Result<Appended, StorageError> {
         let appended = self
-            .submit_append(vec![(log, records)], Vec::new())
+            .submit_append(vec![(log, records)], Vec::new(), None)
             .await?
             .durable()
             .await?;
@@ -283,6 +293,125 @@ impl Storage {
     pub async fn remove_plugin(&self, name: String) -> Result<(), StorageError> {
         self.ask(|reply| Command::RemovePlugin { name, reply })
             .await
+    }
+
+    /// Creates a group with a lane per topic (topic id, cursor), durable when this
+    /// returns.
+    pub async fn create_group(
+        &self,
+        record: GroupRecord,
+        lanes: Vec<(u64, u64)>,
+    ) -> Result<(), StorageError> {
+        self.ask(|reply| Command::CreateGroup {
+            record,
+            lanes,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes a group with its lanes and pending records, durable when this returns.
+    pub async fn delete_group(&self, name: String, id: u64) -> Result<(), StorageError> {
+        self.ask(|reply| Command::DeleteGroup { name, id, reply })
+            .await
+    }
+
+    /// Queues changes to a group's state; they become durable with the next group
+    /// commit. (A lost change means a record is delivered again: at least once.)
+    pub async fn group_writes(
+        &self,
+        name: String,
+        id: u64,
+        writes: Vec<GroupWrite>,
+    ) -> Result<(), StorageError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.commands
+            .send(Command::GroupWrites { name, id, writes })
+            .await
+            .map_err(|_| StorageError::Closed)
+    }
+
+    /// Resolves once every write queued before it (group state included) is durable.
+    pub async fn sync(&self) -> Result<(), StorageError> {
+        self.ask(|reply| Command::Sync { reply }).await
+    }
+
+    /// Forgets deduplication entries older than `before_ms` (a bounded number per
+    /// call: see [`Cleanup::more`]).
+    pub async fn purge_dedup(&self, before_ms: u64) -> Result<Cleanup, StorageError> {
+        self.ask(|reply| Command::PurgeDedup { before_ms, reply })
+            .await
+    }
+
+    /// Every group with its lanes.
+    pub fn groups(&self) -> Result<Vec<StoredGroup>, StorageError> {
+        let corrupt =
+            |what: &str| StorageError::corrupt(format!("group {what} of the wrong shape"));
+        let mut groups = Vec::new();
+        for value in self.tree.scan_prefix([keys::GROUP]).values() {
+            let record: GroupRecord = postcard::from_bytes(&value?)
+                .map_err(|e| StorageError::corrupt(format!("group record: {e}")))?;
+            let mut lanes = Vec::new();
+            for item in self.tree.scan_prefix(keys::with_id(keys::LANE, record.id)) {
+                let (key, value) = item?;
+                let [_, topic] = keys::numbers::<2>(&key).ok_or_else(|| corrupt("lane key"))?;
+                let n = |i: usize| {
+                    value
+                        .get(i * 8..i * 8 + 8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or_else(|| corrupt("lane"))
+                };
+                let mut lane = StoredLane {
+                    topic,
+                    cursor: n(0)?,
+                    redelivered: n(1)?,
+                    dead_lettered: n(2)?,
+                    pending: Vec::new(),
+                };
+                for item in
+                    self.tree
+                        .scan_prefix(keys::with_offset(keys::UNACKED, record.id, topic))
+                {
+                    let (key, value) = item?;
+                    let [_, _, offset] =
+                        keys::numbers::<3>(&key).ok_or_else(|| corrupt("pending key"))?;
+                    if value.len() != 12 {
+                        return Err(corrupt("pending record"));
+                    }
+                    let deliveries =
+                        u32::from_be_bytes(value[..4].try_into().map_err(|_| corrupt("pending"))?);
+                    let not_before =
+                        u64::from_be_bytes(value[4..].try_into().map_err(|_| corrupt("pending"))?);
+                    lane.pending.push((offset, deliveries, not_before));
+                }
+                lanes.push(lane);
+            }
+            groups.push(StoredGroup { record, lanes });
+        }
+        Ok(groups)
+    }
+
+    /// Deduplication entries written at or after `since_ms`: the id, when, and the
+    /// receipt.
+    pub fn dedup_entries(
+        &self,
+        since_ms: u64,
+    ) -> Result<Vec<(PublishId, u64, Receipt)>, StorageError> {
+        let from = keys::dedup(since_ms, 0);
+        let to = keys::dedup(u64::MAX, u64::MAX);
+        let mut entries = Vec::new();
+        for item in self.tree.range(from..=to) {
+            let (key, value) = item?;
+            let [at, _] = keys::numbers::<2>(&key)
+                .ok_or_else(|| StorageError::corrupt("dedup key of the wrong shape"))?;
+            let commit: Vec<(PublishId, Receipt)> = postcard::from_bytes(&value)
+                .map_err(|e| StorageError::corrupt(format!("dedup entry: {e}")))?;
+            entries.extend(commit.into_iter().map(|(id, receipt)| (id, at, receipt)));
+        }
+        Ok(entries)
     }
 
     /// Commits what is queued, flushes, and stops the writer thread. Later calls fail
@@ -378,6 +507,11 @@ impl Storage {
     /// A plugin's durable state under `key`.
     pub fn state_get(&self, plugin: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.tree.get(keys::state(plugin, key))?.map(|v| v.to_vec()))
+    }
+
+    /// A number never handed out before in this data dir (for group ids).
+    pub fn generate_id(&self) -> Result<u64, StorageError> {
+        Ok(self.db.generate_id()?)
     }
 
     /// Bytes the data dir takes on disk.

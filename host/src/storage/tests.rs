@@ -3,8 +3,8 @@
 use std::collections::VecDeque;
 
 use proptest::prelude::*;
-use quiver_protocol::Retention;
 use quiver_protocol::record::decode_batch;
+use quiver_protocol::{GroupSettings, Retention};
 
 use super::*;
 
@@ -14,6 +14,21 @@ fn config(dir: &tempfile::TempDir, chunk_bytes: usize) -> StorageConfig {
         cache_capacity: 8 << 20,
         chunk_bytes,
     }
+}
+
+/// Opens a data dir a closed `Storage` used. sled releases its directory lock when
+/// the last handle inside it drops, and its IO threads may still hold one for a moment
+/// after `close` returns: retry on that error alone, a bounded number of times.
+fn reopen(config: &StorageConfig) -> (Storage, Vec<Arc<TopicLog>>) {
+    for _ in 0..500 {
+        match Storage::open(config) {
+            Err(StorageError::Sled(sled::Error::Io(e))) if e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            opened => return opened.unwrap(),
+        }
+    }
+    panic!("the data dir stayed locked after its storage was closed")
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -137,7 +152,7 @@ fn topics_and_records_survive_reopening() {
         storage.close().await;
     });
     rt.block_on(async {
-        let (storage, topics) = Storage::open(&config(&dir, 100)).unwrap();
+        let (storage, topics) = reopen(&config(&dir, 100));
         assert_eq!(topics.len(), 1);
         let log = topics[0].clone();
         assert_eq!(log.name().as_str(), "keep.me");
@@ -178,7 +193,7 @@ fn duplicate_and_deleted_topics_are_refused() {
         let mut removed = 0;
         loop {
             let step = storage.purge(log.id()).await.unwrap();
-            removed += step.chunks_removed;
+            removed += step.removed;
             if !step.more {
                 break;
             }
@@ -406,7 +421,7 @@ proptest! {
                 Op::Reopen => {
                     rt.block_on(storage.close());
                     drop(storage);
-                    let (s, topics) = Storage::open(&config(&dir, 96)).unwrap();
+                    let (s, topics) = reopen(&config(&dir, 96));
                     storage = s;
                     log = topics[0].clone();
                 }
@@ -421,4 +436,118 @@ proptest! {
         }
         rt.block_on(storage.close());
     }
+}
+
+#[test]
+fn groups_and_dedup_entries_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let settings = GroupSettings {
+        pattern: "jobs.*".into(),
+        from: quiver_protocol::StartAt::Earliest,
+        ack_timeout_ms: 30_000,
+        max_deliveries: 5,
+        dead_letter: None,
+        prefetch: 10,
+    };
+    let id = PublishId {
+        producer: 7,
+        sequence: 3,
+    };
+    let (group_id, topic) = rt.block_on(async {
+        let (storage, _) = Storage::open(&config(&dir, 100)).unwrap();
+        let log = storage
+            .create_topic(name("jobs.a"), Retention::default())
+            .await
+            .unwrap();
+        let record = GroupRecord {
+            id: storage.generate_id().unwrap(),
+            name: "workers".into(),
+            settings: settings.clone(),
+            created_ms: 1,
+        };
+        storage
+            .create_group(record.clone(), vec![(log.id(), 0)])
+            .await
+            .unwrap();
+        let writes = vec![
+            GroupWrite::Lane {
+                topic: log.id(),
+                cursor: 4,
+                redelivered: 2,
+                dead_lettered: 1,
+            },
+            GroupWrite::Pending {
+                topic: log.id(),
+                offset: 1,
+                entry: Some((2, 500)),
+            },
+            GroupWrite::Pending {
+                topic: log.id(),
+                offset: 3,
+                entry: Some((1, 0)),
+            },
+            GroupWrite::Pending {
+                topic: log.id(),
+                offset: 3,
+                entry: None,
+            },
+        ];
+        storage
+            .group_writes(record.name.clone(), record.id, writes)
+            .await
+            .unwrap();
+        // A publish remembered for deduplication, in the same batch as its records.
+        let dedup = Dedup {
+            id,
+            layout: ReceiptLayout::default(),
+        };
+        storage
+            .submit_append(vec![(log.clone(), payloads(0..5))], Vec::new(), Some(dedup))
+            .await
+            .unwrap()
+            .durable()
+            .await
+            .unwrap();
+        storage.close().await;
+        (record.id, log.id())
+    });
+    rt.block_on(async {
+        let (storage, _) = reopen(&config(&dir, 100));
+        let groups = storage.groups().unwrap();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].record.settings, settings);
+        assert_eq!(
+            groups[0].lanes,
+            vec![StoredLane {
+                topic,
+                cursor: 4,
+                redelivered: 2,
+                dead_lettered: 1,
+                pending: vec![(1, 2, 500)],
+            }]
+        );
+        let entries = storage.dedup_entries(0).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].0, id);
+        assert_eq!((entries[0].2.base_offset, entries[0].2.count), (0, 5));
+        // Entries older than the horizon are purged; deleting the group removes it.
+        let purged = storage.purge_dedup(u64::MAX).await.unwrap();
+        assert_eq!(purged.removed, 1);
+        assert!(storage.dedup_entries(0).unwrap().is_empty());
+        storage
+            .delete_group("workers".into(), group_id)
+            .await
+            .unwrap();
+        assert!(storage.groups().unwrap().is_empty());
+        let again = GroupRecord {
+            id: storage.generate_id().unwrap(),
+            name: "workers".into(),
+            settings,
+            created_ms: 2,
+        };
+        assert_ne!(again.id, group_id, "group ids are never reused");
+        storage.create_group(again, Vec::new()).await.unwrap();
+        assert!(storage.groups().unwrap()[0].lanes.is_empty());
+    });
 }

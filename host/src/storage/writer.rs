@@ -13,16 +13,16 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use quiver_protocol::record;
-use quiver_protocol::{NewRecord, Stage, TopicName};
+use quiver_protocol::{NewRecord, PublishId, Receipt, Stage, TopicName};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use super::keys::{self, ChunkMeta, LogStats};
 use super::log::TopicMeta;
 use super::read::{LogReader, decode_index};
 use super::{
-    Appended, Cleanup, PluginRecord, StateWrite, StorageError, TopicLog, TopicRecords,
-    TopicSettings, now_ms,
+    Appended, Cleanup, Dedup, GroupRecord, GroupWrite, PluginRecord, StateWrite, StorageError,
+    TopicLog, TopicRecords, TopicSettings, now_ms,
 };
 
 /// Commands queued before senders wait.
@@ -38,7 +38,27 @@ pub(super) enum Command {
     Append {
         appends: Vec<TopicRecords>,
         state: Vec<StateWrite>,
+        dedup: Option<Dedup>,
         reply: Reply<Vec<Appended>>,
+    },
+    CreateGroup {
+        record: GroupRecord,
+        lanes: Vec<(u64, u64)>,
+        reply: Reply<()>,
+    },
+    DeleteGroup {
+        name: String,
+        id: u64,
+        reply: Reply<()>,
+    },
+    GroupWrites {
+        name: String,
+        id: u64,
+        writes: Vec<GroupWrite>,
+    },
+    PurgeDedup {
+        before_ms: u64,
+        reply: Reply<Cleanup>,
     },
     Create {
         name: TopicName,
@@ -71,6 +91,10 @@ pub(super) enum Command {
     Purge {
         id: u64,
         reply: Reply<Cleanup>,
+    },
+    /// Answered once everything queued before it is durable.
+    Sync {
+        reply: Reply<()>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -119,14 +143,23 @@ fn refuse<T>(reply: Reply<T>, e: StorageError) {
     let _ = reply.send(Err(e));
 }
 
+/// The writes of one group commit: applied in one sled batch, flushed once.
 #[derive(Default)]
-struct Group {
+struct CommitGroup {
     batch: sled::Batch,
     staged: HashMap<u64, Staged>,
     created: HashSet<TopicName>,
     deleted: HashSet<u64>,
+    /// Durable groups deleted in this commit (by id), which later writes must not
+    /// bring back.
+    deleted_groups: HashSet<u64>,
     /// Components written in this group, which a removal must not take away.
     components: HashSet<[u8; 32]>,
+    /// Ids and receipts of the publishes in this commit that carried an id: stored
+    /// as one entry (one sled key per commit, not per publish).
+    dedup: Vec<(PublishId, Receipt)>,
+    /// Writes staged that nobody waits for (group state): commit them anyway.
+    touched: bool,
     done: Vec<Done>,
 }
 
@@ -147,7 +180,7 @@ impl Writer {
 
     pub(super) fn run(mut self) {
         while let Some(first) = self.rx.blocking_recv() {
-            let mut group = Group::default();
+            let mut group = CommitGroup::default();
             let mut next = Some(first);
             let mut taken = 0;
             while let Some(command) = next.take() {
@@ -167,6 +200,10 @@ impl Writer {
                         self.commit(std::mem::take(&mut group));
                         let _ = reply.send(self.purge(id));
                     }
+                    Command::PurgeDedup { before_ms, reply } => {
+                        self.commit(std::mem::take(&mut group));
+                        let _ = reply.send(self.purge_dedup(before_ms));
+                    }
                     staged => self.stage(&mut group, staged),
                 }
                 if taken < MAX_GROUP {
@@ -178,21 +215,23 @@ impl Writer {
     }
 
     /// Stages one command into the group, or refuses it at once.
-    fn stage(&self, group: &mut Group, command: Command) {
-        let gone =
-            |log: &TopicLog, group: &Group| log.is_deleted() || group.deleted.contains(&log.id());
+    fn stage(&self, group: &mut CommitGroup, command: Command) {
+        let gone = |log: &TopicLog, group: &CommitGroup| {
+            log.is_deleted() || group.deleted.contains(&log.id())
+        };
         let not_found = |log: &TopicLog| StorageError::TopicNotFound(log.name().clone());
         match command {
             Command::Append {
                 appends,
                 state,
+                dedup,
                 reply,
             } => {
                 // All or nothing: refuse the whole command if any topic is gone.
                 if let Some((log, _)) = appends.iter().find(|(log, _)| gone(log, group)) {
                     return refuse(reply, not_found(log));
                 }
-                let appended = appends
+                let appended: Vec<Appended> = appends
                     .into_iter()
                     .map(|(log, records)| self.stage_records(group, log, &records))
                     .collect();
@@ -203,7 +242,46 @@ impl Writer {
                         None => group.batch.remove(key),
                     }
                 }
+                if let Some(dedup) = dedup {
+                    group
+                        .dedup
+                        .push((dedup.id, dedup.layout.receipt(&appended)));
+                }
                 group.done.push(answer(reply, appended, || {}));
+            }
+            Command::CreateGroup {
+                record,
+                lanes,
+                reply,
+            } => {
+                let key = keys::group(&record.name);
+                match self.tree.contains_key(&key) {
+                    Ok(false) => {}
+                    Ok(true) => return refuse(reply, StorageError::GroupExists(record.name)),
+                    Err(e) => return refuse(reply, e.into()),
+                }
+                for (topic, cursor) in lanes {
+                    group.batch.insert(
+                        &keys::with_offset(keys::LANE, record.id, topic)[..],
+                        &lane_value(cursor, 0, 0)[..],
+                    );
+                }
+                // Invariant: a GroupRecord holds only strings, integers and options.
+                let value = postcard::to_allocvec(&record).expect("group records always encode");
+                group.batch.insert(key, value);
+                group.done.push(answer(reply, (), || {}));
+            }
+            Command::DeleteGroup { name, id, reply } => {
+                match self.stage_delete_group(group, &name, id) {
+                    Ok(()) => group.done.push(answer(reply, (), || {})),
+                    Err(e) => refuse(reply, e),
+                }
+            }
+            Command::Sync { reply } => group.done.push(answer(reply, (), || {})),
+            Command::GroupWrites { name, id, writes } => {
+                if let Err(e) = self.stage_group_writes(group, &name, id, writes) {
+                    error!(group = %name, cause = %e, "group state not written");
+                }
             }
             Command::Create {
                 name,
@@ -268,7 +346,10 @@ impl Writer {
                 Ok(()) => group.done.push(answer(reply, (), || {})),
                 Err(e) => refuse(reply, e),
             },
-            Command::Trim { .. } | Command::Purge { .. } | Command::Shutdown { .. } => {
+            Command::Trim { .. }
+            | Command::Purge { .. }
+            | Command::PurgeDedup { .. }
+            | Command::Shutdown { .. } => {
                 unreachable!("run() handles clean-up and shutdown itself")
             }
         }
@@ -276,7 +357,7 @@ impl Writer {
 
     fn stage_records(
         &self,
-        group: &mut Group,
+        group: &mut CommitGroup,
         log: Arc<TopicLog>,
         records: &[NewRecord],
     ) -> Appended {
@@ -318,7 +399,7 @@ impl Writer {
 
     fn stage_create(
         &self,
-        group: &mut Group,
+        group: &mut CommitGroup,
         name: TopicName,
         settings: TopicSettings,
     ) -> Result<Arc<TopicLog>, StorageError> {
@@ -350,7 +431,7 @@ impl Writer {
 
     /// Removes a plugin's record and state, and each of its components that no other
     /// plugin uses.
-    fn stage_remove_plugin(&self, group: &mut Group, name: &str) -> Result<(), StorageError> {
+    fn stage_remove_plugin(&self, group: &mut CommitGroup, name: &str) -> Result<(), StorageError> {
         let Some(value) = self.tree.get(keys::plugin(name))? else {
             return Ok(());
         };
@@ -378,10 +459,136 @@ impl Writer {
         Ok(())
     }
 
+    /// Whether `name` still names the durable group with this id (not deleted, not
+    /// recreated).
+    fn is_group(&self, group: &CommitGroup, name: &str, id: u64) -> Result<bool, StorageError> {
+        if group.deleted_groups.contains(&id) {
+            return Ok(false);
+        }
+        let Some(value) = self.tree.get(keys::group(name))? else {
+            return Ok(false);
+        };
+        let record: GroupRecord = postcard::from_bytes(&value)
+            .map_err(|e| StorageError::corrupt(format!("group record `{name}`: {e}")))?;
+        Ok(record.id == id)
+    }
+
+    fn stage_delete_group(
+        &self,
+        group: &mut CommitGroup,
+        name: &str,
+        id: u64,
+    ) -> Result<(), StorageError> {
+        if !self.is_group(group, name, id)? {
+            return Ok(());
+        }
+        group.deleted_groups.insert(id);
+        group.batch.remove(keys::group(name));
+        for prefix in [
+            keys::with_id(keys::LANE, id),
+            keys::with_id(keys::UNACKED, id),
+        ] {
+            for key in self.tree.scan_prefix(prefix).keys() {
+                group.batch.remove(key?);
+            }
+        }
+        group.touched = true;
+        Ok(())
+    }
+
+    fn stage_group_writes(
+        &self,
+        group: &mut CommitGroup,
+        name: &str,
+        id: u64,
+        writes: Vec<GroupWrite>,
+    ) -> Result<(), StorageError> {
+        // Writes racing a delete must not bring the group's keys back.
+        if !self.is_group(group, name, id)? {
+            return Ok(());
+        }
+        for write in writes {
+            match write {
+                GroupWrite::Lane {
+                    topic,
+                    cursor,
+                    redelivered,
+                    dead_lettered,
+                } => group.batch.insert(
+                    &keys::with_offset(keys::LANE, id, topic)[..],
+                    &lane_value(cursor, redelivered, dead_lettered)[..],
+                ),
+                GroupWrite::Pending {
+                    topic,
+                    offset,
+                    entry: Some((deliveries, not_before)),
+                } => {
+                    let mut value = [0u8; 12];
+                    value[..4].copy_from_slice(&deliveries.to_be_bytes());
+                    value[4..].copy_from_slice(&not_before.to_be_bytes());
+                    group
+                        .batch
+                        .insert(&keys::unacked(id, topic, offset)[..], &value[..]);
+                }
+                GroupWrite::Pending {
+                    topic,
+                    offset,
+                    entry: None,
+                } => group.batch.remove(&keys::unacked(id, topic, offset)[..]),
+                GroupWrite::DropLane { topic } => {
+                    group
+                        .batch
+                        .remove(&keys::with_offset(keys::LANE, id, topic)[..]);
+                    for key in self
+                        .tree
+                        .scan_prefix(keys::with_offset(keys::UNACKED, id, topic))
+                        .keys()
+                    {
+                        group.batch.remove(key?);
+                    }
+                }
+            }
+        }
+        group.touched = true;
+        Ok(())
+    }
+
+    /// Removes up to [`CLEANUP_STEP`] deduplication entries older than `before_ms`.
+    fn purge_dedup(&self, before_ms: u64) -> Result<Cleanup, StorageError> {
+        let mut batch = sled::Batch::default();
+        let lo = keys::dedup(0, 0);
+        let hi = keys::dedup(before_ms, 0);
+        let mut removed = 0;
+        for key in self.tree.range(lo..hi).keys().take(CLEANUP_STEP) {
+            batch.remove(key?);
+            removed += 1;
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(Cleanup {
+            removed,
+            more: removed == CLEANUP_STEP,
+        })
+    }
+
     /// Applies and flushes a group, then publishes its effects and answers.
-    fn commit(&self, mut group: Group) {
-        if group.done.is_empty() {
+    fn commit(&self, mut group: CommitGroup) {
+        if group.done.is_empty() && !group.touched {
             return;
+        }
+        if !group.dedup.is_empty() {
+            match self.db.generate_id() {
+                Ok(unique) => {
+                    // Invariant: receipts and ids hold only strings, integers and options.
+                    let value =
+                        postcard::to_allocvec(&group.dedup).expect("receipts always encode");
+                    group
+                        .batch
+                        .insert(&keys::dedup(now_ms(), unique)[..], value);
+                }
+                Err(e) => {
+                    warn!(cause = %e, "publish ids not remembered; retries of these publishes may be stored twice")
+                }
+            }
         }
         for (id, staged) in &mut group.staged {
             if let Some(chunk) = staged.chunk.take() {
@@ -417,7 +624,7 @@ impl Writer {
     fn trim(&self, log: &TopicLog, first: u64) -> Result<Cleanup, StorageError> {
         if log.is_deleted() {
             return Ok(Cleanup {
-                chunks_removed: 0,
+                removed: 0,
                 more: false,
             });
         }
@@ -430,7 +637,7 @@ impl Writer {
             stats.first = first;
             batch.insert(&keys::with_id(keys::STATS, log.id()), &stats.encode());
         }
-        let mut chunks_removed = 0;
+        let mut removed = 0;
         let mut more = false;
         let lo = keys::with_offset(keys::INDEX, log.id(), 0);
         let hi = keys::with_offset(keys::INDEX, log.id(), stats.first);
@@ -440,19 +647,16 @@ impl Writer {
             if base + u64::from(meta.count) > stats.first {
                 break;
             }
-            if chunks_removed == CLEANUP_STEP {
+            if removed == CLEANUP_STEP {
                 more = true;
                 break;
             }
             remove_chunk(&self.tree, &mut batch, log.id(), base)?;
-            chunks_removed += 1;
+            removed += 1;
         }
         self.tree.apply_batch(batch)?;
         log.set_stats(stats);
-        Ok(Cleanup {
-            chunks_removed,
-            more,
-        })
+        Ok(Cleanup { removed, more })
     }
 
     /// Removes up to [`CLEANUP_STEP`] chunks of a deleted topic; the purge marker goes
@@ -461,24 +665,29 @@ impl Writer {
         let mut batch = sled::Batch::default();
         let lo = keys::with_offset(keys::INDEX, id, 0);
         let hi = keys::with_offset(keys::INDEX, id, u64::MAX);
-        let mut chunks_removed = 0;
+        let mut removed = 0;
         for key in self.tree.range(lo..=hi).keys().take(CLEANUP_STEP) {
             let key = key?;
             let base = keys::offset_of(&key)
                 .ok_or_else(|| StorageError::corrupt("index key of the wrong shape"))?;
             remove_chunk(&self.tree, &mut batch, id, base)?;
-            chunks_removed += 1;
+            removed += 1;
         }
-        let more = chunks_removed == CLEANUP_STEP;
+        let more = removed == CLEANUP_STEP;
         if !more {
             batch.remove(&keys::with_id(keys::PURGE, id));
         }
         self.tree.apply_batch(batch)?;
-        Ok(Cleanup {
-            chunks_removed,
-            more,
-        })
+        Ok(Cleanup { removed, more })
     }
+}
+
+fn lane_value(cursor: u64, redelivered: u64, dead_lettered: u64) -> [u8; 24] {
+    let mut value = [0u8; 24];
+    for (i, n) in [cursor, redelivered, dead_lettered].into_iter().enumerate() {
+        value[i * 8..i * 8 + 8].copy_from_slice(&n.to_be_bytes());
+    }
+    value
 }
 
 fn encode_meta(meta: &TopicMeta) -> Vec<u8> {

@@ -1,0 +1,289 @@
+//! Deduplication of retried publishes: a publish carrying an id seen within the window
+//! is answered with the first one's receipt instead of being appended again.
+//!
+//! The receipts of recent publishes live here, in memory, and in storage (written in
+//! the same batch as the records, so a retry after a restart is recognised too). A
+//! publish whose id is in flight waits for that first attempt: if it succeeds the retry
+//! gets its receipt; if it fails the retry goes ahead on its own.
+//!
+//! The window is `dedup.window` long but holds at most `dedup.max_entries` publishes:
+//! past that the oldest are forgotten first. Memory is what bounds it: an entry is
+//! about 100 bytes when its receipt is plain (no plugin routed, dropped or
+//! dead-lettered anything), so the receipt is kept compact in that common case.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use quiver_protocol::{PublishId, Receipt};
+use tokio::sync::Notify;
+
+/// What to do with a publish that carries an id.
+#[derive(Debug)]
+pub enum Claim {
+    /// Seen before: answer with this receipt.
+    Duplicate(Receipt),
+    /// New: publish it, and report how it went through the ticket.
+    Fresh(Ticket),
+}
+
+/// The right to publish an id; dropping it without [`Ticket::done`] lets waiting
+/// retries go ahead.
+#[derive(Debug)]
+pub struct Ticket {
+    id: PublishId,
+    dedup: Arc<Deduplicator>,
+}
+
+impl Ticket {
+    /// The id this ticket is for.
+    pub fn id(&self) -> PublishId {
+        self.id
+    }
+
+    /// The publish is durable with this receipt.
+    pub fn done(self, receipt: Receipt, at_ms: u64) {
+        self.dedup.remember(self.id, receipt, at_ms);
+        // Dropping the ticket ends the attempt.
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.dedup.lock().in_flight.remove(&self.id);
+        self.dedup.finished.notify_waiters();
+    }
+}
+
+/// A receipt as remembered: most are plain, and 16 bytes hold those.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Remembered {
+    Plain { base_offset: u64, count: u32 },
+    Full(Box<Receipt>),
+}
+
+impl From<Receipt> for Remembered {
+    fn from(receipt: Receipt) -> Self {
+        let plain =
+            receipt.routed.is_empty() && receipt.dead_letter.is_none() && receipt.dropped == 0;
+        match plain {
+            true => Self::Plain {
+                base_offset: receipt.base_offset,
+                count: receipt.count,
+            },
+            false => Self::Full(Box::new(receipt)),
+        }
+    }
+}
+
+impl Remembered {
+    fn receipt(&self) -> Receipt {
+        match self {
+            Self::Plain { base_offset, count } => Receipt {
+                base_offset: *base_offset,
+                count: *count,
+                routed: Vec::new(),
+                dead_letter: None,
+                dropped: 0,
+            },
+            Self::Full(receipt) => Receipt::clone(receipt),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Each remembered id with when it was stored and its receipt.
+    seen: HashMap<PublishId, (u64, Remembered)>,
+    /// Ids in the order they were remembered, for forgetting the oldest.
+    order: VecDeque<(u64, PublishId)>,
+    /// Ids being published right now.
+    in_flight: HashSet<PublishId>,
+}
+
+/// Recent publish ids and their receipts.
+#[derive(Debug)]
+pub struct Deduplicator {
+    window_ms: u64,
+    max_entries: usize,
+    inner: Mutex<Inner>,
+    /// Notified whenever an attempt ends, for retries waiting on one. Retries of
+    /// publishes still in flight are rare, so one shared signal serves them all.
+    finished: Notify,
+}
+
+impl Deduplicator {
+    /// An empty deduplicator.
+    pub fn new(window_ms: u64, max_entries: usize) -> Arc<Self> {
+        Arc::new(Self {
+            window_ms,
+            max_entries: max_entries.max(1),
+            inner: Mutex::default(),
+            finished: Notify::new(),
+        })
+    }
+
+    /// How far back publishes are remembered.
+    pub fn window_ms(&self) -> u64 {
+        self.window_ms
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides what a publish with `id` should do, waiting first if the same id is
+    /// being published right now.
+    pub async fn claim(self: &Arc<Self>, id: PublishId, now_ms: impl Fn() -> u64) -> Claim {
+        loop {
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            // Registered before looking, so an attempt ending meanwhile still wakes us.
+            finished.as_mut().enable();
+            if let Some(claim) = self.try_claim(id, now_ms()) {
+                return claim;
+            }
+            finished.await;
+        }
+    }
+
+    /// The claim for `id` at `now_ms`, or `None` while it is in flight.
+    fn try_claim(self: &Arc<Self>, id: PublishId, now_ms: u64) -> Option<Claim> {
+        let mut inner = self.lock();
+        if let Some((at, remembered)) = inner.seen.get(&id)
+            && now_ms.saturating_sub(*at) < self.window_ms
+        {
+            return Some(Claim::Duplicate(remembered.receipt()));
+        }
+        if !inner.in_flight.insert(id) {
+            return None;
+        }
+        Some(Claim::Fresh(Ticket {
+            id,
+            dedup: Arc::clone(self),
+        }))
+    }
+
+    /// Remembers a durable publish (also used to load entries at start-up).
+    pub fn remember(&self, id: PublishId, receipt: Receipt, at_ms: u64) {
+        let mut inner = self.lock();
+        inner.seen.insert(id, (at_ms, receipt.into()));
+        inner.order.push_back((at_ms, id));
+        let horizon = at_ms.saturating_sub(self.window_ms);
+        while let Some(&(at, oldest)) = inner.order.front() {
+            if at >= horizon && inner.order.len() <= self.max_entries {
+                break;
+            }
+            inner.order.pop_front();
+            // Only if not remembered again since.
+            if inner.seen.get(&oldest).is_some_and(|(when, _)| *when == at) {
+                inner.seen.remove(&oldest);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+    use quiver_protocol::Placement;
+
+    use super::*;
+
+    fn receipt(base_offset: u64) -> Receipt {
+        Receipt {
+            base_offset,
+            count: 1,
+            routed: vec![],
+            dead_letter: None,
+            dropped: 0,
+        }
+    }
+
+    const ID: PublishId = PublishId {
+        producer: 1,
+        sequence: 2,
+    };
+
+    fn claim_now(dedup: &Arc<Deduplicator>, id: PublishId, now: u64) -> Option<Claim> {
+        dedup.claim(id, || now).now_or_never()
+    }
+
+    #[test]
+    fn a_retry_gets_the_first_receipt_within_the_window() {
+        let dedup = Deduplicator::new(1000, 10);
+        let Some(Claim::Fresh(ticket)) = claim_now(&dedup, ID, 0) else {
+            panic!("new id")
+        };
+        assert!(
+            claim_now(&dedup, ID, 1).is_none(),
+            "in flight: the retry waits"
+        );
+        ticket.done(receipt(7), 5);
+        assert!(
+            matches!(claim_now(&dedup, ID, 900), Some(Claim::Duplicate(r)) if r.base_offset == 7)
+        );
+        assert!(
+            matches!(claim_now(&dedup, ID, 2000), Some(Claim::Fresh(_))),
+            "past the window"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retry_waits_for_the_attempt_in_flight() {
+        let dedup = Deduplicator::new(1000, 10);
+        let Some(Claim::Fresh(ticket)) = claim_now(&dedup, ID, 0) else {
+            panic!("new id")
+        };
+        let waiting = tokio::spawn({
+            let dedup = Arc::clone(&dedup);
+            async move { dedup.claim(ID, || 1).await }
+        });
+        tokio::task::yield_now().await;
+        ticket.done(receipt(7), 1);
+        let claim = waiting.await.unwrap();
+        assert!(matches!(claim, Claim::Duplicate(r) if r.base_offset == 7));
+    }
+
+    #[test]
+    fn a_failed_attempt_lets_the_retry_go_ahead() {
+        let dedup = Deduplicator::new(1000, 10);
+        let Some(Claim::Fresh(ticket)) = claim_now(&dedup, ID, 0) else {
+            panic!("new id")
+        };
+        drop(ticket);
+        assert!(matches!(claim_now(&dedup, ID, 0), Some(Claim::Fresh(_))));
+    }
+
+    #[test]
+    fn receipts_come_back_as_they_were_given() {
+        let dedup = Deduplicator::new(1000, 10);
+        let full = Receipt {
+            routed: vec![Placement {
+                topic: "elsewhere".into(),
+                base_offset: 3,
+                count: 1,
+            }],
+            dropped: 2,
+            ..receipt(9)
+        };
+        dedup.remember(ID, full.clone(), 0);
+        assert!(matches!(claim_now(&dedup, ID, 1), Some(Claim::Duplicate(r)) if r == full));
+    }
+
+    #[test]
+    fn the_oldest_are_forgotten_beyond_the_entry_limit() {
+        let dedup = Deduplicator::new(u64::MAX, 2);
+        let id = |sequence| PublishId {
+            producer: 1,
+            sequence,
+        };
+        for sequence in 0..3 {
+            dedup.remember(id(sequence), receipt(sequence), 0);
+        }
+        assert!(matches!(claim_now(&dedup, id(0), 0), Some(Claim::Fresh(_))));
+        assert!(matches!(
+            claim_now(&dedup, id(2), 0),
+            Some(Claim::Duplicate(_))
+        ));
+    }
+}

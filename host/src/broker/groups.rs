@@ -1,0 +1,241 @@
+//! Durable groups from the broker's side: creating, deleting, describing and resetting
+//! them (which needs the topic registry), and dead-lettering what they give up on.
+
+use std::sync::Arc;
+
+use quiver_protocol::record::headers;
+use quiver_protocol::{GroupInfo, GroupSettings, NewRecord, StartAt, TopicName, TopicPattern};
+use tracing::{info, warn};
+
+use super::{Broker, BrokerError};
+use crate::groups::state::{DeadLetter, Lane};
+use crate::groups::{Group, Loaded};
+use crate::storage::{GroupRecord, GroupWrite, StorageError, TopicLog, now_ms};
+
+/// The most records a member may hold unsettled.
+pub(crate) const MAX_PREFETCH: u32 = 10_000;
+
+impl Broker {
+    /// A group by name.
+    pub fn group(&self, name: &str) -> Result<Arc<Group>, BrokerError> {
+        self.groups
+            .get(name)
+            .ok_or_else(|| BrokerError::GroupNotFound(name.to_owned()))
+    }
+
+    /// Where `log`'s records start for a group reading it `from`.
+    fn start_offset(&self, log: &TopicLog, from: StartAt) -> Result<u64, StorageError> {
+        let stats = log.stats();
+        Ok(match from {
+            StartAt::Earliest => stats.first,
+            StartAt::Latest => stats.next,
+            StartAt::Offset(offset) => offset.max(stats.first),
+            StartAt::Timestamp(ms) => self.storage.offset_for_timestamp(log, ms)?,
+        })
+    }
+
+    /// Creates a durable group.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        settings: GroupSettings,
+    ) -> Result<GroupInfo, BrokerError> {
+        TopicName::parse(name).map_err(|e| {
+            BrokerError::InvalidArgument(format!(
+                "invalid group name `{name}`: {e} (group names follow the topic-name grammar)"
+            ))
+        })?;
+        let pattern = TopicPattern::parse(&settings.pattern).map_err(|source| {
+            BrokerError::InvalidPattern {
+                pattern: settings.pattern.clone(),
+                source,
+            }
+        })?;
+        if let Some(dead_letter) = &settings.dead_letter {
+            Self::parse_name(dead_letter)?;
+        }
+        let invalid = |what: &str| Err(BrokerError::InvalidArgument(what.to_owned()));
+        if settings.ack_timeout_ms == 0 {
+            return invalid("the ack timeout must be longer than zero");
+        }
+        if settings.max_deliveries == 0 {
+            return invalid("max deliveries must be at least 1");
+        }
+        if settings.prefetch == 0 || settings.prefetch > MAX_PREFETCH {
+            return invalid(&format!("prefetch must be 1 to {MAX_PREFETCH}"));
+        }
+        if self.groups.get(name).is_some() {
+            return Err(BrokerError::GroupExists(name.to_owned()));
+        }
+        let mut lanes = Vec::new();
+        for log in self
+            .topics()
+            .into_iter()
+            .filter(|log| pattern.matches(log.name()))
+        {
+            let cursor = self.start_offset(&log, settings.from)?;
+            lanes.push((
+                log,
+                Lane {
+                    cursor,
+                    ..Lane::default()
+                },
+            ));
+        }
+        let record = GroupRecord {
+            id: self.storage.generate_id()?,
+            name: name.to_owned(),
+            settings,
+            created_ms: now_ms(),
+        };
+        let stored_lanes = lanes
+            .iter()
+            .map(|(log, lane)| (log.id(), lane.cursor))
+            .collect();
+        self.storage
+            .create_group(record.clone(), stored_lanes)
+            .await?;
+        let (group, _) = Group::new(record, pattern, lanes);
+        self.groups.insert(Arc::clone(&group));
+        info!(group = name, pattern = %group.pattern(), "group created");
+        Ok(group.info())
+    }
+
+    /// Deletes a group; its members are told and its state is removed.
+    pub async fn delete_group(&self, name: &str) -> Result<(), BrokerError> {
+        let group = self.group(name)?;
+        self.storage
+            .delete_group(name.to_owned(), group.record.id)
+            .await?;
+        self.groups.remove(name);
+        info!(group = name, "group deleted");
+        Ok(())
+    }
+
+    /// Describes a group. The group's state changes queued before the call are
+    /// durable by the time it returns: after a member has left, what `describe` shows
+    /// is what a crash would keep.
+    pub async fn describe_group(&self, name: &str) -> Result<GroupInfo, BrokerError> {
+        let group = self.group(name)?;
+        self.persist_group(&group, self.sync_group_topics(&group))
+            .await;
+        let info = group.info();
+        self.storage.sync().await?;
+        Ok(info)
+    }
+
+    /// Every group, by name.
+    pub async fn list_groups(&self) -> Vec<GroupInfo> {
+        let mut infos = Vec::new();
+        for group in self.groups.all() {
+            self.persist_group(&group, self.sync_group_topics(&group))
+                .await;
+            infos.push(group.info());
+        }
+        infos
+    }
+
+    /// Moves a group's cursor in every topic it consumes (replay, or skip ahead);
+    /// records it held pending are forgotten.
+    pub async fn reset_group(&self, name: &str, to: StartAt) -> Result<GroupInfo, BrokerError> {
+        let group = self.group(name)?;
+        let mut writes = self.sync_group_topics(&group);
+        writes.extend(group.reset(|log| self.start_offset(log, to))?);
+        self.persist_group(&group, writes).await;
+        info!(group = name, ?to, "group reset");
+        Ok(group.info())
+    }
+
+    /// Adds lanes for topics created since the group last looked (they are consumed
+    /// from their first record) and drops those of deleted topics. Cheap when nothing
+    /// changed: one pass over the topic registry.
+    pub fn sync_group_topics(&self, group: &Group) -> Vec<GroupWrite> {
+        let mut writes = group.drop_deleted_topics();
+        for log in self.topics() {
+            if let Some(added) = group.add_topic(&log, log.stats().first) {
+                writes.extend(added);
+            }
+        }
+        writes
+    }
+
+    /// Hands a group's state changes to storage.
+    pub async fn persist_group(&self, group: &Group, writes: Vec<GroupWrite>) {
+        let result = self
+            .storage
+            .group_writes(group.record.name.clone(), group.record.id, writes)
+            .await;
+        if let Err(e) = result {
+            warn!(group = %group.name(), cause = %e, "group state not persisted");
+        }
+    }
+
+    /// Stores records a group gave up on in the dead-letter topic (the group's, or the
+    /// topic's), with headers saying where they came from and why.
+    pub async fn dead_letter_group_records(
+        &self,
+        group: &Group,
+        dead: Vec<DeadLetter>,
+    ) -> Result<(), BrokerError> {
+        for letter in dead {
+            let Some(log) = group.log(letter.topic) else {
+                continue;
+            };
+            let Some(slice) = self.storage.read(&log, letter.offset, 1, usize::MAX)? else {
+                continue; // removed by retention meanwhile
+            };
+            if slice.base_offset != letter.offset {
+                continue;
+            }
+            let Some(stored) =
+                quiver_protocol::record::decode_batch(slice.base_offset, &slice.batch)
+                    .map_err(StorageError::from)?
+                    .pop()
+            else {
+                continue;
+            };
+            let record = NewRecord {
+                key: stored.key,
+                headers: stored.headers,
+                payload: stored.payload,
+            }
+            .with_header(headers::DLQ_TOPIC, log.name().to_string())
+            .with_header(headers::DLQ_OFFSET, letter.offset.to_string())
+            .with_header(headers::DLQ_DELIVERIES, letter.deliveries.to_string())
+            .with_header(headers::DLQ_GROUP, group.name().to_owned())
+            .with_header(headers::DLQ_REASON, letter.reason);
+            let dlq = match &group.record.settings.dead_letter {
+                Some(name) => match self.topic(name) {
+                    Ok(log) => log,
+                    Err(BrokerError::TopicNotFound(_)) => {
+                        self.create_topic(name, Default::default(), None).await?;
+                        self.topic(name)?
+                    }
+                    Err(e) => return Err(e),
+                },
+                None => self.dead_letter_topic(&log).await?,
+            };
+            self.storage
+                .submit_append(vec![(dlq, vec![record])], Vec::new(), None)
+                .await?
+                .durable()
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Dead-letters what loading the groups gave up on and persists what loading
+    /// changed (run once, at start-up).
+    pub async fn settle_loaded_groups(&self, loaded: Vec<Loaded>) -> Result<(), BrokerError> {
+        for Loaded {
+            group,
+            dead,
+            writes,
+        } in loaded
+        {
+            self.persist_group(&group, writes).await;
+            self.dead_letter_group_records(&group, dead).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,425 @@
+//! Durable consumer groups: members compete for a topic's (or pattern's) records, each
+//! record goes to one member at a time, and settles with ack, nack, term or
+//! in-progress; unsettled records are delivered again until `max_deliveries`, then
+//! dead-lettered.
+//!
+//! - `state`: the pure state machine (lanes, pending records, who holds what);
+//! - `member`: one member's stream;
+//! - this module: [`Group`], the state with its topics, members and persistence, and
+//!   [`Groups`], the registry.
+//!
+//! Invariant: every change to a group's state is handed to storage (as
+//! [`GroupWrite`]s) right after it is made, under the group's lock, so storage sees
+//! changes in order. They become durable with the next group commit; a change lost in a
+//! crash only means a record is delivered again.
+
+pub mod member;
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use quiver_protocol::{GroupInfo, GroupTopic, TopicPattern};
+use tokio::sync::Notify;
+
+use crate::storage::{GroupRecord, GroupWrite, StorageError, StoredGroup, TopicLog};
+use state::{Change, DeadLetter, Delivery, GroupState, Lane, MemberId, Pending, Policy, TopicId};
+
+/// A durable group, live.
+#[derive(Debug)]
+pub struct Group {
+    /// What storage keeps of it.
+    pub record: GroupRecord,
+    pattern: TopicPattern,
+    policy: Policy,
+    state: Mutex<GroupState>,
+    logs: Mutex<HashMap<TopicId, Arc<TopicLog>>>,
+    members: Mutex<HashMap<MemberId, Arc<Notify>>>,
+    next_member: AtomicU64,
+    deleted: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Group {
+    /// A group over `lanes` (each with its topic's log), as created or loaded. Returns
+    /// the dead letters loading produced (records whose last delivery a restart cut
+    /// short at `max_deliveries`).
+    pub fn new(
+        record: GroupRecord,
+        pattern: TopicPattern,
+        lanes: Vec<(Arc<TopicLog>, Lane)>,
+    ) -> (Arc<Self>, Vec<DeadLetter>) {
+        let policy = Policy {
+            ack_timeout_ms: record.settings.ack_timeout_ms,
+            max_deliveries: record.settings.max_deliveries,
+        };
+        let logs = lanes
+            .iter()
+            .map(|(log, _)| (log.id(), Arc::clone(log)))
+            .collect();
+        let lanes = lanes
+            .into_iter()
+            .map(|(log, lane)| (log.id(), lane))
+            .collect();
+        let (state, dead) = GroupState::load(lanes, policy);
+        let group = Arc::new(Self {
+            record,
+            pattern,
+            policy,
+            state: Mutex::new(state),
+            logs: Mutex::new(logs),
+            members: Mutex::default(),
+            next_member: AtomicU64::new(1),
+            deleted: AtomicBool::new(false),
+        });
+        (group, dead)
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+
+    /// The pattern it consumes.
+    pub fn pattern(&self) -> &TopicPattern {
+        &self.pattern
+    }
+
+    /// How it treats unsettled records.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// True once deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+        self.wake_members();
+    }
+
+    /// The log of a topic the group consumes.
+    pub fn log(&self, topic: TopicId) -> Option<Arc<TopicLog>> {
+        lock(&self.logs).get(&topic).cloned()
+    }
+
+    /// The topic the group consumes under `name`.
+    pub fn topic_named(&self, name: &str) -> Option<TopicId> {
+        lock(&self.logs)
+            .values()
+            .find(|log| log.name().as_str() == name)
+            .map(|log| log.id())
+    }
+
+    /// Every topic the group consumes.
+    pub fn logs(&self) -> Vec<Arc<TopicLog>> {
+        lock(&self.logs).values().cloned().collect()
+    }
+
+    /// Starts consuming `log` at `cursor` if the pattern matches and it is new.
+    /// Returns whether it was added.
+    pub fn add_topic(&self, log: &Arc<TopicLog>, cursor: u64) -> Option<Vec<GroupWrite>> {
+        if !self.pattern.matches(log.name()) || log.is_deleted() {
+            return None;
+        }
+        let mut state = lock(&self.state);
+        if !state.add_lane(log.id(), cursor) {
+            return None;
+        }
+        lock(&self.logs).insert(log.id(), Arc::clone(log));
+        Some(self.writes(&mut state))
+    }
+
+    /// Forgets topics that were deleted.
+    pub fn drop_deleted_topics(&self) -> Vec<GroupWrite> {
+        let gone: Vec<TopicId> = lock(&self.logs)
+            .iter()
+            .filter(|(_, log)| log.is_deleted())
+            .map(|(id, _)| *id)
+            .collect();
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        let mut state = lock(&self.state);
+        let mut logs = lock(&self.logs);
+        let mut writes = self.writes(&mut state);
+        for topic in gone {
+            state.remove_lane(topic);
+            logs.remove(&topic);
+            writes.push(GroupWrite::DropLane { topic });
+        }
+        writes
+    }
+
+    /// Registers a member; it is woken whenever records may be available to it.
+    pub fn join(&self, notify: Arc<Notify>) -> MemberId {
+        let member = self.next_member.fetch_add(1, Ordering::Relaxed);
+        lock(&self.members).insert(member, notify);
+        member
+    }
+
+    /// Unregisters a member and releases what it held.
+    pub fn leave(&self, member: MemberId, now: u64) -> (Vec<DeadLetter>, Vec<GroupWrite>) {
+        lock(&self.members).remove(&member);
+        let mut state = lock(&self.state);
+        let dead = state.release(now, Some(member), self.policy);
+        let writes = self.writes(&mut state);
+        drop(state);
+        self.wake_members();
+        (dead, writes)
+    }
+
+    /// Wakes every member (records were freed, or the group changed).
+    pub fn wake_members(&self) {
+        for notify in lock(&self.members).values() {
+            notify.notify_one();
+        }
+    }
+
+    /// Members connected now.
+    pub fn member_count(&self) -> usize {
+        lock(&self.members).len()
+    }
+
+    /// Records `member` holds.
+    pub fn held(&self, member: MemberId) -> usize {
+        lock(&self.state).held(member)
+    }
+
+    /// Releases records whose ack timeout passed.
+    pub fn release_expired(&self, now: u64) -> (Vec<DeadLetter>, Vec<GroupWrite>) {
+        let mut state = lock(&self.state);
+        let dead = state.release(now, None, self.policy);
+        let writes = self.writes(&mut state);
+        (dead, writes)
+    }
+
+    /// Hands `member` up to `max` records.
+    pub fn assign(
+        &self,
+        member: MemberId,
+        max: usize,
+        now: u64,
+    ) -> (Vec<Delivery>, Vec<GroupWrite>) {
+        let logs = lock(&self.logs).clone();
+        let bounds = |topic: TopicId| {
+            logs.get(&topic).map_or((0, 0), |log| {
+                let stats = log.stats();
+                (stats.first, stats.next)
+            })
+        };
+        let mut state = lock(&self.state);
+        let deliveries = state.assign(member, max, now, self.policy, bounds);
+        let writes = self.writes(&mut state);
+        (deliveries, writes)
+    }
+
+    /// Applies a member's settlement.
+    pub fn settle(
+        &self,
+        member: MemberId,
+        topic: TopicId,
+        offset: u64,
+        action: state::Action,
+        now: u64,
+    ) -> (Option<DeadLetter>, Vec<GroupWrite>) {
+        let mut state = lock(&self.state);
+        let dead = state.settle(member, topic, offset, action, now, self.policy);
+        let writes = self.writes(&mut state);
+        drop(state);
+        // A nack frees a record another member may take.
+        self.wake_members();
+        (dead, writes)
+    }
+
+    /// When the state next changes by itself.
+    pub fn next_wakeup(&self, now: u64) -> Option<u64> {
+        lock(&self.state).next_wakeup(now)
+    }
+
+    /// Moves every lane's cursor to `cursor(topic)` and forgets pending records.
+    pub fn reset(
+        &self,
+        cursor: impl Fn(&TopicLog) -> Result<u64, StorageError>,
+    ) -> Result<Vec<GroupWrite>, StorageError> {
+        let logs = lock(&self.logs).clone();
+        let mut state = lock(&self.state);
+        for (topic, log) in &logs {
+            state.reset(*topic, cursor(log)?);
+        }
+        let writes = self.writes(&mut state);
+        drop(state);
+        self.wake_members();
+        Ok(writes)
+    }
+
+    /// Storage writes for what changed in `state`.
+    fn writes(&self, state: &mut GroupState) -> Vec<GroupWrite> {
+        let changes = state.take_changes();
+        let lanes = state.lanes();
+        changes
+            .into_iter()
+            .filter_map(|change| match change {
+                Change::Lane(topic) => lanes.get(&topic).map(|lane| GroupWrite::Lane {
+                    topic,
+                    cursor: lane.cursor,
+                    redelivered: lane.redelivered,
+                    dead_lettered: lane.dead_lettered,
+                }),
+                Change::Pending(topic, offset, entry) => Some(GroupWrite::Pending {
+                    topic,
+                    offset,
+                    entry,
+                }),
+            })
+            .collect()
+    }
+
+    /// The group as `group describe` shows it.
+    pub fn info(&self) -> GroupInfo {
+        let logs = lock(&self.logs).clone();
+        let state = lock(&self.state);
+        let mut topics: Vec<GroupTopic> = state
+            .lanes()
+            .iter()
+            .filter_map(|(topic, lane)| {
+                let log = logs.get(topic)?;
+                let next = log.stats().next;
+                Some(GroupTopic {
+                    topic: log.name().to_string(),
+                    cursor: lane.cursor,
+                    lag: next.saturating_sub(lane.cursor) + lane.pending.len() as u64,
+                    pending: lane.pending.len() as u64,
+                    redelivered: lane.redelivered,
+                    dead_lettered: lane.dead_lettered,
+                })
+            })
+            .collect();
+        topics.sort_by(|a, b| a.topic.cmp(&b.topic));
+        GroupInfo {
+            name: self.record.name.clone(),
+            settings: self.record.settings.clone(),
+            created_ms: self.record.created_ms,
+            members: u32::try_from(self.member_count()).unwrap_or(u32::MAX),
+            topics,
+        }
+    }
+}
+
+/// A group as loaded at start-up, with what loading it produced.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The group.
+    pub group: Arc<Group>,
+    /// Records loading gave up on (see [`GroupState::load`]).
+    pub dead: Vec<DeadLetter>,
+    /// State changes loading made.
+    pub writes: Vec<GroupWrite>,
+}
+
+/// The groups by name.
+#[derive(Debug, Default)]
+pub struct Groups {
+    by_name: RwLock<BTreeMap<String, Arc<Group>>>,
+}
+
+impl Groups {
+    /// Loads stored groups over the live topics; lanes of topics deleted meanwhile are
+    /// dropped. Returns each group with the writes and dead letters loading produced.
+    pub fn load(stored: Vec<StoredGroup>, topics: &[Arc<TopicLog>]) -> (Self, Vec<Loaded>) {
+        let by_id: HashMap<u64, &Arc<TopicLog>> =
+            topics.iter().map(|log| (log.id(), log)).collect();
+        let groups = Self::default();
+        let mut loaded = Vec::new();
+        for StoredGroup { record, lanes } in stored {
+            let Ok(pattern) = TopicPattern::parse(&record.settings.pattern) else {
+                tracing::error!(group = %record.name, "stored group has an invalid pattern; skipped");
+                continue;
+            };
+            let mut live = Vec::new();
+            let mut writes = Vec::new();
+            for stored in lanes {
+                let Some(log) = by_id.get(&stored.topic) else {
+                    writes.push(GroupWrite::DropLane {
+                        topic: stored.topic,
+                    });
+                    continue;
+                };
+                let pending = stored
+                    .pending
+                    .iter()
+                    .map(|&(offset, deliveries, not_before)| {
+                        (
+                            offset,
+                            Pending {
+                                deliveries,
+                                holder: None,
+                                not_before,
+                            },
+                        )
+                    })
+                    .collect();
+                let lane = Lane {
+                    cursor: stored.cursor,
+                    pending,
+                    redelivered: stored.redelivered,
+                    dead_lettered: stored.dead_lettered,
+                };
+                live.push((Arc::clone(log), lane));
+            }
+            let (group, dead) = Group::new(record, pattern, live);
+            writes.extend(group.writes(&mut lock(&group.state)));
+            groups.insert(Arc::clone(&group));
+            loaded.push(Loaded {
+                group,
+                dead,
+                writes,
+            });
+        }
+        (groups, loaded)
+    }
+
+    /// Adds a group.
+    pub fn insert(&self, group: Arc<Group>) {
+        self.by_name
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(group.name().to_owned(), group);
+    }
+
+    /// A group by name.
+    pub fn get(&self, name: &str) -> Option<Arc<Group>> {
+        self.by_name
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// Every group, by name.
+    pub fn all(&self) -> Vec<Arc<Group>> {
+        self.by_name
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Removes a group; its members end.
+    pub fn remove(&self, name: &str) -> Option<Arc<Group>> {
+        let group = self
+            .by_name
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name)?;
+        group.mark_deleted();
+        Some(group)
+    }
+}

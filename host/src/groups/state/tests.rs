@@ -1,0 +1,335 @@
+//! The group state machine against a reference model: random sequences of
+//! assignments, settlements, timeouts, members leaving, appends and restarts.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const POLICY: Policy = Policy {
+    ack_timeout_ms: 100,
+    max_deliveries: 3,
+};
+const TOPIC: TopicId = 7;
+
+/// What the model knows of one offset below the cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rec {
+    Held {
+        member: MemberId,
+        deadline: u64,
+        deliveries: u32,
+        not_before: u64,
+    },
+    Free {
+        deliveries: u32,
+        not_before: u64,
+    },
+    Settled,
+}
+
+/// The obvious implementation: every offset's fate in a map, scanned in full.
+#[derive(Debug, Default)]
+struct Model {
+    recs: BTreeMap<u64, Rec>,
+    end: u64,
+    dead: Vec<(u64, u32)>,
+}
+
+impl Model {
+    fn cursor(&self) -> u64 {
+        self.recs.keys().next_back().map_or(0, |o| o + 1)
+    }
+
+    fn assign(&mut self, member: MemberId, max: usize, now: u64) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        for (&offset, rec) in self.recs.iter_mut() {
+            if out.len() == max {
+                break;
+            }
+            if let Rec::Free {
+                deliveries,
+                not_before,
+            } = *rec
+                && not_before <= now
+            {
+                *rec = Rec::Held {
+                    member,
+                    deadline: now + POLICY.ack_timeout_ms,
+                    deliveries: deliveries + 1,
+                    not_before,
+                };
+                out.push((offset, deliveries + 1));
+            }
+        }
+        for offset in self.cursor()..self.end {
+            if out.len() == max {
+                break;
+            }
+            self.recs.insert(
+                offset,
+                Rec::Held {
+                    member,
+                    deadline: now + POLICY.ack_timeout_ms,
+                    deliveries: 1,
+                    not_before: 0,
+                },
+            );
+            out.push((offset, 1));
+        }
+        out
+    }
+
+    fn held_by(&self, member: MemberId) -> Vec<u64> {
+        self.recs
+            .iter()
+            .filter(|(_, r)| matches!(r, Rec::Held { member: m, .. } if *m == member))
+            .map(|(o, _)| *o)
+            .collect()
+    }
+
+    fn settle(&mut self, member: MemberId, offset: u64, action: &Action, now: u64) {
+        let Some(Rec::Held {
+            member: m,
+            deliveries,
+            not_before,
+            ..
+        }) = self.recs.get(&offset).copied()
+        else {
+            return;
+        };
+        if m != member {
+            return;
+        }
+        let next = match action {
+            Action::Ack => Rec::Settled,
+            Action::Term(_) => {
+                self.dead.push((offset, deliveries));
+                Rec::Settled
+            }
+            Action::InProgress => Rec::Held {
+                member,
+                deadline: now + POLICY.ack_timeout_ms,
+                deliveries,
+                not_before,
+            },
+            Action::Nack { delay_ms } if deliveries < POLICY.max_deliveries => Rec::Free {
+                deliveries,
+                not_before: now + delay_ms,
+            },
+            Action::Nack { .. } => {
+                self.dead.push((offset, deliveries));
+                Rec::Settled
+            }
+        };
+        self.recs.insert(offset, next);
+    }
+
+    fn release(&mut self, now: u64, leaving: Option<MemberId>) {
+        for (&offset, rec) in self.recs.iter_mut() {
+            if let Rec::Held {
+                member,
+                deadline,
+                deliveries,
+                not_before,
+            } = *rec
+                && (deadline <= now || Some(member) == leaving)
+            {
+                *rec = if deliveries >= POLICY.max_deliveries {
+                    self.dead.push((offset, deliveries));
+                    Rec::Settled
+                } else {
+                    Rec::Free {
+                        deliveries,
+                        not_before,
+                    }
+                };
+            }
+        }
+    }
+
+    fn restart(&mut self) {
+        for (&offset, rec) in self.recs.iter_mut() {
+            if let Rec::Held {
+                deliveries,
+                not_before,
+                ..
+            } = *rec
+            {
+                *rec = if deliveries >= POLICY.max_deliveries {
+                    self.dead.push((offset, deliveries));
+                    Rec::Settled
+                } else {
+                    Rec::Free {
+                        deliveries,
+                        not_before,
+                    }
+                };
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(u8),
+    Assign(MemberId, u8),
+    Settle(MemberId, u8, u8),
+    Advance(u8),
+    Leave(MemberId),
+    Restart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => (1u8..6).prop_map(Op::Append),
+        3 => (0u64..3, 1u8..4).prop_map(|(m, n)| Op::Assign(m, n)),
+        4 => (0u64..3, any::<u8>(), 0u8..5).prop_map(|(m, i, a)| Op::Settle(m, i, a)),
+        2 => (0u8..80).prop_map(Op::Advance),
+        1 => (0u64..3).prop_map(Op::Leave),
+        1 => Just(Op::Restart),
+    ]
+}
+
+/// Applies storage changes to a "disk" and rebuilds the lanes from it, as a restart
+/// does.
+fn persist(
+    state: &mut GroupState,
+    disk: &mut BTreeMap<u64, (u32, u64)>,
+    cursor: &mut u64,
+    counters: &mut (u64, u64),
+) {
+    for change in state.take_changes() {
+        match change {
+            Change::Lane(_) => {
+                let lane = &state.lanes()[&TOPIC];
+                *cursor = lane.cursor;
+                *counters = (lane.redelivered, lane.dead_lettered);
+            }
+            Change::Pending(_, offset, Some(entry)) => {
+                disk.insert(offset, entry);
+            }
+            Change::Pending(_, offset, None) => {
+                disk.remove(&offset);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_state_machine_matches_the_model(ops in proptest::collection::vec(op(), 1..80)) {
+        let mut model = Model::default();
+        let mut state = GroupState::default();
+        state.add_lane(TOPIC, 0);
+        let mut disk = BTreeMap::new();
+        let mut cursor = 0;
+        let mut counters = (0, 0);
+        let mut now = 0u64;
+        let mut dead = Vec::new();
+        for op in ops {
+            match op {
+                Op::Append(n) => model.end += u64::from(n),
+                Op::Assign(member, max) => {
+                    let end = model.end;
+                    let got: Vec<(u64, u32)> = state
+                        .assign(member, max.into(), now, POLICY, |_| (0, end))
+                        .into_iter()
+                        .map(|d| (d.offset, d.deliveries))
+                        .collect();
+                    prop_assert_eq!(got, model.assign(member, max.into(), now));
+                }
+                Op::Settle(member, pick, action) => {
+                    let held = model.held_by(member);
+                    let offset = match held.len() {
+                        0 => u64::from(pick), // settling what one does not hold: ignored
+                        n => held[usize::from(pick) % n],
+                    };
+                    let action = match action {
+                        0 | 1 => Action::Ack,
+                        2 => Action::Nack { delay_ms: u64::from(pick % 50) },
+                        3 => Action::Term("bad".into()),
+                        _ => Action::InProgress,
+                    };
+                    model.settle(member, offset, &action, now);
+                    if let Some(d) = state.settle(member, TOPIC, offset, action, now, POLICY) {
+                        dead.push((d.offset, d.deliveries));
+                    }
+                }
+                Op::Advance(ms) => {
+                    now += u64::from(ms);
+                    model.release(now, None);
+                    dead.extend(state.release(now, None, POLICY).into_iter().map(|d| (d.offset, d.deliveries)));
+                }
+                Op::Leave(member) => {
+                    model.release(now, Some(member));
+                    dead.extend(state.release(now, Some(member), POLICY).into_iter().map(|d| (d.offset, d.deliveries)));
+                }
+                Op::Restart => {
+                    persist(&mut state, &mut disk, &mut cursor, &mut counters);
+                    let pending = disk
+                        .iter()
+                        .map(|(&o, &(deliveries, not_before))| (o, Pending { deliveries, holder: None, not_before }))
+                        .collect();
+                    let lane = Lane { cursor, pending, redelivered: counters.0, dead_lettered: counters.1 };
+                    let (reloaded, exhausted) = GroupState::load(BTreeMap::from([(TOPIC, lane)]), POLICY);
+                    state = reloaded;
+                    dead.extend(exhausted.into_iter().map(|d| (d.offset, d.deliveries)));
+                    model.restart();
+                }
+            }
+            // Same records held, free and settled; same dead letters.
+            let lane = &state.lanes()[&TOPIC];
+            prop_assert_eq!(lane.cursor, model.cursor());
+            for (&offset, rec) in &model.recs {
+                match (rec, lane.pending.get(&offset)) {
+                    (Rec::Settled, None) => {}
+                    (Rec::Held { member, deadline, deliveries, .. }, Some(p)) => {
+                        prop_assert_eq!(p.holder, Some((*member, *deadline)));
+                        prop_assert_eq!(p.deliveries, *deliveries);
+                    }
+                    (Rec::Free { deliveries, not_before }, Some(p)) => {
+                        prop_assert_eq!(p.holder, None);
+                        prop_assert_eq!((p.deliveries, p.not_before), (*deliveries, *not_before));
+                    }
+                    (rec, pending) => prop_assert!(false, "offset {}: model {:?}, state {:?}", offset, rec, pending),
+                }
+            }
+            prop_assert!(lane.pending.keys().all(|o| model.recs.contains_key(o)));
+            prop_assert_eq!(&dead, &model.dead);
+            for member in 0..3 {
+                prop_assert_eq!(state.held(member), model.held_by(member).len());
+            }
+            prop_assert_eq!(lane.dead_lettered, model.dead.len() as u64);
+        }
+    }
+}
+
+#[test]
+fn records_trimmed_away_leave_the_pending_set() {
+    let mut state = GroupState::default();
+    state.add_lane(TOPIC, 0);
+    let first = state.assign(1, 5, 0, POLICY, |_| (0, 5));
+    assert_eq!(first.len(), 5);
+    state.release(0, Some(1), POLICY);
+    // Retention removed offsets 0..3 meanwhile: only 3 and 4 are delivered again.
+    let again = state.assign(2, 5, 0, POLICY, |_| (3, 5));
+    assert_eq!(again.iter().map(|d| d.offset).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(state.held(2), 2);
+}
+
+#[test]
+fn lanes_take_turns() {
+    let mut state = GroupState::default();
+    state.add_lane(1, 0);
+    state.add_lane(2, 0);
+    let a = state.assign(1, 1, 0, POLICY, |_| (0, 10));
+    let b = state.assign(1, 1, 0, POLICY, |_| (0, 10));
+    assert_ne!(
+        a[0].topic, b[0].topic,
+        "one busy topic does not starve another"
+    );
+}

@@ -1,0 +1,128 @@
+//! Idempotent publish: a retried publish (same producer id and sequence) is answered
+//! with the first one's receipt and stored once, also across restarts and crashes.
+
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+use quiver_client::{Client, NewRecord, PublishId, Retention};
+use quiver_tests::{Broker, DataDir};
+
+async fn records(client: &Client, topic: &str) -> u64 {
+    client.describe_topic(topic).await.unwrap().records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_publish_is_stored_once() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    client
+        .create_topic("orders", Retention::default())
+        .await
+        .unwrap();
+    client.publish("orders", "before").await.unwrap();
+
+    let id = client.next_publish_id();
+    let batch = vec![NewRecord::new("a"), NewRecord::new("b")];
+    let first = client
+        .publish_batch_with_id("orders", batch.clone(), id)
+        .await
+        .unwrap();
+    assert_eq!((first.base_offset, first.count), (1, 2));
+    // The same publish again, as a retry after a lost reply would send it, from this
+    // connection and from another (a producer that reconnected).
+    let again = client
+        .publish_batch_with_id("orders", batch.clone(), id)
+        .await
+        .unwrap();
+    assert_eq!(again, first, "the retry gets the original receipt");
+    let other = broker.client().await;
+    let from_elsewhere = other
+        .publish_batch_with_id("orders", batch, id)
+        .await
+        .unwrap();
+    assert_eq!(from_elsewhere, first);
+    assert_eq!(
+        records(&client, "orders").await,
+        3,
+        "nothing appended twice"
+    );
+
+    // Ids are per producer: another producer's same sequence number is a new publish.
+    let stranger = PublishId {
+        producer: id.producer.wrapping_add(1),
+        sequence: id.sequence,
+    };
+    let new = client
+        .publish_batch_with_id("orders", vec![NewRecord::new("c")], stranger)
+        .await
+        .unwrap();
+    assert_eq!(new.base_offset, 3);
+    // And plain publishes, each with a fresh id, are never mistaken for retries.
+    assert_eq!(client.publish("orders", "d").await.unwrap(), 4);
+    assert_eq!(client.publish("orders", "d").await.unwrap(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_retried_across_a_restart_or_a_crash_is_stored_once() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    client
+        .create_topic("orders", Retention::default())
+        .await
+        .unwrap();
+    let before_stop = client.next_publish_id();
+    let stopped = client
+        .publish_batch_with_id("orders", vec![NewRecord::new("x")], before_stop)
+        .await
+        .unwrap();
+    let before_kill = client.next_publish_id();
+    client.close().await;
+    assert!(broker.stop().success());
+
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    let retried = client
+        .publish_batch_with_id("orders", vec![NewRecord::new("x")], before_stop)
+        .await
+        .unwrap();
+    assert_eq!(retried, stopped, "recognised after a clean restart");
+    // Acknowledged, then the broker is killed before anything else happens.
+    let killed = client
+        .publish_batch_with_id("orders", vec![NewRecord::new("y")], before_kill)
+        .await
+        .unwrap();
+    broker.kill9();
+
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    let retried = client
+        .publish_batch_with_id("orders", vec![NewRecord::new("y")], before_kill)
+        .await
+        .unwrap();
+    assert_eq!(retried, killed, "recognised after kill -9");
+    assert_eq!(records(&client, "orders").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_the_dedup_window_is_a_new_publish() {
+    let data = DataDir::new();
+    // A window of zero: nothing is remembered.
+    let broker = Broker::start_with(&data, &[("QUIVER_DEDUP__WINDOW", "0s")]);
+    let client = broker.client().await;
+    client
+        .create_topic("orders", Retention::default())
+        .await
+        .unwrap();
+    let id = client.next_publish_id();
+    let batch = vec![NewRecord::new("x")];
+    let first = client
+        .publish_batch_with_id("orders", batch.clone(), id)
+        .await
+        .unwrap();
+    let second = client
+        .publish_batch_with_id("orders", batch, id)
+        .await
+        .unwrap();
+    assert_eq!((first.base_offset, second.base_offset), (0, 1));
+}
