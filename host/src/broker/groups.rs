@@ -1,16 +1,17 @@
 //! Durable groups from the broker's side: creating, deleting, describing and resetting
 //! them (which needs the topic registry), and dead-lettering what they give up on.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use quiver_protocol::record::headers;
+use quiver_protocol::record::{decode_batch, headers};
 use quiver_protocol::{GroupInfo, GroupSettings, NewRecord, StartAt, TopicName, TopicPattern};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{Broker, BrokerError};
 use crate::groups::state::{DeadLetter, Lane};
 use crate::groups::{Group, Loaded};
-use crate::storage::{GroupRecord, GroupWrite, StorageError, TopicLog, now_ms};
+use crate::storage::{GroupRecord, GroupWrite, PendingAppend, StorageError, TopicLog, now_ms};
 
 /// The most records a member may hold unsettled.
 pub(crate) const MAX_PREFETCH: u32 = 10_000;
@@ -170,27 +171,58 @@ impl Broker {
         }
     }
 
-    /// Stores records a group gave up on in the dead-letter topic (the group's, or the
-    /// topic's), with headers saying where they came from and why.
-    pub async fn dead_letter_group_records(
+    /// Applies what a group change produced: `dead` records go to the dead-letter
+    /// topic and `writes` to the group's state.
+    ///
+    /// The dead letters are queued to storage before the state change that forgets
+    /// their records, and storage commits in queue order: a crash may leave a record
+    /// both pending and dead-lettered (delivered once more), never neither.
+    pub async fn apply_group_changes(
+        &self,
+        group: &Group,
+        writes: Vec<GroupWrite>,
+        dead: Vec<DeadLetter>,
+    ) {
+        let dead_letters = match dead.is_empty() {
+            true => None,
+            false => match self.queue_group_dead_letters(group, dead).await {
+                Ok(pending) => Some(pending),
+                Err(e) => {
+                    error!(group = %group.name(), cause = %e, "records given up on could not be dead-lettered");
+                    None
+                }
+            },
+        };
+        self.persist_group(group, writes).await;
+        if let Some(pending) = dead_letters
+            && let Err(e) = pending.durable().await
+        {
+            error!(group = %group.name(), cause = %e, "records given up on could not be dead-lettered");
+        }
+    }
+
+    /// Queues records a group gave up on for its dead-letter topic (the group's, or
+    /// each topic's), with headers saying where they came from and why. Records
+    /// retention removed meanwhile are skipped.
+    async fn queue_group_dead_letters(
         &self,
         group: &Group,
         dead: Vec<DeadLetter>,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<PendingAppend, BrokerError> {
+        let mut by_topic: BTreeMap<String, (Arc<TopicLog>, Vec<NewRecord>)> = BTreeMap::new();
         for letter in dead {
             let Some(log) = group.log(letter.topic) else {
                 continue;
             };
             let Some(slice) = self.storage.read(&log, letter.offset, 1, usize::MAX)? else {
-                continue; // removed by retention meanwhile
+                continue;
             };
             if slice.base_offset != letter.offset {
                 continue;
             }
-            let Some(stored) =
-                quiver_protocol::record::decode_batch(slice.base_offset, &slice.batch)
-                    .map_err(StorageError::from)?
-                    .pop()
+            let Some(stored) = decode_batch(slice.base_offset, &slice.batch)
+                .map_err(StorageError::from)?
+                .pop()
             else {
                 continue;
             };
@@ -205,37 +237,32 @@ impl Broker {
             .with_header(headers::DLQ_GROUP, group.name().to_owned())
             .with_header(headers::DLQ_REASON, letter.reason);
             let dlq = match &group.record.settings.dead_letter {
-                Some(name) => match self.topic(name) {
-                    Ok(log) => log,
-                    Err(BrokerError::TopicNotFound(_)) => {
-                        self.create_topic(name, Default::default(), None).await?;
-                        self.topic(name)?
-                    }
-                    Err(e) => return Err(e),
-                },
+                Some(name) => self.topic_or_create(name).await?,
                 None => self.dead_letter_topic(&log).await?,
             };
-            self.storage
-                .submit_append(vec![(dlq, vec![record])], Vec::new(), None)
-                .await?
-                .durable()
-                .await?;
+            by_topic
+                .entry(dlq.name().to_string())
+                .or_insert_with(|| (dlq, Vec::new()))
+                .1
+                .push(record);
         }
-        Ok(())
+        let appends = by_topic.into_values().collect();
+        Ok(self
+            .storage
+            .submit_append(appends, Vec::new(), None)
+            .await?)
     }
 
     /// Dead-letters what loading the groups gave up on and persists what loading
     /// changed (run once, at start-up).
-    pub async fn settle_loaded_groups(&self, loaded: Vec<Loaded>) -> Result<(), BrokerError> {
+    pub async fn settle_loaded_groups(&self, loaded: Vec<Loaded>) {
         for Loaded {
             group,
             dead,
             writes,
         } in loaded
         {
-            self.persist_group(&group, writes).await;
-            self.dead_letter_group_records(&group, dead).await?;
+            self.apply_group_changes(&group, writes, dead).await;
         }
-        Ok(())
     }
 }

@@ -230,7 +230,8 @@ impl Broker {
         for group in groups.all() {
             self.groups.insert(group);
         }
-        self.settle_loaded_groups(loaded).await
+        self.settle_loaded_groups(loaded).await;
+        Ok(())
     }
 
     /// Remembered publish ids.
@@ -371,11 +372,16 @@ impl Broker {
 
     /// The topic where `log`'s plugins send what they fail on, created if need be.
     pub async fn dead_letter_topic(&self, log: &TopicLog) -> Result<Arc<TopicLog>, BrokerError> {
-        let name = dead_letter_name(log);
-        match self.topic(&name) {
+        self.topic_or_create(&dead_letter_name(log)).await
+    }
+
+    /// A topic, created (with default settings) if it does not exist yet.
+    pub async fn topic_or_create(&self, name: &str) -> Result<Arc<TopicLog>, BrokerError> {
+        match self.topic(name) {
             Err(BrokerError::TopicNotFound(_)) => {
-                match self.create_topic(&name, Retention::default(), None).await {
-                    Ok(_) | Err(BrokerError::TopicExists(_)) => self.topic(&name),
+                match self.create_topic(name, Retention::default(), None).await {
+                    // Created meanwhile by someone else: as good.
+                    Ok(_) | Err(BrokerError::TopicExists(_)) => self.topic(name),
                     Err(e) => Err(e),
                 }
             }

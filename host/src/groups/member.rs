@@ -19,13 +19,13 @@ use quiver_protocol::{
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, instrument, warn};
+use tracing::{debug, instrument};
 
 use super::Group;
 use super::state::{Action, Delivery, MemberId};
 use crate::broker::{Broker, BrokerError};
 use crate::session::{frame_error, frame_kind, refuse};
-use crate::storage::{GroupWrite, StorageError, Watch, now_ms};
+use crate::storage::{StorageError, Watch, now_ms};
 use crate::transport::{FrameReader, FrameWriter, Incoming};
 
 /// Stop feeding frames into one write past this many bytes.
@@ -64,7 +64,7 @@ pub async fn serve(
         .await;
     // Whatever it held goes back to the group, now.
     let (dead, writes) = group.leave(member, now_ms());
-    member_loop.persist_and_dead_letter(writes, dead).await;
+    broker.apply_group_changes(&group, writes, dead).await;
     if let Err(error) = ended {
         refuse(&mut writer, error).await;
     } else {
@@ -121,7 +121,8 @@ impl Member<'_> {
             let now = now_ms();
             let (dead, released) = self.group.release_expired(now);
             writes.extend(released);
-            self.persist_and_dead_letter(std::mem::take(&mut writes), dead)
+            self.broker
+                .apply_group_changes(self.group, std::mem::take(&mut writes), dead)
                 .await;
 
             let room = prefetch.saturating_sub(self.group.held(self.member));
@@ -281,25 +282,9 @@ impl Member<'_> {
             dead.extend(letter);
             writes.extend(changed);
         }
-        self.persist_and_dead_letter(writes, dead).await;
-    }
-
-    async fn persist_and_dead_letter(
-        &self,
-        writes: Vec<GroupWrite>,
-        dead: Vec<super::state::DeadLetter>,
-    ) {
-        self.broker.persist_group(self.group, writes).await;
-        if dead.is_empty() {
-            return;
-        }
-        if let Err(e) = self
-            .broker
-            .dead_letter_group_records(self.group, dead)
-            .await
-        {
-            warn!(group = %self.group.name(), cause = %e, "could not dead-letter records");
-        }
+        self.broker
+            .apply_group_changes(self.group, writes, dead)
+            .await;
     }
 }
 

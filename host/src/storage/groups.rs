@@ -1,7 +1,5 @@
 //! What storage keeps for durable groups and for deduplicating retried publishes.
 
-use std::ops::Range;
-
 use quiver_protocol::{GroupSettings, Placement, PublishId, Receipt};
 use serde::{Deserialize, Serialize};
 
@@ -101,13 +99,14 @@ impl ReceiptLayout {
             .map(placement)
             .collect();
         let dead_letter = if self.dead_letter { routed.pop() } else { None };
-        let first = appended
-            .first()
-            .map_or(0..0, |a| a.base_offset..a.base_offset + u64::from(a.count));
-        let Range { start, end } = first;
+        // The first append, to the topic published to, is always there (maybe empty).
+        let first = appended.first().copied().unwrap_or(Appended {
+            base_offset: 0,
+            count: 0,
+        });
         Receipt {
-            base_offset: start,
-            count: u32::try_from(end - start).unwrap_or(u32::MAX),
+            base_offset: first.base_offset,
+            count: first.count,
             routed,
             dead_letter,
             dropped: self.dropped,
