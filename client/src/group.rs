@@ -236,6 +236,8 @@ async fn pump(mut pump: Pump, mut leave: oneshot::Receiver<()>) {
         tokio::select! {
             frame = next_frame(&mut pump.frames) => {
                 if let Err(e) = pump.deliver(frame) {
+                    // Settling fails from here on, before the member hears why.
+                    pump.settlements.close();
                     let _ = pump.deliveries.send(Err(e));
                     return;
                 }

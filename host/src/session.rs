@@ -230,121 +230,85 @@ async fn dispatch(broker: &Arc<Broker>, request: Request) -> BoxFuture<'static, 
             result: result.map_err(|e| WireError::from(&e)),
         })
     };
-    let ready = |result| std::future::ready(reply(result)).boxed();
     let broker = Arc::clone(broker);
-    match op {
-        Op::Publish { topic, records, id } => {
-            match broker.submit_publish(&topic, records, id).await {
-                Ok(pending) => {
-                    async move { reply(pending.durable().await.map(OpReply::Published)) }.boxed()
-                }
-                Err(e) => ready(Err(e)),
+    if let Op::Publish { topic, records, id } = op {
+        return match broker.submit_publish(&topic, records, id).await {
+            Ok(pending) => {
+                async move { reply(pending.durable().await.map(OpReply::Published)) }.boxed()
             }
-        }
+            Err(e) => std::future::ready(reply(Err(e))).boxed(),
+        };
+    }
+    async move { reply(execute(&broker, op).await) }.boxed()
+}
+
+/// Carries out a request other than a publish (which [`dispatch`] queues itself).
+async fn execute(broker: &Broker, op: Op) -> Result<OpReply, BrokerError> {
+    match op {
+        Op::Publish { topic, records, id } => broker
+            .submit_publish(&topic, records, id)
+            .await?
+            .durable()
+            .await
+            .map(OpReply::Published),
         Op::CreateTopic {
             name,
             retention,
             dead_letter,
-        } => async move {
-            let created = broker
-                .create_topic(&name, retention, dead_letter.as_deref())
-                .await;
-            reply(created.map(OpReply::Topic))
-        }
-        .boxed(),
-        Op::DeleteTopic { name } => {
-            async move { reply(broker.delete_topic(&name).await.map(|()| OpReply::Deleted)) }
-                .boxed()
-        }
-        Op::DescribeTopic { name } => ready(broker.describe_topic(&name).map(OpReply::Topic)),
-        Op::ListTopics => ready(Ok(OpReply::Topics(broker.list_topics()))),
+        } => broker
+            .create_topic(&name, retention, dead_letter.as_deref())
+            .await
+            .map(OpReply::Topic),
+        Op::DeleteTopic { name } => broker.delete_topic(&name).await.map(|()| OpReply::Deleted),
+        Op::DescribeTopic { name } => broker.describe_topic(&name).map(OpReply::Topic),
+        Op::ListTopics => Ok(OpReply::Topics(broker.list_topics())),
         Op::DeployPlugin {
             name,
             version,
             wasm,
-        } => async move {
-            reply(
-                broker
-                    .deploy_plugin(&name, version, wasm)
-                    .await
-                    .map(OpReply::Plugin),
-            )
-        }
-        .boxed(),
+        } => broker
+            .deploy_plugin(&name, version, wasm)
+            .await
+            .map(OpReply::Plugin),
         Op::UpgradePlugin {
             name,
             version,
             wasm,
-        } => async move {
-            reply(
-                broker
-                    .upgrade_plugin(&name, version, wasm)
-                    .await
-                    .map(OpReply::Plugin),
-            )
-        }
-        .boxed(),
-        Op::RemovePlugin { name } => {
-            async move { reply(broker.remove_plugin(&name).await.map(|()| OpReply::Deleted)) }
-                .boxed()
-        }
-        Op::ListPlugins => ready(Ok(OpReply::Plugins(broker.list_plugins()))),
-        Op::CreateGroup { name, settings } => async move {
-            reply(
-                broker
-                    .create_group(&name, settings)
-                    .await
-                    .map(OpReply::Group),
-            )
-        }
-        .boxed(),
-        Op::DeleteGroup { name } => {
-            async move { reply(broker.delete_group(&name).await.map(|()| OpReply::Deleted)) }
-                .boxed()
-        }
-        Op::DescribeGroup { name } => {
-            async move { reply(broker.describe_group(&name).await.map(OpReply::Group)) }.boxed()
-        }
-        Op::ListGroups => {
-            async move { reply(Ok(OpReply::Groups(broker.list_groups().await))) }.boxed()
-        }
-        Op::ResetGroup { name, to } => {
-            async move { reply(broker.reset_group(&name, to).await.map(OpReply::Group)) }.boxed()
-        }
+        } => broker
+            .upgrade_plugin(&name, version, wasm)
+            .await
+            .map(OpReply::Plugin),
+        Op::RemovePlugin { name } => broker.remove_plugin(&name).await.map(|()| OpReply::Deleted),
+        Op::ListPlugins => Ok(OpReply::Plugins(broker.list_plugins())),
+        Op::PluginStatus { name } => broker.plugin_status(&name).map(OpReply::PluginStatus),
+        Op::AttachPlugin { topic, stage } => broker
+            .attach_plugin(&topic, stage)
+            .await
+            .map(OpReply::Topic),
+        Op::DetachPlugin { topic, plugin } => broker
+            .detach_plugin(&topic, &plugin)
+            .await
+            .map(OpReply::Topic),
+        Op::CreateGroup { name, settings } => broker
+            .create_group(&name, settings)
+            .await
+            .map(OpReply::Group),
+        Op::DeleteGroup { name } => broker.delete_group(&name).await.map(|()| OpReply::Deleted),
+        Op::DescribeGroup { name } => broker.describe_group(&name).await.map(OpReply::Group),
+        Op::ListGroups => Ok(OpReply::Groups(broker.list_groups().await)),
+        Op::ResetGroup { name, to } => broker.reset_group(&name, to).await.map(OpReply::Group),
         Op::Request {
             topic,
             record,
             timeout_ms,
-        } => async move {
+        } => {
             let timeout = Duration::from_millis(timeout_ms);
-            reply(
-                broker
-                    .request(&topic, record, timeout)
-                    .await
-                    .map(OpReply::Response),
-            )
+            broker
+                .request(&topic, record, timeout)
+                .await
+                .map(OpReply::Response)
         }
-        .boxed(),
-        Op::Reply { to, record } => ready(broker.reply(&to, record).map(|()| OpReply::Replied)),
-        Op::PluginStatus { name } => ready(broker.plugin_status(&name).map(OpReply::PluginStatus)),
-        Op::AttachPlugin { topic, stage } => async move {
-            reply(
-                broker
-                    .attach_plugin(&topic, stage)
-                    .await
-                    .map(OpReply::Topic),
-            )
-        }
-        .boxed(),
-        Op::DetachPlugin { topic, plugin } => async move {
-            reply(
-                broker
-                    .detach_plugin(&topic, &plugin)
-                    .await
-                    .map(OpReply::Topic),
-            )
-        }
-        .boxed(),
+        Op::Reply { to, record } => broker.reply(&to, record).map(|()| OpReply::Replied),
     }
 }
 
