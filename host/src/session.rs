@@ -2,9 +2,11 @@
 //! requests, and a task per subscription stream.
 //!
 //! Invariants worth naming:
-//! - requests on the control stream are *queued* in the order they arrive (a publish
-//!   is handed to storage before the next frame is read), so one connection's
-//!   publishes to a topic get increasing offsets; replies go out as they complete;
+//! - one connection's publishes reach storage in the order they arrive, so its
+//!   publishes to a topic get increasing offsets: a plain publish is handed to storage
+//!   before the next frame is read; one that runs ingress plugins waits for its turn
+//!   after its plugins ran (so plugin calls overlap with reading on); replies go out
+//!   as they complete;
 //! - at most `max_inflight` requests wait for completion; past that the stream is not
 //!   read, and QUIC flow control pushes back on the client;
 //! - a bad frame is answered with an error and the stream carries on.
@@ -18,6 +20,7 @@ use quiver_protocol::{
     ClientFrame, ErrorCode, FrameError, Limits, Op, OpReply, PROTOCOL_VERSION, Reply, Request,
     ServerFrame, ServerHello, WireError,
 };
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, instrument};
@@ -172,6 +175,7 @@ async fn control_loop(
         mut writer,
     } = control;
     let mut inflight: FuturesUnordered<BoxFuture<'static, ServerFrame>> = FuturesUnordered::new();
+    let mut order = PublishOrder::default();
     let mut reading = true;
     while reading || !inflight.is_empty() {
         tokio::select! {
@@ -189,7 +193,7 @@ async fn control_loop(
             incoming = reader.next(), if reading && inflight.len() < max_inflight => {
                 match incoming {
                     Incoming::Frame(ClientFrame::Request(request)) => {
-                        let started = dispatch(&broker, request).await;
+                        let started = dispatch(&broker, request, &mut order).await;
                         inflight.push(started);
                     }
                     Incoming::Frame(other) => {
@@ -220,9 +224,18 @@ async fn control_loop(
     writer.finish();
 }
 
-/// Starts a request. Publishes are queued to storage before this returns (keeping
-/// arrival order); the returned future resolves to the reply.
-async fn dispatch(broker: &Arc<Broker>, request: Request) -> BoxFuture<'static, ServerFrame> {
+/// Starts a request; the returned future resolves to the reply.
+///
+/// A publish without ingress plugins, with no earlier publish still on its way, is
+/// queued to storage before this returns. Otherwise it takes a [`Turn`]: its plugins
+/// run in the returned future, overlapping with later requests, and it reaches storage
+/// only after the publish before it did. Either way, one connection's publishes are
+/// stored in the order they arrived.
+async fn dispatch(
+    broker: &Arc<Broker>,
+    request: Request,
+    order: &mut PublishOrder,
+) -> BoxFuture<'static, ServerFrame> {
     let Request { id, op } = request;
     let reply = move |result: Result<OpReply, BrokerError>| {
         ServerFrame::Reply(Reply {
@@ -231,7 +244,10 @@ async fn dispatch(broker: &Arc<Broker>, request: Request) -> BoxFuture<'static, 
         })
     };
     let broker = Arc::clone(broker);
-    if let Op::Publish { topic, records, id } = op {
+    let Op::Publish { topic, records, id } = op else {
+        return async move { reply(execute(&broker, op).await) }.boxed();
+    };
+    if order.idle() && !broker.has_ingress(&topic) {
         return match broker.submit_publish(&topic, records, id).await {
             Ok(pending) => {
                 async move { reply(pending.durable().await.map(OpReply::Published)) }.boxed()
@@ -239,10 +255,72 @@ async fn dispatch(broker: &Arc<Broker>, request: Request) -> BoxFuture<'static, 
             Err(e) => std::future::ready(reply(Err(e))).boxed(),
         };
     }
-    async move { reply(execute(&broker, op).await) }.boxed()
+    let mut turn = order.turn();
+    async move {
+        let prepared = broker.prepare_publish(&topic, records, id).await;
+        turn.wait().await;
+        let queued = match prepared {
+            Ok(prepared) => broker.queue_publish(prepared).await,
+            Err(e) => Err(e),
+        };
+        // The next publish of this connection may go to storage now.
+        drop(turn);
+        match queued {
+            Ok(pending) => reply(pending.durable().await.map(OpReply::Published)),
+            Err(e) => reply(Err(e)),
+        }
+    }
+    .boxed()
 }
 
-/// Carries out a request other than a publish (which [`dispatch`] queues itself).
+/// The order in which one connection's publishes reach storage.
+#[derive(Debug, Default)]
+struct PublishOrder {
+    /// Resolves (or closes) once the last publish that took a turn is in storage.
+    last: Option<oneshot::Receiver<()>>,
+}
+
+impl PublishOrder {
+    /// True when no publish that took a turn is still on its way to storage.
+    fn idle(&mut self) -> bool {
+        let busy = self.last.as_mut().is_some_and(|last| {
+            matches!(last.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+        });
+        if !busy {
+            self.last = None;
+        }
+        !busy
+    }
+
+    /// A turn after every publish before it.
+    fn turn(&mut self) -> Turn {
+        let (done, next) = oneshot::channel();
+        Turn {
+            previous: self.last.replace(next),
+            _done: done,
+        }
+    }
+}
+
+/// A publish's place in its connection's order. Dropping it lets the next one go;
+/// it must only be dropped after [`Turn::wait`] (or with the connection).
+#[derive(Debug)]
+struct Turn {
+    previous: Option<oneshot::Receiver<()>>,
+    _done: oneshot::Sender<()>,
+}
+
+impl Turn {
+    /// Waits until the publish before this one is in storage (or failed).
+    async fn wait(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            let _ = previous.await;
+        }
+    }
+}
+
+/// Carries out a request. Publishes go through [`dispatch`], which keeps their order;
+/// this is for everything else (and would publish correctly, without that order).
 async fn execute(broker: &Broker, op: Op) -> Result<OpReply, BrokerError> {
     match op {
         Op::Publish { topic, records, id } => broker

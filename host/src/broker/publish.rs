@@ -60,6 +60,21 @@ impl PendingPublish {
     }
 }
 
+/// A publish made ready for storage: validated, deduplicated, through the topic's
+/// ingress plugins. Nothing is stored until [`Broker::queue_publish`].
+#[derive(Debug)]
+pub enum PreparedPublish {
+    /// A retry of a publish already stored: its receipt.
+    Duplicate(Receipt),
+    /// What to append, in one atomic write.
+    Ready {
+        appends: Vec<TopicRecords>,
+        layout: ReceiptLayout,
+        state: Vec<StateWrite>,
+        ticket: Option<Ticket>,
+    },
+}
+
 impl Broker {
     /// Validates a publish, runs the topic's ingress plugins, and queues the result for
     /// the next group commit. Publishes queued one after the other are stored in that
@@ -71,6 +86,27 @@ impl Broker {
         records: Vec<NewRecord>,
         id: Option<PublishId>,
     ) -> Result<PendingPublish, BrokerError> {
+        let prepared = self.prepare_publish(topic, records, id).await?;
+        self.queue_publish(prepared).await
+    }
+
+    /// Whether publishing to `topic` runs plugins (so preparing it takes a while).
+    pub fn has_ingress(&self, topic: &str) -> bool {
+        self.topic(topic)
+            .is_ok_and(|log| self.plugins.topic_stages(log.id()).is_some())
+    }
+
+    /// Everything of a publish but the storing: validation, deduplication and the
+    /// topic's ingress plugins. Preparing publishes may overlap; [`queue_publish`]
+    /// decides their order.
+    ///
+    /// [`queue_publish`]: Broker::queue_publish
+    pub async fn prepare_publish(
+        &self,
+        topic: &str,
+        records: Vec<NewRecord>,
+        id: Option<PublishId>,
+    ) -> Result<PreparedPublish, BrokerError> {
         let log = self.topic(topic)?;
         self.check_records(&records)?;
         // A window of zero turns deduplication off: nothing to remember.
@@ -78,19 +114,17 @@ impl Broker {
         let ticket = match id {
             Some(id) => match self.claim(id).await {
                 Ok(ticket) => Some(ticket),
-                Err(receipt) => return Ok(PendingPublish(Outcome::Duplicate(receipt))),
+                Err(receipt) => return Ok(PreparedPublish::Duplicate(receipt)),
             },
             None => None,
         };
         let Some(stages) = self.plugins.topic_stages(log.id()) else {
-            return self
-                .queue(
-                    vec![(log, records)],
-                    ReceiptLayout::default(),
-                    Vec::new(),
-                    ticket,
-                )
-                .await;
+            return Ok(PreparedPublish::Ready {
+                appends: vec![(log, records)],
+                layout: ReceiptLayout::default(),
+                state: Vec::new(),
+                ticket,
+            });
         };
         let now = now_ms();
         let items = (0..)
@@ -105,7 +139,37 @@ impl Broker {
             .plugins
             .run(stages, log.name().to_string(), items, true)
             .await?;
-        self.submit_sorted(log, sorted, ticket).await
+        self.sorted_appends(log, sorted, ticket).await
+    }
+
+    /// Hands a prepared publish to storage for the next group commit.
+    pub async fn queue_publish(
+        &self,
+        prepared: PreparedPublish,
+    ) -> Result<PendingPublish, BrokerError> {
+        let (appends, layout, state, ticket) = match prepared {
+            PreparedPublish::Duplicate(receipt) => {
+                return Ok(PendingPublish(Outcome::Duplicate(receipt)));
+            }
+            PreparedPublish::Ready {
+                appends,
+                layout,
+                state,
+                ticket,
+            } => (appends, layout, state, ticket),
+        };
+        let dedup = ticket.as_ref().map(|t| Dedup {
+            id: t.id(),
+            layout: layout.clone(),
+        });
+        let settle = (!state.is_empty()).then(|| (Arc::clone(&self.plugins), state.clone()));
+        let pending = self.storage.submit_append(appends, state, dedup).await?;
+        Ok(PendingPublish(Outcome::Queued {
+            pending,
+            layout,
+            state: settle,
+            ticket,
+        }))
     }
 
     /// The right to publish `id`, or the receipt of its first publish.
@@ -141,35 +205,13 @@ impl Broker {
         Ok(())
     }
 
-    /// Queues the appends of one publish.
-    async fn queue(
-        &self,
-        appends: Vec<TopicRecords>,
-        layout: ReceiptLayout,
-        state: Vec<StateWrite>,
-        ticket: Option<Ticket>,
-    ) -> Result<PendingPublish, BrokerError> {
-        let dedup = ticket.as_ref().map(|t| Dedup {
-            id: t.id(),
-            layout: layout.clone(),
-        });
-        let settle = (!state.is_empty()).then(|| (Arc::clone(&self.plugins), state.clone()));
-        let pending = self.storage.submit_append(appends, state, dedup).await?;
-        Ok(PendingPublish(Outcome::Queued {
-            pending,
-            layout,
-            state: settle,
-            ticket,
-        }))
-    }
-
-    /// Turns what the ingress pipeline sorted into one atomic append.
-    async fn submit_sorted(
+    /// Turns what the ingress pipeline sorted into the appends of one atomic write.
+    async fn sorted_appends(
         &self,
         log: Arc<TopicLog>,
         sorted: Sorted,
         ticket: Option<Ticket>,
-    ) -> Result<PendingPublish, BrokerError> {
+    ) -> Result<PreparedPublish, BrokerError> {
         let Sorted {
             passed,
             routed,
@@ -210,7 +252,12 @@ impl Broker {
             layout.others.push(dlq.name().to_string());
             appends.push((dlq, records));
         }
-        self.queue(appends, layout, state, ticket).await
+        Ok(PreparedPublish::Ready {
+            appends,
+            layout,
+            state,
+            ticket,
+        })
     }
 
     /// The dead-letter topic of `log` and the records to store there.

@@ -1,6 +1,7 @@
 //! The `quiver` command line: `serve` runs a broker; every other command is a client
 //! of one, built on the client SDK.
 
+mod bench;
 mod group;
 mod output;
 mod plugin;
@@ -46,6 +47,8 @@ enum Command {
     Request(request::RequestArgs),
     /// Answer requests arriving on a topic (or group) with a command's output.
     Reply(request::ReplyArgs),
+    /// Measure throughput and latency: publish, e2e, fanout, group or plugin load.
+    Bench(bench::BenchArgs),
     /// Deploy, attach, upgrade, inspect and try WebAssembly plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -70,6 +73,16 @@ struct ConnectArgs {
 }
 
 impl ConnectArgs {
+    /// Settings for `server`, trusting `ca` (or the local default).
+    fn to(server: String, ca: Option<PathBuf>) -> Self {
+        Self {
+            server,
+            ca,
+            server_name: None,
+            connect_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
     async fn connect(&self) -> anyhow::Result<Client> {
         let ca = match &self.ca {
             Some(ca) => ca.clone(),
@@ -128,6 +141,7 @@ fn run_client(command: Command) -> anyhow::Result<()> {
             Command::Group(command) => group::run(command).await,
             Command::Request(args) => request::request(args).await,
             Command::Reply(args) => request::reply(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Serve(_) => unreachable!("handled by main"),
         }
     })

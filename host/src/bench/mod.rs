@@ -1,0 +1,295 @@
+//! `quiver bench`: load scenarios run through the client SDK against a broker (its own,
+//! started on a temp dir, or one given with `--server`), measuring throughput and
+//! latency with hdrhistogram.
+//!
+//! - `load`: producers (a window of publishes in flight each, optionally paced) and
+//!   consumers (subscriptions or group members), with the clocks they stamp;
+//! - `own_broker`: the broker the bench starts for itself;
+//! - this module: the scenarios and their [`Report`].
+//!
+//! Every run is bounded: by `count` records and by `time_limit`, whichever comes
+//! first. Scenarios create their own topic (and group) with a unique name and delete
+//! them at the end.
+
+mod load;
+pub mod own_broker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use quiver_client::{Client, GroupSettings, OnError, Retention, Stage, StartAt};
+use serde_json::{Value, json};
+
+use load::{Consumers, Payloads, Producers, Source};
+
+/// What a run measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Durable publish throughput, and publish-to-ack latency.
+    Publish,
+    /// Producers and consumers: publish-to-receive latency.
+    E2e,
+    /// One topic, many subscribers, each receiving every record.
+    Fanout,
+    /// A durable group whose members ack every record.
+    Group,
+    /// Publishing through an ingress filter plugin, against the same without it.
+    Plugin,
+}
+
+/// How a run is shaped.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Bytes per record payload.
+    pub size: usize,
+    /// Records to publish, in total.
+    pub count: u64,
+    /// Records per second in total, or as fast as possible.
+    pub rate: Option<u64>,
+    /// Producer connections.
+    pub producers: usize,
+    /// Consumers: subscriptions (e2e, fanout) or group members (group).
+    pub consumers: usize,
+    /// Publishes in flight per producer.
+    pub window: usize,
+    /// Records per publish.
+    pub batch: usize,
+    /// Records a group member holds unacked at once.
+    pub prefetch: u32,
+    /// The run stops publishing after this long.
+    pub time_limit: Duration,
+    /// The filter plugin's component (plugin scenario).
+    pub plugin: Option<Bytes>,
+}
+
+/// The smallest payload: a timestamp and a sequence number.
+pub const MIN_SIZE: usize = 16;
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct Report {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// Records published and acknowledged.
+    pub published: u64,
+    /// Records each consumer received, at the least (0 without consumers).
+    pub received_min: u64,
+    /// Wall time from the first publish to the last record acknowledged or received.
+    pub elapsed: Duration,
+    /// Latency in microseconds: publish-to-ack (publish, plugin) or
+    /// publish-to-receive (the others).
+    pub latency: Histogram<u64>,
+    /// What the measured figure counts: records per second as published, or as each
+    /// consumer received them.
+    pub per_consumer: bool,
+    /// For the plugin scenario: the same run without the plugin.
+    pub baseline: Option<Box<Report>>,
+    /// The settings.
+    pub settings: Settings,
+}
+
+impl Report {
+    /// Records per second: published (publish, plugin, group) or received by each
+    /// consumer (e2e, fanout).
+    pub fn msgs_per_s(&self) -> f64 {
+        let records = if self.per_consumer {
+            self.received_min
+        } else {
+            self.published
+        };
+        records as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
+    }
+
+    /// Payload megabytes (10^6 bytes) per second, by the same count.
+    pub fn mb_per_s(&self) -> f64 {
+        self.msgs_per_s() * self.settings.size as f64 / 1e6
+    }
+
+    /// The throughput this run lost against its baseline, in percent.
+    pub fn cost_percent(&self) -> Option<f64> {
+        let baseline = self.baseline.as_ref()?.msgs_per_s();
+        Some((1.0 - self.msgs_per_s() / baseline.max(f64::EPSILON)) * 100.0)
+    }
+
+    /// The report as one JSON object.
+    pub fn json(&self) -> Value {
+        let s = &self.settings;
+        let q = |q: f64| self.latency.value_at_quantile(q);
+        let mut out = json!({
+            "scenario": format!("{:?}", self.scenario).to_lowercase(),
+            "size": s.size,
+            "producers": s.producers,
+            "consumers": s.consumers,
+            "window": s.window,
+            "batch": s.batch,
+            "rate": s.rate,
+            "published": self.published,
+            "received_per_consumer": self.received_min,
+            "seconds": self.elapsed.as_secs_f64(),
+            "msgs_per_s": self.msgs_per_s().round(),
+            "mb_per_s": (self.mb_per_s() * 10.0).round() / 10.0,
+            "latency_us": {
+                "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+                "max": self.latency.max(),
+            },
+        });
+        if let (Some(baseline), Some(cost)) = (&self.baseline, self.cost_percent()) {
+            out["baseline_msgs_per_s"] = baseline.msgs_per_s().round().into();
+            out["cost_percent"] = ((cost * 10.0).round() / 10.0).into();
+        }
+        out
+    }
+}
+
+/// Connects the bench's clients.
+pub trait Connector: Send + Sync {
+    /// A new connection.
+    fn connect(&self) -> futures::future::BoxFuture<'_, anyhow::Result<Client>>;
+}
+
+impl Settings {
+    /// Refuses settings no run can have.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.size < MIN_SIZE {
+            bail!("--size must be at least {MIN_SIZE} bytes (a timestamp and a sequence number)");
+        }
+        if self.producers == 0 || self.window == 0 || self.batch == 0 {
+            bail!("--producers, --window and --batch must be at least 1");
+        }
+        let needs_consumers = matches!(
+            self.scenario,
+            Scenario::E2e | Scenario::Fanout | Scenario::Group
+        );
+        if needs_consumers && self.consumers == 0 {
+            bail!("--consumers must be at least 1 for this scenario");
+        }
+        Ok(())
+    }
+}
+
+/// Runs a scenario.
+pub async fn run(settings: Settings, connector: Arc<dyn Connector>) -> anyhow::Result<Report> {
+    settings.validate()?;
+    let admin = connector.connect().await?;
+    let suffix = format!("{:08x}", getrandom::u32().unwrap_or_default());
+    let topic = format!("bench.{suffix}");
+    admin
+        .create_topic(&topic, Retention::default())
+        .await
+        .with_context(|| format!("creating {topic}"))?;
+    let result = match settings.scenario {
+        Scenario::Publish => publish(&settings, &connector, &topic, Payloads::Binary).await,
+        Scenario::E2e | Scenario::Fanout => {
+            let source = Source::Subscription(topic.clone());
+            end_to_end(&settings, &connector, &topic, source).await
+        }
+        Scenario::Group => {
+            let group = format!("bench-{suffix}");
+            let result = group_run(&settings, &connector, &admin, &topic, &group).await;
+            let _ = admin.delete_group(&group).await;
+            result
+        }
+        Scenario::Plugin => plugin(&settings, &connector, &admin, &topic, &suffix).await,
+    };
+    // Leave nothing behind on a shared broker.
+    let _ = admin.delete_topic(&topic).await;
+    admin.close().await;
+    result
+}
+
+async fn publish(
+    settings: &Settings,
+    connector: &Arc<dyn Connector>,
+    topic: &str,
+    payloads: Payloads,
+) -> anyhow::Result<Report> {
+    let producers = Producers::start(settings, connector, topic, payloads).await?;
+    let produced = producers.finish().await?;
+    Ok(Report {
+        scenario: settings.scenario,
+        published: produced.acked,
+        received_min: 0,
+        elapsed: produced.elapsed,
+        latency: produced.latency,
+        per_consumer: false,
+        baseline: None,
+        settings: settings.clone(),
+    })
+}
+
+async fn end_to_end(
+    settings: &Settings,
+    connector: &Arc<dyn Connector>,
+    topic: &str,
+    source: Source,
+) -> anyhow::Result<Report> {
+    let consumers = Consumers::start(settings, connector, source).await?;
+    let producers = Producers::start(settings, connector, topic, Payloads::Binary).await?;
+    let produced = producers.finish().await?;
+    let consumed = consumers.finish(&produced).await?;
+    Ok(Report {
+        scenario: settings.scenario,
+        published: produced.acked,
+        received_min: consumed.received_min,
+        elapsed: consumed.elapsed,
+        latency: consumed.latency,
+        per_consumer: settings.scenario != Scenario::Group,
+        baseline: None,
+        settings: settings.clone(),
+    })
+}
+
+async fn group_run(
+    settings: &Settings,
+    connector: &Arc<dyn Connector>,
+    admin: &Client,
+    topic: &str,
+    group: &str,
+) -> anyhow::Result<Report> {
+    let group_settings = GroupSettings {
+        from: StartAt::Earliest,
+        prefetch: settings.prefetch,
+        ..GroupSettings::new(topic)
+    };
+    admin.create_group(group, group_settings).await?;
+    end_to_end(settings, connector, topic, Source::Group(group.to_owned())).await
+}
+
+async fn plugin(
+    settings: &Settings,
+    connector: &Arc<dyn Connector>,
+    admin: &Client,
+    topic: &str,
+    suffix: &str,
+) -> anyhow::Result<Report> {
+    let wasm = settings
+        .plugin
+        .clone()
+        .context("the plugin scenario needs the json-filter component (--plugin FILE)")?;
+    let name = format!("bench-filter-{suffix}");
+    admin.deploy_plugin(&name, wasm, None).await?;
+    let filtered = format!("{topic}.filtered");
+    admin.create_topic(&filtered, Retention::default()).await?;
+    let stage = Stage {
+        plugin: name.clone(),
+        // Keeps every record: the cost measured is the call, not fewer appends.
+        params: vec![("where".into(), "seq >= 0".into())],
+        on_error: OnError::FailClosed,
+    };
+    let outcome = async {
+        admin.attach_plugin(&filtered, stage).await?;
+        let baseline = publish(settings, connector, topic, Payloads::Json).await?;
+        let mut report = publish(settings, connector, &filtered, Payloads::Json).await?;
+        report.baseline = Some(Box::new(baseline));
+        anyhow::Ok(report)
+    }
+    .await;
+    let _ = admin.delete_topic(&filtered).await;
+    let _ = admin.remove_plugin(&name).await;
+    outcome
+}

@@ -1,0 +1,192 @@
+//! `quiver bench`: the load scenarios of [`crate::bench`], from the command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytesize::ByteSize;
+use clap::Args;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use quiver_client::Client;
+
+use super::ConnectArgs;
+use crate::bench::own_broker::OwnBroker;
+use crate::bench::{self, Connector, Report, Scenario, Settings};
+
+#[derive(Debug, Args)]
+pub(super) struct BenchArgs {
+    /// publish: durable publish throughput and publish-to-ack latency; e2e: producers
+    /// and consumers, publish-to-receive latency; fanout: every subscriber gets every
+    /// record; group: a durable group whose members ack each record; plugin: publish
+    /// through the json-filter plugin, against the same without it.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Payload bytes per record (at least 16: a timestamp and a sequence number).
+    #[arg(long, default_value_t = ByteSize::b(256))]
+    size: ByteSize,
+    /// Records to publish in all.
+    #[arg(long, default_value_t = 1_000_000)]
+    count: u64,
+    /// Records per second in all [default: as fast as acknowledgements allow].
+    #[arg(long, value_name = "MSGS_PER_S")]
+    rate: Option<u64>,
+    /// Producer connections.
+    #[arg(long, default_value_t = 1)]
+    producers: usize,
+    /// Subscribers (e2e, fanout) or group members (group) [default: 1; fanout: 4].
+    #[arg(long)]
+    consumers: Option<usize>,
+    /// Publishes in flight per producer.
+    #[arg(long, default_value_t = 1024)]
+    window: usize,
+    /// Records per publish.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Records a group member holds unacknowledged (group).
+    #[arg(long, default_value_t = 1024)]
+    prefetch: u32,
+    /// Stop publishing after this long, whatever --count says.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    time_limit: Duration,
+    /// The json-filter component for the plugin scenario.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "plugins/target/wasm32-wasip2/release/json_filter.wasm"
+    )]
+    plugin: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Broker to load, host:port [default: start one on a temp dir].
+    #[arg(long, env = "QUIVER_SERVER")]
+    server: Option<String>,
+    /// Certificate to trust for --server (see `quiver sub --help`).
+    #[arg(long, env = "QUIVER_CA", requires = "server")]
+    ca: Option<PathBuf>,
+}
+
+/// Connects to the broker under test.
+struct Connect(ConnectArgs);
+
+impl Connector for Connect {
+    fn connect(&self) -> BoxFuture<'_, anyhow::Result<Client>> {
+        self.0.connect().boxed()
+    }
+}
+
+pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let plugin = match args.scenario {
+        Scenario::Plugin => Some(
+            std::fs::read(&args.plugin)
+                .with_context(|| {
+                    format!(
+                        "reading {} (`make example-plugins` builds it; --plugin names another)",
+                        args.plugin.display()
+                    )
+                })?
+                .into(),
+        ),
+        _ => None,
+    };
+    let default_consumers = match args.scenario {
+        Scenario::Publish | Scenario::Plugin => 0,
+        Scenario::Fanout => 4,
+        Scenario::E2e | Scenario::Group => 1,
+    };
+    let settings = Settings {
+        scenario: args.scenario,
+        size: usize::try_from(args.size.as_u64()).context("--size is too large")?,
+        count: args.count,
+        rate: args.rate,
+        producers: args.producers,
+        consumers: args.consumers.unwrap_or(default_consumers),
+        window: args.window,
+        batch: args.batch,
+        prefetch: args.prefetch,
+        time_limit: args.time_limit,
+        plugin,
+    };
+    settings.validate()?;
+    let (own, connect) = match args.server {
+        Some(server) => (None, ConnectArgs::to(server, args.ca)),
+        None => {
+            let own = OwnBroker::start()?;
+            let connect = ConnectArgs::to(own.addr.clone(), Some(own.cert.clone()));
+            (Some(own), connect)
+        }
+    };
+    let report = bench::run(settings, Arc::new(Connect(connect))).await?;
+    let rss = own.as_ref().and_then(OwnBroker::rss_kib);
+    if args.json {
+        let mut json = report.json();
+        json["broker_rss_kib"] = rss.into();
+        println!("{json}");
+    } else {
+        print!("{}", text(&report, rss));
+    }
+    Ok(())
+}
+
+/// The report as a few lines of text.
+fn text(report: &Report, rss_kib: Option<u64>) -> String {
+    let s = &report.settings;
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let mut out = format!(
+        "{}: {}, {}, {} records, batch {}, window {}{}\n",
+        format!("{:?}", report.scenario).to_lowercase(),
+        plural(s.producers, "producer"),
+        plural(s.consumers, "consumer"),
+        ByteSize::b(s.size as u64),
+        s.batch,
+        s.window,
+        s.rate
+            .map(|r| format!(", paced at {r} msgs/s"))
+            .unwrap_or_default(),
+    );
+    let line = |report: &Report, label: &str| {
+        format!(
+            "  {label}{} records in {:.2} s: {:.0} msgs/s, {:.1} MB/s{}\n",
+            report.published,
+            report.elapsed.as_secs_f64(),
+            report.msgs_per_s(),
+            report.mb_per_s(),
+            match report.per_consumer {
+                true => format!(" per consumer ({} received by each)", report.received_min),
+                false => String::new(),
+            },
+        )
+    };
+    if let Some(baseline) = &report.baseline {
+        out.push_str(&line(baseline, "without the plugin: "));
+        out.push_str(&line(report, "with the plugin:    "));
+        if let Some(cost) = report.cost_percent() {
+            out.push_str(&format!("  throughput cost of the plugin: {cost:.1} %\n"));
+        }
+    } else {
+        out.push_str(&line(report, ""));
+    }
+    let h = &report.latency;
+    let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
+    let what = match report.scenario {
+        Scenario::Publish | Scenario::Plugin => "publish to ack",
+        _ => "publish to receive",
+    };
+    out.push_str(&format!(
+        "  latency, {what}: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n",
+        ms(h.value_at_quantile(0.5)),
+        ms(h.value_at_quantile(0.9)),
+        ms(h.value_at_quantile(0.99)),
+        ms(h.value_at_quantile(0.999)),
+        ms(h.max()),
+    ));
+    if let Some(kib) = rss_kib {
+        out.push_str(&format!(
+            "  broker RSS at the end: {}\n",
+            ByteSize::kib(kib)
+        ));
+    }
+    out
+}

@@ -1,0 +1,82 @@
+//! `quiver bench` runs every scenario end to end and reports what it did. These check
+//! counts and the report's shape, never speed: the figures belong in
+//! docs/performance.md.
+
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+use quiver_tests::{DataDir, cli, example_plugin, succeeded};
+use serde_json::Value;
+
+/// Runs `quiver bench ARGS --json` (on its own broker) and parses the report.
+fn bench(args: &[&str]) -> Value {
+    let dir = DataDir::new();
+    let plugin = example_plugin("json-filter");
+    let plugin = plugin.to_str().unwrap();
+    let args = [&["bench"], args, &["--json", "--plugin", plugin]].concat();
+    let out = succeeded(cli(dir.root(), &args, &[], ""));
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn every_scenario_runs_and_counts_what_it_moved() {
+    let publish = bench(&[
+        "publish",
+        "--count",
+        "2000",
+        "--producers",
+        "2",
+        "--batch",
+        "10",
+    ]);
+    assert_eq!(publish["scenario"], "publish");
+    assert_eq!(publish["published"], 2000);
+    assert!(publish["msgs_per_s"].as_f64().unwrap() > 0.0);
+    let p = &publish["latency_us"];
+    assert!(p["p50"].as_u64().unwrap() <= p["p99"].as_u64().unwrap());
+    assert!(p["p99"].as_u64().unwrap() <= p["max"].as_u64().unwrap());
+    assert!(publish["broker_rss_kib"].as_u64().unwrap() > 0);
+
+    let e2e = bench(&["e2e", "--count", "2000", "--size", "64", "--rate", "20000"]);
+    assert_eq!(
+        (
+            e2e["published"].as_u64(),
+            e2e["received_per_consumer"].as_u64()
+        ),
+        (Some(2000), Some(2000))
+    );
+    assert_eq!(e2e["size"], 64);
+
+    let fanout = bench(&["fanout", "--count", "1000", "--consumers", "3"]);
+    assert_eq!(fanout["consumers"], 3);
+    assert_eq!(
+        fanout["received_per_consumer"], 1000,
+        "every subscriber gets every record"
+    );
+
+    let group = bench(&[
+        "group",
+        "--count",
+        "1000",
+        "--consumers",
+        "2",
+        "--prefetch",
+        "10",
+    ]);
+    assert_eq!(
+        group["received_per_consumer"], 1000,
+        "the members share every record once"
+    );
+
+    let plugin = bench(&["plugin", "--count", "500"]);
+    assert_eq!(plugin["published"], 500);
+    assert!(plugin["baseline_msgs_per_s"].as_f64().unwrap() > 0.0);
+    assert!(plugin["cost_percent"].is_number());
+}
+
+#[test]
+fn bad_settings_are_refused_with_a_message() {
+    let dir = DataDir::new();
+    let out = cli(dir.root(), &["bench", "publish", "--size", "8"], &[], "");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16 bytes"));
+}
