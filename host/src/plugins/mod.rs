@@ -13,6 +13,7 @@
 //! - plugin state written by a call is visible to later calls at once and becomes
 //!   durable with the records of its call (or is forgotten if that commit fails).
 
+mod executor;
 pub mod pipeline;
 pub mod runtime;
 pub mod stage;
@@ -27,6 +28,8 @@ use bytes::Bytes;
 use quiver_protocol::{NewRecord, PluginInfo, PluginStatus, Stage, TopicName};
 use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
+
+use executor::Executor;
 
 use crate::storage::{
     PluginRecord, PluginVersion, StateWrite, Storage, StorageError, TopicLog, now_ms,
@@ -206,6 +209,10 @@ struct TopicStages {
     stages: Arc<[Arc<StageRunner>]>,
 }
 
+/// Threads running plugin calls: a couple more than the two cores Quiver is sized
+/// for, so one plugin spinning to its deadline does not hold up every other.
+const EXECUTOR_THREADS: usize = 4;
+
 /// The plugin subsystem.
 #[derive(Debug)]
 pub struct Plugins {
@@ -219,6 +226,8 @@ pub struct Plugins {
     generations: AtomicU64,
     /// Serializes deploy, upgrade, remove, attach and detach.
     admin: tokio::sync::Mutex<()>,
+    /// Where plugin calls run.
+    executor: Executor,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -256,6 +265,9 @@ impl Plugins {
             policy: settings.quarantine,
             generations: AtomicU64::new(0),
             admin: tokio::sync::Mutex::new(()),
+            executor: Executor::new(EXECUTOR_THREADS).map_err(|e| {
+                AdminError::InvalidArgument(format!("starting the plugin threads: {e}"))
+            })?,
         };
         for record in plugins.storage.plugins()? {
             let Some(current) = record.current().cloned() else {
@@ -630,14 +642,14 @@ impl Plugins {
         ingress: bool,
     ) -> Result<Sorted, PipelineError> {
         let plugins = Arc::clone(self);
-        let task = tokio::task::spawn_blocking(move || {
+        let call = self.executor.run(move || {
             let sorted = pipeline::run(&plugins, &stages, &topic, items, ingress)?;
             plugins.state.written(&sorted.state);
             Ok(sorted)
         });
-        // Plugin failures are values, so the task fails only if it is cancelled (the
-        // runtime shutting down).
-        task.await
+        // Plugin failures are values, so this fails only if the executor has stopped
+        // (the broker shutting down).
+        call.await
             .map_err(|e| PipelineError::Aborted(e.to_string()))?
     }
 

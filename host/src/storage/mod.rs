@@ -2,7 +2,7 @@
 //! that imports sled.
 //!
 //! A topic is a run of *chunks*, each a record batch (the protocol's format) keyed by
-//! the offset of its first record and stored in parts of at most 4 KiB; `keys.rs` has
+//! the offset of its first record and stored in parts of at most 16 KiB; `keys.rs` has
 //! the layout and why. All writes go through one writer thread (`writer.rs`) that takes
 //! whatever commands queued up during the last flush, applies them as one atomic sled
 //! batch, flushes once (group commit) and only then answers. Readers read sled directly,
@@ -79,6 +79,9 @@ impl From<BatchError> for StorageError {
 /// single sled value, served without copying.
 pub const DEFAULT_CHUNK_BYTES: usize = keys::PART_BYTES;
 
+/// sled log segment size.
+const SEGMENT_BYTES: usize = 2 << 20;
+
 /// How to open storage.
 #[derive(Debug, Clone)]
 pub struct StorageConfig {
@@ -152,6 +155,7 @@ impl Storage {
             .path(&config.path)
             .cache_capacity(config.cache_capacity)
             .flush_every_ms(None) // the writer flushes before every acknowledgement
+            .segment_size(SEGMENT_BYTES)
             .open()?;
         let tree = db.open_tree("log")?;
         check_format(&tree)?;
