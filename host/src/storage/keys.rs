@@ -5,10 +5,10 @@
 //! | `t` name                              | [`TopicMeta`](super::TopicMeta) (postcard) |
 //! | `s` topic-id (u64 BE)                 | [`LogStats`] (32 bytes)       |
 //! | `i` topic-id base-offset (u64 BE ×2)  | [`ChunkMeta`] (24 bytes)      |
-//! | `c` topic-id base-offset part (u32 BE) | up to [`PART_BYTES`] of a chunk's record batch |
+//! | `c` topic-id base-offset part (u32 BE) | up to [`part_bytes`] of a chunk's record batch |
 //! | `p` topic-id                          | the deleted topic's name (purge pending) |
 //! | `P` plugin-name                       | [`PluginRecord`](super::PluginRecord) (postcard) |
-//! | `W` sha256 (32 bytes) part (u32 BE)   | up to [`PART_BYTES`] of a plugin component |
+//! | `W` sha256 (32 bytes) part (u32 BE)   | up to [`part_bytes`] of a plugin component |
 //! | `K` name-length (u8) plugin-name key  | a plugin's state value |
 //! | `g` group-name                        | [`GroupRecord`](super::GroupRecord) (postcard) |
 //! | `o` group-id topic-id                 | a group's cursor and counters in a topic (24 bytes) |
@@ -130,8 +130,17 @@ pub(super) fn with_id(prefix: u8, id: u64) -> [u8; 9] {
     key
 }
 
-/// The largest value stored under one `c` key.
-pub(super) const PART_BYTES: usize = 16 * 1024;
+/// Entries in a sled leaf node, at most.
+const LEAF_ENTRIES: usize = 17;
+
+/// The largest value to store under one `c` or `W` key with sled log segments of
+/// `segment_bytes`: a full leaf of such values stays under a quarter of a segment, so
+/// it is written inline, never to a blob (see the module docs). A power of two: 16 KiB
+/// for the 2 MiB segments of new data dirs, 4 KiB for sled's default 512 KiB.
+pub(super) fn part_bytes(segment_bytes: usize) -> usize {
+    let largest = (segment_bytes / 4 / LEAF_ENTRIES).max(1);
+    1 << largest.ilog2()
+}
 
 /// The key of part `part` of the chunk at `base`.
 pub(super) fn chunk_part(id: u64, base: u64, part: u32) -> [u8; 21] {

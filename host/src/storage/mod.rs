@@ -77,10 +77,20 @@ impl From<BatchError> for StorageError {
 
 /// The size a chunk is sealed at: one part, so that reads of small records are a
 /// single sled value, served without copying.
-pub const DEFAULT_CHUNK_BYTES: usize = keys::PART_BYTES;
+pub const DEFAULT_CHUNK_BYTES: usize = 16 * 1024;
 
-/// sled log segment size.
+/// sled's log segment size for new data dirs (sled's default is 512 KiB).
 const SEGMENT_BYTES: usize = 2 << 20;
+
+/// The segment size an existing data dir was created with, from the `conf` file sled
+/// keeps in it (`segment_size: N` on a line of its own).
+fn created_segment_size(path: &std::path::Path) -> Option<usize> {
+    let conf = std::fs::read(path.join("conf")).ok()?;
+    String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|line| line.strip_prefix("segment_size: "))
+        .and_then(|n| n.trim().parse().ok())
+}
 
 /// How to open storage.
 #[derive(Debug, Clone)]
@@ -151,17 +161,25 @@ impl Storage {
     /// Opens (or creates) the data dir, checks it, starts the writer thread, and
     /// returns every live topic.
     pub fn open(config: &StorageConfig) -> Result<(Self, Vec<Arc<TopicLog>>), StorageError> {
+        // sled cannot change a data dir's segment size: keep what it was created with.
+        let segment_bytes = created_segment_size(&config.path).unwrap_or(SEGMENT_BYTES);
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_capacity)
             .flush_every_ms(None) // the writer flushes before every acknowledgement
-            .segment_size(SEGMENT_BYTES)
+            .segment_size(segment_bytes)
             .open()?;
         let tree = db.open_tree("log")?;
         check_format(&tree)?;
         let topics = recover(&tree)?;
         let (commands, rx) = mpsc::channel(writer::QUEUE_DEPTH);
-        let writer = Writer::new(db.clone(), tree.clone(), rx, config.chunk_bytes);
+        let writer = Writer::new(
+            db.clone(),
+            tree.clone(),
+            rx,
+            config.chunk_bytes,
+            keys::part_bytes(segment_bytes),
+        );
         let handle = std::thread::Builder::new()
             .name("quiver-storage".into())
             .spawn(move || writer.run())

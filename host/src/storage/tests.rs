@@ -551,3 +551,40 @@ fn groups_and_dedup_entries_survive_reopening() {
         assert!(storage.groups().unwrap()[0].lanes.is_empty());
     });
 }
+
+#[test]
+fn parts_fit_a_leaf_in_a_quarter_segment() {
+    assert_eq!(keys::part_bytes(2 << 20), 16 * 1024);
+    assert_eq!(keys::part_bytes(512 << 10), 4 * 1024);
+    assert_eq!(keys::part_bytes(1), 1);
+}
+
+#[test]
+fn a_data_dir_created_with_other_segments_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    // Created by sled with its default segment size, as early data dirs were.
+    drop(
+        sled::Config::new()
+            .path(dir.path().join("db"))
+            .open()
+            .unwrap(),
+    );
+    assert_eq!(
+        created_segment_size(&dir.path().join("db")),
+        Some(512 << 10)
+    );
+    let rt = rt();
+    rt.block_on(async {
+        let (storage, _) = Storage::open(&config(&dir, DEFAULT_CHUNK_BYTES)).unwrap();
+        let log = storage
+            .create_topic(name("old.dir"), Retention::default())
+            .await
+            .unwrap();
+        let big = NewRecord::new(vec![7u8; 40_000]);
+        storage.append(log.clone(), vec![big]).await.unwrap();
+        let read = read_all(&storage, &log, 1);
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].1.len(), 40_000);
+        storage.close().await;
+    });
+}

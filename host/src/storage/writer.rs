@@ -106,6 +106,8 @@ pub(super) struct Writer {
     tree: sled::Tree,
     rx: mpsc::Receiver<Command>,
     chunk_bytes: usize,
+    /// The largest value under one key (see [`keys::part_bytes`]).
+    part_bytes: usize,
 }
 
 /// A chunk being filled during one group.
@@ -169,12 +171,14 @@ impl Writer {
         tree: sled::Tree,
         rx: mpsc::Receiver<Command>,
         chunk_bytes: usize,
+        part_bytes: usize,
     ) -> Self {
         Self {
             db,
             tree,
             rx,
             chunk_bytes: chunk_bytes.max(1),
+            part_bytes: part_bytes.max(1),
         }
     }
 
@@ -329,7 +333,7 @@ impl Writer {
                 reply,
             } => {
                 if let (Some(wasm), Some(version)) = (wasm, record.current()) {
-                    for (part, bytes) in (0u32..).zip(wasm.chunks(keys::PART_BYTES)) {
+                    for (part, bytes) in (0u32..).zip(wasm.chunks(self.part_bytes)) {
                         group
                             .batch
                             .insert(&keys::wasm_part(&version.sha256, part)[..], bytes);
@@ -388,7 +392,7 @@ impl Writer {
             staged.stats.last_ts = ts;
             if chunk.buf.len() >= chunk_bytes {
                 let full = staged.chunk.take().expect("the chunk was just filled");
-                seal(&mut group.batch, staged.log.id(), full);
+                seal(&mut group.batch, staged.log.id(), full, self.part_bytes);
             }
         }
         Appended {
@@ -592,7 +596,7 @@ impl Writer {
         }
         for (id, staged) in &mut group.staged {
             if let Some(chunk) = staged.chunk.take() {
-                seal(&mut group.batch, *id, chunk);
+                seal(&mut group.batch, *id, chunk, self.part_bytes);
             }
             if !group.deleted.contains(id) {
                 group
@@ -696,8 +700,8 @@ fn encode_meta(meta: &TopicMeta) -> Vec<u8> {
     postcard::to_allocvec(meta).expect("topic metadata always encodes")
 }
 
-fn seal(batch: &mut sled::Batch, id: u64, chunk: OpenChunk) {
-    for (part, bytes) in (0u32..).zip(chunk.buf.chunks(keys::PART_BYTES)) {
+fn seal(batch: &mut sled::Batch, id: u64, chunk: OpenChunk, part_bytes: usize) {
+    for (part, bytes) in (0u32..).zip(chunk.buf.chunks(part_bytes)) {
         batch.insert(&keys::chunk_part(id, chunk.base, part), bytes);
     }
     batch.insert(
