@@ -22,7 +22,7 @@ use quiver_protocol::codec::Codec;
 use quiver_protocol::record::headers;
 use quiver_protocol::{
     ALPN, ClientFrame, ClientHello, Limits, NewRecord, Op, OpReply, PROTOCOL_VERSION, PluginInfo,
-    PluginStatus, PublishId, Receipt, Request, Retention, ServerFrame, Stage, StartAt, Subscribe,
+    PluginStatus, PublishId, Receipt, Request, ServerFrame, Stage, StartAt, Subscribe, TopicConfig,
     TopicInfo, WireError, frame,
 };
 use rustls_pki_types::CertificateDer;
@@ -462,18 +462,16 @@ impl Client {
         }
     }
 
-    /// Creates a topic with retention limits (a [`Retention`]) or full settings (a
+    /// Creates a topic with retention limits (a [`Retention`](crate::Retention)) or full settings (a
     /// [`TopicConfig`]).
     pub async fn create_topic(
         &self,
         name: &str,
         config: impl Into<TopicConfig>,
     ) -> Result<TopicInfo> {
-        let config = config.into();
         let op = Op::CreateTopic {
             name: name.to_owned(),
-            retention: config.retention,
-            dead_letter: config.dead_letter,
+            config: config.into(),
         };
         match self.call(op).await? {
             OpReply::Topic(info) => Ok(info),
@@ -802,25 +800,6 @@ impl Default for SubscribeOptions {
             from: StartAt::Latest,
             window: 1024,
             pipeline: Vec::new(),
-        }
-    }
-}
-
-/// A topic's settings at creation; a [`Retention`] converts into one.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TopicConfig {
-    /// Retention limits.
-    pub retention: Retention,
-    /// Where records go that the topic's plugins fail on or reject. Default:
-    /// `dlq.<topic>`, created when first needed.
-    pub dead_letter: Option<String>,
-}
-
-impl From<Retention> for TopicConfig {
-    fn from(retention: Retention) -> Self {
-        Self {
-            retention,
-            dead_letter: None,
         }
     }
 }

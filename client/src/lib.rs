@@ -39,14 +39,14 @@ mod error;
 mod group;
 mod subscription;
 
-pub use connection::{Client, ClientBuilder, SubscribeOptions, TopicConfig};
+pub use connection::{Client, ClientBuilder, SubscribeOptions};
 pub use error::{Error, Result};
 pub use group::{Delivery, Member};
 pub use subscription::{Record, Subscription};
 
 pub use quiver_protocol::record::headers;
 pub use quiver_protocol::{
-    AttachmentStatus, ErrorCode, GroupInfo, GroupSettings, GroupTopic, Header, Limits, NewRecord,
-    OnError, Placement, PluginInfo, PluginStatus, PublishId, Receipt, Retention, Stage, StartAt,
-    TopicInfo, WireError,
+    AttachmentStatus, Durability, ErrorCode, GroupInfo, GroupSettings, GroupTopic, Header, Limits,
+    NewRecord, OnError, Placement, PluginInfo, PluginStatus, PublishId, Receipt, Retention, Stage,
+    StartAt, TopicConfig, TopicInfo, WireError,
 };

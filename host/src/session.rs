@@ -329,12 +329,8 @@ async fn execute(broker: &Broker, op: Op) -> Result<OpReply, BrokerError> {
             .durable()
             .await
             .map(OpReply::Published),
-        Op::CreateTopic {
-            name,
-            retention,
-            dead_letter,
-        } => broker
-            .create_topic(&name, retention, dead_letter.as_deref())
+        Op::CreateTopic { name, config } => broker
+            .create_topic(&name, &config)
             .await
             .map(OpReply::Topic),
         Op::DeleteTopic { name } => broker.delete_topic(&name).await.map(|()| OpReply::Deleted),

@@ -101,10 +101,8 @@ pub enum Op {
     CreateTopic {
         /// The topic's name.
         name: String,
-        /// Its retention limits.
-        retention: Retention,
-        /// Where records go that its plugins fail on (default `dlq.<name>`).
-        dead_letter: Option<String>,
+        /// Its settings.
+        config: TopicConfig,
     },
     /// Delete a topic and its records.
     DeleteTopic {
@@ -415,6 +413,59 @@ impl Retention {
     }
 }
 
+/// When a publish to a topic is acknowledged: what an acknowledged record survives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Durability {
+    /// After the records are flushed to disk (fsync); concurrent publishes share one
+    /// flush. Acknowledged records survive a crash of the broker or of the machine.
+    #[default]
+    Fsync,
+    /// As soon as the records are written into the broker's log buffer; the buffer is
+    /// flushed at most `interval_ms` later. Records acknowledged in the last interval
+    /// before a crash of the broker or the machine may be lost.
+    Batched {
+        /// The longest an acknowledged record waits for its flush, in milliseconds.
+        interval_ms: u32,
+    },
+}
+
+impl Durability {
+    /// The flush interval of [`Durability::Batched`] when none is given.
+    pub const DEFAULT_INTERVAL_MS: u32 = 100;
+    /// The longest flush interval a topic may have.
+    pub const MAX_INTERVAL_MS: u32 = 60_000;
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fsync => f.write_str("fsync"),
+            Self::Batched { interval_ms } => write!(f, "batched (flush every {interval_ms} ms)"),
+        }
+    }
+}
+
+/// A topic's settings at creation; a [`Retention`] converts into one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicConfig {
+    /// Retention limits.
+    pub retention: Retention,
+    /// Where records go that the topic's plugins fail on or reject. Default:
+    /// `dlq.<topic>`, created when first needed.
+    pub dead_letter: Option<String>,
+    /// When publishes are acknowledged (default: after fsync).
+    pub durability: Durability,
+}
+
+impl From<Retention> for TopicConfig {
+    fn from(retention: Retention) -> Self {
+        Self {
+            retention,
+            ..Self::default()
+        }
+    }
+}
+
 /// A topic's description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicInfo {
@@ -422,6 +473,8 @@ pub struct TopicInfo {
     pub name: String,
     /// Its retention limits.
     pub retention: Retention,
+    /// When its publishes are acknowledged.
+    pub durability: Durability,
     /// When it was created (ms since the Unix epoch).
     pub created_ms: u64,
     /// Records currently held.

@@ -41,6 +41,13 @@ fn retention() -> impl Strategy<Value = Retention> {
         })
 }
 
+fn durability() -> impl Strategy<Value = Durability> {
+    proptest::option::of(any::<u32>()).prop_map(|interval| match interval {
+        None => Durability::Fsync,
+        Some(interval_ms) => Durability::Batched { interval_ms },
+    })
+}
+
 fn wire_error() -> impl Strategy<Value = WireError> {
     (any::<u16>(), ".{0,16}").prop_map(|(code, message)| WireError::new(code.into(), message))
 }
@@ -74,22 +81,25 @@ fn stage() -> impl Strategy<Value = Stage> {
 fn topic_info() -> impl Strategy<Value = TopicInfo> {
     (
         ".{0,12}",
-        retention(),
+        (retention(), durability()),
         any::<[u64; 5]>(),
         ".{0,12}",
         proptest::collection::vec(stage(), 0..3),
     )
-        .prop_map(|(name, retention, n, dead_letter, pipeline)| TopicInfo {
-            name,
-            retention,
-            created_ms: n[0],
-            records: n[1],
-            bytes: n[2],
-            first_offset: n[3],
-            next_offset: n[4],
-            dead_letter,
-            pipeline,
-        })
+        .prop_map(
+            |(name, (retention, durability), n, dead_letter, pipeline)| TopicInfo {
+                name,
+                retention,
+                durability,
+                created_ms: n[0],
+                records: n[1],
+                bytes: n[2],
+                first_offset: n[3],
+                next_offset: n[4],
+                dead_letter,
+                pipeline,
+            },
+        )
 }
 
 fn plugin_info() -> impl Strategy<Value = PluginInfo> {
@@ -151,13 +161,22 @@ fn placement() -> impl Strategy<Value = Placement> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (".{0,12}", retention(), proptest::option::of(".{0,8}")).prop_map(
-            |(name, retention, dead_letter)| Op::CreateTopic {
-                name,
-                retention,
-                dead_letter
-            }
-        ),
+        (
+            ".{0,12}",
+            retention(),
+            proptest::option::of(".{0,8}"),
+            durability()
+        )
+            .prop_map(
+                |(name, retention, dead_letter, durability)| Op::CreateTopic {
+                    name,
+                    config: TopicConfig {
+                        retention,
+                        dead_letter,
+                        durability,
+                    },
+                }
+            ),
         ".{0,12}".prop_map(|name| Op::DeleteTopic { name }),
         ".{0,12}".prop_map(|name| Op::DescribeTopic { name }),
         Just(Op::ListTopics),
@@ -538,8 +557,7 @@ fn variant_indexes_match_the_documentation() {
         (
             Op::CreateTopic {
                 name: name(),
-                retention: Retention::default(),
-                dead_letter: None,
+                config: TopicConfig::default(),
             },
             0,
         ),
@@ -690,6 +708,7 @@ fn variant_indexes_match_the_documentation() {
     let info = TopicInfo {
         name: name(),
         retention: Retention::default(),
+        durability: Durability::Fsync,
         created_ms: 0,
         records: 0,
         bytes: 0,

@@ -46,8 +46,27 @@ fn every_scenario_runs_and_counts_what_it_moved() {
     );
     assert_eq!(e2e["size"], 64);
 
-    let fanout = bench(&["fanout", "--count", "1000", "--consumers", "3"]);
+    // Spread over three topics of batched durability: subscribers use a pattern.
+    let fanout = bench(&[
+        "fanout",
+        "--count",
+        "1000",
+        "--consumers",
+        "3",
+        "--topics",
+        "3",
+        "--durability",
+        "batched",
+    ]);
     assert_eq!(fanout["consumers"], 3);
+    assert_eq!(fanout["topics"], 3);
+    assert!(
+        fanout["durability"]
+            .as_str()
+            .unwrap()
+            .starts_with("batched"),
+        "{fanout}"
+    );
     assert_eq!(
         fanout["received_per_consumer"], 1000,
         "every subscriber gets every record"
@@ -61,6 +80,8 @@ fn every_scenario_runs_and_counts_what_it_moved() {
         "2",
         "--prefetch",
         "10",
+        "--topics",
+        "4",
     ]);
     assert_eq!(
         group["received_per_consumer"], 1000,

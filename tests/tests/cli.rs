@@ -38,7 +38,20 @@ async fn topic_commands_manage_topics() {
         "",
     ));
     assert_eq!(out.trim(), "created sensors.eu.temp");
-    succeeded(quiver(&broker, &data, &["topic", "create", "logs.app"], ""));
+    succeeded(quiver(
+        &broker,
+        &data,
+        &[
+            "topic",
+            "create",
+            "logs.app",
+            "--durability",
+            "batched",
+            "--flush-interval",
+            "20ms",
+        ],
+        "",
+    ));
 
     let table = succeeded(quiver(&broker, &data, &["topic", "list"], ""));
     let lines: Vec<&str> = table.lines().collect();
@@ -63,6 +76,9 @@ async fn topic_commands_manage_topics() {
     assert_eq!(topics[1]["retention"]["max_records"], 100);
     assert_eq!(topics[1]["retention"]["max_age_ms"], 3_600_000);
     assert_eq!(topics[1]["last_offset"], Value::Null);
+    assert_eq!(topics[1]["durability"]["mode"], "fsync");
+    assert_eq!(topics[0]["durability"]["mode"], "batched");
+    assert_eq!(topics[0]["durability"]["flush_interval_ms"], 20);
 
     let described = succeeded(quiver(
         &broker,
@@ -71,6 +87,7 @@ async fn topic_commands_manage_topics() {
         "",
     ));
     assert!(described.contains("records:      0"), "{described}");
+    assert!(described.contains("durability:   fsync"), "{described}");
 
     assert_eq!(
         succeeded(quiver(&broker, &data, &["topic", "delete", "logs.app"], "")).trim(),

@@ -1,5 +1,6 @@
 //! What survives: a clean restart keeps everything; SIGKILL right after acks keeps
-//! every acknowledged record; SIGTERM answers in-flight publishes before exiting.
+//! every acknowledged record; SIGTERM answers in-flight publishes before exiting;
+//! topics with batched durability are flushed by a stop and by any later fsync.
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use quiver_client::{Client, ErrorCode, Retention, SubscribeOptions};
+use quiver_client::{Client, Durability, ErrorCode, Retention, SubscribeOptions, TopicConfig};
 use quiver_tests::{Broker, DataDir};
 
 /// Every record of a topic, as offset -> payload.
@@ -203,4 +204,61 @@ async fn subscribers_are_told_when_the_broker_shuts_down() {
     let error = end.expect("an error, not a silent end").unwrap_err();
     assert_eq!(error.code(), Some(ErrorCode::ShuttingDown), "{error}");
     assert!(broker.wait().success());
+}
+
+/// Batched durability: acknowledged before the flush, on disk after a clean stop, and
+/// on disk once any fsync topic commits after it (one flush covers everything before
+/// it), even when the broker is then killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_topics_are_flushed_by_stops_and_by_later_fsyncs() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    // An interval longer than the test: only the stop and the fsync flush it.
+    let batched = TopicConfig {
+        durability: Durability::Batched {
+            interval_ms: Durability::MAX_INTERVAL_MS,
+        },
+        ..TopicConfig::default()
+    };
+    let info = client.create_topic("fast", batched.clone()).await.unwrap();
+    assert_eq!(info.durability, batched.durability);
+    client
+        .create_topic("safe", Retention::default())
+        .await
+        .unwrap();
+    for i in 0..100u32 {
+        client.publish("fast", format!("a{i}")).await.unwrap();
+    }
+    broker.terminate();
+    assert!(broker.wait().success());
+
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    let info = client.describe_topic("fast").await.unwrap();
+    assert_eq!(info.durability, batched.durability, "kept across restarts");
+    for i in 0..100u32 {
+        client.publish("fast", format!("b{i}")).await.unwrap();
+    }
+    client.publish("safe", "flush").await.unwrap();
+    broker.kill9();
+
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    let stored = read_all(&client, "fast").await;
+    assert_eq!(stored.len(), 200);
+    assert_eq!(stored[&0], b"a0");
+    assert_eq!(stored[&199], b"b99");
+
+    let zero = TopicConfig {
+        durability: Durability::Batched { interval_ms: 0 },
+        ..TopicConfig::default()
+    };
+    let refused = client.create_topic("never", zero).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(ErrorCode::InvalidArgument),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("flush interval"), "{refused}");
 }

@@ -110,7 +110,7 @@ impl Producers {
     pub(super) async fn start(
         settings: &Settings,
         connector: &Arc<dyn Connector>,
-        topic: &str,
+        topics: &Arc<[String]>,
         payloads: Payloads,
     ) -> anyhow::Result<Self> {
         let mut clients = Vec::with_capacity(settings.producers);
@@ -126,7 +126,7 @@ impl Producers {
             .map(|(i, client)| {
                 let share = settings.count / n + u64::from((i as u64) < settings.count % n);
                 let job = Job {
-                    topic: topic.to_owned(),
+                    topics: Arc::clone(topics),
                     count: share,
                     size: settings.size,
                     batch: settings.batch,
@@ -166,7 +166,8 @@ impl Producers {
 
 /// One producer's share of the run.
 struct Job {
-    topic: String,
+    /// Published to in turn, one publish each.
+    topics: Arc<[String]>,
     count: u64,
     size: usize,
     batch: usize,
@@ -193,6 +194,7 @@ impl Job {
         let mut latency = histogram();
         let mut inflight = FuturesUnordered::new();
         let (mut sent, mut acked) = (0u64, 0u64);
+        let mut turn = self.topics.iter().cycle();
         let mut last = self.started;
         loop {
             let open = sent < self.count && Instant::now() < self.deadline;
@@ -202,9 +204,10 @@ impl Job {
                 let records = (sent..sent + n)
                     .map(|seq| NewRecord::new(self.payloads.make(self.size, seq)))
                     .collect();
+                let topic = turn.next().expect("there is at least one topic");
                 let sent_at = Instant::now();
-                let receipt = client.publish_batch(&self.topic, records);
-                inflight.push(async move { (sent_at, n, receipt.await) });
+                let receipt = client.publish_batch(topic, records);
+                inflight.push(async move { (topic, sent_at, n, receipt.await) });
                 sent += n;
                 continue;
             }
@@ -218,8 +221,8 @@ impl Job {
             }
             let pacing = open && inflight.len() < self.window;
             tokio::select! {
-                Some((sent_at, n, receipt)) = inflight.next() => {
-                    receipt.with_context(|| format!("publishing to {}", self.topic))?;
+                Some((topic, sent_at, n, receipt)) = inflight.next() => {
+                    receipt.with_context(|| format!("publishing to {topic}"))?;
                     last = Instant::now();
                     latency.saturating_record(micros(last - sent_at));
                     acked += n;
@@ -239,7 +242,7 @@ impl Job {
 /// Where consumers read.
 #[derive(Debug, Clone)]
 pub(super) enum Source {
-    /// Each consumer subscribes to this topic and receives every record.
+    /// Each consumer subscribes to this topic or pattern and receives every record.
     Subscription(String),
     /// Each consumer joins this group; together they receive every record.
     Group(String),

@@ -8,8 +8,9 @@
 //! - this module: the scenarios and their [`Report`].
 //!
 //! Every run is bounded: by `count` records and by `time_limit`, whichever comes
-//! first. Scenarios create their own topic (and group) with a unique name and delete
-//! them at the end.
+//! first. Scenarios create their own topics (and group) with unique names and delete
+//! them at the end. With several topics, producers publish to each in turn and
+//! consumers subscribe to (or group over) a pattern matching them all.
 
 mod load;
 pub mod own_broker;
@@ -19,8 +20,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
-use quiver_client::{Client, GroupSettings, OnError, Retention, Stage, StartAt};
+use quiver_client::{Client, Durability, GroupSettings, OnError, Stage, StartAt, TopicConfig};
 use serde_json::{Value, json};
 
 use load::{Consumers, Payloads, Producers, Source};
@@ -63,6 +65,10 @@ pub struct Settings {
     pub prefetch: u32,
     /// The run stops publishing after this long.
     pub time_limit: Duration,
+    /// Topics the records are spread over.
+    pub topics: usize,
+    /// When the topics' publishes are acknowledged.
+    pub durability: Durability,
     /// The filter plugin's component (plugin scenario).
     pub plugin: Option<Bytes>,
 }
@@ -128,6 +134,8 @@ impl Report {
             "window": s.window,
             "batch": s.batch,
             "rate": s.rate,
+            "topics": s.topics,
+            "durability": s.durability.to_string(),
             "published": self.published,
             "received_per_consumer": self.received_min,
             "seconds": self.elapsed.as_secs_f64(),
@@ -158,8 +166,11 @@ impl Settings {
         if self.size < MIN_SIZE {
             bail!("--size must be at least {MIN_SIZE} bytes (a timestamp and a sequence number)");
         }
-        if self.producers == 0 || self.window == 0 || self.batch == 0 {
-            bail!("--producers, --window and --batch must be at least 1");
+        if self.producers == 0 || self.window == 0 || self.batch == 0 || self.topics == 0 {
+            bail!("--producers, --window, --batch and --topics must be at least 1");
+        }
+        if self.scenario == Scenario::Plugin && self.topics > 1 {
+            bail!("the plugin scenario publishes to one topic: leave --topics at 1");
         }
         let needs_consumers = matches!(
             self.scenario,
@@ -177,38 +188,75 @@ pub async fn run(settings: Settings, connector: Arc<dyn Connector>) -> anyhow::R
     settings.validate()?;
     let admin = connector.connect().await?;
     let suffix = format!("{:08x}", getrandom::u32().unwrap_or_default());
-    let topic = format!("bench.{suffix}");
-    admin
-        .create_topic(&topic, Retention::default())
-        .await
-        .with_context(|| format!("creating {topic}"))?;
-    let result = match settings.scenario {
-        Scenario::Publish => publish(&settings, &connector, &topic, Payloads::Binary).await,
-        Scenario::E2e | Scenario::Fanout => {
-            let source = Source::Subscription(topic.clone());
-            end_to_end(&settings, &connector, &topic, source).await
-        }
-        Scenario::Group => {
-            let group = format!("bench-{suffix}");
-            let result = group_run(&settings, &connector, &admin, &topic, &group).await;
-            let _ = admin.delete_group(&group).await;
-            result
-        }
-        Scenario::Plugin => plugin(&settings, &connector, &admin, &topic, &suffix).await,
+    // One topic: `bench.<suffix>`; more: `bench.<suffix>.<i>`, all matching `pattern`.
+    let (topics, pattern): (Arc<[String]>, String) = match settings.topics {
+        1 => (
+            Arc::new([format!("bench.{suffix}")]),
+            format!("bench.{suffix}"),
+        ),
+        n => (
+            (0..n).map(|i| format!("bench.{suffix}.{i}")).collect(),
+            format!("bench.{suffix}.>"),
+        ),
     };
+    let result = async {
+        let config = TopicConfig {
+            durability: settings.durability,
+            ..TopicConfig::default()
+        };
+        // Borrowed by every creation future.
+        let creating = (&admin, &config);
+        for_each_topic(&topics, |topic| async move {
+            let (admin, config) = creating;
+            admin
+                .create_topic(topic, config.clone())
+                .await
+                .with_context(|| format!("creating {topic}"))
+                .map(drop)
+        })
+        .await?;
+        match settings.scenario {
+            Scenario::Publish => publish(&settings, &connector, &topics, Payloads::Binary).await,
+            Scenario::E2e | Scenario::Fanout => {
+                let source = Source::Subscription(pattern);
+                end_to_end(&settings, &connector, &topics, source).await
+            }
+            Scenario::Group => {
+                let group = format!("bench-{suffix}");
+                let result =
+                    group_run(&settings, &connector, &admin, &topics, &pattern, &group).await;
+                let _ = admin.delete_group(&group).await;
+                result
+            }
+            Scenario::Plugin => plugin(&settings, &connector, &admin, &topics, &suffix).await,
+        }
+    }
+    .await;
     // Leave nothing behind on a shared broker.
-    let _ = admin.delete_topic(&topic).await;
+    let _ = for_each_topic(&topics, |topic| admin.delete_topic(topic)).await;
     admin.close().await;
     result
+}
+
+/// Runs `f` on every topic, a few at a time (creating 10,000 topics one by one would
+/// pay 10,000 flushes in a row).
+async fn for_each_topic<'a, F, E>(topics: &'a [String], f: impl Fn(&'a str) -> F) -> Result<(), E>
+where
+    F: Future<Output = Result<(), E>>,
+{
+    futures::stream::iter(topics.iter().map(|topic| f(topic)))
+        .buffer_unordered(64)
+        .try_collect()
+        .await
 }
 
 async fn publish(
     settings: &Settings,
     connector: &Arc<dyn Connector>,
-    topic: &str,
+    topics: &Arc<[String]>,
     payloads: Payloads,
 ) -> anyhow::Result<Report> {
-    let producers = Producers::start(settings, connector, topic, payloads).await?;
+    let producers = Producers::start(settings, connector, topics, payloads).await?;
     let produced = producers.finish().await?;
     Ok(Report {
         scenario: settings.scenario,
@@ -225,11 +273,11 @@ async fn publish(
 async fn end_to_end(
     settings: &Settings,
     connector: &Arc<dyn Connector>,
-    topic: &str,
+    topics: &Arc<[String]>,
     source: Source,
 ) -> anyhow::Result<Report> {
     let consumers = Consumers::start(settings, connector, source).await?;
-    let producers = Producers::start(settings, connector, topic, Payloads::Binary).await?;
+    let producers = Producers::start(settings, connector, topics, Payloads::Binary).await?;
     let produced = producers.finish().await?;
     let consumed = consumers.finish(&produced).await?;
     Ok(Report {
@@ -248,23 +296,24 @@ async fn group_run(
     settings: &Settings,
     connector: &Arc<dyn Connector>,
     admin: &Client,
-    topic: &str,
+    topics: &Arc<[String]>,
+    pattern: &str,
     group: &str,
 ) -> anyhow::Result<Report> {
     let group_settings = GroupSettings {
         from: StartAt::Earliest,
         prefetch: settings.prefetch,
-        ..GroupSettings::new(topic)
+        ..GroupSettings::new(pattern)
     };
     admin.create_group(group, group_settings).await?;
-    end_to_end(settings, connector, topic, Source::Group(group.to_owned())).await
+    end_to_end(settings, connector, topics, Source::Group(group.to_owned())).await
 }
 
 async fn plugin(
     settings: &Settings,
     connector: &Arc<dyn Connector>,
     admin: &Client,
-    topic: &str,
+    topics: &Arc<[String]>,
     suffix: &str,
 ) -> anyhow::Result<Report> {
     let wasm = settings
@@ -273,8 +322,12 @@ async fn plugin(
         .context("the plugin scenario needs the json-filter component (--plugin FILE)")?;
     let name = format!("bench-filter-{suffix}");
     admin.deploy_plugin(&name, wasm, None).await?;
-    let filtered = format!("{topic}.filtered");
-    admin.create_topic(&filtered, Retention::default()).await?;
+    let filtered: Arc<[String]> = Arc::new([format!("{}.filtered", topics[0])]);
+    let config = TopicConfig {
+        durability: settings.durability,
+        ..TopicConfig::default()
+    };
+    admin.create_topic(&filtered[0], config).await?;
     let stage = Stage {
         plugin: name.clone(),
         // Keeps every record: the cost measured is the call, not fewer appends.
@@ -282,14 +335,14 @@ async fn plugin(
         on_error: OnError::FailClosed,
     };
     let outcome = async {
-        admin.attach_plugin(&filtered, stage).await?;
-        let baseline = publish(settings, connector, topic, Payloads::Json).await?;
+        admin.attach_plugin(&filtered[0], stage).await?;
+        let baseline = publish(settings, connector, topics, Payloads::Json).await?;
         let mut report = publish(settings, connector, &filtered, Payloads::Json).await?;
         report.baseline = Some(Box::new(baseline));
         anyhow::Ok(report)
     }
     .await;
-    let _ = admin.delete_topic(&filtered).await;
+    let _ = admin.delete_topic(&filtered[0]).await;
     let _ = admin.remove_plugin(&name).await;
     outcome
 }

@@ -17,8 +17,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use quiver_protocol::{
-    ErrorCode, NameError, PluginInfo, PluginStatus, Retention, Stage, TopicInfo, TopicName,
-    TopicPattern, WireError,
+    Durability, ErrorCode, NameError, PluginInfo, PluginStatus, Stage, TopicConfig, TopicInfo,
+    TopicName, TopicPattern, WireError,
 };
 use tokio::sync::{Notify, broadcast};
 use tracing::info;
@@ -286,10 +286,10 @@ impl Broker {
     pub async fn create_topic(
         &self,
         name: &str,
-        retention: Retention,
-        dead_letter: Option<&str>,
+        config: &TopicConfig,
     ) -> Result<TopicInfo, BrokerError> {
         let name = Self::parse_name(name)?;
+        let retention = config.retention;
         for (key, value) in [
             ("max_age", retention.max_age_ms),
             ("max_bytes", retention.max_bytes),
@@ -301,7 +301,19 @@ impl Broker {
                 )));
             }
         }
-        let dead_letter = dead_letter.map(Self::parse_name).transpose()?;
+        if let Durability::Batched { interval_ms } = config.durability
+            && !(1..=Durability::MAX_INTERVAL_MS).contains(&interval_ms)
+        {
+            return Err(BrokerError::InvalidArgument(format!(
+                "the flush interval of batched durability must be 1 to {} ms, not {interval_ms}",
+                Durability::MAX_INTERVAL_MS
+            )));
+        }
+        let dead_letter = config
+            .dead_letter
+            .as_deref()
+            .map(Self::parse_name)
+            .transpose()?;
         if dead_letter.as_ref() == Some(&name) {
             return Err(BrokerError::InvalidArgument(
                 "a topic cannot be its own dead-letter topic".into(),
@@ -310,13 +322,14 @@ impl Broker {
         let settings = TopicSettings {
             retention,
             dead_letter,
+            durability: config.durability,
         };
         let log = self.storage.create_topic(name.clone(), settings).await?;
         self.topics
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name, Arc::clone(&log));
-        info!(topic = %log.name(), ?retention, "topic created");
+        info!(topic = %log.name(), ?retention, durability = %log.durability(), "topic created");
         let info = describe(&log);
         let _ = self.created.send(log); // no receivers is fine
         Ok(info)
@@ -379,7 +392,7 @@ impl Broker {
     pub async fn topic_or_create(&self, name: &str) -> Result<Arc<TopicLog>, BrokerError> {
         match self.topic(name) {
             Err(BrokerError::TopicNotFound(_)) => {
-                match self.create_topic(name, Retention::default(), None).await {
+                match self.create_topic(name, &TopicConfig::default()).await {
                     // Created meanwhile by someone else: as good.
                     Ok(_) | Err(BrokerError::TopicExists(_)) => self.topic(name),
                     Err(e) => Err(e),
@@ -480,6 +493,7 @@ pub fn describe(log: &TopicLog) -> TopicInfo {
     TopicInfo {
         name: log.name().to_string(),
         retention: log.retention(),
+        durability: log.durability(),
         created_ms: log.created_ms(),
         records: stats.records(),
         bytes: stats.bytes,

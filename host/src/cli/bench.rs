@@ -11,7 +11,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use quiver_client::Client;
 
-use super::ConnectArgs;
+use super::{ConnectArgs, DurabilityArgs};
 use crate::bench::own_broker::OwnBroker;
 use crate::bench::{self, Connector, Report, Scenario, Settings};
 
@@ -47,6 +47,12 @@ pub(super) struct BenchArgs {
     /// Records a group member holds unacknowledged (group).
     #[arg(long, default_value_t = 1024)]
     prefetch: u32,
+    /// Topics to spread the records over (each publish goes to the next in turn;
+    /// consumers subscribe to a pattern matching them all).
+    #[arg(long, default_value_t = 1)]
+    topics: usize,
+    #[command(flatten)]
+    durability: DurabilityArgs,
     /// Stop publishing after this long, whatever --count says.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     time_limit: Duration,
@@ -107,6 +113,8 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         batch: args.batch,
         prefetch: args.prefetch,
         time_limit: args.time_limit,
+        topics: args.topics,
+        durability: args.durability.durability(),
         plugin,
     };
     settings.validate()?;
@@ -135,13 +143,15 @@ fn text(report: &Report, rss_kib: Option<u64>) -> String {
     let s = &report.settings;
     let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     let mut out = format!(
-        "{}: {}, {}, {} records, batch {}, window {}{}\n",
+        "{}: {}, {}, {}, {} records, batch {}, window {}, {}{}\n",
         format!("{:?}", report.scenario).to_lowercase(),
         plural(s.producers, "producer"),
         plural(s.consumers, "consumer"),
+        plural(s.topics, "topic"),
         ByteSize::b(s.size as u64),
         s.batch,
         s.window,
+        s.durability,
         s.rate
             .map(|r| format!(", paced at {r} msgs/s"))
             .unwrap_or_default(),

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use quiver_client::Client;
+use quiver_client::{Client, Durability};
 
 use crate::config::{DEFAULT_DATA_DIR, DEFAULT_PORT};
 use crate::transport::tls::default_cert_path;
@@ -107,6 +107,36 @@ impl ConnectArgs {
             builder = builder.server_name(name);
         }
         Ok(builder.connect(&self.server).await?)
+    }
+}
+
+/// When a topic's publishes are acknowledged (`topic create`, `bench`).
+#[derive(Debug, Clone, Args)]
+struct DurabilityArgs {
+    /// fsync: acknowledge once on disk; batched: acknowledge at once and flush within
+    /// --flush-interval (a crash may lose what was acknowledged in that interval).
+    #[arg(long, value_enum, default_value_t = DurabilityMode::Fsync)]
+    durability: DurabilityMode,
+    /// With batched durability: the longest an acknowledged record waits for its flush.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    flush_interval: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DurabilityMode {
+    Fsync,
+    Batched,
+}
+
+impl DurabilityArgs {
+    fn durability(&self) -> Durability {
+        match self.durability {
+            DurabilityMode::Fsync => Durability::Fsync,
+            DurabilityMode::Batched => Durability::Batched {
+                // Out of range either way: the broker refuses it with the limits.
+                interval_ms: u32::try_from(self.flush_interval.as_millis()).unwrap_or(u32::MAX),
+            },
+        }
     }
 }
 

@@ -10,7 +10,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use bytesize::ByteSize;
 use quiver_client::{
-    GroupInfo, GroupTopic, Header, NewRecord, OnError, Receipt, Record, Stage, StartAt, TopicInfo,
+    Durability, GroupInfo, GroupTopic, Header, NewRecord, OnError, Receipt, Record, Stage, StartAt,
+    TopicInfo,
 };
 use serde_json::{Map, Value, json};
 
@@ -174,6 +175,10 @@ pub(super) fn topic_json(topic: &TopicInfo) -> Value {
             "params": s.params.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect::<Map<String, Value>>(),
             "on_error": on_error_text(s.on_error),
         })).collect::<Vec<_>>(),
+        "durability": match topic.durability {
+            Durability::Fsync => json!({ "mode": "fsync" }),
+            Durability::Batched { interval_ms } => json!({ "mode": "batched", "flush_interval_ms": interval_ms }),
+        },
         "retention": {
             "max_age_ms": topic.retention.max_age_ms,
             "max_bytes": topic.retention.max_bytes,
@@ -280,7 +285,7 @@ pub(super) fn pipeline_text(stages: &[Stage]) -> String {
 pub(super) fn topic_details(topic: &TopicInfo) -> String {
     let created = std::time::UNIX_EPOCH + std::time::Duration::from_millis(topic.created_ms);
     format!(
-        "name:         {}\nrecords:      {}\nbytes:        {} ({})\nfirst offset: {}\nlast offset:  {}\nnext offset:  {}\nretention:    {}\ndead letter:  {}\npipeline:     {}\ncreated:      {}\n",
+        "name:         {}\nrecords:      {}\nbytes:        {} ({})\nfirst offset: {}\nlast offset:  {}\nnext offset:  {}\nretention:    {}\ndurability:   {}\ndead letter:  {}\npipeline:     {}\ncreated:      {}\n",
         topic.name,
         topic.records,
         topic.bytes,
@@ -289,6 +294,7 @@ pub(super) fn topic_details(topic: &TopicInfo) -> String {
         last_text(topic),
         topic.next_offset,
         retention_text(topic),
+        topic.durability,
         topic.dead_letter,
         pipeline_text(&topic.pipeline),
         humantime::format_rfc3339_millis(created),

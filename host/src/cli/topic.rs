@@ -6,8 +6,8 @@ use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 use quiver_client::{Retention, TopicConfig, TopicInfo};
 
-use super::ConnectArgs;
 use super::output;
+use super::{ConnectArgs, DurabilityArgs};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum TopicCommand {
@@ -27,6 +27,8 @@ pub(super) enum TopicCommand {
         /// Where records go that the topic's plugins fail on [default: dlq.NAME].
         #[arg(long, value_name = "TOPIC")]
         dead_letter: Option<String>,
+        #[command(flatten)]
+        durability: DurabilityArgs,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -68,6 +70,7 @@ pub(super) async fn run(command: TopicCommand) -> anyhow::Result<()> {
             max_bytes,
             max_records,
             dead_letter,
+            durability,
             connect,
         } => {
             let retention = Retention {
@@ -78,6 +81,7 @@ pub(super) async fn run(command: TopicCommand) -> anyhow::Result<()> {
             let config = TopicConfig {
                 retention,
                 dead_letter,
+                durability: durability.durability(),
             };
             let info = connect.connect().await?.create_topic(&name, config).await?;
             println!("created {}", info.name);

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use quiver_protocol::{Retention, Stage, TopicName};
+use quiver_protocol::{Durability, Retention, Stage, TopicName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -20,6 +20,38 @@ pub(super) struct TopicMeta {
     pub(super) created_ms: u64,
     pub(super) dead_letter: Option<String>,
     pub(super) pipeline: Vec<Stage>,
+    /// Added after the first layout: records written before it lack the field (see
+    /// [`TopicMeta::decode`]).
+    pub(super) durability: Durability,
+}
+
+/// A [`TopicMeta`] as written before topics had a durability setting.
+#[derive(Deserialize)]
+struct TopicMetaWithoutDurability {
+    id: u64,
+    name: String,
+    retention: Retention,
+    created_ms: u64,
+    dead_letter: Option<String>,
+    pipeline: Vec<Stage>,
+}
+
+impl TopicMeta {
+    /// Decodes a stored topic record, of either layout.
+    pub(super) fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(bytes).or_else(|e| {
+            let old: TopicMetaWithoutDurability = postcard::from_bytes(bytes).map_err(|_| e)?;
+            Ok(Self {
+                id: old.id,
+                name: old.name,
+                retention: old.retention,
+                created_ms: old.created_ms,
+                dead_letter: old.dead_letter,
+                pipeline: old.pipeline,
+                durability: Durability::Fsync,
+            })
+        })
+    }
 }
 
 /// Settings chosen when a topic is created.
@@ -29,13 +61,15 @@ pub struct TopicSettings {
     pub retention: Retention,
     /// Where records go that its plugins fail on; `None` for the default name.
     pub dead_letter: Option<TopicName>,
+    /// When its appends are answered.
+    pub durability: Durability,
 }
 
 impl From<Retention> for TopicSettings {
     fn from(retention: Retention) -> Self {
         Self {
             retention,
-            dead_letter: None,
+            ..Self::default()
         }
     }
 }
@@ -46,6 +80,7 @@ pub struct TopicLog {
     id: u64,
     name: TopicName,
     retention: Retention,
+    durability: Durability,
     created_ms: u64,
     dead_letter: Option<TopicName>,
     pipeline: Mutex<Vec<Stage>>,
@@ -65,6 +100,7 @@ impl TopicLog {
             id: meta.id,
             name,
             retention: meta.retention,
+            durability: meta.durability,
             created_ms: meta.created_ms,
             dead_letter,
             pipeline: Mutex::new(meta.pipeline),
@@ -83,6 +119,7 @@ impl TopicLog {
             created_ms: self.created_ms,
             dead_letter: self.dead_letter.as_ref().map(ToString::to_string),
             pipeline,
+            durability: self.durability,
         }
     }
 
@@ -99,6 +136,11 @@ impl TopicLog {
     /// The topic's retention limits.
     pub fn retention(&self) -> Retention {
         self.retention
+    }
+
+    /// When the topic's appends are answered.
+    pub fn durability(&self) -> Durability {
+        self.durability
     }
 
     /// When the topic was created (ms since the Unix epoch).

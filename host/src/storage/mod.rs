@@ -5,17 +5,21 @@
 //! the offset of its first record and stored in parts of at most 16 KiB; `keys.rs` has
 //! the layout and why. All writes go through one writer thread (`writer.rs`) that takes
 //! whatever commands queued up during the last flush, applies them as one atomic sled
-//! batch, flushes once (group commit) and only then answers. Readers read sled directly,
-//! bounded by each topic's durable high-water mark.
+//! batch, flushes once (group commit) and only then answers. Topics with batched
+//! durability are the exception: their appends are answered once applied and flushed
+//! within the topic's interval (`flusher.rs`). Readers read sled directly, bounded by
+//! each topic's high-water mark.
 //!
 //! Invariants worth naming:
-//! - an offset below a topic's `next` is durable; nothing at or above it is ever served;
+//! - an offset below a topic's `next` is durable (with batched durability: applied, and
+//!   on disk within the topic's interval); nothing at or above it is ever served;
 //! - offsets are dense: the writer assigns `next, next + 1, …` and a failed commit
 //!   assigns nothing (the stats in memory change only after a successful flush);
 //! - everything one command writes (chunks, index entries, stats, routed copies in other
 //!   topics, plugin state) lands in one sled batch: all of it or none;
 //! - timestamps never go backwards within a topic, so time lookups can bisect.
 
+mod flusher;
 mod groups;
 mod keys;
 mod log;
@@ -32,6 +36,7 @@ use quiver_protocol::record::BatchError;
 use quiver_protocol::{NewRecord, PublishId, Receipt, Stage, TopicName};
 use tokio::sync::{mpsc, oneshot};
 
+use flusher::Flusher;
 pub use groups::{Dedup, GroupRecord, GroupWrite, ReceiptLayout, StoredGroup, StoredLane};
 pub use keys::LogStats;
 use log::TopicMeta;
@@ -173,12 +178,18 @@ impl Storage {
         check_format(&tree)?;
         let topics = recover(&tree)?;
         let (commands, rx) = mpsc::channel(writer::QUEUE_DEPTH);
+        let flusher = Flusher::start({
+            let db = db.clone();
+            move || db.flush().map(drop)
+        })
+        .map_err(|e| StorageError::Sled(e.into()))?;
         let writer = Writer::new(
             db.clone(),
             tree.clone(),
             rx,
             config.chunk_bytes,
             keys::part_bytes(segment_bytes),
+            flusher,
         );
         let handle = std::thread::Builder::new()
             .name("quiver-storage".into())
@@ -570,7 +581,7 @@ fn recover(tree: &sled::Tree) -> Result<Vec<Arc<TopicLog>>, StorageError> {
     let mut topics = Vec::new();
     for item in tree.scan_prefix([keys::TOPIC]) {
         let (key, value) = item?;
-        let meta: TopicMeta = postcard::from_bytes(&value).map_err(|e| {
+        let meta = TopicMeta::decode(&value).map_err(|e| {
             StorageError::corrupt(format!(
                 "topic record {:?}: {e}",
                 String::from_utf8_lossy(&key[1..])

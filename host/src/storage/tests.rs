@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use proptest::prelude::*;
 use quiver_protocol::record::decode_batch;
-use quiver_protocol::{GroupSettings, Retention};
+use quiver_protocol::{Durability, GroupSettings, Retention};
 
 use super::*;
 
@@ -587,4 +587,74 @@ fn a_data_dir_created_with_other_segments_still_opens() {
         assert_eq!(read[0].1.len(), 40_000);
         storage.close().await;
     });
+}
+
+#[test]
+fn batched_topics_are_answered_before_the_flush_and_kept_by_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let batched = TopicSettings {
+        // Longer than the test: only `close` (or an fsync topic's commit) flushes.
+        durability: Durability::Batched {
+            interval_ms: Durability::MAX_INTERVAL_MS,
+        },
+        ..TopicSettings::default()
+    };
+    rt.block_on(async {
+        let (storage, _) = Storage::open(&config(&dir, 100)).unwrap();
+        let log = storage
+            .create_topic(name("fast"), batched.clone())
+            .await
+            .unwrap();
+        assert_eq!(log.durability(), batched.durability);
+        for i in 0..10 {
+            storage
+                .append(log.clone(), payloads(i * 10..i * 10 + 10))
+                .await
+                .unwrap();
+        }
+        assert_eq!(read_all(&storage, &log, 7).len(), 100, "readable at once");
+        storage.close().await;
+    });
+    rt.block_on(async {
+        let (storage, topics) = reopen(&config(&dir, 100));
+        assert_eq!(topics[0].durability(), batched.durability);
+        let read = read_all(&storage, &topics[0], 1000);
+        assert_eq!(read.len(), 100);
+        assert_eq!(read[99].1, Bytes::from("record-99"));
+        storage.close().await;
+    });
+}
+
+#[test]
+fn topic_records_written_before_durability_existed_still_read() {
+    #[derive(serde::Serialize)]
+    struct Before {
+        id: u64,
+        name: String,
+        retention: Retention,
+        created_ms: u64,
+        dead_letter: Option<String>,
+        pipeline: Vec<Stage>,
+    }
+    let before = Before {
+        id: 7,
+        name: "old.topic".into(),
+        retention: Retention::default(),
+        created_ms: 1,
+        dead_letter: Some("old.dlq".into()),
+        pipeline: vec![],
+    };
+    let meta = TopicMeta::decode(&postcard::to_allocvec(&before).unwrap()).unwrap();
+    assert_eq!(meta.durability, Durability::Fsync);
+    assert_eq!(meta.dead_letter.as_deref(), Some("old.dlq"));
+    let now = TopicMeta {
+        durability: Durability::Batched { interval_ms: 5 },
+        ..meta
+    };
+    assert_eq!(
+        TopicMeta::decode(&postcard::to_allocvec(&now).unwrap()).unwrap(),
+        now
+    );
+    assert!(TopicMeta::decode(b"\xff\xff").is_err());
 }

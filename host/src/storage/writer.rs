@@ -5,18 +5,24 @@
 //! only then publishes the new stats, wakes readers and answers. Publishes that arrive
 //! while a flush is running therefore share the next one.
 //!
+//! The one exception: a group holding nothing but appends to topics with batched
+//! durability is answered as soon as it is applied, and the flusher thread
+//! (`flusher.rs`) flushes it within the shortest interval among those topics.
+//!
 //! Clean-up commands (trim, purge) run alone between groups: they read the tree, which
 //! must not hold half-staged appends of the same topic.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quiver_protocol::record;
-use quiver_protocol::{NewRecord, PublishId, Receipt, Stage, TopicName};
+use quiver_protocol::{Durability, NewRecord, PublishId, Receipt, Stage, TopicName};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
+use super::flusher::Flusher;
 use super::keys::{self, ChunkMeta, LogStats};
 use super::log::TopicMeta;
 use super::read::{LogReader, decode_index};
@@ -108,6 +114,7 @@ pub(super) struct Writer {
     chunk_bytes: usize,
     /// The largest value under one key (see [`keys::part_bytes`]).
     part_bytes: usize,
+    flusher: Flusher,
 }
 
 /// A chunk being filled during one group.
@@ -162,6 +169,11 @@ struct CommitGroup {
     dedup: Vec<(PublishId, Receipt)>,
     /// Writes staged that nobody waits for (group state): commit them anyway.
     touched: bool,
+    /// Something staged must be on disk before it is answered: anything but an
+    /// append to topics with batched durability.
+    must_flush: bool,
+    /// The shortest flush interval among the batched topics appended to.
+    flush_within: Option<Duration>,
     done: Vec<Done>,
 }
 
@@ -172,6 +184,7 @@ impl Writer {
         rx: mpsc::Receiver<Command>,
         chunk_bytes: usize,
         part_bytes: usize,
+        flusher: Flusher,
     ) -> Self {
         Self {
             db,
@@ -179,6 +192,7 @@ impl Writer {
             rx,
             chunk_bytes: chunk_bytes.max(1),
             part_bytes: part_bytes.max(1),
+            flusher,
         }
     }
 
@@ -192,6 +206,10 @@ impl Writer {
                 match command {
                     Command::Shutdown { reply } => {
                         self.commit(group);
+                        // What batched topics have not flushed yet.
+                        if let Err(e) = self.db.flush() {
+                            error!(cause = %e, "final flush failed");
+                        }
                         debug!("storage writer stopped");
                         let _ = reply.send(());
                         return;
@@ -224,6 +242,9 @@ impl Writer {
             log.is_deleted() || group.deleted.contains(&log.id())
         };
         let not_found = |log: &TopicLog| StorageError::TopicNotFound(log.name().clone());
+        if !matches!(command, Command::Append { .. }) {
+            group.must_flush = true;
+        }
         match command {
             Command::Append {
                 appends,
@@ -234,6 +255,16 @@ impl Writer {
                 // All or nothing: refuse the whole command if any topic is gone.
                 if let Some((log, _)) = appends.iter().find(|(log, _)| gone(log, group)) {
                     return refuse(reply, not_found(log));
+                }
+                for (log, _) in &appends {
+                    match log.durability() {
+                        Durability::Fsync => group.must_flush = true,
+                        Durability::Batched { interval_ms } => {
+                            let interval = Duration::from_millis(interval_ms.into());
+                            group.flush_within =
+                                Some(group.flush_within.map_or(interval, |d| d.min(interval)));
+                        }
+                    }
                 }
                 let appended: Vec<Appended> = appends
                     .into_iter()
@@ -418,6 +449,7 @@ impl Writer {
             created_ms: now_ms(),
             dead_letter: settings.dead_letter.as_ref().map(ToString::to_string),
             pipeline: Vec::new(),
+            durability: settings.durability,
         };
         let stats = LogStats::default();
         group.batch.insert(key, encode_meta(&meta));
@@ -574,7 +606,8 @@ impl Writer {
         })
     }
 
-    /// Applies and flushes a group, then publishes its effects and answers.
+    /// Applies and flushes a group (or schedules its flush, see the module docs), then
+    /// publishes its effects and answers.
     fn commit(&self, mut group: CommitGroup) {
         if group.done.is_empty() && !group.touched {
             return;
@@ -607,7 +640,15 @@ impl Writer {
         let result = self
             .tree
             .apply_batch(group.batch)
-            .and_then(|()| self.db.flush().map(drop))
+            .and_then(|()| {
+                if group.must_flush {
+                    self.db.flush()?;
+                    self.flusher.flushed();
+                } else if let Some(within) = group.flush_within {
+                    self.flusher.schedule(within);
+                }
+                Ok(())
+            })
             .map_err(StorageError::from);
         if let Err(e) = &result {
             // Nothing was acknowledged and no in-memory stats moved, so the offsets
