@@ -9,7 +9,7 @@
 //!
 //! Every run is bounded: by `count` records and by `time_limit`, whichever comes
 //! first. Scenarios create their own topics (and group) with unique names and delete
-//! them at the end. With several topics, producers publish to each in turn and
+//! them at the end (`keep` leaves the topics, to measure a broker holding data). With several topics, producers publish to each in turn and
 //! consumers subscribe to (or group over) a pattern matching them all.
 
 mod load;
@@ -69,6 +69,8 @@ pub struct Settings {
     pub topics: usize,
     /// When the topics' publishes are acknowledged.
     pub durability: Durability,
+    /// Leave the topics and their records on the broker at the end.
+    pub keep: bool,
     /// The filter plugin's component (plugin scenario).
     pub plugin: Option<Bytes>,
 }
@@ -232,8 +234,10 @@ pub async fn run(settings: Settings, connector: Arc<dyn Connector>) -> anyhow::R
         }
     }
     .await;
-    // Leave nothing behind on a shared broker.
-    let _ = for_each_topic(&topics, |topic| admin.delete_topic(topic)).await;
+    // Leave nothing behind on a shared broker, unless asked to.
+    if !settings.keep {
+        let _ = for_each_topic(&topics, |topic| admin.delete_topic(topic)).await;
+    }
     admin.close().await;
     result
 }

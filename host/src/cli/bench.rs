@@ -63,6 +63,10 @@ pub(super) struct BenchArgs {
         default_value = "plugins/target/wasm32-wasip2/release/json_filter.wasm"
     )]
     plugin: PathBuf,
+    /// Leave the bench's topics and records on the broker (with --server: to measure a
+    /// broker holding data).
+    #[arg(long)]
+    keep: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -115,6 +119,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         time_limit: args.time_limit,
         topics: args.topics,
         durability: args.durability.durability(),
+        keep: args.keep,
         plugin,
     };
     settings.validate()?;
