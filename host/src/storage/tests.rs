@@ -527,14 +527,14 @@ fn groups_and_dedup_entries_survive_reopening() {
                 pending: vec![(1, 2, 500)],
             }]
         );
-        let entries = storage.dedup_entries(0).unwrap();
+        let entries = storage.dedup_entries(0, usize::MAX).unwrap();
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].0, id);
         assert_eq!((entries[0].2.base_offset, entries[0].2.count), (0, 5));
         // Entries older than the horizon are purged; deleting the group removes it.
         let purged = storage.purge_dedup(u64::MAX).await.unwrap();
         assert_eq!(purged.removed, 1);
-        assert!(storage.dedup_entries(0).unwrap().is_empty());
+        assert!(storage.dedup_entries(0, usize::MAX).unwrap().is_empty());
         storage
             .delete_group("workers".into(), group_id)
             .await
@@ -657,4 +657,42 @@ fn topic_records_written_before_durability_existed_still_read() {
         now
     );
     assert!(TopicMeta::decode(b"\xff\xff").is_err());
+}
+
+#[test]
+fn a_restart_reads_only_the_newest_dedup_entries_it_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let (storage, _) = Storage::open(&config(&dir, 100)).unwrap();
+        let log = storage
+            .create_topic(name("ids"), Retention::default())
+            .await
+            .unwrap();
+        // Three commits (each awaited before the next), one id each.
+        for sequence in 0..3 {
+            let dedup = Dedup {
+                id: PublishId {
+                    producer: 9,
+                    sequence,
+                },
+                layout: ReceiptLayout::default(),
+            };
+            storage
+                .submit_append(vec![(log.clone(), payloads(0..1))], Vec::new(), Some(dedup))
+                .await
+                .unwrap()
+                .durable()
+                .await
+                .unwrap();
+        }
+        let sequences = |max| -> Vec<u64> {
+            let entries = storage.dedup_entries(0, max).unwrap();
+            entries.iter().map(|(id, _, _)| id.sequence).collect()
+        };
+        assert_eq!(sequences(usize::MAX), [0, 1, 2], "oldest first");
+        assert_eq!(sequences(2), [1, 2], "the newest, still oldest first");
+        assert_eq!(sequences(0), Vec::<u64>::new());
+        storage.close().await;
+    });
 }
