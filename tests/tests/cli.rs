@@ -98,6 +98,29 @@ async fn topic_commands_manage_topics() {
     assert!(stderr(&failed).contains("topic `logs.app` does not exist"));
 }
 
+/// `quiver topic list | head -0`: the reader is gone before the CLI writes. The CLI
+/// ends (by SIGPIPE, like other command-line tools) without panicking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_into_a_closed_pipe_ends_quietly() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    succeeded(quiver(&broker, &data, &["topic", "create", "t"], ""));
+    let mut child = std::process::Command::new(quiver_tests::quiver_bin())
+        .args(["topic", "list"])
+        .current_dir(data.root())
+        .env("QUIVER_SERVER", broker.addr())
+        .env_remove("QUIVER_CA")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // closes the only reading end
+    let output = child.wait_with_output().unwrap();
+    let stderr = stderr(&output);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "nothing to say about it: {stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pub_and_sub_move_records() {
     let data = DataDir::new();

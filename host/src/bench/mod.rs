@@ -9,8 +9,9 @@
 //!
 //! Every run is bounded: by `count` records and by `time_limit`, whichever comes
 //! first. Scenarios create their own topics (and group) with unique names and delete
-//! them at the end (`keep` leaves the topics, to measure a broker holding data). With several topics, producers publish to each in turn and
-//! consumers subscribe to (or group over) a pattern matching them all.
+//! them at the end (`keep` leaves the topics, to measure a broker holding data). With
+//! several topics, producers publish to each in turn and consumers subscribe to (or
+//! group over) a pattern matching them all.
 
 mod load;
 pub mod own_broker;

@@ -156,7 +156,21 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Lets a client command whose output is piped into `head` (or any reader that quits
+/// early) end quietly, as command-line tools do, instead of panicking on the failed
+/// write. Not for `serve`: a broker must outlive whatever reads its logs.
+fn exit_quietly_on_closed_stdout() {
+    #[cfg(unix)]
+    // SAFETY: called before any other thread exists; restoring a signal's default
+    // disposition has no other effect on this process.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn run_client(command: Command) -> anyhow::Result<()> {
+    exit_quietly_on_closed_stdout();
     init_tracing("warn", crate::config::LogFormat::Human);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
