@@ -76,20 +76,22 @@ fn bench_durability(
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
 
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("append_1", |b| {
-        b.iter_custom(|iters| {
-            timed(runtime, storage, &log, iters, |storage, log| {
-                let records = one.clone();
-                async move {
-                    storage
-                        .append(log, records)
-                        .await
-                        .expect("the append succeeds");
-                }
-            })
+    for (name, records) in [("append_1", &one), ("append_64", &batch)] {
+        group.throughput(Throughput::Elements(records.len() as u64));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                timed(runtime, storage, &log, iters, |storage, log| {
+                    let records = records.clone();
+                    async move {
+                        storage
+                            .append(log, records)
+                            .await
+                            .expect("the append succeeds");
+                    }
+                })
+            });
         });
-    });
+    }
 
     group.throughput(Throughput::Elements(64));
     group.bench_function("concurrent_64", |b| {
@@ -110,20 +112,6 @@ fn bench_durability(
                     for append in pending {
                         append.durable().await.expect("the append succeeds");
                     }
-                }
-            })
-        });
-    });
-
-    group.bench_function("append_64", |b| {
-        b.iter_custom(|iters| {
-            timed(runtime, storage, &log, iters, |storage, log| {
-                let records = batch.clone();
-                async move {
-                    storage
-                        .append(log, records)
-                        .await
-                        .expect("the append succeeds");
                 }
             })
         });
