@@ -7,7 +7,7 @@ CARGO ?= cargo
 WASM := wasm32-wasip2
 EXAMPLE_PLUGINS := plugins/target/$(WASM)/release
 
-.PHONY: run test build plugins example-plugins wasm-target lint
+.PHONY: run test build plugins example-plugins wasm-target lint fuzz-tools fuzz-smoke
 
 run: example-plugins
 	$(CARGO) build --release --package quiver-host --bin quiver
@@ -18,6 +18,7 @@ run: example-plugins
 test: plugins build
 	$(CARGO) test --workspace
 	$(MAKE) lint
+	$(MAKE) fuzz-smoke
 
 build:
 	$(CARGO) build --workspace --bins --examples
@@ -39,3 +40,29 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --manifest-path plugins/Cargo.toml --target $(WASM) --release -- -D warnings
 	$(CARGO) clippy --manifest-path tests/plugins/Cargo.toml --target $(WASM) --release -- -D warnings
+
+# Fuzzing (docs/fuzzing.md). cargo-fuzz instruments on the stable toolchain when no
+# sanitizer is asked for (`-s none`). The smoke run gives each protocol target
+# FUZZ_SECONDS after running every input of its checked-in corpus (seeds and past
+# crashes); new inputs go to a scratch corpus under fuzz/target, crashes to
+# fuzz/artifacts. `plugin_outcomes` needs an instrumented build of the whole broker,
+# too long for CI (docs/fuzzing.md says how to run it); it is linted with the others,
+# in the workspace's target dir, where `make lint` checked the broker's dependencies.
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_TARGETS := frame_decoder client_frame server_frame record_batch names
+FUZZ_SECONDS ?= 20
+
+fuzz-tools:
+	$(CARGO) fuzz --version >/dev/null 2>&1 || \
+		$(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
+
+fuzz-smoke: fuzz-tools
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
+	CARGO_TARGET_DIR=$(CURDIR)/target $(CARGO) clippy --manifest-path fuzz/Cargo.toml \
+		--all-targets --all-features -- -D warnings
+	cd fuzz && $(CARGO) fuzz build -s none
+	set -e; cd fuzz && for target in $(FUZZ_TARGETS); do \
+		mkdir -p target/smoke-corpus/$$target; \
+		$(CARGO) fuzz run -s none $$target target/smoke-corpus/$$target corpus/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS); \
+	done

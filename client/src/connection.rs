@@ -25,8 +25,8 @@ use quiver_protocol::{
     PluginStatus, PublishId, Receipt, Request, ServerFrame, Stage, StartAt, Subscribe, TopicConfig,
     TopicInfo, WireError, frame,
 };
-use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, warn};
@@ -48,6 +48,25 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     idle_timeout: Duration,
     producer: Option<u64>,
+    token: Option<String>,
+    identity: Option<ClientIdentity>,
+}
+
+/// A client certificate chain and its key, for brokers that authenticate clients by
+/// mutual TLS.
+#[derive(Debug)]
+struct ClientIdentity {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Clone for ClientIdentity {
+    fn clone(&self) -> Self {
+        Self {
+            certs: self.certs.clone(),
+            key: self.key.clone_key(),
+        }
+    }
 }
 
 impl Default for ClientBuilder {
@@ -59,6 +78,8 @@ impl Default for ClientBuilder {
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(15),
             producer: None,
+            token: None,
+            identity: None,
         }
     }
 }
@@ -128,6 +149,38 @@ impl ClientBuilder {
         self
     }
 
+    /// Authenticates with a token (`quiver auth token create`). Sent in the hello,
+    /// inside TLS; it takes precedence over a client certificate.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Presents a client certificate (PEM chain and PEM private key) for brokers that
+    /// map certificate subjects to principals (mutual TLS).
+    pub fn client_cert_pem(mut self, cert_pem: &[u8], key_pem: &[u8]) -> Result<Self> {
+        let certs = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Tls(format!("reading the client certificate: {e}")))?;
+        if certs.is_empty() {
+            return Err(Error::Tls("no client certificate in the PEM data".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| Error::Tls(format!("reading the client key: {e}")))?;
+        self.identity = Some(ClientIdentity { certs, key });
+        Ok(self)
+    }
+
+    /// Presents the client certificate and key in these PEM files; see
+    /// [`ClientBuilder::client_cert_pem`].
+    pub fn client_cert_files(self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|e| Error::Tls(format!("reading {}: {e}", path.display())))
+        };
+        let (cert, key) = (read(cert.as_ref())?, read(key.as_ref())?);
+        self.client_cert_pem(&cert, &key)
+    }
+
     /// Connects to a broker at `addr` (`host:port`) and performs the handshake.
     pub async fn connect(self, addr: &str) -> Result<Client> {
         let timeout = self.connect_timeout;
@@ -161,27 +214,33 @@ impl ClientBuilder {
             .map_err(|e| connect_error(e.to_string()))?
             .await
             .map_err(|e| connect_error(e.to_string()))?;
-        let (mut send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| connect_error(e.to_string()))?;
+        // A broker that closes the connection at once (at its connection limit) says
+        // why in the close reason.
+        let closed = |e: &dyn std::fmt::Display| {
+            connect_error(conn.close_reason().map_or(e.to_string(), |r| r.to_string()))
+        };
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
         let hello = ClientFrame::Hello(ClientHello {
             version: PROTOCOL_VERSION,
             client: self.client_name,
+            token: self.token,
         });
         send.write_all(&encode(&hello)?)
             .await
-            .map_err(|e| connect_error(e.to_string()))?;
+            .map_err(|e| closed(&e))?;
         let mut frames = FramedRead::new(
             recv,
             Codec::<ServerFrame, ClientFrame>::new(MAX_INCOMING_FRAME),
         );
-        let limits = match next_frame(&mut frames).await? {
-            ServerFrame::Hello(hello) => hello.limits,
+        let hello = next_frame(&mut frames)
+            .await
+            .map_err(|e| lost_reason(&conn, e))?;
+        let (limits, principal) = match hello {
+            ServerFrame::Hello(hello) => (hello.limits, hello.principal),
             ServerFrame::Error(e) => return Err(Error::Server(e)),
             other => return Err(Error::Protocol(format!("expected a hello, got {other:?}"))),
         };
-        debug!(%addr, ?limits, "connected");
+        debug!(%addr, ?limits, ?principal, "connected");
 
         let producer = match self.producer {
             Some(producer) => producer,
@@ -201,6 +260,7 @@ impl ClientBuilder {
                 endpoint,
                 conn,
                 limits,
+                principal,
                 writes,
                 pending,
                 next_id: AtomicU64::new(1),
@@ -212,11 +272,16 @@ impl ClientBuilder {
 
     fn quic_config(&self) -> Result<quinn::ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| Error::Tls(e.to_string()))?
-            .with_root_certificates(self.roots.clone())
-            .with_no_client_auth();
+            .with_root_certificates(self.roots.clone());
+        let mut tls = match &self.identity {
+            Some(identity) => tls
+                .with_client_auth_cert(identity.certs.clone(), identity.key.clone_key())
+                .map_err(|e| Error::Tls(format!("unusable client certificate: {e}")))?,
+            None => tls.with_no_client_auth(),
+        };
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| Error::Tls(e.to_string()))?;
@@ -379,6 +444,7 @@ pub(crate) struct Shared {
     endpoint: quinn::Endpoint,
     pub(crate) conn: quinn::Connection,
     limits: Limits,
+    principal: Option<String>,
     writes: mpsc::UnboundedSender<Bytes>,
     pending: Arc<Pending>,
     next_id: AtomicU64,
@@ -444,6 +510,12 @@ impl Client {
     /// The limits the server announced.
     pub fn limits(&self) -> Limits {
         self.shared.limits
+    }
+
+    /// The principal the broker authenticated this client as; `None` when it is
+    /// anonymous.
+    pub fn principal(&self) -> Option<&str> {
+        self.shared.principal.as_deref()
     }
 
     /// Queues one request for sending, now, and returns a future of its reply.

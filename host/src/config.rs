@@ -57,6 +57,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// TLS certificate and key.
     pub tls: TlsConfig,
+    /// Client authentication.
+    pub auth: AuthConfig,
     /// Limits on what clients may send.
     pub limits: LimitsConfig,
     /// Storage tuning.
@@ -80,6 +82,7 @@ impl Default for Config {
             data: PathBuf::from(DEFAULT_DATA_DIR),
             log_format: LogFormat::Human,
             tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             storage: StorageSettings::default(),
             plugins: PluginsConfig::default(),
@@ -100,6 +103,20 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
 }
 
+/// Client authentication: principals and tokens live in `<data>/auth.toml`
+/// (`quiver auth`); this section says what else is accepted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Let clients without credentials in: on a non-loopback address without any
+    /// principal (everyone may do everything), or, once principals exist, with the
+    /// grants of the principal named `anonymous`.
+    pub allow_anonymous: bool,
+    /// PEM file of the CA certificates whose client certificates the broker accepts
+    /// (mutual TLS); the certificate's subject CN names the principal.
+    pub client_ca: Option<PathBuf>,
+}
+
 /// Limits on what clients may send.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -114,6 +131,17 @@ pub struct LimitsConfig {
     pub max_inflight_publishes: u32,
     /// Concurrent streams (subscriptions + the control stream) per connection.
     pub max_streams_per_connection: u32,
+    /// Client connections at once; more are closed right after the handshake.
+    pub max_connections: u32,
+    /// Subscriptions and group memberships one connection may have open at once.
+    pub max_subscriptions_per_connection: u32,
+    /// Bytes of records a subscription encodes for its client before waiting for the
+    /// client to read them (on top of what QUIC flow control holds in flight).
+    pub max_buffered_per_subscription: ByteSize,
+    /// Topics the broker holds (dead-letter topics included).
+    pub max_topics: u32,
+    /// Plugins deployed at once.
+    pub max_plugins: u32,
 }
 
 impl Default for LimitsConfig {
@@ -124,6 +152,11 @@ impl Default for LimitsConfig {
             max_frame_size: ByteSize::mib(64),
             max_inflight_publishes: 4096,
             max_streams_per_connection: 1024,
+            max_connections: 1024,
+            max_subscriptions_per_connection: 256,
+            max_buffered_per_subscription: ByteSize::kib(256),
+            max_topics: 100_000,
+            max_plugins: 256,
         }
     }
 }
@@ -236,6 +269,26 @@ pub struct Overrides {
     /// `--plugin-dir`.
     #[serde(skip_serializing_if = "PluginOverrides::is_empty")]
     pub plugins: PluginOverrides,
+    /// `--allow-anonymous` and `--client-ca`.
+    #[serde(skip_serializing_if = "AuthOverrides::is_empty")]
+    pub auth: AuthOverrides,
+}
+
+/// Authentication settings given on the command line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuthOverrides {
+    /// `--allow-anonymous` (only ever turns it on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_anonymous: Option<bool>,
+    /// `--client-ca`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl AuthOverrides {
+    fn is_empty(&self) -> bool {
+        self.allow_anonymous.is_none() && self.client_ca.is_none()
+    }
 }
 
 /// Plugin settings given on the command line.
@@ -276,6 +329,7 @@ const KEYS: &[&str] = &[
     "data",
     "log_format",
     "tls",
+    "auth",
     "limits",
     "storage",
     "plugins",
@@ -324,6 +378,11 @@ impl Config {
         if limits.max_frame_size.as_u64() > u64::from(u32::MAX) {
             return out_of_range("limits.max_frame_size must be below 4 GiB".into());
         }
+        if limits.max_buffered_per_subscription.as_u64() == 0 {
+            return out_of_range(
+                "limits.max_buffered_per_subscription must be at least 1 byte".into(),
+            );
+        }
         for (name, value) in [
             ("limits.max_batch_records", limits.max_batch_records),
             (
@@ -334,6 +393,13 @@ impl Config {
                 "limits.max_streams_per_connection",
                 limits.max_streams_per_connection,
             ),
+            ("limits.max_connections", limits.max_connections),
+            (
+                "limits.max_subscriptions_per_connection",
+                limits.max_subscriptions_per_connection,
+            ),
+            ("limits.max_topics", limits.max_topics),
+            ("limits.max_plugins", limits.max_plugins),
         ] {
             if value == 0 {
                 return out_of_range(format!("{name} must be at least 1"));

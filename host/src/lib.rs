@@ -3,6 +3,7 @@
 //! The binary's `main` only calls [`cli::main`]; everything else lives here so that
 //! tests can reach the parts. ARCHITECTURE.md at the repository root maps the modules.
 
+pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod cli;

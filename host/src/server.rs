@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use tokio::sync::Semaphore;
+
+use crate::auth::{self, AuthError, AuthSettings, Authenticator};
 use crate::broker::{Broker, BrokerLimits, BrokerSettings};
 use crate::config::Config;
 use crate::plugins::stage::QuarantinePolicy;
@@ -41,14 +44,17 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    /// Storage could not be opened.
-    #[error("cannot open storage in {path}: {source}")]
+    /// Storage could not be opened: what is wrong, where, and what the operator can do.
+    #[error(
+        "cannot open storage in {}: {cause}\n  what to do: {}",
+        path.display(),
+        cause.remedy()
+    )]
     Storage {
         /// The sled directory.
         path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: StorageError,
+        /// What went wrong (in the message, not a `source`, so it is printed once).
+        cause: StorageError,
     },
     /// TLS or the socket.
     #[error(transparent)]
@@ -59,6 +65,21 @@ pub enum ServeError {
     /// The plugin runtime could not start, or the plugin dir could not be read.
     #[error("plugins: {0}")]
     Plugins(#[from] AdminError),
+    /// The auth file could not be read.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// Listening beyond this machine with nobody required to authenticate.
+    #[error(
+        "refusing to listen on {addr} without authentication: anyone who can reach it could \
+         read, publish and delete everything. Create a principal and a token \
+         (`quiver auth principal add NAME --grant admin:'>'`, then `quiver auth token create \
+         NAME`), or accept client certificates (--client-ca), or pass --allow-anonymous \
+         (auth.allow_anonymous) if that is really meant"
+    )]
+    Unprotected {
+        /// The address.
+        addr: SocketAddr,
+    },
 }
 
 fn plugin_settings(config: &Config) -> PluginSettings {
@@ -81,6 +102,7 @@ fn plugin_settings(config: &Config) -> PluginSettings {
 #[derive(Debug)]
 pub struct Server {
     broker: Arc<Broker>,
+    auth: Arc<Authenticator>,
     listener: Listener,
     config: Config,
     cert_path: PathBuf,
@@ -95,15 +117,25 @@ impl Server {
             path: config.data.clone(),
             source,
         })?;
+        let auth = Authenticator::open(AuthSettings {
+            file: auth::file::path_in(&config.data),
+            allow_anonymous: config.auth.allow_anonymous,
+            mutual_tls: config.auth.client_ca.is_some(),
+        })?;
+        if !config.listen.ip().is_loopback() && !auth.is_required() && !auth.allows_anonymous() {
+            return Err(ServeError::Unprotected {
+                addr: config.listen,
+            });
+        }
         let storage_config = StorageConfig {
             path: config.data.join("db"),
             cache_capacity: config.storage.cache_capacity.as_u64(),
             chunk_bytes: storage::DEFAULT_CHUNK_BYTES,
         };
         let (storage, topics) =
-            Storage::open(&storage_config).map_err(|source| ServeError::Storage {
+            Storage::open(&storage_config).map_err(|cause| ServeError::Storage {
                 path: storage_config.path.clone(),
-                source,
+                cause,
             })?;
         info!(topics = topics.len(), path = %storage_config.path.display(), "storage opened");
         let limits = &config.limits;
@@ -119,16 +151,23 @@ impl Server {
             limits: BrokerLimits {
                 max_record_size: limits.max_record_size.as_u64(),
                 max_batch_records: limits.max_batch_records,
+                max_topics: limits.max_topics as usize,
+                max_plugins: limits.max_plugins as usize,
+                max_buffered_per_subscription: usize::try_from(
+                    limits.max_buffered_per_subscription.as_u64(),
+                )
+                .unwrap_or(usize::MAX),
             },
             dedup_window_ms: u64::try_from(config.dedup.window.as_millis()).unwrap_or(u64::MAX),
             dedup_max_entries: config.dedup.max_entries,
         };
-        let broker = Broker::new(storage, &topics, plugins, settings).map_err(|source| {
-            ServeError::Storage {
+        let auth = Arc::new(auth);
+        let broker = Broker::new(storage, &topics, plugins, Arc::clone(&auth), settings).map_err(
+            |cause| ServeError::Storage {
                 path: storage_config.path.clone(),
-                source,
-            }
-        })?;
+                cause,
+            },
+        )?;
         let broker = Arc::new(broker);
         broker
             .load_groups()
@@ -145,10 +184,12 @@ impl Server {
                 max_frame_len: usize::try_from(limits.max_frame_size.as_u64())
                     .unwrap_or(usize::MAX),
                 idle_timeout: Duration::from_secs(30),
+                client_ca: config.auth.client_ca.clone(),
             },
         )?;
         Ok(Self {
             broker,
+            auth,
             listener,
             config,
             cert_path,
@@ -171,6 +212,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Self {
             broker,
+            auth,
             listener,
             config,
             ..
@@ -191,18 +233,31 @@ impl Server {
             },
             max_inflight: limits.max_inflight_publishes as usize,
             handshake_timeout: Duration::from_secs(10),
+            max_subscriptions: limits.max_subscriptions_per_connection as usize,
+            auth: Arc::clone(&auth),
         });
+        tasks.spawn(refresh_auth(auth, stop.clone()));
+        let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 connecting = listener.accept() => {
                     let Some(connecting) = connecting else { break };
+                    let slot = Arc::clone(&connections).try_acquire_owned().ok();
                     let (broker, settings, stop) = (Arc::clone(&broker), Arc::clone(&settings), stop.clone());
+                    let max = limits.max_connections;
                     tasks.spawn(async move {
-                        match connecting.establish().await {
-                            Ok(conn) => session::run(broker, conn, settings, stop).await,
-                            Err(e) => debug!(cause = %e, "connection attempt failed"),
+                        let conn = match connecting.establish().await {
+                            Ok(conn) => conn,
+                            Err(e) => return debug!(cause = %e, "connection attempt failed"),
+                        };
+                        if slot.is_none() {
+                            warn!(peer = %conn.remote_addr(), max, "connection refused: limits.max_connections reached");
+                            let reason = format!("the broker serves its maximum of {max} connections (limits.max_connections)");
+                            return conn.close(CloseCode::LimitReached, &reason);
                         }
+                        session::run(broker, conn, settings, stop).await;
+                        drop(slot);
                     });
                 }
                 () = &mut shutdown => break,
@@ -231,5 +286,21 @@ impl Server {
             .await;
         broker.storage().close().await;
         info!("stopped");
+    }
+}
+
+/// How often the auth file is checked for changes (connecting clients also check).
+const AUTH_REFRESH: Duration = Duration::from_secs(1);
+
+/// Re-reads the auth file when it changes, so grant changes and removed principals
+/// reach live connections without waiting for a new one.
+async fn refresh_auth(auth: Arc<Authenticator>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(AUTH_REFRESH);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => auth.refresh(),
+            () = stop.cancelled() => return,
+        }
     }
 }

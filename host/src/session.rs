@@ -18,13 +18,15 @@ use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use quiver_protocol::{
     ClientFrame, ErrorCode, FrameError, Limits, Op, OpReply, PROTOCOL_VERSION, Reply, Request,
-    ServerFrame, ServerHello, WireError,
+    ServerFrame, ServerHello, Stage, WireError,
 };
 use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, instrument};
+use tracing::{debug, info, instrument, warn};
 
+use crate::auth::{Access, Authenticator, requests};
 use crate::broker::{Broker, BrokerError};
 use crate::groups::member;
 use crate::subscription;
@@ -39,6 +41,10 @@ pub struct SessionSettings {
     pub max_inflight: usize,
     /// How long a client has to send its hello.
     pub handshake_timeout: Duration,
+    /// Subscription and group-member streams a connection may have open at once.
+    pub max_subscriptions: usize,
+    /// Who clients are and what they may do.
+    pub auth: Arc<Authenticator>,
 }
 
 /// Serves one connection until the client leaves or the broker shuts down.
@@ -49,9 +55,9 @@ pub async fn run(
     settings: Arc<SessionSettings>,
     shutdown: CancellationToken,
 ) {
-    let control =
+    let (control, access) =
         match tokio::time::timeout(settings.handshake_timeout, handshake(&conn, &settings)).await {
-            Ok(Ok(control)) => control,
+            Ok(Ok(accepted)) => accepted,
             Ok(Err(reason)) => {
                 info!(%reason, "handshake refused");
                 conn.close(CloseCode::ProtocolViolation, &reason);
@@ -67,14 +73,26 @@ pub async fn run(
     tasks.spawn(control_loop(
         Arc::clone(&broker),
         control,
+        access.clone(),
         settings.max_inflight,
         shutdown.clone(),
     ));
+    let subscriptions = Arc::new(Semaphore::new(settings.max_subscriptions));
     loop {
         tokio::select! {
             stream = conn.accept_stream() => match stream {
                 Ok(stream) => {
-                    tasks.spawn(serve_stream(Arc::clone(&broker), stream, shutdown.clone()));
+                    // Taken before the stream's first frame is read, so a client cannot
+                    // open more than its share by opening them all at once.
+                    let slot = Arc::clone(&subscriptions).try_acquire_owned().ok();
+                    tasks.spawn(serve_stream(
+                        Arc::clone(&broker),
+                        access.clone(),
+                        slot,
+                        Arc::clone(&settings),
+                        stream,
+                        shutdown.clone(),
+                    ));
                 }
                 Err(e) => {
                     debug!(reason = %e, "connection ended");
@@ -89,18 +107,49 @@ pub async fn run(
 }
 
 /// Serves a client-opened stream by its first frame: `Subscribe` opens a
-/// subscription, `Join` a group membership.
-async fn serve_stream(broker: Arc<Broker>, stream: FrameStream, shutdown: CancellationToken) {
+/// subscription, `Join` a group membership. `slot` is the stream's place under the
+/// connection's subscription limit (`None`: the limit is reached).
+async fn serve_stream(
+    broker: Arc<Broker>,
+    access: Access,
+    slot: Option<OwnedSemaphorePermit>,
+    settings: Arc<SessionSettings>,
+    stream: FrameStream,
+    shutdown: CancellationToken,
+) {
     let FrameStream {
         mut reader,
         mut writer,
     } = stream;
+    let full = || {
+        WireError::new(
+            ErrorCode::LimitReached,
+            format!(
+                "this connection has {} subscriptions and group memberships open already \
+                 (limits.max_subscriptions_per_connection)",
+                settings.max_subscriptions
+            ),
+        )
+    };
     let error = match reader.next().await {
+        Incoming::Frame(ClientFrame::Subscribe(_)) | Incoming::Frame(ClientFrame::Join(_))
+            if slot.is_none() =>
+        {
+            full()
+        }
         Incoming::Frame(ClientFrame::Subscribe(subscribe)) => {
-            return subscription::serve(broker, reader, writer, subscribe, shutdown).await;
+            match requests::authorize_subscribe(&access, &subscribe.pattern) {
+                Ok(()) => {
+                    return subscription::serve(broker, reader, writer, subscribe, shutdown).await;
+                }
+                Err(e) => WireError::from(&e),
+            }
         }
         Incoming::Frame(ClientFrame::Join(join)) => {
-            return member::serve(broker, reader, writer, join, shutdown).await;
+            match requests::authorize_group(&broker, &access, &join.group) {
+                Ok(()) => return member::serve(broker, reader, writer, join, shutdown).await,
+                Err(e) => WireError::from(&e),
+            }
         }
         Incoming::Frame(other) => WireError::new(
             ErrorCode::UnexpectedMessage,
@@ -115,19 +164,36 @@ async fn serve_stream(broker: Arc<Broker>, stream: FrameStream, shutdown: Cancel
     refuse(&mut writer, error).await;
 }
 
-/// Reads the client's hello on its first stream and answers it.
-async fn handshake(conn: &Connection, settings: &SessionSettings) -> Result<FrameStream, String> {
+/// Reads the client's hello on its first stream, authenticates the client and
+/// answers.
+async fn handshake(
+    conn: &Connection,
+    settings: &SessionSettings,
+) -> Result<(FrameStream, Access), String> {
     let mut stream = conn.accept_stream().await.map_err(|e| e.to_string())?;
     let refusal = match stream.reader.next().await {
         Incoming::Frame(ClientFrame::Hello(hello)) if hello.version == PROTOCOL_VERSION => {
-            let ours = ServerFrame::Hello(ServerHello {
-                version: PROTOCOL_VERSION,
-                server: format!("quiver/{}", env!("CARGO_PKG_VERSION")),
-                limits: settings.limits,
-            });
-            stream.writer.send(&ours).await.map_err(|e| e.to_string())?;
-            debug!(client = %hello.client, "handshake done");
-            return Ok(stream);
+            let cert_name = conn.peer_common_name();
+            match settings
+                .auth
+                .authenticate(hello.token.as_deref(), cert_name.as_deref())
+            {
+                Ok(access) => {
+                    let ours = ServerFrame::Hello(ServerHello {
+                        version: PROTOCOL_VERSION,
+                        server: format!("quiver/{}", env!("CARGO_PKG_VERSION")),
+                        limits: settings.limits,
+                        principal: access.principal().map(str::to_owned),
+                    });
+                    stream.writer.send(&ours).await.map_err(|e| e.to_string())?;
+                    debug!(client = %hello.client, principal = ?access.principal(), "handshake done");
+                    return Ok((stream, access));
+                }
+                Err(e) => {
+                    warn!(client = %hello.client, reason = %e, "authentication failed");
+                    WireError::new(ErrorCode::Unauthenticated, e.to_string())
+                }
+            }
         }
         Incoming::Frame(ClientFrame::Hello(hello)) => WireError::new(
             ErrorCode::UnsupportedVersion,
@@ -140,7 +206,13 @@ async fn handshake(conn: &Connection, settings: &SessionSettings) -> Result<Fram
             ErrorCode::UnexpectedMessage,
             "the first frame of a connection must be a Hello",
         ),
-        Incoming::Bad(e) => frame_error(&e),
+        Incoming::Bad(e) => WireError::new(
+            frame_error(&e).code,
+            format!(
+                "the first frame is not a protocol version {PROTOCOL_VERSION} Hello (a client \
+                 of another version?): {e}"
+            ),
+        ),
         Incoming::End => {
             return Err("the client closed its first stream before saying hello".into());
         }
@@ -167,6 +239,7 @@ pub(crate) fn frame_error(e: &FrameError) -> WireError {
 async fn control_loop(
     broker: Arc<Broker>,
     control: FrameStream,
+    access: Access,
     max_inflight: usize,
     shutdown: CancellationToken,
 ) {
@@ -193,7 +266,7 @@ async fn control_loop(
             incoming = reader.next(), if reading && inflight.len() < max_inflight => {
                 match incoming {
                     Incoming::Frame(ClientFrame::Request(request)) => {
-                        let started = dispatch(&broker, request, &mut order).await;
+                        let started = dispatch(&broker, &access, request, &mut order).await;
                         inflight.push(started);
                     }
                     Incoming::Frame(other) => {
@@ -233,6 +306,7 @@ async fn control_loop(
 /// stored in the order they arrived.
 async fn dispatch(
     broker: &Arc<Broker>,
+    access: &Access,
     request: Request,
     order: &mut PublishOrder,
 ) -> BoxFuture<'static, ServerFrame> {
@@ -243,9 +317,27 @@ async fn dispatch(
             result: result.map_err(|e| WireError::from(&e)),
         })
     };
+    if let Err(e) = requests::authorize(broker, access, &op) {
+        return std::future::ready(reply(Err(e))).boxed();
+    }
+    let op = match op {
+        Op::AttachPlugin { topic, stage } => Op::AttachPlugin {
+            topic,
+            stage: Stage {
+                attached_by: access.principal().map(str::to_owned),
+                ..stage
+            },
+        },
+        other => other,
+    };
     let broker = Arc::clone(broker);
     let Op::Publish { topic, records, id } = op else {
-        return async move { reply(execute(&broker, op).await) }.boxed();
+        let access = access.clone();
+        return async move {
+            let result = execute(&broker, op).await;
+            reply(result.map(|answer| requests::visible(&broker, &access, answer)))
+        }
+        .boxed();
     };
     if order.idle() && !broker.has_ingress(&topic) {
         return match broker.submit_publish(&topic, records, id).await {

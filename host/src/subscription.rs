@@ -9,8 +9,8 @@
 //! what was sent, so there is no switch-over at which a record could be skipped or sent
 //! twice.
 //!
-//! Memory per subscription is bounded by one write ([`MAX_WRITE`]) plus what QUIC flow
-//! control lets sit in the send buffer; a subscriber that stops reading stops this
+//! Memory per subscription is bounded by one write (`limits.max_buffered_per_subscription`)
+//! plus what QUIC flow control lets sit in the send buffer; a subscriber that stops reading stops this
 //! task in `flush`, and nothing accumulates.
 
 use std::sync::Arc;
@@ -31,8 +31,6 @@ use crate::session::{frame_error, frame_kind, refuse};
 use crate::storage::{Slice, Storage, StorageError, TopicLog, Watch};
 use crate::transport::{FrameReader, FrameWriter, Incoming};
 
-/// Stop feeding frames into one write past this many bytes.
-const MAX_WRITE: usize = 256 * 1024;
 /// The most records in one `Records` frame.
 const MAX_FRAME_RECORDS: u32 = 4096;
 
@@ -84,13 +82,14 @@ impl Cursors {
         &mut self,
         storage: &Storage,
         credit: u32,
+        max_bytes: usize,
     ) -> Result<Option<(Arc<TopicLog>, Slice)>, StorageError> {
         let n = self.cursors.len();
         for i in 0..n {
             let index = (self.turn + i) % n;
             let cursor = &mut self.cursors[index];
             let max = credit.min(MAX_FRAME_RECORDS);
-            if let Some(slice) = storage.read(&cursor.log, cursor.next, max, MAX_WRITE)? {
+            if let Some(slice) = storage.read(&cursor.log, cursor.next, max, max_bytes)? {
                 cursor.next = slice.base_offset + u64::from(slice.count);
                 self.turn = (index + 1) % n;
                 return Ok(Some((Arc::clone(&cursor.log), slice)));
@@ -129,11 +128,13 @@ pub async fn serve(
     }
     let storage = broker.storage();
     let mut credit = subscribe.credit;
+    // Stop feeding frames into one write past this many bytes.
+    let max_write = broker.limits().max_buffered_per_subscription;
     loop {
         cursors.drop_deleted();
         // Send what credit allows, one write at a time.
-        while credit > 0 && writer.buffered() < MAX_WRITE {
-            let (log, slice) = match cursors.next_slice(storage, credit) {
+        while credit > 0 && writer.buffered() < max_write {
+            let (log, slice) = match cursors.next_slice(storage, credit, max_write) {
                 Ok(Some(next)) => next,
                 Ok(None) => break,
                 Err(e) => {

@@ -71,6 +71,9 @@ error_codes! {
     ShuttingDown = 21,
     /// A limit on concurrent work was reached; retry later.
     Overloaded = 22,
+    /// A configured limit was reached (connections, subscriptions, topics, plugins…);
+    /// the message names it. Retrying does not help until something is released.
+    LimitReached = 23,
     /// No plugin by that name is deployed.
     PluginNotFound = 30,
     /// A plugin by that name is deployed already (upgrade it instead).
@@ -91,6 +94,12 @@ error_codes! {
     RequestTimeout = 51,
     /// A reply's requester is gone (it timed out or disconnected).
     NoRequester = 52,
+    /// The client did not prove who it is: no credentials where the broker requires
+    /// them, or a token or certificate it does not accept.
+    Unauthenticated = 60,
+    /// The client's principal has no right to do this (the message names the right
+    /// and the topic).
+    Forbidden = 61,
     /// A bug in the server.
     Internal = 99,
 }

@@ -25,7 +25,7 @@ pub use name::{NameError, TopicName, TopicPattern};
 pub use record::{Header, NewRecord, Record};
 
 /// The ALPN protocol id negotiated on every Quiver QUIC connection.
-pub const ALPN: &[u8] = b"quiver/1";
+pub const ALPN: &[u8] = b"quiver/2";
 
 /// The protocol version this crate implements, exchanged in the hello messages.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;

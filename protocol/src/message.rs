@@ -61,6 +61,9 @@ pub struct ClientHello {
     pub version: u16,
     /// A free-form name for logs (`quiver-cli/0.1.0`).
     pub client: String,
+    /// A token proving the client's principal (`quiver auth token create`), if it
+    /// authenticates by token rather than by its TLS certificate or not at all.
+    pub token: Option<String>,
 }
 
 /// The server's side of the version handshake.
@@ -72,6 +75,8 @@ pub struct ServerHello {
     pub server: String,
     /// Limits the client must respect.
     pub limits: Limits,
+    /// The principal the broker took the client for; `None` when it is anonymous.
+    pub principal: Option<String>,
 }
 
 /// Limits a server enforces, announced in its hello so clients can check locally.
@@ -303,6 +308,10 @@ pub struct Stage {
     pub params: Vec<(String, String)>,
     /// What happens while the plugin is quarantined.
     pub on_error: OnError,
+    /// The principal that attached the stage to a topic, set by the broker (whatever a
+    /// request carries here is replaced): the stage may route only to topics this
+    /// principal may publish to. `None`: attached without authentication.
+    pub attached_by: Option<String>,
 }
 
 impl Stage {
@@ -312,6 +321,7 @@ impl Stage {
             plugin: plugin.into(),
             params: Vec::new(),
             on_error: OnError::default(),
+            attached_by: None,
         }
     }
 

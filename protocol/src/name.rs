@@ -137,6 +137,14 @@ impl TopicPattern {
         })
     }
 
+    /// `>`: every topic.
+    pub fn every() -> Self {
+        Self {
+            raw: ">".to_owned(),
+            tokens: vec![PatternToken::Rest],
+        }
+    }
+
     /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.raw
@@ -168,6 +176,27 @@ impl TopicPattern {
             }
         }
         names.next().is_none()
+    }
+
+    /// Whether every topic `other` matches is matched by this pattern too, i.e. a
+    /// right granted on `self` covers a subscription to `other`.
+    pub fn covers(&self, other: &TopicPattern) -> bool {
+        let mut theirs = other.tokens.iter();
+        for token in &self.tokens {
+            let Some(their) = theirs.next() else {
+                return false;
+            };
+            match (token, their) {
+                // `>` takes one or more tokens, whatever they are.
+                (PatternToken::Rest, _) => return true,
+                // `*` takes exactly one token; `>` may take more.
+                (PatternToken::One, PatternToken::Rest) => return false,
+                (PatternToken::One, _) => {}
+                (PatternToken::Literal(ours), PatternToken::Literal(their)) if ours == their => {}
+                (PatternToken::Literal(_), _) => return false,
+            }
+        }
+        theirs.next().is_none()
     }
 }
 
@@ -295,5 +324,55 @@ mod tests {
             let p = TopicPattern::parse(pattern).unwrap();
             assert_eq!(p.matches(&name(topic)), expected, "{pattern} vs {topic}");
         }
+    }
+
+    #[test]
+    fn covering() {
+        let cases = [
+            (">", ">", true),
+            (">", "a.*.c", true),
+            ("a.>", "a.b", true),
+            ("a.>", "a.*", true),
+            ("a.>", "a.>", true),
+            ("a.>", "a", false),
+            ("a.>", ">", false),
+            ("a.*", "a.b", true),
+            ("a.*", "a.*", true),
+            ("a.*", "a.>", false),
+            ("a.*", "a.b.c", false),
+            ("*.b", "a.b", true),
+            ("a.b", "a.b", true),
+            ("a.b", "a.*", false),
+            ("a.b", "a.b.c", false),
+            ("a.b.c", "a.b", false),
+            ("b.>", "a.>", false),
+        ];
+        for (ours, theirs, expected) in cases {
+            let (ours, theirs) = (pattern(ours), pattern(theirs));
+            assert_eq!(ours.covers(&theirs), expected, "{ours} covers {theirs}");
+        }
+        assert!(TopicPattern::every().covers(&pattern("x.y")));
+        assert_eq!(TopicPattern::every(), pattern(">"));
+    }
+
+    /// `covers` agrees with `matches` on concrete topics: a literal pattern is covered
+    /// exactly when its one topic matches.
+    #[test]
+    fn covering_a_literal_is_matching_it() {
+        let patterns = [">", "a.>", "a.*", "*.b", "a.b", "*", "*.*.c"];
+        let topics = ["a", "a.b", "a.c", "b.b", "a.b.c", "x.y.c"];
+        for p in patterns {
+            for t in topics {
+                assert_eq!(
+                    pattern(p).covers(&pattern(t)),
+                    pattern(p).matches(&name(t)),
+                    "{p} vs {t}"
+                );
+            }
+        }
+    }
+
+    fn pattern(s: &str) -> TopicPattern {
+        TopicPattern::parse(s).unwrap()
     }
 }

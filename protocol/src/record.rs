@@ -156,6 +156,13 @@ pub enum BatchError {
         /// What the decoder said.
         reason: String,
     },
+    /// An entry's offset would be past `u64::MAX`: the batch does not fit its base
+    /// offset.
+    #[error("record at byte {at} would have an offset past the largest one")]
+    OffsetOverflow {
+        /// Where the entry starts.
+        at: usize,
+    },
 }
 
 /// Appends one entry to a batch and returns the number of bytes it takes.
@@ -259,9 +266,14 @@ impl<'a> Iterator for Entries<'a> {
 
 /// Decodes every record of a batch whose first entry has offset `base_offset`.
 pub fn decode_batch(base_offset: u64, batch: &[u8]) -> Result<Vec<Record>, BatchError> {
+    let mut offset = Some(base_offset);
     entries(batch)
-        .enumerate()
-        .map(|(i, entry)| entry?.decode(base_offset + i as u64))
+        .map(|entry| {
+            let entry = entry?;
+            let this = offset.ok_or(BatchError::OffsetOverflow { at: entry.start })?;
+            offset = this.checked_add(1);
+            entry.decode(this)
+        })
         .collect()
 }
 

@@ -66,8 +66,9 @@ fn stage() -> impl Strategy<Value = Stage> {
         ".{0,8}",
         proptest::collection::vec((".{0,4}", ".{0,4}"), 0..3),
         any::<bool>(),
+        proptest::option::of(".{0,8}"),
     )
-        .prop_map(|(plugin, params, open)| Stage {
+        .prop_map(|(plugin, params, open, attached_by)| Stage {
             plugin,
             params,
             on_error: if open {
@@ -75,6 +76,7 @@ fn stage() -> impl Strategy<Value = Stage> {
             } else {
                 OnError::FailClosed
             },
+            attached_by,
         })
 }
 
@@ -317,8 +319,13 @@ fn op_reply() -> impl Strategy<Value = OpReply> {
 
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     prop_oneof![
-        (any::<u16>(), ".{0,12}")
-            .prop_map(|(version, client)| ClientFrame::Hello(ClientHello { version, client })),
+        (any::<u16>(), ".{0,12}", proptest::option::of(".{0,40}")).prop_map(
+            |(version, client, token)| ClientFrame::Hello(ClientHello {
+                version,
+                client,
+                token
+            })
+        ),
         (any::<u64>(), op()).prop_map(|(id, op)| ClientFrame::Request(Request { id, op })),
         (
             ".{0,12}",
@@ -353,17 +360,24 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
 
 fn server_frame() -> impl Strategy<Value = ServerFrame> {
     prop_oneof![
-        (any::<u16>(), ".{0,12}", any::<(u64, u64, u32)>()).prop_map(|(version, server, l)| {
-            ServerFrame::Hello(ServerHello {
-                version,
-                server,
-                limits: Limits {
-                    max_frame_len: l.0,
-                    max_record_size: l.1,
-                    max_batch_records: l.2,
-                },
-            })
-        }),
+        (
+            any::<u16>(),
+            ".{0,12}",
+            any::<(u64, u64, u32)>(),
+            proptest::option::of(".{0,12}")
+        )
+            .prop_map(|(version, server, l, principal)| {
+                ServerFrame::Hello(ServerHello {
+                    version,
+                    server,
+                    limits: Limits {
+                        max_frame_len: l.0,
+                        max_record_size: l.1,
+                        max_batch_records: l.2,
+                    },
+                    principal,
+                })
+            }),
         (
             any::<u64>(),
             prop_oneof![op_reply().prop_map(Ok), wire_error().prop_map(Err)]
@@ -499,12 +513,13 @@ fn body<M: serde::Serialize>(msg: &M) -> Vec<u8> {
 #[test]
 fn the_documented_hello_frame_encodes_as_written() {
     let hello = ClientFrame::Hello(ClientHello {
-        version: 1,
+        version: 2,
         client: "a".into(),
+        token: None,
     });
     let mut buf = BytesMut::new();
     frame::encode(&hello, &mut buf).unwrap();
-    assert_eq!(&buf[..], &[0, 0, 0, 4, 0x00, 0x01, 0x01, b'a']);
+    assert_eq!(&buf[..], &[0, 0, 0, 5, 0x00, 0x02, 0x01, b'a', 0x00]);
 }
 
 /// The variant indexes in docs/protocol.md's tables.
@@ -515,6 +530,7 @@ fn variant_indexes_match_the_documentation() {
     let hello = ClientHello {
         version: 1,
         client: name(),
+        token: None,
     };
     let subscribe = Subscribe {
         pattern: name(),
@@ -544,6 +560,7 @@ fn variant_indexes_match_the_documentation() {
         plugin: name(),
         params: vec![],
         on_error: OnError::FailOpen,
+        attached_by: None,
     };
     let settings = GroupSettings {
         pattern: name(),
@@ -672,6 +689,7 @@ fn variant_indexes_match_the_documentation() {
         version: 1,
         server: name(),
         limits,
+        principal: None,
     };
     let records = Records {
         topic: name(),

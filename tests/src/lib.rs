@@ -4,6 +4,7 @@
 //! The binary is `target/<profile>/quiver` next to the test executable, or `$QUIVER_BIN`.
 //! `make test` builds it before running the tests.
 
+pub mod crash;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
@@ -182,6 +183,16 @@ impl Broker {
 
     /// Starts `quiver serve --listen 127.0.0.1:0 --data DATA ARGS…` with `env`.
     pub fn launch(data: &DataDir, args: &[&str], env: Env<'_>) -> Self {
+        Self::spawn(Self::serve_command(data, args, env), data).unwrap_or_else(|refused| {
+            panic!(
+                "the broker exited ({}) before printing its ready line; its log is above",
+                refused.status
+            )
+        })
+    }
+
+    /// The `quiver serve` command [`Broker::launch`] runs.
+    fn serve_command(data: &DataDir, args: &[&str], env: Env<'_>) -> Command {
         let mut command = Command::new(quiver_bin());
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
@@ -196,14 +207,29 @@ impl Broker {
         for (key, value) in env {
             command.env(key, value);
         }
+        command
+    }
+
+    /// Runs a `quiver serve` command until its ready line, or until it exits.
+    fn spawn(mut command: Command, data: &DataDir) -> Result<Self, Refused> {
         let mut child = command.spawn().expect("the quiver binary starts");
-        forward_stderr(&mut child);
-        let (addr, cert) = wait_for_ready_line(&mut child);
-        Self {
-            child,
-            addr,
-            cert,
-            data: data.path().to_owned(),
+        let logged = forward_stderr(&mut child);
+        match wait_for_ready_line(&mut child) {
+            Some((addr, cert)) => Ok(Self {
+                child,
+                addr,
+                cert,
+                data: data.path().to_owned(),
+            }),
+            None => {
+                let status = child.wait().expect("the broker is reaped");
+                // stderr ends with the process: the forwarder has sent every line.
+                let stderr: Vec<String> = logged.iter().collect();
+                Err(Refused {
+                    status,
+                    stderr: stderr.join("\n"),
+                })
+            }
         }
     }
 
@@ -304,19 +330,23 @@ impl Drop for Broker {
     }
 }
 
-/// Copies the broker's log into the test's output (shown when a test fails).
-fn forward_stderr(child: &mut Child) {
+/// Copies the broker's log into the test's output (shown when a test fails), and
+/// hands each line to the returned receiver too.
+fn forward_stderr(child: &mut Child) -> mpsc::Receiver<String> {
     let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             eprintln!("[broker] {line}");
+            let _ = tx.send(line);
         }
     });
+    rx
 }
 
 /// Reads stdout until the ready line and returns the bound address and the
-/// certificate it names.
-fn wait_for_ready_line(child: &mut Child) -> (String, PathBuf) {
+/// certificate it names; `None` if the broker exits first.
+fn wait_for_ready_line(child: &mut Child) -> Option<(String, PathBuf)> {
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -334,14 +364,8 @@ fn wait_for_ready_line(child: &mut Child) -> (String, PathBuf) {
         }
         let _ = tx.send(None);
     });
-    match rx.recv_timeout(READY_TIMEOUT) {
-        Ok(Some(ready)) => ready,
-        Ok(None) => {
-            let status = child.wait().expect("the broker is reaped");
-            panic!("the broker exited ({status}) before printing its ready line; its log is above")
-        }
-        Err(_) => panic!("no ready line within {READY_TIMEOUT:?}"),
-    }
+    rx.recv_timeout(READY_TIMEOUT)
+        .unwrap_or_else(|_| panic!("neither a ready line nor an exit within {READY_TIMEOUT:?}"))
 }
 
 /// Runs the `quiver` CLI with `args`, in `cwd`, against nothing in particular (pass
@@ -442,5 +466,78 @@ where
             tokio::time::Instant::now() < deadline,
             "timed out waiting for: {what}"
         );
+    }
+}
+
+/// A full disk without root: the broker's file-size limit (`RLIMIT_FSIZE`).
+impl Broker {
+    /// Like [`Broker::launch`], with the broker's file-size limit set to `bytes`: a
+    /// write that would grow any of its files past it fails with `EFBIG` (`SIGXFSZ` is
+    /// ignored, so the write fails instead of the process being killed), as writes fail
+    /// on a full disk. [`Broker::set_file_size_limit`] lifts it while it runs.
+    pub fn launch_with_file_size_limit(
+        data: &DataDir,
+        args: &[&str],
+        env: Env<'_>,
+        bytes: u64,
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut command = Self::serve_command(data, args, env);
+        #[allow(unsafe_code)]
+        // SAFETY: runs in the forked child before exec, and calls only `setrlimit` and
+        // `signal`, which are async-signal-safe; it touches no memory but its own stack.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: bytes,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0
+                    || libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::spawn(command, data).unwrap_or_else(|refused| {
+            panic!(
+                "the broker exited ({}) before its ready line",
+                refused.status
+            )
+        })
+    }
+
+    /// Sets the running broker's file-size limit (`None`: unlimited), as space coming
+    /// back on a full disk.
+    pub fn set_file_size_limit(&self, bytes: Option<u64>) {
+        let limit = libc::rlimit {
+            rlim_cur: bytes.unwrap_or(libc::RLIM_INFINITY),
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        let pid = libc::pid_t::try_from(self.pid()).expect("a pid fits pid_t");
+        #[allow(unsafe_code)]
+        // SAFETY: `prlimit` reads `limit` and writes nothing (the old-limit pointer is
+        // null); both live for the call.
+        let status =
+            unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+        assert_eq!(status, 0, "prlimit: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// How a broker that was expected to refuse to start ended.
+#[derive(Debug)]
+pub struct Refused {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+}
+
+impl Broker {
+    /// Starts `quiver serve` on `data` like [`Broker::start`], but returns how it ended
+    /// if it exits instead of printing its ready line (a data dir it refuses).
+    pub fn try_start(data: &DataDir) -> Result<Self, Refused> {
+        Self::spawn(Self::serve_command(data, &[], &[]), data)
     }
 }

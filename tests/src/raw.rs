@@ -59,6 +59,17 @@ impl RawConnection {
         }
     }
 
+    /// Opens a stream if the broker's stream limit allows one now; `None` when the
+    /// client would have to wait for the broker to grant more streams.
+    pub fn try_open(&self) -> Option<RawStream> {
+        use futures::FutureExt;
+        let (send, recv) = self.conn.open_bi().now_or_never()?.expect("open a stream");
+        Some(RawStream {
+            send,
+            frames: FramedRead::new(recv, Codec::new(frame::DEFAULT_MAX_FRAME_LEN)),
+        })
+    }
+
     /// Opens a stream.
     pub async fn open(&self) -> RawStream {
         let (send, recv) = self.conn.open_bi().await.expect("open a stream");
@@ -75,6 +86,7 @@ impl RawConnection {
             .send(&ClientFrame::Hello(ClientHello {
                 version: PROTOCOL_VERSION,
                 client: "raw-test".into(),
+                token: None,
             }))
             .await;
         match control.recv().await {

@@ -274,13 +274,14 @@ async fn handshake_refusals_are_explained() {
         .send(&ClientFrame::Hello(ClientHello {
             version: 99,
             client: "from the future".into(),
+            token: None,
         }))
         .await;
     match control.recv().await {
         Some(ServerFrame::Error(e)) => {
             assert_eq!(e.code, ErrorCode::UnsupportedVersion);
             assert!(
-                e.message.contains("99") && e.message.contains("version 1"),
+                e.message.contains("99") && e.message.contains("version 2"),
                 "{e}"
             );
         }

@@ -338,6 +338,7 @@ async fn plugin(
         // Keeps every record: the cost measured is the call, not fewer appends.
         params: vec![("where".into(), "seq >= 0".into())],
         on_error: OnError::FailClosed,
+        attached_by: None,
     };
     let outcome = async {
         admin.attach_plugin(&filtered[0], stage).await?;

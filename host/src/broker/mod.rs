@@ -23,6 +23,7 @@ use quiver_protocol::{
 use tokio::sync::{Notify, broadcast};
 use tracing::info;
 
+use crate::auth::{Authenticator, Denied};
 use crate::groups::Groups;
 use crate::plugins::{AdminError, PipelineError, Plugins};
 use crate::storage::{Storage, StorageError, TopicLog, TopicSettings, now_ms};
@@ -36,6 +37,13 @@ pub struct BrokerLimits {
     pub max_record_size: u64,
     /// Most records in one publish.
     pub max_batch_records: u32,
+    /// Topics the broker holds; clients cannot create more.
+    pub max_topics: usize,
+    /// Plugins deployed at once.
+    pub max_plugins: usize,
+    /// Bytes of records a subscription or group member encodes before waiting for
+    /// its client to read them.
+    pub max_buffered_per_subscription: usize,
 }
 
 /// How the broker is set up, beyond storage and plugins.
@@ -123,6 +131,12 @@ pub enum BrokerError {
     /// Storage failed; nothing was acknowledged.
     #[error(transparent)]
     Storage(StorageError),
+    /// The client's principal has no grant for the request.
+    #[error(transparent)]
+    Forbidden(#[from] Denied),
+    /// A configured limit was reached; the message names the setting.
+    #[error("{0}")]
+    LimitReached(String),
 }
 
 impl From<StorageError> for BrokerError {
@@ -165,6 +179,8 @@ impl BrokerError {
             Self::Pipeline(PipelineError::Aborted(_)) => ErrorCode::Internal,
             Self::Storage(StorageError::Closed) => ErrorCode::ShuttingDown,
             Self::Storage(_) => ErrorCode::Storage,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::LimitReached(_) => ErrorCode::LimitReached,
         }
     }
 }
@@ -180,6 +196,8 @@ impl From<&BrokerError> for WireError {
 pub struct Broker {
     storage: Storage,
     plugins: Arc<Plugins>,
+    /// Rights, for work done on a principal's behalf (an attached plugin's routes).
+    auth: Arc<Authenticator>,
     topics: RwLock<BTreeMap<TopicName, Arc<TopicLog>>>,
     created: broadcast::Sender<Arc<TopicLog>>,
     limits: BrokerLimits,
@@ -198,6 +216,7 @@ impl Broker {
         storage: Storage,
         recovered: &[Arc<TopicLog>],
         plugins: Arc<Plugins>,
+        auth: Arc<Authenticator>,
         settings: BrokerSettings,
     ) -> Result<Self, StorageError> {
         let topics = recovered
@@ -212,6 +231,7 @@ impl Broker {
         Ok(Self {
             storage,
             plugins,
+            auth,
             topics: RwLock::new(topics),
             created: broadcast::channel(1024).0,
             limits: settings.limits,
@@ -319,6 +339,16 @@ impl Broker {
                 "a topic cannot be its own dead-letter topic".into(),
             ));
         }
+        let held = self
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        if held >= self.limits.max_topics {
+            return Err(BrokerError::LimitReached(format!(
+                "the broker holds {held} topics, its maximum (limits.max_topics); delete some first"
+            )));
+        }
         let settings = TopicSettings {
             retention,
             dead_letter,
@@ -409,6 +439,12 @@ impl Broker {
         version: Option<String>,
         wasm: Bytes,
     ) -> Result<PluginInfo, BrokerError> {
+        let deployed = self.plugins.list().len();
+        if deployed >= self.limits.max_plugins {
+            return Err(BrokerError::LimitReached(format!(
+                "{deployed} plugins are deployed, the maximum (limits.max_plugins); remove one first"
+            )));
+        }
         Ok(self.plugins.deploy(name, version, wasm).await?)
     }
 

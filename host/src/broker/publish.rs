@@ -8,12 +8,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use quiver_protocol::{NewRecord, PublishId, Receipt};
+use quiver_protocol::{NewRecord, PublishId, Receipt, TopicName};
 
 use super::dedup::{Claim, Ticket};
 use super::{Broker, BrokerError};
+use crate::auth::{Denied, Right};
 use crate::plugins::Plugins;
-use crate::plugins::pipeline::{DeadLetter, Item, Sorted};
+use crate::plugins::pipeline::{DeadLetter, Item, Routed, Sorted};
 use crate::storage::{
     Dedup, PendingAppend, ReceiptLayout, StateWrite, TopicLog, TopicRecords, now_ms,
 };
@@ -205,6 +206,24 @@ impl Broker {
         Ok(())
     }
 
+    /// Whether a plugin on `log`'s pipeline may route to the topic it named: every
+    /// stage of that plugin must have been attached by a principal that may publish
+    /// there (a routing plugin is no way around the publish grants).
+    fn may_route(&self, log: &TopicLog, route: &Routed) -> Result<(), Denied> {
+        if !self.auth.is_required() {
+            return Ok(());
+        }
+        let Ok(target) = TopicName::parse(&route.topic) else {
+            return Ok(()); // routing to it fails with the name's own error
+        };
+        for stage in log.pipeline().iter().filter(|s| s.plugin == route.plugin) {
+            self.auth
+                .access_of(stage.attached_by.clone())
+                .check_topic(Right::Publish, &target)?;
+        }
+        Ok(())
+    }
+
     /// Turns what the ingress pipeline sorted into the appends of one atomic write.
     async fn sorted_appends(
         &self,
@@ -225,6 +244,11 @@ impl Broker {
             if route.topic == log.name().as_str() {
                 // Routed to its own topic: stored after the records that passed.
                 stored.push(route.item.record);
+                continue;
+            }
+            if let Err(denied) = self.may_route(&log, &route) {
+                let reason = format!("cannot route to `{}`: {denied}", route.topic);
+                dead.push(route.undeliverable(reason));
                 continue;
             }
             match self.topic(&route.topic) {

@@ -6,8 +6,13 @@
 //! A request to a topic nobody consumes (no subscription or group member is reading
 //! it) fails at once with `NoResponders`; one that gets no reply in time fails with
 //! `RequestTimeout`.
+//!
+//! A token is unique (a start-up prefix and a counter) and unguessable (a tag keyed
+//! with a secret drawn at start-up): only those who received the request can answer
+//! it, whatever their grants.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -26,6 +31,8 @@ pub(crate) const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 pub(crate) struct Requests {
     waiting: Mutex<HashMap<String, oneshot::Sender<NewRecord>>>,
     next: AtomicU64,
+    /// SipHash keyed with random keys: tags a token so it cannot be guessed.
+    secret: RandomState,
 }
 
 /// Removes a request's token when the request ends, however it ends.
@@ -63,7 +70,8 @@ impl Broker {
             return Err(BrokerError::NoResponders(topic.to_owned()));
         }
         let n = self.requests.next.fetch_add(1, Ordering::Relaxed);
-        let token = format!("{}.{n}", self.requests_prefix);
+        let tag = self.requests.secret.hash_one(n);
+        let token = format!("{}.{n}.{tag:016x}", self.requests_prefix);
         let (tx, rx) = oneshot::channel();
         self.requests
             .waiting

@@ -1,6 +1,7 @@
 //! The `quiver` command line: `serve` runs a broker; every other command is a client
 //! of one, built on the client SDK.
 
+mod auth;
 mod bench;
 mod group;
 mod output;
@@ -52,6 +53,9 @@ enum Command {
     /// Deploy, attach, upgrade, inspect and try WebAssembly plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Manage principals, their rights and tokens (in the data dir's auth file).
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
 }
 
 /// How client commands reach a broker.
@@ -70,6 +74,15 @@ struct ConnectArgs {
     /// How long to wait for the broker to answer when connecting.
     #[arg(long, env = "QUIVER_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     connect_timeout: std::time::Duration,
+    /// Token to authenticate with (`quiver auth token create`).
+    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Client certificate (PEM) to authenticate with, for brokers that accept them.
+    #[arg(long, env = "QUIVER_CLIENT_CERT", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "QUIVER_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<PathBuf>,
 }
 
 impl ConnectArgs {
@@ -80,6 +93,9 @@ impl ConnectArgs {
             ca,
             server_name: None,
             connect_timeout: std::time::Duration::from_secs(5),
+            token: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 
@@ -105,6 +121,12 @@ impl ConnectArgs {
             .connect_timeout(self.connect_timeout);
         if let Some(name) = &self.server_name {
             builder = builder.server_name(name);
+        }
+        if let Some(token) = &self.token {
+            builder = builder.token(token);
+        }
+        if let Some((cert, key)) = self.client_cert.as_ref().zip(self.client_key.as_ref()) {
+            builder = builder.client_cert_files(cert, key)?;
         }
         Ok(builder.connect(&self.server).await?)
     }
@@ -145,6 +167,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Auth(command) => auth::run(command),
         command => run_client(command),
     };
     match result {
@@ -186,7 +209,7 @@ fn run_client(command: Command) -> anyhow::Result<()> {
             Command::Request(args) => request::request(args).await,
             Command::Reply(args) => request::reply(args).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::Serve(_) => unreachable!("handled by main"),
+            Command::Serve(_) | Command::Auth(_) => unreachable!("handled by main"),
         }
     })
 }

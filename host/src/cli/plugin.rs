@@ -216,6 +216,7 @@ pub(super) async fn run(command: PluginCommand) -> anyhow::Result<()> {
                 plugin: name,
                 params,
                 on_error: on_error.into(),
+                attached_by: None,
             };
             let info = connect
                 .connect()

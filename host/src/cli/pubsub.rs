@@ -260,6 +260,7 @@ pub(super) async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
             plugin: plugin.clone(),
             params: args.params.clone(),
             on_error: args.on_error.into(),
+            attached_by: None,
         })
         .collect();
     let mut source = args.source.open(&client, pipeline, args.count).await?;

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use tracing::info;
 
-use crate::config::{Config, LogFormat, Overrides, PluginOverrides, TlsOverrides};
+use crate::config::{AuthOverrides, Config, LogFormat, Overrides, PluginOverrides, TlsOverrides};
 use crate::server::Server;
 use crate::transport::tls::Origin;
 
@@ -37,6 +37,13 @@ pub(super) struct ServeArgs {
     /// plugin.
     #[arg(long, value_name = "DIR")]
     plugin_dir: Option<PathBuf>,
+    /// Let clients without credentials in, even on a non-loopback address (see
+    /// `auth.allow_anonymous`).
+    #[arg(long)]
+    allow_anonymous: bool,
+    /// Accept client certificates issued by the CAs in this PEM file (mutual TLS).
+    #[arg(long, value_name = "FILE")]
+    client_ca: Option<PathBuf>,
 }
 
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -50,6 +57,10 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         plugins: PluginOverrides {
             dir: args.plugin_dir,
+        },
+        auth: AuthOverrides {
+            allow_anonymous: args.allow_anonymous.then_some(true),
+            client_ca: args.client_ca,
         },
     };
     let config = Config::load(args.config.as_deref(), &overrides)?;

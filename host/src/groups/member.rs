@@ -28,9 +28,6 @@ use crate::session::{frame_error, frame_kind, refuse};
 use crate::storage::{StorageError, Watch, now_ms};
 use crate::transport::{FrameReader, FrameWriter, Incoming};
 
-/// Stop feeding frames into one write past this many bytes.
-const MAX_WRITE: usize = 256 * 1024;
-
 /// Serves a member stream whose first frame was `join`.
 #[instrument(name = "member", skip_all, fields(group = %join.group))]
 pub async fn serve(
@@ -200,6 +197,8 @@ impl Member<'_> {
                 records: Vec::new(),
             };
             let mut bytes = 0;
+            // Stop feeding frames into one write past this many bytes.
+            let max_write = self.broker.limits().max_buffered_per_subscription;
             for run in deliveries.chunk_by(|a, b| b.offset == a.offset + 1) {
                 // One read may stop short of the run (at a chunk's end): read on.
                 let mut next = run[0].offset;
@@ -209,7 +208,7 @@ impl Member<'_> {
                     let read = self
                         .broker
                         .storage()
-                        .read(&log, next, count, MAX_WRITE)
+                        .read(&log, next, count, max_write)
                         .map_err(storage)?;
                     let Some(slice) = read else {
                         break; // removed by retention: the group drops them when it notices
@@ -238,7 +237,7 @@ impl Member<'_> {
                                 payload: record.payload,
                             },
                         });
-                        if bytes >= MAX_WRITE {
+                        if bytes >= max_write {
                             let full = std::mem::take(&mut frame.records);
                             writer.feed(&ServerFrame::Assigned(Assigned {
                                 topic: frame.topic.clone(),

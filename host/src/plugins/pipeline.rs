@@ -108,8 +108,12 @@ pub struct Refused {
     pub plugin: String,
 }
 
-/// Sorts one stage's inputs by its outcomes (one per input, in order: the runtime
-/// checked that). Returns what goes on to the next stage.
+/// Sorts one stage's inputs by its outcomes (one per input, in order). Returns what
+/// goes on to the next stage.
+///
+/// Every input is accounted for, whatever the outcomes: output the runtime refuses
+/// before it gets here (a count that differs from the inputs', a route to no topic)
+/// dead-letters the records concerned rather than losing them.
 pub fn apply(
     inputs: Vec<Item>,
     outcomes: Vec<Outcome>,
@@ -118,6 +122,25 @@ pub fn apply(
     sorted: &mut Sorted,
 ) -> Vec<Item> {
     let (plugin, version) = stage;
+    let dead_letter = |item, reason| DeadLetter {
+        item,
+        plugin: plugin.into(),
+        version: version.into(),
+        reason,
+    };
+    if outcomes.len() != inputs.len() {
+        let reason = format!(
+            "{} outcomes for {} records (one per record is required)",
+            outcomes.len(),
+            inputs.len()
+        );
+        sorted.dead.extend(
+            inputs
+                .into_iter()
+                .map(|item| dead_letter(item, reason.clone())),
+        );
+        return Vec::new();
+    }
     let mut next = Vec::with_capacity(inputs.len());
     for (item, outcome) in inputs.into_iter().zip(outcomes) {
         match outcome {
@@ -127,6 +150,11 @@ pub fn apply(
                 record,
                 ..item.clone()
             })),
+            Outcome::Route(topics) if topics.is_empty() => {
+                sorted
+                    .dead
+                    .push(dead_letter(item, "routed to no topic".into()));
+            }
             Outcome::Route(topics) if ingress => {
                 sorted.routed.extend(topics.into_iter().map(|topic| Routed {
                     topic,
@@ -135,18 +163,11 @@ pub fn apply(
                     version: version.into(),
                 }));
             }
-            Outcome::Route(_) => sorted.dead.push(DeadLetter {
+            Outcome::Route(_) => sorted.dead.push(dead_letter(
                 item,
-                plugin: plugin.into(),
-                version: version.into(),
-                reason: "route is only possible on ingress, not on a subscription".into(),
-            }),
-            Outcome::Reject(reason) => sorted.dead.push(DeadLetter {
-                item,
-                plugin: plugin.into(),
-                version: version.into(),
-                reason,
-            }),
+                "route is only possible on ingress, not on a subscription".into(),
+            )),
+            Outcome::Reject(reason) => sorted.dead.push(dead_letter(item, reason)),
         }
     }
     next
@@ -216,6 +237,10 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
     use super::*;
 
     fn item(offset: u64, payload: &'static str) -> Item {
@@ -275,6 +300,80 @@ mod tests {
         );
         assert!(next.is_empty() && sorted.routed.is_empty());
         assert!(sorted.dead[0].reason.contains("only possible on ingress"));
+    }
+
+    #[test]
+    fn output_the_runtime_refuses_is_dead_lettered_not_lost() {
+        let mut sorted = Sorted::default();
+        let next = apply(
+            vec![item(0, "a"), item(1, "b")],
+            vec![Outcome::Keep],
+            ("p", "1"),
+            true,
+            &mut sorted,
+        );
+        assert!(next.is_empty());
+        let dead: Vec<_> = sorted.dead.iter().map(|d| d.item.offset).collect();
+        assert_eq!(dead, [0, 1]);
+        assert!(sorted.dead[0].reason.contains("1 outcomes for 2 records"));
+
+        let mut sorted = Sorted::default();
+        let next = apply(
+            vec![item(0, "a")],
+            vec![Outcome::Route(vec![])],
+            ("p", "1"),
+            true,
+            &mut sorted,
+        );
+        assert!(next.is_empty() && sorted.routed.is_empty());
+        assert_eq!(sorted.dead[0].reason, "routed to no topic");
+    }
+
+    fn outcome() -> impl Strategy<Value = Outcome> {
+        prop_oneof![
+            Just(Outcome::Keep),
+            Just(Outcome::Drop),
+            (0usize..4).prop_map(|n| Outcome::Replace(vec![NewRecord::new("r"); n])),
+            proptest::collection::vec("[a-z.]{0,3}", 0..3).prop_map(Outcome::Route),
+            ".{0,4}".prop_map(Outcome::Reject),
+        ]
+    }
+
+    proptest! {
+        /// Whatever a stage returns (the fuzz target `plugin_outcomes` tries more),
+        /// every input is passed on, routed, dropped, dead-lettered or replaced with
+        /// nothing, exactly one of these, and no more records come out than the
+        /// plugin asked for.
+        #[test]
+        fn every_record_is_accounted_for(
+            count in 0u64..6,
+            outcomes in proptest::collection::vec(outcome(), 0..7),
+            ingress in any::<bool>(),
+        ) {
+            let fits = outcomes.len() as u64 == count;
+            let asked: u64 = outcomes.iter().map(Outcome::outputs).sum();
+            let emptied = outcomes
+                .iter()
+                .filter(|o| fits && matches!(o, Outcome::Replace(r) if r.is_empty()))
+                .count();
+            let mut sorted = Sorted::default();
+            let inputs = (0..count).map(|i| item(i, "x")).collect();
+            let next = apply(inputs, outcomes, ("p", "1"), ingress, &mut sorted);
+
+            let went_on: BTreeSet<u64> = next
+                .iter()
+                .chain(sorted.routed.iter().map(|r| &r.item))
+                .map(|i| i.offset)
+                .collect();
+            let stopped: BTreeSet<u64> = sorted.dead.iter().map(|d| d.item.offset).collect();
+            prop_assert!(went_on.is_disjoint(&stopped));
+            prop_assert_eq!(stopped.len(), sorted.dead.len());
+            let accounted = went_on.len() + stopped.len() + sorted.dropped as usize + emptied;
+            prop_assert_eq!(accounted as u64, count);
+            prop_assert!((next.len() + sorted.routed.len()) as u64 <= asked);
+            prop_assert!(next.windows(2).all(|w| w[0].offset <= w[1].offset));
+            prop_assert!(ingress || sorted.routed.is_empty());
+        }
     }
 
     #[test]

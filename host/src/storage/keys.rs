@@ -4,7 +4,7 @@
 //! | ------------------------------------- | ----------------------------- |
 //! | `t` name                              | [`TopicMeta`](super::TopicMeta) (postcard) |
 //! | `s` topic-id (u64 BE)                 | [`LogStats`] (32 bytes)       |
-//! | `i` topic-id base-offset (u64 BE ×2)  | [`ChunkMeta`] (24 bytes)      |
+//! | `i` topic-id base-offset (u64 BE ×2)  | [`ChunkMeta`] (28 bytes; 24 before checksums) |
 //! | `c` topic-id base-offset part (u32 BE) | up to [`part_bytes`] of a chunk's record batch |
 //! | `p` topic-id                          | the deleted topic's name (purge pending) |
 //! | `P` plugin-name                       | [`PluginRecord`](super::PluginRecord) (postcard) |
@@ -44,8 +44,13 @@ pub(super) const UNACKED: u8 = b'u';
 pub(super) const DEDUP: u8 = b'd';
 pub(super) const VERSION: &[u8] = b"v";
 
-/// The layout this code reads and writes; a data dir with another is refused.
-pub(super) const FORMAT: u32 = 1;
+/// The layout this code writes; a data dir of another is refused, except [`FORMAT_V1`].
+pub(super) const FORMAT: u32 = 2;
+
+/// The layout before index entries carried a checksum. It reads as it is (its entries
+/// decode without one), and opening it stamps it [`FORMAT`], so that a broker too old
+/// to read checksummed entries refuses the data dir instead of failing on them.
+pub(super) const FORMAT_V1: u32 = 1;
 
 pub(super) fn plugin(name: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(1 + name.len());
@@ -209,34 +214,47 @@ impl LogStats {
     }
 }
 
-/// What the index says of one chunk, so retention and time lookups need not read it.
+/// What the index says of one chunk, so retention and time lookups need not read it,
+/// and so a read can tell whether the chunk's bytes are the ones written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct ChunkMeta {
     pub(super) count: u32,
+    /// The chunk's length: the sum of its entries' encoded lengths.
     pub(super) bytes: u32,
     pub(super) first_ts: u64,
     pub(super) last_ts: u64,
+    /// CRC-32 (IEEE) of the whole chunk, all parts joined. `None` for entries written
+    /// before checksums existed (24 bytes long), whose chunks are checked by length only.
+    pub(super) crc: Option<u32>,
 }
 
 impl ChunkMeta {
-    pub(super) fn encode(&self) -> [u8; 24] {
-        let mut out = [0; 24];
+    /// The 28-byte form: count, bytes, first and last timestamp, CRC (all big-endian).
+    /// An entry without a CRC is never written; it encodes a CRC of 0 that will not
+    /// match, which is the safe failure.
+    pub(super) fn encode(&self) -> [u8; 28] {
+        let mut out = [0; 28];
         out[..4].copy_from_slice(&self.count.to_be_bytes());
         out[4..8].copy_from_slice(&self.bytes.to_be_bytes());
         out[8..16].copy_from_slice(&self.first_ts.to_be_bytes());
-        out[16..].copy_from_slice(&self.last_ts.to_be_bytes());
+        out[16..24].copy_from_slice(&self.last_ts.to_be_bytes());
+        out[24..].copy_from_slice(&self.crc.unwrap_or(0).to_be_bytes());
         out
     }
 
+    /// Decodes an entry of either layout (28 bytes, or 24 without a CRC).
     pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != 24 {
-            return None;
-        }
+        let crc = match bytes.len() {
+            24 => None,
+            28 => Some(u32::from_be_bytes(bytes[24..28].try_into().ok()?)),
+            _ => return None,
+        };
         Some(Self {
             count: u32::from_be_bytes(bytes[..4].try_into().ok()?),
             bytes: u32::from_be_bytes(bytes[4..8].try_into().ok()?),
             first_ts: u64::from_be_bytes(bytes[8..16].try_into().ok()?),
-            last_ts: u64::from_be_bytes(bytes[16..].try_into().ok()?),
+            last_ts: u64::from_be_bytes(bytes[16..24].try_into().ok()?),
+            crc,
         })
     }
 }
@@ -280,8 +298,12 @@ mod tests {
             bytes: 6,
             first_ts: 7,
             last_ts: 8,
+            crc: Some(9),
         };
         assert_eq!(ChunkMeta::decode(&meta.encode()), Some(meta));
         assert_eq!(ChunkMeta::decode(&[0; 25]), None);
+        // An entry written before checksums: the first 24 bytes, no CRC.
+        let old = ChunkMeta::decode(&meta.encode()[..24]).unwrap();
+        assert_eq!(old, ChunkMeta { crc: None, ..meta });
     }
 }

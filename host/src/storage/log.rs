@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use quiver_protocol::{Durability, Retention, Stage, TopicName};
+use quiver_protocol::{Durability, OnError, Retention, Stage, TopicName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -25,6 +25,18 @@ pub(super) struct TopicMeta {
     pub(super) durability: Durability,
 }
 
+/// A [`TopicMeta`] as written before stages recorded who attached them.
+#[derive(Deserialize)]
+struct TopicMetaWithoutAttachers {
+    id: u64,
+    name: String,
+    retention: Retention,
+    created_ms: u64,
+    dead_letter: Option<String>,
+    pipeline: Vec<StageWithoutAttacher>,
+    durability: Durability,
+}
+
 /// A [`TopicMeta`] as written before topics had a durability setting.
 #[derive(Deserialize)]
 struct TopicMetaWithoutDurability {
@@ -33,23 +45,67 @@ struct TopicMetaWithoutDurability {
     retention: Retention,
     created_ms: u64,
     dead_letter: Option<String>,
-    pipeline: Vec<Stage>,
+    pipeline: Vec<StageWithoutAttacher>,
+}
+
+/// A [`Stage`] as written before it recorded who attached it.
+#[derive(Deserialize)]
+struct StageWithoutAttacher {
+    plugin: String,
+    params: Vec<(String, String)>,
+    on_error: OnError,
+}
+
+impl From<StageWithoutAttacher> for Stage {
+    fn from(old: StageWithoutAttacher) -> Self {
+        Self {
+            plugin: old.plugin,
+            params: old.params,
+            on_error: old.on_error,
+            attached_by: None,
+        }
+    }
+}
+
+impl From<TopicMetaWithoutDurability> for TopicMetaWithoutAttachers {
+    fn from(old: TopicMetaWithoutDurability) -> Self {
+        Self {
+            id: old.id,
+            name: old.name,
+            retention: old.retention,
+            created_ms: old.created_ms,
+            dead_letter: old.dead_letter,
+            pipeline: old.pipeline,
+            durability: Durability::Fsync,
+        }
+    }
+}
+
+impl From<TopicMetaWithoutAttachers> for TopicMeta {
+    fn from(old: TopicMetaWithoutAttachers) -> Self {
+        Self {
+            id: old.id,
+            name: old.name,
+            retention: old.retention,
+            created_ms: old.created_ms,
+            dead_letter: old.dead_letter,
+            pipeline: old.pipeline.into_iter().map(Stage::from).collect(),
+            durability: old.durability,
+        }
+    }
 }
 
 impl TopicMeta {
-    /// Decodes a stored topic record, of either layout.
+    /// Decodes a stored topic record, of any of its layouts, newest first.
     pub(super) fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
         postcard::from_bytes(bytes).or_else(|e| {
-            let old: TopicMetaWithoutDurability = postcard::from_bytes(bytes).map_err(|_| e)?;
-            Ok(Self {
-                id: old.id,
-                name: old.name,
-                retention: old.retention,
-                created_ms: old.created_ms,
-                dead_letter: old.dead_letter,
-                pipeline: old.pipeline,
-                durability: Durability::Fsync,
-            })
+            let old = postcard::from_bytes::<TopicMetaWithoutAttachers>(bytes)
+                .or_else(|_| {
+                    postcard::from_bytes::<TopicMetaWithoutDurability>(bytes)
+                        .map(TopicMetaWithoutAttachers::from)
+                })
+                .map_err(|_| e)?;
+            Ok(old.into())
         })
     }
 }

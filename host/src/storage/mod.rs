@@ -17,7 +17,14 @@
 //!   assigns nothing (the stats in memory change only after a successful flush);
 //! - everything one command writes (chunks, index entries, stats, routed copies in other
 //!   topics, plugin state) lands in one sled batch: all of it or none;
-//! - timestamps never go backwards within a topic, so time lookups can bisect.
+//! - timestamps never go backwards within a topic, so time lookups can bisect;
+//! - a chunk is served only if its bytes match its index entry (length and CRC-32),
+//!   so bytes that changed on disk are reported, never served (`read.rs`);
+//! - after a failed write nothing more is written until a restart (`writer.rs`).
+//!
+//! Opening checks what can be checked before sled reads its log (`conf`), turns sled's
+//! errors and panics on a damaged log into [`StorageError`]s, and then checks that
+//! every topic's stats agree with its index.
 
 mod flusher;
 mod groups;
@@ -27,7 +34,8 @@ mod plugins;
 mod read;
 mod writer;
 
-use std::path::PathBuf;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -66,12 +74,92 @@ pub enum StorageError {
     /// The storage writer has stopped (the broker is shutting down).
     #[error("storage is closed")]
     Closed,
+    /// An earlier write failed (a full disk, an IO error), and sled refuses every
+    /// write after one: nothing more is written until the broker restarts.
+    #[error(
+        "storage accepts no writes since one failed ({0}); the broker needs a restart once \
+         the cause (a full disk?) is fixed"
+    )]
+    Halted(String),
 }
 
 impl StorageError {
     fn corrupt(what: impl Into<String>) -> Self {
         Self::Corrupt(what.into())
     }
+
+    /// What an operator can do when this error keeps the broker from starting.
+    pub fn remedy(&self) -> &'static str {
+        use sled::Error as E;
+        match self {
+            Self::Corrupt(_) | Self::Sled(E::Corruption { .. } | E::ReportableBug(_)) => {
+                "the data dir is damaged and Quiver does not repair it: restore it from a \
+                 backup, or move it aside to start with an empty one"
+            }
+            Self::Sled(E::Unsupported(_)) => {
+                "the data dir was written with other settings or by an incompatible version: \
+                 open it with the version that wrote it, or restore it from a backup"
+            }
+            Self::Sled(E::Io(e)) if e.to_string().contains("lock") => {
+                "another process (a second broker?) has the data dir open: stop it first"
+            }
+            Self::Sled(_) | Self::Halted(_) => {
+                "check that the data dir is readable and writable and that its disk has \
+                 space, then start again"
+            }
+            Self::TopicExists(_) | Self::TopicNotFound(_) | Self::GroupExists(_) | Self::Closed => {
+                "start again; if it happens again, report it"
+            }
+        }
+    }
+}
+
+/// An error sled returned while opening the data dir, in words an operator can act on.
+fn open_error(e: sled::Error) -> StorageError {
+    match e {
+        sled::Error::Corruption { at, .. } => StorageError::corrupt(match at {
+            Some(at) => format!("sled's log is damaged: a message at {at:?} fails its checksum"),
+            None => "sled's log is damaged: its snapshot or a message fails its checksum, \
+                     or the log ends before the snapshot says it does"
+                .to_owned(),
+        }),
+        sled::Error::ReportableBug(what) => {
+            StorageError::corrupt(format!("sled failed while recovering its log: {what}"))
+        }
+        other => StorageError::Sled(other),
+    }
+}
+
+/// Runs `open` and turns a panic inside it into [`StorageError::Corrupt`]: sled 0.34
+/// panics on some damaged logs (measured: a flipped byte in a log without a snapshot
+/// can end in "tried to serialize Uninitialized"). The panic's message is kept for the
+/// error instead of being printed; the broker then refuses to start.
+fn catch_panic<T>(open: impl FnOnce() -> Result<T, StorageError>) -> Result<T, StorageError> {
+    let message = Arc::new(Mutex::new(None::<String>));
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new({
+        let message = Arc::clone(&message);
+        move |info| {
+            let text = info.payload_as_str().unwrap_or("(no message)");
+            let at = info
+                .location()
+                .map(|l| format!(" at {l}"))
+                .unwrap_or_default();
+            *message.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!("{text}{at}"));
+        }
+    }));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(open));
+    std::panic::set_hook(previous);
+    result.unwrap_or_else(|_| {
+        let message = message
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        Err(StorageError::corrupt(format!(
+            "sled panicked while reading its log, which is damaged: {}",
+            message.as_deref().unwrap_or("(no message)")
+        )))
+    })
 }
 
 impl From<BatchError> for StorageError {
@@ -88,13 +176,41 @@ pub const DEFAULT_CHUNK_BYTES: usize = 16 * 1024;
 const SEGMENT_BYTES: usize = 2 << 20;
 
 /// The segment size an existing data dir was created with, from the `conf` file sled
-/// keeps in it (`segment_size: N` on a line of its own).
-fn created_segment_size(path: &std::path::Path) -> Option<usize> {
-    let conf = std::fs::read(path.join("conf")).ok()?;
-    String::from_utf8_lossy(&conf)
-        .lines()
-        .find_map(|line| line.strip_prefix("segment_size: "))
-        .and_then(|n| n.trim().parse().ok())
+/// keeps in it (`segment_size: N` on a line of its own); `None` for a data dir whose
+/// log is still empty.
+///
+/// sled itself treats a missing or short `conf` as a new data dir and writes a fresh
+/// one with the segment size asked for; if that is not the size the log was written
+/// with, sled misreads the log. So a data dir whose log holds data but whose `conf` is
+/// missing or unreadable is refused.
+fn created_segment_size(path: &Path) -> Result<Option<usize>, StorageError> {
+    let conf_path = path.join("conf");
+    let log_bytes = std::fs::metadata(path.join("db")).map_or(0, |m| m.len());
+    let conf = match std::fs::read(&conf_path) {
+        Ok(conf) => Some(conf),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(StorageError::Sled(sled::Error::Io(e))),
+    };
+    let segment_size = conf.as_deref().and_then(|conf| {
+        String::from_utf8_lossy(conf)
+            .lines()
+            .find_map(|line| line.strip_prefix("segment_size: "))
+            .and_then(|n| n.trim().parse().ok())
+    });
+    match (segment_size, log_bytes) {
+        (Some(size), _) => Ok(Some(size)),
+        (None, 0) => Ok(None),
+        (None, _) => Err(StorageError::corrupt(format!(
+            "sled's settings file {} is {} while its log holds {log_bytes} bytes: the log's \
+             segment size is unknown, and reading it with another would misread it",
+            conf_path.display(),
+            if conf.is_some() {
+                "unreadable"
+            } else {
+                "missing"
+            }
+        ))),
+    }
 }
 
 /// How to open storage.
@@ -167,16 +283,20 @@ impl Storage {
     /// returns every live topic.
     pub fn open(config: &StorageConfig) -> Result<(Self, Vec<Arc<TopicLog>>), StorageError> {
         // sled cannot change a data dir's segment size: keep what it was created with.
-        let segment_bytes = created_segment_size(&config.path).unwrap_or(SEGMENT_BYTES);
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_capacity)
-            .flush_every_ms(None) // the writer flushes before every acknowledgement
-            .segment_size(segment_bytes)
-            .open()?;
-        let tree = db.open_tree("log")?;
-        check_format(&tree)?;
-        let topics = recover(&tree)?;
+        let segment_bytes = created_segment_size(&config.path)?.unwrap_or(SEGMENT_BYTES);
+        let (db, tree, topics) = catch_panic(|| {
+            let db = sled::Config::new()
+                .path(&config.path)
+                .cache_capacity(config.cache_capacity)
+                .flush_every_ms(None) // the writer flushes before every acknowledgement
+                .segment_size(segment_bytes)
+                .open()
+                .map_err(open_error)?;
+            let tree = db.open_tree("log").map_err(open_error)?;
+            check_format(&tree, &config.path)?;
+            let topics = recover(&tree)?;
+            Ok((db, tree, topics))
+        })?;
         let (commands, rx) = mpsc::channel(writer::QUEUE_DEPTH);
         let flusher = Flusher::start({
             let db = db.clone();
@@ -572,19 +692,57 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// Stamps a new data dir with the layout version, and refuses one of another layout.
-fn check_format(tree: &sled::Tree) -> Result<(), StorageError> {
-    match tree.get(keys::VERSION)? {
-        None if tree.is_empty() => {
-            tree.insert(keys::VERSION, &keys::FORMAT.to_be_bytes())?;
-            Ok(())
+/// The file, in sled's directory, that says its log has held Quiver's data: written
+/// once the layout stamp is on disk. A log that then yields nothing at all (cut short,
+/// or damaged near its start) is refused rather than taken for a new data dir.
+const WRITTEN_MARKER: &str = "quiver-written";
+
+/// Stamps a new data dir with the layout version, upgrades the stamp of a data dir of
+/// the layout before checksums (its entries read as they are), and refuses any other.
+/// An upgraded stamp is made durable by the first commit, before any entry of the new
+/// layout.
+fn check_format(tree: &sled::Tree, path: &Path) -> Result<(), StorageError> {
+    let stamp = || {
+        tree.insert(keys::VERSION, &keys::FORMAT.to_be_bytes())
+            .map(drop)
+    };
+    let marker = path.join(WRITTEN_MARKER);
+    let mark = || -> Result<(), StorageError> {
+        if !marker.exists() {
+            std::fs::File::create(&marker)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| StorageError::Sled(e.into()))?;
         }
-        Some(v) if v.as_ref() == keys::FORMAT.to_be_bytes() => Ok(()),
-        other => Err(StorageError::corrupt(format!(
-            "the data dir has layout version {:?}; this broker reads version {}",
-            other.map(|v| v.to_vec()),
+        Ok(())
+    };
+    let version = tree
+        .get(keys::VERSION)?
+        .map(|v| <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes));
+    match version {
+        None if tree.is_empty() && marker.exists() => Err(StorageError::corrupt(format!(
+            "sled recovered nothing from its log, though Quiver has stored data in this data \
+             dir ({} exists): the log (`db`) is cut short or damaged near its start",
+            marker.display()
+        ))),
+        None if tree.is_empty() => {
+            stamp()?;
+            tree.flush()?;
+            mark()
+        }
+        Some(Ok(keys::FORMAT)) => mark(),
+        Some(Ok(keys::FORMAT_V1)) => {
+            stamp()?;
+            mark()
+        }
+        Some(Ok(other)) => Err(StorageError::corrupt(format!(
+            "the data dir has layout version {other}; this broker reads versions {} and {}",
+            keys::FORMAT_V1,
             keys::FORMAT
         ))),
+        Some(Err(_)) => Err(StorageError::corrupt("the layout version is unreadable")),
+        None => Err(StorageError::corrupt(
+            "the layout version is missing from a data dir that holds data",
+        )),
     }
 }
 

@@ -2,9 +2,15 @@
 //!
 //! Readers take the tree as it is and bound themselves by the topic's durable stats,
 //! so chunks the writer has applied but not yet flushed are never served.
+//!
+//! Every chunk read is checked against its index entry before any of it is used: its
+//! length always, its CRC-32 when the entry has one (all entries written since
+//! checksums exist). A chunk that fails is reported as [`StorageError::Corrupt`] and
+//! logged with its topic and offset; its bytes are never served.
 
 use bytes::{Bytes, BytesMut};
 use quiver_protocol::record;
+use tracing::error;
 
 use super::keys::{self, ChunkMeta, LogStats};
 use super::{Slice, StorageError, TopicLog};
@@ -32,7 +38,7 @@ impl LogReader<'_> {
             if from >= stats.next || max_records == 0 {
                 return Ok(None);
             }
-            if let Some((base, chunk)) = self.chunk_at(log.id(), from)? {
+            if let Some((base, chunk)) = self.chunk_at(log, from)? {
                 break (stats, base, chunk, from.max(base));
             }
             attempts += 1;
@@ -79,7 +85,8 @@ impl LogReader<'_> {
     /// The chunk holding `offset`, or failing that the first chunk after it (records
     /// before it were trimmed while we looked), as its base offset and bytes. `None`
     /// when the chunk was removed between reading the index and reading it.
-    fn chunk_at(&self, id: u64, offset: u64) -> Result<Option<(u64, Bytes)>, StorageError> {
+    fn chunk_at(&self, log: &TopicLog, offset: u64) -> Result<Option<(u64, Bytes)>, StorageError> {
+        let id = log.id();
         let found = match self.index_at(id, offset)? {
             Some(found) => Some(found),
             None => {
@@ -93,14 +100,18 @@ impl LogReader<'_> {
                     .transpose()?
             }
         };
-        let Some((base, _)) = found else {
+        let Some((base, meta)) = found else {
             return Ok(None);
         };
-        Ok(self.load_chunk(id, base)?.map(|chunk| (base, chunk)))
+        let Some(chunk) = self.load_chunk(id, base)? else {
+            return Ok(None);
+        };
+        verify(log, base, &meta, &chunk)?;
+        Ok(Some((base, chunk)))
     }
 
     /// A chunk's bytes, joined from its parts (one part unless it holds a record larger
-    /// than a part).
+    /// than a part). Unchecked: see [`verify`].
     fn load_chunk(&self, id: u64, base: u64) -> Result<Option<Bytes>, StorageError> {
         let mut parts = self.0.scan_prefix(keys::with_offset(keys::CHUNK, id, base));
         let Some((_, first)) = parts.next().transpose()? else {
@@ -152,7 +163,7 @@ impl LogReader<'_> {
                 hi = base.max(lo);
             } else {
                 // The boundary lies inside this chunk.
-                let Some((base, chunk)) = self.chunk_at(log.id(), mid)? else {
+                let Some((base, chunk)) = self.chunk_at(log, mid)? else {
                     return Ok(lo);
                 };
                 for (offset, entry) in (base..).zip(record::entries(&chunk)) {
@@ -184,7 +195,7 @@ impl LogReader<'_> {
         if let Some(max_bytes) = retention.max_bytes
             && stats.bytes > max_bytes
         {
-            first = first.max(self.offset_after_bytes(log.id(), stats, stats.bytes - max_bytes)?);
+            first = first.max(self.offset_after_bytes(log, stats, stats.bytes - max_bytes)?);
         }
         Ok((first > stats.first).then_some(first.min(stats.next)))
     }
@@ -193,10 +204,11 @@ impl LogReader<'_> {
     /// `excess` bytes.
     fn offset_after_bytes(
         &self,
-        id: u64,
+        log: &TopicLog,
         stats: LogStats,
         excess: u64,
     ) -> Result<u64, StorageError> {
+        let id = log.id();
         let mut freed = 0u64;
         let mut offset = stats.first;
         while offset < stats.next {
@@ -210,7 +222,7 @@ impl LogReader<'_> {
                 continue;
             }
             // A partial chunk: walk its entries.
-            let Some((base, chunk)) = self.chunk_at(id, offset)? else {
+            let Some((base, chunk)) = self.chunk_at(log, offset)? else {
                 break;
             };
             for (o, entry) in (base..).zip(record::entries(&chunk)) {
@@ -228,7 +240,13 @@ impl LogReader<'_> {
     }
 
     /// Bytes taken by records `from..to` of a topic.
-    pub(super) fn bytes_between(&self, id: u64, from: u64, to: u64) -> Result<u64, StorageError> {
+    pub(super) fn bytes_between(
+        &self,
+        log: &TopicLog,
+        from: u64,
+        to: u64,
+    ) -> Result<u64, StorageError> {
+        let id = log.id();
         let mut total = 0;
         let mut offset = from;
         while offset < to {
@@ -238,7 +256,7 @@ impl LogReader<'_> {
             let end = base + u64::from(meta.count);
             if base >= offset && end <= to {
                 total += u64::from(meta.bytes);
-            } else if let Some((base, chunk)) = self.chunk_at(id, offset)? {
+            } else if let Some((base, chunk)) = self.chunk_at(log, offset)? {
                 for (o, entry) in (base..).zip(record::entries(&chunk)) {
                     if (offset..to).contains(&o) {
                         total += entry?.encoded_len as u64;
@@ -257,4 +275,35 @@ pub(super) fn decode_index(key: &[u8], value: &[u8]) -> Result<(u64, ChunkMeta),
     let meta = ChunkMeta::decode(value)
         .ok_or_else(|| StorageError::corrupt("index entry of the wrong size"))?;
     Ok((base, meta))
+}
+
+/// Checks a chunk read from sled against its index entry: its length, and its CRC-32
+/// when the entry has one. A mismatch means the stored bytes are not the ones written.
+fn verify(log: &TopicLog, base: u64, meta: &ChunkMeta, chunk: &[u8]) -> Result<(), StorageError> {
+    let problem = if chunk.len() != meta.bytes as usize {
+        format!(
+            "is {} bytes long, its index entry says {}",
+            chunk.len(),
+            meta.bytes
+        )
+    } else {
+        match meta.crc {
+            Some(crc) if crc32fast::hash(chunk) != crc => {
+                "fails its checksum: its bytes changed after they were written".to_owned()
+            }
+            _ => return Ok(()),
+        }
+    };
+    let last = base + u64::from(meta.count).saturating_sub(1);
+    error!(
+        topic = %log.name(),
+        offset = base,
+        records = meta.count,
+        "stored records are corrupt and will not be served: the chunk {problem}"
+    );
+    Err(StorageError::corrupt(format!(
+        "topic `{}`: the records at offsets {base}..={last} are damaged on disk and cannot \
+         be served (the chunk {problem})",
+        log.name()
+    )))
 }

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use proptest::prelude::*;
 use quiver_protocol::record::decode_batch;
-use quiver_protocol::{Durability, GroupSettings, Retention};
+use quiver_protocol::{Durability, GroupSettings, OnError, Retention};
 
 use super::*;
 
@@ -570,7 +570,7 @@ fn a_data_dir_created_with_other_segments_still_opens() {
             .unwrap(),
     );
     assert_eq!(
-        created_segment_size(&dir.path().join("db")),
+        created_segment_size(&dir.path().join("db")).unwrap(),
         Some(512 << 10)
     );
     let rt = rt();
@@ -660,6 +660,49 @@ fn topic_records_written_before_durability_existed_still_read() {
 }
 
 #[test]
+fn pipelines_written_before_stages_recorded_their_attacher_still_read() {
+    #[derive(serde::Serialize)]
+    struct OldStage {
+        plugin: String,
+        params: Vec<(String, String)>,
+        on_error: OnError,
+    }
+    #[derive(serde::Serialize)]
+    struct Before {
+        id: u64,
+        name: String,
+        retention: Retention,
+        created_ms: u64,
+        dead_letter: Option<String>,
+        pipeline: Vec<OldStage>,
+        durability: Durability,
+    }
+    let before = Before {
+        id: 7,
+        name: "old.topic".into(),
+        retention: Retention::default(),
+        created_ms: 1,
+        dead_letter: None,
+        pipeline: vec![OldStage {
+            plugin: "router".into(),
+            params: vec![("to".into(), "a".into())],
+            on_error: OnError::FailOpen,
+        }],
+        durability: Durability::Batched { interval_ms: 9 },
+    };
+    let meta = TopicMeta::decode(&postcard::to_allocvec(&before).unwrap()).unwrap();
+    assert_eq!(meta.durability, Durability::Batched { interval_ms: 9 });
+    assert_eq!(
+        meta.pipeline,
+        vec![
+            Stage::new("router")
+                .param("to", "a")
+                .on_error(OnError::FailOpen)
+        ]
+    );
+}
+
+#[test]
 fn a_restart_reads_only_the_newest_dedup_entries_it_keeps() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
@@ -695,4 +738,182 @@ fn a_restart_reads_only_the_newest_dedup_entries_it_keeps() {
         assert_eq!(sequences(0), Vec::<u64>::new());
         storage.close().await;
     });
+}
+
+/// Replaces the value under `key` with what `change` makes of it (the tree directly, as
+/// damage on disk would).
+fn tamper(storage: &Storage, key: &[u8], change: impl FnOnce(&mut Vec<u8>)) {
+    let mut value = storage.tree.get(key).unwrap().unwrap().to_vec();
+    change(&mut value);
+    storage.tree.insert(key, value).unwrap();
+}
+
+#[test]
+fn a_chunk_whose_bytes_changed_is_reported_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let (storage, _) = Storage::open(&config(&dir, 1 << 20)).unwrap();
+        let log = storage
+            .create_topic(name("guarded"), Retention::default())
+            .await
+            .unwrap();
+        // Three commits: three chunks, at offsets 0, 10 and 20.
+        for i in 0..3 {
+            storage
+                .append(log.clone(), payloads(i * 10..i * 10 + 10))
+                .await
+                .unwrap();
+        }
+        // One byte of a payload in the middle chunk changes.
+        tamper(&storage, &keys::chunk_part(log.id(), 10, 0), |v| {
+            let last = v.len() - 1;
+            v[last] ^= 0x20;
+        });
+        for from in [10, 15, 19] {
+            let e = storage.read(&log, from, 100, usize::MAX).unwrap_err();
+            assert!(
+                matches!(&e, StorageError::Corrupt(m) if m.contains("offsets 10..=19")
+                    && m.contains("checksum")),
+                "{e}"
+            );
+        }
+        // The intact chunks around it are still served, and only they.
+        let first = storage.read(&log, 0, 100, usize::MAX).unwrap().unwrap();
+        assert_eq!((first.base_offset, first.count), (0, 10));
+        let last = storage.read(&log, 20, 100, usize::MAX).unwrap().unwrap();
+        assert_eq!((last.base_offset, last.count), (20, 10));
+
+        // A part too many (say, left over from elsewhere) changes the length.
+        tamper(&storage, &keys::chunk_part(log.id(), 10, 0), |v| {
+            let last = v.len() - 1;
+            v[last] ^= 0x20;
+        });
+        assert!(storage.read(&log, 10, 100, usize::MAX).is_ok(), "restored");
+        storage
+            .tree
+            .insert(&keys::chunk_part(log.id(), 10, 1)[..], &b"stale"[..])
+            .unwrap();
+        let e = storage.read(&log, 12, 100, usize::MAX).unwrap_err();
+        assert!(
+            matches!(&e, StorageError::Corrupt(m) if m.contains("bytes long")),
+            "{e}"
+        );
+        storage.close().await;
+    });
+}
+
+#[test]
+fn chunks_indexed_before_checksums_still_read_and_the_stamp_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let (storage, _) = Storage::open(&config(&dir, 200)).unwrap();
+        let log = storage
+            .create_topic(name("old.layout"), Retention::default())
+            .await
+            .unwrap();
+        storage.append(log.clone(), payloads(0..40)).await.unwrap();
+        // Make it a data dir of the first layout: 24-byte index entries, version 1.
+        let index = keys::with_offset(keys::INDEX, log.id(), 0);
+        let entries: Vec<_> = storage
+            .tree
+            .scan_prefix(&index[..9])
+            .keys()
+            .map(Result::unwrap)
+            .collect();
+        assert!(entries.len() > 1, "several chunks");
+        for key in &entries {
+            tamper(&storage, key, |v| v.truncate(24));
+        }
+        storage
+            .tree
+            .insert(keys::VERSION, &keys::FORMAT_V1.to_be_bytes())
+            .unwrap();
+        storage.sync().await.unwrap();
+        storage.close().await;
+    });
+    rt.block_on(async {
+        let (storage, topics) = reopen(&config(&dir, 200));
+        let log = topics[0].clone();
+        let all = read_all(&storage, &log, 7);
+        assert_eq!(all.len(), 40);
+        assert_eq!(all[39], (39, Bytes::from("record-39")));
+        assert_eq!(
+            storage.tree.get(keys::VERSION).unwrap().unwrap().as_ref(),
+            keys::FORMAT.to_be_bytes(),
+            "opening upgrades the stamp, so older brokers refuse the data dir"
+        );
+        storage.append(log.clone(), payloads(40..50)).await.unwrap();
+        assert_eq!(read_all(&storage, &log, 1000).len(), 50);
+        storage.close().await;
+    });
+}
+
+#[test]
+fn a_data_dir_of_an_unknown_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let (storage, _) = Storage::open(&config(&dir, 200)).unwrap();
+        storage
+            .tree
+            .insert(keys::VERSION, &9u32.to_be_bytes())
+            .unwrap();
+        storage.sync().await.unwrap();
+        storage.close().await;
+    });
+    let mut opened = Storage::open(&config(&dir, 200));
+    for _ in 0..500 {
+        match &opened {
+            Err(StorageError::Sled(sled::Error::Io(e))) if e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                opened = Storage::open(&config(&dir, 200));
+            }
+            _ => break,
+        }
+    }
+    let e = opened.unwrap_err();
+    assert!(e.to_string().contains("layout version 9"), "{e}");
+    assert!(e.remedy().contains("backup"), "{}", e.remedy());
+}
+
+#[test]
+fn a_missing_conf_is_refused_once_the_log_holds_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir, 200);
+    // A new data dir opens whether or not sled has written its conf yet.
+    assert_eq!(created_segment_size(&config.path).unwrap(), None);
+    rt().block_on(async {
+        let (storage, _) = Storage::open(&config).unwrap();
+        let log = storage
+            .create_topic(name("t"), Retention::default())
+            .await
+            .unwrap();
+        storage.append(log, payloads(0..5)).await.unwrap();
+        storage.close().await;
+    });
+    assert_eq!(
+        created_segment_size(&config.path).unwrap(),
+        Some(SEGMENT_BYTES)
+    );
+    std::fs::remove_file(config.path.join("conf")).unwrap();
+    let e = Storage::open(&config).unwrap_err();
+    assert!(
+        matches!(&e, StorageError::Corrupt(m) if m.contains("conf") && m.contains("missing")),
+        "{e}"
+    );
+    std::fs::write(config.path.join("conf"), b"\xff\xfe not sled's settings").unwrap();
+    let e = Storage::open(&config).unwrap_err();
+    assert!(e.to_string().contains("unreadable"), "{e}");
+}
+
+#[test]
+fn a_panic_while_opening_becomes_an_error() {
+    let e = catch_panic::<()>(|| panic!("tried to serialize Uninitialized")).unwrap_err();
+    assert!(
+        matches!(&e, StorageError::Corrupt(m) if m.contains("tried to serialize Uninitialized")),
+        "{e}"
+    );
+    // The hook is restored: a later panic is not swallowed by this one's.
+    assert_eq!(catch_panic(|| Ok(7)).unwrap(), 7);
 }

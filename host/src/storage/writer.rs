@@ -11,6 +11,17 @@
 //!
 //! Clean-up commands (trim, purge) run alone between groups: they read the tree, which
 //! must not hold half-staged appends of the same topic.
+//!
+//! A failed write halts the writer: sled 0.34 keeps the first IO error of a write (a
+//! full disk, a file-size limit, a failing device) and fails every later write and
+//! flush with it, even once the cause is gone; only reopening the data dir clears it.
+//! So after one, every command is refused at once with [`StorageError::Halted`] (no
+//! publish is ever acknowledged that is not on disk), while readers go on reading
+//! what is durable from the same database: most reads succeed, but one that makes sled
+//! finish a tree-node split the failed write left behind (sled does that while reading)
+//! fails too. A restart recovers. (Reopening in place was measured and rejected: sled
+//! writes while opening, so with the disk still full the reopen fails and leaves
+//! nothing to read from.)
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -115,6 +126,8 @@ pub(super) struct Writer {
     /// The largest value under one key (see [`keys::part_bytes`]).
     part_bytes: usize,
     flusher: Flusher,
+    /// Why writes stopped, once one failed (see the module docs).
+    halted: Option<String>,
 }
 
 /// A chunk being filled during one group.
@@ -193,6 +206,51 @@ impl Writer {
             chunk_bytes: chunk_bytes.max(1),
             part_bytes: part_bytes.max(1),
             flusher,
+            halted: None,
+        }
+    }
+
+    /// Stops all writes after `cause` (a failed sled write), once.
+    fn halt(&mut self, cause: &StorageError) {
+        if self.halted.is_none() {
+            error!(
+                cause = %cause,
+                "a storage write failed: refusing every write from now on, serving reads \
+                 as sled allows. Fix the cause (free disk space?) and restart the broker"
+            );
+            self.halted = Some(cause.to_string());
+        }
+    }
+
+    /// Applies a clean-up batch (flushed by the next commit), halting on failure.
+    fn apply(&mut self, batch: sled::Batch) -> Result<(), StorageError> {
+        self.tree.apply_batch(batch).map_err(|e| {
+            let e = StorageError::from(e);
+            self.halt(&e);
+            e
+        })
+    }
+
+    /// Answers a command at once with [`StorageError::Halted`].
+    fn refuse_halted(&self, command: Command, cause: &str) {
+        let halted = || StorageError::Halted(cause.to_owned());
+        match command {
+            Command::Append { reply, .. } => refuse(reply, halted()),
+            Command::CreateGroup { reply, .. }
+            | Command::DeleteGroup { reply, .. }
+            | Command::Delete { reply, .. }
+            | Command::SetPipeline { reply, .. }
+            | Command::PutPlugin { reply, .. }
+            | Command::RemovePlugin { reply, .. }
+            | Command::Sync { reply } => refuse(reply, halted()),
+            Command::Create { reply, .. } => refuse(reply, halted()),
+            Command::Trim { reply, .. }
+            | Command::Purge { reply, .. }
+            | Command::PurgeDedup { reply, .. } => refuse(reply, halted()),
+            Command::GroupWrites { name, .. } => {
+                debug!(group = %name, "group state not written: storage is halted");
+            }
+            Command::Shutdown { .. } => unreachable!("run() handles shutdown itself"),
         }
     }
 
@@ -214,17 +272,24 @@ impl Writer {
                         let _ = reply.send(());
                         return;
                     }
+                    command if self.halted.is_some() => {
+                        let cause = self.halted.clone().unwrap_or_default();
+                        self.refuse_halted(command, &cause);
+                    }
                     Command::Trim { log, first, reply } => {
                         self.commit(std::mem::take(&mut group));
-                        let _ = reply.send(self.trim(&log, first));
+                        let trimmed = self.trim(&log, first);
+                        let _ = reply.send(trimmed);
                     }
                     Command::Purge { id, reply } => {
                         self.commit(std::mem::take(&mut group));
-                        let _ = reply.send(self.purge(id));
+                        let purged = self.purge(id);
+                        let _ = reply.send(purged);
                     }
                     Command::PurgeDedup { before_ms, reply } => {
                         self.commit(std::mem::take(&mut group));
-                        let _ = reply.send(self.purge_dedup(before_ms));
+                        let purged = self.purge_dedup(before_ms);
+                        let _ = reply.send(purged);
                     }
                     staged => self.stage(&mut group, staged),
                 }
@@ -590,7 +655,7 @@ impl Writer {
     }
 
     /// Removes up to [`CLEANUP_STEP`] deduplication entries older than `before_ms`.
-    fn purge_dedup(&self, before_ms: u64) -> Result<Cleanup, StorageError> {
+    fn purge_dedup(&mut self, before_ms: u64) -> Result<Cleanup, StorageError> {
         let mut batch = sled::Batch::default();
         let lo = keys::dedup(0, 0);
         let hi = keys::dedup(before_ms, 0);
@@ -599,7 +664,7 @@ impl Writer {
             batch.remove(key?);
             removed += 1;
         }
-        self.tree.apply_batch(batch)?;
+        self.apply(batch)?;
         Ok(Cleanup {
             removed,
             more: removed == CLEANUP_STEP,
@@ -608,7 +673,7 @@ impl Writer {
 
     /// Applies and flushes a group (or schedules its flush, see the module docs), then
     /// publishes its effects and answers.
-    fn commit(&self, mut group: CommitGroup) {
+    fn commit(&mut self, mut group: CommitGroup) {
         if group.done.is_empty() && !group.touched {
             return;
         }
@@ -651,9 +716,10 @@ impl Writer {
             })
             .map_err(StorageError::from);
         if let Err(e) = &result {
-            // Nothing was acknowledged and no in-memory stats moved, so the offsets
-            // staged here will be assigned again by the next successful commit.
+            // Nothing was acknowledged and no in-memory stats moved. The batch may be
+            // applied in memory, though, so nothing more is written: see the module docs.
             error!(cause = %e, "group commit failed");
+            self.halt(e);
         } else {
             for staged in group.staged.values() {
                 staged.log.set_stats(staged.stats);
@@ -666,7 +732,7 @@ impl Writer {
     }
 
     /// Moves a topic's first offset up to `first` and removes chunks below it.
-    fn trim(&self, log: &TopicLog, first: u64) -> Result<Cleanup, StorageError> {
+    fn trim(&mut self, log: &TopicLog, first: u64) -> Result<Cleanup, StorageError> {
         if log.is_deleted() {
             return Ok(Cleanup {
                 removed: 0,
@@ -677,7 +743,7 @@ impl Writer {
         let mut batch = sled::Batch::default();
         let first = first.min(stats.next);
         if first > stats.first {
-            let freed = LogReader(&self.tree).bytes_between(log.id(), stats.first, first)?;
+            let freed = LogReader(&self.tree).bytes_between(log, stats.first, first)?;
             stats.bytes = stats.bytes.saturating_sub(freed);
             stats.first = first;
             batch.insert(&keys::with_id(keys::STATS, log.id()), &stats.encode());
@@ -699,14 +765,14 @@ impl Writer {
             remove_chunk(&self.tree, &mut batch, log.id(), base)?;
             removed += 1;
         }
-        self.tree.apply_batch(batch)?;
+        self.apply(batch)?;
         log.set_stats(stats);
         Ok(Cleanup { removed, more })
     }
 
     /// Removes up to [`CLEANUP_STEP`] chunks of a deleted topic; the purge marker goes
     /// with the last of them.
-    fn purge(&self, id: u64) -> Result<Cleanup, StorageError> {
+    fn purge(&mut self, id: u64) -> Result<Cleanup, StorageError> {
         let mut batch = sled::Batch::default();
         let lo = keys::with_offset(keys::INDEX, id, 0);
         let hi = keys::with_offset(keys::INDEX, id, u64::MAX);
@@ -722,7 +788,7 @@ impl Writer {
         if !more {
             batch.remove(&keys::with_id(keys::PURGE, id));
         }
-        self.tree.apply_batch(batch)?;
+        self.apply(batch)?;
         Ok(Cleanup { removed, more })
     }
 }
@@ -741,7 +807,9 @@ fn encode_meta(meta: &TopicMeta) -> Vec<u8> {
     postcard::to_allocvec(meta).expect("topic metadata always encodes")
 }
 
-fn seal(batch: &mut sled::Batch, id: u64, chunk: OpenChunk, part_bytes: usize) {
+/// Stages a chunk's parts and its index entry, with the checksum of its bytes.
+fn seal(batch: &mut sled::Batch, id: u64, mut chunk: OpenChunk, part_bytes: usize) {
+    chunk.meta.crc = Some(crc32fast::hash(&chunk.buf));
     for (part, bytes) in (0u32..).zip(chunk.buf.chunks(part_bytes)) {
         batch.insert(&keys::chunk_part(id, chunk.base, part), bytes);
     }

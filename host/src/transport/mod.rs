@@ -2,7 +2,7 @@
 //!
 //! It hands the rest of the broker Quiver's own types: a [`Listener`] that yields
 //! [`Connection`]s, and streams of typed frames ([`FrameReader`], [`FrameWriter`]).
-//! TLS 1.3 only, ALPN `quiver/1`.
+//! TLS 1.3 only, ALPN `quiver/2`.
 
 pub mod tls;
 
@@ -51,6 +51,8 @@ pub enum CloseCode {
     ProtocolViolation = 1,
     /// The broker is shutting down.
     ShuttingDown = 2,
+    /// A limit was reached (limits.max_connections); the reason names it.
+    LimitReached = 3,
 }
 
 /// Transport settings.
@@ -62,6 +64,9 @@ pub struct TransportSettings {
     pub max_frame_len: usize,
     /// Close connections idle this long (clients send keep-alives more often).
     pub idle_timeout: Duration,
+    /// CA certificates (PEM file) whose client certificates the broker accepts; with
+    /// none, clients are not asked for a certificate.
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 /// A bound QUIC endpoint accepting broker connections.
@@ -79,10 +84,14 @@ impl Listener {
         settings: &TransportSettings,
     ) -> Result<Self, TransportError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| TransportError::Tls(e.to_string()))?
-            .with_no_client_auth()
+            .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let tls = match &settings.client_ca {
+            Some(ca) => tls.with_client_cert_verifier(tls::client_verifier(ca, provider)?),
+            None => tls.with_no_client_auth(),
+        };
+        let mut tls = tls
             .with_single_cert(identity.certs, identity.key)
             .map_err(|e| TransportError::Tls(format!("certificate and key do not fit: {e}")))?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
@@ -183,6 +192,14 @@ impl Connection {
                 buf: BytesMut::new(),
             },
         })
+    }
+
+    /// The subject common name of the client's certificate, when it presented one
+    /// (the TLS handshake already verified it against the configured client CA).
+    pub fn peer_common_name(&self) -> Option<String> {
+        let certs = self.conn.peer_identity()?;
+        let certs = certs.downcast_ref::<Vec<rustls_pki_types::CertificateDer<'static>>>()?;
+        tls::common_name(certs.first()?)
     }
 
     /// Closes the connection with a code and reason.

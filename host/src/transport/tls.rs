@@ -4,6 +4,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -81,6 +82,38 @@ fn load(cert_path: &Path, key_path: &Path, origin: Origin) -> Result<Identity, T
         cert_path: cert_path.to_owned(),
         origin,
     })
+}
+
+/// Verifies client certificates against the CA certificates in `ca` (PEM). Clients
+/// without a certificate are let through the TLS handshake; the session then asks
+/// for another credential or refuses them.
+pub(super) fn client_verifier(
+    ca: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TransportError> {
+    let file_error = |e: &dyn std::fmt::Display| {
+        TransportError::Tls(format!("client CA file {}: {e}", ca.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| file_error(&e))? {
+        roots
+            .add(cert.map_err(|e| file_error(&e))?)
+            .map_err(|e| file_error(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(file_error(&"no certificate in the file"));
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| file_error(&e))
+}
+
+/// The first subject common name (CN) of a certificate.
+pub(super) fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
 }
 
 fn generate(cert_path: &Path, key_path: &Path) -> Result<(), TransportError> {

@@ -1,0 +1,101 @@
+//! The right each request needs: what the session asks [`Access`] before it carries
+//! a request out, and how list answers are cut to what the principal may see.
+//!
+//! A request whose name or pattern does not parse passes here: carrying it out
+//! reports the name with its own error.
+
+use quiver_protocol::{Op, OpReply, TopicName, TopicPattern};
+
+use super::{Access, Right};
+use crate::broker::{Broker, BrokerError};
+
+/// Checks that the client's principal may make a request. Requests with an invalid
+/// name pass: carrying them out reports the name.
+pub(crate) fn authorize(broker: &Broker, access: &Access, op: &Op) -> Result<(), BrokerError> {
+    if access.is_unrestricted() {
+        return Ok(());
+    }
+    let topic = |right: Right, name: &str| match TopicName::parse(name) {
+        Ok(name) => Ok(access.check_topic(right, &name)?),
+        Err(_) => Ok(()),
+    };
+    match op {
+        Op::Publish { topic: name, .. } | Op::Request { topic: name, .. } => {
+            topic(Right::Publish, name)
+        }
+        Op::CreateTopic { name, .. }
+        | Op::DeleteTopic { name }
+        | Op::AttachPlugin { topic: name, .. }
+        | Op::DetachPlugin { topic: name, .. } => topic(Right::Admin, name),
+        Op::DescribeTopic { name } => match TopicName::parse(name) {
+            Ok(name) => Ok(access.check_visible(&name)?),
+            Err(_) => Ok(()),
+        },
+        // Plugin binaries serve every topic: managing them takes admin on all.
+        Op::DeployPlugin { .. } | Op::UpgradePlugin { .. } | Op::RemovePlugin { .. } => {
+            Ok(access.check_pattern(Right::Admin, &TopicPattern::every())?)
+        }
+        Op::CreateGroup { settings, .. } => {
+            authorize_pattern(access, Right::Group, &settings.pattern)
+        }
+        Op::DeleteGroup { name } | Op::DescribeGroup { name } | Op::ResetGroup { name, .. } => {
+            authorize_group(broker, access, name)
+        }
+        // Lists are filtered to what the principal may see (`visible`); a reply needs
+        // the request it answers, which only a subscriber received.
+        Op::ListTopics
+        | Op::ListGroups
+        | Op::ListPlugins
+        | Op::PluginStatus { .. }
+        | Op::Reply { .. } => Ok(()),
+    }
+}
+
+/// Checks a right on every topic a pattern matches; an invalid pattern passes (the
+/// request reports it).
+fn authorize_pattern(access: &Access, right: Right, pattern: &str) -> Result<(), BrokerError> {
+    match TopicPattern::parse(pattern) {
+        Ok(pattern) => Ok(access.check_pattern(right, &pattern)?),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Checks the subscribe right on a subscription's pattern.
+pub(crate) fn authorize_subscribe(access: &Access, pattern: &str) -> Result<(), BrokerError> {
+    authorize_pattern(access, Right::Subscribe, pattern)
+}
+
+/// Checks the group right on the topics a group consumes; an unknown group passes
+/// (the request reports it).
+pub(crate) fn authorize_group(
+    broker: &Broker,
+    access: &Access,
+    group: &str,
+) -> Result<(), BrokerError> {
+    match broker.group(group) {
+        Ok(group) => Ok(access.check_pattern(Right::Group, group.pattern())?),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Leaves out of a list answer what the principal holds no right on.
+pub(crate) fn visible(broker: &Broker, access: &Access, answer: OpReply) -> OpReply {
+    if access.is_unrestricted() {
+        return answer;
+    }
+    match answer {
+        OpReply::Topics(mut topics) => {
+            topics.retain(|t| TopicName::parse(&t.name).is_ok_and(|name| access.may_see(&name)));
+            OpReply::Topics(topics)
+        }
+        OpReply::Groups(mut groups) => {
+            groups.retain(|g| {
+                broker
+                    .group(&g.name)
+                    .is_ok_and(|group| access.allows_pattern(Right::Group, group.pattern()))
+            });
+            OpReply::Groups(groups)
+        }
+        other => other,
+    }
+}

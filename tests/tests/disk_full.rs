@@ -1,0 +1,138 @@
+//! A full disk, stood in for by the broker's file-size limit (`RLIMIT_FSIZE`, so no
+//! root is needed): publishers get a typed `Storage` error and never a receipt for
+//! what is not on disk, subscribers keep being served, and everything acknowledged is
+//! intact after a restart, which accepts publishes again.
+
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use quiver_client::{ErrorCode, Retention, StartAt, SubscribeOptions, Subscription};
+use quiver_tests::{Broker, DataDir, read_all};
+
+const TOPIC: &str = "filling";
+/// The broker may grow no file past this: sled's log reaches it after a few MiB of
+/// records.
+const LIMIT: u64 = 6 << 20;
+
+/// The payload of publish `i`: distinct, 16 KiB.
+fn payload(i: usize) -> Vec<u8> {
+    let mut p = format!("publish {i:06} ").into_bytes();
+    p.resize(16 << 10, b'a' + (i % 26) as u8);
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_publishes_with_a_storage_error_and_loses_nothing_acked() {
+    let data = DataDir::new();
+    let broker = Broker::launch_with_file_size_limit(&data, &[], &[], LIMIT);
+    let client = broker.client().await;
+    client
+        .create_topic(TOPIC, Retention::default())
+        .await
+        .unwrap();
+    let mut early = client
+        .subscribe(TOPIC, SubscribeOptions::from(StartAt::Earliest))
+        .await
+        .unwrap();
+
+    // Publish until the disk is full.
+    let mut acked = Vec::new();
+    let failure = loop {
+        let attempt = payload(acked.len());
+        match client.publish(TOPIC, attempt.clone()).await {
+            Ok(offset) => {
+                assert_eq!(offset, acked.len() as u64, "offsets dense");
+                acked.push(attempt);
+            }
+            Err(e) => break (e, attempt),
+        }
+        assert!(
+            (acked.len() as u64) < 4 * LIMIT / (16 << 10),
+            "the file-size limit was never hit"
+        );
+    };
+    let (error, failed) = failure;
+    assert_eq!(error.code(), Some(ErrorCode::Storage), "{error}");
+    assert!(
+        !acked.is_empty(),
+        "records were acknowledged before the limit"
+    );
+
+    // Later writes fail at once with the same typed error, saying what to do; space
+    // coming back does not change that until a restart (sled keeps its first error).
+    broker.set_file_size_limit(None);
+    let again = client.publish(TOPIC, "one more").await.unwrap_err();
+    assert_eq!(again.code(), Some(ErrorCode::Storage), "{again}");
+    assert!(again.to_string().contains("restart"), "{again}");
+    let create = client
+        .create_topic("another", Retention::default())
+        .await
+        .unwrap_err();
+    assert_eq!(create.code(), Some(ErrorCode::Storage), "{create}");
+
+    // The broker keeps serving: control requests are answered, new connections are
+    // accepted, and nothing unacknowledged is visible. Subscribers get acknowledged
+    // records byte for byte; one reading where the failed write left sled's tree (a
+    // node to split, which sled does while reading) gets a typed Storage error, not
+    // wrong or unacknowledged records.
+    let info = client.describe_topic(TOPIC).await.unwrap();
+    assert_eq!(
+        info.records,
+        acked.len() as u64,
+        "nothing unacknowledged is visible"
+    );
+    read_acked(&mut early, &acked).await;
+    let other = broker.client().await;
+    let mut late = other
+        .subscribe(TOPIC, SubscribeOptions::from(StartAt::Earliest))
+        .await
+        .unwrap();
+    read_acked(&mut late, &acked).await;
+    other.close().await;
+    client.close().await;
+
+    // SIGKILL, then a restart with space: everything acknowledged is there, intact; at
+    // most the one publish that failed may have reached the disk (a failed publish is
+    // not known to be lost), and publishing works again.
+    broker.kill9();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    let stored = read_all(&client, TOPIC).await;
+    assert!(
+        stored.len() >= acked.len(),
+        "every acknowledged record survives"
+    );
+    assert!(
+        stored.len() <= acked.len() + 1,
+        "only publishes that were tried"
+    );
+    for (i, record) in stored.iter().enumerate() {
+        let expected = if i < acked.len() { &acked[i] } else { &failed };
+        assert!(record.payload[..] == expected[..], "record {i} intact");
+    }
+    let next = client.publish(TOPIC, "after the restart").await.unwrap();
+    assert_eq!(next, stored.len() as u64);
+}
+
+/// Reads `acked.len()` records, each as acknowledged, unless the subscription ends
+/// with a `Storage` error first; returns how many it read.
+async fn read_acked(sub: &mut Subscription, acked: &[Vec<u8>]) -> usize {
+    for (i, expected) in acked.iter().enumerate() {
+        let next = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {i} records"));
+        match next.expect("the subscription ends with an error, if at all") {
+            Ok(record) => {
+                assert_eq!(record.offset, i as u64);
+                assert!(record.payload[..] == expected[..], "record {i} intact");
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::Storage), "{e}");
+                return i;
+            }
+        }
+    }
+    acked.len()
+}
