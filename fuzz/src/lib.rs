@@ -35,31 +35,6 @@ fn encode_body<M: Serialize + Debug>(msg: &M) -> Vec<u8> {
     buf[LENGTH_PREFIX_LEN..].to_vec()
 }
 
-/// The topic-name grammar of docs/protocol.md, written as plainly as possible to check
-/// `quiver_protocol::name` against: dot-separated, non-empty tokens of `A-Z a-z 0-9 _ -`,
-/// at most 255 bytes in all; in a pattern a token may also be `*`, and the last one `>`.
-pub fn reference_is_valid(s: &str, pattern: bool) -> bool {
-    let tokens: Vec<&str> = s.split('.').collect();
-    !s.is_empty()
-        && s.len() <= 255
-        && tokens.iter().enumerate().all(|(i, token)| {
-            let literal = !token.is_empty()
-                && token
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            let wildcard = *token == "*" || (*token == ">" && i + 1 == tokens.len());
-            literal || (pattern && wildcard)
-        })
-}
-
-/// Whether the pattern's tokens match the name's, by recursion on the two token lists:
-/// `*` takes one token, a final `>` one or more, a literal itself.
-pub fn reference_matches(pattern: &[&str], name: &[&str]) -> bool {
-    match (pattern, name) {
-        ([], []) => true,
-        ([">"], rest) => !rest.is_empty(),
-        (["*", p @ ..], [_, n @ ..]) => reference_matches(p, n),
-        ([literal, p @ ..], [token, n @ ..]) => literal == token && reference_matches(p, n),
-        _ => false,
-    }
-}
+#[path = "../../protocol/tests/support/reference.rs"]
+mod reference;
+pub use reference::{reference_is_valid, reference_matches};

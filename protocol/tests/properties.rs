@@ -10,6 +10,11 @@ use proptest::prelude::*;
 use quiver_protocol::frame::{self, FrameDecoder, FrameError};
 use quiver_protocol::record::{self, decode_batch, encode_batch, entries};
 use quiver_protocol::*;
+use support::reference::{reference_is_valid, reference_matches};
+
+// Public for the fuzz crate, which includes the same reference file.
+#[allow(unreachable_pub)]
+mod support;
 
 /// Client frames whose shape does not depend on the handshake's fields.
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
@@ -65,33 +70,6 @@ fn decode_cut(
     }
     assert!(buf.is_empty(), "every frame was taken whole");
     results
-}
-
-/// The grammar of topic names and patterns (docs/protocol.md), as plainly as possible.
-fn reference_is_valid(s: &str, pattern: bool) -> bool {
-    let tokens: Vec<&str> = s.split('.').collect();
-    !s.is_empty()
-        && s.len() <= name::MAX_NAME_LEN
-        && tokens.iter().enumerate().all(|(i, token)| {
-            let literal = !token.is_empty()
-                && token
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            let wildcard = *token == "*" || (*token == ">" && i + 1 == tokens.len());
-            literal || (pattern && wildcard)
-        })
-}
-
-/// Matching by recursion on the two token lists: `*` takes one token, a final `>` one
-/// or more, a literal itself.
-fn reference_matches(pattern: &[&str], name: &[&str]) -> bool {
-    match (pattern, name) {
-        ([], []) => true,
-        ([">"], rest) => !rest.is_empty(),
-        (["*", p @ ..], [_, n @ ..]) => reference_matches(p, n),
-        ([literal, p @ ..], [token, n @ ..]) => literal == token && reference_matches(p, n),
-        _ => false,
-    }
 }
 
 /// Strings made of the tokens that matter to the grammar, so that valid names, valid

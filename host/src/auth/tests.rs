@@ -1,3 +1,5 @@
+//! Authentication and grant checks against real auth files in temp dirs.
+
 use super::file::{Grant, PrincipalEntry};
 use super::*;
 
