@@ -11,7 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use quiver_client::{
-    Client, Error, ErrorCode, GroupSettings, NewRecord, Retention, Stage, StartAt, SubscribeOptions,
+    Client, Error, ErrorCode, GroupSettings, NewRecord, Retention, Stage, StartAt,
+    SubscribeOptions, TopicConfig,
 };
 use quiver_tests::{
     Broker, DataDir, cli, eventually, example_plugin, quiver_bin, read_all, read_plugin, succeeded,
@@ -172,6 +173,17 @@ async fn grants_allow_and_deny_each_right_per_topic_pattern() {
         "bob",
         "billing.>",
     );
+    // A group's dead letters are writes: bob may not aim them at a topic he cannot
+    // publish to.
+    let dead_letters_elsewhere = GroupSettings {
+        dead_letter: Some("billing.invoices".into()),
+        ..GroupSettings::new("sensors.>")
+    };
+    forbidden(
+        bob.create_group("sneaky", dead_letters_elsewhere).await,
+        "bob",
+        "billing.invoices",
+    );
 
     // admin: topics, and plugins (which need admin on every topic)
     forbidden(
@@ -312,6 +324,16 @@ async fn plugins_route_only_where_their_attacher_may_publish() {
     let router = Stage::new("router")
         .param("field", "region")
         .param("routes", "eu=orders.eu,spy=audit");
+    // Nor may her topics dead-letter into it.
+    let config = TopicConfig {
+        dead_letter: Some("audit".into()),
+        ..TopicConfig::default()
+    };
+    forbidden(
+        carol.create_topic("orders.x", config).await,
+        "carol",
+        "audit",
+    );
     let info = carol.attach_plugin("orders.in", router).await.unwrap();
     assert_eq!(info.pipeline[0].attached_by.as_deref(), Some("carol"));
 

@@ -23,8 +23,15 @@ pub(crate) fn authorize(broker: &Broker, access: &Access, op: &Op) -> Result<(),
         Op::Publish { topic: name, .. } | Op::Request { topic: name, .. } => {
             topic(Right::Publish, name)
         }
-        Op::CreateTopic { name, .. }
-        | Op::DeleteTopic { name }
+        // Dead letters are writes to another topic: its publish right is needed too.
+        Op::CreateTopic { name, config } => {
+            topic(Right::Admin, name)?;
+            config
+                .dead_letter
+                .as_deref()
+                .map_or(Ok(()), |dlq| topic(Right::Publish, dlq))
+        }
+        Op::DeleteTopic { name }
         | Op::AttachPlugin { topic: name, .. }
         | Op::DetachPlugin { topic: name, .. } => topic(Right::Admin, name),
         Op::DescribeTopic { name } => match TopicName::parse(name) {
@@ -36,7 +43,11 @@ pub(crate) fn authorize(broker: &Broker, access: &Access, op: &Op) -> Result<(),
             Ok(access.check_pattern(Right::Admin, &TopicPattern::every())?)
         }
         Op::CreateGroup { settings, .. } => {
-            authorize_pattern(access, Right::Group, &settings.pattern)
+            authorize_pattern(access, Right::Group, &settings.pattern)?;
+            settings
+                .dead_letter
+                .as_deref()
+                .map_or(Ok(()), |dlq| topic(Right::Publish, dlq))
         }
         Op::DeleteGroup { name } | Op::DescribeGroup { name } | Op::ResetGroup { name, .. } => {
             authorize_group(broker, access, name)
