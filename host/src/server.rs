@@ -8,6 +8,12 @@
 //! Graceful shutdown: refuse new connections; stop reading requests; answer every
 //! publish already read (its records are committed and flushed); end subscriptions
 //! with `ShuttingDown`; close connections; flush and close storage.
+//!
+//! Recovering storage: once a failed write has halted storage (see
+//! `storage/writer.rs`), the server probes the data dir's file system until it can
+//! write [`RECOVERY_PROBE_BYTES`] again, then stops as for a shutdown and returns
+//! [`Stopped::ToRecoverStorage`]; the caller binds a new server on the same address,
+//! which reopens storage from what is durable. Until then reads go on being served.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -208,8 +214,9 @@ impl Server {
         (&self.cert_path, &self.cert_origin)
     }
 
-    /// Serves until `shutdown` resolves, then stops gracefully.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Serves until `shutdown` resolves, or until halted storage can be reopened
+    /// (see the module docs), then stops gracefully and says which it was.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Stopped {
         let Self {
             broker,
             auth,
@@ -238,11 +245,19 @@ impl Server {
         });
         tasks.spawn(refresh_auth(auth, stop.clone()));
         let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
-        tokio::pin!(shutdown);
-        loop {
+        let recoverable = {
+            let storage = broker.storage().clone();
+            let data = config.data.clone();
+            async move {
+                storage.halted().await;
+                room_again(&data).await;
+            }
+        };
+        tokio::pin!(shutdown, recoverable);
+        let stopped = loop {
             tokio::select! {
                 connecting = listener.accept() => {
-                    let Some(connecting) = connecting else { break };
+                    let Some(connecting) = connecting else { break Stopped::Shutdown };
                     let slot = Arc::clone(&connections).try_acquire_owned().ok();
                     let (broker, settings, stop) = (Arc::clone(&broker), Arc::clone(&settings), stop.clone());
                     let max = limits.max_connections;
@@ -260,9 +275,13 @@ impl Server {
                         drop(slot);
                     });
                 }
-                () = &mut shutdown => break,
+                () = &mut shutdown => break Stopped::Shutdown,
+                () = &mut recoverable => {
+                    warn!("the disk has room again: restarting to reopen storage");
+                    break Stopped::ToRecoverStorage;
+                }
             }
-        }
+        };
 
         info!("shutting down: no new connections; finishing in-flight work");
         listener.stop_accepting();
@@ -286,7 +305,56 @@ impl Server {
             .await;
         broker.storage().close().await;
         info!("stopped");
+        stopped
     }
+}
+
+/// Why [`Server::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// The shutdown signal came.
+    Shutdown,
+    /// Storage had halted and the disk has room again: bind a new server to reopen it.
+    ToRecoverStorage,
+}
+
+/// Free space a halted broker waits for before it reopens storage: a few of sled's
+/// segments, so that reopening (which writes) and the first commits have room.
+pub const RECOVERY_PROBE_BYTES: usize = 16 << 20;
+/// How often a halted broker checks for room.
+const RECOVERY_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Resolves once a file of [`RECOVERY_PROBE_BYTES`] can be written and synced in
+/// `data`: the room storage needs to be reopened.
+async fn room_again(data: &std::path::Path) {
+    let probe = data.join("recovery-probe");
+    let mut ticks = tokio::time::interval(RECOVERY_PROBE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let path = probe.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let written = write_probe(&path);
+            let _ = std::fs::remove_file(&path);
+            written
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => debug!(cause = %e, "no room for storage yet"),
+            Err(e) => debug!(cause = %e, "the space probe did not run"),
+        }
+    }
+}
+
+fn write_probe(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    let block = vec![0u8; 1 << 20];
+    for _ in 0..RECOVERY_PROBE_BYTES / block.len() {
+        file.write_all(&block)?;
+    }
+    file.sync_all()
 }
 
 /// How often the auth file is checked for changes (connecting clients also check).

@@ -277,12 +277,18 @@ impl Broker {
 
     /// A connected client.
     pub async fn client(&self) -> Client {
+        self.try_client()
+            .await
+            .expect("the broker accepts a connection")
+    }
+
+    /// A client, if the broker accepts one now.
+    pub async fn try_client(&self) -> Result<Client, quiver_client::Error> {
         Client::builder()
             .ca_file(&self.cert)
             .expect("the broker's certificate is readable")
             .connect(&self.addr)
             .await
-            .expect("the broker accepts a connection")
     }
 
     /// Kills the broker with SIGKILL (no chance to flush anything) and reaps it.

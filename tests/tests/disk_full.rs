@@ -1,7 +1,7 @@
 //! A full disk, stood in for by the broker's file-size limit (`RLIMIT_FSIZE`, so no
 //! root is needed): publishers get a typed `Storage` error and never a receipt for
-//! what is not on disk, subscribers keep being served, and everything acknowledged is
-//! intact after a restart, which accepts publishes again.
+//! what is not on disk, subscribers keep being served, and once there is room again
+//! the broker reopens its storage by itself, with everything acknowledged intact.
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use quiver_client::{ErrorCode, Retention, StartAt, SubscribeOptions, Subscription};
-use quiver_tests::{Broker, DataDir, read_all};
+use quiver_tests::{Broker, DataDir, eventually, read_all};
 
 const TOPIC: &str = "filling";
 /// The broker may grow no file past this: sled's log reaches it after a few MiB of
@@ -60,12 +60,14 @@ async fn a_full_disk_fails_publishes_with_a_storage_error_and_loses_nothing_acke
         "records were acknowledged before the limit"
     );
 
-    // Later writes fail at once with the same typed error, saying what to do; space
-    // coming back does not change that until a restart (sled keeps its first error).
-    broker.set_file_size_limit(None);
+    // Later writes fail at once with the same typed error, saying what happens next,
+    // as long as there is no room (sled keeps its first error).
     let again = client.publish(TOPIC, "one more").await.unwrap_err();
     assert_eq!(again.code(), Some(ErrorCode::Storage), "{again}");
-    assert!(again.to_string().contains("restart"), "{again}");
+    assert!(
+        again.to_string().contains("reopens it by itself"),
+        "{again}"
+    );
     let create = client
         .create_topic("another", Retention::default())
         .await
@@ -90,15 +92,26 @@ async fn a_full_disk_fails_publishes_with_a_storage_error_and_loses_nothing_acke
         .await
         .unwrap();
     read_acked(&mut late, &acked).await;
-    other.close().await;
-    client.close().await;
 
-    // SIGKILL, then a restart with space: everything acknowledged is there, intact; at
-    // most the one publish that failed may have reached the disk (a failed publish is
-    // not known to be lost), and publishing works again.
-    broker.kill9();
-    let broker = Broker::start(&data);
-    let client = broker.client().await;
+    // Room again: the broker (the same process) reopens its storage by itself and
+    // takes publishes again; everything acknowledged is there, intact, and at most the
+    // one publish that failed may have reached the disk (a failed publish is not known
+    // to be lost).
+    broker.set_file_size_limit(None);
+    let reopened = || async {
+        let client = broker.try_client().await.ok()?;
+        let created = client
+            .create_topic("after.recovery", Retention::default())
+            .await;
+        let writable =
+            created.is_ok() || created.is_err_and(|e| e.code() == Some(ErrorCode::TopicExists));
+        writable.then_some(client)
+    };
+    eventually(Duration::from_secs(60), "storage reopened", || async {
+        reopened().await.is_some()
+    })
+    .await;
+    let client = reopened().await.unwrap();
     let stored = read_all(&client, TOPIC).await;
     assert!(
         stored.len() >= acked.len(),
@@ -112,8 +125,14 @@ async fn a_full_disk_fails_publishes_with_a_storage_error_and_loses_nothing_acke
         let expected = if i < acked.len() { &acked[i] } else { &failed };
         assert!(record.payload[..] == expected[..], "record {i} intact");
     }
-    let next = client.publish(TOPIC, "after the restart").await.unwrap();
+    let next = client.publish(TOPIC, "after the recovery").await.unwrap();
     assert_eq!(next, stored.len() as u64);
+
+    // And it survives a crash right after, like any broker.
+    broker.kill9();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    assert_eq!(read_all(&client, TOPIC).await.len(), stored.len() + 1);
 }
 
 /// Reads `acked.len()` records, each as acknowledged, unless the subscription ends

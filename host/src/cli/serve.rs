@@ -4,13 +4,15 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tracing::info;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use crate::config::{AuthOverrides, Config, LogFormat, Overrides, PluginOverrides, TlsOverrides};
-use crate::server::Server;
+use crate::server::{Server, Stopped};
 use crate::transport::tls::Origin;
 
 #[derive(Debug, Args)]
@@ -71,7 +73,15 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let server = Server::bind(config.clone()).await?;
+        let stop = CancellationToken::new();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                shutdown_signal().await;
+                stop.cancel();
+            }
+        });
+        let mut server = Server::bind(config.clone()).await?;
         let addr = server.local_addr().context("reading the bound address")?;
         let (cert, origin) = server.certificate();
         if *origin == Origin::Generated {
@@ -89,9 +99,41 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .and_then(|()| stdout.flush())
         .context("writing the ready line")?;
         drop(stdout);
-        server.run(shutdown_signal()).await;
+        // Reopening storage binds again, on the port the first bind got.
+        let config = Config {
+            listen: addr,
+            ..config
+        };
+        while server.run(stop.clone().cancelled_owned()).await == Stopped::ToRecoverStorage {
+            match bind_again(&config, &stop).await {
+                Some(again) => server = again,
+                None => break,
+            }
+        }
         Ok(())
     })
+}
+
+/// How long to wait between attempts to bind again after stopping to reopen storage.
+const REBIND_RETRY: Duration = Duration::from_secs(1);
+
+/// Binds a new server on `config` after the last one stopped to reopen storage,
+/// retrying (the old storage may take a moment to let go of the data dir, or the disk
+/// may fill up again) until it succeeds or the broker is told to stop.
+async fn bind_again(config: &Config, stop: &CancellationToken) -> Option<Server> {
+    loop {
+        match Server::bind(config.clone()).await {
+            Ok(server) => {
+                info!(addr = %config.listen, "storage reopened; serving again");
+                return Some(server);
+            }
+            Err(e) => warn!(cause = %e, "cannot reopen storage yet; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(REBIND_RETRY) => {}
+            () = stop.cancelled() => return None,
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

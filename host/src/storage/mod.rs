@@ -42,7 +42,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{Bytes, BytesMut};
 use quiver_protocol::record::BatchError;
 use quiver_protocol::{NewRecord, PublishId, Receipt, Stage, TopicName};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use flusher::Flusher;
 pub use groups::{Dedup, GroupRecord, GroupWrite, ReceiptLayout, StoredGroup, StoredLane};
@@ -75,10 +75,10 @@ pub enum StorageError {
     #[error("storage is closed")]
     Closed,
     /// An earlier write failed (a full disk, an IO error), and sled refuses every
-    /// write after one: nothing more is written until the broker restarts.
+    /// write after one: nothing more is written until the storage is reopened.
     #[error(
-        "storage accepts no writes since one failed ({0}); the broker needs a restart once \
-         the cause (a full disk?) is fixed"
+        "storage accepts no writes since one failed ({0}); the broker reopens it by itself \
+         once its disk has room again (or restart it after fixing the cause)"
     )]
     Halted(String),
 }
@@ -276,6 +276,8 @@ pub struct Storage {
     tree: sled::Tree,
     commands: mpsc::Sender<Command>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Turns true when a failed write halts the writer.
+    halted: watch::Receiver<bool>,
 }
 
 impl Storage {
@@ -303,6 +305,7 @@ impl Storage {
             move || db.flush().map(drop)
         })
         .map_err(|e| StorageError::Sled(e.into()))?;
+        let (halted_signal, halted) = watch::channel(false);
         let writer = Writer::new(
             db.clone(),
             tree.clone(),
@@ -310,6 +313,7 @@ impl Storage {
             config.chunk_bytes,
             keys::part_bytes(segment_bytes),
             flusher,
+            halted_signal,
         );
         let handle = std::thread::Builder::new()
             .name("quiver-storage".into())
@@ -320,8 +324,19 @@ impl Storage {
             tree,
             commands,
             writer: Arc::new(Mutex::new(Some(handle))),
+            halted,
         };
         Ok((storage, topics))
+    }
+
+    /// Resolves once a failed write has halted all writes (see `writer`'s module
+    /// docs); never, if that does not happen.
+    pub async fn halted(&self) {
+        let mut halted = self.halted.clone();
+        if halted.wait_for(|halted| *halted).await.is_err() {
+            // The writer is gone (storage closed) without halting.
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Sends a command and waits for its answer.

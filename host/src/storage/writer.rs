@@ -19,9 +19,9 @@
 //! publish is ever acknowledged that is not on disk), while readers go on reading
 //! what is durable from the same database: most reads succeed, but one that makes sled
 //! finish a tree-node split the failed write left behind (sled does that while reading)
-//! fails too. A restart recovers. (Reopening in place was measured and rejected: sled
-//! writes while opening, so with the disk still full the reopen fails and leaves
-//! nothing to read from.)
+//! fails too. Reopening recovers: the server waits until the disk has room, then
+//! stops and binds again (`server.rs`); reopening at once would fail while the disk
+//! is still full (sled writes while opening) and leave nothing to read from.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quiver_protocol::record;
 use quiver_protocol::{Durability, NewRecord, PublishId, Receipt, Stage, TopicName};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, warn};
 
 use super::flusher::Flusher;
@@ -128,6 +128,8 @@ pub(super) struct Writer {
     flusher: Flusher,
     /// Why writes stopped, once one failed (see the module docs).
     halted: Option<String>,
+    /// Tells [`Storage::halted`](super::Storage::halted) waiters that writes stopped.
+    halted_signal: watch::Sender<bool>,
 }
 
 /// A chunk being filled during one group.
@@ -198,6 +200,7 @@ impl Writer {
         chunk_bytes: usize,
         part_bytes: usize,
         flusher: Flusher,
+        halted_signal: watch::Sender<bool>,
     ) -> Self {
         Self {
             db,
@@ -207,6 +210,7 @@ impl Writer {
             part_bytes: part_bytes.max(1),
             flusher,
             halted: None,
+            halted_signal,
         }
     }
 
@@ -216,9 +220,11 @@ impl Writer {
             error!(
                 cause = %cause,
                 "a storage write failed: refusing every write from now on, serving reads \
-                 as sled allows. Fix the cause (free disk space?) and restart the broker"
+                 as sled allows, until the disk has room to reopen storage (fix the cause: \
+                 free disk space?)"
             );
             self.halted = Some(cause.to_string());
+            self.halted_signal.send_replace(true);
         }
     }
 
@@ -264,8 +270,11 @@ impl Writer {
                 match command {
                     Command::Shutdown { reply } => {
                         self.commit(group);
-                        // What batched topics have not flushed yet.
-                        if let Err(e) = self.db.flush() {
+                        // What batched topics have not flushed yet (nothing can be,
+                        // once halted).
+                        if self.halted.is_none()
+                            && let Err(e) = self.db.flush()
+                        {
                             error!(cause = %e, "final flush failed");
                         }
                         debug!("storage writer stopped");
