@@ -138,6 +138,11 @@ async fn grants_allow_and_deny_each_right_per_topic_pattern() {
         "bob",
         "sensors.eu.temp",
     );
+    // A request is a publish: the same right (checked before anything else).
+    let ask = bob
+        .request("sensors.eu.temp", "?", Duration::from_secs(1))
+        .await;
+    forbidden(ask, "bob", "sensors.eu.temp");
 
     // subscribe: the grant must cover the whole pattern
     let options = || SubscribeOptions::from(StartAt::Earliest);

@@ -76,6 +76,9 @@ pub(super) struct BenchArgs {
     /// Certificate to trust for --server (see `quiver sub --help`).
     #[arg(long, env = "QUIVER_CA", requires = "server")]
     ca: Option<PathBuf>,
+    /// Token for --server, where it requires authentication (`quiver auth`).
+    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true, requires = "server")]
+    token: Option<String>,
 }
 
 /// Connects to the broker under test.
@@ -124,7 +127,13 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     settings.validate()?;
     let (own, connect) = match args.server {
-        Some(server) => (None, ConnectArgs::to(server, args.ca)),
+        Some(server) => (
+            None,
+            ConnectArgs {
+                token: args.token,
+                ..ConnectArgs::to(server, args.ca)
+            },
+        ),
         None => {
             let own = OwnBroker::start()?;
             let connect = ConnectArgs::to(own.addr.clone(), Some(own.cert.clone()));
