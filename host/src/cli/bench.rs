@@ -77,7 +77,12 @@ pub(super) struct BenchArgs {
     #[arg(long, env = "QUIVER_CA", requires = "server")]
     ca: Option<PathBuf>,
     /// Token for --server, where it requires authentication (`quiver auth`).
-    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true, requires = "server")]
+    #[arg(
+        long,
+        env = "QUIVER_TOKEN",
+        hide_env_values = true,
+        requires = "server"
+    )]
     token: Option<String>,
 }
 
