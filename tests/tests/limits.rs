@@ -150,6 +150,26 @@ async fn topics_past_the_limit_are_refused() {
         "limits.max_topics",
     );
     client.delete_topic("c").await.unwrap();
+    // Creations racing for the last place: exactly one gets it.
+    let racing = (0..8).map(|i| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .create_topic(&format!("race.{i}"), Retention::default())
+                .await
+        })
+    });
+    let mut created = 0;
+    for outcome in futures::future::join_all(racing).await {
+        match outcome.unwrap() {
+            Ok(_) => created += 1,
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::LimitReached), "{e}"),
+        }
+    }
+    assert_eq!(created, 1, "one topic fits under the limit");
+    let topics = client.list_topics().await.unwrap();
+    let winner = topics.iter().find(|t| t.name.starts_with("race.")).unwrap();
+    client.delete_topic(&winner.name).await.unwrap();
     client
         .create_topic("d", Retention::default())
         .await
