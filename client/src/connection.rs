@@ -4,7 +4,9 @@
 //! frames (so a large publish is encoded on the caller's task), hand them to a writer
 //! task that coalesces whatever is queued into one write, and wait on a oneshot that
 //! the reader task completes when the reply with the same id arrives. Many requests are
-//! therefore in flight at once (pipelining), from any number of tasks.
+//! therefore in flight at once (pipelining), from any number of tasks. One-record
+//! publishes are handed over unencoded, so the writer can merge those queued together
+//! into one frame (`outgoing.rs`).
 //!
 //! Invariant: once the connection is lost, `Pending` is closed, so no request can wait
 //! for a reply that will never come.
@@ -21,9 +23,9 @@ use futures::StreamExt;
 use quiver_protocol::codec::Codec;
 use quiver_protocol::record::headers;
 use quiver_protocol::{
-    ALPN, ClientFrame, ClientHello, Limits, NewRecord, Op, OpReply, PROTOCOL_VERSION, PluginInfo,
-    PluginStatus, PublishId, Receipt, Request, ServerFrame, Stage, StartAt, Subscribe, TopicConfig,
-    TopicInfo, WireError, frame,
+    ALPN, ClientFrame, ClientHello, ErrorCode, Limits, NewRecord, Op, OpReply, PROTOCOL_VERSION,
+    PluginInfo, PluginStatus, PublishId, Receipt, Request, ServerFrame, Stage, StartAt, Subscribe,
+    TopicConfig, TopicInfo, WireError, frame,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -32,12 +34,11 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
+use crate::outgoing::{self, EachLimits, Outgoing, ReceiptReply, Single};
 use crate::subscription::{self, Record, Subscription};
 
 /// The largest frame this client accepts from a server.
 const MAX_INCOMING_FRAME: usize = frame::DEFAULT_MAX_FRAME_LEN;
-/// The writer stops coalescing once a write reaches this size.
-const MAX_WRITE: usize = 1 << 20;
 
 /// Options for connecting; start from [`Client::builder`].
 #[derive(Debug, Clone)]
@@ -253,7 +254,19 @@ impl ClientBuilder {
         };
         let pending = Arc::new(Pending::default());
         let (writes, write_rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_frames(send, write_rx));
+        let each = EachLimits {
+            bytes: usize::try_from(limits.max_frame_len)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(EACH_FRAME_OVERHEAD)
+                .min(outgoing::MAX_EACH_BYTES),
+            records: limits.max_batch_records.max(1) as usize,
+        };
+        tokio::spawn(outgoing::write_frames(
+            send,
+            write_rx,
+            Arc::clone(&pending),
+            each,
+        ));
         tokio::spawn(read_replies(frames, Arc::clone(&pending), conn.clone()));
         Ok(Client {
             shared: Arc::new(Shared {
@@ -262,8 +275,8 @@ impl ClientBuilder {
                 limits,
                 principal,
                 writes,
+                each,
                 pending,
-                next_id: AtomicU64::new(1),
                 producer,
                 sequence: AtomicU64::new(0),
             }),
@@ -341,15 +354,64 @@ pub(crate) async fn next_frame(frames: &mut Frames) -> Result<ServerFrame> {
 }
 
 /// Requests waiting for their replies; closed (`None`) once the connection is gone.
-#[derive(Debug, Default)]
-struct Pending {
+#[derive(Debug)]
+pub(crate) struct Pending {
     waiting: Mutex<PendingState>,
+    next_id: AtomicU64,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Self {
+            waiting: Mutex::default(),
+            next_id: AtomicU64::new(1),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct PendingState {
-    replies: HashMap<u64, oneshot::Sender<Result<OpReply, WireError>>>,
+    replies: HashMap<u64, Waiter>,
     closed: Option<String>,
+}
+
+/// Who waits for a reply.
+#[derive(Debug)]
+pub(crate) enum Waiter {
+    /// One request's caller.
+    One(oneshot::Sender<Result<OpReply, WireError>>),
+    /// The callers of the publishes a `PublishEach` merged, in order.
+    Each(Vec<oneshot::Sender<Result<Receipt, WireError>>>),
+}
+
+impl Waiter {
+    /// Hands a reply to whoever waits for it.
+    fn answer(self, result: Result<OpReply, WireError>) {
+        let replies = match self {
+            Self::One(reply) => {
+                let _ = reply.send(result);
+                return;
+            }
+            Self::Each(replies) => replies,
+        };
+        let outcomes = match result {
+            Ok(OpReply::PublishedEach(outcomes)) if outcomes.len() == replies.len() => outcomes,
+            Ok(other) => {
+                let error = WireError::new(
+                    ErrorCode::Malformed,
+                    format!(
+                        "the broker answered {} publishes with {other:?}",
+                        replies.len()
+                    ),
+                );
+                vec![Err(error); replies.len()]
+            }
+            Err(error) => vec![Err(error); replies.len()],
+        };
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            let _ = reply.send(outcome);
+        }
+    }
 }
 
 impl Pending {
@@ -357,12 +419,19 @@ impl Pending {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn insert(&self, id: u64, tx: oneshot::Sender<Result<OpReply, WireError>>) -> Result<()> {
+    /// A request id never used on this connection.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers the waiter for request `id`; fails (dropping it) once the connection
+    /// is gone.
+    pub(crate) fn insert(&self, id: u64, waiter: Waiter) -> Result<()> {
         let mut state = self.lock();
         if let Some(reason) = &state.closed {
             return Err(Error::ConnectionLost(reason.clone()));
         }
-        state.replies.insert(id, tx);
+        state.replies.insert(id, waiter);
         Ok(())
     }
 
@@ -382,25 +451,6 @@ impl Pending {
     }
 }
 
-async fn write_frames(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Bytes>) {
-    let mut buf = BytesMut::new();
-    while let Some(frame) = rx.recv().await {
-        buf.extend_from_slice(&frame);
-        while buf.len() < MAX_WRITE {
-            match rx.try_recv() {
-                Ok(frame) => buf.extend_from_slice(&frame),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = send.write_all(&buf).await {
-            debug!(cause = %e, "control stream closed for writing");
-            return;
-        }
-        buf.clear();
-    }
-    let _ = send.finish();
-}
-
 /// The reason a connection ended, from QUIC if it knows one (a broker shutting down says
 /// so), else what the stream reported.
 pub(crate) fn lost_reason(conn: &quinn::Connection, error: Error) -> Error {
@@ -415,8 +465,8 @@ async fn read_replies(mut frames: Frames, pending: Arc<Pending>, conn: quinn::Co
         match next_frame(&mut frames).await {
             Ok(ServerFrame::Reply(reply)) => {
                 let waiter = pending.lock().replies.remove(&reply.id);
-                if let Some(tx) = waiter {
-                    let _ = tx.send(reply.result);
+                if let Some(waiter) = waiter {
+                    waiter.answer(reply.result);
                 }
             }
             Ok(ServerFrame::Error(e)) => {
@@ -445,9 +495,10 @@ pub(crate) struct Shared {
     pub(crate) conn: quinn::Connection,
     limits: Limits,
     principal: Option<String>,
-    writes: mpsc::UnboundedSender<Bytes>,
+    writes: mpsc::UnboundedSender<Outgoing>,
+    /// What one `PublishEach` may hold.
+    each: EachLimits,
     pending: Arc<Pending>,
-    next_id: AtomicU64,
     producer: u64,
     sequence: AtomicU64,
 }
@@ -455,7 +506,15 @@ pub(crate) struct Shared {
 impl Shared {
     /// Encodes a request, registers it and hands it to the writer task.
     fn queue(&self, op: Op) -> Result<oneshot::Receiver<Result<OpReply, WireError>>> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.queue_frame(op, Waiter::One(tx))?;
+        Ok(rx)
+    }
+
+    /// Encodes a request, checking its size against the broker's limit, and hands it
+    /// to the writer task with who waits for its reply.
+    fn queue_frame(&self, op: Op, waiter: Waiter) -> Result<()> {
+        let id = self.pending.next_id();
         let frame = encode(&ClientFrame::Request(Request { id, op }))?;
         let body_len = frame.len() - frame::LENGTH_PREFIX_LEN;
         if body_len as u64 > self.limits.max_frame_len {
@@ -464,15 +523,46 @@ impl Shared {
                 max: self.limits.max_frame_len,
             });
         }
-        let (tx, rx) = oneshot::channel();
-        self.pending.insert(id, tx)?;
-        if self.writes.send(frame).is_err() {
+        self.pending.insert(id, waiter)?;
+        if self.writes.send(Outgoing::Frame(frame)).is_err() {
             self.pending.lock().replies.remove(&id);
+            return Err(self.pending.lost());
+        }
+        Ok(())
+    }
+
+    /// Hands a one-record publish to the writer task, which may merge it with the
+    /// ones queued after it. A record too large to share a frame goes in one of its
+    /// own, encoded here, so its size is checked exactly.
+    fn queue_single(&self, topic: &str, record: NewRecord, id: PublishId) -> Result<ReceiptReply> {
+        let (reply, rx) = oneshot::channel();
+        let bound = outgoing::encoded_bound(&record);
+        if bound > self.each.bytes {
+            let op = Op::PublishEach {
+                topic: topic.to_owned(),
+                records: vec![record],
+                first_id: id,
+            };
+            self.queue_frame(op, Waiter::Each(vec![reply]))?;
+            return Ok(rx);
+        }
+        let single = Single {
+            topic: topic.to_owned(),
+            record,
+            id,
+            bound,
+            reply,
+        };
+        if self.writes.send(Outgoing::Single(single)).is_err() {
             return Err(self.pending.lost());
         }
         Ok(rx)
     }
 }
+
+/// Room for a `PublishEach` frame's own fields (request id, topic, first id) beside
+/// its records.
+const EACH_FRAME_OVERHEAD: usize = 1024;
 
 impl Drop for Shared {
     fn drop(&mut self) {
@@ -599,9 +689,14 @@ impl Client {
         topic: &str,
         record: impl Into<NewRecord>,
     ) -> impl Future<Output = Result<u64>> + Send + 'static {
-        let batch = self.publish_batch(topic, vec![record.into()]);
+        let shared = Arc::clone(&self.shared);
+        let queued = shared.queue_single(topic, record.into(), self.next_publish_id());
         async move {
-            let receipt = batch.await?;
+            let receipt = match queued?.await {
+                Ok(Ok(receipt)) => receipt,
+                Ok(Err(e)) => return Err(Error::Server(e)),
+                Err(_) => return Err(shared.pending.lost()),
+            };
             match receipt.count {
                 1 => Ok(receipt.base_offset),
                 _ => Err(Error::Transformed(Box::new(receipt))),

@@ -37,6 +37,7 @@
 mod connection;
 mod error;
 mod group;
+mod outgoing;
 mod subscription;
 
 pub use connection::{Client, ClientBuilder, SubscribeOptions};

@@ -104,7 +104,7 @@ fn bench_durability(
                         let append: TopicRecords = (Arc::clone(&log), one.clone());
                         pending.push(
                             storage
-                                .submit_append(vec![append], Vec::new(), None)
+                                .submit_append(vec![append], Vec::new(), Vec::new())
                                 .await
                                 .expect("the append is queued"),
                         );

@@ -17,8 +17,8 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use quiver_protocol::{
-    ClientFrame, ErrorCode, FrameError, Limits, Op, OpReply, PROTOCOL_VERSION, Reply, Request,
-    ServerFrame, ServerHello, Stage, WireError,
+    ClientFrame, ErrorCode, FrameError, Limits, NewRecord, Op, OpReply, PROTOCOL_VERSION,
+    PublishId, Receipt, Reply, Request, ServerFrame, ServerHello, Stage, WireError,
 };
 use tokio::sync::oneshot;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -331,22 +331,46 @@ async fn dispatch(
         other => other,
     };
     let broker = Arc::clone(broker);
-    let Op::Publish { topic, records, id } = op else {
-        let access = access.clone();
-        return async move {
-            let result = execute(&broker, op).await;
-            reply(result.map(|answer| requests::visible(&broker, &access, answer)))
+    match op {
+        Op::Publish { topic, records, id } => {
+            let receipt = publish(&broker, order, topic, records, id).await;
+            async move { reply(receipt.await.map(OpReply::Published)) }.boxed()
         }
-        .boxed();
-    };
+        Op::PublishEach {
+            topic,
+            records,
+            first_id,
+        } => {
+            let outcomes = publish_each(&broker, order, topic, records, first_id).await;
+            async move { reply(outcomes.await.map(OpReply::PublishedEach)) }.boxed()
+        }
+        op => {
+            let access = access.clone();
+            async move {
+                let result = execute(&broker, op).await;
+                reply(result.map(|answer| requests::visible(&broker, &access, answer)))
+            }
+            .boxed()
+        }
+    }
+}
+
+/// Starts a publish (see [`dispatch`] for the order kept); the future resolves to its
+/// receipt once it is durable.
+async fn publish(
+    broker: &Arc<Broker>,
+    order: &mut PublishOrder,
+    topic: String,
+    records: Vec<NewRecord>,
+    id: Option<PublishId>,
+) -> BoxFuture<'static, Result<Receipt, BrokerError>> {
     if order.idle() && !broker.has_ingress(&topic) {
         return match broker.submit_publish(&topic, records, id).await {
-            Ok(pending) => {
-                async move { reply(pending.durable().await.map(OpReply::Published)) }.boxed()
-            }
-            Err(e) => std::future::ready(reply(Err(e))).boxed(),
+            Ok(pending) => pending.durable().boxed(),
+            Err(e) => std::future::ready(Err(e)).boxed(),
         };
     }
+    let broker = Arc::clone(broker);
     let mut turn = order.turn();
     async move {
         let prepared = broker.prepare_publish(&topic, records, id).await;
@@ -357,10 +381,42 @@ async fn dispatch(
         };
         // The next publish of this connection may go to storage now.
         drop(turn);
-        match queued {
-            Ok(pending) => reply(pending.durable().await.map(OpReply::Published)),
-            Err(e) => reply(Err(e)),
-        }
+        queued?.durable().await
+    }
+    .boxed()
+}
+
+/// Starts the publishes of a `PublishEach`. To a topic without ingress plugins, with
+/// no earlier publish on its way, they go to storage as one append before this
+/// returns; otherwise each is a publish of its own (its plugins overlapping with the
+/// others', each taking its turn).
+async fn publish_each(
+    broker: &Arc<Broker>,
+    order: &mut PublishOrder,
+    topic: String,
+    records: Vec<NewRecord>,
+    first_id: PublishId,
+) -> BoxFuture<'static, Result<Vec<Result<Receipt, WireError>>, BrokerError>> {
+    if order.idle() && !broker.has_ingress(&topic) {
+        return match broker.submit_each(&topic, records, first_id).await {
+            Ok(pending) => pending.durable().map(Ok).boxed(),
+            Err(e) => std::future::ready(Err(e)).boxed(),
+        };
+    }
+    let ids = match broker.each_ids(records.len(), first_id) {
+        Ok(ids) => ids,
+        Err(e) => return std::future::ready(Err(e)).boxed(),
+    };
+    let mut publishes = Vec::with_capacity(records.len());
+    for (record, id) in records.into_iter().zip(ids) {
+        publishes.push(publish(broker, order, topic.clone(), vec![record], Some(id)).await);
+    }
+    async move {
+        let outcomes = futures::future::join_all(publishes).await;
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| outcome.map_err(|e| WireError::from(&e)))
+            .collect())
     }
     .boxed()
 }
@@ -411,16 +467,23 @@ impl Turn {
     }
 }
 
-/// Carries out a request. Publishes go through [`dispatch`], which keeps their order;
-/// this is for everything else (and would publish correctly, without that order).
-async fn execute(broker: &Broker, op: Op) -> Result<OpReply, BrokerError> {
+/// Carries out a request. Publishes go through [`dispatch`], which keeps their order
+/// across requests; this is for everything else.
+async fn execute(broker: &Arc<Broker>, op: Op) -> Result<OpReply, BrokerError> {
+    let order = &mut PublishOrder::default();
     match op {
-        Op::Publish { topic, records, id } => broker
-            .submit_publish(&topic, records, id)
-            .await?
-            .durable()
+        Op::Publish { topic, records, id } => publish(broker, order, topic, records, id)
+            .await
             .await
             .map(OpReply::Published),
+        Op::PublishEach {
+            topic,
+            records,
+            first_id,
+        } => publish_each(broker, order, topic, records, first_id)
+            .await
+            .await
+            .map(OpReply::PublishedEach),
         Op::CreateTopic { name, config } => broker
             .create_topic(&name, &config)
             .await

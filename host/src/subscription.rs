@@ -237,7 +237,7 @@ async fn process(
         }
         let committed = match broker
             .storage()
-            .submit_append(appends, sorted.state.clone(), None)
+            .submit_append(appends, sorted.state.clone(), Vec::new())
             .await
         {
             Ok(pending) => pending.durable().await.map(drop),

@@ -217,6 +217,18 @@ pub enum Op {
         /// The answer.
         record: NewRecord,
     },
+    /// Several publishes of one record each, sharing a frame: record `i` is a publish
+    /// of its own, with id `first_id` whose sequence is advanced by `i`. Each is
+    /// validated, deduplicated and answered on its own (`PublishedEach`); they are
+    /// stored in order. Clients send this for single-record publishes queued together.
+    PublishEach {
+        /// The topic's name.
+        topic: String,
+        /// One record per publish.
+        records: Vec<NewRecord>,
+        /// The first publish's id; the next ones count its sequence up.
+        first_id: PublishId,
+    },
 }
 
 /// A reply to a [`Request`].
@@ -253,6 +265,9 @@ pub enum OpReply {
     Response(NewRecord),
     /// The reply was handed to its requester.
     Replied,
+    /// The outcome of each publish of a `PublishEach`, in order: where its record went
+    /// once durable, or why it was refused.
+    PublishedEach(Vec<Result<Receipt, WireError>>),
 }
 
 /// Where a publish's records went. Without plugins on the topic, all of them are in

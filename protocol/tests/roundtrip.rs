@@ -221,6 +221,16 @@ fn op() -> impl Strategy<Value = Op> {
             }
         }),
         (".{0,8}", record()).prop_map(|(to, record)| Op::Reply { to, record }),
+        (
+            ".{0,8}",
+            proptest::collection::vec(record(), 0..3),
+            publish_id()
+        )
+            .prop_map(|(topic, records, first_id)| Op::PublishEach {
+                topic,
+                records,
+                first_id
+            }),
     ]
 }
 
@@ -314,6 +324,20 @@ fn op_reply() -> impl Strategy<Value = OpReply> {
         proptest::collection::vec(group_info(), 0..3).prop_map(OpReply::Groups),
         record().prop_map(OpReply::Response),
         Just(OpReply::Replied),
+        proptest::collection::vec(
+            prop_oneof![
+                (any::<(u64, u32)>()).prop_map(|(base_offset, count)| Ok(Receipt {
+                    base_offset,
+                    count,
+                    routed: vec![],
+                    dead_letter: None,
+                    dropped: 0,
+                })),
+                ".{0,8}".prop_map(|m| Err(WireError::new(ErrorCode::RecordTooLarge, m))),
+            ],
+            0..3
+        )
+        .prop_map(OpReply::PublishedEach),
     ]
 }
 
@@ -654,6 +678,17 @@ fn variant_indexes_match_the_documentation() {
             },
             18,
         ),
+        (
+            Op::PublishEach {
+                topic: name(),
+                records: vec![],
+                first_id: PublishId {
+                    producer: 0,
+                    sequence: 0,
+                },
+            },
+            19,
+        ),
     ];
     for (op, want) in ops {
         assert_eq!(body(&request(op))[2], want);
@@ -777,6 +812,7 @@ fn variant_indexes_match_the_documentation() {
         (OpReply::Groups(vec![]), 8),
         (OpReply::Response(NewRecord::default()), 9),
         (OpReply::Replied, 10),
+        (OpReply::PublishedEach(vec![]), 11),
     ];
     for (op_reply, want) in replies {
         let encoded = body(&reply(Ok(op_reply)));

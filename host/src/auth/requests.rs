@@ -20,9 +20,9 @@ pub(crate) fn authorize(broker: &Broker, access: &Access, op: &Op) -> Result<(),
         Err(_) => Ok(()),
     };
     match op {
-        Op::Publish { topic: name, .. } | Op::Request { topic: name, .. } => {
-            topic(Right::Publish, name)
-        }
+        Op::Publish { topic: name, .. }
+        | Op::PublishEach { topic: name, .. }
+        | Op::Request { topic: name, .. } => topic(Right::Publish, name),
         // Dead letters are writes to another topic: its publish right is needed too.
         Op::CreateTopic { name, config } => {
             topic(Right::Admin, name)?;

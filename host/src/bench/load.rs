@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt, TryFutureExt};
 use hdrhistogram::Histogram;
 use quiver_client::{Client, NewRecord, Record, StartAt, SubscribeOptions};
 use tokio::sync::watch;
@@ -201,12 +201,17 @@ impl Job {
             let due = self.due(sent);
             if open && inflight.len() < self.window && Instant::now() >= due {
                 let n = (self.count - sent).min(self.batch as u64);
-                let records = (sent..sent + n)
-                    .map(|seq| NewRecord::new(self.payloads.make(self.size, seq)))
-                    .collect();
+                let record = |seq| NewRecord::new(self.payloads.make(self.size, seq));
                 let topic = turn.next().expect("there is at least one topic");
                 let sent_at = Instant::now();
-                let receipt = client.publish_batch(topic, records);
+                // One record goes through `publish`, as an application publishes one.
+                let receipt = match n {
+                    1 => client.publish(topic, record(sent)).map_ok(drop).boxed(),
+                    _ => {
+                        let records = (sent..sent + n).map(record).collect();
+                        client.publish_batch(topic, records).map_ok(drop).boxed()
+                    }
+                };
                 inflight.push(async move { (topic, sent_at, n, receipt.await) });
                 sent += n;
                 continue;

@@ -249,7 +249,7 @@ impl Broker {
         let appends = by_topic.into_values().collect();
         Ok(self
             .storage
-            .submit_append(appends, Vec::new(), None)
+            .submit_append(appends, Vec::new(), Vec::new())
             .await?)
     }
 

@@ -13,7 +13,6 @@ mod publish;
 mod request;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
@@ -192,15 +191,6 @@ impl From<&BrokerError> for WireError {
     }
 }
 
-/// A topic creation under way (see [`Broker::reserve_topic`]).
-struct Creating<'a>(&'a AtomicUsize);
-
-impl Drop for Creating<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// The broker: topics by name over the storage, and the plugins that run on them.
 #[derive(Debug)]
 pub struct Broker {
@@ -209,9 +199,10 @@ pub struct Broker {
     /// Rights, for work done on a principal's behalf (an attached plugin's routes).
     auth: Arc<Authenticator>,
     topics: RwLock<BTreeMap<TopicName, Arc<TopicLog>>>,
-    /// Topic creations under way, counted against `limits.max_topics` with the
-    /// topics held, so concurrent creations cannot overshoot it.
-    creating: AtomicUsize,
+    /// Held by a topic creation from its checks until the topic is in `topics`, so
+    /// concurrent creations neither overshoot `limits.max_topics` nor see a topic
+    /// storage has created but the registry does not hold yet.
+    creation: tokio::sync::Mutex<()>,
     created: broadcast::Sender<Arc<TopicLog>>,
     limits: BrokerLimits,
     dedup: Arc<Deduplicator>,
@@ -246,7 +237,7 @@ impl Broker {
             plugins,
             auth,
             topics: RwLock::new(topics),
-            creating: AtomicUsize::new(0),
+            creation: tokio::sync::Mutex::new(()),
             created: broadcast::channel(1024).0,
             limits: settings.limits,
             dedup,
@@ -353,15 +344,20 @@ impl Broker {
                 "a topic cannot be its own dead-letter topic".into(),
             ));
         }
-        let exists = self
-            .topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(&name);
-        if exists {
-            return Err(BrokerError::TopicExists(name.to_string()));
+        let _creation = self.creation.lock().await;
+        let held = {
+            let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
+            if topics.contains_key(&name) {
+                return Err(BrokerError::TopicExists(name.to_string()));
+            }
+            topics.len()
+        };
+        if held >= self.limits.max_topics {
+            return Err(BrokerError::LimitReached(format!(
+                "the broker holds {held} topics, its maximum (limits.max_topics); delete some \
+                 first"
+            )));
         }
-        let _creating = self.reserve_topic()?;
         let settings = TopicSettings {
             retention,
             dead_letter,
@@ -376,25 +372,6 @@ impl Broker {
         let info = describe(&log);
         let _ = self.created.send(log); // no receivers is fine
         Ok(info)
-    }
-
-    /// Counts a topic creation against `limits.max_topics` until the returned guard
-    /// drops (by then the topic, if created, is held).
-    fn reserve_topic(&self) -> Result<Creating<'_>, BrokerError> {
-        let creating = Creating(&self.creating);
-        let others = self.creating.fetch_add(1, Ordering::SeqCst);
-        let held = self
-            .topics
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len();
-        if held + others >= self.limits.max_topics {
-            return Err(BrokerError::LimitReached(format!(
-                "the broker holds {held} topics (with {others} more being created), its \
-                 maximum (limits.max_topics); delete some first"
-            )));
-        }
-        Ok(creating)
     }
 
     /// Deletes a topic; its storage is released in the background.

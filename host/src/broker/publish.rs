@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use quiver_protocol::{NewRecord, PublishId, Receipt, TopicName};
+use quiver_protocol::{NewRecord, PublishId, Receipt, TopicName, WireError};
 
 use super::dedup::{Claim, Ticket};
 use super::{Broker, BrokerError};
@@ -58,6 +58,60 @@ impl PendingPublish {
             ticket.done(receipt.clone(), now_ms());
         }
         Ok(receipt)
+    }
+}
+
+/// The publishes of a `PublishEach` queued for the next group commit; await
+/// [`PendingEach::durable`] for one outcome per publish.
+#[derive(Debug)]
+pub struct PendingEach {
+    /// The append of the records stored, if any were.
+    pending: Option<PendingAppend>,
+    slots: Vec<Slot>,
+}
+
+/// What became of one publish of a `PublishEach`.
+#[derive(Debug)]
+enum Slot {
+    /// Answered without storing: a retry's first receipt, or why it was refused.
+    Answered(Result<Receipt, WireError>),
+    /// Record `index` of the shared append.
+    Stored { index: u32, ticket: Option<Ticket> },
+}
+
+impl PendingEach {
+    /// Resolves once the stored records are durable: one outcome per publish, in order.
+    pub async fn durable(self) -> Vec<Result<Receipt, WireError>> {
+        let appended = match self.pending {
+            Some(pending) => pending
+                .durable()
+                .await
+                .map_err(|e| WireError::from(&BrokerError::from(e))),
+            None => Ok(Vec::new()),
+        };
+        let now = now_ms();
+        let stored = |index: u32, ticket: Option<Ticket>| {
+            let appended = appended.as_ref().map_err(Clone::clone)?;
+            let base_offset = appended.first().map_or(0, |a| a.base_offset);
+            let receipt = Receipt {
+                base_offset: base_offset + u64::from(index),
+                count: 1,
+                routed: Vec::new(),
+                dead_letter: None,
+                dropped: 0,
+            };
+            if let Some(ticket) = ticket {
+                ticket.done(receipt.clone(), now);
+            }
+            Ok(receipt)
+        };
+        self.slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Answered(outcome) => outcome,
+                Slot::Stored { index, ticket } => stored(index, ticket),
+            })
+            .collect()
     }
 }
 
@@ -159,10 +213,14 @@ impl Broker {
                 ticket,
             } => (appends, layout, state, ticket),
         };
-        let dedup = ticket.as_ref().map(|t| Dedup {
-            id: t.id(),
-            layout: layout.clone(),
-        });
+        let dedup = ticket
+            .as_ref()
+            .map(|t| Dedup {
+                id: t.id(),
+                layout: layout.clone(),
+            })
+            .into_iter()
+            .collect();
         let settle = (!state.is_empty()).then(|| (Arc::clone(&self.plugins), state.clone()));
         let pending = self.storage.submit_append(appends, state, dedup).await?;
         Ok(PendingPublish(Outcome::Queued {
@@ -182,28 +240,113 @@ impl Broker {
     }
 
     fn check_records(&self, records: &[NewRecord]) -> Result<(), BrokerError> {
-        if records.is_empty() {
+        self.check_count(records.len())?;
+        for (index, record) in records.iter().enumerate() {
+            self.check_size(index, record)?;
+        }
+        Ok(())
+    }
+
+    /// The checks on a publish's record count, also for the records of a `PublishEach`.
+    fn check_count(&self, count: usize) -> Result<(), BrokerError> {
+        if count == 0 {
             return Err(BrokerError::InvalidArgument(
                 "a publish needs at least one record".into(),
             ));
         }
-        if records.len() > self.limits.max_batch_records as usize {
+        if count > self.limits.max_batch_records as usize {
             return Err(BrokerError::BatchTooLarge {
-                count: records.len(),
+                count,
                 max: self.limits.max_batch_records,
             });
         }
-        for (index, record) in records.iter().enumerate() {
-            let size = record.size() as u64;
-            if size > self.limits.max_record_size {
-                return Err(BrokerError::RecordTooLarge {
-                    index,
-                    size,
-                    max: self.limits.max_record_size,
-                });
-            }
+        Ok(())
+    }
+
+    fn check_size(&self, index: usize, record: &NewRecord) -> Result<(), BrokerError> {
+        let size = record.size() as u64;
+        if size > self.limits.max_record_size {
+            return Err(BrokerError::RecordTooLarge {
+                index,
+                size,
+                max: self.limits.max_record_size,
+            });
         }
         Ok(())
+    }
+
+    /// The ids of a `PublishEach`'s publishes, after checking what applies to all of
+    /// them: the record count, and that the sequence does not run past `u64::MAX`.
+    pub fn each_ids(
+        &self,
+        count: usize,
+        first: PublishId,
+    ) -> Result<impl Iterator<Item = PublishId> + use<>, BrokerError> {
+        self.check_count(count)?;
+        if first.sequence.checked_add(count as u64 - 1).is_none() {
+            return Err(BrokerError::InvalidArgument(format!(
+                "{count} publishes from sequence {} run past the largest sequence",
+                first.sequence
+            )));
+        }
+        Ok((0..count as u64).map(move |i| PublishId {
+            producer: first.producer,
+            sequence: first.sequence + i,
+        }))
+    }
+
+    /// Queues the publishes of a `PublishEach` (one record each) to a topic without
+    /// ingress plugins as one append: each is checked and deduplicated on its own, and
+    /// the valid new ones are stored together, in order, each remembered under its id.
+    pub async fn submit_each(
+        &self,
+        topic: &str,
+        records: Vec<NewRecord>,
+        first_id: PublishId,
+    ) -> Result<PendingEach, BrokerError> {
+        let log = self.topic(topic)?;
+        let ids = self.each_ids(records.len(), first_id)?;
+        let dedup_on = self.dedup.window_ms() > 0;
+        let mut slots = Vec::with_capacity(records.len());
+        let mut stored = Vec::with_capacity(records.len());
+        let mut remember = Vec::new();
+        for (record, id) in records.into_iter().zip(ids) {
+            if let Err(e) = self.check_size(0, &record) {
+                slots.push(Slot::Answered(Err(WireError::from(&e))));
+                continue;
+            }
+            let ticket = match dedup_on {
+                true => match self.claim(id).await {
+                    Ok(ticket) => Some(ticket),
+                    Err(receipt) => {
+                        slots.push(Slot::Answered(Ok(receipt)));
+                        continue;
+                    }
+                },
+                false => None,
+            };
+            let index = stored.len() as u32;
+            if dedup_on {
+                remember.push(Dedup {
+                    id,
+                    layout: ReceiptLayout {
+                        part: Some((index, 1)),
+                        ..ReceiptLayout::default()
+                    },
+                });
+            }
+            stored.push(record);
+            slots.push(Slot::Stored { index, ticket });
+        }
+        let pending = match stored.is_empty() {
+            true => None,
+            false => Some(
+                self.storage
+                    .submit_append(vec![(log, stored)], Vec::new(), remember)
+                    .await?,
+            ),
+        };
+        Ok(PendingEach { pending, slots })
     }
 
     /// Whether a plugin on `log`'s pipeline may route to the topic it named: every
@@ -268,6 +411,7 @@ impl Broker {
             others: by_topic.keys().cloned().collect(),
             dead_letter: !dead.is_empty(),
             dropped,
+            part: None,
         };
         let mut appends: Vec<TopicRecords> = vec![(Arc::clone(&log), stored)];
         appends.extend(by_topic.into_values());

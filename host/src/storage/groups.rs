@@ -82,6 +82,9 @@ pub struct ReceiptLayout {
     pub dead_letter: bool,
     /// Records the plugins dropped.
     pub dropped: u32,
+    /// Set when several publishes share the first append (`PublishEach`): this
+    /// publish's records are `start .. start + count` of it.
+    pub part: Option<(u32, u32)>,
 }
 
 impl ReceiptLayout {
@@ -100,10 +103,14 @@ impl ReceiptLayout {
             .collect();
         let dead_letter = if self.dead_letter { routed.pop() } else { None };
         // The first append, to the topic published to, is always there (maybe empty).
-        let first = appended.first().copied().unwrap_or(Appended {
+        let mut first = appended.first().copied().unwrap_or(Appended {
             base_offset: 0,
             count: 0,
         });
+        if let Some((start, count)) = self.part {
+            first.base_offset += u64::from(start);
+            first.count = count;
+        }
         Receipt {
             base_offset: first.base_offset,
             count: first.count,

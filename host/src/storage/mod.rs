@@ -392,13 +392,13 @@ impl Storage {
     /// after the other get increasing offsets; the returned handle resolves once they
     /// are durable.
     ///
-    /// With `dedup`, the publish's receipt is stored in the same batch, so a retry of
-    /// it can be answered after a restart.
+    /// The receipts of the publishes in `dedup` are stored in the same batch, so a
+    /// retry of one can be answered after a restart.
     pub async fn submit_append(
         &self,
         appends: Vec<TopicRecords>,
         state: Vec<StateWrite>,
-        dedup: Option<Dedup>,
+        dedup: Vec<Dedup>,
     ) -> Result<PendingAppend, StorageError> {
         let (reply, rx) = oneshot::channel();
         self.commands
@@ -420,7 +420,7 @@ impl Storage {
         records: Vec<NewRecord>,
     ) -> Result<Appended, StorageError> {
         let appended = self
-            .submit_append(vec![(log, records)], Vec::new(), None)
+            .submit_append(vec![(log, records)], Vec::new(), Vec::new())
             .await?
             .durable()
             .await?;

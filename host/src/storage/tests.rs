@@ -503,7 +503,7 @@ fn groups_and_dedup_entries_survive_reopening() {
             layout: ReceiptLayout::default(),
         };
         storage
-            .submit_append(vec![(log.clone(), payloads(0..5))], Vec::new(), Some(dedup))
+            .submit_append(vec![(log.clone(), payloads(0..5))], Vec::new(), vec![dedup])
             .await
             .unwrap()
             .durable()
@@ -722,7 +722,7 @@ fn a_restart_reads_only_the_newest_dedup_entries_it_keeps() {
                 layout: ReceiptLayout::default(),
             };
             storage
-                .submit_append(vec![(log.clone(), payloads(0..1))], Vec::new(), Some(dedup))
+                .submit_append(vec![(log.clone(), payloads(0..1))], Vec::new(), vec![dedup])
                 .await
                 .unwrap()
                 .durable()

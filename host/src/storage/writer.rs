@@ -55,7 +55,8 @@ pub(super) enum Command {
     Append {
         appends: Vec<TopicRecords>,
         state: Vec<StateWrite>,
-        dedup: Option<Dedup>,
+        /// The publishes to remember: usually one, several for a `PublishEach`.
+        dedup: Vec<Dedup>,
         reply: Reply<Vec<Appended>>,
     },
     CreateGroup {
@@ -351,7 +352,7 @@ impl Writer {
                         None => group.batch.remove(key),
                     }
                 }
-                if let Some(dedup) = dedup {
+                for dedup in dedup {
                     group
                         .dedup
                         .push((dedup.id, dedup.layout.receipt(&appended)));

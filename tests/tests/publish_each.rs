@@ -1,0 +1,204 @@
+//! One-record publishes sharing a frame (`PublishEach`): each keeps its own id,
+//! receipt and error, whether the SDK merged them or a client sent the frame itself.
+
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+use futures::future::join_all;
+use quiver_client::{Error, ErrorCode, NewRecord, Retention, Stage};
+use quiver_protocol::{ClientFrame, Op, OpReply, PublishId, Request, ServerFrame};
+use quiver_tests::raw::RawConnection;
+use quiver_tests::{Broker, DataDir, example_plugin, read_all, read_plugin};
+
+/// The outcomes a raw `PublishEach` request got.
+async fn publish_each(
+    control: &mut quiver_tests::raw::RawStream,
+    id: u64,
+    topic: &str,
+    records: Vec<NewRecord>,
+    first_id: PublishId,
+) -> Result<Vec<Result<u64, ErrorCode>>, ErrorCode> {
+    let op = Op::PublishEach {
+        topic: topic.into(),
+        records,
+        first_id,
+    };
+    control
+        .send(&ClientFrame::Request(Request { id, op }))
+        .await;
+    let reply = match control.recv().await {
+        Some(ServerFrame::Reply(reply)) if reply.id == id => reply,
+        other => panic!("expected the reply to {id}, got {other:?}"),
+    };
+    match reply.result {
+        Ok(OpReply::PublishedEach(outcomes)) => Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                o.map(|receipt| {
+                    assert_eq!(receipt.count, 1, "{receipt:?}");
+                    receipt.base_offset
+                })
+                .map_err(|e| e.code)
+            })
+            .collect()),
+        Ok(other) => panic!("expected PublishedEach, got {other:?}"),
+        Err(e) => Err(e.code),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_publish_of_a_shared_frame_is_checked_stored_and_remembered_on_its_own() {
+    let data = DataDir::new();
+    let broker = Broker::start_with(&data, &[("QUIVER_LIMITS__MAX_RECORD_SIZE", "1 KiB")]);
+    let client = broker.client().await;
+    client
+        .create_topic("t", Retention::default())
+        .await
+        .unwrap();
+    let raw = RawConnection::connect(broker.addr(), broker.cert()).await;
+    let (mut control, _) = raw.handshake().await;
+    let first = PublishId {
+        producer: 7,
+        sequence: 100,
+    };
+    let records = vec![
+        NewRecord::new("a"),
+        NewRecord::new(vec![0u8; 2000]), // too large: refused alone
+        NewRecord::new("c"),
+    ];
+    let outcomes = publish_each(&mut control, 1, "t", records.clone(), first).await;
+    assert_eq!(
+        outcomes,
+        Ok(vec![Ok(0), Err(ErrorCode::RecordTooLarge), Ok(1)])
+    );
+
+    // The same frame again, as a retry would send it: the stored ones answer with
+    // their first receipts; nothing is stored twice.
+    let again = publish_each(&mut control, 2, "t", records, first).await;
+    assert_eq!(
+        again,
+        Ok(vec![Ok(0), Err(ErrorCode::RecordTooLarge), Ok(1)])
+    );
+    // Each id is a publish of its own: retrying the third alone finds it too.
+    let third = PublishId {
+        sequence: 102,
+        ..first
+    };
+    let receipt = client
+        .publish_batch_with_id("t", vec![NewRecord::new("c")], third)
+        .await
+        .unwrap();
+    assert_eq!(receipt.offsets(), 1..2);
+    let stored: Vec<_> = read_all(&client, "t")
+        .await
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(stored, ["a", "c"]);
+
+    // What applies to all of them refuses the whole request.
+    let nothing = publish_each(&mut control, 3, "t", vec![], first).await;
+    assert_eq!(nothing, Err(ErrorCode::InvalidArgument));
+    let past_the_end = PublishId {
+        producer: 7,
+        sequence: u64::MAX,
+    };
+    let two = vec![NewRecord::new("x"), NewRecord::new("y")];
+    let overflow = publish_each(&mut control, 4, "t", two.clone(), past_the_end).await;
+    assert_eq!(overflow, Err(ErrorCode::InvalidArgument));
+    let unknown = publish_each(&mut control, 5, "nope", two, first).await;
+    assert_eq!(unknown, Err(ErrorCode::TopicNotFound));
+    assert_eq!(client.describe_topic("t").await.unwrap().records, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_keep_call_order_and_their_own_outcomes() {
+    let data = DataDir::new();
+    let broker = Broker::start_with(&data, &[("QUIVER_LIMITS__MAX_RECORD_SIZE", "1 KiB")]);
+    let client = broker.client().await;
+    client
+        .create_topic("t", Retention::default())
+        .await
+        .unwrap();
+    const N: usize = 3000;
+    const TOO_LARGE: usize = 1234;
+    // All queued before any is awaited, so the SDK merges them into shared frames.
+    let publishes: Vec<_> = (0..N)
+        .map(|i| {
+            let payload = match i {
+                TOO_LARGE => vec![b'x'; 2000],
+                _ => i.to_string().into_bytes(),
+            };
+            client.publish("t", payload)
+        })
+        .collect();
+    let outcomes = join_all(publishes).await;
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match (i, outcome) {
+            (TOO_LARGE, Err(Error::Server(e))) => assert_eq!(e.code, ErrorCode::RecordTooLarge),
+            (TOO_LARGE, other) => panic!("the oversized record got {other:?}"),
+            (i, outcome) => {
+                let expected = if i < TOO_LARGE { i } else { i - 1 } as u64;
+                assert_eq!(outcome.unwrap(), expected, "publish {i}");
+            }
+        }
+    }
+    let stored = read_all(&client, "t").await;
+    assert_eq!(stored.len(), N - 1);
+    let expected = (0..N).filter(|&i| i != TOO_LARGE).map(|i| i.to_string());
+    for (record, want) in stored.iter().zip(expected) {
+        assert_eq!(record.payload, want.as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_through_an_ingress_filter_each_get_their_fate() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    client
+        .create_topic("logs", Retention::default())
+        .await
+        .unwrap();
+    client
+        .deploy_plugin(
+            "json-filter",
+            read_plugin(&example_plugin("json-filter")),
+            None,
+        )
+        .await
+        .unwrap();
+    let filter = Stage::new("json-filter")
+        .param("where", "level >= warn")
+        .param("order", "debug,info,warn,error");
+    client.attach_plugin("logs", filter).await.unwrap();
+
+    // Every third is kept, every third dropped, every third dead-lettered.
+    let payload = |i: usize| match i % 3 {
+        0 => format!(r#"{{"level":"warn","i":{i}}}"#),
+        1 => format!(r#"{{"level":"info","i":{i}}}"#),
+        _ => format!("not json {i}"),
+    };
+    let publishes: Vec<_> = (0..300)
+        .map(|i| client.publish("logs", payload(i)))
+        .collect();
+    let outcomes = join_all(publishes).await;
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match (i % 3, outcome) {
+            (0, Ok(offset)) => assert_eq!(offset, (i / 3) as u64, "publish {i}"),
+            (1, Err(Error::Transformed(r))) => assert_eq!((r.count, r.dropped), (0, 1)),
+            (2, Err(Error::Transformed(r))) => {
+                let dead = r.dead_letter.expect("dead-lettered");
+                assert_eq!((r.count, dead.topic.as_str()), (0, "dlq.logs"));
+            }
+            (_, other) => panic!("publish {i} got {other:?}"),
+        }
+    }
+    let kept: Vec<_> = read_all(&client, "logs")
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
+        .collect();
+    let expected: Vec<_> = (0..300).step_by(3).map(payload).collect();
+    assert_eq!(kept, expected);
+    assert_eq!(read_all(&client, "dlq.logs").await.len(), 100);
+}
