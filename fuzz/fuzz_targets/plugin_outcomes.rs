@@ -74,6 +74,7 @@ fuzz_target!(|input: Input| {
             offset,
             timestamp: 0,
             record: NewRecord::new(payload),
+            publish: 0,
         })
         .collect();
     let mut sorted = Sorted::default();
@@ -97,7 +98,7 @@ fuzz_target!(|input: Input| {
             .iter()
             .filter(|o| matches!(o, Outcome::Replace(records) if records.is_empty()))
             .count();
-        let before = (sorted.dropped, sorted.routed.len(), sorted.dead.len());
+        let before = (sorted.dropped.len(), sorted.routed.len(), sorted.dead.len());
 
         let version = stage.to_string();
         let next = apply(
@@ -108,7 +109,7 @@ fuzz_target!(|input: Input| {
             &mut sorted,
         );
 
-        let dropped = (sorted.dropped - before.0) as usize;
+        let dropped = sorted.dropped.len() - before.0;
         let routed = &sorted.routed[before.1..];
         let dead = &sorted.dead[before.2..];
         if !fits {

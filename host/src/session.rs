@@ -386,10 +386,10 @@ async fn publish(
     .boxed()
 }
 
-/// Starts the publishes of a `PublishEach`. To a topic without ingress plugins, with
-/// no earlier publish on its way, they go to storage as one append before this
-/// returns; otherwise each is a publish of its own (its plugins overlapping with the
-/// others', each taking its turn).
+/// Starts the publishes of a `PublishEach`, in one piece: to a topic without ingress
+/// plugins, with no earlier publish on its way, they go to storage before this
+/// returns; otherwise their plugins run (in one call) in the returned future, which
+/// takes its turn like a single publish's.
 async fn publish_each(
     broker: &Arc<Broker>,
     order: &mut PublishOrder,
@@ -398,25 +398,27 @@ async fn publish_each(
     first_id: PublishId,
 ) -> BoxFuture<'static, Result<Vec<Result<Receipt, WireError>>, BrokerError>> {
     if order.idle() && !broker.has_ingress(&topic) {
-        return match broker.submit_each(&topic, records, first_id).await {
+        let queued = match broker.prepare_each(&topic, records, first_id).await {
+            Ok(prepared) => broker.queue_each(prepared).await,
+            Err(e) => Err(e),
+        };
+        return match queued {
             Ok(pending) => pending.durable().map(Ok).boxed(),
             Err(e) => std::future::ready(Err(e)).boxed(),
         };
     }
-    let ids = match broker.each_ids(records.len(), first_id) {
-        Ok(ids) => ids,
-        Err(e) => return std::future::ready(Err(e)).boxed(),
-    };
-    let mut publishes = Vec::with_capacity(records.len());
-    for (record, id) in records.into_iter().zip(ids) {
-        publishes.push(publish(broker, order, topic.clone(), vec![record], Some(id)).await);
-    }
+    let broker = Arc::clone(broker);
+    let mut turn = order.turn();
     async move {
-        let outcomes = futures::future::join_all(publishes).await;
-        Ok(outcomes
-            .into_iter()
-            .map(|outcome| outcome.map_err(|e| WireError::from(&e)))
-            .collect())
+        let prepared = broker.prepare_each(&topic, records, first_id).await;
+        turn.wait().await;
+        let queued = match prepared {
+            Ok(prepared) => broker.queue_each(prepared).await,
+            Err(e) => Err(e),
+        };
+        // The next publish of this connection may go to storage now.
+        drop(turn);
+        Ok(queued?.durable().await)
     }
     .boxed()
 }

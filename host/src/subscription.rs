@@ -224,6 +224,7 @@ async fn process(
                 headers: r.headers,
                 payload: r.payload,
             },
+            publish: 0,
         })
         .collect();
     let plugins = broker.plugins();

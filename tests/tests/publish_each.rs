@@ -178,21 +178,35 @@ async fn pipelined_publishes_through_an_ingress_filter_each_get_their_fate() {
         1 => format!(r#"{{"level":"info","i":{i}}}"#),
         _ => format!("not json {i}"),
     };
+    let before = client.next_publish_id();
     let publishes: Vec<_> = (0..300)
         .map(|i| client.publish("logs", payload(i)))
         .collect();
     let outcomes = join_all(publishes).await;
+    let mut dead_letters = Vec::new();
     for (i, outcome) in outcomes.into_iter().enumerate() {
         match (i % 3, outcome) {
             (0, Ok(offset)) => assert_eq!(offset, (i / 3) as u64, "publish {i}"),
             (1, Err(Error::Transformed(r))) => assert_eq!((r.count, r.dropped), (0, 1)),
             (2, Err(Error::Transformed(r))) => {
-                let dead = r.dead_letter.expect("dead-lettered");
+                let dead = r.dead_letter.clone().expect("dead-lettered");
                 assert_eq!((r.count, dead.topic.as_str()), (0, "dlq.logs"));
+                assert_eq!((dead.base_offset, dead.count), ((i / 3) as u64, 1));
+                dead_letters.push(r);
             }
             (_, other) => panic!("publish {i} got {other:?}"),
         }
     }
+    // Each is remembered with its own receipt: a retry of one gets it back.
+    let last = PublishId {
+        sequence: before.sequence + 300,
+        ..before
+    };
+    let retried = client
+        .publish_batch_with_id("logs", vec![NewRecord::new(payload(299))], last)
+        .await
+        .unwrap();
+    assert_eq!(Some(&retried), dead_letters.last().map(|r| &**r));
     let kept: Vec<_> = read_all(&client, "logs")
         .await
         .into_iter()
@@ -200,5 +214,14 @@ async fn pipelined_publishes_through_an_ingress_filter_each_get_their_fate() {
         .collect();
     let expected: Vec<_> = (0..300).step_by(3).map(payload).collect();
     assert_eq!(kept, expected);
-    assert_eq!(read_all(&client, "dlq.logs").await.len(), 100);
+    let dead = read_all(&client, "dlq.logs").await;
+    assert_eq!(dead.len(), 100);
+    for record in dead {
+        // Each was the first (and only) record of its publish.
+        let offset = record
+            .headers
+            .iter()
+            .find(|h| h.name == "quiver-dlq-offset");
+        assert_eq!(offset.map(|h| &h.value[..]), Some(&b"0"[..]));
+    }
 }

@@ -61,22 +61,39 @@ impl PendingPublish {
     }
 }
 
+/// The publishes of a `PublishEach` made ready for storage: each checked,
+/// deduplicated and (in one call) through the topic's ingress plugins. Nothing is
+/// stored until [`Broker::queue_each`].
+#[derive(Debug)]
+pub struct PreparedEach {
+    slots: Vec<Slot>,
+    /// What to append, in one atomic write, for all the publishes that store.
+    appends: Vec<TopicRecords>,
+    /// Plugin state the call wrote.
+    state: Vec<StateWrite>,
+}
+
 /// The publishes of a `PublishEach` queued for the next group commit; await
 /// [`PendingEach::durable`] for one outcome per publish.
 #[derive(Debug)]
 pub struct PendingEach {
-    /// The append of the records stored, if any were.
+    /// The write of everything the publishes produced, if any stores something.
     pending: Option<PendingAppend>,
     slots: Vec<Slot>,
+    /// Plugin state in this commit, to settle once it is decided.
+    state: Option<(Arc<Plugins>, Vec<StateWrite>)>,
 }
 
-/// What became of one publish of a `PublishEach`.
+/// What becomes of one publish of a `PublishEach`.
 #[derive(Debug)]
 enum Slot {
     /// Answered without storing: a retry's first receipt, or why it was refused.
     Answered(Result<Receipt, WireError>),
-    /// Record `index` of the shared append.
-    Stored { index: u32, ticket: Option<Ticket> },
+    /// Stored with the others; its receipt comes from the write's appends.
+    Stored {
+        layout: ReceiptLayout,
+        ticket: Option<Ticket>,
+    },
 }
 
 impl PendingEach {
@@ -89,27 +106,21 @@ impl PendingEach {
                 .map_err(|e| WireError::from(&BrokerError::from(e))),
             None => Ok(Vec::new()),
         };
+        if let Some((plugins, state)) = &self.state {
+            plugins.state_settled(state);
+        }
         let now = now_ms();
-        let stored = |index: u32, ticket: Option<Ticket>| {
-            let appended = appended.as_ref().map_err(Clone::clone)?;
-            let base_offset = appended.first().map_or(0, |a| a.base_offset);
-            let receipt = Receipt {
-                base_offset: base_offset + u64::from(index),
-                count: 1,
-                routed: Vec::new(),
-                dead_letter: None,
-                dropped: 0,
-            };
-            if let Some(ticket) = ticket {
-                ticket.done(receipt.clone(), now);
-            }
-            Ok(receipt)
-        };
         self.slots
             .into_iter()
             .map(|slot| match slot {
                 Slot::Answered(outcome) => outcome,
-                Slot::Stored { index, ticket } => stored(index, ticket),
+                Slot::Stored { layout, ticket } => {
+                    let receipt = layout.receipt(appended.as_ref().map_err(Clone::clone)?);
+                    if let Some(ticket) = ticket {
+                        ticket.done(receipt.clone(), now);
+                    }
+                    Ok(receipt)
+                }
             })
             .collect()
     }
@@ -188,13 +199,21 @@ impl Broker {
                 offset,
                 timestamp: now,
                 record,
+                publish: 0,
             })
             .collect();
-        let sorted = self
+        let mut sorted = self
             .plugins
             .run(stages, log.name().to_string(), items, true)
             .await?;
-        self.sorted_appends(log, sorted, ticket).await
+        let state = std::mem::take(&mut sorted.state);
+        let (appends, layout) = self.sorted_appends(log, sorted).await?;
+        Ok(PreparedPublish::Ready {
+            appends,
+            layout,
+            state,
+            ticket,
+        })
     }
 
     /// Hands a prepared publish to storage for the next group commit.
@@ -277,7 +296,7 @@ impl Broker {
 
     /// The ids of a `PublishEach`'s publishes, after checking what applies to all of
     /// them: the record count, and that the sequence does not run past `u64::MAX`.
-    pub fn each_ids(
+    fn each_ids(
         &self,
         count: usize,
         first: PublishId,
@@ -295,21 +314,21 @@ impl Broker {
         }))
     }
 
-    /// Queues the publishes of a `PublishEach` (one record each) to a topic without
-    /// ingress plugins as one append: each is checked and deduplicated on its own, and
-    /// the valid new ones are stored together, in order, each remembered under its id.
-    pub async fn submit_each(
+    /// Prepares the publishes of a `PublishEach` (one record each): each is checked
+    /// and deduplicated on its own; the new ones go through the topic's ingress
+    /// plugins in one call, and what became of each record is sorted back to its
+    /// publish. Without plugins they share one append, in order.
+    pub async fn prepare_each(
         &self,
         topic: &str,
         records: Vec<NewRecord>,
         first_id: PublishId,
-    ) -> Result<PendingEach, BrokerError> {
+    ) -> Result<PreparedEach, BrokerError> {
         let log = self.topic(topic)?;
         let ids = self.each_ids(records.len(), first_id)?;
         let dedup_on = self.dedup.window_ms() > 0;
         let mut slots = Vec::with_capacity(records.len());
-        let mut stored = Vec::with_capacity(records.len());
-        let mut remember = Vec::new();
+        let mut fresh = Vec::with_capacity(records.len());
         for (record, id) in records.into_iter().zip(ids) {
             if let Err(e) = self.check_size(0, &record) {
                 slots.push(Slot::Answered(Err(WireError::from(&e))));
@@ -325,28 +344,118 @@ impl Broker {
                 },
                 false => None,
             };
-            let index = stored.len() as u32;
-            if dedup_on {
-                remember.push(Dedup {
-                    id,
-                    layout: ReceiptLayout {
-                        part: Some((index, 1)),
-                        ..ReceiptLayout::default()
-                    },
+            slots.push(Slot::Stored {
+                layout: ReceiptLayout::default(),
+                ticket,
+            });
+            fresh.push(record);
+        }
+        if fresh.is_empty() {
+            return Ok(PreparedEach {
+                slots,
+                appends: Vec::new(),
+                state: Vec::new(),
+            });
+        }
+        let Some(stages) = self.plugins.topic_stages(log.id()) else {
+            let layouts = (0..).map(|index| ReceiptLayout {
+                part: Some((index, 1)),
+                ..ReceiptLayout::default()
+            });
+            set_layouts(&mut slots, layouts.map(Ok));
+            return Ok(PreparedEach {
+                slots,
+                appends: vec![(log, fresh)],
+                state: Vec::new(),
+            });
+        };
+        let now = now_ms();
+        let count = fresh.len();
+        let items = (0..)
+            .zip(fresh)
+            .map(|(publish, record)| Item {
+                offset: 0, // each record is the first of its publish
+                timestamp: now,
+                record,
+                publish,
+            })
+            .collect();
+        let name = log.name().to_string();
+        let sorted = match self.plugins.run(stages, name, items, true).await {
+            Ok(sorted) => sorted,
+            Err(e) => {
+                // What a lone publish would have got, for each publish that ran.
+                let error = WireError::from(&BrokerError::from(e));
+                for slot in &mut slots {
+                    if matches!(slot, Slot::Stored { .. }) {
+                        *slot = Slot::Answered(Err(error.clone()));
+                    }
+                }
+                return Ok(PreparedEach {
+                    slots,
+                    appends: Vec::new(),
+                    state: Vec::new(),
                 });
             }
-            stored.push(record);
-            slots.push(Slot::Stored { index, ticket });
-        }
-        let pending = match stored.is_empty() {
-            true => None,
-            false => Some(
-                self.storage
-                    .submit_append(vec![(log, stored)], Vec::new(), remember)
-                    .await?,
-            ),
         };
-        Ok(PendingEach { pending, slots })
+        let (each, state) = sorted.split(count);
+        let mut appends = Vec::new();
+        let mut layouts = Vec::with_capacity(count);
+        for sorted in each {
+            // A publish whose dead letters find no topic fails alone, as it would alone.
+            let layout = match self.sorted_appends(Arc::clone(&log), sorted).await {
+                Ok((mine, mut layout)) => {
+                    layout.first_append = appends.len();
+                    appends.extend(mine);
+                    Ok(layout)
+                }
+                Err(e) => Err(WireError::from(&e)),
+            };
+            layouts.push(layout);
+        }
+        set_layouts(&mut slots, layouts);
+        Ok(PreparedEach {
+            slots,
+            appends,
+            state,
+        })
+    }
+
+    /// Hands prepared publishes of a `PublishEach` to storage as one write, each
+    /// remembered under its own id.
+    pub async fn queue_each(&self, prepared: PreparedEach) -> Result<PendingEach, BrokerError> {
+        let PreparedEach {
+            slots,
+            appends,
+            state,
+        } = prepared;
+        if appends.is_empty() {
+            return Ok(PendingEach {
+                pending: None,
+                slots,
+                state: None,
+            });
+        }
+        let dedup = slots
+            .iter()
+            .filter_map(|slot| match slot {
+                Slot::Stored {
+                    layout,
+                    ticket: Some(ticket),
+                } => Some(Dedup {
+                    id: ticket.id(),
+                    layout: layout.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let settle = (!state.is_empty()).then(|| (Arc::clone(&self.plugins), state.clone()));
+        let pending = self.storage.submit_append(appends, state, dedup).await?;
+        Ok(PendingEach {
+            pending: Some(pending),
+            slots,
+            state: settle,
+        })
     }
 
     /// Whether a plugin on `log`'s pipeline may route to the topic it named: every
@@ -367,19 +476,20 @@ impl Broker {
         Ok(())
     }
 
-    /// Turns what the ingress pipeline sorted into the appends of one atomic write.
+    /// Turns what the ingress pipeline sorted for one publish into its appends (the
+    /// topic's first, maybe empty) and how its receipt is read from them. The state
+    /// the plugins wrote is the caller's.
     async fn sorted_appends(
         &self,
         log: Arc<TopicLog>,
         sorted: Sorted,
-        ticket: Option<Ticket>,
-    ) -> Result<PreparedPublish, BrokerError> {
+    ) -> Result<(Vec<TopicRecords>, ReceiptLayout), BrokerError> {
         let Sorted {
             passed,
             routed,
             mut dead,
             dropped,
-            state,
+            state: _,
         } = sorted;
         let mut stored: Vec<NewRecord> = passed.into_iter().map(|i| i.record).collect();
         let mut by_topic: BTreeMap<String, (Arc<TopicLog>, Vec<NewRecord>)> = BTreeMap::new();
@@ -410,8 +520,8 @@ impl Broker {
         let mut layout = ReceiptLayout {
             others: by_topic.keys().cloned().collect(),
             dead_letter: !dead.is_empty(),
-            dropped,
-            part: None,
+            dropped: u32::try_from(dropped.len()).unwrap_or(u32::MAX),
+            ..ReceiptLayout::default()
         };
         let mut appends: Vec<TopicRecords> = vec![(Arc::clone(&log), stored)];
         appends.extend(by_topic.into_values());
@@ -420,12 +530,7 @@ impl Broker {
             layout.others.push(dlq.name().to_string());
             appends.push((dlq, records));
         }
-        Ok(PreparedPublish::Ready {
-            appends,
-            layout,
-            state,
-            ticket,
-        })
+        Ok((appends, layout))
     }
 
     /// The dead-letter topic of `log` and the records to store there.
@@ -438,5 +543,23 @@ impl Broker {
         let topic = log.name().as_str();
         let records = dead.into_iter().map(|d| d.into_record(topic)).collect();
         Ok((dlq, records))
+    }
+}
+
+/// Gives the publishes that store, in order, their receipt layouts, or the error
+/// that stops one from storing.
+fn set_layouts(
+    slots: &mut [Slot],
+    layouts: impl IntoIterator<Item = Result<ReceiptLayout, WireError>>,
+) {
+    let stored = slots
+        .iter_mut()
+        .filter(|slot| matches!(slot, Slot::Stored { .. }));
+    for (slot, outcome) in stored.zip(layouts) {
+        match (outcome, &mut *slot) {
+            (Ok(layout), Slot::Stored { layout: mine, .. }) => *mine = layout,
+            (Err(error), _) => *slot = Slot::Answered(Err(error)),
+            (Ok(_), Slot::Answered(_)) => {}
+        }
     }
 }

@@ -29,6 +29,9 @@ pub struct Item {
     pub timestamp: u64,
     /// The record.
     pub record: NewRecord,
+    /// On ingress, which of the publishes sharing one call it belongs to (the
+    /// publishes of a `PublishEach`); 0 otherwise. Plugins do not see it.
+    pub publish: u32,
 }
 
 /// A record that goes to the dead-letter topic, and why.
@@ -92,10 +95,38 @@ pub struct Sorted {
     pub routed: Vec<Routed>,
     /// Records for the dead-letter topic.
     pub dead: Vec<DeadLetter>,
-    /// Records dropped.
-    pub dropped: u32,
+    /// The publish ([`Item::publish`]) of each record dropped.
+    pub dropped: Vec<u32>,
     /// State written by the stages' calls.
     pub state: Vec<StateWrite>,
+}
+
+impl Sorted {
+    /// Sorts what happened by publish (`publishes` of them, numbered by
+    /// [`Item::publish`]); the state written stays with the whole.
+    pub fn split(self, publishes: usize) -> (Vec<Sorted>, Vec<StateWrite>) {
+        let mut each: Vec<Sorted> = (0..publishes).map(|_| Sorted::default()).collect();
+        // Every output keeps its input's publish (`apply` copies it), so it is always
+        // in range; were it not, the record would go to the last publish, not vanish.
+        let last = publishes.saturating_sub(1);
+        let at = |publish: u32| (publish as usize).min(last);
+        if each.is_empty() {
+            return (each, self.state);
+        }
+        for item in self.passed {
+            each[at(item.publish)].passed.push(item);
+        }
+        for route in self.routed {
+            each[at(route.item.publish)].routed.push(route);
+        }
+        for dead in self.dead {
+            each[at(dead.item.publish)].dead.push(dead);
+        }
+        for publish in self.dropped {
+            each[at(publish)].dropped.push(publish);
+        }
+        (each, self.state)
+    }
 }
 
 /// A pipeline that refused its records: a fail-closed stage is quarantined.
@@ -145,7 +176,7 @@ pub fn apply(
     for (item, outcome) in inputs.into_iter().zip(outcomes) {
         match outcome {
             Outcome::Keep => next.push(item),
-            Outcome::Drop => sorted.dropped += 1,
+            Outcome::Drop => sorted.dropped.push(item.publish),
             Outcome::Replace(records) => next.extend(records.into_iter().map(|record| Item {
                 record,
                 ..item.clone()
@@ -248,7 +279,50 @@ mod tests {
             offset,
             timestamp: 7,
             record: NewRecord::new(payload),
+            publish: 0,
         }
+    }
+
+    #[test]
+    fn what_a_shared_call_did_is_sorted_back_to_each_publish() {
+        let inputs = (0..4)
+            .map(|i| Item {
+                publish: i as u32,
+                ..item(0, "x")
+            })
+            .collect();
+        let outcomes = vec![
+            Outcome::Replace(vec![NewRecord::new("a"), NewRecord::new("b")]),
+            Outcome::Drop,
+            Outcome::Route(vec!["elsewhere".into()]),
+            Outcome::Reject("no".into()),
+        ];
+        let mut sorted = Sorted::default();
+        sorted.passed = apply(inputs, outcomes, ("p", "1"), true, &mut sorted);
+        let (each, _) = sorted.split(4);
+        let passed = |s: &Sorted| {
+            s.passed
+                .iter()
+                .map(|i| i.record.payload.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(passed(&each[0]), ["a", "b"]);
+        assert_eq!(each[1].dropped, [1]);
+        assert_eq!(each[2].routed[0].topic, "elsewhere");
+        assert_eq!(each[3].dead[0].reason, "no");
+        let lengths = |s: &Sorted| {
+            (
+                s.passed.len(),
+                s.dropped.len(),
+                s.routed.len(),
+                s.dead.len(),
+            )
+        };
+        let counts: Vec<_> = each.iter().map(lengths).collect();
+        assert_eq!(
+            counts,
+            [(2, 0, 0, 0), (0, 1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1)]
+        );
     }
 
     #[test]
@@ -274,7 +348,7 @@ mod tests {
             .map(|i| (i.offset, &i.record.payload[..]))
             .collect();
         assert_eq!(payloads, [(0, &b"keep"[..]), (2, b"a"), (2, b"b")]);
-        assert_eq!(sorted.dropped, 1);
+        assert_eq!(sorted.dropped.len(), 1);
         assert_eq!(
             sorted
                 .routed
@@ -368,7 +442,7 @@ mod tests {
             let stopped: BTreeSet<u64> = sorted.dead.iter().map(|d| d.item.offset).collect();
             prop_assert!(went_on.is_disjoint(&stopped));
             prop_assert_eq!(stopped.len(), sorted.dead.len());
-            let accounted = went_on.len() + stopped.len() + sorted.dropped as usize + emptied;
+            let accounted = went_on.len() + stopped.len() + sorted.dropped.len() + emptied;
             prop_assert_eq!(accounted as u64, count);
             prop_assert!((next.len() + sorted.routed.len()) as u64 <= asked);
             prop_assert!(next.windows(2).all(|w| w[0].offset <= w[1].offset));

@@ -85,11 +85,16 @@ pub struct ReceiptLayout {
     /// Set when several publishes share the first append (`PublishEach`): this
     /// publish's records are `start .. start + count` of it.
     pub part: Option<(u32, u32)>,
+    /// Where this publish's appends start among those of the write, when several
+    /// publishes share one write, each with appends of its own (`PublishEach` through
+    /// plugins).
+    pub first_append: usize,
 }
 
 impl ReceiptLayout {
     /// The receipt for the appends of one publish.
     pub fn receipt(&self, appended: &[Appended]) -> Receipt {
+        let appended = appended.get(self.first_append..).unwrap_or_default();
         let placement = |(topic, a): (&String, &Appended)| Placement {
             topic: topic.clone(),
             base_offset: a.base_offset,
