@@ -17,6 +17,7 @@ run: example-plugins
 # the example and test plugins, so all of them are built first.
 test: plugins build
 	$(CARGO) test --workspace
+	$(CARGO) test --manifest-path plugin-sdk/Cargo.toml --features json --target-dir target/plugin-sdk
 	$(MAKE) lint
 	$(MAKE) fuzz-smoke
 
@@ -37,7 +38,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt --all --manifest-path plugins/Cargo.toml -- --check
 	$(CARGO) fmt --all --manifest-path tests/plugins/Cargo.toml -- --check
+	$(CARGO) fmt --manifest-path plugin-sdk/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --manifest-path plugin-sdk/Cargo.toml --features json --all-targets --target-dir target/plugin-sdk -- -D warnings
 	$(CARGO) clippy --manifest-path plugins/Cargo.toml --target $(WASM) --release -- -D warnings
 	$(CARGO) clippy --manifest-path tests/plugins/Cargo.toml --target $(WASM) --release -- -D warnings
 

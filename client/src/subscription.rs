@@ -1,10 +1,10 @@
 //! A subscription: a [`Stream`] of records with credit-based flow control.
 //!
-//! The server sends at most as many records as it has credit for. A pump task moves
-//! records from the QUIC stream into a channel as large as the window, and the
-//! [`Subscription`] grants credit back as the application takes records out. So a
-//! subscriber that stops reading holds at most one window of records, here and on the
-//! server, and slows only itself.
+//! The server sends at most as many records as it has credit for. A pump task decodes
+//! each batch from the QUIC stream and hands it over whole, and the [`Subscription`]
+//! grants credit back as the application takes records out. So a subscriber that
+//! stops reading holds at most one window of records, here and on the server, and
+//! slows only itself.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
-use quiver_protocol::record::{decode_batch, headers};
-use quiver_protocol::{ClientFrame, Header, NewRecord, ServerFrame};
+use quiver_protocol::record::{decode_shared, headers};
+use quiver_protocol::{ClientFrame, Header, NewRecord, Records, ServerFrame};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -62,7 +62,10 @@ impl Record {
 /// Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
-    records: mpsc::Receiver<Result<Record>>,
+    /// Decoded batches; never more records than credit granted, so at most a window.
+    batches: mpsc::UnboundedReceiver<Result<Vec<Record>>>,
+    /// The rest of the batch being read.
+    current: std::vec::IntoIter<Record>,
     credit: mpsc::UnboundedSender<u32>,
     consumed: u32,
     window: u32,
@@ -75,7 +78,7 @@ pub(crate) fn start(
     frames: Frames,
     window: u32,
 ) -> Subscription {
-    let (tx, records) = mpsc::channel(window as usize);
+    let (tx, batches) = mpsc::unbounded_channel();
     let (credit, credit_rx) = mpsc::unbounded_channel();
     tokio::spawn(pump(
         frames,
@@ -85,7 +88,8 @@ pub(crate) fn start(
         client.shared.conn.clone(),
     ));
     Subscription {
-        records,
+        batches,
+        current: Vec::new().into_iter(),
         credit,
         consumed: 0,
         window,
@@ -105,23 +109,29 @@ impl Stream for Subscription {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let item = std::task::ready!(this.records.poll_recv(cx));
-        if let Some(Ok(_)) = item {
-            this.consumed += 1;
-            // Grant credit in batches of half a window: fewer frames, never a stall.
-            if this.consumed >= this.window.div_ceil(2) {
-                let _ = this.credit.send(this.consumed);
-                this.consumed = 0;
+        loop {
+            if let Some(record) = this.current.next() {
+                this.consumed += 1;
+                // Grant credit in batches of half a window: fewer frames, never a stall.
+                if this.consumed >= this.window.div_ceil(2) {
+                    let _ = this.credit.send(this.consumed);
+                    this.consumed = 0;
+                }
+                return Poll::Ready(Some(Ok(record)));
+            }
+            match std::task::ready!(this.batches.poll_recv(cx)) {
+                Some(Ok(batch)) => this.current = batch.into_iter(),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => return Poll::Ready(None),
             }
         }
-        Poll::Ready(item)
     }
 }
 
 async fn pump(
     mut frames: Frames,
     mut send: quinn::SendStream,
-    records: mpsc::Sender<Result<Record>>,
+    batches: mpsc::UnboundedSender<Result<Vec<Record>>>,
     mut credit: mpsc::UnboundedReceiver<u32>,
     conn: quinn::Connection,
 ) {
@@ -129,54 +139,39 @@ async fn pump(
         tokio::select! {
             frame = next_frame(&mut frames) => {
                 let batch = match frame {
-                    Ok(ServerFrame::Records(batch)) => batch,
+                    Ok(ServerFrame::Records(batch)) => match decode(batch) {
+                        Ok(records) => records,
+                        Err(e) => {
+                            let _ = batches.send(Err(e));
+                            break;
+                        }
+                    },
                     Ok(ServerFrame::Processed(processed)) => {
                         let topic: Arc<str> = processed.topic.into();
-                        for delivered in processed.records {
-                            let record = Record::new(&topic, delivered.offset, delivered.timestamp, delivered.record);
-                            if records.send(Ok(record)).await.is_err() {
-                                let _ = send.finish();
-                                return;
-                            }
-                        }
-                        continue;
+                        processed
+                            .records
+                            .into_iter()
+                            .map(|d| Record::new(&topic, d.offset, d.timestamp, d.record))
+                            .collect()
                     }
                     Ok(ServerFrame::Error(e)) => {
-                        let _ = records.send(Err(Error::Server(e))).await;
+                        let _ = batches.send(Err(Error::Server(e)));
                         break;
                     }
                     Ok(other) => {
                         let error = Error::Protocol(format!("unexpected frame on a subscription: {other:?}"));
-                        let _ = records.send(Err(error)).await;
+                        let _ = batches.send(Err(error));
                         break;
                     }
                     Err(e) => {
-                        let _ = records.send(Err(lost_reason(&conn, e))).await;
+                        let _ = batches.send(Err(lost_reason(&conn, e)));
                         break;
                     }
                 };
-                let topic: Arc<str> = batch.topic.into();
-                let decoded = match decode_batch(batch.base_offset, &batch.batch) {
-                    Ok(decoded) => decoded,
-                    Err(e) => {
-                        let _ = records.send(Err(Error::Protocol(e.to_string()))).await;
-                        break;
-                    }
-                };
-                for r in decoded {
-                    let record = Record {
-                        topic: Arc::clone(&topic),
-                        offset: r.offset,
-                        timestamp: r.timestamp,
-                        key: r.key,
-                        headers: r.headers,
-                        payload: r.payload,
-                    };
-                    if records.send(Ok(record)).await.is_err() {
-                        debug!("subscription dropped");
-                        let _ = send.finish();
-                        return;
-                    }
+                if batches.send(Ok(batch)).is_err() {
+                    debug!("subscription dropped");
+                    let _ = send.finish();
+                    return;
                 }
             }
             granted = credit.recv() => {
@@ -193,4 +188,22 @@ async fn pump(
         }
     }
     let _ = send.finish();
+}
+
+/// The records of a delivered batch; their bytes are slices of the batch's.
+fn decode(batch: Records) -> Result<Vec<Record>> {
+    let topic: Arc<str> = batch.topic.into();
+    let decoded = decode_shared(batch.base_offset, &batch.batch)
+        .map_err(|e| Error::Protocol(e.to_string()))?;
+    Ok(decoded
+        .into_iter()
+        .map(|r| Record {
+            topic: Arc::clone(&topic),
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key,
+            headers: r.headers,
+            payload: r.payload,
+        })
+        .collect())
 }

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use quiver_protocol::record::decode_batch;
+use quiver_protocol::record::decode_shared;
 use quiver_protocol::{
     ClientFrame, Delivered, ErrorCode, NewRecord, Processed, Records, ServerFrame, StartAt,
     Subscribe, TopicPattern, WireError,
@@ -213,7 +213,7 @@ async fn process(
     log: &Arc<TopicLog>,
     slice: Slice,
 ) -> Result<Processed, BrokerError> {
-    let records = decode_batch(slice.base_offset, &slice.batch).map_err(StorageError::from)?;
+    let records = decode_shared(slice.base_offset, &slice.batch).map_err(StorageError::from)?;
     let items = records
         .into_iter()
         .map(|r| Item {

@@ -6,7 +6,7 @@
 //!   the log in the batch format): encoding the frame, decoding it, and decoding it
 //!   together with its batch into `Record`s, as the client SDK does;
 //! - `record_batch`: the batch format itself (`append_entry` into a reused buffer, and
-//!   `decode_batch`), as the broker stores it and subscribers read it.
+//!   `decode_shared`), as the broker stores it and subscribers read it.
 //!
 //! `cargo bench -p quiver-protocol --bench codec`
 
@@ -18,7 +18,7 @@ use criterion::{
     BatchSize, BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
 use quiver_protocol::frame::{self, DEFAULT_MAX_FRAME_LEN, FrameDecoder};
-use quiver_protocol::record::{append_entry, decode_batch, encode_batch};
+use quiver_protocol::record::{append_entry, decode_shared, encode_batch};
 use quiver_protocol::{ClientFrame, NewRecord, Op, PublishId, Records, Request, ServerFrame};
 
 /// Records per batch.
@@ -92,7 +92,7 @@ where
                     .decode::<M>(src)
                     .expect("the frame decodes")
                     .expect("the frame is whole");
-                drop(black_box(msg)); // timed, as in `decode_batch`
+                drop(black_box(msg)); // timed, as in `decode_shared`
             },
             BatchSize::SmallInput,
         );
@@ -128,7 +128,7 @@ fn bench_delivery(c: &mut Criterion) {
                         let ServerFrame::Records(records) = frame else {
                             unreachable!("the bench encoded a Records frame");
                         };
-                        let records = decode_batch(records.base_offset, &records.batch)
+                        let records = decode_shared(records.base_offset, &records.batch)
                             .expect("the batch decodes");
                         drop(black_box(records));
                     },
@@ -159,8 +159,8 @@ fn bench_record_batch(c: &mut Criterion) {
                 });
             },
         );
-        group.bench_with_input(BenchmarkId::new("decode_batch", n), &batch, |b, batch| {
-            b.iter(|| decode_batch(1_000_000, black_box(batch)).expect("the batch decodes"));
+        group.bench_with_input(BenchmarkId::new("decode_shared", n), &batch, |b, batch| {
+            b.iter(|| decode_shared(1_000_000, black_box(batch)).expect("the batch decodes"));
         });
     }
     group.finish();

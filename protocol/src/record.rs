@@ -196,14 +196,35 @@ pub struct RawEntry<'a> {
     pub encoded_len: usize,
 }
 
+/// A record body as it lies in a batch: the same encoding as [`NewRecord`], read
+/// without copying its bytes.
+#[derive(Deserialize)]
+struct BorrowedRecord<'a> {
+    #[serde(borrow)]
+    key: Option<&'a [u8]>,
+    #[serde(borrow)]
+    headers: Vec<BorrowedHeader<'a>>,
+    #[serde(borrow)]
+    payload: &'a [u8],
+}
+
+#[derive(Deserialize)]
+struct BorrowedHeader<'a> {
+    #[serde(borrow)]
+    name: &'a str,
+    #[serde(borrow)]
+    value: &'a [u8],
+}
+
 impl RawEntry<'_> {
-    /// Decodes the entry into a [`Record`] at `offset`.
-    pub fn decode(&self, offset: u64) -> Result<Record, BatchError> {
+    /// Decodes the entry into a [`Record`] at `offset` whose bytes (payload, key,
+    /// header values) are slices of `batch`, the batch the entry was read from.
+    fn decode_in(&self, batch: &Bytes, offset: u64) -> Result<Record, BatchError> {
         let malformed = |reason: String| BatchError::Malformed {
             at: self.start,
             reason,
         };
-        let (record, rest): (NewRecord, _) =
+        let (record, rest): (BorrowedRecord<'_>, _) =
             postcard::take_from_bytes(self.body).map_err(|e| malformed(e.to_string()))?;
         if !rest.is_empty() {
             return Err(malformed(format!("{} trailing bytes", rest.len())));
@@ -211,9 +232,16 @@ impl RawEntry<'_> {
         Ok(Record {
             offset,
             timestamp: self.timestamp,
-            key: record.key,
-            headers: record.headers,
-            payload: record.payload,
+            key: record.key.map(|key| batch.slice_ref(key)),
+            headers: record
+                .headers
+                .into_iter()
+                .map(|h| Header {
+                    name: h.name.to_owned(),
+                    value: batch.slice_ref(h.value),
+                })
+                .collect(),
+            payload: batch.slice_ref(record.payload),
         })
     }
 }
@@ -264,15 +292,24 @@ impl<'a> Iterator for Entries<'a> {
     }
 }
 
-/// Decodes every record of a batch whose first entry has offset `base_offset`.
+/// Decodes every record of a batch whose first entry has offset `base_offset`,
+/// copying the batch once; see [`decode_shared`] to avoid even that.
 pub fn decode_batch(base_offset: u64, batch: &[u8]) -> Result<Vec<Record>, BatchError> {
+    decode_shared(base_offset, &Bytes::copy_from_slice(batch))
+}
+
+/// Decodes every record of a batch whose first entry has offset `base_offset`,
+/// without copying: each record's payload, key and header values are slices of
+/// `batch` (only header names and the record list are allocated). A record kept
+/// therefore keeps the whole batch's memory alive; copy its payload to hold it apart.
+pub fn decode_shared(base_offset: u64, batch: &Bytes) -> Result<Vec<Record>, BatchError> {
     let mut offset = Some(base_offset);
     entries(batch)
         .map(|entry| {
             let entry = entry?;
             let this = offset.ok_or(BatchError::OffsetOverflow { at: entry.start })?;
             offset = this.checked_add(1);
-            entry.decode(this)
+            entry.decode_in(batch, this)
         })
         .collect()
 }

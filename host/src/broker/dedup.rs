@@ -7,9 +7,12 @@
 //! gets its receipt; if it fails the retry goes ahead on its own.
 //!
 //! The window is `dedup.window` long but holds at most `dedup.max_entries` publishes:
-//! past that the oldest are forgotten first. Memory is what bounds it: an entry is
-//! about 100 bytes when its receipt is plain (no plugin routed, dropped or
+//! past that the oldest are forgotten first. Memory is what bounds it: an entry takes
+//! about 60 bytes when its receipt is plain (no plugin routed, dropped or
 //! dead-lettered anything), so the receipt is kept compact in that common case.
+//! Entries are kept per producer in sequence order rather than in one map of ids: a
+//! producer numbers its publishes upwards, so remembering and forgetting are a push
+//! and a pop, and a lookup a binary search in memory that is close together.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -32,6 +35,8 @@ pub enum Claim {
 pub struct Ticket {
     id: PublishId,
     dedup: Arc<Deduplicator>,
+    /// Set by [`Ticket::done`], which ends the attempt itself.
+    ended: bool,
 }
 
 impl Ticket {
@@ -41,16 +46,24 @@ impl Ticket {
     }
 
     /// The publish is durable with this receipt.
-    pub fn done(self, receipt: Receipt, at_ms: u64) {
-        self.dedup.remember(self.id, receipt, at_ms);
-        // Dropping the ticket ends the attempt.
+    pub fn done(mut self, receipt: Receipt, at_ms: u64) {
+        let mut inner = self.dedup.lock();
+        self.dedup
+            .remember_locked(&mut inner, self.id, receipt.into(), at_ms);
+        let wake = inner.end_attempt(self.id);
+        drop(inner);
+        self.ended = true;
+        if wake {
+            self.dedup.finished.notify_waiters();
+        }
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.dedup.lock().in_flight.remove(&self.id);
-        self.dedup.finished.notify_waiters();
+        if !self.ended && self.dedup.lock().end_attempt(self.id) {
+            self.dedup.finished.notify_waiters();
+        }
     }
 }
 
@@ -90,14 +103,57 @@ impl Remembered {
     }
 }
 
+/// One remembered publish of a producer.
+#[derive(Debug)]
+struct Entry {
+    sequence: u64,
+    at_ms: u64,
+    receipt: Remembered,
+}
+
+/// A producer's remembered publishes, in sequence order. A producer numbers its
+/// publishes upwards, so remembering one is nearly always a push at the end and
+/// forgetting one a pop at the front: no hashing of ids, and the entries of a
+/// producer sit together in memory.
+#[derive(Debug, Default)]
+struct Producer {
+    entries: VecDeque<Entry>,
+}
+
+impl Producer {
+    /// Where `sequence` is, or would go.
+    fn position(&self, sequence: u64) -> Result<usize, usize> {
+        // The common case: newer than everything remembered.
+        match self.entries.back() {
+            Some(last) if last.sequence < sequence => Err(self.entries.len()),
+            None => Err(0),
+            _ => self.entries.binary_search_by_key(&sequence, |e| e.sequence),
+        }
+    }
+
+    fn get(&self, sequence: u64) -> Option<&Entry> {
+        self.position(sequence).ok().map(|i| &self.entries[i])
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    /// Each remembered id with when it was stored and its receipt.
-    seen: HashMap<PublishId, (u64, Remembered)>,
-    /// Ids in the order they were remembered, for forgetting the oldest.
+    /// Remembered publishes by producer.
+    producers: HashMap<u64, Producer>,
+    /// Ids in the order they were remembered, with when, for forgetting the oldest.
     order: VecDeque<(u64, PublishId)>,
     /// Ids being published right now.
     in_flight: HashSet<PublishId>,
+    /// Claims waiting for an attempt in flight to end.
+    waiting: usize,
+}
+
+impl Inner {
+    /// Ends the attempt at `id`; true if a claim waits to hear of it.
+    fn end_attempt(&mut self, id: PublishId) -> bool {
+        self.in_flight.remove(&id);
+        self.waiting > 0
+    }
 }
 
 /// Recent publish ids and their receipts.
@@ -106,7 +162,7 @@ pub struct Deduplicator {
     window_ms: u64,
     max_entries: usize,
     inner: Mutex<Inner>,
-    /// Notified whenever an attempt ends, for retries waiting on one. Retries of
+    /// Notified when an attempt ends while a claim waits for one. Retries of
     /// publishes still in flight are rare, so one shared signal serves them all.
     finished: Notify,
 }
@@ -139,20 +195,28 @@ impl Deduplicator {
             tokio::pin!(finished);
             // Registered before looking, so an attempt ending meanwhile still wakes us.
             finished.as_mut().enable();
-            if let Some(claim) = self.try_claim(id, now_ms()) {
-                return claim;
+            {
+                let mut inner = self.lock();
+                if let Some(claim) = self.try_claim(&mut inner, id, now_ms()) {
+                    return claim;
+                }
+                inner.waiting += 1;
             }
+            let _waiting = Waiting(self);
             finished.await;
         }
     }
 
     /// The claim for `id` at `now_ms`, or `None` while it is in flight.
-    fn try_claim(self: &Arc<Self>, id: PublishId, now_ms: u64) -> Option<Claim> {
-        let mut inner = self.lock();
-        if let Some((at, remembered)) = inner.seen.get(&id)
-            && now_ms.saturating_sub(*at) < self.window_ms
+    fn try_claim(self: &Arc<Self>, inner: &mut Inner, id: PublishId, now_ms: u64) -> Option<Claim> {
+        let seen = inner
+            .producers
+            .get(&id.producer)
+            .and_then(|producer| producer.get(id.sequence));
+        if let Some(entry) = seen
+            && now_ms.saturating_sub(entry.at_ms) < self.window_ms
         {
-            return Some(Claim::Duplicate(remembered.receipt()));
+            return Some(Claim::Duplicate(entry.receipt.receipt()));
         }
         if !inner.in_flight.insert(id) {
             return None;
@@ -160,13 +224,27 @@ impl Deduplicator {
         Some(Claim::Fresh(Ticket {
             id,
             dedup: Arc::clone(self),
+            ended: false,
         }))
     }
 
     /// Remembers a durable publish (also used to load entries at start-up).
     pub fn remember(&self, id: PublishId, receipt: Receipt, at_ms: u64) {
         let mut inner = self.lock();
-        inner.seen.insert(id, (at_ms, receipt.into()));
+        self.remember_locked(&mut inner, id, receipt.into(), at_ms);
+    }
+
+    fn remember_locked(&self, inner: &mut Inner, id: PublishId, receipt: Remembered, at_ms: u64) {
+        let producer = inner.producers.entry(id.producer).or_default();
+        let entry = Entry {
+            sequence: id.sequence,
+            at_ms,
+            receipt,
+        };
+        match producer.position(id.sequence) {
+            Ok(i) => producer.entries[i] = entry,
+            Err(i) => producer.entries.insert(i, entry),
+        }
         inner.order.push_back((at_ms, id));
         let horizon = at_ms.saturating_sub(self.window_ms);
         while let Some(&(at, oldest)) = inner.order.front() {
@@ -174,11 +252,35 @@ impl Deduplicator {
                 break;
             }
             inner.order.pop_front();
-            // Only if not remembered again since.
-            if inner.seen.get(&oldest).is_some_and(|(when, _)| *when == at) {
-                inner.seen.remove(&oldest);
-            }
+            forget(&mut inner.producers, oldest, at);
         }
+    }
+}
+
+/// A claim waiting for an attempt to end, counted until it stops waiting (also when
+/// its future is dropped).
+struct Waiting<'a>(&'a Deduplicator);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
+    }
+}
+
+/// Forgets `id` if it is still the entry remembered at `at` (not remembered again
+/// since).
+fn forget(producers: &mut HashMap<u64, Producer>, id: PublishId, at: u64) {
+    let Some(producer) = producers.get_mut(&id.producer) else {
+        return;
+    };
+    if let Ok(i) = producer.position(id.sequence)
+        && producer.entries[i].at_ms == at
+    {
+        // Nearly always the front: the oldest go first.
+        producer.entries.remove(i);
+    }
+    if producer.entries.is_empty() {
+        producers.remove(&id.producer);
     }
 }
 
@@ -283,6 +385,42 @@ mod tests {
         assert!(matches!(claim_now(&dedup, id(0), 0), Some(Claim::Fresh(_))));
         assert!(matches!(
             claim_now(&dedup, id(2), 0),
+            Some(Claim::Duplicate(_))
+        ));
+    }
+
+    #[test]
+    fn publishes_remembered_out_of_order_are_found_and_forgotten_oldest_first() {
+        let dedup = Deduplicator::new(u64::MAX, 4);
+        let id = |producer, sequence| PublishId { producer, sequence };
+        // Completions need not come in sequence order, and producers interleave.
+        for (n, (producer, sequence)) in [(1, 5), (1, 3), (2, 9), (1, 4)].into_iter().enumerate() {
+            dedup.remember(id(producer, sequence), receipt(sequence), n as u64);
+        }
+        for (producer, sequence) in [(1, 3), (1, 4), (1, 5), (2, 9)] {
+            let claim = claim_now(&dedup, id(producer, sequence), 10);
+            assert!(
+                matches!(claim, Some(Claim::Duplicate(r)) if r.base_offset == sequence),
+                "{producer}/{sequence}"
+            );
+        }
+        assert!(matches!(
+            claim_now(&dedup, id(1, 6), 10),
+            Some(Claim::Fresh(_))
+        ));
+        // A fifth entry makes room by forgetting the first remembered, (1, 5), which is
+        // not at the front of its producer's sequence.
+        dedup.remember(id(2, 10), receipt(10), 20);
+        assert!(matches!(
+            claim_now(&dedup, id(1, 5), 21),
+            Some(Claim::Fresh(_))
+        ));
+        assert!(matches!(
+            claim_now(&dedup, id(1, 3), 21),
+            Some(Claim::Duplicate(_))
+        ));
+        assert!(matches!(
+            claim_now(&dedup, id(2, 10), 21),
             Some(Claim::Duplicate(_))
         ));
     }

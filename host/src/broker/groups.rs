@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use quiver_protocol::record::{decode_batch, headers};
+use quiver_protocol::record::{decode_shared, headers};
 use quiver_protocol::{GroupInfo, GroupSettings, NewRecord, StartAt, TopicName, TopicPattern};
 use tracing::{error, info, warn};
 
@@ -220,7 +220,7 @@ impl Broker {
             if slice.base_offset != letter.offset {
                 continue;
             }
-            let Some(stored) = decode_batch(slice.base_offset, &slice.batch)
+            let Some(stored) = decode_shared(slice.base_offset, &slice.batch)
                 .map_err(StorageError::from)?
                 .pop()
             else {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use quiver_protocol::record::decode_batch;
+use quiver_protocol::record::decode_shared;
 use quiver_protocol::{
     Assigned, AssignedRecord, ClientFrame, ErrorCode, Join, NewRecord, ServerFrame, Settle,
     WireError,
@@ -214,7 +214,7 @@ impl Member<'_> {
                         break; // removed by retention: the group drops them when it notices
                     };
                     next = slice.base_offset + u64::from(slice.count);
-                    let records = decode_batch(slice.base_offset, &slice.batch)
+                    let records = decode_shared(slice.base_offset, &slice.batch)
                         .map_err(|e| storage(e.into()))?;
                     for record in records {
                         // The run is consecutive offsets: a record's delivery is found by

@@ -13,7 +13,7 @@
 
 use std::cmp::Ordering;
 
-use quiver_plugin_sdk::json::{Value, field, serde_json, text};
+use quiver_plugin_sdk::json::{Value, find, text};
 use quiver_plugin_sdk::{Event, Outcome, Plugin, export_plugin, param};
 
 struct JsonFilter;
@@ -92,13 +92,13 @@ impl Condition {
     }
 
     fn decide(&self, payload: &[u8]) -> Outcome {
-        let Ok(json) = serde_json::from_slice::<Value>(payload) else {
-            return self.invalid.clone();
+        // Only the field is built; the rest of the payload is checked and skipped.
+        let found = match find(payload, &self.path) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Outcome::Drop,
+            Err(_) => return self.invalid.clone(),
         };
-        let Some(found) = field(&json, &self.path) else {
-            return Outcome::Drop;
-        };
-        let ordering = self.compare(found);
+        let ordering = self.compare(&found);
         let pass = match self.op {
             Op::Exists => true,
             Op::Eq => ordering == Some(Ordering::Equal),
