@@ -225,3 +225,57 @@ async fn pipelined_publishes_through_an_ingress_filter_each_get_their_fate() {
         assert_eq!(offset.map(|h| &h.value[..]), Some(&b"0"[..]));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_a_filter_only_keeps_or_drops_each_get_their_fate() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    client
+        .create_topic("quiet", Retention::default())
+        .await
+        .unwrap();
+    client
+        .deploy_plugin(
+            "json-filter",
+            read_plugin(&example_plugin("json-filter")),
+            None,
+        )
+        .await
+        .unwrap();
+    let filter = Stage::new("json-filter")
+        .param("where", "n >= 10")
+        .param("invalid", "drop");
+    client.attach_plugin("quiet", filter).await.unwrap();
+
+    // Kept when n >= 10; dropped when smaller or not JSON at all.
+    let payload = |i: usize| match i % 4 {
+        0 => "not json".to_string(),
+        _ => format!(r#"{{"n":{}}}"#, i % 20),
+    };
+    let kept = |i: usize| i % 4 != 0 && i % 20 >= 10;
+    let publishes: Vec<_> = (0..400)
+        .map(|i| client.publish("quiet", payload(i)))
+        .collect();
+    let outcomes = join_all(publishes).await;
+    let mut next = 0;
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Ok(offset) if kept(i) => {
+                assert_eq!(offset, next, "publish {i}");
+                next += 1;
+            }
+            Err(Error::Transformed(r)) if !kept(i) => {
+                assert_eq!((r.count, r.dropped, r.dead_letter), (0, 1, None), "{i}");
+            }
+            other => panic!("publish {i} got {other:?}"),
+        }
+    }
+    let stored: Vec<_> = read_all(&client, "quiet")
+        .await
+        .into_iter()
+        .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
+        .collect();
+    let expected: Vec<_> = (0..400).filter(|&i| kept(i)).map(payload).collect();
+    assert_eq!(stored, expected);
+}

@@ -98,6 +98,8 @@ pub struct Report {
     pub per_consumer: bool,
     /// For the plugin scenario: the same run without the plugin.
     pub baseline: Option<Box<Report>>,
+    /// For the plugin scenario: how many calls the plugin took for the records.
+    pub plugin_calls: Option<u64>,
     /// The settings.
     pub settings: Settings,
 }
@@ -152,6 +154,9 @@ impl Report {
         if let (Some(baseline), Some(cost)) = (&self.baseline, self.cost_percent()) {
             out["baseline_msgs_per_s"] = baseline.msgs_per_s().round().into();
             out["cost_percent"] = ((cost * 10.0).round() / 10.0).into();
+        }
+        if let Some(calls) = self.plugin_calls {
+            out["plugin_calls"] = calls.into();
         }
         out
     }
@@ -271,6 +276,7 @@ async fn publish(
         latency: produced.latency,
         per_consumer: false,
         baseline: None,
+        plugin_calls: None,
         settings: settings.clone(),
     })
 }
@@ -293,6 +299,7 @@ async fn end_to_end(
         latency: consumed.latency,
         per_consumer: settings.scenario != Scenario::Group,
         baseline: None,
+        plugin_calls: None,
         settings: settings.clone(),
     })
 }
@@ -345,6 +352,8 @@ async fn plugin(
         let baseline = publish(settings, connector, topics, Payloads::Json).await?;
         let mut report = publish(settings, connector, &filtered, Payloads::Json).await?;
         report.baseline = Some(Box::new(baseline));
+        let status = admin.plugin_status(&name).await?;
+        report.plugin_calls = Some(status.attachments.iter().map(|a| a.calls).sum());
         anyhow::Ok(report)
     }
     .await;

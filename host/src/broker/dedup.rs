@@ -123,10 +123,12 @@ struct Producer {
 impl Producer {
     /// Where `sequence` is, or would go.
     fn position(&self, sequence: u64) -> Result<usize, usize> {
-        // The common case: newer than everything remembered.
-        match self.entries.back() {
-            Some(last) if last.sequence < sequence => Err(self.entries.len()),
-            None => Err(0),
+        // The common cases: newer than everything remembered (a claim, or remembering
+        // it), or the oldest (forgetting it).
+        match (self.entries.front(), self.entries.back()) {
+            (_, Some(last)) if last.sequence < sequence => Err(self.entries.len()),
+            (Some(first), _) if first.sequence == sequence => Ok(0),
+            (None, _) => Err(0),
             _ => self.entries.binary_search_by_key(&sequence, |e| e.sequence),
         }
     }

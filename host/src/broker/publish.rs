@@ -398,6 +398,37 @@ impl Broker {
                 });
             }
         };
+        if sorted.routed.is_empty() && sorted.dead.is_empty() {
+            // Only kept, replaced or dropped records: everything goes to the topic, and
+            // each publish's records are a run of it (the pipeline keeps their order).
+            let mut counts = vec![(0u32, 0u32); count];
+            for item in &sorted.passed {
+                if let Some((kept, _)) = counts.get_mut(item.publish as usize) {
+                    *kept += 1;
+                }
+            }
+            for &publish in &sorted.dropped {
+                if let Some((_, dropped)) = counts.get_mut(publish as usize) {
+                    *dropped += 1;
+                }
+            }
+            let layouts = counts.into_iter().scan(0, |start, (kept, dropped)| {
+                let part = Some((*start, kept));
+                *start += kept;
+                Some(Ok(ReceiptLayout {
+                    part,
+                    dropped,
+                    ..ReceiptLayout::default()
+                }))
+            });
+            set_layouts(&mut slots, layouts);
+            let records = sorted.passed.into_iter().map(|item| item.record).collect();
+            return Ok(PreparedEach {
+                slots,
+                appends: vec![(log, records)],
+                state: sorted.state,
+            });
+        }
         let (each, state) = sorted.split(count);
         let mut appends = Vec::new();
         let mut layouts = Vec::with_capacity(count);

@@ -194,6 +194,12 @@ fn text(report: &Report, rss_kib: Option<u64>) -> String {
         if let Some(cost) = report.cost_percent() {
             out.push_str(&format!("  throughput cost of the plugin: {cost:.1} %\n"));
         }
+        if let Some(calls) = report.plugin_calls.filter(|&calls| calls > 0) {
+            let per_call = report.published as f64 / calls as f64;
+            out.push_str(&format!(
+                "  plugin calls: {calls} ({per_call:.1} records per call)\n"
+            ));
+        }
     } else {
         out.push_str(&line(report, ""));
     }

@@ -33,6 +33,8 @@ struct Condition {
     path: String,
     op: Op,
     value: String,
+    /// `value` as a number, if it is one.
+    number: Option<f64>,
     order: Vec<String>,
     invalid: Outcome,
 }
@@ -70,22 +72,28 @@ impl Condition {
                 ));
             }
         };
+        let value = value.trim_matches('"').to_owned();
         Ok(Self {
             path,
             op,
-            value: value.trim_matches('"').to_owned(),
+            number: value.parse().ok(),
+            value,
             order,
             invalid,
         })
     }
 
     fn compare(&self, found: &Value) -> Option<Ordering> {
+        // A JSON number against a number, with no scale of words: no text needed.
+        if let (true, Some(a), Some(b)) = (self.order.is_empty(), found.as_f64(), self.number) {
+            return a.partial_cmp(&b);
+        }
         let found = text(found);
         let rank = |s: &str| self.order.iter().position(|o| o == s);
         if let (Some(a), Some(b)) = (rank(&found), rank(&self.value)) {
             return Some(a.cmp(&b));
         }
-        if let (Ok(a), Ok(b)) = (found.parse::<f64>(), self.value.parse::<f64>()) {
+        if let (Ok(a), Some(b)) = (found.parse::<f64>(), self.number) {
             return a.partial_cmp(&b);
         }
         Some(found.as_str().cmp(self.value.as_str()))
