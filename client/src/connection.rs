@@ -260,6 +260,7 @@ impl ClientBuilder {
                 .saturating_sub(EACH_FRAME_OVERHEAD)
                 .min(outgoing::MAX_EACH_BYTES),
             records: limits.max_batch_records.max(1) as usize,
+            max_frame_len: limits.max_frame_len,
         };
         tokio::spawn(outgoing::write_frames(
             send,

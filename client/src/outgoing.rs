@@ -67,6 +67,8 @@ pub(crate) struct EachLimits {
     pub(crate) bytes: usize,
     /// Records in one frame.
     pub(crate) records: usize,
+    /// The longest frame body the broker accepts.
+    pub(crate) max_frame_len: u64,
 }
 
 /// Writes queued items to the control stream until every sender is gone or the stream
@@ -85,7 +87,7 @@ pub(crate) async fn write_frames(
                 Outgoing::Frame(frame) => buf.extend_from_slice(&frame),
                 Outgoing::Single(single) => {
                     let (merged, after) = merge(single, &mut rx, limits);
-                    encode_each(merged, &pending, &mut buf);
+                    encode_each(merged, &pending, limits.max_frame_len, &mut buf);
                     next = after;
                 }
             }
@@ -134,7 +136,7 @@ fn merge(
 
 /// Registers merged publishes as one request and appends its frame to `buf`. If the
 /// connection is gone, their futures report it.
-fn encode_each(merged: Vec<Single>, pending: &Pending, buf: &mut BytesMut) {
+fn encode_each(merged: Vec<Single>, pending: &Pending, max_frame_len: u64, buf: &mut BytesMut) {
     let first_id = merged[0].id;
     let mut topic = String::new();
     let mut records = Vec::with_capacity(merged.len());
@@ -154,9 +156,18 @@ fn encode_each(merged: Vec<Single>, pending: &Pending, buf: &mut BytesMut) {
         },
     });
     let start = buf.len();
-    if let Err(e) = frame::encode(&request, buf) {
-        // Only a frame past 4 GiB fails to encode; the byte budget keeps far below.
-        let error = WireError::new(ErrorCode::Malformed, e.to_string());
+    let refused = match frame::encode(&request, buf) {
+        // The byte budget keeps records well within the limit; only an absurdly long
+        // topic name (which the broker would refuse anyway) can pass it.
+        Ok(()) if (buf.len() - start - frame::LENGTH_PREFIX_LEN) as u64 > max_frame_len => {
+            let error = format!("the frame exceeds the broker's limit of {max_frame_len} bytes");
+            Some(WireError::new(ErrorCode::FrameTooLarge, error))
+        }
+        Ok(()) => None,
+        Err(e) => Some(WireError::new(ErrorCode::FrameTooLarge, e.to_string())),
+    };
+    if let Some(error) = refused {
+        buf.truncate(start);
         for reply in replies {
             let _ = reply.send(Err(error.clone()));
         }
