@@ -303,7 +303,9 @@ async fn control_loop(
 /// queued to storage before this returns. Otherwise it takes a [`Turn`]: its plugins
 /// run in the returned future, overlapping with later requests, and it reaches storage
 /// only after the publish before it did. Either way, one connection's publishes are
-/// stored in the order they arrived.
+/// stored in the order they arrived. A publish retrying an id still in flight also
+/// takes a turn: waiting for that attempt here would stop this loop from answering
+/// it, when it may be this connection's own.
 async fn dispatch(
     broker: &Arc<Broker>,
     access: &Access,
@@ -364,7 +366,7 @@ async fn publish(
     records: Vec<NewRecord>,
     id: Option<PublishId>,
 ) -> BoxFuture<'static, Result<Receipt, BrokerError>> {
-    if order.idle() && !broker.has_ingress(&topic) {
+    if order.idle() && !broker.has_ingress(&topic) && !broker.would_wait(id.into_iter()) {
         return match broker.submit_publish(&topic, records, id).await {
             Ok(pending) => pending.durable().boxed(),
             Err(e) => std::future::ready(Err(e)).boxed(),
@@ -397,7 +399,8 @@ async fn publish_each(
     records: Vec<NewRecord>,
     first_id: PublishId,
 ) -> BoxFuture<'static, Result<Vec<Result<Receipt, WireError>>, BrokerError>> {
-    if order.idle() && !broker.has_ingress(&topic) {
+    let waits = broker.each_would_wait(records.len(), first_id);
+    if order.idle() && !broker.has_ingress(&topic) && !waits {
         let queued = match broker.prepare_each(&topic, records, first_id).await {
             Ok(prepared) => broker.queue_each(prepared).await,
             Err(e) => Err(e),

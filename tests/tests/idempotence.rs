@@ -126,3 +126,30 @@ async fn a_retry_after_the_dedup_window_is_a_new_publish() {
         .unwrap();
     assert_eq!((first.base_offset, second.base_offset), (0, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_sent_while_the_first_attempt_is_in_flight_gets_its_receipt() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    client
+        .create_topic("orders", Retention::default())
+        .await
+        .unwrap();
+    // The same id twice on one connection, the second sent before the first is
+    // answered (an application retrying after its own timeout): both get the first
+    // receipt, and neither waits forever on the other.
+    let id = client.next_publish_id();
+    let batch = vec![NewRecord::new("a"), NewRecord::new("b")];
+    let first = client.publish_batch_with_id("orders", batch.clone(), id);
+    let again = client.publish_batch_with_id("orders", batch, id);
+    let both = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        tokio::join!(first, again)
+    })
+    .await
+    .expect("the connection answers both");
+    let (first, again) = (both.0.unwrap(), both.1.unwrap());
+    assert_eq!(first, again);
+    assert_eq!(first.offsets(), 0..2);
+    assert_eq!(records(&client, "orders").await, 2);
+}

@@ -230,6 +230,12 @@ impl Deduplicator {
         }))
     }
 
+    /// Whether any of `ids` is being published right now (so claiming it would wait).
+    pub fn any_in_flight(&self, mut ids: impl Iterator<Item = PublishId>) -> bool {
+        let inner = self.lock();
+        ids.any(|id| inner.in_flight.contains(&id))
+    }
+
     /// Remembers a durable publish (also used to load entries at start-up).
     pub fn remember(&self, id: PublishId, receipt: Receipt, at_ms: u64) {
         let mut inner = self.lock();

@@ -250,6 +250,20 @@ impl Broker {
         }))
     }
 
+    /// Whether preparing a publish with these ids would wait for an attempt at one of
+    /// them still in flight. A connection must not wait inline for its own earlier
+    /// publish: that one ends only once the connection gets on with its replies.
+    pub fn would_wait(&self, ids: impl Iterator<Item = PublishId>) -> bool {
+        self.dedup.window_ms() > 0 && self.dedup.any_in_flight(ids)
+    }
+
+    /// The ids of a `PublishEach` (see [`would_wait`](Broker::would_wait)); none if the
+    /// request is invalid, which preparing it reports.
+    pub fn each_would_wait(&self, count: usize, first: PublishId) -> bool {
+        self.each_ids(count, first)
+            .is_ok_and(|ids| self.would_wait(ids))
+    }
+
     /// The right to publish `id`, or the receipt of its first publish.
     async fn claim(&self, id: PublishId) -> Result<Ticket, Receipt> {
         match self.dedup.claim(id, now_ms).await {
