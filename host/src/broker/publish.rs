@@ -73,6 +73,17 @@ pub struct PreparedEach {
     state: Vec<StateWrite>,
 }
 
+impl PreparedEach {
+    /// Nothing to store: every publish is answered already.
+    fn answered(slots: Vec<Slot>) -> Self {
+        Self {
+            slots,
+            appends: Vec::new(),
+            state: Vec::new(),
+        }
+    }
+}
+
 /// The publishes of a `PublishEach` queued for the next group commit; await
 /// [`PendingEach::durable`] for one outcome per publish.
 #[derive(Debug)]
@@ -340,6 +351,64 @@ impl Broker {
     ) -> Result<PreparedEach, BrokerError> {
         let log = self.topic(topic)?;
         let ids = self.each_ids(records.len(), first_id)?;
+        let (mut slots, fresh) = self.claim_each(records, ids).await;
+        if fresh.is_empty() {
+            return Ok(PreparedEach::answered(slots));
+        }
+        let Some(stages) = self.plugins.topic_stages(log.id()) else {
+            let layouts = (0..).map(|index| Ok(ReceiptLayout::part(index, 1)));
+            set_layouts(&mut slots, layouts);
+            return Ok(PreparedEach {
+                slots,
+                appends: vec![(log, fresh)],
+                state: Vec::new(),
+            });
+        };
+        let count = fresh.len();
+        let now = now_ms();
+        let items = (0..)
+            .zip(fresh)
+            .map(|(publish, record)| Item {
+                offset: 0, // each record is the first of its publish
+                timestamp: now,
+                record,
+                publish,
+            })
+            .collect();
+        let name = log.name().to_string();
+        let mut sorted = match self.plugins.run(stages, name, items, true).await {
+            Ok(sorted) => sorted,
+            Err(e) => {
+                // What a lone publish would have got, for each publish that ran.
+                let error = WireError::from(&BrokerError::from(e));
+                for slot in &mut slots {
+                    if matches!(slot, Slot::Stored { .. }) {
+                        *slot = Slot::Answered(Err(error.clone()));
+                    }
+                }
+                return Ok(PreparedEach::answered(slots));
+            }
+        };
+        let state = std::mem::take(&mut sorted.state);
+        let (appends, layouts) = match sorted.routed.is_empty() && sorted.dead.is_empty() {
+            true => runs_in_topic(log, sorted, count),
+            false => self.appends_per_publish(log, sorted, count).await,
+        };
+        set_layouts(&mut slots, layouts);
+        Ok(PreparedEach {
+            slots,
+            appends,
+            state,
+        })
+    }
+
+    /// Checks and claims each record of a `PublishEach` as a publish of its own: the
+    /// slot of each, and the records to store (in order).
+    async fn claim_each(
+        &self,
+        records: Vec<NewRecord>,
+        ids: impl Iterator<Item = PublishId>,
+    ) -> (Vec<Slot>, Vec<NewRecord>) {
         let dedup_on = self.dedup.window_ms() > 0;
         let mut slots = Vec::with_capacity(records.len());
         let mut fresh = Vec::with_capacity(records.len());
@@ -364,90 +433,23 @@ impl Broker {
             });
             fresh.push(record);
         }
-        if fresh.is_empty() {
-            return Ok(PreparedEach {
-                slots,
-                appends: Vec::new(),
-                state: Vec::new(),
-            });
-        }
-        let Some(stages) = self.plugins.topic_stages(log.id()) else {
-            let layouts = (0..).map(|index| ReceiptLayout {
-                part: Some((index, 1)),
-                ..ReceiptLayout::default()
-            });
-            set_layouts(&mut slots, layouts.map(Ok));
-            return Ok(PreparedEach {
-                slots,
-                appends: vec![(log, fresh)],
-                state: Vec::new(),
-            });
-        };
-        let now = now_ms();
-        let count = fresh.len();
-        let items = (0..)
-            .zip(fresh)
-            .map(|(publish, record)| Item {
-                offset: 0, // each record is the first of its publish
-                timestamp: now,
-                record,
-                publish,
-            })
-            .collect();
-        let name = log.name().to_string();
-        let sorted = match self.plugins.run(stages, name, items, true).await {
-            Ok(sorted) => sorted,
-            Err(e) => {
-                // What a lone publish would have got, for each publish that ran.
-                let error = WireError::from(&BrokerError::from(e));
-                for slot in &mut slots {
-                    if matches!(slot, Slot::Stored { .. }) {
-                        *slot = Slot::Answered(Err(error.clone()));
-                    }
-                }
-                return Ok(PreparedEach {
-                    slots,
-                    appends: Vec::new(),
-                    state: Vec::new(),
-                });
-            }
-        };
-        if sorted.routed.is_empty() && sorted.dead.is_empty() {
-            // Only kept, replaced or dropped records: everything goes to the topic, and
-            // each publish's records are a run of it (the pipeline keeps their order).
-            let mut counts = vec![(0u32, 0u32); count];
-            for item in &sorted.passed {
-                if let Some((kept, _)) = counts.get_mut(item.publish as usize) {
-                    *kept += 1;
-                }
-            }
-            for &publish in &sorted.dropped {
-                if let Some((_, dropped)) = counts.get_mut(publish as usize) {
-                    *dropped += 1;
-                }
-            }
-            let layouts = counts.into_iter().scan(0, |start, (kept, dropped)| {
-                let part = Some((*start, kept));
-                *start += kept;
-                Some(Ok(ReceiptLayout {
-                    part,
-                    dropped,
-                    ..ReceiptLayout::default()
-                }))
-            });
-            set_layouts(&mut slots, layouts);
-            let records = sorted.passed.into_iter().map(|item| item.record).collect();
-            return Ok(PreparedEach {
-                slots,
-                appends: vec![(log, records)],
-                state: sorted.state,
-            });
-        }
-        let (each, state) = sorted.split(count);
+        (slots, fresh)
+    }
+
+    /// What the plugins made of `count` publishes, routes and dead letters included:
+    /// each publish gets appends of its own (its receipt is read from those), all in
+    /// one write. A publish whose dead letters find no topic fails alone, as it would
+    /// alone.
+    async fn appends_per_publish(
+        &self,
+        log: Arc<TopicLog>,
+        sorted: Sorted,
+        count: usize,
+    ) -> (Vec<TopicRecords>, Vec<Result<ReceiptLayout, WireError>>) {
+        let (each, _) = sorted.split(count);
         let mut appends = Vec::new();
         let mut layouts = Vec::with_capacity(count);
         for sorted in each {
-            // A publish whose dead letters find no topic fails alone, as it would alone.
             let layout = match self.sorted_appends(Arc::clone(&log), sorted).await {
                 Ok((mine, mut layout)) => {
                     layout.first_append = appends.len();
@@ -458,12 +460,7 @@ impl Broker {
             };
             layouts.push(layout);
         }
-        set_layouts(&mut slots, layouts);
-        Ok(PreparedEach {
-            slots,
-            appends,
-            state,
-        })
+        (appends, layouts)
     }
 
     /// Hands prepared publishes of a `PublishEach` to storage as one write, each
@@ -589,6 +586,41 @@ impl Broker {
         let records = dead.into_iter().map(|d| d.into_record(topic)).collect();
         Ok((dlq, records))
     }
+}
+
+/// What the plugins made of `count` publishes when they only kept, replaced or
+/// dropped records: everything goes to the topic as one append, each publish's
+/// records a run of it (the pipeline keeps their order).
+fn runs_in_topic(
+    log: Arc<TopicLog>,
+    sorted: Sorted,
+    count: usize,
+) -> (Vec<TopicRecords>, Vec<Result<ReceiptLayout, WireError>>) {
+    let mut counts = vec![(0u32, 0u32); count];
+    for item in &sorted.passed {
+        if let Some((kept, _)) = counts.get_mut(item.publish as usize) {
+            *kept += 1;
+        }
+    }
+    for &publish in &sorted.dropped {
+        if let Some((_, dropped)) = counts.get_mut(publish as usize) {
+            *dropped += 1;
+        }
+    }
+    let mut start = 0;
+    let layouts = counts
+        .into_iter()
+        .map(|(kept, dropped)| {
+            let layout = ReceiptLayout {
+                dropped,
+                ..ReceiptLayout::part(start, kept)
+            };
+            start += kept;
+            Ok(layout)
+        })
+        .collect();
+    let records = sorted.passed.into_iter().map(|item| item.record).collect();
+    (vec![(log, records)], layouts)
 }
 
 /// Gives the publishes that store, in order, their receipt layouts, or the error

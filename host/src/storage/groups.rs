@@ -92,6 +92,14 @@ pub struct ReceiptLayout {
 }
 
 impl ReceiptLayout {
+    /// A publish whose records are `start .. start + count` of the first append.
+    pub fn part(start: u32, count: u32) -> Self {
+        Self {
+            part: Some((start, count)),
+            ..Self::default()
+        }
+    }
+
     /// The receipt for the appends of one publish.
     pub fn receipt(&self, appended: &[Appended]) -> Receipt {
         let appended = appended.get(self.first_append..).unwrap_or_default();
