@@ -35,6 +35,9 @@ mod bindings {
         path: "../plugin-sdk/wit",
         world: "plugin",
         imports: { default: trappable },
+        // Events go into a call borrowed from the records, not copied into owned
+        // values first (`header` then has a borrowed and an owned form).
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
@@ -359,7 +362,12 @@ impl Instance {
         topic: &str,
         events: &[InputEvent<'_>],
     ) -> Result<CallOutput, PluginError> {
-        let inputs: Vec<types::Event> = events.iter().map(to_wit).collect();
+        let headers: Vec<_> = events.iter().map(|e| header_params(e.record)).collect();
+        let inputs: Vec<types::Event<'_>> = events
+            .iter()
+            .zip(&headers)
+            .map(|(event, headers)| to_wit(event, headers))
+            .collect();
         self.store.data_mut().begin_call();
         self.store.set_epoch_deadline(self.deadline_ticks);
         let result = self.plugin.call_process(&mut self.store, topic, &inputs);
@@ -376,22 +384,31 @@ impl Instance {
     }
 }
 
-fn to_wit(event: &InputEvent<'_>) -> types::Event {
+/// An event as the call takes it, borrowing the record's bytes and `headers` (made by
+/// [`header_params`]).
+fn to_wit<'a>(
+    event: &'a InputEvent<'a>,
+    headers: &'a [types::HeaderParam<'a>],
+) -> types::Event<'a> {
     let record = event.record;
     types::Event {
         offset: event.offset,
         timestamp: event.timestamp,
-        key: record.key.as_ref().map(|k| k.to_vec()),
-        headers: record
-            .headers
-            .iter()
-            .map(|h| types::Header {
-                name: h.name.clone(),
-                value: h.value.to_vec(),
-            })
-            .collect(),
-        payload: record.payload.to_vec(),
+        key: record.key.as_deref(),
+        headers,
+        payload: &record.payload,
     }
+}
+
+fn header_params(record: &NewRecord) -> Vec<types::HeaderParam<'_>> {
+    record
+        .headers
+        .iter()
+        .map(|h| types::HeaderParam {
+            name: &h.name,
+            value: &h.value,
+        })
+        .collect()
 }
 
 /// Checks a call's outcomes against the limits and turns them into Quiver's types.
