@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
 use futures::future::join_all;
-use quiver_client::{Error, ErrorCode, NewRecord, Retention, Stage};
+use quiver_client::{Client, Error, ErrorCode, NewRecord, Retention, Stage};
 use quiver_protocol::{ClientFrame, Op, OpReply, PublishId, Request, ServerFrame};
 use quiver_tests::raw::RawConnection;
 use quiver_tests::{Broker, DataDir, example_plugin, read_all, read_plugin};
@@ -43,6 +43,20 @@ async fn publish_each(
         Ok(other) => panic!("expected PublishedEach, got {other:?}"),
         Err(e) => Err(e.code),
     }
+}
+
+/// Creates `topic` with the `json-filter` example as its ingress stage.
+async fn filtered_topic(client: &Client, topic: &str, filter: Stage) {
+    client
+        .create_topic(topic, Retention::default())
+        .await
+        .unwrap();
+    let wasm = read_plugin(&example_plugin("json-filter"));
+    client
+        .deploy_plugin("json-filter", wasm, None)
+        .await
+        .unwrap();
+    client.attach_plugin(topic, filter).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,22 +169,10 @@ async fn pipelined_publishes_through_an_ingress_filter_each_get_their_fate() {
     let data = DataDir::new();
     let broker = Broker::start(&data);
     let client = broker.client().await;
-    client
-        .create_topic("logs", Retention::default())
-        .await
-        .unwrap();
-    client
-        .deploy_plugin(
-            "json-filter",
-            read_plugin(&example_plugin("json-filter")),
-            None,
-        )
-        .await
-        .unwrap();
     let filter = Stage::new("json-filter")
         .param("where", "level >= warn")
         .param("order", "debug,info,warn,error");
-    client.attach_plugin("logs", filter).await.unwrap();
+    filtered_topic(&client, "logs", filter).await;
 
     // Every third is kept, every third dropped, every third dead-lettered.
     let payload = |i: usize| match i % 3 {
@@ -231,22 +233,10 @@ async fn pipelined_publishes_a_filter_only_keeps_or_drops_each_get_their_fate() 
     let data = DataDir::new();
     let broker = Broker::start(&data);
     let client = broker.client().await;
-    client
-        .create_topic("quiet", Retention::default())
-        .await
-        .unwrap();
-    client
-        .deploy_plugin(
-            "json-filter",
-            read_plugin(&example_plugin("json-filter")),
-            None,
-        )
-        .await
-        .unwrap();
     let filter = Stage::new("json-filter")
         .param("where", "n >= 10")
         .param("invalid", "drop");
-    client.attach_plugin("quiet", filter).await.unwrap();
+    filtered_topic(&client, "quiet", filter).await;
 
     // Kept when n >= 10; dropped when smaller or not JSON at all.
     let payload = |i: usize| match i % 4 {
