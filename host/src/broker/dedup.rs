@@ -8,8 +8,9 @@
 //!
 //! The window is `dedup.window` long but holds at most `dedup.max_entries` publishes:
 //! past that the oldest are forgotten first. Memory is what bounds it: an entry takes
-//! about 60 bytes when its receipt is plain (no plugin routed, dropped or
-//! dead-lettered anything), so the receipt is kept compact in that common case.
+//! 56 bytes (about 100 of RSS, measured, with the queues' spare capacity) when its
+//! receipt is plain (no plugin routed, dropped or dead-lettered anything), so the
+//! receipt is kept compact in that common case.
 //! Entries are kept per producer in sequence order rather than in one map of ids: a
 //! producer numbers its publishes upwards, so remembering and forgetting are a push
 //! and a pop, and a lookup a binary search in memory that is close together.
