@@ -14,11 +14,13 @@
 //! | `o` group-id topic-id                 | a group's cursor and counters in a topic (24 bytes) |
 //! | `u` group-id topic-id offset          | a pending record: deliveries (u32), not-before (u64) |
 //! | `d` time (ms) unique-id               | the ids and receipts of one commit's publishes, for deduplicating retries (postcard) |
+//! | `a`                                   | [`Unfinished`]: the one-topic commit being written key by key |
 //! | `v`                                   | the layout version, [`FORMAT`] (u32 BE) |
 //!
 //! Big-endian integers make key order offset order, so "the chunk holding offset N" is
 //! the last `i` key at or below N. Everything lives in one tree so that one
-//! `apply_batch` updates chunks, index and stats atomically.
+//! `apply_batch` updates chunks, index and stats atomically, and so that a commit
+//! written key by key (`writer.rs`) is one run of log messages.
 //!
 //! Why chunks are cut into parts: sled 0.34 writes a leaf node (up to 17 entries) as
 //! one log message, and a message over a quarter of a segment goes to a blob file.
@@ -42,14 +44,17 @@ pub(super) const GROUP: u8 = b'g';
 pub(super) const LANE: u8 = b'o';
 pub(super) const UNACKED: u8 = b'u';
 pub(super) const DEDUP: u8 = b'd';
+pub(super) const UNFINISHED: &[u8] = b"a";
 pub(super) const VERSION: &[u8] = b"v";
 
-/// The layout this code writes; a data dir of another is refused, except [`FORMAT_V1`].
-pub(super) const FORMAT: u32 = 2;
+/// The layout this code writes; a data dir of another is refused, except the versions
+/// from [`FORMAT_V1`] on, which open as they are and are stamped [`FORMAT`].
+pub(super) const FORMAT: u32 = 3;
 
-/// The layout before index entries carried a checksum. It reads as it is (its entries
-/// decode without one), and opening it stamps it [`FORMAT`], so that a broker too old
-/// to read checksummed entries refuses the data dir instead of failing on them.
+/// The first layout, before index entries carried a checksum. It reads as it is (its
+/// entries decode without one). Version 2 added the checksums, version 3 the `a` key.
+/// Opening an older data dir stamps it [`FORMAT`], so that a broker too old to read
+/// what this one writes refuses the data dir instead of misreading it.
 pub(super) const FORMAT_V1: u32 = 1;
 
 pub(super) fn plugin(name: &str) -> Vec<u8> {
@@ -110,6 +115,46 @@ pub(super) fn unacked(group: u64, topic: u64, offset: u64) -> [u8; 25] {
 /// order, and by a unique id so that commits in the same millisecond differ.
 pub(super) fn dedup(at_ms: u64, unique: u64) -> [u8; 17] {
     with_offset(DEDUP, at_ms, unique)
+}
+
+/// A commit being written key by key, one topic's appends: written first and removed
+/// last, so that a log cut short inside the commit still holds it (sled recovers a
+/// prefix of its log). Opening then takes back what the commit wrote: the topic's
+/// stats, written just before the removal, still say `next`, so the chunks at or above
+/// it and the commit's `d` entry are removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Unfinished {
+    pub(super) topic: u64,
+    /// The topic's `next` before the commit: its first chunk's base.
+    pub(super) next: u64,
+    /// The commit's deduplication entry, if it has one.
+    pub(super) dedup: Option<[u8; 17]>,
+}
+
+impl Unfinished {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(33);
+        out.extend_from_slice(&self.topic.to_be_bytes());
+        out.extend_from_slice(&self.next.to_be_bytes());
+        if let Some(dedup) = &self.dedup {
+            out.extend_from_slice(dedup);
+        }
+        out
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
+        let number = |at: usize| Some(u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+        let dedup = match bytes.len() {
+            16 => None,
+            33 => Some(bytes[16..].try_into().ok()?),
+            _ => return None,
+        };
+        Some(Self {
+            topic: number(0)?,
+            next: number(8)?,
+            dedup,
+        })
+    }
 }
 
 /// The big-endian u64s after a key's prefix byte.
@@ -305,5 +350,14 @@ mod tests {
         // An entry written before checksums: the first 24 bytes, no CRC.
         let old = ChunkMeta::decode(&meta.encode()[..24]).unwrap();
         assert_eq!(old, ChunkMeta { crc: None, ..meta });
+        for dedup in [None, Some(dedup(10, 11))] {
+            let unfinished = Unfinished {
+                topic: 8,
+                next: 9,
+                dedup,
+            };
+            assert_eq!(Unfinished::decode(&unfinished.encode()), Some(unfinished));
+        }
+        assert_eq!(Unfinished::decode(&[0; 17]), None);
     }
 }

@@ -4,8 +4,9 @@
 //! A topic is a run of *chunks*, each a record batch (the protocol's format) keyed by
 //! the offset of its first record and stored in parts of at most 16 KiB; `keys.rs` has
 //! the layout and why. All writes go through one writer thread (`writer.rs`) that takes
-//! whatever commands queued up during the last flush, applies them as one atomic sled
-//! batch, flushes once (group commit) and only then answers. Topics with batched
+//! whatever commands queued up during the last flush, applies them atomically (one sled
+//! batch, or key by key for one topic's appends), flushes once (group commit) and only
+//! then answers. Topics with batched
 //! durability are the exception: their appends are answered once applied and flushed
 //! within the topic's interval (`flusher.rs`). Readers read sled directly, bounded by
 //! each topic's high-water mark.
@@ -16,15 +17,18 @@
 //! - offsets are dense: the writer assigns `next, next + 1, …` and a failed commit
 //!   assigns nothing (the stats in memory change only after a successful flush);
 //! - everything one command writes (chunks, index entries, stats, routed copies in other
-//!   topics, plugin state) lands in one sled batch: all of it or none;
+//!   topics, plugin state) lands all or none: in one sled batch, or, when a group commit
+//!   holds only appends to one topic, key by key between a marker and its removal
+//!   ([`keys::Unfinished`]), which opening uses to take back a commit the log cut short
+//!   (sled recovers a prefix of its log);
 //! - timestamps never go backwards within a topic, so time lookups can bisect;
 //! - a chunk is served only if its bytes match its index entry (length and CRC-32),
 //!   so bytes that changed on disk are reported, never served (`read.rs`);
 //! - after a failed write nothing more is written until a restart (`writer.rs`).
 //!
 //! Opening checks what can be checked before sled reads its log (`conf`), turns sled's
-//! errors and panics on a damaged log into [`StorageError`]s, and then checks that
-//! every topic's stats agree with its index.
+//! errors and panics on a damaged log into [`StorageError`]s, takes back a commit cut
+//! short, and then checks that every topic's stats agree with its index.
 
 mod flusher;
 mod groups;
@@ -43,6 +47,7 @@ use bytes::{Bytes, BytesMut};
 use quiver_protocol::record::BatchError;
 use quiver_protocol::{NewRecord, PublishId, Receipt, Stage, TopicName};
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::warn;
 
 use flusher::Flusher;
 pub use groups::{Dedup, GroupRecord, GroupWrite, ReceiptLayout, StoredGroup, StoredLane};
@@ -296,6 +301,7 @@ impl Storage {
                 .map_err(open_error)?;
             let tree = db.open_tree("log").map_err(open_error)?;
             check_format(&tree, &config.path)?;
+            take_back_unfinished(&tree)?;
             let topics = recover(&tree)?;
             Ok((db, tree, topics))
         })?;
@@ -745,12 +751,12 @@ fn check_format(tree: &sled::Tree, path: &Path) -> Result<(), StorageError> {
             mark()
         }
         Some(Ok(keys::FORMAT)) => mark(),
-        Some(Ok(keys::FORMAT_V1)) => {
+        Some(Ok(keys::FORMAT_V1..keys::FORMAT)) => {
             stamp()?;
             mark()
         }
         Some(Ok(other)) => Err(StorageError::corrupt(format!(
-            "the data dir has layout version {other}; this broker reads versions {} and {}",
+            "the data dir has layout version {other}; this broker reads versions {} to {}",
             keys::FORMAT_V1,
             keys::FORMAT
         ))),
@@ -759,6 +765,49 @@ fn check_format(tree: &sled::Tree, path: &Path) -> Result<(), StorageError> {
             "the layout version is missing from a data dir that holds data",
         )),
     }
+}
+
+/// Takes back a commit that the log cut short while the writer wrote it key by key
+/// (see [`keys::Unfinished`]): if its topic's stats were not written, its chunks and its
+/// dedup entry go. Nothing of it was acknowledged: that waits for the flush after it.
+fn take_back_unfinished(tree: &sled::Tree) -> Result<(), StorageError> {
+    let Some(value) = tree.get(keys::UNFINISHED)? else {
+        return Ok(());
+    };
+    let unfinished = keys::Unfinished::decode(&value)
+        .ok_or_else(|| StorageError::corrupt("the unfinished-commit marker is unreadable"))?;
+    let stats = tree
+        .get(keys::with_id(keys::STATS, unfinished.topic))?
+        .and_then(|v| LogStats::decode(&v));
+    let mut batch = sled::Batch::default();
+    if stats.is_some_and(|stats| stats.next == unfinished.next) {
+        let id = unfinished.topic;
+        for prefix in [keys::INDEX, keys::CHUNK] {
+            let topic = keys::with_id(prefix, id);
+            for key in tree
+                .range(keys::with_offset(prefix, id, unfinished.next)..)
+                .keys()
+            {
+                let key = key?;
+                if !key.starts_with(&topic) {
+                    break;
+                }
+                batch.remove(key);
+            }
+        }
+        if let Some(dedup) = unfinished.dedup {
+            batch.remove(&dedup[..]);
+        }
+        warn!(
+            topic = id,
+            from = unfinished.next,
+            "took back a commit the log cut short (it was never acknowledged)"
+        );
+    }
+    batch.remove(keys::UNFINISHED);
+    tree.apply_batch(batch)?;
+    tree.flush()?;
+    Ok(())
 }
 
 /// Reads every topic and checks that its stats agree with its index.

@@ -917,3 +917,132 @@ fn a_panic_while_opening_becomes_an_error() {
     // The hook is restored: a later panic is not swallowed by this one's.
     assert_eq!(catch_panic(|| Ok(7)).unwrap(), 7);
 }
+
+/// Writes, straight into the tree, what a one-topic commit of one record at `base`
+/// writes key by key, up to and including the dedup entry; the stats too if `counted`.
+/// The chunk is a copy of the one at `base - 1`.
+fn write_commit_cut_short(storage: &Storage, log: &TopicLog, base: u64, counted: bool) {
+    let tree = &storage.tree;
+    let id = log.id();
+    let dedup = keys::dedup(now_ms(), u64::MAX);
+    let marker = keys::Unfinished {
+        topic: id,
+        next: base,
+        dedup: Some(dedup),
+    };
+    tree.insert(keys::UNFINISHED, marker.encode()).unwrap();
+    let part = tree
+        .get(keys::chunk_part(id, base - 1, 0))
+        .unwrap()
+        .unwrap();
+    tree.insert(keys::chunk_part(id, base, 0), part).unwrap();
+    let index = keys::with_offset(keys::INDEX, id, base - 1);
+    let meta = tree.get(index).unwrap().unwrap();
+    tree.insert(keys::with_offset(keys::INDEX, id, base), meta)
+        .unwrap();
+    let receipt = Receipt {
+        base_offset: base,
+        count: 1,
+        routed: Vec::new(),
+        dead_letter: None,
+        dropped: 0,
+    };
+    let id_of = PublishId {
+        producer: 9,
+        sequence: 99,
+    };
+    let entry = postcard::to_allocvec(&vec![(id_of, receipt)]).unwrap();
+    tree.insert(dedup, entry).unwrap();
+    if counted {
+        let stats = LogStats {
+            next: base + 1,
+            ..log.stats()
+        };
+        tree.insert(keys::with_id(keys::STATS, id), &stats.encode())
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_commit_the_log_cut_short_is_taken_back_and_a_whole_one_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let sequences = |storage: &Storage| -> Vec<u64> {
+        let entries = storage.dedup_entries(0, usize::MAX).unwrap();
+        entries.iter().map(|(id, _, _)| id.sequence).collect()
+    };
+    rt.block_on(async {
+        let (storage, _) = Storage::open(&config(&dir, 100)).unwrap();
+        let log = storage
+            .create_topic(name("cut"), Retention::default())
+            .await
+            .unwrap();
+        for sequence in 0..3 {
+            let dedup = Dedup {
+                id: PublishId {
+                    producer: 9,
+                    sequence,
+                },
+                layout: ReceiptLayout::default(),
+            };
+            storage
+                .submit_append(
+                    vec![(log.clone(), payloads(sequence as u32..sequence as u32 + 1))],
+                    Vec::new(),
+                    vec![dedup],
+                )
+                .await
+                .unwrap()
+                .durable()
+                .await
+                .unwrap();
+            assert_eq!(
+                storage.tree.get(keys::UNFINISHED).unwrap(),
+                None,
+                "a finished commit leaves no marker"
+            );
+        }
+        write_commit_cut_short(&storage, &log, 3, false);
+        assert_eq!(sequences(&storage), [0, 1, 2, 99]);
+        storage.sync().await.unwrap();
+        storage.close().await;
+    });
+    rt.block_on(async {
+        let (storage, topics) = reopen(&config(&dir, 100));
+        let log = topics[0].clone();
+        assert_eq!(log.stats().next, 3, "the cut-short commit does not count");
+        assert_eq!(
+            sequences(&storage),
+            [0, 1, 2],
+            "and its dedup entry is gone"
+        );
+        assert_eq!(storage.tree.get(keys::UNFINISHED).unwrap(), None);
+        for prefix in [keys::INDEX, keys::CHUNK] {
+            let key = keys::with_offset(prefix, log.id(), 3);
+            assert_eq!(
+                storage.tree.scan_prefix(key).count(),
+                0,
+                "nothing at offset 3"
+            );
+        }
+        // Offset 3 is free again: the next record takes it and reads back whole.
+        let appended = storage.append(log.clone(), payloads(3..4)).await.unwrap();
+        assert_eq!(appended.base_offset, 3);
+        let all = read_all(&storage, &log, 10);
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[3], (3, Bytes::from("record-3")));
+        // A commit that got as far as its stats counts: only its marker goes.
+        write_commit_cut_short(&storage, &log, 4, true);
+        storage.sync().await.unwrap();
+        storage.close().await;
+    });
+    rt.block_on(async {
+        let (storage, topics) = reopen(&config(&dir, 100));
+        let log = topics[0].clone();
+        assert_eq!(log.stats().next, 5);
+        assert_eq!(sequences(&storage), [0, 1, 2, 99]);
+        assert_eq!(storage.tree.get(keys::UNFINISHED).unwrap(), None);
+        assert_eq!(read_all(&storage, &log, 10).len(), 5);
+        storage.close().await;
+    });
+}
