@@ -14,8 +14,8 @@
 //! | `o` group-id topic-id                 | a group's cursor and counters in a topic (24 bytes) |
 //! | `u` group-id topic-id offset          | a pending record: deliveries (u32), not-before (u64) |
 //! | `d` time (ms) unique-id               | the ids and receipts of one commit's publishes, for deduplicating retries (postcard) |
-//! | `a`                                   | [`Unfinished`]: the one-topic commit being written key by key |
 //! | `v`                                   | the layout version, [`FORMAT`] (u32 BE) |
+//! | `w`                                   | [`Unfinished`]: the one-topic commit being written key by key |
 //!
 //! Big-endian integers make key order offset order, so "the chunk holding offset N" is
 //! the last `i` key at or below N. Everything lives in one tree so that one
@@ -44,15 +44,19 @@ pub(super) const GROUP: u8 = b'g';
 pub(super) const LANE: u8 = b'o';
 pub(super) const UNACKED: u8 = b'u';
 pub(super) const DEDUP: u8 = b'd';
-pub(super) const UNFINISHED: &[u8] = b"a";
 pub(super) const VERSION: &[u8] = b"v";
+/// Written and removed at every key-by-key commit, so it sorts last, in a leaf of small
+/// values: sled logs a whole leaf now and then as it changes, and beside the chunk
+/// parts (`a`, say) that leaf would hold 16 KiB values (measured: 14 % more bytes
+/// written to the log).
+pub(super) const UNFINISHED: &[u8] = b"w";
 
 /// The layout this code writes; a data dir of another is refused, except the versions
 /// from [`FORMAT_V1`] on, which open as they are and are stamped [`FORMAT`].
 pub(super) const FORMAT: u32 = 3;
 
 /// The first layout, before index entries carried a checksum. It reads as it is (its
-/// entries decode without one). Version 2 added the checksums, version 3 the `a` key.
+/// entries decode without one). Version 2 added the checksums, version 3 the `w` key.
 /// Opening an older data dir stamps it [`FORMAT`], so that a broker too old to read
 /// what this one writes refuses the data dir instead of misreading it.
 pub(super) const FORMAT_V1: u32 = 1;
