@@ -39,6 +39,12 @@ impl LogReader<'_> {
                 return Ok(None);
             }
             if let Some((base, chunk)) = self.chunk_at(log, from)? {
+                if base >= stats.next {
+                    // Everything from `from` was trimmed while we looked, and the next
+                    // chunk is one the writer has not committed yet (its commit wakes
+                    // the topic's watchers once it counts).
+                    return Ok(None);
+                }
                 break (stats, base, chunk, from.max(base));
             }
             attempts += 1;

@@ -1046,3 +1046,38 @@ fn a_commit_the_log_cut_short_is_taken_back_and_a_whole_one_kept() {
         storage.close().await;
     });
 }
+
+#[test]
+fn a_read_that_loses_its_chunks_to_a_trim_never_serves_an_uncommitted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let (storage, _) = Storage::open(&config(&dir, 100)).unwrap();
+        let log = storage
+            .create_topic(name("racing"), Retention::default())
+            .await
+            .unwrap();
+        for i in 0..3 {
+            storage
+                .append(log.clone(), payloads(i..i + 1))
+                .await
+                .unwrap();
+        }
+        // A commit of offset 3 under way (its chunk written, its stats not yet), and a
+        // trim that removed the chunks of 0..3 after the reader took the stats.
+        write_commit_cut_short(&storage, &log, 3, false);
+        for base in 0..3 {
+            storage
+                .tree
+                .remove(keys::with_offset(keys::INDEX, log.id(), base))
+                .unwrap();
+        }
+        assert_eq!(log.stats().next, 3);
+        let read = storage.read(&log, 0, 100, usize::MAX).unwrap();
+        assert!(
+            read.is_none(),
+            "nothing at or above `next` is served: {:?}",
+            read.map(|slice| slice.base_offset)
+        );
+        storage.close().await;
+    });
+}
