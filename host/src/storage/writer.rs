@@ -715,25 +715,19 @@ impl Writer {
             .collect();
         // Key by key only when the stats show whether the commit counts: one topic,
         // whose `next` it moves.
-        let one_topic = match (group.other, group.staged.values().next()) {
-            (false, Some(staged))
-                if group.staged.len() == 1 && staged.stats.next > staged.log.stats().next =>
-            {
-                Some(staged)
+        let unfinished = match (group.other, group.staged.values().next()) {
+            (false, Some(staged)) if group.staged.len() == 1 => {
+                let next = staged.log.stats().next;
+                (staged.stats.next > next).then(|| keys::Unfinished {
+                    topic: staged.log.id(),
+                    next,
+                    dedup: dedup.as_ref().map(|(key, _)| *key),
+                })
             }
             _ => None,
         };
-        let written = match one_topic {
-            Some(staged) => self.write_appends(
-                keys::Unfinished {
-                    topic: staged.log.id(),
-                    next: staged.log.stats().next,
-                    dedup: dedup.as_ref().map(|(key, _)| *key),
-                },
-                group.chunks,
-                dedup,
-                stats.pop(),
-            ),
+        let written = match unfinished {
+            Some(unfinished) => self.write_appends(unfinished, group.chunks, dedup, stats.pop()),
             None => {
                 let mut batch = group.batch;
                 for (key, value) in group.chunks {
