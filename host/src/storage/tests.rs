@@ -702,6 +702,29 @@ fn pipelines_written_before_stages_recorded_their_attacher_still_read() {
     );
 }
 
+/// Appends record `sequence` as publish 9/`sequence`, and waits until it is durable.
+async fn append_with_id(storage: &Storage, log: &Arc<TopicLog>, sequence: u64) {
+    let dedup = Dedup {
+        id: PublishId {
+            producer: 9,
+            sequence,
+        },
+        layout: ReceiptLayout::default(),
+    };
+    let record = u32::try_from(sequence).unwrap();
+    storage
+        .submit_append(
+            vec![(log.clone(), payloads(record..record + 1))],
+            Vec::new(),
+            vec![dedup],
+        )
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+}
+
 #[test]
 fn a_restart_reads_only_the_newest_dedup_entries_it_keeps() {
     let dir = tempfile::tempdir().unwrap();
@@ -714,20 +737,7 @@ fn a_restart_reads_only_the_newest_dedup_entries_it_keeps() {
             .unwrap();
         // Three commits (each awaited before the next), one id each.
         for sequence in 0..3 {
-            let dedup = Dedup {
-                id: PublishId {
-                    producer: 9,
-                    sequence,
-                },
-                layout: ReceiptLayout::default(),
-            };
-            storage
-                .submit_append(vec![(log.clone(), payloads(0..1))], Vec::new(), vec![dedup])
-                .await
-                .unwrap()
-                .durable()
-                .await
-                .unwrap();
+            append_with_id(&storage, &log, sequence).await;
         }
         let sequences = |max| -> Vec<u64> {
             let entries = storage.dedup_entries(0, max).unwrap();
@@ -978,24 +988,7 @@ fn a_commit_the_log_cut_short_is_taken_back_and_a_whole_one_kept() {
             .await
             .unwrap();
         for sequence in 0..3 {
-            let dedup = Dedup {
-                id: PublishId {
-                    producer: 9,
-                    sequence,
-                },
-                layout: ReceiptLayout::default(),
-            };
-            storage
-                .submit_append(
-                    vec![(log.clone(), payloads(sequence as u32..sequence as u32 + 1))],
-                    Vec::new(),
-                    vec![dedup],
-                )
-                .await
-                .unwrap()
-                .durable()
-                .await
-                .unwrap();
+            append_with_id(&storage, &log, sequence).await;
             assert_eq!(
                 storage.tree.get(keys::UNFINISHED).unwrap(),
                 None,
