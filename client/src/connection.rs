@@ -285,8 +285,7 @@ impl ClientBuilder {
     }
 
     fn quic_config(&self) -> Result<quinn::ClientConfig> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| Error::Tls(e.to_string()))?
             .with_root_certificates(self.roots.clone());
@@ -313,6 +312,18 @@ impl ClientBuilder {
         config.transport_config(Arc::new(transport));
         Ok(config)
     }
+}
+
+/// ring's provider with AES-128-GCM offered first. Brokers take the client's order, and
+/// rustls's default puts AES-256-GCM first; AES-128-GCM is TLS 1.3's mandatory suite,
+/// as strong as its key needs to be here, and four fewer AES rounds on every packet
+/// (docs/performance.md measures the difference).
+fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    provider
 }
 
 /// Resolves `host:port`, returning the address and the host part (for TLS).
@@ -979,5 +990,29 @@ impl SubscribeOptions {
             from,
             ..Self::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::CipherSuite;
+
+    use super::crypto_provider;
+
+    #[test]
+    fn aes_128_gcm_is_offered_first_and_nothing_is_dropped() {
+        let suites = |p: rustls::crypto::CryptoProvider| {
+            p.cipher_suites
+                .iter()
+                .map(|s| s.suite())
+                .collect::<Vec<_>>()
+        };
+        let ours = suites(crypto_provider());
+        let mut default = suites(rustls::crypto::ring::default_provider());
+        assert_eq!(ours.first(), Some(&CipherSuite::TLS13_AES_128_GCM_SHA256));
+        let mut sorted = ours.clone();
+        sorted.sort_by_key(|s| u16::from(*s));
+        default.sort_by_key(|s| u16::from(*s));
+        assert_eq!(sorted, default, "the same suites, in another order");
     }
 }
