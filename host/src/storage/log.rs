@@ -1,10 +1,11 @@
 //! A topic's log as the rest of the broker sees it: identity, settings, live stats,
-//! and a way to be woken when records arrive.
+//! a way to be woken when records arrive, and its newest chunks for those woken.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
 use quiver_protocol::{Durability, OnError, Retention, Stage, TopicName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -130,6 +131,35 @@ impl From<Retention> for TopicSettings {
     }
 }
 
+/// At most this many bytes of a topic's newest chunks stay in memory, and only while
+/// someone reads the topic: a subscriber at the head of the log takes the chunk the
+/// writer just committed from here instead of from sled (an index lookup, a scan for
+/// the chunk's parts and a checksum, once per subscriber). A chunk holds one commit's
+/// records (up to the chunk size), so this covers readers a few commits behind.
+const TAIL_BYTES: usize = 64 * 1024;
+
+/// A committed chunk, whole: records `base..base + count`.
+#[derive(Debug, Clone)]
+pub(super) struct TailChunk {
+    pub(super) base: u64,
+    pub(super) count: u32,
+    pub(super) bytes: Bytes,
+}
+
+/// The newest committed chunks of a watched topic, oldest first, contiguous.
+#[derive(Debug, Default)]
+struct Tail {
+    chunks: VecDeque<TailChunk>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.bytes = 0;
+    }
+}
+
 /// A topic's log.
 #[derive(Debug)]
 pub struct TopicLog {
@@ -143,6 +173,8 @@ pub struct TopicLog {
     stats: Mutex<LogStats>,
     deleted: AtomicBool,
     waiters: Mutex<HashMap<u64, Arc<Notify>>>,
+    /// Locked before `waiters` when both are.
+    tail: Mutex<Tail>,
 }
 
 impl TopicLog {
@@ -163,6 +195,7 @@ impl TopicLog {
             stats: Mutex::new(stats),
             deleted: AtomicBool::new(false),
             waiters: Mutex::default(),
+            tail: Mutex::default(),
         }
     }
 
@@ -260,6 +293,59 @@ impl TopicLog {
 
     pub(super) fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
+        self.lock_tail().clear();
+    }
+
+    fn lock_tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `chunks`, just made durable and following what the tail holds, for the
+    /// topic's readers; drops the oldest beyond [`TAIL_BYTES`]. Nothing is kept while
+    /// nobody watches the topic.
+    pub(super) fn keep_in_tail(&self, chunks: Vec<TailChunk>) {
+        if chunks.is_empty() {
+            return;
+        }
+        let mut tail = self.lock_tail();
+        if self.watchers() == 0 || self.is_deleted() {
+            tail.clear();
+            return;
+        }
+        for chunk in chunks {
+            let follows = tail
+                .chunks
+                .back()
+                .is_none_or(|last| last.base + u64::from(last.count) == chunk.base);
+            if !follows || chunk.bytes.len() > TAIL_BYTES {
+                tail.clear();
+            }
+            if chunk.bytes.len() <= TAIL_BYTES {
+                tail.bytes += chunk.bytes.len();
+                tail.chunks.push_back(chunk);
+            }
+        }
+        while tail.bytes > TAIL_BYTES {
+            let Some(oldest) = tail.chunks.pop_front() else {
+                break;
+            };
+            tail.bytes -= oldest.bytes.len();
+        }
+    }
+
+    /// The kept chunk holding `offset`, as its base offset and bytes.
+    pub(super) fn tail_chunk(&self, offset: u64) -> Option<(u64, Bytes)> {
+        let tail = self.lock_tail();
+        let first = tail.chunks.front()?;
+        if offset < first.base {
+            return None;
+        }
+        tail.chunks
+            .iter()
+            .rev()
+            .find(|c| c.base <= offset)
+            .filter(|c| offset < c.base + u64::from(c.count))
+            .map(|c| (c.base, c.bytes.clone()))
     }
 
     pub(super) fn wake(&self) {
@@ -283,10 +369,17 @@ pub struct Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.log
+        let mut waiters = self
+            .log
             .waiters
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.key);
+            .unwrap_or_else(PoisonError::into_inner);
+        waiters.remove(&self.key);
+        let nobody = waiters.is_empty();
+        drop(waiters);
+        if nobody {
+            // The last reader left: nobody needs the newest chunks at hand.
+            self.log.lock_tail().clear();
+        }
     }
 }

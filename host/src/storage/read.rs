@@ -1,12 +1,15 @@
 //! Reading topic logs: slices for subscribers, time lookups, retention arithmetic.
 //!
 //! Readers take the tree as it is and bound themselves by the topic's durable stats,
-//! so chunks the writer has applied but not yet flushed are never served.
+//! so chunks the writer has applied but not yet flushed are never served. A topic
+//! someone reads keeps its newest chunks in memory (`TopicLog::tail_chunk`), handed
+//! over by the writer with the commit that made them count: readers at the head of
+//! the log take them from there, and go to sled for anything older.
 //!
-//! Every chunk read is checked against its index entry before any of it is used: its
-//! length always, its CRC-32 when the entry has one (all entries written since
-//! checksums exist). A chunk that fails is reported as [`StorageError::Corrupt`] and
-//! logged with its topic and offset; its bytes are never served.
+//! Every chunk read from sled is checked against its index entry before any of it is
+//! used: its length always, its CRC-32 when the entry has one (all entries written
+//! since checksums exist). A chunk that fails is reported as [`StorageError::Corrupt`]
+//! and logged with its topic and offset; its bytes are never served.
 
 use bytes::{Bytes, BytesMut};
 use quiver_protocol::record;
@@ -38,7 +41,11 @@ impl LogReader<'_> {
             if from >= stats.next || max_records == 0 {
                 return Ok(None);
             }
-            if let Some((base, chunk)) = self.chunk_at(log, from)? {
+            let found = match log.tail_chunk(from) {
+                Some(kept) => Some(kept),
+                None => self.chunk_at(log, from)?,
+            };
+            if let Some((base, chunk)) = found {
                 if base >= stats.next {
                     // Everything from `from` was trimmed while we looked, and the next
                     // chunk is one the writer has not committed yet (its commit wakes

@@ -371,6 +371,8 @@ enum Op {
     Append(u8, u16),
     Trim(u8),
     Reopen,
+    /// Start or stop watching the topic (reads then go through its tail).
+    Watch,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -378,13 +380,15 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (1u8..20, prop_oneof![3 => 0u16..64, 1 => 0u16..10_000]).prop_map(|(n, size)| Op::Append(n, size)),
         1 => any::<u8>().prop_map(Op::Trim),
         1 => Just(Op::Reopen),
+        1 => Just(Op::Watch),
     ]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Storage against a `VecDeque` model: appends, trims and restarts in any order.
+    /// Storage against a `VecDeque` model: appends, trims, restarts and readers coming
+    /// and going, in any order.
     #[test]
     fn storage_matches_a_simple_model(ops in proptest::collection::vec(op(), 1..40)) {
         let dir = tempfile::tempdir().unwrap();
@@ -393,6 +397,7 @@ proptest! {
         let mut next = 0u64;
         let (mut storage, _) = Storage::open(&config(&dir, 96)).unwrap();
         let mut log = rt.block_on(storage.create_topic(name("m"), Retention::default())).unwrap();
+        let mut watch = None;
         for op in ops {
             match op {
                 Op::Append(n, size) => {
@@ -419,11 +424,21 @@ proptest! {
                     }
                 }
                 Op::Reopen => {
+                    let watching = watch.take().is_some();
                     rt.block_on(storage.close());
                     drop(storage);
                     let (s, topics) = reopen(&config(&dir, 96));
                     storage = s;
                     log = topics[0].clone();
+                    if watching {
+                        watch = Some(log.watch(Arc::new(tokio::sync::Notify::new())));
+                    }
+                }
+                Op::Watch => {
+                    watch = match watch.take() {
+                        Some(_) => None,
+                        None => Some(log.watch(Arc::new(tokio::sync::Notify::new()))),
+                    };
                 }
             }
             let stored: Vec<(u64, Vec<u8>)> = read_all(&storage, &log, 5)
@@ -434,6 +449,7 @@ proptest! {
             prop_assert_eq!(log.stats().records(), model.len() as u64);
             prop_assert_eq!(log.stats().bytes, kept_bytes(&storage, &log));
         }
+        drop(watch);
         rt.block_on(storage.close());
     }
 }
@@ -756,6 +772,74 @@ fn tamper(storage: &Storage, key: &[u8], change: impl FnOnce(&mut Vec<u8>)) {
     let mut value = storage.tree.get(key).unwrap().unwrap().to_vec();
     change(&mut value);
     storage.tree.insert(key, value).unwrap();
+}
+
+#[test]
+fn a_watched_topic_serves_its_newest_chunks_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let (storage, _) = Storage::open(&config(&dir, 1 << 20)).unwrap();
+        let log = storage
+            .create_topic(name("tailed"), Retention::default())
+            .await
+            .unwrap();
+        // Nobody reads it: nothing is kept.
+        storage.append(log.clone(), payloads(0..10)).await.unwrap();
+        assert!(log.tail_chunk(0).is_none());
+
+        let watch = log.watch(Arc::new(tokio::sync::Notify::new()));
+        storage.append(log.clone(), payloads(10..20)).await.unwrap();
+        let (base, kept) = log.tail_chunk(15).expect("the newest chunk is kept");
+        assert_eq!(base, 10);
+        assert!(log.tail_chunk(9).is_none() && log.tail_chunk(20).is_none());
+
+        // The kept chunk is what is served: damage to its copy in sled is not seen.
+        let flip = |v: &mut Vec<u8>| {
+            let last = v.len() - 1;
+            v[last] ^= 0x20;
+        };
+        tamper(&storage, &keys::chunk_part(log.id(), 10, 0), flip);
+        let slice = storage.read(&log, 12, 100, usize::MAX).unwrap().unwrap();
+        assert_eq!((slice.base_offset, slice.count), (12, 8));
+        let records = decode_batch(12, &slice.batch).unwrap();
+        assert_eq!(records[0].payload, "record-12");
+        assert_eq!(records[7].payload, "record-19");
+        assert!(
+            kept.as_ptr_range().contains(&slice.batch.as_ptr()),
+            "served from the kept chunk's memory"
+        );
+        // Older chunks still come from sled.
+        let old = storage.read(&log, 3, 100, usize::MAX).unwrap().unwrap();
+        assert_eq!((old.base_offset, old.count), (3, 7));
+        tamper(&storage, &keys::chunk_part(log.id(), 10, 0), flip);
+
+        // At most TAIL_BYTES are kept, the newest, and every record still reads back.
+        let big = |i: u32| NewRecord::new(vec![b'x'; 1000 + i as usize]);
+        for i in 0..100 {
+            storage.append(log.clone(), vec![big(i)]).await.unwrap();
+        }
+        assert!(
+            log.tail_chunk(10).is_none(),
+            "the oldest kept chunk was dropped"
+        );
+        assert!(log.tail_chunk(119).is_some());
+        let kept_bytes: usize = (20..120)
+            .filter_map(|o| log.tail_chunk(o))
+            .map(|(_, b)| b.len())
+            .sum();
+        assert!(kept_bytes <= 64 * 1024, "{kept_bytes}");
+        let all = read_all(&storage, &log, 1000);
+        assert_eq!(all.len(), 120);
+
+        // The last reader gone, nothing is kept: damage now shows.
+        tamper(&storage, &keys::chunk_part(log.id(), 119, 0), flip);
+        assert!(storage.read(&log, 119, 1, usize::MAX).is_ok());
+        drop(watch);
+        assert!(log.tail_chunk(119).is_none());
+        let e = storage.read(&log, 119, 1, usize::MAX).unwrap_err();
+        assert!(matches!(e, StorageError::Corrupt(_)), "{e}");
+        storage.close().await;
+    });
 }
 
 #[test]

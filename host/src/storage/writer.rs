@@ -40,7 +40,7 @@ use tracing::{debug, error, warn};
 
 use super::flusher::Flusher;
 use super::keys::{self, ChunkMeta, LogStats};
-use super::log::TopicMeta;
+use super::log::{TailChunk, TopicMeta};
 use super::read::{LogReader, decode_index};
 use super::{
     Appended, Cleanup, Dedup, GroupRecord, GroupWrite, PluginRecord, StateWrite, StorageError,
@@ -150,6 +150,8 @@ struct Staged {
     log: Arc<TopicLog>,
     stats: LogStats,
     chunk: Option<OpenChunk>,
+    /// The chunks sealed in this group, for the log's tail once they are durable.
+    sealed: Vec<TailChunk>,
 }
 
 /// An answer held back until the group is durable: called with `Ok` after the flush
@@ -490,6 +492,7 @@ impl Writer {
             stats: log.stats(),
             log,
             chunk: None,
+            sealed: Vec::new(),
         });
         let base_offset = staged.stats.next;
         let now = now_ms();
@@ -512,7 +515,8 @@ impl Writer {
             staged.stats.last_ts = ts;
             if chunk.buf.len() >= chunk_bytes {
                 let full = staged.chunk.take().expect("the chunk was just filled");
-                seal(&mut group.chunks, staged.log.id(), full, self.part_bytes);
+                let sealed = seal(&mut group.chunks, staged.log.id(), full, self.part_bytes);
+                staged.sealed.push(sealed);
             }
         }
         Appended {
@@ -703,7 +707,8 @@ impl Writer {
         }
         for (id, staged) in &mut group.staged {
             if let Some(chunk) = staged.chunk.take() {
-                seal(&mut group.chunks, *id, chunk, self.part_bytes);
+                let sealed = seal(&mut group.chunks, *id, chunk, self.part_bytes);
+                staged.sealed.push(sealed);
             }
         }
         let dedup = self.dedup_entry(&group.dedup);
@@ -759,7 +764,8 @@ impl Writer {
             error!(cause = %e, "group commit failed");
             self.halt(e);
         } else {
-            for staged in group.staged.values() {
+            for staged in group.staged.into_values() {
+                staged.log.keep_in_tail(staged.sealed);
                 staged.log.set_stats(staged.stats);
                 staged.log.wake();
             }
@@ -891,24 +897,31 @@ fn encode_meta(meta: &TopicMeta) -> Vec<u8> {
     postcard::to_allocvec(meta).expect("topic metadata always encodes")
 }
 
-/// Stages a chunk's parts and then its index entry, with the checksum of its bytes.
+/// Stages a chunk's parts and then its index entry, with the checksum of its bytes;
+/// returns the chunk whole.
 fn seal(
     writes: &mut Vec<(sled::IVec, sled::IVec)>,
     id: u64,
     mut chunk: OpenChunk,
     part_bytes: usize,
-) {
+) -> TailChunk {
     chunk.meta.crc = Some(crc32fast::hash(&chunk.buf));
-    for (part, bytes) in (0u32..).zip(chunk.buf.chunks(part_bytes)) {
+    let bytes = chunk.buf.freeze();
+    for (part, piece) in (0u32..).zip(bytes.chunks(part_bytes)) {
         writes.push((
             keys::chunk_part(id, chunk.base, part)[..].into(),
-            bytes.into(),
+            piece.into(),
         ));
     }
     writes.push((
         keys::with_offset(keys::INDEX, id, chunk.base)[..].into(),
         chunk.meta.encode()[..].into(),
     ));
+    TailChunk {
+        base: chunk.base,
+        count: chunk.meta.count,
+        bytes,
+    }
 }
 
 /// Queues the removal of a chunk: its index entry and every part.
