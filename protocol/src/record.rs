@@ -183,6 +183,25 @@ pub fn append_entry(dst: &mut BytesMut, timestamp: u64, record: &NewRecord) -> u
     len
 }
 
+/// The bytes [`append_entry`] takes for `record`, without encoding it.
+pub fn entry_len(record: &NewRecord) -> usize {
+    // postcard: lengths as varints, an `Option` as a tag byte and its value.
+    fn varint(n: usize) -> usize {
+        (usize::BITS - n.leading_zeros()).max(1).div_ceil(7) as usize
+    }
+    fn bytes(len: usize) -> usize {
+        varint(len) + len
+    }
+    let key = 1 + record.key.as_ref().map_or(0, |k| bytes(k.len()));
+    let headers = varint(record.headers.len())
+        + record
+            .headers
+            .iter()
+            .map(|h| bytes(h.name.len()) + bytes(h.value.len()))
+            .sum::<usize>();
+    ENTRY_HEADER_LEN + key + headers + bytes(record.payload.len())
+}
+
 /// One entry of a batch, not yet decoded.
 #[derive(Debug, Clone, Copy)]
 pub struct RawEntry<'a> {
@@ -364,6 +383,27 @@ mod tests {
         for cut in 1..batch.len() {
             let result = decode_batch(0, &batch[..cut]);
             assert_eq!(result, Err(BatchError::Truncated { at: 0 }), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn entry_len_is_what_append_entry_takes() {
+        let long = |n: usize| Bytes::from(vec![7u8; n]);
+        let mut records = vec![NewRecord::default(), sample(0), sample(200)];
+        for n in [127, 128, 16_383, 16_384, 2_097_151, 2_097_152] {
+            records.push(NewRecord::new(long(n)));
+            records.push(
+                NewRecord::new("p")
+                    .with_key(long(n))
+                    .with_header("x".repeat(n % 300), long(n)),
+            );
+        }
+        records.push((0..200).fold(NewRecord::new("many"), |r, i| {
+            r.with_header(format!("h{i}"), "v")
+        }));
+        for record in &records {
+            let mut buf = BytesMut::new();
+            assert_eq!(entry_len(record), append_entry(&mut buf, u64::MAX, record));
         }
     }
 

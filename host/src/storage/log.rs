@@ -131,12 +131,14 @@ impl From<Retention> for TopicSettings {
     }
 }
 
-/// At most this many bytes of a topic's newest chunks stay in memory, and only while
+/// At most this much memory holds a topic's newest chunks, and only while
 /// someone reads the topic: a subscriber at the head of the log takes the chunk the
 /// writer just committed from here instead of from sled (an index lookup, a scan for
-/// the chunk's parts and a checksum, once per subscriber). A chunk holds one commit's
-/// records (up to the chunk size), so this covers readers a few commits behind.
-const TAIL_BYTES: usize = 64 * 1024;
+/// the chunk's parts and a checksum, once per subscriber). Sixteen full chunks, about
+/// one producer window of 256-byte records: under `quiver bench fanout` more than 99 %
+/// of reads were served from here, against about half with a quarter of this. As much
+/// as one subscription's write buffer, once per topic whatever its subscriber count.
+const TAIL_BYTES: usize = 256 * 1024;
 
 /// A committed chunk, whole: records `base..base + count`.
 #[derive(Debug, Clone)]
@@ -144,19 +146,23 @@ pub(super) struct TailChunk {
     pub(super) base: u64,
     pub(super) count: u32,
     pub(super) bytes: Bytes,
+    /// The memory `bytes` holds on to: its buffer's capacity, which a commit of a few
+    /// records leaves mostly empty.
+    pub(super) footprint: usize,
 }
 
 /// The newest committed chunks of a watched topic, oldest first, contiguous.
 #[derive(Debug, Default)]
 struct Tail {
     chunks: VecDeque<TailChunk>,
-    bytes: usize,
+    /// The sum of their footprints.
+    footprint: usize,
 }
 
 impl Tail {
     fn clear(&mut self) {
         self.chunks.clear();
-        self.bytes = 0;
+        self.footprint = 0;
     }
 }
 
@@ -300,7 +306,7 @@ impl TopicLog {
         self.tail.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Keeps `chunks`, just made durable and following what the tail holds, for the
+    /// Keeps `chunks`, just committed and following what the tail holds, for the
     /// topic's readers; drops the oldest beyond [`TAIL_BYTES`]. Nothing is kept while
     /// nobody watches the topic.
     pub(super) fn keep_in_tail(&self, chunks: Vec<TailChunk>) {
@@ -317,19 +323,20 @@ impl TopicLog {
                 .chunks
                 .back()
                 .is_none_or(|last| last.base + u64::from(last.count) == chunk.base);
-            if !follows || chunk.bytes.len() > TAIL_BYTES {
+            if !follows || chunk.footprint > TAIL_BYTES {
+                // What is kept stays contiguous: after a gap, or a chunk too large to
+                // keep, it starts afresh.
                 tail.clear();
             }
-            if chunk.bytes.len() <= TAIL_BYTES {
-                tail.bytes += chunk.bytes.len();
+            if chunk.footprint <= TAIL_BYTES {
+                tail.footprint += chunk.footprint;
                 tail.chunks.push_back(chunk);
             }
         }
-        while tail.bytes > TAIL_BYTES {
-            let Some(oldest) = tail.chunks.pop_front() else {
-                break;
-            };
-            tail.bytes -= oldest.bytes.len();
+        while tail.footprint > TAIL_BYTES
+            && let Some(oldest) = tail.chunks.pop_front()
+        {
+            tail.footprint -= oldest.footprint;
         }
     }
 
@@ -381,5 +388,71 @@ impl Drop for Watch {
             // The last reader left: nobody needs the newest chunks at hand.
             self.log.lock_tail().clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log() -> Arc<TopicLog> {
+        let name = TopicName::parse("tailed").unwrap();
+        let meta = TopicMeta {
+            id: 1,
+            name: name.to_string(),
+            retention: Retention::default(),
+            created_ms: 0,
+            dead_letter: None,
+            pipeline: Vec::new(),
+            durability: Durability::Fsync,
+        };
+        Arc::new(TopicLog::new(meta, name, None, LogStats::default()))
+    }
+
+    /// Ten records from `base`, in a buffer of `footprint` bytes.
+    fn chunk(base: u64, footprint: usize) -> TailChunk {
+        TailChunk {
+            base,
+            count: 10,
+            bytes: Bytes::from(vec![0; 100]),
+            footprint,
+        }
+    }
+
+    fn kept(log: &TopicLog) -> Vec<u64> {
+        log.lock_tail().chunks.iter().map(|c| c.base).collect()
+    }
+
+    #[test]
+    fn the_tail_keeps_the_newest_contiguous_chunks_within_its_budget() {
+        let log = log();
+        log.keep_in_tail(vec![chunk(0, 1024)]);
+        assert!(kept(&log).is_empty(), "nobody reads the topic");
+
+        let watch = log.watch(Arc::new(Notify::new()));
+        let quarter = TAIL_BYTES / 4;
+        log.keep_in_tail((1..=5).map(|i| chunk(i * 10, quarter)).collect());
+        assert_eq!(kept(&log), [20, 30, 40, 50], "the oldest went over budget");
+        assert_eq!(log.lock_tail().footprint, TAIL_BYTES);
+        assert_eq!(log.tail_chunk(45).map(|(base, _)| base), Some(40));
+        assert_eq!(log.tail_chunk(59).map(|(base, _)| base), Some(50));
+        assert!(log.tail_chunk(19).is_none() && log.tail_chunk(60).is_none());
+
+        // A chunk that does not follow the last one kept starts afresh.
+        log.keep_in_tail(vec![chunk(100, 1024)]);
+        assert_eq!(kept(&log), [100]);
+        // One larger than the budget is not kept, nor what came before it.
+        log.keep_in_tail(vec![chunk(110, TAIL_BYTES + 1)]);
+        assert!(kept(&log).is_empty());
+        log.keep_in_tail(vec![chunk(120, 1024), chunk(130, 1024)]);
+        assert_eq!(kept(&log), [120, 130]);
+
+        drop(watch);
+        assert!(kept(&log).is_empty(), "the last reader left");
+        let watch = log.watch(Arc::new(Notify::new()));
+        log.keep_in_tail(vec![chunk(140, 1024)]);
+        log.mark_deleted();
+        assert!(kept(&log).is_empty(), "the topic was deleted");
+        drop(watch);
     }
 }

@@ -225,8 +225,9 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// sled's page cache, in bytes.
     pub cache_capacity: u64,
-    /// A chunk is sealed once it reaches this many bytes (normally
-    /// [`DEFAULT_CHUNK_BYTES`]; tests use less to exercise many chunks).
+    /// A chunk holds at most this many bytes, unless one record alone is larger
+    /// (normally [`DEFAULT_CHUNK_BYTES`], one part; tests use less to exercise many
+    /// chunks).
     pub chunk_bytes: usize,
 }
 

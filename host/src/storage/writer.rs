@@ -154,6 +154,16 @@ struct Staged {
     sealed: Vec<TailChunk>,
 }
 
+impl Staged {
+    /// Seals the open chunk, if there is one.
+    fn seal_open(&mut self, writes: &mut Vec<(sled::IVec, sled::IVec)>, part_bytes: usize) {
+        if let Some(chunk) = self.chunk.take() {
+            self.sealed
+                .push(seal(writes, self.log.id(), chunk, part_bytes));
+        }
+    }
+}
+
 /// An answer held back until the group is durable: called with `Ok` after the flush
 /// (it then also applies the command's in-memory effects), or with the error.
 type Done = Box<dyn FnOnce(Result<(), &StorageError>) + Send>;
@@ -497,6 +507,16 @@ impl Writer {
         let base_offset = staged.stats.next;
         let now = now_ms();
         for record in records {
+            // A chunk is sealed before a record that would take it past `chunk_bytes`,
+            // so that it fits one part (a record larger than that gets a chunk of its
+            // own, in parts).
+            if staged
+                .chunk
+                .as_ref()
+                .is_some_and(|open| open.buf.len() + record::entry_len(record) > chunk_bytes)
+            {
+                staged.seal_open(&mut group.chunks, self.part_bytes);
+            }
             let ts = now.max(staged.stats.last_ts);
             let chunk = staged.chunk.get_or_insert_with(|| OpenChunk {
                 base: staged.stats.next,
@@ -514,9 +534,7 @@ impl Writer {
             staged.stats.bytes += len as u64;
             staged.stats.last_ts = ts;
             if chunk.buf.len() >= chunk_bytes {
-                let full = staged.chunk.take().expect("the chunk was just filled");
-                let sealed = seal(&mut group.chunks, staged.log.id(), full, self.part_bytes);
-                staged.sealed.push(sealed);
+                staged.seal_open(&mut group.chunks, self.part_bytes);
             }
         }
         Appended {
@@ -705,11 +723,8 @@ impl Writer {
         if group.done.is_empty() && !group.touched {
             return;
         }
-        for (id, staged) in &mut group.staged {
-            if let Some(chunk) = staged.chunk.take() {
-                let sealed = seal(&mut group.chunks, *id, chunk, self.part_bytes);
-                staged.sealed.push(sealed);
-            }
+        for staged in group.staged.values_mut() {
+            staged.seal_open(&mut group.chunks, self.part_bytes);
         }
         let dedup = self.dedup_entry(&group.dedup);
         let mut stats: Vec<([u8; 9], [u8; 32])> = group
@@ -906,6 +921,7 @@ fn seal(
     part_bytes: usize,
 ) -> TailChunk {
     chunk.meta.crc = Some(crc32fast::hash(&chunk.buf));
+    let footprint = chunk.buf.capacity();
     let bytes = chunk.buf.freeze();
     for (part, piece) in (0u32..).zip(bytes.chunks(part_bytes)) {
         writes.push((
@@ -921,6 +937,7 @@ fn seal(
         base: chunk.base,
         count: chunk.meta.count,
         bytes,
+        footprint,
     }
 }
 
