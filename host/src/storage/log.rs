@@ -141,7 +141,7 @@ impl From<Retention> for TopicSettings {
 const TAIL_BYTES: usize = 256 * 1024;
 
 /// A committed chunk, whole: records `base..base + count`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct TailChunk {
     pub(super) base: u64,
     pub(super) count: u32,
@@ -342,12 +342,8 @@ impl TopicLog {
 
     /// The kept chunk holding `offset`, as its base offset and bytes.
     pub(super) fn tail_chunk(&self, offset: u64) -> Option<(u64, Bytes)> {
-        let tail = self.lock_tail();
-        let first = tail.chunks.front()?;
-        if offset < first.base {
-            return None;
-        }
-        tail.chunks
+        self.lock_tail()
+            .chunks
             .iter()
             .rev()
             .find(|c| c.base <= offset)

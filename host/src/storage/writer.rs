@@ -2,8 +2,9 @@
 //!
 //! The thread blocks for one command, then takes whatever else is queued (up to
 //! [`MAX_GROUP`]), stages it all, applies it atomically, flushes once, and only then
-//! publishes the new stats, wakes readers and answers. Publishes that arrive while a
-//! flush is running therefore share the next one.
+//! hands the new chunks to their topics' logs (kept for readers at the head, see
+//! `log.rs`), publishes the new stats, wakes readers and answers. Publishes that
+//! arrive while a flush is running therefore share the next one.
 //!
 //! A group is applied as one `sled::Batch`, except when it holds only appends to one
 //! topic, the usual case at low rates: then it is written key by key behind a marker
@@ -150,7 +151,7 @@ struct Staged {
     log: Arc<TopicLog>,
     stats: LogStats,
     chunk: Option<OpenChunk>,
-    /// The chunks sealed in this group, for the log's tail once they are durable.
+    /// The chunks sealed in this group, for the log's tail once the commit counts.
     sealed: Vec<TailChunk>,
 }
 
