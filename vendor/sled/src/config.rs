@@ -211,6 +211,9 @@ pub struct Inner {
     pub idgen_persist_interval: u64,
     #[doc(hidden)]
     pub version: (usize, usize),
+    // QUIVER PATCH (durability): see `Config::sync_barrier`.
+    #[doc(hidden)]
+    pub sync_barrier: bool,
     tmp_path: PathBuf,
     pub(crate) global_error: Arc<Atomic<Error>>,
     #[cfg(feature = "event_log")]
@@ -237,6 +240,7 @@ impl Default for Inner {
             print_profile_on_drop: false,
             flush_every_ms: Some(500),
             idgen_persist_interval: 1_000_000,
+            sync_barrier: true,
             global_error: Arc::new(Atomic::default()),
             #[cfg(feature = "event_log")]
             event_log: Arc::new(crate::event_log::EventLog::default()),
@@ -404,6 +408,24 @@ impl Config {
         self
     }
 
+    /// QUIVER PATCH (durability): whether a log write is made durable with
+    /// `fdatasync` (the default) before it counts as stable. `false` restores
+    /// upstream's Linux behaviour, `sync_file_range`, which commits neither a grown
+    /// file size nor the device's write cache, so stable data may be lost on power
+    /// failure; it exists only so that a power-cut test can show the difference.
+    pub fn sync_barrier(mut self, sync_barrier: bool) -> Self {
+        if Arc::strong_count(&self.0) != 1 {
+            error!(
+                "config has already been used to start \
+                 the system and probably should not be \
+                 mutated",
+            );
+        }
+        let m = Arc::make_mut(&mut self.0);
+        m.sync_barrier = sync_barrier;
+        self
+    }
+
     #[doc(hidden)]
     pub fn idgen_persist_interval(mut self, interval: u64) -> Self {
         if Arc::strong_count(&self.0) != 1 {
@@ -555,6 +577,7 @@ impl Config {
 
     fn open_file(&self) -> Result<File> {
         let blob_dir: PathBuf = self.get_path().join("blobs");
+        let created = !self.get_path().exists();
 
         if !blob_dir.exists() {
             fs::create_dir_all(blob_dir)?;
@@ -573,7 +596,21 @@ impl Config {
             options.create_new(true);
         }
 
-        self.try_lock(options.open(&self.db_path())?)
+        let file = self.try_lock(options.open(&self.db_path())?)?;
+
+        // QUIVER PATCH (durability): the entries of the files and directories
+        // created above (`blobs`, `conf`, `db`, and the directory itself) must be
+        // on disk before anything written into them counts.
+        if !self.temporary {
+            sync_dir(&self.get_path())?;
+            if created {
+                if let Some(parent) = self.get_path().parent() {
+                    sync_dir(parent)?;
+                }
+            }
+        }
+
+        Ok(file)
     }
 
     fn try_lock(&self, file: File) -> Result<File> {
@@ -678,6 +715,11 @@ impl Config {
         io_fail!(self, "write_config crc");
         f.write_all(&crc_arr)?;
         io_fail!(self, "write_config post");
+        // QUIVER PATCH (durability): the log cannot be read without it, so it is
+        // durable before the log is written (`open_file` syncs its directory entry).
+        if !self.temporary {
+            f.sync_all()?;
+        }
         Ok(())
     }
 
@@ -862,4 +904,10 @@ fn crate_version() -> (usize, usize) {
     let major = parts.next().unwrap().parse().unwrap();
     let minor = parts.next().unwrap().parse().unwrap();
     (major, minor)
+}
+
+/// QUIVER PATCH (durability): makes the entries of `dir` (files created, renamed
+/// or removed in it) durable, as a file's own `fsync` does not.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }

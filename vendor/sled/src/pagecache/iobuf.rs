@@ -728,7 +728,14 @@ impl IoBufs {
         {
             let f = &self.config.file;
             pwrite_all(f, data, log_offset)?;
-            if !self.config.temporary {
+            // QUIVER PATCH (durability): `sync_file_range` below writes the pages
+            // back but commits no metadata (a grown file size) and does not flush
+            // the device's write cache, so what it covers can be lost on power
+            // failure, though sled counts it as stable from here on (acknowledged,
+            // and old segments reused). `fdatasync` is the barrier that makes it so.
+            if !self.config.temporary && self.config.sync_barrier {
+                f.sync_data()?;
+            } else if !self.config.temporary {
                 #[cfg(target_os = "linux")]
                 {
                     use std::os::unix::io::AsRawFd;

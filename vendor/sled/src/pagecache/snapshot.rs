@@ -561,6 +561,12 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
     std::fs::rename(&path_1, &path_2)?;
     io_fail!(config, "snap write mv post");
 
+    // QUIVER PATCH (durability): make the rename durable before the old snapshots
+    // are removed and before segments the new snapshot frees are reused.
+    if !config.temporary {
+        crate::config::sync_dir(parent)?;
+    }
+
     trace!("renamed snapshot to {}", path_2.to_string_lossy());
 
     // clean up any old snapshots
