@@ -128,6 +128,7 @@ fn bench(c: &mut Criterion) {
         .expect("the runtime starts");
     let dir = tempfile::TempDir::new().expect("a temporary dir");
     let config = StorageConfig {
+        barrier: true,
         path: dir.path().join("data"),
         cache_capacity: 64 << 20,
         chunk_bytes: DEFAULT_CHUNK_BYTES,

@@ -167,12 +167,18 @@ impl Default for LimitsConfig {
 pub struct StorageSettings {
     /// sled's page cache.
     pub cache_capacity: ByteSize,
+    /// Test only, never from a file or the environment: flush without `fdatasync`
+    /// (`quiver serve --unsafe-skip-barrier`), so the power-cut harness can show it
+    /// notices lost acknowledgements.
+    #[serde(skip)]
+    pub unsafe_skip_barrier: bool,
 }
 
 impl Default for StorageSettings {
     fn default() -> Self {
         Self {
             cache_capacity: ByteSize::mib(64),
+            unsafe_skip_barrier: false,
         }
     }
 }

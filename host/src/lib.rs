@@ -8,6 +8,7 @@ pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod groups;
 pub mod plugins;
 pub mod retention;

@@ -119,7 +119,7 @@ impl Server {
     /// Opens the data dir, loads plugins (deploying those of the plugin dir), and binds
     /// the listener.
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
-        std::fs::create_dir_all(&config.data).map_err(|source| ServeError::DataDir {
+        crate::files::create_dir_all(&config.data).map_err(|source| ServeError::DataDir {
             path: config.data.clone(),
             source,
         })?;
@@ -137,7 +137,14 @@ impl Server {
             path: config.data.join("db"),
             cache_capacity: config.storage.cache_capacity.as_u64(),
             chunk_bytes: storage::DEFAULT_CHUNK_BYTES,
+            barrier: !config.storage.unsafe_skip_barrier,
         };
+        if !storage_config.barrier {
+            warn!(
+                "storage barrier OFF (--unsafe-skip-barrier): acknowledged records can be \
+                 lost on power failure or an OS crash; this exists for tests only"
+            );
+        }
         let (storage, topics) =
             Storage::open(&storage_config).map_err(|cause| ServeError::Storage {
                 path: storage_config.path.clone(),

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use quiver_protocol::TopicPattern;
@@ -89,23 +88,15 @@ impl AuthFile {
         Ok(file)
     }
 
-    /// Writes the file atomically (temporary file, fsync, rename), readable by its
-    /// owner only.
+    /// Writes the file atomically and durably (`files::write_atomically`), readable by
+    /// its owner only.
     pub fn save(&self, path: &Path) -> Result<(), AuthError> {
         self.validate().map_err(|e| AuthError::file(path, e))?;
         let text = toml::to_string_pretty(self).map_err(|e| AuthError::file(path, e))?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(|e| AuthError::file(dir, e))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| AuthError::file(dir, e))?;
         let header = "# Quiver principals, grants and token hashes. Managed by `quiver auth`;\n\
                       # the broker re-reads this file when it changes.\n\n";
-        tmp.write_all(header.as_bytes())
-            .and_then(|()| tmp.write_all(text.as_bytes()))
-            .and_then(|()| tmp.as_file().sync_all())
-            .map_err(|e| AuthError::file(path, e))?;
-        tmp.persist(path)
-            .map_err(|e| AuthError::file(path, e.error))?;
-        Ok(())
+        crate::files::write_atomically(path, format!("{header}{text}").as_bytes(), 0o600)
+            .map_err(|e| AuthError::file(path, e))
     }
 
     /// True when the file names at least one principal: the broker then requires

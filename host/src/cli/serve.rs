@@ -46,6 +46,10 @@ pub(super) struct ServeArgs {
     /// Accept client certificates issued by the CAs in this PEM file (mutual TLS).
     #[arg(long, value_name = "FILE")]
     client_ca: Option<PathBuf>,
+    /// Test only: flush storage without `fdatasync`, so acknowledged records can be
+    /// lost on power failure. Exists for the power-cut harness's own test.
+    #[arg(long, hide = true)]
+    unsafe_skip_barrier: bool,
 }
 
 pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -65,7 +69,8 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
             client_ca: args.client_ca,
         },
     };
-    let config = Config::load(args.config.as_deref(), &overrides)?;
+    let mut config = Config::load(args.config.as_deref(), &overrides)?;
+    config.storage.unsafe_skip_barrier = args.unsafe_skip_barrier;
     super::init_tracing("info", config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -210,7 +210,7 @@ impl Runtime {
             }
         }
         let compiled = self.engine.precompile_component(wasm).map_err(invalid)?;
-        if let Err(e) = write_atomically(&path, &compiled) {
+        if let Err(e) = crate::files::write_atomically(&path, &compiled, 0o644) {
             warn!(path = %path.display(), cause = %e, "could not cache a compiled plugin");
         }
         let component = Component::new(&self.engine, wasm).map_err(invalid)?;
@@ -302,12 +302,6 @@ fn start_ticker(engine: Engine, stop: Arc<AtomicBool>) -> Result<(), PluginError
         })
         .map(drop)
         .map_err(|e| PluginError::Runtime(format!("starting the deadline ticker: {e}")))
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Lower-case hex of a digest.

@@ -229,6 +229,10 @@ pub struct StorageConfig {
     /// (normally [`DEFAULT_CHUNK_BYTES`], one part; tests use less to exercise many
     /// chunks).
     pub chunk_bytes: usize,
+    /// Whether every flush ends with `fdatasync`, so that what it acknowledges
+    /// survives a power cut. Always, except in the test that shows the power-cut
+    /// harness catches its absence (`quiver serve --unsafe-skip-barrier`).
+    pub barrier: bool,
 }
 
 /// Where a successful append put one topic's records.
@@ -297,6 +301,7 @@ impl Storage {
                 .path(&config.path)
                 .cache_capacity(config.cache_capacity)
                 .flush_every_ms(None) // the writer flushes before every acknowledgement
+                .sync_barrier(config.barrier)
                 .segment_size(segment_bytes)
                 .open()
                 .map_err(open_error)?;
@@ -730,12 +735,7 @@ fn check_format(tree: &sled::Tree, path: &Path) -> Result<(), StorageError> {
     };
     let marker = path.join(WRITTEN_MARKER);
     let mark = || -> Result<(), StorageError> {
-        if !marker.exists() {
-            std::fs::File::create(&marker)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| StorageError::Sled(e.into()))?;
-        }
-        Ok(())
+        crate::files::create_durably(&marker).map_err(|e| StorageError::Sled(e.into()))
     };
     let version = tree
         .get(keys::VERSION)?

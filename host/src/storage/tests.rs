@@ -10,6 +10,7 @@ use super::*;
 
 fn config(dir: &tempfile::TempDir, chunk_bytes: usize) -> StorageConfig {
     StorageConfig {
+        barrier: true,
         path: dir.path().join("db"),
         cache_capacity: 8 << 20,
         chunk_bytes,

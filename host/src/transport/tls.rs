@@ -1,8 +1,6 @@
 //! The broker's TLS identity: operator-supplied files, or a self-signed pair created on
 //! first start in `<data>/tls/` and reused afterwards.
 
-use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -125,7 +123,7 @@ fn generate(cert_path: &Path, key_path: &Path) -> Result<(), TransportError> {
     let generated = rcgen::generate_simple_self_signed(names)
         .map_err(|e| TransportError::Tls(format!("generating a certificate: {e}")))?;
     let dir = cert_path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
+    crate::files::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
     // The key first, private, and each file complete before it gets its name: a crash
     // leaves either nothing or a usable pair (a lone key is refused with a message).
     write_atomically(
@@ -138,19 +136,7 @@ fn generate(cert_path: &Path, key_path: &Path) -> Result<(), TransportError> {
 }
 
 fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), TransportError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io_error(&tmp, &e))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| io_error(&tmp, &e))?;
-    fs::rename(&tmp, path).map_err(|e| io_error(path, &e))
+    crate::files::write_atomically(path, contents, mode).map_err(|e| io_error(path, &e))
 }
 
 fn io_error(path: &Path, e: &std::io::Error) -> TransportError {
@@ -159,6 +145,8 @@ fn io_error(path: &Path, e: &std::io::Error) -> TransportError {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[test]
