@@ -300,10 +300,11 @@ async fn control_loop(
 /// Starts a request; the returned future resolves to the reply.
 ///
 /// A publish without ingress plugins, with no earlier publish still on its way, is
-/// queued to storage before this returns. Otherwise it takes a [`Turn`]: its plugins
-/// run in the returned future, overlapping with later requests, and it reaches storage
-/// only after the publish before it did. Either way, one connection's publishes are
-/// stored in the order they arrived. A publish retrying an id still in flight also
+/// queued to storage before this returns. Otherwise it takes a [`Turn`]: it is checked
+/// and deduplicated in the returned future, overlapping with later requests, and its
+/// plugins run and it reaches storage only after the publish before it did (so the
+/// plugin state its call writes is stored in call order too). Either way, one
+/// connection's publishes are stored in the order they arrived. A publish retrying an id still in flight also
 /// takes a turn: waiting for that attempt here would stop this loop from answering
 /// it, when it may be this connection's own.
 async fn dispatch(
@@ -390,8 +391,8 @@ async fn publish(
 
 /// Starts the publishes of a `PublishEach`, in one piece: to a topic without ingress
 /// plugins, with no earlier publish on its way, they go to storage before this
-/// returns; otherwise their plugins run (in one call) in the returned future, which
-/// takes its turn like a single publish's.
+/// returns; otherwise the returned future takes its turn like a single publish's, and
+/// their plugins run in one call.
 async fn publish_each(
     broker: &Arc<Broker>,
     order: &mut PublishOrder,

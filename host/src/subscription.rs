@@ -228,6 +228,7 @@ async fn process(
         })
         .collect();
     let plugins = broker.plugins();
+    let order = plugins.call_order(stages).await;
     let sorted = plugins
         .run(Arc::clone(stages), log.name().to_string(), items, false)
         .await?;
@@ -236,11 +237,12 @@ async fn process(
         if !sorted.dead.is_empty() {
             appends.push(broker.dead_letters(log, sorted.dead).await?);
         }
-        let committed = match broker
+        let queued = broker
             .storage()
             .submit_append(appends, sorted.state.clone(), Vec::new())
-            .await
-        {
+            .await;
+        drop(order);
+        let committed = match queued {
             Ok(pending) => pending.durable().await.map(drop),
             Err(e) => Err(e),
         };

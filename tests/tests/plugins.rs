@@ -815,3 +815,76 @@ async fn a_quarantined_fail_closed_subscription_plugin_ends_the_subscription() {
     assert_eq!(payloads(&dead), ["boom 1", "boom 2"]);
     assert_eq!(header(&dead[0], "quiver-dlq-offset"), "1");
 }
+
+/// A stateful plugin under pipelined publishes from several connections: its calls
+/// overlap with later publishes, yet the state each call wrote reaches storage in the
+/// order the calls ran. The `counter` plugin numbers records in its state, so every
+/// record's count is its offset + 1, and after a restart the numbering goes on where
+/// it stopped. (Publishes used to run their plugins before taking their turn to be
+/// stored: two could be stored in the other order, and the older count won.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_plugin_sees_and_stores_its_state_in_call_order() {
+    const CONNECTIONS: usize = 3;
+    const PER_CONNECTION: usize = 400;
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    create(&client, "numbered").await;
+    deploy(&client, "counter", test_plugin("counter")).await;
+    client
+        .attach_plugin("numbered", Stage::new("counter"))
+        .await
+        .unwrap();
+    let mut producers = Vec::new();
+    for c in 0..CONNECTIONS {
+        let client = broker.client().await;
+        producers.push(tokio::spawn(async move {
+            // All in flight at once, each a publish of its own, of two records (so
+            // the client does not merge them into one request).
+            let pending: Vec<_> = (0..PER_CONNECTION / 2)
+                .map(|i| {
+                    let batch = vec![
+                        NewRecord::new(format!("{c}-{i}-a")),
+                        NewRecord::new(format!("{c}-{i}-b")),
+                    ];
+                    client.publish_batch("numbered", batch)
+                })
+                .collect();
+            for p in pending {
+                p.await.unwrap();
+            }
+        }));
+    }
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let count = |r: &Record| -> u64 {
+        String::from_utf8(r.header("count").expect("a count").to_vec())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let records = read_all(&client, "numbered").await;
+    assert_eq!(records.len(), CONNECTIONS * PER_CONNECTION);
+    for record in &records {
+        assert_eq!(
+            count(record),
+            record.offset + 1,
+            "at offset {}",
+            record.offset
+        );
+    }
+    client.close().await;
+    assert!(broker.stop().success());
+
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    client.publish("numbered", "after").await.unwrap();
+    let records = read_all(&client, "numbered").await;
+    let last = records.last().unwrap();
+    assert_eq!(
+        (last.offset, count(last)),
+        (records.len() as u64 - 1, records.len() as u64),
+        "the numbering goes on after a restart"
+    );
+}

@@ -61,27 +61,15 @@ impl PendingPublish {
     }
 }
 
-/// The publishes of a `PublishEach` made ready for storage: each checked,
-/// deduplicated and (in one call) through the topic's ingress plugins. Nothing is
-/// stored until [`Broker::queue_each`].
+/// The publishes of a `PublishEach` made ready for storage: each checked and
+/// deduplicated. Their plugins run, in one call, and they are stored in
+/// [`Broker::queue_each`].
 #[derive(Debug)]
 pub struct PreparedEach {
+    log: Arc<TopicLog>,
     slots: Vec<Slot>,
-    /// What to append, in one atomic write, for all the publishes that store.
-    appends: Vec<TopicRecords>,
-    /// Plugin state the call wrote.
-    state: Vec<StateWrite>,
-}
-
-impl PreparedEach {
-    /// Nothing to store: every publish is answered already.
-    fn answered(slots: Vec<Slot>) -> Self {
-        Self {
-            slots,
-            appends: Vec::new(),
-            state: Vec::new(),
-        }
-    }
+    /// The records of the publishes that store, in order.
+    fresh: Vec<NewRecord>,
 }
 
 /// The publishes of a `PublishEach` queued for the next group commit; await
@@ -137,17 +125,16 @@ impl PendingEach {
     }
 }
 
-/// A publish made ready for storage: validated, deduplicated, through the topic's
-/// ingress plugins. Nothing is stored until [`Broker::queue_publish`].
+/// A publish made ready for storage: validated and deduplicated. Its plugins run,
+/// and it is stored, in [`Broker::queue_publish`].
 #[derive(Debug)]
 pub enum PreparedPublish {
     /// A retry of a publish already stored: its receipt.
     Duplicate(Receipt),
-    /// What to append, in one atomic write.
+    /// The records to run through the topic's plugins and append.
     Ready {
-        appends: Vec<TopicRecords>,
-        layout: ReceiptLayout,
-        state: Vec<StateWrite>,
+        log: Arc<TopicLog>,
+        records: Vec<NewRecord>,
         ticket: Option<Ticket>,
     },
 }
@@ -173,9 +160,8 @@ impl Broker {
             .is_ok_and(|log| self.plugins.topic_stages(log.id()).is_some())
     }
 
-    /// Everything of a publish but the storing: validation, deduplication and the
-    /// topic's ingress plugins. Preparing publishes may overlap; [`queue_publish`]
-    /// decides their order.
+    /// Everything of a publish before its plugins run: validation and deduplication.
+    /// Preparing publishes may overlap; [`queue_publish`] decides their order.
     ///
     /// [`queue_publish`]: Broker::queue_publish
     pub async fn prepare_publish(
@@ -195,14 +181,39 @@ impl Broker {
             },
             None => None,
         };
-        let Some(stages) = self.plugins.topic_stages(log.id()) else {
-            return Ok(PreparedPublish::Ready {
-                appends: vec![(log, records)],
-                layout: ReceiptLayout::default(),
-                state: Vec::new(),
+        Ok(PreparedPublish::Ready {
+            log,
+            records,
+            ticket,
+        })
+    }
+
+    /// Runs a prepared publish through its topic's ingress plugins and hands the
+    /// result to storage for the next group commit: publishes queued one after the
+    /// other are stored in that order, and so is the plugin state their calls wrote
+    /// (the plugins' [`CallOrder`](crate::plugins::CallOrder) is held from the call
+    /// until the result is queued).
+    pub async fn queue_publish(
+        &self,
+        prepared: PreparedPublish,
+    ) -> Result<PendingPublish, BrokerError> {
+        let (log, records, ticket) = match prepared {
+            PreparedPublish::Duplicate(receipt) => {
+                return Ok(PendingPublish(Outcome::Duplicate(receipt)));
+            }
+            PreparedPublish::Ready {
+                log,
+                records,
                 ticket,
-            });
+            } => (log, records, ticket),
         };
+        let Some(stages) = self.plugins.topic_stages(log.id()) else {
+            let appends = vec![(log, records)];
+            return self
+                .queue_appends(appends, ReceiptLayout::default(), Vec::new(), ticket)
+                .await;
+        };
+        let order = self.plugins.call_order(&stages).await;
         let now = now_ms();
         let items = (0..)
             .zip(records)
@@ -219,30 +230,19 @@ impl Broker {
             .await?;
         let state = std::mem::take(&mut sorted.state);
         let (appends, layout) = self.sorted_appends(log, sorted).await?;
-        Ok(PreparedPublish::Ready {
-            appends,
-            layout,
-            state,
-            ticket,
-        })
+        let queued = self.queue_appends(appends, layout, state, ticket).await;
+        drop(order);
+        queued
     }
 
-    /// Hands a prepared publish to storage for the next group commit.
-    pub async fn queue_publish(
+    /// Hands one publish's appends to storage.
+    async fn queue_appends(
         &self,
-        prepared: PreparedPublish,
+        appends: Vec<TopicRecords>,
+        layout: ReceiptLayout,
+        state: Vec<StateWrite>,
+        ticket: Option<Ticket>,
     ) -> Result<PendingPublish, BrokerError> {
-        let (appends, layout, state, ticket) = match prepared {
-            PreparedPublish::Duplicate(receipt) => {
-                return Ok(PendingPublish(Outcome::Duplicate(receipt)));
-            }
-            PreparedPublish::Ready {
-                appends,
-                layout,
-                state,
-                ticket,
-            } => (appends, layout, state, ticket),
-        };
         let dedup = ticket
             .as_ref()
             .map(|t| Dedup {
@@ -340,9 +340,8 @@ impl Broker {
     }
 
     /// Prepares the publishes of a `PublishEach` (one record each): each is checked
-    /// and deduplicated on its own; the new ones go through the topic's ingress
-    /// plugins in one call, and what became of each record is sorted back to its
-    /// publish. Without plugins they share one append, in order.
+    /// and deduplicated on its own. [`queue_each`](Broker::queue_each) runs the new
+    /// ones through the plugins and stores them.
     pub async fn prepare_each(
         &self,
         topic: &str,
@@ -351,19 +350,36 @@ impl Broker {
     ) -> Result<PreparedEach, BrokerError> {
         let log = self.topic(topic)?;
         let ids = self.each_ids(records.len(), first_id)?;
-        let (mut slots, fresh) = self.claim_each(records, ids).await;
+        let (slots, fresh) = self.claim_each(records, ids).await;
+        Ok(PreparedEach { log, slots, fresh })
+    }
+
+    /// Runs the new publishes of a `PublishEach` through the topic's ingress plugins
+    /// in one call, sorting what became of each record back to its publish, and hands
+    /// them to storage as one write, each remembered under its own id. Without
+    /// plugins they share one append, in order. Stored in the order queued, like
+    /// [`queue_publish`](Broker::queue_publish).
+    pub async fn queue_each(&self, prepared: PreparedEach) -> Result<PendingEach, BrokerError> {
+        let PreparedEach {
+            log,
+            mut slots,
+            fresh,
+        } = prepared;
         if fresh.is_empty() {
-            return Ok(PreparedEach::answered(slots));
+            return Ok(PendingEach {
+                pending: None,
+                slots,
+                state: None,
+            });
         }
         let Some(stages) = self.plugins.topic_stages(log.id()) else {
             let layouts = (0..).map(|index| Ok(ReceiptLayout::part(index, 1)));
             set_layouts(&mut slots, layouts);
-            return Ok(PreparedEach {
-                slots,
-                appends: vec![(log, fresh)],
-                state: Vec::new(),
-            });
+            return self
+                .queue_slots(slots, vec![(log, fresh)], Vec::new())
+                .await;
         };
+        let order = self.plugins.call_order(&stages).await;
         let count = fresh.len();
         let now = now_ms();
         let items = (0..)
@@ -386,7 +402,11 @@ impl Broker {
                         *slot = Slot::Answered(Err(error.clone()));
                     }
                 }
-                return Ok(PreparedEach::answered(slots));
+                return Ok(PendingEach {
+                    pending: None,
+                    slots,
+                    state: None,
+                });
             }
         };
         let state = std::mem::take(&mut sorted.state);
@@ -395,11 +415,9 @@ impl Broker {
             false => self.appends_per_publish(log, sorted, count).await,
         };
         set_layouts(&mut slots, layouts);
-        Ok(PreparedEach {
-            slots,
-            appends,
-            state,
-        })
+        let queued = self.queue_slots(slots, appends, state).await;
+        drop(order);
+        queued
     }
 
     /// Checks and claims each record of a `PublishEach` as a publish of its own: the
@@ -463,14 +481,14 @@ impl Broker {
         (appends, layouts)
     }
 
-    /// Hands prepared publishes of a `PublishEach` to storage as one write, each
+    /// Hands the publishes of a `PublishEach` to storage as one write, each
     /// remembered under its own id.
-    pub async fn queue_each(&self, prepared: PreparedEach) -> Result<PendingEach, BrokerError> {
-        let PreparedEach {
-            slots,
-            appends,
-            state,
-        } = prepared;
+    async fn queue_slots(
+        &self,
+        slots: Vec<Slot>,
+        appends: Vec<TopicRecords>,
+        state: Vec<StateWrite>,
+    ) -> Result<PendingEach, BrokerError> {
         if appends.is_empty() {
             return Ok(PendingEach {
                 pending: None,
