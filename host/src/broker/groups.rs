@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 use super::{Broker, BrokerError};
 use crate::groups::state::{DeadLetter, Lane};
-use crate::groups::{Group, Loaded};
+use crate::groups::{Changes, Group, Loaded};
 use crate::storage::{GroupRecord, GroupWrite, PendingAppend, StorageError, TopicLog, now_ms};
 
 /// The most records a member may hold unsettled.
@@ -118,8 +118,7 @@ impl Broker {
     /// is what a crash would keep.
     pub async fn describe_group(&self, name: &str) -> Result<GroupInfo, BrokerError> {
         let group = self.group(name)?;
-        self.persist_group(&group, self.sync_group_topics(&group))
-            .await;
+        self.sync_and_persist(&group).await;
         let info = group.info();
         self.storage.sync().await?;
         Ok(info)
@@ -129,8 +128,7 @@ impl Broker {
     pub async fn list_groups(&self) -> Vec<GroupInfo> {
         let mut infos = Vec::new();
         for group in self.groups.all() {
-            self.persist_group(&group, self.sync_group_topics(&group))
-                .await;
+            self.sync_and_persist(&group).await;
             infos.push(group.info());
         }
         infos
@@ -140,9 +138,11 @@ impl Broker {
     /// records it held pending are forgotten.
     pub async fn reset_group(&self, name: &str, to: StartAt) -> Result<GroupInfo, BrokerError> {
         let group = self.group(name)?;
-        let mut writes = self.sync_group_topics(&group);
-        writes.extend(group.reset(|log| self.start_offset(log, to))?);
+        let changes = group.changes().await;
+        let mut writes = self.sync_group_topics(&changes);
+        writes.extend(changes.reset(|log| self.start_offset(log, to))?);
         self.persist_group(&group, writes).await;
+        drop(changes);
         info!(group = name, ?to, "group reset");
         Ok(group.info())
     }
@@ -150,17 +150,25 @@ impl Broker {
     /// Adds lanes for topics created since the group last looked (they are consumed
     /// from their first record) and drops those of deleted topics. Cheap when nothing
     /// changed: one pass over the topic registry.
-    pub fn sync_group_topics(&self, group: &Group) -> Vec<GroupWrite> {
-        let mut writes = group.drop_deleted_topics();
+    pub fn sync_group_topics(&self, changes: &Changes<'_>) -> Vec<GroupWrite> {
+        let mut writes = changes.drop_deleted_topics();
         for log in self.topics() {
-            if let Some(added) = group.add_topic(&log, log.stats().first) {
+            if let Some(added) = changes.add_topic(&log, log.stats().first) {
                 writes.extend(added);
             }
         }
         writes
     }
 
-    /// Hands a group's state changes to storage.
+    /// [`sync_group_topics`](Broker::sync_group_topics), with what it changed queued.
+    async fn sync_and_persist(&self, group: &Group) {
+        let changes = group.changes().await;
+        let writes = self.sync_group_topics(&changes);
+        self.persist_group(group, writes).await;
+    }
+
+    /// Hands a group's state changes to storage (call it holding the group's
+    /// [`Changes`], which made them).
     pub async fn persist_group(&self, group: &Group, writes: Vec<GroupWrite>) {
         let result = self
             .storage
@@ -172,7 +180,8 @@ impl Broker {
     }
 
     /// Applies what a group change produced: `dead` records go to the dead-letter
-    /// topic and `writes` to the group's state.
+    /// topic and `writes` to the group's state (call it holding the group's
+    /// [`Changes`], which made them).
     ///
     /// The dead letters are queued to storage before the state change that forgets
     /// their records, and storage commits in queue order: a crash may leave a record
@@ -262,7 +271,9 @@ impl Broker {
             writes,
         } in loaded
         {
+            let changes = group.changes().await;
             self.apply_group_changes(&group, writes, dead).await;
+            drop(changes);
         }
     }
 }

@@ -60,8 +60,10 @@ pub async fn serve(
         .run(&mut reader, &mut writer, prefetch, &shutdown)
         .await;
     // Whatever it held goes back to the group, now.
-    let (dead, writes) = group.leave(member, now_ms());
+    let changes = group.changes().await;
+    let (dead, writes) = changes.leave(member, now_ms());
     broker.apply_group_changes(&group, writes, dead).await;
+    drop(changes);
     if let Err(error) = ended {
         refuse(&mut writer, error).await;
     } else {
@@ -95,7 +97,10 @@ impl Member<'_> {
             .created;
         // Watching before saying Joined: from then on this member counts as a
         // consumer of the group's topics (for requests' "no responders").
-        let mut writes = self.broker.sync_group_topics(self.group);
+        let changes = self.group.changes().await;
+        let writes = self.broker.sync_group_topics(&changes);
+        self.broker.persist_group(self.group, writes).await;
+        drop(changes);
         self.watch_topics();
         writer
             .send(&ServerFrame::Joined)
@@ -110,23 +115,27 @@ impl Member<'_> {
                     "the group was deleted",
                 ));
             }
-            writes.extend(match std::mem::take(&mut topics_created) {
-                true => self.broker.sync_group_topics(self.group),
-                false => self.group.drop_deleted_topics(),
-            });
+            let changes = self.group.changes().await;
+            let mut writes = match std::mem::take(&mut topics_created) {
+                true => self.broker.sync_group_topics(&changes),
+                false => changes.drop_deleted_topics(),
+            };
             self.watch_topics();
             let now = now_ms();
-            let (dead, released) = self.group.release_expired(now);
+            let (dead, released) = changes.release_expired(now);
             writes.extend(released);
             self.broker
-                .apply_group_changes(self.group, std::mem::take(&mut writes), dead)
+                .apply_group_changes(self.group, writes, dead)
                 .await;
 
             let room = prefetch.saturating_sub(self.group.held(self.member));
             if room > 0 {
-                let (deliveries, writes) = self.group.assign(self.member, room, now);
+                let (deliveries, writes) = changes.assign(self.member, room, now);
                 self.broker.persist_group(self.group, writes).await;
+                drop(changes);
                 self.send(writer, &deliveries, shutdown).await?;
+            } else {
+                drop(changes);
             }
             tokio::select! {
                 flushed = writer.flush() => flushed.map_err(|_| gone())?,
@@ -260,6 +269,7 @@ impl Member<'_> {
     }
 
     async fn settle(&self, settlements: Vec<quiver_protocol::Settlement>) {
+        let changes = self.group.changes().await;
         let now = now_ms();
         let mut dead = Vec::new();
         let mut writes = Vec::new();
@@ -276,8 +286,7 @@ impl Member<'_> {
                 Settle::InProgress => Action::InProgress,
             };
             let (letter, changed) =
-                self.group
-                    .settle(self.member, topic, settlement.offset, action, now);
+                changes.settle(self.member, topic, settlement.offset, action, now);
             dead.extend(letter);
             writes.extend(changed);
         }

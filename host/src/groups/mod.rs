@@ -8,10 +8,14 @@
 //! - this module: [`Group`], the state with its topics, members and persistence, and
 //!   [`Groups`], the registry.
 //!
-//! Invariant: every change to a group's state is handed to storage (as
-//! [`GroupWrite`]s) right after it is made, under the group's lock, so storage sees
-//! changes in order. They become durable with the next group commit; a change lost in a
-//! crash only means a record is delivered again.
+//! Invariant: every change to a group's state is made through [`Changes`], the group's
+//! persist order, which is held until the change's [`GroupWrite`]s (and its dead
+//! letters, first) are queued to storage: storage receives one group's changes in the
+//! order they were made. That matters because a lane's cursor is written as a value: an
+//! older value queued after a newer one would move the stored cursor back (measured:
+//! the power-cut harness saw a caught-up group behind again after a clean restart).
+//! Changes become durable with the next group commit; a crash keeps a prefix of them,
+//! which only means records are delivered again.
 
 pub mod member;
 pub mod state;
@@ -38,6 +42,19 @@ pub struct Group {
     members: Mutex<HashMap<MemberId, Arc<Notify>>>,
     next_member: AtomicU64,
     deleted: AtomicBool,
+    /// Held by [`Changes`].
+    persist_order: tokio::sync::Mutex<()>,
+}
+
+/// The right to change a group's state: held from before a change until its writes
+/// are queued to storage ([`Broker::apply_group_changes`](crate::broker::Broker)), so
+/// that storage receives them in the order they were made (see the module docs). Every
+/// method that changes the state is here.
+#[derive(Debug)]
+#[must_use = "changes keep their order only while this lives"]
+pub struct Changes<'a> {
+    group: &'a Group,
+    _held: tokio::sync::MutexGuard<'a, ()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -75,6 +92,7 @@ impl Group {
             members: Mutex::default(),
             next_member: AtomicU64::new(1),
             deleted: AtomicBool::new(false),
+            persist_order: tokio::sync::Mutex::new(()),
         });
         (group, dead)
     }
@@ -97,6 +115,15 @@ impl Group {
     /// True once deleted.
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Takes the group's persist order: the only way to change its state (see
+    /// [`Changes`]). Waits while another change is on its way to storage.
+    pub async fn changes(&self) -> Changes<'_> {
+        Changes {
+            group: self,
+            _held: self.persist_order.lock().await,
+        }
     }
 
     fn mark_deleted(&self) {
@@ -122,57 +149,11 @@ impl Group {
         lock(&self.logs).values().cloned().collect()
     }
 
-    /// Starts consuming `log` at `cursor` if the pattern matches and it is new.
-    /// Returns whether it was added.
-    pub fn add_topic(&self, log: &Arc<TopicLog>, cursor: u64) -> Option<Vec<GroupWrite>> {
-        if !self.pattern.matches(log.name()) || log.is_deleted() {
-            return None;
-        }
-        let mut state = lock(&self.state);
-        if !state.add_lane(log.id(), cursor) {
-            return None;
-        }
-        lock(&self.logs).insert(log.id(), Arc::clone(log));
-        Some(self.writes(&mut state))
-    }
-
-    /// Forgets topics that were deleted.
-    pub fn drop_deleted_topics(&self) -> Vec<GroupWrite> {
-        let gone: Vec<TopicId> = lock(&self.logs)
-            .iter()
-            .filter(|(_, log)| log.is_deleted())
-            .map(|(id, _)| *id)
-            .collect();
-        if gone.is_empty() {
-            return Vec::new();
-        }
-        let mut state = lock(&self.state);
-        let mut logs = lock(&self.logs);
-        let mut writes = self.writes(&mut state);
-        for topic in gone {
-            state.remove_lane(topic);
-            logs.remove(&topic);
-            writes.push(GroupWrite::DropLane { topic });
-        }
-        writes
-    }
-
     /// Registers a member; it is woken whenever records may be available to it.
     pub fn join(&self, notify: Arc<Notify>) -> MemberId {
         let member = self.next_member.fetch_add(1, Ordering::Relaxed);
         lock(&self.members).insert(member, notify);
         member
-    }
-
-    /// Unregisters a member and releases what it held.
-    pub fn leave(&self, member: MemberId, now: u64) -> (Vec<DeadLetter>, Vec<GroupWrite>) {
-        lock(&self.members).remove(&member);
-        let mut state = lock(&self.state);
-        let dead = state.release(now, Some(member), self.policy);
-        let writes = self.writes(&mut state);
-        drop(state);
-        self.wake_members();
-        (dead, writes)
     }
 
     /// Wakes every member (records were freed, or the group changed).
@@ -192,71 +173,9 @@ impl Group {
         lock(&self.state).held(member)
     }
 
-    /// Releases records whose ack timeout passed.
-    pub fn release_expired(&self, now: u64) -> (Vec<DeadLetter>, Vec<GroupWrite>) {
-        let mut state = lock(&self.state);
-        let dead = state.release(now, None, self.policy);
-        let writes = self.writes(&mut state);
-        (dead, writes)
-    }
-
-    /// Hands `member` up to `max` records.
-    pub fn assign(
-        &self,
-        member: MemberId,
-        max: usize,
-        now: u64,
-    ) -> (Vec<Delivery>, Vec<GroupWrite>) {
-        let logs = lock(&self.logs).clone();
-        let bounds = |topic: TopicId| {
-            logs.get(&topic).map_or((0, 0), |log| {
-                let stats = log.stats();
-                (stats.first, stats.next)
-            })
-        };
-        let mut state = lock(&self.state);
-        let deliveries = state.assign(member, max, now, self.policy, bounds);
-        let writes = self.writes(&mut state);
-        (deliveries, writes)
-    }
-
-    /// Applies a member's settlement.
-    pub fn settle(
-        &self,
-        member: MemberId,
-        topic: TopicId,
-        offset: u64,
-        action: state::Action,
-        now: u64,
-    ) -> (Option<DeadLetter>, Vec<GroupWrite>) {
-        let mut state = lock(&self.state);
-        let dead = state.settle(member, topic, offset, action, now, self.policy);
-        let writes = self.writes(&mut state);
-        drop(state);
-        // A nack frees a record another member may take.
-        self.wake_members();
-        (dead, writes)
-    }
-
     /// When the state next changes by itself.
     pub fn next_wakeup(&self, now: u64) -> Option<u64> {
         lock(&self.state).next_wakeup(now)
-    }
-
-    /// Moves every lane's cursor to `cursor(topic)` and forgets pending records.
-    pub fn reset(
-        &self,
-        cursor: impl Fn(&TopicLog) -> Result<u64, StorageError>,
-    ) -> Result<Vec<GroupWrite>, StorageError> {
-        let logs = lock(&self.logs).clone();
-        let mut state = lock(&self.state);
-        for (topic, log) in &logs {
-            state.reset(*topic, cursor(log)?);
-        }
-        let writes = self.writes(&mut state);
-        drop(state);
-        self.wake_members();
-        Ok(writes)
     }
 
     /// Storage writes for what changed in `state`.
@@ -309,6 +228,121 @@ impl Group {
             members: u32::try_from(self.member_count()).unwrap_or(u32::MAX),
             topics,
         }
+    }
+}
+
+impl Changes<'_> {
+    /// The group being changed.
+    pub fn group(&self) -> &Group {
+        self.group
+    }
+
+    /// Starts consuming `log` at `cursor` if the pattern matches and it is new.
+    /// Returns whether it was added.
+    pub fn add_topic(&self, log: &Arc<TopicLog>, cursor: u64) -> Option<Vec<GroupWrite>> {
+        if !self.group.pattern.matches(log.name()) || log.is_deleted() {
+            return None;
+        }
+        let mut state = lock(&self.group.state);
+        if !state.add_lane(log.id(), cursor) {
+            return None;
+        }
+        lock(&self.group.logs).insert(log.id(), Arc::clone(log));
+        Some(self.group.writes(&mut state))
+    }
+
+    /// Forgets topics that were deleted.
+    pub fn drop_deleted_topics(&self) -> Vec<GroupWrite> {
+        let gone: Vec<TopicId> = lock(&self.group.logs)
+            .iter()
+            .filter(|(_, log)| log.is_deleted())
+            .map(|(id, _)| *id)
+            .collect();
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        let mut state = lock(&self.group.state);
+        let mut logs = lock(&self.group.logs);
+        let mut writes = self.group.writes(&mut state);
+        for topic in gone {
+            state.remove_lane(topic);
+            logs.remove(&topic);
+            writes.push(GroupWrite::DropLane { topic });
+        }
+        writes
+    }
+
+    /// Unregisters a member and releases what it held.
+    pub fn leave(&self, member: MemberId, now: u64) -> (Vec<DeadLetter>, Vec<GroupWrite>) {
+        lock(&self.group.members).remove(&member);
+        let mut state = lock(&self.group.state);
+        let dead = state.release(now, Some(member), self.group.policy);
+        let writes = self.group.writes(&mut state);
+        drop(state);
+        self.group.wake_members();
+        (dead, writes)
+    }
+
+    /// Releases records whose ack timeout passed.
+    pub fn release_expired(&self, now: u64) -> (Vec<DeadLetter>, Vec<GroupWrite>) {
+        let mut state = lock(&self.group.state);
+        let dead = state.release(now, None, self.group.policy);
+        let writes = self.group.writes(&mut state);
+        (dead, writes)
+    }
+
+    /// Hands `member` up to `max` records.
+    pub fn assign(
+        &self,
+        member: MemberId,
+        max: usize,
+        now: u64,
+    ) -> (Vec<Delivery>, Vec<GroupWrite>) {
+        let logs = lock(&self.group.logs).clone();
+        let bounds = |topic: TopicId| {
+            logs.get(&topic).map_or((0, 0), |log| {
+                let stats = log.stats();
+                (stats.first, stats.next)
+            })
+        };
+        let mut state = lock(&self.group.state);
+        let deliveries = state.assign(member, max, now, self.group.policy, bounds);
+        let writes = self.group.writes(&mut state);
+        (deliveries, writes)
+    }
+
+    /// Applies a member's settlement.
+    pub fn settle(
+        &self,
+        member: MemberId,
+        topic: TopicId,
+        offset: u64,
+        action: state::Action,
+        now: u64,
+    ) -> (Option<DeadLetter>, Vec<GroupWrite>) {
+        let mut state = lock(&self.group.state);
+        let dead = state.settle(member, topic, offset, action, now, self.group.policy);
+        let writes = self.group.writes(&mut state);
+        drop(state);
+        // A nack frees a record another member may take.
+        self.group.wake_members();
+        (dead, writes)
+    }
+
+    /// Moves every lane's cursor to `cursor(topic)` and forgets pending records.
+    pub fn reset(
+        &self,
+        cursor: impl Fn(&TopicLog) -> Result<u64, StorageError>,
+    ) -> Result<Vec<GroupWrite>, StorageError> {
+        let logs = lock(&self.group.logs).clone();
+        let mut state = lock(&self.group.state);
+        for (topic, log) in &logs {
+            state.reset(*topic, cursor(log)?);
+        }
+        let writes = self.group.writes(&mut state);
+        drop(state);
+        self.group.wake_members();
+        Ok(writes)
     }
 }
 
