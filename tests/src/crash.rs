@@ -1,7 +1,11 @@
-//! The crash-safety harness: runs the real broker under a pipelined publish load and
-//! acking group members, kills it with SIGKILL at moments chosen from events (a seeded
-//! number of publish receipts or group acks), restarts it on the same data dir, and
-//! checks Quiver's guarantees after every restart and at the end:
+//! The crash-safety harness: runs the real broker under a pipelined publish load,
+//! acking group members and a stateful ingress plugin, brings it down at moments chosen
+//! from events (a seeded number of publish receipts or group acks), restarts it on the
+//! same data dir, and checks Quiver's guarantees after every restart and at the end.
+//! It brings the broker down in one of two ways ([`Fault`]): SIGKILL (the process
+//! dies, the OS keeps everything it was given), or a power cut (the data dir is on a
+//! [`Disk`] that loses whatever no fsync/fdatasync made durable, sometimes keeping
+//! torn pieces of it, and then the process dies). The guarantees:
 //!
 //! - every acknowledged record is stored exactly once, at the offset its receipt gave.
 //!   On a topic with batched durability this holds for every receipt a later fsync
@@ -14,11 +18,15 @@
 //! - a group's cursor never moves back, every record below it that the group never
 //!   acked is still pending (it will be delivered again), and in the end the group has
 //!   acked every record;
-//! - the broker always restarts and prints its ready line (or [`Broker::start`] fails
-//!   the test).
+//! - the ingress plugin's state agrees with the records of the same commits: the
+//!   `counter` test plugin numbers each topic's records in its state, so the record at
+//!   offset N carries count N + 1, whatever was lost;
+//! - the broker always restarts and prints its ready line; a refusal to start is
+//!   reported as a broken guarantee, with what the broker said.
 //!
-//! The seed fixes the load's shape and the kill points; thread timing still varies, so
-//! replaying a seed repeats the same schedule of kills, not the same interleaving.
+//! The seed fixes the load's shape, the fault points and how cuts tear; thread timing
+//! still varies, so replaying a seed repeats the same schedule, not the same
+//! interleaving.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -30,14 +38,16 @@ use anyhow::{Context, anyhow, bail, ensure};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use quiver_client::{
-    Client, Durability, GroupInfo, GroupSettings, NewRecord, PublishId, Receipt, StartAt,
-    SubscribeOptions, TopicConfig,
+    Client, Durability, ErrorCode, GroupInfo, GroupSettings, NewRecord, PublishId, Receipt, Stage,
+    StartAt, SubscribeOptions, TopicConfig,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Broker, DataDir};
+use crate::disk::{Counts, Disk, Tear};
+use crate::rng::Rng;
+use crate::{Broker, DataDir, read_plugin, test_plugin};
 
 /// The topics under load: one acknowledged after fsync, one with batched durability.
 const TOPICS: [(&str, Durability); 2] = [
@@ -62,8 +72,10 @@ const MAX_BATCH: u64 = 6;
 const MAX_PAD: u64 = 4096;
 /// How often (in percent) a member nacks a delivery instead of acking it.
 const NACK_PERCENT: u64 = 10;
-/// The most receipts or group acks before a kill.
+/// The most receipts or group acks before a fault.
 const MAX_TRIGGER: u64 = 100;
+/// The longest a cycle's load runs before a fault picked by the clock, in ms.
+const MAX_TRIGGER_MS: u64 = 300;
 /// How long a cycle's load may take to reach its kill point.
 const CYCLE_LIMIT: Duration = Duration::from_secs(60);
 /// How long the final drain (retries stored, group caught up) may take.
@@ -75,29 +87,73 @@ const READ_STALL: Duration = Duration::from_secs(30);
 const FULL_CHECK_EVERY: u32 = 8;
 /// The harness's clients give up on a dead broker after this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The stateful ingress plugin on every topic (`tests/plugins/counter`).
+const COUNTER: &str = "counter";
+/// The header it numbers records with.
+const COUNT_HEADER: &str = "count";
+/// How often (in percent) a power cut also keeps torn pieces of unsynced writes.
+const TORN_PERCENT: u64 = 50;
+
+/// How the harness brings the broker down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL: the process dies; everything it handed the OS survives.
+    Kill,
+    /// The power goes: the data dir's [`Disk`] keeps only what was synced (sometimes
+    /// with torn pieces of the rest), then the process dies.
+    PowerCut,
+}
+
+impl Fault {
+    /// The environment variable asking for more (or fewer) faults.
+    fn count_variable(self) -> &'static str {
+        match self {
+            Self::Kill => "QUIVER_CRASH_KILLS",
+            Self::PowerCut => "QUIVER_POWER_CUTS",
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Kill => "kills (SIGKILL)",
+            Self::PowerCut => "power cuts",
+        })
+    }
+}
 
 /// How long and with which seed to run.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Seeds every choice: load shape and kill points.
+    /// Seeds every choice: load shape, fault points, torn sectors.
     pub seed: u64,
-    /// Kills to do.
-    pub kills: u32,
-    /// Wall time after which no more kills are started (the final checks still run).
+    /// How the broker is brought down.
+    pub fault: Fault,
+    /// Faults to cause.
+    pub faults: u32,
+    /// Wall time after which no more faults are caused (the final checks still run).
     pub budget: Duration,
+    /// Whether the broker syncs before acknowledging: `false` only to show that the
+    /// harness notices when it does not (`quiver serve --unsafe-skip-barrier`).
+    pub barrier: bool,
 }
 
 impl Settings {
-    /// `QUIVER_CRASH_SEED` (default: from the clock), `QUIVER_CRASH_KILLS` (default
-    /// `kills`) and `QUIVER_CRASH_BUDGET` in seconds (default 600).
-    pub fn from_env(kills: u32) -> Self {
+    /// `QUIVER_CRASH_SEED` (default: from the clock), the fault count (default `faults`;
+    /// `QUIVER_CRASH_KILLS` or `QUIVER_POWER_CUTS`) and `QUIVER_CRASH_BUDGET` in seconds
+    /// (default 600).
+    pub fn from_env(fault: Fault, faults: u32) -> Self {
         let seed = env_number("QUIVER_CRASH_SEED").unwrap_or_else(clock_seed);
+        let variable = fault.count_variable();
         Self {
             seed,
-            kills: env_number("QUIVER_CRASH_KILLS").map_or(kills, |n| {
-                u32::try_from(n).expect("QUIVER_CRASH_KILLS fits in a u32")
+            fault,
+            faults: env_number(variable).map_or(faults, |n| {
+                u32::try_from(n).unwrap_or_else(|_| panic!("{variable} fits in a u32"))
             }),
             budget: Duration::from_secs(env_number("QUIVER_CRASH_BUDGET").unwrap_or(600)),
+            barrier: true,
         }
     }
 }
@@ -120,14 +176,20 @@ fn clock_seed() -> u64 {
 }
 
 /// What a run did; printed at the end.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Figures {
     /// The seed it ran with.
     pub seed: u64,
-    /// SIGKILLs delivered.
-    pub kills: u32,
-    /// Broker starts after the first (after kills, and one after a clean stop).
+    /// How the broker was brought down.
+    pub fault: Fault,
+    /// Faults caused (kills, or power cuts).
+    pub faults: u32,
+    /// Power cuts that kept torn pieces of unsynced writes.
+    pub torn_cuts: u32,
+    /// Broker starts after the first (after faults, and one after a clean stop).
     pub restarts: u32,
+    /// Starts the broker refused, finding its data dir damaged (must be 0).
+    pub refused_starts: u32,
     /// Records the producers published (each counted once, however often retried).
     pub records_published: u64,
     /// Records acknowledged, each counted once.
@@ -149,8 +211,38 @@ pub struct Figures {
     pub redeliveries: u64,
     /// Acks the members sent.
     pub group_acks: u64,
+    /// Stored records whose plugin count was checked against their offset.
+    pub counts_checked: u64,
+    /// What the power-cut disk saw (syncs, bytes it threw away).
+    pub disk: Option<Counts>,
     /// Wall time of the whole run.
     pub wall: Duration,
+}
+
+impl Figures {
+    fn new(settings: &Settings) -> Self {
+        Self {
+            seed: settings.seed,
+            fault: settings.fault,
+            faults: 0,
+            torn_cuts: 0,
+            restarts: 0,
+            refused_starts: 0,
+            records_published: 0,
+            records_acked: 0,
+            receipts: 0,
+            retries: 0,
+            lost: 0,
+            duplicates: 0,
+            batched_unflushed_lost: 0,
+            deliveries: 0,
+            redeliveries: 0,
+            group_acks: 0,
+            counts_checked: 0,
+            disk: None,
+            wall: Duration::ZERO,
+        }
+    }
 }
 
 impl fmt::Display for Figures {
@@ -160,9 +252,11 @@ impl fmt::Display for Figures {
             "crash harness figures (QUIVER_CRASH_SEED={}):",
             self.seed
         )?;
-        let rows: [(&str, String); 13] = [
-            ("kills (SIGKILL)", self.kills.to_string()),
+        let fault = self.fault.to_string();
+        let mut rows: Vec<(&str, String)> = vec![
+            (&fault, self.faults.to_string()),
             ("restarts", self.restarts.to_string()),
+            ("starts refused", self.refused_starts.to_string()),
             ("records published", self.records_published.to_string()),
             ("records acked", self.records_acked.to_string()),
             ("publish receipts", self.receipts.to_string()),
@@ -176,8 +270,23 @@ impl fmt::Display for Figures {
             ("group deliveries", self.deliveries.to_string()),
             ("group redeliveries", self.redeliveries.to_string()),
             ("group acks", self.group_acks.to_string()),
-            ("wall time", format!("{:.1} s", self.wall.as_secs_f64())),
+            ("plugin counts checked", self.counts_checked.to_string()),
         ];
+        if let Some(disk) = &self.disk {
+            rows.extend([
+                ("torn power cuts", self.torn_cuts.to_string()),
+                ("file syncs seen", disk.file_syncs.to_string()),
+                ("directory syncs seen", disk.dir_syncs.to_string()),
+                (
+                    "unsynced KiB thrown away",
+                    (disk.bytes_lost / 1024).to_string(),
+                ),
+                ("torn sectors kept", disk.sectors_kept.to_string()),
+                ("directory entries undone", disk.entries_lost.to_string()),
+            ]);
+        }
+        let wall = format!("{:.1} s", self.wall.as_secs_f64());
+        rows.push(("wall time", wall));
         for (name, value) in rows {
             writeln!(f, "  {name:<28} {value:>10}")?;
         }
@@ -200,18 +309,24 @@ pub struct Report {
 /// in [`Report::violations`].
 pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let mut harness = Harness::new(settings);
-    let mut broker = harness.start_broker();
+    let mut harness = Harness::new(settings)?;
+    let broker = harness
+        .start_broker()
+        .ok_or_else(|| anyhow!("the first start failed: {:?}", harness.violations))?;
     harness.set_up(&broker).await?;
-    while harness.figures.kills < settings.kills
-        && started.elapsed() < settings.budget
-        && harness.violations.is_empty()
-    {
-        broker = harness.cycle(broker).await?;
+    // `None` once a restart was refused (a broken guarantee, recorded).
+    let mut up = Some(broker);
+    while let Some(broker) = up.take() {
+        let done = harness.figures.faults >= settings.faults
+            || started.elapsed() >= settings.budget
+            || !harness.violations.is_empty();
+        if !done {
+            up = harness.cycle(broker).await?;
+        } else if harness.violations.is_empty() {
+            harness.finish(broker).await?;
+        }
     }
-    if harness.violations.is_empty() {
-        harness.finish(broker).await?;
-    }
+    harness.figures.disk = harness.disk.as_ref().map(Disk::counts);
     harness.figures.records_acked = harness
         .model
         .topics
@@ -223,34 +338,6 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
         figures: harness.figures,
         violations: harness.violations,
     })
-}
-
-/// SplitMix64: seedable and small, enough to pick kill points and batch sizes.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n`.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-
-    /// An independent generator for a task.
-    fn fork(&mut self) -> Self {
-        Self(self.next())
-    }
 }
 
 /// Which record a payload is: its producer, its publish's sequence number and its
@@ -595,6 +682,11 @@ struct Model {
 }
 
 struct Harness {
+    fault: Fault,
+    barrier: bool,
+    /// The disk the data dir is on, for power cuts (unmounted before the data dir's
+    /// temp dir is removed: fields drop in order).
+    disk: Option<Disk>,
     data: DataDir,
     rng: Rng,
     clock: Clock,
@@ -612,19 +704,40 @@ struct Load {
     stop: CancellationToken,
 }
 
-/// When to kill the broker in a cycle.
+/// When to bring the broker down in a cycle.
 #[derive(Debug, Clone, Copy)]
 enum Trigger {
     /// After this many publish receipts (0: at once, with the retries in flight).
     Receipts(u64),
     /// After this many acks from the group's members.
     GroupAcks(u64),
+    /// Once this long has passed since the load started: a moment the clock picks
+    /// rather than the load's progress, so faults also land inside writes.
+    Elapsed(Duration),
 }
 
 impl Trigger {
-    fn reached(self, seen: u64) -> bool {
+    /// A trigger picked by `rng`.
+    fn pick(rng: &mut Rng) -> Self {
+        match rng.below(10) {
+            0..=5 => Self::Receipts(rng.below(MAX_TRIGGER + 1)),
+            6..=7 => Self::GroupAcks(1 + rng.below(MAX_TRIGGER)),
+            _ => Self::Elapsed(Duration::from_millis(rng.below(MAX_TRIGGER_MS + 1))),
+        }
+    }
+
+    fn reached(self, seen: u64, started: tokio::time::Instant) -> bool {
         match self {
             Self::Receipts(n) | Self::GroupAcks(n) => seen >= n,
+            Self::Elapsed(after) => started.elapsed() >= after,
+        }
+    }
+
+    /// When to stop waiting for events, at the latest.
+    fn deadline(self, started: tokio::time::Instant) -> tokio::time::Instant {
+        match self {
+            Self::Elapsed(after) => started + after,
+            _ => started + CYCLE_LIMIT,
         }
     }
 
@@ -649,15 +762,15 @@ enum Scope {
 }
 
 impl Harness {
-    fn new(settings: &Settings) -> Self {
-        let mut rng = Rng(settings.seed);
+    fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let mut rng = Rng::new(settings.seed);
         let producers = PRODUCERS
             .iter()
             .enumerate()
             .map(|(index, &topic)| Producer {
                 index,
                 topic,
-                producer_id: rng.next(),
+                producer_id: rng.next_u64(),
                 next_sequence: 0,
                 retry: VecDeque::new(),
                 in_flight: BTreeMap::new(),
@@ -665,24 +778,74 @@ impl Harness {
                 rng: rng.fork(),
             })
             .collect();
-        Self {
-            data: DataDir::new(),
+        let data = DataDir::new();
+        let disk = match settings.fault {
+            Fault::Kill => None,
+            Fault::PowerCut => Some(Disk::mount(data.root()).context(
+                "mounting the power-cut disk (needs /dev/fuse, and root or fusermount3 from \
+                 fuse3, which `make test` installs)",
+            )?),
+        };
+        Ok(Self {
+            fault: settings.fault,
+            barrier: settings.barrier,
+            disk,
+            data,
             rng,
             clock: Clock::default(),
             model: Model::default(),
             producers,
-            figures: Figures {
-                seed: settings.seed,
-                ..Figures::default()
-            },
+            figures: Figures::new(settings),
             violations: Vec::new(),
+        })
+    }
+
+    /// Starts the broker on the data dir, logging warnings only, with room for plugin
+    /// calls on a busy machine. `None` if it exits instead of printing its ready line:
+    /// that is recorded as a broken guarantee, with what it said.
+    fn start_broker(&mut self) -> Option<Broker> {
+        let args: &[&str] = match self.barrier {
+            true => &[],
+            false => &["--unsafe-skip-barrier"],
+        };
+        let env = [
+            ("RUST_LOG", "warn"),
+            ("QUIVER_PLUGINS__CALL_TIMEOUT", "10s"),
+        ];
+        match Broker::try_launch(&self.data, args, &env) {
+            Ok(broker) => Some(broker),
+            Err(refused) => {
+                self.figures.refused_starts += 1;
+                self.violations.push(format!(
+                    "the broker refused to start after {} {} ({}): {}",
+                    self.figures.faults, self.fault, refused.status, refused.stderr
+                ));
+                None
+            }
         }
     }
 
-    /// Starts the broker on the data dir, logging warnings only; [`Broker::start_with`]
-    /// fails the test if it does not print its ready line.
-    fn start_broker(&self) -> Broker {
-        Broker::start_with(&self.data, &[("RUST_LOG", "warn")])
+    /// Brings the broker down as the run's [`Fault`] says.
+    fn bring_down(&mut self, broker: Broker) -> anyhow::Result<()> {
+        match (self.fault, &mut self.disk) {
+            (Fault::PowerCut, Some(disk)) => {
+                let tear = match self.rng.percent(TORN_PERCENT) {
+                    true => {
+                        self.figures.torn_cuts += 1;
+                        Tear::Sectors(self.rng.next_u64())
+                    }
+                    false => Tear::None,
+                };
+                // The disk first: from this instant nothing more reaches it.
+                disk.cut(tear);
+                broker.kill9();
+                disk.remount()
+                    .context("remounting the disk after a power cut")?;
+            }
+            _ => broker.kill9(),
+        }
+        self.figures.faults += 1;
+        Ok(())
     }
 
     async fn set_up(&mut self, broker: &Broker) -> anyhow::Result<()> {
@@ -700,39 +863,46 @@ impl Harness {
             ..GroupSettings::new("crash.>")
         };
         client.create_group(GROUP, settings).await?;
+        let counter = read_plugin(&test_plugin(COUNTER));
+        client.deploy_plugin(COUNTER, counter, None).await?;
+        for (name, _) in TOPICS {
+            client.attach_plugin(name, Stage::new(COUNTER)).await?;
+        }
         client.close().await;
         Ok(())
     }
 
-    /// Load, kill at the trigger, restart, check. Returns the restarted broker.
-    async fn cycle(&mut self, broker: Broker) -> anyhow::Result<Broker> {
-        let trigger = match self.rng.below(10) {
-            0..=6 => Trigger::Receipts(self.rng.below(MAX_TRIGGER + 1)),
-            _ => Trigger::GroupAcks(1 + self.rng.below(MAX_TRIGGER)),
-        };
+    /// Load, bring the broker down at the trigger, restart, check. Returns the
+    /// restarted broker, or `None` if it refused to start.
+    async fn cycle(&mut self, broker: Broker) -> anyhow::Result<Option<Broker>> {
+        let trigger = Trigger::pick(&mut self.rng);
         let mut load = self.start_load(&broker, false).await?;
-        let deadline = tokio::time::Instant::now() + CYCLE_LIMIT;
+        let started = tokio::time::Instant::now();
         let mut seen = 0;
-        while !trigger.reached(seen) {
-            let event = tokio::time::timeout_at(deadline, load.events.recv())
+        while !trigger.reached(seen, started) {
+            let event = match tokio::time::timeout_at(trigger.deadline(started), load.events.recv())
                 .await
-                .map_err(|_| anyhow!("the load stalled before {trigger:?} (at {seen})"))?
-                .ok_or_else(|| anyhow!("every load task ended"))?;
+            {
+                Ok(event) => event.ok_or_else(|| anyhow!("every load task ended"))?,
+                Err(_) if matches!(trigger, Trigger::Elapsed(_)) => break,
+                Err(_) => bail!("the load stalled before {trigger:?} (at {seen})"),
+            };
             seen += u64::from(trigger.counts(&event));
             self.apply(event)?;
         }
-        broker.kill9();
-        self.figures.kills += 1;
+        self.bring_down(broker)?;
         self.stop_load(load).await?;
         self.void_uncovered();
-        let broker = self.start_broker();
+        let Some(broker) = self.start_broker() else {
+            return Ok(None);
+        };
         self.figures.restarts += 1;
         let scope = match self.figures.restarts % FULL_CHECK_EVERY {
             0 => Scope::Full,
             _ => Scope::Tail,
         };
         self.check(&broker, scope).await?;
-        Ok(broker)
+        Ok(Some(broker))
     }
 
     /// The end, with no more kills: every publish a kill cut off is stored, the group
@@ -773,7 +943,9 @@ impl Harness {
         if !broker.stop().success() {
             self.violations.push("a clean stop did not exit 0".into());
         }
-        let broker = self.start_broker();
+        let Some(broker) = self.start_broker() else {
+            return Ok(());
+        };
         self.figures.restarts += 1;
         // A clean stop flushes the batched topic too: every receipt stands.
         self.check(&broker, Scope::Full).await?;
@@ -977,8 +1149,13 @@ impl Harness {
                 None => self.figures.batched_unflushed_lost += 1,
             }
         }
-        let info = client.describe_group(GROUP).await?;
-        self.check_group(&info);
+        match client.describe_group(GROUP).await {
+            Ok(info) => self.check_group(&info),
+            Err(e) if e.code() == Some(ErrorCode::GroupNotFound) => self.violations.push(format!(
+                "the group {GROUP}, created and acknowledged, is gone"
+            )),
+            Err(e) => return Err(e.into()),
+        }
         client.close().await;
         Ok(())
     }
@@ -992,7 +1169,20 @@ impl Harness {
         scope: Scope,
     ) -> anyhow::Result<()> {
         let name = TOPICS[topic].0;
-        let info = client.describe_topic(name).await?;
+        let info = match client.describe_topic(name).await {
+            Ok(info) => info,
+            Err(e) if e.code() == Some(ErrorCode::TopicNotFound) => {
+                let model = &self.model.topics[topic];
+                let acked = model.acked.len();
+                self.figures.lost += acked as u64;
+                self.violations.push(format!(
+                    "{name}, created and acknowledged, is gone, with {acked} acknowledged \
+                     records"
+                ));
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         if info.first_offset != 0 || info.records != info.next_offset {
             self.violations.push(format!(
                 "{name} holds {} records from {} to {}: not dense from 0",
@@ -1016,6 +1206,17 @@ impl Harness {
             if offset != expected {
                 self.violations
                     .push(format!("{name}: offset {offset} where {expected} belongs"));
+            }
+            let count = record
+                .header(COUNT_HEADER)
+                .and_then(|c| std::str::from_utf8(c).ok()?.parse::<u64>().ok());
+            self.figures.counts_checked += 1;
+            if count != Some(offset + 1) {
+                self.violations.push(format!(
+                    "{name}:{offset} carries plugin count {count:?}, not {}: the plugin's \
+                     state and the records of its commits disagree",
+                    offset + 1
+                ));
             }
             let Some(id) = RecordId::parse(&record.payload) else {
                 self.violations

@@ -5,7 +5,9 @@
 //! `make test` builds it before running the tests.
 
 pub mod crash;
+pub mod disk;
 pub mod raw;
+pub mod rng;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -544,6 +546,12 @@ impl Broker {
     /// Starts `quiver serve` on `data` like [`Broker::start`], but returns how it ended
     /// if it exits instead of printing its ready line (a data dir it refuses).
     pub fn try_start(data: &DataDir) -> Result<Self, Refused> {
-        Self::spawn(Self::serve_command(data, &[], &[]), data)
+        Self::try_launch(data, &[], &[])
+    }
+
+    /// [`Broker::launch`], returning how the broker ended if it exits instead of
+    /// printing its ready line.
+    pub fn try_launch(data: &DataDir, args: &[&str], env: Env<'_>) -> Result<Self, Refused> {
+        Self::spawn(Self::serve_command(data, args, env), data)
     }
 }

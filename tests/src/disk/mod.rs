@@ -1,0 +1,111 @@
+//! A disk whose power the tests can cut: a FUSE filesystem (on the `fuser` crate,
+//! mounted through `/dev/fuse`) that keeps everything in memory and, on
+//! [`Disk::cut`], throws away whatever no `fsync`/`fdatasync` made durable, file data,
+//! sizes and directory entries alike (`model.rs` has the rules). The broker runs
+//! with its data dir on it; the harness cuts the power under load, then
+//! [`Disk::remount`]s what survived and restarts the broker on it.
+//!
+//! `sync_file_range`, what sled 0.34 flushes with upstream, never reaches a FUSE
+//! filesystem: data only it covered counts as unsynced here, as on a real disk
+//! whose power goes.
+
+mod fuse;
+mod model;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use fuser::{BackgroundSession, Config, MountOption};
+
+pub use model::{Counts, Tear};
+
+use fuse::{PowerCutFs, Shared};
+
+/// A mounted power-cut filesystem; unmounted when dropped.
+pub struct Disk {
+    shared: Arc<Mutex<Shared>>,
+    mountpoint: PathBuf,
+    session: Option<BackgroundSession>,
+}
+
+impl std::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disk")
+            .field("mountpoint", &self.mountpoint)
+            .field("counts", &self.counts())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Disk {
+    /// Mounts an empty disk on `mountpoint` (an existing, empty directory). Fails
+    /// where FUSE is unavailable: `/dev/fuse` and the right to mount (root, or
+    /// `fusermount3` from Debian's `fuse3`).
+    pub fn mount(mountpoint: &Path) -> io::Result<Self> {
+        let mut disk = Self {
+            shared: Arc::default(),
+            mountpoint: mountpoint.to_owned(),
+            session: None,
+        };
+        disk.mount_session()?;
+        Ok(disk)
+    }
+
+    fn mount_session(&mut self) -> io::Result<()> {
+        let epoch = self.lock().epoch;
+        let fs = PowerCutFs {
+            shared: Arc::clone(&self.shared),
+            epoch,
+        };
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName("quiver-power-cut".into()),
+            MountOption::RW,
+        ];
+        self.session = Some(fuser::spawn_mount(fs, &self.mountpoint, &config)?);
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Cuts the power: from this instant every request to the mount fails with `EIO`,
+    /// and what it holds is what the last syncs made durable (torn as `tear` says).
+    /// Kill whatever uses the mount, then [`Disk::remount`].
+    pub fn cut(&self, tear: Tear) {
+        let mut shared = self.lock();
+        shared.epoch += 1;
+        shared.model.power_cut(tear);
+    }
+
+    /// Unmounts the dead mount and mounts what survived the cut in its place.
+    pub fn remount(&mut self) -> io::Result<()> {
+        self.unmount()?;
+        self.mount_session()
+    }
+
+    fn unmount(&mut self) -> io::Result<()> {
+        match self.session.take() {
+            Some(session) => session.umount_and_join(),
+            None => Ok(()),
+        }
+    }
+
+    /// What the disk has seen so far: syncs, cuts, bytes thrown away.
+    pub fn counts(&self) -> Counts {
+        self.lock().model.counts()
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount() {
+            eprintln!(
+                "unmounting the power-cut disk at {}: {e}",
+                self.mountpoint.display()
+            );
+        }
+    }
+}
