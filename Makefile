@@ -7,7 +7,7 @@ CARGO ?= cargo
 WASM := wasm32-wasip2
 EXAMPLE_PLUGINS := plugins/target/$(WASM)/release
 
-.PHONY: run test build plugins example-plugins wasm-target lint fuzz-tools fuzz-smoke
+.PHONY: run test test-tools build plugins example-plugins wasm-target lint fuzz-tools fuzz-smoke
 
 run: example-plugins
 	$(CARGO) build --release --package quiver-host --bin quiver
@@ -15,7 +15,7 @@ run: example-plugins
 
 # The integration tests start target/debug/quiver, run the SDK examples, and deploy
 # the example and test plugins, so all of them are built first.
-test: plugins build
+test: test-tools plugins build
 	$(CARGO) test --workspace
 	$(CARGO) test --manifest-path plugin-sdk/Cargo.toml --features json --target-dir target/plugin-sdk
 	$(MAKE) lint
@@ -23,6 +23,16 @@ test: plugins build
 
 build:
 	$(CARGO) build --workspace --bins --examples
+
+# Debian packages the tests need, pinned, installed with apt-get when missing (as root,
+# or through sudo). fuse3: `fusermount3` and `/dev/fuse` for the power-cut disk
+# (tests/src/disk/), which mounts itself directly when run as root.
+FUSE3_VERSION := 3.14.0-4
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-tools:
+	@dpkg-query -W -f='$${Version}' fuse3 2>/dev/null | grep -qx '$(FUSE3_VERSION)' || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fuse3=$(FUSE3_VERSION); }
 
 # Plugins are WebAssembly components: the wasm32-wasip2 target comes from rustup.
 wasm-target:

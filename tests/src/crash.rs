@@ -340,6 +340,53 @@ pub async fn run(settings: &Settings) -> anyhow::Result<Report> {
     })
 }
 
+/// Broken guarantees a failing run shows (one bug tends to break many records).
+const SHOWN: usize = 20;
+
+/// Runs the harness, printing the seed first and the figures at the end; panics if the
+/// harness could not go on.
+pub async fn run_reported(settings: &Settings) -> Report {
+    eprintln!(
+        "crash harness ({}): QUIVER_CRASH_SEED={}",
+        settings.fault, settings.seed
+    );
+    let report = run(settings)
+        .await
+        .unwrap_or_else(|e| panic!("QUIVER_CRASH_SEED={}: {e:#}", settings.seed));
+    println!("{}", report.figures);
+    report
+}
+
+/// Runs the harness ([`run_reported`]) and fails on any broken guarantee, showing the
+/// first ones with the seed that replays the run; returns the figures.
+pub async fn run_and_check(settings: &Settings) -> Figures {
+    let report = run_reported(settings).await;
+    let shown = &report.violations[..report.violations.len().min(SHOWN)];
+    assert!(
+        report.violations.is_empty(),
+        "QUIVER_CRASH_SEED={}: {} broken guarantees, the first {}:\n{}",
+        settings.seed,
+        report.violations.len(),
+        shown.len(),
+        shown.join("\n")
+    );
+    let figures = report.figures;
+    assert_eq!(figures.lost, 0, "acknowledged records lost");
+    assert_eq!(figures.duplicates, 0, "records stored twice");
+    assert_eq!(figures.refused_starts, 0, "starts refused");
+    assert!(figures.faults > 0, "at least one fault happened");
+    assert_eq!(
+        figures.restarts,
+        figures.faults + 1,
+        "a restart after every fault, and one after the clean stop"
+    );
+    assert!(
+        figures.counts_checked > 0,
+        "the plugin's counts were checked"
+    );
+    figures
+}
+
 /// Which record a payload is: its producer, its publish's sequence number and its
 /// place in that publish's batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -285,13 +285,13 @@ impl Filesystem for PowerCutFs {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         n: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
+        fh: FileHandle,
+        datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.with(|m| m.sync(ino(n))));
+        self.fsync(req, n, fh, datasync, reply);
     }
 
     fn statfs(&self, _req: &Request, _n: INodeNo, reply: ReplyStatfs) {
