@@ -2,11 +2,9 @@
 //! requests, and a task per subscription stream.
 //!
 //! Invariants worth naming:
-//! - one connection's publishes reach storage in the order they arrive, so its
-//!   publishes to a topic get increasing offsets: a plain publish is handed to storage
-//!   before the next frame is read; one that runs ingress plugins waits for its turn
-//!   after its plugins ran (so plugin calls overlap with reading on); replies go out
-//!   as they complete;
+//! - one connection's publishes reach storage in the order they arrive (the broker
+//!   keeps that order, given the connection's `PublishOrder`); replies go out as they
+//!   complete;
 //! - at most `max_inflight` requests wait for completion; past that the stream is not
 //!   read, and QUIC flow control pushes back on the client;
 //! - a bad frame is answered with an error and the stream carries on.
@@ -17,17 +15,16 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use quiver_protocol::{
-    ClientFrame, ErrorCode, FrameError, Limits, NewRecord, Op, OpReply, PROTOCOL_VERSION,
-    PublishId, Receipt, Reply, Request, ServerFrame, ServerHello, Stage, WireError,
+    ClientFrame, ErrorCode, FrameError, Limits, Op, OpReply, PROTOCOL_VERSION, Receipt, Reply,
+    Request, ServerFrame, ServerHello, Stage, WireError,
 };
-use tokio::sync::oneshot;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, instrument, warn};
 
 use crate::auth::{Access, Authenticator, requests};
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, Outcomes, PublishOrder, Publishes};
 use crate::groups::member;
 use crate::subscription;
 use crate::transport::{CloseCode, Connection, FrameStream, FrameWriter, Incoming};
@@ -297,16 +294,8 @@ async fn control_loop(
     writer.finish();
 }
 
-/// Starts a request; the returned future resolves to the reply.
-///
-/// A publish without ingress plugins, with no earlier publish still on its way, is
-/// queued to storage before this returns. Otherwise it takes a [`Turn`]: it is checked
-/// and deduplicated in the returned future, overlapping with later requests, and its
-/// plugins run and it reaches storage only after the publish before it did (so the
-/// plugin state its call writes is stored in call order too). Either way, one
-/// connection's publishes are stored in the order they arrived. A publish retrying an id still in flight also
-/// takes a turn: waiting for that attempt here would stop this loop from answering
-/// it, when it may be this connection's own.
+/// Starts a request; the returned future resolves to the reply. A publish keeps the
+/// connection's order (`order`): see `broker::publish`.
 async fn dispatch(
     broker: &Arc<Broker>,
     access: &Access,
@@ -314,14 +303,10 @@ async fn dispatch(
     order: &mut PublishOrder,
 ) -> BoxFuture<'static, ServerFrame> {
     let Request { id, op } = request;
-    let reply = move |result: Result<OpReply, BrokerError>| {
-        ServerFrame::Reply(Reply {
-            id,
-            result: result.map_err(|e| WireError::from(&e)),
-        })
-    };
+    let reply = move |result: Result<OpReply, WireError>| ServerFrame::Reply(Reply { id, result });
+    let wire = |e: BrokerError| WireError::from(&e);
     if let Err(e) = requests::authorize(broker, access, &op) {
-        return std::future::ready(reply(Err(e))).boxed();
+        return std::future::ready(reply(Err(wire(e)))).boxed();
     }
     let op = match op {
         Op::AttachPlugin { topic, stage } => Op::AttachPlugin {
@@ -336,160 +321,55 @@ async fn dispatch(
     let broker = Arc::clone(broker);
     match op {
         Op::Publish { topic, records, id } => {
-            let receipt = publish(&broker, order, topic, records, id).await;
-            async move { reply(receipt.await.map(OpReply::Published)) }.boxed()
+            let publishes = Publishes::One { records, id };
+            let outcomes = broker.publish(order, &topic, publishes).await;
+            async move { reply(one(outcomes.await).map(OpReply::Published)) }.boxed()
         }
         Op::PublishEach {
             topic,
             records,
             first_id,
         } => {
-            let outcomes = publish_each(&broker, order, topic, records, first_id).await;
-            async move { reply(outcomes.await.map(OpReply::PublishedEach)) }.boxed()
+            let publishes = Publishes::Each {
+                records,
+                first: first_id,
+            };
+            let outcomes = broker.publish(order, &topic, publishes).await;
+            async move { reply(outcomes.await.map(OpReply::PublishedEach).map_err(wire)) }.boxed()
         }
         op => {
             let access = access.clone();
             async move {
                 let result = execute(&broker, op).await;
-                reply(result.map(|answer| requests::visible(&broker, &access, answer)))
+                reply(
+                    result
+                        .map(|answer| requests::visible(&broker, &access, answer))
+                        .map_err(wire),
+                )
             }
             .boxed()
         }
     }
 }
 
-/// Starts a publish (see [`dispatch`] for the order kept); the future resolves to its
-/// receipt once it is durable.
-async fn publish(
-    broker: &Arc<Broker>,
-    order: &mut PublishOrder,
-    topic: String,
-    records: Vec<NewRecord>,
-    id: Option<PublishId>,
-) -> BoxFuture<'static, Result<Receipt, BrokerError>> {
-    if order.idle() && !broker.has_ingress(&topic) && !broker.would_wait(id.into_iter()) {
-        return match broker.submit_publish(&topic, records, id).await {
-            Ok(pending) => pending.durable().boxed(),
-            Err(e) => std::future::ready(Err(e)).boxed(),
-        };
-    }
-    let broker = Arc::clone(broker);
-    let mut turn = order.turn();
-    async move {
-        let prepared = broker.prepare_publish(&topic, records, id).await;
-        turn.wait().await;
-        let queued = match prepared {
-            Ok(prepared) => broker.queue_publish(prepared).await,
-            Err(e) => Err(e),
-        };
-        // The next publish of this connection may go to storage now.
-        drop(turn);
-        queued?.durable().await
-    }
-    .boxed()
-}
-
-/// Starts the publishes of a `PublishEach`, in one piece: to a topic without ingress
-/// plugins, with no earlier publish on its way, they go to storage before this
-/// returns; otherwise the returned future takes its turn like a single publish's, and
-/// their plugins run in one call.
-async fn publish_each(
-    broker: &Arc<Broker>,
-    order: &mut PublishOrder,
-    topic: String,
-    records: Vec<NewRecord>,
-    first_id: PublishId,
-) -> BoxFuture<'static, Result<Vec<Result<Receipt, WireError>>, BrokerError>> {
-    let waits = broker.each_would_wait(records.len(), first_id);
-    if order.idle() && !broker.has_ingress(&topic) && !waits {
-        let queued = match broker.prepare_each(&topic, records, first_id).await {
-            Ok(prepared) => broker.queue_each(prepared).await,
-            Err(e) => Err(e),
-        };
-        return match queued {
-            Ok(pending) => pending.durable().map(Ok).boxed(),
-            Err(e) => std::future::ready(Err(e)).boxed(),
-        };
-    }
-    let broker = Arc::clone(broker);
-    let mut turn = order.turn();
-    async move {
-        let prepared = broker.prepare_each(&topic, records, first_id).await;
-        turn.wait().await;
-        let queued = match prepared {
-            Ok(prepared) => broker.queue_each(prepared).await,
-            Err(e) => Err(e),
-        };
-        // The next publish of this connection may go to storage now.
-        drop(turn);
-        Ok(queued?.durable().await)
-    }
-    .boxed()
-}
-
-/// The order in which one connection's publishes reach storage.
-#[derive(Debug, Default)]
-struct PublishOrder {
-    /// Resolves (or closes) once the last publish that took a turn is in storage.
-    last: Option<oneshot::Receiver<()>>,
-}
-
-impl PublishOrder {
-    /// True when no publish that took a turn is still on its way to storage.
-    fn idle(&mut self) -> bool {
-        let busy = self.last.as_mut().is_some_and(|last| {
-            matches!(last.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-        });
-        if !busy {
-            self.last = None;
-        }
-        !busy
-    }
-
-    /// A turn after every publish before it.
-    fn turn(&mut self) -> Turn {
-        let (done, next) = oneshot::channel();
-        Turn {
-            previous: self.last.replace(next),
-            _done: done,
-        }
-    }
-}
-
-/// A publish's place in its connection's order. Dropping it lets the next one go;
-/// it must only be dropped after [`Turn::wait`] (or with the connection).
-#[derive(Debug)]
-struct Turn {
-    previous: Option<oneshot::Receiver<()>>,
-    _done: oneshot::Sender<()>,
-}
-
-impl Turn {
-    /// Waits until the publish before this one is in storage (or failed).
-    async fn wait(&mut self) {
-        if let Some(previous) = self.previous.take() {
-            let _ = previous.await;
-        }
-    }
+/// The outcome of a `Publish`: its one publish's.
+fn one(outcomes: Outcomes) -> Result<Receipt, WireError> {
+    let mut outcomes = outcomes.map_err(|e| WireError::from(&e))?;
+    outcomes.pop().unwrap_or_else(|| {
+        Err(WireError::new(
+            ErrorCode::Internal,
+            "the publish was answered with no outcome",
+        ))
+    })
 }
 
 /// Carries out a request. Publishes go through [`dispatch`], which keeps their order
 /// across requests; this is for everything else.
 async fn execute(broker: &Arc<Broker>, op: Op) -> Result<OpReply, BrokerError> {
-    let order = &mut PublishOrder::default();
     match op {
-        Op::Publish { topic, records, id } => publish(broker, order, topic, records, id)
-            .await
-            .await
-            .map(OpReply::Published),
-        Op::PublishEach {
-            topic,
-            records,
-            first_id,
-        } => publish_each(broker, order, topic, records, first_id)
-            .await
-            .await
-            .map(OpReply::PublishedEach),
+        Op::Publish { .. } | Op::PublishEach { .. } => Err(BrokerError::InvalidArgument(
+            "a publish is dispatched, not executed".into(),
+        )),
         Op::CreateTopic { name, config } => broker
             .create_topic(&name, &config)
             .await

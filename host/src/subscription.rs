@@ -208,7 +208,7 @@ pub async fn serve(
 /// Runs a slice through the subscription's plugins; dead letters and plugin state are
 /// made durable before the survivors are delivered.
 async fn process(
-    broker: &Broker,
+    broker: &Arc<Broker>,
     stages: &Arc<[Arc<StageRunner>]>,
     log: &Arc<TopicLog>,
     slice: Slice,
@@ -228,24 +228,38 @@ async fn process(
         })
         .collect();
     let plugins = broker.plugins();
-    let order = plugins.call_order(stages).await;
+    let storer = Arc::clone(broker);
+    let log_for_dead = Arc::clone(log);
     let sorted = plugins
-        .run(Arc::clone(stages), log.name().to_string(), items, false)
-        .await?;
-    if !sorted.dead.is_empty() || !sorted.state.is_empty() {
-        let mut appends = Vec::new();
-        if !sorted.dead.is_empty() {
-            appends.push(broker.dead_letters(log, sorted.dead).await?);
-        }
-        let queued = broker
-            .storage()
-            .submit_append(appends, sorted.state.clone(), Vec::new())
-            .await;
-        drop(order);
-        let committed = match queued {
-            Ok(pending) => pending.durable().await.map(drop),
-            Err(e) => Err(e),
-        };
+        .run_then(
+            Arc::clone(stages),
+            log.name().to_string(),
+            items,
+            false,
+            || {},
+            move |sorted| async move {
+                // Dead letters and state are queued here, in the plugins' call order,
+                // and made durable before the survivors are delivered.
+                let mut sorted = sorted?;
+                if sorted.dead.is_empty() && sorted.state.is_empty() {
+                    return Ok::<_, BrokerError>((sorted, None));
+                }
+                let mut appends = Vec::new();
+                if !sorted.dead.is_empty() {
+                    let dead = std::mem::take(&mut sorted.dead);
+                    appends.push(storer.dead_letters(&log_for_dead, dead).await?);
+                }
+                let pending = storer
+                    .storage()
+                    .submit_append(appends, sorted.state.clone(), Vec::new())
+                    .await?;
+                Ok((sorted, Some(pending)))
+            },
+        )
+        .await??;
+    let (sorted, pending) = sorted;
+    if let Some(pending) = pending {
+        let committed = pending.durable().await.map(drop);
         plugins.state_settled(&sorted.state);
         committed?;
     }

@@ -28,7 +28,7 @@ use crate::groups::Groups;
 use crate::plugins::{AdminError, PipelineError, Plugins};
 use crate::storage::{Storage, StorageError, TopicLog, TopicSettings, now_ms};
 use dedup::Deduplicator;
-pub use publish::PendingPublish;
+pub use publish::{Outcomes, PublishOrder, Publishes};
 
 /// Limits the broker enforces on requests.
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +137,15 @@ pub enum BrokerError {
     /// A configured limit was reached; the message names the setting.
     #[error("{0}")]
     LimitReached(String),
+    /// The broker's own publish failed, as a client's would be told.
+    #[error("{}", .0.message)]
+    Publish(WireError),
+}
+
+impl From<WireError> for BrokerError {
+    fn from(e: WireError) -> Self {
+        Self::Publish(e)
+    }
 }
 
 impl From<StorageError> for BrokerError {
@@ -181,6 +190,7 @@ impl BrokerError {
             Self::Storage(_) => ErrorCode::Storage,
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::LimitReached(_) => ErrorCode::LimitReached,
+            Self::Publish(e) => e.code,
         }
     }
 }

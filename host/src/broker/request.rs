@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use quiver_protocol::NewRecord;
@@ -55,7 +55,7 @@ impl Broker {
     /// Publishes `record` to `topic` with a reply token and waits up to `timeout` for
     /// the reply.
     pub async fn request(
-        &self,
+        self: &Arc<Self>,
         topic: &str,
         mut record: NewRecord,
         timeout: Duration,
@@ -83,10 +83,7 @@ impl Broker {
             token: token.clone(),
         };
         record = record.with_header(headers::REPLY_TO, token);
-        self.submit_publish(topic, vec![record], None)
-            .await?
-            .durable()
-            .await?;
+        self.publish_alone(topic, vec![record]).await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) | Err(_) => Err(BrokerError::RequestTimeout(timeout)),

@@ -47,11 +47,12 @@ impl Executor {
         })
     }
 
-    /// Runs `work` on one of the threads and resolves to its result.
-    pub(super) async fn run<T: Send + 'static>(
+    /// Queues `work` behind every job queued before it, at once; the receiver gets its
+    /// result (or is dropped with the job, if the executor stops first).
+    pub(super) fn submit<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, Stopped> {
+    ) -> Result<oneshot::Receiver<T>, Stopped> {
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = done.send(work());
@@ -61,6 +62,6 @@ impl Executor {
             .unwrap_or_else(PoisonError::into_inner)
             .send(job)
             .map_err(|_| Stopped)?;
-        result.await.map_err(|_| Stopped)
+        Ok(result)
     }
 }

@@ -12,12 +12,14 @@
 //!   generation; stages pick it up between calls, never during one;
 //! - plugin state written by a call is visible to later calls at once and becomes
 //!   durable with the records of its call (or is forgotten if that commit fails);
-//! - storage receives a plugin's state writes in the order its calls made them: a call
-//!   runs and its result is queued to storage under that plugin's [`CallOrder`], so a
-//!   later call's value can never be overwritten by an earlier one's, and a commit that
-//!   survives a crash carries no state from a call whose records did not.
+//! - storage receives a plugin's state writes in the order its calls made them: calls
+//!   of a plugin run, and queue their results to storage, in the order they were
+//!   dispatched (`order.rs`, [`Plugins::run_then`]), so a later call's value can never
+//!   be overwritten by an earlier one's, and a commit that survives a crash carries no
+//!   state from a call whose records did not.
 
 mod executor;
+mod order;
 pub mod pipeline;
 pub mod runtime;
 pub mod stage;
@@ -232,19 +234,8 @@ pub struct Plugins {
     admin: tokio::sync::Mutex<()>,
     /// Where plugin calls run.
     executor: Executor,
-    /// One lock per plugin name: see [`CallOrder`].
-    call_order: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// Held from before a call of some plugins until what the call produced (its records
-/// and state writes) is queued to storage: calls of the same plugin then reach storage
-/// in the order they ran. Without it, two overlapping publishes through a stateful
-/// plugin could run in one order and be stored in the other, leaving the older state
-/// value on disk (measured: the power-cut harness's counter plugin repeated counts).
-#[derive(Debug)]
-#[must_use = "the order holds only while the guard lives"]
-pub struct CallOrder {
-    _held: Vec<tokio::sync::OwnedMutexGuard<()>>,
+    /// The order calls of each plugin run and queue their results in.
+    call_order: order::CallOrder,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -285,7 +276,7 @@ impl Plugins {
             executor: Executor::new(EXECUTOR_THREADS).map_err(|e| {
                 AdminError::InvalidArgument(format!("starting the plugin threads: {e}"))
             })?,
-            call_order: Mutex::default(),
+            call_order: order::CallOrder::default(),
         };
         for record in plugins.storage.plugins()? {
             let Some(current) = record.current().cloned() else {
@@ -651,49 +642,51 @@ impl Plugins {
         Ok(runners.into())
     }
 
-    /// Takes the call order of every plugin in `stages` (in name order, so that two
-    /// pipelines sharing plugins cannot each wait for the other). Hold it until the
-    /// call's result is queued to storage.
-    pub async fn call_order(&self, stages: &[Arc<StageRunner>]) -> CallOrder {
-        let mut names: Vec<&str> = stages.iter().map(|s| s.plugin()).collect();
-        names.sort_unstable();
-        names.dedup();
-        let locks: Vec<_> = {
-            let mut order = self
-                .call_order
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            names
-                .into_iter()
-                .map(|name| Arc::clone(order.entry(name.to_owned()).or_default()))
-                .collect()
-        };
-        let mut held = Vec::with_capacity(locks.len());
-        for lock in locks {
-            held.push(lock.lock_owned().await);
-        }
-        CallOrder { _held: held }
-    }
-
-    /// Runs `items` of `topic` through `stages` on a blocking thread. Take the
-    /// [`CallOrder`] first when the result is queued to storage.
-    pub async fn run(
+    /// Runs `items` of `topic` through `stages` on a plugin thread and hands what they
+    /// made of them to `then`, on that thread too (driving it to completion). Calls of
+    /// a plugin run, and their `then`s, in the order they were dispatched (`order.rs`):
+    /// whatever `then` queues to storage is queued in the order the calls ran, so two
+    /// overlapping calls of a stateful plugin cannot be stored in the other order,
+    /// leaving the older state value on disk (measured before: the power-cut harness's
+    /// counter plugin repeated counts). `dispatched` runs as soon as the call has its
+    /// place: a call of the same plugins dispatched after that runs after it.
+    pub async fn run_then<T, Fut>(
         self: &Arc<Self>,
         stages: Arc<[Arc<StageRunner>]>,
         topic: String,
         items: Vec<Item>,
         ingress: bool,
-    ) -> Result<Sorted, PipelineError> {
+        dispatched: impl FnOnce(),
+        then: impl FnOnce(Result<Sorted, PipelineError>) -> Fut + Send + 'static,
+    ) -> Result<T, PipelineError>
+    where
+        Fut: Future<Output = T>,
+        T: Send + 'static,
+    {
         let plugins = Arc::clone(self);
-        let call = self.executor.run(move || {
-            let sorted = pipeline::run(&plugins, &stages, &topic, items, ingress)?;
-            plugins.state.written(&sorted.state);
-            Ok(sorted)
+        // The plugin threads are not the runtime's: `then` is driven from there.
+        let runtime = tokio::runtime::Handle::current();
+        let order = Arc::clone(&stages);
+        let call = self.call_order.dispatch(&order, move |tickets| {
+            self.executor.submit(move || {
+                tickets.wait_for_turn();
+                let sorted = pipeline::run(&plugins, &stages, &topic, items, ingress);
+                if let Ok(sorted) = &sorted {
+                    plugins.state.written(&sorted.state);
+                }
+                let result = runtime.block_on(then(sorted.map_err(PipelineError::from)));
+                // The next call of these plugins may run now.
+                drop(tickets);
+                result
+            })
         });
+        dispatched();
         // Plugin failures are values, so this fails only if the executor has stopped
         // (the broker shutting down).
-        call.await
-            .map_err(|e| PipelineError::Aborted(e.to_string()))?
+        let stopped = |e: &dyn std::fmt::Display| PipelineError::Aborted(e.to_string());
+        call.map_err(|e| stopped(&e))?
+            .await
+            .map_err(|e| stopped(&e))
     }
 
     /// Tells the state cache that a commit holding `writes` has finished (either way):

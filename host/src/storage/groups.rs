@@ -1,9 +1,7 @@
-//! What storage keeps for durable groups and for deduplicating retried publishes.
+//! What storage keeps for durable groups.
 
-use quiver_protocol::{GroupSettings, Placement, PublishId, Receipt};
+use quiver_protocol::GroupSettings;
 use serde::{Deserialize, Serialize};
-
-use super::Appended;
 
 /// A group's identity and settings (`g` + name).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,75 +68,4 @@ pub enum GroupWrite {
         /// The topic.
         topic: u64,
     },
-}
-
-/// How the appends of one publish map to its receipt: the first append is the topic
-/// published to; then one per routed topic (named here), then the dead-letter topic's.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReceiptLayout {
-    /// Topics of the appends after the first.
-    pub others: Vec<String>,
-    /// Whether the last of them is the dead-letter topic.
-    pub dead_letter: bool,
-    /// Records the plugins dropped.
-    pub dropped: u32,
-    /// Set when several publishes share the first append (`PublishEach`): this
-    /// publish's records are `start .. start + count` of it.
-    pub part: Option<(u32, u32)>,
-    /// Where this publish's appends start among those of the write, when several
-    /// publishes share one write, each with appends of its own (`PublishEach` through
-    /// plugins).
-    pub first_append: usize,
-}
-
-impl ReceiptLayout {
-    /// A publish whose records are `start .. start + count` of the first append.
-    pub fn part(start: u32, count: u32) -> Self {
-        Self {
-            part: Some((start, count)),
-            ..Self::default()
-        }
-    }
-
-    /// The receipt for the appends of one publish.
-    pub fn receipt(&self, appended: &[Appended]) -> Receipt {
-        let appended = appended.get(self.first_append..).unwrap_or_default();
-        let placement = |(topic, a): (&String, &Appended)| Placement {
-            topic: topic.clone(),
-            base_offset: a.base_offset,
-            count: a.count,
-        };
-        let mut routed: Vec<Placement> = self
-            .others
-            .iter()
-            .zip(appended.iter().skip(1))
-            .map(placement)
-            .collect();
-        let dead_letter = if self.dead_letter { routed.pop() } else { None };
-        // The first append, to the topic published to, is always there (maybe empty).
-        let mut first = appended.first().copied().unwrap_or(Appended {
-            base_offset: 0,
-            count: 0,
-        });
-        if let Some((start, count)) = self.part {
-            first.base_offset += u64::from(start);
-            first.count = count;
-        }
-        Receipt {
-            base_offset: first.base_offset,
-            count: first.count,
-            routed,
-            dead_letter,
-            dropped: self.dropped,
-        }
-    }
-}
-
-/// A publish to remember for deduplication, written with its records.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dedup {
-    /// The publish's id.
-    pub id: PublishId,
-    /// How its receipt is made from its appends.
-    pub layout: ReceiptLayout,
 }

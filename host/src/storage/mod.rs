@@ -36,6 +36,7 @@ mod keys;
 mod log;
 mod plugins;
 mod read;
+mod receipts;
 mod writer;
 
 use std::panic::AssertUnwindSafe;
@@ -50,12 +51,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
 use flusher::Flusher;
-pub use groups::{Dedup, GroupRecord, GroupWrite, ReceiptLayout, StoredGroup, StoredLane};
+pub use groups::{GroupRecord, GroupWrite, StoredGroup, StoredLane};
 pub use keys::LogStats;
 use log::TopicMeta;
 pub use log::{TopicLog, TopicSettings, Watch};
 pub use plugins::{PluginRecord, PluginVersion, StateWrite};
 use read::{LogReader, decode_index};
+pub use receipts::{Committed, PublishLayout, ReceiptLayout};
 use writer::{Command, Writer};
 
 /// Why a storage operation failed.
@@ -269,12 +271,12 @@ pub type TopicRecords = (Arc<TopicLog>, Vec<NewRecord>);
 
 /// An append queued for the next group commit; await [`PendingAppend::durable`].
 #[derive(Debug)]
-pub struct PendingAppend(oneshot::Receiver<Result<Vec<Appended>, StorageError>>);
+pub struct PendingAppend(oneshot::Receiver<Result<Committed, StorageError>>);
 
 impl PendingAppend {
     /// Resolves once everything is flushed to disk (or the commit failed), with one
-    /// [`Appended`] per topic, in the order given.
-    pub async fn durable(self) -> Result<Vec<Appended>, StorageError> {
+    /// [`Appended`] per topic and one receipt per publish, in the order given.
+    pub async fn durable(self) -> Result<Committed, StorageError> {
         self.0.await.unwrap_or(Err(StorageError::Closed))
     }
 }
@@ -404,20 +406,21 @@ impl Storage {
     /// after the other get increasing offsets; the returned handle resolves once they
     /// are durable.
     ///
-    /// The receipts of the publishes in `dedup` are stored in the same batch, so a
+    /// The writer computes the receipt of each of `publishes` from the appends'
+    /// results; those of the publishes with an id are stored in the same commit, so a
     /// retry of one can be answered after a restart.
     pub async fn submit_append(
         &self,
         appends: Vec<TopicRecords>,
         state: Vec<StateWrite>,
-        dedup: Vec<Dedup>,
+        publishes: Vec<PublishLayout>,
     ) -> Result<PendingAppend, StorageError> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Append {
                 appends,
                 state,
-                dedup,
+                publishes,
                 reply,
             })
             .await
@@ -435,7 +438,8 @@ impl Storage {
             .submit_append(vec![(log, records)], Vec::new(), Vec::new())
             .await?
             .durable()
-            .await?;
+            .await?
+            .appended;
         appended
             .into_iter()
             .next()

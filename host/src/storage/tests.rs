@@ -515,8 +515,8 @@ fn groups_and_dedup_entries_survive_reopening() {
             .await
             .unwrap();
         // A publish remembered for deduplication, in the same batch as its records.
-        let dedup = Dedup {
-            id,
+        let dedup = PublishLayout {
+            id: Some(id),
             layout: ReceiptLayout::default(),
         };
         storage
@@ -763,11 +763,11 @@ fn pipelines_written_before_stages_recorded_their_attacher_still_read() {
 
 /// Appends record `sequence` as publish 9/`sequence`, and waits until it is durable.
 async fn append_with_id(storage: &Storage, log: &Arc<TopicLog>, sequence: u64) {
-    let dedup = Dedup {
-        id: PublishId {
+    let dedup = PublishLayout {
+        id: Some(PublishId {
             producer: 9,
             sequence,
-        },
+        }),
         layout: ReceiptLayout::default(),
     };
     let record = u32::try_from(sequence).unwrap();

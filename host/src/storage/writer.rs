@@ -44,8 +44,8 @@ use super::keys::{self, ChunkMeta, LogStats};
 use super::log::{TailChunk, TopicMeta};
 use super::read::{LogReader, decode_index};
 use super::{
-    Appended, Cleanup, Dedup, GroupRecord, GroupWrite, PluginRecord, StateWrite, StorageError,
-    TopicLog, TopicRecords, TopicSettings, now_ms,
+    Appended, Cleanup, Committed, GroupRecord, GroupWrite, PluginRecord, PublishLayout, StateWrite,
+    StorageError, TopicLog, TopicRecords, TopicSettings, now_ms,
 };
 
 /// Commands queued before senders wait.
@@ -61,9 +61,9 @@ pub(super) enum Command {
     Append {
         appends: Vec<TopicRecords>,
         state: Vec<StateWrite>,
-        /// The publishes to remember: usually one, several for a `PublishEach`.
-        dedup: Vec<Dedup>,
-        reply: Reply<Vec<Appended>>,
+        /// The publishes the appends hold: usually one, several for a `PublishEach`.
+        publishes: Vec<PublishLayout>,
+        reply: Reply<Committed>,
     },
     CreateGroup {
         record: GroupRecord,
@@ -350,7 +350,7 @@ impl Writer {
             Command::Append {
                 appends,
                 state,
-                dedup,
+                publishes,
                 reply,
             } => {
                 // All or nothing: refuse the whole command if any topic is gone.
@@ -379,12 +379,17 @@ impl Writer {
                         None => group.batch.remove(key),
                     }
                 }
-                for dedup in dedup {
-                    group
-                        .dedup
-                        .push((dedup.id, dedup.layout.receipt(&appended)));
+                let receipts: Vec<Receipt> = publishes
+                    .iter()
+                    .map(|p| p.layout.receipt(&appended))
+                    .collect();
+                for (publish, receipt) in publishes.iter().zip(&receipts) {
+                    if let Some(id) = publish.id {
+                        group.dedup.push((id, receipt.clone()));
+                    }
                 }
-                group.done.push(answer(reply, appended, || {}));
+                let committed = Committed { appended, receipts };
+                group.done.push(answer(reply, committed, || {}));
             }
             Command::CreateGroup {
                 record,
