@@ -17,3 +17,4 @@ pub mod session;
 pub mod storage;
 pub mod subscription;
 pub mod transport;
+pub mod util;

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::broker::Broker;
-use crate::storage::{Cleanup, StorageError, now_ms};
+use crate::storage::{Cleanup, StorageError};
+use crate::util::now_ms;
 
 /// Runs until `shutdown`.
 pub async fn run(broker: Arc<Broker>, interval: Duration, shutdown: CancellationToken) {

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::AuthError;
 use super::file::TokenEntry;
-use crate::plugins::runtime::hex;
+use crate::util::hex;
 
 const PREFIX: &str = "qvt_";
 const ID_BYTES: usize = 8;

@@ -11,7 +11,8 @@ use tracing::{error, info, warn};
 use super::{Broker, BrokerError};
 use crate::groups::state::{DeadLetter, Lane};
 use crate::groups::{Changes, Group, Loaded};
-use crate::storage::{GroupRecord, GroupWrite, PendingAppend, StorageError, TopicLog, now_ms};
+use crate::storage::{GroupRecord, GroupWrite, PendingAppend, StorageError, TopicLog};
+use crate::util::now_ms;
 
 /// The most records a member may hold unsettled.
 pub(crate) const MAX_PREFETCH: u32 = 10_000;

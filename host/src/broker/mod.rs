@@ -26,7 +26,8 @@ use tracing::info;
 use crate::auth::{Authenticator, Denied};
 use crate::groups::Groups;
 use crate::plugins::{AdminError, PipelineError, Plugins};
-use crate::storage::{Storage, StorageError, TopicLog, TopicSettings, now_ms};
+use crate::storage::{Storage, StorageError, TopicLog, TopicSettings};
+use crate::util::now_ms;
 use dedup::Deduplicator;
 pub use publish::{Outcomes, PublishOrder, Publishes};
 

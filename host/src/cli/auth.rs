@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use crate::auth::file::{self, AuthFile, Grant, PrincipalEntry, check_principal_name};
 use crate::auth::{Right, token};
 use crate::config::DEFAULT_DATA_DIR;
-use crate::storage::now_ms;
+use crate::util::now_ms;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum AuthCommand {

@@ -20,8 +20,9 @@ use super::ConnectArgs;
 use super::output;
 use super::pubsub::{parse_header, parse_start};
 use crate::config::Config;
-use crate::plugins::runtime::{CallContext, Runtime, hex};
+use crate::plugins::runtime::{CallContext, Runtime};
 use crate::plugins::{InputEvent, Outcome, StateSource};
+use crate::util::hex;
 
 /// How long a replay waits for the next stored record before it concludes there is
 /// none (a start time after the last record).
@@ -497,7 +498,7 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
     let mut local = Local::load(&args.file, args.params)?;
     let input = std::fs::File::open(&args.input)
         .with_context(|| format!("opening {}", args.input.display()))?;
-    let now = crate::storage::now_ms();
+    let now = crate::util::now_ms();
     let mut records = Vec::new();
     for (n, line) in std::io::BufReader::new(input).lines().enumerate() {
         let line = line.with_context(|| format!("reading {}", args.input.display()))?;

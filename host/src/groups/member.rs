@@ -25,8 +25,9 @@ use super::Group;
 use super::state::{Action, Delivery, MemberId};
 use crate::broker::{Broker, BrokerError};
 use crate::session::{frame_error, frame_kind, refuse};
-use crate::storage::{StorageError, Watch, now_ms};
+use crate::storage::{StorageError, Watch};
 use crate::transport::{FrameReader, FrameWriter, Incoming};
+use crate::util::now_ms;
 
 /// Serves a member stream whose first frame was `join`.
 #[instrument(name = "member", skip_all, fields(group = %join.group))]

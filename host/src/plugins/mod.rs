@@ -37,11 +37,12 @@ use tracing::{error, info, warn};
 
 use executor::Executor;
 
-use crate::storage::{
-    PluginRecord, PluginVersion, StateWrite, Storage, StorageError, TopicLog, now_ms,
-};
+use crate::storage::{PluginRecord, PluginVersion, StateWrite, Storage, StorageError, TopicLog};
+use crate::util::now_ms;
 use pipeline::{Item, Refused, Sorted};
-use runtime::{Compiled, Runtime, SandboxLimits, hex};
+use runtime::{Compiled, Runtime, SandboxLimits};
+
+use crate::util::hex;
 use stage::{QuarantinePolicy, StageRunner};
 
 /// An event handed to a plugin: a record with the offset and time it is known by.

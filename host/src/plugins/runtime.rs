@@ -199,7 +199,11 @@ impl Runtime {
         let Some(dir) = &self.cache_dir else {
             return Ok((Component::new(&self.engine, wasm).map_err(invalid)?, false));
         };
-        let path = dir.join(format!("{}-{:016x}.cwasm", hex(sha256), self.engine_hash));
+        let path = dir.join(format!(
+            "{}-{:016x}.cwasm",
+            crate::util::hex(sha256),
+            self.engine_hash
+        ));
         if path.exists() {
             match self.deserialize_cached(&path) {
                 Ok(component) => return Ok((component, true)),
@@ -302,17 +306,6 @@ fn start_ticker(engine: Engine, stop: Arc<AtomicBool>) -> Result<(), PluginError
         })
         .map(drop)
         .map_err(|e| PluginError::Runtime(format!("starting the deadline ticker: {e}")))
-}
-
-/// Lower-case hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// Who is calling, for the host functions: the plugin's identity, its attachment's
@@ -618,7 +611,7 @@ impl host::Host for HostState {
     }
 
     fn now(&mut self) -> wasmtime::Result<u64> {
-        Ok(crate::storage::now_ms())
+        Ok(crate::util::now_ms())
     }
 
     fn param(&mut self, name: String) -> wasmtime::Result<Option<String>> {

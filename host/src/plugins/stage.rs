@@ -147,7 +147,7 @@ impl StageRunner {
 
     /// Processes one batch (blocking: run it off the async workers).
     pub fn run(&self, plugins: &Plugins, topic: &str, events: &[InputEvent<'_>]) -> StageRun {
-        let now = crate::storage::now_ms();
+        let now = crate::util::now_ms();
         if !lock(&self.figures).quarantine.admits(now) {
             return match self.stage.on_error {
                 OnError::FailOpen => StageRun::Skipped,
@@ -253,9 +253,7 @@ impl StageRunner {
             errors: figures.errors,
             p50_us: percentile(0.5),
             p99_us: percentile(0.99),
-            quarantined_until_ms: figures
-                .quarantine
-                .quarantined_until(crate::storage::now_ms()),
+            quarantined_until_ms: figures.quarantine.quarantined_until(crate::util::now_ms()),
             last_error: figures.last_error.clone(),
         }
     }

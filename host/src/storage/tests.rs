@@ -7,6 +7,7 @@ use quiver_protocol::record::decode_batch;
 use quiver_protocol::{Durability, GroupSettings, OnError, Retention};
 
 use super::*;
+use crate::util::now_ms;
 
 fn config(dir: &tempfile::TempDir, chunk_bytes: usize) -> StorageConfig {
     StorageConfig {

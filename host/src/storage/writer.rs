@@ -45,8 +45,9 @@ use super::log::{TailChunk, TopicMeta};
 use super::read::{LogReader, decode_index};
 use super::{
     Appended, Cleanup, Committed, GroupRecord, GroupWrite, PluginRecord, PublishLayout, StateWrite,
-    StorageError, TopicLog, TopicRecords, TopicSettings, now_ms,
+    StorageError, TopicLog, TopicRecords, TopicSettings,
 };
+use crate::util::now_ms;
 
 /// Commands queued before senders wait.
 pub(super) const QUEUE_DEPTH: usize = 4096;

@@ -9,7 +9,8 @@ use quiver_protocol::{NewRecord, Receipt, WireError};
 use super::Publishes;
 use crate::broker::dedup::{Claim, Ticket};
 use crate::broker::{Broker, BrokerError};
-use crate::storage::{TopicLog, now_ms};
+use crate::storage::TopicLog;
+use crate::util::now_ms;
 
 /// The publishes of one request, checked and claimed: nothing is stored yet.
 #[derive(Debug)]

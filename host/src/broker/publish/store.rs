@@ -15,8 +15,9 @@ use crate::plugins::Plugins;
 use crate::plugins::pipeline::{DeadLetter, Item, Routed, Sorted};
 use crate::plugins::stage::StageRunner;
 use crate::storage::{
-    PendingAppend, PublishLayout, ReceiptLayout, StateWrite, TopicLog, TopicRecords, now_ms,
+    PendingAppend, PublishLayout, ReceiptLayout, StateWrite, TopicLog, TopicRecords,
 };
+use crate::util::now_ms;
 
 /// Publishes handed to storage; await [`Queued::durable`] for one outcome each.
 #[derive(Debug)]
