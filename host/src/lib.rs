@@ -15,6 +15,5 @@ pub mod retention;
 pub mod server;
 pub mod session;
 pub mod storage;
-pub mod subscription;
 pub mod transport;
 pub mod util;

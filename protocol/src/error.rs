@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+use crate::frame::FrameError;
+
 macro_rules! error_codes {
     ($( $(#[$doc:meta])* $name:ident = $num:literal, )*) => {
         /// What went wrong, as a stable number on the wire.
@@ -130,6 +132,17 @@ impl WireError {
             code,
             message: message.into(),
         }
+    }
+}
+
+impl From<&FrameError> for WireError {
+    /// The error answering a frame that could not be decoded.
+    fn from(e: &FrameError) -> Self {
+        let code = match e {
+            FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            FrameError::Malformed(_) => ErrorCode::Malformed,
+        };
+        Self::new(code, e.to_string())
     }
 }
 

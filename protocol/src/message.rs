@@ -31,6 +31,21 @@ pub enum ClientFrame {
     Settle(Vec<Settlement>),
 }
 
+impl ClientFrame {
+    /// What kind of frame this is, for error messages ("Subscribe is not valid on the
+    /// control stream").
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "Hello",
+            Self::Request(_) => "a request",
+            Self::Subscribe(_) => "Subscribe",
+            Self::Credit(_) => "Credit",
+            Self::Join(_) => "Join",
+            Self::Settle(_) => "Settle",
+        }
+    }
+}
+
 /// Everything a server sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerFrame {

@@ -21,7 +21,6 @@
 //! grants of the principal named `anonymous`, if any.
 
 pub mod file;
-pub mod requests;
 pub mod token;
 
 use std::collections::HashMap;

@@ -4,7 +4,6 @@
 //! dead-lettered.
 //!
 //! - `state`: the pure state machine (lanes, pending records, who holds what);
-//! - `member`: one member's stream;
 //! - this module: [`Group`], the state with its topics, members and persistence, and
 //!   [`Groups`], the registry.
 //!
@@ -17,7 +16,6 @@
 //! Changes become durable with the next group commit; a crash keeps a prefix of them,
 //! which only means records are delivered again.
 
-pub mod member;
 pub mod state;
 
 use std::collections::{BTreeMap, HashMap};

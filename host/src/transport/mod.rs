@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::StreamExt;
 use quiver_protocol::codec::Codec;
-use quiver_protocol::{ALPN, ClientFrame, FrameError, ServerFrame, frame};
+use quiver_protocol::{ALPN, ClientFrame, FrameError, ServerFrame, WireError, frame};
 use tokio_util::codec::FramedRead;
 
 pub use tls::Identity;
@@ -291,4 +291,16 @@ impl FrameWriter {
         let _ = self.send.finish();
         let _ = tokio::time::timeout(timeout, self.send.stopped()).await;
     }
+
+    /// Sends a last error and ends the stream, waiting (briefly) until the client has
+    /// it: on shutdown the connection closes next, which would discard unacknowledged
+    /// data.
+    pub async fn refuse(&mut self, error: WireError) {
+        if self.send(&ServerFrame::Error(error)).await.is_ok() {
+            self.finish_and_wait(LAST_WORDS_TIMEOUT).await;
+        }
+    }
 }
+
+/// How long a last error frame may take to be acknowledged before the stream is left.
+const LAST_WORDS_TIMEOUT: Duration = Duration::from_secs(1);

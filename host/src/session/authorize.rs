@@ -6,12 +6,12 @@
 
 use quiver_protocol::{Op, OpReply, TopicName, TopicPattern};
 
-use super::{Access, Right};
+use crate::auth::{Access, Right};
 use crate::broker::{Broker, BrokerError};
 
 /// Checks that the client's principal may make a request. Requests with an invalid
 /// name pass: carrying them out reports the name.
-pub(crate) fn authorize(broker: &Broker, access: &Access, op: &Op) -> Result<(), BrokerError> {
+pub(super) fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), BrokerError> {
     if access.is_unrestricted() {
         return Ok(());
     }
@@ -43,14 +43,14 @@ pub(crate) fn authorize(broker: &Broker, access: &Access, op: &Op) -> Result<(),
             Ok(access.check_pattern(Right::Admin, &TopicPattern::every())?)
         }
         Op::CreateGroup { settings, .. } => {
-            authorize_pattern(access, Right::Group, &settings.pattern)?;
+            check_pattern(access, Right::Group, &settings.pattern)?;
             settings
                 .dead_letter
                 .as_deref()
                 .map_or(Ok(()), |dlq| topic(Right::Publish, dlq))
         }
         Op::DeleteGroup { name } | Op::DescribeGroup { name } | Op::ResetGroup { name, .. } => {
-            authorize_group(broker, access, name)
+            group(broker, access, name)
         }
         // Lists are filtered to what the principal may see (`visible`); a reply needs
         // the request it answers, which only a subscriber received.
@@ -64,7 +64,7 @@ pub(crate) fn authorize(broker: &Broker, access: &Access, op: &Op) -> Result<(),
 
 /// Checks a right on every topic a pattern matches; an invalid pattern passes (the
 /// request reports it).
-fn authorize_pattern(access: &Access, right: Right, pattern: &str) -> Result<(), BrokerError> {
+fn check_pattern(access: &Access, right: Right, pattern: &str) -> Result<(), BrokerError> {
     match TopicPattern::parse(pattern) {
         Ok(pattern) => Ok(access.check_pattern(right, &pattern)?),
         Err(_) => Ok(()),
@@ -72,17 +72,13 @@ fn authorize_pattern(access: &Access, right: Right, pattern: &str) -> Result<(),
 }
 
 /// Checks the subscribe right on a subscription's pattern.
-pub(crate) fn authorize_subscribe(access: &Access, pattern: &str) -> Result<(), BrokerError> {
-    authorize_pattern(access, Right::Subscribe, pattern)
+pub(super) fn subscribe(access: &Access, pattern: &str) -> Result<(), BrokerError> {
+    check_pattern(access, Right::Subscribe, pattern)
 }
 
 /// Checks the group right on the topics a group consumes; an unknown group passes
 /// (the request reports it).
-pub(crate) fn authorize_group(
-    broker: &Broker,
-    access: &Access,
-    group: &str,
-) -> Result<(), BrokerError> {
+pub(super) fn group(broker: &Broker, access: &Access, group: &str) -> Result<(), BrokerError> {
     match broker.group(group) {
         Ok(group) => Ok(access.check_pattern(Right::Group, group.pattern())?),
         Err(_) => Ok(()),
@@ -90,7 +86,7 @@ pub(crate) fn authorize_group(
 }
 
 /// Leaves out of a list answer what the principal holds no right on.
-pub(crate) fn visible(broker: &Broker, access: &Access, answer: OpReply) -> OpReply {
+pub(super) fn visible(broker: &Broker, access: &Access, answer: OpReply) -> OpReply {
     if access.is_unrestricted() {
         return answer;
     }

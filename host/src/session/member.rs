@@ -21,17 +21,16 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, instrument};
 
-use super::Group;
-use super::state::{Action, Delivery, MemberId};
 use crate::broker::{Broker, BrokerError};
-use crate::session::{frame_error, frame_kind, refuse};
+use crate::groups::Group;
+use crate::groups::state::{Action, Delivery, MemberId};
 use crate::storage::{StorageError, Watch};
 use crate::transport::{FrameReader, FrameWriter, Incoming};
 use crate::util::now_ms;
 
 /// Serves a member stream whose first frame was `join`.
 #[instrument(name = "member", skip_all, fields(group = %join.group))]
-pub async fn serve(
+pub(super) async fn serve(
     broker: Arc<Broker>,
     mut reader: FrameReader,
     mut writer: FrameWriter,
@@ -40,7 +39,7 @@ pub async fn serve(
 ) {
     let group = match broker.group(&join.group) {
         Ok(group) => group,
-        Err(e) => return refuse(&mut writer, WireError::from(&e)).await,
+        Err(e) => return writer.refuse(WireError::from(&e)).await,
     };
     // A member may ask for less than the group's prefetch, never more.
     let prefetch = match join.prefetch {
@@ -66,7 +65,7 @@ pub async fn serve(
     broker.apply_group_changes(&group, writes, dead).await;
     drop(changes);
     if let Err(error) = ended {
-        refuse(&mut writer, error).await;
+        writer.refuse(error).await;
     } else {
         writer.finish();
     }
@@ -159,10 +158,10 @@ impl Member<'_> {
                             Incoming::Frame(other) => {
                                 return Err(WireError::new(
                                     ErrorCode::UnexpectedMessage,
-                                    format!("{} is not valid on a group member stream", frame_kind(&other)),
+                                    format!("{} is not valid on a group member stream", other.kind()),
                                 ));
                             }
-                            Incoming::Bad(e) => return Err(frame_error(&e)),
+                            Incoming::Bad(e) => return Err(WireError::from(&e)),
                             Incoming::End => return Ok(()),
                         }
                         incoming = reader.next().now_or_never();

@@ -27,7 +27,6 @@ use tracing::{debug, instrument, warn};
 use crate::broker::{Broker, BrokerError, PatternWatch};
 use crate::plugins::pipeline::Item;
 use crate::plugins::stage::StageRunner;
-use crate::session::{frame_error, frame_kind, refuse};
 use crate::storage::{Slice, Storage, StorageError, TopicLog, Watch};
 use crate::transport::{FrameReader, FrameWriter, Incoming};
 
@@ -101,7 +100,7 @@ impl Cursors {
 
 /// Serves a subscription stream whose first frame was `subscribe`.
 #[instrument(name = "subscription", skip_all, fields(pattern = %subscribe.pattern))]
-pub async fn serve(
+pub(super) async fn serve(
     broker: Arc<Broker>,
     mut reader: FrameReader,
     mut writer: FrameWriter,
@@ -110,7 +109,7 @@ pub async fn serve(
 ) {
     let (pattern, mut created, mut cursors) = match start(&broker, &subscribe) {
         Ok(started) => started,
-        Err(e) => return refuse(&mut writer, WireError::from(&e)).await,
+        Err(e) => return writer.refuse(WireError::from(&e)).await,
     };
     let stages = match subscribe.pipeline.is_empty() {
         true => None,
@@ -119,7 +118,7 @@ pub async fn serve(
             .subscription_stages(subscribe.pipeline.clone(), &subscribe.pattern)
         {
             Ok(stages) => Some(stages),
-            Err(e) => return refuse(&mut writer, WireError::from(&BrokerError::from(e))).await,
+            Err(e) => return writer.refuse(WireError::from(&BrokerError::from(e))).await,
         },
     };
     debug!(pattern = %pattern, from = ?subscribe.from, "subscribed");
@@ -140,7 +139,7 @@ pub async fn serve(
                 Err(e) => {
                     warn!(cause = %e, "reading for a subscription failed");
                     let error = WireError::from(&BrokerError::from(e));
-                    return refuse(&mut writer, error).await;
+                    return writer.refuse(error).await;
                 }
             };
             let Some(stages) = &stages else {
@@ -159,7 +158,7 @@ pub async fn serve(
                     credit = credit.saturating_sub(count);
                     writer.feed(&ServerFrame::Processed(processed));
                 }
-                Err(e) => return refuse(&mut writer, WireError::from(&e)).await,
+                Err(e) => return writer.refuse(WireError::from(&e)).await,
             }
         }
         if writer.buffered() > 0 {
@@ -176,11 +175,11 @@ pub async fn serve(
                 Incoming::Frame(other) => {
                     let error = WireError::new(
                         ErrorCode::UnexpectedMessage,
-                        format!("{} is not valid on a subscription stream", frame_kind(&other)),
+                        format!("{} is not valid on a subscription stream", other.kind()),
                     );
-                    return refuse(&mut writer, error).await;
+                    return writer.refuse(error).await;
                 }
-                Incoming::Bad(e) => return refuse(&mut writer, frame_error(&e)).await,
+                Incoming::Bad(e) => return writer.refuse(WireError::from(&e)).await,
                 Incoming::End => return,
             },
             () = cursors.notify.notified() => {}
@@ -199,7 +198,7 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => {
                 let bye = WireError::new(ErrorCode::ShuttingDown, "the broker is shutting down");
-                return refuse(&mut writer, bye).await;
+                return writer.refuse(bye).await;
             }
         }
     }
