@@ -3,13 +3,19 @@
 //!
 //! A topic is a run of *chunks*, each a record batch (the protocol's format) keyed by
 //! the offset of its first record and stored in parts of at most 16 KiB; `keys.rs` has
-//! the layout and why. All writes go through one writer thread (`writer.rs`) that takes
+//! the layout and why. All writes go through one writer thread (`writer/`) that takes
 //! whatever commands queued up during the last flush, applies them atomically (one sled
-//! batch, or key by key for one topic's appends), flushes once (group commit) and only
-//! then answers. Topics with batched
-//! durability are the exception: their appends are answered once applied and flushed
-//! within the topic's interval (`flusher.rs`). Readers read sled directly, bounded by
-//! each topic's high-water mark.
+//! batch, or key by key for one topic's appends), flushes once with a barrier
+//! (`fdatasync`; group commit) and only then answers. Topics with batched durability
+//! are the exception: their appends are answered once applied and flushed within the
+//! topic's interval (`flusher.rs`). Readers read sled directly, bounded by each topic's
+//! high-water mark.
+//!
+//! Where things are: this module is the [`Storage`] handle and its API; `error.rs`
+//! why an operation failed; `open.rs` opening and recovery; `writer/` the commit loop
+//! and what each command stages; `log.rs` a topic's live side; `read.rs` reads and
+//! retention math; `groups.rs`, `plugins.rs` and `receipts.rs` what is stored for
+//! groups, plugins and publishes (and loading it).
 //!
 //! Invariants worth naming:
 //! - an offset below a topic's `next` is durable (with batched durability: applied, and
@@ -24,200 +30,39 @@
 //! - timestamps never go backwards within a topic, so time lookups can bisect;
 //! - a chunk is served only if its bytes match its index entry (length and CRC-32),
 //!   so bytes that changed on disk are reported, never served (`read.rs`);
-//! - after a failed write nothing more is written until a restart (`writer.rs`).
-//!
-//! Opening checks what can be checked before sled reads its log (`conf`), turns sled's
-//! errors and panics on a damaged log into [`StorageError`]s, takes back a commit cut
-//! short, and then checks that every topic's stats agree with its index.
+//! - after a failed write nothing more is written until a restart (`writer/`).
 
+mod error;
 mod flusher;
 mod groups;
 mod keys;
 mod log;
+mod open;
 mod plugins;
 mod read;
 mod receipts;
 mod writer;
 
-use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
-use quiver_protocol::record::BatchError;
-use quiver_protocol::{NewRecord, PublishId, Receipt, Stage, TopicName};
+use quiver_protocol::{NewRecord, Stage, TopicName};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::warn;
 
+pub use error::StorageError;
 use flusher::Flusher;
 pub use groups::{GroupRecord, GroupWrite, StoredGroup, StoredLane};
 pub use keys::LogStats;
-use log::TopicMeta;
 pub use log::{TopicLog, TopicSettings, Watch};
 pub use plugins::{PluginRecord, PluginVersion, StateWrite};
-use read::{LogReader, decode_index};
+use read::LogReader;
 pub use receipts::{Committed, PublishLayout, ReceiptLayout};
 use writer::{Command, Writer};
-
-/// Why a storage operation failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StorageError {
-    /// sled reported an error (IO, or corruption it detected).
-    #[error("storage failure: {0}")]
-    Sled(#[from] sled::Error),
-    /// The data dir holds something Quiver did not write.
-    #[error("data dir is corrupt: {0}")]
-    Corrupt(String),
-    /// A topic with that name exists already.
-    #[error("topic `{0}` already exists")]
-    TopicExists(TopicName),
-    /// The topic was deleted.
-    #[error("topic `{0}` does not exist")]
-    TopicNotFound(TopicName),
-    /// A group with that name exists already.
-    #[error("group `{0}` already exists")]
-    GroupExists(String),
-    /// The storage writer has stopped (the broker is shutting down).
-    #[error("storage is closed")]
-    Closed,
-    /// An earlier write failed (a full disk, an IO error), and sled refuses every
-    /// write after one: nothing more is written until the storage is reopened.
-    #[error(
-        "storage accepts no writes since one failed ({0}); the broker reopens it by itself \
-         once its disk has room again (or restart it after fixing the cause)"
-    )]
-    Halted(String),
-}
-
-impl StorageError {
-    fn corrupt(what: impl Into<String>) -> Self {
-        Self::Corrupt(what.into())
-    }
-
-    /// What an operator can do when this error keeps the broker from starting.
-    pub fn remedy(&self) -> &'static str {
-        use sled::Error as E;
-        match self {
-            Self::Corrupt(_) | Self::Sled(E::Corruption { .. } | E::ReportableBug(_)) => {
-                "the data dir is damaged and Quiver does not repair it: restore it from a \
-                 backup, or move it aside to start with an empty one"
-            }
-            Self::Sled(E::Unsupported(_)) => {
-                "the data dir was written with other settings or by an incompatible version: \
-                 open it with the version that wrote it, or restore it from a backup"
-            }
-            Self::Sled(E::Io(e)) if e.to_string().contains("lock") => {
-                "another process (a second broker?) has the data dir open: stop it first"
-            }
-            Self::Sled(_) | Self::Halted(_) => {
-                "check that the data dir is readable and writable and that its disk has \
-                 space, then start again"
-            }
-            Self::TopicExists(_) | Self::TopicNotFound(_) | Self::GroupExists(_) | Self::Closed => {
-                "start again; if it happens again, report it"
-            }
-        }
-    }
-}
-
-/// An error sled returned while opening the data dir, in words an operator can act on.
-fn open_error(e: sled::Error) -> StorageError {
-    match e {
-        sled::Error::Corruption { at, .. } => StorageError::corrupt(match at {
-            Some(at) => format!("sled's log is damaged: a message at {at:?} fails its checksum"),
-            None => "sled's log is damaged: its snapshot or a message fails its checksum, \
-                     or the log ends before the snapshot says it does"
-                .to_owned(),
-        }),
-        sled::Error::ReportableBug(what) => {
-            StorageError::corrupt(format!("sled failed while recovering its log: {what}"))
-        }
-        other => StorageError::Sled(other),
-    }
-}
-
-/// Runs `open` and turns a panic inside it into [`StorageError::Corrupt`]: sled 0.34
-/// panics on some damaged logs (measured: a flipped byte in a log without a snapshot
-/// can end in "tried to serialize Uninitialized"). The panic's message is kept for the
-/// error instead of being printed; the broker then refuses to start.
-fn catch_panic<T>(open: impl FnOnce() -> Result<T, StorageError>) -> Result<T, StorageError> {
-    let message = Arc::new(Mutex::new(None::<String>));
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new({
-        let message = Arc::clone(&message);
-        move |info| {
-            let text = info.payload_as_str().unwrap_or("(no message)");
-            let at = info
-                .location()
-                .map(|l| format!(" at {l}"))
-                .unwrap_or_default();
-            *message.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!("{text}{at}"));
-        }
-    }));
-    let result = std::panic::catch_unwind(AssertUnwindSafe(open));
-    std::panic::set_hook(previous);
-    result.unwrap_or_else(|_| {
-        let message = message
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        Err(StorageError::corrupt(format!(
-            "sled panicked while reading its log, which is damaged: {}",
-            message.as_deref().unwrap_or("(no message)")
-        )))
-    })
-}
-
-impl From<BatchError> for StorageError {
-    fn from(e: BatchError) -> Self {
-        Self::Corrupt(format!("stored chunk unreadable: {e}"))
-    }
-}
 
 /// The size a chunk is sealed at: one part, so that reads of small records are a
 /// single sled value, served without copying.
 pub const DEFAULT_CHUNK_BYTES: usize = 16 * 1024;
-
-/// sled's log segment size for new data dirs (sled's default is 512 KiB).
-const SEGMENT_BYTES: usize = 2 << 20;
-
-/// The segment size an existing data dir was created with, from the `conf` file sled
-/// keeps in it (`segment_size: N` on a line of its own); `None` for a data dir whose
-/// log is still empty.
-///
-/// sled itself treats a missing or short `conf` as a new data dir and writes a fresh
-/// one with the segment size asked for; if that is not the size the log was written
-/// with, sled misreads the log. So a data dir whose log holds data but whose `conf` is
-/// missing or unreadable is refused.
-fn created_segment_size(path: &Path) -> Result<Option<usize>, StorageError> {
-    let conf_path = path.join("conf");
-    let log_bytes = std::fs::metadata(path.join("db")).map_or(0, |m| m.len());
-    let conf = match std::fs::read(&conf_path) {
-        Ok(conf) => Some(conf),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(StorageError::Sled(sled::Error::Io(e))),
-    };
-    let segment_size = conf.as_deref().and_then(|conf| {
-        String::from_utf8_lossy(conf)
-            .lines()
-            .find_map(|line| line.strip_prefix("segment_size: "))
-            .and_then(|n| n.trim().parse().ok())
-    });
-    match (segment_size, log_bytes) {
-        (Some(size), _) => Ok(Some(size)),
-        (None, 0) => Ok(None),
-        (None, _) => Err(StorageError::corrupt(format!(
-            "sled's settings file {} is {} while its log holds {log_bytes} bytes: the log's \
-             segment size is unknown, and reading it with another would misread it",
-            conf_path.display(),
-            if conf.is_some() {
-                "unreadable"
-            } else {
-                "missing"
-            }
-        ))),
-    }
-}
 
 /// How to open storage.
 #[derive(Debug, Clone)]
@@ -295,23 +140,12 @@ impl Storage {
     /// Opens (or creates) the data dir, checks it, starts the writer thread, and
     /// returns every live topic.
     pub fn open(config: &StorageConfig) -> Result<(Self, Vec<Arc<TopicLog>>), StorageError> {
-        // sled cannot change a data dir's segment size: keep what it was created with.
-        let segment_bytes = created_segment_size(&config.path)?.unwrap_or(SEGMENT_BYTES);
-        let (db, tree, topics) = catch_panic(|| {
-            let db = sled::Config::new()
-                .path(&config.path)
-                .cache_capacity(config.cache_capacity)
-                .flush_every_ms(None) // the writer flushes before every acknowledgement
-                .sync_barrier(config.barrier)
-                .segment_size(segment_bytes)
-                .open()
-                .map_err(open_error)?;
-            let tree = db.open_tree("log").map_err(open_error)?;
-            check_format(&tree, &config.path)?;
-            take_back_unfinished(&tree)?;
-            let topics = recover(&tree)?;
-            Ok((db, tree, topics))
-        })?;
+        let open::Opened {
+            db,
+            tree,
+            topics,
+            segment_bytes,
+        } = open::open(config)?;
         let (commands, rx) = mpsc::channel(writer::QUEUE_DEPTH);
         let flusher = Flusher::start({
             let db = db.clone();
@@ -528,87 +362,6 @@ impl Storage {
             .await
     }
 
-    /// Every group with its lanes.
-    pub fn groups(&self) -> Result<Vec<StoredGroup>, StorageError> {
-        let corrupt =
-            |what: &str| StorageError::corrupt(format!("group {what} of the wrong shape"));
-        let mut groups = Vec::new();
-        for value in self.tree.scan_prefix([keys::GROUP]).values() {
-            let record: GroupRecord = postcard::from_bytes(&value?)
-                .map_err(|e| StorageError::corrupt(format!("group record: {e}")))?;
-            let mut lanes = Vec::new();
-            for item in self.tree.scan_prefix(keys::with_id(keys::LANE, record.id)) {
-                let (key, value) = item?;
-                let [_, topic] = keys::numbers::<2>(&key).ok_or_else(|| corrupt("lane key"))?;
-                let n = |i: usize| {
-                    value
-                        .get(i * 8..i * 8 + 8)
-                        .and_then(|b| b.try_into().ok())
-                        .map(u64::from_be_bytes)
-                        .ok_or_else(|| corrupt("lane"))
-                };
-                let mut lane = StoredLane {
-                    topic,
-                    cursor: n(0)?,
-                    redelivered: n(1)?,
-                    dead_lettered: n(2)?,
-                    pending: Vec::new(),
-                };
-                for item in
-                    self.tree
-                        .scan_prefix(keys::with_offset(keys::UNACKED, record.id, topic))
-                {
-                    let (key, value) = item?;
-                    let [_, _, offset] =
-                        keys::numbers::<3>(&key).ok_or_else(|| corrupt("pending key"))?;
-                    if value.len() != 12 {
-                        return Err(corrupt("pending record"));
-                    }
-                    let deliveries =
-                        u32::from_be_bytes(value[..4].try_into().map_err(|_| corrupt("pending"))?);
-                    let not_before =
-                        u64::from_be_bytes(value[4..].try_into().map_err(|_| corrupt("pending"))?);
-                    lane.pending.push((offset, deliveries, not_before));
-                }
-                lanes.push(lane);
-            }
-            groups.push(StoredGroup { record, lanes });
-        }
-        Ok(groups)
-    }
-
-    /// The newest deduplication entries written at or after `since_ms`, oldest first:
-    /// the id, when, and the receipt. Reads whole commits, newest first, until at least
-    /// `max` ids are in hand, so a restart after a burst of millions of publishes reads
-    /// only what the deduplicator would keep.
-    pub fn dedup_entries(
-        &self,
-        since_ms: u64,
-        max: usize,
-    ) -> Result<Vec<(PublishId, u64, Receipt)>, StorageError> {
-        let from = keys::dedup(since_ms, 0);
-        let to = keys::dedup(u64::MAX, u64::MAX);
-        let mut commits = Vec::new();
-        let mut ids = 0;
-        for item in self.tree.range(from..=to).rev() {
-            if ids >= max {
-                break;
-            }
-            let (key, value) = item?;
-            let [at, _] = keys::numbers::<2>(&key)
-                .ok_or_else(|| StorageError::corrupt("dedup key of the wrong shape"))?;
-            let commit: Vec<(PublishId, Receipt)> = postcard::from_bytes(&value)
-                .map_err(|e| StorageError::corrupt(format!("dedup entry: {e}")))?;
-            ids += commit.len();
-            commits.push((at, commit));
-        }
-        Ok(commits
-            .into_iter()
-            .rev()
-            .flat_map(|(at, commit)| commit.into_iter().map(move |(id, r)| (id, at, r)))
-            .collect())
-    }
-
     /// Commits what is queued, flushes, and stops the writer thread. Later calls fail
     /// with [`StorageError::Closed`].
     pub async fn close(&self) {
@@ -713,142 +466,6 @@ impl Storage {
     pub fn size_on_disk(&self) -> Result<u64, StorageError> {
         Ok(self.db.size_on_disk()?)
     }
-}
-
-/// The file, in sled's directory, that says its log has held Quiver's data: written
-/// once the layout stamp is on disk. A log that then yields nothing at all (cut short,
-/// or damaged near its start) is refused rather than taken for a new data dir.
-const WRITTEN_MARKER: &str = "quiver-written";
-
-/// Stamps a new data dir with the layout version, upgrades the stamp of a data dir of
-/// the layout before checksums (its entries read as they are), and refuses any other.
-/// An upgraded stamp is made durable by the first commit, before any entry of the new
-/// layout.
-fn check_format(tree: &sled::Tree, path: &Path) -> Result<(), StorageError> {
-    let stamp = || {
-        tree.insert(keys::VERSION, &keys::FORMAT.to_be_bytes())
-            .map(drop)
-    };
-    let marker = path.join(WRITTEN_MARKER);
-    let mark = || -> Result<(), StorageError> {
-        crate::files::create_durably(&marker).map_err(|e| StorageError::Sled(e.into()))
-    };
-    let version = tree
-        .get(keys::VERSION)?
-        .map(|v| <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes));
-    match version {
-        None if tree.is_empty() && marker.exists() => Err(StorageError::corrupt(format!(
-            "sled recovered nothing from its log, though Quiver has stored data in this data \
-             dir ({} exists): the log (`db`) is cut short or damaged near its start",
-            marker.display()
-        ))),
-        None if tree.is_empty() => {
-            stamp()?;
-            tree.flush()?;
-            mark()
-        }
-        Some(Ok(keys::FORMAT)) => mark(),
-        Some(Ok(keys::FORMAT_V1..keys::FORMAT)) => {
-            stamp()?;
-            mark()
-        }
-        Some(Ok(other)) => Err(StorageError::corrupt(format!(
-            "the data dir has layout version {other}; this broker reads versions {} to {}",
-            keys::FORMAT_V1,
-            keys::FORMAT
-        ))),
-        Some(Err(_)) => Err(StorageError::corrupt("the layout version is unreadable")),
-        None => Err(StorageError::corrupt(
-            "the layout version is missing from a data dir that holds data",
-        )),
-    }
-}
-
-/// Takes back a commit that the log cut short while the writer wrote it key by key
-/// (see [`keys::Unfinished`]): if its topic's stats were not written, its chunks and its
-/// dedup entry go. Nothing of it was acknowledged: that waits for the flush after it.
-fn take_back_unfinished(tree: &sled::Tree) -> Result<(), StorageError> {
-    let Some(value) = tree.get(keys::UNFINISHED)? else {
-        return Ok(());
-    };
-    let unfinished = keys::Unfinished::decode(&value)
-        .ok_or_else(|| StorageError::corrupt("the unfinished-commit marker is unreadable"))?;
-    let stats = tree
-        .get(keys::with_id(keys::STATS, unfinished.topic))?
-        .and_then(|v| LogStats::decode(&v));
-    let mut batch = sled::Batch::default();
-    if stats.is_some_and(|stats| stats.next == unfinished.next) {
-        let id = unfinished.topic;
-        for prefix in [keys::INDEX, keys::CHUNK] {
-            let topic = keys::with_id(prefix, id);
-            for key in tree
-                .range(keys::with_offset(prefix, id, unfinished.next)..)
-                .keys()
-            {
-                let key = key?;
-                if !key.starts_with(&topic) {
-                    break;
-                }
-                batch.remove(key);
-            }
-        }
-        if let Some(dedup) = unfinished.dedup {
-            batch.remove(&dedup[..]);
-        }
-        warn!(
-            topic = id,
-            from = unfinished.next,
-            "took back a commit the log cut short (it was never acknowledged)"
-        );
-    }
-    batch.remove(keys::UNFINISHED);
-    tree.apply_batch(batch)?;
-    tree.flush()?;
-    Ok(())
-}
-
-/// Reads every topic and checks that its stats agree with its index.
-fn recover(tree: &sled::Tree) -> Result<Vec<Arc<TopicLog>>, StorageError> {
-    let mut topics = Vec::new();
-    for item in tree.scan_prefix([keys::TOPIC]) {
-        let (key, value) = item?;
-        let meta = TopicMeta::decode(&value).map_err(|e| {
-            StorageError::corrupt(format!(
-                "topic record {:?}: {e}",
-                String::from_utf8_lossy(&key[1..])
-            ))
-        })?;
-        let parse = |name: &str| {
-            TopicName::parse(name)
-                .map_err(|e| StorageError::corrupt(format!("stored topic name {name:?}: {e}")))
-        };
-        let name = parse(&meta.name)?;
-        let dead_letter = meta.dead_letter.as_deref().map(parse).transpose()?;
-        let stats = tree
-            .get(keys::with_id(keys::STATS, meta.id))?
-            .and_then(|v| LogStats::decode(&v))
-            .ok_or_else(|| {
-                StorageError::corrupt(format!("topic `{name}` has no readable stats"))
-            })?;
-        let last = tree
-            .range(
-                keys::with_offset(keys::INDEX, meta.id, 0)
-                    ..=keys::with_offset(keys::INDEX, meta.id, u64::MAX),
-            )
-            .next_back()
-            .transpose()?
-            .map(|(k, v)| decode_index(&k, &v))
-            .transpose()?;
-        let indexed_next = last.map_or(stats.first, |(base, m)| base + u64::from(m.count));
-        if indexed_next != stats.next || stats.first > stats.next {
-            return Err(StorageError::corrupt(format!(
-                "topic `{name}`: stats say offsets {}..{} but the index ends at {indexed_next}",
-                stats.first, stats.next
-            )));
-        }
-        topics.push(Arc::new(TopicLog::new(meta, name, dead_letter, stats)));
-    }
-    Ok(topics)
 }
 
 #[cfg(test)]

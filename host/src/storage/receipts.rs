@@ -5,7 +5,7 @@
 
 use quiver_protocol::{Placement, PublishId, Receipt};
 
-use super::Appended;
+use super::{Appended, Storage, StorageError, keys};
 
 /// A publish among the records of an append: how its receipt is read from the
 /// append's results, and its id, remembered with the records if it has one.
@@ -86,5 +86,39 @@ impl ReceiptLayout {
             dead_letter,
             dropped: self.dropped,
         }
+    }
+}
+
+impl Storage {
+    /// The newest deduplication entries written at or after `since_ms`, oldest first:
+    /// the id, when, and the receipt. Reads whole commits, newest first, until at least
+    /// `max` ids are in hand, so a restart after a burst of millions of publishes reads
+    /// only what the deduplicator would keep.
+    pub fn dedup_entries(
+        &self,
+        since_ms: u64,
+        max: usize,
+    ) -> Result<Vec<(PublishId, u64, Receipt)>, StorageError> {
+        let from = keys::dedup(since_ms, 0);
+        let to = keys::dedup(u64::MAX, u64::MAX);
+        let mut commits = Vec::new();
+        let mut ids = 0;
+        for item in self.tree.range(from..=to).rev() {
+            if ids >= max {
+                break;
+            }
+            let (key, value) = item?;
+            let [at, _] = keys::numbers::<2>(&key)
+                .ok_or_else(|| StorageError::corrupt("dedup key of the wrong shape"))?;
+            let commit: Vec<(PublishId, Receipt)> = postcard::from_bytes(&value)
+                .map_err(|e| StorageError::corrupt(format!("dedup entry: {e}")))?;
+            ids += commit.len();
+            commits.push((at, commit));
+        }
+        Ok(commits
+            .into_iter()
+            .rev()
+            .flat_map(|(at, commit)| commit.into_iter().map(move |(id, r)| (id, at, r)))
+            .collect())
     }
 }

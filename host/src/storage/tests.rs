@@ -4,8 +4,11 @@ use std::collections::VecDeque;
 
 use proptest::prelude::*;
 use quiver_protocol::record::decode_batch;
-use quiver_protocol::{Durability, GroupSettings, OnError, Retention};
+use quiver_protocol::{Durability, GroupSettings, OnError, PublishId, Receipt, Retention};
 
+use super::log::TopicMeta;
+use super::open::{SEGMENT_BYTES, catch_panic, created_segment_size};
+use super::read::decode_index;
 use super::*;
 use crate::util::now_ms;
 

@@ -1,5 +1,10 @@
 //! The storage writer thread: group commit.
 //!
+//! This module is the commit loop; what each command writes is staged by the file of
+//! its entity: `topics.rs` (records into chunks, topic create/delete/pipeline),
+//! `groups.rs`, `plugins.rs` (records, components, state), `dedup.rs` (receipts and
+//! dedup entries), `cleanup.rs` (trim and purge, run alone between commits).
+//!
 //! The thread blocks for one command, then takes whatever else is queued (up to
 //! [`MAX_GROUP`]), stages it all, applies it atomically, flushes once, and only then
 //! hands the new chunks to their topics' logs (kept for readers at the head, see
@@ -29,32 +34,35 @@
 //! stops and binds again (`server.rs`); reopening at once would fail while the disk
 //! is still full (sled writes while opening) and leave nothing to read from.
 
+mod cleanup;
+mod dedup;
+mod groups;
+mod plugins;
+mod topics;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use quiver_protocol::record;
-use quiver_protocol::{Durability, NewRecord, PublishId, Receipt, Stage, TopicName};
+use bytes::Bytes;
+use quiver_protocol::{Durability, PublishId, Receipt, Stage, TopicName};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, warn};
+use tracing::{debug, error};
 
 use super::flusher::Flusher;
-use super::keys::{self, ChunkMeta, LogStats};
-use super::log::{TailChunk, TopicMeta};
-use super::read::{LogReader, decode_index};
+use super::keys;
 use super::{
     Appended, Cleanup, Committed, GroupRecord, GroupWrite, PluginRecord, PublishLayout, StateWrite,
     StorageError, TopicLog, TopicRecords, TopicSettings,
 };
-use crate::util::now_ms;
+use dedup::stage_receipts;
+use plugins::stage_state;
+use topics::{Staged, stage_delete, stage_pipeline};
 
 /// Commands queued before senders wait.
 pub(super) const QUEUE_DEPTH: usize = 4096;
 /// The most commands one group commit takes.
 const MAX_GROUP: usize = 4096;
-/// The most chunks one trim or purge step removes, so appends never wait long.
-const CLEANUP_STEP: usize = 256;
 
 type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 
@@ -138,32 +146,6 @@ pub(super) struct Writer {
     halted: Option<String>,
     /// Tells [`Storage::halted`](super::Storage::halted) waiters that writes stopped.
     halted_signal: watch::Sender<bool>,
-}
-
-/// A chunk being filled during one group.
-struct OpenChunk {
-    base: u64,
-    buf: BytesMut,
-    meta: ChunkMeta,
-}
-
-/// One topic's state while a group is staged.
-struct Staged {
-    log: Arc<TopicLog>,
-    stats: LogStats,
-    chunk: Option<OpenChunk>,
-    /// The chunks sealed in this group, for the log's tail once the commit counts.
-    sealed: Vec<TailChunk>,
-}
-
-impl Staged {
-    /// Seals the open chunk, if there is one.
-    fn seal_open(&mut self, writes: &mut Vec<(sled::IVec, sled::IVec)>, part_bytes: usize) {
-        if let Some(chunk) = self.chunk.take() {
-            self.sealed
-                .push(seal(writes, self.log.id(), chunk, part_bytes));
-        }
-    }
 }
 
 /// An answer held back until the group is durable: called with `Ok` after the flush
@@ -372,23 +354,8 @@ impl Writer {
                     .into_iter()
                     .map(|(log, records)| self.stage_records(group, log, &records))
                     .collect();
-                group.other |= !state.is_empty();
-                for write in state {
-                    let key = keys::state(&write.plugin, &write.key);
-                    match write.value {
-                        Some(value) => group.batch.insert(key, value),
-                        None => group.batch.remove(key),
-                    }
-                }
-                let receipts: Vec<Receipt> = publishes
-                    .iter()
-                    .map(|p| p.layout.receipt(&appended))
-                    .collect();
-                for (publish, receipt) in publishes.iter().zip(&receipts) {
-                    if let Some(id) = publish.id {
-                        group.dedup.push((id, receipt.clone()));
-                    }
-                }
+                stage_state(group, state);
+                let receipts = stage_receipts(group, &publishes, &appended);
                 let committed = Committed { appended, receipts };
                 group.done.push(answer(reply, committed, || {}));
             }
@@ -396,24 +363,10 @@ impl Writer {
                 record,
                 lanes,
                 reply,
-            } => {
-                let key = keys::group(&record.name);
-                match self.tree.contains_key(&key) {
-                    Ok(false) => {}
-                    Ok(true) => return refuse(reply, StorageError::GroupExists(record.name)),
-                    Err(e) => return refuse(reply, e.into()),
-                }
-                for (topic, cursor) in lanes {
-                    group.batch.insert(
-                        &keys::with_offset(keys::LANE, record.id, topic)[..],
-                        &lane_value(cursor, 0, 0)[..],
-                    );
-                }
-                // Invariant: a GroupRecord holds only strings, integers and options.
-                let value = postcard::to_allocvec(&record).expect("group records always encode");
-                group.batch.insert(key, value);
-                group.done.push(answer(reply, (), || {}));
-            }
+            } => match self.stage_create_group(group, &record, lanes) {
+                Ok(()) => group.done.push(answer(reply, (), || {})),
+                Err(e) => refuse(reply, e),
+            },
             Command::DeleteGroup { name, id, reply } => {
                 match self.stage_delete_group(group, &name, id) {
                     Ok(()) => group.done.push(answer(reply, (), || {})),
@@ -438,13 +391,7 @@ impl Writer {
                 if gone(&log, group) {
                     return refuse(reply, not_found(&log));
                 }
-                group.deleted.insert(log.id());
-                group.batch.remove(keys::topic(log.name().as_str()));
-                group.batch.remove(&keys::with_id(keys::STATS, log.id()));
-                group.batch.insert(
-                    &keys::with_id(keys::PURGE, log.id()),
-                    log.name().as_str().as_bytes(),
-                );
+                stage_delete(group, &log);
                 group.done.push(answer(reply, (), move || {
                     log.mark_deleted();
                     log.wake();
@@ -458,10 +405,7 @@ impl Writer {
                 if gone(&log, group) {
                     return refuse(reply, not_found(&log));
                 }
-                group.batch.insert(
-                    keys::topic(log.name().as_str()),
-                    encode_meta(&log.meta(pipeline.clone())),
-                );
+                stage_pipeline(group, &log, &pipeline);
                 group
                     .done
                     .push(answer(reply, (), move || log.set_pipeline(pipeline)));
@@ -471,18 +415,7 @@ impl Writer {
                 wasm,
                 reply,
             } => {
-                if let (Some(wasm), Some(version)) = (wasm, record.current()) {
-                    for (part, bytes) in (0u32..).zip(wasm.chunks(self.part_bytes)) {
-                        group
-                            .batch
-                            .insert(&keys::wasm_part(&version.sha256, part)[..], bytes);
-                    }
-                    group.components.insert(version.sha256);
-                }
-                // Invariant: a PluginRecord holds only strings, integers and byte
-                // arrays, which postcard always encodes.
-                let encoded = postcard::to_allocvec(&record).expect("plugin records always encode");
-                group.batch.insert(keys::plugin(&record.name), encoded);
+                self.stage_put_plugin(group, &record, wasm.as_deref());
                 group.done.push(answer(reply, (), || {}));
             }
             Command::RemovePlugin { name, reply } => match self.stage_remove_plugin(group, &name) {
@@ -496,232 +429,6 @@ impl Writer {
                 unreachable!("run() handles clean-up and shutdown itself")
             }
         }
-    }
-
-    fn stage_records(
-        &self,
-        group: &mut CommitGroup,
-        log: Arc<TopicLog>,
-        records: &[NewRecord],
-    ) -> Appended {
-        let chunk_bytes = self.chunk_bytes;
-        let staged = group.staged.entry(log.id()).or_insert_with(|| Staged {
-            stats: log.stats(),
-            log,
-            chunk: None,
-            sealed: Vec::new(),
-        });
-        let base_offset = staged.stats.next;
-        let now = now_ms();
-        for record in records {
-            // A chunk is sealed before a record that would take it past `chunk_bytes`,
-            // so that it fits one part (a record larger than that gets a chunk of its
-            // own, in parts).
-            if staged
-                .chunk
-                .as_ref()
-                .is_some_and(|open| open.buf.len() + record::entry_len(record) > chunk_bytes)
-            {
-                staged.seal_open(&mut group.chunks, self.part_bytes);
-            }
-            let ts = now.max(staged.stats.last_ts);
-            let chunk = staged.chunk.get_or_insert_with(|| OpenChunk {
-                base: staged.stats.next,
-                buf: BytesMut::with_capacity(chunk_bytes.min(64 * 1024)),
-                meta: ChunkMeta {
-                    first_ts: ts,
-                    ..ChunkMeta::default()
-                },
-            });
-            let len = record::append_entry(&mut chunk.buf, ts, record);
-            chunk.meta.count += 1;
-            chunk.meta.bytes += u32::try_from(len).unwrap_or(u32::MAX);
-            chunk.meta.last_ts = ts;
-            staged.stats.next += 1;
-            staged.stats.bytes += len as u64;
-            staged.stats.last_ts = ts;
-            if chunk.buf.len() >= chunk_bytes {
-                staged.seal_open(&mut group.chunks, self.part_bytes);
-            }
-        }
-        Appended {
-            base_offset,
-            count: u32::try_from(records.len()).unwrap_or(u32::MAX),
-        }
-    }
-
-    fn stage_create(
-        &self,
-        group: &mut CommitGroup,
-        name: TopicName,
-        settings: TopicSettings,
-    ) -> Result<Arc<TopicLog>, StorageError> {
-        let key = keys::topic(name.as_str());
-        if group.created.contains(&name) || self.tree.contains_key(&key)? {
-            return Err(StorageError::TopicExists(name));
-        }
-        let meta = TopicMeta {
-            id: self.db.generate_id()?,
-            name: name.to_string(),
-            retention: settings.retention,
-            created_ms: now_ms(),
-            dead_letter: settings.dead_letter.as_ref().map(ToString::to_string),
-            pipeline: Vec::new(),
-            durability: settings.durability,
-        };
-        let stats = LogStats::default();
-        group.batch.insert(key, encode_meta(&meta));
-        group
-            .batch
-            .insert(&keys::with_id(keys::STATS, meta.id), &stats.encode());
-        group.created.insert(name.clone());
-        Ok(Arc::new(TopicLog::new(
-            meta,
-            name,
-            settings.dead_letter,
-            stats,
-        )))
-    }
-
-    /// Removes a plugin's record and state, and each of its components that no other
-    /// plugin uses.
-    fn stage_remove_plugin(&self, group: &mut CommitGroup, name: &str) -> Result<(), StorageError> {
-        let Some(value) = self.tree.get(keys::plugin(name))? else {
-            return Ok(());
-        };
-        let record: PluginRecord = postcard::from_bytes(&value)
-            .map_err(|e| StorageError::corrupt(format!("plugin record `{name}`: {e}")))?;
-        let mut in_use = group.components.clone();
-        for other in self.tree.scan_prefix([keys::PLUGIN]).values() {
-            let other: PluginRecord = postcard::from_bytes(&other?)
-                .map_err(|e| StorageError::corrupt(format!("plugin record: {e}")))?;
-            if other.name != name {
-                in_use.extend(other.versions.iter().map(|v| v.sha256));
-            }
-        }
-        for version in &record.versions {
-            if !in_use.contains(&version.sha256) {
-                for part in self.tree.scan_prefix(keys::wasm(&version.sha256)).keys() {
-                    group.batch.remove(part?);
-                }
-            }
-        }
-        for key in self.tree.scan_prefix(keys::state_prefix(name)).keys() {
-            group.batch.remove(key?);
-        }
-        group.batch.remove(keys::plugin(name));
-        Ok(())
-    }
-
-    /// Whether `name` still names the durable group with this id (not deleted, not
-    /// recreated).
-    fn is_group(&self, group: &CommitGroup, name: &str, id: u64) -> Result<bool, StorageError> {
-        if group.deleted_groups.contains(&id) {
-            return Ok(false);
-        }
-        let Some(value) = self.tree.get(keys::group(name))? else {
-            return Ok(false);
-        };
-        let record: GroupRecord = postcard::from_bytes(&value)
-            .map_err(|e| StorageError::corrupt(format!("group record `{name}`: {e}")))?;
-        Ok(record.id == id)
-    }
-
-    fn stage_delete_group(
-        &self,
-        group: &mut CommitGroup,
-        name: &str,
-        id: u64,
-    ) -> Result<(), StorageError> {
-        if !self.is_group(group, name, id)? {
-            return Ok(());
-        }
-        group.deleted_groups.insert(id);
-        group.batch.remove(keys::group(name));
-        for prefix in [
-            keys::with_id(keys::LANE, id),
-            keys::with_id(keys::UNACKED, id),
-        ] {
-            for key in self.tree.scan_prefix(prefix).keys() {
-                group.batch.remove(key?);
-            }
-        }
-        group.touched = true;
-        Ok(())
-    }
-
-    fn stage_group_writes(
-        &self,
-        group: &mut CommitGroup,
-        name: &str,
-        id: u64,
-        writes: Vec<GroupWrite>,
-    ) -> Result<(), StorageError> {
-        // Writes racing a delete must not bring the group's keys back.
-        if !self.is_group(group, name, id)? {
-            return Ok(());
-        }
-        for write in writes {
-            match write {
-                GroupWrite::Lane {
-                    topic,
-                    cursor,
-                    redelivered,
-                    dead_lettered,
-                } => group.batch.insert(
-                    &keys::with_offset(keys::LANE, id, topic)[..],
-                    &lane_value(cursor, redelivered, dead_lettered)[..],
-                ),
-                GroupWrite::Pending {
-                    topic,
-                    offset,
-                    entry: Some((deliveries, not_before)),
-                } => {
-                    let mut value = [0u8; 12];
-                    value[..4].copy_from_slice(&deliveries.to_be_bytes());
-                    value[4..].copy_from_slice(&not_before.to_be_bytes());
-                    group
-                        .batch
-                        .insert(&keys::unacked(id, topic, offset)[..], &value[..]);
-                }
-                GroupWrite::Pending {
-                    topic,
-                    offset,
-                    entry: None,
-                } => group.batch.remove(&keys::unacked(id, topic, offset)[..]),
-                GroupWrite::DropLane { topic } => {
-                    group
-                        .batch
-                        .remove(&keys::with_offset(keys::LANE, id, topic)[..]);
-                    for key in self
-                        .tree
-                        .scan_prefix(keys::with_offset(keys::UNACKED, id, topic))
-                        .keys()
-                    {
-                        group.batch.remove(key?);
-                    }
-                }
-            }
-        }
-        group.touched = true;
-        Ok(())
-    }
-
-    /// Removes up to [`CLEANUP_STEP`] deduplication entries older than `before_ms`.
-    fn purge_dedup(&mut self, before_ms: u64) -> Result<Cleanup, StorageError> {
-        let mut batch = sled::Batch::default();
-        let lo = keys::dedup(0, 0);
-        let hi = keys::dedup(before_ms, 0);
-        let mut removed = 0;
-        for key in self.tree.range(lo..hi).keys().take(CLEANUP_STEP) {
-            batch.remove(key?);
-            removed += 1;
-        }
-        self.apply(batch)?;
-        Ok(Cleanup {
-            removed,
-            more: removed == CLEANUP_STEP,
-        })
     }
 
     /// Applies and flushes a group (or schedules its flush, see the module docs), then
@@ -797,24 +504,6 @@ impl Writer {
         }
     }
 
-    /// The key and value remembering the ids and receipts of a commit's publishes.
-    fn dedup_entry(&self, dedup: &[(PublishId, Receipt)]) -> Option<([u8; 17], Vec<u8>)> {
-        if dedup.is_empty() {
-            return None;
-        }
-        match self.db.generate_id() {
-            // Invariant: receipts and ids hold only strings, integers and options.
-            Ok(unique) => Some((
-                keys::dedup(now_ms(), unique),
-                postcard::to_allocvec(dedup).expect("receipts always encode"),
-            )),
-            Err(e) => {
-                warn!(cause = %e, "publish ids not remembered; retries of these publishes may be stored twice");
-                None
-            }
-        }
-    }
-
     /// Writes one topic's appends key by key rather than as a batch: sled's
     /// `apply_batch` writes its batch marker to the log as a write of its own, so a
     /// commit that is then flushed costs two log writes and syncs instead of one
@@ -842,125 +531,4 @@ impl Writer {
         self.tree.remove(keys::UNFINISHED)?;
         Ok(())
     }
-
-    /// Moves a topic's first offset up to `first` and removes chunks below it.
-    fn trim(&mut self, log: &TopicLog, first: u64) -> Result<Cleanup, StorageError> {
-        if log.is_deleted() {
-            return Ok(Cleanup {
-                removed: 0,
-                more: false,
-            });
-        }
-        let mut stats = log.stats();
-        let mut batch = sled::Batch::default();
-        let first = first.min(stats.next);
-        if first > stats.first {
-            let freed = LogReader(&self.tree).bytes_between(log, stats.first, first)?;
-            stats.bytes = stats.bytes.saturating_sub(freed);
-            stats.first = first;
-            batch.insert(&keys::with_id(keys::STATS, log.id()), &stats.encode());
-        }
-        let mut removed = 0;
-        let mut more = false;
-        let lo = keys::with_offset(keys::INDEX, log.id(), 0);
-        let hi = keys::with_offset(keys::INDEX, log.id(), stats.first);
-        for item in self.tree.range(lo..hi) {
-            let (key, value) = item?;
-            let (base, meta) = decode_index(&key, &value)?;
-            if base + u64::from(meta.count) > stats.first {
-                break;
-            }
-            if removed == CLEANUP_STEP {
-                more = true;
-                break;
-            }
-            remove_chunk(&self.tree, &mut batch, log.id(), base)?;
-            removed += 1;
-        }
-        self.apply(batch)?;
-        log.set_stats(stats);
-        Ok(Cleanup { removed, more })
-    }
-
-    /// Removes up to [`CLEANUP_STEP`] chunks of a deleted topic; the purge marker goes
-    /// with the last of them.
-    fn purge(&mut self, id: u64) -> Result<Cleanup, StorageError> {
-        let mut batch = sled::Batch::default();
-        let lo = keys::with_offset(keys::INDEX, id, 0);
-        let hi = keys::with_offset(keys::INDEX, id, u64::MAX);
-        let mut removed = 0;
-        for key in self.tree.range(lo..=hi).keys().take(CLEANUP_STEP) {
-            let key = key?;
-            let base = keys::offset_of(&key)
-                .ok_or_else(|| StorageError::corrupt("index key of the wrong shape"))?;
-            remove_chunk(&self.tree, &mut batch, id, base)?;
-            removed += 1;
-        }
-        let more = removed == CLEANUP_STEP;
-        if !more {
-            batch.remove(&keys::with_id(keys::PURGE, id));
-        }
-        self.apply(batch)?;
-        Ok(Cleanup { removed, more })
-    }
-}
-
-fn lane_value(cursor: u64, redelivered: u64, dead_lettered: u64) -> [u8; 24] {
-    let mut value = [0u8; 24];
-    for (i, n) in [cursor, redelivered, dead_lettered].into_iter().enumerate() {
-        value[i * 8..i * 8 + 8].copy_from_slice(&n.to_be_bytes());
-    }
-    value
-}
-
-fn encode_meta(meta: &TopicMeta) -> Vec<u8> {
-    // Invariant: a TopicMeta holds only strings, integers and options, which postcard
-    // always encodes.
-    postcard::to_allocvec(meta).expect("topic metadata always encodes")
-}
-
-/// Stages a chunk's parts and then its index entry, with the checksum of its bytes;
-/// returns the chunk whole.
-fn seal(
-    writes: &mut Vec<(sled::IVec, sled::IVec)>,
-    id: u64,
-    mut chunk: OpenChunk,
-    part_bytes: usize,
-) -> TailChunk {
-    chunk.meta.crc = Some(crc32fast::hash(&chunk.buf));
-    let footprint = chunk.buf.capacity();
-    let bytes = chunk.buf.freeze();
-    for (part, piece) in (0u32..).zip(bytes.chunks(part_bytes)) {
-        writes.push((
-            keys::chunk_part(id, chunk.base, part)[..].into(),
-            piece.into(),
-        ));
-    }
-    writes.push((
-        keys::with_offset(keys::INDEX, id, chunk.base)[..].into(),
-        chunk.meta.encode()[..].into(),
-    ));
-    TailChunk {
-        base: chunk.base,
-        count: chunk.meta.count,
-        bytes,
-        footprint,
-    }
-}
-
-/// Queues the removal of a chunk: its index entry and every part.
-fn remove_chunk(
-    tree: &sled::Tree,
-    batch: &mut sled::Batch,
-    id: u64,
-    base: u64,
-) -> Result<(), StorageError> {
-    batch.remove(&keys::with_offset(keys::INDEX, id, base));
-    for part in tree
-        .scan_prefix(keys::with_offset(keys::CHUNK, id, base))
-        .keys()
-    {
-        batch.remove(part?);
-    }
-    Ok(())
 }

@@ -1,0 +1,264 @@
+//! Opening a data dir: what can be checked before sled reads its log (the segment size
+//! it was created with), sled's errors and panics on a damaged log turned into
+//! [`StorageError`]s, the layout stamp, taking back a commit the log cut short, and
+//! checking every topic's stats against its index.
+
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use quiver_protocol::TopicName;
+use tracing::warn;
+
+use super::error::open_error;
+use super::keys::{self, LogStats};
+use super::log::TopicMeta;
+use super::read::decode_index;
+use super::{StorageConfig, StorageError, TopicLog};
+
+/// What opening found.
+pub(super) struct Opened {
+    pub(super) db: sled::Db,
+    pub(super) tree: sled::Tree,
+    /// Every live topic.
+    pub(super) topics: Vec<Arc<TopicLog>>,
+    /// The log's segment size.
+    pub(super) segment_bytes: usize,
+}
+
+/// Opens (or creates) the data dir and checks it.
+pub(super) fn open(config: &StorageConfig) -> Result<Opened, StorageError> {
+    // sled cannot change a data dir's segment size: keep what it was created with.
+    let segment_bytes = created_segment_size(&config.path)?.unwrap_or(SEGMENT_BYTES);
+    catch_panic(|| {
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_capacity)
+            .flush_every_ms(None) // the writer flushes before every acknowledgement
+            .sync_barrier(config.barrier)
+            .segment_size(segment_bytes)
+            .open()
+            .map_err(open_error)?;
+        let tree = db.open_tree("log").map_err(open_error)?;
+        check_format(&tree, &config.path)?;
+        take_back_unfinished(&tree)?;
+        let topics = recover(&tree)?;
+        Ok(Opened {
+            db,
+            tree,
+            topics,
+            segment_bytes,
+        })
+    })
+}
+
+/// sled's log segment size for new data dirs (sled's default is 512 KiB).
+pub(super) const SEGMENT_BYTES: usize = 2 << 20;
+
+/// The segment size an existing data dir was created with, from the `conf` file sled
+/// keeps in it (`segment_size: N` on a line of its own); `None` for a data dir whose
+/// log is still empty.
+///
+/// sled itself treats a missing or short `conf` as a new data dir and writes a fresh
+/// one with the segment size asked for; if that is not the size the log was written
+/// with, sled misreads the log. So a data dir whose log holds data but whose `conf` is
+/// missing or unreadable is refused.
+pub(super) fn created_segment_size(path: &Path) -> Result<Option<usize>, StorageError> {
+    let conf_path = path.join("conf");
+    let log_bytes = std::fs::metadata(path.join("db")).map_or(0, |m| m.len());
+    let conf = match std::fs::read(&conf_path) {
+        Ok(conf) => Some(conf),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(StorageError::Sled(sled::Error::Io(e))),
+    };
+    let segment_size = conf.as_deref().and_then(|conf| {
+        String::from_utf8_lossy(conf)
+            .lines()
+            .find_map(|line| line.strip_prefix("segment_size: "))
+            .and_then(|n| n.trim().parse().ok())
+    });
+    match (segment_size, log_bytes) {
+        (Some(size), _) => Ok(Some(size)),
+        (None, 0) => Ok(None),
+        (None, _) => Err(StorageError::corrupt(format!(
+            "sled's settings file {} is {} while its log holds {log_bytes} bytes: the log's \
+             segment size is unknown, and reading it with another would misread it",
+            conf_path.display(),
+            if conf.is_some() {
+                "unreadable"
+            } else {
+                "missing"
+            }
+        ))),
+    }
+}
+
+/// Runs `open` and turns a panic inside it into [`StorageError::Corrupt`]: sled 0.34
+/// panics on some damaged logs (measured: a flipped byte in a log without a snapshot
+/// can end in "tried to serialize Uninitialized"). The panic's message is kept for the
+/// error instead of being printed; the broker then refuses to start.
+pub(super) fn catch_panic<T>(
+    open: impl FnOnce() -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    let message = Arc::new(Mutex::new(None::<String>));
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new({
+        let message = Arc::clone(&message);
+        move |info| {
+            let text = info.payload_as_str().unwrap_or("(no message)");
+            let at = info
+                .location()
+                .map(|l| format!(" at {l}"))
+                .unwrap_or_default();
+            *message.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!("{text}{at}"));
+        }
+    }));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(open));
+    std::panic::set_hook(previous);
+    result.unwrap_or_else(|_| {
+        let message = message
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        Err(StorageError::corrupt(format!(
+            "sled panicked while reading its log, which is damaged: {}",
+            message.as_deref().unwrap_or("(no message)")
+        )))
+    })
+}
+
+/// The file, in sled's directory, that says its log has held Quiver's data: written
+/// once the layout stamp is on disk. A log that then yields nothing at all (cut short,
+/// or damaged near its start) is refused rather than taken for a new data dir.
+const WRITTEN_MARKER: &str = "quiver-written";
+
+/// Stamps a new data dir with the layout version, upgrades the stamp of a data dir of
+/// the layout before checksums (its entries read as they are), and refuses any other.
+/// An upgraded stamp is made durable by the first commit, before any entry of the new
+/// layout.
+fn check_format(tree: &sled::Tree, path: &Path) -> Result<(), StorageError> {
+    let stamp = || {
+        tree.insert(keys::VERSION, &keys::FORMAT.to_be_bytes())
+            .map(drop)
+    };
+    let marker = path.join(WRITTEN_MARKER);
+    let mark = || -> Result<(), StorageError> {
+        crate::files::create_durably(&marker).map_err(|e| StorageError::Sled(e.into()))
+    };
+    let version = tree
+        .get(keys::VERSION)?
+        .map(|v| <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes));
+    match version {
+        None if tree.is_empty() && marker.exists() => Err(StorageError::corrupt(format!(
+            "sled recovered nothing from its log, though Quiver has stored data in this data \
+             dir ({} exists): the log (`db`) is cut short or damaged near its start",
+            marker.display()
+        ))),
+        None if tree.is_empty() => {
+            stamp()?;
+            tree.flush()?;
+            mark()
+        }
+        Some(Ok(keys::FORMAT)) => mark(),
+        Some(Ok(keys::FORMAT_V1..keys::FORMAT)) => {
+            stamp()?;
+            mark()
+        }
+        Some(Ok(other)) => Err(StorageError::corrupt(format!(
+            "the data dir has layout version {other}; this broker reads versions {} to {}",
+            keys::FORMAT_V1,
+            keys::FORMAT
+        ))),
+        Some(Err(_)) => Err(StorageError::corrupt("the layout version is unreadable")),
+        None => Err(StorageError::corrupt(
+            "the layout version is missing from a data dir that holds data",
+        )),
+    }
+}
+
+/// Takes back a commit that the log cut short while the writer wrote it key by key
+/// (see [`keys::Unfinished`]): if its topic's stats were not written, its chunks and its
+/// dedup entry go. Nothing of it was acknowledged: that waits for the flush after it.
+fn take_back_unfinished(tree: &sled::Tree) -> Result<(), StorageError> {
+    let Some(value) = tree.get(keys::UNFINISHED)? else {
+        return Ok(());
+    };
+    let unfinished = keys::Unfinished::decode(&value)
+        .ok_or_else(|| StorageError::corrupt("the unfinished-commit marker is unreadable"))?;
+    let stats = tree
+        .get(keys::with_id(keys::STATS, unfinished.topic))?
+        .and_then(|v| LogStats::decode(&v));
+    let mut batch = sled::Batch::default();
+    if stats.is_some_and(|stats| stats.next == unfinished.next) {
+        let id = unfinished.topic;
+        for prefix in [keys::INDEX, keys::CHUNK] {
+            let topic = keys::with_id(prefix, id);
+            for key in tree
+                .range(keys::with_offset(prefix, id, unfinished.next)..)
+                .keys()
+            {
+                let key = key?;
+                if !key.starts_with(&topic) {
+                    break;
+                }
+                batch.remove(key);
+            }
+        }
+        if let Some(dedup) = unfinished.dedup {
+            batch.remove(&dedup[..]);
+        }
+        warn!(
+            topic = id,
+            from = unfinished.next,
+            "took back a commit the log cut short (it was never acknowledged)"
+        );
+    }
+    batch.remove(keys::UNFINISHED);
+    tree.apply_batch(batch)?;
+    tree.flush()?;
+    Ok(())
+}
+
+/// Reads every topic and checks that its stats agree with its index.
+fn recover(tree: &sled::Tree) -> Result<Vec<Arc<TopicLog>>, StorageError> {
+    let mut topics = Vec::new();
+    for item in tree.scan_prefix([keys::TOPIC]) {
+        let (key, value) = item?;
+        let meta = TopicMeta::decode(&value).map_err(|e| {
+            StorageError::corrupt(format!(
+                "topic record {:?}: {e}",
+                String::from_utf8_lossy(&key[1..])
+            ))
+        })?;
+        let parse = |name: &str| {
+            TopicName::parse(name)
+                .map_err(|e| StorageError::corrupt(format!("stored topic name {name:?}: {e}")))
+        };
+        let name = parse(&meta.name)?;
+        let dead_letter = meta.dead_letter.as_deref().map(parse).transpose()?;
+        let stats = tree
+            .get(keys::with_id(keys::STATS, meta.id))?
+            .and_then(|v| LogStats::decode(&v))
+            .ok_or_else(|| {
+                StorageError::corrupt(format!("topic `{name}` has no readable stats"))
+            })?;
+        let last = tree
+            .range(
+                keys::with_offset(keys::INDEX, meta.id, 0)
+                    ..=keys::with_offset(keys::INDEX, meta.id, u64::MAX),
+            )
+            .next_back()
+            .transpose()?
+            .map(|(k, v)| decode_index(&k, &v))
+            .transpose()?;
+        let indexed_next = last.map_or(stats.first, |(base, m)| base + u64::from(m.count));
+        if indexed_next != stats.next || stats.first > stats.next {
+            return Err(StorageError::corrupt(format!(
+                "topic `{name}`: stats say offsets {}..{} but the index ends at {indexed_next}",
+                stats.first, stats.next
+            )));
+        }
+        topics.push(Arc::new(TopicLog::new(meta, name, dead_letter, stats)));
+    }
+    Ok(topics)
+}

@@ -1,0 +1,91 @@
+//! The background clean-up's writes, each a bounded step run alone between group
+//! commits: trimming a topic to its retention, purging a deleted topic's chunks.
+
+use super::Writer;
+use crate::storage::keys;
+use crate::storage::read::{LogReader, decode_index};
+use crate::storage::{Cleanup, StorageError, TopicLog};
+
+/// The most chunks (or dedup entries) one clean-up step removes, so appends never wait
+/// long.
+pub(super) const CLEANUP_STEP: usize = 256;
+
+impl Writer {
+    /// Moves a topic's first offset up to `first` and removes chunks below it.
+    pub(super) fn trim(&mut self, log: &TopicLog, first: u64) -> Result<Cleanup, StorageError> {
+        if log.is_deleted() {
+            return Ok(Cleanup {
+                removed: 0,
+                more: false,
+            });
+        }
+        let mut stats = log.stats();
+        let mut batch = sled::Batch::default();
+        let first = first.min(stats.next);
+        if first > stats.first {
+            let freed = LogReader(&self.tree).bytes_between(log, stats.first, first)?;
+            stats.bytes = stats.bytes.saturating_sub(freed);
+            stats.first = first;
+            batch.insert(&keys::with_id(keys::STATS, log.id()), &stats.encode());
+        }
+        let mut removed = 0;
+        let mut more = false;
+        let lo = keys::with_offset(keys::INDEX, log.id(), 0);
+        let hi = keys::with_offset(keys::INDEX, log.id(), stats.first);
+        for item in self.tree.range(lo..hi) {
+            let (key, value) = item?;
+            let (base, meta) = decode_index(&key, &value)?;
+            if base + u64::from(meta.count) > stats.first {
+                break;
+            }
+            if removed == CLEANUP_STEP {
+                more = true;
+                break;
+            }
+            remove_chunk(&self.tree, &mut batch, log.id(), base)?;
+            removed += 1;
+        }
+        self.apply(batch)?;
+        log.set_stats(stats);
+        Ok(Cleanup { removed, more })
+    }
+
+    /// Removes up to [`CLEANUP_STEP`] chunks of a deleted topic; the purge marker goes
+    /// with the last of them.
+    pub(super) fn purge(&mut self, id: u64) -> Result<Cleanup, StorageError> {
+        let mut batch = sled::Batch::default();
+        let lo = keys::with_offset(keys::INDEX, id, 0);
+        let hi = keys::with_offset(keys::INDEX, id, u64::MAX);
+        let mut removed = 0;
+        for key in self.tree.range(lo..=hi).keys().take(CLEANUP_STEP) {
+            let key = key?;
+            let base = keys::offset_of(&key)
+                .ok_or_else(|| StorageError::corrupt("index key of the wrong shape"))?;
+            remove_chunk(&self.tree, &mut batch, id, base)?;
+            removed += 1;
+        }
+        let more = removed == CLEANUP_STEP;
+        if !more {
+            batch.remove(&keys::with_id(keys::PURGE, id));
+        }
+        self.apply(batch)?;
+        Ok(Cleanup { removed, more })
+    }
+}
+
+/// Queues the removal of a chunk: its index entry and every part.
+fn remove_chunk(
+    tree: &sled::Tree,
+    batch: &mut sled::Batch,
+    id: u64,
+    base: u64,
+) -> Result<(), StorageError> {
+    batch.remove(&keys::with_offset(keys::INDEX, id, base));
+    for part in tree
+        .scan_prefix(keys::with_offset(keys::CHUNK, id, base))
+        .keys()
+    {
+        batch.remove(part?);
+    }
+    Ok(())
+}

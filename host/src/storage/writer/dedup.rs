@@ -1,0 +1,71 @@
+//! The receipts of an append's publishes, and the deduplication entries that remember
+//! them: one `d` key per commit, keyed by time so that the clean-up purges the oldest
+//! first.
+
+use quiver_protocol::{PublishId, Receipt};
+use tracing::warn;
+
+use super::cleanup::CLEANUP_STEP;
+use super::{CommitGroup, Writer};
+use crate::storage::keys;
+use crate::storage::{Appended, Cleanup, PublishLayout, StorageError};
+use crate::util::now_ms;
+
+/// The receipt of each publish of an append, read from where its records went; those
+/// of publishes with an id are remembered in the commit's dedup entry.
+pub(super) fn stage_receipts(
+    group: &mut CommitGroup,
+    publishes: &[PublishLayout],
+    appended: &[Appended],
+) -> Vec<Receipt> {
+    let receipts: Vec<Receipt> = publishes
+        .iter()
+        .map(|p| p.layout.receipt(appended))
+        .collect();
+    for (publish, receipt) in publishes.iter().zip(&receipts) {
+        if let Some(id) = publish.id {
+            group.dedup.push((id, receipt.clone()));
+        }
+    }
+    receipts
+}
+
+impl Writer {
+    /// The key and value remembering the ids and receipts of a commit's publishes.
+    pub(super) fn dedup_entry(
+        &self,
+        dedup: &[(PublishId, Receipt)],
+    ) -> Option<([u8; 17], Vec<u8>)> {
+        if dedup.is_empty() {
+            return None;
+        }
+        match self.db.generate_id() {
+            // Invariant: receipts and ids hold only strings, integers and options.
+            Ok(unique) => Some((
+                keys::dedup(now_ms(), unique),
+                postcard::to_allocvec(dedup).expect("receipts always encode"),
+            )),
+            Err(e) => {
+                warn!(cause = %e, "publish ids not remembered; retries of these publishes may be stored twice");
+                None
+            }
+        }
+    }
+
+    /// Removes up to [`CLEANUP_STEP`] deduplication entries older than `before_ms`.
+    pub(super) fn purge_dedup(&mut self, before_ms: u64) -> Result<Cleanup, StorageError> {
+        let mut batch = sled::Batch::default();
+        let lo = keys::dedup(0, 0);
+        let hi = keys::dedup(before_ms, 0);
+        let mut removed = 0;
+        for key in self.tree.range(lo..hi).keys().take(CLEANUP_STEP) {
+            batch.remove(key?);
+            removed += 1;
+        }
+        self.apply(batch)?;
+        Ok(Cleanup {
+            removed,
+            more: removed == CLEANUP_STEP,
+        })
+    }
+}

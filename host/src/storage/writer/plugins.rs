@@ -1,0 +1,76 @@
+//! Staging plugin writes: a plugin's record and component (in parts), its removal
+//! (with its state, and the components no other plugin uses), and the state writes
+//! of a call, in the commit of the records it produced.
+
+use super::{CommitGroup, Writer};
+use crate::storage::keys;
+use crate::storage::{PluginRecord, StateWrite, StorageError};
+
+impl Writer {
+    /// Stages a plugin's record and, if given, its current component in parts.
+    pub(super) fn stage_put_plugin(
+        &self,
+        group: &mut CommitGroup,
+        record: &PluginRecord,
+        wasm: Option<&[u8]>,
+    ) {
+        if let (Some(wasm), Some(version)) = (wasm, record.current()) {
+            for (part, bytes) in (0u32..).zip(wasm.chunks(self.part_bytes)) {
+                group
+                    .batch
+                    .insert(&keys::wasm_part(&version.sha256, part)[..], bytes);
+            }
+            group.components.insert(version.sha256);
+        }
+        // Invariant: a PluginRecord holds only strings, integers and byte arrays, which
+        // postcard always encodes.
+        let encoded = postcard::to_allocvec(record).expect("plugin records always encode");
+        group.batch.insert(keys::plugin(&record.name), encoded);
+    }
+
+    /// Removes a plugin's record and state, and each of its components that no other
+    /// plugin uses.
+    pub(super) fn stage_remove_plugin(
+        &self,
+        group: &mut CommitGroup,
+        name: &str,
+    ) -> Result<(), StorageError> {
+        let Some(value) = self.tree.get(keys::plugin(name))? else {
+            return Ok(());
+        };
+        let record: PluginRecord = postcard::from_bytes(&value)
+            .map_err(|e| StorageError::corrupt(format!("plugin record `{name}`: {e}")))?;
+        let mut in_use = group.components.clone();
+        for other in self.tree.scan_prefix([keys::PLUGIN]).values() {
+            let other: PluginRecord = postcard::from_bytes(&other?)
+                .map_err(|e| StorageError::corrupt(format!("plugin record: {e}")))?;
+            if other.name != name {
+                in_use.extend(other.versions.iter().map(|v| v.sha256));
+            }
+        }
+        for version in &record.versions {
+            if !in_use.contains(&version.sha256) {
+                for part in self.tree.scan_prefix(keys::wasm(&version.sha256)).keys() {
+                    group.batch.remove(part?);
+                }
+            }
+        }
+        for key in self.tree.scan_prefix(keys::state_prefix(name)).keys() {
+            group.batch.remove(key?);
+        }
+        group.batch.remove(keys::plugin(name));
+        Ok(())
+    }
+}
+
+/// Stages the state writes of a plugin call.
+pub(super) fn stage_state(group: &mut CommitGroup, state: Vec<StateWrite>) {
+    group.other |= !state.is_empty();
+    for write in state {
+        let key = keys::state(&write.plugin, &write.key);
+        match write.value {
+            Some(value) => group.batch.insert(key, value),
+            None => group.batch.remove(key),
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Staging a topic's writes: records into chunks (sealed at one part, with their index
+//! entry and checksum), and topic creation, deletion and pipeline changes.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use quiver_protocol::record;
+use quiver_protocol::{NewRecord, Stage, TopicName};
+
+use super::{CommitGroup, Writer};
+use crate::storage::keys::{self, ChunkMeta, LogStats};
+use crate::storage::log::{TailChunk, TopicMeta};
+use crate::storage::{Appended, StorageError, TopicLog, TopicSettings};
+use crate::util::now_ms;
+
+/// A chunk being filled during one group.
+pub(super) struct OpenChunk {
+    base: u64,
+    buf: BytesMut,
+    meta: ChunkMeta,
+}
+
+/// One topic's state while a group is staged.
+pub(super) struct Staged {
+    pub(super) log: Arc<TopicLog>,
+    pub(super) stats: LogStats,
+    pub(super) chunk: Option<OpenChunk>,
+    /// The chunks sealed in this group, for the log's tail once the commit counts.
+    pub(super) sealed: Vec<TailChunk>,
+}
+
+impl Staged {
+    /// Seals the open chunk, if there is one.
+    pub(super) fn seal_open(
+        &mut self,
+        writes: &mut Vec<(sled::IVec, sled::IVec)>,
+        part_bytes: usize,
+    ) {
+        if let Some(chunk) = self.chunk.take() {
+            self.sealed
+                .push(seal(writes, self.log.id(), chunk, part_bytes));
+        }
+    }
+}
+
+impl Writer {
+    pub(super) fn stage_records(
+        &self,
+        group: &mut CommitGroup,
+        log: Arc<TopicLog>,
+        records: &[NewRecord],
+    ) -> Appended {
+        let chunk_bytes = self.chunk_bytes;
+        let staged = group.staged.entry(log.id()).or_insert_with(|| Staged {
+            stats: log.stats(),
+            log,
+            chunk: None,
+            sealed: Vec::new(),
+        });
+        let base_offset = staged.stats.next;
+        let now = now_ms();
+        for record in records {
+            // A chunk is sealed before a record that would take it past `chunk_bytes`,
+            // so that it fits one part (a record larger than that gets a chunk of its
+            // own, in parts).
+            if staged
+                .chunk
+                .as_ref()
+                .is_some_and(|open| open.buf.len() + record::entry_len(record) > chunk_bytes)
+            {
+                staged.seal_open(&mut group.chunks, self.part_bytes);
+            }
+            let ts = now.max(staged.stats.last_ts);
+            let chunk = staged.chunk.get_or_insert_with(|| OpenChunk {
+                base: staged.stats.next,
+                buf: BytesMut::with_capacity(chunk_bytes.min(64 * 1024)),
+                meta: ChunkMeta {
+                    first_ts: ts,
+                    ..ChunkMeta::default()
+                },
+            });
+            let len = record::append_entry(&mut chunk.buf, ts, record);
+            chunk.meta.count += 1;
+            chunk.meta.bytes += u32::try_from(len).unwrap_or(u32::MAX);
+            chunk.meta.last_ts = ts;
+            staged.stats.next += 1;
+            staged.stats.bytes += len as u64;
+            staged.stats.last_ts = ts;
+            if chunk.buf.len() >= chunk_bytes {
+                staged.seal_open(&mut group.chunks, self.part_bytes);
+            }
+        }
+        Appended {
+            base_offset,
+            count: u32::try_from(records.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    pub(super) fn stage_create(
+        &self,
+        group: &mut CommitGroup,
+        name: TopicName,
+        settings: TopicSettings,
+    ) -> Result<Arc<TopicLog>, StorageError> {
+        let key = keys::topic(name.as_str());
+        if group.created.contains(&name) || self.tree.contains_key(&key)? {
+            return Err(StorageError::TopicExists(name));
+        }
+        let meta = TopicMeta {
+            id: self.db.generate_id()?,
+            name: name.to_string(),
+            retention: settings.retention,
+            created_ms: now_ms(),
+            dead_letter: settings.dead_letter.as_ref().map(ToString::to_string),
+            pipeline: Vec::new(),
+            durability: settings.durability,
+        };
+        let stats = LogStats::default();
+        group.batch.insert(key, encode_meta(&meta));
+        group
+            .batch
+            .insert(&keys::with_id(keys::STATS, meta.id), &stats.encode());
+        group.created.insert(name.clone());
+        Ok(Arc::new(TopicLog::new(
+            meta,
+            name,
+            settings.dead_letter,
+            stats,
+        )))
+    }
+}
+
+/// Stages a topic's deletion: its record and stats go, and a purge marker names it
+/// until the clean-up has removed its chunks.
+pub(super) fn stage_delete(group: &mut CommitGroup, log: &TopicLog) {
+    group.deleted.insert(log.id());
+    group.batch.remove(keys::topic(log.name().as_str()));
+    group.batch.remove(&keys::with_id(keys::STATS, log.id()));
+    group.batch.insert(
+        &keys::with_id(keys::PURGE, log.id()),
+        log.name().as_str().as_bytes(),
+    );
+}
+
+/// Stages a topic's new ingress pipeline.
+pub(super) fn stage_pipeline(group: &mut CommitGroup, log: &TopicLog, pipeline: &[Stage]) {
+    group.batch.insert(
+        keys::topic(log.name().as_str()),
+        encode_meta(&log.meta(pipeline.to_vec())),
+    );
+}
+
+fn encode_meta(meta: &TopicMeta) -> Vec<u8> {
+    // Invariant: a TopicMeta holds only strings, integers and options, which postcard
+    // always encodes.
+    postcard::to_allocvec(meta).expect("topic metadata always encodes")
+}
+
+/// Stages a chunk's parts and then its index entry, with the checksum of its bytes;
+/// returns the chunk whole.
+pub(super) fn seal(
+    writes: &mut Vec<(sled::IVec, sled::IVec)>,
+    id: u64,
+    mut chunk: OpenChunk,
+    part_bytes: usize,
+) -> TailChunk {
+    chunk.meta.crc = Some(crc32fast::hash(&chunk.buf));
+    let footprint = chunk.buf.capacity();
+    let bytes = chunk.buf.freeze();
+    for (part, piece) in (0u32..).zip(bytes.chunks(part_bytes)) {
+        writes.push((
+            keys::chunk_part(id, chunk.base, part)[..].into(),
+            piece.into(),
+        ));
+    }
+    writes.push((
+        keys::with_offset(keys::INDEX, id, chunk.base)[..].into(),
+        chunk.meta.encode()[..].into(),
+    ));
+    TailChunk {
+        base: chunk.base,
+        count: chunk.meta.count,
+        bytes,
+        footprint,
+    }
+}
