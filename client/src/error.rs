@@ -6,6 +6,7 @@ use quiver_protocol::{ErrorCode, WireError};
 
 /// Everything that can go wrong talking to a broker.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The server address could not be parsed or resolved.
     #[error("invalid server address `{addr}`: {reason}")]

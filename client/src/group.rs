@@ -20,14 +20,15 @@ use std::time::Duration;
 
 use futures::Stream;
 use quiver_protocol::{
-    ClientFrame, GroupInfo, GroupSettings, Join, Op, OpReply, ServerFrame, Settle, Settlement,
-    StartAt,
+    ClientFrame, GroupInfo, GroupSettings, Join, Op, ServerFrame, Settle, Settlement, StartAt,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::connection::{Client, Frames, encode, lost_reason, next_frame, unexpected};
+use crate::client::{Client, Deleted};
 use crate::error::{Error, Result};
+use crate::mux::Mux;
+use crate::pending::{Frames, encode, next_frame};
 use crate::subscription::Record;
 
 /// The most settlements sent in one frame (well within any frame limit).
@@ -41,25 +42,21 @@ impl Client {
             name: name.to_owned(),
             settings,
         };
-        self.group_reply(op).await
+        self.ask(op).await
     }
 
     /// Deletes a group and its state; its members' streams end.
     pub async fn delete_group(&self, name: &str) -> Result<()> {
-        match self
-            .call(Op::DeleteGroup {
-                name: name.to_owned(),
-            })
-            .await?
-        {
-            OpReply::Deleted => Ok(()),
-            other => Err(unexpected(other)),
-        }
+        self.ask::<Deleted>(Op::DeleteGroup {
+            name: name.to_owned(),
+        })
+        .await
+        .map(drop)
     }
 
     /// A group's settings, members and position in each topic.
     pub async fn describe_group(&self, name: &str) -> Result<GroupInfo> {
-        self.group_reply(Op::DescribeGroup {
+        self.ask(Op::DescribeGroup {
             name: name.to_owned(),
         })
         .await
@@ -67,10 +64,7 @@ impl Client {
 
     /// Every group, sorted by name.
     pub async fn list_groups(&self) -> Result<Vec<GroupInfo>> {
-        match self.call(Op::ListGroups).await? {
-            OpReply::Groups(groups) => Ok(groups),
-            other => Err(unexpected(other)),
-        }
+        self.ask(Op::ListGroups).await
     }
 
     /// Moves a group's position in every topic it consumes to `to` (to replay, or to
@@ -80,14 +74,7 @@ impl Client {
             name: name.to_owned(),
             to,
         };
-        self.group_reply(op).await
-    }
-
-    async fn group_reply(&self, op: Op) -> Result<GroupInfo> {
-        match self.call(op).await? {
-            OpReply::Group(info) => Ok(info),
-            other => Err(unexpected(other)),
-        }
+        self.ask(op).await
     }
 
     /// Joins a group as a member. `prefetch` caps the records this member holds
@@ -97,7 +84,7 @@ impl Client {
             group: group.to_owned(),
             prefetch: prefetch.unwrap_or(0),
         });
-        let (send, frames) = self.open_stream(&join, ServerFrame::Joined).await?;
+        let (send, frames) = self.mux.open_stream(&join, ServerFrame::Joined).await?;
         let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
         let (settle, settle_rx) = mpsc::unbounded_channel();
         let (leave, leave_rx) = oneshot::channel();
@@ -108,14 +95,14 @@ impl Client {
                 deliveries: deliveries_tx,
                 settle,
                 settlements: settle_rx,
-                conn: self.shared.conn.clone(),
+                mux: Arc::clone(&self.mux),
             },
             leave_rx,
         ));
         Ok(Member {
             deliveries,
             leave: Some((leave, pump)),
-            _client: self.clone(),
+            _mux: Arc::clone(&self.mux),
         })
     }
 }
@@ -131,7 +118,8 @@ impl Client {
 pub struct Member {
     deliveries: mpsc::UnboundedReceiver<Result<Delivery>>,
     leave: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
-    _client: Client,
+    /// Keeps the connection open while the membership lives.
+    _mux: Arc<Mux>,
 }
 
 /// How long [`Member::leave`] waits for the broker to confirm.
@@ -222,7 +210,7 @@ struct Pump {
     deliveries: mpsc::UnboundedSender<Result<Delivery>>,
     settle: mpsc::UnboundedSender<Settlement>,
     settlements: mpsc::UnboundedReceiver<Settlement>,
-    conn: quinn::Connection,
+    mux: Arc<Mux>,
 }
 
 /// Moves deliveries from the stream to the [`Member`], and settlements back, until
@@ -275,7 +263,7 @@ impl Pump {
                     "unexpected frame for a group member: {other:?}"
                 )));
             }
-            Err(e) => return Err(lost_reason(&self.conn, e)),
+            Err(e) => return Err(self.mux.lost_reason(e)),
         };
         let topic: Arc<str> = assigned.topic.into();
         for assigned in assigned.records {

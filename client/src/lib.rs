@@ -34,17 +34,22 @@
 //! Errors are [`Error`] values; those the server sent carry an
 //! [`ErrorCode`] ([`Error::code`]).
 
-mod connection;
+mod client;
+mod connect;
 mod error;
 mod group;
+mod mux;
 mod outgoing;
+mod pending;
 mod subscription;
 
-pub use connection::{Client, ClientBuilder, SubscribeOptions};
+pub use client::{Client, SubscribeOptions};
+pub use connect::ClientBuilder;
 pub use error::{Error, Result};
 pub use group::{Delivery, Member};
 pub use subscription::{Record, Subscription};
 
+pub use quiver_protocol::Record as StoredRecord;
 pub use quiver_protocol::record::headers;
 pub use quiver_protocol::{
     AttachmentStatus, Durability, ErrorCode, GroupInfo, GroupSettings, GroupTopic, Header, Limits,

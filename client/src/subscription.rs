@@ -10,47 +10,51 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use futures::Stream;
-use quiver_protocol::record::{decode_shared, headers};
-use quiver_protocol::{ClientFrame, Header, NewRecord, Records, ServerFrame};
+use quiver_protocol::record::decode_shared;
+use quiver_protocol::{ClientFrame, NewRecord, Record as StoredRecord, Records, ServerFrame};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::connection::{Client, Frames, encode, lost_reason, next_frame};
 use crate::error::{Error, Result};
+use crate::mux::Mux;
+use crate::pending::{Frames, encode, next_frame};
 
-/// A record delivered to a subscriber.
+/// A record delivered to a subscriber or a group member: the stored record (offset,
+/// append time, key, headers, payload; a `Record` dereferences to it, so
+/// `record.offset` and `record.header(name)` read it) and the topic it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// The topic it belongs to.
     pub topic: Arc<str>,
-    /// Its position in the topic.
-    pub offset: u64,
-    /// When the broker appended it (ms since the Unix epoch).
-    pub timestamp: u64,
-    /// Optional key.
-    pub key: Option<Bytes>,
-    /// Headers, in the order published.
-    pub headers: Vec<Header>,
-    /// The payload.
-    pub payload: Bytes,
+    /// The record as stored.
+    pub stored: StoredRecord,
+}
+
+impl std::ops::Deref for Record {
+    type Target = StoredRecord;
+
+    fn deref(&self) -> &StoredRecord {
+        &self.stored
+    }
 }
 
 impl Record {
-    /// The first header with this name, if any.
-    pub fn header(&self, name: &str) -> Option<&Bytes> {
-        headers::find(&self.headers, name)
+    /// The stored record alone, by value.
+    pub fn into_stored(self) -> StoredRecord {
+        self.stored
     }
 
     pub(crate) fn new(topic: &Arc<str>, offset: u64, timestamp: u64, record: NewRecord) -> Self {
         Self {
             topic: Arc::clone(topic),
-            offset,
-            timestamp,
-            key: record.key,
-            headers: record.headers,
-            payload: record.payload,
+            stored: StoredRecord {
+                offset,
+                timestamp,
+                key: record.key,
+                headers: record.headers,
+                payload: record.payload,
+            },
         }
     }
 }
@@ -69,31 +73,26 @@ pub struct Subscription {
     credit: mpsc::UnboundedSender<u32>,
     consumed: u32,
     window: u32,
-    _client: Client,
+    /// Keeps the connection open while the subscription lives.
+    _mux: Arc<Mux>,
 }
 
 pub(crate) fn start(
-    client: Client,
+    mux: Arc<Mux>,
     send: quinn::SendStream,
     frames: Frames,
     window: u32,
 ) -> Subscription {
     let (tx, batches) = mpsc::unbounded_channel();
     let (credit, credit_rx) = mpsc::unbounded_channel();
-    tokio::spawn(pump(
-        frames,
-        send,
-        tx,
-        credit_rx,
-        client.shared.conn.clone(),
-    ));
+    tokio::spawn(pump(frames, send, tx, credit_rx, Arc::clone(&mux)));
     Subscription {
         batches,
         current: Vec::new().into_iter(),
         credit,
         consumed: 0,
         window,
-        _client: client,
+        _mux: mux,
     }
 }
 
@@ -133,7 +132,7 @@ async fn pump(
     mut send: quinn::SendStream,
     batches: mpsc::UnboundedSender<Result<Vec<Record>>>,
     mut credit: mpsc::UnboundedReceiver<u32>,
-    conn: quinn::Connection,
+    mux: Arc<Mux>,
 ) {
     loop {
         tokio::select! {
@@ -164,7 +163,7 @@ async fn pump(
                         break;
                     }
                     Err(e) => {
-                        let _ = batches.send(Err(lost_reason(&conn, e)));
+                        let _ = batches.send(Err(mux.lost_reason(e)));
                         break;
                     }
                 };
@@ -197,13 +196,9 @@ fn decode(batch: Records) -> Result<Vec<Record>> {
         .map_err(|e| Error::Protocol(e.to_string()))?;
     Ok(decoded
         .into_iter()
-        .map(|r| Record {
+        .map(|stored| Record {
             topic: Arc::clone(&topic),
-            offset: r.offset,
-            timestamp: r.timestamp,
-            key: r.key,
-            headers: r.headers,
-            payload: r.payload,
+            stored,
         })
         .collect())
 }

@@ -305,7 +305,7 @@ async fn grant_changes_reach_live_connections_and_revoked_tokens_stop_new_ones()
     let stored: Vec<_> = read_all(&ops, "sensors.eu.temp")
         .await
         .into_iter()
-        .map(|r| r.payload)
+        .map(|r| r.into_stored().payload)
         .collect();
     assert!(stored.iter().all(|p| p != "3" && p != "7"), "{stored:?}");
     assert!(stored.iter().any(|p| p == "5"), "{stored:?}");

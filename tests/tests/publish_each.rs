@@ -105,7 +105,7 @@ async fn each_publish_of_a_shared_frame_is_checked_stored_and_remembered_on_its_
     let stored: Vec<_> = read_all(&client, "t")
         .await
         .into_iter()
-        .map(|r| r.payload)
+        .map(|r| r.into_stored().payload)
         .collect();
     assert_eq!(stored, ["a", "c"]);
 

@@ -419,25 +419,27 @@ pub(super) fn group_details(group: &GroupInfo) -> String {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use quiver_client::Header;
+    use quiver_client::{Header, StoredRecord};
 
     fn record(payload: &'static [u8], key: Option<&'static [u8]>) -> Record {
         Record {
             topic: "a.b".into(),
-            offset: 3,
-            timestamp: 9,
-            key: key.map(Bytes::from_static),
-            headers: vec![
-                Header {
-                    name: "h".into(),
-                    value: Bytes::from_static(b"v"),
-                },
-                Header {
-                    name: "bin".into(),
-                    value: Bytes::from_static(&[0xff]),
-                },
-            ],
-            payload: Bytes::from_static(payload),
+            stored: StoredRecord {
+                offset: 3,
+                timestamp: 9,
+                key: key.map(Bytes::from_static),
+                headers: vec![
+                    Header {
+                        name: "h".into(),
+                        value: Bytes::from_static(b"v"),
+                    },
+                    Header {
+                        name: "bin".into(),
+                        value: Bytes::from_static(&[0xff]),
+                    },
+                ],
+                payload: Bytes::from_static(payload),
+            },
         }
     }
 

@@ -575,13 +575,14 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             break;
         }
         left -= 1;
+        let stored = record.into_stored();
         batch.push((
-            record.offset,
-            record.timestamp,
+            stored.offset,
+            stored.timestamp,
             NewRecord {
-                key: record.key,
-                headers: record.headers,
-                payload: record.payload,
+                key: stored.key,
+                headers: stored.headers,
+                payload: stored.payload,
             },
         ));
         if batch.len() >= args.batch.max(1) {
