@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use quiver_host::plugins::runtime::{CallContext, Runtime};
+use quiver_host::plugins::runtime::{CallContext, Runtime, SandboxLimits};
 use quiver_host::plugins::{InputEvent, StateSource};
 use quiver_protocol::NewRecord;
 use sha2::{Digest, Sha256};
@@ -92,7 +92,7 @@ fn bench_plugin(c: &mut Criterion, runtime: &Runtime, plugin: &str, params: &[(&
 
 fn bench(c: &mut Criterion) {
     let config = quiver_host::config::Config::default();
-    let limits = config.plugins.sandbox_limits(config.limits.max_record_size);
+    let limits = SandboxLimits::from_settings(&config.plugins, config.limits.max_record_size);
     let runtime = Runtime::new(limits, None).expect("the runtime starts");
     bench_plugin(
         c,

@@ -14,8 +14,6 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::plugins::runtime::SandboxLimits;
-
 /// The UDP port a broker listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7848;
 /// The data dir used unless told otherwise.
@@ -239,20 +237,6 @@ impl Default for PluginsConfig {
             quarantine_for: Duration::from_secs(30),
             cache_dir: None,
             dir: None,
-        }
-    }
-}
-
-impl PluginsConfig {
-    /// The sandbox limits these settings describe, with the broker's record-size limit.
-    pub fn sandbox_limits(&self, max_record_size: ByteSize) -> SandboxLimits {
-        let bytes = |size: ByteSize| usize::try_from(size.as_u64()).unwrap_or(usize::MAX);
-        SandboxLimits {
-            memory_bytes: bytes(self.memory_limit),
-            call_timeout: self.call_timeout,
-            max_outputs_per_event: self.max_outputs_per_event as usize,
-            max_output_bytes: bytes(self.max_output_bytes),
-            max_record_size: bytes(max_record_size),
         }
     }
 }

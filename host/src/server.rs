@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 use crate::auth::{self, AuthError, AuthSettings, Authenticator};
 use crate::broker::{Broker, BrokerLimits, BrokerSettings};
 use crate::config::Config;
+use crate::plugins::runtime::SandboxLimits;
 use crate::plugins::stage::QuarantinePolicy;
 use crate::plugins::{AdminError, PluginSettings, Plugins};
 use crate::retention;
@@ -91,7 +92,7 @@ pub enum ServeError {
 fn plugin_settings(config: &Config) -> PluginSettings {
     let p = &config.plugins;
     PluginSettings {
-        limits: p.sandbox_limits(config.limits.max_record_size),
+        limits: SandboxLimits::from_settings(p, config.limits.max_record_size),
         quarantine: QuarantinePolicy {
             after_failures: p.quarantine_after,
             duration_ms: u64::try_from(p.quarantine_for.as_millis()).unwrap_or(u64::MAX),

@@ -7,8 +7,8 @@ use clap::Subcommand;
 use quiver_client::{GroupSettings, StartAt};
 
 use super::ConnectArgs;
+use super::args::parse_start;
 use super::output;
-use super::pubsub::parse_start;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum GroupCommand {

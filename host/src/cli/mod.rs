@@ -1,6 +1,7 @@
 //! The `quiver` command line: `serve` runs a broker; every other command is a client
 //! of one, built on the client SDK.
 
+mod args;
 mod auth;
 mod bench;
 mod group;

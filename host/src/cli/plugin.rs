@@ -8,19 +8,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use futures::StreamExt;
-use quiver_client::{
-    NewRecord, OnError, PluginInfo, PluginStatus, Stage, StartAt, SubscribeOptions,
-};
+use quiver_client::{NewRecord, PluginInfo, PluginStatus, Stage, StartAt, SubscribeOptions};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::ConnectArgs;
+use super::args::{Policy, parse_header, parse_start};
 use super::output;
-use super::pubsub::{parse_header, parse_start};
 use crate::config::Config;
-use crate::plugins::runtime::{CallContext, Runtime};
+use crate::plugins::runtime::{CallContext, Runtime, SandboxLimits};
 use crate::plugins::{InputEvent, Outcome, StateSource};
 use crate::util::hex;
 
@@ -113,24 +111,6 @@ pub(super) enum PluginCommand {
     /// Run a component locally over a topic's stored records and print each outcome;
     /// nothing is published.
     Replay(ReplayArgs),
-}
-
-/// A stage's failure policy on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(super) enum Policy {
-    /// Records pass the stage unchanged while it is quarantined.
-    FailOpen,
-    /// Publishes are refused (subscriptions end) while it is quarantined.
-    FailClosed,
-}
-
-impl From<Policy> for OnError {
-    fn from(policy: Policy) -> Self {
-        match policy {
-            Policy::FailOpen => OnError::FailOpen,
-            Policy::FailClosed => OnError::FailClosed,
-        }
-    }
 }
 
 #[derive(Debug, Args)]
@@ -407,7 +387,7 @@ impl Local {
     fn load(file: &Path, params: Vec<(String, String)>) -> anyhow::Result<Self> {
         let wasm = read_wasm(file)?;
         let config = Config::default();
-        let limits = config.plugins.sandbox_limits(config.limits.max_record_size);
+        let limits = SandboxLimits::from_settings(&config.plugins, config.limits.max_record_size);
         let runtime = Runtime::new(limits, None)?;
         let sha256: [u8; 32] = Sha256::digest(&wasm).into();
         let compiled = runtime.compile(&wasm, &sha256)?;

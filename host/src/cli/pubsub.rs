@@ -13,6 +13,7 @@ use quiver_client::{
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::ConnectArgs;
+use super::args::{parse_header, parse_start};
 use super::output;
 
 /// Publishes from stdin kept in flight at once; records are stored, and offsets
@@ -40,17 +41,6 @@ pub(super) struct RecordArgs {
     /// Record header, NAME=VALUE (repeatable).
     #[arg(long = "header", value_name = "NAME=VALUE", value_parser = parse_header)]
     headers: Vec<(String, String)>,
-}
-
-/// Parses `NAME=VALUE` (headers and plugin parameters).
-pub(super) fn parse_header(s: &str) -> Result<(String, String), String> {
-    let (name, value) = s
-        .split_once('=')
-        .ok_or_else(|| format!("`{s}` is not NAME=VALUE"))?;
-    if name.is_empty() {
-        return Err(format!("`{s}` has an empty header name"));
-    }
-    Ok((name.to_owned(), value.to_owned()))
 }
 
 impl RecordArgs {
@@ -117,8 +107,8 @@ pub(super) struct SubArgs {
     params: Vec<(String, String)>,
     /// What happens while --plugin is quarantined: the subscription ends
     /// (fail-closed) or records pass unchanged (fail-open).
-    #[arg(long, value_enum, default_value_t = super::plugin::Policy::FailClosed, requires = "plugin")]
-    on_error: super::plugin::Policy,
+    #[arg(long, value_enum, default_value_t = super::args::Policy::FailClosed, requires = "plugin")]
+    on_error: super::args::Policy,
     /// With --group: do not acknowledge printed records. They are delivered again
     /// after the ack timeout or once this member leaves, to it or another member.
     #[arg(long, requires = "group")]
@@ -220,32 +210,6 @@ impl Source {
             Self::Member(member) => Some(member.next().await?.map(Received::Delivery)),
         }
     }
-}
-
-pub(super) fn parse_start(s: &str) -> Result<StartAt, String> {
-    match s {
-        "earliest" => return Ok(StartAt::Earliest),
-        "latest" => return Ok(StartAt::Latest),
-        _ => {}
-    }
-    if let Ok(offset) = s.parse::<u64>() {
-        return Ok(StartAt::Offset(offset));
-    }
-    let time = if let Some(ago) = s.strip_prefix('-') {
-        let ago = humantime::parse_duration(ago).map_err(|e| format!("`{s}`: {e}"))?;
-        std::time::SystemTime::now()
-            .checked_sub(ago)
-            .ok_or_else(|| format!("`{s}` is before the Unix epoch"))?
-    } else {
-        humantime::parse_rfc3339_weak(s).map_err(|_| {
-            format!("`{s}` is not earliest, latest, an offset, an RFC 3339 time or -DURATION")
-        })?
-    };
-    let ms = time
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| format!("`{s}` is before the Unix epoch"))?
-        .as_millis();
-    Ok(StartAt::Timestamp(u64::try_from(ms).unwrap_or(u64::MAX)))
 }
 
 pub(super) async fn subscribe(args: SubArgs) -> anyhow::Result<()> {

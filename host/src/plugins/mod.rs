@@ -4,8 +4,11 @@
 //! - `runtime`: wasmtime (the only module importing it): compile, cache, sandbox, call;
 //! - `stage`: one attachment: its instance, figures and quarantine;
 //! - `pipeline`: sorting records by the stages' outcomes;
+//! - `executor`: the threads calls run on; `order`: the order a plugin's calls run in;
+//! - `admin`: deploying, upgrading, removing and attaching plugins;
+//! - `state`: plugin state written and not yet committed, in front of storage;
 //! - this module: [`Plugins`], which the broker asks to deploy, upgrade, remove, attach
-//!   and run plugins.
+//!   and run plugins, and the stages of each topic.
 //!
 //! Invariants worth naming:
 //! - a deployed plugin's code is swapped by replacing its registry entry with a new
@@ -18,32 +21,29 @@
 //!   be overwritten by an earlier one's, and a commit that survives a crash carries no
 //!   state from a call whose records did not.
 
+mod admin;
 mod executor;
 mod order;
 pub mod pipeline;
 pub mod runtime;
 pub mod stage;
+mod state;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
-use quiver_protocol::{NewRecord, PluginInfo, PluginStatus, Stage, TopicName};
-use sha2::{Digest, Sha256};
-use tracing::{error, info, warn};
+use quiver_protocol::{NewRecord, Stage, TopicName};
+use tracing::{error, info};
 
+use crate::storage::{PluginRecord, StateWrite, Storage, StorageError, TopicLog};
 use executor::Executor;
-
-use crate::storage::{PluginRecord, PluginVersion, StateWrite, Storage, StorageError, TopicLog};
-use crate::util::now_ms;
 use pipeline::{Item, Refused, Sorted};
 use runtime::{Compiled, Runtime, SandboxLimits};
-
-use crate::util::hex;
 use stage::{QuarantinePolicy, StageRunner};
+use state::PendingState;
 
 /// An event handed to a plugin: a record with the offset and time it is known by.
 #[derive(Debug, Clone, Copy)]
@@ -328,267 +328,6 @@ impl Plugins {
             .ok_or_else(|| PluginError::NotDeployed(name.to_owned()))
     }
 
-    fn install(
-        &self,
-        record: PluginRecord,
-        compiled: Result<Compiled, PluginError>,
-    ) -> Arc<Deployed> {
-        let version: Arc<str> = record.current().map_or("", |v| v.version.as_str()).into();
-        let deployed = Arc::new(Deployed {
-            record,
-            version,
-            compiled,
-            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
-        });
-        write(&self.registry).insert(deployed.record.name.clone(), Arc::clone(&deployed));
-        deployed
-    }
-
-    /// Compiles `wasm` off the async workers.
-    async fn compile(
-        &self,
-        name: &str,
-        wasm: Bytes,
-        sha256: [u8; 32],
-    ) -> Result<Compiled, AdminError> {
-        let runtime = Arc::clone(&self.runtime);
-        let started = std::time::Instant::now();
-        let compiled = tokio::task::spawn_blocking(move || runtime.compile(&wasm, &sha256))
-            .await
-            .map_err(|e| PluginError::Runtime(format!("compile task: {e}")))
-            .and_then(|r| r)
-            .map_err(|source| AdminError::Invalid {
-                name: name.to_owned(),
-                source,
-            })?;
-        info!(plugin = name, elapsed = ?started.elapsed(), from_cache = compiled.from_cache, "plugin compiled");
-        Ok(compiled)
-    }
-
-    /// Deploys a new plugin: validates the name, compiles the component (validating
-    /// it against the plugin world) and stores it with its sha256.
-    pub async fn deploy(
-        &self,
-        name: &str,
-        version: Option<String>,
-        wasm: Bytes,
-    ) -> Result<PluginInfo, AdminError> {
-        let _admin = self.admin.lock().await;
-        TopicName::parse(name).map_err(|e| {
-            AdminError::InvalidArgument(format!(
-                "invalid plugin name `{name}`: {e} (plugin names follow the topic-name grammar)"
-            ))
-        })?;
-        if read(&self.registry).contains_key(name) {
-            return Err(AdminError::Exists(name.to_owned()));
-        }
-        let record = PluginRecord {
-            name: name.to_owned(),
-            versions: Vec::new(),
-        };
-        self.store_version(record, version, wasm).await
-    }
-
-    /// Replaces a plugin's code everywhere it runs.
-    pub async fn upgrade(
-        &self,
-        name: &str,
-        version: Option<String>,
-        wasm: Bytes,
-    ) -> Result<PluginInfo, AdminError> {
-        let _admin = self.admin.lock().await;
-        let record = self
-            .deployed(name)
-            .map_err(|_| AdminError::NotFound(name.to_owned()))?
-            .record
-            .clone();
-        self.store_version(record, version, wasm).await
-    }
-
-    async fn store_version(
-        &self,
-        mut record: PluginRecord,
-        version: Option<String>,
-        wasm: Bytes,
-    ) -> Result<PluginInfo, AdminError> {
-        let name = record.name.clone();
-        let version = match version {
-            Some(v) if record.versions.iter().any(|old| old.version == v) => {
-                return Err(AdminError::InvalidArgument(format!(
-                    "plugin `{name}` already has a version `{v}`"
-                )));
-            }
-            Some(v) if v.is_empty() || v.len() > 64 => {
-                return Err(AdminError::InvalidArgument(
-                    "a version label is 1 to 64 characters".into(),
-                ));
-            }
-            Some(v) => v,
-            None => (record.versions.len() + 1..)
-                .map(|n| n.to_string())
-                .find(|n| record.versions.iter().all(|old| old.version != *n))
-                .unwrap_or_default(),
-        };
-        let sha256: [u8; 32] = Sha256::digest(&wasm).into();
-        let compiled = self.compile(&name, wasm.clone(), sha256).await?;
-        record.versions.push(PluginVersion {
-            version: version.clone(),
-            sha256,
-            size: wasm.len() as u64,
-            deployed_ms: now_ms(),
-        });
-        self.storage.put_plugin(record.clone(), Some(wasm)).await?;
-        let deployed = self.install(record, Ok(compiled));
-        info!(plugin = %name, %version, sha256 = %hex(&sha256), "plugin deployed");
-        Ok(self.info(&deployed))
-    }
-
-    /// Removes a plugin attached nowhere, with its state.
-    pub async fn remove(&self, name: &str) -> Result<(), AdminError> {
-        let _admin = self.admin.lock().await;
-        self.deployed(name)
-            .map_err(|_| AdminError::NotFound(name.to_owned()))?;
-        let topics = self.topics_using(name);
-        if let Some(topic) = topics.first() {
-            return Err(AdminError::InUse {
-                name: name.to_owned(),
-                by: format!("topic `{topic}`"),
-            });
-        }
-        if let Some(runner) = self
-            .live_subscription_runners()
-            .iter()
-            .find(|r| r.plugin() == name)
-        {
-            return Err(AdminError::InUse {
-                name: name.to_owned(),
-                by: runner.target.clone(),
-            });
-        }
-        self.storage.remove_plugin(name.to_owned()).await?;
-        write(&self.registry).remove(name);
-        info!(plugin = name, "plugin removed");
-        Ok(())
-    }
-
-    /// Every deployed plugin, by name.
-    pub fn list(&self) -> Vec<PluginInfo> {
-        let deployed: Vec<_> = read(&self.registry).values().cloned().collect();
-        deployed.iter().map(|d| self.info(d)).collect()
-    }
-
-    /// A plugin and the figures of each of its attachments.
-    pub fn status(&self, name: &str) -> Result<PluginStatus, AdminError> {
-        let deployed = self
-            .deployed(name)
-            .map_err(|_| AdminError::NotFound(name.to_owned()))?;
-        let mut attachments: Vec<_> = read(&self.topics)
-            .values()
-            .flat_map(|t| {
-                t.stages
-                    .iter()
-                    .filter(|s| s.plugin() == name)
-                    .map(|s| s.status())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        attachments.sort_by(|a, b| a.target.cmp(&b.target));
-        attachments.extend(
-            self.live_subscription_runners()
-                .iter()
-                .filter(|r| r.plugin() == name)
-                .map(|r| r.status()),
-        );
-        Ok(PluginStatus {
-            info: self.info(&deployed),
-            attachments,
-        })
-    }
-
-    fn info(&self, deployed: &Deployed) -> PluginInfo {
-        let current = deployed.record.current();
-        PluginInfo {
-            name: deployed.record.name.clone(),
-            version: deployed.version.to_string(),
-            sha256: current.map(|v| hex(&v.sha256)).unwrap_or_default(),
-            size: current.map_or(0, |v| v.size),
-            deployed_ms: current.map_or(0, |v| v.deployed_ms),
-            versions: deployed
-                .record
-                .versions
-                .iter()
-                .map(|v| v.version.clone())
-                .collect(),
-            cached: deployed.compiled.as_ref().is_ok_and(|c| c.from_cache),
-            topics: self.topics_using(&deployed.record.name),
-        }
-    }
-
-    fn topics_using(&self, plugin: &str) -> Vec<String> {
-        let mut topics: Vec<String> = read(&self.topics)
-            .values()
-            .filter(|t| t.stages.iter().any(|s| s.plugin() == plugin))
-            .map(|t| t.name.to_string())
-            .collect();
-        topics.sort();
-        topics
-    }
-
-    fn live_subscription_runners(&self) -> Vec<Arc<StageRunner>> {
-        let mut live = self
-            .subscriptions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        live.retain(|weak| weak.strong_count() > 0);
-        live.iter().filter_map(Weak::upgrade).collect()
-    }
-
-    /// Checks that every stage names a deployed plugin, once, with sane parameters.
-    fn check_stages(&self, stages: &[Stage]) -> Result<(), AdminError> {
-        for (i, stage) in stages.iter().enumerate() {
-            self.deployed(&stage.plugin)
-                .map_err(|_| AdminError::NotFound(stage.plugin.clone()))?;
-            if stages[..i].iter().any(|s| s.plugin == stage.plugin) {
-                return Err(AdminError::InvalidArgument(format!(
-                    "plugin `{}` appears twice in one pipeline",
-                    stage.plugin
-                )));
-            }
-            if let Some((k, _)) = stage.params.iter().find(|(k, _)| k.is_empty()) {
-                return Err(AdminError::InvalidArgument(format!(
-                    "empty parameter name `{k}`"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes `stages` the ingress pipeline of `log`, durably. Stages that stay keep
-    /// their instance and figures.
-    pub async fn set_topic_pipeline(
-        &self,
-        log: &Arc<TopicLog>,
-        stages: Vec<Stage>,
-    ) -> Result<(), AdminError> {
-        self.check_stages(&stages)?;
-        self.storage
-            .set_pipeline(Arc::clone(log), stages.clone())
-            .await?;
-        self.build_topic_stages(log, stages);
-        Ok(())
-    }
-
-    /// Holds the admin lock while `f` computes a new pipeline from the current one.
-    pub async fn edit_topic_pipeline(
-        &self,
-        log: &Arc<TopicLog>,
-        edit: impl FnOnce(Vec<Stage>) -> Result<Vec<Stage>, AdminError>,
-    ) -> Result<(), AdminError> {
-        let _admin = self.admin.lock().await;
-        let stages = edit(log.pipeline())?;
-        self.set_topic_pipeline(log, stages).await
-    }
-
     fn build_topic_stages(&self, log: &TopicLog, stages: Vec<Stage>) {
         let mut topics = write(&self.topics);
         if stages.is_empty() {
@@ -694,96 +433,5 @@ impl Plugins {
     /// reads go back to storage.
     pub fn state_settled(&self, writes: &[StateWrite]) {
         self.state.settled(writes);
-    }
-
-    /// Deploys or upgrades every `*.wasm` file in `dir` whose code is not what runs
-    /// already: the plugin's name is the file's stem, with `_` read as `-`.
-    pub async fn autoload(&self, dir: &Path) -> Result<(), AdminError> {
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            AdminError::InvalidArgument(format!("reading plugin dir {}: {e}", dir.display()))
-        })?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-            .collect();
-        files.sort();
-        for path in files {
-            let Some(name) = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .map(|s| s.replace('_', "-"))
-            else {
-                continue;
-            };
-            let wasm = match std::fs::read(&path) {
-                Ok(wasm) => Bytes::from(wasm),
-                Err(e) => {
-                    warn!(path = %path.display(), cause = %e, "skipping unreadable plugin file");
-                    continue;
-                }
-            };
-            let sha256: [u8; 32] = Sha256::digest(&wasm).into();
-            let result = match self.deployed(&name) {
-                Ok(d) if d.record.current().is_some_and(|v| v.sha256 == sha256) => continue,
-                Ok(_) => self.upgrade(&name, None, wasm).await,
-                Err(_) => self.deploy(&name, None, wasm).await,
-            };
-            match result {
-                Ok(info) => {
-                    info!(plugin = %info.name, version = %info.version, path = %path.display(), "plugin loaded from the plugin dir")
-                }
-                Err(e) => {
-                    warn!(path = %path.display(), cause = %e, "plugin in the plugin dir refused")
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A plugin's state key.
-type StateKey = (String, Vec<u8>);
-
-/// Plugin state written by calls whose records are not yet durable, in front of
-/// storage.
-#[derive(Debug)]
-struct PendingState {
-    storage: Storage,
-    pending: Mutex<HashMap<StateKey, Option<Vec<u8>>>>,
-}
-
-impl PendingState {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StateKey, Option<Vec<u8>>>> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn written(&self, writes: &[StateWrite]) {
-        let mut pending = self.lock();
-        for w in writes {
-            pending.insert((w.plugin.clone(), w.key.clone()), w.value.clone());
-        }
-    }
-
-    fn settled(&self, writes: &[StateWrite]) {
-        let mut pending = self.lock();
-        for w in writes {
-            let key = (w.plugin.clone(), w.key.clone());
-            // Unless a later call wrote the key since: its value is still pending.
-            if pending.get(&key) == Some(&w.value) {
-                pending.remove(&key);
-            }
-        }
-    }
-}
-
-impl StateSource for PendingState {
-    fn get(&self, plugin: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        if let Some(value) = self.lock().get(&(plugin.to_owned(), key.to_vec())) {
-            return Ok(value.clone());
-        }
-        self.storage
-            .state_get(plugin, key)
-            .map_err(|e| e.to_string())
     }
 }

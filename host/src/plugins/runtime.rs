@@ -23,12 +23,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use bytesize::ByteSize;
 use quiver_protocol::{Header, NewRecord};
 use tracing::warn;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 
 use super::{InputEvent, Outcome, PluginError, StateSource};
+use crate::config::PluginsConfig;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -73,6 +75,20 @@ pub struct SandboxLimits {
     pub max_output_bytes: usize,
     /// The largest record a plugin may make (the broker's record-size limit).
     pub max_record_size: usize,
+}
+
+impl SandboxLimits {
+    /// The limits the `[plugins]` settings describe, with the broker's record-size limit.
+    pub fn from_settings(plugins: &PluginsConfig, max_record_size: ByteSize) -> Self {
+        let bytes = |size: ByteSize| usize::try_from(size.as_u64()).unwrap_or(usize::MAX);
+        Self {
+            memory_bytes: bytes(plugins.memory_limit),
+            call_timeout: plugins.call_timeout,
+            max_outputs_per_event: plugins.max_outputs_per_event as usize,
+            max_output_bytes: bytes(plugins.max_output_bytes),
+            max_record_size: bytes(max_record_size),
+        }
+    }
 }
 
 /// A component validated against the plugin world and compiled, ready to instantiate.
