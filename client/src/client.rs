@@ -12,8 +12,8 @@ use quiver_protocol::{
     Receipt, ServerFrame, Stage, StartAt, Subscribe, TopicConfig, TopicInfo,
 };
 
+use crate::connection::Mux;
 use crate::error::{Error, Result};
-use crate::mux::Mux;
 use crate::subscription::{self, Record, Subscription};
 
 /// A connection to a Quiver broker. Cheap to clone; clones share the connection, and

@@ -26,9 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::client::{Client, Deleted};
+use crate::connection::{FrameReader, FrameSender, Mux};
 use crate::error::{Error, Result};
-use crate::mux::Mux;
-use crate::pending::{Frames, encode, next_frame};
 use crate::subscription::Record;
 
 /// The most settlements sent in one frame (well within any frame limit).
@@ -205,8 +204,8 @@ impl Delivery {
 
 /// The two directions of a member stream.
 struct Pump {
-    frames: Frames,
-    send: quinn::SendStream,
+    frames: FrameReader,
+    send: FrameSender,
     deliveries: mpsc::UnboundedSender<Result<Delivery>>,
     settle: mpsc::UnboundedSender<Settlement>,
     settlements: mpsc::UnboundedReceiver<Settlement>,
@@ -222,7 +221,7 @@ struct Pump {
 async fn pump(mut pump: Pump, mut leave: oneshot::Receiver<()>) {
     let leaving = loop {
         tokio::select! {
-            frame = next_frame(&mut pump.frames) => {
+            frame = pump.frames.next() => {
                 if let Err(e) = pump.deliver(frame) {
                     // Settling fails from here on, before the member hears why.
                     pump.settlements.close();
@@ -245,10 +244,10 @@ async fn pump(mut pump: Pump, mut leave: oneshot::Receiver<()>) {
             break;
         }
     }
-    let _ = pump.send.finish();
+    pump.send.finish();
     if leaving {
         // Records assigned meanwhile are released by the broker when it reads the end.
-        while let Ok(ServerFrame::Assigned(_)) = next_frame(&mut pump.frames).await {}
+        while let Ok(ServerFrame::Assigned(_)) = pump.frames.next().await {}
     }
 }
 
@@ -288,10 +287,6 @@ impl Pump {
             };
             batch.push(more);
         }
-        let frame = encode(&ClientFrame::Settle(batch))?;
-        self.send
-            .write_all(&frame)
-            .await
-            .map_err(|e| Error::ConnectionLost(e.to_string()))
+        self.send.send(&ClientFrame::Settle(batch)).await
     }
 }

@@ -35,16 +35,13 @@
 //! [`ErrorCode`] ([`Error::code`]).
 
 mod client;
-mod connect;
+mod connection;
 mod error;
 mod group;
-mod mux;
-mod outgoing;
-mod pending;
 mod subscription;
 
 pub use client::{Client, SubscribeOptions};
-pub use connect::ClientBuilder;
+pub use connection::ClientBuilder;
 pub use error::{Error, Result};
 pub use group::{Delivery, Member};
 pub use subscription::{Record, Subscription};

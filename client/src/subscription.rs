@@ -16,9 +16,8 @@ use quiver_protocol::{ClientFrame, NewRecord, Record as StoredRecord, Records, S
 use tokio::sync::mpsc;
 use tracing::debug;
 
+use crate::connection::{FrameReader, FrameSender, Mux};
 use crate::error::{Error, Result};
-use crate::mux::Mux;
-use crate::pending::{Frames, encode, next_frame};
 
 /// A record delivered to a subscriber or a group member: the stored record (offset,
 /// append time, key, headers, payload; a `Record` dereferences to it, so
@@ -79,8 +78,8 @@ pub struct Subscription {
 
 pub(crate) fn start(
     mux: Arc<Mux>,
-    send: quinn::SendStream,
-    frames: Frames,
+    send: FrameSender,
+    frames: FrameReader,
     window: u32,
 ) -> Subscription {
     let (tx, batches) = mpsc::unbounded_channel();
@@ -128,15 +127,15 @@ impl Stream for Subscription {
 }
 
 async fn pump(
-    mut frames: Frames,
-    mut send: quinn::SendStream,
+    mut frames: FrameReader,
+    mut send: FrameSender,
     batches: mpsc::UnboundedSender<Result<Vec<Record>>>,
     mut credit: mpsc::UnboundedReceiver<u32>,
     mux: Arc<Mux>,
 ) {
     loop {
         tokio::select! {
-            frame = next_frame(&mut frames) => {
+            frame = frames.next() => {
                 let batch = match frame {
                     Ok(ServerFrame::Records(batch)) => match decode(batch) {
                         Ok(records) => records,
@@ -169,24 +168,23 @@ async fn pump(
                 };
                 if batches.send(Ok(batch)).is_err() {
                     debug!("subscription dropped");
-                    let _ = send.finish();
+                    send.finish();
                     return;
                 }
             }
             granted = credit.recv() => {
                 let Some(n) = granted else {
                     // The Subscription was dropped: unsubscribe.
-                    let _ = send.finish();
+                    send.finish();
                     return;
                 };
-                let Ok(frame) = encode(&ClientFrame::Credit(n)) else { break };
-                if send.write_all(&frame).await.is_err() {
+                if send.send(&ClientFrame::Credit(n)).await.is_err() {
                     break;
                 }
             }
         }
     }
-    let _ = send.finish();
+    send.finish();
 }
 
 /// The records of a delivered batch; their bytes are slices of the batch's.

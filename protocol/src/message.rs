@@ -7,6 +7,10 @@
 //! - a **subscription stream**, one bidirectional stream per subscription: the client
 //!   sends [`Subscribe`] and then [`ClientFrame::Credit`]; the server answers
 //!   [`ServerFrame::Subscribed`] (or an error) and then pushes [`Records`].
+//!
+//! Why one file of ~700 lines: the wire format is the order of these types' fields and
+//! variants (postcard encodes by position), so they are read, changed and checked
+//! against docs/protocol.md's tables together. Most of the length is their docs.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -14,6 +14,11 @@
 //! call a deadline (epoch interruption), and outputs are checked against limits before
 //! the broker sees them. Every failure is a [`PluginError`] value; after a trap the
 //! instance is thrown away.
+//!
+//! Why one file of ~700 lines: it is the wall around wasmtime. Splitting it would put
+//! wasmtime imports in several files; everything that touches wasmtime's types (the
+//! engine, the linker and its trapping stubs, stores and their limits, lifting and
+//! lowering events) is here, and nothing else is.
 
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};

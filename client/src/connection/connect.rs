@@ -12,10 +12,11 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::debug;
 
+use super::mux::{Handshaken, Mux};
+use super::pending::lost_reason;
+use super::stream::{FrameReader, FrameSender};
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::mux::{Handshaken, Mux};
-use crate::pending::{encode, frames, lost_reason, next_frame};
 
 impl Client {
     /// Starts configuring a connection.
@@ -204,19 +205,19 @@ impl ClientBuilder {
         let closed = |e: &dyn std::fmt::Display| {
             connect_error(conn.close_reason().map_or(e.to_string(), |r| r.to_string()))
         };
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
+        let (send, recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
+        let mut send = FrameSender::new(send);
         let hello = ClientFrame::Hello(ClientHello {
             version: PROTOCOL_VERSION,
             client: self.client_name,
             token: self.token,
         });
-        send.write_all(&encode(&hello)?)
-            .await
-            .map_err(|e| closed(&e))?;
-        let mut frames = frames(recv);
-        let hello = next_frame(&mut frames)
-            .await
-            .map_err(|e| lost_reason(&conn, e))?;
+        send.send(&hello).await.map_err(|e| match e {
+            Error::ConnectionLost(reason) => closed(&reason),
+            other => other,
+        })?;
+        let mut frames = FrameReader::new(recv);
+        let hello = frames.next().await.map_err(|e| lost_reason(&conn, e))?;
         let (limits, principal) = match hello {
             ServerFrame::Hello(hello) => (hello.limits, hello.principal),
             ServerFrame::Error(e) => return Err(Error::Server(e)),

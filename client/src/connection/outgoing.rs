@@ -21,7 +21,7 @@ use quiver_protocol::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::pending::{Pending, Waiter};
+use super::pending::{Pending, Waiter};
 
 /// The writer stops coalescing once a write reaches this size.
 const MAX_WRITE: usize = 1 << 20;

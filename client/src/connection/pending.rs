@@ -1,7 +1,7 @@
 //! The requests of one connection waiting for their replies, and the framing both
 //! directions of a stream share. The leaf of the client: the writer task
 //! (`outgoing.rs`) registers merged publishes here, the multiplexer (`mux.rs`)
-//! everything else, and the reader answers them.
+//! everything else, and its reader answers them.
 //!
 //! Invariant: once the connection is lost, [`Pending`] is closed, so no request can
 //! wait for a reply that will never come.
@@ -11,39 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use quiver_protocol::codec::Codec;
-use quiver_protocol::{ClientFrame, ErrorCode, OpReply, Receipt, ServerFrame, WireError, frame};
+use quiver_protocol::{ClientFrame, ErrorCode, OpReply, Receipt, WireError, frame};
 use tokio::sync::oneshot;
-use tokio_util::codec::FramedRead;
 
 use crate::error::{Error, Result};
-
-/// The largest frame this client accepts from a server.
-pub(crate) const MAX_INCOMING_FRAME: usize = frame::DEFAULT_MAX_FRAME_LEN;
 
 pub(crate) fn encode(msg: &ClientFrame) -> Result<Bytes> {
     let mut buf = BytesMut::new();
     frame::encode(msg, &mut buf).map_err(|e| Error::Protocol(e.to_string()))?;
     Ok(buf.freeze())
-}
-
-/// The frames of a stream's receiving half, decoded.
-pub(crate) type Frames = FramedRead<quinn::RecvStream, Codec<ServerFrame, ClientFrame>>;
-
-/// Decodes the frames of `recv`.
-pub(crate) fn frames(recv: quinn::RecvStream) -> Frames {
-    FramedRead::new(recv, Codec::new(MAX_INCOMING_FRAME))
-}
-
-/// The next frame from the server, with transport and decoding errors as [`Error`]s.
-pub(crate) async fn next_frame(frames: &mut Frames) -> Result<ServerFrame> {
-    match frames.next().await {
-        Some(Ok(Ok(frame))) => Ok(frame),
-        Some(Ok(Err(e))) => Err(Error::Protocol(e.to_string())),
-        Some(Err(e)) => Err(Error::ConnectionLost(e.to_string())),
-        None => Err(Error::ConnectionLost("the server closed the stream".into())),
-    }
 }
 
 /// Requests waiting for their replies; closed (`None`) once the connection is gone.

@@ -20,9 +20,10 @@ use quiver_protocol::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use super::outgoing::{self, EachLimits, Outgoing, ReceiptReply, Single};
+use super::pending::{Pending, Waiter, encode, lost_reason};
+use super::stream::{FrameReader, FrameSender};
 use crate::error::{Error, Result};
-use crate::outgoing::{self, EachLimits, Outgoing, ReceiptReply, Single};
-use crate::pending::{Frames, Pending, Waiter, encode, frames, lost_reason, next_frame};
 
 /// Room for a `PublishEach` frame's own fields (request id, topic, first id) beside
 /// its records.
@@ -49,8 +50,8 @@ pub(crate) struct Handshaken {
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) conn: quinn::Connection,
     /// The control stream.
-    pub(crate) send: quinn::SendStream,
-    pub(crate) frames: Frames,
+    pub(crate) send: FrameSender,
+    pub(crate) frames: FrameReader,
     pub(crate) limits: Limits,
     pub(crate) principal: Option<String>,
     pub(crate) producer: u64,
@@ -79,7 +80,7 @@ impl Mux {
             max_frame_len: limits.max_frame_len,
         };
         tokio::spawn(outgoing::write_frames(
-            send,
+            send.into_inner(),
             write_rx,
             Arc::clone(&pending),
             each,
@@ -191,17 +192,16 @@ impl Mux {
         &self,
         first: &ClientFrame,
         accepted: ServerFrame,
-    ) -> Result<(quinn::SendStream, Frames)> {
-        let (mut send, recv) = self
+    ) -> Result<(FrameSender, FrameReader)> {
+        let (send, recv) = self
             .conn
             .open_bi()
             .await
             .map_err(|e| Error::ConnectionLost(e.to_string()))?;
-        send.write_all(&encode(first)?)
-            .await
-            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
-        let mut frames = frames(recv);
-        match next_frame(&mut frames).await? {
+        let mut send = FrameSender::new(send);
+        send.send(first).await?;
+        let mut frames = FrameReader::new(recv);
+        match frames.next().await? {
             frame if frame == accepted => Ok((send, frames)),
             ServerFrame::Error(e) => Err(Error::Server(e)),
             other => Err(Error::Protocol(format!(
@@ -230,9 +230,9 @@ impl Drop for Mux {
 
 /// Matches replies on the control stream to the requests waiting for them, until the
 /// stream ends; then closes `pending`.
-async fn read_replies(mut frames: Frames, pending: Arc<Pending>, conn: quinn::Connection) {
+async fn read_replies(mut frames: FrameReader, pending: Arc<Pending>, conn: quinn::Connection) {
     let reason = loop {
-        match next_frame(&mut frames).await {
+        match frames.next().await {
             Ok(ServerFrame::Reply(reply)) => {
                 let waiter = pending.lock().replies.remove(&reply.id);
                 if let Some(waiter) = waiter {
