@@ -99,6 +99,12 @@ impl RawConnection {
     pub async fn closed(&self) -> quinn::ConnectionError {
         self.conn.closed().await
     }
+
+    /// Whether the broker lets the client open a unidirectional stream now.
+    pub fn can_open_unidirectional(&self) -> bool {
+        use futures::FutureExt;
+        self.conn.open_uni().now_or_never().is_some()
+    }
 }
 
 impl RawStream {
@@ -108,6 +114,11 @@ impl RawStream {
             .write_all(bytes)
             .await
             .expect("write to the stream");
+    }
+
+    /// Ends the stream after what was written.
+    pub fn finish(&mut self) {
+        self.send.finish().expect("the stream is open");
     }
 
     /// Writes one frame.

@@ -109,6 +109,10 @@ pub async fn run(
     }
     tasks.close();
     tasks.wait().await;
+    if shutdown.is_cancelled() {
+        // Every stream has had its `ShuttingDown` error (and a moment to read it).
+        conn.close(CloseCode::ShuttingDown, "the broker is shutting down");
+    }
 }
 
 /// Serves a client-opened stream by its first frame: `Subscribe` opens a

@@ -1,0 +1,458 @@
+//! Proptest strategies for every protocol message, shared by the round-trip property
+//! tests and the check of docs/protocol.md's tables (each includes this file by path).
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use quiver_protocol::*;
+
+pub(crate) fn bytes(max: usize) -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
+}
+
+pub(crate) fn record() -> impl Strategy<Value = NewRecord> {
+    (
+        proptest::option::of(bytes(16)),
+        proptest::collection::vec(
+            (".{0,8}", bytes(8)).prop_map(|(name, value)| Header { name, value }),
+            0..3,
+        ),
+        bytes(64),
+    )
+        .prop_map(|(key, headers, payload)| NewRecord {
+            key,
+            headers,
+            payload,
+        })
+}
+
+pub(crate) fn retention() -> impl Strategy<Value = Retention> {
+    (
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(max_age_ms, max_bytes, max_records)| Retention {
+            max_age_ms,
+            max_bytes,
+            max_records,
+        })
+}
+
+pub(crate) fn durability() -> impl Strategy<Value = Durability> {
+    proptest::option::of(any::<u32>()).prop_map(|interval| match interval {
+        None => Durability::Fsync,
+        Some(interval_ms) => Durability::Batched { interval_ms },
+    })
+}
+
+pub(crate) fn wire_error() -> impl Strategy<Value = WireError> {
+    (any::<u16>(), ".{0,16}").prop_map(|(code, message)| WireError::new(code.into(), message))
+}
+
+pub(crate) fn start_at() -> impl Strategy<Value = StartAt> {
+    prop_oneof![
+        Just(StartAt::Earliest),
+        Just(StartAt::Latest),
+        any::<u64>().prop_map(StartAt::Offset),
+        any::<u64>().prop_map(StartAt::Timestamp),
+    ]
+}
+
+pub(crate) fn stage() -> impl Strategy<Value = Stage> {
+    (
+        ".{0,8}",
+        proptest::collection::vec((".{0,4}", ".{0,4}"), 0..3),
+        any::<bool>(),
+        proptest::option::of(".{0,8}"),
+    )
+        .prop_map(|(plugin, params, open, attached_by)| Stage {
+            plugin,
+            params,
+            on_error: if open {
+                OnError::FailOpen
+            } else {
+                OnError::FailClosed
+            },
+            attached_by,
+        })
+}
+
+pub(crate) fn topic_info() -> impl Strategy<Value = TopicInfo> {
+    (
+        ".{0,12}",
+        (retention(), durability()),
+        any::<[u64; 5]>(),
+        ".{0,12}",
+        proptest::collection::vec(stage(), 0..3),
+    )
+        .prop_map(
+            |(name, (retention, durability), n, dead_letter, pipeline)| TopicInfo {
+                name,
+                retention,
+                durability,
+                created_ms: n[0],
+                records: n[1],
+                bytes: n[2],
+                first_offset: n[3],
+                next_offset: n[4],
+                dead_letter,
+                pipeline,
+            },
+        )
+}
+
+pub(crate) fn plugin_info() -> impl Strategy<Value = PluginInfo> {
+    (
+        (".{0,8}", ".{0,4}", "[0-9a-f]{0,64}"),
+        any::<(u64, u64, bool)>(),
+        proptest::collection::vec(".{0,4}", 0..3),
+        proptest::collection::vec(".{0,8}", 0..3),
+    )
+        .prop_map(
+            |((name, version, sha256), (size, deployed_ms, cached), versions, topics)| PluginInfo {
+                name,
+                version,
+                sha256,
+                size,
+                deployed_ms,
+                versions,
+                cached,
+                topics,
+            },
+        )
+}
+
+pub(crate) fn attachment() -> impl Strategy<Value = AttachmentStatus> {
+    (
+        (".{0,12}", ".{0,4}", any::<bool>()),
+        any::<[u64; 6]>(),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(".{0,12}"),
+    )
+        .prop_map(
+            |((target, version, open), n, quarantined_until_ms, last_error)| AttachmentStatus {
+                target,
+                version,
+                on_error: if open {
+                    OnError::FailOpen
+                } else {
+                    OnError::FailClosed
+                },
+                calls: n[0],
+                records_in: n[1],
+                records_out: n[2],
+                errors: n[3],
+                p50_us: n[4],
+                p99_us: n[5],
+                quarantined_until_ms,
+                last_error,
+            },
+        )
+}
+
+pub(crate) fn placement() -> impl Strategy<Value = Placement> {
+    (".{0,8}", any::<u64>(), any::<u32>()).prop_map(|(topic, base_offset, count)| Placement {
+        topic,
+        base_offset,
+        count,
+    })
+}
+
+pub(crate) fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (
+            ".{0,12}",
+            retention(),
+            proptest::option::of(".{0,8}"),
+            durability()
+        )
+            .prop_map(
+                |(name, retention, dead_letter, durability)| Op::CreateTopic {
+                    name,
+                    config: TopicConfig {
+                        retention,
+                        dead_letter,
+                        durability,
+                    },
+                }
+            ),
+        ".{0,12}".prop_map(|name| Op::DeleteTopic { name }),
+        ".{0,12}".prop_map(|name| Op::DescribeTopic { name }),
+        Just(Op::ListTopics),
+        (
+            ".{0,12}",
+            proptest::collection::vec(record(), 0..4),
+            proptest::option::of(publish_id())
+        )
+            .prop_map(|(topic, records, id)| Op::Publish { topic, records, id }),
+        (".{0,8}", proptest::option::of(".{0,4}"), bytes(32)).prop_map(|(name, version, wasm)| {
+            Op::DeployPlugin {
+                name,
+                version,
+                wasm,
+            }
+        }),
+        (".{0,8}", proptest::option::of(".{0,4}"), bytes(32)).prop_map(|(name, version, wasm)| {
+            Op::UpgradePlugin {
+                name,
+                version,
+                wasm,
+            }
+        }),
+        ".{0,8}".prop_map(|name| Op::RemovePlugin { name }),
+        Just(Op::ListPlugins),
+        ".{0,8}".prop_map(|name| Op::PluginStatus { name }),
+        (".{0,8}", stage()).prop_map(|(topic, stage)| Op::AttachPlugin { topic, stage }),
+        (".{0,8}", ".{0,8}").prop_map(|(topic, plugin)| Op::DetachPlugin { topic, plugin }),
+        (".{0,8}", group_settings())
+            .prop_map(|(name, settings)| Op::CreateGroup { name, settings }),
+        ".{0,8}".prop_map(|name| Op::DeleteGroup { name }),
+        ".{0,8}".prop_map(|name| Op::DescribeGroup { name }),
+        Just(Op::ListGroups),
+        (".{0,8}", start_at()).prop_map(|(name, to)| Op::ResetGroup { name, to }),
+        (".{0,8}", record(), any::<u64>()).prop_map(|(topic, record, timeout_ms)| {
+            Op::Request {
+                topic,
+                record,
+                timeout_ms,
+            }
+        }),
+        (".{0,8}", record()).prop_map(|(to, record)| Op::Reply { to, record }),
+        (
+            ".{0,8}",
+            proptest::collection::vec(record(), 0..3),
+            publish_id()
+        )
+            .prop_map(|(topic, records, first_id)| Op::PublishEach {
+                topic,
+                records,
+                first_id
+            }),
+    ]
+}
+
+pub(crate) fn publish_id() -> impl Strategy<Value = PublishId> {
+    any::<(u64, u64)>().prop_map(|(producer, sequence)| PublishId { producer, sequence })
+}
+
+pub(crate) fn group_settings() -> impl Strategy<Value = GroupSettings> {
+    (
+        ".{0,8}",
+        start_at(),
+        any::<(u64, u32, u32)>(),
+        proptest::option::of(".{0,8}"),
+    )
+        .prop_map(
+            |(pattern, from, (ack_timeout_ms, max_deliveries, prefetch), dead_letter)| {
+                GroupSettings {
+                    pattern,
+                    from,
+                    ack_timeout_ms,
+                    max_deliveries,
+                    dead_letter,
+                    prefetch,
+                }
+            },
+        )
+}
+
+pub(crate) fn group_info() -> impl Strategy<Value = GroupInfo> {
+    (
+        ".{0,8}",
+        group_settings(),
+        any::<(u64, u32)>(),
+        proptest::collection::vec((".{0,8}", any::<[u64; 5]>()), 0..3),
+    )
+        .prop_map(
+            |(name, settings, (created_ms, members), topics)| GroupInfo {
+                name,
+                settings,
+                created_ms,
+                members,
+                topics: topics
+                    .into_iter()
+                    .map(|(topic, n)| GroupTopic {
+                        topic,
+                        cursor: n[0],
+                        lag: n[1],
+                        pending: n[2],
+                        redelivered: n[3],
+                        dead_lettered: n[4],
+                    })
+                    .collect(),
+            },
+        )
+}
+
+pub(crate) fn settle() -> impl Strategy<Value = Settle> {
+    prop_oneof![
+        Just(Settle::Ack),
+        any::<u64>().prop_map(|delay_ms| Settle::Nack { delay_ms }),
+        ".{0,8}".prop_map(|reason| Settle::Term { reason }),
+        Just(Settle::InProgress),
+    ]
+}
+
+pub(crate) fn op_reply() -> impl Strategy<Value = OpReply> {
+    prop_oneof![
+        topic_info().prop_map(OpReply::Topic),
+        proptest::collection::vec(topic_info(), 0..3).prop_map(OpReply::Topics),
+        Just(OpReply::Deleted),
+        (
+            any::<(u64, u32, u32)>(),
+            proptest::collection::vec(placement(), 0..3),
+            proptest::option::of(placement())
+        )
+            .prop_map(|((base_offset, count, dropped), routed, dead_letter)| {
+                OpReply::Published(Receipt {
+                    base_offset,
+                    count,
+                    routed,
+                    dead_letter,
+                    dropped,
+                })
+            }),
+        plugin_info().prop_map(OpReply::Plugin),
+        proptest::collection::vec(plugin_info(), 0..3).prop_map(OpReply::Plugins),
+        (plugin_info(), proptest::collection::vec(attachment(), 0..3)).prop_map(
+            |(info, attachments)| OpReply::PluginStatus(PluginStatus { info, attachments })
+        ),
+        group_info().prop_map(OpReply::Group),
+        proptest::collection::vec(group_info(), 0..3).prop_map(OpReply::Groups),
+        record().prop_map(OpReply::Response),
+        Just(OpReply::Replied),
+        proptest::collection::vec(
+            prop_oneof![
+                (any::<(u64, u32)>()).prop_map(|(base_offset, count)| Ok(Receipt {
+                    base_offset,
+                    count,
+                    routed: vec![],
+                    dead_letter: None,
+                    dropped: 0,
+                })),
+                ".{0,8}".prop_map(|m| Err(WireError::new(ErrorCode::RecordTooLarge, m))),
+            ],
+            0..3
+        )
+        .prop_map(OpReply::PublishedEach),
+    ]
+}
+
+pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
+    prop_oneof![
+        (any::<u16>(), ".{0,12}", proptest::option::of(".{0,40}")).prop_map(
+            |(version, client, token)| ClientFrame::Hello(ClientHello {
+                version,
+                client,
+                token
+            })
+        ),
+        (any::<u64>(), op()).prop_map(|(id, op)| ClientFrame::Request(Request { id, op })),
+        (
+            ".{0,12}",
+            start_at(),
+            any::<u32>(),
+            proptest::collection::vec(stage(), 0..3)
+        )
+            .prop_map(|(pattern, from, credit, pipeline)| {
+                ClientFrame::Subscribe(Subscribe {
+                    pattern,
+                    from,
+                    credit,
+                    pipeline,
+                })
+            }),
+        any::<u32>().prop_map(ClientFrame::Credit),
+        (".{0,8}", any::<u32>())
+            .prop_map(|(group, prefetch)| ClientFrame::Join(Join { group, prefetch })),
+        proptest::collection::vec((".{0,8}", any::<u64>(), settle()), 0..4).prop_map(|s| {
+            ClientFrame::Settle(
+                s.into_iter()
+                    .map(|(topic, offset, action)| Settlement {
+                        topic,
+                        offset,
+                        action,
+                    })
+                    .collect(),
+            )
+        }),
+    ]
+}
+
+pub(crate) fn server_frame() -> impl Strategy<Value = ServerFrame> {
+    prop_oneof![
+        (
+            any::<u16>(),
+            ".{0,12}",
+            any::<(u64, u64, u32)>(),
+            proptest::option::of(".{0,12}")
+        )
+            .prop_map(|(version, server, l, principal)| {
+                ServerFrame::Hello(ServerHello {
+                    version,
+                    server,
+                    limits: Limits {
+                        max_frame_len: l.0,
+                        max_record_size: l.1,
+                        max_batch_records: l.2,
+                    },
+                    principal,
+                })
+            }),
+        (
+            any::<u64>(),
+            prop_oneof![op_reply().prop_map(Ok), wire_error().prop_map(Err)]
+        )
+            .prop_map(|(id, result)| ServerFrame::Reply(Reply { id, result })),
+        Just(ServerFrame::Subscribed),
+        (
+            ".{0,12}",
+            any::<u64>(),
+            proptest::collection::vec(record(), 0..4)
+        )
+            .prop_map(|(topic, base_offset, records)| {
+                ServerFrame::Records(Records {
+                    topic,
+                    base_offset,
+                    batch: record::encode_batch(1, &records),
+                })
+            }),
+        wire_error().prop_map(ServerFrame::Error),
+        (
+            ".{0,12}",
+            proptest::collection::vec((any::<(u64, u64)>(), record()), 0..4)
+        )
+            .prop_map(|(topic, records)| {
+                ServerFrame::Processed(Processed {
+                    topic,
+                    records: records
+                        .into_iter()
+                        .map(|((offset, timestamp), record)| Delivered {
+                            offset,
+                            timestamp,
+                            record,
+                        })
+                        .collect(),
+                })
+            }),
+        Just(ServerFrame::Joined),
+        (
+            ".{0,8}",
+            proptest::collection::vec((any::<(u64, u64, u32)>(), record()), 0..4)
+        )
+            .prop_map(|(topic, records)| {
+                ServerFrame::Assigned(Assigned {
+                    topic,
+                    records: records
+                        .into_iter()
+                        .map(|((offset, timestamp, deliveries), record)| AssignedRecord {
+                            offset,
+                            timestamp,
+                            deliveries,
+                            record,
+                        })
+                        .collect(),
+                })
+            }),
+    ]
+}
