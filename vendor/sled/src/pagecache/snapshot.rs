@@ -587,5 +587,11 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
             }
         }
     }
+    // QUIVER PATCH (durability): make the removals durable too, or every old
+    // snapshot comes back after a power cut (harmless, sled removes them again at the
+    // next open, but they pile up until then).
+    if !config.temporary {
+        crate::config::sync_dir(parent)?;
+    }
     Ok(())
 }
