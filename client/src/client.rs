@@ -8,11 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use quiver_protocol::record::headers;
 use quiver_protocol::{
-    ClientFrame, GroupInfo, Limits, NewRecord, Op, OpReply, PluginInfo, PluginStatus, PublishId,
-    Receipt, ServerFrame, Stage, StartAt, Subscribe, TopicConfig, TopicInfo,
+    GroupInfo, Limits, NewRecord, Op, OpReply, PluginInfo, PluginStatus, PublishId, Receipt, Stage,
+    StartAt, TopicConfig, TopicInfo,
 };
 
-use crate::connection::Mux;
+use crate::connection::{ConnectionState, Mux};
 use crate::error::{Error, Result};
 use crate::subscription::{self, Record, Subscription};
 
@@ -102,7 +102,29 @@ impl Expected for Replied {
 impl Client {
     /// The limits the server announced.
     pub fn limits(&self) -> Limits {
-        self.mux.limits
+        self.mux.limits()
+    }
+
+    /// Where the connection stands (connected, reconnecting, closed), as a
+    /// [`watch`](tokio::sync::watch) receiver: read it now, or wait for it to change.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: quiver_client::Client) {
+    /// let mut state = client.state();
+    /// while state.changed().await.is_ok() {
+    ///     eprintln!("quiver: {}", *state.borrow());
+    /// }
+    /// # }
+    /// ```
+    pub fn state(&self) -> tokio::sync::watch::Receiver<ConnectionState> {
+        self.mux.state()
+    }
+
+    /// Moves the connection to a new local UDP socket, as when a gateway changes
+    /// network or a NAT rebinds: QUIC connection migration carries the connection
+    /// over, with its requests, subscriptions and memberships, without reconnecting.
+    pub fn rebind(&self) -> Result<()> {
+        self.mux.rebind()
     }
 
     /// The principal the broker authenticated this client as; `None` when it is
@@ -174,11 +196,7 @@ impl Client {
         let mux = Arc::clone(&self.mux);
         let queued = mux.queue_single(topic, record.into(), self.next_publish_id());
         async move {
-            let receipt = match queued?.await {
-                Ok(Ok(receipt)) => receipt,
-                Ok(Err(e)) => return Err(Error::Server(e)),
-                Err(_) => return Err(mux.lost()),
-            };
+            let receipt = queued?.await.unwrap_or_else(|_| Err(mux.lost()))?;
             match receipt.count {
                 1 => Ok(receipt.base_offset),
                 _ => Err(Error::Transformed(Box::new(receipt))),
@@ -301,23 +319,7 @@ impl Client {
         pattern: &str,
         options: SubscribeOptions,
     ) -> Result<Subscription> {
-        let window = options.window.max(1);
-        let subscribe = ClientFrame::Subscribe(Subscribe {
-            pattern: pattern.to_owned(),
-            from: options.from,
-            credit: window,
-            pipeline: options.pipeline,
-        });
-        let (send, frames) = self
-            .mux
-            .open_stream(&subscribe, ServerFrame::Subscribed)
-            .await?;
-        Ok(subscription::start(
-            Arc::clone(&self.mux),
-            send,
-            frames,
-            window,
-        ))
+        subscription::open(Arc::clone(&self.mux), pattern, options).await
     }
 
     /// Publishes `record` to `topic` as a request and waits up to `timeout` for a

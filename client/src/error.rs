@@ -42,9 +42,19 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
-    /// The connection ended, with the reason.
+    /// The connection ended, with the reason, and the request cannot be sent again
+    /// safely or the client gave up reconnecting (see
+    /// [`Reconnect`](crate::Reconnect)). A request that was never sent was not acted on.
     #[error("connection lost: {0}")]
     ConnectionLost(String),
+    /// A publish was sent, the connection was lost before its answer, and no
+    /// connection could be made again within the maximum outage
+    /// ([`Backoff::max_outage`](crate::Backoff::max_outage)): it may or may not be
+    /// stored. Publishing it again with the same id
+    /// ([`Client::publish_batch_with_id`](crate::Client::publish_batch_with_id)) within
+    /// the broker's dedup window settles it: the broker stores it only if it had not.
+    #[error("the outcome of the publish is unknown: {0}")]
+    OutcomeUnknown(String),
     /// The server sent something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),

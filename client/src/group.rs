@@ -12,6 +12,13 @@
 //!
 //! Settlements are sent without waiting for an answer, batched with whatever else is
 //! queued. One lost with the connection only means the record is delivered again.
+//!
+//! When the connection is lost, the member joins its group again on the next one (with
+//! [`Reconnect::Backoff`](crate::Reconnect), the default). The broker released what the
+//! old membership held when it saw the connection go, so those records are delivered
+//! again, to this member or another. Settlements of deliveries from before go out on the
+//! new membership: the broker applies each to a record this member holds again, and
+//! ignores the rest (delivered again elsewhere: at least once).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,9 +31,10 @@ use quiver_protocol::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tracing::debug;
 
 use crate::client::{Client, Deleted};
-use crate::connection::{FrameReader, FrameSender, Mux};
+use crate::connection::{Mux, Opened, Resumable};
 use crate::error::{Error, Result};
 use crate::subscription::Record;
 
@@ -79,23 +87,23 @@ impl Client {
     /// Joins a group as a member. `prefetch` caps the records this member holds
     /// unsettled (`None`: the group's setting).
     pub async fn join(&self, group: &str, prefetch: Option<u32>) -> Result<Member> {
-        let join = ClientFrame::Join(Join {
+        let mut join = Join {
             group: group.to_owned(),
             prefetch: prefetch.unwrap_or(0),
-        });
-        let (send, frames) = self.mux.open_stream(&join, ServerFrame::Joined).await?;
+        };
+        let stream = self.mux.open_resumable(&mut join, 0).await?;
         let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
-        let (settle, settle_rx) = mpsc::unbounded_channel();
+        let (settle, settlements) = mpsc::unbounded_channel();
         let (leave, leave_rx) = oneshot::channel();
         let pump = tokio::spawn(pump(
             Pump {
-                frames,
-                send,
+                stream,
+                join,
                 deliveries: deliveries_tx,
                 settle,
-                settlements: settle_rx,
-                mux: Arc::clone(&self.mux),
+                settlements,
             },
+            Arc::clone(&self.mux),
             leave_rx,
         ));
         Ok(Member {
@@ -106,10 +114,25 @@ impl Client {
     }
 }
 
+impl Resumable for Join {
+    fn first_frame(&self) -> ClientFrame {
+        ClientFrame::Join(self.clone())
+    }
+
+    fn accept(&mut self, answer: ServerFrame) -> Result<()> {
+        match answer {
+            ServerFrame::Joined => Ok(()),
+            other => Err(Error::Protocol(format!("expected Joined, got {other:?}"))),
+        }
+    }
+}
+
 /// A member of a durable group: a [`Stream`] of [`Delivery`]s.
 ///
 /// The stream ends with an error if the broker ends the membership (the group was
-/// deleted, or the broker is shutting down). Dropping it leaves the group: records it
+/// deleted), if the client gives up reconnecting, or, with
+/// [`Reconnect::Never`](crate::Reconnect::Never), when the connection is lost or the
+/// broker shuts down. Dropping it leaves the group: records it
 /// held and did not settle are delivered to other members. Settlements made just
 /// before a drop may not reach the broker; [`leave`](Member::leave) waits until they
 /// have.
@@ -202,41 +225,58 @@ impl Delivery {
     }
 }
 
-/// The two directions of a member stream.
+/// A membership's pump: the stream in use and both sides of the application.
 struct Pump {
-    frames: FrameReader,
-    send: FrameSender,
+    stream: Opened,
+    join: Join,
     deliveries: mpsc::UnboundedSender<Result<Delivery>>,
+    /// Given to each delivery.
     settle: mpsc::UnboundedSender<Settlement>,
     settlements: mpsc::UnboundedReceiver<Settlement>,
-    mux: Arc<Mux>,
+}
+
+/// Why serving one stream ended.
+enum Ended {
+    /// The member left (`true`) or was dropped (`false`).
+    Leaving(bool),
+    /// The stream failed or the broker ended the membership.
+    Failed(Error),
 }
 
 /// Moves deliveries from the stream to the [`Member`], and settlements back, until
-/// the stream ends, the `Member` is dropped, or it leaves. Deliveries are not bounded
-/// here: the broker never has more than the prefetch outstanding.
+/// the `Member` is dropped or leaves, joining again on the next connection each time
+/// one is lost. Deliveries are not bounded here: the broker never has more than the
+/// prefetch outstanding.
 ///
 /// On leaving, queued settlements are sent, then the stream is finished, and the pump
 /// waits for the broker to end its side: the broker has read everything by then.
-async fn pump(mut pump: Pump, mut leave: oneshot::Receiver<()>) {
+async fn pump(mut pump: Pump, mux: Arc<Mux>, mut leave: oneshot::Receiver<()>) {
     let leaving = loop {
-        tokio::select! {
-            frame = pump.frames.next() => {
-                if let Err(e) = pump.deliver(frame) {
-                    // Settling fails from here on, before the member hears why.
-                    pump.settlements.close();
-                    let _ = pump.deliveries.send(Err(e));
-                    return;
+        let error = match pump.serve(&mut leave).await {
+            Ended::Leaving(leaving) => break leaving,
+            Ended::Failed(error) => error,
+        };
+        let generation = pump.stream.generation;
+        let closed = pump.stream.connection_closed();
+        let error = match mux.resume_or_fail(error, closed).await {
+            Ok(()) => {
+                debug!("joining the group again on the next connection");
+                tokio::select! {
+                    rejoined = mux.open_resumable(&mut pump.join, generation) => match rejoined {
+                        Ok(stream) => {
+                            pump.stream = stream;
+                            continue;
+                        }
+                        Err(e) => e,
+                    },
+                    _ = &mut leave => return,
+                    () = pump.deliveries.closed() => return,
                 }
             }
-            Some(first) = pump.settlements.recv() => {
-                if pump.send_settlements(first).await.is_err() {
-                    break false;
-                }
-            }
-            _ = &mut leave => break true,
-            () = pump.deliveries.closed() => break false,
-        }
+            Err(error) => error,
+        };
+        let _ = pump.deliveries.send(Err(error));
+        return;
     };
     // Settlements made before leaving (or dropping) go out first.
     while let Ok(first) = pump.settlements.try_recv() {
@@ -244,25 +284,45 @@ async fn pump(mut pump: Pump, mut leave: oneshot::Receiver<()>) {
             break;
         }
     }
-    pump.send.finish();
+    pump.stream.send.finish();
     if leaving {
         // Records assigned meanwhile are released by the broker when it reads the end.
-        while let Ok(ServerFrame::Assigned(_)) = pump.frames.next().await {}
+        while let Ok(ServerFrame::Assigned(_)) = pump.stream.frames.next().await {}
     }
 }
 
 impl Pump {
+    /// Serves the stream in use until it ends, or the member leaves or is dropped.
+    async fn serve(&mut self, leave: &mut oneshot::Receiver<()>) -> Ended {
+        loop {
+            tokio::select! {
+                frame = self.stream.frames.next() => {
+                    let frame = frame.map_err(|e| self.stream.lost_reason(e));
+                    if let Err(e) = self.deliver(frame) {
+                        return Ended::Failed(e);
+                    }
+                }
+                Some(first) = self.settlements.recv() => {
+                    if let Err(e) = self.send_settlements(first).await {
+                        return Ended::Failed(self.stream.lost_reason(e));
+                    }
+                }
+                _ = &mut *leave => return Ended::Leaving(true),
+                () = self.deliveries.closed() => return Ended::Leaving(false),
+            }
+        }
+    }
+
     /// Hands the records of a frame to the member, or says why the stream ended.
     fn deliver(&self, frame: Result<ServerFrame>) -> Result<()> {
-        let assigned = match frame {
-            Ok(ServerFrame::Assigned(assigned)) => assigned,
-            Ok(ServerFrame::Error(e)) => return Err(Error::Server(e)),
-            Ok(other) => {
+        let assigned = match frame? {
+            ServerFrame::Assigned(assigned) => assigned,
+            ServerFrame::Error(e) => return Err(Error::Server(e)),
+            other => {
                 return Err(Error::Protocol(format!(
                     "unexpected frame for a group member: {other:?}"
                 )));
             }
-            Err(e) => return Err(self.mux.lost_reason(e)),
         };
         let topic: Arc<str> = assigned.topic.into();
         for assigned in assigned.records {
@@ -287,6 +347,6 @@ impl Pump {
             };
             batch.push(more);
         }
-        self.send.send(&ClientFrame::Settle(batch)).await
+        self.stream.send.send(&ClientFrame::Settle(batch)).await
     }
 }

@@ -31,6 +31,12 @@
 //! request-reply over topics. Publishes carry a [`PublishId`], so a retried publish
 //! ([`Client::publish_batch_with_id`]) is stored once.
 //!
+//! A client rides through broker restarts and network changes by itself: it reconnects
+//! with backoff, sends again what was in flight (each publish is still stored once),
+//! resumes subscriptions after the last record it handed over, and rejoins groups.
+//! [`Reconnect`] says exactly what is kept; [`Client::state`] shows where the
+//! connection stands.
+//!
 //! Errors are [`Error`] values; those the server sent carry an
 //! [`ErrorCode`] ([`Error::code`]).
 
@@ -41,7 +47,7 @@ mod group;
 mod subscription;
 
 pub use client::{Client, SubscribeOptions};
-pub use connection::ClientBuilder;
+pub use connection::{Backoff, ClientBuilder, ConnectionState, Reconnect};
 pub use error::{Error, Result};
 pub use group::{Delivery, Member};
 pub use subscription::{Record, Subscription};

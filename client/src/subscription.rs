@@ -1,22 +1,36 @@
-//! A subscription: a [`Stream`] of records with credit-based flow control.
+//! A subscription: a [`Stream`] of records with credit-based flow control, resumed
+//! on a new connection where the application is.
 //!
 //! The server sends at most as many records as it has credit for. A pump task decodes
 //! each batch from the QUIC stream and hands it over whole, and the [`Subscription`]
 //! grants credit back as the application takes records out. So a subscriber that
 //! stops reading holds at most one window of records, here and on the server, and
 //! slows only itself.
+//!
+//! The pump keeps the subscription's position in every topic it reads: the broker
+//! says where each starts (`Positions`), and each batch handed over moves its topic's
+//! position past it. Batches handed over are consumed in order, so when the connection
+//! is lost, the next connection resumes at those positions: after the last record the
+//! application has or will get, with nothing skipped and nothing repeated. What was on
+//! the wire and not yet handed over is simply sent again. The credit the broker held
+//! carries over, so the window still bounds what is buffered.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::Stream;
 use quiver_protocol::record::decode_shared;
-use quiver_protocol::{ClientFrame, NewRecord, Record as StoredRecord, Records, ServerFrame};
+use quiver_protocol::{
+    ClientFrame, NewRecord, Position, Record as StoredRecord, Records, ServerFrame, StartAt,
+    Subscribe, SubscribeAt,
+};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::connection::{FrameReader, FrameSender, Mux};
+use crate::client::SubscribeOptions;
+use crate::connection::{Mux, Opened, Resumable};
 use crate::error::{Error, Result};
 
 /// A record delivered to a subscriber or a group member: the stored record (offset,
@@ -60,9 +74,13 @@ impl Record {
 
 /// A live subscription; a [`Stream`] of records in offset order per topic.
 ///
-/// The stream ends with an error if the server ends the subscription (for example on
-/// shutdown) and ends without one if the connection is closed by this client.
-/// Dropping it unsubscribes.
+/// With [`Reconnect::Backoff`](crate::Reconnect) (the default) it carries on across
+/// lost connections and broker restarts, resuming after the last record it handed
+/// over. The stream ends with an error if the broker ends the subscription (a
+/// subscription plugin failing closed, the topic's rights revoked), if the client gives
+/// up reconnecting, or, with [`Reconnect::Never`](crate::Reconnect::Never), when the
+/// connection is lost; it ends without one if the client is closed. Dropping it
+/// unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
     /// Decoded batches; never more records than credit granted, so at most a window.
@@ -76,22 +94,98 @@ pub struct Subscription {
     _mux: Arc<Mux>,
 }
 
-pub(crate) fn start(
+/// Subscribes to `pattern`.
+pub(crate) async fn open(
     mux: Arc<Mux>,
-    send: FrameSender,
-    frames: FrameReader,
-    window: u32,
-) -> Subscription {
+    pattern: &str,
+    options: SubscribeOptions,
+) -> Result<Subscription> {
+    let window = options.window.max(1);
+    let mut place = Place {
+        subscribe: Subscribe {
+            pattern: pattern.to_owned(),
+            from: options.from,
+            credit: window,
+            pipeline: options.pipeline,
+        },
+        positions: HashMap::new(),
+        credit: window,
+        resuming: false,
+    };
+    let stream = mux.open_resumable(&mut place, 0).await?;
     let (tx, batches) = mpsc::unbounded_channel();
     let (credit, credit_rx) = mpsc::unbounded_channel();
-    tokio::spawn(pump(frames, send, tx, credit_rx, Arc::clone(&mux)));
-    Subscription {
+    tokio::spawn(pump(
+        Pump {
+            stream,
+            place,
+            batches: tx,
+            credit: credit_rx,
+        },
+        Arc::clone(&mux),
+    ));
+    Ok(Subscription {
         batches,
         current: Vec::new().into_iter(),
         credit,
         consumed: 0,
         window,
         _mux: mux,
+    })
+}
+
+/// Where a subscription is: what to send to resume it.
+#[derive(Debug)]
+struct Place {
+    /// The subscription as first asked for.
+    subscribe: Subscribe,
+    /// The next offset to hand over in each topic read.
+    positions: HashMap<String, Position>,
+    /// What the broker may still send: the credit granted (initial and since) minus the
+    /// records received.
+    credit: u32,
+    /// Whether the subscription was open before.
+    resuming: bool,
+}
+
+impl Resumable for Place {
+    fn first_frame(&self) -> ClientFrame {
+        let mut subscribe = self.subscribe.clone();
+        subscribe.credit = self.credit;
+        if self.resuming {
+            // Topics without a position were created while away: from their start.
+            subscribe.from = StartAt::Earliest;
+        }
+        ClientFrame::SubscribeAt(SubscribeAt {
+            subscribe,
+            positions: self.positions.values().cloned().collect(),
+        })
+    }
+
+    fn accept(&mut self, answer: ServerFrame) -> Result<()> {
+        let ServerFrame::Positions(positions) = answer else {
+            return Err(Error::Protocol(format!(
+                "expected the subscription's positions, got {answer:?}"
+            )));
+        };
+        // Topics deleted meanwhile are gone from the answer.
+        self.positions = positions
+            .into_iter()
+            .map(|p| (p.topic.clone(), p))
+            .collect();
+        self.resuming = true;
+        Ok(())
+    }
+}
+
+impl Place {
+    /// Records up to `next` (exclusive) in `topic` were handed over, `count` of them.
+    fn handed_over(&mut self, topic: &str, next: u64, count: u32) {
+        self.credit = self.credit.saturating_sub(count);
+        match self.positions.get_mut(topic) {
+            Some(position) => position.next = position.next.max(next),
+            None => debug!(topic, "records for a topic the broker did not announce"),
+        }
     }
 }
 
@@ -126,65 +220,122 @@ impl Stream for Subscription {
     }
 }
 
-async fn pump(
-    mut frames: FrameReader,
-    mut send: FrameSender,
+/// A subscription's pump: the stream in use and both sides of the application.
+struct Pump {
+    stream: Opened,
+    place: Place,
     batches: mpsc::UnboundedSender<Result<Vec<Record>>>,
-    mut credit: mpsc::UnboundedReceiver<u32>,
-    mux: Arc<Mux>,
-) {
+    credit: mpsc::UnboundedReceiver<u32>,
+}
+
+/// Why serving one stream ended.
+enum Ended {
+    /// The [`Subscription`] was dropped.
+    Dropped,
+    /// The stream failed or the broker ended it.
+    Failed(Error),
+}
+
+/// Moves batches to the [`Subscription`] and credit back, opening the subscription
+/// again on the next connection each time one is lost.
+async fn pump(mut pump: Pump, mux: Arc<Mux>) {
     loop {
-        tokio::select! {
-            frame = frames.next() => {
-                let batch = match frame {
-                    Ok(ServerFrame::Records(batch)) => match decode(batch) {
-                        Ok(records) => records,
-                        Err(e) => {
-                            let _ = batches.send(Err(e));
-                            break;
+        let error = match pump.serve().await {
+            Ended::Dropped => {
+                pump.stream.send.finish();
+                return;
+            }
+            Ended::Failed(error) => error,
+        };
+        let generation = pump.stream.generation;
+        let closed = pump.stream.connection_closed();
+        let error = match mux.resume_or_fail(error, closed).await {
+            Ok(()) => {
+                debug!("resuming the subscription on the next connection");
+                tokio::select! {
+                    reopened = mux.open_resumable(&mut pump.place, generation) => match reopened {
+                        Ok(stream) => {
+                            pump.stream = stream;
+                            continue;
                         }
+                        Err(e) => e,
                     },
-                    Ok(ServerFrame::Processed(processed)) => {
-                        let topic: Arc<str> = processed.topic.into();
-                        processed
-                            .records
-                            .into_iter()
-                            .map(|d| Record::new(&topic, d.offset, d.timestamp, d.record))
-                            .collect()
-                    }
-                    Ok(ServerFrame::Error(e)) => {
-                        let _ = batches.send(Err(Error::Server(e)));
-                        break;
-                    }
-                    Ok(other) => {
-                        let error = Error::Protocol(format!("unexpected frame on a subscription: {other:?}"));
-                        let _ = batches.send(Err(error));
-                        break;
-                    }
-                    Err(e) => {
-                        let _ = batches.send(Err(mux.lost_reason(e)));
-                        break;
-                    }
-                };
-                if batches.send(Ok(batch)).is_err() {
-                    debug!("subscription dropped");
-                    send.finish();
-                    return;
+                    () = pump.batches.closed() => return,
                 }
             }
-            granted = credit.recv() => {
-                let Some(n) = granted else {
-                    // The Subscription was dropped: unsubscribe.
-                    send.finish();
-                    return;
-                };
-                if send.send(&ClientFrame::Credit(n)).await.is_err() {
-                    break;
+            Err(error) => error,
+        };
+        let _ = pump.batches.send(Err(error));
+        pump.stream.send.finish();
+        return;
+    }
+}
+
+impl Pump {
+    /// Serves the stream in use until it ends or the subscription is dropped.
+    async fn serve(&mut self) -> Ended {
+        loop {
+            tokio::select! {
+                frame = self.stream.frames.next() => {
+                    let frame = frame.map_err(|e| self.stream.lost_reason(e));
+                    let batch = match self.take(frame) {
+                        Ok(Some(batch)) => batch,
+                        Ok(None) => continue,
+                        Err(e) => return Ended::Failed(e),
+                    };
+                    if self.batches.send(Ok(batch)).is_err() {
+                        return Ended::Dropped;
+                    }
+                }
+                granted = self.credit.recv() => {
+                    let Some(n) = granted else {
+                        return Ended::Dropped;
+                    };
+                    // Counted even if it does not get through: a resumed stream starts
+                    // with it.
+                    self.place.credit = self.place.credit.saturating_add(n);
+                    if let Err(e) = self.stream.send.send(&ClientFrame::Credit(n)).await {
+                        return Ended::Failed(self.stream.lost_reason(e));
+                    }
                 }
             }
         }
     }
-    send.finish();
+
+    /// The records of a frame, noting where they leave the subscription; `None` for a
+    /// frame without records.
+    fn take(&mut self, frame: Result<ServerFrame>) -> Result<Option<Vec<Record>>> {
+        let batch = match frame? {
+            ServerFrame::Records(batch) => decode(batch)?,
+            ServerFrame::Processed(processed) => {
+                let topic: Arc<str> = processed.topic.into();
+                processed
+                    .records
+                    .into_iter()
+                    .map(|d| Record::new(&topic, d.offset, d.timestamp, d.record))
+                    .collect()
+            }
+            ServerFrame::Positions(joined) => {
+                for position in joined {
+                    self.place
+                        .positions
+                        .insert(position.topic.clone(), position);
+                }
+                return Ok(None);
+            }
+            ServerFrame::Error(e) => return Err(Error::Server(e)),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "unexpected frame on a subscription: {other:?}"
+                )));
+            }
+        };
+        if let Some(last) = batch.last() {
+            let count = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+            self.place.handed_over(&last.topic, last.offset + 1, count);
+        }
+        Ok(Some(batch))
+    }
 }
 
 /// The records of a delivered batch; their bytes are slices of the batch's.

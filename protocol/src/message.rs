@@ -6,7 +6,9 @@
 //!   in any order;
 //! - a **subscription stream**, one bidirectional stream per subscription: the client
 //!   sends [`Subscribe`] and then [`ClientFrame::Credit`]; the server answers
-//!   [`ServerFrame::Subscribed`] (or an error) and then pushes [`Records`].
+//!   [`ServerFrame::Subscribed`] (or an error) and then pushes [`Records`]; a client
+//!   that resumes subscriptions sends [`SubscribeAt`] instead and is told each topic's
+//!   position ([`ServerFrame::Positions`]).
 //!
 //! Why one file of ~700 lines: the wire format is the order of these types' fields and
 //! variants (postcard encodes by position), so they are read, changed and checked
@@ -33,6 +35,9 @@ pub enum ClientFrame {
     Join(Join),
     /// Settles delivered records on a group member stream.
     Settle(Vec<Settlement>),
+    /// The first frame of a subscription stream that can be resumed: a [`Subscribe`]
+    /// with where to resume in the topics read before.
+    SubscribeAt(SubscribeAt),
 }
 
 impl ClientFrame {
@@ -46,6 +51,7 @@ impl ClientFrame {
             Self::Credit(_) => "Credit",
             Self::Join(_) => "Join",
             Self::Settle(_) => "Settle",
+            Self::SubscribeAt(_) => "SubscribeAt",
         }
     }
 }
@@ -71,6 +77,10 @@ pub enum ServerFrame {
     Joined,
     /// Records assigned to a group member, to settle.
     Assigned(Assigned),
+    /// Where a subscription started by [`SubscribeAt`] reads: every matching topic as
+    /// the answer to it, then each topic that starts matching later, before its
+    /// records.
+    Positions(Vec<Position>),
 }
 
 /// The client's side of the version handshake.
@@ -554,6 +564,30 @@ pub struct Subscribe {
     pub credit: u32,
     /// Plugin stages run on delivery, for this subscriber only.
     pub pipeline: Vec<Stage>,
+}
+
+/// The first frame of a subscription stream that can be resumed after a lost
+/// connection: the broker answers with [`ServerFrame::Positions`] instead of
+/// [`ServerFrame::Subscribed`], and announces each topic that starts matching later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeAt {
+    /// The subscription; its `from` applies to matching topics not in `positions`.
+    pub subscribe: Subscribe,
+    /// Where to resume in topics read before.
+    pub positions: Vec<Position>,
+}
+
+/// Where a subscription reads in one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The topic.
+    pub topic: String,
+    /// The topic's id, unique for the life of the broker's data: a topic deleted and
+    /// created again under the same name has another, and a position in the old one
+    /// does not apply to it.
+    pub topic_id: u64,
+    /// The next offset to read.
+    pub next: u64,
 }
 
 /// Where a subscription starts.

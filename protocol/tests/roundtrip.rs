@@ -117,7 +117,7 @@ fn variant_indexes_match_the_documentation() {
     let client = [
         (ClientFrame::Hello(hello), 0),
         (request(Op::ListTopics), 1),
-        (ClientFrame::Subscribe(subscribe), 2),
+        (ClientFrame::Subscribe(subscribe.clone()), 2),
         (ClientFrame::Credit(0), 3),
         (
             ClientFrame::Join(Join {
@@ -127,6 +127,13 @@ fn variant_indexes_match_the_documentation() {
             4,
         ),
         (ClientFrame::Settle(vec![]), 5),
+        (
+            ClientFrame::SubscribeAt(SubscribeAt {
+                subscribe,
+                positions: vec![],
+            }),
+            6,
+        ),
     ];
     for (frame, want) in client {
         assert_eq!(body(&frame)[0], want);
@@ -305,6 +312,7 @@ fn variant_indexes_match_the_documentation() {
             }),
             7,
         ),
+        (ServerFrame::Positions(vec![]), 8),
     ];
     for (frame, want) in server {
         assert_eq!(body(&frame)[0], want);

@@ -1349,11 +1349,14 @@ fn caught_up(info: &GroupInfo) -> bool {
     info.topics.len() == TOPICS.len() && info.topics.iter().all(|t| t.lag == 0)
 }
 
-/// A client of `broker` that notices a dead broker within [`IDLE_TIMEOUT`].
+/// A client of `broker` that notices a dead broker within [`IDLE_TIMEOUT`]. It does
+/// not reconnect by itself: the harness models each fault, so a lost connection must
+/// end what is in flight, which the harness then retries (as the SDK would) and checks.
 async fn connect(broker: &Broker) -> anyhow::Result<Client> {
     let client = Client::builder()
         .ca_file(broker.cert())?
         .idle_timeout(IDLE_TIMEOUT)
+        .reconnect(quiver_client::Reconnect::Never)
         .connect(broker.addr())
         .await?;
     Ok(client)

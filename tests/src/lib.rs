@@ -6,6 +6,7 @@
 
 pub mod crash;
 pub mod disk;
+pub mod live;
 pub mod raw;
 pub mod rng;
 
@@ -138,6 +139,15 @@ impl Default for DataDir {
     }
 }
 
+/// How [`Broker::restart`] stops a broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: a clean shutdown, connections closed with a reason.
+    Term,
+    /// SIGKILL: the process is gone at once, its clients are not told.
+    Kill,
+}
+
 /// A running broker process.
 #[derive(Debug)]
 pub struct Broker {
@@ -185,7 +195,13 @@ impl Broker {
 
     /// Starts `quiver serve --listen 127.0.0.1:0 --data DATA ARGS…` with `env`.
     pub fn launch(data: &DataDir, args: &[&str], env: Env<'_>) -> Self {
-        Self::spawn(Self::serve_command(data, args, env), data).unwrap_or_else(|refused| {
+        Self::launch_at(data, "127.0.0.1:0", args, env)
+    }
+
+    /// Starts `quiver serve --listen LISTEN --data DATA ARGS…` with `env`.
+    fn launch_at(data: &DataDir, listen: &str, args: &[&str], env: Env<'_>) -> Self {
+        let command = Self::serve_command(data, listen, args, env);
+        Self::spawn(command, data).unwrap_or_else(|refused| {
             panic!(
                 "the broker exited ({}) before printing its ready line; its log is above",
                 refused.status
@@ -193,11 +209,26 @@ impl Broker {
         })
     }
 
+    /// Stops the broker (with SIGTERM, waiting for it to exit, or with SIGKILL) and
+    /// starts it again on the same data dir and address, with the same arguments
+    /// `args`, waiting for its ready line. Its clients see a broker restart.
+    pub fn restart(self, data: &DataDir, stop: Stop, args: &[&str]) -> Self {
+        let addr = self.addr.clone();
+        match stop {
+            Stop::Term => {
+                let status = self.stop();
+                assert!(status.success(), "the broker stops cleanly: {status}");
+            }
+            Stop::Kill => self.kill9(),
+        }
+        Self::launch_at(data, &addr, args, &[])
+    }
+
     /// The `quiver serve` command [`Broker::launch`] runs.
-    fn serve_command(data: &DataDir, args: &[&str], env: Env<'_>) -> Command {
+    fn serve_command(data: &DataDir, listen: &str, args: &[&str], env: Env<'_>) -> Command {
         let mut command = Command::new(quiver_bin());
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .args(["serve", "--listen", listen, "--data"])
             .arg(data.path())
             .args(args)
             .env("RUST_LOG", "info")
@@ -280,6 +311,18 @@ impl Broker {
     /// A connected client.
     pub async fn client(&self) -> Client {
         self.try_client()
+            .await
+            .expect("the broker accepts a connection")
+    }
+
+    /// A connected client that does not reconnect: a lost connection ends what is in
+    /// flight, as the tests of the broker's own behaviour need.
+    pub async fn client_without_reconnection(&self) -> Client {
+        Client::builder()
+            .ca_file(&self.cert)
+            .expect("the broker's certificate is readable")
+            .reconnect(quiver_client::Reconnect::Never)
+            .connect(&self.addr)
             .await
             .expect("the broker accepts a connection")
     }
@@ -490,7 +533,7 @@ impl Broker {
         bytes: u64,
     ) -> Self {
         use std::os::unix::process::CommandExt;
-        let mut command = Self::serve_command(data, args, env);
+        let mut command = Self::serve_command(data, "127.0.0.1:0", args, env);
         #[allow(unsafe_code)]
         // SAFETY: runs in the forked child before exec, and calls only `setrlimit` and
         // `signal`, which are async-signal-safe; it touches no memory but its own stack.
@@ -552,6 +595,6 @@ impl Broker {
     /// [`Broker::launch`], returning how the broker ended if it exits instead of
     /// printing its ready line.
     pub fn try_launch(data: &DataDir, args: &[&str], env: Env<'_>) -> Result<Self, Refused> {
-        Self::spawn(Self::serve_command(data, args, env), data)
+        Self::spawn(Self::serve_command(data, "127.0.0.1:0", args, env), data)
     }
 }

@@ -1,20 +1,19 @@
-//! Connecting to a broker: TLS 1.3 over QUIC with the broker's ALPN, the client's
-//! identity (a token or a certificate), and the version handshake on the control
-//! stream; then the connection is the multiplexer's (`mux.rs`).
+//! Configuring a client: TLS 1.3 over QUIC with the broker's ALPN, the client's
+//! identity (a token or a certificate), its addresses and what it does when a
+//! connection is lost; then the first connection (`dial.rs`) is the multiplexer's
+//! (`mux.rs`).
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quiver_protocol::{ALPN, ClientFrame, ClientHello, PROTOCOL_VERSION, ServerFrame};
+use quiver_protocol::{ALPN, ClientHello, PROTOCOL_VERSION};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tracing::debug;
 
-use super::mux::{Handshaken, Mux};
-use super::pending::lost_reason;
-use super::stream::{FrameReader, FrameSender};
+use super::dial::Dialer;
+use super::mux::Mux;
+use super::reconnect::Reconnect;
 use crate::client::Client;
 use crate::error::{Error, Result};
 
@@ -36,6 +35,7 @@ pub struct ClientBuilder {
     producer: Option<u64>,
     token: Option<String>,
     identity: Option<ClientIdentity>,
+    reconnect: Reconnect,
 }
 
 /// A client certificate chain and its key, for brokers that authenticate clients by
@@ -66,6 +66,7 @@ impl Default for ClientBuilder {
             producer: None,
             token: None,
             identity: None,
+            reconnect: Reconnect::default(),
         }
     }
 }
@@ -114,7 +115,7 @@ impl ClientBuilder {
         self
     }
 
-    /// How long connecting and the handshake may take.
+    /// How long connecting to one address and the handshake may take (default 10 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -167,64 +168,44 @@ impl ClientBuilder {
         self.client_cert_pem(&cert, &key)
     }
 
-    /// Connects to a broker at `addr` (`host:port`) and performs the handshake.
-    pub async fn connect(self, addr: &str) -> Result<Client> {
-        let timeout = self.connect_timeout;
-        tokio::time::timeout(timeout, self.connect_inner(addr))
-            .await
-            .map_err(|_| Error::Connect {
-                addr: addr.to_owned(),
-                reason: format!("no answer within {timeout:?}"),
-            })?
+    /// What the client does when its connection is lost: dial again with
+    /// [`Reconnect::Backoff`] (the default) or give up with [`Reconnect::Never`]. The
+    /// [`Reconnect`] documentation says what survives a reconnection.
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.reconnect = policy;
+        self
     }
 
-    async fn connect_inner(self, addr: &str) -> Result<Client> {
+    /// Connects to a broker at `addr` (`host:port`) and performs the handshake.
+    pub async fn connect(self, addr: &str) -> Result<Client> {
+        self.connect_to([addr]).await
+    }
+
+    /// Connects to the first of `addrs` (each `host:port`) that answers, trying them in
+    /// turn, each for at most the connect timeout; reconnections try them in the same
+    /// order. The error names each address and why it failed.
+    pub async fn connect_to<I>(self, addrs: I) -> Result<Client>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let addrs: Vec<String> = addrs.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        if addrs.is_empty() {
+            return Err(Error::InvalidAddress {
+                addr: String::new(),
+                reason: "no broker address given".into(),
+            });
+        }
         if self.roots.is_empty() {
             return Err(Error::NoCa);
         }
-        let (socket_addr, host) = resolve(addr).await?;
-        let server_name = self.server_name.clone().unwrap_or(host);
-        let config = self.quic_config()?;
-        let bind: SocketAddr = if socket_addr.is_ipv6() {
-            "[::]:0".parse().expect("a valid literal")
-        } else {
-            "0.0.0.0:0".parse().expect("a valid literal")
-        };
-        let connect_error = |reason: String| Error::Connect {
-            addr: addr.to_owned(),
-            reason,
-        };
-        let endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_error(e.to_string()))?;
-        let conn = endpoint
-            .connect_with(config, socket_addr, &server_name)
-            .map_err(|e| connect_error(e.to_string()))?
-            .await
-            .map_err(|e| connect_error(e.to_string()))?;
-        // A broker that closes the connection at once (at its connection limit) says
-        // why in the close reason.
-        let closed = |e: &dyn std::fmt::Display| {
-            connect_error(conn.close_reason().map_or(e.to_string(), |r| r.to_string()))
-        };
-        let (send, recv) = conn.open_bi().await.map_err(|e| closed(&e))?;
-        let mut send = FrameSender::new(send);
-        let hello = ClientFrame::Hello(ClientHello {
+        let hello = ClientHello {
             version: PROTOCOL_VERSION,
-            client: self.client_name,
-            token: self.token,
-        });
-        send.send(&hello).await.map_err(|e| match e {
-            Error::ConnectionLost(reason) => closed(&reason),
-            other => other,
-        })?;
-        let mut frames = FrameReader::new(recv);
-        let hello = frames.next().await.map_err(|e| lost_reason(&conn, e))?;
-        let (limits, principal) = match hello {
-            ServerFrame::Hello(hello) => (hello.limits, hello.principal),
-            ServerFrame::Error(e) => return Err(Error::Server(e)),
-            other => return Err(Error::Protocol(format!("expected a hello, got {other:?}"))),
+            client: self.client_name.clone(),
+            token: self.token.clone(),
         };
-        debug!(%addr, ?limits, ?principal, "connected");
-
+        let dialer = Dialer::new(addrs, self.server_name.clone(), self.quic_config()?, hello);
+        let first = dialer.dial_any(self.connect_timeout).await?;
         let producer = match self.producer {
             Some(producer) => producer,
             None => {
@@ -234,15 +215,7 @@ impl ClientBuilder {
                 u64::from_le_bytes(bytes)
             }
         };
-        let mux = Mux::start(Handshaken {
-            endpoint,
-            conn,
-            send,
-            frames,
-            limits,
-            principal,
-            producer,
-        });
+        let mux = Mux::start(dialer, first, self.reconnect, producer);
         Ok(Client { mux })
     }
 
@@ -270,11 +243,17 @@ impl ClientBuilder {
         })?;
         transport
             .max_idle_timeout(Some(idle))
-            .keep_alive_interval(Some((self.idle_timeout / 3).min(Duration::from_secs(5))));
+            .keep_alive_interval(Some((self.idle_timeout / 3).min(KEEP_ALIVE)));
         config.transport_config(Arc::new(transport));
         Ok(config)
     }
 }
+
+/// The longest gap between the packets a client sends while idle. A broker that
+/// restarted answers the first packet on an old connection with a stateless reset, so
+/// this is also about how long a client idle through a `kill -9` and restart takes to
+/// notice it.
+const KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// ring's provider with AES-128-GCM offered first. Brokers take the client's order, and
 /// rustls's default puts AES-256-GCM first; AES-128-GCM is TLS 1.3's mandatory suite,
@@ -286,27 +265,6 @@ fn crypto_provider() -> rustls::crypto::CryptoProvider {
         .cipher_suites
         .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     provider
-}
-
-/// Resolves `host:port`, returning the address and the host part (for TLS).
-async fn resolve(addr: &str) -> Result<(SocketAddr, String)> {
-    let invalid = |reason: &str| Error::InvalidAddress {
-        addr: addr.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let (host, _port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| invalid("expected host:port"))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let socket_addr = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| invalid(&e.to_string()))?
-        .next()
-        .ok_or_else(|| invalid("the name resolves to no address"))?;
-    Ok((socket_addr, host))
 }
 
 #[cfg(test)]

@@ -1,11 +1,16 @@
-//! One connection's request multiplexer. One control stream carries every request of
-//! a client. Callers encode their own frames (so a large publish is encoded on the
-//! caller's task), hand them to a writer task (`outgoing.rs`) that coalesces whatever
-//! is queued into one write, and wait on a oneshot that the reader task completes when
-//! the reply with the same id arrives. Many requests are therefore in flight at once
-//! (pipelining), from any number of tasks. One-record publishes are handed over
-//! unencoded, so the writer can merge those queued together into one frame.
-//! Subscriptions and group memberships get streams of their own ([`Mux::open_stream`]).
+//! A client's request multiplexer. One control stream carries every request of a
+//! client. Callers encode their own frames (so a large publish is encoded on the
+//! caller's task), hand them to the writer (`outgoing.rs`, run by the supervisor) that
+//! coalesces whatever is queued into one write, and wait on a oneshot that the reader
+//! completes when the reply with the same id arrives. Many requests are therefore in
+//! flight at once (pipelining), from any number of tasks. One-record publishes are
+//! handed over unencoded, so the writer can merge those queued together into one frame.
+//! Subscriptions and group memberships get streams of their own
+//! ([`Mux::open_resumable`]).
+//!
+//! The multiplexer outlives connections: requests queued while the supervisor
+//! reconnects go out on the next connection, and publishes are kept (encoded) until
+//! answered, to be written again if their connection is lost.
 //!
 //! Invariant: a request is queued when it is made, not when its future is polled, so
 //! requests go out in the order they were made.
@@ -17,83 +22,82 @@ use std::time::Duration;
 use quiver_protocol::{
     ClientFrame, ErrorCode, Limits, NewRecord, Op, OpReply, PublishId, Request, ServerFrame, frame,
 };
-use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use super::outgoing::{self, EachLimits, Outgoing, ReceiptReply, Single};
-use super::pending::{Pending, Waiter, encode, lost_reason};
+use super::dial::{Dialed, Dialer};
+use super::outgoing::{EachLimits, Outgoing, ReceiptReply, Single, encoded_bound};
+use super::pending::{Waiter, encode, lost_reason};
+use super::reconnect::{ConnectionState, Reconnect};
 use super::stream::{FrameReader, FrameSender};
+use super::supervisor::{self, Link, Shared};
 use crate::error::{Error, Result};
 
-/// Room for a `PublishEach` frame's own fields (request id, topic, first id) beside
-/// its records.
-const EACH_FRAME_OVERHEAD: usize = 1024;
-
-/// What every clone of a client shares: the connection and its control stream.
+/// What every clone of a client shares.
 #[derive(Debug)]
 pub(crate) struct Mux {
-    endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
-    pub(crate) limits: Limits,
-    pub(crate) principal: Option<String>,
+    shared: Arc<Shared>,
+    dialer: Arc<Dialer>,
     writes: mpsc::UnboundedSender<Outgoing>,
-    /// What one `PublishEach` may hold.
-    each: EachLimits,
-    pending: Arc<Pending>,
+    pub(crate) principal: Option<String>,
     producer: u64,
     sequence: AtomicU64,
 }
 
-/// A connection whose handshake is done: what [`Mux::start`] takes over.
+/// A stream whose owner opens it again on the next connection when its connection
+/// is lost: a subscription, a group membership.
+pub(crate) trait Resumable {
+    /// The stream's first frame, saying where to resume if it was open before.
+    fn first_frame(&self) -> ClientFrame;
+    /// Takes the broker's answer to it (other than an error): fails if it is not the
+    /// one expected.
+    fn accept(&mut self, answer: ServerFrame) -> Result<()>;
+}
+
+/// A stream opened on the connection of generation `generation`.
 #[derive(Debug)]
-pub(crate) struct Handshaken {
-    pub(crate) endpoint: quinn::Endpoint,
-    pub(crate) conn: quinn::Connection,
-    /// The control stream.
+pub(crate) struct Opened {
     pub(crate) send: FrameSender,
     pub(crate) frames: FrameReader,
-    pub(crate) limits: Limits,
-    pub(crate) principal: Option<String>,
-    pub(crate) producer: u64,
+    pub(crate) generation: u64,
+    conn: quinn::Connection,
+}
+
+impl Opened {
+    /// The reason the stream's connection ended, if it did (see [`lost_reason`]).
+    pub(crate) fn lost_reason(&self, error: Error) -> Error {
+        lost_reason(&self.conn, error)
+    }
+
+    /// Whether the stream's connection is closed (not just the stream).
+    pub(crate) fn connection_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
 }
 
 impl Mux {
-    /// Starts the control stream's writer and reader tasks.
-    pub(crate) fn start(link: Handshaken) -> Arc<Self> {
-        let Handshaken {
-            endpoint,
-            conn,
-            send,
-            frames,
-            limits,
-            principal,
-            producer,
-        } = link;
-        let pending = Arc::new(Pending::default());
-        let (writes, write_rx) = mpsc::unbounded_channel();
-        let each = EachLimits {
-            bytes: usize::try_from(limits.max_frame_len)
-                .unwrap_or(usize::MAX)
-                .saturating_sub(EACH_FRAME_OVERHEAD)
-                .min(outgoing::MAX_EACH_BYTES),
-            records: limits.max_batch_records.max(1) as usize,
-            max_frame_len: limits.max_frame_len,
-        };
-        tokio::spawn(outgoing::write_frames(
-            send.into_inner(),
-            write_rx,
-            Arc::clone(&pending),
-            each,
+    /// Starts the supervisor on the first connection.
+    pub(crate) fn start(
+        dialer: Dialer,
+        first: Dialed,
+        reconnect: Reconnect,
+        producer: u64,
+    ) -> Arc<Self> {
+        let shared = Arc::new(Shared::new(&first, reconnect));
+        let dialer = Arc::new(dialer);
+        let principal = first.principal.clone();
+        let (writes, queue) = mpsc::unbounded_channel();
+        tokio::spawn(supervisor::run(
+            first,
+            Arc::clone(&dialer),
+            reconnect,
+            queue,
+            Arc::clone(&shared),
         ));
-        tokio::spawn(read_replies(frames, Arc::clone(&pending), conn.clone()));
         Arc::new(Self {
-            endpoint,
-            conn,
-            limits,
-            principal,
+            shared,
+            dialer,
             writes,
-            each,
-            pending,
+            principal,
             producer,
             sequence: AtomicU64::new(0),
         })
@@ -107,9 +111,23 @@ impl Mux {
         }
     }
 
-    /// The error for a request whose connection is gone.
+    /// The limits the broker in use announced.
+    pub(crate) fn limits(&self) -> Limits {
+        self.shared.limits()
+    }
+
+    /// Whether lost connections are replaced.
+    pub(crate) fn reconnects(&self) -> bool {
+        self.shared.reconnects
+    }
+
+    pub(crate) fn state(&self) -> watch::Receiver<ConnectionState> {
+        self.shared.state()
+    }
+
+    /// The error for a request whose client is closed.
     pub(crate) fn lost(&self) -> Error {
-        self.pending.lost()
+        self.shared.pending.lost()
     }
 
     /// Queues one request for sending, now, and returns a future of its reply.
@@ -125,37 +143,39 @@ impl Mux {
         let queued = self.queue_frame(op, Waiter::One(tx));
         async move {
             queued?;
-            match rx.await {
-                Ok(Ok(reply)) => Ok(reply),
-                Ok(Err(e)) => Err(Error::Server(e)),
-                Err(_) => Err(mux.lost()),
-            }
+            rx.await.unwrap_or_else(|_| Err(mux.lost()))
         }
     }
 
     /// Encodes a request, checking its size against the broker's limit, and hands it
-    /// to the writer task with who waits for its reply.
+    /// to the writer with who waits for its reply.
     fn queue_frame(&self, op: Op, waiter: Waiter) -> Result<()> {
-        let id = self.pending.next_id();
+        let id = self.shared.pending.next_id();
+        let again = safe_to_repeat(&op);
         let frame = encode(&ClientFrame::Request(Request { id, op }))?;
         let body_len = frame.len() - frame::LENGTH_PREFIX_LEN;
-        if body_len as u64 > self.limits.max_frame_len {
+        let max = self.limits().max_frame_len;
+        if body_len as u64 > max {
             return Err(Error::TooLarge {
                 size: body_len,
-                max: self.limits.max_frame_len,
+                max,
             });
         }
-        self.pending.insert(id, waiter)?;
-        if self.writes.send(Outgoing::Frame(frame)).is_err() {
-            self.pending.lock().replies.remove(&id);
-            return Err(self.pending.lost());
+        let resend = again.then(|| frame.clone());
+        self.shared
+            .pending
+            .register(id, waiter, resend)
+            .map_err(|(_, reason)| Error::ConnectionLost(reason))?;
+        if self.writes.send(Outgoing::Frame { id, frame }).is_err() {
+            self.shared.pending.remove(id);
+            return Err(self.lost());
         }
         Ok(())
     }
 
-    /// Hands a one-record publish to the writer task, which may merge it with the
-    /// ones queued after it. A record too large to share a frame goes in one of its
-    /// own, encoded here, so its size is checked exactly.
+    /// Hands a one-record publish to the writer, which may merge it with the ones
+    /// queued after it. A record too large to share a frame goes in one of its own,
+    /// encoded here, so its size is checked exactly.
     pub(crate) fn queue_single(
         &self,
         topic: &str,
@@ -163,8 +183,8 @@ impl Mux {
         id: PublishId,
     ) -> Result<ReceiptReply> {
         let (reply, rx) = oneshot::channel();
-        let bound = outgoing::encoded_bound(&record);
-        if bound > self.each.bytes {
+        let bound = encoded_bound(&record);
+        if bound > EachLimits::from(self.limits()).bytes {
             let op = Op::PublishEach {
                 topic: topic.to_owned(),
                 records: vec![record],
@@ -181,79 +201,113 @@ impl Mux {
             reply,
         };
         if self.writes.send(Outgoing::Single(single)).is_err() {
-            return Err(self.pending.lost());
+            return Err(self.lost());
         }
         Ok(rx)
     }
 
-    /// Opens a stream, sends its first frame and waits for the server to accept it
-    /// (with `accepted`) or refuse it (with an error).
-    pub(crate) async fn open_stream(
+    /// Opens `stream` on the connection in use (waiting for one while reconnecting),
+    /// or on one newer than generation `after`: sends its first frame and hands the
+    /// broker's answer to it. While connections are lost under the way (the broker
+    /// restarting), it tries again on the next one; it fails when the broker refuses
+    /// the stream or the client closes.
+    pub(crate) async fn open_resumable(
         &self,
-        first: &ClientFrame,
-        accepted: ServerFrame,
-    ) -> Result<(FrameSender, FrameReader)> {
-        let (send, recv) = self
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
-        let mut send = FrameSender::new(send);
-        send.send(first).await?;
-        let mut frames = FrameReader::new(recv);
-        match frames.next().await? {
-            frame if frame == accepted => Ok((send, frames)),
-            ServerFrame::Error(e) => Err(Error::Server(e)),
-            other => Err(Error::Protocol(format!(
-                "expected {accepted:?}, got {other:?}"
-            ))),
+        stream: &mut impl Resumable,
+        mut after: u64,
+    ) -> Result<Opened> {
+        loop {
+            let link = self.shared.link_after(after).await?;
+            let error = match try_open(&link, stream).await {
+                Ok(opened) => return Ok(opened),
+                Err(error) => error,
+            };
+            let closed = link.conn.close_reason().is_some();
+            self.resume_or_fail(error, closed).await?;
+            after = link.generation;
         }
     }
 
-    /// The reason the connection ended, if it did (see [`lost_reason`]).
-    pub(crate) fn lost_reason(&self, error: Error) -> Error {
-        lost_reason(&self.conn, error)
+    /// Whether a stream that failed with `error` is to be opened again on the next
+    /// connection (`Ok`): when its connection was lost (`connection_closed`) or the
+    /// broker is shutting down, and the client reconnects. Otherwise the error to end
+    /// the stream with; without reconnection, the reason the client closed.
+    pub(crate) async fn resume_or_fail(&self, error: Error, connection_closed: bool) -> Result<()> {
+        let lost = match &error {
+            Error::Server(e) => e.code == ErrorCode::ShuttingDown,
+            // Not when the stream alone ended while its connection carries on.
+            Error::ConnectionLost(_) => connection_closed,
+            _ => false,
+        };
+        match (lost, self.reconnects(), error) {
+            (true, true, _) => Ok(()),
+            // The client closes with its connection; the reason it gives is the best.
+            (true, false, Error::ConnectionLost(_)) => Err(self.shared.closed().await),
+            (_, _, error) => Err(error),
+        }
     }
 
-    /// Closes the connection, waiting briefly for the close to reach the server.
+    /// Moves the client to a new local UDP socket, as a network change would; the
+    /// connection carries on (QUIC connection migration).
+    pub(crate) fn rebind(&self) -> Result<()> {
+        self.dialer
+            .rebind()
+            .map_err(|e| Error::ConnectionLost(format!("cannot move to a new socket: {e}")))
+    }
+
+    /// Closes the client, waiting briefly for the close to reach the server.
     pub(crate) async fn close(&self) {
-        self.conn.close(0u32.into(), b"client closed");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        self.shared.closing.cancel();
+        let mut state = self.state();
+        let closed = state.wait_for(|s| matches!(s, ConnectionState::Closed { .. }));
+        let _ = tokio::time::timeout(Duration::from_secs(1), closed).await;
+        self.dialer.wait_idle(Duration::from_secs(1)).await;
     }
 }
 
 impl Drop for Mux {
     fn drop(&mut self) {
-        self.conn.close(0u32.into(), b"client dropped");
+        self.shared.closing.cancel();
     }
 }
 
-/// Matches replies on the control stream to the requests waiting for them, until the
-/// stream ends; then closes `pending`.
-async fn read_replies(mut frames: FrameReader, pending: Arc<Pending>, conn: quinn::Connection) {
-    let reason = loop {
-        match frames.next().await {
-            Ok(ServerFrame::Reply(reply)) => {
-                let waiter = pending.lock().replies.remove(&reply.id);
-                if let Some(waiter) = waiter {
-                    waiter.answer(reply.result);
-                }
-            }
-            Ok(ServerFrame::Error(e)) => {
-                // Not tied to a request: the server could not read something we sent.
-                warn!(error = %e, "server reported a stream error");
-                if e.code == ErrorCode::ShuttingDown {
-                    break e.to_string();
-                }
-            }
-            Ok(other) => break format!("unexpected frame on the control stream: {other:?}"),
-            Err(e @ Error::ConnectionLost(_)) => match lost_reason(&conn, e) {
-                Error::ConnectionLost(reason) => break reason,
-                other => break other.to_string(),
-            },
-            Err(e) => break e.to_string(),
-        }
-    };
-    debug!(%reason, "control stream ended");
-    pending.close(reason);
+/// Opens a stream for `stream` on `link`, sends its first frame and takes the
+/// broker's answer.
+async fn try_open(link: &Link, stream: &mut impl Resumable) -> Result<Opened> {
+    let lost = |e: Error| lost_reason(&link.conn, e);
+    let (send, recv) = link
+        .conn
+        .open_bi()
+        .await
+        .map_err(|e| lost(Error::ConnectionLost(e.to_string())))?;
+    let mut send = FrameSender::new(send);
+    send.send(&stream.first_frame()).await.map_err(lost)?;
+    let mut frames = FrameReader::new(recv);
+    match frames.next().await.map_err(lost)? {
+        ServerFrame::Error(e) => return Err(Error::Server(e)),
+        answer => stream.accept(answer)?,
+    }
+    Ok(Opened {
+        send,
+        frames,
+        generation: link.generation,
+        conn: link.conn.clone(),
+    })
+}
+
+/// Whether a request may be written again on a new connection when its first
+/// connection was lost before the reply: publishes (the broker stores each publish id
+/// once) and queries. Anything else may have been acted on, and fails instead.
+fn safe_to_repeat(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Publish { id: Some(_), .. }
+            | Op::PublishEach { .. }
+            | Op::DescribeTopic { .. }
+            | Op::ListTopics
+            | Op::ListPlugins
+            | Op::PluginStatus { .. }
+            | Op::DescribeGroup { .. }
+            | Op::ListGroups
+    )
 }

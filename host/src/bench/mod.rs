@@ -5,6 +5,7 @@
 //! - `load`: producers (a window of publishes in flight each, optionally paced) and
 //!   consumers (subscriptions or group members), with the clocks they stamp;
 //! - `own_broker`: the broker the bench starts for itself;
+//! - `restart`: the restart scenario, a client riding through restarts of that broker;
 //! - this module: the scenarios and their [`Report`].
 //!
 //! Every run is bounded: by `count` records and by `time_limit`, whichever comes
@@ -15,6 +16,7 @@
 
 mod load;
 pub mod own_broker;
+pub mod restart;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +43,9 @@ pub enum Scenario {
     Group,
     /// Publishing through an ingress filter plugin, against the same without it.
     Plugin,
+    /// A client publishing while the bench's own broker restarts (run by
+    /// [`restart::run`], not [`run`]).
+    Restart,
 }
 
 /// How a run is shaped.
@@ -237,6 +242,7 @@ pub async fn run(settings: Settings, connector: Arc<dyn Connector>) -> anyhow::R
                 result
             }
             Scenario::Plugin => plugin(&settings, &connector, &admin, &topics, &suffix).await,
+            Scenario::Restart => bail!("the restart scenario is run by bench::restart::run"),
         }
     }
     .await;

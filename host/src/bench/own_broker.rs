@@ -1,12 +1,13 @@
 //! The broker `quiver bench` starts for itself when no `--server` is given: this same
 //! binary running `serve` on a temp data dir and port 0, in its own process (so its
-//! CPU and memory are its own), stopped when the bench ends.
+//! CPU and memory are its own), stopped when the bench ends. The restart scenario
+//! stops and starts it again on the same data dir and port.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
@@ -21,7 +22,17 @@ pub struct OwnBroker {
     pub addr: String,
     /// The certificate clients trust.
     pub cert: PathBuf,
+    data: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// How [`OwnBroker::restart`] stops the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM, waiting for a clean exit.
+    Term,
+    /// SIGKILL.
+    Kill,
 }
 
 impl OwnBroker {
@@ -29,46 +40,42 @@ impl OwnBroker {
     pub fn start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("creating a temp dir for the bench's broker")?;
         let data = dir.path().join("data");
-        let exe = std::env::current_exe().context("finding the quiver binary")?;
-        let mut child = Command::new(exe)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(&data)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the bench's broker")?;
-        let stdout = child.stdout.take().context("the broker's stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            for line in lines.by_ref().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send(Some(addr));
-                    // Keep draining so the broker never blocks on a full pipe.
-                    for _ in lines.by_ref() {}
-                    return;
-                }
-            }
-            let _ = tx.send(None);
-        });
-        let addr = match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(Some(addr)) => addr,
-            Ok(None) => bail!("the bench's broker exited before it was ready"),
-            Err(_) => bail!("the bench's broker was not ready within {READY_TIMEOUT:?}"),
-        };
+        let (child, addr, _) = spawn(&data, "127.0.0.1:0")?;
         Ok(Self {
             child,
             addr,
             cert: data.join("tls").join("cert.pem"),
+            data,
             _dir: dir,
         })
+    }
+
+    /// Stops the broker and starts it again on the same data dir and address;
+    /// returns when it printed its ready line.
+    pub fn restart(&mut self, stop: Stop) -> anyhow::Result<Instant> {
+        match stop {
+            Stop::Term => {
+                let sent = Command::new("kill")
+                    .args(["-TERM", &self.child.id().to_string()])
+                    .status()
+                    .context("running kill")?;
+                if !sent.success() {
+                    bail!("SIGTERM to the bench's broker failed ({sent})");
+                }
+            }
+            Stop::Kill => self.child.kill().context("killing the bench's broker")?,
+        }
+        let status = self
+            .child
+            .wait()
+            .context("waiting for the bench's broker")?;
+        if stop == Stop::Term && !status.success() {
+            bail!("the bench's broker did not stop cleanly: {status}");
+        }
+        let (child, addr, ready) = spawn(&self.data, &self.addr)?;
+        self.child = child;
+        self.addr = addr;
+        Ok(ready)
     }
 
     /// The broker's resident memory in KiB, where /proc tells it.
@@ -85,5 +92,44 @@ impl Drop for OwnBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Starts `quiver serve` on `data`, listening on `listen`; returns it, its address and
+/// when its ready line came.
+fn spawn(data: &Path, listen: &str) -> anyhow::Result<(Child, String, Instant)> {
+    let exe = std::env::current_exe().context("finding the quiver binary")?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--listen", listen, "--data"])
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the bench's broker")?;
+    let stdout = child.stdout.take().context("the broker's stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = tx.send(Some((addr, Instant::now())));
+                // Keep draining so the broker never blocks on a full pipe.
+                for _ in lines.by_ref() {}
+                return;
+            }
+        }
+        let _ = tx.send(None);
+    });
+    match rx.recv_timeout(READY_TIMEOUT) {
+        Ok(Some((addr, ready))) => Ok((child, addr, ready)),
+        Ok(None) => bail!("the bench's broker exited before it was ready"),
+        Err(_) => bail!("the bench's broker was not ready within {READY_TIMEOUT:?}"),
     }
 }

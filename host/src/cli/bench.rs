@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use bytesize::ByteSize;
 use clap::Args;
 use futures::FutureExt;
@@ -20,9 +20,14 @@ pub(super) struct BenchArgs {
     /// publish: durable publish throughput and publish-to-ack latency; e2e: producers
     /// and consumers, publish-to-receive latency; fanout: every subscriber gets every
     /// record; group: a durable group whose members ack each record; plugin: publish
-    /// through the json-filter plugin, against the same without it.
+    /// through the json-filter plugin, against the same without it; restart: a client
+    /// publishing while the bench's own broker restarts (--restarts times with SIGTERM,
+    /// as many with SIGKILL), how soon it is back.
     #[arg(value_enum)]
     scenario: Scenario,
+    /// Restarts of each kind (restart).
+    #[arg(long, default_value_t = 10)]
+    restarts: usize,
     /// Payload bytes per record (at least 16: a timestamp and a sequence number).
     #[arg(long, default_value_t = ByteSize::b(256))]
     size: ByteSize,
@@ -96,6 +101,9 @@ impl Connector for Connect {
 }
 
 pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.scenario == Scenario::Restart {
+        return restart(&args).await;
+    }
     let plugin = match args.scenario {
         Scenario::Plugin => Some(
             std::fs::read(&args.plugin)
@@ -113,6 +121,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Publish | Scenario::Plugin => 0,
         Scenario::Fanout => 4,
         Scenario::E2e | Scenario::Group => 1,
+        Scenario::Restart => 0,
     };
     let settings = Settings {
         scenario: args.scenario,
@@ -153,6 +162,33 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{json}");
     } else {
         print!("{}", text(&report, rss));
+    }
+    Ok(())
+}
+
+/// The restart scenario, on the bench's own broker.
+async fn restart(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.server.is_some() {
+        bail!("the restart scenario restarts the bench's own broker: leave out --server");
+    }
+    let report = bench::restart::run(args.restarts).await?;
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        println!(
+            "restart: one client publishing one record at a time, {} records in all",
+            report.published
+        );
+        println!(
+            "  {} restarts after SIGTERM: {}",
+            args.restarts,
+            report.term.text()
+        );
+        println!(
+            "  {} restarts after SIGKILL: {}",
+            args.restarts,
+            report.kill.text()
+        );
     }
     Ok(())
 }
@@ -206,7 +242,7 @@ fn text(report: &Report, rss_kib: Option<u64>) -> String {
     let h = &report.latency;
     let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
     let what = match report.scenario {
-        Scenario::Publish | Scenario::Plugin => "publish to ack",
+        Scenario::Publish | Scenario::Plugin | Scenario::Restart => "publish to ack",
         _ => "publish to receive",
     };
     out.push_str(&format!(

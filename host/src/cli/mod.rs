@@ -14,10 +14,12 @@ mod topic;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use quiver_client::{Client, Durability};
+use quiver_client::{Backoff, Client, ConnectionState, Durability, Reconnect};
+use tokio::sync::watch;
 
 use crate::config::{DEFAULT_DATA_DIR, DEFAULT_PORT};
 use crate::transport::tls::default_cert_path;
@@ -62,9 +64,14 @@ enum Command {
 /// How client commands reach a broker.
 #[derive(Debug, Clone, Args)]
 struct ConnectArgs {
-    /// Broker address, host:port.
-    #[arg(long, env = "QUIVER_SERVER", default_value_t = format!("127.0.0.1:{DEFAULT_PORT}"))]
-    server: String,
+    /// Broker address, host:port; several, comma-separated, are tried in turn.
+    #[arg(
+        long,
+        env = "QUIVER_SERVER",
+        value_delimiter = ',',
+        default_values_t = [format!("127.0.0.1:{DEFAULT_PORT}")]
+    )]
+    server: Vec<String>,
     /// Certificate (PEM) to trust: the broker's self-signed certificate or its CA.
     /// Default: ./quiver-data/tls/cert.pem when it exists (a broker started here).
     #[arg(long, env = "QUIVER_CA")]
@@ -72,9 +79,16 @@ struct ConnectArgs {
     /// Name to verify the broker's certificate against [default: the host in --server].
     #[arg(long, env = "QUIVER_SERVER_NAME")]
     server_name: Option<String>,
-    /// How long to wait for the broker to answer when connecting.
+    /// How long to wait for the broker to answer when connecting; also how long a
+    /// one-shot command (`topic list`, `pub MESSAGE`) tries to reconnect.
     #[arg(long, env = "QUIVER_CONNECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
-    connect_timeout: std::time::Duration,
+    connect_timeout: Duration,
+    /// How long a streaming command (`pub` from stdin, `sub`, `reply`) keeps
+    /// reconnecting after losing the broker before it fails. Keep it below the
+    /// broker's dedup window (2 minutes by default), so resent publishes are stored
+    /// once.
+    #[arg(long, env = "QUIVER_MAX_OUTAGE", default_value = "60s", value_parser = humantime::parse_duration)]
+    max_outage: Duration,
     /// Token to authenticate with (`quiver auth token create`).
     #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -90,17 +104,33 @@ impl ConnectArgs {
     /// Settings for `server`, trusting `ca` (or the local default).
     fn to(server: String, ca: Option<PathBuf>) -> Self {
         Self {
-            server,
+            server: vec![server],
             ca,
             server_name: None,
-            connect_timeout: std::time::Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_outage: Duration::from_secs(60),
             token: None,
             client_cert: None,
             client_key: None,
         }
     }
 
+    /// Connects for a command that makes a few requests and exits: a lost connection
+    /// is dialed again for at most the connect timeout.
     async fn connect(&self) -> anyhow::Result<Client> {
+        self.connect_for(self.connect_timeout).await
+    }
+
+    /// Connects for a command that streams until stopped: a lost connection is dialed
+    /// again for up to `--max-outage`, with a line on stderr when it is lost and when
+    /// it is back.
+    async fn connect_streaming(&self) -> anyhow::Result<Client> {
+        let client = self.connect_for(self.max_outage).await?;
+        tokio::spawn(report_reconnections(client.state()));
+        Ok(client)
+    }
+
+    async fn connect_for(&self, max_outage: Duration) -> anyhow::Result<Client> {
         let ca = match &self.ca {
             Some(ca) => ca.clone(),
             None => {
@@ -116,10 +146,15 @@ impl ConnectArgs {
                 local
             }
         };
+        let reconnect = Reconnect::Backoff(Backoff {
+            max_outage,
+            ..Backoff::default()
+        });
         let mut builder = Client::builder()
             .ca_file(&ca)?
             .client_name(format!("quiver-cli/{}", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(self.connect_timeout);
+            .connect_timeout(self.connect_timeout)
+            .reconnect(reconnect);
         if let Some(name) = &self.server_name {
             builder = builder.server_name(name);
         }
@@ -129,8 +164,34 @@ impl ConnectArgs {
         if let Some((cert, key)) = self.client_cert.as_ref().zip(self.client_key.as_ref()) {
             builder = builder.client_cert_files(cert, key)?;
         }
-        Ok(builder.connect(&self.server).await?)
+        Ok(builder.connect_to(&self.server).await?)
     }
+}
+
+/// Prints a line on stderr when the connection is lost and when it is back.
+async fn report_reconnections(mut state: watch::Receiver<ConnectionState>) {
+    let mut lost_at = None;
+    while state.changed().await.is_ok() {
+        let now = state.borrow_and_update().clone();
+        match now {
+            ConnectionState::Reconnecting { last_error, .. } if lost_at.is_none() => {
+                eprintln!("quiver: connection lost ({last_error}); reconnecting");
+                lost_at = Some(Instant::now());
+            }
+            ConnectionState::Connected { addr } => {
+                if let Some(since) = lost_at.take() {
+                    let outage = humantime::format_duration(round_ms(since.elapsed()));
+                    eprintln!("quiver: reconnected to {addr} after {outage}");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// `duration` to the millisecond, for messages.
+fn round_ms(duration: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// When a topic's publishes are acknowledged (`topic create`, `bench`).
@@ -142,7 +203,7 @@ struct DurabilityArgs {
     durability: DurabilityMode,
     /// With batched durability: the longest an acknowledged record waits for its flush.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
-    flush_interval: std::time::Duration,
+    flush_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -58,7 +58,10 @@ impl RecordArgs {
 }
 
 pub(super) async fn publish(args: PubArgs) -> anyhow::Result<()> {
-    let client = args.connect.connect().await?;
+    let client = match args.message {
+        Some(_) => args.connect.connect().await?,
+        None => args.connect.connect_streaming().await?,
+    };
     let publish = |record| {
         let receipt = client.publish_batch(&args.topic, vec![record]);
         async move { receipt.await.map(|r| output::receipt_text(&r)) }
@@ -216,7 +219,7 @@ pub(super) async fn subscribe(args: SubArgs) -> anyhow::Result<()> {
     if args.count == Some(0) {
         return Ok(());
     }
-    let client = args.connect.connect().await?;
+    let client = args.connect.connect_streaming().await?;
     let pipeline = args
         .plugin
         .iter()

@@ -74,7 +74,7 @@ pub(super) async fn reply(args: ReplyArgs) -> anyhow::Result<()> {
     if args.count == Some(0) {
         return Ok(());
     }
-    let client = args.connect.connect().await?;
+    let client = args.connect.connect_streaming().await?;
     let mut source = args.source.open(&client, Vec::new(), args.count).await?;
     let mut answered = 0;
     while let Some(received) = source.next().await {
@@ -115,6 +115,12 @@ async fn answer(client: &Client, request: &Record, command: Option<&str>) -> any
         }
         Err(e) if e.code() == Some(ErrorCode::NoRequester) => {
             tracing::warn!(topic = %request.topic, offset = request.offset, "the requester is gone; reply dropped");
+            Ok(false)
+        }
+        // The requester's wait ends with the connection (or its timeout); the client
+        // reconnects, or the next record says why it could not.
+        Err(quiver_client::Error::ConnectionLost(reason)) => {
+            tracing::warn!(topic = %request.topic, offset = request.offset, %reason, "the connection was lost before the reply got through");
             Ok(false)
         }
         Err(e) => Err(e.into()),

@@ -115,8 +115,8 @@ pub async fn run(
     }
 }
 
-/// Serves a client-opened stream by its first frame: `Subscribe` opens a
-/// subscription, `Join` a group membership. `slot` is the stream's place under the
+/// Serves a client-opened stream by its first frame: `Subscribe` or `SubscribeAt`
+/// opens a subscription, `Join` a group membership. `slot` is the stream's place under the
 /// connection's subscription limit (`None`: the limit is reached).
 async fn serve_stream(
     broker: Arc<Broker>,
@@ -141,15 +141,23 @@ async fn serve_stream(
         )
     };
     let error = match reader.next().await {
-        Incoming::Frame(ClientFrame::Subscribe(_)) | Incoming::Frame(ClientFrame::Join(_))
-            if slot.is_none() =>
-        {
-            full()
-        }
+        Incoming::Frame(
+            ClientFrame::Subscribe(_) | ClientFrame::SubscribeAt(_) | ClientFrame::Join(_),
+        ) if slot.is_none() => full(),
         Incoming::Frame(ClientFrame::Subscribe(subscribe)) => {
             match authorize::subscribe(&access, &subscribe.pattern) {
                 Ok(()) => {
-                    return subscription::serve(broker, reader, writer, subscribe, shutdown).await;
+                    let start = subscription::Start::Fresh(subscribe);
+                    return subscription::serve(broker, reader, writer, start, shutdown).await;
+                }
+                Err(e) => WireError::from(&e),
+            }
+        }
+        Incoming::Frame(ClientFrame::SubscribeAt(at)) => {
+            match authorize::subscribe(&access, &at.subscribe.pattern) {
+                Ok(()) => {
+                    let start = subscription::Start::At(at);
+                    return subscription::serve(broker, reader, writer, start, shutdown).await;
                 }
                 Err(e) => WireError::from(&e),
             }
@@ -163,7 +171,7 @@ async fn serve_stream(
         Incoming::Frame(other) => WireError::new(
             ErrorCode::UnexpectedMessage,
             format!(
-                "a new stream must start with Subscribe or Join, not {} (requests go on the control stream)",
+                "a new stream must start with Subscribe, SubscribeAt or Join, not {} (requests go on the control stream)",
                 other.kind()
             ),
         ),

@@ -9,16 +9,21 @@
 //! what was sent, so there is no switch-over at which a record could be skipped or sent
 //! twice.
 //!
+//! A subscription opened with `SubscribeAt` can be resumed by the client on another
+//! connection: it starts at the positions the client names, and the client is told
+//! where every topic starts (`Positions`), including topics that start matching later.
+//!
 //! Memory per subscription is bounded by one write (`limits.max_buffered_per_subscription`)
 //! plus what QUIC flow control lets sit in the send buffer; a subscriber that stops reading stops this
 //! task in `flush`, and nothing accumulates.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use quiver_protocol::record::decode_shared;
 use quiver_protocol::{
-    ClientFrame, Delivered, ErrorCode, NewRecord, Processed, Records, ServerFrame, StartAt,
-    Subscribe, TopicPattern, WireError,
+    ClientFrame, Delivered, ErrorCode, NewRecord, Position, Processed, Records, ServerFrame,
+    StartAt, Subscribe, SubscribeAt, TopicPattern, WireError,
 };
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -58,17 +63,36 @@ impl Cursors {
         }
     }
 
-    /// Starts reading `log` at `next`, unless it is read already.
-    fn add(&mut self, log: Arc<TopicLog>, next: u64) {
+    /// Starts reading `log` at `next`, unless it is read already; returns where it
+    /// starts when it is new.
+    fn add(&mut self, log: Arc<TopicLog>, next: u64) -> Option<Position> {
         if self.cursors.iter().any(|c| c.log.id() == log.id()) {
-            return;
+            return None;
         }
+        let position = Position {
+            topic: log.name().to_string(),
+            topic_id: log.id(),
+            next,
+        };
         let watch = log.watch(Arc::clone(&self.notify));
         self.cursors.push(Cursor {
             log,
             next,
             _watch: watch,
         });
+        Some(position)
+    }
+
+    /// Where each topic is read now.
+    fn positions(&self) -> Vec<Position> {
+        self.cursors
+            .iter()
+            .map(|c| Position {
+                topic: c.log.name().to_string(),
+                topic_id: c.log.id(),
+                next: c.next,
+            })
+            .collect()
     }
 
     /// Forgets deleted topics.
@@ -98,18 +122,41 @@ impl Cursors {
     }
 }
 
-/// Serves a subscription stream whose first frame was `subscribe`.
-#[instrument(name = "subscription", skip_all, fields(pattern = %subscribe.pattern))]
+/// How a subscription stream began.
+#[derive(Debug)]
+pub(super) enum Start {
+    /// `Subscribe`: answered `Subscribed`.
+    Fresh(Subscribe),
+    /// `SubscribeAt`: resumable, answered and kept informed with `Positions`.
+    At(SubscribeAt),
+}
+
+impl Start {
+    fn subscribe(&self) -> &Subscribe {
+        match self {
+            Self::Fresh(subscribe) => subscribe,
+            Self::At(at) => &at.subscribe,
+        }
+    }
+}
+
+/// Serves a subscription stream whose first frame was `start`.
+#[instrument(name = "subscription", skip_all, fields(pattern = %start.subscribe().pattern))]
 pub(super) async fn serve(
     broker: Arc<Broker>,
     mut reader: FrameReader,
     mut writer: FrameWriter,
-    subscribe: Subscribe,
+    start: Start,
     shutdown: CancellationToken,
 ) {
-    let (pattern, mut created, mut cursors) = match start(&broker, &subscribe) {
+    let (pattern, mut created, mut cursors) = match open(&broker, &start) {
         Ok(started) => started,
         Err(e) => return writer.refuse(WireError::from(&e)).await,
+    };
+    let resumable = matches!(start, Start::At(_));
+    let subscribe = match start {
+        Start::Fresh(subscribe) => subscribe,
+        Start::At(at) => at.subscribe,
     };
     let stages = match subscribe.pipeline.is_empty() {
         true => None,
@@ -121,10 +168,23 @@ pub(super) async fn serve(
             Err(e) => return writer.refuse(WireError::from(&BrokerError::from(e))).await,
         },
     };
-    debug!(pattern = %pattern, from = ?subscribe.from, "subscribed");
-    if writer.send(&ServerFrame::Subscribed).await.is_err() {
+    debug!(pattern = %pattern, from = ?subscribe.from, resumable, "subscribed");
+    let accepted = match resumable {
+        true => ServerFrame::Positions(cursors.positions()),
+        false => ServerFrame::Subscribed,
+    };
+    if writer.send(&accepted).await.is_err() {
         return;
     }
+    // A topic that starts matching is announced to a resumable subscriber before its
+    // records (the writer keeps the order of what it is fed).
+    let join = |cursors: &mut Cursors, writer: &mut FrameWriter, log: Arc<TopicLog>| {
+        if let Some(position) = cursors.add(log, 0)
+            && resumable
+        {
+            writer.feed(&ServerFrame::Positions(vec![position]));
+        }
+    };
     let storage = broker.storage();
     let mut credit = subscribe.credit;
     // Stop feeding frames into one write past this many bytes.
@@ -184,13 +244,13 @@ pub(super) async fn serve(
             },
             () = cursors.notify.notified() => {}
             topic = created.recv() => match topic {
-                Ok(log) if pattern.matches(log.name()) => cursors.add(log, 0),
+                Ok(log) if pattern.matches(log.name()) => join(&mut cursors, &mut writer, log),
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     // Missed some creations: look at every topic again.
                     for log in broker.topics() {
                         if pattern.matches(log.name()) {
-                            cursors.add(log, 0);
+                            join(&mut cursors, &mut writer, log);
                         }
                     }
                 }
@@ -276,23 +336,36 @@ async fn process(
     })
 }
 
-/// Resolves the pattern and each matching topic's start offset.
-fn start(
+/// Resolves the pattern and each matching topic's start offset: where the client
+/// resumes, for topics a `SubscribeAt` lists with their current id; else `from`.
+fn open(
     broker: &Broker,
-    subscribe: &Subscribe,
+    start: &Start,
 ) -> Result<(TopicPattern, broadcast::Receiver<Arc<TopicLog>>, Cursors), BrokerError> {
+    let subscribe = start.subscribe();
     let PatternWatch {
         pattern,
         matching,
         created,
     } = broker.watch_pattern(&subscribe.pattern)?;
+    let resume: HashMap<&str, &Position> = match start {
+        Start::Fresh(_) => HashMap::new(),
+        Start::At(at) => at.positions.iter().map(|p| (p.topic.as_str(), p)).collect(),
+    };
     let mut cursors = Cursors::new();
     for log in matching {
-        let next = match subscribe.from {
-            StartAt::Earliest => 0,
-            StartAt::Latest => log.stats().next,
-            StartAt::Offset(offset) => offset,
-            StartAt::Timestamp(ms) => broker.storage().offset_for_timestamp(&log, ms)?,
+        let next = match resume.get(log.name().as_str()) {
+            // Past the end only if records it was sent were lost (a batched topic's
+            // unflushed tail): reading resumes at the end.
+            Some(p) if p.topic_id == log.id() => p.next.min(log.stats().next),
+            // Deleted and created again: the old position means nothing here.
+            Some(_) => 0,
+            None => match subscribe.from {
+                StartAt::Earliest => 0,
+                StartAt::Latest => log.stats().next,
+                StartAt::Offset(offset) => offset,
+                StartAt::Timestamp(ms) => broker.storage().offset_for_timestamp(&log, ms)?,
+            },
         };
         cursors.add(log, next);
     }

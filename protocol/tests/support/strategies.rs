@@ -348,20 +348,7 @@ pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
             })
         ),
         (any::<u64>(), op()).prop_map(|(id, op)| ClientFrame::Request(Request { id, op })),
-        (
-            ".{0,12}",
-            start_at(),
-            any::<u32>(),
-            proptest::collection::vec(stage(), 0..3)
-        )
-            .prop_map(|(pattern, from, credit, pipeline)| {
-                ClientFrame::Subscribe(Subscribe {
-                    pattern,
-                    from,
-                    credit,
-                    pipeline,
-                })
-            }),
+        subscribe().prop_map(ClientFrame::Subscribe),
         any::<u32>().prop_map(ClientFrame::Credit),
         (".{0,8}", any::<u32>())
             .prop_map(|(group, prefetch)| ClientFrame::Join(Join { group, prefetch })),
@@ -376,7 +363,39 @@ pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
                     .collect(),
             )
         }),
+        (subscribe(), positions()).prop_map(|(subscribe, positions)| {
+            ClientFrame::SubscribeAt(SubscribeAt {
+                subscribe,
+                positions,
+            })
+        }),
     ]
+}
+
+fn subscribe() -> impl Strategy<Value = Subscribe> {
+    (
+        ".{0,12}",
+        start_at(),
+        any::<u32>(),
+        proptest::collection::vec(stage(), 0..3),
+    )
+        .prop_map(|(pattern, from, credit, pipeline)| Subscribe {
+            pattern,
+            from,
+            credit,
+            pipeline,
+        })
+}
+
+fn positions() -> impl Strategy<Value = Vec<Position>> {
+    proptest::collection::vec(
+        (".{0,8}", any::<u64>(), any::<u64>()).prop_map(|(topic, topic_id, next)| Position {
+            topic,
+            topic_id,
+            next,
+        }),
+        0..4,
+    )
 }
 
 pub(crate) fn server_frame() -> impl Strategy<Value = ServerFrame> {
@@ -454,5 +473,6 @@ pub(crate) fn server_frame() -> impl Strategy<Value = ServerFrame> {
                         .collect(),
                 })
             }),
+        positions().prop_map(ServerFrame::Positions),
     ]
 }
