@@ -31,7 +31,6 @@ use quiver_protocol::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::debug;
 
 use crate::client::{Client, Deleted};
 use crate::connection::{Mux, Opened, Resumable};
@@ -256,27 +255,23 @@ async fn pump(mut pump: Pump, mux: Arc<Mux>, mut leave: oneshot::Receiver<()>) {
             Ended::Leaving(leaving) => break leaving,
             Ended::Failed(error) => error,
         };
-        let generation = pump.stream.generation;
-        let closed = pump.stream.connection_closed();
-        let error = match mux.resume_or_fail(error, closed).await {
-            Ok(()) => {
-                debug!("joining the group again on the next connection");
-                tokio::select! {
-                    rejoined = mux.open_resumable(&mut pump.join, generation) => match rejoined {
-                        Ok(stream) => {
-                            pump.stream = stream;
-                            continue;
-                        }
-                        Err(e) => e,
-                    },
-                    _ = &mut leave => return,
-                    () = pump.deliveries.closed() => return,
-                }
+        let abandoned = async {
+            tokio::select! {
+                _ = &mut leave => {}
+                () = pump.deliveries.closed() => {}
             }
-            Err(error) => error,
         };
-        let _ = pump.deliveries.send(Err(error));
-        return;
+        let resumed = mux
+            .resume(&mut pump.join, &pump.stream, error, abandoned)
+            .await;
+        match resumed {
+            Some(Ok(stream)) => pump.stream = stream,
+            Some(Err(error)) => {
+                let _ = pump.deliveries.send(Err(error));
+                return;
+            }
+            None => return,
+        }
     };
     // Settlements made before leaving (or dropping) go out first.
     while let Ok(first) = pump.settlements.try_recv() {

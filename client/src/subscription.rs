@@ -247,27 +247,18 @@ async fn pump(mut pump: Pump, mux: Arc<Mux>) {
             }
             Ended::Failed(error) => error,
         };
-        let generation = pump.stream.generation;
-        let closed = pump.stream.connection_closed();
-        let error = match mux.resume_or_fail(error, closed).await {
-            Ok(()) => {
-                debug!("resuming the subscription on the next connection");
-                tokio::select! {
-                    reopened = mux.open_resumable(&mut pump.place, generation) => match reopened {
-                        Ok(stream) => {
-                            pump.stream = stream;
-                            continue;
-                        }
-                        Err(e) => e,
-                    },
-                    () = pump.batches.closed() => return,
-                }
+        let resumed = mux
+            .resume(&mut pump.place, &pump.stream, error, pump.batches.closed())
+            .await;
+        match resumed {
+            Some(Ok(stream)) => pump.stream = stream,
+            Some(Err(error)) => {
+                let _ = pump.batches.send(Err(error));
+                pump.stream.send.finish();
+                return;
             }
-            Err(error) => error,
-        };
-        let _ = pump.batches.send(Err(error));
-        pump.stream.send.finish();
-        return;
+            None => return,
+        }
     }
 }
 

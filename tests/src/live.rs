@@ -176,6 +176,19 @@ impl LiveCli {
         status
     }
 
+    /// Waits (as [`LiveCli::wait`]) for it to exit, failing the test unless it
+    /// succeeded; returns its output lines and its stderr.
+    pub fn succeed(self, limit: Duration) -> (Vec<String>, Lines) {
+        let (stdout, stderr) = (self.stdout.clone(), self.stderr.clone());
+        let status = self.wait(limit);
+        assert!(
+            status.success(),
+            "failed ({status}): {:?}",
+            stderr.snapshot()
+        );
+        (stdout.snapshot(), stderr)
+    }
+
     /// Stops it (SIGKILL) and collects its output.
     pub fn kill(mut self) {
         let _ = self.child.kill();

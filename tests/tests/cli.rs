@@ -282,7 +282,40 @@ async fn errors_exit_non_zero_with_a_message() {
     );
     assert!(!output.status.success());
     assert!(
-        stderr(&output).contains("cannot connect to 127.0.0.1:9"),
+        stderr(&output).contains("cannot connect to 127.0.0.1:9: no answer within 1s"),
+        "{}",
+        stderr(&output)
+    );
+
+    // Several addresses are tried in turn: the first that answers serves the command;
+    // when none does, the error names each and why.
+    let servers = format!("127.0.0.1:9,{}", broker.addr());
+    let listed = cli(
+        data.root(),
+        &[
+            "topic",
+            "list",
+            "--server",
+            &servers,
+            "--connect-timeout",
+            "1s",
+        ],
+        &[],
+        "",
+    );
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let output = cli(
+        data.root(),
+        &["topic", "list", "--connect-timeout", "1s"],
+        &[("QUIVER_SERVER", "127.0.0.1:9,127.0.0.1:10")],
+        "",
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains(
+            "cannot connect to 127.0.0.1:9, 127.0.0.1:10: 127.0.0.1:9: no answer within 1s; \
+             127.0.0.1:10: no answer within 1s"
+        ),
         "{}",
         stderr(&output)
     );

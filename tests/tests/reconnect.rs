@@ -78,28 +78,14 @@ fn quiver_pub_and_sub_keep_every_line_once_in_order_across_three_restarts() {
         broker = broker.restart(&data, stop, &[]);
     }
 
-    let (pub_out, pub_err) = (publisher.stdout.clone(), publisher.stderr.clone());
-    let status = publisher.wait(CLI_LIMIT);
-    assert!(
-        status.success(),
-        "quiver pub failed: {:?}",
-        pub_err.snapshot()
-    );
-    let offsets = pub_out.snapshot();
+    let (offsets, pub_err) = publisher.succeed(CLI_LIMIT);
     assert_eq!(offsets.len(), LINES, "one offset printed per line");
     for (i, offset) in offsets.iter().enumerate() {
         assert_eq!(offset, &i.to_string(), "line {i} stored once, in order");
     }
     assert_eq!(reconnections(&pub_err), (3, 3), "{:?}", pub_err.snapshot());
 
-    let (sub_out, sub_err) = (sub.stdout.clone(), sub.stderr.clone());
-    let status = sub.wait(CLI_LIMIT);
-    assert!(
-        status.success(),
-        "quiver sub failed: {:?}",
-        sub_err.snapshot()
-    );
-    let received = sub_out.snapshot();
+    let (received, sub_err) = sub.succeed(CLI_LIMIT);
     assert_eq!(received.len(), LINES);
     for (i, line) in received.iter().enumerate() {
         assert_eq!(
@@ -165,9 +151,14 @@ fn group_members_lose_nothing_across_restarts_and_count_redeliveries() {
         Some(feed),
     );
 
+    // Where the output stood once the kill had taken effect.
+    let mut killed_at = 0;
     for (consumed, stop) in [(5_000, Stop::Kill), (12_000, Stop::Term)] {
         printed.wait_for(consumed, CLI_LIMIT);
         broker = broker.restart(&data, stop, &[]);
+        if stop == Stop::Kill {
+            killed_at = printed.len();
+        }
     }
     let offset_of = |line: &String| -> u64 {
         let json: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -177,29 +168,42 @@ fn group_members_lose_nothing_across_restarts_and_count_redeliveries() {
         let seen: std::collections::HashSet<u64> = lines.iter().map(offset_of).collect();
         seen.len() == RECORDS
     });
-    assert!(publisher.wait(CLI_LIMIT).success());
+    publisher.succeed(CLI_LIMIT);
 
     // Each record printed at least once, every repeat reported as a redelivery.
-    let mut prints: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    for line in printed.snapshot() {
-        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    // Each record's prints: where in the output, and as which delivery.
+    let mut prints: BTreeMap<u64, Vec<(usize, u64)>> = BTreeMap::new();
+    for (at, line) in printed.snapshot().iter().enumerate() {
+        let json: serde_json::Value = serde_json::from_str(line).unwrap();
         let offset = json["offset"].as_u64().unwrap();
         assert_eq!(json["payload"], format!("job-{offset}"), "{line}");
-        prints
-            .entry(offset)
-            .or_default()
-            .push(json["deliveries"].as_u64().unwrap());
+        let count = json["deliveries"].as_u64().unwrap();
+        prints.entry(offset).or_default().push((at, count));
     }
     assert_eq!(prints.len(), RECORDS, "nothing lost");
     assert_eq!(prints.keys().next_back(), Some(&(RECORDS as u64 - 1)));
-    let mut redelivered = 0;
-    for (offset, deliveries) in &prints {
-        for (nth, count) in deliveries.iter().enumerate().skip(1) {
-            assert!(
-                *count > deliveries[nth - 1],
-                "record {offset} printed again as delivery {count} after {deliveries:?}"
-            );
+    // A repeat comes with a higher count, except a delivery that the kill -9 caught
+    // before its assignment was written down (docs/semantics.md): that one comes again
+    // as a first delivery. The clean stop forgets nothing.
+    let (mut redelivered, mut forgotten) = (0, 0);
+    for (offset, printed) in &prints {
+        for pair in printed.windows(2) {
+            let [(first_at, before), (_, count)] = pair else {
+                unreachable!("windows of two")
+            };
             redelivered += 1;
+            if *count == 1 {
+                forgotten += 1;
+                assert!(
+                    *first_at < killed_at,
+                    "record {offset} delivered as new again after the clean stop: {printed:?}"
+                );
+            } else {
+                assert!(
+                    count > before,
+                    "record {offset} printed again as delivery {count}: {printed:?}"
+                );
+            }
         }
     }
     for member in members {
@@ -210,7 +214,9 @@ fn group_members_lose_nothing_across_restarts_and_count_redeliveries() {
         let (lost, back) = reconnections(&stderr);
         assert!(lost >= 1 && lost == back, "{:?}", stderr.snapshot());
     }
-    eprintln!("{redelivered} redeliveries across two restarts");
+    eprintln!(
+        "{redelivered} repeats across two restarts, {forgotten} of them forgotten by the kill"
+    );
     let described = succeeded(broker.cli(&data, &["group", "describe", "workers", "--json"], ""));
     let described: serde_json::Value = serde_json::from_str(&described).unwrap();
     let lane = &described["topics"][0];
@@ -228,22 +234,24 @@ fn assert_offsets_in_order(offsets: &[u64], n: usize) {
     }
 }
 
-/// A client of `broker` that reconnects by default.
-async fn client(broker: &Broker) -> Client {
-    broker.client().await
+/// A broker on a fresh data dir, a client of it (reconnecting, as by default) and
+/// `topic` created.
+async fn started(topic: &str) -> (DataDir, Broker, Client) {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    client
+        .create_topic(topic, Retention::default())
+        .await
+        .unwrap();
+    (data, broker, client)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_in_flight_across_a_kill_each_complete_once_with_their_offset() {
     const PUBLISHES: usize = 20 * 1024;
     const IN_FLIGHT: usize = 1024;
-    let data = DataDir::new();
-    let mut broker = Broker::start(&data);
-    let client = client(&broker).await;
-    client
-        .create_topic("orders", Retention::default())
-        .await
-        .unwrap();
+    let (data, mut broker, client) = started("orders").await;
 
     let mut offsets = Vec::with_capacity(PUBLISHES);
     let mut killed = false;
@@ -275,15 +283,11 @@ async fn publishes_in_flight_across_a_kill_each_complete_once_with_their_offset(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pattern_subscription_resumes_every_topic_where_the_application_is() {
-    let data = DataDir::new();
-    let mut broker = Broker::start(&data);
-    let client = client(&broker).await;
-    for topic in ["sensors.a", "sensors.b"] {
-        client
-            .create_topic(topic, Retention::default())
-            .await
-            .unwrap();
-    }
+    let (data, mut broker, client) = started("sensors.a").await;
+    client
+        .create_topic("sensors.b", Retention::default())
+        .await
+        .unwrap();
     let publish = |client: &Client, topic: &str, from: usize, to: usize| {
         let client = client.clone();
         let topic = topic.to_owned();
@@ -347,13 +351,7 @@ async fn a_pattern_subscription_resumes_every_topic_where_the_application_is() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_fails_with_connection_lost_and_is_not_sent_again() {
-    let data = DataDir::new();
-    let mut broker = Broker::start(&data);
-    let client = client(&broker).await;
-    client
-        .create_topic("rpc", Retention::default())
-        .await
-        .unwrap();
+    let (data, mut broker, client) = started("rpc").await;
     // A responder that never answers, so the request is in flight at the restart.
     let mut responder = client
         .subscribe("rpc", SubscribeOptions::from(StartAt::Latest))
@@ -456,13 +454,7 @@ async fn after_the_maximum_outage_sent_publishes_are_unknown_and_later_ones_lost
 async fn without_reconnection_a_lost_connection_ends_everything() {
     let data = DataDir::new();
     let broker = Broker::start(&data);
-    let client = Client::builder()
-        .ca_file(broker.cert())
-        .unwrap()
-        .reconnect(Reconnect::Never)
-        .connect(broker.addr())
-        .await
-        .unwrap();
+    let client = broker.client_without_reconnection().await;
     client
         .create_topic("orders", Retention::default())
         .await
@@ -498,13 +490,7 @@ async fn without_reconnection_a_lost_connection_ends_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_local_address_keeps_the_connection_without_reconnecting() {
     const RECORDS: usize = 4_000;
-    let data = DataDir::new();
-    let broker = Broker::start(&data);
-    let client = client(&broker).await;
-    client
-        .create_topic("moving", Retention::default())
-        .await
-        .unwrap();
+    let (_data, _broker, client) = started("moving").await;
     let mut sub = client
         .subscribe("moving", SubscribeOptions::from(StartAt::Earliest))
         .await

@@ -11,7 +11,7 @@ use quiver_protocol::{ALPN, ClientHello, PROTOCOL_VERSION};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::dial::Dialer;
+use super::dial::{Dialer, Quic};
 use super::mux::Mux;
 use super::reconnect::Reconnect;
 use crate::client::Client;
@@ -204,8 +204,8 @@ impl ClientBuilder {
             client: self.client_name.clone(),
             token: self.token.clone(),
         };
-        let dialer = Dialer::new(addrs, self.server_name.clone(), self.quic_config()?, hello);
-        let first = dialer.dial_any(self.connect_timeout).await?;
+        let dialer = Dialer::new(addrs, self.server_name.clone(), self.quic()?, hello);
+        let first = dialer.dial_any(self.connect_timeout, None).await?;
         let producer = match self.producer {
             Some(producer) => producer,
             None => {
@@ -219,7 +219,7 @@ impl ClientBuilder {
         Ok(Client { mux })
     }
 
-    fn quic_config(&self) -> Result<quinn::ClientConfig> {
+    fn quic(&self) -> Result<Quic> {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(crypto_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| Error::Tls(e.to_string()))?
@@ -233,19 +233,17 @@ impl ClientBuilder {
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| Error::Tls(e.to_string()))?;
-        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
         let idle = quinn::IdleTimeout::try_from(self.idle_timeout).map_err(|_| {
             Error::Tls(format!(
                 "idle timeout {:?} is out of range",
                 self.idle_timeout
             ))
         })?;
-        transport
-            .max_idle_timeout(Some(idle))
-            .keep_alive_interval(Some((self.idle_timeout / 3).min(KEEP_ALIVE)));
-        config.transport_config(Arc::new(transport));
-        Ok(config)
+        Ok(Quic {
+            crypto: Arc::new(crypto),
+            idle,
+            keep_alive: (self.idle_timeout / 3).min(KEEP_ALIVE),
+        })
     }
 }
 

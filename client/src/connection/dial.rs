@@ -4,7 +4,7 @@
 //! that lives as long as the client.
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use quiver_protocol::{ClientFrame, ClientHello, Limits, ServerFrame};
@@ -14,13 +14,54 @@ use super::pending::lost_reason;
 use super::stream::{FrameReader, FrameSender};
 use crate::error::{Error, Result};
 
+/// QUIC settings every connection of a client shares.
+pub(crate) struct Quic {
+    pub(crate) crypto: Arc<quinn::crypto::rustls::QuicClientConfig>,
+    pub(crate) idle: quinn::IdleTimeout,
+    pub(crate) keep_alive: Duration,
+}
+
+impl std::fmt::Debug for Quic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The TLS configuration has no `Debug`.
+        f.debug_struct("Quic")
+            .field("idle", &self.idle)
+            .field("keep_alive", &self.keep_alive)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Quic {
+    /// The settings of one connection. `rtt` is the round-trip time of the client's
+    /// last connection, where there was one: QUIC resends a first packet that got no
+    /// answer after about three times its RTT estimate (333 ms before anything is
+    /// known), and a broker that is starting again answers only the packets sent once
+    /// it is up, so a redial that knows the path's RTT notices it back sooner.
+    fn config(&self, rtt: Option<Duration>) -> quinn::ClientConfig {
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(self.idle))
+            .keep_alive_interval(Some(self.keep_alive));
+        if let Some(rtt) = rtt {
+            transport.initial_rtt(rtt.clamp(MIN_INITIAL_RTT, MAX_INITIAL_RTT));
+        }
+        let mut config = quinn::ClientConfig::new(self.crypto.clone());
+        config.transport_config(Arc::new(transport));
+        config
+    }
+}
+
+/// Bounds on the RTT a redial starts from: above a loopback's, below QUIC's default.
+const MIN_INITIAL_RTT: Duration = Duration::from_millis(10);
+const MAX_INITIAL_RTT: Duration = Duration::from_millis(333);
+
 /// How to reach the broker; shared by the client and its supervisor.
 #[derive(Debug)]
 pub(crate) struct Dialer {
-    pub(crate) addrs: Vec<String>,
-    pub(crate) server_name: Option<String>,
-    pub(crate) config: quinn::ClientConfig,
-    pub(crate) hello: ClientHello,
+    addrs: Vec<String>,
+    server_name: Option<String>,
+    quic: Quic,
+    hello: ClientHello,
     /// The IPv4 and IPv6 endpoints, made when first needed.
     endpoints: Mutex<[Option<quinn::Endpoint>; 2]>,
 }
@@ -42,24 +83,29 @@ impl Dialer {
     pub(crate) fn new(
         addrs: Vec<String>,
         server_name: Option<String>,
-        config: quinn::ClientConfig,
+        quic: Quic,
         hello: ClientHello,
     ) -> Self {
         Self {
             addrs,
             server_name,
-            config,
+            quic,
             hello,
             endpoints: Mutex::default(),
         }
     }
 
-    /// Dials each address in turn, each for at most `timeout`, until one answers.
-    /// The error names every address and why it failed.
-    pub(crate) async fn dial_any(&self, timeout: Duration) -> Result<Dialed> {
+    /// Dials each address in turn, each for at most `timeout`, until one answers;
+    /// `rtt` is the last connection's round-trip time, if there was one. The error
+    /// names every address and why it failed.
+    pub(crate) async fn dial_any(
+        &self,
+        timeout: Duration,
+        rtt: Option<Duration>,
+    ) -> Result<Dialed> {
         let mut failures = Vec::new();
         for addr in &self.addrs {
-            let attempt = tokio::time::timeout(timeout, self.dial(addr)).await;
+            let attempt = tokio::time::timeout(timeout, self.dial(addr, rtt)).await;
             match attempt.unwrap_or_else(|_| {
                 Err(Error::Connect {
                     addr: addr.clone(),
@@ -78,7 +124,10 @@ impl Dialer {
                 addr: self.addrs.join(", "),
                 reason: failures
                     .iter()
-                    .map(ToString::to_string)
+                    .map(|failure| match failure {
+                        Error::Connect { addr, reason } => format!("{addr}: {reason}"),
+                        other => other.to_string(),
+                    })
                     .collect::<Vec<_>>()
                     .join("; "),
             }),
@@ -86,7 +135,7 @@ impl Dialer {
     }
 
     /// Dials `addr` and performs the handshake.
-    async fn dial(&self, addr: &str) -> Result<Dialed> {
+    async fn dial(&self, addr: &str, rtt: Option<Duration>) -> Result<Dialed> {
         let (socket_addr, host) = resolve(addr).await?;
         let server_name = self.server_name.clone().unwrap_or(host);
         let connect_error = |reason: String| Error::Connect {
@@ -97,7 +146,7 @@ impl Dialer {
             .endpoint(socket_addr)
             .map_err(|e| connect_error(e.to_string()))?;
         let conn = endpoint
-            .connect_with(self.config.clone(), socket_addr, &server_name)
+            .connect_with(self.quic.config(rtt), socket_addr, &server_name)
             .map_err(|e| connect_error(e.to_string()))?
             .await
             .map_err(|e| connect_error(e.to_string()))?;

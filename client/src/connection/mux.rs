@@ -23,6 +23,7 @@ use quiver_protocol::{
     ClientFrame, ErrorCode, Limits, NewRecord, Op, OpReply, PublishId, Request, ServerFrame, frame,
 };
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::debug;
 
 use super::dial::{Dialed, Dialer};
 use super::outgoing::{EachLimits, Outgoing, ReceiptReply, Single, encoded_bound};
@@ -228,11 +229,32 @@ impl Mux {
         }
     }
 
+    /// After `stream`'s stream `failed` with `error`: the stream opened again on the
+    /// next connection, when the connection was lost and the client reconnects; else
+    /// the error to end it with. `None` if `abandoned` completes first (its owner is
+    /// gone).
+    pub(crate) async fn resume(
+        &self,
+        stream: &mut impl Resumable,
+        failed: &Opened,
+        error: Error,
+        abandoned: impl Future<Output = ()>,
+    ) -> Option<Result<Opened>> {
+        if let Err(error) = self.resume_or_fail(error, failed.connection_closed()).await {
+            return Some(Err(error));
+        }
+        debug!("opening the stream again on the next connection");
+        tokio::select! {
+            reopened = self.open_resumable(stream, failed.generation) => Some(reopened),
+            () = abandoned => None,
+        }
+    }
+
     /// Whether a stream that failed with `error` is to be opened again on the next
     /// connection (`Ok`): when its connection was lost (`connection_closed`) or the
     /// broker is shutting down, and the client reconnects. Otherwise the error to end
     /// the stream with; without reconnection, the reason the client closed.
-    pub(crate) async fn resume_or_fail(&self, error: Error, connection_closed: bool) -> Result<()> {
+    async fn resume_or_fail(&self, error: Error, connection_closed: bool) -> Result<()> {
         let lost = match &error {
             Error::Server(e) => e.code == ErrorCode::ShuttingDown,
             // Not when the stream alone ended while its connection carries on.

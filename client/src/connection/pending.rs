@@ -303,30 +303,21 @@ mod tests {
         (Waiter::One(tx), rx)
     }
 
-    fn frame(n: u8) -> Option<Bytes> {
-        Some(Bytes::from(vec![n]))
+    /// Registers a request whose frame (`resend`) may be written again, or not.
+    fn register(pending: &Pending, id: u64, resend: bool) -> oneshot::Receiver<Result<OpReply>> {
+        let (waiter, rx) = waiter();
+        let frame = resend.then(|| Bytes::from(id.to_le_bytes().to_vec()));
+        assert!(pending.register(id, waiter, frame).is_ok(), "open");
+        rx
     }
 
     #[test]
     fn a_lost_connection_keeps_what_can_be_written_again_in_write_order() {
         let pending = Pending::default();
-        let (publish_a, _a) = waiter();
-        let (publish_b, _b) = waiter();
-        let (request, mut request_rx) = waiter();
-        let (queued, _q) = waiter();
-        pending
-            .register(1, publish_a, frame(1))
-            .map_err(|e| e.1)
-            .unwrap();
-        pending
-            .register(2, publish_b, frame(2))
-            .map_err(|e| e.1)
-            .unwrap();
-        pending.register(3, request, None).map_err(|e| e.1).unwrap();
-        pending
-            .register(4, queued, frame(4))
-            .map_err(|e| e.1)
-            .unwrap();
+        let _publish_a = register(&pending, 1, true);
+        let _publish_b = register(&pending, 2, true);
+        let mut request_rx = register(&pending, 3, false);
+        let _queued = register(&pending, 4, true);
         // Written in another order than registered; 4 stays queued.
         pending.mark_written(&[(2, 10), (3, 11), (1, 12)]);
 
@@ -347,16 +338,8 @@ mod tests {
     #[test]
     fn closing_tells_written_publishes_from_unsent_ones() {
         let pending = Pending::default();
-        let (written, mut written_rx) = waiter();
-        let (queued, mut queued_rx) = waiter();
-        pending
-            .register(1, written, frame(1))
-            .map_err(|e| e.1)
-            .unwrap();
-        pending
-            .register(2, queued, frame(2))
-            .map_err(|e| e.1)
-            .unwrap();
+        let mut written_rx = register(&pending, 1, true);
+        let mut queued_rx = register(&pending, 2, true);
         pending.mark_written(&[(1, 0)]);
         pending.connection_lost("gone");
 

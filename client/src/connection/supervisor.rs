@@ -150,8 +150,11 @@ pub(crate) async fn run(
         };
         info!(%reason, "connection lost; reconnecting");
         shared.pending.connection_lost(&reason);
-        shared.route.send_replace(Route::Down);
-        match redial(&dialer, &backoff, &shared, reason).await {
+        let rtt = match shared.route.send_replace(Route::Down) {
+            Route::Up(link) => Some(link.conn.rtt()),
+            _ => None,
+        };
+        match redial(&dialer, &backoff, &shared, reason, rtt).await {
             Redialed::Back(next) => dialed = next,
             Redialed::Closing => break "the client closed the connection".to_owned(),
             Redialed::GaveUp(reason) => {
@@ -299,8 +302,14 @@ enum Redialed {
 }
 
 /// Dials with growing delays until connected, the client closes, or the maximum
-/// outage has passed.
-async fn redial(dialer: &Dialer, backoff: &Backoff, shared: &Shared, reason: String) -> Redialed {
+/// outage has passed; `rtt` is the lost connection's round-trip time.
+async fn redial(
+    dialer: &Dialer,
+    backoff: &Backoff,
+    shared: &Shared,
+    reason: String,
+    rtt: Option<Duration>,
+) -> Redialed {
     let deadline = Instant::now() + backoff.max_outage;
     let mut last_error = reason;
     for attempt in 1u32.. {
@@ -322,7 +331,7 @@ async fn redial(dialer: &Dialer, backoff: &Backoff, shared: &Shared, reason: Str
             .min(left)
             .max(Duration::from_millis(1));
         tokio::select! {
-            dialed = dialer.dial_any(timeout) => match dialed {
+            dialed = dialer.dial_any(timeout, rtt) => match dialed {
                 Ok(dialed) => {
                     info!(addr = %dialed.addr, attempt, "reconnected");
                     return Redialed::Back(dialed);

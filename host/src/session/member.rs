@@ -133,12 +133,6 @@ impl Member<'_> {
                 let (deliveries, writes) = changes.assign(self.member, room, now);
                 self.broker.persist_group(self.group, writes).await;
                 drop(changes);
-                if !deliveries.is_empty() {
-                    // Handed out once the assignment is durable, outside the group's
-                    // lock: a crash cannot forget a delivery a member may have seen,
-                    // so it comes back with its count increased.
-                    self.broker.storage().sync().await.map_err(storage)?;
-                }
                 self.send(writer, &deliveries, shutdown).await?;
             } else {
                 drop(changes);
