@@ -267,6 +267,8 @@ async fn pump(mut pump: Pump, mux: Arc<Mux>, mut leave: oneshot::Receiver<()>) {
         match resumed {
             Some(Ok(stream)) => pump.stream = stream,
             Some(Err(error)) => {
+                // Settling fails from the moment the application can see why.
+                pump.settlements.close();
                 let _ = pump.deliveries.send(Err(error));
                 return;
             }
