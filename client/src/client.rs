@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use quiver_protocol::record::headers;
 use quiver_protocol::{
-    GroupInfo, Limits, NewRecord, Op, OpReply, PluginInfo, PluginStatus, PublishId, Receipt, Stage,
-    StartAt, TopicConfig, TopicInfo,
+    GroupInfo, Limits, NewRecord, Op, OpReply, PluginInfo, PluginStatus, Position, PublishId,
+    Receipt, Stage, StartAt, TopicConfig, TopicInfo,
 };
 
 use crate::connection::{ConnectionState, Mux};
@@ -71,6 +71,10 @@ expected! {
     Group => GroupInfo,
     Groups => Vec<GroupInfo>,
     Response => NewRecord,
+    Forwarded => quiver_protocol::Forwarded,
+    Link => Box<quiver_protocol::LinkInfo>,
+    Links => Vec<quiver_protocol::LinkInfo>,
+    Broker => quiver_protocol::BrokerInfo,
 }
 
 /// The reply to a deletion.
@@ -381,6 +385,11 @@ pub struct SubscribeOptions {
     /// Plugin stages the broker runs on delivery, for this subscriber only. Default:
     /// none.
     pub pipeline: Vec<Stage>,
+    /// Where to start in topics read before (for example by another process, which
+    /// kept where it was): a listed topic starts at its position if its id still
+    /// matches, and from its beginning if it was deleted and created again; the others
+    /// at `from`. Default: none.
+    pub at: Vec<Position>,
 }
 
 impl Default for SubscribeOptions {
@@ -389,6 +398,7 @@ impl Default for SubscribeOptions {
             from: StartAt::Latest,
             window: 1024,
             pipeline: Vec::new(),
+            at: Vec::new(),
         }
     }
 }

@@ -44,6 +44,7 @@ mod client;
 mod connection;
 mod error;
 mod group;
+mod link;
 mod subscription;
 
 pub use client::{Client, SubscribeOptions};
@@ -55,7 +56,9 @@ pub use subscription::{Record, Subscription};
 pub use quiver_protocol::Record as StoredRecord;
 pub use quiver_protocol::record::headers;
 pub use quiver_protocol::{
-    AttachmentStatus, Durability, ErrorCode, GroupInfo, GroupSettings, GroupTopic, Header, Limits,
-    NewRecord, OnError, Placement, PluginInfo, PluginStatus, PublishId, Receipt, Retention, Stage,
-    StartAt, TopicConfig, TopicInfo, WireError,
+    AttachmentStatus, BrokerInfo, Delivered, Durability, ErrorCode, Forward, Forwarded, GroupInfo,
+    GroupSettings, GroupTopic, Header, Limits, LinkAuth, LinkDirection, LinkInfo, LinkSpec,
+    LinkState, LinkTopic, NewRecord, OnError, Origin, Placement, PluginInfo, PluginStatus,
+    Position, PublishId, Receipt, Retention, Skip, Stage, StartAt, TopicConfig, TopicInfo,
+    WireError, broker_id_hex,
 };

@@ -83,8 +83,11 @@ impl Record {
 /// unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
-    /// Decoded batches; never more records than credit granted, so at most a window.
-    batches: mpsc::UnboundedReceiver<Result<Vec<Record>>>,
+    /// Decoded batches, and where topics start; never more records than credit
+    /// granted, so at most a window.
+    batches: mpsc::UnboundedReceiver<Result<Piece>>,
+    /// Each topic's id, as announced before its records.
+    ids: HashMap<Arc<str>, u64>,
     /// The rest of the batch being read.
     current: std::vec::IntoIter<Record>,
     credit: mpsc::UnboundedSender<u32>,
@@ -92,6 +95,15 @@ pub struct Subscription {
     window: u32,
     /// Keeps the connection open while the subscription lives.
     _mux: Arc<Mux>,
+}
+
+/// What the pump hands the [`Subscription`], in stream order.
+#[derive(Debug)]
+enum Piece {
+    /// Records of one topic.
+    Records(Vec<Record>),
+    /// Where topics start (their ids): before their records.
+    Positions(Vec<Position>),
 }
 
 /// Subscribes to `pattern`.
@@ -108,12 +120,19 @@ pub(crate) async fn open(
             credit: window,
             pipeline: options.pipeline,
         },
-        positions: HashMap::new(),
+        positions: options
+            .at
+            .into_iter()
+            .map(|p| (p.topic.clone(), p))
+            .collect(),
         credit: window,
         resuming: false,
     };
     let stream = mux.open_resumable(&mut place, 0).await?;
     let (tx, batches) = mpsc::unbounded_channel();
+    let _ = tx.send(Ok(Piece::Positions(
+        place.positions.values().cloned().collect(),
+    )));
     let (credit, credit_rx) = mpsc::unbounded_channel();
     tokio::spawn(pump(
         Pump {
@@ -126,6 +145,7 @@ pub(crate) async fn open(
     ));
     Ok(Subscription {
         batches,
+        ids: HashMap::new(),
         current: Vec::new().into_iter(),
         credit,
         consumed: 0,
@@ -194,6 +214,13 @@ impl Subscription {
     pub async fn recv(&mut self) -> Option<Result<Record>> {
         std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
     }
+
+    /// The id of `topic` that the records handed out so far come from (announced by
+    /// the broker before them). A topic deleted and created again under its name has
+    /// another id, and its offsets start again.
+    pub fn topic_id(&self, topic: &str) -> Option<u64> {
+        self.ids.get(topic).copied()
+    }
 }
 
 impl Stream for Subscription {
@@ -212,7 +239,12 @@ impl Stream for Subscription {
                 return Poll::Ready(Some(Ok(record)));
             }
             match std::task::ready!(this.batches.poll_recv(cx)) {
-                Some(Ok(batch)) => this.current = batch.into_iter(),
+                Some(Ok(Piece::Records(batch))) => this.current = batch.into_iter(),
+                Some(Ok(Piece::Positions(positions))) => {
+                    for p in positions {
+                        this.ids.insert(p.topic.into(), p.topic_id);
+                    }
+                }
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None => return Poll::Ready(None),
             }
@@ -224,7 +256,7 @@ impl Stream for Subscription {
 struct Pump {
     stream: Opened,
     place: Place,
-    batches: mpsc::UnboundedSender<Result<Vec<Record>>>,
+    batches: mpsc::UnboundedSender<Result<Piece>>,
     credit: mpsc::UnboundedReceiver<u32>,
 }
 
@@ -251,7 +283,13 @@ async fn pump(mut pump: Pump, mux: Arc<Mux>) {
             .resume(&mut pump.place, &pump.stream, error, pump.batches.closed())
             .await;
         match resumed {
-            Some(Ok(stream)) => pump.stream = stream,
+            Some(Ok(stream)) => {
+                pump.stream = stream;
+                // Where the broker resumed each topic: a topic created again since
+                // has another id.
+                let positions = pump.place.positions.values().cloned().collect();
+                let _ = pump.batches.send(Ok(Piece::Positions(positions)));
+            }
             Some(Err(error)) => {
                 let _ = pump.batches.send(Err(error));
                 pump.stream.send.finish();
@@ -295,7 +333,7 @@ impl Pump {
 
     /// The records of a frame, noting where they leave the subscription; `None` for a
     /// frame without records.
-    fn take(&mut self, frame: Result<ServerFrame>) -> Result<Option<Vec<Record>>> {
+    fn take(&mut self, frame: Result<ServerFrame>) -> Result<Option<Piece>> {
         let batch = match frame? {
             ServerFrame::Records(batch) => decode(batch)?,
             ServerFrame::Processed(processed) => {
@@ -307,12 +345,12 @@ impl Pump {
                     .collect()
             }
             ServerFrame::Positions(joined) => {
-                for position in joined {
+                for position in &joined {
                     self.place
                         .positions
-                        .insert(position.topic.clone(), position);
+                        .insert(position.topic.clone(), position.clone());
                 }
-                return Ok(None);
+                return Ok(Some(Piece::Positions(joined)));
             }
             ServerFrame::Error(e) => return Err(Error::Server(e)),
             other => {
@@ -325,7 +363,7 @@ impl Pump {
             let count = u32::try_from(batch.len()).unwrap_or(u32::MAX);
             self.place.handed_over(&last.topic, last.offset + 1, count);
         }
-        Ok(Some(batch))
+        Ok(Some(Piece::Records(batch)))
     }
 }
 

@@ -104,7 +104,7 @@ fn bench_durability(
                         let append: TopicRecords = (Arc::clone(&log), one.clone());
                         pending.push(
                             storage
-                                .submit_append(vec![append], Vec::new(), Vec::new())
+                                .submit_append(vec![append], Vec::new(), Vec::new(), None)
                                 .await
                                 .expect("the append is queued"),
                         );

@@ -71,6 +71,43 @@ pub struct Config {
     /// How long a graceful shutdown waits for in-flight work.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Links to other brokers (`[[links]]`), started with the broker.
+    pub links: Vec<LinkConfig>,
+}
+
+/// A link to another broker, as the config file (`[[links]]`) or `quiver link create`
+/// declares it; docs/links.md explains each setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkConfig {
+    /// The link's name (the topic-name grammar).
+    pub name: String,
+    /// The remote broker's addresses (`HOST:PORT`), tried in turn.
+    pub to: Vec<String>,
+    /// The source topics: a name or pattern (local for `out`, remote for `in`).
+    pub topics: String,
+    /// `out` (forward local topics to the remote, the default) or `in` (pull the
+    /// remote's topics here).
+    pub direction: Option<String>,
+    /// Put before each source topic's name to name its destination.
+    pub prefix: String,
+    /// Where a topic never forwarded before starts: `earliest` (the default),
+    /// `latest`, an offset, an RFC 3339 time or `-DURATION`.
+    pub from: Option<String>,
+    /// The most records per second the link forwards.
+    pub max_rate: Option<u32>,
+    /// The CA certificate (PEM) the remote's certificate must chain to.
+    pub ca: Option<PathBuf>,
+    /// A token the remote issued (`quiver auth token create` there).
+    pub token: Option<String>,
+    /// A client certificate (PEM) the remote trusts, with `key`.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// A deployed plugin an `out` link runs on records before forwarding them.
+    pub plugin: Option<String>,
+    /// The plugin's parameters.
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -87,6 +124,7 @@ impl Default for Config {
             dedup: DedupConfig::default(),
             retention_interval: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
+            links: Vec::new(),
         }
     }
 }
@@ -326,6 +364,7 @@ const KEYS: &[&str] = &[
     "dedup",
     "retention_interval",
     "shutdown_timeout",
+    "links",
 ];
 
 impl Config {

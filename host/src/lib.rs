@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod files;
 pub mod groups;
+pub mod links;
 pub mod plugins;
 pub mod retention;
 pub mod server;

@@ -20,16 +20,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quiver_protocol::Limits;
+use quiver_protocol::{Limits, LinkSpec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use tokio::sync::Semaphore;
 
 use crate::auth::{self, AuthError, AuthSettings, Authenticator};
 use crate::broker::{Broker, BrokerLimits, BrokerSettings};
 use crate::config::Config;
+use crate::links::{self, Links};
 use crate::plugins::runtime::SandboxLimits;
 use crate::plugins::stage::QuarantinePolicy;
 use crate::plugins::{AdminError, PluginSettings, Plugins};
@@ -69,6 +70,9 @@ pub enum ServeError {
     /// The durable groups could not be loaded.
     #[error("groups: {0}")]
     Groups(String),
+    /// A link the config file declares is not valid.
+    #[error("links: {0}")]
+    Links(String),
     /// The plugin runtime could not start, or the plugin dir could not be read.
     #[error("plugins: {0}")]
     Plugins(#[from] AdminError),
@@ -112,6 +116,8 @@ pub struct Server {
     auth: Arc<Authenticator>,
     listener: Listener,
     config: Config,
+    /// The links the config file declares.
+    links: Vec<LinkSpec>,
     cert_path: PathBuf,
     cert_origin: Origin,
 }
@@ -187,6 +193,15 @@ impl Server {
             .load_groups()
             .await
             .map_err(|e| ServeError::Groups(e.to_string()))?;
+        let links = config
+            .links
+            .iter()
+            .map(|link| {
+                let spec = links::spec_of(link).map_err(ServeError::Links)?;
+                links::validate(&spec).map_err(|e| ServeError::Links(e.to_string()))?;
+                Ok(spec)
+            })
+            .collect::<Result<Vec<_>, ServeError>>()?;
         let configured = config.tls.cert.as_deref().zip(config.tls.key.as_deref());
         let identity = tls::load_or_generate(configured, &config.data)?;
         let (cert_path, cert_origin) = (identity.cert_path.clone(), identity.origin.clone());
@@ -206,6 +221,7 @@ impl Server {
             auth,
             listener,
             config,
+            links,
             cert_path,
             cert_origin,
         })
@@ -230,6 +246,7 @@ impl Server {
             auth,
             listener,
             config,
+            links,
             ..
         } = self;
         let stop = CancellationToken::new();
@@ -252,6 +269,17 @@ impl Server {
             auth: Arc::clone(&auth),
         });
         tasks.spawn(refresh_auth(auth, stop.clone()));
+        // Links run until `stop`; shutdown waits for them like for connections.
+        match Links::start(Arc::clone(&broker), links, stop.clone()).await {
+            Ok(links) => {
+                let stop = stop.clone();
+                tasks.spawn(async move {
+                    stop.cancelled().await;
+                    links.stopped().await;
+                });
+            }
+            Err(e) => error!(cause = %e, "links could not start"),
+        }
         let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
         let recoverable = {
             let storage = broker.storage().clone();

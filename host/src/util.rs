@@ -1,7 +1,9 @@
 //! Small helpers every part of the broker uses and none owns: the process clock and
-//! hex encoding. (Storage, plugins and auth import them from here, not from each
+//! hex encoding, and where to start reading (`parse_start`, for the CLI and the
+//! config file). (Storage, plugins and auth import them from here, not from each
 //! other.)
 
+use quiver_protocol::StartAt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch, by the system clock.
@@ -20,6 +22,34 @@ pub fn hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
+}
+
+/// Parses where to start reading: `earliest`, `latest`, an offset, an RFC 3339 time or
+/// `-DURATION` (a time ago).
+pub fn parse_start(s: &str) -> Result<StartAt, String> {
+    match s {
+        "earliest" => return Ok(StartAt::Earliest),
+        "latest" => return Ok(StartAt::Latest),
+        _ => {}
+    }
+    if let Ok(offset) = s.parse::<u64>() {
+        return Ok(StartAt::Offset(offset));
+    }
+    let time = if let Some(ago) = s.strip_prefix('-') {
+        let ago = humantime::parse_duration(ago).map_err(|e| format!("`{s}`: {e}"))?;
+        std::time::SystemTime::now()
+            .checked_sub(ago)
+            .ok_or_else(|| format!("`{s}` is before the Unix epoch"))?
+    } else {
+        humantime::parse_rfc3339_weak(s).map_err(|_| {
+            format!("`{s}` is not earliest, latest, an offset, an RFC 3339 time or -DURATION")
+        })?
+    };
+    let ms = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("`{s}` is before the Unix epoch"))?
+        .as_millis();
+    Ok(StartAt::Timestamp(u64::try_from(ms).unwrap_or(u64::MAX)))
 }
 
 #[cfg(test)]

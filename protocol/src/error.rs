@@ -102,6 +102,13 @@ error_codes! {
     /// The client's principal has no right to do this (the message names the right
     /// and the topic).
     Forbidden = 61,
+    /// No link by that name.
+    LinkNotFound = 70,
+    /// A link by that name exists already.
+    LinkExists = 71,
+    /// A forwarded batch does not continue where the destination's mark for its
+    /// origin is (the message says where): an earlier batch was not stored.
+    OutOfOrder = 72,
     /// A bug in the server.
     Internal = 99,
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`frame`]: length-prefixed frames carrying postcard-encoded messages;
 //! - [`message`]: every message, by direction and stream;
+//! - [`link`]: what a link forwards, and links' specs and descriptions;
 //! - [`record`]: records and the batch format used on the wire and on disk;
 //! - [`name`]: topic names and subscription patterns;
 //! - [`error`]: stable error codes.
@@ -14,12 +15,14 @@
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod link;
 pub mod message;
 pub mod name;
 pub mod record;
 
 pub use error::{ErrorCode, WireError};
 pub use frame::{FrameDecoder, FrameError};
+pub use link::*;
 pub use message::*;
 pub use name::{NameError, TopicName, TopicPattern};
 pub use record::{Header, NewRecord, Record};

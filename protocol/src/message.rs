@@ -18,6 +18,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
+use crate::link::{Forward, Forwarded, LinkInfo, LinkSpec};
 use crate::record::NewRecord;
 
 /// Everything a client sends.
@@ -258,6 +259,35 @@ pub enum Op {
         /// The first publish's id; the next ones count its sequence up.
         first_id: PublishId,
     },
+    /// Store records forwarded over a link, each origin offset once (see
+    /// [`crate::link`]); an empty batch with `from == next` asks for the mark.
+    Forward(Forward),
+    /// Declare a link to another broker; it starts at once.
+    CreateLink(Box<LinkSpec>),
+    /// Stop a link and forget it, with its cursors.
+    DeleteLink {
+        /// The link's name.
+        name: String,
+    },
+    /// Describe one link.
+    DescribeLink {
+        /// The link's name.
+        name: String,
+    },
+    /// List all links.
+    ListLinks,
+    /// Stop a link forwarding until it is resumed (across restarts too).
+    PauseLink {
+        /// The link's name.
+        name: String,
+    },
+    /// Let a paused link forward again.
+    ResumeLink {
+        /// The link's name.
+        name: String,
+    },
+    /// Who the broker is: its id and version.
+    DescribeBroker,
 }
 
 /// A reply to a [`Request`].
@@ -297,6 +327,23 @@ pub enum OpReply {
     /// The outcome of each publish of a `PublishEach`, in order: where its record went
     /// once durable, or why it was refused.
     PublishedEach(Vec<Result<Receipt, WireError>>),
+    /// What the destination made of a `Forward`.
+    Forwarded(Forwarded),
+    /// The link created, described, paused or resumed.
+    Link(Box<LinkInfo>),
+    /// All links, sorted by name.
+    Links(Vec<LinkInfo>),
+    /// Who the broker is.
+    Broker(BrokerInfo),
+}
+
+/// Who a broker is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    /// Its id: random, made with its data dir, kept for its life.
+    pub id: u128,
+    /// Its version (`quiver/0.1.0`).
+    pub version: String,
 }
 
 /// Where a publish's records went. Without plugins on the topic, all of them are in

@@ -33,6 +33,17 @@ pub mod headers {
     /// On a dead letter from a group: how many times it was delivered.
     pub const DLQ_DELIVERIES: &str = "quiver-dlq-deliveries";
 
+    /// On a record forwarded over a link: the id of the broker it came from (32 hex
+    /// digits).
+    pub const ORIGIN_BROKER: &str = "quiver-origin-broker";
+    /// On a record forwarded over a link: the topic it came from.
+    pub const ORIGIN_TOPIC: &str = "quiver-origin-topic";
+    /// On a record forwarded over a link: its offset in that topic.
+    pub const ORIGIN_OFFSET: &str = "quiver-origin-offset";
+    /// On a record forwarded over links: the ids of the brokers it was stored on
+    /// before this one, oldest first, comma-separated.
+    pub const PATH: &str = "quiver-path";
+
     /// The first of `headers` named `name`.
     pub fn find<'h>(headers: &'h [super::Header], name: &str) -> Option<&'h bytes::Bytes> {
         headers.iter().find(|h| h.name == name).map(|h| &h.value)

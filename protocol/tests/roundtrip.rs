@@ -248,6 +248,26 @@ fn variant_indexes_match_the_documentation() {
             },
             19,
         ),
+        (
+            Op::Forward(Forward {
+                topic: name(),
+                origin: Origin {
+                    broker: 0,
+                    topic: name(),
+                    topic_id: 0,
+                },
+                from: 0,
+                next: 0,
+                records: vec![],
+            }),
+            20,
+        ),
+        (Op::DeleteLink { name: name() }, 22),
+        (Op::DescribeLink { name: name() }, 23),
+        (Op::ListLinks, 24),
+        (Op::PauseLink { name: name() }, 25),
+        (Op::ResumeLink { name: name() }, 26),
+        (Op::DescribeBroker, 27),
     ];
     for (op, want) in ops {
         assert_eq!(body(&request(op))[2], want);
@@ -373,6 +393,15 @@ fn variant_indexes_match_the_documentation() {
         (OpReply::Response(NewRecord::default()), 9),
         (OpReply::Replied, 10),
         (OpReply::PublishedEach(vec![]), 11),
+        (
+            OpReply::Forwarded(Forwarded {
+                broker: 0,
+                next: None,
+                receipt: None,
+            }),
+            12,
+        ),
+        (OpReply::Links(vec![]), 14),
     ];
     for (op_reply, want) in replies {
         let encoded = body(&reply(Ok(op_reply)));

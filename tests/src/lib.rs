@@ -8,6 +8,7 @@ pub mod crash;
 pub mod disk;
 pub mod live;
 pub mod raw;
+pub mod relay;
 pub mod rng;
 
 use std::io::{BufRead, BufReader};
@@ -222,6 +223,12 @@ impl Broker {
             Stop::Kill => self.kill9(),
         }
         Self::launch_at(data, &addr, args, &[])
+    }
+
+    /// Starts a broker on `data` at `addr` (one that listened there before, stopped
+    /// meanwhile), with `env`, waiting for its ready line.
+    pub fn start_at(data: &DataDir, addr: &str, env: Env<'_>) -> Self {
+        Self::launch_at(data, addr, &[], env)
     }
 
     /// The `quiver serve` command [`Broker::launch`] runs.

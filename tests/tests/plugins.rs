@@ -801,6 +801,7 @@ async fn a_quarantined_fail_closed_subscription_plugin_ends_the_subscription() {
         from: StartAt::Earliest,
         window: 1,
         pipeline: vec![Stage::new("trap")],
+        at: Vec::new(),
     };
     let mut sub = client.subscribe("feed", options).await.unwrap();
     assert_eq!(take(&mut sub, 1).await[0].payload, "ok 1");

@@ -319,17 +319,21 @@ async fn try_open(link: &Link, stream: &mut impl Resumable) -> Result<Opened> {
 
 /// Whether a request may be written again on a new connection when its first
 /// connection was lost before the reply: publishes (the broker stores each publish id
-/// once) and queries. Anything else may have been acted on, and fails instead.
+/// once, and each forwarded origin offset once) and queries. Anything else may have been acted on, and fails instead.
 fn safe_to_repeat(op: &Op) -> bool {
     matches!(
         op,
         Op::Publish { id: Some(_), .. }
             | Op::PublishEach { .. }
+            | Op::Forward(_)
             | Op::DescribeTopic { .. }
             | Op::ListTopics
             | Op::ListPlugins
             | Op::PluginStatus { .. }
             | Op::DescribeGroup { .. }
             | Op::ListGroups
+            | Op::DescribeLink { .. }
+            | Op::ListLinks
+            | Op::DescribeBroker
     )
 }

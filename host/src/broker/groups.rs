@@ -259,7 +259,7 @@ impl Broker {
         let appends = by_topic.into_values().collect();
         Ok(self
             .storage
-            .submit_append(appends, Vec::new(), Vec::new())
+            .submit_append(appends, Vec::new(), Vec::new(), None)
             .await?)
     }
 

@@ -8,7 +8,9 @@
 //! existing topics, so a topic created meanwhile is seen at least once.
 
 pub mod dedup;
+mod deliver;
 mod groups;
+mod links;
 mod publish;
 mod request;
 
@@ -29,6 +31,8 @@ use crate::plugins::{AdminError, PipelineError, Plugins};
 use crate::storage::{Storage, StorageError, TopicLog, TopicSettings};
 use crate::util::now_ms;
 use dedup::Deduplicator;
+pub use links::LinkControl;
+pub(crate) use publish::on_path;
 pub use publish::{Outcomes, PublishOrder, Publishes};
 
 /// Limits the broker enforces on requests.
@@ -138,6 +142,12 @@ pub enum BrokerError {
     /// A configured limit was reached; the message names the setting.
     #[error("{0}")]
     LimitReached(String),
+    /// No link by that name.
+    #[error("link `{0}` does not exist")]
+    LinkNotFound(String),
+    /// The link name is taken.
+    #[error("link `{0}` already exists")]
+    LinkExists(String),
     /// The broker's own publish failed, as a client's would be told.
     #[error("{}", .0.message)]
     Publish(WireError),
@@ -155,6 +165,8 @@ impl From<StorageError> for BrokerError {
             StorageError::TopicExists(name) => Self::TopicExists(name.to_string()),
             StorageError::TopicNotFound(name) => Self::TopicNotFound(name.to_string()),
             StorageError::GroupExists(name) => Self::GroupExists(name),
+            StorageError::LinkExists(name) => Self::LinkExists(name),
+            StorageError::LinkNotFound(name) => Self::LinkNotFound(name),
             other => Self::Storage(other),
         }
     }
@@ -188,7 +200,10 @@ impl BrokerError {
             Self::Pipeline(PipelineError::Refused(_)) => ErrorCode::PluginQuarantined,
             Self::Pipeline(PipelineError::Aborted(_)) => ErrorCode::Internal,
             Self::Storage(StorageError::Closed) => ErrorCode::ShuttingDown,
+            Self::Storage(StorageError::OutOfOrder { .. }) => ErrorCode::OutOfOrder,
             Self::Storage(_) => ErrorCode::Storage,
+            Self::LinkNotFound(_) => ErrorCode::LinkNotFound,
+            Self::LinkExists(_) => ErrorCode::LinkExists,
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::LimitReached(_) => ErrorCode::LimitReached,
             Self::Publish(e) => e.code,
@@ -223,6 +238,8 @@ pub struct Broker {
     requests_prefix: String,
     /// Wakes the background clean-up early (after a delete).
     pub(crate) cleanup: Notify,
+    /// The links, handed over once they are started.
+    links: std::sync::OnceLock<Arc<dyn LinkControl>>,
 }
 
 impl Broker {
@@ -256,6 +273,7 @@ impl Broker {
             requests: request::Requests::default(),
             requests_prefix: format!("{:x}", now_ms()),
             cleanup: Notify::new(),
+            links: std::sync::OnceLock::new(),
         })
     }
 

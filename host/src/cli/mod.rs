@@ -5,6 +5,7 @@ mod args;
 mod auth;
 mod bench;
 mod group;
+mod link;
 mod output;
 mod plugin;
 mod pubsub;
@@ -47,6 +48,9 @@ enum Command {
     /// Create, list, describe, reset and delete durable consumer groups.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// Create, list, describe, pause, resume and delete links to other brokers.
+    #[command(subcommand)]
+    Link(link::LinkCommand),
     /// Send a request to a topic and print the reply.
     Request(request::RequestArgs),
     /// Answer requests arriving on a topic (or group) with a command's output.
@@ -268,6 +272,7 @@ fn run_client(command: Command) -> anyhow::Result<()> {
             Command::Sub(args) => pubsub::subscribe(args).await,
             Command::Plugin(command) => plugin::run(command).await,
             Command::Group(command) => group::run(command).await,
+            Command::Link(command) => link::run(command).await,
             Command::Request(args) => request::request(args).await,
             Command::Reply(args) => request::reply(args).await,
             Command::Bench(args) => bench::run(args).await,

@@ -22,6 +22,7 @@ pub(super) fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), B
     match op {
         Op::Publish { topic: name, .. }
         | Op::PublishEach { topic: name, .. }
+        | Op::Forward(quiver_protocol::Forward { topic: name, .. })
         | Op::Request { topic: name, .. } => topic(Right::Publish, name),
         // Dead letters are writes to another topic: its publish right is needed too.
         Op::CreateTopic { name, config } => {
@@ -38,10 +39,17 @@ pub(super) fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), B
             Ok(name) => Ok(access.check_visible(&name)?),
             Err(_) => Ok(()),
         },
-        // Plugin binaries serve every topic: managing them takes admin on all.
-        Op::DeployPlugin { .. } | Op::UpgradePlugin { .. } | Op::RemovePlugin { .. } => {
-            Ok(access.check_pattern(Right::Admin, &TopicPattern::every())?)
-        }
+        // Plugin binaries serve every topic, and links read and write topics as the
+        // broker itself: managing either takes admin on all.
+        Op::DeployPlugin { .. }
+        | Op::UpgradePlugin { .. }
+        | Op::RemovePlugin { .. }
+        | Op::CreateLink(_)
+        | Op::DeleteLink { .. }
+        | Op::DescribeLink { .. }
+        | Op::ListLinks
+        | Op::PauseLink { .. }
+        | Op::ResumeLink { .. } => Ok(access.check_pattern(Right::Admin, &TopicPattern::every())?),
         Op::CreateGroup { settings, .. } => {
             check_pattern(access, Right::Group, &settings.pattern)?;
             settings
@@ -58,6 +66,7 @@ pub(super) fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), B
         | Op::ListGroups
         | Op::ListPlugins
         | Op::PluginStatus { .. }
+        | Op::DescribeBroker
         | Op::Reply { .. } => Ok(()),
     }
 }

@@ -123,6 +123,10 @@ async fn dispatch(
             let outcomes = broker.publish(order, &topic, publishes).await;
             async move { reply(outcomes.await.map(OpReply::PublishedEach).map_err(wire)) }.boxed()
         }
+        Op::Forward(forward) => {
+            let forwarded = broker.forward(order, forward).await;
+            async move { reply(forwarded.await.map(OpReply::Forwarded).map_err(wire)) }.boxed()
+        }
         op => {
             let access = access.clone();
             async move {
@@ -153,9 +157,38 @@ fn one(outcomes: Outcomes) -> Result<Receipt, WireError> {
 /// across requests; this is for everything else.
 async fn execute(broker: &Arc<Broker>, op: Op) -> Result<OpReply, BrokerError> {
     match op {
-        Op::Publish { .. } | Op::PublishEach { .. } => Err(BrokerError::InvalidArgument(
-            "a publish is dispatched, not executed".into(),
-        )),
+        Op::Publish { .. } | Op::PublishEach { .. } | Op::Forward(_) => Err(
+            BrokerError::InvalidArgument("a publish is dispatched, not executed".into()),
+        ),
+        Op::CreateLink(spec) => broker
+            .links()?
+            .create(*spec)
+            .await
+            .map(|info| OpReply::Link(Box::new(info))),
+        Op::DeleteLink { name } => broker
+            .links()?
+            .delete(&name)
+            .await
+            .map(|()| OpReply::Deleted),
+        Op::DescribeLink { name } => broker
+            .links()?
+            .describe(&name)
+            .map(|info| OpReply::Link(Box::new(info))),
+        Op::ListLinks => Ok(OpReply::Links(broker.links()?.list())),
+        Op::DescribeBroker => Ok(OpReply::Broker(quiver_protocol::BrokerInfo {
+            id: broker.storage().broker_id(),
+            version: concat!("quiver/", env!("CARGO_PKG_VERSION")).to_owned(),
+        })),
+        Op::PauseLink { name } => broker
+            .links()?
+            .pause(&name, true)
+            .await
+            .map(|info| OpReply::Link(Box::new(info))),
+        Op::ResumeLink { name } => broker
+            .links()?
+            .pause(&name, false)
+            .await
+            .map(|info| OpReply::Link(Box::new(info))),
         Op::CreateTopic { name, config } => broker
             .create_topic(&name, &config)
             .await

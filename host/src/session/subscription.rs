@@ -20,18 +20,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use quiver_protocol::record::decode_shared;
 use quiver_protocol::{
-    ClientFrame, Delivered, ErrorCode, NewRecord, Position, Processed, Records, ServerFrame,
-    StartAt, Subscribe, SubscribeAt, TopicPattern, WireError,
+    ClientFrame, ErrorCode, Position, Records, ServerFrame, StartAt, Subscribe, SubscribeAt,
+    TopicPattern, WireError,
 };
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, instrument, warn};
 
 use crate::broker::{Broker, BrokerError, PatternWatch};
-use crate::plugins::pipeline::Item;
-use crate::plugins::stage::StageRunner;
 use crate::storage::{Slice, Storage, StorageError, TopicLog, Watch};
 use crate::transport::{FrameReader, FrameWriter, Incoming};
 
@@ -211,7 +208,7 @@ pub(super) async fn serve(
                 }));
                 continue;
             };
-            match process(&broker, stages, &log, slice).await {
+            match broker.deliver_through(stages, &log, slice).await {
                 Ok(processed) if processed.records.is_empty() => {}
                 Ok(processed) => {
                     let count = u32::try_from(processed.records.len()).unwrap_or(u32::MAX);
@@ -262,78 +259,6 @@ pub(super) async fn serve(
             }
         }
     }
-}
-
-/// Runs a slice through the subscription's plugins; dead letters and plugin state are
-/// made durable before the survivors are delivered.
-async fn process(
-    broker: &Arc<Broker>,
-    stages: &Arc<[Arc<StageRunner>]>,
-    log: &Arc<TopicLog>,
-    slice: Slice,
-) -> Result<Processed, BrokerError> {
-    let records = decode_shared(slice.base_offset, &slice.batch).map_err(StorageError::from)?;
-    let items = records
-        .into_iter()
-        .map(|r| Item {
-            offset: r.offset,
-            timestamp: r.timestamp,
-            record: NewRecord {
-                key: r.key,
-                headers: r.headers,
-                payload: r.payload,
-            },
-            publish: 0,
-        })
-        .collect();
-    let plugins = broker.plugins();
-    let storer = Arc::clone(broker);
-    let log_for_dead = Arc::clone(log);
-    let sorted = plugins
-        .run_then(
-            Arc::clone(stages),
-            log.name().to_string(),
-            items,
-            false,
-            || {},
-            move |sorted| async move {
-                // Dead letters and state are queued here, in the plugins' call order,
-                // and made durable before the survivors are delivered.
-                let mut sorted = sorted?;
-                if sorted.dead.is_empty() && sorted.state.is_empty() {
-                    return Ok::<_, BrokerError>((sorted, None));
-                }
-                let mut appends = Vec::new();
-                if !sorted.dead.is_empty() {
-                    let dead = std::mem::take(&mut sorted.dead);
-                    appends.push(storer.dead_letters(&log_for_dead, dead).await?);
-                }
-                let pending = storer
-                    .storage()
-                    .submit_append(appends, sorted.state.clone(), Vec::new())
-                    .await?;
-                Ok((sorted, Some(pending)))
-            },
-        )
-        .await??;
-    let (sorted, pending) = sorted;
-    if let Some(pending) = pending {
-        let committed = pending.durable().await.map(drop);
-        plugins.state_settled(&sorted.state);
-        committed?;
-    }
-    Ok(Processed {
-        topic: log.name().to_string(),
-        records: sorted
-            .passed
-            .into_iter()
-            .map(|i| Delivered {
-                offset: i.offset,
-                timestamp: i.timestamp,
-                record: i.record,
-            })
-            .collect(),
-    })
 }
 
 /// Resolves the pattern and each matching topic's start offset: where the client

@@ -22,6 +22,24 @@ pub enum StorageError {
     /// A group with that name exists already.
     #[error("group `{0}` already exists")]
     GroupExists(String),
+    /// A forwarded batch does not continue at the destination's mark for its origin.
+    #[error(
+        "forwarded records from origin offset {from} do not continue where this broker's \
+         mark for their origin is ({expected}): an earlier batch was not stored; send from \
+         the mark"
+    )]
+    OutOfOrder {
+        /// The mark.
+        expected: u64,
+        /// Where the batch started.
+        from: u64,
+    },
+    /// A link with that name exists already.
+    #[error("link `{0}` already exists")]
+    LinkExists(String),
+    /// No link by that name.
+    #[error("link `{0}` does not exist")]
+    LinkNotFound(String),
     /// The storage writer has stopped (the broker is shutting down).
     #[error("storage is closed")]
     Closed,
@@ -58,9 +76,13 @@ impl StorageError {
                 "check that the data dir is readable and writable and that its disk has \
                  space, then start again"
             }
-            Self::TopicExists(_) | Self::TopicNotFound(_) | Self::GroupExists(_) | Self::Closed => {
-                "start again; if it happens again, report it"
-            }
+            Self::TopicExists(_)
+            | Self::TopicNotFound(_)
+            | Self::GroupExists(_)
+            | Self::LinkExists(_)
+            | Self::LinkNotFound(_)
+            | Self::OutOfOrder { .. }
+            | Self::Closed => "start again; if it happens again, report it",
         }
     }
 }

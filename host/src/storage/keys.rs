@@ -14,6 +14,10 @@
 //! | `o` group-id topic-id                 | a group's cursor and counters in a topic (24 bytes) |
 //! | `u` group-id topic-id offset          | a pending record: deliveries (u32), not-before (u64) |
 //! | `d` time (ms) unique-id               | the ids and receipts of one commit's publishes, for deduplicating retries (postcard) |
+//! | `m` topic-id broker-id (u128 BE) origin-topic-id | a link mark: the origin offset expected next (u64 BE), the origin topic's name |
+//! | `l` link-name                         | [`LinkRecord`](super::LinkRecord) (postcard) |
+//! | `L` name-length (u8) link-name topic-id | [`LinkCursor`](super::LinkCursor) (postcard) |
+//! | `b`                                   | the broker's id (u128 BE) |
 //! | `v`                                   | the layout version, [`FORMAT`] (u32 BE) |
 //! | `w`                                   | [`Unfinished`]: the one-topic commit being written key by key |
 //!
@@ -44,6 +48,10 @@ pub(super) const GROUP: u8 = b'g';
 pub(super) const LANE: u8 = b'o';
 pub(super) const UNACKED: u8 = b'u';
 pub(super) const DEDUP: u8 = b'd';
+pub(super) const MARK: u8 = b'm';
+pub(super) const LINK: u8 = b'l';
+pub(super) const LINK_CURSOR: u8 = b'L';
+pub(super) const BROKER: &[u8] = b"b";
 pub(super) const VERSION: &[u8] = b"v";
 /// Written and removed at every key-by-key commit, so it sorts last, in a leaf of small
 /// values: sled logs a whole leaf now and then as it changes, and beside the chunk
@@ -53,10 +61,11 @@ pub(super) const UNFINISHED: &[u8] = b"w";
 
 /// The layout this code writes; a data dir of another is refused, except the versions
 /// from [`FORMAT_V1`] on, which open as they are and are stamped [`FORMAT`].
-pub(super) const FORMAT: u32 = 3;
+pub(super) const FORMAT: u32 = 4;
 
 /// The first layout, before index entries carried a checksum. It reads as it is (its
-/// entries decode without one). Version 2 added the checksums, version 3 the `w` key.
+/// entries decode without one). Version 2 added the checksums, version 3 the `w` key,
+/// version 4 the broker id and links (`b`, `l`, `L`, `m`).
 /// Opening an older data dir stamps it [`FORMAT`], so that a broker too old to read
 /// what this one writes refuses the data dir instead of misreading it.
 pub(super) const FORMAT_V1: u32 = 1;

@@ -36,6 +36,7 @@ mod error;
 mod flusher;
 mod groups;
 mod keys;
+mod links;
 mod log;
 mod open;
 mod plugins;
@@ -54,6 +55,7 @@ pub use error::StorageError;
 use flusher::Flusher;
 pub use groups::{GroupRecord, GroupWrite, StoredGroup, StoredLane};
 pub use keys::LogStats;
+pub use links::{LinkCursor, LinkRecord, Mark, MarkKey, MarkWrite, Marks};
 pub use log::{TopicLog, TopicSettings, Watch};
 pub use plugins::{PluginRecord, PluginVersion, StateWrite};
 use read::LogReader;
@@ -134,6 +136,10 @@ pub struct Storage {
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// Turns true when a failed write halts the writer.
     halted: watch::Receiver<bool>,
+    /// This broker's id, made with its data dir.
+    broker_id: u128,
+    /// The marks of origins forwarded here, as committed.
+    marks: Marks,
 }
 
 impl Storage {
@@ -146,6 +152,8 @@ impl Storage {
             topics,
             segment_bytes,
         } = open::open(config)?;
+        let broker_id = links::broker_id(&tree)?;
+        let marks = links::load_marks(&tree)?;
         let (commands, rx) = mpsc::channel(writer::QUEUE_DEPTH);
         let flusher = Flusher::start({
             let db = db.clone();
@@ -161,6 +169,7 @@ impl Storage {
             keys::part_bytes(segment_bytes),
             flusher,
             halted_signal,
+            marks.clone(),
         );
         let handle = std::thread::Builder::new()
             .name("quiver-storage".into())
@@ -172,6 +181,8 @@ impl Storage {
             commands,
             writer: Arc::new(Mutex::new(Some(handle))),
             halted,
+            broker_id,
+            marks,
         };
         Ok((storage, topics))
     }
@@ -242,11 +253,17 @@ impl Storage {
     /// The writer computes the receipt of each of `publishes` from the appends'
     /// results; those of the publishes with an id are stored in the same commit, so a
     /// retry of one can be answered after a restart.
+    ///
+    /// With a `mark` (records forwarded over a link), the commit also moves that mark,
+    /// and the first append's records keep their original timestamps; the append is
+    /// refused with [`StorageError::OutOfOrder`] unless the committed mark is where
+    /// the batch continues from.
     pub async fn submit_append(
         &self,
         appends: Vec<TopicRecords>,
         state: Vec<StateWrite>,
         publishes: Vec<PublishLayout>,
+        mark: Option<MarkWrite>,
     ) -> Result<PendingAppend, StorageError> {
         let (reply, rx) = oneshot::channel();
         self.commands
@@ -254,6 +271,7 @@ impl Storage {
                 appends,
                 state,
                 publishes,
+                mark,
                 reply,
             })
             .await
@@ -268,7 +286,7 @@ impl Storage {
         records: Vec<NewRecord>,
     ) -> Result<Appended, StorageError> {
         let appended = self
-            .submit_append(vec![(log, records)], Vec::new(), Vec::new())
+            .submit_append(vec![(log, records)], Vec::new(), Vec::new(), None)
             .await?
             .durable()
             .await?
@@ -348,6 +366,80 @@ impl Storage {
             .send(Command::GroupWrites { name, id, writes })
             .await
             .map_err(|_| StorageError::Closed)
+    }
+
+    /// Stores a link (new, or changed), durable when this returns; `create` refuses a
+    /// name in use.
+    pub async fn put_link(&self, record: LinkRecord, create: bool) -> Result<(), StorageError> {
+        self.ask(|reply| Command::PutLink {
+            record,
+            create,
+            reply,
+        })
+        .await
+    }
+
+    /// Forgets a link and its cursors, durable when this returns.
+    pub async fn delete_link(&self, name: String) -> Result<(), StorageError> {
+        self.ask(|reply| Command::DeleteLink { name, reply }).await
+    }
+
+    /// Queues a link's cursors (source topic id, cursor); durable with the next group
+    /// commit. A lost cursor only means records are forwarded again, which the
+    /// destination's mark turns away.
+    pub async fn link_cursors(
+        &self,
+        link: String,
+        cursors: Vec<(u64, LinkCursor)>,
+    ) -> Result<(), StorageError> {
+        if cursors.is_empty() {
+            return Ok(());
+        }
+        self.commands
+            .send(Command::LinkCursors { link, cursors })
+            .await
+            .map_err(|_| StorageError::Closed)
+    }
+
+    /// Every declared link.
+    pub fn links(&self) -> Result<Vec<LinkRecord>, StorageError> {
+        self.tree
+            .scan_prefix([keys::LINK])
+            .values()
+            .map(|value| {
+                postcard::from_bytes(&value?)
+                    .map_err(|e| StorageError::corrupt(format!("link record: {e}")))
+            })
+            .collect()
+    }
+
+    /// A link's cursors, by source topic id.
+    pub fn link_cursors_of(&self, link: &str) -> Result<Vec<(u64, LinkCursor)>, StorageError> {
+        let prefix = links::cursor_prefix(link);
+        self.tree
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (key, value) = item?;
+                let id = key
+                    .get(prefix.len()..)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .ok_or_else(|| StorageError::corrupt("link cursor key of the wrong shape"))?;
+                let cursor = postcard::from_bytes(&value)
+                    .map_err(|e| StorageError::corrupt(format!("link cursor: {e}")))?;
+                Ok((id, cursor))
+            })
+            .collect()
+    }
+
+    /// This broker's id: random, made with the data dir, kept for its life.
+    pub fn broker_id(&self) -> u128 {
+        self.broker_id
+    }
+
+    /// The marks of origins forwarded to this broker, as committed.
+    pub fn marks(&self) -> &Marks {
+        &self.marks
     }
 
     /// Resolves once every write queued before it (group state included) is durable.

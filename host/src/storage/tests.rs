@@ -524,7 +524,12 @@ fn groups_and_dedup_entries_survive_reopening() {
             layout: ReceiptLayout::default(),
         };
         storage
-            .submit_append(vec![(log.clone(), payloads(0..5))], Vec::new(), vec![dedup])
+            .submit_append(
+                vec![(log.clone(), payloads(0..5))],
+                Vec::new(),
+                vec![dedup],
+                None,
+            )
             .await
             .unwrap()
             .durable()
@@ -780,6 +785,7 @@ async fn append_with_id(storage: &Storage, log: &Arc<TopicLog>, sequence: u64) {
             vec![(log.clone(), payloads(record..record + 1))],
             Vec::new(),
             vec![dedup],
+            None,
         )
         .await
         .unwrap()

@@ -228,7 +228,138 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
                 records,
                 first_id
             }),
+        forward().prop_map(Op::Forward),
+        link_spec().prop_map(|spec| Op::CreateLink(Box::new(spec))),
+        ".{0,8}".prop_map(|name| Op::DeleteLink { name }),
+        ".{0,8}".prop_map(|name| Op::DescribeLink { name }),
+        Just(Op::ListLinks),
+        ".{0,8}".prop_map(|name| Op::PauseLink { name }),
+        ".{0,8}".prop_map(|name| Op::ResumeLink { name }),
+        Just(Op::DescribeBroker),
     ]
+}
+
+pub(crate) fn delivered() -> impl Strategy<Value = Delivered> {
+    (any::<(u64, u64)>(), record()).prop_map(|((offset, timestamp), record)| Delivered {
+        offset,
+        timestamp,
+        record,
+    })
+}
+
+pub(crate) fn forward() -> impl Strategy<Value = Forward> {
+    (
+        ".{0,8}",
+        any::<u128>(),
+        ".{0,8}",
+        any::<(u64, u64, u64)>(),
+        proptest::collection::vec(delivered(), 0..3),
+    )
+        .prop_map(
+            |(topic, broker, origin_topic, (topic_id, from, next), records)| Forward {
+                topic,
+                origin: Origin {
+                    broker,
+                    topic: origin_topic,
+                    topic_id,
+                },
+                from,
+                next,
+                records,
+            },
+        )
+}
+
+pub(crate) fn link_spec() -> impl Strategy<Value = LinkSpec> {
+    (
+        (
+            ".{0,8}",
+            proptest::collection::vec(".{0,12}", 0..3),
+            any::<bool>(),
+        ),
+        (
+            ".{0,8}",
+            ".{0,4}",
+            start_at(),
+            proptest::option::of(any::<u32>()),
+        ),
+        proptest::option::of(".{0,8}"),
+        prop_oneof![
+            Just(LinkAuth::Anonymous),
+            ".{0,8}".prop_map(LinkAuth::Token),
+            (".{0,8}", ".{0,8}").prop_map(|(cert, key)| LinkAuth::Certificate { cert, key }),
+        ],
+        proptest::collection::vec(stage(), 0..2),
+    )
+        .prop_map(
+            |((name, to, inward), (topics, prefix, from, max_rate), ca, auth, pipeline)| LinkSpec {
+                name,
+                to,
+                direction: if inward {
+                    LinkDirection::In
+                } else {
+                    LinkDirection::Out
+                },
+                topics,
+                prefix,
+                from,
+                max_rate,
+                ca,
+                auth,
+                pipeline,
+            },
+        )
+}
+
+pub(crate) fn link_info() -> impl Strategy<Value = LinkInfo> {
+    (
+        link_spec(),
+        prop_oneof![
+            Just(LinkState::Starting),
+            ".{0,8}".prop_map(|addr| LinkState::Connected { addr }),
+            (".{0,8}", any::<u64>())
+                .prop_map(|(error, retry_ms)| LinkState::BackingOff { error, retry_ms }),
+            Just(LinkState::Paused),
+        ],
+        proptest::option::of(any::<u128>()),
+        proptest::collection::vec(
+            (
+                ".{0,8}",
+                any::<[u64; 8]>(),
+                proptest::option::of(any::<u64>()),
+            ),
+            0..3,
+        ),
+        proptest::collection::vec((".{0,8}", any::<[u64; 3]>()), 0..2),
+    )
+        .prop_map(|(spec, state, remote, topics, skips)| LinkInfo {
+            spec,
+            state,
+            remote,
+            topics: topics
+                .into_iter()
+                .map(|(topic, n, oldest_ms)| LinkTopic {
+                    topic,
+                    next: n[0],
+                    lag: n[1],
+                    lag_bytes: n[2],
+                    oldest_ms,
+                    forwarded: n[3],
+                    skipped: n[4],
+                    looped: n[5],
+                    rate: n[6],
+                })
+                .collect(),
+            skips: skips
+                .into_iter()
+                .map(|(topic, n)| Skip {
+                    topic,
+                    from: n[0],
+                    to: n[1],
+                    at_ms: n[2],
+                })
+                .collect(),
+        })
 }
 
 pub(crate) fn publish_id() -> impl Strategy<Value = PublishId> {
@@ -335,6 +466,26 @@ pub(crate) fn op_reply() -> impl Strategy<Value = OpReply> {
             0..3
         )
         .prop_map(OpReply::PublishedEach),
+        (
+            any::<u128>(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<(u64, u32)>())
+        )
+            .prop_map(|(broker, next, stored)| OpReply::Forwarded(Forwarded {
+                broker,
+                next,
+                receipt: stored.map(|(base_offset, count)| Receipt {
+                    base_offset,
+                    count,
+                    routed: vec![],
+                    dead_letter: None,
+                    dropped: 0,
+                }),
+            })),
+        link_info().prop_map(|info| OpReply::Link(Box::new(info))),
+        proptest::collection::vec(link_info(), 0..2).prop_map(OpReply::Links),
+        (any::<u128>(), ".{0,8}")
+            .prop_map(|(id, version)| OpReply::Broker(BrokerInfo { id, version })),
     ]
 }
 

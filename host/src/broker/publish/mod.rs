@@ -10,6 +10,8 @@
 //! - `order`: the order of one connection's publishes ([`PublishOrder`]), and when a
 //!   publish must wait for the one before it;
 //! - `prepare`: the checks and deduplication claims, before a publish's turn;
+//! - `forward`: records forwarded over a link, turned into a publish that also moves
+//!   their origin's mark;
 //! - `store`: in its turn, the plugins and the write, and the receipts after it.
 //!
 //! Invariants worth naming:
@@ -20,6 +22,7 @@
 //! - plugin state reaches storage in the order the calls that wrote it ran
 //!   (`Plugins::run_then`).
 
+mod forward;
 mod order;
 mod prepare;
 mod store;
@@ -30,6 +33,8 @@ use futures::future::{BoxFuture, FutureExt};
 use quiver_protocol::{NewRecord, PublishId, Receipt, WireError};
 
 use super::{Broker, BrokerError};
+use crate::storage::MarkWrite;
+pub(crate) use forward::on_path;
 pub use order::PublishOrder;
 
 /// The publishes of one request.
@@ -50,6 +55,14 @@ pub enum Publishes {
         /// The first publish's id.
         first: PublishId,
     },
+    /// Records forwarded over a link (`forward.rs`): one publish, stored with their
+    /// original timestamps and with the move of their origin's mark.
+    Forwarded {
+        /// The records, provenance headers set.
+        records: Vec<NewRecord>,
+        /// The mark to move, with each record's original timestamp.
+        mark: MarkWrite,
+    },
 }
 
 /// One outcome per publish of a request, in order, or why the request as a whole was
@@ -60,7 +73,9 @@ impl Publishes {
     /// Records in all.
     fn records(&self) -> usize {
         match self {
-            Self::One { records, .. } | Self::Each { records, .. } => records.len(),
+            Self::One { records, .. }
+            | Self::Each { records, .. }
+            | Self::Forwarded { records, .. } => records.len(),
         }
     }
 
@@ -68,6 +83,7 @@ impl Publishes {
     fn ids(&self) -> impl Iterator<Item = PublishId> + use<> {
         let (first, count) = match self {
             Self::One { id, .. } => (*id, 1),
+            Self::Forwarded { .. } => (None, 0),
             Self::Each { records, first } => (Some(*first), records.len() as u64),
         };
         first.into_iter().flat_map(move |first| {
@@ -82,6 +98,7 @@ impl Publishes {
     fn into_each(self) -> Vec<(Vec<NewRecord>, Option<PublishId>)> {
         match self {
             Self::One { records, id } => vec![(records, id)],
+            Self::Forwarded { records, .. } => vec![(records, None)],
             Self::Each { records, first } => (0..)
                 .zip(records)
                 .map(|(i, record)| {
@@ -119,7 +136,11 @@ impl Broker {
             Err(e) => return std::future::ready(Err(e)).boxed(),
         };
         // The stages as they are now serve this request, however the pipeline changes.
-        let stages = self.plugins.topic_stages(log.id());
+        // (A forwarded batch may hold no record, only its mark's move: no call.)
+        let stages = match publishes.records() {
+            0 => None,
+            _ => self.plugins.topic_stages(log.id()),
+        };
         if stages.is_none() && !self.would_wait(&publishes) && order.idle() {
             let claimed = self.claim(log, publishes).await;
             return match self.queue_plain(claimed).await {

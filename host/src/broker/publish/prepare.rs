@@ -9,7 +9,7 @@ use quiver_protocol::{NewRecord, Receipt, WireError};
 use super::Publishes;
 use crate::broker::dedup::{Claim, Ticket};
 use crate::broker::{Broker, BrokerError};
-use crate::storage::TopicLog;
+use crate::storage::{MarkWrite, TopicLog};
 use crate::util::now_ms;
 
 /// The publishes of one request, checked and claimed: nothing is stored yet.
@@ -23,6 +23,8 @@ pub(super) struct Claimed {
     pub(super) fresh: Vec<Fresh>,
     /// How many publishes store.
     pub(super) storing: usize,
+    /// For forwarded records: the mark their write moves.
+    pub(super) mark: Option<MarkWrite>,
 }
 
 /// A record of a publish that stores.
@@ -49,7 +51,7 @@ impl Broker {
     /// a `PublishEach` do not run past the largest sequence.
     pub(super) fn check_request(&self, publishes: &Publishes) -> Result<(), BrokerError> {
         let records = publishes.records();
-        if records == 0 {
+        if records == 0 && !matches!(publishes, Publishes::Forwarded { .. }) {
             return Err(BrokerError::InvalidArgument(
                 "a publish needs at least one record".into(),
             ));
@@ -83,11 +85,16 @@ impl Broker {
     pub(super) async fn claim(&self, log: Arc<TopicLog>, publishes: Publishes) -> Claimed {
         // A window of zero turns deduplication off: nothing to remember.
         let dedup_on = self.dedup.window_ms() > 0;
+        let mark = match &publishes {
+            Publishes::Forwarded { mark, .. } => Some(mark.clone()),
+            _ => None,
+        };
         let mut claimed = Claimed {
             log,
             slots: Vec::new(),
             fresh: Vec::new(),
             storing: 0,
+            mark,
         };
         for (records, id) in publishes.into_each() {
             if let Err(e) = self.check_sizes(&records) {

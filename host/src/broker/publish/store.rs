@@ -15,7 +15,7 @@ use crate::plugins::Plugins;
 use crate::plugins::pipeline::{DeadLetter, Item, Routed, Sorted};
 use crate::plugins::stage::StageRunner;
 use crate::storage::{
-    PendingAppend, PublishLayout, ReceiptLayout, StateWrite, TopicLog, TopicRecords,
+    MarkWrite, PendingAppend, PublishLayout, ReceiptLayout, StateWrite, TopicLog, TopicRecords,
 };
 use crate::util::now_ms;
 
@@ -36,6 +36,12 @@ struct Write {
     appends: Vec<TopicRecords>,
     layouts: Vec<Result<ReceiptLayout, WireError>>,
     state: Vec<StateWrite>,
+    /// For forwarded records: the mark to move, with the original timestamps of the
+    /// first append's records.
+    mark: Option<MarkWrite>,
+    /// After plugins: the times of the records that passed (the first append's
+    /// leading records), for a forwarded write's mark.
+    stamps: Vec<u64>,
 }
 
 impl Queued {
@@ -98,6 +104,7 @@ impl Broker {
             slots,
             fresh,
             storing,
+            mark,
         } = claimed;
         if storing == 0 {
             return Ok(Queued::answered(slots));
@@ -112,6 +119,8 @@ impl Broker {
             appends: vec![(log, records)],
             layouts,
             state: Vec::new(),
+            mark,
+            stamps: Vec::new(),
         };
         let ids = ids_of(&slots);
         let (pending, slots) = self.submit(write, ids, slots).await?;
@@ -141,13 +150,17 @@ impl Broker {
             slots,
             fresh,
             storing,
+            mark,
         } = claimed;
         let now = now_ms();
+        // Plugins see a forwarded record's original time.
+        let stamps = mark.as_ref().map_or(&[][..], |m| &m.stamps[..]);
         let items = fresh
             .into_iter()
-            .map(|f| Item {
+            .enumerate()
+            .map(|(i, f)| Item {
                 offset: f.index,
-                timestamp: now,
+                timestamp: stamps.get(i).copied().unwrap_or(now),
                 record: f.record,
                 publish: f.publish,
             })
@@ -165,7 +178,11 @@ impl Broker {
                 move |sorted| async move {
                     match sorted {
                         Ok(sorted) => {
-                            let write = broker.sorted_write(log, sorted, storing).await;
+                            let mut write = broker.sorted_write(log, sorted, storing).await;
+                            write.mark = mark.map(|mark| MarkWrite {
+                                stamps: std::mem::take(&mut write.stamps),
+                                ..mark
+                            });
                             let state = write.state.clone();
                             let (pending, slots) = broker.submit(write, ids, slots).await?;
                             Ok((pending, slots, state))
@@ -202,6 +219,8 @@ impl Broker {
             appends,
             layouts,
             state,
+            mark,
+            stamps: _,
         } = write;
         let mut publishes = Vec::with_capacity(layouts.len());
         let storing = slots
@@ -213,12 +232,12 @@ impl Broker {
                 Err(error) => *slot = Slot::Answered(Err(error)),
             }
         }
-        if publishes.is_empty() && state.is_empty() {
+        if publishes.is_empty() && state.is_empty() && mark.is_none() {
             return Ok((None, slots));
         }
         let pending = self
             .storage
-            .submit_append(appends, state, publishes)
+            .submit_append(appends, state, publishes, mark)
             .await?;
         Ok((Some(pending), slots))
     }
@@ -231,6 +250,9 @@ impl Broker {
     /// alone, as it would alone.
     async fn sorted_write(&self, log: Arc<TopicLog>, mut sorted: Sorted, storing: usize) -> Write {
         let state = std::mem::take(&mut sorted.state);
+        // The first append starts with the records that passed, in order: a
+        // forwarded write keeps their (original) times.
+        let stamps = sorted.passed.iter().map(|item| item.timestamp).collect();
         if sorted.routed.is_empty() && sorted.dead.is_empty() {
             let mut counts = vec![(0u32, 0u32); storing];
             for item in &sorted.passed {
@@ -248,6 +270,8 @@ impl Broker {
                 appends: vec![(log, records)],
                 layouts: runs(counts),
                 state,
+                mark: None,
+                stamps,
             };
         }
         let (each, _) = sorted.split(storing);
@@ -268,6 +292,8 @@ impl Broker {
             appends,
             layouts,
             state,
+            mark: None,
+            stamps,
         }
     }
 

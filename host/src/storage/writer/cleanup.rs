@@ -66,6 +66,10 @@ impl Writer {
         }
         let more = removed == CLEANUP_STEP;
         if !more {
+            // The marks of origins forwarded to it (a handful per link).
+            for key in self.tree.scan_prefix(keys::with_id(keys::MARK, id)).keys() {
+                batch.remove(key?);
+            }
             batch.remove(&keys::with_id(keys::PURGE, id));
         }
         self.apply(batch)?;

@@ -3,7 +3,8 @@
 //! This module is the commit loop; what each command writes is staged by the file of
 //! its entity: `topics.rs` (records into chunks, topic create/delete/pipeline),
 //! `groups.rs`, `plugins.rs` (records, components, state), `dedup.rs` (receipts and
-//! dedup entries), `cleanup.rs` (trim and purge, run alone between commits).
+//! dedup entries), `links.rs` (links, their cursors, and the marks of forwarded
+//! records), `cleanup.rs` (trim and purge, run alone between commits).
 //!
 //! The thread blocks for one command, then takes whatever else is queued (up to
 //! [`MAX_GROUP`]), stages it all, applies it atomically, flushes once, and only then
@@ -37,6 +38,7 @@
 mod cleanup;
 mod dedup;
 mod groups;
+mod links;
 mod plugins;
 mod topics;
 
@@ -52,10 +54,12 @@ use tracing::{debug, error};
 use super::flusher::Flusher;
 use super::keys;
 use super::{
-    Appended, Cleanup, Committed, GroupRecord, GroupWrite, PluginRecord, PublishLayout, StateWrite,
-    StorageError, TopicLog, TopicRecords, TopicSettings,
+    Appended, Cleanup, Committed, GroupRecord, GroupWrite, LinkCursor, LinkRecord, Mark, MarkKey,
+    MarkWrite, Marks, PluginRecord, PublishLayout, StateWrite, StorageError, TopicLog,
+    TopicRecords, TopicSettings,
 };
 use dedup::stage_receipts;
+use links::{stage_link_cursors, stage_mark};
 use plugins::stage_state;
 use topics::{Staged, stage_delete, stage_pipeline};
 
@@ -72,7 +76,22 @@ pub(super) enum Command {
         state: Vec<StateWrite>,
         /// The publishes the appends hold: usually one, several for a `PublishEach`.
         publishes: Vec<PublishLayout>,
+        /// For forwarded records: the mark to move, checked first.
+        mark: Option<MarkWrite>,
         reply: Reply<Committed>,
+    },
+    PutLink {
+        record: LinkRecord,
+        create: bool,
+        reply: Reply<()>,
+    },
+    DeleteLink {
+        name: String,
+        reply: Reply<()>,
+    },
+    LinkCursors {
+        link: String,
+        cursors: Vec<(u64, LinkCursor)>,
     },
     CreateGroup {
         record: GroupRecord,
@@ -146,6 +165,8 @@ pub(super) struct Writer {
     halted: Option<String>,
     /// Tells [`Storage::halted`](super::Storage::halted) waiters that writes stopped.
     halted_signal: watch::Sender<bool>,
+    /// The committed marks (moved after each commit that wrote some).
+    marks: Marks,
 }
 
 /// An answer held back until the group is durable: called with `Ok` after the flush
@@ -191,6 +212,8 @@ struct CommitGroup {
     /// Ids and receipts of the publishes in this commit that carried an id: stored
     /// as one entry (one sled key per commit, not per publish).
     dedup: Vec<(PublishId, Receipt)>,
+    /// Marks moved in this commit.
+    marks: HashMap<MarkKey, Mark>,
     /// Writes staged that nobody waits for (group state): commit them anyway.
     touched: bool,
     /// Something staged must be on disk before it is answered: anything but an
@@ -202,6 +225,8 @@ struct CommitGroup {
 }
 
 impl Writer {
+    // Each is a part the writer owns; a struct to carry them would only be unpacked here.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         db: sled::Db,
         tree: sled::Tree,
@@ -210,6 +235,7 @@ impl Writer {
         part_bytes: usize,
         flusher: Flusher,
         halted_signal: watch::Sender<bool>,
+        marks: Marks,
     ) -> Self {
         Self {
             db,
@@ -220,6 +246,7 @@ impl Writer {
             flusher,
             halted: None,
             halted_signal,
+            marks,
         }
     }
 
@@ -257,6 +284,8 @@ impl Writer {
             | Command::SetPipeline { reply, .. }
             | Command::PutPlugin { reply, .. }
             | Command::RemovePlugin { reply, .. }
+            | Command::PutLink { reply, .. }
+            | Command::DeleteLink { reply, .. }
             | Command::Sync { reply } => refuse(reply, halted()),
             Command::Create { reply, .. } => refuse(reply, halted()),
             Command::Trim { reply, .. }
@@ -264,6 +293,9 @@ impl Writer {
             | Command::PurgeDedup { reply, .. } => refuse(reply, halted()),
             Command::GroupWrites { name, .. } => {
                 debug!(group = %name, "group state not written: storage is halted");
+            }
+            Command::LinkCursors { link, .. } => {
+                debug!(link = %link, "link cursors not written: storage is halted");
             }
             Command::Shutdown { .. } => unreachable!("run() handles shutdown itself"),
         }
@@ -334,12 +366,20 @@ impl Writer {
                 appends,
                 state,
                 publishes,
+                mark,
                 reply,
             } => {
                 // All or nothing: refuse the whole command if any topic is gone.
                 if let Some((log, _)) = appends.iter().find(|(log, _)| gone(log, group)) {
                     return refuse(reply, not_found(log));
                 }
+                let stamps = match mark {
+                    Some(mark) => match self.check_mark(group, &mark) {
+                        Ok(()) => stage_mark(group, mark),
+                        Err(e) => return refuse(reply, e),
+                    },
+                    None => Vec::new(),
+                };
                 for (log, _) in &appends {
                     match log.durability() {
                         Durability::Fsync => group.must_flush = true,
@@ -352,7 +392,11 @@ impl Writer {
                 }
                 let appended: Vec<Appended> = appends
                     .into_iter()
-                    .map(|(log, records)| self.stage_records(group, log, &records))
+                    .enumerate()
+                    .map(|(i, (log, records))| {
+                        let stamps = if i == 0 { &stamps[..] } else { &[] };
+                        self.stage_records(group, log, &records, stamps)
+                    })
                     .collect();
                 stage_state(group, state);
                 let receipts = stage_receipts(group, &publishes, &appended);
@@ -392,7 +436,9 @@ impl Writer {
                     return refuse(reply, not_found(&log));
                 }
                 stage_delete(group, &log);
+                let marks = self.marks.clone();
                 group.done.push(answer(reply, (), move || {
+                    marks.forget_topic(log.id());
                     log.mark_deleted();
                     log.wake();
                 }));
@@ -422,6 +468,19 @@ impl Writer {
                 Ok(()) => group.done.push(answer(reply, (), || {})),
                 Err(e) => refuse(reply, e),
             },
+            Command::PutLink {
+                record,
+                create,
+                reply,
+            } => match self.stage_put_link(group, &record, create) {
+                Ok(()) => group.done.push(answer(reply, (), || {})),
+                Err(e) => refuse(reply, e),
+            },
+            Command::DeleteLink { name, reply } => match self.stage_delete_link(group, &name) {
+                Ok(()) => group.done.push(answer(reply, (), || {})),
+                Err(e) => refuse(reply, e),
+            },
+            Command::LinkCursors { link, cursors } => stage_link_cursors(group, &link, cursors),
             Command::Trim { .. }
             | Command::Purge { .. }
             | Command::PurgeDedup { .. }
@@ -493,6 +552,9 @@ impl Writer {
             error!(cause = %e, "group commit failed");
             self.halt(e);
         } else {
+            for (key, mark) in group.marks {
+                self.marks.set(key, mark);
+            }
             for staged in group.staged.into_values() {
                 staged.log.keep_in_tail(staged.sealed);
                 staged.log.set_stats(staged.stats);

@@ -49,6 +49,7 @@ impl Writer {
         group: &mut CommitGroup,
         log: Arc<TopicLog>,
         records: &[NewRecord],
+        stamps: &[u64],
     ) -> Appended {
         let chunk_bytes = self.chunk_bytes;
         let staged = group.staged.entry(log.id()).or_insert_with(|| Staged {
@@ -59,7 +60,7 @@ impl Writer {
         });
         let base_offset = staged.stats.next;
         let now = now_ms();
-        for record in records {
+        for (i, record) in records.iter().enumerate() {
             // A chunk is sealed before a record that would take it past `chunk_bytes`,
             // so that it fits one part (a record larger than that gets a chunk of its
             // own, in parts).
@@ -70,7 +71,13 @@ impl Writer {
             {
                 staged.seal_open(&mut group.chunks, self.part_bytes);
             }
-            let ts = now.max(staged.stats.last_ts);
+            // Forwarded records keep their original time, unless the topic already
+            // holds a later one: timestamps never go backwards in a topic.
+            let ts = stamps
+                .get(i)
+                .copied()
+                .unwrap_or(now)
+                .max(staged.stats.last_ts);
             let chunk = staged.chunk.get_or_insert_with(|| OpenChunk {
                 base: staged.stats.next,
                 buf: BytesMut::with_capacity(chunk_bytes.min(64 * 1024)),

@@ -1,0 +1,206 @@
+//! Records forwarded over a link, stored once per origin offset.
+//!
+//! A `Forward` names its origin (broker, topic, topic id) and the run of origin
+//! offsets it covers, `from .. next`. The destination topic keeps a mark per origin
+//! (storage's `Marks`): the origin offset it expects next. Here, before the publish
+//! path: a batch wholly below the mark is a repeat (answered, nothing stored); one
+//! past the mark is refused (`OutOfOrder`: an earlier batch was not stored, and the
+//! source goes back to the mark); records below the mark are left out. What remains
+//! gets its provenance headers and goes through the one publish path as a publish
+//! whose write also moves the mark: the storage writer checks the mark again against
+//! the commits before it, so two copies of a batch racing each other store once.
+//!
+//! A record that has been stored on this broker before (its `quiver-path` names this
+//! broker, or it comes from here) is left out too: a loop between links ends here.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt};
+use quiver_protocol::record::headers;
+use quiver_protocol::{Forward, Forwarded, Header, NewRecord, broker_id_hex};
+
+use super::{PublishOrder, Publishes};
+use crate::broker::{Broker, BrokerError};
+use crate::storage::{MarkKey, MarkWrite, StorageError};
+
+impl Broker {
+    /// Starts storing a forwarded batch from a connection whose publishes keep
+    /// `order`; the returned future resolves once it is durable (or was a repeat).
+    pub async fn forward(
+        self: &Arc<Self>,
+        order: &mut PublishOrder,
+        forward: Forward,
+    ) -> BoxFuture<'static, Result<Forwarded, BrokerError>> {
+        let broker = self.storage.broker_id();
+        let prepared = match self.prepare_forward(forward) {
+            Ok(prepared) => prepared,
+            Err(e) => return std::future::ready(Err(e)).boxed(),
+        };
+        let answer = move |next, receipt| Forwarded {
+            broker,
+            next,
+            receipt,
+        };
+        match prepared {
+            Prepared::Answered(next) => std::future::ready(Ok(answer(next, None))).boxed(),
+            Prepared::Store {
+                topic,
+                records,
+                mark,
+            } => {
+                let next = mark.next;
+                let publishes = Publishes::Forwarded { records, mark };
+                let outcomes = self.publish(order, &topic, publishes).await;
+                async move {
+                    let receipt = outcomes.await?.pop().ok_or_else(|| {
+                        BrokerError::InvalidArgument(
+                            "a forward was answered with no outcome".into(),
+                        )
+                    })??;
+                    let stored = receipt.count > 0
+                        || receipt.dropped > 0
+                        || receipt.dead_letter.is_some()
+                        || !receipt.routed.is_empty();
+                    Ok(answer(Some(next), stored.then_some(receipt)))
+                }
+                .boxed()
+            }
+        }
+    }
+
+    /// Checks a forwarded batch against its origin's mark and keeps what is new.
+    fn prepare_forward(&self, forward: Forward) -> Result<Prepared, BrokerError> {
+        let Forward {
+            topic,
+            origin,
+            from,
+            next,
+            records,
+        } = forward;
+        let log = self.topic(&topic)?;
+        if from > next {
+            return Err(BrokerError::InvalidArgument(format!(
+                "a forwarded batch runs from origin offset {from} back to {next}"
+            )));
+        }
+        if records.len() > self.limits.max_batch_records as usize {
+            return Err(BrokerError::BatchTooLarge {
+                count: records.len(),
+                max: self.limits.max_batch_records,
+            });
+        }
+        let mut previous = from;
+        for record in &records {
+            if record.offset < previous || record.offset >= next {
+                return Err(BrokerError::InvalidArgument(format!(
+                    "forwarded record at origin offset {} is out of order or outside {from}..{next}",
+                    record.offset
+                )));
+            }
+            previous = record.offset;
+        }
+        let key = MarkKey {
+            topic: log.id(),
+            broker: origin.broker,
+            origin_topic: origin.topic_id,
+        };
+        let mark = self.storage.marks().get(&key);
+        let start = match mark {
+            // A probe, or a batch stored before.
+            _ if from == next && records.is_empty() => return Ok(Prepared::Answered(mark)),
+            Some(mark) if next <= mark => return Ok(Prepared::Answered(Some(mark))),
+            Some(mark) if from > mark => {
+                return Err(StorageError::OutOfOrder {
+                    expected: mark,
+                    from,
+                }
+                .into());
+            }
+            Some(mark) => mark.max(from),
+            None => from,
+        };
+        let own = self.storage.broker_id();
+        let origin_hex = broker_id_hex(origin.broker);
+        let mut stamps = Vec::new();
+        let mut kept = Vec::new();
+        for delivered in records.into_iter().filter(|r| r.offset >= start) {
+            let record = delivered.record;
+            let path = headers::find(&record.headers, headers::PATH);
+            if origin.broker == own || path.is_some_and(|path| on_path(path, own)) {
+                continue;
+            }
+            let path = match path {
+                Some(path) if !path.is_empty() => {
+                    format!("{},{origin_hex}", String::from_utf8_lossy(path))
+                }
+                _ => origin_hex.clone(),
+            };
+            let mut headers: Vec<Header> = record
+                .headers
+                .into_iter()
+                .filter(|h| !is_provenance(&h.name))
+                .collect();
+            headers.extend([
+                header(headers::ORIGIN_BROKER, origin_hex.clone()),
+                header(headers::ORIGIN_TOPIC, origin.topic.clone()),
+                header(headers::ORIGIN_OFFSET, delivered.offset.to_string()),
+                header(headers::PATH, path),
+            ]);
+            stamps.push(delivered.timestamp);
+            kept.push(NewRecord {
+                key: record.key,
+                headers,
+                payload: record.payload,
+            });
+        }
+        let mark = MarkWrite {
+            key,
+            origin_topic: origin.topic,
+            from: start,
+            next,
+            stamps,
+        };
+        Ok(Prepared::Store {
+            topic,
+            records: kept,
+            mark,
+        })
+    }
+}
+
+/// What a forwarded batch comes to.
+enum Prepared {
+    /// Nothing to store: the mark as it is.
+    Answered(Option<u64>),
+    /// Records to store (maybe none: every record was below the mark, or looped),
+    /// and the mark to move with them.
+    Store {
+        topic: String,
+        records: Vec<NewRecord>,
+        mark: MarkWrite,
+    },
+}
+
+/// Whether a `quiver-path` value names `broker`.
+pub(crate) fn on_path(path: &Bytes, broker: u128) -> bool {
+    let id = broker_id_hex(broker);
+    path.split(|b| *b == b',').any(|hop| hop == id.as_bytes())
+}
+
+fn is_provenance(name: &str) -> bool {
+    [
+        headers::ORIGIN_BROKER,
+        headers::ORIGIN_TOPIC,
+        headers::ORIGIN_OFFSET,
+        headers::PATH,
+    ]
+    .contains(&name)
+}
+
+fn header(name: &str, value: String) -> Header {
+    Header {
+        name: name.to_owned(),
+        value: Bytes::from(value),
+    }
+}

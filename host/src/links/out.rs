@@ -1,0 +1,429 @@
+//! An `out` link: local topics matching the link's pattern forwarded to the remote,
+//! each by a task of its own, in offset order.
+//!
+//! A topic's task asks the destination for its mark first (an empty `Forward`), and
+//! starts there; with no mark yet, at the link's stored cursor, or where the spec says
+//! (`--from`). It reads the topic like a subscriber, in large batches from storage,
+//! and keeps several `Forward`s in flight; until the destination has a mark it sends
+//! one at a time, because a first batch is accepted from anywhere. Its cursor moves
+//! only with the destination's answer, and is written down now and then (a stale one
+//! only means records are sent again, which the mark turns away).
+//!
+//! Records the source's retention removed before they were forwarded show up as a gap
+//! between the cursor and the first record read: counted, logged and listed, and the
+//! batch still continues from the cursor, so the destination's mark covers the gap.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quiver_client::Client;
+use quiver_protocol::record::{decode_shared, headers};
+use quiver_protocol::{
+    Delivered, Forward, Forwarded, LinkInfo, LinkSpec, LinkState, NewRecord, Origin, StartAt,
+    TopicConfig,
+};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use super::status::Status;
+use super::{Failed, MAX_HOPS};
+use crate::broker::{Broker, BrokerError, PatternWatch};
+use crate::plugins::stage::StageRunner;
+use crate::storage::{LinkCursor, Slice, TopicLog};
+
+/// Forwards in flight per topic, once the destination has a mark.
+const WINDOW: usize = 8;
+/// The most bytes one forward carries (well within any frame limit).
+const MAX_FORWARD_BYTES: usize = 1 << 20;
+/// How often a topic's cursor is written down.
+const CURSOR_EVERY: Duration = Duration::from_secs(1);
+
+/// Forwards until something fails.
+pub(super) async fn run(
+    broker: &Arc<Broker>,
+    spec: &LinkSpec,
+    client: &Client,
+    status: &Arc<Status>,
+) -> Failed {
+    let PatternWatch {
+        pattern,
+        matching,
+        mut created,
+    } = match broker.watch_pattern(&spec.topics) {
+        Ok(watch) => watch,
+        Err(e) => return Failed::new(e, false),
+    };
+    let stages = match spec.pipeline.is_empty() {
+        true => None,
+        false => match broker
+            .plugins()
+            .subscription_stages(spec.pipeline.clone(), &spec.topics)
+        {
+            Ok(stages) => Some(stages),
+            Err(e) => return Failed::new(BrokerError::from(e), false),
+        },
+    };
+    status.set_state(LinkState::Connected {
+        addr: client_addr(client),
+    });
+    let cursors = broker
+        .storage()
+        .link_cursors_of(&spec.name)
+        .unwrap_or_default();
+    let mut tasks = JoinSet::new();
+    let start = |tasks: &mut JoinSet<Failed>, log: Arc<TopicLog>| {
+        let stored = cursors
+            .iter()
+            .find(|(id, _)| *id == log.id())
+            .map(|(_, c)| c.clone());
+        let topic = TopicForwarder {
+            broker: Arc::clone(broker),
+            spec: spec.clone(),
+            client: client.clone(),
+            status: Arc::clone(status),
+            stages: stages.clone(),
+            log,
+            stored,
+        };
+        tasks.spawn(topic.run());
+    };
+    for log in matching {
+        start(&mut tasks, log);
+    }
+    loop {
+        tokio::select! {
+            created = created.recv() => match created {
+                Ok(log) if pattern.matches(log.name()) => start(&mut tasks, log),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    return Failed::new("missed topic creations; starting again", true);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    return Failed::new("the broker is shutting down", true);
+                }
+            },
+            Some(ended) = tasks.join_next() => {
+                return match ended {
+                    Ok(failed) => failed,
+                    Err(e) => Failed::new(format!("a topic's forwarding task failed: {e}"), true),
+                };
+            }
+        }
+    }
+}
+
+pub(super) fn client_addr(client: &Client) -> String {
+    match &*client.state().borrow() {
+        quiver_client::ConnectionState::Connected { addr } => addr.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// One topic's forwarding.
+struct TopicForwarder {
+    broker: Arc<Broker>,
+    spec: LinkSpec,
+    client: Client,
+    status: Arc<Status>,
+    stages: Option<Arc<[Arc<StageRunner>]>>,
+    log: Arc<TopicLog>,
+    /// The cursor written down before, if any.
+    stored: Option<LinkCursor>,
+}
+
+type InFlight = Pin<Box<dyn Future<Output = Result<Forwarded, quiver_client::Error>> + Send>>;
+
+/// A forward sent and not yet answered.
+struct Sent {
+    next: u64,
+    count: u64,
+    reply: InFlight,
+}
+
+impl TopicForwarder {
+    async fn run(self) -> Failed {
+        let topic = self.log.name().to_string();
+        let dest = format!("{}{topic}", self.spec.prefix);
+        let origin = Origin {
+            broker: self.broker.storage().broker_id(),
+            topic: topic.clone(),
+            topic_id: self.log.id(),
+        };
+        // The destination topic, with the source's retention, unless it exists (or
+        // this link may not create it: then forwarding says whether it exists).
+        let config = TopicConfig::from(self.log.retention());
+        if let Err(e) = self.client.create_topic(&dest, config).await
+            && e.code() != Some(quiver_client::ErrorCode::TopicExists)
+            && e.code() != Some(quiver_client::ErrorCode::Forbidden)
+        {
+            return Failed::client(&e, false);
+        }
+        let probe = Forward {
+            topic: dest.clone(),
+            origin: origin.clone(),
+            from: 0,
+            next: 0,
+            records: Vec::new(),
+        };
+        let probed = match self.client.forward(probe).await {
+            Ok(probed) => probed,
+            Err(e) => return Failed::client(&e, false),
+        };
+        let remote = probed.broker;
+        if remote == origin.broker {
+            return Failed::new(
+                "the link's remote is this broker itself: forwarding to it would loop",
+                false,
+            );
+        }
+        self.status.set_remote(remote);
+        let mut marked = probed.next.is_some();
+        let mut acked = match probed.next {
+            Some(next) => next,
+            None => match &self.stored {
+                Some(cursor) => cursor.next,
+                None => match self.start() {
+                    Ok(start) => start,
+                    Err(e) => return Failed::new(e, false),
+                },
+            },
+        };
+        info!(topic, dest, from = acked, "forwarding");
+        let mut skipped_total = self.stored.as_ref().map_or(0, |c| c.skipped);
+        self.status.topic(&topic, |p| p.next = acked);
+        let notify = Arc::new(Notify::new());
+        let _watch = self.log.watch(Arc::clone(&notify));
+        let mut read_at = acked;
+        let mut in_flight: VecDeque<Sent> = VecDeque::new();
+        let mut written_at = Instant::now();
+        let mut progressed = false;
+        let mut limiter = Limiter::new(self.spec.max_rate);
+        loop {
+            let window = if marked { WINDOW } else { 1 };
+            // Send what there is, within the window.
+            while in_flight.len() < window {
+                let batch = match self.next_batch(&topic, read_at, remote).await {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => break,
+                    Err(e) => return Failed::new(e, progressed),
+                };
+                if batch.first > read_at {
+                    warn!(
+                        topic,
+                        from = read_at,
+                        to = batch.first,
+                        skipped = batch.first - read_at,
+                        "retention removed records before the link forwarded them"
+                    );
+                    self.status.skipped(&topic, read_at, batch.first);
+                    skipped_total += batch.first - read_at;
+                }
+                if batch.looped > 0 {
+                    self.status.topic(&topic, |p| p.looped += batch.looped);
+                }
+                limiter.take(batch.records.len()).await;
+                let count = batch.records.len() as u64;
+                let forward = Forward {
+                    topic: dest.clone(),
+                    origin: origin.clone(),
+                    from: read_at,
+                    next: batch.next,
+                    records: batch.records,
+                };
+                read_at = batch.next;
+                in_flight.push_back(Sent {
+                    next: batch.next,
+                    count,
+                    reply: Box::pin(self.client.forward(forward)),
+                });
+            }
+            let Some(oldest) = in_flight.front_mut() else {
+                // Nothing to send: wait for the topic to grow.
+                if read_at < self.log.stats().next {
+                    continue;
+                }
+                if self.log.is_deleted() {
+                    return Failed::new(format!("topic `{topic}` was deleted"), progressed);
+                }
+                notify.notified().await;
+                continue;
+            };
+            match (&mut oldest.reply).await {
+                Ok(answer) => {
+                    let sent = in_flight.pop_front().expect("the oldest forward is there");
+                    acked = answer.next.unwrap_or(sent.next).max(sent.next);
+                    marked = true;
+                    progressed = true;
+                    self.status.forwarded(&topic, acked, sent.count);
+                }
+                Err(e) => return Failed::client(&e, progressed),
+            }
+            if written_at.elapsed() >= CURSOR_EVERY || in_flight.is_empty() {
+                written_at = Instant::now();
+                let cursor = LinkCursor {
+                    topic: topic.clone(),
+                    next: acked,
+                    skipped: skipped_total,
+                };
+                let _ = self
+                    .broker
+                    .storage()
+                    .link_cursors(self.spec.name.clone(), vec![(self.log.id(), cursor)])
+                    .await;
+            }
+        }
+    }
+
+    /// Where a topic never forwarded before starts.
+    fn start(&self) -> Result<u64, BrokerError> {
+        Ok(match self.spec.from {
+            StartAt::Earliest => 0,
+            StartAt::Latest => self.log.stats().next,
+            StartAt::Offset(offset) => offset,
+            StartAt::Timestamp(ms) => self.broker.storage().offset_for_timestamp(&self.log, ms)?,
+        })
+    }
+
+    /// The next batch from `from`, through the link's plugins, without the records that
+    /// would loop; `None` when the topic holds nothing more yet.
+    async fn next_batch(
+        &self,
+        topic: &str,
+        from: u64,
+        remote: u128,
+    ) -> Result<Option<Batch>, BrokerError> {
+        let max_records = self.client.limits().max_batch_records.min(4096);
+        let max_bytes = usize::try_from(self.client.limits().max_frame_len / 2)
+            .unwrap_or(MAX_FORWARD_BYTES)
+            .min(MAX_FORWARD_BYTES);
+        let Some(slice) = self
+            .broker
+            .storage()
+            .read(&self.log, from, max_records, max_bytes)?
+        else {
+            return Ok(None);
+        };
+        let first = slice.base_offset;
+        let next = slice.base_offset + u64::from(slice.count);
+        let delivered = self.deliver(slice).await?;
+        let before = delivered.len();
+        let records: Vec<Delivered> = delivered
+            .into_iter()
+            .filter(|d| !loops(&d.record, remote))
+            .collect();
+        let looped = (before - records.len()) as u64;
+        let _ = topic;
+        Ok(Some(Batch {
+            first,
+            next,
+            records,
+            looped,
+        }))
+    }
+
+    /// A slice as records, through the link's plugins if it has any.
+    async fn deliver(&self, slice: Slice) -> Result<Vec<Delivered>, BrokerError> {
+        if let Some(stages) = &self.stages {
+            return Ok(self
+                .broker
+                .deliver_through(stages, &self.log, slice)
+                .await?
+                .records);
+        }
+        let records = decode_shared(slice.base_offset, &slice.batch)
+            .map_err(crate::storage::StorageError::from)?;
+        Ok(records
+            .into_iter()
+            .map(|r| Delivered {
+                offset: r.offset,
+                timestamp: r.timestamp,
+                record: NewRecord {
+                    key: r.key,
+                    headers: r.headers,
+                    payload: r.payload,
+                },
+            })
+            .collect())
+    }
+}
+
+/// Records read for one forward.
+struct Batch {
+    /// The first offset read (past the cursor if retention removed records).
+    first: u64,
+    /// The offset after the last one read.
+    next: u64,
+    records: Vec<Delivered>,
+    /// Records left out because they would loop.
+    looped: u64,
+}
+
+/// Whether forwarding `record` to `remote` would bring it back to a broker it was
+/// stored on, or take it past the hop limit.
+pub(crate) fn loops(record: &NewRecord, remote: u128) -> bool {
+    let Some(path) = headers::find(&record.headers, headers::PATH) else {
+        return false;
+    };
+    let hops = path.split(|b| *b == b',').count();
+    hops >= MAX_HOPS || crate::broker::on_path(path, remote)
+}
+
+/// Keeps a link within its `--max-rate`.
+struct Limiter {
+    per_record: Option<Duration>,
+    /// When the next record may go.
+    next: Instant,
+}
+
+impl Limiter {
+    fn new(max_rate: Option<u32>) -> Self {
+        Self {
+            per_record: max_rate.map(|rate| Duration::from_secs(1) / rate.max(1)),
+            next: Instant::now(),
+        }
+    }
+
+    /// Waits until `records` more may go.
+    async fn take(&mut self, records: usize) {
+        let Some(per_record) = self.per_record else {
+            return;
+        };
+        let now = Instant::now();
+        if self.next > now {
+            tokio::time::sleep(self.next - now).await;
+        }
+        let start = self.next.max(now);
+        self.next = start + per_record * u32::try_from(records).unwrap_or(u32::MAX);
+    }
+}
+
+/// Fills in what a description of an `out` link can only know from the local topics:
+/// each topic's end, the bytes behind the cursor and the oldest unforwarded record.
+pub(super) fn refresh_lag(broker: &Broker, info: &mut LinkInfo) {
+    for topic in &mut info.topics {
+        let Ok(log) = broker.topic(&topic.topic) else {
+            continue;
+        };
+        let stats = log.stats();
+        let next = topic.next.max(stats.first);
+        topic.lag = stats.next.saturating_sub(next);
+        let records = stats.next - stats.first;
+        topic.lag_bytes = match records {
+            0 => 0,
+            n => u64::try_from(u128::from(stats.bytes) * u128::from(topic.lag) / u128::from(n))
+                .unwrap_or(u64::MAX),
+        };
+        topic.oldest_ms = broker
+            .storage()
+            .read(&log, next, 1, 1)
+            .ok()
+            .flatten()
+            .filter(|_| topic.lag > 0)
+            .and_then(|slice| decode_shared(slice.base_offset, &slice.batch).ok())
+            .and_then(|records| records.first().map(|r| r.timestamp));
+    }
+}

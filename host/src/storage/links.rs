@@ -1,0 +1,201 @@
+//! What storage keeps for links: the broker's own id, each declared link and its
+//! cursors (the source side), and the marks of forwarded origins (the destination
+//! side).
+//!
+//! A *mark* is the origin offset a destination topic expects next from one origin (a
+//! topic of another broker, by id). It is written in the same commit as the records it
+//! covers, and checked by the writer against the batch's `from`, so a batch sent again
+//! after any crash is never stored twice, and a batch whose predecessor was not stored
+//! is refused rather than leaving a gap. The writer keeps every mark in memory
+//! ([`Marks`]); there is one per destination topic and origin, a few dozen bytes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+
+use super::StorageError;
+use super::keys;
+use quiver_protocol::LinkSpec;
+
+/// Which destination topic and which origin a mark is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MarkKey {
+    /// The destination topic's id.
+    pub topic: u64,
+    /// The origin broker's id.
+    pub broker: u128,
+    /// The origin topic's id on that broker.
+    pub origin_topic: u64,
+}
+
+/// A mark: the origin offset expected next, and the origin topic's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// The origin offset the destination expects next.
+    pub next: u64,
+    /// The origin topic's name.
+    pub origin_topic: String,
+}
+
+/// Every mark, as committed; shared by the writer (which moves them after a commit)
+/// and readers.
+#[derive(Debug, Clone, Default)]
+pub struct Marks(Arc<Mutex<HashMap<MarkKey, Mark>>>);
+
+impl Marks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MarkKey, Mark>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The committed mark for `key`.
+    pub fn get(&self, key: &MarkKey) -> Option<u64> {
+        self.lock().get(key).map(|m| m.next)
+    }
+
+    /// The marks a destination topic keeps for origins on `broker`: (origin topic id,
+    /// mark).
+    pub fn from_broker(&self, topic: u64, broker: u128) -> Vec<(u64, Mark)> {
+        self.lock()
+            .iter()
+            .filter(|(k, _)| k.topic == topic && k.broker == broker)
+            .map(|(k, m)| (k.origin_topic, m.clone()))
+            .collect()
+    }
+
+    pub(super) fn set(&self, key: MarkKey, mark: Mark) {
+        self.lock().insert(key, mark);
+    }
+
+    /// Forgets a deleted topic's marks.
+    pub(super) fn forget_topic(&self, topic: u64) {
+        self.lock().retain(|k, _| k.topic != topic);
+    }
+}
+
+/// A mark to move in a commit, with the records it covers (the commit's first
+/// append): refused unless the committed mark is `from` (or there is none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkWrite {
+    /// Which mark.
+    pub key: MarkKey,
+    /// The origin topic's name.
+    pub origin_topic: String,
+    /// Where the batch continues from.
+    pub from: u64,
+    /// The mark after it.
+    pub next: u64,
+    /// The original timestamps of the first append's records, in order.
+    pub stamps: Vec<u64>,
+}
+
+/// A declared link as stored (`l` + name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    /// What the link is.
+    pub spec: LinkSpec,
+    /// Paused by an operator.
+    pub paused: bool,
+}
+
+/// Where a link is in one source topic (`L` + link + topic id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkCursor {
+    /// The source topic's name.
+    pub topic: String,
+    /// The next source offset to forward.
+    pub next: u64,
+    /// Records skipped in it (retention removed them first), in all.
+    pub skipped: u64,
+}
+
+pub(super) fn mark_key(key: &MarkKey) -> [u8; 33] {
+    let mut bytes = [0; 33];
+    bytes[0] = keys::MARK;
+    bytes[1..9].copy_from_slice(&key.topic.to_be_bytes());
+    bytes[9..25].copy_from_slice(&key.broker.to_be_bytes());
+    bytes[25..].copy_from_slice(&key.origin_topic.to_be_bytes());
+    bytes
+}
+
+pub(super) fn mark_value(mark: &Mark) -> Vec<u8> {
+    let mut value = mark.next.to_be_bytes().to_vec();
+    value.extend_from_slice(mark.origin_topic.as_bytes());
+    value
+}
+
+/// Every stored mark.
+pub(super) fn load_marks(tree: &sled::Tree) -> Result<Marks, StorageError> {
+    let marks = Marks::default();
+    for item in tree.scan_prefix([keys::MARK]) {
+        let (key, value) = item?;
+        let decoded = (|| {
+            let topic = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
+            let broker = u128::from_be_bytes(key.get(9..25)?.try_into().ok()?);
+            let origin_topic = u64::from_be_bytes(key.get(25..33)?.try_into().ok()?);
+            let next = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+            let name = String::from_utf8(value.get(8..)?.to_vec()).ok()?;
+            Some((
+                MarkKey {
+                    topic,
+                    broker,
+                    origin_topic,
+                },
+                Mark {
+                    next,
+                    origin_topic: name,
+                },
+            ))
+        })();
+        let (key, mark) =
+            decoded.ok_or_else(|| StorageError::corrupt("a link mark of the wrong shape"))?;
+        marks.set(key, mark);
+    }
+    Ok(marks)
+}
+
+pub(super) fn link(name: &str) -> Vec<u8> {
+    let mut key = vec![keys::LINK];
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The prefix of a link's cursors. Link names are at most 255 bytes (the topic-name
+/// grammar), so no link's prefix is another's.
+pub(super) fn cursor_prefix(link: &str) -> Vec<u8> {
+    let mut key = vec![
+        keys::LINK_CURSOR,
+        u8::try_from(link.len()).unwrap_or(u8::MAX),
+    ];
+    key.extend_from_slice(link.as_bytes());
+    key
+}
+
+pub(super) fn cursor(link: &str, topic: u64) -> Vec<u8> {
+    let mut key = cursor_prefix(link);
+    key.extend_from_slice(&topic.to_be_bytes());
+    key
+}
+
+pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Invariant: link records and cursors hold only strings, integers, options and
+    // vectors of those, which postcard always encodes.
+    postcard::to_allocvec(value).expect("link records always encode")
+}
+
+/// The broker's id: made at random the first time, then kept (`b`).
+pub(super) fn broker_id(tree: &sled::Tree) -> Result<u128, StorageError> {
+    if let Some(value) = tree.get(keys::BROKER)? {
+        let bytes: [u8; 16] = value
+            .as_ref()
+            .try_into()
+            .map_err(|_| StorageError::corrupt("the broker id is unreadable"))?;
+        return Ok(u128::from_be_bytes(bytes));
+    }
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| StorageError::Sled(std::io::Error::other(e.to_string()).into()))?;
+    tree.insert(keys::BROKER, &bytes[..])?;
+    tree.flush()?;
+    Ok(u128::from_be_bytes(bytes))
+}

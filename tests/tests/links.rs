@@ -1,0 +1,368 @@
+//! Links between real brokers on loopback: an edge forwarding to a hub across outages
+//! and `kill -9` of either side, a hub's commands pulled to an edge, loops between two
+//! brokers, and retention overtaking a backlog (docs/links.md).
+
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use quiver_client::{Client, NewRecord, Retention, headers};
+use quiver_tests::{Broker, DataDir, Stop, eventually, read_all, succeeded};
+
+/// How long a link may take to catch up in these tests.
+const CATCH_UP: Duration = Duration::from_secs(120);
+
+/// Creates a link on `broker` with the CLI.
+fn create_link(broker: &Broker, data: &DataDir, args: &[&str]) -> String {
+    let mut all = vec!["link", "create"];
+    all.extend_from_slice(args);
+    succeeded(broker.cli(data, &all, ""))
+}
+
+/// `link describe NAME --json`, parsed.
+fn describe(broker: &Broker, data: &DataDir, name: &str) -> serde_json::Value {
+    let out = succeeded(broker.cli(data, &["link", "describe", name, "--json"], ""));
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Records a topic holds now (0 if it does not exist yet).
+async fn count(client: &Client, topic: &str) -> u64 {
+    client.describe_topic(topic).await.map_or(0, |t| t.records)
+}
+
+/// The value of a header as text.
+fn header(record: &quiver_client::Record, name: &str) -> String {
+    String::from_utf8(record.header(name).unwrap().to_vec()).unwrap()
+}
+
+/// Publishes `n` numbered records (`prefix-i`) to `topic`, all in flight at once.
+async fn publish(client: &Client, topic: &str, prefix: &str, n: usize) {
+    let acks: Vec<_> = (0..n)
+        .map(|i| client.publish(topic, NewRecord::new(format!("{prefix}-{i}"))))
+        .collect();
+    for ack in acks {
+        ack.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_written_while_the_hub_is_down_arrives_once_in_order_across_kills() {
+    const RECORDS: usize = 20_000;
+    let hub_data = DataDir::new();
+    let hub = Broker::start(&hub_data);
+    let hub_addr = hub.addr().to_owned();
+    let hub_cert = hub.cert().to_str().unwrap().to_owned();
+    assert!(hub.stop().success());
+
+    let edge_data = DataDir::new();
+    let mut edge = Broker::start(&edge_data);
+    let client = edge.client().await;
+    client
+        .create_topic("sensors.a", Retention::default())
+        .await
+        .unwrap();
+    // The hub is down: the link backs off, and the backlog grows.
+    create_link(
+        &edge,
+        &edge_data,
+        &[
+            "up",
+            "--to",
+            &hub_addr,
+            "--topics",
+            "sensors.>",
+            "--prefix",
+            "edge1.",
+            "--ca",
+            &hub_cert,
+            "--max-rate",
+            "4000",
+        ],
+    );
+    publish(&client, "sensors.a", "reading", RECORDS).await;
+    eventually(
+        CATCH_UP,
+        "the link backing off while the hub is down",
+        || async { describe(&edge, &edge_data, "up")["state"] == "backing_off" },
+    )
+    .await;
+
+    // The hub comes back; both sides are killed during the catch-up.
+    let mut hub = Broker::start_at(&hub_data, &hub_addr, &[]);
+    let watcher = hub.client().await;
+    let topic = "edge1.sensors.a";
+    for (at, victim) in [(3_000, "hub"), (9_000, "edge"), (14_000, "hub")] {
+        eventually(CATCH_UP, "the hub catching up", || async {
+            count(&watcher, topic).await >= at
+        })
+        .await;
+        if victim == "hub" {
+            hub = hub.restart(&hub_data, Stop::Kill, &[]);
+        } else {
+            edge = edge.restart(&edge_data, Stop::Kill, &[]);
+        }
+    }
+    eventually(CATCH_UP, "every record at the hub", || async {
+        count(&watcher, topic).await >= RECORDS as u64
+    })
+    .await;
+
+    // Once each, in order, with their provenance.
+    let records = read_all(&watcher, topic).await;
+    assert_eq!(records.len(), RECORDS, "nothing stored twice");
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(
+            record.payload,
+            format!("reading-{i}").as_bytes(),
+            "order kept"
+        );
+        assert_eq!(header(record, headers::ORIGIN_OFFSET), i.to_string());
+        assert_eq!(header(record, headers::ORIGIN_TOPIC), "sensors.a");
+    }
+    let described = describe(&edge, &edge_data, "up");
+    assert_eq!(described["state"], "connected", "{described}");
+    assert_eq!(described["lag"], 0, "{described}");
+    assert_eq!(described["skipped"], 0, "{described}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_link_brings_hub_commands_to_the_edge_and_topics_that_appear_later() {
+    let hub_data = DataDir::new();
+    let hub = Broker::start(&hub_data);
+    let hub_client = hub.client().await;
+    hub_client
+        .create_topic("commands.edge1", Retention::default())
+        .await
+        .unwrap();
+    publish(&hub_client, "commands.edge1", "cmd", 100).await;
+
+    let edge_data = DataDir::new();
+    let edge = Broker::start(&edge_data);
+    create_link(
+        &edge,
+        &edge_data,
+        &[
+            "down",
+            "--direction",
+            "in",
+            "--to",
+            hub.addr(),
+            "--topics",
+            "commands.>",
+            "--ca",
+            hub.cert().to_str().unwrap(),
+        ],
+    );
+    let edge_client = edge.client().await;
+    eventually(CATCH_UP, "the commands at the edge", || async {
+        count(&edge_client, "commands.edge1").await >= 100
+    })
+    .await;
+    // A topic created on the hub later is picked up.
+    hub_client
+        .create_topic("commands.all", Retention::default())
+        .await
+        .unwrap();
+    publish(&hub_client, "commands.all", "all", 10).await;
+    publish(&hub_client, "commands.edge1", "cmd-late", 5).await;
+    eventually(CATCH_UP, "the later commands at the edge", || async {
+        count(&edge_client, "commands.all").await >= 10
+            && count(&edge_client, "commands.edge1").await >= 105
+    })
+    .await;
+    let records = read_all(&edge_client, "commands.edge1").await;
+    assert_eq!(records.len(), 105);
+    let hub_id = hub_client.describe_broker().await.unwrap().id;
+    for (i, record) in records.iter().enumerate() {
+        let want = if i < 100 {
+            format!("cmd-{i}")
+        } else {
+            format!("cmd-late-{}", i - 100)
+        };
+        assert_eq!(record.payload, want.as_bytes());
+        assert_eq!(
+            header(record, headers::ORIGIN_BROKER),
+            quiver_client::broker_id_hex(hub_id)
+        );
+        assert_eq!(header(record, headers::ORIGIN_OFFSET), i.to_string());
+    }
+    assert_eq!(read_all(&edge_client, "commands.all").await.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_both_ways_never_send_a_record_back() {
+    let (a_data, b_data) = (DataDir::new(), DataDir::new());
+    let (a, b) = (Broker::start(&a_data), Broker::start(&b_data));
+    let (a_client, b_client) = (a.client().await, b.client().await);
+    for client in [&a_client, &b_client] {
+        client
+            .create_topic("t.x", Retention::default())
+            .await
+            .unwrap();
+    }
+    create_link(
+        &a,
+        &a_data,
+        &[
+            "ab",
+            "--to",
+            b.addr(),
+            "--topics",
+            "t.>",
+            "--ca",
+            b.cert().to_str().unwrap(),
+        ],
+    );
+    create_link(
+        &b,
+        &b_data,
+        &[
+            "ba",
+            "--to",
+            a.addr(),
+            "--topics",
+            "t.>",
+            "--ca",
+            a.cert().to_str().unwrap(),
+        ],
+    );
+    publish(&a_client, "t.x", "from-a", 50).await;
+    publish(&b_client, "t.x", "from-b", 50).await;
+    // Each side holds its own 50 and the other's 50; what came over a link is
+    // counted as looped by the link that would send it back.
+    eventually(CATCH_UP, "both links settled", || async {
+        let ab = describe(&a, &a_data, "ab");
+        let ba = describe(&b, &b_data, "ba");
+        ab["looped"] == 50 && ba["looped"] == 50 && ab["lag"] == 0 && ba["lag"] == 0
+    })
+    .await;
+    for client in [&a_client, &b_client] {
+        let records = read_all(client, "t.x").await;
+        assert_eq!(records.len(), 100, "no record came back a second time");
+        let mut by_origin: BTreeMap<String, usize> = BTreeMap::new();
+        for record in &records {
+            let text = String::from_utf8(record.payload.to_vec()).unwrap();
+            *by_origin
+                .entry(text.split('-').take(2).collect::<Vec<_>>().join("-"))
+                .or_default() += 1;
+        }
+        assert_eq!(by_origin.get("from-a"), Some(&50), "{by_origin:?}");
+        assert_eq!(by_origin.get("from-b"), Some(&50), "{by_origin:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_overtaking_a_backlog_is_reported_with_the_right_count() {
+    const RECORDS: u64 = 1_000;
+    let hub_data = DataDir::new();
+    let hub = Broker::start(&hub_data);
+    let hub_addr = hub.addr().to_owned();
+    let hub_cert = hub.cert().to_str().unwrap().to_owned();
+    assert!(hub.stop().success());
+
+    let edge_data = DataDir::new();
+    let edge = Broker::start_with(&edge_data, &[("QUIVER_RETENTION_INTERVAL", "50ms")]);
+    let client = edge.client().await;
+    let keep_100 = Retention {
+        max_records: Some(100),
+        ..Retention::default()
+    };
+    client.create_topic("logs", keep_100).await.unwrap();
+    create_link(
+        &edge,
+        &edge_data,
+        &[
+            "up", "--to", &hub_addr, "--topics", "logs", "--ca", &hub_cert,
+        ],
+    );
+    publish(&client, "logs", "line", RECORDS as usize).await;
+    eventually(CATCH_UP, "retention trimming the backlog", || async {
+        client.describe_topic("logs").await.unwrap().first_offset >= RECORDS - 100
+    })
+    .await;
+    let first = client.describe_topic("logs").await.unwrap().first_offset;
+
+    let hub = Broker::start_at(&hub_data, &hub_addr, &[]);
+    let watcher = hub.client().await;
+    eventually(CATCH_UP, "the rest forwarded", || async {
+        count(&watcher, "logs").await >= RECORDS - first
+    })
+    .await;
+    let described = describe(&edge, &edge_data, "up");
+    assert_eq!(described["skipped"], first, "{described}");
+    let skip = &described["skips"][0];
+    assert_eq!(
+        (skip["from"].as_u64(), skip["to"].as_u64()),
+        (Some(0), Some(first))
+    );
+    let records = read_all(&watcher, "logs").await;
+    assert_eq!(records.len() as u64, RECORDS - first);
+    assert_eq!(
+        header(&records[0], headers::ORIGIN_OFFSET),
+        first.to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_link_declarations_get_clear_errors() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let bad = |args: &[&str]| {
+        let mut all = vec!["link", "create"];
+        all.extend_from_slice(args);
+        let out = broker.cli(&data, &all, "");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    assert!(
+        bad(&["bad name!", "--to", "127.0.0.1:1", "--topics", "a"]).contains("invalid link name")
+    );
+    assert!(bad(&["l", "--to", "nowhere", "--topics", "a"]).contains("HOST:PORT"));
+    assert!(bad(&["l", "--to", "127.0.0.1:1", "--topics", "a..b"]).contains("invalid pattern"));
+    assert!(
+        bad(&[
+            "l",
+            "--to",
+            "127.0.0.1:1",
+            "--topics",
+            "a",
+            "--direction",
+            "in",
+            "--plugin",
+            "p"
+        ])
+        .contains("on an `in` link")
+    );
+    // A link to a broker that is not there backs off and says why; names are unique.
+    create_link(
+        &broker,
+        &data,
+        &["l", "--to", "127.0.0.1:1", "--topics", "a"],
+    );
+    assert!(bad(&["l", "--to", "127.0.0.1:1", "--topics", "a"]).contains("already exists"));
+    let client = broker.client().await;
+    eventually(CATCH_UP, "the link backing off", || async {
+        matches!(
+            client.describe_link("l").await.unwrap().state,
+            quiver_client::LinkState::BackingOff { .. }
+        )
+    })
+    .await;
+    client.pause_link("l").await.unwrap();
+    assert_eq!(
+        client.describe_link("l").await.unwrap().state,
+        quiver_client::LinkState::Paused
+    );
+    client.delete_link("l").await.unwrap();
+    let e = client.describe_link("l").await.unwrap_err();
+    assert_eq!(e.code(), Some(quiver_client::ErrorCode::LinkNotFound));
+    assert_eq!(
+        client
+            .publish("a.b", NewRecord::new("x"))
+            .await
+            .unwrap_err()
+            .code(),
+        Some(quiver_client::ErrorCode::TopicNotFound)
+    );
+}
