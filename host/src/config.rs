@@ -476,6 +476,28 @@ mod tests {
     }
 
     #[test]
+    fn links_are_declared_as_tables() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "q.toml",
+                "[[links]]\nname = \"up\"\nto = [\"hub:7848\"]\ntopics = \"a.>\"\nmax_rate = 10\n\
+                 [links.params]\nk = \"v\"\n\n[[links]]\nname = \"down\"\nto = [\"hub:7848\"]\n\
+                 topics = \"c.>\"\ndirection = \"in\"\n",
+            )?;
+            let config = Config::load(Some(Path::new("q.toml")), &Overrides::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(config.links.len(), 2);
+            assert_eq!(config.links[0].max_rate, Some(10));
+            assert_eq!(
+                config.links[0].params.get("k").map(String::as_str),
+                Some("v")
+            );
+            assert_eq!(config.links[1].direction.as_deref(), Some("in"));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn layers_override_in_order() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

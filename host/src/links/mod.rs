@@ -20,7 +20,7 @@ mod spec;
 mod status;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
@@ -50,7 +50,9 @@ pub(crate) const MAX_HOPS: usize = 8;
 /// Every link of this broker.
 #[derive(Debug)]
 pub struct Links {
-    broker: Arc<Broker>,
+    /// Weak: the broker holds the links (its `LinkControl`), and a cycle would keep
+    /// its storage open after the server stops.
+    broker: Weak<Broker>,
     running: Mutex<BTreeMap<String, Running>>,
     shutdown: CancellationToken,
 }
@@ -78,7 +80,7 @@ impl Links {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
         let links = Arc::new(Self {
-            broker: Arc::clone(&broker),
+            broker: Arc::downgrade(&broker),
             running: Mutex::new(BTreeMap::new()),
             shutdown,
         });
@@ -104,6 +106,12 @@ impl Links {
         Ok(links)
     }
 
+    fn broker(&self) -> Result<Arc<Broker>, BrokerError> {
+        self.broker
+            .upgrade()
+            .ok_or_else(|| BrokerError::InvalidArgument("the broker is stopping".into()))
+    }
+
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Running>> {
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -112,12 +120,13 @@ impl Links {
     fn launch(&self, record: LinkRecord) {
         let status = Arc::new(Status::new(record.paused));
         let stop = self.shutdown.child_token();
-        let task = (!record.paused).then(|| {
+        let broker = self.broker.upgrade();
+        let task = broker.filter(|_| !record.paused).map(|broker| {
             let span =
                 info_span!("link", name = %record.spec.name, direction = %record.spec.direction);
             tokio::spawn(
                 run(
-                    Arc::clone(&self.broker),
+                    broker,
                     record.spec.clone(),
                     Arc::clone(&status),
                     stop.clone(),
@@ -170,7 +179,7 @@ impl LinkControl for Links {
                 spec,
                 paused: false,
             };
-            self.broker.storage().put_link(record.clone(), true).await?;
+            self.broker()?.storage().put_link(record.clone(), true).await?;
             info!(link = %record.spec.name, to = ?record.spec.to, direction = %record.spec.direction, topics = %record.spec.topics, "link created");
             let name = record.spec.name.clone();
             self.launch(record);
@@ -181,7 +190,10 @@ impl LinkControl for Links {
 
     fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         async move {
-            self.broker.storage().delete_link(name.to_owned()).await?;
+            self.broker()?
+                .storage()
+                .delete_link(name.to_owned())
+                .await?;
             self.stop(name).await;
             info!(link = %name, "link deleted");
             Ok(())
@@ -202,7 +214,7 @@ impl LinkControl for Links {
                 .ok_or_else(|| BrokerError::LinkNotFound(name.to_owned()))?;
             if record.paused != paused {
                 let record = LinkRecord { paused, ..record };
-                self.broker
+                self.broker()?
                     .storage()
                     .put_link(record.clone(), false)
                     .await?;
@@ -222,7 +234,9 @@ impl LinkControl for Links {
             .ok_or_else(|| BrokerError::LinkNotFound(name.to_owned()))?;
         let mut info = link.info();
         if link.record.spec.direction == LinkDirection::Out {
-            out::refresh_lag(&self.broker, &mut info);
+            if let Ok(broker) = self.broker() {
+                out::refresh_lag(&broker, &mut info);
+            }
         }
         Ok(info)
     }
