@@ -506,6 +506,28 @@ pub async fn read_all(client: &Client, topic: &str) -> Vec<Record> {
     take(&mut sub, info.records as usize).await
 }
 
+/// Runs `quiver auth ARGS… --data DATA` and returns its standard output.
+pub fn auth(data: &DataDir, args: &[&str]) -> String {
+    let mut all = vec!["auth"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[
+        "--data",
+        data.path().to_str().expect("temp paths are UTF-8"),
+    ]);
+    succeeded(cli(data.root(), &all, &[], ""))
+}
+
+/// Adds a principal with grants (`quiver auth principal add`) and returns a new token
+/// for it.
+pub fn principal(data: &DataDir, name: &str, grants: &[&str]) -> String {
+    let mut args = vec!["principal", "add", name];
+    for grant in grants {
+        args.extend_from_slice(&["--grant", grant]);
+    }
+    auth(data, &args);
+    auth(data, &["token", "create", name]).trim().to_owned()
+}
+
 /// Polls `condition` every few milliseconds until it holds, for at most `limit`.
 /// For effects with no event to wait on (background retention); panics on timeout.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F)

@@ -15,26 +15,9 @@ use quiver_client::{
     SubscribeOptions, TopicConfig,
 };
 use quiver_tests::{
-    Broker, DataDir, cli, eventually, example_plugin, quiver_bin, read_all, read_plugin, succeeded,
+    Broker, DataDir, auth, cli, eventually, example_plugin, principal, quiver_bin, read_all,
+    read_plugin, succeeded,
 };
-
-/// Runs `quiver auth ARGS… --data DATA` and returns its standard output.
-fn auth(data: &DataDir, args: &[&str]) -> String {
-    let mut all = vec!["auth"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--data", data.path().to_str().unwrap()]);
-    succeeded(cli(data.root(), &all, &[], ""))
-}
-
-/// Adds a principal with grants and returns a new token for it.
-fn principal(data: &DataDir, name: &str, grants: &[&str]) -> String {
-    let mut args = vec!["principal", "add", name];
-    for grant in grants {
-        args.extend_from_slice(&["--grant", grant]);
-    }
-    auth(data, &args);
-    auth(data, &["token", "create", name]).trim().to_owned()
-}
 
 async fn connect(broker: &Broker, token: Option<&str>) -> Result<Client, Error> {
     let mut builder = Client::builder().ca_file(broker.cert()).unwrap();

@@ -1,6 +1,8 @@
 //! Links between real brokers on loopback: an edge forwarding to a hub across outages
 //! and `kill -9` of either side, a hub's commands pulled to an edge, loops between two
-//! brokers, and retention overtaking a backlog (docs/links.md).
+//! brokers, retention overtaking a backlog, two edges fanning into one hub topic, a
+//! lossy and partitioned network (a UDP relay), and links refused by the remote's
+//! grants (docs/links.md).
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
@@ -8,7 +10,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use quiver_client::{Client, NewRecord, Retention, headers};
-use quiver_tests::{Broker, DataDir, Stop, eventually, read_all, succeeded};
+use quiver_tests::relay::Relay;
+use quiver_tests::{Broker, DataDir, Stop, eventually, principal, read_all, succeeded};
 
 /// How long a link may take to catch up in these tests.
 const CATCH_UP: Duration = Duration::from_secs(120);
@@ -365,4 +368,209 @@ async fn bad_link_declarations_get_clear_errors() {
             .code(),
         Some(quiver_client::ErrorCode::TopicNotFound)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_rides_through_packet_loss_and_a_partition() {
+    const RECORDS: usize = 10_000;
+    let hub_data = DataDir::new();
+    let hub = Broker::start(&hub_data);
+    // The edge reaches the hub only through the relay: 1 % of datagrams lost each way.
+    let relay = Relay::start_seeded(hub.addr().parse().unwrap(), 7);
+    relay.set_loss(0.01);
+    let edge_data = DataDir::new();
+    let edge = Broker::start(&edge_data);
+    let client = edge.client().await;
+    client
+        .create_topic("sensors.a", Retention::default())
+        .await
+        .unwrap();
+    publish(&client, "sensors.a", "reading", RECORDS).await;
+    create_link(
+        &edge,
+        &edge_data,
+        &[
+            "up",
+            "--to",
+            &relay.addr().to_string(),
+            "--topics",
+            "sensors.>",
+            "--ca",
+            hub.cert().to_str().unwrap(),
+            "--max-rate",
+            "5000",
+        ],
+    );
+    let watcher = hub.client().await;
+    let topic = "sensors.a";
+    eventually(CATCH_UP, "catch-up under way", || async {
+        count(&watcher, topic).await >= 2_000
+    })
+    .await;
+    // A partition in the middle of the catch-up: nothing gets through for a while.
+    relay.partition();
+    let dropped = relay.counts().1;
+    eventually(
+        CATCH_UP,
+        "the partition dropping the link's packets",
+        || async { relay.counts().1 >= dropped + 20 },
+    )
+    .await;
+    relay.heal();
+    eventually(CATCH_UP, "every record at the hub", || async {
+        count(&watcher, topic).await >= RECORDS as u64
+    })
+    .await;
+    let records = read_all(&watcher, topic).await;
+    assert_eq!(records.len(), RECORDS, "nothing stored twice");
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(
+            record.payload,
+            format!("reading-{i}").as_bytes(),
+            "order kept"
+        );
+    }
+    assert!(
+        relay.counts().1 > dropped + 20,
+        "the relay did drop packets"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_edges_fan_into_one_hub_topic_each_once_and_in_order() {
+    const RECORDS: usize = 3_000;
+    let hub_data = DataDir::new();
+    let mut hub = Broker::start(&hub_data);
+    let hub_addr = hub.addr().to_owned();
+    let hub_cert = hub.cert().to_str().unwrap().to_owned();
+    let edges: Vec<(DataDir, Broker)> = (0..2)
+        .map(|_| {
+            let data = DataDir::new();
+            let broker = Broker::start(&data);
+            (data, broker)
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for (i, (data, edge)) in edges.iter().enumerate() {
+        let client = edge.client().await;
+        ids.push(quiver_client::broker_id_hex(
+            client.describe_broker().await.unwrap().id,
+        ));
+        client
+            .create_topic("sensors.a", Retention::default())
+            .await
+            .unwrap();
+        publish(&client, "sensors.a", &format!("edge{i}"), RECORDS).await;
+        // Both into the same hub topic: `all.sensors.a`.
+        create_link(
+            edge,
+            data,
+            &[
+                "up",
+                "--to",
+                &hub_addr,
+                "--topics",
+                "sensors.>",
+                "--prefix",
+                "all.",
+                "--ca",
+                &hub_cert,
+                "--max-rate",
+                "3000",
+            ],
+        );
+    }
+    let watcher = hub.client().await;
+    let topic = "all.sensors.a";
+    eventually(CATCH_UP, "both edges under way", || async {
+        count(&watcher, topic).await >= RECORDS as u64
+    })
+    .await;
+    hub = hub.restart(&hub_data, Stop::Kill, &[]);
+    let watcher = hub.client().await;
+    eventually(CATCH_UP, "every record of both edges", || async {
+        count(&watcher, topic).await >= 2 * RECORDS as u64
+    })
+    .await;
+    let records = read_all(&watcher, topic).await;
+    assert_eq!(records.len(), 2 * RECORDS, "nothing stored twice");
+    // Each edge's records in its order, with its id.
+    let mut next = [0usize; 2];
+    for record in &records {
+        let text = String::from_utf8(record.payload.to_vec()).unwrap();
+        let (edge, i) = text.split_once('-').unwrap();
+        let edge: usize = edge.trim_start_matches("edge").parse().unwrap();
+        assert_eq!(
+            i.parse::<usize>().unwrap(),
+            next[edge],
+            "edge {edge} in order"
+        );
+        assert_eq!(header(record, headers::ORIGIN_BROKER), ids[edge]);
+        next[edge] += 1;
+    }
+    assert_eq!(next, [RECORDS, RECORDS]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_without_the_grants_is_refused_and_says_so() {
+    let hub_data = DataDir::new();
+    let ops = principal(&hub_data, "ops", &["admin:>", "publish:>", "subscribe:>"]);
+    let edge_token = principal(
+        &hub_data,
+        "edge1",
+        &["admin:edge1.>", "publish:edge1.>", "subscribe:commands.>"],
+    );
+    let hub = Broker::start(&hub_data);
+    let edge_data = DataDir::new();
+    let edge = Broker::start(&edge_data);
+    let client = edge.client().await;
+    client
+        .create_topic("sensors.a", Retention::default())
+        .await
+        .unwrap();
+    publish(&client, "sensors.a", "reading", 10).await;
+    let cert = hub.cert().to_str().unwrap().to_owned();
+    let link = |name: &str, prefix: &str, token: Option<&str>| {
+        let mut args = vec![
+            name,
+            "--to",
+            hub.addr(),
+            "--topics",
+            "sensors.>",
+            "--prefix",
+            prefix,
+            "--ca",
+            &cert,
+        ];
+        if let Some(token) = token {
+            args.extend_from_slice(&["--token", token]);
+        }
+        create_link(&edge, &edge_data, &args);
+    };
+    link("granted", "edge1.", Some(&edge_token));
+    link("forbidden", "other.", Some(&edge_token));
+    link("anonymous", "edge1.anon.", None);
+    for (name, says) in [("forbidden", "Forbidden"), ("anonymous", "Unauthenticated")] {
+        eventually(CATCH_UP, "the refused link reporting why", || async {
+            let described = describe(&edge, &edge_data, name);
+            described["state"] == "backing_off"
+                && described["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(says))
+        })
+        .await;
+    }
+    let watcher = Client::builder()
+        .ca_file(hub.cert())
+        .unwrap()
+        .token(ops)
+        .connect(hub.addr())
+        .await
+        .unwrap();
+    eventually(CATCH_UP, "the granted link forwarding", || async {
+        count(&watcher, "edge1.sensors.a").await >= 10
+    })
+    .await;
+    assert_eq!(count(&watcher, "other.sensors.a").await, 0);
+    assert_eq!(describe(&edge, &edge_data, "granted")["state"], "connected");
 }
