@@ -16,7 +16,7 @@ use quiver_client::{
 };
 use quiver_tests::{
     Broker, DataDir, auth, cli, eventually, example_plugin, principal, quiver_bin, read_all,
-    read_plugin, succeeded,
+    read_plugin,
 };
 
 async fn connect(broker: &Broker, token: Option<&str>) -> Result<Client, Error> {
