@@ -188,6 +188,9 @@ pub struct LinkInfo {
     pub state: LinkState,
     /// The remote broker's id, once it has been reached.
     pub remote: Option<u128>,
+    /// Attempts that ended in an error (the remote down, a refusal, a lost
+    /// connection) since the broker started.
+    pub failures: u64,
     /// Progress per source topic, sorted by name.
     pub topics: Vec<LinkTopic>,
     /// The latest skips, oldest first (at most [`LinkInfo::MAX_SKIPS`]).

@@ -574,3 +574,42 @@ async fn a_link_without_the_grants_is_refused_and_says_so() {
     assert_eq!(count(&watcher, "other.sensors.a").await, 0);
     assert_eq!(describe(&edge, &edge_data, "granted")["state"], "connected");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_backlog_is_forwarded_with_many_batches_in_flight_and_no_refusal() {
+    const RECORDS: usize = 60_000;
+    let hub_data = DataDir::new();
+    let hub = Broker::start(&hub_data);
+    let edge_data = DataDir::new();
+    let edge = Broker::start(&edge_data);
+    let client = edge.client().await;
+    client
+        .create_topic("bulk", Retention::default())
+        .await
+        .unwrap();
+    publish(&client, "bulk", "r", RECORDS).await;
+    // No rate limit: the link keeps several forwards in flight, each continuing where
+    // the one before it (not yet stored) ends.
+    create_link(
+        &edge,
+        &edge_data,
+        &[
+            "up",
+            "--to",
+            hub.addr(),
+            "--topics",
+            "bulk",
+            "--ca",
+            hub.cert().to_str().unwrap(),
+        ],
+    );
+    let watcher = hub.client().await;
+    eventually(CATCH_UP, "the backlog at the hub", || async {
+        count(&watcher, "bulk").await >= RECORDS as u64
+    })
+    .await;
+    let described = describe(&edge, &edge_data, "up");
+    assert_eq!(described["failures"], 0, "{described}");
+    assert_eq!(described["forwarded"], RECORDS as u64, "{described}");
+    assert_eq!(count(&watcher, "bulk").await, RECORDS as u64);
+}

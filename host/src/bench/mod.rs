@@ -6,6 +6,7 @@
 //!   consumers (subscriptions or group members), with the clocks they stamp;
 //! - `own_broker`: the broker the bench starts for itself;
 //! - `restart`: the restart scenario, a client riding through restarts of that broker;
+//! - `link`: the link scenario, an edge and a hub of the bench's own and a link between;
 //! - this module: the scenarios and their [`Report`].
 //!
 //! Every run is bounded: by `count` records and by `time_limit`, whichever comes
@@ -14,6 +15,7 @@
 //! several topics, producers publish to each in turn and consumers subscribe to (or
 //! group over) a pattern matching them all.
 
+pub mod link;
 mod load;
 pub mod own_broker;
 pub mod restart;
@@ -46,6 +48,9 @@ pub enum Scenario {
     /// A client publishing while the bench's own broker restarts (run by
     /// [`restart::run`], not [`run`]).
     Restart,
+    /// Two brokers of the bench's own and a link between them: catch-up, latency
+    /// through the link, and its cost to the edge's publishes (run by [`link::run`]).
+    Link,
 }
 
 /// How a run is shaped.
@@ -243,6 +248,7 @@ pub async fn run(settings: Settings, connector: Arc<dyn Connector>) -> anyhow::R
             }
             Scenario::Plugin => plugin(&settings, &connector, &admin, &topics, &suffix).await,
             Scenario::Restart => bail!("the restart scenario is run by bench::restart::run"),
+            Scenario::Link => bail!("the link scenario is run by bench::link::run"),
         }
     }
     .await;

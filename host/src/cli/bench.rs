@@ -22,7 +22,9 @@ pub(super) struct BenchArgs {
     /// record; group: a durable group whose members ack each record; plugin: publish
     /// through the json-filter plugin, against the same without it; restart: a client
     /// publishing while the bench's own broker restarts (--restarts times with SIGTERM,
-    /// as many with SIGKILL), how soon it is back.
+    /// as many with SIGKILL), how soon it is back; link: an edge and a hub of the
+    /// bench's own, the catch-up of a backlog of --count records, latency through the
+    /// link at --rate (default 5,000/s), and the link's cost to the edge's publishes.
     #[arg(value_enum)]
     scenario: Scenario,
     /// Restarts of each kind (restart).
@@ -121,7 +123,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Publish | Scenario::Plugin => 0,
         Scenario::Fanout => 4,
         Scenario::E2e | Scenario::Group => 1,
-        Scenario::Restart => 0,
+        Scenario::Restart | Scenario::Link => 0,
     };
     let settings = Settings {
         scenario: args.scenario,
@@ -140,6 +142,17 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         plugin,
     };
     settings.validate()?;
+    if args.scenario == Scenario::Link {
+        if args.server.is_some() {
+            bail!("the link scenario runs two brokers of its own: leave out --server");
+        }
+        let report = bench::link::run(&settings).await?;
+        match args.json {
+            true => println!("{}", report.json()),
+            false => print!("{}", report.text()),
+        }
+        return Ok(());
+    }
     let (own, connect) = match args.server {
         Some(server) => (
             None,
@@ -242,7 +255,9 @@ fn text(report: &Report, rss_kib: Option<u64>) -> String {
     let h = &report.latency;
     let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
     let what = match report.scenario {
-        Scenario::Publish | Scenario::Plugin | Scenario::Restart => "publish to ack",
+        Scenario::Publish | Scenario::Plugin | Scenario::Restart | Scenario::Link => {
+            "publish to ack"
+        }
         _ => "publish to receive",
     };
     out.push_str(&format!(

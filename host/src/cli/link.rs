@@ -221,6 +221,7 @@ fn link_json(link: &LinkInfo) -> Value {
         "state": state,
         "error": error,
         "remote": link.remote.map(broker_id_hex),
+        "failures": link.failures,
         "lag": link.topics.iter().map(|t| t.lag).sum::<u64>(),
         "forwarded": link.topics.iter().map(|t| t.forwarded).sum::<u64>(),
         "skipped": link.topics.iter().map(|t| t.skipped).sum::<u64>(),
@@ -261,7 +262,7 @@ fn link_table(links: &[LinkInfo]) -> String {
 
 fn link_details(link: &LinkInfo) -> String {
     let mut out = format!(
-        "name: {}\ndirection: {}\ntopics: {}\nprefix: {}\nto: {}\nremote: {}\nstate: {}\n",
+        "name: {}\ndirection: {}\ntopics: {}\nprefix: {}\nto: {}\nremote: {}\nstate: {}\nfailures: {}\n",
         link.spec.name,
         link.spec.direction,
         link.spec.topics,
@@ -270,6 +271,7 @@ fn link_details(link: &LinkInfo) -> String {
         link.remote
             .map_or_else(|| "(not reached yet)".into(), broker_id_hex),
         state_text(&link.state),
+        link.failures,
     );
     let rows: Vec<[String; 7]> = link
         .topics

@@ -377,7 +377,7 @@ async fn run(broker: Arc<Broker>, spec: LinkSpec, status: Arc<Status>, stop: Can
         }
         let wait = if failed.refused { REFUSED_DELAY } else { delay };
         warn!(error = %failed.error, retry_in = ?wait, "link interrupted");
-        status.set_state(LinkState::BackingOff {
+        status.failed(LinkState::BackingOff {
             error: failed.error,
             retry_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         });

@@ -20,6 +20,7 @@ pub(super) struct Status(Mutex<Inner>);
 struct Inner {
     state: LinkState,
     remote: Option<u128>,
+    failures: u64,
     topics: BTreeMap<String, Progress>,
     skips: VecDeque<Skip>,
 }
@@ -73,6 +74,7 @@ impl Status {
                 LinkState::Starting
             },
             remote: None,
+            failures: 0,
             topics: BTreeMap::new(),
             skips: VecDeque::new(),
         }))
@@ -84,6 +86,13 @@ impl Status {
 
     pub(super) fn set_state(&self, state: LinkState) {
         self.lock().state = state;
+    }
+
+    /// An attempt ended in an error; the link waits before the next.
+    pub(super) fn failed(&self, state: LinkState) {
+        let mut inner = self.lock();
+        inner.failures += 1;
+        inner.state = state;
     }
 
     pub(super) fn set_remote(&self, remote: u128) {
@@ -136,6 +145,7 @@ impl Status {
             spec,
             state: inner.state.clone(),
             remote: inner.remote,
+            failures: inner.failures,
             topics: inner
                 .topics
                 .iter()

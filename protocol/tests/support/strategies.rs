@@ -321,7 +321,7 @@ pub(crate) fn link_info() -> impl Strategy<Value = LinkInfo> {
                 .prop_map(|(error, retry_ms)| LinkState::BackingOff { error, retry_ms }),
             Just(LinkState::Paused),
         ],
-        proptest::option::of(any::<u128>()),
+        (proptest::option::of(any::<u128>()), any::<u64>()),
         proptest::collection::vec(
             (
                 ".{0,8}",
@@ -332,34 +332,37 @@ pub(crate) fn link_info() -> impl Strategy<Value = LinkInfo> {
         ),
         proptest::collection::vec((".{0,8}", any::<[u64; 3]>()), 0..2),
     )
-        .prop_map(|(spec, state, remote, topics, skips)| LinkInfo {
-            spec,
-            state,
-            remote,
-            topics: topics
-                .into_iter()
-                .map(|(topic, n, oldest_ms)| LinkTopic {
-                    topic,
-                    next: n[0],
-                    lag: n[1],
-                    lag_bytes: n[2],
-                    oldest_ms,
-                    forwarded: n[3],
-                    skipped: n[4],
-                    looped: n[5],
-                    rate: n[6],
-                })
-                .collect(),
-            skips: skips
-                .into_iter()
-                .map(|(topic, n)| Skip {
-                    topic,
-                    from: n[0],
-                    to: n[1],
-                    at_ms: n[2],
-                })
-                .collect(),
-        })
+        .prop_map(
+            |(spec, state, (remote, failures), topics, skips)| LinkInfo {
+                spec,
+                state,
+                remote,
+                failures,
+                topics: topics
+                    .into_iter()
+                    .map(|(topic, n, oldest_ms)| LinkTopic {
+                        topic,
+                        next: n[0],
+                        lag: n[1],
+                        lag_bytes: n[2],
+                        oldest_ms,
+                        forwarded: n[3],
+                        skipped: n[4],
+                        looped: n[5],
+                        rate: n[6],
+                    })
+                    .collect(),
+                skips: skips
+                    .into_iter()
+                    .map(|(topic, n)| Skip {
+                        topic,
+                        from: n[0],
+                        to: n[1],
+                        at_ms: n[2],
+                    })
+                    .collect(),
+            },
+        )
 }
 
 pub(crate) fn publish_id() -> impl Strategy<Value = PublishId> {

@@ -3,9 +3,10 @@
 //! A `Forward` names its origin (broker, topic, topic id) and the run of origin
 //! offsets it covers, `from .. next`. The destination topic keeps a mark per origin
 //! (storage's `Marks`): the origin offset it expects next. Here, before the publish
-//! path: a batch wholly below the mark is a repeat (answered, nothing stored); one
-//! past the mark is refused (`OutOfOrder`: an earlier batch was not stored, and the
-//! source goes back to the mark); records below the mark are left out. What remains
+//! path, against the committed mark: a batch wholly below it is a repeat (answered,
+//! nothing stored), and records below it are left out. A batch past it may follow
+//! one still in flight: the storage writer checks it against the marks in commit
+//! order, and refuses it (`OutOfOrder`) if the batch before was not stored. What remains
 //! gets its provenance headers and goes through the one publish path as a publish
 //! whose write also moves the mark: the storage writer checks the mark again against
 //! the commits before it, so two copies of a batch racing each other store once.
@@ -22,7 +23,7 @@ use quiver_protocol::{Forward, Forwarded, Header, NewRecord, broker_id_hex};
 
 use super::{PublishOrder, Publishes};
 use crate::broker::{Broker, BrokerError};
-use crate::storage::{MarkKey, MarkWrite, StorageError};
+use crate::storage::{MarkKey, MarkWrite};
 
 impl Broker {
     /// Starts storing a forwarded batch from a connection whose publishes keep
@@ -110,13 +111,8 @@ impl Broker {
             // A probe, or a batch stored before.
             _ if from == next && records.is_empty() => return Ok(Prepared::Answered(mark)),
             Some(mark) if next <= mark => return Ok(Prepared::Answered(Some(mark))),
-            Some(mark) if from > mark => {
-                return Err(StorageError::OutOfOrder {
-                    expected: mark,
-                    from,
-                }
-                .into());
-            }
+            // Past the committed mark: the batch before it may be in flight still. The
+            // storage writer decides, in commit order (a gap is refused there).
             Some(mark) => mark.max(from),
             None => from,
         };
