@@ -40,8 +40,9 @@ pub mod headers {
     pub const ORIGIN_TOPIC: &str = "quiver-origin-topic";
     /// On a record forwarded over a link: its offset in that topic.
     pub const ORIGIN_OFFSET: &str = "quiver-origin-offset";
-    /// On a record forwarded over links: the ids of the brokers it was stored on
-    /// before this one, oldest first, comma-separated.
+    /// On a record forwarded over links more than once: the ids of the brokers it was
+    /// stored on before the one it came from (`ORIGIN_BROKER`), oldest first,
+    /// comma-separated.
     pub const PATH: &str = "quiver-path";
 
     /// The first of `headers` named `name`.

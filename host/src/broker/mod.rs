@@ -32,7 +32,7 @@ use crate::storage::{Storage, StorageError, TopicLog, TopicSettings};
 use crate::util::now_ms;
 use dedup::Deduplicator;
 pub use links::LinkControl;
-pub(crate) use publish::on_path;
+pub(crate) use publish::{hops, visited};
 pub use publish::{Outcomes, PublishOrder, Publishes};
 
 /// Limits the broker enforces on requests.

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quiver_client::Client;
-use quiver_protocol::record::{decode_shared, headers};
+use quiver_protocol::record::decode_shared;
 use quiver_protocol::{
     Delivered, Forward, Forwarded, LinkInfo, LinkSpec, LinkState, NewRecord, Origin, StartAt,
     TopicConfig,
@@ -241,6 +241,7 @@ impl TopicForwarder {
                     reply: Box::pin(self.client.forward(forward)),
                 });
             }
+            let room = marked && in_flight.len() < window;
             let Some(oldest) = in_flight.front_mut() else {
                 // Nothing to send: wait for the topic to grow.
                 if read_at < self.log.stats().next {
@@ -252,7 +253,13 @@ impl TopicForwarder {
                 notify.notified().await;
                 continue;
             };
-            match (&mut oldest.reply).await {
+            // The oldest answer, or new records to send meanwhile (within the window):
+            // a record arriving while a forward is out does not wait for its answer.
+            let answer = tokio::select! {
+                answer = &mut oldest.reply => answer,
+                () = notify.notified(), if room => continue,
+            };
+            match answer {
                 Ok(answer) => {
                     let sent = in_flight.pop_front().expect("the oldest forward is there");
                     acked = answer.next.unwrap_or(sent.next).max(sent.next);
@@ -365,11 +372,8 @@ struct Batch {
 /// Whether forwarding `record` to `remote` would bring it back to a broker it was
 /// stored on, or take it past the hop limit.
 pub(crate) fn loops(record: &NewRecord, remote: u128) -> bool {
-    let Some(path) = headers::find(&record.headers, headers::PATH) else {
-        return false;
-    };
-    let hops = path.split(|b| *b == b',').count();
-    hops >= MAX_HOPS || crate::broker::on_path(path, remote)
+    crate::broker::hops(&record.headers) + 1 >= MAX_HOPS
+        || crate::broker::visited(&record.headers, remote)
 }
 
 /// Keeps a link within its `--max-rate`.

@@ -11,8 +11,9 @@
 //! whose write also moves the mark: the storage writer checks the mark again against
 //! the commits before it, so two copies of a batch racing each other store once.
 //!
-//! A record that has been stored on this broker before (its `quiver-path` names this
-//! broker, or it comes from here) is left out too: a loop between links ends here.
+//! A record that has been stored on this broker before (its `quiver-origin-broker` or
+//! `quiver-path` names this broker, or the batch comes from here) is left out too: a
+//! loop between links ends here.
 
 use std::sync::Arc;
 
@@ -117,20 +118,30 @@ impl Broker {
             None => from,
         };
         let own = self.storage.broker_id();
-        let origin_hex = broker_id_hex(origin.broker);
+        // Shared by every record's headers (a `Bytes` clone is a reference count).
+        let origin_hex = Bytes::from(broker_id_hex(origin.broker));
+        let origin_topic = Bytes::from(origin.topic.clone());
         let mut stamps = Vec::new();
         let mut kept = Vec::new();
         for delivered in records.into_iter().filter(|r| r.offset >= start) {
             let record = delivered.record;
-            let path = headers::find(&record.headers, headers::PATH);
-            if origin.broker == own || path.is_some_and(|path| on_path(path, own)) {
+            if origin.broker == own || visited(&record.headers, own) {
                 continue;
             }
-            let path = match path {
-                Some(path) if !path.is_empty() => {
-                    format!("{},{origin_hex}", String::from_utf8_lossy(path))
+            // The brokers before this record's origin: its path, then the broker it
+            // came from before that (none on a first hop, so no path header).
+            let path = match (
+                headers::find(&record.headers, headers::PATH),
+                headers::find(&record.headers, headers::ORIGIN_BROKER),
+            ) {
+                (Some(path), Some(before)) if !path.is_empty() => {
+                    let mut joined = path.to_vec();
+                    joined.push(b',');
+                    joined.extend_from_slice(before);
+                    Some(Bytes::from(joined))
                 }
-                _ => origin_hex.clone(),
+                (_, Some(before)) => Some(before.clone()),
+                (path, None) => path.cloned(),
             };
             let mut headers: Vec<Header> = record
                 .headers
@@ -139,10 +150,10 @@ impl Broker {
                 .collect();
             headers.extend([
                 header(headers::ORIGIN_BROKER, origin_hex.clone()),
-                header(headers::ORIGIN_TOPIC, origin.topic.clone()),
-                header(headers::ORIGIN_OFFSET, delivered.offset.to_string()),
-                header(headers::PATH, path),
+                header(headers::ORIGIN_TOPIC, origin_topic.clone()),
+                header(headers::ORIGIN_OFFSET, Bytes::from(delivered.offset.to_string())),
             ]);
+            headers.extend(path.map(|path| header(headers::PATH, path)));
             stamps.push(delivered.timestamp);
             kept.push(NewRecord {
                 key: record.key,
@@ -178,10 +189,20 @@ enum Prepared {
     },
 }
 
-/// Whether a `quiver-path` value names `broker`.
-pub(crate) fn on_path(path: &Bytes, broker: u128) -> bool {
+/// Whether a record was stored on `broker` before: its origin or its path names it.
+pub(crate) fn visited(headers: &[Header], broker: u128) -> bool {
     let id = broker_id_hex(broker);
-    path.split(|b| *b == b',').any(|hop| hop == id.as_bytes())
+    let named = |value: &Bytes| value.split(|b| *b == b',').any(|hop| hop == id.as_bytes());
+    headers::find(headers, headers::ORIGIN_BROKER).is_some_and(named)
+        || headers::find(headers, headers::PATH).is_some_and(named)
+}
+
+/// How many brokers a record was stored on before this one.
+pub(crate) fn hops(headers: &[Header]) -> usize {
+    let path = headers::find(headers, headers::PATH)
+        .filter(|path| !path.is_empty())
+        .map_or(0, |path| path.split(|b| *b == b',').count());
+    path + usize::from(headers::find(headers, headers::ORIGIN_BROKER).is_some())
 }
 
 fn is_provenance(name: &str) -> bool {
@@ -194,9 +215,9 @@ fn is_provenance(name: &str) -> bool {
     .contains(&name)
 }
 
-fn header(name: &str, value: String) -> Header {
+fn header(name: &str, value: Bytes) -> Header {
     Header {
         name: name.to_owned(),
-        value: Bytes::from(value),
+        value,
     }
 }
