@@ -23,6 +23,8 @@ use super::{Connector, Scenario, Settings};
 
 /// Interleaved rounds of the cost measurement (each: without, then with the link).
 const COST_ROUNDS: usize = 3;
+/// The most records each half of a cost round publishes.
+const COST_RECORDS: u64 = 300_000;
 /// How long the latency phase publishes.
 const LATENCY_SECONDS: u64 = 10;
 /// The longest a catch-up may take before the run gives up.
@@ -43,6 +45,9 @@ pub struct LinkReport {
     pub latency_us: (u64, u64),
     /// The steady rate.
     pub rate: u64,
+    /// Broker CPU per record, µs: the edge while the backlog was published, and the
+    /// edge and the hub while the link caught up (`None` without /proc).
+    pub cpu_us: Option<[f64; 3]>,
     /// Publish throughput per round, without and with the link forwarding.
     pub cost_rounds: Vec<(f64, f64)>,
 }
@@ -75,6 +80,9 @@ impl LinkReport {
             "catch_up_msgs_per_s": self.catch_up_rate().round(),
             "rate": self.rate,
             "latency_us": { "p50": self.latency_us.0, "p99": self.latency_us.1 },
+            "cpu_us_per_record": self.cpu_us.map(|[publish, forward, store]| json!({
+                "edge_publish": publish, "edge_forward": forward, "hub_store": store,
+            })),
             "cost_rounds": self.cost_rounds.iter().map(|(a, b)| json!([a.round(), b.round()])).collect::<Vec<_>>(),
             "cost_percent": (self.cost_percent() * 10.0).round() / 10.0,
         })
@@ -94,6 +102,11 @@ impl LinkReport {
             self.catch_up_rate(),
             self.catch_up_rate() * self.backlog_bytes as f64 / self.backlog.max(1) as f64 / 1e6,
         ));
+        if let Some([publish, forward, store]) = self.cpu_us {
+            out.push_str(&format!(
+                "  broker CPU per record: edge publishing {publish:.2} µs; during catch-up, edge forwarding {forward:.2} µs, hub storing {store:.2} µs\n"
+            ));
+        }
         out.push_str(&format!(
             "  latency, publish at the edge to receive at the hub, at {} msgs/s: p50 {:.2} ms  p99 {:.2} ms\n",
             self.rate,
@@ -132,8 +145,9 @@ impl Connector for At {
     }
 }
 
-/// Runs the link scenario: `settings.count` records of backlog (and per cost round),
-/// `settings.rate` (default 5,000/s) for the latency phase.
+/// Runs the link scenario: `settings.count` records of backlog (and per half of a cost
+/// round, at most [`COST_RECORDS`]), `settings.rate` (default 5,000/s) for the latency
+/// phase.
 pub async fn run(settings: &Settings) -> anyhow::Result<LinkReport> {
     let edge = OwnBroker::start()?;
     let hub = OwnBroker::start()?;
@@ -162,10 +176,12 @@ pub async fn run(settings: &Settings) -> anyhow::Result<LinkReport> {
         rate: None,
         ..settings.clone()
     };
+    let edge_before = edge.cpu_time();
     let produced = Producers::start(&publish, &edge_at, &backlog, Payloads::Binary)
         .await?
         .finish()
         .await?;
+    let (edge_published, hub_before) = (edge.cpu_time(), hub.cpu_time());
     let publish_rate = produced.acked as f64 / produced.elapsed.as_secs_f64().max(f64::EPSILON);
     let ca = std::fs::read_to_string(&hub.cert).context("reading the hub's certificate")?;
     let spec = LinkSpec {
@@ -184,6 +200,16 @@ pub async fn run(settings: &Settings) -> anyhow::Result<LinkReport> {
     edge_admin.create_link(spec).await?;
     held(&hub_admin, "bench.backlog", produced.acked).await?;
     let catch_up = started.elapsed();
+    let per_record = |from: Option<Duration>, to: Option<Duration>| {
+        Some((to? - from?).as_secs_f64() * 1e6 / produced.acked.max(1) as f64)
+    };
+    let cpu_us = (|| {
+        Some([
+            per_record(edge_before, edge_published)?,
+            per_record(edge_published, edge.cpu_time())?,
+            per_record(hub_before, hub.cpu_time())?,
+        ])
+    })();
 
     // 2. Latency at a steady rate, through the link.
     let rate = settings.rate.unwrap_or(5_000);
@@ -220,6 +246,10 @@ pub async fn run(settings: &Settings) -> anyhow::Result<LinkReport> {
     );
 
     // 3. Cost: the same publishes to a topic not forwarded, then to one forwarded.
+    let publish = Settings {
+        count: settings.count.min(COST_RECORDS),
+        ..publish
+    };
     let mut cost_rounds = Vec::with_capacity(COST_ROUNDS);
     for round in 0..COST_ROUNDS {
         let mut rates = [0.0; 2];
@@ -248,6 +278,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<LinkReport> {
         publish_rate,
         latency_us,
         rate,
+        cpu_us,
         cost_rounds,
     })
 }

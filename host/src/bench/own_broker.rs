@@ -78,6 +78,19 @@ impl OwnBroker {
         Ok(ready)
     }
 
+    /// CPU time the broker has used (user and system), where /proc tells it.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // Fields after the command name (which may hold spaces, inside parentheses):
+        // utime and stime are the 12th and 13th of them, in clock ticks.
+        let rest = stat.rsplit_once(')')?.1;
+        let mut fields = rest.split_whitespace().skip(11);
+        let utime: u64 = fields.next()?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        // Linux reports these in USER_HZ, 100 on every architecture it supports.
+        Some(Duration::from_millis((utime + stime) * 10))
+    }
+
     /// The broker's resident memory in KiB, where /proc tells it.
     pub fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;

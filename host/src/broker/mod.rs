@@ -32,8 +32,8 @@ use crate::storage::{Storage, StorageError, TopicLog, TopicSettings};
 use crate::util::now_ms;
 use dedup::Deduplicator;
 pub use links::LinkControl;
-pub(crate) use publish::{hops, visited};
 pub use publish::{Outcomes, PublishOrder, Publishes};
+pub(crate) use publish::{hops, visited};
 
 /// Limits the broker enforces on requests.
 #[derive(Debug, Clone, Copy)]

@@ -151,7 +151,10 @@ impl Broker {
             headers.extend([
                 header(headers::ORIGIN_BROKER, origin_hex.clone()),
                 header(headers::ORIGIN_TOPIC, origin_topic.clone()),
-                header(headers::ORIGIN_OFFSET, Bytes::from(delivered.offset.to_string())),
+                header(
+                    headers::ORIGIN_OFFSET,
+                    Bytes::from(delivered.offset.to_string()),
+                ),
             ]);
             headers.extend(path.map(|path| header(headers::PATH, path)));
             stamps.push(delivered.timestamp);
