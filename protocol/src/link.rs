@@ -37,10 +37,41 @@ pub struct Forward {
     pub from: u64,
     /// The origin offset after this batch: the destination's mark once it is stored.
     pub next: u64,
-    /// The records, in origin offset order (each in `from .. next`), with their
-    /// origin offset and original timestamp. Offsets without a record (skipped at the
-    /// source, or filtered by its link plugins) are simply absent.
-    pub records: Vec<Delivered>,
+    /// The records, each in `from .. next`.
+    pub records: ForwardedRecords,
+}
+
+/// The records of a [`Forward`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ForwardedRecords {
+    /// Records in origin offset order, with their origin offset and original
+    /// timestamp; offsets without a record (filtered by the source's link plugins, or
+    /// not forwarded to avoid a loop) are absent.
+    Listed(Vec<Delivered>),
+    /// Consecutive records as the source stored them (the batch format of
+    /// [`crate::record`], timestamps included), the first at origin offset
+    /// `base_offset`: sent without decoding and encoding each record again.
+    Batch {
+        /// The origin offset of the batch's first record.
+        base_offset: u64,
+        /// The records.
+        batch: bytes::Bytes,
+    },
+}
+
+impl ForwardedRecords {
+    /// No records.
+    pub fn none() -> Self {
+        Self::Listed(Vec::new())
+    }
+
+    /// Whether there are no records.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Self::Listed(records) => records.is_empty(),
+            Self::Batch { batch, .. } => batch.is_empty(),
+        }
+    }
 }
 
 /// The answer to a [`Forward`].

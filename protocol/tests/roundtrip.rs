@@ -258,7 +258,7 @@ fn variant_indexes_match_the_documentation() {
                 },
                 from: 0,
                 next: 0,
-                records: vec![],
+                records: ForwardedRecords::none(),
             }),
             20,
         ),

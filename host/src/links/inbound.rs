@@ -16,7 +16,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use quiver_client::{Client, Record, SubscribeOptions};
 use quiver_protocol::{
-    Delivered, Forward, LinkSpec, LinkState, NewRecord, Origin, Position, TopicConfig,
+    Delivered, Forward, ForwardedRecords, LinkSpec, LinkState, NewRecord, Origin, Position,
+    TopicConfig,
 };
 use tracing::{info, warn};
 
@@ -186,21 +187,22 @@ impl Pull<'_> {
             },
             from,
             next: last + 1,
-            records: run
-                .into_iter()
-                .map(|r| {
-                    let r = r.into_stored();
-                    Delivered {
-                        offset: r.offset,
-                        timestamp: r.timestamp,
-                        record: NewRecord {
-                            key: r.key,
-                            headers: r.headers,
-                            payload: r.payload,
-                        },
-                    }
-                })
-                .collect(),
+            records: ForwardedRecords::Listed(
+                run.into_iter()
+                    .map(|r| {
+                        let r = r.into_stored();
+                        Delivered {
+                            offset: r.offset,
+                            timestamp: r.timestamp,
+                            record: NewRecord {
+                                key: r.key,
+                                headers: r.headers,
+                                payload: r.payload,
+                            },
+                        }
+                    })
+                    .collect(),
+            ),
         };
         let stored = self.broker.forward(&mut self.order, forward).await.await;
         match stored {

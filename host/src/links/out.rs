@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use quiver_client::Client;
 use quiver_protocol::record::decode_shared;
 use quiver_protocol::{
-    Delivered, Forward, Forwarded, LinkInfo, LinkSpec, LinkState, NewRecord, Origin, StartAt,
-    TopicConfig,
+    Delivered, Forward, Forwarded, ForwardedRecords, Header, LinkInfo, LinkSpec, LinkState,
+    NewRecord, Origin, StartAt, TopicConfig,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -33,7 +33,7 @@ use super::status::Status;
 use super::{Failed, MAX_HOPS};
 use crate::broker::{Broker, BrokerError, PatternWatch};
 use crate::plugins::stage::StageRunner;
-use crate::storage::{LinkCursor, Slice, TopicLog};
+use crate::storage::{LinkCursor, TopicLog};
 
 /// Forwards in flight per topic, once the destination has a mark.
 const WINDOW: usize = 8;
@@ -167,7 +167,7 @@ impl TopicForwarder {
             origin: origin.clone(),
             from: 0,
             next: 0,
-            records: Vec::new(),
+            records: ForwardedRecords::none(),
         };
         let probed = match self.client.forward(probe).await {
             Ok(probed) => probed,
@@ -206,7 +206,7 @@ impl TopicForwarder {
             let window = if marked { WINDOW } else { 1 };
             // Send what there is, within the window.
             while in_flight.len() < window {
-                let batch = match self.next_batch(&topic, read_at, remote).await {
+                let batch = match self.next_batch(read_at, remote).await {
                     Ok(Some(batch)) => batch,
                     Ok(None) => break,
                     Err(e) => return Failed::new(e, progressed),
@@ -225,8 +225,8 @@ impl TopicForwarder {
                 if batch.looped > 0 {
                     self.status.topic(&topic, |p| p.looped += batch.looped);
                 }
-                limiter.take(batch.records.len()).await;
-                let count = batch.records.len() as u64;
+                limiter.take(batch.count).await;
+                let count = batch.count;
                 let forward = Forward {
                     topic: dest.clone(),
                     origin: origin.clone(),
@@ -296,13 +296,9 @@ impl TopicForwarder {
     }
 
     /// The next batch from `from`, through the link's plugins, without the records that
-    /// would loop; `None` when the topic holds nothing more yet.
-    async fn next_batch(
-        &self,
-        topic: &str,
-        from: u64,
-        remote: u128,
-    ) -> Result<Option<Batch>, BrokerError> {
+    /// would loop; `None` when the topic holds nothing more yet. Without plugins and
+    /// with nothing to leave out (the usual case), the stored batch goes as it is.
+    async fn next_batch(&self, from: u64, remote: u128) -> Result<Option<Batch>, BrokerError> {
         let max_records = self.client.limits().max_batch_records.min(4096);
         let max_bytes = usize::try_from(self.client.limits().max_frame_len / 2)
             .unwrap_or(MAX_FORWARD_BYTES)
@@ -316,34 +312,30 @@ impl TopicForwarder {
         };
         let first = slice.base_offset;
         let next = slice.base_offset + u64::from(slice.count);
-        let delivered = self.deliver(slice).await?;
-        let before = delivered.len();
-        let records: Vec<Delivered> = delivered
-            .into_iter()
-            .filter(|d| !loops(&d.record, remote))
-            .collect();
-        let looped = (before - records.len()) as u64;
-        let _ = topic;
-        Ok(Some(Batch {
-            first,
-            next,
-            records,
-            looped,
-        }))
-    }
-
-    /// A slice as records, through the link's plugins if it has any.
-    async fn deliver(&self, slice: Slice) -> Result<Vec<Delivered>, BrokerError> {
         if let Some(stages) = &self.stages {
-            return Ok(self
+            let delivered = self
                 .broker
                 .deliver_through(stages, &self.log, slice)
                 .await?
-                .records);
+                .records;
+            return Ok(Some(Batch::listed(first, next, delivered, remote)));
         }
-        let records = decode_shared(slice.base_offset, &slice.batch)
+        // Decoded without copying, to look for records that would loop.
+        let stored = decode_shared(slice.base_offset, &slice.batch)
             .map_err(crate::storage::StorageError::from)?;
-        Ok(records
+        if !stored.iter().any(|r| loops(&r.headers, remote)) {
+            return Ok(Some(Batch {
+                first,
+                next,
+                count: u64::from(slice.count),
+                records: ForwardedRecords::Batch {
+                    base_offset: slice.base_offset,
+                    batch: slice.batch,
+                },
+                looped: 0,
+            }));
+        }
+        let delivered = stored
             .into_iter()
             .map(|r| Delivered {
                 offset: r.offset,
@@ -354,7 +346,8 @@ impl TopicForwarder {
                     payload: r.payload,
                 },
             })
-            .collect())
+            .collect();
+        Ok(Some(Batch::listed(first, next, delivered, remote)))
     }
 }
 
@@ -364,16 +357,35 @@ struct Batch {
     first: u64,
     /// The offset after the last one read.
     next: u64,
-    records: Vec<Delivered>,
+    /// Records in `records`.
+    count: u64,
+    records: ForwardedRecords,
     /// Records left out because they would loop.
     looped: u64,
 }
 
+impl Batch {
+    /// Records listed one by one, without those that would loop.
+    fn listed(first: u64, next: u64, delivered: Vec<Delivered>, remote: u128) -> Self {
+        let before = delivered.len();
+        let records: Vec<Delivered> = delivered
+            .into_iter()
+            .filter(|d| !loops(&d.record.headers, remote))
+            .collect();
+        Self {
+            first,
+            next,
+            count: records.len() as u64,
+            looped: (before - records.len()) as u64,
+            records: ForwardedRecords::Listed(records),
+        }
+    }
+}
+
 /// Whether forwarding `record` to `remote` would bring it back to a broker it was
 /// stored on, or take it past the hop limit.
-pub(crate) fn loops(record: &NewRecord, remote: u128) -> bool {
-    crate::broker::hops(&record.headers) + 1 >= MAX_HOPS
-        || crate::broker::visited(&record.headers, remote)
+pub(crate) fn loops(headers: &[Header], remote: u128) -> bool {
+    crate::broker::hops(headers) + 1 >= MAX_HOPS || crate::broker::visited(headers, remote)
 }
 
 /// Keeps a link within its `--max-rate`.
@@ -392,7 +404,7 @@ impl Limiter {
     }
 
     /// Waits until `records` more may go.
-    async fn take(&mut self, records: usize) {
+    async fn take(&mut self, records: u64) {
         let Some(per_record) = self.per_record else {
             return;
         };

@@ -253,7 +253,11 @@ pub(crate) fn forward() -> impl Strategy<Value = Forward> {
         any::<u128>(),
         ".{0,8}",
         any::<(u64, u64, u64)>(),
-        proptest::collection::vec(delivered(), 0..3),
+        prop_oneof![
+            proptest::collection::vec(delivered(), 0..3).prop_map(ForwardedRecords::Listed),
+            (any::<u64>(), bytes(32))
+                .prop_map(|(base_offset, batch)| ForwardedRecords::Batch { base_offset, batch }),
+        ],
     )
         .prop_map(
             |(topic, broker, origin_topic, (topic_id, from, next), records)| Forward {

@@ -19,8 +19,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
+use quiver_protocol::record::decode_shared;
 use quiver_protocol::record::headers;
-use quiver_protocol::{Forward, Forwarded, Header, NewRecord, broker_id_hex};
+use quiver_protocol::{
+    Delivered, Forward, Forwarded, ForwardedRecords, Header, NewRecord, broker_id_hex,
+};
 
 use super::{PublishOrder, Publishes};
 use crate::broker::{Broker, BrokerError};
@@ -81,6 +84,25 @@ impl Broker {
             records,
         } = forward;
         let log = self.topic(&topic)?;
+        let records = match records {
+            ForwardedRecords::Listed(records) => records,
+            // Decoded without copying: keys, headers and payloads are slices of it.
+            ForwardedRecords::Batch { base_offset, batch } => decode_shared(base_offset, &batch)
+                .map_err(|e| {
+                    BrokerError::InvalidArgument(format!("a forwarded batch is malformed: {e}"))
+                })?
+                .into_iter()
+                .map(|r| Delivered {
+                    offset: r.offset,
+                    timestamp: r.timestamp,
+                    record: NewRecord {
+                        key: r.key,
+                        headers: r.headers,
+                        payload: r.payload,
+                    },
+                })
+                .collect(),
+        };
         if from > next {
             return Err(BrokerError::InvalidArgument(format!(
                 "a forwarded batch runs from origin offset {from} back to {next}"
