@@ -107,6 +107,50 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
         ),
         ("credit", ClientFrame::Credit(64)),
         (
+            "forward-batch",
+            request(
+                6,
+                Op::Forward(Forward {
+                    topic: "edge1.sensors.eu.temp".into(),
+                    origin: Origin {
+                        broker: 0x0123_4567_89ab_cdef_0123_4567_89ab_cdef,
+                        topic: "sensors.eu.temp".into(),
+                        topic_id: 7,
+                    },
+                    from: 40,
+                    next: 42,
+                    records: ForwardedRecords::Batch {
+                        base_offset: 40,
+                        batch: encode_batch(
+                            1_700_000_000_000,
+                            &[publish(), NewRecord::new("19.0")],
+                        ),
+                    },
+                }),
+            ),
+        ),
+        (
+            "forward-listed",
+            request(
+                7,
+                Op::Forward(Forward {
+                    topic: "edge1.sensors.eu.temp".into(),
+                    origin: Origin {
+                        broker: 1,
+                        topic: "sensors.eu.temp".into(),
+                        topic_id: 7,
+                    },
+                    from: 42,
+                    next: 45,
+                    records: ForwardedRecords::Listed(vec![Delivered {
+                        offset: 44,
+                        timestamp: 1_700_000_000_000,
+                        record: publish().with_header("quiver-origin-broker", "00"),
+                    }]),
+                }),
+            ),
+        ),
+        (
             "join",
             ClientFrame::Join(Join {
                 group: "workers".into(),

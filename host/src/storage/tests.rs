@@ -1207,3 +1207,92 @@ fn a_read_that_loses_its_chunks_to_a_trim_never_serves_an_uncommitted_one() {
         storage.close().await;
     });
 }
+
+/// Appends `count` forwarded records covering origin offsets `from .. next`.
+async fn forward(
+    storage: &Storage,
+    log: &Arc<TopicLog>,
+    key: MarkKey,
+    (from, next): (u64, u64),
+    count: u32,
+) -> Result<Committed, StorageError> {
+    let mark = MarkWrite {
+        key,
+        origin_topic: "origin".into(),
+        from,
+        next,
+        stamps: (0..u64::from(count)).map(|i| 1_000 + i).collect(),
+    };
+    storage
+        .submit_append(
+            vec![(log.clone(), payloads(0..count))],
+            Vec::new(),
+            Vec::new(),
+            Some(mark),
+        )
+        .await?
+        .durable()
+        .await
+}
+
+#[test]
+fn marks_move_with_their_records_refuse_gaps_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir, 1 << 14);
+    let key = |topic| MarkKey {
+        topic,
+        broker: 0xabc,
+        origin_topic: 3,
+    };
+    let (broker_id, topic_id) = rt().block_on(async {
+        let (storage, _) = Storage::open(&config).unwrap();
+        let log = storage
+            .create_topic(name("hub.a"), Retention::default())
+            .await
+            .unwrap();
+        let key = key(log.id());
+        // A first batch may start anywhere; the next must continue at its mark.
+        forward(&storage, &log, key, (10, 14), 4).await.unwrap();
+        assert_eq!(storage.marks().get(&key), Some(14));
+        let gap = forward(&storage, &log, key, (20, 22), 2).await.unwrap_err();
+        assert!(
+            matches!(
+                gap,
+                StorageError::OutOfOrder {
+                    expected: 14,
+                    from: 20
+                }
+            ),
+            "{gap}"
+        );
+        // Two batches queued together: the second continues where the first ends.
+        let (a, b) = tokio::join!(
+            forward(&storage, &log, key, (14, 16), 2),
+            forward(&storage, &log, key, (16, 20), 4)
+        );
+        a.unwrap();
+        b.unwrap();
+        assert_eq!(storage.marks().get(&key), Some(20));
+        assert_eq!(
+            log.stats().next,
+            10,
+            "4 + 2 + 4 records, nothing of the refused one"
+        );
+        // Original timestamps are kept (never going backwards in the topic).
+        let slice = storage.read(&log, 0, 4, usize::MAX).unwrap().unwrap();
+        let first = decode_batch(0, &slice.batch).unwrap();
+        assert_eq!(first[0].timestamp, 1_000);
+        let (id, topic) = (storage.broker_id(), log.id());
+        storage.close().await;
+        (id, topic)
+    });
+    let (storage, _) = reopen(&config);
+    assert_eq!(storage.broker_id(), broker_id, "the broker keeps its id");
+    assert_eq!(storage.marks().get(&key(topic_id)), Some(20));
+    assert_eq!(
+        storage.marks().from_broker(topic_id, 0xabc)[0]
+            .1
+            .origin_topic,
+        "origin"
+    );
+}
