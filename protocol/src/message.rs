@@ -681,6 +681,21 @@ pub struct Delivered {
     pub record: NewRecord,
 }
 
+impl From<crate::record::Record> for Delivered {
+    /// A stored record as delivered (or forwarded) unchanged.
+    fn from(r: crate::record::Record) -> Self {
+        Self {
+            offset: r.offset,
+            timestamp: r.timestamp,
+            record: NewRecord {
+                key: r.key,
+                headers: r.headers,
+                payload: r.payload,
+            },
+        }
+    }
+}
+
 /// A durable consumer group's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupSettings {

@@ -49,6 +49,30 @@ async fn publish(client: &Client, topic: &str, prefix: &str, n: usize) {
     }
 }
 
+/// Waits until the hub's `topic` holds `n` records, then checks they are
+/// `prefix-0 … prefix-(n-1)`, each once and in order.
+async fn arrived_once_in_order(
+    watcher: &Client,
+    topic: &str,
+    prefix: &str,
+    n: usize,
+) -> Vec<quiver_client::Record> {
+    eventually(CATCH_UP, "every record at the hub", || async {
+        count(watcher, topic).await >= n as u64
+    })
+    .await;
+    let records = read_all(watcher, topic).await;
+    assert_eq!(records.len(), n, "nothing stored twice");
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(
+            record.payload,
+            format!("{prefix}-{i}").as_bytes(),
+            "order kept"
+        );
+    }
+    records
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_written_while_the_hub_is_down_arrives_once_in_order_across_kills() {
     const RECORDS: usize = 20_000;
@@ -106,20 +130,9 @@ async fn a_backlog_written_while_the_hub_is_down_arrives_once_in_order_across_ki
             edge = edge.restart(&edge_data, Stop::Kill, &[]);
         }
     }
-    eventually(CATCH_UP, "every record at the hub", || async {
-        count(&watcher, topic).await >= RECORDS as u64
-    })
-    .await;
-
     // Once each, in order, with their provenance.
-    let records = read_all(&watcher, topic).await;
-    assert_eq!(records.len(), RECORDS, "nothing stored twice");
+    let records = arrived_once_in_order(&watcher, topic, "reading", RECORDS).await;
     for (i, record) in records.iter().enumerate() {
-        assert_eq!(
-            record.payload,
-            format!("reading-{i}").as_bytes(),
-            "order kept"
-        );
         assert_eq!(header(record, headers::ORIGIN_OFFSET), i.to_string());
         assert_eq!(header(record, headers::ORIGIN_TOPIC), "sensors.a");
     }
@@ -417,19 +430,7 @@ async fn catch_up_rides_through_packet_loss_and_a_partition() {
     )
     .await;
     relay.heal();
-    eventually(CATCH_UP, "every record at the hub", || async {
-        count(&watcher, topic).await >= RECORDS as u64
-    })
-    .await;
-    let records = read_all(&watcher, topic).await;
-    assert_eq!(records.len(), RECORDS, "nothing stored twice");
-    for (i, record) in records.iter().enumerate() {
-        assert_eq!(
-            record.payload,
-            format!("reading-{i}").as_bytes(),
-            "order kept"
-        );
-    }
+    arrived_once_in_order(&watcher, topic, "reading", RECORDS).await;
     assert!(
         relay.counts().1 > dropped + 20,
         "the relay did drop packets"

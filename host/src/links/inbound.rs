@@ -16,8 +16,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use quiver_client::{Client, Record, SubscribeOptions};
 use quiver_protocol::{
-    Delivered, Forward, ForwardedRecords, LinkSpec, LinkState, NewRecord, Origin, Position,
-    TopicConfig,
+    Delivered, Forward, ForwardedRecords, LinkSpec, LinkState, Origin, Position, TopicConfig,
 };
 use tracing::{info, warn};
 
@@ -189,18 +188,7 @@ impl Pull<'_> {
             next: last + 1,
             records: ForwardedRecords::Listed(
                 run.into_iter()
-                    .map(|r| {
-                        let r = r.into_stored();
-                        Delivered {
-                            offset: r.offset,
-                            timestamp: r.timestamp,
-                            record: NewRecord {
-                                key: r.key,
-                                headers: r.headers,
-                                payload: r.payload,
-                            },
-                        }
-                    })
+                    .map(|r| Delivered::from(r.into_stored()))
                     .collect(),
             ),
         };

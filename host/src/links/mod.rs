@@ -233,10 +233,10 @@ impl LinkControl for Links {
             .get(name)
             .ok_or_else(|| BrokerError::LinkNotFound(name.to_owned()))?;
         let mut info = link.info();
-        if link.record.spec.direction == LinkDirection::Out {
-            if let Ok(broker) = self.broker() {
-                out::refresh_lag(&broker, &mut info);
-            }
+        if link.record.spec.direction == LinkDirection::Out
+            && let Ok(broker) = self.broker()
+        {
+            out::refresh_lag(&broker, &mut info);
         }
         Ok(info)
     }

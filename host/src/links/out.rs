@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use quiver_client::Client;
 use quiver_protocol::record::decode_shared;
 use quiver_protocol::{
-    Delivered, Forward, Forwarded, ForwardedRecords, Header, LinkInfo, LinkSpec, LinkState,
-    NewRecord, Origin, StartAt, TopicConfig,
+    Delivered, Forward, Forwarded, ForwardedRecords, Header, LinkInfo, LinkSpec, LinkState, Origin,
+    StartAt, TopicConfig,
 };
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -335,18 +335,7 @@ impl TopicForwarder {
                 looped: 0,
             }));
         }
-        let delivered = stored
-            .into_iter()
-            .map(|r| Delivered {
-                offset: r.offset,
-                timestamp: r.timestamp,
-                record: NewRecord {
-                    key: r.key,
-                    headers: r.headers,
-                    payload: r.payload,
-                },
-            })
-            .collect();
+        let delivered = stored.into_iter().map(Delivered::from).collect();
         Ok(Some(Batch::listed(first, next, delivered, remote)))
     }
 }

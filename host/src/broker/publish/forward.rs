@@ -92,15 +92,7 @@ impl Broker {
                     BrokerError::InvalidArgument(format!("a forwarded batch is malformed: {e}"))
                 })?
                 .into_iter()
-                .map(|r| Delivered {
-                    offset: r.offset,
-                    timestamp: r.timestamp,
-                    record: NewRecord {
-                        key: r.key,
-                        headers: r.headers,
-                        payload: r.payload,
-                    },
-                })
+                .map(Delivered::from)
                 .collect(),
         };
         if from > next {
