@@ -190,11 +190,19 @@ impl LinkControl for Links {
 
     fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
         async move {
-            self.broker()?
-                .storage()
-                .delete_link(name.to_owned())
-                .await?;
-            self.stop(name).await;
+            // Stopped first, so that it writes no cursor after its deletion.
+            let record = self
+                .stop(name)
+                .await
+                .ok_or_else(|| BrokerError::LinkNotFound(name.to_owned()))?;
+            let deleted = match self.broker() {
+                Ok(broker) => broker.storage().delete_link(name.to_owned()).await,
+                Err(e) => return Err(e),
+            };
+            if let Err(e) = deleted {
+                self.launch(record);
+                return Err(e.into());
+            }
             info!(link = %name, "link deleted");
             Ok(())
         }
