@@ -195,23 +195,86 @@ pub fn append_entry(dst: &mut BytesMut, timestamp: u64, record: &NewRecord) -> u
     len
 }
 
+/// Appends one entry for `record` with `extra` headers after its own, as
+/// [`append_entry`] would for a record that carried them all, without building that
+/// record (the broker adds the provenance of forwarded records this way).
+pub fn append_entry_with(
+    dst: &mut BytesMut,
+    timestamp: u64,
+    record: &NewRecord,
+    extra: &[(&str, &[u8])],
+) -> usize {
+    fn put_varint(dst: &mut BytesMut, mut n: usize) {
+        while n >= 0x80 {
+            // The low seven bits, with the continuation bit.
+            dst.put_u8((n & 0x7f) as u8 | 0x80);
+            n >>= 7;
+        }
+        dst.put_u8((n & 0x7f) as u8);
+    }
+    fn put_bytes(dst: &mut BytesMut, bytes: &[u8]) {
+        put_varint(dst, bytes.len());
+        dst.put_slice(bytes);
+    }
+    let start = dst.len();
+    dst.put_u32(0); // patched below
+    dst.put_u64(timestamp);
+    // postcard's encoding of a `NewRecord`: the key as an `Option` (a tag byte, then
+    // its bytes), the headers as a sequence (a varint count, then each name and
+    // value), the payload; every length a varint.
+    match &record.key {
+        None => dst.put_u8(0),
+        Some(key) => {
+            dst.put_u8(1);
+            put_bytes(dst, key);
+        }
+    }
+    put_varint(dst, record.headers.len() + extra.len());
+    for header in &record.headers {
+        put_bytes(dst, header.name.as_bytes());
+        put_bytes(dst, &header.value);
+    }
+    for (name, value) in extra {
+        put_bytes(dst, name.as_bytes());
+        put_bytes(dst, value);
+    }
+    put_bytes(dst, &record.payload);
+    let len = dst.len() - start;
+    let body_len = u32::try_from(len - 4).expect("record size limits keep entries below 4 GiB");
+    dst[start..start + 4].copy_from_slice(&body_len.to_be_bytes());
+    len
+}
+
+/// postcard's length of a varint.
+fn varint_len(n: usize) -> usize {
+    (usize::BITS - n.leading_zeros()).max(1).div_ceil(7) as usize
+}
+
+/// postcard's length of a byte string or `str`.
+fn bytes_len(len: usize) -> usize {
+    varint_len(len) + len
+}
+
 /// The bytes [`append_entry`] takes for `record`, without encoding it.
 pub fn entry_len(record: &NewRecord) -> usize {
+    entry_len_with(record, &[])
+}
+
+/// The bytes [`append_entry_with`] takes for `record` and `extra`.
+pub fn entry_len_with(record: &NewRecord, extra: &[(&str, &[u8])]) -> usize {
     // postcard: lengths as varints, an `Option` as a tag byte and its value.
-    fn varint(n: usize) -> usize {
-        (usize::BITS - n.leading_zeros()).max(1).div_ceil(7) as usize
-    }
-    fn bytes(len: usize) -> usize {
-        varint(len) + len
-    }
-    let key = 1 + record.key.as_ref().map_or(0, |k| bytes(k.len()));
-    let headers = varint(record.headers.len())
+    let key = 1 + record.key.as_ref().map_or(0, |k| bytes_len(k.len()));
+    let headers = varint_len(record.headers.len() + extra.len())
         + record
             .headers
             .iter()
-            .map(|h| bytes(h.name.len()) + bytes(h.value.len()))
+            .map(|h| bytes_len(h.name.len()) + bytes_len(h.value.len()))
+            .sum::<usize>()
+        + extra
+            .iter()
+            .map(|(name, value)| bytes_len(name.len()) + bytes_len(value.len()))
             .sum::<usize>();
-    ENTRY_HEADER_LEN + key + headers + bytes(record.payload.len())
+    ENTRY_HEADER_LEN + key + headers + bytes_len(record.payload.len())
 }
 
 /// One entry of a batch, not yet decoded.
@@ -416,6 +479,34 @@ mod tests {
         for record in &records {
             let mut buf = BytesMut::new();
             assert_eq!(entry_len(record), append_entry(&mut buf, u64::MAX, record));
+        }
+    }
+
+    #[test]
+    fn extra_headers_encode_as_if_the_record_carried_them() {
+        let long = |n: usize| Bytes::from(vec![7u8; n]);
+        let extra_value = long(300);
+        let extra: [(&str, &[u8]); 2] = [("quiver-origin-offset", b"42"), ("x", &extra_value)];
+        let mut records = vec![NewRecord::default(), sample(0), sample(200)];
+        records.push(NewRecord::new(long(20_000)).with_key(long(130)));
+        records.push((0..126).fold(NewRecord::new("many"), |r, i| {
+            r.with_header(format!("h{i}"), "v")
+        }));
+        for record in &records {
+            let mut carried = record.clone();
+            for (name, value) in extra {
+                carried = carried.with_header(name, Bytes::copy_from_slice(value));
+            }
+            let (mut want, mut got) = (BytesMut::new(), BytesMut::new());
+            let len = append_entry(&mut want, 9, &carried);
+            assert_eq!(append_entry_with(&mut got, 9, record, &extra), len);
+            assert_eq!(got, want);
+            assert_eq!(entry_len_with(record, &extra), len);
+            let mut plain = BytesMut::new();
+            append_entry_with(&mut plain, 9, record, &[]);
+            let mut postcard = BytesMut::new();
+            append_entry(&mut postcard, 9, record);
+            assert_eq!(plain, postcard);
         }
     }
 

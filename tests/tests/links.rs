@@ -9,9 +9,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use quiver_client::{Client, NewRecord, Retention, headers};
+use quiver_client::{Client, NewRecord, Retention, Stage, headers};
 use quiver_tests::relay::Relay;
-use quiver_tests::{Broker, DataDir, Stop, eventually, principal, read_all, succeeded};
+use quiver_tests::{
+    Broker, DataDir, Stop, eventually, example_plugin, principal, read_all, read_plugin, succeeded,
+};
 
 /// How long a link may take to catch up in these tests.
 const CATCH_UP: Duration = Duration::from_secs(120);
@@ -613,4 +615,98 @@ async fn a_large_backlog_is_forwarded_with_many_batches_in_flight_and_no_refusal
     assert_eq!(described["failures"], 0, "{described}");
     assert_eq!(described["forwarded"], RECORDS as u64, "{described}");
     assert_eq!(count(&watcher, "bulk").await, RECORDS as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_thin_records_at_the_edge_and_filter_them_at_the_hub() {
+    let levels = ["debug", "info", "warn", "error"];
+    let filter = |at_least: &str| {
+        Stage::new("json-filter")
+            .param("where", format!("level >= {at_least}"))
+            .param("order", "debug,info,warn,error")
+    };
+    let (hub_data, edge_data) = (DataDir::new(), DataDir::new());
+    let (hub, edge) = (Broker::start(&hub_data), Broker::start(&edge_data));
+    let (hub_client, edge_client) = (hub.client().await, edge.client().await);
+    let wasm = read_plugin(&example_plugin("json-filter"));
+    for client in [&hub_client, &edge_client] {
+        client
+            .deploy_plugin("json-filter", wasm.clone(), None)
+            .await
+            .unwrap();
+    }
+    // The hub keeps warnings and errors of what arrives.
+    hub_client
+        .create_topic("edge1.logs", Retention::default())
+        .await
+        .unwrap();
+    hub_client
+        .attach_plugin("edge1.logs", filter("warn"))
+        .await
+        .unwrap();
+    edge_client
+        .create_topic("logs", Retention::default())
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let level = levels[i % 4];
+        edge_client
+            .publish(
+                "logs",
+                NewRecord::new(format!(r#"{{"level":"{level}","n":{i}}}"#)),
+            )
+            .await
+            .unwrap();
+    }
+    // The edge's link leaves debug records behind.
+    create_link(
+        &edge,
+        &edge_data,
+        &[
+            "up",
+            "--to",
+            hub.addr(),
+            "--topics",
+            "logs",
+            "--prefix",
+            "edge1.",
+            "--ca",
+            hub.cert().to_str().unwrap(),
+            "--plugin",
+            "json-filter",
+            "--param",
+            "where=level >= info",
+            "--param",
+            "order=debug,info,warn,error",
+        ],
+    );
+    eventually(CATCH_UP, "the link caught up", || async {
+        let described = describe(&edge, &edge_data, "up");
+        described["lag"] == 0 && described["state"] == "connected"
+    })
+    .await;
+    eventually(
+        CATCH_UP,
+        "the hub holding the warnings and errors",
+        || async { count(&hub_client, "edge1.logs").await >= 10 },
+    )
+    .await;
+    let records = read_all(&hub_client, "edge1.logs").await;
+    let offsets: Vec<String> = records
+        .iter()
+        .map(|r| header(r, headers::ORIGIN_OFFSET))
+        .collect();
+    let want: Vec<String> = (0..20)
+        .filter(|i| i % 4 >= 2)
+        .map(|i| i.to_string())
+        .collect();
+    assert_eq!(
+        offsets, want,
+        "warn and error records, with their origin offsets"
+    );
+    for record in &records {
+        assert_eq!(header(record, headers::ORIGIN_TOPIC), "logs");
+    }
+    let described = describe(&edge, &edge_data, "up");
+    assert_eq!(described["failures"], 0, "{described}");
 }

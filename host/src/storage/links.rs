@@ -12,6 +12,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bytes::Bytes;
+use quiver_protocol::record::headers;
+use quiver_protocol::{Header, NewRecord};
 use serde::{Deserialize, Serialize};
 
 use super::StorageError;
@@ -87,6 +90,97 @@ pub struct MarkWrite {
     pub next: u64,
     /// The original timestamps of the first append's records, in order.
     pub stamps: Vec<u64>,
+    /// The provenance headers of the first append's records, when the writer is to
+    /// add them as it encodes each record (nothing per record is built before).
+    pub provenance: Option<Provenance>,
+}
+
+/// The provenance headers of forwarded records (`quiver-origin-*`, `quiver-path`), the
+/// same for every record of a batch but the offset and the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    /// The origin broker's id, hex.
+    pub broker: Bytes,
+    /// The origin topic.
+    pub topic: Bytes,
+    /// Each record's origin offset, in order.
+    pub offsets: Vec<u64>,
+    /// Each record's `quiver-path`, if it has one.
+    pub paths: Vec<Option<Bytes>>,
+}
+
+impl Provenance {
+    /// Record `i`'s provenance headers, built (for plugins, which see records whole).
+    pub fn headers(&self, i: usize) -> Vec<Header> {
+        let mut offset = [0u8; 20];
+        self.with(i, &mut offset, |extra| {
+            extra
+                .iter()
+                .map(|(name, value)| Header {
+                    name: (*name).to_owned(),
+                    value: Bytes::copy_from_slice(value),
+                })
+                .collect()
+        })
+    }
+
+    /// Adds each record's provenance headers to it (records in the order given).
+    pub fn apply(&self, records: &mut [NewRecord]) {
+        for (i, record) in records.iter_mut().enumerate() {
+            record.headers.extend(self.headers(i));
+        }
+    }
+
+    /// Calls `f` with record `i`'s provenance headers as (name, value) pairs, built on
+    /// the stack; `offset` holds the offset's digits.
+    pub fn with<T>(
+        &self,
+        i: usize,
+        offset: &mut [u8; 20],
+        f: impl FnOnce(&[(&str, &[u8])]) -> T,
+    ) -> T {
+        let digits = decimal(self.offsets.get(i).copied().unwrap_or_default(), offset);
+        let mut extra: [(&str, &[u8]); 4] = [
+            (headers::ORIGIN_BROKER, &self.broker),
+            (headers::ORIGIN_TOPIC, &self.topic),
+            (headers::ORIGIN_OFFSET, digits),
+            (headers::PATH, &[]),
+        ];
+        match self.paths.get(i).and_then(Option::as_ref) {
+            Some(path) => {
+                extra[3].1 = path;
+                f(&extra)
+            }
+            None => f(&extra[..3]),
+        }
+    }
+}
+
+/// Calls `f` with record `i`'s provenance headers, or with none.
+pub(super) fn with_provenance<T>(
+    provenance: Option<&Provenance>,
+    i: usize,
+    digits: &mut [u8; 20],
+    f: impl FnOnce(&[(&str, &[u8])]) -> T,
+) -> T {
+    match provenance {
+        Some(provenance) => provenance.with(i, digits, f),
+        None => f(&[]),
+    }
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        // A decimal digit: `n % 10` is below 10.
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 /// A declared link as stored (`l` + name).

@@ -55,7 +55,7 @@ pub use error::StorageError;
 use flusher::Flusher;
 pub use groups::{GroupRecord, GroupWrite, StoredGroup, StoredLane};
 pub use keys::LogStats;
-pub use links::{LinkCursor, LinkRecord, Mark, MarkKey, MarkWrite, Marks};
+pub use links::{LinkCursor, LinkRecord, Mark, MarkKey, MarkWrite, Marks, Provenance};
 pub use log::{TopicLog, TopicSettings, Watch};
 pub use plugins::{PluginRecord, PluginVersion, StateWrite};
 use read::LogReader;

@@ -1222,6 +1222,7 @@ async fn forward(
         from,
         next,
         stamps: (0..u64::from(count)).map(|i| 1_000 + i).collect(),
+        provenance: None,
     };
     storage
         .submit_append(

@@ -27,7 +27,7 @@ use quiver_protocol::{
 
 use super::{PublishOrder, Publishes};
 use crate::broker::{Broker, BrokerError};
-use crate::storage::{MarkKey, MarkWrite};
+use crate::storage::{MarkKey, MarkWrite, Provenance};
 
 impl Broker {
     /// Starts storing a forwarded batch from a connection whose publishes keep
@@ -55,7 +55,10 @@ impl Broker {
                 mark,
             } => {
                 let next = mark.next;
-                let publishes = Publishes::Forwarded { records, mark };
+                let publishes = Publishes::Forwarded {
+                    records,
+                    mark: *mark,
+                };
                 let outcomes = self.publish(order, &topic, publishes).await;
                 async move {
                     let receipt = outcomes.await?.pop().ok_or_else(|| {
@@ -132,13 +135,17 @@ impl Broker {
             None => from,
         };
         let own = self.storage.broker_id();
-        // Shared by every record's headers (a `Bytes` clone is a reference count).
-        let origin_hex = Bytes::from(broker_id_hex(origin.broker));
-        let origin_topic = Bytes::from(origin.topic.clone());
+        let mut provenance = Provenance {
+            // Shared by every record (a `Bytes` clone is a reference count).
+            broker: Bytes::from(broker_id_hex(origin.broker)),
+            topic: Bytes::from(origin.topic.clone()),
+            offsets: Vec::new(),
+            paths: Vec::new(),
+        };
         let mut stamps = Vec::new();
         let mut kept = Vec::new();
         for delivered in records.into_iter().filter(|r| r.offset >= start) {
-            let record = delivered.record;
+            let mut record = delivered.record;
             if origin.broker == own || visited(&record.headers, own) {
                 continue;
             }
@@ -157,38 +164,35 @@ impl Broker {
                 (_, Some(before)) => Some(before.clone()),
                 (path, None) => path.cloned(),
             };
-            let mut headers: Vec<Header> = record
-                .headers
-                .into_iter()
-                .filter(|h| !is_provenance(&h.name))
-                .collect();
-            headers.extend([
-                header(headers::ORIGIN_BROKER, origin_hex.clone()),
-                header(headers::ORIGIN_TOPIC, origin_topic.clone()),
-                header(
-                    headers::ORIGIN_OFFSET,
-                    Bytes::from(delivered.offset.to_string()),
-                ),
-            ]);
-            headers.extend(path.map(|path| header(headers::PATH, path)));
+            if record.headers.iter().any(|h| is_provenance(&h.name)) {
+                record.headers.retain(|h| !is_provenance(&h.name));
+            }
+            provenance.offsets.push(delivered.offset);
+            provenance.paths.push(path);
             stamps.push(delivered.timestamp);
-            kept.push(NewRecord {
-                key: record.key,
-                headers,
-                payload: record.payload,
-            });
+            kept.push(record);
         }
+        // The storage writer adds the provenance headers as it encodes each record,
+        // unless plugins are to see the records first (then they are built here).
+        let provenance = match self.plugins.topic_stages(log.id()) {
+            None => Some(provenance),
+            Some(_) => {
+                provenance.apply(&mut kept);
+                None
+            }
+        };
         let mark = MarkWrite {
             key,
             origin_topic: origin.topic,
             from: start,
             next,
             stamps,
+            provenance,
         };
         Ok(Prepared::Store {
             topic,
             records: kept,
-            mark,
+            mark: Box::new(mark),
         })
     }
 }
@@ -202,7 +206,7 @@ enum Prepared {
     Store {
         topic: String,
         records: Vec<NewRecord>,
-        mark: MarkWrite,
+        mark: Box<MarkWrite>,
     },
 }
 
@@ -230,11 +234,4 @@ fn is_provenance(name: &str) -> bool {
         headers::PATH,
     ]
     .contains(&name)
-}
-
-fn header(name: &str, value: Bytes) -> Header {
-    Header {
-        name: name.to_owned(),
-        value,
-    }
 }

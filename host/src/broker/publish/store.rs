@@ -148,10 +148,17 @@ impl Broker {
         let Claimed {
             log,
             slots,
-            fresh,
+            mut fresh,
             storing,
-            mark,
+            mut mark,
         } = claimed;
+        // Plugins see forwarded records whole: with their provenance headers (left to
+        // the storage writer when the topic had no plugin as the forward was checked).
+        if let Some(provenance) = mark.as_mut().and_then(|m| m.provenance.take()) {
+            for (i, f) in fresh.iter_mut().enumerate() {
+                f.record.headers.extend(provenance.headers(i));
+            }
+        }
         let now = now_ms();
         // Plugins see a forwarded record's original time.
         let stamps = mark.as_ref().map_or(&[][..], |m| &m.stamps[..]);

@@ -4,7 +4,7 @@
 
 use super::{CommitGroup, Writer};
 use crate::storage::links::{self, Mark, MarkWrite};
-use crate::storage::{LinkCursor, LinkRecord, StorageError};
+use crate::storage::{LinkCursor, LinkRecord, Provenance, StorageError};
 
 impl Writer {
     /// Whether a forwarded batch continues at its origin's mark: the mark this commit
@@ -60,8 +60,11 @@ impl Writer {
 }
 
 /// Stages a mark's move (it needs the commit's batch: `other`), and returns the
-/// original timestamps of the records it covers.
-pub(super) fn stage_mark(group: &mut CommitGroup, write: MarkWrite) -> Vec<u64> {
+/// original timestamps of the records it covers and their provenance headers.
+pub(super) fn stage_mark(
+    group: &mut CommitGroup,
+    write: MarkWrite,
+) -> (Vec<u64>, Option<Provenance>) {
     let mark = Mark {
         next: write.next,
         origin_topic: write.origin_topic,
@@ -72,7 +75,7 @@ pub(super) fn stage_mark(group: &mut CommitGroup, write: MarkWrite) -> Vec<u64> 
     group.marks.insert(write.key, mark);
     group.other = true;
     group.must_flush = true;
-    write.stamps
+    (write.stamps, write.provenance)
 }
 
 /// Stages a link's cursors; nobody waits for them.

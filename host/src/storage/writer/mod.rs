@@ -373,12 +373,12 @@ impl Writer {
                 if let Some((log, _)) = appends.iter().find(|(log, _)| gone(log, group)) {
                     return refuse(reply, not_found(log));
                 }
-                let stamps = match mark {
+                let (stamps, provenance) = match mark {
                     Some(mark) => match self.check_mark(group, &mark) {
                         Ok(()) => stage_mark(group, mark),
                         Err(e) => return refuse(reply, e),
                     },
-                    None => Vec::new(),
+                    None => (Vec::new(), None),
                 };
                 for (log, _) in &appends {
                     match log.durability() {
@@ -393,9 +393,9 @@ impl Writer {
                 let appended: Vec<Appended> = appends
                     .into_iter()
                     .enumerate()
-                    .map(|(i, (log, records))| {
-                        let stamps = if i == 0 { &stamps[..] } else { &[] };
-                        self.stage_records(group, log, &records, stamps)
+                    .map(|(i, (log, records))| match i {
+                        0 => self.stage_records(group, log, &records, &stamps, provenance.as_ref()),
+                        _ => self.stage_records(group, log, &records, &[], None),
                     })
                     .collect();
                 stage_state(group, state);

@@ -9,8 +9,9 @@ use quiver_protocol::{NewRecord, Stage, TopicName};
 
 use super::{CommitGroup, Writer};
 use crate::storage::keys::{self, ChunkMeta, LogStats};
+use crate::storage::links::with_provenance;
 use crate::storage::log::{TailChunk, TopicMeta};
-use crate::storage::{Appended, StorageError, TopicLog, TopicSettings};
+use crate::storage::{Appended, Provenance, StorageError, TopicLog, TopicSettings};
 use crate::util::now_ms;
 
 /// A chunk being filled during one group.
@@ -50,6 +51,7 @@ impl Writer {
         log: Arc<TopicLog>,
         records: &[NewRecord],
         stamps: &[u64],
+        provenance: Option<&Provenance>,
     ) -> Appended {
         let chunk_bytes = self.chunk_bytes;
         let staged = group.staged.entry(log.id()).or_insert_with(|| Staged {
@@ -60,14 +62,19 @@ impl Writer {
         });
         let base_offset = staged.stats.next;
         let now = now_ms();
+        let mut digits = [0u8; 20];
         for (i, record) in records.iter().enumerate() {
+            // Forwarded records get their provenance headers as they are encoded.
+            let len = with_provenance(provenance, i, &mut digits, |extra| {
+                record::entry_len_with(record, extra)
+            });
             // A chunk is sealed before a record that would take it past `chunk_bytes`,
             // so that it fits one part (a record larger than that gets a chunk of its
             // own, in parts).
             if staged
                 .chunk
                 .as_ref()
-                .is_some_and(|open| open.buf.len() + record::entry_len(record) > chunk_bytes)
+                .is_some_and(|open| open.buf.len() + len > chunk_bytes)
             {
                 staged.seal_open(&mut group.chunks, self.part_bytes);
             }
@@ -86,7 +93,9 @@ impl Writer {
                     ..ChunkMeta::default()
                 },
             });
-            let len = record::append_entry(&mut chunk.buf, ts, record);
+            let len = with_provenance(provenance, i, &mut digits, |extra| {
+                record::append_entry_with(&mut chunk.buf, ts, record, extra)
+            });
             chunk.meta.count += 1;
             chunk.meta.bytes += u32::try_from(len).unwrap_or(u32::MAX);
             chunk.meta.last_ts = ts;
