@@ -269,7 +269,9 @@ impl TopicForwarder {
                 }
                 Err(e) => return Failed::client(&e, progressed),
             }
-            if written_at.elapsed() >= CURSOR_EVERY || in_flight.is_empty() {
+            // Written down now and then (each write is a commit with a barrier); a stale
+            // cursor only means records are offered again, which the mark turns away.
+            if written_at.elapsed() >= CURSOR_EVERY {
                 written_at = Instant::now();
                 let cursor = LinkCursor {
                     topic: topic.clone(),
