@@ -4,12 +4,15 @@
 //! offsets it covers, `from .. next`. The destination topic keeps a mark per origin
 //! (storage's `Marks`): the origin offset it expects next. Here, before the publish
 //! path, against the committed mark: a batch wholly below it is a repeat (answered,
-//! nothing stored), and records below it are left out. A batch past it may follow
-//! one still in flight: the storage writer checks it against the marks in commit
-//! order, and refuses it (`OutOfOrder`) if the batch before was not stored. What remains
-//! gets its provenance headers and goes through the one publish path as a publish
-//! whose write also moves the mark: the storage writer checks the mark again against
-//! the commits before it, so two copies of a batch racing each other store once.
+//! nothing stored), and records below it are left out. What remains goes through the
+//! one publish path as a publish whose write also moves the mark. A batch past the
+//! committed mark may follow one still in flight: the storage writer checks every mark
+//! in commit order, refuses a batch (`OutOfOrder`) whose predecessor was not stored,
+//! and so stores two copies of a batch racing each other once.
+//!
+//! The provenance headers (`quiver-origin-*`, `quiver-path`) are added by the storage
+//! writer as it encodes each record, so nothing is built per record here; only when
+//! the topic has ingress plugins, which see records whole, are they built first.
 //!
 //! A record that has been stored on this broker before (its `quiver-origin-broker` or
 //! `quiver-path` names this broker, or the batch comes from here) is left out too: a
