@@ -121,7 +121,12 @@ async fn a_backlog_written_while_the_hub_is_down_arrives_once_in_order_across_ki
     let mut hub = Broker::start_at(&hub_data, &hub_addr, &[]);
     let watcher = hub.client().await;
     let topic = "edge1.sensors.a";
-    for (at, victim) in [(3_000, "hub"), (9_000, "edge"), (14_000, "hub")] {
+    for (at, victim) in [
+        (3_000, "hub"),
+        (7_000, "edge"),
+        (11_000, "hub"),
+        (15_000, "edge"),
+    ] {
         eventually(CATCH_UP, "the hub catching up", || async {
             count(&watcher, topic).await >= at
         })
@@ -553,7 +558,29 @@ async fn a_link_without_the_grants_is_refused_and_says_so() {
     link("granted", "edge1.", Some(&edge_token));
     link("forbidden", "other.", Some(&edge_token));
     link("anonymous", "edge1.anon.", None);
-    for (name, says) in [("forbidden", "Forbidden"), ("anonymous", "Unauthenticated")] {
+    // Pulling needs the subscribe right on the remote's topics.
+    create_link(
+        &edge,
+        &edge_data,
+        &[
+            "secrets",
+            "--direction",
+            "in",
+            "--to",
+            hub.addr(),
+            "--topics",
+            "secrets.>",
+            "--ca",
+            &cert,
+            "--token",
+            &edge_token,
+        ],
+    );
+    for (name, says) in [
+        ("forbidden", "Forbidden"),
+        ("anonymous", "Unauthenticated"),
+        ("secrets", "Forbidden"),
+    ] {
         eventually(CATCH_UP, "the refused link reporting why", || async {
             let described = describe(&edge, &edge_data, name);
             described["state"] == "backing_off"

@@ -18,7 +18,7 @@ use quiver_client::{Client, LinkAuth, LinkDirection, LinkSpec, StartAt, TopicCon
 use serde_json::{Value, json};
 
 use super::load::{Consumers, Payloads, Producers, Source};
-use super::own_broker::OwnBroker;
+use super::own_broker::{self, OwnBroker};
 use super::{Connector, Scenario, Settings};
 
 /// Interleaved rounds of the cost measurement (each: without, then with the link).
@@ -48,6 +48,8 @@ pub struct LinkReport {
     /// Broker CPU per record, µs: the edge while the backlog was published, and the
     /// edge and the hub while the link caught up (`None` without /proc).
     pub cpu_us: Option<[f64; 3]>,
+    /// Whether the hub had a CPU of its own (`--pin`).
+    pub pinned: bool,
     /// Publish throughput per round, without and with the link forwarding.
     pub cost_rounds: Vec<(f64, f64)>,
 }
@@ -73,6 +75,7 @@ impl LinkReport {
     pub fn json(&self) -> Value {
         json!({
             "scenario": "link",
+            "pinned": self.pinned,
             "backlog": self.backlog,
             "backlog_bytes": self.backlog_bytes,
             "backlog_publish_msgs_per_s": self.publish_rate.round(),
@@ -91,7 +94,12 @@ impl LinkReport {
     /// The report as a few lines of text.
     pub fn text(&self) -> String {
         let mut out = format!(
-            "link: edge -> hub, {} records ({:.0} MB) of backlog\n",
+            "link: edge -> hub{}, {} records ({:.0} MB) of backlog\n",
+            if self.pinned {
+                " (the hub on a CPU of its own)"
+            } else {
+                ""
+            },
             self.backlog,
             self.backlog_bytes as f64 / 1e6
         );
@@ -147,10 +155,26 @@ impl Connector for At {
 
 /// Runs the link scenario: `settings.count` records of backlog (and per half of a cost
 /// round, at most [`COST_RECORDS`]), `settings.rate` (default 5,000/s) for the latency
-/// phase.
-pub async fn run(settings: &Settings) -> anyhow::Result<LinkReport> {
+/// phase. With `pin`, the hub runs on the last CPU and the edge and the bench on the
+/// others, as if the hub were a machine of its own.
+pub async fn run(settings: &Settings, pin: bool) -> anyhow::Result<LinkReport> {
     let edge = OwnBroker::start()?;
     let hub = OwnBroker::start()?;
+    if pin {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        if cpus < 2 {
+            bail!(
+                "--pin needs at least 2 CPUs: the hub on one, the edge and the bench on the rest"
+            );
+        }
+        let rest = match cpus - 2 {
+            0 => "0".to_owned(),
+            last => format!("0-{last}"),
+        };
+        own_broker::pin(hub.pid(), &(cpus - 1).to_string())?;
+        own_broker::pin(edge.pid(), &rest)?;
+        own_broker::pin(std::process::id(), &rest)?;
+    }
     let edge_at: Arc<dyn Connector> = Arc::new(At {
         addr: edge.addr.clone(),
         cert: edge.cert.clone(),
@@ -279,6 +303,7 @@ pub async fn run(settings: &Settings) -> anyhow::Result<LinkReport> {
         latency_us,
         rate,
         cpu_us,
+        pinned: pin,
         cost_rounds,
     })
 }

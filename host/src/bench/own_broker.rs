@@ -91,6 +91,11 @@ impl OwnBroker {
         Some(Duration::from_millis((utime + stime) * 10))
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The broker's resident memory in KiB, where /proc tells it.
     pub fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
@@ -145,4 +150,18 @@ fn spawn(data: &Path, listen: &str) -> anyhow::Result<(Child, String, Instant)> 
         Ok(None) => bail!("the bench's broker exited before it was ready"),
         Err(_) => bail!("the bench's broker was not ready within {READY_TIMEOUT:?}"),
     }
+}
+
+/// Keeps every thread of process `pid` on `cpus` (a `taskset` list, `0-2`), with
+/// util-linux's `taskset`.
+pub fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
+    let status = Command::new("taskset")
+        .args(["--all-tasks", "--pid", "--cpu-list", cpus, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running taskset (util-linux) to pin a process to CPUs")?;
+    if !status.success() {
+        bail!("taskset could not pin process {pid} to CPUs {cpus} ({status})");
+    }
+    Ok(())
 }

@@ -30,6 +30,10 @@ pub(super) struct BenchArgs {
     /// Restarts of each kind (restart).
     #[arg(long, default_value_t = 10)]
     restarts: usize,
+    /// link: the hub on the last CPU, the edge and the bench on the others (with
+    /// `taskset`), as if the hub ran on a machine of its own.
+    #[arg(long)]
+    pin: bool,
     /// Payload bytes per record (at least 16: a timestamp and a sequence number).
     #[arg(long, default_value_t = ByteSize::b(256))]
     size: ByteSize,
@@ -146,7 +150,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if args.server.is_some() {
             bail!("the link scenario runs two brokers of its own: leave out --server");
         }
-        let report = bench::link::run(&settings).await?;
+        let report = bench::link::run(&settings, args.pin).await?;
         match args.json {
             true => println!("{}", report.json()),
             false => print!("{}", report.text()),

@@ -273,14 +273,24 @@ fn link_details(link: &LinkInfo) -> String {
         state_text(&link.state),
         link.failures,
     );
-    let rows: Vec<[String; 7]> = link
+    let now = crate::util::now_ms();
+    let rows: Vec<[String; 8]> = link
         .topics
         .iter()
         .map(|t| {
+            // How long the oldest record not yet forwarded has waited.
+            let age = t.oldest_ms.map_or_else(
+                || "-".to_owned(),
+                |ms| {
+                    let waited = std::time::Duration::from_secs(now.saturating_sub(ms) / 1000);
+                    humantime::format_duration(waited).to_string()
+                },
+            );
             [
                 t.topic.clone(),
                 t.next.to_string(),
                 t.lag.to_string(),
+                age,
                 t.forwarded.to_string(),
                 t.skipped.to_string(),
                 t.looped.to_string(),
@@ -293,6 +303,7 @@ fn link_details(link: &LinkInfo) -> String {
             "TOPIC",
             "CURSOR",
             "LAG",
+            "OLDEST WAITING",
             "FORWARDED",
             "SKIPPED",
             "LOOPED",
