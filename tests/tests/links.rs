@@ -51,6 +51,17 @@ async fn publish(client: &Client, topic: &str, prefix: &str, n: usize) {
     }
 }
 
+/// A hub that has started once (so its address and certificate are known) and is
+/// down: its data dir, address and certificate path.
+fn hub_down() -> (DataDir, String, String) {
+    let data = DataDir::new();
+    let hub = Broker::start(&data);
+    let addr = hub.addr().to_owned();
+    let cert = hub.cert().to_str().unwrap().to_owned();
+    assert!(hub.stop().success());
+    (data, addr, cert)
+}
+
 /// Waits until the hub's `topic` holds `n` records, then checks they are
 /// `prefix-0 … prefix-(n-1)`, each once and in order.
 async fn arrived_once_in_order(
@@ -78,11 +89,7 @@ async fn arrived_once_in_order(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_written_while_the_hub_is_down_arrives_once_in_order_across_kills() {
     const RECORDS: usize = 20_000;
-    let hub_data = DataDir::new();
-    let hub = Broker::start(&hub_data);
-    let hub_addr = hub.addr().to_owned();
-    let hub_cert = hub.cert().to_str().unwrap().to_owned();
-    assert!(hub.stop().success());
+    let (hub_data, hub_addr, hub_cert) = hub_down();
 
     let edge_data = DataDir::new();
     let mut edge = Broker::start(&edge_data);
@@ -278,11 +285,7 @@ async fn links_both_ways_never_send_a_record_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_overtaking_a_backlog_is_reported_with_the_right_count() {
     const RECORDS: u64 = 1_000;
-    let hub_data = DataDir::new();
-    let hub = Broker::start(&hub_data);
-    let hub_addr = hub.addr().to_owned();
-    let hub_cert = hub.cert().to_str().unwrap().to_owned();
-    assert!(hub.stop().success());
+    let (hub_data, hub_addr, hub_cert) = hub_down();
 
     let edge_data = DataDir::new();
     let edge = Broker::start_with(&edge_data, &[("QUIVER_RETENTION_INTERVAL", "50ms")]);
