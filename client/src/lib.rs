@@ -57,8 +57,9 @@ pub use quiver_protocol::Record as StoredRecord;
 pub use quiver_protocol::record::headers;
 pub use quiver_protocol::{
     AttachmentStatus, BrokerInfo, Delivered, Durability, ErrorCode, Forward, Forwarded,
-    ForwardedRecords, GroupInfo, GroupSettings, GroupTopic, Header, Limits, LinkAuth,
-    LinkDirection, LinkInfo, LinkSpec, LinkState, LinkTopic, NewRecord, OnError, Origin, Placement,
-    PluginInfo, PluginStatus, Position, PublishId, Receipt, Retention, Skip, Stage, StartAt,
-    TopicConfig, TopicInfo, WireError, broker_id_hex,
+    ForwardedRecords, GroupInfo, GroupSettings, GroupTopic, Header, JetStreamRemote, Limits,
+    LinkAuth, LinkDirection, LinkInfo, LinkSpec, LinkState, LinkTopic, NewRecord, OnError, Origin,
+    Placement, PluginInfo, PluginStatus, Position, PublishId, Receipt, Retention, Skip, Stage,
+    StartAt, StreamRetention, StreamSetup, StreamStorage, TopicConfig, TopicInfo, WireError,
+    broker_id_hex,
 };

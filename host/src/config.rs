@@ -96,7 +96,9 @@ pub struct LinkConfig {
     pub from: Option<String>,
     /// The most records per second the link forwards.
     pub max_rate: Option<u32>,
-    /// The CA certificate (PEM) the remote's certificate must chain to.
+    /// The CA certificate (PEM) the remote's certificate must chain to (`tls_ca` for
+    /// a JetStream remote means the same).
+    #[serde(alias = "tls_ca")]
     pub ca: Option<PathBuf>,
     /// A token the remote issued (`quiver auth token create` there).
     pub token: Option<String>,
@@ -108,6 +110,26 @@ pub struct LinkConfig {
     pub plugin: Option<String>,
     /// The plugin's parameters.
     pub params: std::collections::BTreeMap<String, String>,
+    /// The remote is NATS JetStream (`to` holds `nats://` URLs): the stream records
+    /// go to or come from.
+    pub stream: Option<String>,
+    /// JetStream: subjects are this, a dot and the topic's name.
+    pub subject_prefix: String,
+    /// JetStream: create the stream if it is missing.
+    pub create_stream: bool,
+    /// JetStream: the created stream's replicas (default 1).
+    pub replicas: Option<u8>,
+    /// JetStream: the created stream's storage, `file` (default) or `memory`.
+    pub storage: Option<String>,
+    /// JetStream: the created stream's retention, `limits` (default), `interest` or
+    /// `work-queue`.
+    pub retention: Option<String>,
+    /// JetStream: a NATS credentials file (user JWT and NKey seed).
+    pub creds: Option<PathBuf>,
+    /// JetStream: a NATS user, with `password`.
+    pub user: Option<String>,
+    /// JetStream: the user's password.
+    pub password: Option<String>,
 }
 
 impl Default for Config {
@@ -493,6 +515,42 @@ mod tests {
                 Some("v")
             );
             assert_eq!(config.links[1].direction.as_deref(), Some("in"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_example_links_are_valid_declarations() {
+        // The commented `[[links]]` blocks of the example file, uncommented.
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../quiver.example.toml"),
+        )
+        .unwrap_or_default();
+        let mut links = String::new();
+        let mut inside = false;
+        for line in example.lines() {
+            inside = match line {
+                "# [[links]]" => true,
+                "#" => false,
+                _ if !line.starts_with('#') => false,
+                _ => inside,
+            };
+            if inside && let Some(line) = line.strip_prefix("# ") {
+                links.push_str(line);
+                links.push('\n');
+            }
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("q.toml", &links)?;
+            let config = Config::load(Some(Path::new("q.toml")), &Overrides::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(config.links.len(), 2, "{links}");
+            let jetstream = &config.links[1];
+            assert_eq!(jetstream.stream.as_deref(), Some("EDGES"));
+            assert_eq!(jetstream.subject_prefix, "edge1");
+            assert!(jetstream.create_stream);
+            assert_eq!(jetstream.replicas, Some(3));
+            assert_eq!(jetstream.retention.as_deref(), Some("limits"));
             Ok(())
         });
     }

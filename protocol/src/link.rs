@@ -121,6 +121,88 @@ pub enum LinkAuth {
         /// The private key.
         key: String,
     },
+    /// A NATS user name and password (JetStream remotes only).
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// A NATS credentials file's contents: a user JWT and its NKey seed (JetStream
+    /// remotes only).
+    Credentials(String),
+}
+
+/// A link whose remote is a NATS JetStream stream instead of a Quiver broker
+/// (docs/scaling.md): records go to, or come from, subjects `subject_prefix.<topic>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JetStreamRemote {
+    /// The stream the link publishes to (`out`) or consumes from (`in`).
+    pub stream: String,
+    /// Put, with a dot, before each topic's name to make its subject; empty: the
+    /// subject is the topic's name.
+    pub subject_prefix: String,
+    /// Create the stream if it is missing, so; `None`: it must exist.
+    pub create: Option<StreamSetup>,
+}
+
+impl JetStreamRemote {
+    /// The subject of a topic.
+    pub fn subject(&self, topic: &str) -> String {
+        match self.subject_prefix.as_str() {
+            "" => topic.to_owned(),
+            prefix => format!("{prefix}.{topic}"),
+        }
+    }
+
+    /// The topic of a subject, if the subject is under the prefix.
+    pub fn topic<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        match self.subject_prefix.as_str() {
+            "" => Some(subject),
+            prefix => subject.strip_prefix(prefix)?.strip_prefix('.'),
+        }
+    }
+}
+
+/// How a link creates a missing JetStream stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSetup {
+    /// Copies of each message (1, 3 or 5 in a cluster).
+    pub replicas: u8,
+    /// Where the servers keep it.
+    pub storage: StreamStorage,
+    /// When messages leave it.
+    pub retention: StreamRetention,
+}
+
+impl Default for StreamSetup {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            storage: StreamStorage::File,
+            retention: StreamRetention::Limits,
+        }
+    }
+}
+
+/// Where a JetStream stream is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamStorage {
+    /// On disk.
+    File,
+    /// In memory.
+    Memory,
+}
+
+/// When messages leave a JetStream stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamRetention {
+    /// At the stream's limits (age, count, size).
+    Limits,
+    /// Once every consumer has acknowledged them.
+    Interest,
+    /// Once one consumer has acknowledged them.
+    WorkQueue,
 }
 
 /// What a link is: declared with `quiver link create` or in the config file.
@@ -148,6 +230,9 @@ pub struct LinkSpec {
     pub auth: LinkAuth,
     /// Plugin stages an `Out` link runs on records before forwarding them.
     pub pipeline: Vec<Stage>,
+    /// The remote is a JetStream stream (`to` holds `nats://` URLs), not a Quiver
+    /// broker.
+    pub jetstream: Option<JetStreamRemote>,
 }
 
 /// What a link is doing.
@@ -192,6 +277,9 @@ pub struct LinkTopic {
     /// Records not forwarded because they came from the destination (or passed
     /// through as many brokers as the hop limit allows).
     pub looped: u64,
+    /// Records the destination cannot take (larger than a JetStream server's max
+    /// payload, say), put in the source topic's dead-letter topic instead.
+    pub dead_lettered: u64,
     /// Records forwarded per second, over the last few seconds.
     pub rate: u64,
 }

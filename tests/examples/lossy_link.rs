@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use quiver_client::{
-    Client, LinkAuth, LinkDirection, LinkSpec, NewRecord, Retention, StartAt, SubscribeOptions,
+    Client, LinkAuth, LinkDirection, LinkSpec, Retention, StartAt, SubscribeOptions,
 };
 use quiver_tests::relay::Relay;
-use quiver_tests::{Broker, DataDir};
+use quiver_tests::{Broker, DataDir, backlog};
 
 #[tokio::main]
 async fn main() {
@@ -54,23 +54,7 @@ async fn catch_up(records: u64, loss: f64) -> (Duration, u64) {
     let relay = Relay::start_seeded(hub.addr().parse().expect("an address"), 1);
     relay.set_loss(loss);
     let client = edge.client().await;
-    client
-        .create_topic("backlog", Retention::default())
-        .await
-        .expect("created");
-    let payload = vec![b'x'; 256];
-    let mut acks = Vec::new();
-    for _ in 0..records {
-        acks.push(client.publish("backlog", NewRecord::new(payload.clone())));
-        if acks.len() == 1024 {
-            for ack in acks.drain(..) {
-                ack.await.expect("published");
-            }
-        }
-    }
-    for ack in acks {
-        ack.await.expect("published");
-    }
+    backlog(&client, "backlog", records).await;
     let spec = LinkSpec {
         name: "up".into(),
         to: vec![relay.addr().to_string()],
@@ -82,6 +66,7 @@ async fn catch_up(records: u64, loss: f64) -> (Duration, u64) {
         ca: Some(std::fs::read_to_string(hub.cert()).expect("the hub's certificate")),
         auth: LinkAuth::Anonymous,
         pipeline: Vec::new(),
+        jetstream: None,
     };
     // Counted as the hub receives them: the catch-up ends with the last record.
     let watcher: Client = hub.client().await;

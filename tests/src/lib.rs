@@ -7,6 +7,7 @@
 pub mod crash;
 pub mod disk;
 pub mod live;
+pub mod nats;
 pub mod raw;
 pub mod relay;
 pub mod rng;
@@ -504,6 +505,41 @@ pub async fn read_all(client: &Client, topic: &str) -> Vec<Record> {
         .await
         .expect("the topic can be subscribed to");
     take(&mut sub, info.records as usize).await
+}
+
+/// A new topic `topic` holding `records` records of 256 bytes, published with 1,024
+/// in flight (a backlog for a link to catch up).
+pub async fn backlog(client: &Client, topic: &str, records: u64) {
+    client
+        .create_topic(topic, quiver_client::Retention::default())
+        .await
+        .expect("created");
+    let payload = vec![b'x'; 256];
+    let mut acks = Vec::new();
+    for _ in 0..records {
+        acks.push(client.publish(topic, quiver_client::NewRecord::new(payload.clone())));
+        if acks.len() == 1024 {
+            for ack in acks.drain(..) {
+                ack.await.expect("published");
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.expect("published");
+    }
+}
+
+/// Creates a link on `broker` with `quiver link create ARGS…`; its standard output.
+pub fn create_link(broker: &Broker, data: &DataDir, args: &[&str]) -> String {
+    let mut all = vec!["link", "create"];
+    all.extend_from_slice(args);
+    succeeded(broker.cli(data, &all, ""))
+}
+
+/// `quiver link describe NAME --json`, parsed.
+pub fn describe_link(broker: &Broker, data: &DataDir, name: &str) -> serde_json::Value {
+    let out = succeeded(broker.cli(data, &["link", "describe", name, "--json"], ""));
+    serde_json::from_str(&out).expect("link describe prints JSON")
 }
 
 /// Runs `quiver auth ARGS… --data DATA` and returns its standard output.

@@ -12,24 +12,12 @@ use std::time::Duration;
 use quiver_client::{Client, NewRecord, Retention, Stage, headers};
 use quiver_tests::relay::Relay;
 use quiver_tests::{
-    Broker, DataDir, Stop, eventually, example_plugin, principal, read_all, read_plugin, succeeded,
+    Broker, DataDir, Stop, create_link, describe_link, eventually, example_plugin, principal,
+    read_all, read_plugin,
 };
 
 /// How long a link may take to catch up in these tests.
 const CATCH_UP: Duration = Duration::from_secs(120);
-
-/// Creates a link on `broker` with the CLI.
-fn create_link(broker: &Broker, data: &DataDir, args: &[&str]) -> String {
-    let mut all = vec!["link", "create"];
-    all.extend_from_slice(args);
-    succeeded(broker.cli(data, &all, ""))
-}
-
-/// `link describe NAME --json`, parsed.
-fn describe(broker: &Broker, data: &DataDir, name: &str) -> serde_json::Value {
-    let out = succeeded(broker.cli(data, &["link", "describe", name, "--json"], ""));
-    serde_json::from_str(&out).unwrap()
-}
 
 /// Records a topic holds now (0 if it does not exist yet).
 async fn count(client: &Client, topic: &str) -> u64 {
@@ -120,7 +108,7 @@ async fn a_backlog_written_while_the_hub_is_down_arrives_once_in_order_across_ki
     eventually(
         CATCH_UP,
         "the link backing off while the hub is down",
-        || async { describe(&edge, &edge_data, "up")["state"] == "backing_off" },
+        || async { describe_link(&edge, &edge_data, "up")["state"] == "backing_off" },
     )
     .await;
 
@@ -150,7 +138,7 @@ async fn a_backlog_written_while_the_hub_is_down_arrives_once_in_order_across_ki
         assert_eq!(header(record, headers::ORIGIN_OFFSET), i.to_string());
         assert_eq!(header(record, headers::ORIGIN_TOPIC), "sensors.a");
     }
-    let described = describe(&edge, &edge_data, "up");
+    let described = describe_link(&edge, &edge_data, "up");
     assert_eq!(described["state"], "connected", "{described}");
     assert_eq!(described["lag"], 0, "{described}");
     assert_eq!(described["skipped"], 0, "{described}");
@@ -262,8 +250,8 @@ async fn links_both_ways_never_send_a_record_back() {
     // Each side holds its own 50 and the other's 50; what came over a link is
     // counted as looped by the link that would send it back.
     eventually(CATCH_UP, "both links settled", || async {
-        let ab = describe(&a, &a_data, "ab");
-        let ba = describe(&b, &b_data, "ba");
+        let ab = describe_link(&a, &a_data, "ab");
+        let ba = describe_link(&b, &b_data, "ba");
         ab["looped"] == 50 && ba["looped"] == 50 && ab["lag"] == 0 && ba["lag"] == 0
     })
     .await;
@@ -315,7 +303,7 @@ async fn retention_overtaking_a_backlog_is_reported_with_the_right_count() {
         count(&watcher, "logs").await >= RECORDS - first
     })
     .await;
-    let described = describe(&edge, &edge_data, "up");
+    let described = describe_link(&edge, &edge_data, "up");
     assert_eq!(described["skipped"], first, "{described}");
     let skip = &described["skips"][0];
     assert_eq!(
@@ -585,7 +573,7 @@ async fn a_link_without_the_grants_is_refused_and_says_so() {
         ("secrets", "Forbidden"),
     ] {
         eventually(CATCH_UP, "the refused link reporting why", || async {
-            let described = describe(&edge, &edge_data, name);
+            let described = describe_link(&edge, &edge_data, name);
             described["state"] == "backing_off"
                 && described["error"]
                     .as_str()
@@ -605,7 +593,10 @@ async fn a_link_without_the_grants_is_refused_and_says_so() {
     })
     .await;
     assert_eq!(count(&watcher, "other.sensors.a").await, 0);
-    assert_eq!(describe(&edge, &edge_data, "granted")["state"], "connected");
+    assert_eq!(
+        describe_link(&edge, &edge_data, "granted")["state"],
+        "connected"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -641,7 +632,7 @@ async fn a_large_backlog_is_forwarded_with_many_batches_in_flight_and_no_refusal
         count(&watcher, "bulk").await >= RECORDS as u64
     })
     .await;
-    let described = describe(&edge, &edge_data, "up");
+    let described = describe_link(&edge, &edge_data, "up");
     assert_eq!(described["failures"], 0, "{described}");
     assert_eq!(described["forwarded"], RECORDS as u64, "{described}");
     assert_eq!(count(&watcher, "bulk").await, RECORDS as u64);
@@ -711,7 +702,7 @@ async fn plugins_thin_records_at_the_edge_and_filter_them_at_the_hub() {
         ],
     );
     eventually(CATCH_UP, "the link caught up", || async {
-        let described = describe(&edge, &edge_data, "up");
+        let described = describe_link(&edge, &edge_data, "up");
         described["lag"] == 0 && described["state"] == "connected"
     })
     .await;
@@ -737,6 +728,6 @@ async fn plugins_thin_records_at_the_edge_and_filter_them_at_the_hub() {
     for record in &records {
         assert_eq!(header(record, headers::ORIGIN_TOPIC), "logs");
     }
-    let described = describe(&edge, &edge_data, "up");
+    let described = describe_link(&edge, &edge_data, "up");
     assert_eq!(described["failures"], 0, "{described}");
 }

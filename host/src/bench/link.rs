@@ -219,6 +219,7 @@ pub async fn run(settings: &Settings, pin: bool) -> anyhow::Result<LinkReport> {
         ca: Some(ca),
         auth: LinkAuth::Anonymous,
         pipeline: Vec::new(),
+        jetstream: None,
     };
     let started = Instant::now();
     edge_admin.create_link(spec).await?;

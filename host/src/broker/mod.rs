@@ -33,7 +33,7 @@ use crate::util::now_ms;
 use dedup::Deduplicator;
 pub use links::LinkControl;
 pub use publish::{Outcomes, PublishOrder, Publishes};
-pub(crate) use publish::{hops, visited};
+pub(crate) use publish::{hops, is_provenance, path_before, visited};
 
 /// Limits the broker enforces on requests.
 #[derive(Debug, Clone, Copy)]

@@ -70,7 +70,8 @@ pub(super) enum LinkCommand {
 pub(super) struct CreateArgs {
     /// The link's name (same grammar as topic names).
     name: String,
-    /// The remote broker, HOST:PORT; several, comma-separated, are tried in turn.
+    /// The remote broker, HOST:PORT; several, comma-separated, are tried in turn. A
+    /// JetStream remote: its servers' nats://HOST:PORT URLs (repeat --to for each).
     #[arg(long, value_delimiter = ',', required = true)]
     to: Vec<String>,
     /// The topics to forward: a name or pattern (`sensors.>`), local for `out`, on the
@@ -91,11 +92,12 @@ pub(super) struct CreateArgs {
     #[arg(long, value_name = "MSGS_PER_S")]
     max_rate: Option<u32>,
     /// The certificate (PEM) the remote's certificate must chain to (its self-signed
-    /// certificate, or its CA).
-    #[arg(long, value_name = "FILE")]
+    /// certificate, or its CA). For a JetStream remote, this also requires TLS.
+    #[arg(long, visible_alias = "tls-ca", value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// A token the remote issued for the link (`quiver auth token create` there).
-    #[arg(long, conflicts_with_all = ["cert", "key"])]
+    /// A token the remote issued for the link (`quiver auth token create` there, or
+    /// a NATS token).
+    #[arg(long, conflicts_with_all = ["cert", "key", "creds", "user"])]
     token: Option<String>,
     /// A client certificate (PEM) the remote trusts.
     #[arg(long, value_name = "FILE", requires = "key")]
@@ -109,6 +111,34 @@ pub(super) struct CreateArgs {
     /// A plugin parameter, NAME=VALUE (repeatable).
     #[arg(long = "param", value_parser = parse_header, requires = "plugin")]
     params: Vec<(String, String)>,
+    /// The remote is NATS JetStream: the stream records go to (`out`) or come from
+    /// (`in`); subjects are SUBJECT_PREFIX.<topic>.
+    #[arg(long)]
+    stream: Option<String>,
+    /// JetStream: put this and a dot before each topic's name to make its subject.
+    #[arg(long, default_value = "", requires = "stream")]
+    subject_prefix: String,
+    /// JetStream: create the stream if it is missing.
+    #[arg(long, requires = "stream")]
+    create_stream: bool,
+    /// JetStream: the created stream's replicas.
+    #[arg(long, requires = "create_stream")]
+    replicas: Option<u8>,
+    /// JetStream: the created stream's storage.
+    #[arg(long, requires = "create_stream", value_parser = ["file", "memory"])]
+    storage: Option<String>,
+    /// JetStream: the created stream's retention.
+    #[arg(long, requires = "create_stream", value_parser = ["limits", "interest", "work-queue"])]
+    retention: Option<String>,
+    /// JetStream: a NATS credentials file (user JWT and NKey seed).
+    #[arg(long, value_name = "FILE", requires = "stream", conflicts_with_all = ["cert", "key", "user"])]
+    creds: Option<PathBuf>,
+    /// JetStream: a NATS user (with --password).
+    #[arg(long, requires_all = ["stream", "password"], conflicts_with_all = ["cert", "key"])]
+    user: Option<String>,
+    /// JetStream: the user's password.
+    #[arg(long, requires = "user")]
+    password: Option<String>,
     /// The local broker, host:port.
     #[arg(long, env = "QUIVER_SERVER", default_value_t = format!("127.0.0.1:{DEFAULT_PORT}"))]
     server: String,
@@ -139,6 +169,15 @@ pub(super) async fn run(command: LinkCommand) -> anyhow::Result<()> {
                 key: args.key,
                 plugin: args.plugin,
                 params: args.params.into_iter().collect(),
+                stream: args.stream,
+                subject_prefix: args.subject_prefix,
+                create_stream: args.create_stream,
+                replicas: args.replicas,
+                storage: args.storage,
+                retention: args.retention,
+                creds: args.creds,
+                user: args.user,
+                password: args.password,
             };
             let spec = spec_of(&config).map_err(anyhow::Error::msg)?;
             let local = LocalBroker::try_parse_from(["quiver", "--server", &args.server])
@@ -206,11 +245,11 @@ fn state_text(state: &LinkState) -> String {
 }
 
 fn link_json(link: &LinkInfo) -> Value {
-    let (state, error) = match &link.state {
-        LinkState::Starting => ("starting", None),
-        LinkState::Connected { .. } => ("connected", None),
-        LinkState::BackingOff { error, .. } => ("backing_off", Some(error.clone())),
-        LinkState::Paused => ("paused", None),
+    let (state, error, addr) = match &link.state {
+        LinkState::Starting => ("starting", None, None),
+        LinkState::Connected { addr } => ("connected", None, Some(addr.clone())),
+        LinkState::BackingOff { error, .. } => ("backing_off", Some(error.clone()), None),
+        LinkState::Paused => ("paused", None, None),
     };
     json!({
         "name": link.spec.name,
@@ -220,12 +259,15 @@ fn link_json(link: &LinkInfo) -> Value {
         "prefix": link.spec.prefix,
         "state": state,
         "error": error,
+        "connected_to": addr,
         "remote": link.remote.map(broker_id_hex),
         "failures": link.failures,
         "lag": link.topics.iter().map(|t| t.lag).sum::<u64>(),
         "forwarded": link.topics.iter().map(|t| t.forwarded).sum::<u64>(),
         "skipped": link.topics.iter().map(|t| t.skipped).sum::<u64>(),
         "looped": link.topics.iter().map(|t| t.looped).sum::<u64>(),
+        "dead_lettered": link.topics.iter().map(|t| t.dead_lettered).sum::<u64>(),
+        "stream": link.spec.jetstream.as_ref().map(|js| js.stream.clone()),
         "per_topic": link.topics.iter().map(|t| json!({
             "topic": t.topic,
             "next": t.next,
@@ -235,6 +277,7 @@ fn link_json(link: &LinkInfo) -> Value {
             "forwarded": t.forwarded,
             "skipped": t.skipped,
             "looped": t.looped,
+            "dead_lettered": t.dead_lettered,
             "rate": t.rate,
         })).collect::<Vec<_>>(),
         "skips": link.skips.iter().map(|s| json!({
@@ -273,8 +316,15 @@ fn link_details(link: &LinkInfo) -> String {
         state_text(&link.state),
         link.failures,
     );
+    if let Some(js) = &link.spec.jetstream {
+        out.push_str(&format!(
+            "stream: {} (subjects {})\n",
+            js.stream,
+            js.subject("<topic>")
+        ));
+    }
     let now = crate::util::now_ms();
-    let rows: Vec<[String; 8]> = link
+    let rows: Vec<[String; 9]> = link
         .topics
         .iter()
         .map(|t| {
@@ -294,6 +344,7 @@ fn link_details(link: &LinkInfo) -> String {
                 t.forwarded.to_string(),
                 t.skipped.to_string(),
                 t.looped.to_string(),
+                t.dead_lettered.to_string(),
                 format!("{}/s", t.rate),
             ]
         })
@@ -307,6 +358,7 @@ fn link_details(link: &LinkInfo) -> String {
             "FORWARDED",
             "SKIPPED",
             "LOOPED",
+            "DEAD-LETTERED",
             "RATE",
         ],
         &rows,

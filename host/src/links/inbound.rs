@@ -198,10 +198,7 @@ impl Pull<'_> {
                 let next = answer.next.unwrap_or(last + 1);
                 self.expected.insert(topic.to_owned(), (topic_id, next));
                 let kept = answer.receipt.map_or(0, |r| u64::from(r.count));
-                self.status.forwarded(topic, next, count);
-                if kept < count {
-                    self.status.topic(topic, |p| p.looped += count - kept);
-                }
+                self.status.stored(topic, next, count, kept);
                 self.progressed = true;
                 Ok(())
             }

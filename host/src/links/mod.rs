@@ -15,6 +15,7 @@
 //! in `status.rs` for `link describe`.
 
 mod inbound;
+mod jetstream;
 mod out;
 mod spec;
 mod status;
@@ -26,7 +27,8 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt};
 use quiver_client::{Client, ErrorCode, Reconnect};
 use quiver_protocol::{
-    LinkAuth, LinkDirection, LinkInfo, LinkSpec, LinkState, TopicName, TopicPattern,
+    JetStreamRemote, LinkAuth, LinkDirection, LinkInfo, LinkSpec, LinkState, TopicName,
+    TopicPattern,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -282,12 +284,30 @@ pub fn validate(spec: &LinkSpec) -> Result<(), BrokerError> {
     if spec.to.is_empty() {
         return invalid("a link needs the remote's address (--to HOST:PORT)".into());
     }
-    for addr in &spec.to {
-        if addr
-            .rsplit_once(':')
-            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-        {
-            return invalid(format!("`{addr}` is not HOST:PORT"));
+    match &spec.jetstream {
+        Some(remote) => validate_jetstream(spec, remote)?,
+        None => {
+            for addr in &spec.to {
+                if addr.contains("://") {
+                    return invalid(format!(
+                        "`{addr}` is a URL: a Quiver remote is HOST:PORT; a JetStream remote \
+                         also needs --stream"
+                    ));
+                }
+                if addr
+                    .rsplit_once(':')
+                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+                {
+                    return invalid(format!("`{addr}` is not HOST:PORT"));
+                }
+            }
+            if let LinkAuth::UserPassword { .. } | LinkAuth::Credentials(_) = spec.auth {
+                return invalid(
+                    "a user and password or a credentials file are for JetStream remotes \
+                     (--stream)"
+                        .into(),
+                );
+            }
         }
     }
     if spec.max_rate == Some(0) {
@@ -308,6 +328,51 @@ pub fn validate(spec: &LinkSpec) -> Result<(), BrokerError> {
     Ok(())
 }
 
+/// Checks what a JetStream remote adds: its URLs, stream name and subject prefix.
+fn validate_jetstream(spec: &LinkSpec, remote: &JetStreamRemote) -> Result<(), BrokerError> {
+    let invalid = |what: String| Err(BrokerError::InvalidArgument(what));
+    for url in &spec.to {
+        let rest = ["nats://", "tls://"]
+            .iter()
+            .find_map(|scheme| url.strip_prefix(scheme));
+        let Some(rest) = rest else {
+            return invalid(format!(
+                "`{url}` is not a NATS server URL (nats://HOST:PORT or tls://HOST:PORT)"
+            ));
+        };
+        let hostport = rest.rsplit_once('@').map_or(rest, |(_, hostport)| hostport);
+        if hostport
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return invalid(format!("`{url}` is not nats://HOST:PORT"));
+        }
+    }
+    if remote.stream.contains('.') || TopicName::parse(&remote.stream).is_err() {
+        return invalid(format!(
+            "`{}` is not a stream name (letters, digits, `_` and `-`)",
+            remote.stream
+        ));
+    }
+    if !remote.subject_prefix.is_empty()
+        && let Err(source) = TopicName::parse(&remote.subject_prefix)
+    {
+        return invalid(format!(
+            "subject prefix `{}` is not dot-separated tokens: {source}",
+            remote.subject_prefix
+        ));
+    }
+    if let Some(setup) = remote.create
+        && !(1..=5).contains(&setup.replicas)
+    {
+        return invalid(format!(
+            "--replicas {} is not between 1 and 5",
+            setup.replicas
+        ));
+    }
+    Ok(())
+}
+
 /// The spec with its secrets replaced.
 fn redacted(spec: &LinkSpec) -> LinkSpec {
     let auth = match &spec.auth {
@@ -317,6 +382,11 @@ fn redacted(spec: &LinkSpec) -> LinkSpec {
             cert: cert.clone(),
             key: "(redacted)".into(),
         },
+        LinkAuth::UserPassword { user, .. } => LinkAuth::UserPassword {
+            user: user.clone(),
+            password: "(redacted)".into(),
+        },
+        LinkAuth::Credentials(_) => LinkAuth::Credentials("(redacted)".into()),
     };
     LinkSpec {
         auth,
@@ -364,6 +434,9 @@ async fn run(broker: Arc<Broker>, spec: LinkSpec, status: Arc<Status>, stop: Can
     let mut delay = FIRST_DELAY;
     loop {
         let attempt = async {
+            if spec.jetstream.is_some() {
+                return jetstream::run(&broker, &spec, &status).await;
+            }
             let client = match connect(&spec).await {
                 Ok(client) => client,
                 Err(e) => return Failed::client(&e, false),
@@ -422,6 +495,8 @@ async fn connect(spec: &LinkSpec) -> Result<Client, quiver_client::Error> {
         LinkAuth::Certificate { cert, key } => {
             builder.client_cert_pem(cert.as_bytes(), key.as_bytes())?
         }
+        // Refused by `validate` for a Quiver remote.
+        LinkAuth::UserPassword { .. } | LinkAuth::Credentials(_) => builder,
     };
     builder.connect_to(spec.to.iter().map(String::as_str)).await
 }

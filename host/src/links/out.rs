@@ -49,37 +49,14 @@ pub(super) async fn run(
     client: &Client,
     status: &Arc<Status>,
 ) -> Failed {
-    let PatternWatch {
-        pattern,
-        matching,
-        mut created,
-    } = match broker.watch_pattern(&spec.topics) {
-        Ok(watch) => watch,
-        Err(e) => return Failed::new(e, false),
-    };
-    let stages = match spec.pipeline.is_empty() {
-        true => None,
-        false => match broker
-            .plugins()
-            .subscription_stages(spec.pipeline.clone(), &spec.topics)
-        {
-            Ok(stages) => Some(stages),
-            Err(e) => return Failed::new(BrokerError::from(e), false),
-        },
+    let stages = match link_stages(broker, spec) {
+        Ok(stages) => stages,
+        Err(failed) => return failed,
     };
     status.set_state(LinkState::Connected {
         addr: client_addr(client),
     });
-    let cursors = broker
-        .storage()
-        .link_cursors_of(&spec.name)
-        .unwrap_or_default();
-    let mut tasks = JoinSet::new();
-    let start = |tasks: &mut JoinSet<Failed>, log: Arc<TopicLog>| {
-        let stored = cursors
-            .iter()
-            .find(|(id, _)| *id == log.id())
-            .map(|(_, c)| c.clone());
+    each_topic(broker, spec, |log, stored| {
         let topic = TopicForwarder {
             broker: Arc::clone(broker),
             spec: spec.clone(),
@@ -89,7 +66,56 @@ pub(super) async fn run(
             log,
             stored,
         };
-        tasks.spawn(topic.run());
+        topic.run()
+    })
+    .await
+}
+
+/// The plugin stages an `out` link runs before forwarding, if it has any.
+pub(super) fn link_stages(
+    broker: &Broker,
+    spec: &LinkSpec,
+) -> Result<Option<Arc<[Arc<StageRunner>]>>, Failed> {
+    if spec.pipeline.is_empty() {
+        return Ok(None);
+    }
+    broker
+        .plugins()
+        .subscription_stages(spec.pipeline.clone(), &spec.topics)
+        .map(Some)
+        .map_err(|e| Failed::new(BrokerError::from(e), false))
+}
+
+/// Runs `forward` for each local topic matching the link's pattern, now and as they
+/// are created, each with its stored cursor; until one of them fails.
+pub(super) async fn each_topic<F, Fut>(
+    broker: &Arc<Broker>,
+    spec: &LinkSpec,
+    mut forward: F,
+) -> Failed
+where
+    F: FnMut(Arc<TopicLog>, Option<LinkCursor>) -> Fut,
+    Fut: Future<Output = Failed> + Send + 'static,
+{
+    let PatternWatch {
+        pattern,
+        matching,
+        mut created,
+    } = match broker.watch_pattern(&spec.topics) {
+        Ok(watch) => watch,
+        Err(e) => return Failed::new(e, false),
+    };
+    let cursors = broker
+        .storage()
+        .link_cursors_of(&spec.name)
+        .unwrap_or_default();
+    let mut tasks = JoinSet::new();
+    let mut start = |tasks: &mut JoinSet<Failed>, log: Arc<TopicLog>| {
+        let stored = cursors
+            .iter()
+            .find(|(id, _)| *id == log.id())
+            .map(|(_, c)| c.clone());
+        tasks.spawn(forward(log, stored));
     };
     for log in matching {
         start(&mut tasks, log);
@@ -114,6 +140,69 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+/// Where a topic the link never forwarded before starts (`--from`).
+pub(super) fn start_offset(
+    broker: &Broker,
+    spec: &LinkSpec,
+    log: &TopicLog,
+) -> Result<u64, BrokerError> {
+    Ok(match spec.from {
+        StartAt::Earliest => 0,
+        StartAt::Latest => log.stats().next,
+        StartAt::Offset(offset) => offset,
+        StartAt::Timestamp(ms) => broker.storage().offset_for_timestamp(log, ms)?,
+    })
+}
+
+/// Writes a topic's cursor down now and then (each write is a commit with a barrier);
+/// a stale cursor only means records are offered again, which the destination's mark
+/// (or, for JetStream, its last origin offset) turns away, and a failed write is not
+/// fatal for the same reason.
+pub(super) struct CursorWriter {
+    written_at: Instant,
+}
+
+impl CursorWriter {
+    pub(super) fn new() -> Self {
+        Self {
+            written_at: Instant::now(),
+        }
+    }
+
+    /// Writes `cursor` if the last write is [`CURSOR_EVERY`] old.
+    pub(super) async fn due(
+        &mut self,
+        broker: &Broker,
+        link: &str,
+        log: &TopicLog,
+        cursor: LinkCursor,
+    ) {
+        if self.written_at.elapsed() < CURSOR_EVERY {
+            return;
+        }
+        self.written_at = Instant::now();
+        if let Err(e) = broker
+            .storage()
+            .link_cursors(link.to_owned(), vec![(log.id(), cursor)])
+            .await
+        {
+            warn!(link, topic = %log.name(), error = %e, "could not write the link's cursor");
+        }
+    }
+}
+
+/// Logs, counts and lists records retention removed before they were forwarded.
+pub(super) fn note_skip(status: &Status, topic: &str, from: u64, to: u64) {
+    warn!(
+        topic,
+        from,
+        to,
+        skipped = to - from,
+        "retention removed records before the link forwarded them"
+    );
+    status.skipped(topic, from, to);
 }
 
 pub(super) fn client_addr(client: &Client) -> String {
@@ -186,7 +275,7 @@ impl TopicForwarder {
             Some(next) => next,
             None => match &self.stored {
                 Some(cursor) => cursor.next,
-                None => match self.start() {
+                None => match start_offset(&self.broker, &self.spec, &self.log) {
                     Ok(start) => start,
                     Err(e) => return Failed::new(e, false),
                 },
@@ -199,7 +288,7 @@ impl TopicForwarder {
         let _watch = self.log.watch(Arc::clone(&notify));
         let mut read_at = acked;
         let mut in_flight: VecDeque<Sent> = VecDeque::new();
-        let mut written_at = Instant::now();
+        let mut cursors = CursorWriter::new();
         let mut progressed = false;
         let mut limiter = Limiter::new(self.spec.max_rate);
         loop {
@@ -212,14 +301,7 @@ impl TopicForwarder {
                     Err(e) => return Failed::new(e, progressed),
                 };
                 if batch.first > read_at {
-                    warn!(
-                        topic,
-                        from = read_at,
-                        to = batch.first,
-                        skipped = batch.first - read_at,
-                        "retention removed records before the link forwarded them"
-                    );
-                    self.status.skipped(&topic, read_at, batch.first);
+                    note_skip(&self.status, &topic, read_at, batch.first);
                     skipped_total += batch.first - read_at;
                 }
                 if batch.looped > 0 {
@@ -269,32 +351,15 @@ impl TopicForwarder {
                 }
                 Err(e) => return Failed::client(&e, progressed),
             }
-            // Written down now and then (each write is a commit with a barrier); a stale
-            // cursor only means records are offered again, which the mark turns away.
-            if written_at.elapsed() >= CURSOR_EVERY {
-                written_at = Instant::now();
-                let cursor = LinkCursor {
-                    topic: topic.clone(),
-                    next: acked,
-                    skipped: skipped_total,
-                };
-                let _ = self
-                    .broker
-                    .storage()
-                    .link_cursors(self.spec.name.clone(), vec![(self.log.id(), cursor)])
-                    .await;
-            }
+            let cursor = LinkCursor {
+                topic: topic.clone(),
+                next: acked,
+                skipped: skipped_total,
+            };
+            cursors
+                .due(&self.broker, &self.spec.name, &self.log, cursor)
+                .await;
         }
-    }
-
-    /// Where a topic never forwarded before starts.
-    fn start(&self) -> Result<u64, BrokerError> {
-        Ok(match self.spec.from {
-            StartAt::Earliest => 0,
-            StartAt::Latest => self.log.stats().next,
-            StartAt::Offset(offset) => offset,
-            StartAt::Timestamp(ms) => self.broker.storage().offset_for_timestamp(&self.log, ms)?,
-        })
     }
 
     /// The next batch from `from`, through the link's plugins, without the records that
@@ -380,14 +445,14 @@ pub(crate) fn loops(headers: &[Header], remote: u128) -> bool {
 }
 
 /// Keeps a link within its `--max-rate`.
-struct Limiter {
+pub(super) struct Limiter {
     per_record: Option<Duration>,
     /// When the next record may go.
     next: Instant,
 }
 
 impl Limiter {
-    fn new(max_rate: Option<u32>) -> Self {
+    pub(super) fn new(max_rate: Option<u32>) -> Self {
         Self {
             per_record: max_rate.map(|rate| Duration::from_secs(1) / rate.max(1)),
             next: Instant::now(),
@@ -395,7 +460,7 @@ impl Limiter {
     }
 
     /// Waits until `records` more may go.
-    async fn take(&mut self, records: u64) {
+    pub(super) async fn take(&mut self, records: u64) {
         let Some(per_record) = self.per_record else {
             return;
         };

@@ -39,6 +39,7 @@ pub(super) struct Progress {
     pub(super) forwarded: u64,
     pub(super) skipped: u64,
     pub(super) looped: u64,
+    pub(super) dead_lettered: u64,
     /// (when, forwarded then), oldest first, for the rate.
     samples: VecDeque<(Instant, u64)>,
 }
@@ -123,6 +124,15 @@ impl Status {
         });
     }
 
+    /// `count` records of `topic` handed to the local broker, up to `next`, of which it
+    /// kept `kept` (the others came from it: loops).
+    pub(super) fn stored(&self, topic: &str, next: u64, count: u64, kept: u64) {
+        self.forwarded(topic, next, count);
+        if kept < count {
+            self.topic(topic, |p| p.looped += count - kept);
+        }
+    }
+
     /// Records `from .. to` of `topic` were removed before they were forwarded.
     pub(super) fn skipped(&self, topic: &str, from: u64, to: u64) {
         let mut inner = self.lock();
@@ -158,6 +168,7 @@ impl Status {
                     forwarded: p.forwarded,
                     skipped: p.skipped,
                     looped: p.looped,
+                    dead_lettered: p.dead_lettered,
                     rate: p.rate(),
                 })
                 .collect(),

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StorageError;
 use super::keys;
-use quiver_protocol::LinkSpec;
+use quiver_protocol::{LinkAuth, LinkDirection, LinkSpec, Stage, StartAt};
 
 /// Which destination topic and which origin a mark is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -192,6 +192,58 @@ pub struct LinkRecord {
     pub paused: bool,
 }
 
+impl LinkRecord {
+    /// A stored link record, also as written before links could reach JetStream.
+    pub(super) fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
+        postcard::from_bytes(bytes)
+            .or_else(|e| {
+                postcard::from_bytes::<LinkRecordBeforeJetStream>(bytes)
+                    .map(Self::from)
+                    .map_err(|_| e)
+            })
+            .map_err(|e| StorageError::corrupt(format!("link record: {e}")))
+    }
+}
+
+/// A [`LinkRecord`] as written before links could reach JetStream (layout 4, without
+/// [`LinkSpec::jetstream`]).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct LinkRecordBeforeJetStream {
+    name: String,
+    to: Vec<String>,
+    direction: LinkDirection,
+    topics: String,
+    prefix: String,
+    from: StartAt,
+    max_rate: Option<u32>,
+    ca: Option<String>,
+    auth: LinkAuth,
+    pipeline: Vec<Stage>,
+    paused: bool,
+}
+
+impl From<LinkRecordBeforeJetStream> for LinkRecord {
+    fn from(old: LinkRecordBeforeJetStream) -> Self {
+        Self {
+            spec: LinkSpec {
+                name: old.name,
+                to: old.to,
+                direction: old.direction,
+                topics: old.topics,
+                prefix: old.prefix,
+                from: old.from,
+                max_rate: old.max_rate,
+                ca: old.ca,
+                auth: old.auth,
+                pipeline: old.pipeline,
+                jetstream: None,
+            },
+            paused: old.paused,
+        }
+    }
+}
+
 /// Where a link is in one source topic (`L` + link + topic id).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkCursor {
@@ -292,4 +344,36 @@ pub(super) fn broker_id(tree: &sled::Tree) -> Result<u128, StorageError> {
     tree.insert(keys::BROKER, &bytes[..])?;
     tree.flush()?;
     Ok(u128::from_be_bytes(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_records_written_before_jetstream_links_still_load() {
+        for paused in [false, true] {
+            let old = LinkRecordBeforeJetStream {
+                name: "up".into(),
+                to: vec!["hub:7400".into()],
+                direction: LinkDirection::Out,
+                topics: "sensors.>".into(),
+                prefix: "edge1.".into(),
+                from: StartAt::Earliest,
+                max_rate: Some(100),
+                ca: None,
+                auth: LinkAuth::Token("t".into()),
+                pipeline: Vec::new(),
+                paused,
+            };
+            let record = LinkRecord::decode(&encode(&old)).unwrap();
+            assert_eq!(record.spec.name, "up");
+            assert_eq!(record.spec.prefix, "edge1.");
+            assert_eq!(record.spec.max_rate, Some(100));
+            assert_eq!(record.spec.jetstream, None);
+            assert_eq!(record.paused, paused);
+            // And the current shape round-trips.
+            assert_eq!(LinkRecord::decode(&encode(&record)).unwrap(), record);
+        }
+    }
 }

@@ -406,10 +406,7 @@ impl Storage {
         self.tree
             .scan_prefix([keys::LINK])
             .values()
-            .map(|value| {
-                postcard::from_bytes(&value?)
-                    .map_err(|e| StorageError::corrupt(format!("link record: {e}")))
-            })
+            .map(|value| LinkRecord::decode(&value?))
             .collect()
     }
 

@@ -292,11 +292,26 @@ pub(crate) fn link_spec() -> impl Strategy<Value = LinkSpec> {
             Just(LinkAuth::Anonymous),
             ".{0,8}".prop_map(LinkAuth::Token),
             (".{0,8}", ".{0,8}").prop_map(|(cert, key)| LinkAuth::Certificate { cert, key }),
+            (".{0,8}", ".{0,8}")
+                .prop_map(|(user, password)| LinkAuth::UserPassword { user, password }),
+            ".{0,8}".prop_map(LinkAuth::Credentials),
         ],
+        proptest::option::of((
+            ".{0,8}",
+            ".{0,8}",
+            proptest::option::of((any::<u8>(), any::<bool>(), 0..3u8)),
+        )),
         proptest::collection::vec(stage(), 0..2),
     )
         .prop_map(
-            |((name, to, inward), (topics, prefix, from, max_rate), ca, auth, pipeline)| LinkSpec {
+            |(
+                (name, to, inward),
+                (topics, prefix, from, max_rate),
+                ca,
+                auth,
+                jetstream,
+                pipeline,
+            )| LinkSpec {
                 name,
                 to,
                 direction: if inward {
@@ -311,6 +326,23 @@ pub(crate) fn link_spec() -> impl Strategy<Value = LinkSpec> {
                 ca,
                 auth,
                 pipeline,
+                jetstream: jetstream.map(|(stream, subject_prefix, create)| JetStreamRemote {
+                    stream,
+                    subject_prefix,
+                    create: create.map(|(replicas, memory, retention)| StreamSetup {
+                        replicas,
+                        storage: if memory {
+                            StreamStorage::Memory
+                        } else {
+                            StreamStorage::File
+                        },
+                        retention: match retention {
+                            0 => StreamRetention::Limits,
+                            1 => StreamRetention::Interest,
+                            _ => StreamRetention::WorkQueue,
+                        },
+                    }),
+                }),
             },
         )
 }
@@ -353,6 +385,7 @@ pub(crate) fn link_info() -> impl Strategy<Value = LinkInfo> {
                         forwarded: n[3],
                         skipped: n[4],
                         looped: n[5],
+                        dead_lettered: n[7],
                         rate: n[6],
                     })
                     .collect(),

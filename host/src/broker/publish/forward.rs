@@ -152,21 +152,7 @@ impl Broker {
             if origin.broker == own || visited(&record.headers, own) {
                 continue;
             }
-            // The brokers before this record's origin: its path, then the broker it
-            // came from before that (none on a first hop, so no path header).
-            let path = match (
-                headers::find(&record.headers, headers::PATH),
-                headers::find(&record.headers, headers::ORIGIN_BROKER),
-            ) {
-                (Some(path), Some(before)) if !path.is_empty() => {
-                    let mut joined = path.to_vec();
-                    joined.push(b',');
-                    joined.extend_from_slice(before);
-                    Some(Bytes::from(joined))
-                }
-                (_, Some(before)) => Some(before.clone()),
-                (path, None) => path.cloned(),
-            };
+            let path = path_before(&record.headers);
             if record.headers.iter().any(|h| is_provenance(&h.name)) {
                 record.headers.retain(|h| !is_provenance(&h.name));
             }
@@ -221,15 +207,26 @@ pub(crate) fn visited(headers: &[Header], broker: u128) -> bool {
         || headers::find(headers, headers::PATH).is_some_and(named)
 }
 
-/// How many brokers a record was stored on before this one.
-pub(crate) fn hops(headers: &[Header]) -> usize {
-    let path = headers::find(headers, headers::PATH)
-        .filter(|path| !path.is_empty())
-        .map_or(0, |path| path.split(|b| *b == b',').count());
-    path + usize::from(headers::find(headers, headers::ORIGIN_BROKER).is_some())
+/// The brokers a record passed through before the broker forwarding it now: its
+/// `quiver-path`, then its `quiver-origin-broker` (none on a first hop: no path).
+pub(crate) fn path_before(headers: &[Header]) -> Option<Bytes> {
+    match (
+        headers::find(headers, headers::PATH),
+        headers::find(headers, headers::ORIGIN_BROKER),
+    ) {
+        (Some(path), Some(before)) if !path.is_empty() => {
+            let mut joined = path.to_vec();
+            joined.push(b',');
+            joined.extend_from_slice(before);
+            Some(Bytes::from(joined))
+        }
+        (_, Some(before)) => Some(before.clone()),
+        (path, None) => path.cloned(),
+    }
 }
 
-fn is_provenance(name: &str) -> bool {
+/// Whether a header is one of the provenance headers a forward sets.
+pub(crate) fn is_provenance(name: &str) -> bool {
     [
         headers::ORIGIN_BROKER,
         headers::ORIGIN_TOPIC,
@@ -237,4 +234,12 @@ fn is_provenance(name: &str) -> bool {
         headers::PATH,
     ]
     .contains(&name)
+}
+
+/// How many brokers a record was stored on before this one.
+pub(crate) fn hops(headers: &[Header]) -> usize {
+    let path = headers::find(headers, headers::PATH)
+        .filter(|path| !path.is_empty())
+        .map_or(0, |path| path.split(|b| *b == b',').count());
+    path + usize::from(headers::find(headers, headers::ORIGIN_BROKER).is_some())
 }

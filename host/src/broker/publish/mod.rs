@@ -34,7 +34,7 @@ use quiver_protocol::{NewRecord, PublishId, Receipt, WireError};
 
 use super::{Broker, BrokerError};
 use crate::storage::MarkWrite;
-pub(crate) use forward::{hops, visited};
+pub(crate) use forward::{hops, is_provenance, path_before, visited};
 pub use order::PublishOrder;
 
 /// The publishes of one request.

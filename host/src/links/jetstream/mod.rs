@@ -1,0 +1,342 @@
+//! Links whose remote is a NATS JetStream stream (docs/scaling.md): the same link, its
+//! cursor, status and backoff, with JetStream on the other side instead of a Quiver
+//! broker. `out.rs` publishes local topics to subjects `P.<topic>` in atomic batches;
+//! `inbound.rs` feeds local topics from a durable consumer.
+//!
+//! The stream stands where a remote broker would: it has an id (derived from its
+//! name, [`stream_id`]) that marks, provenance headers and loop checks use as they use
+//! a broker's, so that a record that came in from the stream is never published back
+//! to it.
+//!
+//! What can be wrong on the remote is told in words an operator can act on: no
+//! JetStream, the stream missing, its subjects not covering the link's, a denied
+//! permission (the server's own `-ERR` text is kept, see [`ServerErrors`]), no quorum.
+
+mod inbound;
+mod out;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::context::{AccountErrorKind, GetStreamErrorKind};
+use async_nats::jetstream::{self, stream};
+use async_nats::{ConnectErrorKind, ConnectOptions, Event};
+use quiver_protocol::{
+    JetStreamRemote, LinkAuth, LinkDirection, LinkSpec, LinkState, StreamRetention, StreamStorage,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use tracing::info;
+
+use super::Failed;
+use super::status::Status;
+use crate::broker::Broker;
+
+/// How long a JetStream request (a batch's commit, a stream lookup) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs one attempt of a JetStream link: connects, checks (or creates) the stream,
+/// and forwards or pulls until something fails.
+pub(super) async fn run(broker: &Arc<Broker>, spec: &LinkSpec, status: &Arc<Status>) -> Failed {
+    let Some(remote) = &spec.jetstream else {
+        return Failed::new("not a JetStream link", false);
+    };
+    let errors = ServerErrors::default();
+    let client = match connect(spec, errors.clone()).await {
+        Ok(client) => client,
+        Err(failed) => return failed,
+    };
+    let mut context = jetstream::new(client.clone());
+    context.set_timeout(REQUEST_TIMEOUT);
+    let stream = match stream_for(&context, spec, remote).await {
+        Ok(stream) => stream,
+        Err(failed) => return errors.explain(failed),
+    };
+    status.set_remote(stream_id(&remote.stream));
+    let server = client.server_info();
+    status.set_state(LinkState::Connected {
+        addr: format!("{} ({}:{})", server.server_name, server.host, server.port),
+    });
+    let failed = match spec.direction {
+        LinkDirection::Out => {
+            out::run(broker, spec, remote, &client, &context, &stream, status).await
+        }
+        LinkDirection::In => inbound::run(broker, spec, remote, &stream, status).await,
+    };
+    let _ = client.drain().await;
+    errors.explain(failed)
+}
+
+/// The id a stream stands under where a broker id would be (marks, provenance, loop
+/// checks): the first 16 bytes of SHA-256 over `jetstream:` and its name.
+pub(crate) fn stream_id(stream: &str) -> u128 {
+    let digest = Sha256::digest(format!("jetstream:{stream}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(bytes)
+}
+
+/// What the servers said on their own (`-ERR` lines: permission violations above
+/// all), kept so that a timeout can be explained by them.
+#[derive(Debug, Clone, Default)]
+struct ServerErrors(Arc<Mutex<Option<String>>>);
+
+impl ServerErrors {
+    fn set(&self, error: String) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+    }
+
+    fn take(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// `failed`, with what the server said meanwhile; a permission violation makes it
+    /// a refusal (retried slowly).
+    fn explain(&self, mut failed: Failed) -> Failed {
+        if let Some(said) = self.take() {
+            failed.refused |= said.to_lowercase().contains("violation");
+            failed.error = format!("{} (the server said: {said})", failed.error);
+        }
+        failed
+    }
+}
+
+/// A client of the servers `to` lists, with the link's credentials and trust. It
+/// reconnects by itself across the cluster's servers; the link's attempt fails over
+/// to the outer loop only when a request does.
+async fn connect(spec: &LinkSpec, errors: ServerErrors) -> Result<async_nats::Client, Failed> {
+    let mut options = ConnectOptions::new()
+        .name(format!("quiver-link/{}", spec.name))
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(REQUEST_TIMEOUT))
+        .event_callback(move |event| {
+            let errors = errors.clone();
+            async move {
+                if let Event::ServerError(error) = event {
+                    errors.set(error.to_string());
+                }
+            }
+        });
+    options = match &spec.auth {
+        LinkAuth::Anonymous => options,
+        LinkAuth::Token(token) => options.token(token.clone()),
+        LinkAuth::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), password.clone())
+        }
+        LinkAuth::Credentials(creds) => options
+            .credentials(creds)
+            .map_err(|e| Failed::new(format!("the credentials file is unusable: {e}"), false))?,
+        // Presented through the TLS configuration below (a certificate needs a CA).
+        LinkAuth::Certificate { .. } => options,
+    };
+    if let Some(ca) = &spec.ca {
+        options = options
+            .require_tls(true)
+            .tls_client_config(tls_config(ca, &spec.auth).map_err(|e| Failed::new(e, false))?);
+    }
+    let addrs: Vec<async_nats::ServerAddr> = spec
+        .to
+        .iter()
+        .map(|url| url.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| Failed::new(format!("a server URL is invalid: {e}"), false))?;
+    options.connect(addrs).await.map_err(|e| {
+        let refused = matches!(e.kind(), ConnectErrorKind::AuthorizationViolation);
+        Failed {
+            error: format!("cannot connect to {}: {e}", spec.to.join(", ")),
+            refused,
+            progressed: false,
+        }
+    })
+}
+
+/// TLS that trusts `ca` (PEM), presenting the link's client certificate if it has one.
+fn tls_config(ca: &str, auth: &LinkAuth) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        let cert = cert.map_err(|e| format!("the CA certificate is unreadable: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("the CA certificate is unusable: {e}"))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
+    match auth {
+        LinkAuth::Certificate { cert, key } => {
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("the client certificate is unreadable: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .map_err(|e| format!("the client key is unreadable: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("the client certificate is unusable: {e}"))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// The link's stream: checked to exist and to cover the link's subjects, or created.
+async fn stream_for(
+    context: &jetstream::Context,
+    spec: &LinkSpec,
+    remote: &JetStreamRemote,
+) -> Result<stream::Stream, Failed> {
+    let subjects = remote.subject(&format!("{}{}", out_prefix(spec), spec.topics));
+    let name = &remote.stream;
+    if let Err(e) = context.query_account().await {
+        return Err(Failed::new(
+            match e.kind() {
+                AccountErrorKind::JetStreamUnavailable => format!(
+                    "the server has no JetStream (enable it: `jetstream {{}}` in its config, \
+                     or -js): {e}"
+                ),
+                _ => remote_error(name, &e.to_string()),
+            },
+            false,
+        ));
+    }
+    let mut stream = match context.get_stream(name).await {
+        Ok(stream) => stream,
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(error)
+                if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                let Some(setup) = remote.create else {
+                    return Err(Failed::new(
+                        format!(
+                            "stream `{name}` does not exist: create it (with subjects covering \
+                             `{subjects}`), or let the link create it (--create-stream)"
+                        ),
+                        false,
+                    ));
+                };
+                let config = stream::Config {
+                    name: name.clone(),
+                    subjects: vec![subjects.clone()],
+                    num_replicas: usize::from(setup.replicas),
+                    storage: match setup.storage {
+                        StreamStorage::File => stream::StorageType::File,
+                        StreamStorage::Memory => stream::StorageType::Memory,
+                    },
+                    retention: match setup.retention {
+                        StreamRetention::Limits => stream::RetentionPolicy::Limits,
+                        StreamRetention::Interest => stream::RetentionPolicy::Interest,
+                        StreamRetention::WorkQueue => stream::RetentionPolicy::WorkQueue,
+                    },
+                    allow_atomic_publish: true,
+                    ..stream::Config::default()
+                };
+                let created = context.create_stream(config).await.map_err(|e| {
+                    Failed::new(format!("cannot create stream `{name}`: {e}"), false)
+                })?;
+                info!(stream = %name, subjects, replicas = setup.replicas, "stream created for the link");
+                created
+            }
+            _ => return Err(Failed::new(remote_error(name, &e.to_string()), false)),
+        },
+    };
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| Failed::new(remote_error(name, &e.to_string()), false))?;
+    let config = &info.config;
+    if !config.subjects.iter().any(|s| covers(s, &subjects)) {
+        return Err(Failed::new(
+            format!(
+                "stream `{name}` takes subjects {:?}, which do not cover the link's `{subjects}`",
+                config.subjects
+            ),
+            false,
+        ));
+    }
+    if spec.direction == LinkDirection::Out && !config.allow_atomic_publish {
+        return Err(Failed::new(
+            format!(
+                "stream `{name}` does not allow atomic batch publishes, which the link needs \
+                 to keep each topic's order when a server fails: set `allow_atomic` on it \
+                 (nats-server 2.12 or later)"
+            ),
+            false,
+        ));
+    }
+    Ok(stream)
+}
+
+/// The topic prefix an `out` link puts before local topic names (an `in` link puts
+/// it before the local ones it creates).
+fn out_prefix(spec: &LinkSpec) -> &str {
+    match spec.direction {
+        LinkDirection::Out => &spec.prefix,
+        LinkDirection::In => "",
+    }
+}
+
+/// A request to the remote's JetStream API that failed, in words: no JetStream at all
+/// comes back as "no responders".
+pub(super) fn remote_error(stream: &str, error: &str) -> String {
+    let lower = error.to_lowercase();
+    if lower.contains("no responders")
+        || lower.contains("not enabled")
+        || lower.contains("resource does not exist")
+    {
+        format!(
+            "the server has no JetStream (enable it: `jetstream {{}}` in its config, or -js): {error}"
+        )
+    } else if lower.contains("temporarily unavailable")
+        || lower.contains("no suitable peers")
+        || lower.contains("timed out")
+    {
+        format!("stream `{stream}` is unavailable (no quorum, or its servers are down): {error}")
+    } else {
+        format!("stream `{stream}`: {error}")
+    }
+}
+
+/// Whether every subject matching `filter` also matches the stream subject `subject`
+/// (both NATS subjects, with `*` and `>` wildcards).
+pub(crate) fn covers(subject: &str, filter: &str) -> bool {
+    let mut theirs = subject.split('.');
+    let mut ours = filter.split('.');
+    loop {
+        match (theirs.next(), ours.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(token)) if token != ">" => {}
+            (Some(a), Some(b)) if a == b && b != "*" && b != ">" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn covering_subjects() {
+        assert!(covers(">", "a.b"));
+        assert!(covers("edge.>", "edge.sensors.>"));
+        assert!(covers("edge.>", "edge.x"));
+        assert!(covers("edge.*.t", "edge.a.t"));
+        assert!(covers("edge.*.t", "edge.*.t"));
+        assert!(covers("a.b", "a.b"));
+        assert!(!covers("edge.*", "edge.>"));
+        assert!(!covers("edge.*", "edge.a.b"));
+        assert!(!covers("edge.a", "edge.*"));
+        assert!(!covers("edge.>", "edge"));
+        assert!(!covers("other.>", "edge.x"));
+        assert!(!covers("a.b.c", "a.b"));
+    }
+
+    #[test]
+    fn stream_ids_are_stable_and_distinct() {
+        assert_eq!(stream_id("EVENTS"), stream_id("EVENTS"));
+        assert_ne!(stream_id("EVENTS"), stream_id("EVENTS2"));
+    }
+}
