@@ -529,6 +529,30 @@ pub async fn backlog(client: &Client, topic: &str, records: u64) {
     }
 }
 
+/// A CA and a leaf certificate for `name` (a host name or an IP address) signed by
+/// it, as PEM files in `dir`: (CA, certificate, key).
+pub fn issue_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::new()).expect("CA parameters");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("a key")).expect("a CA");
+    let leaf_key = KeyPair::generate().expect("a key");
+    let leaf = CertificateParams::new(vec![name.to_owned()])
+        .expect("leaf parameters")
+        .signed_by(&leaf_key, &ca)
+        .expect("a leaf certificate");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca.pem()).expect("written");
+    std::fs::write(&paths.1, leaf.pem()).expect("written");
+    std::fs::write(&paths.2, leaf_key.serialize_pem()).expect("written");
+    paths
+}
+
 /// Creates a link on `broker` with `quiver link create ARGS…`; its standard output.
 pub fn create_link(broker: &Broker, data: &DataDir, args: &[&str]) -> String {
     let mut all = vec!["link", "create"];

@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
-use std::path::Path;
 use std::process::Output;
 
 use quiver_client::{Client, NewRecord, Retention};
@@ -361,7 +360,7 @@ async fn serve_reads_a_config_file_and_flags_override_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_can_bring_their_own_certificate() {
     let data = DataDir::new();
-    let (ca_pem, cert, key) = issue_certificate(data.root());
+    let (ca_pem, cert, key) = quiver_tests::issue_certificate(data.root(), "localhost");
     let broker = Broker::launch(
         &data,
         &[
@@ -389,26 +388,4 @@ async fn operators_can_bring_their_own_certificate() {
         .create_topic("secure", Retention::default())
         .await
         .unwrap();
-}
-
-/// A CA and a leaf certificate for `localhost` signed by it, as PEM files.
-fn issue_certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca)
-        .unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, leaf.pem()).unwrap();
-    std::fs::write(&paths.2, leaf_key.serialize_pem()).unwrap();
-    paths
 }

@@ -1,7 +1,8 @@
 //! Links whose remote is a real three-server NATS JetStream cluster on loopback
 //! (`tests/src/nats.rs`): a backlog forwarded into an R3 stream across `kill -9` of a
 //! NATS server and of the Quiver edge, loss of quorum, an `in` link feeding a local
-//! topic across a Quiver kill, and every way the remote can be wrong. Every check of
+//! topic across a Quiver kill, a link's plugin thinning records before they cross over
+//! TLS, and every way the remote can be wrong. Every check of
 //! what reached JetStream reads the stream back with a JetStream consumer: 0 lost, 0
 //! duplicated, order per topic (docs/scaling.md).
 
@@ -13,7 +14,10 @@ use async_nats::jetstream;
 use futures::StreamExt;
 use quiver_client::{Client, NewRecord, Retention};
 use quiver_tests::nats::{Cluster, ClusterOptions};
-use quiver_tests::{Broker, DataDir, Stop, create_link, describe_link, eventually, read_all};
+use quiver_tests::{
+    Broker, DataDir, Stop, create_link, describe_link, eventually, example_plugin, read_all,
+    read_plugin,
+};
 
 /// How long a link may take to catch up in these tests.
 const CATCH_UP: Duration = Duration::from_secs(180);
@@ -537,4 +541,114 @@ authorization {
         describe_link(&edge, &data, "allowed")["per_topic"][0]["dead_lettered"],
         1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_thins_records_before_they_cross_over_tls() {
+    // A server that offers TLS with a certificate for 127.0.0.1 (the harness's own
+    // clients may still connect in plain text).
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = quiver_tests::issue_certificate(certs.path(), "127.0.0.1");
+    let cluster = ClusterOptions::new(1)
+        .config(&format!(
+            "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n}}\nallow_non_tls: true\n",
+            cert.to_str().unwrap(),
+            key.to_str().unwrap()
+        ))
+        .start();
+    cluster.wait_jetstream_ready().await;
+
+    let data = DataDir::new();
+    let edge = Broker::start(&data);
+    let client = edge.client().await;
+    client
+        .deploy_plugin(
+            "json-filter",
+            read_plugin(&example_plugin("json-filter")),
+            None,
+        )
+        .await
+        .unwrap();
+    client
+        .create_topic("logs", Retention::default())
+        .await
+        .unwrap();
+    let levels = ["debug", "info", "warn", "error"];
+    for i in 0..40 {
+        let level = levels[i % 4];
+        client
+            .publish(
+                "logs",
+                NewRecord::new(format!(r#"{{"level":"{level}","n":{i}}}"#)),
+            )
+            .await
+            .unwrap();
+    }
+    // Only warnings and errors cross, over TLS.
+    let url = cluster.url(0);
+    create_link(
+        &edge,
+        &data,
+        &[
+            "logs",
+            "--to",
+            &url,
+            "--tls-ca",
+            ca.to_str().unwrap(),
+            "--stream",
+            "LOGS",
+            "--create-stream",
+            "--subject-prefix",
+            "edge1",
+            "--topics",
+            "logs",
+            "--plugin",
+            "json-filter",
+            "--param",
+            "where=level >= warn",
+            "--param",
+            "order=debug,info,warn,error",
+        ],
+    );
+    eventually(CATCH_UP, "the link through its topic", || async {
+        describe_link(&edge, &data, "logs")["per_topic"][0]["next"] == 40
+    })
+    .await;
+    let messages = cluster.read_stream("LOGS", "edge1.logs", 20).await;
+    let offsets: Vec<u64> = messages
+        .iter()
+        .map(|m| nats_header(m, "Quiver-Origin-Offset").parse().unwrap())
+        .collect();
+    let expected: Vec<u64> = (0..40).filter(|i| i % 4 >= 2).collect();
+    assert_eq!(
+        offsets, expected,
+        "warnings and errors, in order, each once"
+    );
+
+    // A CA the server's certificate does not chain to is refused, and said so.
+    let other = tempfile::tempdir().unwrap();
+    let (wrong_ca, _, _) = quiver_tests::issue_certificate(other.path(), "127.0.0.1");
+    create_link(
+        &edge,
+        &data,
+        &[
+            "untrusted",
+            "--to",
+            &url,
+            "--tls-ca",
+            wrong_ca.to_str().unwrap(),
+            "--stream",
+            "LOGS",
+            "--subject-prefix",
+            "edge1",
+            "--topics",
+            "logs",
+        ],
+    );
+    eventually(CATCH_UP, "the untrusted server reported", || async {
+        describe_link(&edge, &data, "untrusted")["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot connect"))
+    })
+    .await;
 }

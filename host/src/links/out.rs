@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use quiver_client::Client;
 use quiver_protocol::record::decode_shared;
 use quiver_protocol::{
@@ -33,7 +34,7 @@ use super::status::Status;
 use super::{Failed, MAX_HOPS};
 use crate::broker::{Broker, BrokerError, PatternWatch};
 use crate::plugins::stage::StageRunner;
-use crate::storage::{LinkCursor, TopicLog};
+use crate::storage::{LinkCursor, Slice, TopicLog};
 
 /// Forwards in flight per topic, once the destination has a mark.
 const WINDOW: usize = 8;
@@ -362,49 +363,102 @@ impl TopicForwarder {
         }
     }
 
-    /// The next batch from `from`, through the link's plugins, without the records that
-    /// would loop; `None` when the topic holds nothing more yet. Without plugins and
-    /// with nothing to leave out (the usual case), the stored batch goes as it is.
+    /// The next batch from `from` (several of storage's chunks), through the link's
+    /// plugins, without the records that would loop; `None` when the topic holds nothing
+    /// more yet. Without plugins and with nothing to leave out (the usual case), the
+    /// stored records go as they are (the chunks' bytes, one after the other).
     async fn next_batch(&self, from: u64, remote: u128) -> Result<Option<Batch>, BrokerError> {
         let max_records = self.client.limits().max_batch_records.min(4096);
         let max_bytes = usize::try_from(self.client.limits().max_frame_len / 2)
             .unwrap_or(MAX_FORWARD_BYTES)
             .min(MAX_FORWARD_BYTES);
-        let Some(slice) = self
-            .broker
-            .storage()
-            .read(&self.log, from, max_records, max_bytes)?
-        else {
+        let slices = read_run(&self.broker, &self.log, from, max_records, max_bytes)?;
+        let (Some(head), Some(tail)) = (slices.first(), slices.last()) else {
             return Ok(None);
         };
-        let first = slice.base_offset;
-        let next = slice.base_offset + u64::from(slice.count);
+        let first = head.base_offset;
+        let next = tail.base_offset + u64::from(tail.count);
         if let Some(stages) = &self.stages {
-            let delivered = self
-                .broker
-                .deliver_through(stages, &self.log, slice)
-                .await?
-                .records;
+            let mut delivered = Vec::new();
+            for slice in slices {
+                delivered.extend(
+                    self.broker
+                        .deliver_through(stages, &self.log, slice)
+                        .await?
+                        .records,
+                );
+            }
             return Ok(Some(Batch::listed(first, next, delivered, remote)));
         }
         // Decoded without copying, to look for records that would loop.
-        let stored = decode_shared(slice.base_offset, &slice.batch)
-            .map_err(crate::storage::StorageError::from)?;
-        if !stored.iter().any(|r| loops(&r.headers, remote)) {
-            return Ok(Some(Batch {
-                first,
-                next,
-                count: u64::from(slice.count),
-                records: ForwardedRecords::Batch {
-                    base_offset: slice.base_offset,
-                    batch: slice.batch,
-                },
-                looped: 0,
-            }));
+        let mut stored = Vec::new();
+        for slice in &slices {
+            stored.extend(
+                decode_shared(slice.base_offset, &slice.batch)
+                    .map_err(crate::storage::StorageError::from)?,
+            );
         }
-        let delivered = stored.into_iter().map(Delivered::from).collect();
-        Ok(Some(Batch::listed(first, next, delivered, remote)))
+        if stored.iter().any(|r| loops(&r.headers, remote)) {
+            let delivered = stored.into_iter().map(Delivered::from).collect();
+            return Ok(Some(Batch::listed(first, next, delivered, remote)));
+        }
+        let batch = match <[Slice; 1]>::try_from(slices) {
+            Ok([slice]) => slice.batch,
+            Err(slices) => {
+                let mut joined =
+                    BytesMut::with_capacity(slices.iter().map(|s| s.batch.len()).sum());
+                for slice in &slices {
+                    joined.extend_from_slice(&slice.batch);
+                }
+                joined.freeze()
+            }
+        };
+        Ok(Some(Batch {
+            first,
+            next,
+            count: next - first,
+            records: ForwardedRecords::Batch {
+                base_offset: first,
+                batch,
+            },
+            looped: 0,
+        }))
     }
+}
+
+/// Consecutive slices of `log` from `from` (each one of storage's chunks, or part of
+/// one), up to `max_records` and about `max_bytes` in all; empty when the topic holds
+/// nothing from `from` yet. The first may start past `from` (retention removed
+/// records); the rest follow without a gap.
+pub(super) fn read_run(
+    broker: &Broker,
+    log: &TopicLog,
+    from: u64,
+    max_records: u32,
+    max_bytes: usize,
+) -> Result<Vec<Slice>, BrokerError> {
+    let mut slices: Vec<Slice> = Vec::new();
+    let (mut records, mut bytes) = (0, 0);
+    while records < max_records && bytes < max_bytes {
+        let at = slices
+            .last()
+            .map_or(from, |s| s.base_offset + u64::from(s.count));
+        let Some(slice) =
+            broker
+                .storage()
+                .read(log, at, max_records - records, max_bytes - bytes)?
+        else {
+            break;
+        };
+        if !slices.is_empty() && slice.base_offset != at {
+            // Retention removed records meanwhile: the next read says so.
+            break;
+        }
+        records += slice.count;
+        bytes += slice.batch.len();
+        slices.push(slice);
+    }
+    Ok(slices)
 }
 
 /// Records read for one forward.

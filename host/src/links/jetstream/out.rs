@@ -35,7 +35,7 @@ use super::{remote_error, stream_id};
 use crate::broker::{Broker, BrokerError, is_provenance, path_before};
 use crate::links::Failed;
 use crate::links::out::{
-    CursorWriter, Limiter, each_topic, link_stages, loops, note_skip, start_offset,
+    CursorWriter, Limiter, each_topic, link_stages, loops, note_skip, read_run, start_offset,
 };
 use crate::links::status::Status;
 use crate::plugins::stage::StageRunner;
@@ -113,8 +113,6 @@ struct TopicPublisher {
 struct Read {
     first: u64,
     next: u64,
-    /// Records read (before plugins).
-    read: u32,
     records: Vec<Delivered>,
 }
 
@@ -292,48 +290,33 @@ impl TopicPublisher {
     /// The next records from `from` (several of storage's chunks, up to a batch),
     /// through the link's plugins; `None` when the topic holds nothing more yet.
     async fn read(&self, from: u64) -> Result<Option<Read>, BrokerError> {
-        let mut read = Read {
-            first: from,
-            next: from,
-            read: 0,
-            records: Vec::new(),
+        let slices = read_run(&self.broker, &self.log, from, MAX_BATCH, MAX_BATCH_BYTES)?;
+        let (Some(head), Some(tail)) = (slices.first(), slices.last()) else {
+            return Ok(None);
         };
-        let mut bytes = 0;
-        while read.read < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            let Some(slice) = self.broker.storage().read(
-                &self.log,
-                read.next,
-                MAX_BATCH - read.read,
-                MAX_BATCH_BYTES - bytes,
-            )?
-            else {
-                break;
-            };
-            if read.read == 0 {
-                read.first = slice.base_offset;
-            } else if slice.base_offset != read.next {
-                // Retention removed records meanwhile: the next read says so.
-                break;
-            }
-            bytes += slice.batch.len();
-            read.next = slice.base_offset + u64::from(slice.count);
-            read.read += slice.count;
-            let records: Vec<Delivered> = match &self.stages {
-                Some(stages) => {
+        let (first, next) = (head.base_offset, tail.base_offset + u64::from(tail.count));
+        let mut records = Vec::new();
+        for slice in slices {
+            match &self.stages {
+                Some(stages) => records.extend(
                     self.broker
                         .deliver_through(stages, &self.log, slice)
                         .await?
-                        .records
-                }
-                None => decode_shared(slice.base_offset, &slice.batch)
-                    .map_err(StorageError::from)?
-                    .into_iter()
-                    .map(Delivered::from)
-                    .collect(),
-            };
-            read.records.extend(records);
+                        .records,
+                ),
+                None => records.extend(
+                    decode_shared(slice.base_offset, &slice.batch)
+                        .map_err(StorageError::from)?
+                        .into_iter()
+                        .map(Delivered::from),
+                ),
+            }
         }
-        Ok((read.read > 0).then_some(read))
+        Ok(Some(Read {
+            first,
+            next,
+            records,
+        }))
     }
 
     /// Sends `messages` as one atomic batch; its PubAck is to come (`None`: an empty
