@@ -64,7 +64,8 @@ pub(super) async fn run(broker: &Arc<Broker>, spec: &LinkSpec, status: &Arc<Stat
         }
         LinkDirection::In => inbound::run(broker, spec, remote, &stream, status).await,
     };
-    let _ = client.drain().await;
+    // Drained with a deadline: with every server gone it would wait for one to return.
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.drain()).await;
     errors.explain(failed)
 }
 
