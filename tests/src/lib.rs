@@ -553,6 +553,36 @@ pub fn issue_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) 
     paths
 }
 
+/// A CA and a client certificate it issued for `cn`, as PEM files in `dir`: (CA,
+/// certificate, key).
+pub fn client_certificate(dir: &Path, cn: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair,
+    };
+    let mut ca_params = CertificateParams::new(Vec::new()).expect("CA parameters");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "quiver test CA");
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("a key")).expect("a CA");
+    let key = KeyPair::generate().expect("a key");
+    let mut params = CertificateParams::new(Vec::new()).expect("client parameters");
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &ca).expect("a client certificate");
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join(format!("{cn}.pem")),
+        dir.join(format!("{cn}.key")),
+    );
+    std::fs::write(&paths.0, ca.pem()).expect("written");
+    std::fs::write(&paths.1, cert.pem()).expect("written");
+    std::fs::write(&paths.2, key.serialize_pem()).expect("written");
+    paths
+}
+
 /// Creates a link on `broker` with `quiver link create ARGS…`; its standard output.
 pub fn create_link(broker: &Broker, data: &DataDir, args: &[&str]) -> String {
     let mut all = vec!["link", "create"];

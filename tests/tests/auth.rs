@@ -342,46 +342,15 @@ async fn plugins_route_only_where_their_attacher_may_publish() {
     );
 }
 
-/// A CA and a client certificate it issued for `cn`, written as PEM files.
-fn client_certificate(
-    dir: &Path,
-    cn: &str,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair,
-    };
-    let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "quiver test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &ca).unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join(format!("{cn}.pem")),
-        dir.join(format!("{cn}.key")),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_maps_to_its_principal() {
     let data = DataDir::new();
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = client_certificate(certs.path(), "gateway-7");
+    let (ca, cert, key) = quiver_tests::client_certificate(certs.path(), "gateway-7");
     let (_, stranger, stranger_key) = {
         let dir = certs.path().join("other");
         std::fs::create_dir(&dir).unwrap();
-        client_certificate(&dir, "gateway-7")
+        quiver_tests::client_certificate(&dir, "gateway-7")
     };
     auth(
         &data,

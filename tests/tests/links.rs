@@ -600,6 +600,69 @@ async fn a_link_without_the_grants_is_refused_and_says_so() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_authenticates_with_a_client_certificate() {
+    let hub_data = DataDir::new();
+    let certs = tempfile::tempdir().unwrap();
+    let (client_ca, cert, key) = quiver_tests::client_certificate(certs.path(), "edge1");
+    let ops = principal(&hub_data, "ops", &["admin:>", "subscribe:>"]);
+    quiver_tests::auth(
+        &hub_data,
+        &[
+            "principal",
+            "add",
+            "edge1",
+            "--grant",
+            "admin:edge1.>",
+            "--grant",
+            "publish:edge1.>",
+            "--cert-name",
+            "edge1",
+        ],
+    );
+    let hub = Broker::launch(
+        &hub_data,
+        &["--client-ca", client_ca.to_str().unwrap()],
+        &[],
+    );
+    let edge_data = DataDir::new();
+    let edge = Broker::start(&edge_data);
+    let client = edge.client().await;
+    client
+        .create_topic("sensors.a", Retention::default())
+        .await
+        .unwrap();
+    publish(&client, "sensors.a", "reading", 10).await;
+    create_link(
+        &edge,
+        &edge_data,
+        &[
+            "up",
+            "--to",
+            hub.addr(),
+            "--topics",
+            "sensors.>",
+            "--prefix",
+            "edge1.",
+            "--ca",
+            hub.cert().to_str().unwrap(),
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let watcher = Client::builder()
+        .ca_file(hub.cert())
+        .unwrap()
+        .token(ops)
+        .connect(hub.addr())
+        .await
+        .unwrap();
+    arrived_once_in_order(&watcher, "edge1.sensors.a", "reading", 10).await;
+    assert_eq!(describe_link(&edge, &edge_data, "up")["state"], "connected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_backlog_is_forwarded_with_many_batches_in_flight_and_no_refusal() {
     const RECORDS: usize = 60_000;
     let hub_data = DataDir::new();
