@@ -447,6 +447,10 @@ authorization {
         publish: { allow: ["allowed.>", "$JS.API.>", "$JS.ACK.>"] }
         subscribe: { allow: ["_INBOX.>"] }
     } }
+    { user: puller, password: puller, permissions: {
+        publish: { allow: ["$JS.API.>", "$JS.ACK.>"], deny: ["$JS.API.CONSUMER.MSG.NEXT.>"] }
+        subscribe: { allow: ["_INBOX.>"] }
+    } }
   ]
 }"#,
         )
@@ -495,6 +499,38 @@ authorization {
     })
     .await;
     assert_eq!(stored(&cluster, "DENIED", "denied.metrics").await, 0);
+
+    // An `in` link whose user may not pull: refused, and said so (not a silent wait).
+    cluster.create_stream("PULLED", &["pulled.>"], 1).await;
+    create_link(
+        &edge,
+        &data,
+        &[
+            "pull",
+            "--direction",
+            "in",
+            "--to",
+            &url,
+            "--user",
+            "puller",
+            "--password",
+            "puller",
+            "--stream",
+            "PULLED",
+            "--subject-prefix",
+            "pulled",
+            "--topics",
+            ">",
+        ],
+    );
+    eventually(CATCH_UP, "the refused pull reported", || async {
+        let info = describe_link(&edge, &data, "pull");
+        info["state"] == "backing_off"
+            && info["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Permissions Violation"))
+    })
+    .await;
 
     // Allowed, with one record too large for the server: it is dead-lettered at the
     // edge with the reason, and the records around it are forwarded.

@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::out::nats_headers;
-use super::{remote_error, stream_id};
+use super::{ServerErrors, remote_error, stream_id};
 use crate::broker::{Broker, PublishOrder};
 use crate::links::Failed;
 use crate::links::status::Status;
@@ -53,6 +53,7 @@ pub(super) async fn run(
     remote: &JetStreamRemote,
     stream: &jetstream::stream::Stream,
     status: &Arc<Status>,
+    errors: &ServerErrors,
 ) -> Failed {
     let name = consumer_name(&spec.name);
     let filter = remote.subject(&spec.topics);
@@ -122,7 +123,14 @@ pub(super) async fn run(
         progressed: false,
     };
     loop {
-        let first = match messages.next().await {
+        let next = tokio::select! {
+            next = messages.next() => next,
+            // A refused pull would otherwise leave the link waiting in silence.
+            () = errors.raised() => {
+                return Failed::new("the server reported an error", pull.progressed);
+            }
+        };
+        let first = match next {
             Some(Ok(message)) => message,
             Some(Err(e)) => {
                 return Failed::new(remote_error(&stream_name, &e.to_string()), pull.progressed);

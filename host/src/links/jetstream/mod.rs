@@ -62,7 +62,7 @@ pub(super) async fn run(broker: &Arc<Broker>, spec: &LinkSpec, status: &Arc<Stat
         LinkDirection::Out => {
             out::run(broker, spec, remote, &client, &context, &stream, status).await
         }
-        LinkDirection::In => inbound::run(broker, spec, remote, &stream, status).await,
+        LinkDirection::In => inbound::run(broker, spec, remote, &stream, status, &errors).await,
     };
     // Drained with a deadline: with every server gone it would wait for one to return.
     let _ = tokio::time::timeout(Duration::from_secs(1), client.drain()).await;
@@ -79,25 +79,60 @@ pub(crate) fn stream_id(stream: &str) -> u128 {
 }
 
 /// What the servers said on their own (`-ERR` lines: permission violations above
-/// all), kept so that a timeout can be explained by them.
+/// all), kept so that a timeout can be explained by them, and announced, so that a
+/// consumer waiting for messages a permission withholds does not wait in silence.
 #[derive(Debug, Clone, Default)]
-struct ServerErrors(Arc<Mutex<Option<String>>>);
+pub(super) struct ServerErrors(Arc<ServerErrorsInner>);
+
+#[derive(Debug, Default)]
+struct ServerErrorsInner {
+    last: Mutex<Option<String>>,
+    raised: tokio::sync::Notify,
+}
 
 impl ServerErrors {
     fn set(&self, error: String) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+        *self.0.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+        self.0.raised.notify_waiters();
     }
 
     fn take(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+        self.0
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Resolves once a server has reported an error (at once if one has and was not
+    /// taken yet).
+    pub(super) async fn raised(&self) {
+        let notified = self.0.raised.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self
+            .0
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            return;
+        }
+        notified.await;
     }
 
     /// `failed`, with what the server said meanwhile; a permission violation makes it
     /// a refusal (retried slowly).
     fn explain(&self, mut failed: Failed) -> Failed {
         if let Some(said) = self.take() {
-            failed.refused |= said.to_lowercase().contains("violation");
-            failed.error = format!("{} (the server said: {said})", failed.error);
+            if said.to_lowercase().contains("violation") {
+                // The refusal is the cause; what failed after it is only its effect.
+                failed.refused = true;
+                failed.error = format!("the server refused: {said} ({})", failed.error);
+            } else {
+                failed.error = format!("{} (the server said: {said})", failed.error);
+            }
         }
         failed
     }
