@@ -170,6 +170,14 @@ async fn a_backlog_reaches_an_r3_stream_once_in_order_across_server_and_edge_kil
         if victim == "nats" {
             let server = connected_server(&edge, &data, "hub").await;
             cluster.kill9(server);
+            // `link describe` names the server the link reconnected to.
+            let killed = format!("n{} ", server + 1);
+            eventually(CATCH_UP, "the link on another server", || async {
+                describe_link(&edge, &data, "hub")["connected_to"]
+                    .as_str()
+                    .is_some_and(|addr| !addr.starts_with(&killed))
+            })
+            .await;
             eventually(
                 CATCH_UP,
                 "the link going on with the other servers",

@@ -43,10 +43,21 @@ pub(super) async fn run(broker: &Arc<Broker>, spec: &LinkSpec, status: &Arc<Stat
         return Failed::new("not a JetStream link", false);
     };
     let errors = ServerErrors::default();
-    let client = match connect(spec, errors.clone()).await {
+    // The client, for the connection events to name the server reached; emptied when
+    // the attempt ends (the client holds the callback that holds this).
+    let connected: Connected = Arc::new(Mutex::new(None));
+    let client = match connect(
+        spec,
+        errors.clone(),
+        Arc::clone(&connected),
+        Arc::clone(status),
+    )
+    .await
+    {
         Ok(client) => client,
         Err(failed) => return failed,
     };
+    *lock(&connected) = Some(client.clone());
     let mut context = jetstream::new(client.clone());
     context.set_timeout(REQUEST_TIMEOUT);
     let stream = match stream_for(&context, spec, remote).await {
@@ -54,19 +65,32 @@ pub(super) async fn run(broker: &Arc<Broker>, spec: &LinkSpec, status: &Arc<Stat
         Err(failed) => return errors.explain(failed),
     };
     status.set_remote(stream_id(&remote.stream));
-    let server = client.server_info();
-    status.set_state(LinkState::Connected {
-        addr: format!("{} ({}:{})", server.server_name, server.host, server.port),
-    });
+    status.set_state(connected_to(&client));
     let failed = match spec.direction {
         LinkDirection::Out => {
             out::run(broker, spec, remote, &client, &context, &stream, status).await
         }
         LinkDirection::In => inbound::run(broker, spec, remote, &stream, status, &errors).await,
     };
+    lock(&connected).take();
     // Drained with a deadline: with every server gone it would wait for one to return.
     let _ = tokio::time::timeout(Duration::from_secs(1), client.drain()).await;
     errors.explain(failed)
+}
+
+/// The client of a running attempt, if it is running.
+type Connected = Arc<Mutex<Option<async_nats::Client>>>;
+
+fn lock(connected: &Connected) -> std::sync::MutexGuard<'_, Option<async_nats::Client>> {
+    connected.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The state naming the server `client` is connected to.
+fn connected_to(client: &async_nats::Client) -> LinkState {
+    let server = client.server_info();
+    LinkState::Connected {
+        addr: format!("{} ({}:{})", server.server_name, server.host, server.port),
+    }
 }
 
 /// The id a stream stands under where a broker id would be (marks, provenance, loop
@@ -141,16 +165,30 @@ impl ServerErrors {
 /// A client of the servers `to` lists, with the link's credentials and trust. It
 /// reconnects by itself across the cluster's servers; the link's attempt fails over
 /// to the outer loop only when a request does.
-async fn connect(spec: &LinkSpec, errors: ServerErrors) -> Result<async_nats::Client, Failed> {
+/// `client`, while the attempt runs, is where the status learns which server a
+/// reconnection reached.
+async fn connect(
+    spec: &LinkSpec,
+    errors: ServerErrors,
+    client: Connected,
+    status: Arc<Status>,
+) -> Result<async_nats::Client, Failed> {
     let mut options = ConnectOptions::new()
         .name(format!("quiver-link/{}", spec.name))
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(REQUEST_TIMEOUT))
         .event_callback(move |event| {
-            let errors = errors.clone();
+            let (errors, client, status) =
+                (errors.clone(), Arc::clone(&client), Arc::clone(&status));
             async move {
-                if let Event::ServerError(error) = event {
-                    errors.set(error.to_string());
+                match event {
+                    Event::ServerError(error) => errors.set(error.to_string()),
+                    Event::Connected => {
+                        if let Some(client) = lock(&client).as_ref() {
+                            status.set_state(connected_to(client));
+                        }
+                    }
+                    _ => {}
                 }
             }
         });
