@@ -143,6 +143,41 @@ fn io_error(path: &Path, e: &std::io::Error) -> TransportError {
     TransportError::Tls(format!("writing {}: {e}", path.display()))
 }
 
+/// A TLS client configuration (for a link to a remote that is not a Quiver broker, a
+/// NATS server say) that trusts `ca` (PEM) and presents `client` (certificate chain
+/// and key, PEM) if given.
+pub fn client_config(
+    ca: &str,
+    client: Option<(&str, &str)>,
+) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        let cert = cert.map_err(|e| format!("the CA certificate is unreadable: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("the CA certificate is unusable: {e}"))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots);
+    match client {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("the client certificate is unreadable: {e}"))?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .map_err(|e| format!("the client key is unreadable: {e}"))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("the client certificate is unusable: {e}"))
+        }
+        None => Ok(builder.with_no_client_auth()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::fs;

@@ -24,8 +24,6 @@ use async_nats::{ConnectErrorKind, ConnectOptions, Event};
 use quiver_protocol::{
     JetStreamRemote, LinkAuth, LinkDirection, LinkSpec, LinkState, StreamRetention, StreamStorage,
 };
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use tracing::info;
 
@@ -205,9 +203,10 @@ async fn connect(
         LinkAuth::Certificate { .. } => options,
     };
     if let Some(ca) = &spec.ca {
-        options = options
-            .require_tls(true)
-            .tls_client_config(tls_config(ca, &spec.auth).map_err(|e| Failed::new(e, false))?);
+        options = options.require_tls(true).tls_client_config(
+            crate::transport::tls::client_config(ca, client_cert(&spec.auth))
+                .map_err(|e| Failed::new(e, false))?,
+        );
     }
     let addrs: Vec<async_nats::ServerAddr> = spec
         .to
@@ -225,33 +224,11 @@ async fn connect(
     })
 }
 
-/// TLS that trusts `ca` (PEM), presenting the link's client certificate if it has one.
-fn tls_config(ca: &str, auth: &LinkAuth) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-        let cert = cert.map_err(|e| format!("the CA certificate is unreadable: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("the CA certificate is unusable: {e}"))?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots);
+/// The client certificate and key (PEM) a link presents, if it has them.
+fn client_cert(auth: &LinkAuth) -> Option<(&str, &str)> {
     match auth {
-        LinkAuth::Certificate { cert, key } => {
-            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("the client certificate is unreadable: {e}"))?;
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
-                .map_err(|e| format!("the client key is unreadable: {e}"))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("the client certificate is unusable: {e}"))
-        }
-        _ => Ok(builder.with_no_client_auth()),
+        LinkAuth::Certificate { cert, key } => Some((cert, key)),
+        _ => None,
     }
 }
 
