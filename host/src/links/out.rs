@@ -172,18 +172,25 @@ impl CursorWriter {
         }
     }
 
-    /// Writes `cursor` if the last write is [`CURSOR_EVERY`] old.
+    /// Writes the topic's cursor (`next`, and `skipped` in all) if the last write is
+    /// [`CURSOR_EVERY`] old.
     pub(super) async fn due(
         &mut self,
         broker: &Broker,
         link: &str,
         log: &TopicLog,
-        cursor: LinkCursor,
+        next: u64,
+        skipped: u64,
     ) {
         if self.written_at.elapsed() < CURSOR_EVERY {
             return;
         }
         self.written_at = Instant::now();
+        let cursor = LinkCursor {
+            topic: log.name().to_string(),
+            next,
+            skipped,
+        };
         if let Err(e) = broker
             .storage()
             .link_cursors(link.to_owned(), vec![(log.id(), cursor)])
@@ -352,13 +359,14 @@ impl TopicForwarder {
                 }
                 Err(e) => return Failed::client(&e, progressed),
             }
-            let cursor = LinkCursor {
-                topic: topic.clone(),
-                next: acked,
-                skipped: skipped_total,
-            };
             cursors
-                .due(&self.broker, &self.spec.name, &self.log, cursor)
+                .due(
+                    &self.broker,
+                    &self.spec.name,
+                    &self.log,
+                    acked,
+                    skipped_total,
+                )
                 .await;
         }
     }

@@ -173,13 +173,14 @@ impl TopicPublisher {
                 acked = sent.next;
                 progressed = true;
                 self.status.forwarded(&topic, acked, sent.count as u64);
-                let cursor = LinkCursor {
-                    topic: topic.clone(),
-                    next: acked,
-                    skipped: skipped_total,
-                };
                 cursors
-                    .due(&self.broker, &self.spec.name, &self.log, cursor)
+                    .due(
+                        &self.broker,
+                        &self.spec.name,
+                        &self.log,
+                        acked,
+                        skipped_total,
+                    )
                     .await;
             }
             let Some(batch) = next else {
