@@ -231,15 +231,18 @@ async fn a_link_without_quorum_waits_and_then_completes() {
     cluster.kill9(1);
     cluster.kill9(2);
     publish(&client, "orders", "order", 1_000, RECORDS - 1_000).await;
-    eventually(CATCH_UP, "the link reporting the outage", || async {
+    // The error is taken from the same description: the link tries again at once
+    // after its delay, and a later description may show the new attempt.
+    let mut error = String::new();
+    eventually(CATCH_UP, "the link reporting the outage", || {
         let info = describe_link(&edge, &data, "hub");
-        info["state"] == "backing_off" && info["lag"].as_u64().unwrap() > 0
+        let waiting = info["state"] == "backing_off" && info["lag"].as_u64().unwrap() > 0;
+        if waiting {
+            error = info["error"].as_str().unwrap().to_owned();
+        }
+        async move { waiting }
     })
     .await;
-    let error = describe_link(&edge, &data, "hub")["error"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     assert!(!error.is_empty(), "the link says why it waits");
 
     cluster.restart(1);
