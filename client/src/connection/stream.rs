@@ -3,7 +3,7 @@
 
 use futures::StreamExt;
 use quiver_protocol::codec::Codec;
-use quiver_protocol::{ClientFrame, ServerFrame, frame};
+use quiver_protocol::{ClientFrame, ErrorCode, ServerFrame, WireError, frame};
 use tokio_util::codec::FramedRead;
 
 use super::pending::encode;
@@ -26,9 +26,21 @@ impl FrameReader {
         match self.0.next().await {
             Some(Ok(Ok(frame))) => Ok(frame),
             Some(Ok(Err(e))) => Err(Error::Protocol(e.to_string())),
-            Some(Err(e)) => Err(Error::ConnectionLost(e.to_string())),
+            Some(Err(e)) => Err(reset_code(&e).map_or_else(
+                || Error::ConnectionLost(e.to_string()),
+                |code| Error::Server(WireError::new(code, "the server reset the stream")),
+            )),
             None => Err(Error::ConnectionLost("the server closed the stream".into())),
         }
+    }
+}
+
+/// The error a server meant by resetting a stream: it resets one, with the error's code,
+/// when the client does not take its last error frame in time.
+fn reset_code(error: &std::io::Error) -> Option<ErrorCode> {
+    match error.get_ref()?.downcast_ref::<quinn::ReadError>()? {
+        quinn::ReadError::Reset(code) => u16::try_from(code.into_inner()).ok().map(ErrorCode::from),
+        _ => None,
     }
 }
 

@@ -74,8 +74,7 @@ pub(super) async fn serve(
         }
     }
     if shutdown.is_cancelled() {
-        let bye = WireError::new(ErrorCode::ShuttingDown, "the broker is shutting down");
-        return writer.refuse(bye).await;
+        return writer.refuse(super::shutting_down()).await;
     }
     writer.finish();
 }

@@ -139,7 +139,7 @@ impl Member<'_> {
             }
             tokio::select! {
                 flushed = writer.flush() => flushed.map_err(|_| gone())?,
-                () = shutdown.cancelled() => return Err(shutting_down()),
+                () = shutdown.cancelled() => return Err(super::shutting_down()),
             }
 
             let wake_in = self
@@ -170,7 +170,7 @@ impl Member<'_> {
                 () = self.notify.notified() => {}
                 () = sleep(wake_in) => {}
                 _ = created.recv() => topics_created = true,
-                () = shutdown.cancelled() => return Err(shutting_down()),
+                () = shutdown.cancelled() => return Err(super::shutting_down()),
             }
         }
     }
@@ -255,7 +255,7 @@ impl Member<'_> {
                             bytes = 0;
                             tokio::select! {
                                 flushed = writer.flush() => flushed.map_err(|_| gone())?,
-                                () = shutdown.cancelled() => return Err(shutting_down()),
+                                () = shutdown.cancelled() => return Err(super::shutting_down()),
                             }
                         }
                     }
@@ -309,8 +309,4 @@ fn storage(e: StorageError) -> WireError {
 
 fn gone() -> WireError {
     WireError::new(ErrorCode::Internal, "the member stream closed")
-}
-
-fn shutting_down() -> WireError {
-    WireError::new(ErrorCode::ShuttingDown, "the broker is shutting down")
 }

@@ -180,3 +180,9 @@ async fn serve_stream(
     };
     writer.refuse(error).await;
 }
+
+/// The last word every stream gets when the broker shuts down: clients that reconnect
+/// take it as the cue to open the stream again on the next connection.
+fn shutting_down() -> WireError {
+    WireError::new(ErrorCode::ShuttingDown, "the broker is shutting down")
+}

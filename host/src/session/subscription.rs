@@ -221,7 +221,8 @@ pub(super) async fn serve(
         if writer.buffered() > 0 {
             tokio::select! {
                 flushed = writer.flush() => if flushed.is_err() { return },
-                () = shutdown.cancelled() => return,
+                // The flush left off part-way; the last word follows what it had.
+                () = shutdown.cancelled() => return writer.refuse(super::shutting_down()).await,
             }
             continue;
         }
@@ -253,10 +254,7 @@ pub(super) async fn serve(
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            () = shutdown.cancelled() => {
-                let bye = WireError::new(ErrorCode::ShuttingDown, "the broker is shutting down");
-                return writer.refuse(bye).await;
-            }
+            () = shutdown.cancelled() => return writer.refuse(super::shutting_down()).await,
         }
     }
 }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use futures::StreamExt;
 use quiver_protocol::codec::Codec;
 use quiver_protocol::{ALPN, ClientFrame, FrameError, ServerFrame, WireError, frame};
@@ -271,14 +271,22 @@ impl FrameWriter {
         self.buf.len()
     }
 
-    /// Writes everything fed so far.
+    /// Writes everything fed so far. Cancel-safe: a flush dropped part-way (on
+    /// shutdown, say) leaves what it had not written for the next one, so a last frame
+    /// fed after it still follows whole frames.
     pub async fn flush(&mut self) -> Result<(), TransportError> {
-        if self.buf.is_empty() {
-            return Ok(());
+        while !self.buf.is_empty() {
+            // `write` is cancel-safe where `write_all` is not: nothing is written
+            // unless it returns.
+            match self.send.write(&self.buf).await {
+                Ok(written) => self.buf.advance(written),
+                Err(e) => {
+                    self.buf.clear();
+                    return Err(TransportError::Write(e.to_string()));
+                }
+            }
         }
-        let result = self.send.write_all(&self.buf).await;
-        self.buf.clear();
-        result.map_err(|e| TransportError::Write(e.to_string()))
+        Ok(())
     }
 
     /// Feeds and flushes one frame.
@@ -302,9 +310,17 @@ impl FrameWriter {
     /// Sends a last error and ends the stream, waiting (briefly) until the client has
     /// it: on shutdown the connection closes next, which would discard unacknowledged
     /// data.
+    /// A client that does not read gets the stream reset instead once
+    /// [`LAST_WORDS_TIMEOUT`] has passed.
     pub async fn refuse(&mut self, error: WireError) {
-        if self.send(&ServerFrame::Error(error)).await.is_ok() {
-            self.finish_and_wait(LAST_WORDS_TIMEOUT).await;
+        let code = error.code;
+        let last = ServerFrame::Error(error);
+        match tokio::time::timeout(LAST_WORDS_TIMEOUT, self.send(&last)).await {
+            Ok(Ok(())) => self.finish_and_wait(LAST_WORDS_TIMEOUT).await,
+            Ok(Err(_)) => {}
+            Err(_) => {
+                let _ = self.send.reset(quinn::VarInt::from(u16::from(code)));
+            }
         }
     }
 }
