@@ -73,6 +73,74 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Links to other brokers (`[[links]]`), started with the broker.
     pub links: Vec<LinkConfig>,
+    /// The MQTT listener (docs/mqtt.md); off unless an address is set.
+    pub mqtt: MqttConfig,
+}
+
+/// The MQTT listener: devices publish and subscribe with MQTT 3.1.1 or 5.0 over TCP,
+/// or over TLS with the broker's certificate. docs/mqtt.md explains each setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// TCP address for MQTT (port 0 picks a free one); unset: no MQTT over TCP.
+    pub listen: Option<SocketAddr>,
+    /// TCP address for MQTT over TLS, with the broker's certificate (and client
+    /// certificates from `auth.client_ca`); unset: none.
+    pub tls_listen: Option<SocketAddr>,
+    /// How long a new connection has to send its CONNECT.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest packet a client may send, and the largest the broker sends it unless
+    /// the client asks for less (MQTT 5).
+    pub max_packet_size: ByteSize,
+    /// QoS 1 and 2 messages in flight to a client before it acknowledges them, and
+    /// the most QoS 2 publishes a client may have unreleased.
+    pub receive_maximum: u16,
+    /// The longest session expiry a client may ask for (MQTT 5), and the one a
+    /// 3.1.1 client's persistent session (clean session 0) gets.
+    #[serde(with = "humantime_serde")]
+    pub max_session_expiry: Duration,
+    /// Topics a publish may create, with the settings to create them with; the first
+    /// pattern matching the topic applies. Without a match, a publish to a topic that
+    /// does not exist is refused.
+    pub auto_create: Vec<AutoCreate>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            tls_listen: None,
+            connect_timeout: Duration::from_secs(10),
+            max_packet_size: ByteSize::mib(1),
+            receive_maximum: 64,
+            max_session_expiry: Duration::from_secs(24 * 3600),
+            auto_create: Vec::new(),
+        }
+    }
+}
+
+/// Topics an MQTT publish may create (`[[mqtt.auto_create]]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoCreate {
+    /// A Quiver topic pattern (`sensors.>`, `plant.*.temperature`).
+    pub pattern: String,
+    /// Retention: the oldest a record may be.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// Retention: the most bytes kept.
+    #[serde(default)]
+    pub max_bytes: Option<ByteSize>,
+    /// Retention: the most records kept.
+    #[serde(default)]
+    pub max_records: Option<u64>,
+    /// `fsync` (the default: acknowledged once on disk) or `batched`.
+    #[serde(default)]
+    pub durability: Option<String>,
+    /// With batched durability: the longest an acknowledged record waits for its flush.
+    #[serde(default, with = "humantime_serde")]
+    pub flush_interval: Option<Duration>,
 }
 
 /// A link to another broker, as the config file (`[[links]]`) or `quiver link create`
@@ -147,6 +215,7 @@ impl Default for Config {
             retention_interval: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             links: Vec::new(),
+            mqtt: MqttConfig::default(),
         }
     }
 }
@@ -322,6 +391,26 @@ pub struct Overrides {
     /// `--allow-anonymous` and `--client-ca`.
     #[serde(skip_serializing_if = "AuthOverrides::is_empty")]
     pub auth: AuthOverrides,
+    /// `--mqtt` and `--mqtt-tls`.
+    #[serde(skip_serializing_if = "MqttOverrides::is_empty")]
+    pub mqtt: MqttOverrides,
+}
+
+/// MQTT listeners given on the command line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MqttOverrides {
+    /// `--mqtt`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// `--mqtt-tls`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<SocketAddr>,
+}
+
+impl MqttOverrides {
+    fn is_empty(&self) -> bool {
+        self.listen.is_none() && self.tls_listen.is_none()
+    }
 }
 
 /// Authentication settings given on the command line.
@@ -372,6 +461,9 @@ impl TlsOverrides {
     }
 }
 
+/// The largest packet MQTT's remaining-length field can describe.
+pub const MAX_MQTT_PACKET: u32 = 268_435_455;
+
 /// Top-level keys, so unrelated `QUIVER_*` variables (`QUIVER_SERVER`, `QUIVER_CA`,
 /// used by the client commands) are not mistaken for broker settings.
 const KEYS: &[&str] = &[
@@ -387,6 +479,7 @@ const KEYS: &[&str] = &[
     "retention_interval",
     "shutdown_timeout",
     "links",
+    "mqtt",
 ];
 
 impl Config {
@@ -476,6 +569,32 @@ impl Config {
         }
         if self.retention_interval.is_zero() {
             return out_of_range("retention_interval must be longer than zero".into());
+        }
+        let mqtt = &self.mqtt;
+        if !(64..=u64::from(MAX_MQTT_PACKET)).contains(&mqtt.max_packet_size.as_u64()) {
+            return out_of_range(format!(
+                "mqtt.max_packet_size must be between 64 bytes and {MAX_MQTT_PACKET} (MQTT's \
+                 largest packet)"
+            ));
+        }
+        if mqtt.receive_maximum == 0 || mqtt.connect_timeout.is_zero() {
+            return out_of_range(
+                "mqtt.receive_maximum must be at least 1 and mqtt.connect_timeout longer than \
+                 zero"
+                    .into(),
+            );
+        }
+        for rule in &mqtt.auto_create {
+            match rule.durability.as_deref() {
+                None | Some("fsync" | "batched") => {}
+                Some(other) => {
+                    return out_of_range(format!(
+                        "mqtt.auto_create `{}`: durability `{other}` is neither `fsync` nor \
+                         `batched`",
+                        rule.pattern
+                    ));
+                }
+            }
         }
         Ok(())
     }

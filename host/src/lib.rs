@@ -11,6 +11,7 @@ pub mod config;
 pub mod files;
 pub mod groups;
 pub mod links;
+pub mod mqtt;
 pub mod plugins;
 pub mod retention;
 pub mod server;

@@ -31,6 +31,7 @@ use crate::auth::{self, AuthError, AuthSettings, Authenticator};
 use crate::broker::{Broker, BrokerLimits, BrokerSettings};
 use crate::config::Config;
 use crate::links::{self, Links};
+use crate::mqtt::{MqttAddrs, MqttListeners, MqttSettings};
 use crate::plugins::runtime::SandboxLimits;
 use crate::plugins::stage::QuarantinePolicy;
 use crate::plugins::{AdminError, PluginSettings, Plugins};
@@ -76,6 +77,9 @@ pub enum ServeError {
     /// The plugin runtime could not start, or the plugin dir could not be read.
     #[error("plugins: {0}")]
     Plugins(#[from] AdminError),
+    /// The MQTT settings are not valid.
+    #[error("mqtt: {0}")]
+    Mqtt(String),
     /// The auth file could not be read.
     #[error(transparent)]
     Auth(#[from] AuthError),
@@ -115,6 +119,7 @@ pub struct Server {
     broker: Arc<Broker>,
     auth: Arc<Authenticator>,
     listener: Listener,
+    mqtt: MqttListeners,
     config: Config,
     /// The links the config file declares.
     links: Vec<LinkSpec>,
@@ -204,6 +209,22 @@ impl Server {
             .collect::<Result<Vec<_>, ServeError>>()?;
         let configured = config.tls.cert.as_deref().zip(config.tls.key.as_deref());
         let identity = tls::load_or_generate(configured, &config.data)?;
+        for addr in [config.mqtt.listen, config.mqtt.tls_listen]
+            .into_iter()
+            .flatten()
+        {
+            if !addr.ip().is_loopback() && !auth.is_required() && !auth.allows_anonymous() {
+                return Err(ServeError::Unprotected { addr });
+            }
+        }
+        let mqtt_settings = MqttSettings::from_config(&config.mqtt).map_err(ServeError::Mqtt)?;
+        let mqtt = MqttListeners::bind(
+            &config.mqtt,
+            mqtt_settings,
+            &identity,
+            config.auth.client_ca.as_deref(),
+        )
+        .await?;
         let (cert_path, cert_origin) = (identity.cert_path.clone(), identity.origin.clone());
         let listener = Listener::bind(
             config.listen,
@@ -220,6 +241,7 @@ impl Server {
             broker,
             auth,
             listener,
+            mqtt,
             config,
             links,
             cert_path,
@@ -230,6 +252,11 @@ impl Server {
     /// The address the broker listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where the MQTT listeners are bound (none unless configured).
+    pub fn mqtt_addrs(&self) -> MqttAddrs {
+        self.mqtt.addrs()
     }
 
     /// The certificate clients should trust when it is self-signed, and whether it was
@@ -245,6 +272,7 @@ impl Server {
             broker,
             auth,
             listener,
+            mqtt,
             config,
             links,
             ..
@@ -268,6 +296,12 @@ impl Server {
             max_subscriptions: limits.max_subscriptions_per_connection as usize,
             auth: Arc::clone(&auth),
         });
+        if let Err(e) = mqtt
+            .serve(Arc::clone(&broker), Arc::clone(&auth), &tasks, stop.clone())
+            .await
+        {
+            error!(cause = %e, "the MQTT listener could not start: its state could not be read");
+        }
         tasks.spawn(refresh_auth(auth, stop.clone()));
         // Links run until `stop`; shutdown waits for them like for connections.
         match Links::start(Arc::clone(&broker), links, stop.clone()).await {

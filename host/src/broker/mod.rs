@@ -7,6 +7,7 @@
 //! channel, subscribed to *before* a pattern subscription takes its snapshot of
 //! existing topics, so a topic created meanwhile is seen at least once.
 
+pub mod cursors;
 pub mod dedup;
 mod deliver;
 mod groups;

@@ -11,7 +11,10 @@ use clap::Args;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{AuthOverrides, Config, LogFormat, Overrides, PluginOverrides, TlsOverrides};
+use crate::config::{
+    AuthOverrides, Config, LogFormat, MqttConfig, MqttOverrides, Overrides, PluginOverrides,
+    TlsOverrides,
+};
 use crate::server::{Server, Stopped};
 use crate::transport::tls::Origin;
 
@@ -46,6 +49,13 @@ pub(super) struct ServeArgs {
     /// Accept client certificates issued by the CAs in this PEM file (mutual TLS).
     #[arg(long, value_name = "FILE")]
     client_ca: Option<PathBuf>,
+    /// Serve MQTT 3.1.1 and 5.0 on this TCP address (see docs/mqtt.md); port 0 picks
+    /// a free one.
+    #[arg(long, value_name = "ADDR")]
+    mqtt: Option<SocketAddr>,
+    /// Serve MQTT over TLS, with the broker's certificate, on this TCP address.
+    #[arg(long, value_name = "ADDR")]
+    mqtt_tls: Option<SocketAddr>,
     /// Test only: flush storage without `fdatasync`, so acknowledged records can be
     /// lost on power failure. Exists for the power-cut harness's own test.
     #[arg(long, hide = true)]
@@ -67,6 +77,10 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         auth: AuthOverrides {
             allow_anonymous: args.allow_anonymous.then_some(true),
             client_ca: args.client_ca,
+        },
+        mqtt: MqttOverrides {
+            listen: args.mqtt,
+            tls_listen: args.mqtt_tls,
         },
     };
     let mut config = Config::load(args.config.as_deref(), &overrides)?;
@@ -92,11 +106,19 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         if *origin == Origin::Generated {
             info!(path = %cert.display(), "created a self-signed certificate; clients trust it with --ca");
         }
+        let mqtt = server.mqtt_addrs();
+        let mut mqtt_addrs = String::new();
+        if let Some(addr) = mqtt.listen {
+            mqtt_addrs.push_str(&format!(", mqtt {addr}"));
+        }
+        if let Some(addr) = mqtt.tls_listen {
+            mqtt_addrs.push_str(&format!(", mqtt-tls {addr}"));
+        }
         // The ready line: tests and scripts wait for it.
         let mut stdout = std::io::stdout().lock();
         writeln!(
             stdout,
-            "quiver {} listening on {addr} (data dir {}, certificate {})",
+            "quiver {} listening on {addr} (data dir {}, certificate {}{mqtt_addrs})",
             env!("CARGO_PKG_VERSION"),
             config.data.display(),
             cert.display()
@@ -104,9 +126,14 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .and_then(|()| stdout.flush())
         .context("writing the ready line")?;
         drop(stdout);
-        // Reopening storage binds again, on the port the first bind got.
+        // Reopening storage binds again, on the ports the first bind got.
         let config = Config {
             listen: addr,
+            mqtt: MqttConfig {
+                listen: mqtt.listen,
+                tls_listen: mqtt.tls_listen,
+                ..config.mqtt
+            },
             ..config
         };
         while server.run(stop.clone().cancelled_owned()).await == Stopped::ToRecoverStorage {

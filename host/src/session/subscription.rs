@@ -24,100 +24,14 @@ use quiver_protocol::{
     ClientFrame, ErrorCode, Position, Records, ServerFrame, StartAt, Subscribe, SubscribeAt,
     TopicPattern, WireError,
 };
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, instrument, warn};
 
+use crate::broker::cursors::Cursors;
 use crate::broker::{Broker, BrokerError, PatternWatch};
-use crate::storage::{Slice, Storage, StorageError, TopicLog, Watch};
+use crate::storage::TopicLog;
 use crate::transport::{FrameReader, FrameWriter, Incoming};
-
-/// The most records in one `Records` frame.
-const MAX_FRAME_RECORDS: u32 = 4096;
-
-/// One topic a subscription reads.
-#[derive(Debug)]
-struct Cursor {
-    log: Arc<TopicLog>,
-    next: u64,
-    _watch: Watch,
-}
-
-/// The cursors of one subscription, read in turn.
-#[derive(Debug)]
-struct Cursors {
-    cursors: Vec<Cursor>,
-    turn: usize,
-    notify: Arc<Notify>,
-}
-
-impl Cursors {
-    fn new() -> Self {
-        Self {
-            cursors: Vec::new(),
-            turn: 0,
-            notify: Arc::new(Notify::new()),
-        }
-    }
-
-    /// Starts reading `log` at `next`, unless it is read already; returns where it
-    /// starts when it is new.
-    fn add(&mut self, log: Arc<TopicLog>, next: u64) -> Option<Position> {
-        if self.cursors.iter().any(|c| c.log.id() == log.id()) {
-            return None;
-        }
-        let position = Position {
-            topic: log.name().to_string(),
-            topic_id: log.id(),
-            next,
-        };
-        let watch = log.watch(Arc::clone(&self.notify));
-        self.cursors.push(Cursor {
-            log,
-            next,
-            _watch: watch,
-        });
-        Some(position)
-    }
-
-    /// Where each topic is read now.
-    fn positions(&self) -> Vec<Position> {
-        self.cursors
-            .iter()
-            .map(|c| Position {
-                topic: c.log.name().to_string(),
-                topic_id: c.log.id(),
-                next: c.next,
-            })
-            .collect()
-    }
-
-    /// Forgets deleted topics.
-    fn drop_deleted(&mut self) {
-        self.cursors.retain(|c| !c.log.is_deleted());
-    }
-
-    /// The next slice to send, taking topics in turn; advances that topic's cursor.
-    fn next_slice(
-        &mut self,
-        storage: &Storage,
-        credit: u32,
-        max_bytes: usize,
-    ) -> Result<Option<(Arc<TopicLog>, Slice)>, StorageError> {
-        let n = self.cursors.len();
-        for i in 0..n {
-            let index = (self.turn + i) % n;
-            let cursor = &mut self.cursors[index];
-            let max = credit.min(MAX_FRAME_RECORDS);
-            if let Some(slice) = storage.read(&cursor.log, cursor.next, max, max_bytes)? {
-                cursor.next = slice.base_offset + u64::from(slice.count);
-                self.turn = (index + 1) % n;
-                return Ok(Some((Arc::clone(&cursor.log), slice)));
-            }
-        }
-        Ok(None)
-    }
-}
 
 /// How a subscription stream began.
 #[derive(Debug)]

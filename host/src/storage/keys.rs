@@ -51,6 +51,9 @@ pub(super) const DEDUP: u8 = b'd';
 pub(super) const MARK: u8 = b'm';
 pub(super) const LINK: u8 = b'l';
 pub(super) const LINK_CURSOR: u8 = b'L';
+/// What the MQTT listener keeps (`q`, a kind byte, then the kind's own key):
+/// retained messages, persistent sessions.
+pub(super) const MQTT: u8 = b'q';
 pub(super) const BROKER: &[u8] = b"b";
 pub(super) const VERSION: &[u8] = b"v";
 /// Written and removed at every key-by-key commit, so it sorts last, in a leaf of small
@@ -108,6 +111,14 @@ pub(super) fn state(plugin: &str, state_key: &[u8]) -> Vec<u8> {
     let mut key = state_prefix(plugin);
     key.extend_from_slice(state_key);
     key
+}
+
+/// An MQTT state entry's key: `q`, its kind, its key.
+pub(super) fn mqtt(kind: u8, key: &[u8]) -> Vec<u8> {
+    let mut full = Vec::with_capacity(2 + key.len());
+    full.extend_from_slice(&[MQTT, kind]);
+    full.extend_from_slice(key);
+    full
 }
 
 pub(super) fn group(name: &str) -> Vec<u8> {

@@ -103,6 +103,9 @@ pub struct Slice {
     pub batch: Bytes,
 }
 
+/// One entry of the MQTT listener's state: its key (within its kind) and value.
+pub type MqttEntry = (Vec<u8>, Vec<u8>);
+
 /// How a background clean-up step went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cleanup {
@@ -399,6 +402,32 @@ impl Storage {
             .send(Command::LinkCursors { link, cursors })
             .await
             .map_err(|_| StorageError::Closed)
+    }
+
+    /// Sets (`Some`) or removes (`None`) entries of the MQTT listener's state of one
+    /// `kind`, all in one commit, durable when this returns.
+    pub async fn put_mqtt(
+        &self,
+        kind: u8,
+        entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) -> Result<(), StorageError> {
+        let entries = entries
+            .into_iter()
+            .map(|(key, value)| (keys::mqtt(kind, &key), value))
+            .collect();
+        self.ask(|reply| Command::PutMqtt { entries, reply }).await
+    }
+
+    /// Every entry of the MQTT listener's state of one `kind`: key and value.
+    pub fn mqtt_entries(&self, kind: u8) -> Result<Vec<MqttEntry>, StorageError> {
+        let prefix = keys::mqtt(kind, &[]);
+        self.tree
+            .scan_prefix(&prefix)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((key[prefix.len()..].to_vec(), value.to_vec()))
+            })
+            .collect()
     }
 
     /// Every declared link.

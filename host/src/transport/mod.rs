@@ -2,8 +2,10 @@
 //!
 //! It hands the rest of the broker Quiver's own types: a [`Listener`] that yields
 //! [`Connection`]s, and streams of typed frames ([`FrameReader`], [`FrameWriter`]).
-//! TLS 1.3 only, ALPN `quiver/2`.
+//! TLS 1.3 only, ALPN `quiver/2`. `tcp.rs` is the same for byte-stream protocols
+//! (MQTT): TCP listeners and TLS over TCP.
 
+pub mod tcp;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -93,6 +93,11 @@ pub(super) enum Command {
         link: String,
         cursors: Vec<(u64, LinkCursor)>,
     },
+    /// Sets (`Some`) or removes (`None`) MQTT state entries.
+    PutMqtt {
+        entries: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        reply: Reply<()>,
+    },
     CreateGroup {
         record: GroupRecord,
         lanes: Vec<(u64, u64)>,
@@ -286,6 +291,7 @@ impl Writer {
             | Command::RemovePlugin { reply, .. }
             | Command::PutLink { reply, .. }
             | Command::DeleteLink { reply, .. }
+            | Command::PutMqtt { reply, .. }
             | Command::Sync { reply } => refuse(reply, halted()),
             Command::Create { reply, .. } => refuse(reply, halted()),
             Command::Trim { reply, .. }
@@ -481,6 +487,15 @@ impl Writer {
                 Err(e) => refuse(reply, e),
             },
             Command::LinkCursors { link, cursors } => stage_link_cursors(group, &link, cursors),
+            Command::PutMqtt { entries, reply } => {
+                for (key, value) in entries {
+                    match value {
+                        Some(value) => group.batch.insert(key, value),
+                        None => group.batch.remove(key),
+                    }
+                }
+                group.done.push(answer(reply, (), || {}));
+            }
             Command::Trim { .. }
             | Command::Purge { .. }
             | Command::PurgeDedup { .. }

@@ -1,0 +1,497 @@
+//! A client's subscriptions, delivered. Each subscription reads the topics its filter
+//! matches through `broker::cursors` (as a QUIC subscription does), from the newest
+//! record when it is made, and from where it was for a persistent session resumed.
+//!
+//! QoS 1 and 2 deliveries take a packet id and wait in the window (the client's receive
+//! maximum, within `mqtt.receive_maximum`) until acknowledged; the connection reads
+//! only as much as the window has room for, and QoS 0 only as fast as the writer
+//! drains, so a slow subscriber holds the broker to a bounded amount of memory.
+//!
+//! A record is delivered at the lower of its subscription's QoS and the QoS it was
+//! published with (`mqtt-qos`; a record from a QUIC client has none: the
+//! subscription's).
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use quiver_protocol::Header;
+use quiver_protocol::record::decode_shared;
+use rmqtt_codec::types::{Publish, QoS};
+use rmqtt_codec::v5::PublishProperties;
+use std::num::NonZeroU16;
+use tracing::{debug, warn};
+
+use super::connection::{Connection, Ended};
+use super::headers;
+use super::inbound::Awaiting;
+use super::packet::{Outbound, Reason, Refusal, SubOptions, Version};
+use super::session::{StoredSession, StoredSubscription};
+use super::topic::{self, Filter};
+use crate::auth::Right;
+use crate::broker::cursors::Cursors;
+use crate::storage::TopicLog;
+
+/// Bytes of packets encoded for one write, about.
+const MAX_WRITE: usize = 64 * 1024;
+/// Records read at once for a QoS 0 subscription.
+const QOS0_BATCH: u32 = 256;
+
+/// One subscription of a client.
+pub(super) struct Subscription {
+    id: u64,
+    filter: Filter,
+    options: SubOptions,
+    cursors: Cursors,
+}
+
+/// A message on its way to the client.
+pub(super) struct Delivery {
+    topic: String,
+    qos: QoS,
+    retain: bool,
+    headers: Vec<Header>,
+    payload: Bytes,
+    /// Subscription id, topic id and offset of a record (not a retained message).
+    source: Option<(u64, u64, u64)>,
+}
+
+/// A QoS 1 or 2 delivery not yet acknowledged.
+pub(super) struct Inflight {
+    qos: QoS,
+    /// QoS 2: PUBREC came, PUBCOMP has not.
+    received: bool,
+    source: Option<(u64, u64, u64)>,
+}
+
+impl Connection {
+    /// Room in the window for QoS 1 and 2 deliveries.
+    pub(super) fn room(&self) -> usize {
+        self.window.saturating_sub(self.inflight.len())
+    }
+
+    /// Whether a QoS 0 subscription (or retained message) may be delivered anyway.
+    pub(super) fn has_qos0(&self) -> bool {
+        self.subscriptions
+            .iter()
+            .any(|s| s.options.qos == QoS::AtMostOnce)
+            || self
+                .pending
+                .front()
+                .is_some_and(|d| d.qos == QoS::AtMostOnce)
+    }
+
+    /// SUBSCRIBE: each filter granted or refused, then the retained messages.
+    pub(super) async fn subscribe(
+        &mut self,
+        packet_id: NonZeroU16,
+        filters: Vec<(String, SubOptions)>,
+    ) -> Result<(), Ended> {
+        let mut results = Vec::with_capacity(filters.len());
+        for (raw, options) in filters {
+            let result = self.add_subscription(&raw, options);
+            if let Err(refusal) = &result {
+                debug!(filter = %raw, %refusal, "subscription refused");
+            }
+            results.push(result);
+        }
+        if self.session_expiry.is_some() {
+            // Part of the session before the client hears it is.
+            self.store_session().await;
+        }
+        self.encode(Outbound::SubAck(packet_id, results))
+    }
+
+    fn add_subscription(&mut self, raw: &str, options: SubOptions) -> Result<QoS, Refusal> {
+        if raw.starts_with("$share/") {
+            return Err(Refusal::new(
+                Reason::SharedSubscriptionNotSupported,
+                format!("`{raw}`: shared subscriptions are not supported yet"),
+            ));
+        }
+        let filter = topic::filter(raw)?;
+        for pattern in &filter.patterns {
+            self.access
+                .check_pattern(Right::Subscribe, pattern)
+                .map_err(|denied| Refusal::new(Reason::NotAuthorized, denied.to_string()))?;
+        }
+        let options = SubOptions {
+            qos: options.qos,
+            ..options
+        };
+        let existing = self.subscriptions.iter_mut().find(|s| s.filter.mqtt == raw);
+        let new = existing.is_none();
+        match existing {
+            // The same filter again replaces the options; the position stays.
+            Some(existing) => existing.options = options,
+            None => {
+                let mut cursors = Cursors::with_notify(Arc::clone(&self.notify));
+                for log in self.matching(&filter) {
+                    let next = log.stats().next;
+                    cursors.add(log, next);
+                }
+                self.next_subscription += 1;
+                self.subscriptions.push(Subscription {
+                    id: self.next_subscription,
+                    filter: filter.clone(),
+                    options,
+                    cursors,
+                });
+            }
+        }
+        if options.retain_handling == 0 || (options.retain_handling == 1 && new) {
+            for (name, message) in self.shared.retained.matching(&filter) {
+                self.pending.push_back(Delivery {
+                    topic: topic::mqtt_name(name.as_str()),
+                    qos: lower(options.qos, message.qos),
+                    retain: true,
+                    headers: message.headers.clone(),
+                    payload: message.payload.clone(),
+                    source: None,
+                });
+            }
+        }
+        Ok(options.qos)
+    }
+
+    /// The live topics `filter` matches.
+    fn matching(&self, filter: &Filter) -> Vec<Arc<TopicLog>> {
+        let mut logs: Vec<Arc<TopicLog>> = Vec::new();
+        for pattern in &filter.patterns {
+            if let Ok(watch) = self.shared.broker.watch_pattern(pattern.as_str()) {
+                logs.extend(watch.matching);
+            }
+        }
+        logs
+    }
+
+    /// UNSUBSCRIBE.
+    pub(super) async fn unsubscribe(
+        &mut self,
+        packet_id: NonZeroU16,
+        filters: Vec<String>,
+    ) -> Result<(), Ended> {
+        let existed = filters
+            .iter()
+            .map(|raw| {
+                let before = self.subscriptions.len();
+                self.subscriptions.retain(|s| s.filter.mqtt != *raw);
+                self.subscriptions.len() < before
+            })
+            .collect();
+        if self.session_expiry.is_some() {
+            self.store_session().await;
+        }
+        self.encode(Outbound::UnsubAck(packet_id, existed))
+    }
+
+    /// A topic was created (`None`: some were missed): subscriptions it matches read
+    /// it from its start.
+    pub(super) fn topic_created(&mut self, created: Option<Arc<TopicLog>>) {
+        let logs = match created {
+            Some(log) => vec![log],
+            None => self.shared.broker.topics(),
+        };
+        for sub in &mut self.subscriptions {
+            for log in &logs {
+                if sub.filter.matches(log.name()) {
+                    sub.cursors.add(Arc::clone(log), 0);
+                }
+            }
+        }
+    }
+
+    /// Encodes the next deliveries the window and a write have room for; `None` when
+    /// there is nothing to send now.
+    pub(super) fn pump(&mut self) -> Result<Option<Bytes>, Ended> {
+        while let Some(delivery) = self.pending.front() {
+            if delivery.qos != QoS::AtMostOnce && self.room() == 0 {
+                break;
+            }
+            let delivery = self.pending.pop_front().expect("looked at it");
+            self.deliver(delivery);
+            if self.out.len() >= MAX_WRITE {
+                return Ok(Some(self.out.split().freeze()));
+            }
+        }
+        let storage = self.shared.broker.storage().clone();
+        for i in 0..self.subscriptions.len() {
+            let room = u32::try_from(self.room()).unwrap_or(u32::MAX);
+            let sub = &mut self.subscriptions[i];
+            sub.cursors.drop_deleted();
+            let credit = match sub.options.qos {
+                QoS::AtMostOnce => QOS0_BATCH,
+                _ => room,
+            };
+            if credit == 0 {
+                continue;
+            }
+            let read = sub
+                .cursors
+                .next_slice(&storage, credit, MAX_WRITE)
+                .map_err(|e| {
+                    warn!(error = %e, "reading for an MQTT subscription failed");
+                    Ended::Refused(Refusal::new(
+                        Reason::UnspecifiedError,
+                        format!("storage: {e}"),
+                    ))
+                })?;
+            let Some((log, slice)) = read else { continue };
+            let records = match decode_shared(slice.base_offset, &slice.batch) {
+                Ok(records) => records,
+                Err(e) => {
+                    warn!(topic = %log.name(), error = %e, "a stored batch does not decode; skipped");
+                    continue;
+                }
+            };
+            let (id, qos) = (sub.id, sub.options.qos);
+            let name = topic::mqtt_name(log.name().as_str());
+            for record in records {
+                let published = record
+                    .header(headers::QOS)
+                    .and_then(|v| v.first())
+                    .map_or(2, |b| b.wrapping_sub(b'0'));
+                self.deliver(Delivery {
+                    topic: name.clone(),
+                    qos: lower(qos, published),
+                    retain: false,
+                    source: Some((id, log.id(), record.offset)),
+                    headers: record.headers,
+                    payload: record.payload,
+                });
+            }
+            if self.out.len() >= MAX_WRITE {
+                break;
+            }
+        }
+        Ok((!self.out.is_empty()).then(|| self.out.split().freeze()))
+    }
+
+    /// Encodes one delivery; one the client would not take (over its maximum packet
+    /// size) is skipped, as MQTT 5 requires.
+    fn deliver(&mut self, delivery: Delivery) {
+        let packet_id = match delivery.qos {
+            QoS::AtMostOnce => None,
+            qos => {
+                let id = self.next_free_id();
+                self.inflight.insert(
+                    id.get(),
+                    Inflight {
+                        qos,
+                        received: false,
+                        source: delivery.source,
+                    },
+                );
+                Some(id)
+            }
+        };
+        let properties = (self.version == Version::V5).then(|| properties_of(&delivery.headers));
+        let publish = Publish {
+            dup: false,
+            retain: delivery.retain,
+            qos: delivery.qos,
+            topic: ByteString::from(delivery.topic),
+            packet_id,
+            payload: delivery.payload,
+            properties,
+        };
+        let mut scratch = BytesMut::new();
+        match self
+            .codec
+            .encode(Outbound::Publish(Box::new(publish)), &mut scratch)
+        {
+            Ok(_) => self.out.extend_from_slice(&scratch),
+            Err(e) => {
+                debug!(error = %e, "a message the client would not take was skipped");
+                if let Some(id) = packet_id {
+                    self.inflight.remove(&id.get());
+                }
+            }
+        }
+    }
+
+    fn next_free_id(&mut self) -> NonZeroU16 {
+        loop {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if let Some(id) = NonZeroU16::new(id)
+                && !self.inflight.contains_key(&id.get())
+            {
+                return id;
+            }
+        }
+    }
+
+    /// PUBACK, PUBREC (`received`) or PUBCOMP for delivery `id`; whether to answer
+    /// with PUBREL.
+    pub(super) fn acked(&mut self, id: u16, received: bool) -> bool {
+        let persistent = self.session_expiry.is_some();
+        match self.inflight.get_mut(&id) {
+            Some(inflight) if received && inflight.qos == QoS::ExactlyOnce => {
+                // Delivered: only the release is left.
+                inflight.received = true;
+                inflight.source = None;
+                self.dirty |= persistent;
+                true
+            }
+            Some(_) => {
+                self.inflight.remove(&id);
+                self.dirty |= persistent;
+                false
+            }
+            // PUBREC for an id not in flight: released already.
+            None => received,
+        }
+    }
+
+    /// Takes up a parked persistent session: its subscriptions read on from where
+    /// they were acknowledged, topics created since from their start.
+    pub(super) fn resume(&mut self, parked: StoredSession) {
+        self.awaiting = Awaiting {
+            producer: parked.producer,
+            next_sequence: parked.next_sequence,
+            ids: parked.awaiting_release.into_iter().collect(),
+        };
+        for stored in parked.subscriptions {
+            let filter = match topic::filter(&stored.filter) {
+                Ok(filter) => filter,
+                Err(refusal) => {
+                    warn!(filter = %stored.filter, %refusal, "a stored subscription is dropped");
+                    continue;
+                }
+            };
+            let mut cursors = Cursors::with_notify(Arc::clone(&self.notify));
+            for log in self.matching(&filter) {
+                let next = stored
+                    .positions
+                    .iter()
+                    .find(|(_, id, _)| *id == log.id())
+                    .map_or(0, |(_, _, next)| (*next).min(log.stats().next));
+                cursors.add(log, next);
+            }
+            self.next_subscription += 1;
+            self.subscriptions.push(Subscription {
+                id: self.next_subscription,
+                filter,
+                options: SubOptions {
+                    qos: QoS::try_from(stored.qos).unwrap_or(QoS::AtLeastOnce),
+                    no_local: false,
+                    retain_as_published: stored.retain_as_published,
+                    retain_handling: 0,
+                },
+                cursors,
+            });
+        }
+    }
+
+    /// The persistent session as it stands: each topic's position is the oldest
+    /// record still unacknowledged, or the next to read.
+    pub(super) fn session(&self) -> StoredSession {
+        let subscriptions = self
+            .subscriptions
+            .iter()
+            .map(|sub| {
+                let positions = sub
+                    .cursors
+                    .positions()
+                    .into_iter()
+                    .map(|p| {
+                        let unacked = self
+                            .inflight
+                            .values()
+                            .filter_map(|f| f.source)
+                            .filter(|(s, t, _)| *s == sub.id && *t == p.topic_id)
+                            .map(|(_, _, offset)| offset)
+                            .min();
+                        let next = unacked.map_or(p.next, |o| o.min(p.next));
+                        (p.topic, p.topic_id, next)
+                    })
+                    .collect();
+                StoredSubscription {
+                    filter: sub.filter.mqtt.clone(),
+                    qos: sub.options.qos.value(),
+                    retain_as_published: sub.options.retain_as_published,
+                    positions,
+                }
+            })
+            .collect();
+        StoredSession {
+            expiry_secs: self.session_expiry.unwrap_or(0),
+            disconnected_ms: None,
+            subscriptions,
+            awaiting_release: self.awaiting.ids.iter().map(|(k, v)| (*k, *v)).collect(),
+            producer: self.awaiting.producer,
+            next_sequence: self.awaiting.next_sequence,
+        }
+    }
+}
+
+/// The lower of a subscription's QoS and a message's.
+fn lower(qos: QoS, published: u8) -> QoS {
+    qos.less_value(QoS::try_from(published.min(2)).unwrap_or(QoS::ExactlyOnce))
+}
+
+/// A record's headers as MQTT 5 properties; header values that are not UTF-8 (which
+/// user properties must be) are left out.
+fn properties_of(record_headers: &[Header]) -> PublishProperties {
+    let text = |value: &Bytes| ByteString::try_from(value.clone()).ok();
+    let mut properties = PublishProperties::default();
+    for header in record_headers {
+        match header.name.as_str() {
+            headers::QOS => {}
+            headers::CONTENT_TYPE => properties.content_type = text(&header.value),
+            headers::RESPONSE_TOPIC => properties.response_topic = text(&header.value),
+            headers::CORRELATION_DATA => properties.correlation_data = Some(header.value.clone()),
+            headers::PAYLOAD_UTF8 => properties.is_utf8_payload = true,
+            name => {
+                if let Some(value) = text(&header.value) {
+                    properties
+                        .user_properties
+                        .push((ByteString::from(name), value));
+                }
+            }
+        }
+    }
+    properties
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_delivered_at_the_lower_qos() {
+        assert_eq!(lower(QoS::ExactlyOnce, 1), QoS::AtLeastOnce);
+        assert_eq!(lower(QoS::AtLeastOnce, 2), QoS::AtLeastOnce);
+        assert_eq!(lower(QoS::AtMostOnce, 2), QoS::AtMostOnce);
+        // A stray value is taken as the highest.
+        assert_eq!(lower(QoS::ExactlyOnce, 200), QoS::ExactlyOnce);
+    }
+
+    #[test]
+    fn headers_become_properties_and_other_headers_user_properties() {
+        let header = |name: &str, value: &'static [u8]| Header {
+            name: name.into(),
+            value: Bytes::from_static(value),
+        };
+        let properties = properties_of(&[
+            header(headers::QOS, b"1"),
+            header(headers::CONTENT_TYPE, b"application/json"),
+            header(headers::CORRELATION_DATA, b"\xff\x00"),
+            header("site", b"plant-7"),
+            header("binary", b"\xff"),
+        ]);
+        assert_eq!(properties.content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            properties.correlation_data.as_deref(),
+            Some(&b"\xff\x00"[..])
+        );
+        assert_eq!(
+            properties.user_properties.len(),
+            1,
+            "{:?}",
+            properties.user_properties
+        );
+        assert_eq!(&*properties.user_properties[0].0, "site");
+    }
+}
