@@ -12,6 +12,7 @@ pub mod dedup;
 mod deliver;
 mod groups;
 mod links;
+pub mod membership;
 mod publish;
 mod request;
 

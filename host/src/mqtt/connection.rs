@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::inbound::{Acked, Awaiting};
-use super::outbound::{Inflight, Subscription};
+use super::outbound::{Inflight, Share, Subscription};
 use super::packet::{
     ConnAck, Connect, Inbound, Outbound, PacketCodec, PacketError, Reason, Refusal, Version,
 };
@@ -140,8 +140,10 @@ pub(super) async fn serve(
         accepted,
         connect.receive_maximum,
         outbox,
-        parked,
     );
+    if let Some(parked) = parked {
+        conn.resume(parked).await;
+    }
     info!(parent: &span, version = ?conn.version, session_present, keep_alive, "connected");
     let ended = conn
         .run(&mut reader, buf, keep_alive, &holder)
@@ -159,6 +161,8 @@ pub(super) async fn serve(
             super::inbound::publish_will(Arc::clone(&shared), conn.access.clone(), will.publish);
         (delay, publish)
     });
+    // Records a shared subscription held go to the group's other members now.
+    conn.leave_shares().await;
     let session = conn.into_session();
     shared.sessions.disconnected(holder, session, will).await;
     // The writer sends what is queued (a last DISCONNECT) and closes.
@@ -278,7 +282,7 @@ enum Event<'a> {
     Ready,
     Created(Option<Arc<TopicLog>>),
     Room(mpsc::Permit<'a, Bytes>),
-    Store,
+    Tick,
 }
 
 /// Why a connection ended.
@@ -326,6 +330,7 @@ pub(super) struct Connection {
     /// QoS 2 publishes of the client's, stored or being stored, not yet released.
     pub(super) awaiting: Awaiting,
     pub(super) subscriptions: Vec<Subscription>,
+    pub(super) shares: Vec<Share>,
     pub(super) next_subscription: u64,
     /// Retained messages waiting for room in the window.
     pub(super) pending: VecDeque<super::outbound::Delivery>,
@@ -351,11 +356,10 @@ impl Connection {
         accepted: Accepted,
         receive_maximum: u16,
         outbox: mpsc::Sender<Bytes>,
-        parked: Option<StoredSession>,
     ) -> Self {
         let window = usize::from(receive_maximum.min(shared.settings.receive_maximum)).max(1);
         let notify = Arc::new(Notify::new());
-        let mut conn = Self {
+        Self {
             codec,
             version: accepted.version,
             client_id: accepted.client_id,
@@ -365,6 +369,7 @@ impl Connection {
             publishes: FuturesOrdered::new(),
             awaiting: Awaiting::new(rand_u64()),
             subscriptions: Vec::new(),
+            shares: Vec::new(),
             next_subscription: 0,
             pending: VecDeque::new(),
             inflight: HashMap::new(),
@@ -375,11 +380,7 @@ impl Connection {
             out: BytesMut::new(),
             dirty: false,
             shared,
-        };
-        if let Some(parked) = parked {
-            conn.resume(parked);
         }
-        conn
     }
 
     /// Serves the connection until it ends; says why.
@@ -428,7 +429,8 @@ impl Connection {
                     Ok(permit) => Event::Room(permit),
                     Err(_) => break Ended::Lost,
                 },
-                _ = store_tick.tick(), if self.dirty => Event::Store,
+                // Also the groups' ack deadlines, for shared subscriptions.
+                _ = store_tick.tick(), if self.dirty || !self.shares.is_empty() => Event::Tick,
             };
             let handled = match event {
                 Event::Acked(acked) => self.acknowledge(acked).await,
@@ -446,7 +448,7 @@ impl Connection {
                     ready = true;
                     Ok(())
                 }
-                Event::Room(permit) => match self.pump() {
+                Event::Room(permit) => match self.pump().await {
                     Ok(Some(bytes)) => {
                         permit.send(bytes);
                         Ok(())
@@ -457,8 +459,11 @@ impl Connection {
                     }
                     Err(ended) => Err(ended),
                 },
-                Event::Store => {
-                    self.store_session().await;
+                Event::Tick => {
+                    if self.dirty {
+                        self.store_session().await;
+                    }
+                    ready = true;
                     Ok(())
                 }
             };
@@ -511,18 +516,14 @@ impl Connection {
     async fn handle(&mut self, packet: Inbound) -> Result<(), Ended> {
         match packet {
             Inbound::Publish(publish) => self.publish(*publish).await,
-            Inbound::PubAck(id) => {
-                self.acked(id.get(), false);
+            Inbound::PubAck(id) | Inbound::PubComp(id) => {
+                self.acked(id.get(), false).await;
                 Ok(())
             }
             Inbound::PubRec(id) => {
-                if self.acked(id.get(), true) {
+                if self.acked(id.get(), true).await {
                     self.encode(Outbound::PubRel(id))?;
                 }
-                Ok(())
-            }
-            Inbound::PubComp(id) => {
-                self.acked(id.get(), false);
                 Ok(())
             }
             Inbound::PubRel(id) => {

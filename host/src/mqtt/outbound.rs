@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use quiver_protocol::Header;
 use quiver_protocol::record::decode_shared;
+use quiver_protocol::{GroupSettings, Header, Record, StartAt, TopicName};
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::PublishProperties;
 use std::num::NonZeroU16;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::connection::{Connection, Ended};
 use super::headers;
@@ -30,6 +30,8 @@ use super::session::{StoredSession, StoredSubscription};
 use super::topic::{self, Filter};
 use crate::auth::Right;
 use crate::broker::cursors::Cursors;
+use crate::broker::membership::Membership;
+use crate::groups::state::Action;
 use crate::storage::TopicLog;
 
 /// Bytes of packets encoded for one write, about.
@@ -45,6 +47,27 @@ pub(super) struct Subscription {
     cursors: Cursors,
 }
 
+/// A shared subscription (`$share/GROUP/filter`): a member of the durable group
+/// GROUP, which splits the records of its topics among its members (MQTT and QUIC).
+pub(super) struct Share {
+    id: u64,
+    /// The filter as the client wrote it, `$share/` and all.
+    raw: String,
+    qos: QoS,
+    membership: Membership,
+}
+
+/// Where a delivered message came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// A retained message.
+    Retained,
+    /// A subscription's record: subscription id, topic id, offset.
+    Record(u64, u64, u64),
+    /// A record a group assigned: share id, topic name, offset.
+    Share(u64, String, u64),
+}
+
 /// A message on its way to the client.
 pub(super) struct Delivery {
     topic: String,
@@ -52,8 +75,7 @@ pub(super) struct Delivery {
     retain: bool,
     headers: Vec<Header>,
     payload: Bytes,
-    /// Subscription id, topic id and offset of a record (not a retained message).
-    source: Option<(u64, u64, u64)>,
+    source: Source,
 }
 
 /// A QoS 1 or 2 delivery not yet acknowledged.
@@ -61,7 +83,7 @@ pub(super) struct Inflight {
     qos: QoS,
     /// QoS 2: PUBREC came, PUBCOMP has not.
     received: bool,
-    source: Option<(u64, u64, u64)>,
+    source: Source,
 }
 
 impl Connection {
@@ -89,9 +111,9 @@ impl Connection {
     ) -> Result<(), Ended> {
         let mut results = Vec::with_capacity(filters.len());
         for (raw, options) in filters {
-            let result = self.add_subscription(&raw, options);
+            let result = self.add_subscription(&raw, options).await;
             if let Err(refusal) = &result {
-                debug!(filter = %raw, %refusal, "subscription refused");
+                info!(filter = %raw, %refusal, "subscription refused");
             }
             results.push(result);
         }
@@ -102,12 +124,9 @@ impl Connection {
         self.encode(Outbound::SubAck(packet_id, results))
     }
 
-    fn add_subscription(&mut self, raw: &str, options: SubOptions) -> Result<QoS, Refusal> {
-        if raw.starts_with("$share/") {
-            return Err(Refusal::new(
-                Reason::SharedSubscriptionNotSupported,
-                format!("`{raw}`: shared subscriptions are not supported yet"),
-            ));
+    async fn add_subscription(&mut self, raw: &str, options: SubOptions) -> Result<QoS, Refusal> {
+        if let Some(shared) = raw.strip_prefix("$share/") {
+            return self.add_share(raw, shared, options.qos).await;
         }
         let filter = topic::filter(raw)?;
         for pattern in &filter.patterns {
@@ -147,11 +166,81 @@ impl Connection {
                     retain: true,
                     headers: message.headers.clone(),
                     payload: message.payload.clone(),
-                    source: None,
+                    source: Source::Retained,
                 });
             }
         }
         Ok(options.qos)
+    }
+
+    /// Joins the durable group a `$share/GROUP/filter` names, creating it (from the
+    /// newest records) if it does not exist.
+    async fn add_share(&mut self, raw: &str, shared: &str, qos: QoS) -> Result<QoS, Refusal> {
+        let invalid = |why: String| Refusal::new(Reason::TopicFilterInvalid, why);
+        let Some((group, filter)) = shared.split_once('/') else {
+            return Err(invalid(format!("`{raw}`: expected $share/GROUP/filter")));
+        };
+        TopicName::parse(group).map_err(|e| {
+            invalid(format!(
+                "`{raw}`: group name `{group}`: {e} (a Quiver group name)"
+            ))
+        })?;
+        let filter = topic::filter(filter)?;
+        // A group consumes one pattern: for `a/#` the topics below `a`.
+        let pattern = filter.patterns[0].clone();
+        self.access
+            .check_pattern(Right::Group, &pattern)
+            .map_err(|denied| Refusal::new(Reason::NotAuthorized, denied.to_string()))?;
+        if let Some(existing) = self.shares.iter_mut().find(|s| s.raw == raw) {
+            existing.qos = qos;
+            return Ok(qos);
+        }
+        let broker = &self.shared.broker;
+        let group = match broker.group(group) {
+            Ok(existing) if existing.pattern() != &pattern => {
+                return Err(Refusal::new(
+                    Reason::ImplementationSpecificError,
+                    format!(
+                        "`{raw}`: group `{group}` consumes `{}`, not `{pattern}`",
+                        existing.pattern()
+                    ),
+                ));
+            }
+            Ok(existing) => existing,
+            Err(_) => {
+                let mut settings = GroupSettings::new(pattern.as_str());
+                settings.from = StartAt::Latest;
+                let created = broker.create_group(group, settings).await;
+                // Another client may have created it meanwhile: then it is there.
+                match (broker.group(group), created) {
+                    (Ok(group), _) => group,
+                    (Err(_), Err(e)) | (Err(e), Ok(_)) => {
+                        return Err(Refusal::new(
+                            Reason::ImplementationSpecificError,
+                            e.to_string(),
+                        ));
+                    }
+                }
+            }
+        };
+        let membership = Membership::join(broker, group, Arc::clone(&self.notify))
+            .await
+            .map_err(|e| Refusal::new(Reason::ImplementationSpecificError, e.to_string()))?;
+        self.next_subscription += 1;
+        self.shares.push(Share {
+            id: self.next_subscription,
+            raw: raw.to_owned(),
+            qos,
+            membership,
+        });
+        Ok(qos)
+    }
+
+    /// Leaves every group: what this client held goes to the other members now.
+    pub(super) async fn leave_shares(&mut self) {
+        for share in self.shares.drain(..) {
+            share.membership.leave().await;
+        }
     }
 
     /// The live topics `filter` matches.
@@ -171,14 +260,17 @@ impl Connection {
         packet_id: NonZeroU16,
         filters: Vec<String>,
     ) -> Result<(), Ended> {
-        let existed = filters
-            .iter()
-            .map(|raw| {
-                let before = self.subscriptions.len();
-                self.subscriptions.retain(|s| s.filter.mqtt != *raw);
-                self.subscriptions.len() < before
-            })
-            .collect();
+        let mut existed = Vec::with_capacity(filters.len());
+        for raw in &filters {
+            let before = self.subscriptions.len();
+            self.subscriptions.retain(|s| s.filter.mqtt != *raw);
+            let mut found = self.subscriptions.len() < before;
+            if let Some(i) = self.shares.iter().position(|s| s.raw == *raw) {
+                self.shares.remove(i).membership.leave().await;
+                found = true;
+            }
+            existed.push(found);
+        }
         if self.session_expiry.is_some() {
             self.store_session().await;
         }
@@ -203,7 +295,7 @@ impl Connection {
 
     /// Encodes the next deliveries the window and a write have room for; `None` when
     /// there is nothing to send now.
-    pub(super) fn pump(&mut self) -> Result<Option<Bytes>, Ended> {
+    pub(super) async fn pump(&mut self) -> Result<Option<Bytes>, Ended> {
         while let Some(delivery) = self.pending.front() {
             if delivery.qos != QoS::AtMostOnce && self.room() == 0 {
                 break;
@@ -213,6 +305,10 @@ impl Connection {
             if self.out.len() >= MAX_WRITE {
                 return Ok(Some(self.out.split().freeze()));
             }
+        }
+        self.pump_shares().await?;
+        if self.out.len() >= MAX_WRITE {
+            return Ok(Some(self.out.split().freeze()));
         }
         let storage = self.shared.broker.storage().clone();
         for i in 0..self.subscriptions.len() {
@@ -247,15 +343,11 @@ impl Connection {
             let (id, qos) = (sub.id, sub.options.qos);
             let name = topic::mqtt_name(log.name().as_str());
             for record in records {
-                let published = record
-                    .header(headers::QOS)
-                    .and_then(|v| v.first())
-                    .map_or(2, |b| b.wrapping_sub(b'0'));
                 self.deliver(Delivery {
                     topic: name.clone(),
-                    qos: lower(qos, published),
+                    qos: lower(qos, published_qos(&record)),
                     retain: false,
-                    source: Some((id, log.id(), record.offset)),
+                    source: Source::Record(id, log.id(), record.offset),
                     headers: record.headers,
                     payload: record.payload,
                 });
@@ -265,6 +357,58 @@ impl Connection {
             }
         }
         Ok((!self.out.is_empty()).then(|| self.out.split().freeze()))
+    }
+
+    /// Takes what the groups of shared subscriptions assign, as the window allows.
+    async fn pump_shares(&mut self) -> Result<(), Ended> {
+        for i in 0..self.shares.len() {
+            let room = match self.shares[i].qos {
+                QoS::AtMostOnce => QOS0_BATCH as usize,
+                _ => self.room(),
+            };
+            let share = &mut self.shares[i];
+            let deliveries = share.membership.take(room).await.map_err(|e| {
+                Ended::Refused(Refusal::new(
+                    Reason::ImplementationSpecificError,
+                    format!("shared subscription `{}`: {e}", share.raw),
+                ))
+            })?;
+            if deliveries.is_empty() {
+                continue;
+            }
+            let (id, qos) = (share.id, share.qos);
+            let mut read = Vec::with_capacity(deliveries.len());
+            for assignment in share.membership.read(&deliveries) {
+                let assignment = assignment.map_err(|e| {
+                    Ended::Refused(Refusal::new(
+                        Reason::UnspecifiedError,
+                        format!("storage: {e}"),
+                    ))
+                })?;
+                read.push(assignment);
+            }
+            let mut delivered_at_qos0 = Vec::new();
+            for assignment in read {
+                let topic_name = assignment.log.name().to_string();
+                let record = assignment.record;
+                let qos = lower(qos, published_qos(&record));
+                if qos == QoS::AtMostOnce {
+                    delivered_at_qos0.push((topic_name.clone(), record.offset, Action::Ack));
+                }
+                self.deliver(Delivery {
+                    topic: topic::mqtt_name(&topic_name),
+                    qos,
+                    retain: false,
+                    source: Source::Share(id, topic_name, record.offset),
+                    headers: record.headers,
+                    payload: record.payload,
+                });
+            }
+            if !delivered_at_qos0.is_empty() {
+                self.shares[i].membership.settle(delivered_at_qos0).await;
+            }
+        }
+        Ok(())
     }
 
     /// Encodes one delivery; one the client would not take (over its maximum packet
@@ -279,7 +423,7 @@ impl Connection {
                     Inflight {
                         qos,
                         received: false,
-                        source: delivery.source,
+                        source: delivery.source.clone(),
                     },
                 );
                 Some(id)
@@ -323,36 +467,60 @@ impl Connection {
     }
 
     /// PUBACK, PUBREC (`received`) or PUBCOMP for delivery `id`; whether to answer
-    /// with PUBREL.
-    pub(super) fn acked(&mut self, id: u16, received: bool) -> bool {
+    /// with PUBREL. A shared subscription's record is acknowledged to its group once
+    /// delivered (PUBACK, or PUBREC for QoS 2).
+    pub(super) async fn acked(&mut self, id: u16, received: bool) -> bool {
         let persistent = self.session_expiry.is_some();
-        match self.inflight.get_mut(&id) {
+        let (answer, delivered) = match self.inflight.get_mut(&id) {
             Some(inflight) if received && inflight.qos == QoS::ExactlyOnce => {
                 // Delivered: only the release is left.
                 inflight.received = true;
-                inflight.source = None;
-                self.dirty |= persistent;
-                true
+                (
+                    true,
+                    std::mem::replace(&mut inflight.source, Source::Retained),
+                )
             }
             Some(_) => {
-                self.inflight.remove(&id);
-                self.dirty |= persistent;
-                false
+                let inflight = self.inflight.remove(&id).expect("looked it up");
+                (false, inflight.source)
             }
             // PUBREC for an id not in flight: released already.
-            None => received,
+            None => return received,
+        };
+        match delivered {
+            Source::Share(share, topic, offset) => self.settle_share(share, topic, offset).await,
+            Source::Record(..) => self.dirty |= persistent,
+            Source::Retained => {}
+        }
+        answer
+    }
+
+    async fn settle_share(&mut self, share: u64, topic: String, offset: u64) {
+        if let Some(share) = self.shares.iter().find(|s| s.id == share) {
+            share
+                .membership
+                .settle([(topic, offset, Action::Ack)])
+                .await;
         }
     }
 
     /// Takes up a parked persistent session: its subscriptions read on from where
-    /// they were acknowledged, topics created since from their start.
-    pub(super) fn resume(&mut self, parked: StoredSession) {
+    /// they were acknowledged, topics created since from their start; its shared
+    /// subscriptions join their groups again.
+    pub(super) async fn resume(&mut self, parked: StoredSession) {
         self.awaiting = Awaiting {
             producer: parked.producer,
             next_sequence: parked.next_sequence,
             ids: parked.awaiting_release.into_iter().collect(),
         };
         for stored in parked.subscriptions {
+            let qos = QoS::try_from(stored.qos).unwrap_or(QoS::AtLeastOnce);
+            if let Some(shared) = stored.filter.strip_prefix("$share/") {
+                if let Err(refusal) = self.add_share(&stored.filter, shared, qos).await {
+                    warn!(filter = %stored.filter, %refusal, "a stored shared subscription is dropped");
+                }
+                continue;
+            }
             let filter = match topic::filter(&stored.filter) {
                 Ok(filter) => filter,
                 Err(refusal) => {
@@ -374,7 +542,7 @@ impl Connection {
                 id: self.next_subscription,
                 filter,
                 options: SubOptions {
-                    qos: QoS::try_from(stored.qos).unwrap_or(QoS::AtLeastOnce),
+                    qos,
                     no_local: false,
                     retain_as_published: stored.retain_as_published,
                     retain_handling: 0,
@@ -399,9 +567,12 @@ impl Connection {
                         let unacked = self
                             .inflight
                             .values()
-                            .filter_map(|f| f.source)
-                            .filter(|(s, t, _)| *s == sub.id && *t == p.topic_id)
-                            .map(|(_, _, offset)| offset)
+                            .filter_map(|f| match f.source {
+                                Source::Record(s, t, offset) if s == sub.id && t == p.topic_id => {
+                                    Some(offset)
+                                }
+                                _ => None,
+                            })
                             .min();
                         let next = unacked.map_or(p.next, |o| o.min(p.next));
                         (p.topic, p.topic_id, next)
@@ -414,6 +585,12 @@ impl Connection {
                     positions,
                 }
             })
+            .chain(self.shares.iter().map(|share| StoredSubscription {
+                filter: share.raw.clone(),
+                qos: share.qos.value(),
+                retain_as_published: false,
+                positions: Vec::new(),
+            }))
             .collect();
         StoredSession {
             expiry_secs: self.session_expiry.unwrap_or(0),
@@ -424,6 +601,14 @@ impl Connection {
             next_sequence: self.awaiting.next_sequence,
         }
     }
+}
+
+/// The QoS a record was published with (`mqtt-qos`); 2 for a record from QUIC.
+fn published_qos(record: &Record) -> u8 {
+    record
+        .header(headers::QOS)
+        .and_then(|v| v.first())
+        .map_or(2, |b| b.wrapping_sub(b'0'))
 }
 
 /// The lower of a subscription's QoS and a message's.
