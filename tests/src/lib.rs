@@ -7,6 +7,7 @@
 pub mod crash;
 pub mod disk;
 pub mod live;
+pub mod mqtt;
 pub mod nats;
 pub mod raw;
 pub mod relay;
@@ -157,6 +158,60 @@ pub struct Broker {
     addr: String,
     cert: PathBuf,
     data: PathBuf,
+    /// The MQTT listeners the ready line names (`--mqtt`, `--mqtt-tls`).
+    mqtt: Option<String>,
+    mqtt_tls: Option<String>,
+}
+
+/// What a broker's ready line says:
+///
+/// ```text
+/// quiver 0.1.0 listening on ADDR (data dir D, certificate C[, mqtt A][, mqtt-tls B])
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ready {
+    addr: String,
+    cert: PathBuf,
+    mqtt: Option<String>,
+    mqtt_tls: Option<String>,
+}
+
+impl Ready {
+    /// Parses a ready line; `None` for any other line.
+    fn parse(line: &str) -> Option<Self> {
+        let rest = line.split("listening on ").nth(1)?;
+        let addr = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let mut ready = Self {
+            addr,
+            cert: PathBuf::new(),
+            mqtt: None,
+            mqtt_tls: None,
+        };
+        // The certificate path ends at the first ", " or ")".
+        if let Some(cert) = line.split("certificate ").nth(1) {
+            let end = [cert.find(", "), cert.find(')')]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(cert.len());
+            ready.cert = PathBuf::from(&cert[..end]);
+        }
+        let details = rest
+            .split_once('(')
+            .map_or("", |(_, inner)| inner.trim_end().trim_end_matches(')'));
+        for part in details.split(", ") {
+            if let Some(addr) = part.strip_prefix("mqtt-tls ") {
+                ready.mqtt_tls = Some(addr.trim().to_owned());
+            } else if let Some(addr) = part.strip_prefix("mqtt ") {
+                ready.mqtt = Some(addr.trim().to_owned());
+            }
+        }
+        Some(ready)
+    }
 }
 
 /// A CLI process running in the background; killed if dropped while running (so a
@@ -256,11 +311,13 @@ impl Broker {
         let mut child = command.spawn().expect("the quiver binary starts");
         let logged = forward_stderr(&mut child);
         match wait_for_ready_line(&mut child) {
-            Some((addr, cert)) => Ok(Self {
+            Some(ready) => Ok(Self {
                 child,
-                addr,
-                cert,
+                addr: ready.addr,
+                cert: ready.cert,
                 data: data.path().to_owned(),
+                mqtt: ready.mqtt,
+                mqtt_tls: ready.mqtt_tls,
             }),
             None => {
                 let status = child.wait().expect("the broker is reaped");
@@ -277,6 +334,28 @@ impl Broker {
     /// The address it listens on (`127.0.0.1:port`).
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The MQTT listener's TCP address (`127.0.0.1:port`), from the ready line of a
+    /// broker started with `--mqtt` ([`mqtt::MQTT_ARGS`]).
+    pub fn mqtt_addr(&self) -> &str {
+        self.mqtt.as_deref().unwrap_or_else(|| {
+            panic!(
+                "this broker has no MQTT listener: start it with `--mqtt 127.0.0.1:0` \
+                 (quiver_tests::mqtt::MQTT_ARGS)"
+            )
+        })
+    }
+
+    /// The MQTT-over-TLS listener's address, from the ready line of a broker started
+    /// with `--mqtt-tls` ([`mqtt::MQTT_TLS_ARGS`]).
+    pub fn mqtt_tls_addr(&self) -> &str {
+        self.mqtt_tls.as_deref().unwrap_or_else(|| {
+            panic!(
+                "this broker has no MQTT-over-TLS listener: start it with \
+                 `--mqtt-tls 127.0.0.1:0` (quiver_tests::mqtt::MQTT_TLS_ARGS)"
+            )
+        })
     }
 
     /// The certificate clients trust.
@@ -403,18 +482,15 @@ fn forward_stderr(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
-/// Reads stdout until the ready line and returns the bound address and the
-/// certificate it names; `None` if the broker exits first.
-fn wait_for_ready_line(child: &mut Child) -> Option<(String, PathBuf)> {
+/// Reads stdout until the ready line and returns what it says (the bound address, the
+/// certificate, the MQTT listeners); `None` if the broker exits first.
+fn wait_for_ready_line(child: &mut Child) -> Option<Ready> {
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
         for line in lines.by_ref().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap_or_default();
-                let cert = line.split("certificate ").nth(1).unwrap_or_default();
-                let ready = (addr.to_owned(), PathBuf::from(cert.trim_end_matches(')')));
+            if let Some(ready) = Ready::parse(&line) {
                 let _ = tx.send(Some(ready));
                 // Keep draining so the broker never blocks on a full pipe.
                 for _ in lines.by_ref() {}
@@ -556,6 +632,14 @@ pub fn issue_certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) 
 /// A CA and a client certificate it issued for `cn`, as PEM files in `dir`: (CA,
 /// certificate, key).
 pub fn client_certificate(dir: &Path, cn: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca, mut issued) = client_certificates(dir, &[cn]);
+    let (cert, key) = issued.remove(0);
+    (ca, cert, key)
+}
+
+/// A CA and a client certificate it issued for each of `cns`, as PEM files in `dir`:
+/// the CA, and (certificate, key) per name, in order.
+pub fn client_certificates(dir: &Path, cns: &[&str]) -> (PathBuf, Vec<(PathBuf, PathBuf)>) {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
         IsCa, KeyPair,
@@ -567,20 +651,23 @@ pub fn client_certificate(dir: &Path, cn: &str) -> (PathBuf, PathBuf, PathBuf) {
         .push(DnType::CommonName, "quiver test CA");
     let ca =
         CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("a key")).expect("a CA");
-    let key = KeyPair::generate().expect("a key");
-    let mut params = CertificateParams::new(Vec::new()).expect("client parameters");
-    params.distinguished_name.push(DnType::CommonName, cn);
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &ca).expect("a client certificate");
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join(format!("{cn}.pem")),
-        dir.join(format!("{cn}.key")),
-    );
-    std::fs::write(&paths.0, ca.pem()).expect("written");
-    std::fs::write(&paths.1, cert.pem()).expect("written");
-    std::fs::write(&paths.2, key.serialize_pem()).expect("written");
-    paths
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).expect("written");
+    let issued = cns
+        .iter()
+        .map(|cn| {
+            let key = KeyPair::generate().expect("a key");
+            let mut params = CertificateParams::new(Vec::new()).expect("client parameters");
+            params.distinguished_name.push(DnType::CommonName, *cn);
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let cert = params.signed_by(&key, &ca).expect("a client certificate");
+            let paths = (dir.join(format!("{cn}.pem")), dir.join(format!("{cn}.key")));
+            std::fs::write(&paths.0, cert.pem()).expect("written");
+            std::fs::write(&paths.1, key.serialize_pem()).expect("written");
+            paths
+        })
+        .collect();
+    (ca_path, issued)
 }
 
 /// Creates a link on `broker` with `quiver link create ARGS…`; its standard output.
@@ -715,5 +802,46 @@ impl Broker {
     /// printing its ready line.
     pub fn try_launch(data: &DataDir, args: &[&str], env: Env<'_>) -> Result<Self, Refused> {
         Self::spawn(Self::serve_command(data, "127.0.0.1:0", args, env), data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ready_line_is_parsed_with_and_without_mqtt() {
+        let plain = Ready::parse(
+            "quiver 0.1.0 listening on 127.0.0.1:4433 (data dir /tmp/x/quiver-data, \
+             certificate /tmp/x/quiver-data/tls/cert.pem)",
+        )
+        .unwrap();
+        assert_eq!(plain.addr, "127.0.0.1:4433");
+        assert_eq!(plain.cert, Path::new("/tmp/x/quiver-data/tls/cert.pem"));
+        assert_eq!((plain.mqtt, plain.mqtt_tls), (None, None));
+
+        let mqtt = Ready::parse(
+            "quiver 0.1.0 listening on 127.0.0.1:4433 (data dir /d, certificate /c.pem, \
+             mqtt 127.0.0.1:1883, mqtt-tls 127.0.0.1:8883)",
+        )
+        .unwrap();
+        assert_eq!(mqtt.addr, "127.0.0.1:4433");
+        assert_eq!(mqtt.cert, Path::new("/c.pem"));
+        assert_eq!(mqtt.mqtt.as_deref(), Some("127.0.0.1:1883"));
+        assert_eq!(mqtt.mqtt_tls.as_deref(), Some("127.0.0.1:8883"));
+
+        let tls_only = Ready::parse(
+            "quiver 0.1.0 listening on [::1]:7848 (data dir /d, certificate /c.pem, \
+             mqtt-tls [::1]:8883)",
+        )
+        .unwrap();
+        assert_eq!(tls_only.addr, "[::1]:7848");
+        assert_eq!(tls_only.cert, Path::new("/c.pem"));
+        assert_eq!(
+            (tls_only.mqtt, tls_only.mqtt_tls.as_deref()),
+            (None, Some("[::1]:8883"))
+        );
+
+        assert_eq!(Ready::parse("INFO quiver: opening storage"), None);
     }
 }

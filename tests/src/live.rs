@@ -83,7 +83,8 @@ pub fn numbered_lines(prefix: &str, n: usize) -> Vec<u8> {
     out
 }
 
-/// A `quiver` command running in the background; killed if dropped while running.
+/// A `quiver` command (or another client: [`LiveCli::spawn_command`]) running in the
+/// background; killed if dropped while running.
 #[derive(Debug)]
 pub struct LiveCli {
     child: Child,
@@ -113,7 +114,17 @@ impl LiveCli {
             .args(args)
             .current_dir(cwd)
             .env_remove("QUIVER_SERVER")
-            .env_remove("QUIVER_CA")
+            .env_remove("QUIVER_CA");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        Self::spawn_command(command, stdout, stdin)
+    }
+
+    /// Starts `command` (any program: the MQTT tests' clients) the same way: its stdout
+    /// goes to `stdout`, its stderr is collected, and it reads `stdin` (none: empty).
+    pub fn spawn_command(mut command: Command, stdout: Lines, stdin: Option<Vec<u8>>) -> Self {
+        command
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -121,10 +132,12 @@ impl LiveCli {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("the quiver binary starts");
+        let mut child = command.spawn().unwrap_or_else(|e| {
+            panic!(
+                "{} does not start: {e}",
+                Path::new(command.get_program()).display()
+            )
+        });
         let stderr = Lines::default();
         let (closing, closed) = mpsc::channel();
         let readers = vec![
