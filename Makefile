@@ -131,6 +131,7 @@ fuzz-smoke: fuzz-tools
 	done
 	set -e; cd fuzz && for target in plugin_outcomes mqtt_packets; do \
 		mkdir -p target/smoke-corpus/$$target; \
+		mkdir -p corpus/$$target; \
 		$(CARGO) fuzz run -s none --dev --features host $$target \
-			target/smoke-corpus/$$target -- -max_total_time=$(FUZZ_SECONDS); \
+			target/smoke-corpus/$$target corpus/$$target -- -max_total_time=$(FUZZ_SECONDS); \
 	done

@@ -675,6 +675,33 @@ mod tests {
     }
 
     #[test]
+    fn the_example_auto_create_block_is_valid() {
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../quiver.example.toml"),
+        )
+        .unwrap_or_default();
+        let block: String = example
+            .lines()
+            .skip_while(|line| *line != "# [[mqtt.auto_create]]")
+            .take_while(|line| line.starts_with("# "))
+            .map(|line| format!("{}\n", &line[2..]))
+            .collect();
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("q.toml", &block)?;
+            let config = Config::load(Some(Path::new("q.toml")), &Overrides::default())
+                .map_err(|e| e.to_string())?;
+            let [rule] = config.mqtt.auto_create.as_slice() else {
+                return Err(format!("one rule expected in {block}").into());
+            };
+            assert_eq!(rule.pattern, "sensors.>");
+            assert_eq!(rule.max_records, Some(10_000_000));
+            assert_eq!(rule.durability.as_deref(), Some("batched"));
+            assert_eq!(rule.flush_interval, Some(Duration::from_millis(100)));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn layers_override_in_order() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

@@ -7,6 +7,7 @@
 //! - `own_broker`: the broker the bench starts for itself;
 //! - `restart`: the restart scenario, a client riding through restarts of that broker;
 //! - `link`: the link scenario, an edge and a hub of the bench's own and a link between;
+//! - `mqtt`: MQTT devices against the bench's own broker and against mosquitto;
 //! - this module: the scenarios and their [`Report`].
 //!
 //! Every run is bounded: by `count` records and by `time_limit`, whichever comes
@@ -17,6 +18,7 @@
 
 pub mod link;
 mod load;
+pub mod mqtt;
 pub mod own_broker;
 pub mod restart;
 
@@ -51,6 +53,9 @@ pub enum Scenario {
     /// Two brokers of the bench's own and a link between them: catch-up, latency
     /// through the link, and its cost to the edge's publishes (run by [`link::run`]).
     Link,
+    /// MQTT devices publishing at QoS 1 and a subscriber, against the bench's own
+    /// broker and against mosquitto in the same run (run by [`mqtt::run`]).
+    Mqtt,
 }
 
 /// How a run is shaped.
@@ -249,6 +254,7 @@ pub async fn run(settings: Settings, connector: Arc<dyn Connector>) -> anyhow::R
             Scenario::Plugin => plugin(&settings, &connector, &admin, &topics, &suffix).await,
             Scenario::Restart => bail!("the restart scenario is run by bench::restart::run"),
             Scenario::Link => bail!("the link scenario is run by bench::link::run"),
+            Scenario::Mqtt => bail!("the mqtt scenario is run by bench::mqtt::run"),
         }
     }
     .await;

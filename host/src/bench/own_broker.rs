@@ -22,7 +22,10 @@ pub struct OwnBroker {
     pub addr: String,
     /// The certificate clients trust.
     pub cert: PathBuf,
+    /// Its MQTT address, when started with `--mqtt`.
+    pub mqtt: Option<String>,
     data: PathBuf,
+    args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -38,14 +41,22 @@ pub enum Stop {
 impl OwnBroker {
     /// Starts `quiver serve` on a fresh temp dir and waits for its ready line.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts `quiver serve` with `args` added (`--mqtt 127.0.0.1:0`, say).
+    pub fn start_with(args: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir().context("creating a temp dir for the bench's broker")?;
         let data = dir.path().join("data");
-        let (child, addr, _) = spawn(&data, "127.0.0.1:0")?;
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (child, ready) = spawn(&data, "127.0.0.1:0", &args)?;
         Ok(Self {
             child,
-            addr,
+            addr: ready.addr,
             cert: data.join("tls").join("cert.pem"),
+            mqtt: ready.mqtt,
             data,
+            args,
             _dir: dir,
         })
     }
@@ -72,10 +83,10 @@ impl OwnBroker {
         if stop == Stop::Term && !status.success() {
             bail!("the bench's broker did not stop cleanly: {status}");
         }
-        let (child, addr, ready) = spawn(&self.data, &self.addr)?;
+        let (child, ready) = spawn(&self.data, &self.addr, &self.args)?;
         self.child = child;
-        self.addr = addr;
-        Ok(ready)
+        self.addr = ready.addr;
+        Ok(ready.at)
     }
 
     /// CPU time the broker has used (user and system), where /proc tells it.
@@ -113,13 +124,21 @@ impl Drop for OwnBroker {
     }
 }
 
-/// Starts `quiver serve` on `data`, listening on `listen`; returns it, its address and
-/// when its ready line came.
-fn spawn(data: &Path, listen: &str) -> anyhow::Result<(Child, String, Instant)> {
+/// What a ready line says.
+struct Ready {
+    addr: String,
+    mqtt: Option<String>,
+    at: Instant,
+}
+
+/// Starts `quiver serve` on `data`, listening on `listen`, with `args` added; returns
+/// it and what its ready line said.
+fn spawn(data: &Path, listen: &str, args: &[String]) -> anyhow::Result<(Child, Ready)> {
     let exe = std::env::current_exe().context("finding the quiver binary")?;
     let mut child = Command::new(exe)
         .args(["serve", "--listen", listen, "--data"])
         .arg(data)
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -132,12 +151,22 @@ fn spawn(data: &Path, listen: &str) -> anyhow::Result<(Child, String, Instant)> 
         let mut lines = BufReader::new(stdout).lines();
         for line in lines.by_ref().map_while(Result::ok) {
             if let Some(rest) = line.split("listening on ").nth(1) {
+                let word_after = |marker: &str| {
+                    let rest = line.split(marker).nth(1)?;
+                    let word = rest.split([',', ')', ' ']).next()?;
+                    Some(word.to_owned())
+                };
                 let addr = rest
                     .split_whitespace()
                     .next()
                     .unwrap_or_default()
                     .to_owned();
-                let _ = tx.send(Some((addr, Instant::now())));
+                let mqtt = word_after(", mqtt ");
+                let _ = tx.send(Some(Ready {
+                    addr,
+                    mqtt,
+                    at: Instant::now(),
+                }));
                 // Keep draining so the broker never blocks on a full pipe.
                 for _ in lines.by_ref() {}
                 return;
@@ -146,7 +175,7 @@ fn spawn(data: &Path, listen: &str) -> anyhow::Result<(Child, String, Instant)> 
         let _ = tx.send(None);
     });
     match rx.recv_timeout(READY_TIMEOUT) {
-        Ok(Some((addr, ready))) => Ok((child, addr, ready)),
+        Ok(Some(ready)) => Ok((child, ready)),
         Ok(None) => bail!("the bench's broker exited before it was ready"),
         Err(_) => bail!("the bench's broker was not ready within {READY_TIMEOUT:?}"),
     }

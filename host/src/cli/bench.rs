@@ -24,9 +24,21 @@ pub(super) struct BenchArgs {
     /// publishing while the bench's own broker restarts (--restarts times with SIGTERM,
     /// as many with SIGKILL), how soon it is back; link: an edge and a hub of the
     /// bench's own, the catch-up of a backlog of --count records, latency through the
-    /// link at --rate (default 5,000/s), and the link's cost to the edge's publishes.
+    /// link at --rate (default 5,000/s), and the link's cost to the edge's publishes;
+    /// mqtt: --devices MQTT clients publishing --count messages at QoS 1 (--window in
+    /// flight each) and one subscriber, against the bench's own broker and against
+    /// mosquitto (persistence on), alternating for --rounds.
     #[arg(value_enum)]
     scenario: Scenario,
+    /// mqtt: device counts to measure, each against both brokers.
+    #[arg(long, value_delimiter = ',', default_value = "1,100")]
+    devices: Vec<usize>,
+    /// mqtt: rounds, each measuring every device count on both brokers.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// mqtt: the mosquitto broker binary (`make bench-tools` installs Debian's).
+    #[arg(long, default_value = "/usr/sbin/mosquitto")]
+    mosquitto: PathBuf,
     /// Restarts of each kind (restart).
     #[arg(long, default_value_t = 10)]
     restarts: usize,
@@ -110,6 +122,9 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.scenario == Scenario::Restart {
         return restart(&args).await;
     }
+    if args.scenario == Scenario::Mqtt {
+        return mqtt(&args).await;
+    }
     let plugin = match args.scenario {
         Scenario::Plugin => Some(
             std::fs::read(&args.plugin)
@@ -127,7 +142,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Publish | Scenario::Plugin => 0,
         Scenario::Fanout => 4,
         Scenario::E2e | Scenario::Group => 1,
-        Scenario::Restart | Scenario::Link => 0,
+        Scenario::Restart | Scenario::Link | Scenario::Mqtt => 0,
     };
     let settings = Settings {
         scenario: args.scenario,
@@ -210,6 +225,43 @@ async fn restart(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The mqtt scenario: the bench's own broker against mosquitto.
+async fn mqtt(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.server.is_some() {
+        bail!("the mqtt scenario runs its own broker and mosquitto: leave out --server");
+    }
+    if args.devices.is_empty() || args.devices.contains(&0) || args.rounds == 0 {
+        bail!("--devices needs counts of at least 1, and --rounds at least 1");
+    }
+    let settings = bench::mqtt::MqttBench {
+        devices: args.devices.clone(),
+        count: args.count,
+        size: usize::try_from(args.size.as_u64()).context("--size is too large")?,
+        window: u16::try_from(args.window.clamp(1, usize::from(u16::MAX))).unwrap_or(u16::MAX),
+        rounds: args.rounds,
+        time_limit: args.time_limit,
+        mosquitto: args.mosquitto.clone(),
+    };
+    println!(
+        "mqtt: {} messages of {} per measurement at QoS 1, {} in flight per device, one \
+         subscriber on bench/#, {} rounds",
+        args.count,
+        ByteSize::b(args.size.as_u64()),
+        settings.window,
+        args.rounds
+    );
+    let measurements = bench::mqtt::run(&settings).await?;
+    if args.json {
+        let all: Vec<_> = measurements.iter().map(|m| m.json()).collect();
+        println!("{}", serde_json::Value::Array(all));
+    } else {
+        for measurement in &measurements {
+            println!("{}", measurement.text());
+        }
+    }
+    Ok(())
+}
+
 /// The report as a few lines of text.
 fn text(report: &Report, rss_kib: Option<u64>) -> String {
     let s = &report.settings;
@@ -259,9 +311,11 @@ fn text(report: &Report, rss_kib: Option<u64>) -> String {
     let h = &report.latency;
     let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
     let what = match report.scenario {
-        Scenario::Publish | Scenario::Plugin | Scenario::Restart | Scenario::Link => {
-            "publish to ack"
-        }
+        Scenario::Publish
+        | Scenario::Plugin
+        | Scenario::Restart
+        | Scenario::Link
+        | Scenario::Mqtt => "publish to ack",
         _ => "publish to receive",
     };
     out.push_str(&format!(
