@@ -11,7 +11,7 @@ EXAMPLE_PLUGINS := plugins/target/$(WASM)/release
 
 run: example-plugins
 	$(CARGO) build --release --package quiver-host --bin quiver
-	./target/release/quiver serve --plugin-dir $(EXAMPLE_PLUGINS)
+	./target/release/quiver serve --plugin-dir $(EXAMPLE_PLUGINS) --mqtt 127.0.0.1:1883
 
 # The integration tests start target/debug/quiver, run the SDK examples, and deploy
 # the example and test plugins, so all of them are built first.

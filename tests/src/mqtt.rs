@@ -663,6 +663,29 @@ pub mod packet {
         packet(0x10, &body)
     }
 
+    /// A 3.1.1 CONNECT without clean session (a persistent session), keep-alive 60 s.
+    pub fn connect_persistent(client_id: &str) -> Vec<u8> {
+        let mut body = string("MQTT");
+        body.push(4);
+        body.push(0x00);
+        body.extend_from_slice(&60u16.to_be_bytes());
+        body.extend(string(client_id));
+        packet(0x10, &body)
+    }
+
+    /// A 3.1.1 QoS 2 PUBLISH with packet id `id`, DUP set when `dup` (sent again).
+    pub fn publish_qos2(topic: &str, payload: &[u8], id: u16, dup: bool) -> Vec<u8> {
+        let mut body = string(topic);
+        body.extend_from_slice(&id.to_be_bytes());
+        body.extend_from_slice(payload);
+        packet(if dup { 0x3C } else { 0x34 }, &body)
+    }
+
+    /// PUBREL for packet id `id`.
+    pub fn pubrel(id: u16) -> Vec<u8> {
+        packet(0x62, &id.to_be_bytes())
+    }
+
     /// A QoS 0 PUBLISH of `payload` to `topic` (an MQTT topic name); `v5` adds the
     /// (empty) properties.
     pub fn publish(topic: &str, payload: &[u8], v5: bool) -> Vec<u8> {

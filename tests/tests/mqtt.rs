@@ -529,6 +529,119 @@ fn persistent_sessions_get_what_they_missed_and_clean_ones_do_not() {
 }
 
 #[test]
+fn a_persistent_session_and_its_position_survive_kill_9() {
+    let data = DataDir::new();
+    let broker = mqtt::start(&data);
+    mqtt::create_topics(&broker, &data, &["inbox.dev"], &[]);
+    let args = [
+        "--client-id",
+        "survivor",
+        "--topic",
+        "inbox/dev",
+        "--qos",
+        "1",
+        "--persistent",
+    ];
+    let mut leave = client(broker.mqtt_addr(), "3.1.1", &args);
+    leave.extend_from_slice(&["--count", "0"]);
+    paho_ok("sub.py", &leave);
+    let broker = mqtt::restart(broker, &data, Stop::Kill, &[]);
+    let sent = paho_ok(
+        "pub.py",
+        &client(
+            broker.mqtt_addr(),
+            "3.1.1",
+            &[
+                "--topic",
+                "inbox/dev",
+                "--qos",
+                "1",
+                "--count",
+                "3",
+                "--prefix",
+                "while-away",
+            ],
+        ),
+    );
+    assert_eq!(acked(&sent).len(), 3);
+    let mut back = client(broker.mqtt_addr(), "3.1.1", &args);
+    back.extend_from_slice(&["--no-subscribe", "--count", "3"]);
+    let again = paho_ok("sub.py", &back);
+    assert_eq!(
+        one(&again, "connected")["session_present"],
+        true,
+        "stored, and loaded"
+    );
+    assert_eq!(
+        event_payloads(&of(&again, "message")),
+        numbered("while-away", 3)
+    );
+}
+
+#[test]
+fn a_qos2_publish_sent_again_after_kill_9_is_stored_once() {
+    let data = DataDir::new();
+    let broker = mqtt::start(&data);
+    mqtt::create_topics(&broker, &data, &["once"], &[]);
+    // PUBLISH at QoS 2 in a persistent session, and go before PUBREL: the broker has
+    // the record (PUBREC) and must not store it again when it comes back.
+    let first = raw(
+        broker.mqtt_addr(),
+        &[
+            Step::Send(packet::connect_persistent("exactly")),
+            Step::Packets(1),
+            Step::Send(packet::publish_qos2("once", b"only-once", 7, false)),
+            Step::Packets(2),
+        ],
+        Duration::from_millis(200),
+    );
+    let packets = first.packets();
+    assert_eq!(
+        packets.get(1),
+        Some(&(0x50, vec![0, 7])),
+        "PUBREC 7: {packets:?}"
+    );
+    let broker = mqtt::restart(broker, &data, Stop::Kill, &[]);
+    // Back: the same PUBLISH again (DUP), then PUBREL.
+    let again = raw(
+        broker.mqtt_addr(),
+        &[
+            Step::Send(packet::connect_persistent("exactly")),
+            Step::Packets(1),
+            Step::Send(packet::publish_qos2("once", b"only-once", 7, true)),
+            Step::Packets(2),
+            Step::Send(packet::pubrel(7)),
+            Step::Packets(3),
+            // A new PUBLISH reusing the released id is a new message.
+            Step::Send(packet::publish_qos2("once", b"a-new-one", 7, false)),
+            Step::Packets(4),
+            Step::Send(packet::pubrel(7)),
+            Step::Packets(5),
+        ],
+        Duration::from_millis(200),
+    );
+    let packets = again.packets();
+    assert_eq!(
+        packets,
+        [
+            (packet::CONNACK, vec![1, 0]),
+            (0x50, vec![0, 7]),
+            (0x70, vec![0, 7]),
+            (0x50, vec![0, 7]),
+            (0x70, vec![0, 7]),
+        ],
+        "session present, PUBREC, PUBCOMP, PUBREC, PUBCOMP"
+    );
+    let stored = payloads(&quiver_sub(&broker, &data, "once", 2, &[]));
+    assert_eq!(
+        stored,
+        ["only-once", "a-new-one"],
+        "the retry stored nothing"
+    );
+    assert_eq!(mqtt::records(&broker, &data, "once", &[]), 2);
+}
+
+#[test]
 fn a_shared_subscription_splits_the_messages_between_its_members() {
     let data = DataDir::new();
     let broker = mqtt::start(&data);

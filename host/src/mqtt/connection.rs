@@ -117,7 +117,10 @@ pub(super) async fn serve(
     if codec.encode(Outbound::ConnAck(ack), &mut out).is_err()
         || writer.write_all(&out.split()).await.is_err()
     {
-        shared.sessions.disconnected(holder, None, None).await;
+        shared
+            .sessions
+            .disconnected(holder, None, false, None)
+            .await;
         return;
     }
     if let Some(max) = connect.max_packet_size {
@@ -142,6 +145,7 @@ pub(super) async fn serve(
         outbox,
     );
     if let Some(parked) = parked {
+        conn.stored = true;
         conn.resume(parked).await;
     }
     info!(parent: &span, version = ?conn.version, session_present, keep_alive, "connected");
@@ -163,8 +167,12 @@ pub(super) async fn serve(
     });
     // Records a shared subscription held go to the group's other members now.
     conn.leave_shares().await;
+    let stored = conn.stored;
     let session = conn.into_session();
-    shared.sessions.disconnected(holder, session, will).await;
+    shared
+        .sessions
+        .disconnected(holder, session, stored, will)
+        .await;
     // The writer sends what is queued (a last DISCONNECT) and closes.
     let _ = tokio::time::timeout(Duration::from_secs(1), write_task).await;
 }
@@ -347,6 +355,8 @@ pub(super) struct Connection {
     pub(super) out: BytesMut,
     /// The persistent session changed since it was last stored.
     pub(super) dirty: bool,
+    /// The session is in storage (it was stored, or resumed from there).
+    pub(super) stored: bool,
 }
 
 impl Connection {
@@ -379,6 +389,7 @@ impl Connection {
             outbox,
             out: BytesMut::new(),
             dirty: false,
+            stored: false,
             shared,
         }
     }
@@ -599,6 +610,7 @@ impl Connection {
             return;
         }
         let session = self.session();
+        self.stored = true;
         if let Err(e) = self.shared.sessions.store(&self.client_id, &session).await {
             warn!(error = %e, "storing the MQTT session failed; it is kept in memory");
         }

@@ -17,11 +17,10 @@ use std::sync::Arc;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use quiver_protocol::{ErrorCode, Header, NewRecord, PublishId, TopicName, WireError};
-use rmqtt_codec::types::{Publish, QoS};
 use tracing::{info, warn};
 
 use super::connection::{Connection, Ended};
-use super::packet::{Outbound, Reason, Refusal, Version};
+use super::packet::{Outbound, Publish, QoS, Reason, Refusal, Version};
 use super::retained::RetainedMessage;
 use super::{Shared, headers, topic};
 use crate::auth::{Access, Right};

@@ -17,15 +17,15 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use quiver_protocol::record::decode_shared;
 use quiver_protocol::{GroupSettings, Header, Record, StartAt, TopicName};
-use rmqtt_codec::types::{Publish, QoS};
-use rmqtt_codec::v5::PublishProperties;
 use std::num::NonZeroU16;
 use tracing::{debug, info, warn};
 
 use super::connection::{Connection, Ended};
 use super::headers;
 use super::inbound::Awaiting;
-use super::packet::{Outbound, Reason, Refusal, SubOptions, Version};
+use super::packet::{
+    Outbound, Publish, PublishProperties, QoS, Reason, Refusal, SubOptions, Version,
+};
 use super::session::{StoredSession, StoredSubscription};
 use super::topic::{self, Filter};
 use crate::auth::Right;

@@ -237,12 +237,14 @@ impl Sessions {
     }
 
     /// The connection held by `holder` ended; `session` is its persistent session, to
-    /// park (and store) until the client returns or it expires. `will` runs after
-    /// `will_delay` unless the client returns first.
+    /// park (and store) until the client returns or it expires; `stored` says whether
+    /// one is in storage to forget otherwise. `will` runs after its delay unless the
+    /// client returns first.
     pub(super) async fn disconnected(
         self: &Arc<Self>,
         holder: Holder,
         session: Option<StoredSession>,
+        stored: bool,
         will: Option<(Duration, futures::future::BoxFuture<'static, ()>)>,
     ) {
         let client_id = holder.client_id.clone();
@@ -253,7 +255,7 @@ impl Sessions {
             if let Err(e) = self.store(&client_id, session).await {
                 warn!(%client_id, error = %e, "storing the MQTT session failed; it lives in memory until it expires");
             }
-        } else if let Err(e) = self.forget(&client_id).await {
+        } else if stored && let Err(e) = self.forget(&client_id).await {
             warn!(%client_id, error = %e, "forgetting the MQTT session failed");
         }
         {
