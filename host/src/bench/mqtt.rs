@@ -11,7 +11,10 @@
 //!
 //! What a PUBACK means differs: Quiver sends it once the record is on disk (fsync);
 //! mosquitto once the message is in memory (its persistence file is written at
-//! `autosave_interval` and at shutdown).
+//! `autosave_interval` and at shutdown). mosquitto gets the same window towards the
+//! subscriber as Quiver's default (`max_inflight_messages 64`, as
+//! `mqtt.receive_maximum`) and an unbounded queue (`max_queued_messages 0`: by default
+//! it drops a slow subscriber's messages past 1,000).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -27,7 +30,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS}
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use super::own_broker::OwnBroker;
+use super::own_broker::{OwnBroker, cpu_time};
 
 /// How the mqtt scenario is run.
 #[derive(Debug, Clone)]
@@ -65,6 +68,8 @@ pub struct Measurement {
     pub ack: Histogram<u64>,
     /// Publish to the subscriber, µs.
     pub e2e: Histogram<u64>,
+    /// CPU time the broker spent on the measurement.
+    pub broker_cpu: Option<Duration>,
 }
 
 impl Measurement {
@@ -73,11 +78,16 @@ impl Measurement {
         self.acked as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
+    /// The broker's CPU time per acknowledged message, µs.
+    pub fn cpu_us_per_msg(&self) -> Option<f64> {
+        Some(self.broker_cpu?.as_secs_f64() * 1e6 / self.acked.max(1) as f64)
+    }
+
     /// The measurement as one line of text.
     pub fn text(&self) -> String {
         let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         format!(
-            "  {:<9} {:>3} devices: {:>8.0} msgs/s acked ({} of {} received); PUBACK p50 {:.2} ms p99 {:.2} ms; to subscriber p50 {:.2} ms p99 {:.2} ms",
+            "  {:<9} {:>3} devices: {:>8.0} msgs/s acked ({} of {} received); PUBACK p50 {:.2} ms p99 {:.2} ms; to subscriber p50 {:.2} ms p99 {:.2} ms; broker CPU {} µs/msg",
             self.broker,
             self.devices,
             self.msgs_per_s(),
@@ -87,6 +97,8 @@ impl Measurement {
             ms(&self.ack, 0.99),
             ms(&self.e2e, 0.5),
             ms(&self.e2e, 0.99),
+            self.cpu_us_per_msg()
+                .map_or_else(|| "?".to_owned(), |us| format!("{us:.1}")),
         )
     }
 
@@ -108,6 +120,7 @@ impl Measurement {
             "msgs_per_s": self.msgs_per_s(),
             "puback": q(&self.ack),
             "to_subscriber": q(&self.e2e),
+            "broker_cpu_us_per_msg": self.cpu_us_per_msg(),
         })
     }
 }
@@ -135,18 +148,19 @@ pub async fn run(bench: &MqttBench) -> anyhow::Result<Vec<Measurement>> {
     for round in 0..bench.rounds {
         for &devices in &bench.devices {
             // Alternate which broker goes first.
+            let quiver_side = ("quiver", quiver_mqtt.as_str(), quiver.pid());
+            let mosquitto_side = ("mosquitto", mosquitto.addr.as_str(), mosquitto.child.id());
             let order = match round % 2 {
-                0 => [
-                    ("quiver", quiver_mqtt.as_str()),
-                    ("mosquitto", mosquitto.addr.as_str()),
-                ],
-                _ => [
-                    ("mosquitto", mosquitto.addr.as_str()),
-                    ("quiver", quiver_mqtt.as_str()),
-                ],
+                0 => [quiver_side, mosquitto_side],
+                _ => [mosquitto_side, quiver_side],
             };
-            for (broker, addr) in order {
-                measurements.push(measure(bench, broker, addr, devices, round).await?);
+            for (broker, addr, pid) in order {
+                let cpu_before = cpu_time(pid);
+                let mut measured = measure(bench, broker, addr, devices, round).await?;
+                measured.broker_cpu = cpu_time(pid)
+                    .zip(cpu_before)
+                    .map(|(after, before)| after.saturating_sub(before));
+                measurements.push(measured);
             }
         }
     }
@@ -256,6 +270,7 @@ async fn measure(
         elapsed,
         ack: ack.into_inner(),
         e2e: e2e.into_inner(),
+        broker_cpu: None,
     })
 }
 
@@ -367,7 +382,7 @@ impl Mosquitto {
             &config,
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nlog_dest stderr\nlog_type information\nmax_inflight_messages 0\n\
+                 persistence_location {}/\nlog_dest stderr\nlog_type information\nmax_inflight_messages 64\n\
                  max_queued_messages 0\n",
                 dir.path().display()
             ),

@@ -91,15 +91,7 @@ impl OwnBroker {
 
     /// CPU time the broker has used (user and system), where /proc tells it.
     pub fn cpu_time(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the command name (which may hold spaces, inside parentheses):
-        // utime and stime are the 12th and 13th of them, in clock ticks.
-        let rest = stat.rsplit_once(')')?.1;
-        let mut fields = rest.split_whitespace().skip(11);
-        let utime: u64 = fields.next()?.parse().ok()?;
-        let stime: u64 = fields.next()?.parse().ok()?;
-        // Linux reports these in USER_HZ, 100 on every architecture it supports.
-        Some(Duration::from_millis((utime + stime) * 10))
+        cpu_time(self.child.id())
     }
 
     /// The broker's process id.
@@ -179,6 +171,19 @@ fn spawn(data: &Path, listen: &str, args: &[String]) -> anyhow::Result<(Child, R
         Ok(None) => bail!("the bench's broker exited before it was ready"),
         Err(_) => bail!("the bench's broker was not ready within {READY_TIMEOUT:?}"),
     }
+}
+
+/// CPU time process `pid` has used (user and system), where /proc tells it.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces, inside parentheses):
+    // utime and stime are the 12th and 13th of them, in clock ticks.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // Linux reports these in USER_HZ, 100 on every architecture it supports.
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 /// Keeps every thread of process `pid` on `cpus` (a `taskset` list, `0-2`), with

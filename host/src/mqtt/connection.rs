@@ -34,6 +34,8 @@ use crate::broker::PublishOrder;
 use crate::storage::TopicLog;
 use crate::transport::tcp::ByteStream;
 
+/// Bytes the read buffer makes room for at a time.
+const READ_ROOM: usize = 32 * 1024;
 /// Encoded packets queued for the writer task.
 const OUTBOX: usize = 16;
 /// How often a persistent session's positions are stored while it is connected.
@@ -424,6 +426,11 @@ impl Connection {
             let room = self.room() > 0 || self.has_qos0();
             // Publishes being stored are bounded too: past that, TCP holds the client.
             let reading = self.publishes.len() < usize::from(self.shared.settings.receive_maximum);
+            // Reads fill what is left of the buffer: keep room for many packets (a
+            // full BytesMut would grow by 64 bytes a read).
+            if buf.capacity() - buf.len() < READ_ROOM / 4 {
+                buf.reserve(READ_ROOM);
+            }
             let event = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break Ended::Shutdown,

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use bytestring::ByteString;
 use quiver_protocol::record::decode_shared;
 use quiver_protocol::{GroupSettings, Header, Record, StartAt, TopicName};
@@ -36,6 +36,8 @@ use crate::storage::TopicLog;
 
 /// Bytes of packets encoded for one write, about.
 const MAX_WRITE: usize = 64 * 1024;
+/// Room kept in the write buffer for the next packet (larger ones grow it).
+const MAX_PACKET_GUESS: usize = 4 * 1024;
 /// Records read at once for a QoS 0 subscription.
 const QOS0_BATCH: u32 = 256;
 
@@ -439,13 +441,18 @@ impl Connection {
             payload: delivery.payload,
             properties,
         };
-        let mut scratch = BytesMut::new();
+        // One buffer per write, not one growing by doublings.
+        if self.out.capacity() - self.out.len() < MAX_PACKET_GUESS {
+            self.out.reserve(MAX_WRITE + MAX_PACKET_GUESS);
+        }
+        let before = self.out.len();
         match self
             .codec
-            .encode(Outbound::Publish(Box::new(publish)), &mut scratch)
+            .encode(Outbound::Publish(Box::new(publish)), &mut self.out)
         {
-            Ok(_) => self.out.extend_from_slice(&scratch),
+            Ok(_) => {}
             Err(e) => {
+                self.out.truncate(before);
                 debug!(error = %e, "a message the client would not take was skipped");
                 if let Some(id) = packet_id {
                     self.inflight.remove(&id.get());
