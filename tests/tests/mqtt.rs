@@ -642,6 +642,67 @@ fn a_qos2_publish_sent_again_after_kill_9_is_stored_once() {
 }
 
 #[test]
+fn a_subscriber_that_does_not_acknowledge_gets_no_more_than_its_window() {
+    use std::io::{Read, Write};
+    let data = DataDir::new();
+    let window = 5;
+    let env = [("QUIVER_MQTT__RECEIVE_MAXIMUM", "5")];
+    let broker = mqtt::launch(&data, &[], &env);
+    mqtt::create_topics(&broker, &data, &["window"], &env);
+    let mut socket = std::net::TcpStream::connect(broker.mqtt_addr()).unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    let mut received = Vec::new();
+    // Reads until `n` whole packets in all have come.
+    let mut read_packets = |socket: &mut std::net::TcpStream, n: usize| {
+        let mut chunk = [0u8; 4096];
+        while packet::split(&received).len() < n {
+            let read = socket
+                .read(&mut chunk)
+                .unwrap_or_else(|e| panic!("no answer in time ({e}); so far {received:02x?}"));
+            assert!(read > 0, "the broker closed the connection");
+            received.extend_from_slice(&chunk[..read]);
+        }
+        packet::split(&received)
+    };
+    socket.write_all(&packet::connect(4, "slow")).unwrap();
+    // SUBSCRIBE `window` at QoS 1, packet id 1.
+    socket
+        .write_all(&[0x82, 11, 0, 1, 0, 6, b'w', b'i', b'n', b'd', b'o', b'w', 1])
+        .unwrap();
+    let answers = read_packets(&mut socket, 2);
+    assert_eq!(answers[1], (0x90, vec![0, 1, 1]), "SUBACK, QoS 1 granted");
+    let lines: String = (0..20).map(|i| format!("m{i}\n")).collect();
+    mqtt::quiver_stdin(&broker, &data, &["pub", "window"], &env, Some(&lines));
+
+    // Acknowledge only when the window is full: it must never hold more.
+    let mut outstanding = std::collections::VecDeque::new();
+    let mut payloads = Vec::new();
+    let mut seen = 2;
+    while payloads.len() < 20 {
+        let packets = read_packets(&mut socket, seen + 1);
+        for (first, body) in &packets[seen..] {
+            assert_eq!(first & 0xF6, 0x32, "a QoS 1 PUBLISH: {first:#x}");
+            let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+            let id = [body[2 + topic_len], body[3 + topic_len]];
+            payloads.push(String::from_utf8_lossy(&body[4 + topic_len..]).into_owned());
+            outstanding.push_back(id);
+            assert!(
+                outstanding.len() <= window,
+                "{} deliveries unacknowledged, over the window of {window}",
+                outstanding.len()
+            );
+        }
+        seen = packets.len();
+        if outstanding.len() == window || payloads.len() == 20 {
+            let id = outstanding.pop_front().expect("one to acknowledge");
+            socket.write_all(&[0x40, 2, id[0], id[1]]).unwrap();
+        }
+    }
+    let expected: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(payloads, expected, "each once, in order");
+}
+
+#[test]
 fn a_shared_subscription_splits_the_messages_between_its_members() {
     let data = DataDir::new();
     let broker = mqtt::start(&data);

@@ -38,6 +38,9 @@ use crate::transport::tcp::ByteStream;
 const READ_ROOM: usize = 32 * 1024;
 /// Encoded packets queued for the writer task.
 const OUTBOX: usize = 16;
+/// How long the writer's queue may stay full (the client not reading) before the
+/// connection is closed.
+const WRITE_STALL: Duration = Duration::from_secs(60);
 /// How often a persistent session's positions are stored while it is connected.
 const STORE_EVERY: Duration = Duration::from_secs(1);
 
@@ -175,8 +178,15 @@ pub(super) async fn serve(
         .sessions
         .disconnected(holder, session, stored, will)
         .await;
-    // The writer sends what is queued (a last DISCONNECT) and closes.
-    let _ = tokio::time::timeout(Duration::from_secs(1), write_task).await;
+    // The writer sends what is queued (a last DISCONNECT) and closes; a client that
+    // does not read gets a second.
+    let aborter = write_task.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(1), write_task)
+        .await
+        .is_err()
+    {
+        aborter.abort();
+    }
 }
 
 /// Reads until a whole packet is decoded; `None` when the client closed first.
@@ -308,6 +318,8 @@ pub(super) enum Ended {
     TakenOver,
     /// The broker is shutting down.
     Shutdown,
+    /// The client read nothing for [`WRITE_STALL`] while the broker had packets for it.
+    Stalled,
     /// The client broke the protocol, or sent what the broker refuses by closing.
     Refused(Refusal),
 }
@@ -320,6 +332,7 @@ impl std::fmt::Display for Ended {
             Self::KeepAlive => f.write_str("keep-alive expired"),
             Self::TakenOver => f.write_str("taken over by a new connection"),
             Self::Shutdown => f.write_str("broker shutting down"),
+            Self::Stalled => write!(f, "the client read nothing for {WRITE_STALL:?}"),
             Self::Refused(refusal) => write!(f, "{refusal}"),
         }
     }
@@ -418,6 +431,10 @@ impl Connection {
         let shutdown = self.shared.shutdown.clone();
         let mut ready = true;
         let notify = Arc::clone(&self.notify);
+        // A client may send packets right behind its CONNECT, in the same read.
+        if let Err(ended) = self.take_packets(&mut buf).await {
+            return self.end(ended).await;
+        }
         let outbox = self.outbox.clone();
         let ended = loop {
             if let Err(ended) = self.flush_out().await {
@@ -489,6 +506,19 @@ impl Connection {
                 break ended;
             }
         };
+        self.end(ended).await
+    }
+
+    /// Answers what can be answered, says why the connection ends (MQTT 5), and
+    /// hands the last packets to the writer.
+    async fn end(&mut self, ended: Ended) -> Ended {
+        // Publishes already read are answered where possible (they are stored
+        // anyway), before any DISCONNECT.
+        while let Ok(Some(acked)) =
+            tokio::time::timeout(Duration::from_secs(5), self.publishes.next()).await
+        {
+            let _ = self.acknowledge(acked).await;
+        }
         // MQTT 5 says why the broker closes; 3.1.1 just closes.
         let bye = match &ended {
             Ended::Refused(refusal) => Some(refusal.clone()),
@@ -504,18 +534,14 @@ impl Connection {
                 Reason::KeepAliveTimeout,
                 "nothing came within 1.5 times the keep-alive",
             )),
-            Ended::Disconnect { .. } | Ended::Lost => None,
+            Ended::Disconnect { .. } | Ended::Lost | Ended::Stalled => None,
         };
         if let Some(bye) = bye {
-            self.send_now(Outbound::Disconnect(bye)).await;
+            let _ = self.encode(Outbound::Disconnect(bye));
         }
-        // Publishes already read are answered where possible: they are stored anyway.
-        while let Ok(Some(acked)) =
-            tokio::time::timeout(Duration::from_secs(5), self.publishes.next()).await
-        {
-            let _ = self.acknowledge(acked).await;
+        if !self.out.is_empty() {
+            let _ = self.outbox.try_send(self.out.split().freeze());
         }
-        let _ = self.flush_out().await;
         ended
     }
 
@@ -595,13 +621,12 @@ impl Connection {
             return Ok(());
         }
         let bytes = self.out.split().freeze();
-        self.outbox.send(bytes).await.map_err(|_| Ended::Lost)
-    }
-
-    /// Writes a last packet, if the writer still takes it.
-    async fn send_now(&mut self, packet: Outbound) {
-        if self.encode(packet).is_ok() {
-            let _ = self.flush_out().await;
+        tokio::select! {
+            biased;
+            sent = self.outbox.send(bytes) => sent.map_err(|_| Ended::Lost),
+            () = self.shared.shutdown.cancelled() => Err(Ended::Shutdown),
+            // The writer's queue is full and stays so: the client stopped reading.
+            () = tokio::time::sleep(WRITE_STALL) => Err(Ended::Stalled),
         }
     }
 
