@@ -162,6 +162,10 @@ impl Connection {
         }
         if options.retain_handling == 0 || (options.retain_handling == 1 && new) {
             for (name, message) in self.shared.retained.matching(&filter) {
+                // A deleted topic's retained message waits for the topic to be back.
+                if self.shared.broker.topic(name.as_str()).is_err() {
+                    continue;
+                }
                 self.pending.push_back(Delivery {
                     topic: topic::mqtt_name(name.as_str()),
                     qos: lower(options.qos, message.qos),

@@ -382,6 +382,25 @@ fn decode_error(e: DecodeError) -> PacketError {
     }
 }
 
+/// A will message as the PUBLISH it becomes.
+fn will_publish(
+    retain: bool,
+    qos: QoS,
+    topic: ByteString,
+    payload: Bytes,
+    properties: Option<v5::PublishProperties>,
+) -> Publish {
+    Publish {
+        dup: false,
+        retain,
+        qos,
+        topic,
+        packet_id: None,
+        payload,
+        properties,
+    }
+}
+
 fn from_v3(packet: v3::Packet) -> Inbound {
     use v3::Packet as P;
     match packet {
@@ -397,15 +416,7 @@ fn from_v3(packet: v3::Packet) -> Inbound {
             username: c.username.map(|u| u.to_string()),
             password: c.password,
             will: c.last_will.map(|w| Will {
-                publish: Publish {
-                    dup: false,
-                    retain: w.retain,
-                    qos: w.qos,
-                    topic: w.topic,
-                    packet_id: None,
-                    payload: w.message,
-                    properties: None,
-                },
+                publish: will_publish(w.retain, w.qos, w.topic, w.message, None),
                 delay: 0,
             }),
         })),
@@ -464,25 +475,20 @@ fn from_v5(packet: v5::Packet) -> Inbound {
             client_id: c.client_id.to_string(),
             username: c.username.map(|u| u.to_string()),
             password: c.password,
-            will: c.last_will.map(|w| Will {
-                publish: Publish {
-                    dup: false,
-                    retain: w.retain,
-                    qos: w.qos,
-                    topic: w.topic,
-                    packet_id: None,
-                    payload: w.message,
-                    properties: Some(v5::PublishProperties {
-                        correlation_data: w.correlation_data,
-                        message_expiry_interval: w.message_expiry_interval,
-                        content_type: w.content_type,
-                        user_properties: w.user_properties,
-                        is_utf8_payload: w.is_utf8_payload.unwrap_or(false),
-                        response_topic: w.response_topic,
-                        ..Default::default()
-                    }),
-                },
-                delay: w.will_delay_interval_sec.unwrap_or(0),
+            will: c.last_will.map(|w| {
+                let properties = v5::PublishProperties {
+                    correlation_data: w.correlation_data,
+                    message_expiry_interval: w.message_expiry_interval,
+                    content_type: w.content_type,
+                    user_properties: w.user_properties,
+                    is_utf8_payload: w.is_utf8_payload.unwrap_or(false),
+                    response_topic: w.response_topic,
+                    ..Default::default()
+                };
+                Will {
+                    publish: will_publish(w.retain, w.qos, w.topic, w.message, Some(properties)),
+                    delay: w.will_delay_interval_sec.unwrap_or(0),
+                }
             }),
         })),
         P::Publish(p) => Inbound::Publish(p),
