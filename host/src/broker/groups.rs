@@ -66,6 +66,9 @@ impl Broker {
         if settings.prefetch == 0 || settings.prefetch > MAX_PREFETCH {
             return invalid(&format!("prefetch must be 1 to {MAX_PREFETCH}"));
         }
+        // Held until the group is in the registry: a concurrent creation of the same
+        // name waits, then finds it there (not only in storage).
+        let _creating = self.creation.lock().await;
         if self.groups.get(name).is_some() {
             return Err(BrokerError::GroupExists(name.to_owned()));
         }

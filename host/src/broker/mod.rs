@@ -227,9 +227,10 @@ pub struct Broker {
     /// Rights, for work done on a principal's behalf (an attached plugin's routes).
     auth: Arc<Authenticator>,
     topics: RwLock<BTreeMap<TopicName, Arc<TopicLog>>>,
-    /// Held by a topic creation from its checks until the topic is in `topics`, so
-    /// concurrent creations neither overshoot `limits.max_topics` nor see a topic
-    /// storage has created but the registry does not hold yet.
+    /// Held by a topic (or group) creation from its checks until the topic is in
+    /// `topics` (the group in `groups`), so concurrent creations neither overshoot
+    /// `limits.max_topics` nor see a topic or group storage has created but the
+    /// registry does not hold yet.
     creation: tokio::sync::Mutex<()>,
     created: broadcast::Sender<Arc<TopicLog>>,
     limits: BrokerLimits,
