@@ -652,10 +652,15 @@ pub mod packet {
     /// A CONNECT with protocol `level` (4: 3.1.1, 5: MQTT 5, anything else to test
     /// refusals), clean session, keep-alive 60 s, and `client_id`.
     pub fn connect(level: u8, client_id: &str) -> Vec<u8> {
+        connect_keeping_alive(level, client_id, 60)
+    }
+
+    /// [`connect`] with a keep-alive of `seconds`.
+    pub fn connect_keeping_alive(level: u8, client_id: &str, seconds: u16) -> Vec<u8> {
         let mut body = string("MQTT");
         body.push(level);
         body.push(0x02); // clean session / clean start
-        body.extend_from_slice(&60u16.to_be_bytes());
+        body.extend_from_slice(&seconds.to_be_bytes());
         if level >= 5 {
             body.push(0); // no properties
         }

@@ -1109,6 +1109,28 @@ fn a_connection_without_connect_is_closed_after_the_connect_timeout() {
 }
 
 #[test]
+fn a_client_silent_past_its_keep_alive_is_disconnected() {
+    let data = DataDir::new();
+    let (broker, watcher) = watched(&data, &[]);
+    // MQTT 5, keep-alive 1 s, then nothing: no PINGREQ, no packet at all.
+    let outcome = raw(
+        broker.mqtt_addr(),
+        &[
+            Step::Send(packet::connect_keeping_alive(5, "quiet", 1)),
+            Step::Packets(2),
+        ],
+        CLOSE_WAIT,
+    );
+    assert_closed(&outcome, "a client past one and a half keep-alives");
+    let packets = outcome.packets();
+    assert_eq!(packets[0].0, packet::CONNACK, "{packets:?}");
+    let (first, body) = &packets[1];
+    assert_eq!(*first, packet::DISCONNECT, "{packets:?}");
+    assert_eq!(body[0], 0x8D, "reason: keep-alive timeout");
+    still_serving(&broker, &watcher, 1);
+}
+
+#[test]
 fn an_oversized_packet_closes_its_connection() {
     let data = DataDir::new();
     let (broker, watcher) = watched(&data, &[("QUIVER_MQTT__MAX_PACKET_SIZE", "1024")]);
