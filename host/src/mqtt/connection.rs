@@ -365,6 +365,9 @@ pub(super) struct Connection {
     pub(super) window: usize,
     /// Wakes the connection when a watched topic gets records.
     pub(super) notify: Arc<Notify>,
+    /// Topics created from the connection's start on (before a resumed session looks
+    /// at the registry, so none falls between the two).
+    created: Option<broadcast::Receiver<Arc<TopicLog>>>,
     pub(super) outbox: mpsc::Sender<Bytes>,
     /// Packets encoded and not yet handed to the writer.
     pub(super) out: BytesMut,
@@ -401,6 +404,7 @@ impl Connection {
             next_packet_id: 1,
             window,
             notify,
+            created: shared.broker.watch_pattern(">").map(|w| w.created).ok(),
             outbox,
             out: BytesMut::new(),
             dirty: false,
@@ -420,12 +424,7 @@ impl Connection {
         // MQTT: the server closes after one and a half keep-alive periods of silence.
         let silence = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut deadline = silence.map(|s| Instant::now() + s);
-        let mut created = self
-            .shared
-            .broker
-            .watch_pattern(">")
-            .map(|w| w.created)
-            .ok();
+        let mut created = self.created.take();
         let mut store_tick = tokio::time::interval(STORE_EVERY);
         store_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.shared.shutdown.clone();
