@@ -268,18 +268,22 @@ impl Sessions {
             if ours {
                 entry.live = None;
                 let timers = CancellationToken::new();
+                let mut timed = false;
                 if let Some(session) = &session {
                     let left = Duration::from_secs(u64::from(session.expiry_secs));
                     self.expire_on(client_id.clone(), left, timers.clone());
+                    timed = true;
                 }
                 if let Some((delay, will)) = will {
-                    spawn_will(delay, will, timers.clone());
+                    // A delayed will is cancelled by the client coming back.
+                    timed |= !delay.is_zero();
+                    self.spawn_will(client_id.clone(), delay, will, timers.clone());
                 }
                 entry.parked = session;
-                entry.timers = Some(timers);
+                entry.timers = timed.then_some(timers);
             } else if let Some((delay, will)) = will {
                 // Taken over: the new connection cancelled nothing of ours to wait on.
-                spawn_will(delay, will, CancellationToken::new());
+                self.spawn_will(client_id.clone(), delay, will, CancellationToken::new());
             }
             if entry.live.is_none() && entry.parked.is_none() && entry.timers.is_none() {
                 entries.remove(&client_id);
@@ -324,6 +328,37 @@ impl Sessions {
         });
     }
 
+    /// Publishes `will` after `delay` unless `cancel` fires first (the client came
+    /// back); then forgets `client_id` if nothing else holds it.
+    fn spawn_will(
+        self: &Arc<Self>,
+        client_id: String,
+        delay: Duration,
+        will: futures::future::BoxFuture<'static, ()>,
+        cancel: CancellationToken,
+    ) {
+        let sessions = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = cancel.cancelled() => return,
+                }
+            }
+            will.await;
+            let Some(sessions) = sessions.upgrade() else {
+                return;
+            };
+            let mut entries = sessions.lock();
+            if entries
+                .get(&client_id)
+                .is_some_and(|e| e.live.is_none() && e.parked.is_none())
+            {
+                entries.remove(&client_id);
+            }
+        });
+    }
+
     /// Persistent sessions parked now.
     pub(super) fn parked(&self) -> usize {
         self.lock().values().filter(|e| e.parked.is_some()).count()
@@ -337,20 +372,4 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 fn remaining(session: &StoredSession, since: u64, now: u64) -> Duration {
     let ends = since.saturating_add(u64::from(session.expiry_secs) * 1000);
     Duration::from_millis(ends.saturating_sub(now))
-}
-
-fn spawn_will(
-    delay: Duration,
-    will: futures::future::BoxFuture<'static, ()>,
-    cancel: CancellationToken,
-) {
-    tokio::spawn(async move {
-        if !delay.is_zero() {
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = cancel.cancelled() => return,
-            }
-        }
-        will.await;
-    });
 }
