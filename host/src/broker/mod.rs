@@ -433,6 +433,12 @@ impl Broker {
         self.topics().iter().map(|log| describe(log)).collect()
     }
 
+    /// Every topic created from now on, for a listener that follows several patterns
+    /// (without the snapshot of existing topics `watch_pattern` takes).
+    pub fn topic_creations(&self) -> broadcast::Receiver<Arc<TopicLog>> {
+        self.created.subscribe()
+    }
+
     /// Parses a pattern and returns the live topics matching it, with a receiver of
     /// topics created from now on (which may repeat some of those returned).
     pub fn watch_pattern(&self, pattern: &str) -> Result<PatternWatch, BrokerError> {

@@ -22,14 +22,14 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::Shared;
 use super::inbound::{Acked, Awaiting};
 use super::outbound::{Inflight, Share, Subscription};
 use super::packet::{
     ConnAck, Connect, Inbound, Outbound, PacketCodec, PacketError, Reason, Refusal, Version,
 };
 use super::session::{Holder, StoredSession};
-use super::{Shared, topic};
-use crate::auth::{Access, Right};
+use crate::auth::Access;
 use crate::broker::PublishOrder;
 use crate::storage::TopicLog;
 use crate::transport::tcp::ByteStream;
@@ -258,10 +258,7 @@ fn accept(
         ));
     }
     if let Some(will) = &connect.will {
-        let name = topic::topic_name(&will.publish.topic)?;
-        access
-            .check_topic(Right::Publish, &name)
-            .map_err(|denied| Refusal::new(Reason::NotAuthorized, denied.to_string()))?;
+        super::inbound::publishable(&access, &will.publish.topic)?;
     }
     let max = shared.sessions.max_expiry();
     Ok(Accepted {
@@ -404,7 +401,7 @@ impl Connection {
             next_packet_id: 1,
             window,
             notify,
-            created: shared.broker.watch_pattern(">").map(|w| w.created).ok(),
+            created: Some(shared.broker.topic_creations()),
             outbox,
             out: BytesMut::new(),
             dirty: false,

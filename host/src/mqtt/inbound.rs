@@ -105,14 +105,9 @@ impl Connection {
             }
             _ => None,
         };
-        let retain = publish.retain.then(|| {
-            let message = (!publish.payload.is_empty()).then(|| RetainedMessage {
-                qos: qos.value(),
-                headers: headers_of(&publish),
-                payload: publish.payload.clone(),
-            });
-            (name.clone(), message)
-        });
+        let retain = publish
+            .retain
+            .then(|| (name.clone(), retained_of(&publish)));
         let record = record_of(&publish);
         let publishes = Publishes::One {
             records: vec![record],
@@ -214,18 +209,31 @@ impl Connection {
     }
 }
 
+/// The Quiver topic of an MQTT topic name `access` may publish to (a will's too).
+pub(super) fn publishable(access: &Access, mqtt: &str) -> Result<TopicName, Refusal> {
+    let name = topic::topic_name(mqtt)?;
+    access.check_topic(Right::Publish, &name)?;
+    Ok(name)
+}
+
 /// The topic a PUBLISH goes to, once it is known to exist and be allowed.
 async fn check_publish(
     shared: &Shared,
     access: &Access,
     publish: &Publish,
 ) -> Result<TopicName, Refusal> {
-    let name = topic::topic_name(&publish.topic)?;
-    access
-        .check_topic(Right::Publish, &name)
-        .map_err(|denied| Refusal::new(Reason::NotAuthorized, denied.to_string()))?;
+    let name = publishable(access, &publish.topic)?;
     ensure_topic(shared, &name).await?;
     Ok(name)
+}
+
+/// What retaining `publish` stores: its message, or `None` to clear (an empty payload).
+fn retained_of(publish: &Publish) -> Option<RetainedMessage> {
+    (!publish.payload.is_empty()).then(|| RetainedMessage {
+        qos: publish.qos.value(),
+        headers: headers_of(publish),
+        payload: publish.payload.clone(),
+    })
 }
 
 /// Makes sure `name` exists, creating it when an `mqtt.auto_create` pattern matches.
@@ -329,25 +337,16 @@ pub(super) fn publish_will(
 ) -> BoxFuture<'static, ()> {
     async move {
         let stored = async {
-            let name = topic::topic_name(&will.topic)?;
-            access
-                .check_topic(Right::Publish, &name)
-                .map_err(|denied| Refusal::new(Reason::NotAuthorized, denied.to_string()))?;
-            ensure_topic(&shared, &name).await?;
+            let name = check_publish(&shared, &access, &will).await?;
             shared
                 .broker
                 .publish_alone(name.as_str(), vec![record_of(&will)])
                 .await
                 .map_err(|e| refusal_of_wire(&WireError::from(&e)))?;
             if will.retain {
-                let message = (!will.payload.is_empty()).then(|| RetainedMessage {
-                    qos: will.qos.value(),
-                    headers: headers_of(&will),
-                    payload: will.payload.clone(),
-                });
                 shared
                     .retained
-                    .set(shared.broker.storage(), &name, message)
+                    .set(shared.broker.storage(), &name, retained_of(&will))
                     .await
                     .map_err(|e| Refusal::new(Reason::UnspecifiedError, e.to_string()))?;
             }

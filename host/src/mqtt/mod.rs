@@ -59,6 +59,13 @@ pub mod headers {
     }
 }
 
+/// A grant the principal lacks: MQTT's "not authorized".
+impl From<crate::auth::Denied> for packet::Refusal {
+    fn from(denied: crate::auth::Denied) -> Self {
+        Self::new(packet::Reason::NotAuthorized, denied.to_string())
+    }
+}
+
 /// The MQTT settings a connection needs, from `[mqtt]`.
 #[derive(Debug, Clone)]
 pub struct MqttSettings {

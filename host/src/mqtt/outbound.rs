@@ -32,7 +32,7 @@ use crate::auth::Right;
 use crate::broker::cursors::Cursors;
 use crate::broker::membership::Membership;
 use crate::groups::state::Action;
-use crate::storage::TopicLog;
+use crate::storage::{StorageError, TopicLog};
 
 /// Bytes of packets encoded for one write, about.
 const MAX_WRITE: usize = 64 * 1024;
@@ -134,7 +134,7 @@ impl Connection {
         for pattern in &filter.patterns {
             self.access
                 .check_pattern(Right::Subscribe, pattern)
-                .map_err(|denied| Refusal::new(Reason::NotAuthorized, denied.to_string()))?;
+                .map_err(Refusal::from)?;
         }
         let options = SubOptions {
             qos: options.qos,
@@ -145,20 +145,8 @@ impl Connection {
         match existing {
             // The same filter again replaces the options; the position stays.
             Some(existing) => existing.options = options,
-            None => {
-                let mut cursors = Cursors::with_notify(Arc::clone(&self.notify));
-                for log in self.matching(&filter) {
-                    let next = log.stats().next;
-                    cursors.add(log, next);
-                }
-                self.next_subscription += 1;
-                self.subscriptions.push(Subscription {
-                    id: self.next_subscription,
-                    filter: filter.clone(),
-                    options,
-                    cursors,
-                });
-            }
+            // A new subscription reads from each topic's newest record on.
+            None => self.push_subscription(filter.clone(), options, |log| log.stats().next),
         }
         if options.retain_handling == 0 || (options.retain_handling == 1 && new) {
             for (name, message) in self.shared.retained.matching(&filter) {
@@ -196,7 +184,7 @@ impl Connection {
         let pattern = filter.patterns[0].clone();
         self.access
             .check_pattern(Right::Group, &pattern)
-            .map_err(|denied| Refusal::new(Reason::NotAuthorized, denied.to_string()))?;
+            .map_err(Refusal::from)?;
         if let Some(existing) = self.shares.iter_mut().find(|s| s.raw == raw) {
             existing.qos = qos;
             return Ok(qos);
@@ -247,6 +235,27 @@ impl Connection {
         for share in self.shares.drain(..) {
             share.membership.leave().await;
         }
+    }
+
+    /// Adds a subscription reading each topic `filter` matches now from `start`.
+    fn push_subscription(
+        &mut self,
+        filter: Filter,
+        options: SubOptions,
+        start: impl Fn(&TopicLog) -> u64,
+    ) {
+        let mut cursors = Cursors::with_notify(Arc::clone(&self.notify));
+        for log in self.matching(&filter) {
+            let next = start(&log);
+            cursors.add(log, next);
+        }
+        self.next_subscription += 1;
+        self.subscriptions.push(Subscription {
+            id: self.next_subscription,
+            filter,
+            options,
+            cursors,
+        });
     }
 
     /// The live topics `filter` matches.
@@ -331,13 +340,7 @@ impl Connection {
             let read = sub
                 .cursors
                 .next_slice(&storage, credit, MAX_WRITE)
-                .map_err(|e| {
-                    warn!(error = %e, "reading for an MQTT subscription failed");
-                    Ended::Refused(Refusal::new(
-                        Reason::UnspecifiedError,
-                        format!("storage: {e}"),
-                    ))
-                })?;
+                .map_err(storage_failed)?;
             let Some((log, slice)) = read else { continue };
             let records = match decode_shared(slice.base_offset, &slice.batch) {
                 Ok(records) => records,
@@ -385,12 +388,7 @@ impl Connection {
             let (id, qos) = (share.id, share.qos);
             let mut read = Vec::with_capacity(deliveries.len());
             for assignment in share.membership.read(&deliveries) {
-                let assignment = assignment.map_err(|e| {
-                    Ended::Refused(Refusal::new(
-                        Reason::UnspecifiedError,
-                        format!("storage: {e}"),
-                    ))
-                })?;
+                let assignment = assignment.map_err(storage_failed)?;
                 read.push(assignment);
             }
             let mut delivered_at_qos0 = Vec::new();
@@ -539,26 +537,18 @@ impl Connection {
                     continue;
                 }
             };
-            let mut cursors = Cursors::with_notify(Arc::clone(&self.notify));
-            for log in self.matching(&filter) {
-                let next = stored
+            let options = SubOptions {
+                qos,
+                no_local: false,
+                retain_as_published: stored.retain_as_published,
+                retain_handling: 0,
+            };
+            self.push_subscription(filter, options, |log| {
+                stored
                     .positions
                     .iter()
                     .find(|(_, id, _)| *id == log.id())
-                    .map_or(0, |(_, _, next)| (*next).min(log.stats().next));
-                cursors.add(log, next);
-            }
-            self.next_subscription += 1;
-            self.subscriptions.push(Subscription {
-                id: self.next_subscription,
-                filter,
-                options: SubOptions {
-                    qos,
-                    no_local: false,
-                    retain_as_published: stored.retain_as_published,
-                    retain_handling: 0,
-                },
-                cursors,
+                    .map_or(0, |(_, _, next)| (*next).min(log.stats().next))
             });
         }
     }
@@ -612,6 +602,15 @@ impl Connection {
             next_sequence: self.awaiting.next_sequence,
         }
     }
+}
+
+/// Reading records for a client failed: the connection ends.
+fn storage_failed(e: StorageError) -> Ended {
+    warn!(error = %e, "reading records for an MQTT client failed");
+    Ended::Refused(Refusal::new(
+        Reason::UnspecifiedError,
+        format!("storage: {e}"),
+    ))
 }
 
 /// The QoS a record was published with (`mqtt-qos`); 2 for a record from QUIC.

@@ -586,6 +586,14 @@ fn reason_string(refusal: &Option<Refusal>) -> Option<ByteString> {
 fn to_v5(packet: Outbound) -> v5::Packet {
     use v5::Packet as P;
     let code = |refusal: &Option<Refusal>| refusal.as_ref().map_or(0, |r| r.reason as u8);
+    // PUBACK and PUBREC carry the same fields.
+    let ack = |packet_id, refusal: &Option<Refusal>| v5::PublishAck {
+        packet_id,
+        reason_code: v5::PublishAckReason::try_from(code(refusal))
+            .unwrap_or(v5::PublishAckReason::UnspecifiedError),
+        properties: Vec::new(),
+        reason_string: reason_string(refusal),
+    };
     match packet {
         Outbound::ConnAck(ack) => P::ConnectAck(Box::new(v5::ConnectAck {
             session_present: ack.session_present,
@@ -602,20 +610,8 @@ fn to_v5(packet: Outbound) -> v5::Packet {
             ..Default::default()
         })),
         Outbound::Publish(p) => P::Publish(p),
-        Outbound::PubAck(packet_id, refusal) => P::PublishAck(v5::PublishAck {
-            packet_id,
-            reason_code: v5::PublishAckReason::try_from(code(&refusal))
-                .unwrap_or(v5::PublishAckReason::UnspecifiedError),
-            properties: Vec::new(),
-            reason_string: reason_string(&refusal),
-        }),
-        Outbound::PubRec(packet_id, refusal) => P::PublishReceived(v5::PublishAck {
-            packet_id,
-            reason_code: v5::PublishAckReason::try_from(code(&refusal))
-                .unwrap_or(v5::PublishAckReason::UnspecifiedError),
-            properties: Vec::new(),
-            reason_string: reason_string(&refusal),
-        }),
+        Outbound::PubAck(packet_id, refusal) => P::PublishAck(ack(packet_id, &refusal)),
+        Outbound::PubRec(packet_id, refusal) => P::PublishReceived(ack(packet_id, &refusal)),
         Outbound::PubRel(packet_id) => P::PublishRelease(v5::PublishAck2 {
             packet_id,
             reason_code: v5::PublishAck2Reason::Success,
