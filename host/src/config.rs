@@ -294,6 +294,11 @@ impl Default for LimitsConfig {
 pub struct StorageSettings {
     /// sled's page cache.
     pub cache_capacity: ByteSize,
+    /// The journal's budget: records appended and not yet sealed into a chunk of their
+    /// topic's, at most about this much of them (in memory and on disk), before the
+    /// topics holding the oldest are sealed. More means fuller chunks when many topics
+    /// are written in turn; it is also what a start after a crash reads back.
+    pub journal_size: ByteSize,
     /// Test only, never from a file or the environment: flush without `fdatasync`
     /// (`quiver serve --unsafe-skip-barrier`), so the power-cut harness can show it
     /// notices lost acknowledgements.
@@ -305,6 +310,7 @@ impl Default for StorageSettings {
     fn default() -> Self {
         Self {
             cache_capacity: ByteSize::mib(64),
+            journal_size: ByteSize::mib(32),
             unsafe_skip_barrier: false,
         }
     }

@@ -150,6 +150,8 @@ impl Server {
             cache_capacity: config.storage.cache_capacity.as_u64(),
             chunk_bytes: storage::DEFAULT_CHUNK_BYTES,
             barrier: !config.storage.unsafe_skip_barrier,
+            journal_bytes: usize::try_from(config.storage.journal_size.as_u64())
+                .unwrap_or(usize::MAX),
         };
         if !storage_config.barrier {
             warn!(

@@ -23,7 +23,7 @@ pub mod own_broker;
 pub mod restart;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -115,6 +115,9 @@ pub struct Report {
     pub baseline: Option<Box<Report>>,
     /// For the plugin scenario: how many calls the plugin took for the records.
     pub plugin_calls: Option<u64>,
+    /// With several topics: how long creating them took, and deleting them at the end
+    /// (`None` with `--keep`).
+    pub topics_setup: Option<(Duration, Option<Duration>)>,
     /// The settings.
     pub settings: Settings,
 }
@@ -229,6 +232,7 @@ pub async fn run(settings: Settings, connector: Arc<dyn Connector>) -> anyhow::R
         };
         // Borrowed by every creation future.
         let creating = (&admin, &config);
+        let started = Instant::now();
         for_each_topic(&topics, |topic| async move {
             let (admin, config) = creating;
             admin
@@ -238,7 +242,8 @@ pub async fn run(settings: Settings, connector: Arc<dyn Connector>) -> anyhow::R
                 .map(drop)
         })
         .await?;
-        match settings.scenario {
+        let created_in = started.elapsed();
+        let report = match settings.scenario {
             Scenario::Publish => publish(&settings, &connector, &topics, Payloads::Binary).await,
             Scenario::E2e | Scenario::Fanout => {
                 let source = Source::Subscription(pattern);
@@ -255,15 +260,23 @@ pub async fn run(settings: Settings, connector: Arc<dyn Connector>) -> anyhow::R
             Scenario::Restart => bail!("the restart scenario is run by bench::restart::run"),
             Scenario::Link => bail!("the link scenario is run by bench::link::run"),
             Scenario::Mqtt => bail!("the mqtt scenario is run by bench::mqtt::run"),
-        }
+        };
+        report.map(|report| (report, created_in))
     }
     .await;
     // Leave nothing behind on a shared broker, unless asked to.
+    let mut deleted_in = None;
     if !settings.keep {
-        let _ = for_each_topic(&topics, |topic| admin.delete_topic(topic)).await;
+        let started = Instant::now();
+        let deleted = for_each_topic(&topics, |topic| admin.delete_topic(topic)).await;
+        deleted_in = deleted.is_ok().then(|| started.elapsed());
     }
     admin.close().await;
-    result
+    let (mut report, created_in) = result?;
+    if settings.topics > 1 {
+        report.topics_setup = Some((created_in, deleted_in));
+    }
+    Ok(report)
 }
 
 /// Runs `f` on every topic, a few at a time (creating 10,000 topics one by one would
@@ -295,6 +308,7 @@ async fn publish(
         per_consumer: false,
         baseline: None,
         plugin_calls: None,
+        topics_setup: None,
         settings: settings.clone(),
     })
 }
@@ -318,6 +332,7 @@ async fn end_to_end(
         per_consumer: settings.scenario != Scenario::Group,
         baseline: None,
         plugin_calls: None,
+        topics_setup: None,
         settings: settings.clone(),
     })
 }

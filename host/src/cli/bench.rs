@@ -326,6 +326,16 @@ fn text(report: &Report, rss_kib: Option<u64>) -> String {
         ms(h.value_at_quantile(0.999)),
         ms(h.max()),
     ));
+    if let Some((created, deleted)) = report.topics_setup {
+        out.push_str(&format!(
+            "  {} topics created in {:.2} s{}\n",
+            report.settings.topics,
+            created.as_secs_f64(),
+            deleted
+                .map(|d| format!(", deleted in {:.2} s", d.as_secs_f64()))
+                .unwrap_or_default()
+        ));
+    }
     if let Some(kib) = rss_kib {
         out.push_str(&format!(
             "  broker RSS at the end: {}\n",

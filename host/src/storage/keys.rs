@@ -6,6 +6,7 @@
 //! | `s` topic-id (u64 BE)                 | [`LogStats`] (32 bytes)       |
 //! | `i` topic-id base-offset (u64 BE ×2)  | [`ChunkMeta`] (28 bytes; 24 before checksums) |
 //! | `c` topic-id base-offset part (u32 BE) | up to [`part_bytes`] of a chunk's record batch |
+//! | `j` sequence (u64 BE) part (u32 BE)   | up to [`part_bytes`] of a journal entry: the records one commit appended and did not seal (`journal.rs`) |
 //! | `p` topic-id                          | the deleted topic's name (purge pending) |
 //! | `P` plugin-name                       | [`PluginRecord`](super::PluginRecord) (postcard) |
 //! | `W` sha256 (32 bytes) part (u32 BE)   | up to [`part_bytes`] of a plugin component |
@@ -19,7 +20,7 @@
 //! | `L` name-length (u8) link-name topic-id | [`LinkCursor`](super::LinkCursor) (postcard) |
 //! | `b`                                   | the broker's id (u128 BE) |
 //! | `v`                                   | the layout version, [`FORMAT`] (u32 BE) |
-//! | `w`                                   | [`Unfinished`]: the one-topic commit being written key by key |
+//! | `w`                                   | [`Unfinished`]: the commit being written key by key |
 //!
 //! Big-endian integers make key order offset order, so "the chunk holding offset N" is
 //! the last `i` key at or below N. Everything lives in one tree so that one
@@ -40,6 +41,7 @@ pub(super) const TOPIC: u8 = b't';
 pub(super) const STATS: u8 = b's';
 pub(super) const INDEX: u8 = b'i';
 pub(super) const CHUNK: u8 = b'c';
+pub(super) const JOURNAL: u8 = b'j';
 pub(super) const PURGE: u8 = b'p';
 pub(super) const PLUGIN: u8 = b'P';
 pub(super) const WASM: u8 = b'W';
@@ -64,11 +66,13 @@ pub(super) const UNFINISHED: &[u8] = b"w";
 
 /// The layout this code writes; a data dir of another is refused, except the versions
 /// from [`FORMAT_V1`] on, which open as they are and are stamped [`FORMAT`].
-pub(super) const FORMAT: u32 = 4;
+pub(super) const FORMAT: u32 = 5;
 
 /// The first layout, before index entries carried a checksum. It reads as it is (its
 /// entries decode without one). Version 2 added the checksums, version 3 the `w` key,
-/// version 4 the broker id and links (`b`, `l`, `L`, `m`).
+/// version 4 the broker id and links (`b`, `l`, `L`, `m`), version 5 the journal (`j`),
+/// a commit's unsealed records, and the marker of a commit of several topics (an
+/// older marker names one topic: [`Unfinished::decode`] reads both).
 /// Opening an older data dir stamps it [`FORMAT`], so that a broker too old to read
 /// what this one writes refuses the data dir instead of misreading it.
 pub(super) const FORMAT_V1: u32 = 1;
@@ -141,43 +145,107 @@ pub(super) fn dedup(at_ms: u64, unique: u64) -> [u8; 17] {
     with_offset(DEDUP, at_ms, unique)
 }
 
-/// A commit being written key by key, one topic's appends: written first and removed
-/// last, so that a log cut short inside the commit still holds it (sled recovers a
-/// prefix of its log). Opening then takes back what the commit wrote: the topic's
-/// stats, written just before the removal, still say `next`, so the chunks at or above
-/// it and the commit's `d` entry are removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A commit being written key by key (appends only, see `writer/mod.rs`): written
+/// first and removed last, so that a log cut short inside the commit still holds it
+/// (sled recovers a prefix of its log). Opening then takes back everything the commit
+/// wrote: the chunks it sealed (each topic's chunks at or above its old `next`, whose
+/// old stats are written back), its journal entry and its dedup entry. Nothing of it
+/// was acknowledged: that waits for the flush after the marker's removal.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Unfinished {
-    pub(super) topic: u64,
-    /// The topic's `next` before the commit: its first chunk's base.
-    pub(super) next: u64,
+    /// The topics whose sealed end the commit moves, with their stats before it.
+    pub(super) topics: Vec<(u64, LogStats)>,
+    /// The journal entry it writes, if it writes one.
+    pub(super) journal: Option<u64>,
     /// The commit's deduplication entry, if it has one.
     pub(super) dedup: Option<[u8; 17]>,
 }
 
+/// The first byte of an [`Unfinished`] marker of layout 5. A marker of layout 3 or 4
+/// starts with a topic id, whose first byte is 0 (ids are counted up from 0).
+const UNFINISHED_V5: u8 = 0xF5;
+
 impl Unfinished {
     pub(super) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(33);
-        out.extend_from_slice(&self.topic.to_be_bytes());
-        out.extend_from_slice(&self.next.to_be_bytes());
+        let mut out = Vec::with_capacity(32 + 40 * self.topics.len());
+        let flags = u8::from(self.journal.is_some()) | (u8::from(self.dedup.is_some()) << 1);
+        out.extend_from_slice(&[UNFINISHED_V5, flags]);
+        if let Some(sequence) = self.journal {
+            out.extend_from_slice(&sequence.to_be_bytes());
+        }
         if let Some(dedup) = &self.dedup {
             out.extend_from_slice(dedup);
+        }
+        let count = u32::try_from(self.topics.len()).unwrap_or(u32::MAX);
+        out.extend_from_slice(&count.to_be_bytes());
+        for (id, stats) in &self.topics {
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&stats.encode());
         }
         out
     }
 
+    /// Decodes a marker of this layout; `None` for anything else (see
+    /// [`Unfinished::decode_v4`]).
     pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
-        let number = |at: usize| Some(u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
-        let dedup = match bytes.len() {
-            16 => None,
-            33 => Some(bytes[16..].try_into().ok()?),
-            _ => return None,
+        let mut reader = Reader(bytes);
+        let [tag, flags] = reader.take()?;
+        if tag != UNFINISHED_V5 || flags > 3 {
+            return None;
+        }
+        let journal = match flags & 1 {
+            1 => Some(u64::from_be_bytes(reader.take()?)),
+            _ => None,
         };
-        Some(Self {
-            topic: number(0)?,
-            next: number(8)?,
+        let dedup = match flags & 2 {
+            2 => Some(reader.take()?),
+            _ => None,
+        };
+        let count = u32::from_be_bytes(reader.take()?);
+        let topics = (0..count)
+            .map(|_| {
+                let id = u64::from_be_bytes(reader.take()?);
+                let stats = LogStats::decode(&reader.take::<32>()?)?;
+                Some((id, stats))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        reader.0.is_empty().then_some(Self {
+            topics,
+            journal,
             dedup,
         })
+    }
+
+    /// Decodes the marker of layouts 3 and 4, one topic's appends: the topic, its `next`
+    /// before the commit, the commit's dedup entry. That commit counted once its stats
+    /// were written (they moved `next`).
+    pub(super) fn decode_v4(bytes: &[u8]) -> Option<(u64, u64, Option<[u8; 17]>)> {
+        let mut reader = Reader(bytes);
+        let topic = u64::from_be_bytes(reader.take()?);
+        let next = u64::from_be_bytes(reader.take()?);
+        let dedup = match bytes.len() {
+            16 => None,
+            33 => Some(reader.take()?),
+            _ => return None,
+        };
+        Some((topic, next, dedup))
+    }
+}
+
+/// Takes fixed-size fields off the front of a value.
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
+
+impl Reader<'_> {
+    pub(super) fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+
+    pub(super) fn take_slice(&mut self, len: usize) -> Option<&[u8]> {
+        let (head, rest) = self.0.split_at_checked(len)?;
+        self.0 = rest;
+        Some(head)
     }
 }
 
@@ -221,6 +289,14 @@ pub(super) fn chunk_part(id: u64, base: u64, part: u32) -> [u8; 21] {
     let mut key = [0; 21];
     key[..17].copy_from_slice(&with_offset(CHUNK, id, base));
     key[17..].copy_from_slice(&part.to_be_bytes());
+    key
+}
+
+/// The key of part `part` of journal entry `sequence`.
+pub(super) fn journal_part(sequence: u64, part: u32) -> [u8; 13] {
+    let mut key = [0; 13];
+    key[..9].copy_from_slice(&with_id(JOURNAL, sequence));
+    key[9..].copy_from_slice(&part.to_be_bytes());
     key
 }
 
@@ -374,14 +450,24 @@ mod tests {
         // An entry written before checksums: the first 24 bytes, no CRC.
         let old = ChunkMeta::decode(&meta.encode()[..24]).unwrap();
         assert_eq!(old, ChunkMeta { crc: None, ..meta });
-        for dedup in [None, Some(dedup(10, 11))] {
+        for (journal, dedup) in [(None, None), (Some(12), Some(dedup(10, 11)))] {
             let unfinished = Unfinished {
-                topic: 8,
-                next: 9,
+                topics: vec![(8, stats), (9, LogStats::default())],
+                journal,
                 dedup,
             };
             assert_eq!(Unfinished::decode(&unfinished.encode()), Some(unfinished));
         }
         assert_eq!(Unfinished::decode(&[0; 17]), None);
+        // A marker of layout 4: topic 8, next 9, and a dedup entry or none.
+        let mut old = [8u64.to_be_bytes(), 9u64.to_be_bytes()].concat();
+        assert_eq!(Unfinished::decode_v4(&old), Some((8, 9, None)));
+        assert_eq!(Unfinished::decode(&old), None);
+        old.extend_from_slice(&dedup(10, 11));
+        assert_eq!(
+            Unfinished::decode_v4(&old),
+            Some((8, 9, Some(dedup(10, 11))))
+        );
+        assert_eq!(Unfinished::decode_v4(&old[..20]), None);
     }
 }

@@ -1,5 +1,6 @@
 //! A topic's log as the rest of the broker sees it: identity, settings, live stats,
-//! a way to be woken when records arrive, and its newest chunks for those woken.
+//! a way to be woken when records arrive, its newest chunks for those woken, and the
+//! records it holds in the journal, not yet sealed into a chunk of their own.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -151,6 +152,36 @@ pub(super) struct TailChunk {
     pub(super) footprint: usize,
 }
 
+/// Records committed through the journal (`journal.rs`) and not yet sealed into a
+/// chunk: one piece per commit that appended to the topic, contiguous, from the end of
+/// its sealed chunks to its `next`. Sled holds them only inside journal entries, so
+/// readers always take them from here.
+#[derive(Debug, Clone)]
+pub(super) struct Piece {
+    pub(super) base: u64,
+    pub(super) count: u32,
+    pub(super) first_ts: u64,
+    pub(super) last_ts: u64,
+    /// The records, in the batch format.
+    pub(super) bytes: Bytes,
+}
+
+impl Piece {
+    pub(super) fn end(&self) -> u64 {
+        self.base + u64::from(self.count)
+    }
+}
+
+/// A topic's unsealed pieces.
+#[derive(Debug, Default)]
+pub(super) struct Unsealed {
+    pub(super) pieces: VecDeque<Piece>,
+    /// The sum of their lengths.
+    pub(super) bytes: u64,
+    /// The journal entry holding the oldest piece.
+    pub(super) first_sequence: u64,
+}
+
 /// The newest committed chunks of a watched topic, oldest first, contiguous.
 #[derive(Debug, Default)]
 struct Tail {
@@ -181,6 +212,8 @@ pub struct TopicLog {
     waiters: Mutex<HashMap<u64, Arc<Notify>>>,
     /// Locked before `waiters` when both are.
     tail: Mutex<Tail>,
+    /// Changed only by the storage writer (and by opening, before it starts).
+    unsealed: Mutex<Unsealed>,
 }
 
 impl TopicLog {
@@ -202,6 +235,7 @@ impl TopicLog {
             deleted: AtomicBool::new(false),
             waiters: Mutex::default(),
             tail: Mutex::default(),
+            unsealed: Mutex::default(),
         }
     }
 
@@ -300,6 +334,65 @@ impl TopicLog {
     pub(super) fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
         self.lock_tail().clear();
+        *self.lock_unsealed() = Unsealed::default();
+    }
+
+    pub(super) fn lock_unsealed(&self) -> std::sync::MutexGuard<'_, Unsealed> {
+        self.unsealed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The stats as sled holds them (`s` + id): up to the end of the sealed chunks,
+    /// without the unsealed pieces.
+    pub(super) fn sealed_stats(&self) -> LogStats {
+        let stats = self.stats();
+        let unsealed = self.lock_unsealed();
+        match unsealed.pieces.front() {
+            Some(first) => LogStats {
+                next: first.base,
+                bytes: stats.bytes.saturating_sub(unsealed.bytes),
+                ..stats
+            },
+            None => stats,
+        }
+    }
+
+    /// Moves the unsealed pieces with a commit: none are left if it sealed the
+    /// topic's chunk, and its own piece (in journal entry `sequence`) follows. Returns
+    /// the entry of the oldest piece now held.
+    pub(super) fn commit_pieces(
+        &self,
+        sealed: bool,
+        piece: Option<Piece>,
+        sequence: u64,
+    ) -> Option<u64> {
+        let mut unsealed = self.lock_unsealed();
+        if sealed {
+            *unsealed = Unsealed::default();
+        }
+        if let Some(piece) = piece {
+            if unsealed.pieces.is_empty() {
+                unsealed.first_sequence = sequence;
+            }
+            unsealed.bytes += piece.bytes.len() as u64;
+            unsealed.pieces.push_back(piece);
+        }
+        (!unsealed.pieces.is_empty()).then_some(unsealed.first_sequence)
+    }
+
+    /// The unsealed piece holding `offset`.
+    pub(super) fn unsealed_piece(&self, offset: u64) -> Option<Piece> {
+        let unsealed = self.lock_unsealed();
+        let pieces = &unsealed.pieces;
+        let at = pieces.partition_point(|p| p.end() <= offset);
+        pieces.get(at).filter(|p| p.base <= offset).cloned()
+    }
+
+    /// The chunk or piece holding `offset` that memory holds: an unsealed piece, or
+    /// one of the newest chunks kept for readers.
+    pub(super) fn in_memory(&self, offset: u64) -> Option<(u64, Bytes)> {
+        self.unsealed_piece(offset)
+            .map(|piece| (piece.base, piece.bytes))
+            .or_else(|| self.tail_chunk(offset))
     }
 
     fn lock_tail(&self) -> std::sync::MutexGuard<'_, Tail> {

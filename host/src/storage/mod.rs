@@ -3,9 +3,12 @@
 //!
 //! A topic is a run of *chunks*, each a record batch (the protocol's format) keyed by
 //! the offset of its first record and stored in parts of at most 16 KiB; `keys.rs` has
-//! the layout and why. All writes go through one writer thread (`writer/`) that takes
+//! the layout and why. A commit seals only the chunks it fills: the rest of what it
+//! appended, to every topic, is one journal entry (`journal.rs`), and a topic's records
+//! past its last chunk are its unsealed pieces, held in memory for readers. All writes
+//! go through one writer thread (`writer/`) that takes
 //! whatever commands queued up during the last flush, applies them atomically (one sled
-//! batch, or key by key for one topic's appends), flushes once with a barrier
+//! batch, or key by key for appends only), flushes once with a barrier
 //! (`fdatasync`; group commit) and only then answers. Topics with batched durability
 //! are the exception: their appends are answered once applied and flushed within the
 //! topic's interval (`flusher.rs`). Readers read sled directly, bounded by each topic's
@@ -13,7 +16,8 @@
 //!
 //! Where things are: this module is the [`Storage`] handle and its API; `error.rs`
 //! why an operation failed; `open.rs` opening and recovery; `writer/` the commit loop
-//! and what each command stages; `log.rs` a topic's live side; `read.rs` reads and
+//! and what each command stages; `journal.rs` the unsealed records; `log.rs` a topic's
+//! live side; `read.rs` reads and
 //! retention math; `groups.rs`, `plugins.rs` and `receipts.rs` what is stored for
 //! groups, plugins and publishes (and loading it).
 //!
@@ -22,9 +26,9 @@
 //!   on disk within the topic's interval); nothing at or above it is ever served;
 //! - offsets are dense: the writer assigns `next, next + 1, …` and a failed commit
 //!   assigns nothing (the stats in memory change only after a successful flush);
-//! - everything one command writes (chunks, index entries, stats, routed copies in other
-//!   topics, plugin state) lands all or none: in one sled batch, or, when a group commit
-//!   holds only appends to one topic, key by key between a marker and its removal
+//! - everything one command writes (chunks, journal entry, index entries, stats, routed
+//!   copies in other topics, plugin state) lands all or none: in one sled batch, or, when
+//!   a group commit holds only appends, key by key between a marker and its removal
 //!   ([`keys::Unfinished`]), which opening uses to take back a commit the log cut short
 //!   (sled recovers a prefix of its log);
 //! - timestamps never go backwards within a topic, so time lookups can bisect;
@@ -35,6 +39,7 @@
 mod error;
 mod flusher;
 mod groups;
+mod journal;
 mod keys;
 mod links;
 mod log;
@@ -54,6 +59,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use error::StorageError;
 use flusher::Flusher;
 pub use groups::{GroupRecord, GroupWrite, StoredGroup, StoredLane};
+pub use journal::DEFAULT_JOURNAL_BYTES;
 pub use keys::LogStats;
 pub use links::{LinkCursor, LinkRecord, Mark, MarkKey, MarkWrite, Marks, Provenance};
 pub use log::{TopicLog, TopicSettings, Watch};
@@ -81,6 +87,9 @@ pub struct StorageConfig {
     /// survives a power cut. Always, except in the test that shows the power-cut
     /// harness catches its absence (`quiver serve --unsafe-skip-barrier`).
     pub barrier: bool,
+    /// The journal's budget (normally [`DEFAULT_JOURNAL_BYTES`]): beyond it, the
+    /// topics holding the oldest unsealed records are sealed.
+    pub journal_bytes: usize,
 }
 
 /// Where a successful append put one topic's records.
@@ -154,6 +163,7 @@ impl Storage {
             tree,
             topics,
             segment_bytes,
+            journal,
         } = open::open(config)?;
         let broker_id = links::broker_id(&tree)?;
         let marks = links::load_marks(&tree)?;
@@ -173,6 +183,7 @@ impl Storage {
             flusher,
             halted_signal,
             marks.clone(),
+            journal,
         );
         let handle = std::thread::Builder::new()
             .name("quiver-storage".into())

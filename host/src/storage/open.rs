@@ -1,7 +1,7 @@
 //! Opening a data dir: what can be checked before sled reads its log (the segment size
 //! it was created with), sled's errors and panics on a damaged log turned into
-//! [`StorageError`]s, the layout stamp, taking back a commit the log cut short, and
-//! checking every topic's stats against its index.
+//! [`StorageError`]s, the layout stamp, taking back a commit the log cut short,
+//! checking every topic's stats against its index, and replaying the journal.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -11,6 +11,7 @@ use quiver_protocol::TopicName;
 use tracing::warn;
 
 use super::error::open_error;
+use super::journal::{self, Journal};
 use super::keys::{self, LogStats};
 use super::log::TopicMeta;
 use super::read::decode_index;
@@ -24,6 +25,8 @@ pub(super) struct Opened {
     pub(super) topics: Vec<Arc<TopicLog>>,
     /// The log's segment size.
     pub(super) segment_bytes: usize,
+    /// The journal as replayed.
+    pub(super) journal: Journal,
 }
 
 /// Opens (or creates) the data dir and checks it.
@@ -40,14 +43,16 @@ pub(super) fn open(config: &StorageConfig) -> Result<Opened, StorageError> {
             .open()
             .map_err(open_error)?;
         let tree = db.open_tree("log").map_err(open_error)?;
-        check_format(&tree, &config.path)?;
-        take_back_unfinished(&tree)?;
+        let version = check_format(&tree, &config.path)?;
+        take_back_unfinished(&tree, version)?;
         let topics = recover(&tree)?;
+        let journal = journal::replay(&tree, &topics, config.journal_bytes)?;
         Ok(Opened {
             db,
             tree,
             topics,
             segment_bytes,
+            journal,
         })
     })
 }
@@ -135,8 +140,8 @@ const WRITTEN_MARKER: &str = "quiver-written";
 /// Stamps a new data dir with the layout version, upgrades the stamp of a data dir of
 /// the layout before checksums (its entries read as they are), and refuses any other.
 /// An upgraded stamp is made durable by the first commit, before any entry of the new
-/// layout.
-fn check_format(tree: &sled::Tree, path: &Path) -> Result<(), StorageError> {
+/// layout. Returns the layout the data dir had.
+fn check_format(tree: &sled::Tree, path: &Path) -> Result<u32, StorageError> {
     let stamp = || {
         tree.insert(keys::VERSION, &keys::FORMAT.to_be_bytes())
             .map(drop)
@@ -157,12 +162,12 @@ fn check_format(tree: &sled::Tree, path: &Path) -> Result<(), StorageError> {
         None if tree.is_empty() => {
             stamp()?;
             tree.flush()?;
-            mark()
+            mark().map(|()| keys::FORMAT)
         }
-        Some(Ok(keys::FORMAT)) => mark(),
-        Some(Ok(keys::FORMAT_V1..keys::FORMAT)) => {
+        Some(Ok(keys::FORMAT)) => mark().map(|()| keys::FORMAT),
+        Some(Ok(old @ keys::FORMAT_V1..keys::FORMAT)) => {
             stamp()?;
-            mark()
+            mark().map(|()| old)
         }
         Some(Ok(other)) => Err(StorageError::corrupt(format!(
             "the data dir has layout version {other}; this broker reads versions {} to {}",
@@ -177,24 +182,44 @@ fn check_format(tree: &sled::Tree, path: &Path) -> Result<(), StorageError> {
 }
 
 /// Takes back a commit that the log cut short while the writer wrote it key by key
-/// (see [`keys::Unfinished`]): if its topic's stats were not written, its chunks and its
-/// dedup entry go. Nothing of it was acknowledged: that waits for the flush after it.
-fn take_back_unfinished(tree: &sled::Tree) -> Result<(), StorageError> {
+/// (see [`keys::Unfinished`]): the chunks it sealed go and their topics' stats are
+/// written back, and its journal and dedup entries go. Nothing of it was
+/// acknowledged: that waits for the flush after it. A data dir of an older layout
+/// (`version`) has the older marker, of one topic's appends.
+fn take_back_unfinished(tree: &sled::Tree, version: u32) -> Result<(), StorageError> {
     let Some(value) = tree.get(keys::UNFINISHED)? else {
         return Ok(());
     };
-    let unfinished = keys::Unfinished::decode(&value)
-        .ok_or_else(|| StorageError::corrupt("the unfinished-commit marker is unreadable"))?;
-    let stats = tree
-        .get(keys::with_id(keys::STATS, unfinished.topic))?
-        .and_then(|v| LogStats::decode(&v));
+    let unreadable = || StorageError::corrupt("the unfinished-commit marker is unreadable");
+    let unfinished = match version {
+        keys::FORMAT => keys::Unfinished::decode(&value).ok_or_else(unreadable)?,
+        _ => {
+            let (topic, next, dedup) =
+                keys::Unfinished::decode_v4(&value).ok_or_else(unreadable)?;
+            // That commit counted once its stats were written: they moved `next`.
+            let stats = tree
+                .get(keys::with_id(keys::STATS, topic))?
+                .and_then(|v| LogStats::decode(&v));
+            match stats {
+                Some(stats) if stats.next == next => keys::Unfinished {
+                    topics: vec![(topic, stats)],
+                    journal: None,
+                    dedup,
+                },
+                _ => keys::Unfinished {
+                    topics: Vec::new(),
+                    journal: None,
+                    dedup: None,
+                },
+            }
+        }
+    };
     let mut batch = sled::Batch::default();
-    if stats.is_some_and(|stats| stats.next == unfinished.next) {
-        let id = unfinished.topic;
+    for &(id, stats) in &unfinished.topics {
         for prefix in [keys::INDEX, keys::CHUNK] {
             let topic = keys::with_id(prefix, id);
             for key in tree
-                .range(keys::with_offset(prefix, id, unfinished.next)..)
+                .range(keys::with_offset(prefix, id, stats.next)..)
                 .keys()
             {
                 let key = key?;
@@ -204,12 +229,25 @@ fn take_back_unfinished(tree: &sled::Tree) -> Result<(), StorageError> {
                 batch.remove(key);
             }
         }
-        if let Some(dedup) = unfinished.dedup {
-            batch.remove(&dedup[..]);
+        // A topic deleted since has no stats to restore.
+        if tree.contains_key(keys::with_id(keys::STATS, id))? {
+            batch.insert(&keys::with_id(keys::STATS, id), &stats.encode());
         }
+    }
+    if let Some(sequence) = unfinished.journal {
+        for key in tree
+            .scan_prefix(keys::with_id(keys::JOURNAL, sequence))
+            .keys()
+        {
+            batch.remove(key?);
+        }
+    }
+    if let Some(dedup) = unfinished.dedup {
+        batch.remove(&dedup[..]);
+    }
+    if !unfinished.topics.is_empty() || unfinished.journal.is_some() {
         warn!(
-            topic = id,
-            from = unfinished.next,
+            topics = unfinished.topics.len(),
             "took back a commit the log cut short (it was never acknowledged)"
         );
     }

@@ -1,10 +1,13 @@
 //! Reading topic logs: slices for subscribers, time lookups, retention arithmetic.
 //!
 //! Readers take the tree as it is and bound themselves by the topic's durable stats,
-//! so chunks the writer has applied but not yet flushed are never served. A topic
-//! someone reads keeps its newest chunks in memory (`TopicLog::tail_chunk`), handed
-//! over by the writer with the commit that made them count: readers at the head of
-//! the log take them from there, and go to sled for anything older.
+//! so chunks the writer has applied but not yet flushed are never served. A topic's
+//! records past its sealed chunks are in memory (its unsealed pieces, see
+//! `journal.rs`), and a topic someone reads keeps its newest chunks in memory too
+//! (`TopicLog::tail_chunk`), handed over by the writer with the commit that made them
+//! count: readers at the head of the log take them from there, and go to sled for
+//! anything older. The writer changes memory only after sled, so a record leaving
+//! memory is already in sled.
 //!
 //! Every chunk read from sled is checked against its index entry before any of it is
 //! used: its length always, its CRC-32 when the entry has one (all entries written
@@ -41,10 +44,7 @@ impl LogReader<'_> {
             if from >= stats.next || max_records == 0 {
                 return Ok(None);
             }
-            let found = match log.tail_chunk(from) {
-                Some(kept) => Some(kept),
-                None => self.chunk_at(log, from)?,
-            };
+            let found = self.chunk_at(log, from)?;
             if let Some((base, chunk)) = found {
                 if base >= stats.next {
                     // Everything from `from` was trimmed while we looked, and the next
@@ -99,6 +99,9 @@ impl LogReader<'_> {
     /// before it were trimmed while we looked), as its base offset and bytes. `None`
     /// when the chunk was removed between reading the index and reading it.
     fn chunk_at(&self, log: &TopicLog, offset: u64) -> Result<Option<(u64, Bytes)>, StorageError> {
+        if let Some(kept) = log.in_memory(offset) {
+            return Ok(Some(kept));
+        }
         let id = log.id();
         let found = match self.index_at(id, offset)? {
             Some(found) => Some(found),
@@ -141,6 +144,26 @@ impl LogReader<'_> {
         Ok(Some(joined.freeze()))
     }
 
+    /// What the index says of the chunk holding `offset`, or, for an unsealed piece,
+    /// the same of the piece (without a CRC).
+    fn meta_at(
+        &self,
+        log: &TopicLog,
+        offset: u64,
+    ) -> Result<Option<(u64, ChunkMeta)>, StorageError> {
+        if let Some(piece) = log.unsealed_piece(offset) {
+            let meta = ChunkMeta {
+                count: piece.count,
+                bytes: u32::try_from(piece.bytes.len()).unwrap_or(u32::MAX),
+                first_ts: piece.first_ts,
+                last_ts: piece.last_ts,
+                crc: None,
+            };
+            return Ok(Some((piece.base, meta)));
+        }
+        self.index_at(log.id(), offset)
+    }
+
     /// The index entry of the chunk holding `offset`.
     fn index_at(&self, id: u64, offset: u64) -> Result<Option<(u64, ChunkMeta)>, StorageError> {
         let lo = keys::with_offset(keys::INDEX, id, 0);
@@ -166,7 +189,7 @@ impl LogReader<'_> {
         // `hi` (if any) are not.
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            let Some((base, meta)) = self.index_at(log.id(), mid)? else {
+            let Some((base, meta)) = self.meta_at(log, mid)? else {
                 return Ok(lo);
             };
             let end = base + u64::from(meta.count);
@@ -221,11 +244,10 @@ impl LogReader<'_> {
         stats: LogStats,
         excess: u64,
     ) -> Result<u64, StorageError> {
-        let id = log.id();
         let mut freed = 0u64;
         let mut offset = stats.first;
         while offset < stats.next {
-            let Some((base, meta)) = self.index_at(id, offset)? else {
+            let Some((base, meta)) = self.meta_at(log, offset)? else {
                 break;
             };
             let end = base + u64::from(meta.count);
@@ -259,11 +281,10 @@ impl LogReader<'_> {
         from: u64,
         to: u64,
     ) -> Result<u64, StorageError> {
-        let id = log.id();
         let mut total = 0;
         let mut offset = from;
         while offset < to {
-            let Some((base, meta)) = self.index_at(id, offset)? else {
+            let Some((base, meta)) = self.meta_at(log, offset)? else {
                 break;
             };
             let end = base + u64::from(meta.count);

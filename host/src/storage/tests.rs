@@ -18,6 +18,7 @@ fn config(dir: &tempfile::TempDir, chunk_bytes: usize) -> StorageConfig {
         path: dir.path().join("db"),
         cache_capacity: 8 << 20,
         chunk_bytes,
+        journal_bytes: DEFAULT_JOURNAL_BYTES,
     }
 }
 
@@ -372,18 +373,20 @@ fn kept_bytes(storage: &Storage, log: &TopicLog) -> u64 {
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// Append this many records, each padded to this many bytes (some span parts).
-    Append(u8, u16),
-    Trim(u8),
+    /// Append to topic 0 or 1 this many records, each padded to this many bytes (some
+    /// span parts).
+    Append(bool, u8, u16),
+    Trim(bool, u8),
     Reopen,
-    /// Start or stop watching the topic (reads then go through its tail).
+    /// Start or stop watching topic 0 (reads then go through its tail).
     Watch,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (1u8..20, prop_oneof![3 => 0u16..64, 1 => 0u16..10_000]).prop_map(|(n, size)| Op::Append(n, size)),
-        1 => any::<u8>().prop_map(Op::Trim),
+        4 => (any::<bool>(), 1u8..20, prop_oneof![3 => 0u16..64, 1 => 0u16..10_000])
+            .prop_map(|(topic, n, size)| Op::Append(topic, n, size)),
+        1 => (any::<bool>(), any::<u8>()).prop_map(|(topic, k)| Op::Trim(topic, k)),
         1 => Just(Op::Reopen),
         1 => Just(Op::Watch),
     ]
@@ -392,67 +395,86 @@ fn op() -> impl Strategy<Value = Op> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Storage against a `VecDeque` model: appends, trims, restarts and readers coming
-    /// and going, in any order.
+    /// Storage against a `VecDeque` model per topic: appends to two topics, trims,
+    /// restarts and readers coming and going, in any order; with chunks sealed as they
+    /// fill, by trims, and by a journal budget small enough to be passed often.
     #[test]
     fn storage_matches_a_simple_model(ops in proptest::collection::vec(op(), 1..40)) {
         let dir = tempfile::tempdir().unwrap();
         let rt = rt();
-        let mut model: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
-        let mut next = 0u64;
-        let (mut storage, _) = Storage::open(&config(&dir, 96)).unwrap();
-        let mut log = rt.block_on(storage.create_topic(name("m"), Retention::default())).unwrap();
+        let config = StorageConfig { journal_bytes: 300, ..config(&dir, 96) };
+        let mut models: [VecDeque<(u64, Vec<u8>)>; 2] = Default::default();
+        let mut nexts = [0u64; 2];
+        let (mut storage, _) = Storage::open(&config).unwrap();
+        let mut logs = Vec::new();
+        for topic in ["m0", "m1"] {
+            logs.push(rt.block_on(storage.create_topic(name(topic), Retention::default())).unwrap());
+        }
         let mut watch = None;
         for op in ops {
             match op {
-                Op::Append(n, size) => {
+                Op::Append(topic, n, size) => {
+                    let t = usize::from(topic);
+                    let next = nexts[t];
                     let payloads: Vec<Vec<u8>> = (0..u64::from(n))
                         .map(|i| {
-                            let mut p = format!("{}-", next + i).into_bytes();
+                            let mut p = format!("{t}:{}-", next + i).into_bytes();
                             p.resize(p.len() + usize::from(size), b'.');
                             p
                         })
                         .collect();
                     let records = payloads.iter().cloned().map(NewRecord::new).collect();
-                    let a = rt.block_on(storage.append(log.clone(), records)).unwrap();
+                    let a = rt.block_on(storage.append(logs[t].clone(), records)).unwrap();
                     prop_assert_eq!(a.base_offset, next);
                     for (i, p) in (0..).zip(payloads) {
-                        model.push_back((next + i, p));
+                        models[t].push_back((next + i, p));
                     }
-                    next += u64::from(n);
+                    nexts[t] += u64::from(n);
                 }
-                Op::Trim(k) => {
-                    let first = log.stats().first + u64::from(k) % 16;
-                    rt.block_on(storage.trim(log.clone(), first)).unwrap();
-                    while model.front().is_some_and(|(o, _)| *o < first) {
-                        model.pop_front();
+                Op::Trim(topic, k) => {
+                    let t = usize::from(topic);
+                    let first = logs[t].stats().first + u64::from(k) % 16;
+                    rt.block_on(storage.trim(logs[t].clone(), first)).unwrap();
+                    while models[t].front().is_some_and(|(o, _)| *o < first) {
+                        models[t].pop_front();
                     }
                 }
                 Op::Reopen => {
                     let watching = watch.take().is_some();
                     rt.block_on(storage.close());
                     drop(storage);
-                    let (s, topics) = reopen(&config(&dir, 96));
+                    let (s, mut topics) = reopen(&config);
                     storage = s;
-                    log = topics[0].clone();
+                    topics.sort_by(|a, b| a.name().as_str().cmp(b.name().as_str()));
+                    logs = topics;
                     if watching {
-                        watch = Some(log.watch(Arc::new(tokio::sync::Notify::new())));
+                        watch = Some(logs[0].watch(Arc::new(tokio::sync::Notify::new())));
                     }
                 }
                 Op::Watch => {
                     watch = match watch.take() {
                         Some(_) => None,
-                        None => Some(log.watch(Arc::new(tokio::sync::Notify::new()))),
+                        None => Some(logs[0].watch(Arc::new(tokio::sync::Notify::new()))),
                     };
                 }
             }
-            let stored: Vec<(u64, Vec<u8>)> = read_all(&storage, &log, 5)
-                .into_iter()
-                .map(|(o, p)| (o, p.to_vec()))
-                .collect();
-            prop_assert_eq!(&stored, &model.iter().cloned().collect::<Vec<_>>());
-            prop_assert_eq!(log.stats().records(), model.len() as u64);
-            prop_assert_eq!(log.stats().bytes, kept_bytes(&storage, &log));
+            for (log, model) in logs.iter().zip(&models) {
+                let stored: Vec<(u64, Vec<u8>)> = read_all(&storage, log, 5)
+                    .into_iter()
+                    .map(|(o, p)| (o, p.to_vec()))
+                    .collect();
+                prop_assert_eq!(&stored, &model.iter().cloned().collect::<Vec<_>>());
+                prop_assert_eq!(log.stats().records(), model.len() as u64);
+                prop_assert_eq!(log.stats().bytes, kept_bytes(&storage, log));
+            }
+            // What the journal holds on disk stays within its budget and one commit's
+            // entry (two pieces of less than a chunk, and their headers).
+            let journal: usize = storage
+                .tree
+                .scan_prefix([keys::JOURNAL])
+                .map(|item| item.unwrap().1.len())
+                .sum();
+            prop_assert!(journal <= 300 + 300, "journal of {} bytes", journal);
         }
         drop(watch);
         rt.block_on(storage.close());
@@ -831,32 +853,34 @@ fn tamper(storage: &Storage, key: &[u8], change: impl FnOnce(&mut Vec<u8>)) {
 fn a_watched_topic_serves_its_newest_chunks_from_memory() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let (storage, _) = Storage::open(&config(&dir, 1 << 20)).unwrap();
+        let (storage, _) = Storage::open(&config(&dir, ten_records())).unwrap();
         let log = storage
             .create_topic(name("tailed"), Retention::default())
             .await
             .unwrap();
-        // Nobody reads it: nothing is kept.
+        // Nobody reads it: nothing is kept (the second append seals both chunks).
         storage.append(log.clone(), payloads(0..10)).await.unwrap();
-        assert!(log.tail_chunk(0).is_none());
+        storage.append(log.clone(), payloads(10..20)).await.unwrap();
+        assert_eq!(log.sealed_stats().next, 20);
+        assert!(log.tail_chunk(0).is_none() && log.tail_chunk(10).is_none());
 
         let watch = log.watch(Arc::new(tokio::sync::Notify::new()));
-        storage.append(log.clone(), payloads(10..20)).await.unwrap();
-        let (base, kept) = log.tail_chunk(15).expect("the newest chunk is kept");
-        assert_eq!(base, 10);
-        assert!(log.tail_chunk(9).is_none() && log.tail_chunk(20).is_none());
+        storage.append(log.clone(), payloads(20..30)).await.unwrap();
+        let (base, kept) = log.tail_chunk(25).expect("the newest chunk is kept");
+        assert_eq!(base, 20);
+        assert!(log.tail_chunk(19).is_none() && log.tail_chunk(30).is_none());
 
         // The kept chunk is what is served: damage to its copy in sled is not seen.
         let flip = |v: &mut Vec<u8>| {
             let last = v.len() - 1;
             v[last] ^= 0x20;
         };
-        tamper(&storage, &keys::chunk_part(log.id(), 10, 0), flip);
-        let slice = storage.read(&log, 12, 100, usize::MAX).unwrap().unwrap();
-        assert_eq!((slice.base_offset, slice.count), (12, 8));
-        let records = decode_batch(12, &slice.batch).unwrap();
-        assert_eq!(records[0].payload, "record-12");
-        assert_eq!(records[7].payload, "record-19");
+        tamper(&storage, &keys::chunk_part(log.id(), 20, 0), flip);
+        let slice = storage.read(&log, 22, 100, usize::MAX).unwrap().unwrap();
+        assert_eq!((slice.base_offset, slice.count), (22, 8));
+        let records = decode_batch(22, &slice.batch).unwrap();
+        assert_eq!(records[0].payload, "record-22");
+        assert_eq!(records[7].payload, "record-29");
         assert!(
             kept.as_ptr_range().contains(&slice.batch.as_ptr()),
             "served from the kept chunk's memory"
@@ -864,38 +888,44 @@ fn a_watched_topic_serves_its_newest_chunks_from_memory() {
         // Older chunks still come from sled.
         let old = storage.read(&log, 3, 100, usize::MAX).unwrap().unwrap();
         assert_eq!((old.base_offset, old.count), (3, 7));
-        tamper(&storage, &keys::chunk_part(log.id(), 10, 0), flip);
+        tamper(&storage, &keys::chunk_part(log.id(), 20, 0), flip);
 
         // The newest are kept within a budget (see `log::tests`), and every record
         // still reads back.
-        let big = |i: u32| NewRecord::new(vec![b'x'; 1000 + i as usize]);
+        let big = |i: u32| NewRecord::new(vec![b'x'; 4000 + i as usize]);
         for i in 0..100 {
             storage.append(log.clone(), vec![big(i)]).await.unwrap();
         }
         assert!(
-            log.tail_chunk(10).is_none(),
+            log.tail_chunk(20).is_none(),
             "the oldest kept chunk was dropped"
         );
-        assert!(log.tail_chunk(119).is_some());
+        assert!(log.tail_chunk(129).is_some());
         let all = read_all(&storage, &log, 1000);
-        assert_eq!(all.len(), 120);
+        assert_eq!(all.len(), 130);
 
         // The last reader gone, nothing is kept: damage now shows.
-        tamper(&storage, &keys::chunk_part(log.id(), 119, 0), flip);
-        assert!(storage.read(&log, 119, 1, usize::MAX).is_ok());
+        tamper(&storage, &keys::chunk_part(log.id(), 129, 0), flip);
+        assert!(storage.read(&log, 129, 1, usize::MAX).is_ok());
         drop(watch);
-        assert!(log.tail_chunk(119).is_none());
-        let e = storage.read(&log, 119, 1, usize::MAX).unwrap_err();
+        assert!(log.tail_chunk(129).is_none());
+        let e = storage.read(&log, 129, 1, usize::MAX).unwrap_err();
         assert!(matches!(e, StorageError::Corrupt(_)), "{e}");
         storage.close().await;
     });
+}
+
+/// A chunk size that seals `payloads(i * 10..i * 10 + 10)` as one chunk for i ≥ 1, and
+/// `payloads(0..10)` (shorter records) with the next append.
+fn ten_records() -> usize {
+    10 * quiver_protocol::record::entry_len(&payloads(10..11)[0])
 }
 
 #[test]
 fn a_chunk_whose_bytes_changed_is_reported_never_served() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let (storage, _) = Storage::open(&config(&dir, 1 << 20)).unwrap();
+        let (storage, _) = Storage::open(&config(&dir, ten_records())).unwrap();
         let log = storage
             .create_topic(name("guarded"), Retention::default())
             .await
@@ -1061,31 +1091,49 @@ fn a_panic_while_opening_becomes_an_error() {
     assert_eq!(catch_panic(|| Ok(7)).unwrap(), 7);
 }
 
-/// Writes, straight into the tree, what a one-topic commit of one record at `base`
-/// writes key by key, up to and including the dedup entry; the stats too if `counted`.
-/// The chunk is a copy of the one at `base - 1`.
-fn write_commit_cut_short(storage: &Storage, log: &TopicLog, base: u64, counted: bool) {
+/// Writes, straight into the tree, what a commit of records `base` and `base + 1`
+/// writes key by key: the marker, record `base` sealed in a chunk, record `base + 1` in
+/// a journal entry, a dedup entry and the topic's stats, and, if `finished`, the
+/// marker's removal that makes it count.
+fn write_commit(storage: &Storage, log: &TopicLog, base: u64, finished: bool) {
     let tree = &storage.tree;
     let id = log.id();
     let dedup = keys::dedup(now_ms(), u64::MAX);
+    let sequence = 1000 + base;
     let marker = keys::Unfinished {
-        topic: id,
-        next: base,
+        topics: vec![(id, log.sealed_stats())],
+        journal: Some(sequence),
         dedup: Some(dedup),
     };
     tree.insert(keys::UNFINISHED, marker.encode()).unwrap();
-    let part = tree
-        .get(keys::chunk_part(id, base - 1, 0))
-        .unwrap()
+    let ts = log.stats().last_ts;
+    let batch = |offset: u64| {
+        quiver_protocol::record::encode_batch(ts, [&NewRecord::new(format!("record-{offset}"))])
+    };
+    let chunk = batch(base);
+    let meta = keys::ChunkMeta {
+        count: 1,
+        bytes: u32::try_from(chunk.len()).unwrap(),
+        first_ts: ts,
+        last_ts: ts,
+        crc: Some(crc32fast::hash(&chunk)),
+    };
+    tree.insert(keys::chunk_part(id, base, 0), &chunk[..])
         .unwrap();
-    tree.insert(keys::chunk_part(id, base, 0), part).unwrap();
-    let index = keys::with_offset(keys::INDEX, id, base - 1);
-    let meta = tree.get(index).unwrap().unwrap();
-    tree.insert(keys::with_offset(keys::INDEX, id, base), meta)
+    tree.insert(keys::with_offset(keys::INDEX, id, base), &meta.encode())
         .unwrap();
+    let piece = log::Piece {
+        base: base + 1,
+        count: 1,
+        first_ts: ts,
+        last_ts: ts,
+        bytes: batch(base + 1),
+    };
+    let entry = journal::encode(&[(id, piece)]);
+    tree.insert(keys::journal_part(sequence, 0), entry).unwrap();
     let receipt = Receipt {
         base_offset: base,
-        count: 1,
+        count: 2,
         routed: Vec::new(),
         dead_letter: None,
         dropped: 0,
@@ -1096,13 +1144,15 @@ fn write_commit_cut_short(storage: &Storage, log: &TopicLog, base: u64, counted:
     };
     let entry = postcard::to_allocvec(&vec![(id_of, receipt)]).unwrap();
     tree.insert(dedup, entry).unwrap();
-    if counted {
-        let stats = LogStats {
-            next: base + 1,
-            ..log.stats()
-        };
-        tree.insert(keys::with_id(keys::STATS, id), &stats.encode())
-            .unwrap();
+    let stats = LogStats {
+        next: base + 1,
+        bytes: log.stats().bytes + chunk.len() as u64,
+        ..log.stats()
+    };
+    tree.insert(keys::with_id(keys::STATS, id), &stats.encode())
+        .unwrap();
+    if finished {
+        tree.remove(keys::UNFINISHED).unwrap();
     }
 }
 
@@ -1114,8 +1164,10 @@ fn a_commit_the_log_cut_short_is_taken_back_and_a_whole_one_kept() {
         let entries = storage.dedup_entries(0, usize::MAX).unwrap();
         entries.iter().map(|(id, _, _)| id.sequence).collect()
     };
+    // Chunks of one record: every commit seals its records, as a full chunk would.
+    let config = config(&dir, 1);
     rt.block_on(async {
-        let (storage, _) = Storage::open(&config(&dir, 100)).unwrap();
+        let (storage, _) = Storage::open(&config).unwrap();
         let log = storage
             .create_topic(name("cut"), Retention::default())
             .await
@@ -1128,21 +1180,27 @@ fn a_commit_the_log_cut_short_is_taken_back_and_a_whole_one_kept() {
                 "a finished commit leaves no marker"
             );
         }
-        write_commit_cut_short(&storage, &log, 3, false);
+        write_commit(&storage, &log, 3, false);
         assert_eq!(sequences(&storage), [0, 1, 2, 99]);
         storage.sync().await.unwrap();
         storage.close().await;
     });
     rt.block_on(async {
-        let (storage, topics) = reopen(&config(&dir, 100));
+        let (storage, topics) = reopen(&config);
         let log = topics[0].clone();
         assert_eq!(log.stats().next, 3, "the cut-short commit does not count");
+        assert_eq!(log.sealed_stats().next, 3, "its stats were written back");
         assert_eq!(
             sequences(&storage),
             [0, 1, 2],
             "and its dedup entry is gone"
         );
         assert_eq!(storage.tree.get(keys::UNFINISHED).unwrap(), None);
+        assert_eq!(
+            storage.tree.scan_prefix([keys::JOURNAL]).count(),
+            0,
+            "and its journal entry"
+        );
         for prefix in [keys::INDEX, keys::CHUNK] {
             let key = keys::with_offset(prefix, log.id(), 3);
             assert_eq!(
@@ -1157,18 +1215,22 @@ fn a_commit_the_log_cut_short_is_taken_back_and_a_whole_one_kept() {
         let all = read_all(&storage, &log, 10);
         assert_eq!(all.len(), 4);
         assert_eq!(all[3], (3, Bytes::from("record-3")));
-        // A commit that got as far as its stats counts: only its marker goes.
-        write_commit_cut_short(&storage, &log, 4, true);
+        // A commit whose marker went counts whole: its sealed chunk and its journal
+        // entry, replayed.
+        write_commit(&storage, &log, 4, true);
         storage.sync().await.unwrap();
         storage.close().await;
     });
     rt.block_on(async {
-        let (storage, topics) = reopen(&config(&dir, 100));
+        let (storage, topics) = reopen(&config);
         let log = topics[0].clone();
-        assert_eq!(log.stats().next, 5);
+        assert_eq!(log.stats().next, 6);
+        assert_eq!(log.sealed_stats().next, 5);
         assert_eq!(sequences(&storage), [0, 1, 2, 99]);
         assert_eq!(storage.tree.get(keys::UNFINISHED).unwrap(), None);
-        assert_eq!(read_all(&storage, &log, 10).len(), 5);
+        let all = read_all(&storage, &log, 10);
+        assert_eq!(all.len(), 6);
+        assert_eq!(all[5], (5, Bytes::from("record-5")));
         storage.close().await;
     });
 }
@@ -1177,7 +1239,8 @@ fn a_commit_the_log_cut_short_is_taken_back_and_a_whole_one_kept() {
 fn a_read_that_loses_its_chunks_to_a_trim_never_serves_an_uncommitted_one() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
-        let (storage, _) = Storage::open(&config(&dir, 100)).unwrap();
+        // Chunks of one record, so that every record is sealed.
+        let (storage, _) = Storage::open(&config(&dir, 1)).unwrap();
         let log = storage
             .create_topic(name("racing"), Retention::default())
             .await
@@ -1188,9 +1251,9 @@ fn a_read_that_loses_its_chunks_to_a_trim_never_serves_an_uncommitted_one() {
                 .await
                 .unwrap();
         }
-        // A commit of offset 3 under way (its chunk written, its stats not yet), and a
-        // trim that removed the chunks of 0..3 after the reader took the stats.
-        write_commit_cut_short(&storage, &log, 3, false);
+        // A commit of offset 3 under way (its chunk written, its marker not removed),
+        // and a trim that removed the chunks of 0..3 after the reader took the stats.
+        write_commit(&storage, &log, 3, false);
         for base in 0..3 {
             storage
                 .tree
@@ -1296,4 +1359,139 @@ fn marks_move_with_their_records_refuse_gaps_and_survive_reopening() {
             .origin_topic,
         "origin"
     );
+}
+
+/// The sled keys under `prefix`.
+fn count_keys(storage: &Storage, prefix: u8) -> usize {
+    storage.tree.scan_prefix([prefix]).count()
+}
+
+#[test]
+fn a_commit_to_many_topics_writes_one_journal_entry_and_opening_replays_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let config = config(&dir, DEFAULT_CHUNK_BYTES);
+    let topics: Vec<TopicName> = (0..200).map(|i| name(&format!("many.{i}"))).collect();
+    rt.block_on(async {
+        let (storage, _) = Storage::open(&config).unwrap();
+        let mut logs = Vec::new();
+        for topic in &topics {
+            logs.push(
+                storage
+                    .create_topic(topic.clone(), Retention::default())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let before = [keys::CHUNK, keys::INDEX, keys::STATS].map(|p| count_keys(&storage, p));
+        // One record to every topic, in one command: one commit.
+        let appends = logs
+            .iter()
+            .map(|log| (log.clone(), payloads(0..1)))
+            .collect();
+        storage
+            .submit_append(appends, Vec::new(), Vec::new(), None)
+            .await
+            .unwrap()
+            .durable()
+            .await
+            .unwrap();
+        let after = [keys::CHUNK, keys::INDEX, keys::STATS].map(|p| count_keys(&storage, p));
+        assert_eq!(
+            before, after,
+            "no chunk, index entry or stats written per topic"
+        );
+        assert_eq!(count_keys(&storage, keys::JOURNAL), 1, "one journal entry");
+        // Deleting half the topics: their pieces no longer hold the entry, the others do.
+        for log in &logs[..100] {
+            storage.delete_topic(log.clone()).await.unwrap();
+        }
+        storage.close().await;
+    });
+    rt.block_on(async {
+        let (storage, logs) = reopen(&config);
+        assert_eq!(logs.len(), 100);
+        for log in &logs {
+            assert_eq!(log.stats().next, 1, "{}", log.name());
+            assert_eq!(log.sealed_stats().next, 0);
+            assert_eq!(read_all(&storage, log, 10), [(0, Bytes::from("record-0"))]);
+        }
+        // Records that fill a chunk seal it, with the journalled one first; deleted
+        // topics hold nothing either.
+        let big = NewRecord::new(vec![b'x'; DEFAULT_CHUNK_BYTES]);
+        for log in &logs[..50] {
+            storage
+                .append(log.clone(), vec![big.clone()])
+                .await
+                .unwrap();
+            assert_eq!(log.sealed_stats().next, 2, "{}", log.name());
+        }
+        for log in &logs[50..] {
+            storage.delete_topic(log.clone()).await.unwrap();
+        }
+        assert_eq!(
+            count_keys(&storage, keys::JOURNAL),
+            0,
+            "no topic holds the entry"
+        );
+        storage.close().await;
+    });
+    rt.block_on(async {
+        let (storage, logs) = reopen(&config);
+        assert_eq!(logs.len(), 50);
+        for log in &logs {
+            let all = read_all(&storage, log, 10);
+            assert_eq!(all.len(), 2);
+            assert_eq!(all[0], (0, Bytes::from("record-0")));
+        }
+        storage.close().await;
+    });
+}
+
+#[test]
+fn a_layout_4_commit_cut_short_is_taken_back_and_the_stamp_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let config = config(&dir, 1);
+    rt.block_on(async {
+        let (storage, _) = Storage::open(&config).unwrap();
+        let log = storage
+            .create_topic(name("old"), Retention::default())
+            .await
+            .unwrap();
+        storage.append(log.clone(), payloads(0..3)).await.unwrap();
+        // What a layout-4 broker left: its stamp, and its marker of a one-topic commit
+        // at offset 3 whose chunk was written and whose stats were not.
+        let tree = &storage.tree;
+        tree.insert(keys::VERSION, &4u32.to_be_bytes()).unwrap();
+        let marker = [log.id().to_be_bytes(), 3u64.to_be_bytes()].concat();
+        tree.insert(keys::UNFINISHED, marker).unwrap();
+        let part = tree.get(keys::chunk_part(log.id(), 2, 0)).unwrap().unwrap();
+        tree.insert(keys::chunk_part(log.id(), 3, 0), part).unwrap();
+        let meta = tree
+            .get(keys::with_offset(keys::INDEX, log.id(), 2))
+            .unwrap()
+            .unwrap();
+        tree.insert(keys::with_offset(keys::INDEX, log.id(), 3), meta)
+            .unwrap();
+        storage.sync().await.unwrap();
+        storage.close().await;
+    });
+    rt.block_on(async {
+        let (storage, topics) = reopen(&config);
+        let log = &topics[0];
+        assert_eq!(log.stats().next, 3);
+        assert_eq!(
+            storage
+                .tree
+                .scan_prefix(keys::with_offset(keys::CHUNK, log.id(), 3))
+                .count(),
+            0
+        );
+        assert_eq!(storage.tree.get(keys::UNFINISHED).unwrap(), None);
+        let version = storage.tree.get(keys::VERSION).unwrap().unwrap();
+        assert_eq!(version.as_ref(), keys::FORMAT.to_be_bytes());
+        assert_eq!(read_all(&storage, log, 10).len(), 3);
+        storage.close().await;
+    });
 }

@@ -1,6 +1,8 @@
 //! The background clean-up's writes, each a bounded step run alone between group
 //! commits: trimming a topic to its retention, purging a deleted topic's chunks.
 
+use std::sync::Arc;
+
 use super::Writer;
 use crate::storage::keys;
 use crate::storage::read::{LogReader, decode_index};
@@ -11,22 +13,33 @@ use crate::storage::{Cleanup, StorageError, TopicLog};
 pub(super) const CLEANUP_STEP: usize = 256;
 
 impl Writer {
-    /// Moves a topic's first offset up to `first` and removes chunks below it.
-    pub(super) fn trim(&mut self, log: &TopicLog, first: u64) -> Result<Cleanup, StorageError> {
+    /// Moves a topic's first offset up to `first` and removes chunks below it. Records
+    /// still in unsealed pieces are sealed first, so that only chunks are ever removed.
+    pub(super) fn trim(
+        &mut self,
+        log: &Arc<TopicLog>,
+        first: u64,
+    ) -> Result<Cleanup, StorageError> {
         if log.is_deleted() {
             return Ok(Cleanup {
                 removed: 0,
                 more: false,
             });
         }
+        let first = first.min(log.stats().next);
+        if first > log.sealed_stats().next {
+            self.seal_now([Arc::clone(log)])?;
+        }
         let mut stats = log.stats();
+        let mut sealed = log.sealed_stats();
         let mut batch = sled::Batch::default();
-        let first = first.min(stats.next);
         if first > stats.first {
             let freed = LogReader(&self.tree).bytes_between(log, stats.first, first)?;
-            stats.bytes = stats.bytes.saturating_sub(freed);
-            stats.first = first;
-            batch.insert(&keys::with_id(keys::STATS, log.id()), &stats.encode());
+            for stats in [&mut stats, &mut sealed] {
+                stats.bytes = stats.bytes.saturating_sub(freed);
+                stats.first = first;
+            }
+            batch.insert(&keys::with_id(keys::STATS, log.id()), &sealed.encode());
         }
         let mut removed = 0;
         let mut more = false;

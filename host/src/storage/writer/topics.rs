@@ -1,36 +1,86 @@
 //! Staging a topic's writes: records into chunks (sealed at one part, with their index
-//! entry and checksum), and topic creation, deletion and pipeline changes.
+//! entry and checksum; what no chunk seals goes to the journal as a piece, see
+//! `journal.rs`), and topic creation, deletion and pipeline changes.
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use quiver_protocol::record;
 use quiver_protocol::{NewRecord, Stage, TopicName};
 
 use super::{CommitGroup, Writer};
 use crate::storage::keys::{self, ChunkMeta, LogStats};
 use crate::storage::links::with_provenance;
-use crate::storage::log::{TailChunk, TopicMeta};
+use crate::storage::log::{Piece, TailChunk, TopicMeta};
 use crate::storage::{Appended, Provenance, StorageError, TopicLog, TopicSettings};
 use crate::util::now_ms;
 
-/// A chunk being filled during one group.
+/// A chunk being filled: the topic's unsealed pieces from earlier commits (still in
+/// its log, gathered only if the chunk is sealed), then the records of this group.
 pub(super) struct OpenChunk {
     base: u64,
+    /// The length of the pieces committed before this group: the chunk's first bytes.
+    prior_bytes: usize,
+    /// This group's records.
     buf: BytesMut,
     meta: ChunkMeta,
+    /// The offset of this group's first record in the chunk, and its time.
+    piece_base: u64,
+    piece_first_ts: u64,
+}
+
+impl OpenChunk {
+    fn len(&self) -> usize {
+        self.prior_bytes + self.buf.len()
+    }
 }
 
 /// One topic's state while a group is staged.
 pub(super) struct Staged {
     pub(super) log: Arc<TopicLog>,
+    /// Its stats in memory, moved by the group's records.
     pub(super) stats: LogStats,
     pub(super) chunk: Option<OpenChunk>,
     /// The chunks sealed in this group, for the log's tail once the commit counts.
     pub(super) sealed: Vec<TailChunk>,
+    /// Its stats in sled before the group (they stop at the end of its sealed chunks).
+    pub(super) sealed_before: LogStats,
+    /// The journal entry of its oldest unsealed piece before the group.
+    pub(super) held_since: Option<u64>,
 }
 
 impl Staged {
+    /// The topic as committed: its unsealed pieces open its chunk.
+    pub(super) fn new(log: Arc<TopicLog>) -> Self {
+        let stats = log.stats();
+        let sealed_before = log.sealed_stats();
+        let unsealed = log.lock_unsealed();
+        let chunk = unsealed.pieces.front().map(|first| OpenChunk {
+            base: first.base,
+            prior_bytes: usize::try_from(unsealed.bytes).unwrap_or(usize::MAX),
+            buf: BytesMut::new(),
+            meta: ChunkMeta {
+                count: u32::try_from(stats.next - first.base).unwrap_or(u32::MAX),
+                bytes: u32::try_from(unsealed.bytes).unwrap_or(u32::MAX),
+                first_ts: first.first_ts,
+                last_ts: stats.last_ts,
+                crc: None,
+            },
+            piece_base: stats.next,
+            piece_first_ts: 0,
+        });
+        let held_since = chunk.as_ref().map(|_| unsealed.first_sequence);
+        drop(unsealed);
+        Self {
+            log,
+            stats,
+            chunk,
+            sealed: Vec::new(),
+            sealed_before,
+            held_since,
+        }
+    }
+
     /// Seals the open chunk, if there is one.
     pub(super) fn seal_open(
         &mut self,
@@ -38,8 +88,41 @@ impl Staged {
         part_bytes: usize,
     ) {
         if let Some(chunk) = self.chunk.take() {
-            self.sealed
-                .push(seal(writes, self.log.id(), chunk, part_bytes));
+            self.sealed.push(seal(writes, &self.log, chunk, part_bytes));
+        }
+    }
+
+    /// This group's records that no chunk sealed: the piece its journal entry holds.
+    pub(super) fn piece(&self) -> Option<Piece> {
+        let chunk = self.chunk.as_ref().filter(|c| !c.buf.is_empty())?;
+        // A buffer much larger than its records would be held as long as the piece.
+        let bytes = match chunk.buf.capacity() > 2 * chunk.buf.len() {
+            true => Bytes::copy_from_slice(&chunk.buf),
+            false => Bytes::from(chunk.buf.clone()),
+        };
+        Some(Piece {
+            base: chunk.piece_base,
+            count: u32::try_from(self.stats.next - chunk.piece_base).unwrap_or(u32::MAX),
+            first_ts: chunk.piece_first_ts,
+            last_ts: chunk.meta.last_ts,
+            bytes,
+        })
+    }
+
+    /// The bytes of this group's unsealed records.
+    pub(super) fn piece_len(&self) -> usize {
+        self.chunk.as_ref().map_or(0, |c| c.buf.len())
+    }
+
+    /// Its stats in sled once the group commits: up to the end of its sealed chunks.
+    pub(super) fn sealed_after(&self) -> LogStats {
+        match &self.chunk {
+            Some(chunk) => LogStats {
+                next: chunk.base,
+                bytes: self.stats.bytes - chunk.len() as u64,
+                ..self.stats
+            },
+            None => self.stats,
         }
     }
 }
@@ -54,12 +137,10 @@ impl Writer {
         provenance: Option<&Provenance>,
     ) -> Appended {
         let chunk_bytes = self.chunk_bytes;
-        let staged = group.staged.entry(log.id()).or_insert_with(|| Staged {
-            stats: log.stats(),
-            log,
-            chunk: None,
-            sealed: Vec::new(),
-        });
+        let staged = group
+            .staged
+            .entry(log.id())
+            .or_insert_with(|| Staged::new(log));
         let base_offset = staged.stats.next;
         let now = now_ms();
         let mut digits = [0u8; 20];
@@ -74,7 +155,7 @@ impl Writer {
             if staged
                 .chunk
                 .as_ref()
-                .is_some_and(|open| open.buf.len() + len > chunk_bytes)
+                .is_some_and(|open| open.len() + len > chunk_bytes)
             {
                 staged.seal_open(&mut group.chunks, self.part_bytes);
             }
@@ -85,14 +166,21 @@ impl Writer {
                 .copied()
                 .unwrap_or(now)
                 .max(staged.stats.last_ts);
+            let next = staged.stats.next;
             let chunk = staged.chunk.get_or_insert_with(|| OpenChunk {
-                base: staged.stats.next,
-                buf: BytesMut::with_capacity(chunk_bytes.min(64 * 1024)),
+                base: next,
+                prior_bytes: 0,
+                buf: BytesMut::new(),
                 meta: ChunkMeta {
                     first_ts: ts,
                     ..ChunkMeta::default()
                 },
+                piece_base: next,
+                piece_first_ts: ts,
             });
+            if chunk.buf.is_empty() {
+                chunk.piece_first_ts = ts;
+            }
             let len = with_provenance(provenance, i, &mut digits, |extra| {
                 record::append_entry_with(&mut chunk.buf, ts, record, extra)
             });
@@ -102,7 +190,7 @@ impl Writer {
             staged.stats.next += 1;
             staged.stats.bytes += len as u64;
             staged.stats.last_ts = ts;
-            if chunk.buf.len() >= chunk_bytes {
+            if chunk.len() >= chunk_bytes {
                 staged.seal_open(&mut group.chunks, self.part_bytes);
             }
         }
@@ -174,15 +262,28 @@ fn encode_meta(meta: &TopicMeta) -> Vec<u8> {
 
 /// Stages a chunk's parts and then its index entry, with the checksum of its bytes;
 /// returns the chunk whole.
-pub(super) fn seal(
+fn seal(
     writes: &mut Vec<(sled::IVec, sled::IVec)>,
-    id: u64,
+    log: &TopicLog,
     mut chunk: OpenChunk,
     part_bytes: usize,
 ) -> TailChunk {
-    chunk.meta.crc = Some(crc32fast::hash(&chunk.buf));
-    let footprint = chunk.buf.capacity();
-    let bytes = chunk.buf.freeze();
+    let (bytes, footprint) = match chunk.prior_bytes {
+        0 => {
+            let footprint = chunk.buf.capacity();
+            (chunk.buf.freeze(), footprint)
+        }
+        _ => {
+            let mut joined = BytesMut::with_capacity(chunk.len());
+            for piece in &log.lock_unsealed().pieces {
+                joined.extend_from_slice(&piece.bytes);
+            }
+            joined.extend_from_slice(&chunk.buf);
+            (joined.freeze(), chunk.len())
+        }
+    };
+    chunk.meta.crc = Some(crc32fast::hash(&bytes));
+    let id = log.id();
     for (part, piece) in (0u32..).zip(bytes.chunks(part_bytes)) {
         writes.push((
             keys::chunk_part(id, chunk.base, part)[..].into(),
