@@ -18,8 +18,14 @@ use crate::util::now_ms;
 /// Runs until `shutdown`.
 pub async fn run(broker: Arc<Broker>, interval: Duration, shutdown: CancellationToken) {
     loop {
-        if let Err(e) = sweep(&broker, &shutdown).await {
-            warn!(cause = %e, "retention sweep failed; retrying next interval");
+        let started = std::time::Instant::now();
+        match sweep(&broker, &shutdown).await {
+            Ok(topics) => debug!(
+                topics,
+                ms = started.elapsed().as_millis(),
+                "retention sweep done"
+            ),
+            Err(e) => warn!(cause = %e, "retention sweep failed; retrying next interval"),
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
@@ -29,10 +35,12 @@ pub async fn run(broker: Arc<Broker>, interval: Duration, shutdown: Cancellation
     }
 }
 
-/// One pass over every topic and pending purge.
-async fn sweep(broker: &Broker, shutdown: &CancellationToken) -> Result<(), StorageError> {
+/// One pass over every topic and pending purge; returns the topics looked at.
+async fn sweep(broker: &Broker, shutdown: &CancellationToken) -> Result<usize, StorageError> {
     let storage = broker.storage();
-    for log in broker.topics() {
+    let topics = broker.topics();
+    let count = topics.len();
+    for log in topics {
         if log.retention().is_unlimited() {
             continue;
         }
@@ -48,7 +56,7 @@ async fn sweep(broker: &Broker, shutdown: &CancellationToken) -> Result<(), Stor
     }
     let horizon = now_ms().saturating_sub(broker.dedup().window_ms());
     until_done(shutdown, || storage.purge_dedup(horizon)).await?;
-    Ok(())
+    Ok(count)
 }
 
 /// Repeats a bounded clean-up step until nothing is left (or shutdown); returns the
