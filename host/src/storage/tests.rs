@@ -497,6 +497,7 @@ fn groups_and_dedup_entries_survive_reopening() {
                 cursor: 4,
                 redelivered: 2,
                 dead_lettered: 1,
+                plain: vec![(0, 1), (2, 2)],
             },
             GroupWrite::Pending {
                 topic: log.id(),
@@ -550,6 +551,7 @@ fn groups_and_dedup_entries_survive_reopening() {
                 cursor: 4,
                 redelivered: 2,
                 dead_lettered: 1,
+                plain: vec![(0, 1), (2, 2)],
                 pending: vec![(1, 2, 500)],
             }]
         );
