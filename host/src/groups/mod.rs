@@ -612,3 +612,6 @@ impl Groups {
         Some(group)
     }
 }
+
+#[cfg(test)]
+mod tests;
