@@ -11,8 +11,8 @@
 //! | `W` sha256 (32 bytes) part (u32 BE)   | up to [`part_bytes`] of a plugin component |
 //! | `K` name-length (u8) plugin-name key  | a plugin's state value |
 //! | `g` group-name                        | [`GroupRecord`](super::GroupRecord) (postcard) |
-//! | `o` group-id topic-id                 | a group's cursor and counters in a topic (24 bytes) |
-//! | `u` group-id topic-id offset          | a pending record: deliveries (u32), not-before (u64) |
+//! | `o` group-id topic-id                 | a group's cursor and counters in a topic (24 bytes), then its pending records delivered once and never nacked, as runs (varints; none before FORMAT 5) |
+//! | `u` group-id topic-id offset          | a pending record not in its lane's runs (delivered again, or nacked; before FORMAT 5, every one): deliveries (u32), not-before (u64) |
 //! | `d` time (ms) unique-id               | the ids and receipts of one commit's publishes, for deduplicating retries (postcard) |
 //! | `m` topic-id broker-id (u128 BE) origin-topic-id | a link mark: the origin offset expected next (u64 BE), the origin topic's name |
 //! | `l` link-name                         | [`LinkRecord`](super::LinkRecord) (postcard) |
