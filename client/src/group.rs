@@ -11,7 +11,10 @@
 //! member: delivery is at least once.
 //!
 //! Settlements are sent without waiting for an answer, batched with whatever else is
-//! queued. One lost with the connection only means the record is delivered again.
+//! queued: everything settled since the last frame goes out as one `SettleRuns` frame,
+//! acknowledgements as runs of offsets per topic, so acking records one by one costs
+//! the broker little per record. One lost with the connection only means the record is
+//! delivered again.
 //!
 //! When the connection is lost, the member joins its group again on the next one (with
 //! [`Reconnect::Backoff`](crate::Reconnect), the default). The broker released what the
@@ -20,6 +23,7 @@
 //! new membership: the broker applies each to a record this member holds again, and
 //! ignores the rest (delivered again elsewhere: at least once).
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -27,7 +31,8 @@ use std::time::Duration;
 
 use futures::Stream;
 use quiver_protocol::{
-    ClientFrame, GroupInfo, GroupSettings, Join, Op, ServerFrame, Settle, Settlement, StartAt,
+    AckRun, ClientFrame, GroupInfo, GroupSettings, Join, Op, RecordSettle, ServerFrame, Settle,
+    StartAt, TopicSettlements,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -37,8 +42,17 @@ use crate::connection::{Mux, Opened, Resumable};
 use crate::error::{Error, Result};
 use crate::subscription::Record;
 
-/// The most settlements sent in one frame (well within any frame limit).
-const MAX_SETTLE_BATCH: usize = 1024;
+/// The most settlements taken into one frame (well within any frame limit: a frame
+/// holds at most this many runs and topic names).
+const MAX_SETTLE_BATCH: usize = 4096;
+
+/// One settlement on its way to the pump.
+#[derive(Debug)]
+struct Settlement {
+    topic: Arc<str>,
+    offset: u64,
+    action: Settle,
+}
 
 impl Client {
     /// Creates a durable group consuming `settings.pattern`. Start from
@@ -214,7 +228,7 @@ impl Delivery {
 
     fn send(&self, action: Settle) -> Result<()> {
         let settlement = Settlement {
-            topic: self.record.topic.to_string(),
+            topic: Arc::clone(&self.record.topic),
             offset: self.record.offset,
             action,
         };
@@ -344,6 +358,103 @@ impl Pump {
             };
             batch.push(more);
         }
-        self.stream.send.send(&ClientFrame::Settle(batch)).await
+        self.stream
+            .send
+            .send(&ClientFrame::SettleRuns(runs(batch)))
+            .await
+    }
+}
+
+/// Settlements as `SettleRuns` wants them: per topic (in the order topics first
+/// appear), acknowledgements sorted into runs of consecutive offsets, every other
+/// settlement in the order it was made.
+fn runs(batch: Vec<Settlement>) -> Vec<TopicSettlements> {
+    let mut topics: Vec<(Arc<str>, Vec<u64>, Vec<RecordSettle>)> = Vec::new();
+    let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+    for Settlement {
+        topic,
+        offset,
+        action,
+    } in batch
+    {
+        let i = *index.entry(Arc::clone(&topic)).or_insert_with(|| {
+            topics.push((topic, Vec::new(), Vec::new()));
+            topics.len() - 1
+        });
+        let (_, acks, others) = &mut topics[i];
+        match action {
+            Settle::Ack => acks.push(offset),
+            action => others.push(RecordSettle { offset, action }),
+        }
+    }
+    topics
+        .into_iter()
+        .map(|(topic, mut acks, others)| {
+            acks.sort_unstable();
+            acks.dedup();
+            let mut runs: Vec<AckRun> = Vec::new();
+            for offset in acks {
+                match runs.last_mut() {
+                    Some(run) if run.first + run.count == offset => run.count += 1,
+                    _ => runs.push(AckRun {
+                        first: offset,
+                        count: 1,
+                    }),
+                }
+            }
+            TopicSettlements {
+                topic: topic.to_string(),
+                acks: runs,
+                others,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settlement(topic: &Arc<str>, offset: u64, action: Settle) -> Settlement {
+        Settlement {
+            topic: Arc::clone(topic),
+            offset,
+            action,
+        }
+    }
+
+    #[test]
+    fn acks_become_runs_per_topic_and_the_rest_keeps_its_order() {
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let batch = vec![
+            settlement(&a, 5, Settle::Ack),
+            settlement(&b, 1, Settle::Ack),
+            settlement(&a, 3, Settle::Ack),
+            settlement(&a, 9, Settle::InProgress),
+            settlement(&a, 4, Settle::Ack),
+            settlement(&a, 9, Settle::Nack { delay_ms: 7 }),
+            settlement(&a, 7, Settle::Ack),
+        ];
+        let frame = runs(batch);
+        assert_eq!(frame.len(), 2);
+        assert_eq!(frame[0].topic, "a");
+        assert_eq!(
+            frame[0].acks,
+            [AckRun { first: 3, count: 3 }, AckRun { first: 7, count: 1 }]
+        );
+        assert_eq!(
+            frame[0].others,
+            [
+                RecordSettle {
+                    offset: 9,
+                    action: Settle::InProgress
+                },
+                RecordSettle {
+                    offset: 9,
+                    action: Settle::Nack { delay_ms: 7 }
+                }
+            ]
+        );
+        assert_eq!(frame[1].acks, [AckRun { first: 1, count: 1 }]);
     }
 }

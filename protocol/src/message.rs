@@ -39,6 +39,9 @@ pub enum ClientFrame {
     /// The first frame of a subscription stream that can be resumed: a [`Subscribe`]
     /// with where to resume in the topics read before.
     SubscribeAt(SubscribeAt),
+    /// Settles delivered records on a group member stream, compactly: per topic,
+    /// acknowledgements as runs of offsets.
+    SettleRuns(Vec<TopicSettlements>),
 }
 
 impl ClientFrame {
@@ -53,6 +56,7 @@ impl ClientFrame {
             Self::Join(_) => "Join",
             Self::Settle(_) => "Settle",
             Self::SubscribeAt(_) => "SubscribeAt",
+            Self::SettleRuns(_) => "SettleRuns",
         }
     }
 }
@@ -807,6 +811,36 @@ pub struct Settlement {
     /// The record's topic.
     pub topic: String,
     /// Its offset.
+    pub offset: u64,
+    /// What to do with it.
+    pub action: Settle,
+}
+
+/// Settlements of records of one topic ([`ClientFrame::SettleRuns`]): `others` are
+/// applied first, in order, then `acks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicSettlements {
+    /// The records' topic.
+    pub topic: String,
+    /// Acknowledged records, as runs of consecutive offsets.
+    pub acks: Vec<AckRun>,
+    /// Every other settlement (nack, term, in progress), one record each.
+    pub others: Vec<RecordSettle>,
+}
+
+/// Consecutive offsets acknowledged together: `first` to `first + count - 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckRun {
+    /// The first offset.
+    pub first: u64,
+    /// How many offsets (at least 1; `first + count` must not overflow).
+    pub count: u64,
+}
+
+/// How a member settles one record of a [`TopicSettlements`]' topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordSettle {
+    /// The record's offset.
     pub offset: u64,
     /// What to do with it.
     pub action: Settle,

@@ -134,6 +134,7 @@ fn variant_indexes_match_the_documentation() {
             }),
             6,
         ),
+        (ClientFrame::SettleRuns(vec![]), 7),
     ];
     for (frame, want) in client {
         assert_eq!(body(&frame)[0], want);

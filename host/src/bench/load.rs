@@ -261,6 +261,8 @@ pub(super) struct Consumed {
     pub(super) elapsed: Duration,
     /// Publish-to-receive latency, µs.
     pub(super) latency: Histogram<u64>,
+    /// Records each consumer received, in the order they joined.
+    pub(super) counts: Vec<u64>,
 }
 
 /// Consumers at work.
@@ -344,6 +346,7 @@ impl Consumers {
             received_min,
             elapsed: last - produced.started,
             latency,
+            counts,
         })
     }
 }

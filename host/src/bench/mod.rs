@@ -79,6 +79,9 @@ pub struct Settings {
     pub batch: usize,
     /// Records a group member holds unacked at once.
     pub prefetch: u32,
+    /// group: publish every record first, then start the members and time only their
+    /// drain of the queue.
+    pub prefill: bool,
     /// The run stops publishing after this long.
     pub time_limit: Duration,
     /// Topics the records are spread over.
@@ -118,6 +121,9 @@ pub struct Report {
     /// With several topics: how long creating them took, and deleting them at the end
     /// (`None` with `--keep`).
     pub topics_setup: Option<(Duration, Option<Duration>)>,
+    /// For the group scenario: records each member received (and acked), in the
+    /// order they joined.
+    pub per_member: Vec<u64>,
     /// The settings.
     pub settings: Settings,
 }
@@ -176,6 +182,11 @@ impl Report {
         if let Some(calls) = self.plugin_calls {
             out["plugin_calls"] = calls.into();
         }
+        if !self.per_member.is_empty() {
+            out["per_member"] = self.per_member.clone().into();
+            out["prefetch"] = s.prefetch.into();
+            out["prefill"] = s.prefill.into();
+        }
         out
     }
 }
@@ -204,6 +215,9 @@ impl Settings {
         );
         if needs_consumers && self.consumers == 0 {
             bail!("--consumers must be at least 1 for this scenario");
+        }
+        if self.prefill && self.scenario != Scenario::Group {
+            bail!("--prefill is for the group scenario");
         }
         Ok(())
     }
@@ -309,6 +323,7 @@ async fn publish(
         baseline: None,
         plugin_calls: None,
         topics_setup: None,
+        per_member: Vec::new(),
         settings: settings.clone(),
     })
 }
@@ -333,6 +348,10 @@ async fn end_to_end(
         baseline: None,
         plugin_calls: None,
         topics_setup: None,
+        per_member: match settings.scenario {
+            Scenario::Group => consumed.counts,
+            _ => Vec::new(),
+        },
         settings: settings.clone(),
     })
 }
@@ -351,7 +370,36 @@ async fn group_run(
         ..GroupSettings::new(pattern)
     };
     admin.create_group(group, group_settings).await?;
-    end_to_end(settings, connector, topics, Source::Group(group.to_owned())).await
+    let source = Source::Group(group.to_owned());
+    if !settings.prefill {
+        return end_to_end(settings, connector, topics, source).await;
+    }
+    // A queue filled first; only its drain is timed (from before the first member
+    // joins to the last ack).
+    let produced = Producers::start(settings, connector, topics, Payloads::Binary)
+        .await?
+        .finish()
+        .await?;
+    let drain = load::Produced {
+        started: std::time::Instant::now(),
+        latency: load::histogram(),
+        ..produced
+    };
+    let consumers = Consumers::start(settings, connector, source).await?;
+    let consumed = consumers.finish(&drain).await?;
+    Ok(Report {
+        scenario: settings.scenario,
+        published: drain.acked,
+        received_min: consumed.received_min,
+        elapsed: consumed.elapsed,
+        latency: consumed.latency,
+        per_consumer: false,
+        baseline: None,
+        plugin_calls: None,
+        topics_setup: None,
+        per_member: consumed.counts,
+        settings: settings.clone(),
+    })
 }
 
 async fn plugin(

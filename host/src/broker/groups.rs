@@ -79,13 +79,7 @@ impl Broker {
             .filter(|log| pattern.matches(log.name()))
         {
             let cursor = self.start_offset(&log, settings.from)?;
-            lanes.push((
-                log,
-                Lane {
-                    cursor,
-                    ..Lane::default()
-                },
-            ));
+            lanes.push((log, Lane::new(cursor, BTreeMap::new(), 0, 0)));
         }
         let record = GroupRecord {
             id: self.storage.generate_id()?,

@@ -8,6 +8,7 @@
 //! it leaves goes back to the group at once.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +17,8 @@ use quiver_protocol::record::decode_shared;
 use tokio::sync::{Notify, broadcast};
 
 use super::{Broker, BrokerError};
-use crate::groups::Group;
 use crate::groups::state::{Action, Delivery, MemberId};
+use crate::groups::{Group, Settling};
 use crate::storage::{Storage, StorageError, TopicLog, Watch};
 use crate::util::now_ms;
 
@@ -81,13 +82,15 @@ impl Membership {
         self.member
     }
 
-    /// Records this member holds now.
+    /// Records this member holds now and has taken (records dealt to it in another
+    /// member's round wait for its next [`take`](Self::take), which returns them).
     pub fn held(&self) -> usize {
         self.group.held(self.member)
     }
 
-    /// One round: releases what timed out, follows topic changes, and assigns this
-    /// member up to `room` records. Fails once the group is deleted.
+    /// One round: releases what timed out, follows topic changes, deals what is
+    /// available to every member with room (this one has room for `room` more), and
+    /// returns this member's records: up to `room`. Fails once the group is deleted.
     pub async fn take(&mut self, room: usize) -> Result<Vec<Delivery>, BrokerError> {
         if self.group.is_deleted() {
             return Err(BrokerError::GroupNotFound(self.group.name().to_owned()));
@@ -157,21 +160,36 @@ impl Membership {
         }
     }
 
-    /// Settles records this member holds (`topic` by name); what dead-letters is
-    /// queued to storage before the group forgets it.
-    pub async fn settle(&self, settlements: impl IntoIterator<Item = (String, u64, Action)>) {
-        let changes = self.group.changes().await;
-        let now = now_ms();
-        let mut dead = Vec::new();
-        let mut writes = Vec::new();
-        for (topic, offset, action) in settlements {
-            let Some(topic) = self.group.topic_named(&topic) else {
+    /// Settles records this member holds (`topic` by name), in order; what
+    /// dead-letters is queued to storage before the group forgets it. Settlements of
+    /// topics the group does not consume are ignored.
+    pub async fn settle<T: AsRef<str>>(&self, settlements: impl IntoIterator<Item = (T, Settle)>) {
+        // Names resolved once per run of one topic (settlements come grouped).
+        let mut last: Option<(String, Option<u64>)> = None;
+        let mut settlings = Vec::new();
+        for (topic, settle) in settlements {
+            let name = topic.as_ref();
+            let id = match &last {
+                Some((known, id)) if known == name => *id,
+                _ => {
+                    let id = self.group.topic_named(name);
+                    last = Some((name.to_owned(), id));
+                    id
+                }
+            };
+            let Some(topic) = id else {
                 continue;
             };
-            let (letter, changed) = changes.settle(self.member, topic, offset, action, now);
-            dead.extend(letter);
-            writes.extend(changed);
+            settlings.push(match settle {
+                Settle::One(offset, action) => Settling::One(topic, offset, action),
+                Settle::Acks(offsets) => Settling::Acks(topic, offsets),
+            });
         }
+        if settlings.is_empty() {
+            return;
+        }
+        let changes = self.group.changes().await;
+        let (dead, writes) = changes.settle(self.member, settlings, now_ms());
         self.broker
             .apply_group_changes(&self.group, writes, dead)
             .await;
@@ -195,6 +213,15 @@ impl Membership {
         }
         self.watches.retain(|id, _| self.group.log(*id).is_some());
     }
+}
+
+/// One settlement of a record (or of a range of them) in a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// One record.
+    One(u64, Action),
+    /// Acknowledges the records of the range this member holds.
+    Acks(Range<u64>),
 }
 
 /// Consecutive offsets of one topic to read.

@@ -70,6 +70,10 @@ pub(super) struct BenchArgs {
     /// Records a group member holds unacknowledged (group).
     #[arg(long, default_value_t = 1024)]
     prefetch: u32,
+    /// group: publish --count records first, then start the members and time only
+    /// their drain of the queue.
+    #[arg(long)]
+    prefill: bool,
     /// Topics to spread the records over (each publish goes to the next in turn;
     /// consumers subscribe to a pattern matching them all).
     #[arg(long, default_value_t = 1)]
@@ -154,6 +158,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         window: args.window,
         batch: args.batch,
         prefetch: args.prefetch,
+        prefill: args.prefill,
         time_limit: args.time_limit,
         topics: args.topics,
         durability: args.durability.durability(),
@@ -307,6 +312,18 @@ fn text(report: &Report, rss_kib: Option<u64>) -> String {
         }
     } else {
         out.push_str(&line(report, ""));
+    }
+    if !report.per_member.is_empty() {
+        let counts: Vec<String> = report.per_member.iter().map(u64::to_string).collect();
+        out.push_str(&format!(
+            "  acked per member (prefetch {}{}): {}\n",
+            report.settings.prefetch,
+            match report.settings.prefill {
+                true => ", queue filled first, drain timed",
+                false => ", producer publishing meanwhile",
+            },
+            counts.join(" / ")
+        ));
     }
     let h = &report.latency;
     let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);

@@ -15,10 +15,19 @@
 //! the power-cut harness saw a caught-up group behind again after a clean restart).
 //! Changes become durable with the next group commit; a crash keeps a prefix of them,
 //! which only means records are delivered again.
+//!
+//! Members are served in turns: whichever member's task asks (a settlement came back,
+//! a topic grew), every member with room is dealt its share of what is available
+//! ([`GroupState::deal`]), the members in the order they were last served (a member
+//! served goes to the back of the queue). What is dealt to another member waits in its
+//! slot, counted as held, and that member is woken to take it. So the member whose task
+//! happens to run first does not take everything, and a member that joins late or
+//! settles slowly gets its share of what it has room for.
 
 pub mod state;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
@@ -26,7 +35,9 @@ use quiver_protocol::{GroupInfo, GroupTopic, TopicPattern};
 use tokio::sync::Notify;
 
 use crate::storage::{GroupRecord, GroupWrite, StorageError, StoredGroup, TopicLog};
-use state::{Change, DeadLetter, Delivery, GroupState, Lane, MemberId, Pending, Policy, TopicId};
+use state::{
+    Action, Change, DeadLetter, Delivery, GroupState, Lane, MemberId, Pending, Policy, TopicId,
+};
 
 /// A durable group, live.
 #[derive(Debug)]
@@ -37,11 +48,39 @@ pub struct Group {
     policy: Policy,
     state: Mutex<GroupState>,
     logs: Mutex<HashMap<TopicId, Arc<TopicLog>>>,
-    members: Mutex<HashMap<MemberId, Arc<Notify>>>,
+    members: Mutex<Members>,
     next_member: AtomicU64,
     deleted: AtomicBool,
     /// Held by [`Changes`].
     persist_order: tokio::sync::Mutex<()>,
+}
+
+/// The members of a group and their turns.
+#[derive(Debug, Default)]
+struct Members {
+    by_id: HashMap<MemberId, Slot>,
+    /// The order members are served in: one served goes to the back.
+    queue: VecDeque<MemberId>,
+}
+
+/// One member's place in its group.
+#[derive(Debug)]
+struct Slot {
+    /// Wakes the member's task.
+    notify: Arc<Notify>,
+    /// Records it has room for beyond what it holds, as of its last round.
+    want: usize,
+    /// Records dealt to it (held) that its task has not taken yet.
+    dealt: Vec<Delivery>,
+}
+
+/// A settlement of one member, as [`Changes::settle`] applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settling {
+    /// One record.
+    One(TopicId, u64, Action),
+    /// Acknowledges every record of the range the member holds.
+    Acks(TopicId, Range<u64>),
 }
 
 /// The right to change a group's state: held from before a change until its writes
@@ -150,25 +189,38 @@ impl Group {
     /// Registers a member; it is woken whenever records may be available to it.
     pub fn join(&self, notify: Arc<Notify>) -> MemberId {
         let member = self.next_member.fetch_add(1, Ordering::Relaxed);
-        lock(&self.members).insert(member, notify);
+        let mut members = lock(&self.members);
+        members.by_id.insert(
+            member,
+            Slot {
+                notify,
+                want: 0,
+                dealt: Vec::new(),
+            },
+        );
+        members.queue.push_back(member);
         member
     }
 
     /// Wakes every member (records were freed, or the group changed).
     pub fn wake_members(&self) {
-        for notify in lock(&self.members).values() {
-            notify.notify_one();
+        for slot in lock(&self.members).by_id.values() {
+            slot.notify.notify_one();
         }
     }
 
     /// Members connected now.
     pub fn member_count(&self) -> usize {
-        lock(&self.members).len()
+        lock(&self.members).by_id.len()
     }
 
-    /// Records `member` holds.
+    /// Records `member` holds and has taken (not those dealt to it and waiting).
     pub fn held(&self, member: MemberId) -> usize {
-        lock(&self.state).held(member)
+        let waiting = lock(&self.members)
+            .by_id
+            .get(&member)
+            .map_or(0, |slot| slot.dealt.len());
+        lock(&self.state).held(member).saturating_sub(waiting)
     }
 
     /// When the state next changes by itself.
@@ -183,12 +235,7 @@ impl Group {
         changes
             .into_iter()
             .filter_map(|change| match change {
-                Change::Lane(topic) => lanes.get(&topic).map(|lane| GroupWrite::Lane {
-                    topic,
-                    cursor: lane.cursor,
-                    redelivered: lane.redelivered,
-                    dead_lettered: lane.dead_lettered,
-                }),
+                Change::Lane(topic) => lanes.get(&topic).map(|lane| lane_write(topic, lane)),
                 Change::Pending(topic, offset, entry) => Some(GroupWrite::Pending {
                     topic,
                     offset,
@@ -272,7 +319,10 @@ impl Changes<'_> {
 
     /// Unregisters a member and releases what it held.
     pub fn leave(&self, member: MemberId, now: u64) -> (Vec<DeadLetter>, Vec<GroupWrite>) {
-        lock(&self.group.members).remove(&member);
+        let mut members = lock(&self.group.members);
+        members.by_id.remove(&member);
+        members.queue.retain(|m| *m != member);
+        drop(members);
         let mut state = lock(&self.group.state);
         let dead = state.release(now, Some(member), self.group.policy);
         let writes = self.group.writes(&mut state);
@@ -289,11 +339,15 @@ impl Changes<'_> {
         (dead, writes)
     }
 
-    /// Hands `member` up to `max` records.
+    /// A round for `member`, which has room for `room` more records (not counting
+    /// those dealt to it and waiting): every member with room is dealt its share of
+    /// what is available, in turns (see the module docs), and the others that got
+    /// records are woken. Returns what `member` takes now: what was dealt to it before
+    /// and its share of this round.
     pub fn assign(
         &self,
         member: MemberId,
-        max: usize,
+        room: usize,
         now: u64,
     ) -> (Vec<Delivery>, Vec<GroupWrite>) {
         let logs = lock(&self.group.logs).clone();
@@ -303,27 +357,84 @@ impl Changes<'_> {
                 (stats.first, stats.next)
             })
         };
+        let mut members = lock(&self.group.members);
+        let Members { by_id, queue } = &mut *members;
+        let Some(slot) = by_id.get_mut(&member) else {
+            return (Vec::new(), Vec::new());
+        };
+        slot.want = room.saturating_sub(slot.dealt.len());
+        let wants: Vec<(MemberId, usize)> = queue
+            .iter()
+            .filter_map(|m| by_id.get(m).map(|slot| (*m, slot.want)))
+            .filter(|(_, want)| *want > 0)
+            .collect();
         let mut state = lock(&self.group.state);
-        let deliveries = state.assign(member, max, now, self.group.policy, bounds);
+        let dealt = state.deal(&wants, now, self.group.policy, bounds);
         let writes = self.group.writes(&mut state);
-        (deliveries, writes)
+        drop(state);
+        let mut served = Vec::new();
+        for ((m, _), deliveries) in wants.into_iter().zip(dealt) {
+            if deliveries.is_empty() {
+                continue;
+            }
+            served.push(m);
+            if let Some(slot) = by_id.get_mut(&m) {
+                slot.want = slot.want.saturating_sub(deliveries.len());
+                slot.dealt.extend(deliveries);
+                if m != member {
+                    slot.notify.notify_one();
+                }
+            }
+        }
+        if !served.is_empty() {
+            queue.retain(|m| !served.contains(m));
+            queue.extend(served);
+        }
+        // Within its room (a carrier's room may shrink between rounds).
+        let mine = by_id
+            .get_mut(&member)
+            .map(|slot| {
+                let n = slot.dealt.len().min(room);
+                slot.dealt.drain(..n).collect()
+            })
+            .unwrap_or_default();
+        (mine, writes)
     }
 
-    /// Applies a member's settlement.
+    /// Applies a member's settlements, in order. Wakes the members when a record was
+    /// freed for them (a nack).
     pub fn settle(
         &self,
         member: MemberId,
-        topic: TopicId,
-        offset: u64,
-        action: state::Action,
+        settlements: impl IntoIterator<Item = Settling>,
         now: u64,
-    ) -> (Option<DeadLetter>, Vec<GroupWrite>) {
+    ) -> (Vec<DeadLetter>, Vec<GroupWrite>) {
         let mut state = lock(&self.group.state);
-        let dead = state.settle(member, topic, offset, action, now, self.group.policy);
+        let mut dead = Vec::new();
+        let mut freed = false;
+        for settling in settlements {
+            match settling {
+                Settling::One(topic, offset, action) => {
+                    freed |= matches!(action, Action::Nack { .. });
+                    dead.extend(state.settle(
+                        member,
+                        topic,
+                        offset,
+                        action,
+                        now,
+                        self.group.policy,
+                    ));
+                }
+                Settling::Acks(topic, offsets) => {
+                    state.ack_range(member, topic, offsets);
+                }
+            }
+        }
         let writes = self.group.writes(&mut state);
         drop(state);
-        // A nack frees a record another member may take.
-        self.group.wake_members();
+        if freed {
+            self.group.wake_members();
+        }
         (dead, writes)
     }
 
@@ -341,6 +452,17 @@ impl Changes<'_> {
         drop(state);
         self.group.wake_members();
         Ok(writes)
+    }
+}
+
+/// What storage keeps of a lane: its cursor, counters and plain pending runs.
+fn lane_write(topic: TopicId, lane: &Lane) -> GroupWrite {
+    GroupWrite::Lane {
+        topic,
+        cursor: lane.cursor,
+        redelivered: lane.redelivered,
+        dead_lettered: lane.dead_lettered,
+        plain: lane.plain_runs(),
     }
 }
 
@@ -376,6 +498,7 @@ impl Groups {
             };
             let mut live = Vec::new();
             let mut writes = Vec::new();
+            let mut converted = Vec::new();
             for stored in lanes {
                 let Some(log) = by_id.get(&stored.topic) else {
                     writes.push(GroupWrite::DropLane {
@@ -397,16 +520,50 @@ impl Groups {
                         )
                     })
                     .collect();
-                let lane = Lane {
-                    cursor: stored.cursor,
+                // Data dirs from before plain runs have a key per pending record: the
+                // plain ones move into their lane's runs (their keys are removed in
+                // the same commit as the lane is written with them).
+                let mut pending: BTreeMap<u64, Pending> = pending;
+                for &(first, count) in &stored.plain {
+                    for offset in first..first.saturating_add(count) {
+                        pending.entry(offset).or_insert(Pending {
+                            deliveries: 1,
+                            holder: None,
+                            not_before: 0,
+                        });
+                    }
+                }
+                let keyed_plain: Vec<u64> = stored
+                    .pending
+                    .iter()
+                    .filter(|&&(_, deliveries, not_before)| deliveries == 1 && not_before == 0)
+                    .map(|&(offset, _, _)| offset)
+                    .collect();
+                if !keyed_plain.is_empty() {
+                    converted.push(stored.topic);
+                    writes.extend(keyed_plain.into_iter().map(|offset| GroupWrite::Pending {
+                        topic: stored.topic,
+                        offset,
+                        entry: None,
+                    }));
+                }
+                let lane = Lane::new(
+                    stored.cursor,
                     pending,
-                    redelivered: stored.redelivered,
-                    dead_lettered: stored.dead_lettered,
-                };
+                    stored.redelivered,
+                    stored.dead_lettered,
+                );
                 live.push((Arc::clone(log), lane));
             }
             let (group, dead) = Group::new(record, pattern, live);
-            writes.extend(group.writes(&mut lock(&group.state)));
+            let mut state = lock(&group.state);
+            for topic in converted {
+                if let Some(lane) = state.lanes().get(&topic) {
+                    writes.push(lane_write(topic, lane));
+                }
+            }
+            writes.extend(group.writes(&mut state));
+            drop(state);
             groups.insert(Arc::clone(&group));
             loaded.push(Loaded {
                 group,
@@ -455,3 +612,6 @@ impl Groups {
         Some(group)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -30,7 +30,7 @@ use super::session::{StoredSession, StoredSubscription};
 use super::topic::{self, Filter};
 use crate::auth::Right;
 use crate::broker::cursors::Cursors;
-use crate::broker::membership::Membership;
+use crate::broker::membership::{Membership, Settle};
 use crate::groups::state::Action;
 use crate::storage::{StorageError, TopicLog};
 
@@ -397,7 +397,8 @@ impl Connection {
                 let record = assignment.record;
                 let qos = lower(qos, published_qos(&record));
                 if qos == QoS::AtMostOnce {
-                    delivered_at_qos0.push((topic_name.clone(), record.offset, Action::Ack));
+                    delivered_at_qos0
+                        .push((topic_name.clone(), Settle::One(record.offset, Action::Ack)));
                 }
                 self.deliver(Delivery {
                     topic: topic::mqtt_name(&topic_name),
@@ -508,7 +509,7 @@ impl Connection {
         if let Some(share) = self.shares.iter().find(|s| s.id == share) {
             share
                 .membership
-                .settle([(topic, offset, Action::Ack)])
+                .settle([(topic, Settle::One(offset, Action::Ack))])
                 .await;
         }
     }

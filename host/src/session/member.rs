@@ -13,14 +13,14 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use quiver_protocol::{
-    Assigned, AssignedRecord, ClientFrame, ErrorCode, Join, NewRecord, ServerFrame, Settle,
-    WireError,
+    Assigned, AssignedRecord, ClientFrame, ErrorCode, Join, NewRecord, ServerFrame,
+    TopicSettlements, WireError,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, instrument};
 
-use crate::broker::membership::Membership;
+use crate::broker::membership::{Membership, Settle};
 use crate::broker::{Broker, BrokerError};
 use crate::groups::state::{Action, Delivery};
 use crate::transport::{FrameReader, FrameWriter, Incoming};
@@ -112,18 +112,13 @@ async fn run(
         while let Some(frame) = incoming {
             match frame {
                 Incoming::Frame(ClientFrame::Settle(settlements)) => {
-                    let settlements = settlements.into_iter().map(|s| {
-                        let action = match s.action {
-                            Settle::Ack => Action::Ack,
-                            Settle::Nack { delay_ms } => Action::Nack { delay_ms },
-                            Settle::Term { reason } => {
-                                Action::Term(format!("terminated by the consumer: {reason}"))
-                            }
-                            Settle::InProgress => Action::InProgress,
-                        };
-                        (s.topic, s.offset, action)
-                    });
+                    let settlements = settlements
+                        .into_iter()
+                        .map(|s| (s.topic, Settle::One(s.offset, action(s.action))));
                     membership.settle(settlements).await;
+                }
+                Incoming::Frame(ClientFrame::SettleRuns(topics)) => {
+                    membership.settle(runs(topics)?).await;
                 }
                 Incoming::Frame(other) => {
                     return Err(WireError::new(
@@ -137,6 +132,50 @@ async fn run(
             incoming = reader.next().now_or_never();
         }
     }
+}
+
+/// A settlement's action, as the group applies it.
+fn action(settle: quiver_protocol::Settle) -> Action {
+    match settle {
+        quiver_protocol::Settle::Ack => Action::Ack,
+        quiver_protocol::Settle::Nack { delay_ms } => Action::Nack { delay_ms },
+        quiver_protocol::Settle::Term { reason } => {
+            Action::Term(format!("terminated by the consumer: {reason}"))
+        }
+        quiver_protocol::Settle::InProgress => Action::InProgress,
+    }
+}
+
+/// A `SettleRuns` frame's settlements, in the order they apply (each topic's others,
+/// then its acknowledged runs); a run that is empty or overflows is refused.
+fn runs(topics: Vec<TopicSettlements>) -> Result<Vec<(String, Settle)>, WireError> {
+    let mut settlements = Vec::new();
+    for topic in topics {
+        for other in topic.others {
+            settlements.push((
+                topic.topic.clone(),
+                Settle::One(other.offset, action(other.action)),
+            ));
+        }
+        for run in topic.acks {
+            let end = run
+                .first
+                .checked_add(run.count)
+                .filter(|_| run.count > 0)
+                .ok_or_else(|| {
+                    WireError::new(
+                        ErrorCode::Malformed,
+                        format!(
+                            "an ack run must hold at least one offset and end within u64: \
+                             first {}, count {}",
+                            run.first, run.count
+                        ),
+                    )
+                })?;
+            settlements.push((topic.topic.clone(), Settle::Acks(run.first..end)));
+        }
+    }
+    Ok(settlements)
 }
 
 /// Reads the assigned records and feeds them to the member, flushing every

@@ -30,7 +30,10 @@ pub struct StoredLane {
     pub redelivered: u64,
     /// Dead letters so far.
     pub dead_lettered: u64,
-    /// Pending records: offset, deliveries, not-before (ms).
+    /// Pending records delivered once and never nacked, as runs: (first, count).
+    pub plain: Vec<(u64, u64)>,
+    /// The other pending records (and, in data dirs written before the runs, every
+    /// pending record): offset, deliveries, not-before (ms).
     pub pending: Vec<(u64, u32, u64)>,
 }
 
@@ -46,7 +49,7 @@ pub struct StoredGroup {
 /// One change to a group's persisted state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupWrite {
-    /// A lane's cursor and counters.
+    /// A lane's cursor, counters and plain pending records (written whole: one key).
     Lane {
         /// The topic.
         topic: u64,
@@ -56,8 +59,11 @@ pub enum GroupWrite {
         redelivered: u64,
         /// Dead letters so far.
         dead_lettered: u64,
+        /// Pending records delivered once and never nacked, as runs: (first, count).
+        plain: Vec<(u64, u64)>,
     },
-    /// A pending record's deliveries and not-before, or its removal (`None`).
+    /// A pending record's deliveries and not-before, or its removal (`None`): for
+    /// records not in their lane's plain runs.
     Pending {
         /// The topic.
         topic: u64,
@@ -93,11 +99,15 @@ impl Storage {
                         .map(u64::from_be_bytes)
                         .ok_or_else(|| corrupt("lane"))
                 };
+                let cursor = n(0)?;
+                let plain = decode_runs(value.get(24..).unwrap_or_default(), cursor)
+                    .ok_or_else(|| corrupt("lane's pending runs"))?;
                 let mut lane = StoredLane {
                     topic,
-                    cursor: n(0)?,
+                    cursor,
                     redelivered: n(1)?,
                     dead_lettered: n(2)?,
+                    plain,
                     pending: Vec::new(),
                 };
                 for item in
@@ -121,5 +131,102 @@ impl Storage {
             groups.push(StoredGroup { record, lanes });
         }
         Ok(groups)
+    }
+}
+
+/// A lane's value: cursor, redeliveries and dead letters (u64 BE each), then its plain
+/// pending runs, each as two LEB128 varints: the gap since the previous run's end (the
+/// first run's offset itself), and the count. A value of 24 bytes has no runs (and is
+/// all a lane was before runs were stored).
+pub(super) fn encode_lane(
+    cursor: u64,
+    redelivered: u64,
+    dead_lettered: u64,
+    plain: &[(u64, u64)],
+) -> Vec<u8> {
+    let mut value = Vec::with_capacity(24 + plain.len() * 4);
+    for n in [cursor, redelivered, dead_lettered] {
+        value.extend_from_slice(&n.to_be_bytes());
+    }
+    let mut end = 0u64;
+    for &(first, count) in plain {
+        varint(&mut value, first.saturating_sub(end));
+        varint(&mut value, count);
+        end = first.saturating_add(count);
+    }
+    value
+}
+
+fn varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Reads the runs [`encode_lane`] wrote after the 24 bytes; `None` when they are cut
+/// short, overlong, empty, or reach past the cursor (every plain record was delivered,
+/// so it lies below it).
+pub(super) fn decode_runs(mut bytes: &[u8], cursor: u64) -> Option<Vec<(u64, u64)>> {
+    fn next(bytes: &mut &[u8]) -> Option<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = bytes.split_first()?;
+            *bytes = rest;
+            n |= u64::from(byte & 0x7f).checked_shl(shift)?;
+            if byte & 0x80 == 0 {
+                return Some(n);
+            }
+        }
+        None
+    }
+    let mut runs = Vec::new();
+    let mut end = 0u64;
+    while !bytes.is_empty() {
+        let first = end.checked_add(next(&mut bytes)?)?;
+        let count = next(&mut bytes)?;
+        end = first.checked_add(count)?;
+        if count == 0 || end > cursor {
+            return None;
+        }
+        runs.push((first, count));
+    }
+    Some(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lane_runs_round_trip() {
+        let runs = vec![(0, 1), (2, 300), (1 << 40, 5)];
+        let value = encode_lane(u64::MAX, 7, 8, &runs);
+        assert_eq!(&value[..8], &u64::MAX.to_be_bytes());
+        assert_eq!(decode_runs(&value[24..], u64::MAX), Some(runs));
+        assert_eq!(encode_lane(5, 0, 0, &[]).len(), 24, "no runs: the old form");
+        assert_eq!(decode_runs(&[], 0), Some(Vec::new()));
+    }
+
+    #[test]
+    fn bad_runs_are_refused() {
+        let value = encode_lane(100, 0, 0, &[(10, 5)]);
+        assert_eq!(decode_runs(&value[24..], 14), None, "past the cursor");
+        assert_eq!(
+            decode_runs(&value[24..value.len() - 1], 100),
+            None,
+            "cut short"
+        );
+        assert_eq!(decode_runs(&[3, 0], 100), None, "an empty run");
+        assert_eq!(
+            decode_runs(&[0xff; 11], u64::MAX),
+            None,
+            "an overlong varint"
+        );
+        let overflow = encode_lane(u64::MAX, 0, 0, &[(u64::MAX - 1, 1)]);
+        let mut twice = overflow[24..].to_vec();
+        twice.extend_from_slice(&overflow[24..]);
+        assert_eq!(decode_runs(&twice, u64::MAX), None, "an end past u64");
     }
 }

@@ -12,8 +12,8 @@
 //! | `W` sha256 (32 bytes) part (u32 BE)   | up to [`part_bytes`] of a plugin component |
 //! | `K` name-length (u8) plugin-name key  | a plugin's state value |
 //! | `g` group-name                        | [`GroupRecord`](super::GroupRecord) (postcard) |
-//! | `o` group-id topic-id                 | a group's cursor and counters in a topic (24 bytes) |
-//! | `u` group-id topic-id offset          | a pending record: deliveries (u32), not-before (u64) |
+//! | `o` group-id topic-id                 | a group's cursor and counters in a topic (24 bytes), then its pending records delivered once and never nacked, as runs (varints; none before FORMAT 5) |
+//! | `u` group-id topic-id offset          | a pending record not in its lane's runs (delivered again, or nacked; before FORMAT 5, every one): deliveries (u32), not-before (u64) |
 //! | `d` time (ms) unique-id               | the ids and receipts of one commit's publishes, for deduplicating retries (postcard) |
 //! | `m` topic-id broker-id (u128 BE) origin-topic-id | a link mark: the origin offset expected next (u64 BE), the origin topic's name |
 //! | `l` link-name                         | [`LinkRecord`](super::LinkRecord) (postcard) |
@@ -71,8 +71,10 @@ pub(super) const FORMAT: u32 = 5;
 /// The first layout, before index entries carried a checksum. It reads as it is (its
 /// entries decode without one). Version 2 added the checksums, version 3 the `w` key,
 /// version 4 the broker id and links (`b`, `l`, `L`, `m`), version 5 the journal (`j`),
-/// a commit's unsealed records, and the marker of a commit of several topics (an
-/// older marker names one topic: [`Unfinished::decode`] reads both).
+/// a commit's unsealed records, the marker of a commit of several topics (an older
+/// marker names one topic: [`Unfinished::decode_v4`] reads it), and a group's pending
+/// records delivered once as runs in its lane's value (older `u` entries are folded
+/// into them at start-up).
 /// Opening an older data dir stamps it [`FORMAT`], so that a broker too old to read
 /// what this one writes refuses the data dir instead of misreading it.
 pub(super) const FORMAT_V1: u32 = 1;

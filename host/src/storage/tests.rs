@@ -519,6 +519,7 @@ fn groups_and_dedup_entries_survive_reopening() {
                 cursor: 4,
                 redelivered: 2,
                 dead_lettered: 1,
+                plain: vec![(0, 1), (2, 2)],
             },
             GroupWrite::Pending {
                 topic: log.id(),
@@ -572,6 +573,7 @@ fn groups_and_dedup_entries_survive_reopening() {
                 cursor: 4,
                 redelivered: 2,
                 dead_lettered: 1,
+                plain: vec![(0, 1), (2, 2)],
                 pending: vec![(1, 2, 500)],
             }]
         );

@@ -560,7 +560,27 @@ pub(crate) fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 positions,
             })
         }),
+        proptest::collection::vec(topic_settlements(), 0..3).prop_map(ClientFrame::SettleRuns),
     ]
+}
+
+fn topic_settlements() -> impl Strategy<Value = TopicSettlements> {
+    (
+        ".{0,8}",
+        proptest::collection::vec(
+            (any::<u64>(), any::<u64>()).prop_map(|(first, count)| AckRun { first, count }),
+            0..3,
+        ),
+        proptest::collection::vec(
+            (any::<u64>(), settle()).prop_map(|(offset, action)| RecordSettle { offset, action }),
+            0..3,
+        ),
+    )
+        .prop_map(|(topic, acks, others)| TopicSettlements {
+            topic,
+            acks,
+            others,
+        })
 }
 
 fn subscribe() -> impl Strategy<Value = Subscribe> {

@@ -1,5 +1,7 @@
 //! The group state machine against a reference model: random sequences of
-//! assignments, settlements, timeouts, members leaving, appends and restarts.
+//! assignments (one member, or several dealt in turns), settlements (one record, or
+//! runs of acks), timeouts, members leaving, appends and restarts from what storage
+//! was told (plain runs in the lane, the rest record by record).
 
 use std::collections::BTreeMap;
 
@@ -79,6 +81,25 @@ impl Model {
             out.push((offset, 1));
         }
         out
+    }
+
+    /// Acks every record of `offsets` `member` holds.
+    fn ack_range(&mut self, member: MemberId, offsets: std::ops::Range<u64>) {
+        let held: Vec<u64> = self
+            .held_by(member)
+            .into_iter()
+            .filter(|o| offsets.contains(o))
+            .collect();
+        for offset in held {
+            self.recs.insert(offset, Rec::Settled);
+        }
+    }
+
+    /// Gives a record assign handed out to another member.
+    fn give(&mut self, offset: u64, to: MemberId) {
+        if let Some(Rec::Held { member, .. }) = self.recs.get_mut(&offset) {
+            *member = to;
+        }
     }
 
     fn held_by(&self, member: MemberId) -> Vec<u64> {
@@ -175,6 +196,8 @@ impl Model {
 enum Op {
     Append(u8),
     Assign(MemberId, u8),
+    Deal(Vec<(MemberId, u8)>),
+    AckRange(MemberId, u8, u8),
     Settle(MemberId, u8, u8),
     Advance(u8),
     Leave(MemberId),
@@ -185,6 +208,13 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (1u8..6).prop_map(Op::Append),
         3 => (0u64..3, 1u8..4).prop_map(|(m, n)| Op::Assign(m, n)),
+        3 => proptest::collection::vec((0u64..3, 0u8..6), 1..4).prop_map(|mut wants| {
+            // A member asks once per round.
+            wants.sort_by_key(|(m, _)| *m);
+            wants.dedup_by_key(|(m, _)| *m);
+            Op::Deal(wants)
+        }),
+        2 => (0u64..3, any::<u8>(), 0u8..8).prop_map(|(m, first, n)| Op::AckRange(m, first, n)),
         4 => (0u64..3, any::<u8>(), 0u8..5).prop_map(|(m, i, a)| Op::Settle(m, i, a)),
         2 => (0u8..80).prop_map(Op::Advance),
         1 => (0u64..3).prop_map(Op::Leave),
@@ -199,6 +229,7 @@ fn persist(
     disk: &mut BTreeMap<u64, (u32, u64)>,
     cursor: &mut u64,
     counters: &mut (u64, u64),
+    plain: &mut Vec<(u64, u64)>,
 ) {
     for change in state.take_changes() {
         match change {
@@ -206,6 +237,7 @@ fn persist(
                 let lane = &state.lanes()[&TOPIC];
                 *cursor = lane.cursor;
                 *counters = (lane.redelivered, lane.dead_lettered);
+                *plain = lane.plain_runs();
             }
             Change::Pending(_, offset, Some(entry)) => {
                 disk.insert(offset, entry);
@@ -228,6 +260,7 @@ proptest! {
         let mut disk = BTreeMap::new();
         let mut cursor = 0;
         let mut counters = (0, 0);
+        let mut plain = Vec::new();
         let mut now = 0u64;
         let mut dead = Vec::new();
         for op in ops {
@@ -241,6 +274,40 @@ proptest! {
                         .map(|d| (d.offset, d.deliveries))
                         .collect();
                     prop_assert_eq!(got, model.assign(member, max.into(), now));
+                }
+                Op::Deal(wants) => {
+                    let end = model.end;
+                    let wants: Vec<(MemberId, usize)> =
+                        wants.into_iter().map(|(m, n)| (m, usize::from(n))).collect();
+                    let total = wants.iter().map(|(_, n)| n).sum();
+                    let dealt = state.deal(&wants, now, POLICY, |_| (0, end));
+                    // The records are those one member with all the room would get, in
+                    // contiguous slices, in the order of the members.
+                    let all: Vec<(u64, u32)> = dealt
+                        .iter()
+                        .flatten()
+                        .map(|d| (d.offset, d.deliveries))
+                        .collect();
+                    prop_assert_eq!(&all, &model.assign(u64::MAX, total, now));
+                    for ((member, want), got) in wants.iter().zip(&dealt) {
+                        prop_assert!(got.len() <= *want);
+                        for d in got {
+                            model.give(d.offset, *member);
+                        }
+                    }
+                    // In turns: no member got two more than another that had room.
+                    for ((_, want_a), a) in wants.iter().zip(&dealt) {
+                        for ((_, want_b), b) in wants.iter().zip(&dealt) {
+                            if b.len() < *want_b && *want_a > 0 {
+                                prop_assert!(a.len() <= b.len() + 1, "unfair: {:?}", dealt);
+                            }
+                        }
+                    }
+                }
+                Op::AckRange(member, first, n) => {
+                    let offsets = u64::from(first) % 32..u64::from(first) % 32 + u64::from(n);
+                    model.ack_range(member, offsets.clone());
+                    state.ack_range(member, TOPIC, offsets);
                 }
                 Op::Settle(member, pick, action) => {
                     let held = model.held_by(member);
@@ -269,12 +336,18 @@ proptest! {
                     dead.extend(state.release(now, Some(member), POLICY).into_iter().map(|d| (d.offset, d.deliveries)));
                 }
                 Op::Restart => {
-                    persist(&mut state, &mut disk, &mut cursor, &mut counters);
-                    let pending = disk
+                    persist(&mut state, &mut disk, &mut cursor, &mut counters, &mut plain);
+                    let mut pending: BTreeMap<u64, Pending> = disk
                         .iter()
                         .map(|(&o, &(deliveries, not_before))| (o, Pending { deliveries, holder: None, not_before }))
                         .collect();
-                    let lane = Lane { cursor, pending, redelivered: counters.0, dead_lettered: counters.1 };
+                    for &(first, count) in &plain {
+                        for o in first..first + count {
+                            prop_assert!(!disk.contains_key(&o), "offset {} stored twice", o);
+                            pending.insert(o, Pending { deliveries: 1, holder: None, not_before: 0 });
+                        }
+                    }
+                    let lane = Lane::new(cursor, pending, counters.0, counters.1);
                     let (reloaded, exhausted) = GroupState::load(BTreeMap::from([(TOPIC, lane)]), POLICY);
                     state = reloaded;
                     dead.extend(exhausted.into_iter().map(|d| (d.offset, d.deliveries)));
@@ -332,4 +405,48 @@ fn lanes_take_turns() {
         a[0].topic, b[0].topic,
         "one busy topic does not starve another"
     );
+}
+
+#[test]
+fn plain_records_are_stored_with_their_lane_only() {
+    let mut state = GroupState::default();
+    state.add_lane(TOPIC, 0);
+    state.take_changes();
+    assert_eq!(state.assign(1, 100, 0, POLICY, |_| (0, 1000)).len(), 100);
+    assert_eq!(state.take_changes(), [Change::Lane(TOPIC)]);
+    assert_eq!(state.lanes()[&TOPIC].plain_runs(), [(0, 100)]);
+    assert_eq!(state.ack_range(1, TOPIC, 0..50), 50);
+    assert_eq!(state.ack_range(2, TOPIC, 50..100), 0, "held by another");
+    assert_eq!(state.take_changes(), [Change::Lane(TOPIC)]);
+    assert_eq!(state.lanes()[&TOPIC].plain_runs(), [(50, 50)]);
+    // A redelivery gets an entry of its own, and leaves the runs.
+    state.release(0, Some(1), POLICY);
+    let again = state.assign(2, 1, 0, POLICY, |_| (0, 1000));
+    assert_eq!((again[0].offset, again[0].deliveries), (50, 2));
+    assert_eq!(
+        state.take_changes(),
+        [
+            Change::Lane(TOPIC),
+            Change::Pending(TOPIC, 50, Some((2, 0)))
+        ]
+    );
+    assert_eq!(state.lanes()[&TOPIC].plain_runs(), [(51, 49)]);
+}
+
+#[test]
+fn a_round_deals_equal_contiguous_shares_within_each_room() {
+    let mut state = GroupState::default();
+    state.add_lane(TOPIC, 0);
+    let wants = [(1, 256), (2, 256), (3, 256), (4, 256)];
+    let dealt = state.deal(&wants, 0, POLICY, |_| (0, 102));
+    let counts: Vec<usize> = dealt.iter().map(Vec::len).collect();
+    assert_eq!(counts, [26, 26, 25, 25]);
+    for share in &dealt {
+        assert!(share.windows(2).all(|w| w[1].offset == w[0].offset + 1));
+    }
+    // A member with less room gets all it has room for; the rest goes to the others.
+    let dealt = state.deal(&[(5, 3), (6, 256)], 0, POLICY, |_| (0, 202));
+    assert_eq!(dealt.iter().map(Vec::len).collect::<Vec<_>>(), [3, 97]);
+    assert_eq!(state.held(5), 3);
+    assert_eq!(state.held(1), 26);
 }

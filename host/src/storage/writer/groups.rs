@@ -1,7 +1,11 @@
 //! Staging a durable group's writes: its creation with a lane per topic, its deletion,
-//! and the changes members make (cursors, counters, pending records).
+//! and the changes members make (cursors, counters, pending records). A lane is one
+//! key holding its cursor, counters and plain pending records as runs
+//! (`storage/groups.rs`, `encode_lane`); only pending records delivered more than once
+//! or nacked have keys of their own (`u`).
 
 use super::{CommitGroup, Writer};
+use crate::storage::groups::encode_lane;
 use crate::storage::keys;
 use crate::storage::{GroupRecord, GroupWrite, StorageError};
 
@@ -21,7 +25,7 @@ impl Writer {
         for (topic, cursor) in lanes {
             group.batch.insert(
                 &keys::with_offset(keys::LANE, record.id, topic)[..],
-                &lane_value(cursor, 0, 0)[..],
+                encode_lane(cursor, 0, 0, &[]),
             );
         }
         // Invariant: a GroupRecord holds only strings, integers and options.
@@ -85,9 +89,10 @@ impl Writer {
                     cursor,
                     redelivered,
                     dead_lettered,
+                    plain,
                 } => group.batch.insert(
                     &keys::with_offset(keys::LANE, id, topic)[..],
-                    &lane_value(cursor, redelivered, dead_lettered)[..],
+                    encode_lane(cursor, redelivered, dead_lettered, &plain),
                 ),
                 GroupWrite::Pending {
                     topic,
@@ -123,12 +128,4 @@ impl Writer {
         group.touched = true;
         Ok(())
     }
-}
-
-fn lane_value(cursor: u64, redelivered: u64, dead_lettered: u64) -> [u8; 24] {
-    let mut value = [0u8; 24];
-    for (i, n) in [cursor, redelivered, dead_lettered].into_iter().enumerate() {
-        value[i * 8..i * 8 + 8].copy_from_slice(&n.to_be_bytes());
-    }
-    value
 }

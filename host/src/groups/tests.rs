@@ -1,0 +1,253 @@
+//! A live group's rounds over a real topic: whichever member's task asks, every member
+//! with room gets its share, and records arriving one at a time go to members in turn.
+
+use quiver_protocol::{NewRecord, Retention, TopicName};
+
+use super::*;
+use crate::storage::{Storage, StorageConfig, StorageError};
+use crate::util::now_ms;
+
+/// A group over a topic holding `records`, with `members` joined.
+fn group_with(
+    rt: &tokio::runtime::Runtime,
+    dir: &tempfile::TempDir,
+    records: u32,
+    members: usize,
+) -> (Storage, Arc<TopicLog>, Arc<Group>, Vec<MemberId>) {
+    rt.block_on(async {
+        let config = StorageConfig {
+            barrier: false,
+            path: dir.path().join("db"),
+            cache_capacity: 8 << 20,
+            chunk_bytes: 64 << 10,
+        };
+        let (storage, _) = Storage::open(&config).unwrap();
+        let log = storage
+            .create_topic(TopicName::parse("jobs").unwrap(), Retention::default())
+            .await
+            .unwrap();
+        append(&storage, &log, records).await;
+        let settings = quiver_protocol::GroupSettings::new("jobs");
+        let record = GroupRecord {
+            id: 1,
+            name: "queue".into(),
+            settings,
+            created_ms: 0,
+        };
+        let pattern = TopicPattern::parse("jobs").unwrap();
+        let lane = Lane::new(0, BTreeMap::new(), 0, 0);
+        let (group, _) = Group::new(record, pattern, vec![(Arc::clone(&log), lane)]);
+        let members = (0..members)
+            .map(|_| group.join(Arc::new(Notify::new())))
+            .collect();
+        (storage, log, group, members)
+    })
+}
+
+async fn append(storage: &Storage, log: &Arc<TopicLog>, records: u32) {
+    let records = (0..records)
+        .map(|i| NewRecord::new(format!("job-{i}")))
+        .collect();
+    storage
+        .submit_append(
+            vec![(Arc::clone(log), records)],
+            Vec::new(),
+            Vec::new(),
+            None,
+        )
+        .await
+        .unwrap()
+        .durable()
+        .await
+        .unwrap();
+}
+
+#[test]
+fn the_first_member_to_ask_does_not_take_everything() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, log, group, members) = group_with(&rt, &dir, 0, 4);
+    rt.block_on(async {
+        // Every member waits with room (its task asked, and there was nothing).
+        for &member in &members {
+            let (none, _) = group.changes().await.assign(member, 256, now_ms());
+            assert!(none.is_empty());
+        }
+        append(&storage, &log, 100).await;
+        let changes = group.changes().await;
+        let (mine, _) = changes.assign(members[0], 256, now_ms());
+        assert_eq!(mine.len(), 25, "its share, not all 100");
+        // The others' shares wait for them, counted as held, not yet taken.
+        for &other in &members[1..] {
+            assert_eq!(group.held(other), 0);
+            let (theirs, _) = changes.assign(other, 256, now_ms());
+            assert_eq!(theirs.len(), 25);
+            assert_eq!(group.held(other), 25);
+        }
+        drop(changes);
+        storage.close().await;
+    });
+}
+
+#[test]
+fn records_arriving_one_at_a_time_go_to_members_in_turn() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, log, group, members) = group_with(&rt, &dir, 0, 3);
+    rt.block_on(async {
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            append(&storage, &log, 1).await;
+            // The first member's task always asks first (as the first watcher woken).
+            let changes = group.changes().await;
+            let (mine, _) = changes.assign(members[0], 256, now_ms());
+            let mut holder = None;
+            if !mine.is_empty() {
+                holder = Some(0);
+            }
+            for (i, &other) in members.iter().enumerate().skip(1) {
+                let (theirs, _) = changes.assign(other, 256, now_ms());
+                if !theirs.is_empty() {
+                    holder = Some(i);
+                }
+            }
+            got.push(holder.expect("someone got the record"));
+        }
+        assert_eq!(got, [0, 1, 2, 0, 1, 2]);
+        storage.close().await;
+    });
+}
+
+/// A data dir written before plain runs: a 24-byte lane and a `u` key for every
+/// pending record. It loads as it was, and its plain records move into the lane's runs
+/// (their keys removed in the same commit).
+#[test]
+fn a_group_stored_record_by_record_loads_and_moves_into_runs() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = StorageConfig {
+        barrier: false,
+        path: dir.path().join("db"),
+        cache_capacity: 8 << 20,
+        chunk_bytes: 64 << 10,
+    };
+    let record = GroupRecord {
+        id: 9,
+        name: "queue".into(),
+        settings: quiver_protocol::GroupSettings::new("jobs"),
+        created_ms: 0,
+    };
+    rt.block_on(async {
+        let (storage, _) = Storage::open(&config).unwrap();
+        let log = storage
+            .create_topic(TopicName::parse("jobs").unwrap(), Retention::default())
+            .await
+            .unwrap();
+        append(&storage, &log, 10).await;
+        // What the old writer wrote: the lane (24 bytes, no runs) and a key per
+        // pending record, plain ones included.
+        storage
+            .create_group(record.clone(), vec![(log.id(), 0)])
+            .await
+            .unwrap();
+        let topic = log.id();
+        let old = vec![
+            GroupWrite::Lane {
+                topic,
+                cursor: 6,
+                redelivered: 1,
+                dead_lettered: 0,
+                plain: Vec::new(),
+            },
+            GroupWrite::Pending {
+                topic,
+                offset: 1,
+                entry: Some((1, 0)),
+            },
+            GroupWrite::Pending {
+                topic,
+                offset: 2,
+                entry: Some((2, 0)),
+            },
+            GroupWrite::Pending {
+                topic,
+                offset: 4,
+                entry: Some((1, 0)),
+            },
+            GroupWrite::Pending {
+                topic,
+                offset: 5,
+                entry: Some((1, 0)),
+            },
+        ];
+        storage.group_writes("queue".into(), 9, old).await.unwrap();
+        storage.close().await;
+    });
+    // sled releases its directory lock when the last handle drops, and its IO threads
+    // may hold one for a moment after `close` returns: retry on that error alone.
+    let reopen = || {
+        for _ in 0..100_000 {
+            match Storage::open(&config) {
+                Err(StorageError::Sled(e)) if e.to_string().contains("lock") => {
+                    std::thread::yield_now();
+                }
+                opened => return opened.unwrap(),
+            }
+        }
+        panic!("the data dir stayed locked")
+    };
+    let (storage, topics) = reopen();
+    let stored = storage.groups().unwrap();
+    assert!(stored[0].lanes[0].plain.is_empty(), "the old form");
+    let (groups, loaded) = Groups::load(stored, &topics);
+    let group = groups.get("queue").unwrap();
+    let topic = topics[0].id();
+    let lane = lock(&group.state).lanes()[&topic].clone();
+    let pending: Vec<(u64, u32)> = lane
+        .pending
+        .iter()
+        .map(|(o, p)| (*o, p.deliveries))
+        .collect();
+    assert_eq!(pending, [(1, 1), (2, 2), (4, 1), (5, 1)], "as it was");
+    let writes = loaded[0].writes.clone();
+    for offset in [1, 4, 5] {
+        assert!(writes.contains(&GroupWrite::Pending {
+            topic,
+            offset,
+            entry: None
+        }));
+    }
+    assert!(writes.contains(&GroupWrite::Lane {
+        topic,
+        cursor: 6,
+        redelivered: 1,
+        dead_lettered: 0,
+        plain: vec![(1, 1), (4, 2)],
+    }));
+    rt.block_on(async {
+        storage
+            .group_writes("queue".into(), 9, writes)
+            .await
+            .unwrap();
+        storage.close().await;
+    });
+    drop((groups, loaded, group, topics, storage));
+    let (storage, _) = reopen();
+    let lane = storage.groups().unwrap()[0].lanes[0].clone();
+    assert_eq!(lane.plain, [(1, 1), (4, 2)]);
+    assert_eq!(
+        lane.pending,
+        [(2, 2, 0)],
+        "only the redelivered one keeps its key"
+    );
+    rt.block_on(storage.close());
+}
