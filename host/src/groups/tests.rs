@@ -20,6 +20,7 @@ fn group_with(
             path: dir.path().join("db"),
             cache_capacity: 8 << 20,
             chunk_bytes: 64 << 10,
+            journal_bytes: crate::storage::DEFAULT_JOURNAL_BYTES,
         };
         let (storage, _) = Storage::open(&config).unwrap();
         let log = storage
@@ -139,6 +140,7 @@ fn a_group_stored_record_by_record_loads_and_moves_into_runs() {
         path: dir.path().join("db"),
         cache_capacity: 8 << 20,
         chunk_bytes: 64 << 10,
+        journal_bytes: crate::storage::DEFAULT_JOURNAL_BYTES,
     };
     let record = GroupRecord {
         id: 9,

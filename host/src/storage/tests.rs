@@ -378,6 +378,9 @@ enum Op {
     Append(bool, u8, u16),
     Trim(bool, u8),
     Reopen,
+    /// Reopen a copy of the data dir taken after the last flush, as a `kill -9` would
+    /// leave it: no clean close, no snapshot.
+    Crash,
     /// Start or stop watching topic 0 (reads then go through its tail).
     Watch,
 }
@@ -388,6 +391,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(topic, n, size)| Op::Append(topic, n, size)),
         1 => (any::<bool>(), any::<u8>()).prop_map(|(topic, k)| Op::Trim(topic, k)),
         1 => Just(Op::Reopen),
+        1 => Just(Op::Crash),
         1 => Just(Op::Watch),
     ]
 }
@@ -396,13 +400,13 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     /// Storage against a `VecDeque` model per topic: appends to two topics, trims,
-    /// restarts and readers coming and going, in any order; with chunks sealed as they
+    /// restarts, crashes and readers coming and going, in any order; with chunks sealed as they
     /// fill, by trims, and by a journal budget small enough to be passed often.
     #[test]
     fn storage_matches_a_simple_model(ops in proptest::collection::vec(op(), 1..40)) {
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
         let rt = rt();
-        let config = StorageConfig { journal_bytes: 300, ..config(&dir, 96) };
+        let mut config = StorageConfig { journal_bytes: 300, ..config(&dir, 96) };
         let mut models: [VecDeque<(u64, Vec<u8>)>; 2] = Default::default();
         let mut nexts = [0u64; 2];
         let (mut storage, _) = Storage::open(&config).unwrap();
@@ -439,10 +443,20 @@ proptest! {
                         models[t].pop_front();
                     }
                 }
-                Op::Reopen => {
+                Op::Reopen | Op::Crash => {
                     let watching = watch.take().is_some();
-                    rt.block_on(storage.close());
-                    drop(storage);
+                    if matches!(op, Op::Crash) {
+                        rt.block_on(storage.sync()).unwrap();
+                        let copy = tempfile::tempdir().unwrap();
+                        copy_tree(&config.path, &copy.path().join("db"));
+                        rt.block_on(storage.close());
+                        drop(storage);
+                        dir = copy;
+                        config.path = dir.path().join("db");
+                    } else {
+                        rt.block_on(storage.close());
+                        drop(storage);
+                    }
                     let (s, mut topics) = reopen(&config);
                     storage = s;
                     topics.sort_by(|a, b| a.name().as_str().cmp(b.name().as_str()));
@@ -1361,6 +1375,19 @@ fn marks_move_with_their_records_refuse_gaps_and_survive_reopening() {
             .origin_topic,
         "origin"
     );
+}
+
+/// Copies a directory, as the files are at this moment.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        match entry.file_type().unwrap().is_dir() {
+            true => copy_tree(&entry.path(), &target),
+            false => drop(std::fs::copy(entry.path(), target).unwrap()),
+        }
+    }
 }
 
 /// The sled keys under `prefix`.
