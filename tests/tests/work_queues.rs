@@ -149,9 +149,15 @@ async fn a_member_that_joins_late_gets_its_share() {
         || async { acked.load(Ordering::Acquire) >= 200 },
     )
     .await;
-    // What is left when the late one joins: at most this.
-    let left = RECORDS - acked.load(Ordering::Acquire);
     let late = worker(broker.client().await, 32, Arc::clone(&acked), done.clone());
+    eventually(
+        Duration::from_secs(30),
+        "the late member joined",
+        || async { client.describe_group("queue").await.unwrap().members == 2 },
+    )
+    .await;
+    // What is left once the late one has joined: at most this.
+    let left = RECORDS - acked.load(Ordering::Acquire);
     let counts = drained(&client, RECORDS, done, vec![first, late]).await;
     assert_eq!(counts.iter().sum::<u64>(), RECORDS, "none lost, none twice");
     // Half of what was left, within 20 %, as far as "left" is known.

@@ -14,9 +14,11 @@
 //! commit (`log::Unsealed`); memory holds them for readers, the journal for restarts.
 //! The chunk a piece belongs to is sealed later, with the commit that fills it, or
 //! when the journal outgrows its budget: then the topics holding the oldest entries
-//! are sealed (each into a chunk of what it gathered so far), and entries no topic
-//! holds a piece of any more are removed. The budget bounds both the memory of the
-//! pieces and what opening replays.
+//! are sealed (each into a chunk of what it gathered so far; at most
+//! `SEALS_PER_COMMIT` a commit, so that no commit stalls on thousands of them), and
+//! entries no topic holds a piece of any more are removed. The budget bounds both the
+//! memory of the pieces and what opening replays (softly: up to twice the budget while
+//! sealing catches up, and a commit's own entry beyond).
 //!
 //! Opening replays the journal in sequence order onto the stats sled holds (`s` +
 //! id, which stop at the sealed end): a piece below a topic's sealed end was sealed
@@ -42,6 +44,10 @@ use super::{StorageError, TopicLog};
 /// holding the oldest are sealed. With 10,000 topics written in turn, about 3 KiB per
 /// topic gathers before it is sealed (a dozen 256-byte records per chunk, not one).
 pub const DEFAULT_JOURNAL_BYTES: usize = 32 * 1024 * 1024;
+
+/// The most topics a commit seals because the journal is over its budget (unless it
+/// is twice over).
+const SEALS_PER_COMMIT: usize = 1024;
 
 const VERSION: u8 = 1;
 const PIECE_HEADER: usize = 8 + 8 + 4 + 8 + 8 + 4;
@@ -89,19 +95,26 @@ impl Journal {
         self.bytes + incoming > self.budget
     }
 
-    /// The topics to seal so that the live entries shrink to half the budget (with
-    /// `incoming` bytes about to be written): those holding the oldest entries.
+    /// The topics to seal so that the live entries shrink to three quarters of the
+    /// budget (with `incoming` bytes about to be written): those holding the oldest
+    /// entries, at most [`SEALS_PER_COMMIT`] unless the journal is twice its budget.
+    /// Sealing a topic writes three keys in nodes of their own: sealing thousands in
+    /// one commit would hold that commit up for most of a second.
     pub(super) fn to_seal(&self, incoming: usize) -> Vec<Arc<TopicLog>> {
-        let target = self.budget / 2;
+        let target = self.budget / 4 * 3;
         let mut remaining = self.bytes + incoming;
+        let most = match remaining > 2 * self.budget {
+            true => usize::MAX,
+            false => SEALS_PER_COMMIT,
+        };
         let mut chosen = Vec::new();
         let mut holders = self.holders.iter().peekable();
         for entry in &self.entries {
-            if remaining <= target {
+            if remaining <= target || chosen.len() >= most {
                 break;
             }
             while let Some(&&(first, id)) = holders.peek() {
-                if first > entry.sequence {
+                if first > entry.sequence || chosen.len() >= most {
                     break;
                 }
                 holders.next();
