@@ -305,6 +305,10 @@ async fn pump(mut pump: Pump, mux: Arc<Mux>, mut leave: oneshot::Receiver<()>) {
 impl Pump {
     /// Serves the stream in use until it ends, or the member leaves or is dropped.
     async fn serve(&mut self, leave: &mut oneshot::Receiver<()>) -> Ended {
+        // Set once the broker stopped reading the stream: it is ending it, and the read
+        // side says how (a last frame, usually an error, or a reset). What is settled
+        // from then on goes nowhere: the broker releases what the member held.
+        let mut stopped = false;
         loop {
             tokio::select! {
                 frame = self.stream.frames.next() => {
@@ -313,10 +317,8 @@ impl Pump {
                         return Ended::Failed(e);
                     }
                 }
-                Some(first) = self.settlements.recv() => {
-                    if let Err(e) = self.send_settlements(first).await {
-                        return Ended::Failed(self.stream.lost_reason(e));
-                    }
+                Some(first) = self.settlements.recv(), if !stopped => {
+                    stopped = self.send_settlements(first).await.is_err();
                 }
                 _ = &mut *leave => return Ended::Leaving(true),
                 () = self.deliveries.closed() => return Ended::Leaving(false),

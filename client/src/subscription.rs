@@ -303,6 +303,9 @@ async fn pump(mut pump: Pump, mux: Arc<Mux>) {
 impl Pump {
     /// Serves the stream in use until it ends or the subscription is dropped.
     async fn serve(&mut self) -> Ended {
+        // Set once the broker stopped reading the stream: it is ending it, and the read
+        // side says how (a last frame, usually an error, or a reset).
+        let mut stopped = false;
         loop {
             tokio::select! {
                 frame = self.stream.frames.next() => {
@@ -316,16 +319,14 @@ impl Pump {
                         return Ended::Dropped;
                     }
                 }
-                granted = self.credit.recv() => {
+                granted = self.credit.recv(), if !stopped => {
                     let Some(n) = granted else {
                         return Ended::Dropped;
                     };
                     // Counted even if it does not get through: a resumed stream starts
                     // with it.
                     self.place.credit = self.place.credit.saturating_add(n);
-                    if let Err(e) = self.stream.send.send(&ClientFrame::Credit(n)).await {
-                        return Ended::Failed(self.stream.lost_reason(e));
-                    }
+                    stopped = self.stream.send.send(&ClientFrame::Credit(n)).await.is_err();
                 }
             }
         }
