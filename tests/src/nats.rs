@@ -383,18 +383,37 @@ impl Cluster {
             ..Default::default()
         };
         let what = format!("creating stream {name} (R{replicas})");
-        self.retry(
-            &what,
-            |error: &CreateStreamError| match error.kind() {
-                CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => {
-                    true
-                }
-                CreateStreamErrorKind::JetStream(e) => transient(&e),
-                _ => false,
-            },
-            || js.create_stream(config.clone()),
-        )
-        .await
+        let stream = self
+            .retry(
+                &what,
+                |error: &CreateStreamError| match error.kind() {
+                    CreateStreamErrorKind::TimedOut
+                    | CreateStreamErrorKind::JetStreamUnavailable => true,
+                    CreateStreamErrorKind::JetStream(e) => transient(&e),
+                    _ => false,
+                },
+                || js.create_stream(config.clone()),
+            )
+            .await;
+        // The stream exists once the cluster's meta leader has taken it, but its own
+        // replicas may still be electing a leader: a publish meanwhile is answered with
+        // "no responders" (`StreamNotFound`). Wait for the leader.
+        let leader = format!("stream {name} to elect a leader");
+        crate::eventually(JETSTREAM_TIMEOUT, &leader, || {
+            let js = js.clone();
+            async move {
+                let Ok(mut stream) = js.get_stream(name).await else {
+                    return false;
+                };
+                stream.info().await.is_ok_and(|info| {
+                    info.cluster
+                        .as_ref()
+                        .is_some_and(|cluster| cluster.leader.is_some())
+                })
+            }
+        })
+        .await;
+        stream
     }
 
     /// Every message of `stream` on subjects matching `filter_subject` (`""`: all), in
