@@ -4,7 +4,8 @@
 use quiver_protocol::{NewRecord, Retention, TopicName};
 
 use super::*;
-use crate::storage::{Storage, StorageConfig, StorageError};
+use crate::storage::tests::reopen;
+use crate::storage::{Storage, StorageConfig};
 use crate::util::now_ms;
 
 /// A group over a topic holding `records`, with `members` joined.
@@ -15,14 +16,7 @@ fn group_with(
     members: usize,
 ) -> (Storage, Arc<TopicLog>, Arc<Group>, Vec<MemberId>) {
     rt.block_on(async {
-        let config = StorageConfig {
-            barrier: false,
-            path: dir.path().join("db"),
-            cache_capacity: 8 << 20,
-            chunk_bytes: 64 << 10,
-            journal_bytes: crate::storage::DEFAULT_JOURNAL_BYTES,
-        };
-        let (storage, _) = Storage::open(&config).unwrap();
+        let (storage, _) = Storage::open(&config(dir)).unwrap();
         let log = storage
             .create_topic(TopicName::parse("jobs").unwrap(), Retention::default())
             .await
@@ -49,26 +43,29 @@ async fn append(storage: &Storage, log: &Arc<TopicLog>, records: u32) {
     let records = (0..records)
         .map(|i| NewRecord::new(format!("job-{i}")))
         .collect();
-    storage
-        .submit_append(
-            vec![(Arc::clone(log), records)],
-            Vec::new(),
-            Vec::new(),
-            None,
-        )
-        .await
+    storage.append(Arc::clone(log), records).await.unwrap();
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap()
-        .durable()
-        .await
-        .unwrap();
+}
+
+fn config(dir: &tempfile::TempDir) -> StorageConfig {
+    StorageConfig {
+        barrier: false,
+        path: dir.path().join("db"),
+        cache_capacity: 8 << 20,
+        chunk_bytes: 64 << 10,
+        journal_bytes: crate::storage::DEFAULT_JOURNAL_BYTES,
+    }
 }
 
 #[test]
 fn the_first_member_to_ask_does_not_take_everything() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let (storage, log, group, members) = group_with(&rt, &dir, 0, 4);
     rt.block_on(async {
@@ -95,10 +92,7 @@ fn the_first_member_to_ask_does_not_take_everything() {
 
 #[test]
 fn records_arriving_one_at_a_time_go_to_members_in_turn() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let (storage, log, group, members) = group_with(&rt, &dir, 0, 3);
     rt.block_on(async {
@@ -130,18 +124,9 @@ fn records_arriving_one_at_a_time_go_to_members_in_turn() {
 /// (their keys removed in the same commit).
 #[test]
 fn a_group_stored_record_by_record_loads_and_moves_into_runs() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = rt();
     let dir = tempfile::tempdir().unwrap();
-    let config = StorageConfig {
-        barrier: false,
-        path: dir.path().join("db"),
-        cache_capacity: 8 << 20,
-        chunk_bytes: 64 << 10,
-        journal_bytes: crate::storage::DEFAULT_JOURNAL_BYTES,
-    };
+    let config = config(&dir);
     let record = GroupRecord {
         id: 9,
         name: "queue".into(),
@@ -194,20 +179,7 @@ fn a_group_stored_record_by_record_loads_and_moves_into_runs() {
         storage.group_writes("queue".into(), 9, old).await.unwrap();
         storage.close().await;
     });
-    // sled releases its directory lock when the last handle drops, and its IO threads
-    // may hold one for a moment after `close` returns: retry on that error alone.
-    let reopen = || {
-        for _ in 0..100_000 {
-            match Storage::open(&config) {
-                Err(StorageError::Sled(e)) if e.to_string().contains("lock") => {
-                    std::thread::yield_now();
-                }
-                opened => return opened.unwrap(),
-            }
-        }
-        panic!("the data dir stayed locked")
-    };
-    let (storage, topics) = reopen();
+    let (storage, topics) = reopen(&config);
     let stored = storage.groups().unwrap();
     assert!(stored[0].lanes[0].plain.is_empty(), "the old form");
     let (groups, loaded) = Groups::load(stored, &topics);
@@ -243,7 +215,7 @@ fn a_group_stored_record_by_record_loads_and_moves_into_runs() {
         storage.close().await;
     });
     drop((groups, loaded, group, topics, storage));
-    let (storage, _) = reopen();
+    let (storage, _) = reopen(&config);
     let lane = storage.groups().unwrap()[0].lanes[0].clone();
     assert_eq!(lane.plain, [(1, 1), (4, 2)]);
     assert_eq!(

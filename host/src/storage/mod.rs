@@ -598,4 +598,4 @@ impl Storage {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -25,7 +25,7 @@ fn config(dir: &tempfile::TempDir, chunk_bytes: usize) -> StorageConfig {
 /// Opens a data dir a closed `Storage` used. sled releases its directory lock when
 /// the last handle inside it drops, and its IO threads may still hold one for a moment
 /// after `close` returns: retry on that error alone, a bounded number of times.
-fn reopen(config: &StorageConfig) -> (Storage, Vec<Arc<TopicLog>>) {
+pub(crate) fn reopen(config: &StorageConfig) -> (Storage, Vec<Arc<TopicLog>>) {
     for _ in 0..500 {
         match Storage::open(config) {
             Err(StorageError::Sled(sled::Error::Io(e))) if e.to_string().contains("lock") => {

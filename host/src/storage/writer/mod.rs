@@ -542,7 +542,8 @@ impl Writer {
                 pieces.push((id, piece));
             }
             if !staged.sealed.is_empty() {
-                moved.push((id, staged.sealed_before));
+                // The log is as before the group until it commits.
+                moved.push((id, staged.log.sealed_stats()));
                 let key = keys::with_id(keys::STATS, id);
                 stats.push((key, staged.sealed_after().encode()));
             }

@@ -43,8 +43,6 @@ pub(super) struct Staged {
     pub(super) chunk: Option<OpenChunk>,
     /// The chunks sealed in this group, for the log's tail once the commit counts.
     pub(super) sealed: Vec<TailChunk>,
-    /// Its stats in sled before the group (they stop at the end of its sealed chunks).
-    pub(super) sealed_before: LogStats,
     /// The journal entry of its oldest unsealed piece before the group.
     pub(super) held_since: Option<u64>,
 }
@@ -53,7 +51,6 @@ impl Staged {
     /// The topic as committed: its unsealed pieces open its chunk.
     pub(super) fn new(log: Arc<TopicLog>) -> Self {
         let stats = log.stats();
-        let sealed_before = log.sealed_stats();
         let unsealed = log.lock_unsealed();
         let chunk = unsealed.pieces.front().map(|first| OpenChunk {
             base: first.base,
@@ -76,7 +73,6 @@ impl Staged {
             stats,
             chunk,
             sealed: Vec::new(),
-            sealed_before,
             held_since,
         }
     }
