@@ -502,6 +502,27 @@ impl Cluster {
         }
     }
 
+    /// Publishes `payload` to `subject` through `js` and waits for the stream's ack,
+    /// retrying while the publish finds no responders. A stream with a leader can still
+    /// be unknown to the server `js` is connected to, until the stream's subjects reach
+    /// it over the routes; async-nats reports that "no responders" as `StreamNotFound`.
+    /// Retrying it stores nothing twice: no server took the message. Once one publish
+    /// is acked, later ones through the same connection find the stream.
+    pub async fn publish_first(&self, js: &jetstream::Context, subject: &str, payload: String) {
+        let what = format!("the first publish to {subject}");
+        self.retry(
+            &what,
+            |error: &jetstream::context::PublishError| {
+                error.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+            },
+            || {
+                let payload = payload.clone().into();
+                async move { js.publish(subject.to_owned(), payload).await?.await }
+            },
+        )
+        .await;
+    }
+
     /// Every server's last log lines, for panic messages.
     fn logs(&self) -> String {
         let mut out = String::new();

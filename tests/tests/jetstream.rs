@@ -273,7 +273,10 @@ async fn an_in_link_feeds_a_local_topic_once_in_order_across_a_quiver_kill() {
             }
         }
     };
-    send(0, MESSAGES / 2).await;
+    cluster
+        .publish_first(&js, "cmd.edge1", "command-0".to_owned())
+        .await;
+    send(1, MESSAGES / 2 - 1).await;
 
     let data = DataDir::new();
     let mut edge = Broker::start(&data);
