@@ -178,6 +178,36 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
                 .collect(),
             ),
         ),
+        (
+            "settle-runs",
+            ClientFrame::SettleRuns(vec![TopicSettlements {
+                topic: "jobs".into(),
+                acks: vec![AckRun { first: 0, count: 256 }, AckRun { first: 300, count: 1 }],
+                others: vec![RecordSettle {
+                    offset: 257,
+                    action: Settle::Nack { delay_ms: 5000 },
+                }],
+            }]),
+        ),
+        (
+            "publish-across",
+            request(
+                12,
+                Op::PublishAcross {
+                    runs: ["device.1", "device.2", "device.1"]
+                        .into_iter()
+                        .map(|topic| TopicRun {
+                            topic: topic.into(),
+                            records: vec![publish()],
+                        })
+                        .collect(),
+                    first_id: PublishId {
+                        producer: 0x5eed,
+                        sequence: 40,
+                    },
+                },
+            ),
+        ),
     ]
 }
 

@@ -292,6 +292,28 @@ pub enum Op {
     },
     /// Who the broker is: its id and version.
     DescribeBroker,
+    /// A [`Op::PublishEach`] across topics: one publish per record, the records in
+    /// runs, each run to one topic. Record `i` of the whole request (counting through
+    /// the runs in order) has id `first_id` whose sequence is advanced by `i`. Each is
+    /// checked, deduplicated and answered on its own (`PublishedEach`, in that order);
+    /// a topic that does not exist or may not be published to refuses its own
+    /// publishes, not the others. Clients send this for single-record publishes to
+    /// different topics queued together (protocol version 3).
+    PublishAcross {
+        /// The runs, in order.
+        runs: Vec<TopicRun>,
+        /// The first publish's id; the next ones count its sequence up.
+        first_id: PublishId,
+    },
+}
+
+/// Consecutive one-record publishes to one topic, within a [`Op::PublishAcross`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRun {
+    /// The topic's name.
+    pub topic: String,
+    /// One record per publish.
+    pub records: Vec<NewRecord>,
 }
 
 /// A reply to a [`Request`].

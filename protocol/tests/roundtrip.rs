@@ -269,6 +269,16 @@ fn variant_indexes_match_the_documentation() {
         (Op::PauseLink { name: name() }, 25),
         (Op::ResumeLink { name: name() }, 26),
         (Op::DescribeBroker, 27),
+        (
+            Op::PublishAcross {
+                runs: vec![],
+                first_id: PublishId {
+                    producer: 0,
+                    sequence: 0,
+                },
+            },
+            28,
+        ),
     ];
     for (op, want) in ops {
         assert_eq!(body(&request(op))[2], want);

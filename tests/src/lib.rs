@@ -414,6 +414,17 @@ impl Broker {
             .expect("the broker accepts a connection")
     }
 
+    /// A connected client authenticated with `token` (see [`principal`]).
+    pub async fn client_as(&self, token: &str) -> Client {
+        Client::builder()
+            .ca_file(&self.cert)
+            .expect("the broker's certificate is readable")
+            .token(token)
+            .connect(&self.addr)
+            .await
+            .expect("the broker accepts the token")
+    }
+
     /// A client, if the broker accepts one now.
     pub async fn try_client(&self) -> Result<Client, quiver_client::Error> {
         Client::builder()

@@ -281,7 +281,7 @@ async fn handshake_refusals_are_explained() {
         Some(ServerFrame::Error(e)) => {
             assert_eq!(e.code, ErrorCode::UnsupportedVersion);
             assert!(
-                e.message.contains("99") && e.message.contains("version 2"),
+                e.message.contains("99") && e.message.contains("versions 2 to 3"),
                 "{e}"
             );
         }
@@ -291,6 +291,31 @@ async fn handshake_refusals_are_explained() {
     assert!(
         closed.to_string().contains("99"),
         "the close says why: {closed}"
+    );
+
+    // A client of the older version 2 is served, and told the version it speaks.
+    let raw = RawConnection::connect(broker.addr(), broker.cert()).await;
+    let mut control = raw.open().await;
+    control
+        .send(&ClientFrame::Hello(ClientHello {
+            version: 2,
+            client: "from the past".into(),
+            token: None,
+        }))
+        .await;
+    match control.recv().await {
+        Some(ServerFrame::Hello(hello)) => assert_eq!(hello.version, 2),
+        other => panic!("expected a hello, got {other:?}"),
+    }
+    control
+        .send(&ClientFrame::Request(Request {
+            id: 1,
+            op: Op::ListTopics,
+        }))
+        .await;
+    assert!(
+        matches!(control.recv().await, Some(ServerFrame::Reply(r)) if r.id == 1 && r.result.is_ok()),
+        "a version 2 client's request is answered"
     );
 
     // A request before any hello.

@@ -581,13 +581,7 @@ async fn a_link_without_the_grants_is_refused_and_says_so() {
         })
         .await;
     }
-    let watcher = Client::builder()
-        .ca_file(hub.cert())
-        .unwrap()
-        .token(ops)
-        .connect(hub.addr())
-        .await
-        .unwrap();
+    let watcher = hub.client_as(&ops).await;
     eventually(CATCH_UP, "the granted link forwarding", || async {
         count(&watcher, "edge1.sensors.a").await >= 10
     })
@@ -651,13 +645,7 @@ async fn a_link_authenticates_with_a_client_certificate() {
             key.to_str().unwrap(),
         ],
     );
-    let watcher = Client::builder()
-        .ca_file(hub.cert())
-        .unwrap()
-        .token(ops)
-        .connect(hub.addr())
-        .await
-        .unwrap();
+    let watcher = hub.client_as(&ops).await;
     arrived_once_in_order(&watcher, "edge1.sensors.a", "reading", 10).await;
     assert_eq!(describe_link(&edge, &edge_data, "up")["state"], "connected");
 }

@@ -1,13 +1,14 @@
-//! One-record publishes sharing a frame (`PublishEach`): each keeps its own id,
-//! receipt and error, whether the SDK merged them or a client sent the frame itself.
+//! One-record publishes sharing a frame (`PublishEach` to one topic, `PublishAcross` to
+//! several): each keeps its own id, receipt and error, whether the SDK merged them or a
+//! client sent the frame itself.
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
 use futures::future::join_all;
 use quiver_client::{Client, Error, ErrorCode, NewRecord, Retention, Stage};
-use quiver_protocol::{ClientFrame, Op, OpReply, PublishId, Request, ServerFrame};
+use quiver_protocol::{ClientFrame, Op, OpReply, PublishId, Request, ServerFrame, TopicRun};
 use quiver_tests::raw::RawConnection;
-use quiver_tests::{Broker, DataDir, example_plugin, read_all, read_plugin};
+use quiver_tests::{Broker, DataDir, example_plugin, principal, read_all, read_plugin};
 
 /// The outcomes a raw `PublishEach` request got.
 async fn publish_each(
@@ -22,6 +23,33 @@ async fn publish_each(
         records,
         first_id,
     };
+    published_each(control, id, op).await
+}
+
+/// The outcomes a raw `PublishAcross` request got.
+async fn publish_across(
+    control: &mut quiver_tests::raw::RawStream,
+    id: u64,
+    runs: &[(&str, Vec<NewRecord>)],
+    first_id: PublishId,
+) -> Result<Vec<Result<u64, ErrorCode>>, ErrorCode> {
+    let runs = runs
+        .iter()
+        .map(|(topic, records)| TopicRun {
+            topic: (*topic).to_owned(),
+            records: records.clone(),
+        })
+        .collect();
+    published_each(control, id, Op::PublishAcross { runs, first_id }).await
+}
+
+/// Sends request `id` and reads the outcome of each of its one-record publishes: the
+/// offset its record got, or its error code.
+async fn published_each(
+    control: &mut quiver_tests::raw::RawStream,
+    id: u64,
+    op: Op,
+) -> Result<Vec<Result<u64, ErrorCode>>, ErrorCode> {
     control
         .send(&ClientFrame::Request(Request { id, op }))
         .await;
@@ -268,4 +296,148 @@ async fn pipelined_publishes_a_filter_only_keeps_or_drops_each_get_their_fate() 
         .collect();
     let expected: Vec<_> = (0..400).filter(|&i| kept(i)).map(payload).collect();
     assert_eq!(stored, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_publish_across_topics_is_checked_stored_and_remembered_on_its_own() {
+    let data = DataDir::new();
+    let broker = Broker::start_with(&data, &[("QUIVER_LIMITS__MAX_RECORD_SIZE", "1 KiB")]);
+    let client = broker.client().await;
+    for topic in ["a", "b"] {
+        client
+            .create_topic(topic, Retention::default())
+            .await
+            .unwrap();
+    }
+    let raw = RawConnection::connect(broker.addr(), broker.cert()).await;
+    let (mut control, hello) = raw.handshake().await;
+    assert_eq!(hello.version, 3);
+    let first = PublishId {
+        producer: 7,
+        sequence: 100,
+    };
+    let record = |s: &str| NewRecord::new(s.to_owned());
+    let runs = [
+        ("a", vec![record("a0"), record("a1")]),
+        ("b", vec![record("b0")]),
+        ("nope", vec![record("lost")]), // no such topic: refused alone
+        ("a", vec![record("a2"), NewRecord::new(vec![0u8; 2000])]), // too large: alone
+        ("b", vec![record("b1")]),
+    ];
+    let expected = Ok(vec![
+        Ok(0),
+        Ok(1),
+        Ok(0),
+        Err(ErrorCode::TopicNotFound),
+        Ok(2),
+        Err(ErrorCode::RecordTooLarge),
+        Ok(1),
+    ]);
+    assert_eq!(
+        publish_across(&mut control, 1, &runs, first).await,
+        expected
+    );
+    // The same frame again, as a retry would send it: the stored ones answer with
+    // their first receipts; nothing is stored twice.
+    assert_eq!(
+        publish_across(&mut control, 2, &runs, first).await,
+        expected
+    );
+    // Each id is a publish of its own, counted through the runs: `a2` is the fifth.
+    let a2 = PublishId {
+        sequence: 104,
+        ..first
+    };
+    let receipt = client
+        .publish_batch_with_id("a", vec![record("a2")], a2)
+        .await
+        .unwrap();
+    assert_eq!(receipt.offsets(), 2..3);
+    for (topic, want) in [("a", ["a0", "a1", "a2"].as_slice()), ("b", &["b0", "b1"])] {
+        let stored: Vec<_> = read_all(&client, topic)
+            .await
+            .into_iter()
+            .map(|r| r.into_stored().payload)
+            .collect();
+        assert_eq!(stored, want, "{topic}");
+    }
+
+    // What applies to all of them refuses the whole request.
+    let nothing = publish_across(&mut control, 3, &[("a", vec![])], first).await;
+    assert_eq!(nothing, Err(ErrorCode::InvalidArgument));
+    let past_the_end = PublishId {
+        producer: 7,
+        sequence: u64::MAX,
+    };
+    let two = [("a", vec![record("x")]), ("b", vec![record("y")])];
+    let overflow = publish_across(&mut control, 4, &two, past_the_end).await;
+    assert_eq!(overflow, Err(ErrorCode::InvalidArgument));
+    assert_eq!(client.describe_topic("a").await.unwrap().records, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_to_many_topics_keep_their_order_rights_and_plugins() {
+    let data = DataDir::new();
+    let ops = principal(&data, "ops", &["admin:>", "publish:>", "subscribe:>"]);
+    let writer = principal(&data, "writer", &["publish:ok.>", "subscribe:>"]);
+    let broker = Broker::start(&data);
+    let ops = broker.client_as(&ops).await;
+    for topic in ["ok.1", "ok.2", "secret"] {
+        ops.create_topic(topic, Retention::default()).await.unwrap();
+    }
+    // One topic keeps only warnings: a run to it takes its plugin's way.
+    let filter = Stage::new("json-filter")
+        .param("where", "level >= warn")
+        .param("order", "debug,info,warn,error");
+    filtered_topic(&ops, "ok.logs", filter).await;
+    let writer = broker.client_as(&writer).await;
+
+    // Round robin over five topics, all queued before any is awaited, so the SDK
+    // merges them into frames across topics.
+    let topics = ["ok.1", "ok.2", "secret", "ok.missing", "ok.logs"];
+    const N: usize = 3000;
+    let level = |i: usize| if i.is_multiple_of(2) { "warn" } else { "info" };
+    let publishes: Vec<_> = (0..N)
+        .map(|i| {
+            let topic = topics[i % topics.len()];
+            let payload = match topic {
+                "ok.logs" => format!(r#"{{"level":"{}","i":{i}}}"#, level(i / 5)),
+                _ => i.to_string(),
+            };
+            writer.publish(topic, payload)
+        })
+        .collect();
+    let outcomes = join_all(publishes).await;
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let round = (i / topics.len()) as u64;
+        match (topics[i % topics.len()], outcome) {
+            ("ok.1" | "ok.2", Ok(offset)) => assert_eq!(offset, round, "publish {i}"),
+            ("secret", Err(e)) => assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}"),
+            ("ok.missing", Err(e)) => {
+                assert_eq!(e.code(), Some(ErrorCode::TopicNotFound), "{e}");
+            }
+            ("ok.logs", Ok(offset)) if level(i / 5) == "warn" => {
+                assert_eq!(offset, round / 2, "publish {i}");
+            }
+            ("ok.logs", Err(Error::Transformed(r))) if level(i / 5) == "info" => {
+                assert_eq!((r.count, r.dropped), (0, 1), "publish {i}");
+            }
+            (topic, other) => panic!("publish {i} to {topic} got {other:?}"),
+        }
+    }
+    for topic in ["ok.1", "ok.2"] {
+        let start = topics.iter().position(|t| *t == topic).unwrap();
+        let stored: Vec<_> = read_all(&ops, topic)
+            .await
+            .into_iter()
+            .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
+            .collect();
+        let expected: Vec<_> = (start..N)
+            .step_by(topics.len())
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(stored, expected, "{topic}");
+    }
+    assert!(read_all(&ops, "secret").await.is_empty());
+    assert_eq!(read_all(&ops, "ok.logs").await.len(), N / topics.len() / 2);
 }

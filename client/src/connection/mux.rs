@@ -184,7 +184,7 @@ impl Mux {
         id: PublishId,
     ) -> Result<ReceiptReply> {
         let (reply, rx) = oneshot::channel();
-        let bound = encoded_bound(&record);
+        let bound = encoded_bound(topic, &record);
         if bound > EachLimits::from(self.limits()).bytes {
             let op = Op::PublishEach {
                 topic: topic.to_owned(),
@@ -325,6 +325,7 @@ fn safe_to_repeat(op: &Op) -> bool {
         op,
         Op::Publish { id: Some(_), .. }
             | Op::PublishEach { .. }
+            | Op::PublishAcross { .. }
             | Op::Forward(_)
             | Op::DescribeTopic { .. }
             | Op::ListTopics

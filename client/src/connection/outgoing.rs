@@ -3,9 +3,10 @@
 //! Callers queue [`Outgoing`] items in call order. Most requests arrive as frames their
 //! caller encoded and registered. A one-record publish
 //! ([`Client::publish`](crate::Client::publish)) arrives unencoded instead, so that the
-//! writer can put it in one `PublishEach` frame with the one-record publishes queued
-//! right behind it to the same topic: the broker then decodes, deduplicates, stores and
-//! answers them as one request, while each keeps its own id, receipt and error.
+//! writer can put it in one frame with the one-record publishes queued right behind
+//! it: a `PublishEach` when they all go to one topic, a `PublishAcross` (runs of one
+//! topic each) when they go to several. The broker then decodes, deduplicates, stores
+//! and answers them as one request, while each keeps its own id, receipt and error.
 //! Nothing waits to be merged: the writer takes only what is already queued when it
 //! wakes up, so a lone publish goes out at once and publishes merge only when they
 //! arrive faster than the stream drains.
@@ -16,7 +17,8 @@
 
 use bytes::{Bytes, BytesMut};
 use quiver_protocol::{
-    ClientFrame, ErrorCode, Limits, NewRecord, Op, PublishId, Receipt, Request, WireError, frame,
+    ClientFrame, ErrorCode, Limits, NewRecord, Op, PublishId, Receipt, Request, TopicRun,
+    WireError, frame,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,11 +27,11 @@ use crate::error::{Error, Result};
 
 /// The writer stops gathering once a write reaches this size.
 const MAX_WRITE: usize = 1 << 20;
-/// The most record bytes (as [`encoded_bound`] counts them) one `PublishEach` frame
-/// takes, so a merged frame never holds the broker's reading up for long.
+/// The most record bytes (as [`encoded_bound`] counts them) one
+/// merged frame takes, so it never holds the broker's reading up for long.
 const MAX_EACH_BYTES: usize = 256 * 1024;
-/// Room for a `PublishEach` frame's own fields (request id, topic, first id) beside
-/// its records.
+/// Room for a merged frame's own fields (request id, first id, lengths) beside its
+/// records.
 const EACH_FRAME_OVERHEAD: usize = 1024;
 
 /// What a one-record publish's future waits for.
@@ -63,19 +65,21 @@ pub(crate) struct Single {
     pub(crate) topic: String,
     pub(crate) record: NewRecord,
     pub(crate) id: PublishId,
-    /// [`encoded_bound`] of `record`.
+    /// [`encoded_bound`] of `topic` and `record`.
     pub(crate) bound: usize,
     pub(crate) reply: oneshot::Sender<Result<Receipt>>,
 }
 
-/// At least the bytes `record` takes in a frame: its size as limits count it, plus
-/// the most its lengths, options and header framing can add.
-pub(crate) fn encoded_bound(record: &NewRecord) -> usize {
+/// At least the bytes a one-record publish of `record` to `topic` takes in a merged
+/// frame: the record's size as limits count it, plus the most its lengths, options and
+/// header framing can add, plus the topic's name (in a frame across topics, each run
+/// names its topic).
+pub(crate) fn encoded_bound(topic: &str, record: &NewRecord) -> usize {
     const VARINT_MAX: usize = 10;
-    record.size() + 4 * VARINT_MAX + 2 * VARINT_MAX * record.headers.len()
+    topic.len() + record.size() + 5 * VARINT_MAX + 2 * VARINT_MAX * record.headers.len()
 }
 
-/// What a `PublishEach` frame may hold under the limits a broker announced.
+/// What a merged frame may hold under the limits a broker announced.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EachLimits {
     /// Record bytes ([`encoded_bound`]) in one frame.
@@ -195,23 +199,28 @@ impl Writer {
     /// has closed, their futures report it.
     fn encode_each(&mut self, merged: Vec<Single>, pending: &Pending) {
         let first_id = merged[0].id;
-        let mut topic = String::new();
-        let mut records = Vec::with_capacity(merged.len());
+        let mut runs: Vec<TopicRun> = Vec::new();
         let mut replies = Vec::with_capacity(merged.len());
         for single in merged {
-            topic = single.topic;
-            records.push(single.record);
             replies.push(single.reply);
+            match runs.last_mut() {
+                Some(run) if run.topic == single.topic => run.records.push(single.record),
+                _ => runs.push(TopicRun {
+                    topic: single.topic,
+                    records: vec![single.record],
+                }),
+            }
         }
-        let id = pending.next_id();
-        let request = ClientFrame::Request(Request {
-            id,
-            op: Op::PublishEach {
+        let op = match <[TopicRun; 1]>::try_from(runs) {
+            Ok([TopicRun { topic, records }]) => Op::PublishEach {
                 topic,
                 records,
                 first_id,
             },
-        });
+            Err(runs) => Op::PublishAcross { runs, first_id },
+        };
+        let id = pending.next_id();
+        let request = ClientFrame::Request(Request { id, op });
         let max_frame_len = self.limits.max_frame_len;
         let refused = match frame::encode(&request, &mut self.scratch) {
             // The byte budget keeps records well within the limit; only an absurdly
@@ -257,8 +266,7 @@ fn merge(
         let last = merged.last().expect("merged starts with one");
         match item {
             Outgoing::Single(single)
-                if single.topic == last.topic
-                    && single.id.producer == last.id.producer
+                if single.id.producer == last.id.producer
                     && Some(single.id.sequence) == last.id.sequence.checked_add(1)
                     && bytes + single.bound <= limits.bytes =>
             {

@@ -34,7 +34,7 @@ use crate::storage::{Storage, StorageError, TopicLog, TopicSettings};
 use crate::util::now_ms;
 use dedup::Deduplicator;
 pub use links::LinkControl;
-pub use publish::{Outcomes, PublishOrder, Publishes};
+pub use publish::{Outcomes, PublishOrder, Publishes, Run};
 pub(crate) use publish::{hops, is_provenance, path_before, visited};
 
 /// Limits the broker enforces on requests.

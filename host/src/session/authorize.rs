@@ -24,6 +24,8 @@ pub(super) fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), B
         | Op::PublishEach { topic: name, .. }
         | Op::Forward(quiver_protocol::Forward { topic: name, .. })
         | Op::Request { topic: name, .. } => topic(Right::Publish, name),
+        // Each run is checked on its own (`publish`), and refused alone.
+        Op::PublishAcross { .. } => Ok(()),
         // Dead letters are writes to another topic: its publish right is needed too.
         Op::CreateTopic { name, config } => {
             topic(Right::Admin, name)?;
@@ -68,6 +70,15 @@ pub(super) fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), B
         | Op::PluginStatus { .. }
         | Op::DescribeBroker
         | Op::Reply { .. } => Ok(()),
+    }
+}
+
+/// Checks that the client's principal may publish to `topic` (a name that does not
+/// parse passes: publishing reports it).
+pub(super) fn publish(access: &Access, topic: &str) -> Result<(), BrokerError> {
+    match TopicName::parse(topic) {
+        Ok(name) if !access.is_unrestricted() => Ok(access.check_topic(Right::Publish, &name)?),
+        _ => Ok(()),
     }
 }
 

@@ -15,7 +15,7 @@ use tracing::debug;
 
 use super::authorize;
 use crate::auth::Access;
-use crate::broker::{Broker, BrokerError, Outcomes, PublishOrder, Publishes};
+use crate::broker::{Broker, BrokerError, Outcomes, PublishOrder, Publishes, Run};
 use crate::transport::{FrameStream, Incoming};
 
 /// Serves the control stream: pipelined requests, replies as they complete.
@@ -122,6 +122,18 @@ async fn dispatch(
             let outcomes = broker.publish(order, &topic, publishes).await;
             async move { reply(outcomes.await.map(OpReply::PublishedEach).map_err(wire)) }.boxed()
         }
+        Op::PublishAcross { runs, first_id } => {
+            let runs = runs
+                .into_iter()
+                .map(|run| Run {
+                    refused: authorize::publish(access, &run.topic).err(),
+                    topic: run.topic,
+                    records: run.records,
+                })
+                .collect();
+            let outcomes = broker.publish_across(order, runs, first_id).await;
+            async move { reply(outcomes.await.map(OpReply::PublishedEach).map_err(wire)) }.boxed()
+        }
         Op::Forward(forward) => {
             let forwarded = broker.forward(order, forward).await;
             async move { reply(forwarded.await.map(OpReply::Forwarded).map_err(wire)) }.boxed()
@@ -156,9 +168,11 @@ fn one(outcomes: Outcomes) -> Result<Receipt, WireError> {
 /// across requests; this is for everything else.
 async fn execute(broker: &Arc<Broker>, op: Op) -> Result<OpReply, BrokerError> {
     match op {
-        Op::Publish { .. } | Op::PublishEach { .. } | Op::Forward(_) => Err(
-            BrokerError::InvalidArgument("a publish is dispatched, not executed".into()),
-        ),
+        Op::Publish { .. } | Op::PublishEach { .. } | Op::PublishAcross { .. } | Op::Forward(_) => {
+            Err(BrokerError::InvalidArgument(
+                "a publish is dispatched, not executed".into(),
+            ))
+        }
         Op::CreateLink(spec) => broker
             .links()?
             .create(*spec)

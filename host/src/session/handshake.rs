@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use quiver_protocol::{
-    ClientFrame, ErrorCode, PROTOCOL_VERSION, ServerFrame, ServerHello, WireError,
+    ClientFrame, ErrorCode, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION, ServerFrame, ServerHello,
+    WireError,
 };
 use tracing::{debug, warn};
 
@@ -20,7 +21,9 @@ pub(super) async fn handshake(
 ) -> Result<(FrameStream, Access), String> {
     let mut stream = conn.accept_stream().await.map_err(|e| e.to_string())?;
     let refusal = match stream.reader.next().await {
-        Incoming::Frame(ClientFrame::Hello(hello)) if hello.version == PROTOCOL_VERSION => {
+        Incoming::Frame(ClientFrame::Hello(hello))
+            if (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&hello.version) =>
+        {
             let cert_name = conn.peer_common_name();
             match settings
                 .auth
@@ -28,7 +31,8 @@ pub(super) async fn handshake(
             {
                 Ok(access) => {
                     let ours = ServerFrame::Hello(ServerHello {
-                        version: PROTOCOL_VERSION,
+                        // The client's: an older one is served as it is.
+                        version: hello.version,
                         server: format!("quiver/{}", env!("CARGO_PKG_VERSION")),
                         limits: settings.limits,
                         principal: access.principal().map(str::to_owned),
@@ -46,7 +50,8 @@ pub(super) async fn handshake(
         Incoming::Frame(ClientFrame::Hello(hello)) => WireError::new(
             ErrorCode::UnsupportedVersion,
             format!(
-                "this broker speaks protocol version {PROTOCOL_VERSION}; the client speaks {}",
+                "this broker speaks protocol versions {OLDEST_PROTOCOL_VERSION} to \
+                 {PROTOCOL_VERSION}; the client speaks {} (upgrade the older side)",
                 hello.version
             ),
         ),

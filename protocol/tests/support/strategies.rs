@@ -236,6 +236,15 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
         ".{0,8}".prop_map(|name| Op::PauseLink { name }),
         ".{0,8}".prop_map(|name| Op::ResumeLink { name }),
         Just(Op::DescribeBroker),
+        (
+            proptest::collection::vec(
+                (".{0,8}", proptest::collection::vec(record(), 0..3))
+                    .prop_map(|(topic, records)| TopicRun { topic, records }),
+                0..3
+            ),
+            publish_id()
+        )
+            .prop_map(|(runs, first_id)| Op::PublishAcross { runs, first_id }),
     ]
 }
 

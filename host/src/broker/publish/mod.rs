@@ -9,6 +9,8 @@
 //!
 //! - `order`: the order of one connection's publishes ([`PublishOrder`]), and when a
 //!   publish must wait for the one before it;
+//! - `across`: one-record publishes to several topics in one request
+//!   (`PublishAcross`), as one write when no plugin is in the way;
 //! - `prepare`: the checks and deduplication claims, before a publish's turn;
 //! - `forward`: records forwarded over a link, turned into a publish that also moves
 //!   their origin's mark;
@@ -22,6 +24,7 @@
 //! - plugin state reaches storage in the order the calls that wrote it ran
 //!   (`Plugins::run_then`).
 
+mod across;
 mod forward;
 mod order;
 mod prepare;
@@ -34,6 +37,7 @@ use quiver_protocol::{NewRecord, PublishId, Receipt, WireError};
 
 use super::{Broker, BrokerError};
 use crate::storage::MarkWrite;
+pub use across::Run;
 pub(crate) use forward::{hops, is_provenance, path_before, visited};
 pub use order::PublishOrder;
 
@@ -141,7 +145,7 @@ impl Broker {
             0 => None,
             _ => self.plugins.topic_stages(log.id()),
         };
-        if stages.is_none() && !self.would_wait(&publishes) && order.idle() {
+        if stages.is_none() && !self.would_wait(publishes.ids()) && order.idle() {
             let claimed = self.claim(log, publishes).await;
             return match self.queue_plain(claimed).await {
                 Ok(queued) => queued.durable().map(Ok).boxed(),

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use quiver_protocol::{NewRecord, Receipt, WireError};
+use quiver_protocol::{NewRecord, PublishId, Receipt, WireError};
 
 use super::Publishes;
 use crate::broker::dedup::{Claim, Ticket};
@@ -50,8 +50,26 @@ impl Broker {
     /// The checks on a whole request: how many records it carries, and that the ids of
     /// a `PublishEach` do not run past the largest sequence.
     pub(super) fn check_request(&self, publishes: &Publishes) -> Result<(), BrokerError> {
-        let records = publishes.records();
-        if records == 0 && !matches!(publishes, Publishes::Forwarded { .. }) {
+        let (first, may_be_empty) = match publishes {
+            Publishes::Each { first, .. } => (Some(*first), false),
+            Publishes::One { .. } => (None, false),
+            // An empty forward moves only its origin's mark.
+            Publishes::Forwarded { .. } => (None, true),
+        };
+        self.check_count(publishes.records(), first, may_be_empty)
+    }
+
+    /// The checks on a request of `records` records: at least one (unless
+    /// `may_be_empty`), at most `max_batch_records`, and, when each is a publish of its
+    /// own with ids counting up from `first`, ids that do not run past the largest
+    /// sequence.
+    pub(super) fn check_count(
+        &self,
+        records: usize,
+        first: Option<PublishId>,
+        may_be_empty: bool,
+    ) -> Result<(), BrokerError> {
+        if records == 0 && !may_be_empty {
             return Err(BrokerError::InvalidArgument(
                 "a publish needs at least one record".into(),
             ));
@@ -62,7 +80,8 @@ impl Broker {
                 max: self.limits.max_batch_records,
             });
         }
-        if let Publishes::Each { first, .. } = publishes
+        if let Some(first) = first
+            && records > 0
             && first.sequence.checked_add(records as u64 - 1).is_none()
         {
             return Err(BrokerError::InvalidArgument(format!(
@@ -76,8 +95,8 @@ impl Broker {
     /// Whether claiming these publishes would wait for an attempt at one of their ids
     /// still in flight. A connection must not wait inline for its own earlier
     /// publish: that one ends only once the connection gets on with its replies.
-    pub(super) fn would_wait(&self, publishes: &Publishes) -> bool {
-        self.dedup.window_ms() > 0 && self.dedup.any_in_flight(publishes.ids())
+    pub(super) fn would_wait(&self, ids: impl Iterator<Item = PublishId>) -> bool {
+        self.dedup.window_ms() > 0 && self.dedup.any_in_flight(ids)
     }
 
     /// Checks each publish's records and claims its id (a retry of a stored publish is
@@ -97,19 +116,12 @@ impl Broker {
             mark,
         };
         for (records, id) in publishes.into_each() {
-            if let Err(e) = self.check_sizes(&records) {
-                claimed.slots.push(Slot::Answered(Err(WireError::from(&e))));
-                continue;
-            }
-            let ticket = match id.filter(|_| dedup_on) {
-                Some(id) => match self.dedup.claim(id, now_ms).await {
-                    Claim::Fresh(ticket) => Some(ticket),
-                    Claim::Duplicate(receipt) => {
-                        claimed.slots.push(Slot::Answered(Ok(receipt)));
-                        continue;
-                    }
-                },
-                None => None,
+            let ticket = match self.claim_one(&records, id, dedup_on).await {
+                Ok(ticket) => ticket,
+                Err(answered) => {
+                    claimed.slots.push(answered);
+                    continue;
+                }
             };
             let publish = u32::try_from(claimed.storing).unwrap_or(u32::MAX);
             claimed
@@ -123,6 +135,27 @@ impl Broker {
             claimed.storing += 1;
         }
         claimed
+    }
+
+    /// Checks one publish's records and claims its id: the ticket to report its
+    /// outcome through if it stores (none without an id, or with deduplication off),
+    /// or how it is answered without storing.
+    pub(super) async fn claim_one(
+        &self,
+        records: &[NewRecord],
+        id: Option<PublishId>,
+        dedup_on: bool,
+    ) -> Result<Option<Ticket>, Slot> {
+        if let Err(e) = self.check_sizes(records) {
+            return Err(Slot::Answered(Err(WireError::from(&e))));
+        }
+        match id.filter(|_| dedup_on) {
+            Some(id) => match self.dedup.claim(id, now_ms).await {
+                Claim::Fresh(ticket) => Ok(Some(ticket)),
+                Claim::Duplicate(receipt) => Err(Slot::Answered(Ok(receipt))),
+            },
+            None => Ok(None),
+        }
     }
 
     fn check_sizes(&self, records: &[NewRecord]) -> Result<(), BrokerError> {

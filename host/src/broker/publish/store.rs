@@ -122,6 +122,30 @@ impl Broker {
             mark,
             stamps: Vec::new(),
         };
+        self.queue_write(write, slots).await
+    }
+
+    /// Queues publishes to topics without ingress plugins whose records are sorted
+    /// into appends already (`across.rs`): `layouts` has one entry per storing
+    /// publish, in order.
+    pub(super) async fn queue_appends(
+        &self,
+        appends: Vec<TopicRecords>,
+        layouts: Vec<Result<ReceiptLayout, WireError>>,
+        slots: Vec<Slot>,
+    ) -> Result<Queued, BrokerError> {
+        let write = Write {
+            appends,
+            layouts,
+            state: Vec::new(),
+            mark: None,
+            stamps: Vec::new(),
+        };
+        self.queue_write(write, slots).await
+    }
+
+    /// Queues a write that calls no plugin.
+    async fn queue_write(&self, write: Write, slots: Vec<Slot>) -> Result<Queued, BrokerError> {
         let ids = ids_of(&slots);
         let (pending, slots) = self.submit(write, ids, slots).await?;
         Ok(Queued {
