@@ -7,7 +7,7 @@ CARGO ?= cargo
 WASM := wasm32-wasip2
 EXAMPLE_PLUGINS := plugins/target/$(WASM)/release
 
-.PHONY: run test test-tools nats-tools mqtt-tools bench-tools build plugins example-plugins wasm-target lint fuzz-tools fuzz-smoke
+.PHONY: run test test-tools nats-tools mqtt-tools http-tools bench-tools build plugins example-plugins wasm-target lint fuzz-tools fuzz-smoke
 
 run: example-plugins
 	$(CARGO) build --release --package quiver-host --bin quiver
@@ -29,7 +29,7 @@ build:
 # (tests/src/disk/), which mounts itself directly when run as root.
 FUSE3_VERSION := 3.14.0-4
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-test-tools: nats-tools mqtt-tools
+test-tools: nats-tools mqtt-tools http-tools
 	@dpkg-query -W -f='$${Version}' fuse3 2>/dev/null | grep -qx '$(FUSE3_VERSION)' || { \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fuse3=$(FUSE3_VERSION); }
@@ -63,6 +63,15 @@ mqtt-tools: $(TOOLS_VENV)/bin/pip
 	@$(TOOLS_VENV)/bin/python -c 'import paho.mqtt; print(paho.mqtt.__version__)' 2>/dev/null | \
 		grep -qx '$(PAHO_MQTT_VERSION)' || \
 		$(TOOLS_VENV)/bin/pip install --quiet paho-mqtt==$(PAHO_MQTT_VERSION)
+
+# The HTTP tests (tests/src/http.rs) fetch from the broker's HTTP listener with
+# Python's urllib and parse /metrics with the Prometheus project's own parser
+# (prometheus-client), in the venv.
+PROMETHEUS_CLIENT_VERSION := 0.26.0
+http-tools: $(TOOLS_VENV)/bin/pip
+	@$(TOOLS_VENV)/bin/python -c 'from importlib.metadata import version; print(version("prometheus-client"))' 2>/dev/null | \
+		grep -qx '$(PROMETHEUS_CLIENT_VERSION)' || \
+		$(TOOLS_VENV)/bin/pip install --quiet prometheus-client==$(PROMETHEUS_CLIENT_VERSION)
 
 # For benchmarks only (not a dependency of `test`): Debian's mosquitto broker, pinned,
 # to compare the MQTT listener against. The benchmark starts mosquitto itself (its own

@@ -75,6 +75,95 @@ pub struct Config {
     pub links: Vec<LinkConfig>,
     /// The MQTT listener (docs/mqtt.md); off unless an address is set.
     pub mqtt: MqttConfig,
+    /// The HTTP listener: metrics and health checks (docs/operations.md).
+    pub http: HttpConfig,
+}
+
+/// The default HTTP listener.
+pub const DEFAULT_HTTP_PORT: u16 = 7849;
+
+/// The HTTP listener: Prometheus metrics (`/metrics`) and health checks (`/healthz`,
+/// `/readyz`), with the QUIC side's authentication (a bearer token).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// TCP address, or `off`.
+    pub listen: HttpListen,
+    /// HTTPS with the broker's certificate; unset: on unless the address is loopback.
+    pub tls: Option<bool>,
+    /// Per-topic metric series for at most this many topics (those holding the most
+    /// bytes); the others are summed into the series of topic `_other`.
+    pub max_topic_series: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: HttpListen::At(SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT))),
+            tls: None,
+            max_topic_series: 1000,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Where to listen, if anywhere.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self.listen {
+            HttpListen::At(addr) => Some(addr),
+            HttpListen::Off => None,
+        }
+    }
+
+    /// Whether the listener speaks HTTPS.
+    pub fn tls_on(&self, addr: SocketAddr) -> bool {
+        self.tls.unwrap_or(!addr.ip().is_loopback())
+    }
+}
+
+/// Where the HTTP listener listens: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpListen {
+    /// No HTTP listener.
+    Off,
+    /// This TCP address (port 0 picks a free one).
+    At(SocketAddr),
+}
+
+impl std::str::FromStr for HttpListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Self::Off),
+            addr => addr
+                .parse()
+                .map(Self::At)
+                .map_err(|_| format!("`{addr}` is neither an address (127.0.0.1:7849) nor `off`")),
+        }
+    }
+}
+
+impl std::fmt::Display for HttpListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Off => f.write_str("off"),
+            Self::At(addr) => addr.fmt(f),
+        }
+    }
+}
+
+impl Serialize for HttpListen {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpListen {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// The MQTT listener: devices publish and subscribe with MQTT 3.1.1 or 5.0 over TCP,
@@ -216,6 +305,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(10),
             links: Vec::new(),
             mqtt: MqttConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -400,6 +490,23 @@ pub struct Overrides {
     /// `--mqtt` and `--mqtt-tls`.
     #[serde(skip_serializing_if = "MqttOverrides::is_empty")]
     pub mqtt: MqttOverrides,
+    /// `--http`.
+    #[serde(skip_serializing_if = "HttpOverrides::is_empty")]
+    pub http: HttpOverrides,
+}
+
+/// The HTTP listener given on the command line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HttpOverrides {
+    /// `--http`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<HttpListen>,
+}
+
+impl HttpOverrides {
+    fn is_empty(&self) -> bool {
+        self.listen.is_none()
+    }
 }
 
 /// MQTT listeners given on the command line.
@@ -486,6 +593,7 @@ const KEYS: &[&str] = &[
     "shutdown_timeout",
     "links",
     "mqtt",
+    "http",
 ];
 
 impl Config {

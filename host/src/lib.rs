@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod files;
 pub mod groups;
+pub mod http;
 pub mod links;
 pub mod mqtt;
 pub mod plugins;

@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 use crate::auth::{self, AuthError, AuthSettings, Authenticator};
 use crate::broker::{Broker, BrokerLimits, BrokerSettings};
 use crate::config::Config;
+use crate::http::HttpListener;
 use crate::links::{self, Links};
 use crate::mqtt::{MqttAddrs, MqttListeners, MqttSettings};
 use crate::plugins::runtime::SandboxLimits;
@@ -120,6 +121,7 @@ pub struct Server {
     auth: Arc<Authenticator>,
     listener: Listener,
     mqtt: MqttListeners,
+    http: Option<HttpListener>,
     config: Config,
     /// The links the config file declares.
     links: Vec<LinkSpec>,
@@ -227,6 +229,8 @@ impl Server {
             config.auth.client_ca.as_deref(),
         )
         .await?;
+        let http =
+            HttpListener::bind(&config.http, &identity, config.auth.client_ca.as_deref()).await?;
         let (cert_path, cert_origin) = (identity.cert_path.clone(), identity.origin.clone());
         let listener = Listener::bind(
             config.listen,
@@ -244,6 +248,7 @@ impl Server {
             auth,
             listener,
             mqtt,
+            http,
             config,
             links,
             cert_path,
@@ -261,6 +266,11 @@ impl Server {
         self.mqtt.addrs()
     }
 
+    /// Where the HTTP listener is bound, if there is one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|http| http.local_addr().ok())
+    }
+
     /// The certificate clients should trust when it is self-signed, and whether it was
     /// made by this start.
     pub fn certificate(&self) -> (&std::path::Path, &Origin) {
@@ -275,6 +285,7 @@ impl Server {
             auth,
             listener,
             mqtt,
+            http,
             config,
             links,
             ..
@@ -304,7 +315,7 @@ impl Server {
         {
             error!(cause = %e, "the MQTT listener could not start: its state could not be read");
         }
-        tasks.spawn(refresh_auth(auth, stop.clone()));
+        tasks.spawn(refresh_auth(Arc::clone(&auth), stop.clone()));
         // Links run until `stop`; shutdown waits for them like for connections.
         match Links::start(Arc::clone(&broker), links, stop.clone()).await {
             Ok(links) => {
@@ -317,6 +328,16 @@ impl Server {
             Err(e) => error!(cause = %e, "links could not start"),
         }
         let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
+        if let Some(http) = http {
+            http.serve(
+                Arc::clone(&broker),
+                Arc::clone(&auth),
+                Arc::clone(&connections),
+                limits.max_connections as usize,
+                &tasks,
+                stop.clone(),
+            );
+        }
         let recoverable = {
             let storage = broker.storage().clone();
             let data = config.data.clone();

@@ -6,6 +6,7 @@
 
 pub mod crash;
 pub mod disk;
+pub mod http;
 pub mod live;
 pub mod mqtt;
 pub mod nats;
@@ -161,12 +162,14 @@ pub struct Broker {
     /// The MQTT listeners the ready line names (`--mqtt`, `--mqtt-tls`).
     mqtt: Option<String>,
     mqtt_tls: Option<String>,
+    /// The HTTP listener's base URL (`http://127.0.0.1:port`).
+    http: Option<String>,
 }
 
 /// What a broker's ready line says:
 ///
 /// ```text
-/// quiver 0.1.0 listening on ADDR (data dir D, certificate C[, mqtt A][, mqtt-tls B])
+/// quiver 0.1.0 listening on ADDR (data dir D, certificate C[, mqtt A][, mqtt-tls B][, http H])
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Ready {
@@ -174,6 +177,8 @@ struct Ready {
     cert: PathBuf,
     mqtt: Option<String>,
     mqtt_tls: Option<String>,
+    /// `http://ADDR` or `https://ADDR`.
+    http: Option<String>,
 }
 
 impl Ready {
@@ -190,6 +195,7 @@ impl Ready {
             cert: PathBuf::new(),
             mqtt: None,
             mqtt_tls: None,
+            http: None,
         };
         // The certificate path ends at the first ", " or ")".
         if let Some(cert) = line.split("certificate ").nth(1) {
@@ -208,6 +214,8 @@ impl Ready {
                 ready.mqtt_tls = Some(addr.trim().to_owned());
             } else if let Some(addr) = part.strip_prefix("mqtt ") {
                 ready.mqtt = Some(addr.trim().to_owned());
+            } else if let Some((scheme @ ("http" | "https"), addr)) = part.split_once(' ') {
+                ready.http = Some(format!("{scheme}://{}", addr.trim()));
             }
         }
         Some(ready)
@@ -300,6 +308,10 @@ impl Broker {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // Each broker's HTTP listener on a port of its own, unless the test says.
+        if !args.contains(&"--http") {
+            command.args(["--http", "127.0.0.1:0"]);
+        }
         for (key, value) in env {
             command.env(key, value);
         }
@@ -318,6 +330,7 @@ impl Broker {
                 data: data.path().to_owned(),
                 mqtt: ready.mqtt,
                 mqtt_tls: ready.mqtt_tls,
+                http: ready.http,
             }),
             None => {
                 let status = child.wait().expect("the broker is reaped");
@@ -334,6 +347,14 @@ impl Broker {
     /// The address it listens on (`127.0.0.1:port`).
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The HTTP listener's base URL (`http://127.0.0.1:port`, or `https://…`), from
+    /// the ready line (every test broker has one unless started with `--http off`).
+    pub fn http_url(&self) -> &str {
+        self.http
+            .as_deref()
+            .expect("this broker has no HTTP listener (started with `--http off`?)")
     }
 
     /// The MQTT listener's TCP address (`127.0.0.1:port`), from the ready line of a
@@ -833,13 +854,20 @@ mod tests {
 
         let mqtt = Ready::parse(
             "quiver 0.1.0 listening on 127.0.0.1:4433 (data dir /d, certificate /c.pem, \
-             mqtt 127.0.0.1:1883, mqtt-tls 127.0.0.1:8883)",
+             mqtt 127.0.0.1:1883, mqtt-tls 127.0.0.1:8883, http 127.0.0.1:7849)",
         )
         .unwrap();
         assert_eq!(mqtt.addr, "127.0.0.1:4433");
         assert_eq!(mqtt.cert, Path::new("/c.pem"));
         assert_eq!(mqtt.mqtt.as_deref(), Some("127.0.0.1:1883"));
         assert_eq!(mqtt.mqtt_tls.as_deref(), Some("127.0.0.1:8883"));
+        assert_eq!(mqtt.http.as_deref(), Some("http://127.0.0.1:7849"));
+        let https = Ready::parse(
+            "quiver 0.1.0 listening on 127.0.0.1:4433 (data dir /d, certificate /c.pem, \
+             https 127.0.0.1:7849)",
+        )
+        .unwrap();
+        assert_eq!(https.http.as_deref(), Some("https://127.0.0.1:7849"));
 
         let tls_only = Ready::parse(
             "quiver 0.1.0 listening on [::1]:7848 (data dir /d, certificate /c.pem, \

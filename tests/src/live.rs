@@ -202,6 +202,15 @@ impl LiveCli {
         (stdout.snapshot(), stderr)
     }
 
+    /// Sends it SIGINT, as Ctrl-C in a terminal would.
+    pub fn interrupt(&self) {
+        let status = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "SIGINT is delivered");
+    }
+
     /// Stops it (SIGKILL) and collects its output.
     pub fn kill(mut self) {
         let _ = self.child.kill();

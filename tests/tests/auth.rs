@@ -505,3 +505,51 @@ fn the_auth_command_refuses_bad_input_with_the_reason() {
     failed(&["principal", "add", "x"], "exists already");
     failed(&["revoke", "x", "publish:a"], "holds no grant");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_command_outside_a_broker_folder_says_so_instead_of_editing_nothing() {
+    let data = DataDir::new();
+    let add = |name: &str| cli(data.root(), &["auth", "principal", "add", name], &[], "");
+    // No broker has run here: the default ./quiver-data is no broker's, so editing it
+    // would change nothing a broker reads.
+    let out = add("ops");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("holds no broker's data") && stderr.contains("--data DIR"),
+        "{stderr}"
+    );
+    assert!(!data.path().exists(), "nothing was created");
+
+    // Named with --data, a new dir is fine (set up before the first start), with a note.
+    let dir = data.path().to_str().unwrap();
+    let args = [
+        "auth",
+        "principal",
+        "add",
+        "ops",
+        "--grant",
+        "admin:>",
+        "--data",
+        dir,
+    ];
+    let out = cli(data.root(), &args, &[], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no broker data yet"),
+        "a note says a broker will use it"
+    );
+    // Where a broker runs, the default dir is the broker's.
+    let broker = Broker::start(&data);
+    let out = add("dash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(broker);
+}

@@ -347,8 +347,13 @@ async fn clients_without_the_right_certificate_cannot_connect() {
         .await
         .unwrap_err();
     assert!(matches!(error, Error::Connect { .. }), "{error}");
+    // The error says which file is the problem, and what to trust instead.
+    let stranger_cert = stranger.cert().display().to_string();
     assert!(
-        error.to_string().to_lowercase().contains("certificate"),
+        error
+            .to_string()
+            .contains(&format!("not trusted by the CA file {stranger_cert}"))
+            && error.to_string().contains("tls/cert.pem"),
         "{error}"
     );
     let missing = Client::builder()

@@ -7,7 +7,10 @@
 use std::process::Output;
 
 use quiver_client::{Client, NewRecord, Retention};
-use quiver_tests::{Broker, DataDir, cli, succeeded};
+use std::time::Duration;
+
+use quiver_tests::live::{Lines, LiveCli, numbered_lines};
+use quiver_tests::{Broker, DataDir, cli, eventually, succeeded};
 use serde_json::Value;
 
 fn stderr(output: &Output) -> String {
@@ -388,4 +391,87 @@ async fn operators_can_bring_their_own_certificate() {
         .create_topic("secure", Retention::default())
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_to_a_topic_that_does_not_exist_says_it_waits_for_it() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let env = [("QUIVER_SERVER", broker.addr())];
+    let mut subs = Vec::new();
+    for (pattern, note) in [
+        ("orders.>", "no topic matches `orders.>` yet"),
+        ("orders.new", "topic `orders.new` does not exist (yet)"),
+    ] {
+        let args = ["sub", pattern, "--from", "earliest", "--count", "1"];
+        let sub = LiveCli::spawn(data.root(), &args, &env, Lines::default(), None);
+        sub.stderr
+            .wait_until("the note", Duration::from_secs(30), |lines| {
+                lines.iter().any(|l| l.contains(note))
+            });
+        subs.push(sub);
+    }
+    // They do wait: a topic created later is read.
+    succeeded(quiver(
+        &broker,
+        &data,
+        &["topic", "create", "orders.new"],
+        "",
+    ));
+    succeeded(quiver(&broker, &data, &["pub", "orders.new", "first"], ""));
+    for sub in subs {
+        let (stdout, _) = sub.succeed(Duration::from_secs(30));
+        assert_eq!(stdout, ["first"]);
+    }
+    // An existing topic gets no note.
+    let out = quiver(
+        &broker,
+        &data,
+        &["sub", "orders.new", "--from", "earliest", "--count", "1"],
+        "",
+    );
+    assert!(!stderr(&out).contains("note:"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_stdin_publish_reports_what_was_stored() {
+    const LINES: usize = 2_000_000;
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    succeeded(quiver(&broker, &data, &["topic", "create", "lines"], ""));
+    let client = broker.client().await;
+    let env = [("QUIVER_SERVER", broker.addr())];
+    let publisher = LiveCli::spawn(
+        data.root(),
+        &["pub", "lines"],
+        &env,
+        Lines::default(),
+        Some(numbered_lines("line", LINES)),
+    );
+    eventually(Duration::from_secs(60), "records stored", || async {
+        client.describe_topic("lines").await.unwrap().records >= 1000
+    })
+    .await;
+    publisher.interrupt();
+    let stdout = publisher.stdout.clone();
+    let stderr = publisher.stderr.clone();
+    let status = publisher.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(130), "{:?}", stderr.snapshot());
+    let stored = client.describe_topic("lines").await.unwrap().records;
+    assert!(stored < LINES as u64, "stopped before the end of stdin");
+    // Every stored record was reported, and the summary says how many and where.
+    let printed = stdout.snapshot();
+    assert_eq!(printed.len() as u64, stored);
+    assert_eq!(
+        printed.last().map(String::as_str),
+        Some(&*(stored - 1).to_string())
+    );
+    let summary = stderr.snapshot().join("\n");
+    assert!(
+        summary.contains(&format!(
+            "{stored} stored, the last at offset {}",
+            stored - 1
+        )) && summary.contains("0 failed"),
+        "{summary}"
+    );
 }

@@ -2,6 +2,7 @@
 //! root is needed): publishers get a typed `Storage` error and never a receipt for
 //! what is not on disk, subscribers keep being served, and once there is room again
 //! the broker reopens its storage by itself, with everything acknowledged intact.
+//! Meanwhile its HTTP listener says it is alive but not ready.
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use quiver_client::{ErrorCode, Retention, StartAt, SubscribeOptions, Subscription};
+use quiver_tests::http::{As, Fetched, get, metrics};
 use quiver_tests::{Broker, DataDir, eventually, read_all};
 
 const TOPIC: &str = "filling";
@@ -36,6 +38,7 @@ async fn a_full_disk_fails_publishes_with_a_storage_error_and_loses_nothing_acke
         .subscribe(TOPIC, SubscribeOptions::from(StartAt::Earliest))
         .await
         .unwrap();
+    assert_eq!(readyz(&broker).status, 200);
 
     // Publish until the disk is full.
     let mut acked = Vec::new();
@@ -73,6 +76,13 @@ async fn a_full_disk_fails_publishes_with_a_storage_error_and_loses_nothing_acke
         .await
         .unwrap_err();
     assert_eq!(create.code(), Some(ErrorCode::Storage), "{create}");
+    // Health checks tell an orchestrator: alive, but not ready.
+    assert_eq!(get(&broker, "/healthz", As::default(), false).status, 200);
+    let unready = readyz(&broker);
+    assert_eq!(unready.status, 503, "{}", unready.body);
+    assert!(unready.body.contains("storage halted"), "{}", unready.body);
+    let page = metrics(&broker, As::default());
+    assert_eq!(page.value("quiver_storage_halted", &[]), Some(1.0));
 
     // The broker keeps serving: control requests are answered, new connections are
     // accepted, and nothing unacknowledged is visible. Subscribers get acknowledged
@@ -127,12 +137,18 @@ async fn a_full_disk_fails_publishes_with_a_storage_error_and_loses_nothing_acke
     }
     let next = client.publish(TOPIC, "after the recovery").await.unwrap();
     assert_eq!(next, stored.len() as u64);
+    // Ready again, on the same HTTP address.
+    assert_eq!(readyz(&broker).status, 200);
 
     // And it survives a crash right after, like any broker.
     broker.kill9();
     let broker = Broker::start(&data);
     let client = broker.client().await;
     assert_eq!(read_all(&client, TOPIC).await.len(), stored.len() + 1);
+}
+
+fn readyz(broker: &Broker) -> Fetched {
+    get(broker, "/readyz", As::default(), false)
 }
 
 /// Reads `acked.len()` records, each as acknowledged, unless the subscription ends

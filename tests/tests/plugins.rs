@@ -503,6 +503,24 @@ async fn bad_components_are_refused_at_deploy() {
         garbage.contains("not a valid WebAssembly component"),
         "{garbage}"
     );
+    // A file that is not WebAssembly at all is named for what it is, not dumped.
+    let text = refused(
+        client
+            .deploy_plugin("text", b"hello world, not wasm at all\n".to_vec(), None)
+            .await,
+    );
+    assert!(
+        text.contains("not WebAssembly") && text.contains("\"hello world, not"),
+        "{text}"
+    );
+    assert!(!text.contains("0x68"), "no raw bytes: {text}");
+    // A core module (the 8-byte header of an empty one) is told apart from a component.
+    let core = refused(
+        client
+            .deploy_plugin("core", b"\0asm\x01\0\0\0".to_vec(), None)
+            .await,
+    );
+    assert!(core.contains("core WebAssembly module"), "{core}");
     let mut truncated = read_plugin(&example_plugin("template"));
     truncated.truncate(truncated.len() / 2);
     refused(client.deploy_plugin("truncated", truncated, None).await);

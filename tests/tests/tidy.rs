@@ -1,7 +1,9 @@
 //! Tidy: the walls ARCHITECTURE.md promises, checked on every test run. Each outside
 //! library that Quiver keeps behind one wall is named only inside it (quinn, rustls,
 //! rcgen and x509-parser in the transport, sled in storage, wasmtime in the plugin
-//! runtime, the MQTT codec in the MQTT listener's packets), and every Rust source file opens with a `//!` line saying what it is for.
+//! runtime, the MQTT codec in the MQTT listener's packets, the HTTP stack and the
+//! metrics client in the HTTP listener), and every Rust source file opens with a `//!`
+//! line saying what it is for.
 //! Reads the source as text; fast.
 
 use std::path::{Path, PathBuf};
@@ -22,6 +24,13 @@ const WALLS: &[(&str, &[&str])] = &[
     ("wasmtime", &["host/src/plugins/runtime.rs"]),
     ("rmqtt_codec", &["host/src/mqtt/packet.rs"]),
     ("rumqttc", &["host/src/bench/mqtt.rs"]),
+    ("axum", &["host/src/http/"]),
+    ("hyper", &["host/src/http/"]),
+    ("hyper_util", &["host/src/http/"]),
+    (
+        "prometheus_client",
+        &["host/src/http/", "host/src/storage/metrics.rs"],
+    ),
 ];
 
 /// Where the walls stand: the broker's and the SDK's sources.

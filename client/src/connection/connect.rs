@@ -28,6 +28,8 @@ impl Client {
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     roots: rustls::RootCertStore,
+    /// Where the trusted certificates came from, for error messages.
+    trusted: Vec<String>,
     server_name: Option<String>,
     client_name: String,
     connect_timeout: Duration,
@@ -59,6 +61,7 @@ impl Default for ClientBuilder {
     fn default() -> Self {
         Self {
             roots: rustls::RootCertStore::empty(),
+            trusted: Vec::new(),
             server_name: None,
             client_name: format!("quiver-client/{}", env!("CARGO_PKG_VERSION")),
             connect_timeout: Duration::from_secs(10),
@@ -80,10 +83,16 @@ impl ClientBuilder {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        self.ca_pem(&pem).map_err(|e| Error::CaFile {
+        let mut builder = self.ca_pem(&pem).map_err(|e| Error::CaFile {
             path: path.to_owned(),
             reason: e.to_string(),
-        })
+        })?;
+        // `ca_pem` noted PEM text; it came from this file.
+        builder.trusted.pop();
+        builder
+            .trusted
+            .push(format!("the CA file {}", path.display()));
+        Ok(builder)
     }
 
     /// Trusts the certificates in PEM text.
@@ -99,6 +108,7 @@ impl ClientBuilder {
         if added == 0 {
             return Err(Error::Tls("no certificate found in the PEM data".into()));
         }
+        self.trusted.push("the CA certificates given".into());
         Ok(self)
     }
 
@@ -204,7 +214,14 @@ impl ClientBuilder {
             client: self.client_name.clone(),
             token: self.token.clone(),
         };
-        let dialer = Dialer::new(addrs, self.server_name.clone(), self.quic()?, hello);
+        let trusted = self.trusted.join(" and ");
+        let dialer = Dialer::new(
+            addrs,
+            self.server_name.clone(),
+            self.quic()?,
+            hello,
+            trusted,
+        );
         let first = dialer.dial_any(self.connect_timeout, None).await?;
         let producer = match self.producer {
             Some(producer) => producer,

@@ -62,6 +62,8 @@ pub(crate) struct Dialer {
     server_name: Option<String>,
     quic: Quic,
     hello: ClientHello,
+    /// Where the trusted certificates came from ("the CA file ca.pem"), for errors.
+    trusted: String,
     /// The IPv4 and IPv6 endpoints, made when first needed.
     endpoints: Mutex<[Option<quinn::Endpoint>; 2]>,
 }
@@ -85,12 +87,14 @@ impl Dialer {
         server_name: Option<String>,
         quic: Quic,
         hello: ClientHello,
+        trusted: String,
     ) -> Self {
         Self {
             addrs,
             server_name,
             quic,
             hello,
+            trusted,
             endpoints: Mutex::default(),
         }
     }
@@ -149,7 +153,7 @@ impl Dialer {
             .connect_with(self.quic.config(rtt), socket_addr, &server_name)
             .map_err(|e| connect_error(e.to_string()))?
             .await
-            .map_err(|e| connect_error(e.to_string()))?;
+            .map_err(|e| connect_error(self.explain(e.to_string(), &server_name)))?;
         // A broker that closes the connection at once (at its connection limit) says
         // why in the close reason.
         let closed = |e: &dyn std::fmt::Display| {
@@ -179,6 +183,27 @@ impl Dialer {
             limits,
             principal,
         })
+    }
+
+    /// A failed handshake's reason, with what to do about a certificate the client
+    /// refused (rustls only names the check that failed: `BadSignature`, say).
+    fn explain(&self, reason: String, server_name: &str) -> String {
+        if !reason.contains("invalid peer certificate") {
+            return reason;
+        }
+        if reason.contains("NotValidForName") {
+            return format!(
+                "{reason}: the broker's certificate does not name `{server_name}`; connect \
+                 by a name or address it holds (a self-signed one holds localhost, 127.0.0.1 \
+                 and ::1), or set the name to check (`server_name`)"
+            );
+        }
+        format!(
+            "{reason}: the broker's certificate is not trusted by {}; trust the \
+             certificate the broker uses (its ready line names it: \
+             <data dir>/tls/cert.pem when self-signed) or the CA that signed it",
+            self.trusted
+        )
     }
 
     /// The endpoint for `remote`'s address family, bound when first needed.

@@ -130,6 +130,8 @@ fn spawn(data: &Path, listen: &str, args: &[String]) -> anyhow::Result<(Child, R
     let mut child = Command::new(exe)
         .args(["serve", "--listen", listen, "--data"])
         .arg(data)
+        // No HTTP listener: the default port may be another broker's.
+        .args(["--http", "off"])
         .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

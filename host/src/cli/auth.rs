@@ -99,14 +99,43 @@ pub(super) enum TokenCommand {
 
 #[derive(Debug, Args)]
 pub(super) struct DataArg {
-    /// The broker's data dir.
-    #[arg(long, env = "QUIVER_DATA", default_value = DEFAULT_DATA_DIR)]
-    data: PathBuf,
+    /// The broker's data dir [default: ./quiver-data, which must then be one].
+    #[arg(long, env = "QUIVER_DATA")]
+    data: Option<PathBuf>,
 }
 
 impl DataArg {
-    fn path(&self) -> PathBuf {
-        file::path_in(&self.data)
+    /// The auth file of the data dir. The default dir must hold a broker's data:
+    /// editing a `./quiver-data` of a folder no broker runs from would report success
+    /// while the running broker never sees the change. A dir named with `--data` may
+    /// be new (principals set up before the broker's first start).
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        let storage = |dir: &Path| dir.join("db").exists();
+        match &self.data {
+            Some(dir) => {
+                if !storage(dir) {
+                    eprintln!(
+                        "note: {} holds no broker data yet; a broker started with --data {} \
+                         will use these principals",
+                        dir.display(),
+                        dir.display()
+                    );
+                }
+                Ok(file::path_in(dir))
+            }
+            None => {
+                let dir = Path::new(DEFAULT_DATA_DIR);
+                if !storage(dir) {
+                    bail!(
+                        "no broker data dir here: {} holds no broker's data. Pass --data DIR \
+                         (the data dir the broker's ready line names), or run this in the \
+                         folder the broker runs from",
+                        dir.display()
+                    );
+                }
+                Ok(file::path_in(dir))
+            }
+        }
     }
 }
 
@@ -131,7 +160,7 @@ pub(super) fn run(command: AuthCommand) -> anyhow::Result<()> {
             name,
             grants,
             cert_names,
-        }) => edit(&data.path(), |file| {
+        }) => edit(&data.path()?, |file| {
             check_principal_name(&name).map_err(anyhow::Error::msg)?;
             if file.principals.contains_key(&name) {
                 bail!(
@@ -148,7 +177,7 @@ pub(super) fn run(command: AuthCommand) -> anyhow::Result<()> {
             Ok(())
         }),
         AuthCommand::Principal(PrincipalCommand::Remove { data, name }) => {
-            edit(&data.path(), |file| {
+            edit(&data.path()?, |file| {
                 principal(file, &name)?;
                 file.principals.remove(&name);
                 eprintln!("removed principal `{name}`");
@@ -156,11 +185,11 @@ pub(super) fn run(command: AuthCommand) -> anyhow::Result<()> {
             })
         }
         AuthCommand::Principal(PrincipalCommand::List { data }) => {
-            let file = AuthFile::load(&data.path())?;
+            let file = AuthFile::load(&data.path()?)?;
             print!("{}", list(&file));
             Ok(())
         }
-        AuthCommand::Grant { data, name, grants } => edit(&data.path(), |file| {
+        AuthCommand::Grant { data, name, grants } => edit(&data.path()?, |file| {
             let entry = principal(file, &name)?;
             for grant in grants {
                 if !entry.grants.contains(&grant) {
@@ -169,7 +198,7 @@ pub(super) fn run(command: AuthCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }),
-        AuthCommand::Revoke { data, name, grants } => edit(&data.path(), |file| {
+        AuthCommand::Revoke { data, name, grants } => edit(&data.path()?, |file| {
             let entry = principal(file, &name)?;
             for grant in &grants {
                 let Some(at) = entry.grants.iter().position(|g| g == grant) else {
@@ -185,7 +214,7 @@ pub(super) fn run(command: AuthCommand) -> anyhow::Result<()> {
         }),
         AuthCommand::Token(TokenCommand::Create { data, name, label }) => {
             let mut created = None;
-            edit(&data.path(), |file| {
+            edit(&data.path()?, |file| {
                 let entry = principal(file, &name)?;
                 let (token, stored) = token::generate(&label, now_ms())?;
                 eprintln!(
@@ -201,7 +230,7 @@ pub(super) fn run(command: AuthCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        AuthCommand::Token(TokenCommand::Revoke { data, id }) => edit(&data.path(), |file| {
+        AuthCommand::Token(TokenCommand::Revoke { data, id }) => edit(&data.path()?, |file| {
             for (name, entry) in &mut file.principals {
                 if let Some(at) = entry.tokens.iter().position(|t| t.id == id) {
                     entry.tokens.remove(at);

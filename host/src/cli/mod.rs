@@ -238,12 +238,19 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // It said what it got through already; 128 + SIGINT, as shells report it.
+        Err(e) if e.is::<Interrupted>() => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
+
+/// A command stopped by Ctrl-C after saying what it had done.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+struct Interrupted;
 
 /// Lets a client command whose output is piped into `head` (or any reader that quits
 /// early) end quietly, as command-line tools do, instead of panicking on the failed

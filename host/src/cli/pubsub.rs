@@ -62,34 +62,87 @@ pub(super) async fn publish(args: PubArgs) -> anyhow::Result<()> {
         Some(_) => args.connect.connect().await?,
         None => args.connect.connect_streaming().await?,
     };
-    let publish = |record| {
-        let receipt = client.publish_batch(&args.topic, vec![record]);
-        async move { receipt.await.map(|r| output::receipt_text(&r)) }
-    };
+    let publish = |record| client.publish_batch(&args.topic, vec![record]);
     if let Some(message) = &args.message {
-        println!("{}", publish(args.record.record(message.clone())).await?);
+        let receipt = publish(args.record.record(message.clone())).await?;
+        println!("{}", output::receipt_text(&receipt));
         return Ok(());
     }
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut inflight = FuturesOrdered::new();
     let mut stdout = std::io::stdout().lock();
+    let mut tally = Tally::default();
     let mut eof = false;
+    let mut interrupted = false;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     while !eof || !inflight.is_empty() {
         tokio::select! {
+            // Ctrl-C: read no more, but see what was sent through, so that every
+            // record stored is reported (a second Ctrl-C ends the process at once).
+            _ = &mut ctrl_c, if !interrupted => {
+                interrupted = true;
+                eof = true;
+            }
             line = lines.next_line(), if !eof && inflight.len() < PUBLISH_WINDOW => {
                 match line.context("reading stdin")? {
                     // Queued in line order by this call: the topic keeps stdin's order.
-                    Some(line) => inflight.push_back(publish(args.record.record(line))),
+                    Some(line) => {
+                        tally.sent += 1;
+                        inflight.push_back(publish(args.record.record(line)));
+                    }
                     None => eof = true,
                 }
             }
             Some(placed) = inflight.next() => {
-                writeln!(stdout, "{}", placed?)?;
+                let receipt = match placed {
+                    Ok(receipt) => receipt,
+                    Err(e) if interrupted => {
+                        tally.failed += 1;
+                        eprintln!("error: {e}");
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                tally.stored(&receipt);
+                writeln!(stdout, "{}", output::receipt_text(&receipt))?;
             }
         }
     }
     stdout.flush()?;
+    if interrupted {
+        eprintln!("{}", tally.summary());
+        return Err(super::Interrupted.into());
+    }
     Ok(())
+}
+
+/// What a publish from stdin got through, for the summary after Ctrl-C.
+#[derive(Debug, Default)]
+struct Tally {
+    sent: u64,
+    stored: u64,
+    failed: u64,
+    last_offset: Option<u64>,
+}
+
+impl Tally {
+    fn stored(&mut self, receipt: &quiver_client::Receipt) {
+        self.stored += 1;
+        if receipt.count > 0 {
+            self.last_offset = Some(receipt.base_offset + u64::from(receipt.count) - 1);
+        }
+    }
+
+    fn summary(&self) -> String {
+        let last = self.last_offset.map_or(String::new(), |offset| {
+            format!(", the last at offset {offset}")
+        });
+        format!(
+            "interrupted: {} sent, {} stored{last}, {} failed; stdin past them was not read",
+            self.sent, self.stored, self.failed
+        )
+    }
 }
 
 #[derive(Debug, Args)]
@@ -190,9 +243,33 @@ impl SourceArgs {
             .context("a topic or pattern is required (or --group)")?;
         let mut options = SubscribeOptions::from(self.from);
         options.pipeline = pipeline;
-        Ok(Source::Subscription(
-            client.subscribe(pattern, options).await?,
-        ))
+        let subscription = client.subscribe(pattern, options).await?;
+        if let Some(note) = waiting_note(client, pattern).await {
+            eprintln!("{note}");
+        }
+        Ok(Source::Subscription(subscription))
+    }
+}
+
+/// What to tell the user when a subscription has nothing to read from yet: no topic
+/// of that name, or none matching the pattern. It waits (a topic created later is
+/// read from its start), which without a word looks like a hang or a typo.
+async fn waiting_note(client: &Client, pattern: &str) -> Option<String> {
+    let parsed = quiver_protocol::TopicPattern::parse(pattern).ok()?;
+    let topics = client.list_topics().await.ok()?;
+    let matched = topics.iter().any(|topic| {
+        quiver_protocol::TopicName::parse(&topic.name).is_ok_and(|name| parsed.matches(&name))
+    });
+    match (matched, parsed.is_literal()) {
+        (true, _) => None,
+        (false, true) => Some(format!(
+            "note: topic `{pattern}` does not exist (yet): waiting for it to be created \
+             (`quiver topic list` shows those that exist; Ctrl-C stops)"
+        )),
+        (false, false) => Some(format!(
+            "note: no topic matches `{pattern}` yet: waiting for one to be created \
+             (`quiver topic list` shows those that exist; Ctrl-C stops)"
+        )),
     }
 }
 

@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{
-    AuthOverrides, Config, LogFormat, MqttConfig, MqttOverrides, Overrides, PluginOverrides,
-    TlsOverrides,
+    AuthOverrides, Config, HttpConfig, HttpListen, HttpOverrides, LogFormat, MqttConfig,
+    MqttOverrides, Overrides, PluginOverrides, TlsOverrides,
 };
 use crate::server::{Server, Stopped};
 use crate::transport::tls::Origin;
@@ -56,6 +56,10 @@ pub(super) struct ServeArgs {
     /// Serve MQTT over TLS, with the broker's certificate, on this TCP address.
     #[arg(long, value_name = "ADDR")]
     mqtt_tls: Option<SocketAddr>,
+    /// Serve metrics and health checks over HTTP on this TCP address, or `off`
+    /// (default 127.0.0.1:7849; HTTPS with the broker's certificate unless on loopback).
+    #[arg(long, value_name = "ADDR|off")]
+    http: Option<HttpListen>,
     /// Test only: flush storage without `fdatasync`, so acknowledged records can be
     /// lost on power failure. Exists for the power-cut harness's own test.
     #[arg(long, hide = true)]
@@ -82,6 +86,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
             listen: args.mqtt,
             tls_listen: args.mqtt_tls,
         },
+        http: HttpOverrides { listen: args.http },
     };
     let mut config = Config::load(args.config.as_deref(), &overrides)?;
     config.storage.unsafe_skip_barrier = args.unsafe_skip_barrier;
@@ -114,6 +119,11 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(addr) = mqtt.tls_listen {
             mqtt_addrs.push_str(&format!(", mqtt-tls {addr}"));
         }
+        let http = server.http_addr();
+        if let Some(addr) = http {
+            let scheme = if config.http.tls_on(addr) { "https" } else { "http" };
+            mqtt_addrs.push_str(&format!(", {scheme} {addr}"));
+        }
         // The ready line: tests and scripts wait for it.
         let mut stdout = std::io::stdout().lock();
         writeln!(
@@ -133,6 +143,10 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
                 listen: mqtt.listen,
                 tls_listen: mqtt.tls_listen,
                 ..config.mqtt
+            },
+            http: HttpConfig {
+                listen: http.map_or(HttpListen::Off, HttpListen::At),
+                ..config.http
             },
             ..config
         };

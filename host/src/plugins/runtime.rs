@@ -216,6 +216,7 @@ impl Runtime {
     }
 
     fn load(&self, wasm: &[u8], sha256: &[u8; 32]) -> Result<(Component, bool), PluginError> {
+        check_header(wasm)?;
         let invalid = |e: wasmtime::Error| PluginError::InvalidWasm(format!("{e:#}"));
         let Some(dir) = &self.cache_dir else {
             return Ok((Component::new(&self.engine, wasm).map_err(invalid)?, false));
@@ -665,6 +666,36 @@ impl host::Host for HostState {
     fn state_delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
         self.write_state(key, None)
     }
+}
+
+/// Refuses, in words, what is not a WebAssembly component at all: a file that is not
+/// WebAssembly (a text file, a native binary), or a core module (built for a target
+/// without the component model).
+fn check_header(wasm: &[u8]) -> Result<(), PluginError> {
+    const MAGIC: &[u8] = b"\0asm";
+    const CORE_MODULE: &[u8] = &[1, 0, 0, 0];
+    let invalid = |what: String| Err(PluginError::InvalidWasm(what));
+    if !wasm.starts_with(MAGIC) {
+        let head = &wasm[..wasm.len().min(16)];
+        let shown = match std::str::from_utf8(head) {
+            Ok(text) if text.chars().all(|c| !c.is_control() || c.is_whitespace()) => {
+                format!("the text {:?}", text)
+            }
+            _ => format!("the bytes {}", crate::util::hex(head)),
+        };
+        return invalid(format!(
+            "the file is not WebAssembly: it starts with {shown}, not `\\0asm`; deploy \
+             the .wasm file cargo builds (target/wasm32-wasip2/release/NAME.wasm)"
+        ));
+    }
+    if wasm.get(4..8) == Some(CORE_MODULE) {
+        return invalid(
+            "a core WebAssembly module, not a component: build the plugin for the \
+             wasm32-wasip2 target with quiver-plugin-sdk (docs/plugins.md)"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ mod journal;
 mod keys;
 mod links;
 mod log;
+mod metrics;
 mod open;
 mod plugins;
 mod read;
@@ -63,6 +64,7 @@ pub use journal::DEFAULT_JOURNAL_BYTES;
 pub use keys::LogStats;
 pub use links::{LinkCursor, LinkRecord, Mark, MarkKey, MarkWrite, Marks, Provenance};
 pub use log::{TopicLog, TopicSettings, Watch};
+pub use metrics::StorageMetrics;
 pub use plugins::{PluginRecord, PluginVersion, StateWrite};
 use read::LogReader;
 pub use receipts::{Committed, PublishLayout, ReceiptLayout};
@@ -146,8 +148,10 @@ pub struct Storage {
     tree: sled::Tree,
     commands: mpsc::Sender<Command>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
-    /// Turns true when a failed write halts the writer.
-    halted: watch::Receiver<bool>,
+    /// Why writes stopped, once a failed write halts the writer.
+    halted: watch::Receiver<Option<String>>,
+    /// Timings the writer observes, for `/metrics`.
+    metrics: StorageMetrics,
     /// This broker's id, made with its data dir.
     broker_id: u128,
     /// The marks of origins forwarded here, as committed.
@@ -173,7 +177,8 @@ impl Storage {
             move || db.flush().map(drop)
         })
         .map_err(|e| StorageError::Sled(e.into()))?;
-        let (halted_signal, halted) = watch::channel(false);
+        let (halted_signal, halted) = watch::channel(None);
+        let metrics = StorageMetrics::default();
         let writer = Writer::new(
             db.clone(),
             tree.clone(),
@@ -184,6 +189,7 @@ impl Storage {
             halted_signal,
             marks.clone(),
             journal,
+            metrics.clone(),
         );
         let handle = std::thread::Builder::new()
             .name("quiver-storage".into())
@@ -195,6 +201,7 @@ impl Storage {
             commands,
             writer: Arc::new(Mutex::new(Some(handle))),
             halted,
+            metrics,
             broker_id,
             marks,
         };
@@ -205,10 +212,20 @@ impl Storage {
     /// docs); never, if that does not happen.
     pub async fn halted(&self) {
         let mut halted = self.halted.clone();
-        if halted.wait_for(|halted| *halted).await.is_err() {
+        if halted.wait_for(Option::is_some).await.is_err() {
             // The writer is gone (storage closed) without halting.
             std::future::pending::<()>().await;
         }
+    }
+
+    /// Why writes are refused, once a failed write has halted them.
+    pub fn halted_cause(&self) -> Option<String> {
+        self.halted.borrow().clone()
+    }
+
+    /// Storage's timings (commit sizes, flush times).
+    pub fn metrics(&self) -> &StorageMetrics {
+        &self.metrics
     }
 
     /// Sends a command and waits for its answer.

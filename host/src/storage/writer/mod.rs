@@ -64,8 +64,8 @@ use super::keys;
 use super::log::Piece;
 use super::{
     Appended, Cleanup, Committed, GroupRecord, GroupWrite, LinkCursor, LinkRecord, Mark, MarkKey,
-    MarkWrite, Marks, PluginRecord, PublishLayout, StateWrite, StorageError, TopicLog,
-    TopicRecords, TopicSettings,
+    MarkWrite, Marks, PluginRecord, PublishLayout, StateWrite, StorageError, StorageMetrics,
+    TopicLog, TopicRecords, TopicSettings,
 };
 use dedup::stage_receipts;
 use links::{stage_link_cursors, stage_mark};
@@ -178,7 +178,9 @@ pub(super) struct Writer {
     /// Why writes stopped, once one failed (see the module docs).
     halted: Option<String>,
     /// Tells [`Storage::halted`](super::Storage::halted) waiters that writes stopped.
-    halted_signal: watch::Sender<bool>,
+    halted_signal: watch::Sender<Option<String>>,
+    /// Commit sizes and flush times, for `/metrics`.
+    metrics: StorageMetrics,
     /// The committed marks (moved after each commit that wrote some).
     marks: Marks,
     /// The live journal entries and who holds pieces in them.
@@ -237,6 +239,8 @@ struct CommitGroup {
     must_flush: bool,
     /// The shortest flush interval among the batched topics appended to.
     flush_within: Option<Duration>,
+    /// Records appended in this group.
+    records: usize,
     done: Vec<Done>,
 }
 
@@ -250,9 +254,10 @@ impl Writer {
         chunk_bytes: usize,
         part_bytes: usize,
         flusher: Flusher,
-        halted_signal: watch::Sender<bool>,
+        halted_signal: watch::Sender<Option<String>>,
         marks: Marks,
         journal: Journal,
+        metrics: StorageMetrics,
     ) -> Self {
         Self {
             db,
@@ -263,6 +268,7 @@ impl Writer {
             flusher,
             halted: None,
             halted_signal,
+            metrics,
             marks,
             journal,
         }
@@ -278,7 +284,7 @@ impl Writer {
                  free disk space?)"
             );
             self.halted = Some(cause.to_string());
-            self.halted_signal.send_replace(true);
+            self.halted_signal.send_replace(self.halted.clone());
         }
     }
 
@@ -588,7 +594,10 @@ impl Writer {
         let result = written
             .and_then(|()| {
                 if group.must_flush {
+                    let started = std::time::Instant::now();
                     self.db.flush()?;
+                    let took = started.elapsed().as_secs_f64();
+                    self.metrics.flush_seconds.observe(took);
                     self.flusher.flushed();
                 } else if let Some(within) = group.flush_within {
                     self.flusher.schedule(within);
@@ -596,6 +605,9 @@ impl Writer {
                 Ok(())
             })
             .map_err(StorageError::from);
+        if group.records > 0 && result.is_ok() {
+            self.metrics.commit_records.observe(group.records as f64);
+        }
         if let Err(e) = &result {
             // Nothing was acknowledged and no in-memory stats moved. The writes may be
             // applied in memory, though, so nothing more is written: see the module docs.

@@ -133,6 +133,7 @@ impl Writer {
         provenance: Option<&Provenance>,
     ) -> Appended {
         let chunk_bytes = self.chunk_bytes;
+        group.records += records.len();
         let staged = group
             .staged
             .entry(log.id())

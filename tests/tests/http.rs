@@ -1,0 +1,253 @@
+//! The HTTP listener: health checks, `/metrics` read by the Prometheus project's own
+//! parser with values that move as records are published, acked and dead-lettered,
+//! its bounded cardinality, and the QUIC side's authentication on it (tokens allowed
+//! and refused, what each principal may see, HTTPS).
+
+#![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use quiver_client::{GroupSettings, NewRecord, Retention, Stage};
+use quiver_tests::http::{As, get, metrics};
+use quiver_tests::{Broker, DataDir, eventually, example_plugin, principal, read_plugin};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_as_records_are_published_acked_and_dead_lettered() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let health = get(&broker, "/healthz", As::default(), false);
+    assert_eq!((health.status, health.body.trim()), (200, "ok"));
+    let ready = get(&broker, "/readyz", As::default(), false);
+    assert_eq!((ready.status, ready.body.trim()), (200, "ready"));
+
+    let client = broker.client().await;
+    client
+        .create_topic("orders", Retention::default())
+        .await
+        .unwrap();
+    let settings = GroupSettings {
+        prefetch: 16,
+        ..GroupSettings::new("orders")
+    };
+    client.create_group("billing", settings).await.unwrap();
+    let template = read_plugin(&example_plugin("template"));
+    client
+        .deploy_plugin("template", template, None)
+        .await
+        .unwrap();
+    client
+        .attach_plugin("orders", Stage::new("template"))
+        .await
+        .unwrap();
+    let page = metrics(&broker, As::default());
+    assert!(
+        page.content_type
+            .starts_with("application/openmetrics-text"),
+        "{}",
+        page.content_type
+    );
+    let orders = [("topic", "orders")];
+    let billing = [("group", "billing"), ("topic", "orders")];
+    assert_eq!(page.value("quiver_topics", &[]), Some(1.0));
+    assert_eq!(
+        page.value("quiver_topic_appended_records_total", &orders),
+        Some(0.0)
+    );
+
+    for i in 0..10 {
+        client
+            .publish("orders", format!("order {i}"))
+            .await
+            .unwrap();
+    }
+    let page = metrics(&broker, As::default());
+    assert_eq!(
+        page.value("quiver_topic_appended_records_total", &orders),
+        Some(10.0)
+    );
+    assert_eq!(page.value("quiver_topic_records", &orders), Some(10.0));
+    assert!(page.value("quiver_topic_stored_bytes", &orders).unwrap() > 0.0);
+    assert_eq!(page.value("quiver_group_lag_records", &billing), Some(10.0));
+    assert!(
+        page.value("quiver_storage_commit_records_count", &[])
+            .unwrap()
+            >= 1.0
+    );
+    assert!(
+        page.value("quiver_storage_flush_seconds_count", &[])
+            .unwrap()
+            >= 1.0
+    );
+    assert!(page.value("quiver_connections", &[]).unwrap() >= 1.0);
+    assert_eq!(page.value("quiver_storage_halted", &[]), Some(0.0));
+    assert!(page.value("process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    assert!(page.value("process_open_fds", &[]).unwrap() > 0.0);
+    let attachment = [("plugin", "template"), ("target", "topic orders")];
+    assert!(
+        page.value("quiver_plugin_calls_total", &attachment)
+            .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        page.value("quiver_plugin_records_in_total", &attachment),
+        Some(10.0)
+    );
+    assert_eq!(
+        page.value("quiver_plugin_errors_total", &attachment),
+        Some(0.0)
+    );
+    assert_eq!(
+        page.value("quiver_plugin_quarantined", &attachment),
+        Some(0.0)
+    );
+
+    // A member takes them all, acks nine and dead-letters one.
+    let mut member = client.join("billing", None).await.unwrap();
+    for i in 0..10 {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), member.next())
+            .await
+            .expect("a delivery in time")
+            .expect("the member goes on")
+            .unwrap();
+        match i {
+            4 => delivery.term("not billable").unwrap(),
+            _ => delivery.ack().unwrap(),
+        }
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the settlements in /metrics",
+        || async {
+            let page = metrics(&broker, As::default());
+            page.value("quiver_group_pending_records", &billing) == Some(0.0)
+                && page.value("quiver_group_dead_lettered_records_total", &billing) == Some(1.0)
+        },
+    )
+    .await;
+    let page = metrics(&broker, As::default());
+    assert_eq!(page.value("quiver_group_lag_records", &billing), Some(0.0));
+    assert_eq!(
+        page.value("quiver_group_members", &[("group", "billing")]),
+        Some(1.0)
+    );
+    // The dead letter is a record of the dead-letter topic.
+    let dlq = [("topic", "dlq.orders")];
+    assert_eq!(
+        page.value("quiver_topic_appended_records_total", &dlq),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_topic_series_are_bounded_and_the_rest_summed() {
+    let data = DataDir::new();
+    let broker = Broker::start_with(&data, &[("QUIVER_HTTP__MAX_TOPIC_SERIES", "2")]);
+    let client = broker.client().await;
+    // The larger topics get series of their own.
+    for (topic, records) in [("a", 1), ("b", 4), ("c", 3), ("d", 2)] {
+        client
+            .create_topic(topic, Retention::default())
+            .await
+            .unwrap();
+        for i in 0..records {
+            client.publish(topic, format!("{i}")).await.unwrap();
+        }
+    }
+    let page = metrics(&broker, As::default());
+    assert_eq!(page.value("quiver_topics", &[]), Some(4.0));
+    let appended = |topic| page.value("quiver_topic_appended_records_total", &[("topic", topic)]);
+    assert_eq!(appended("b"), Some(4.0));
+    assert_eq!(appended("c"), Some(3.0));
+    assert_eq!(appended("_other"), Some(3.0), "a and d, summed");
+    assert!(!page.mentions("topic", "a") && !page.mentions("topic", "d"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_takes_tokens_shows_each_principal_its_own_and_refuses_the_rest() {
+    let data = DataDir::new();
+    let ops = principal(&data, "ops", &["admin:>", "publish:>", "subscribe:>"]);
+    let alice = principal(
+        &data,
+        "alice",
+        &["publish:sensors.>", "subscribe:sensors.>"],
+    );
+    let broker = Broker::start(&data);
+    let client = broker.client_as(&ops).await;
+    for topic in ["sensors.a", "secret"] {
+        client
+            .create_topic(topic, Retention::default())
+            .await
+            .unwrap();
+    }
+    client
+        .publish("sensors.a", NewRecord::new("21.5"))
+        .await
+        .unwrap();
+
+    // The health checks name nothing: no credentials needed.
+    assert_eq!(get(&broker, "/healthz", As::default(), false).status, 200);
+    assert_eq!(get(&broker, "/readyz", As::default(), false).status, 200);
+    // Anonymous is refused once principals exist, as on QUIC; so is a bad token.
+    let anonymous = get(&broker, "/metrics", As::default(), false);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    assert!(
+        anonymous.body.contains("requires authentication"),
+        "{}",
+        anonymous.body
+    );
+    // ops' token with another secret.
+    let mut forged = ops.clone();
+    let last = if forged.pop() == Some('0') { '1' } else { '0' };
+    forged.push(last);
+    let forged = As {
+        token: Some(&forged),
+        ..As::default()
+    };
+    let refused = get(&broker, "/metrics", forged, false);
+    assert_eq!(refused.status, 401);
+    assert!(refused.body.contains("not valid"), "{}", refused.body);
+
+    // Each principal sees what it may see.
+    let as_ops = metrics(
+        &broker,
+        As {
+            token: Some(&ops),
+            ..As::default()
+        },
+    );
+    assert!(as_ops.mentions("topic", "sensors.a") && as_ops.mentions("topic", "secret"));
+    assert_eq!(as_ops.value("quiver_topics", &[]), Some(2.0));
+    let as_alice = metrics(
+        &broker,
+        As {
+            token: Some(&alice),
+            ..As::default()
+        },
+    );
+    assert!(as_alice.mentions("topic", "sensors.a"));
+    assert!(
+        !as_alice.mentions("topic", "secret"),
+        "alice may not see `secret`"
+    );
+    assert_eq!(as_alice.value("quiver_topics", &[]), Some(1.0));
+    drop(broker);
+
+    // Over HTTPS (the default off loopback), with the broker's certificate.
+    let broker = Broker::start_with(&data, &[("QUIVER_HTTP__TLS", "true")]);
+    assert!(
+        broker.http_url().starts_with("https://"),
+        "{}",
+        broker.http_url()
+    );
+    let cert = broker.cert().to_owned();
+    let tls = As {
+        token: Some(&ops),
+        ca: Some(&cert),
+    };
+    let page = metrics(&broker, tls);
+    assert_eq!(
+        page.value("quiver_topic_records", &[("topic", "sensors.a")]),
+        Some(1.0)
+    );
+}
