@@ -29,10 +29,17 @@ build:
 # (tests/src/disk/), which mounts itself directly when run as root.
 FUSE3_VERSION := 3.14.0-4
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# systemd: `systemd-analyze verify` checks the unit in dist/ (tests/tests/packaging.rs);
+# installed, never started.
+SYSTEMD_VERSION := 252.38-1~deb12u1
 test-tools: nats-tools mqtt-tools http-tools
 	@dpkg-query -W -f='$${Version}' fuse3 2>/dev/null | grep -qx '$(FUSE3_VERSION)' || { \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fuse3=$(FUSE3_VERSION); }
+	@dpkg-query -W -f='$${Version}' systemd 2>/dev/null | grep -qx '$(SYSTEMD_VERSION)' || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			systemd=$(SYSTEMD_VERSION); }
 
 # The Python tools of the tests live in one venv, in the ignored tools/, so they need no
 # root and leave the system Python alone; pip runs only when a tool there is missing or

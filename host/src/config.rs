@@ -318,6 +318,9 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+    /// More DNS names or IP addresses for the self-signed certificate to hold, beside
+    /// localhost, the loopback addresses, this host's name and the listen addresses.
+    pub names: Vec<String>,
 }
 
 /// Client authentication: principals and tokens live in `<data>/auth.toml`
@@ -566,11 +569,14 @@ pub struct TlsOverrides {
     /// `--tls-key`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<PathBuf>,
+    /// `--tls-name`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 impl TlsOverrides {
     fn is_empty(&self) -> bool {
-        self.cert.is_none() && self.key.is_none()
+        self.cert.is_none() && self.key.is_none() && self.names.is_empty()
     }
 }
 

@@ -114,6 +114,39 @@ fn plugin_settings(config: &Config) -> PluginSettings {
     }
 }
 
+/// What a self-signed certificate should name besides the loopback names: this
+/// host's name, every listen address that is neither loopback nor unspecified, and
+/// `tls.names`.
+fn certificate_names(config: &Config) -> Vec<String> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty());
+    let listening = [
+        Some(config.listen),
+        config.mqtt.listen,
+        config.mqtt.tls_listen,
+        config.http.addr(),
+    ];
+    let addrs = listening
+        .into_iter()
+        .flatten()
+        .map(|addr| addr.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .map(|ip| ip.to_string());
+    let mut names: Vec<String> = Vec::new();
+    for name in host
+        .into_iter()
+        .chain(addrs)
+        .chain(config.tls.names.iter().cloned())
+    {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 /// A broker bound to its address, ready to [`run`](Server::run).
 #[derive(Debug)]
 pub struct Server {
@@ -212,7 +245,8 @@ impl Server {
             })
             .collect::<Result<Vec<_>, ServeError>>()?;
         let configured = config.tls.cert.as_deref().zip(config.tls.key.as_deref());
-        let identity = tls::load_or_generate(configured, &config.data)?;
+        let identity =
+            tls::load_or_generate(configured, &config.data, &certificate_names(&config))?;
         for addr in [config.mqtt.listen, config.mqtt.tls_listen]
             .into_iter()
             .flatten()

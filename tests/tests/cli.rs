@@ -7,6 +7,8 @@
 use std::process::Output;
 
 use quiver_client::{Client, NewRecord, Retention};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use std::time::Duration;
 
 use quiver_tests::live::{Lines, LiveCli, numbered_lines};
@@ -473,5 +475,68 @@ async fn ctrl_c_during_a_stdin_publish_reports_what_was_stored() {
             stored - 1
         )) && summary.contains("0 failed"),
         "{summary}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_self_signed_certificate_names_what_clients_dial_and_shows_its_fingerprint() {
+    let data = DataDir::new();
+    let names = ["--tls-name", "edge1.example", "--tls-name", "10.1.2.3"];
+    let broker = Broker::launch(&data, &names, &[]);
+    let dir = data.path().to_str().unwrap();
+    let shown = succeeded(cli(data.root(), &["cert", "show", "--data", dir], &[], ""));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    for name in [
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "edge1.example",
+        "10.1.2.3",
+        host.trim(),
+    ] {
+        assert!(shown.contains(name), "{name} in {shown}");
+    }
+    // The fingerprint to pin is the SHA-256 of the certificate as it goes on the wire.
+    let pem = std::fs::read(broker.cert()).unwrap();
+    let der = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .unwrap()
+        .unwrap();
+    let fingerprint = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256"))
+        .unwrap()
+        .trim()
+        .replace(':', "")
+        .to_lowercase();
+    let der_file = data.root().join("cert.der");
+    std::fs::write(&der_file, der.as_ref()).unwrap();
+    let digest = std::process::Command::new("sha256sum")
+        .arg(&der_file)
+        .output()
+        .unwrap();
+    let digest = String::from_utf8(digest.stdout).unwrap();
+    assert_eq!(Some(fingerprint.as_str()), digest.split_whitespace().next());
+
+    // A client dialing 127.0.0.1 under one of those names is let through.
+    let client = Client::builder()
+        .ca_file(broker.cert())
+        .unwrap()
+        .server_name("edge1.example")
+        .connect(broker.addr())
+        .await
+        .unwrap();
+    client.list_topics().await.unwrap();
+    // One it does not hold is refused, saying which name and what to do.
+    let error = Client::builder()
+        .ca_file(broker.cert())
+        .unwrap()
+        .server_name("other.example")
+        .connect(broker.addr())
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("does not name `other.example`"),
+        "{error}"
     );
 }

@@ -191,7 +191,7 @@ impl Dialer {
         if !reason.contains("invalid peer certificate") {
             return reason;
         }
-        if reason.contains("NotValidForName") {
+        if reason.contains("not valid for name") || reason.contains("NotValidForName") {
             return format!(
                 "{reason}: the broker's certificate does not name `{server_name}`; connect \
                  by a name or address it holds (a self-signed one holds localhost, 127.0.0.1 \

@@ -4,6 +4,7 @@
 mod args;
 mod auth;
 mod bench;
+mod cert;
 mod group;
 mod link;
 mod output;
@@ -63,6 +64,9 @@ enum Command {
     /// Manage principals, their rights and tokens (in the data dir's auth file).
     #[command(subcommand)]
     Auth(auth::AuthCommand),
+    /// Show the broker's TLS certificate: its names and the fingerprint to pin.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
 }
 
 /// How client commands reach a broker.
@@ -234,6 +238,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Auth(command) => auth::run(command),
+        Command::Cert(command) => cert::run(command),
         command => run_client(command),
     };
     match result {
@@ -283,7 +288,9 @@ fn run_client(command: Command) -> anyhow::Result<()> {
             Command::Request(args) => request::request(args).await,
             Command::Reply(args) => request::reply(args).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::Serve(_) | Command::Auth(_) => unreachable!("handled by main"),
+            Command::Serve(_) | Command::Auth(_) | Command::Cert(_) => {
+                unreachable!("handled by main")
+            }
         }
     })
 }

@@ -35,6 +35,11 @@ pub(super) struct ServeArgs {
     /// PEM private key (with --tls-cert).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Another DNS name or IP address clients reach this broker by, for the
+    /// self-signed certificate to hold (repeatable; it always holds localhost, the
+    /// loopback addresses, this host's name and the listen addresses).
+    #[arg(long = "tls-name", value_name = "NAME", conflicts_with = "tls_cert")]
+    tls_names: Vec<String>,
     /// Log format on stderr [default: human].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -74,6 +79,7 @@ pub(super) fn run(args: ServeArgs) -> anyhow::Result<()> {
         tls: TlsOverrides {
             cert: args.tls_cert,
             key: args.tls_key,
+            names: args.tls_names,
         },
         plugins: PluginOverrides {
             dir: args.plugin_dir,

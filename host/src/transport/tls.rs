@@ -37,10 +37,14 @@ pub fn default_cert_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Loads the configured pair, or the data dir's self-signed pair (creating it if need
-/// be).
+/// be, naming `names`: DNS names and IP addresses clients may dial it by). A
+/// self-signed pair made by an earlier start is kept as it is, so that clients that
+/// trust it go on trusting it; the names it lacks are logged, with how to have a new
+/// one made.
 pub fn load_or_generate(
     configured: Option<(&Path, &Path)>,
     data_dir: &Path,
+    names: &[String],
 ) -> Result<Identity, TransportError> {
     if let Some((cert, key)) = configured {
         return load(cert, key, Origin::Configured);
@@ -48,9 +52,31 @@ pub fn load_or_generate(
     let cert = default_cert_path(data_dir);
     let key = data_dir.join("tls").join("key.pem");
     match (cert.exists(), key.exists()) {
-        (true, true) => load(&cert, &key, Origin::Reused),
+        (true, true) => {
+            let identity = load(&cert, &key, Origin::Reused)?;
+            let held = identity
+                .certs
+                .first()
+                .map(|c| subject_names(c))
+                .unwrap_or_default();
+            let missing: Vec<&str> = names
+                .iter()
+                .filter(|n| !held.iter().any(|h| h.eq_ignore_ascii_case(n)))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                tracing::warn!(
+                    path = %cert.display(),
+                    missing = %missing.join(", "),
+                    "the self-signed certificate does not name every name clients may use; \
+                     delete it and its key to have a new one made at the next start (clients \
+                     must then trust the new one)"
+                );
+            }
+            Ok(identity)
+        }
         (false, false) => {
-            generate(&cert, &key)?;
+            generate(&cert, &key, names)?;
             load(&cert, &key, Origin::Generated)
         }
         _ => Err(TransportError::Tls(format!(
@@ -107,6 +133,75 @@ pub(super) fn client_verifier(
         .map_err(|e| file_error(&e))
 }
 
+/// The DNS names and IP addresses a certificate holds (its subject alternative names).
+fn subject_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            GeneralName::IPAddress(ip) => match ip.len() {
+                4 => <[u8; 4]>::try_from(*ip)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*ip)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// What `quiver cert show` prints of a certificate.
+#[derive(Debug, Clone)]
+pub struct CertSummary {
+    /// The subject, as text.
+    pub subject: String,
+    /// The DNS names and IP addresses it holds.
+    pub names: Vec<String>,
+    /// Validity, as text (RFC 2822 dates).
+    pub not_before: String,
+    /// Validity's end.
+    pub not_after: String,
+    /// SHA-256 of the certificate (DER), as colon-separated hex: what to pin.
+    pub sha256: String,
+}
+
+/// Reads the first certificate of a PEM file.
+pub fn describe(path: &Path) -> Result<CertSummary, TransportError> {
+    use sha2::Digest;
+    let error =
+        |e: &dyn std::fmt::Display| TransportError::Tls(format!("reading {}: {e}", path.display()));
+    let cert = CertificateDer::pem_file_iter(path)
+        .map_err(|e| error(&e))?
+        .next()
+        .ok_or_else(|| error(&"no certificate in the file"))?
+        .map_err(|e| error(&e))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|e| error(&e))?;
+    let validity = parsed.validity();
+    let sha256 = sha2::Sha256::digest(cert.as_ref())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    Ok(CertSummary {
+        subject: parsed.subject().to_string(),
+        names: subject_names(&cert),
+        not_before: validity.not_before.to_string(),
+        not_after: validity.not_after.to_string(),
+        sha256,
+    })
+}
+
 /// The first subject common name (CN) of a certificate.
 pub(super) fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
@@ -114,13 +209,17 @@ pub(super) fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     cn.as_str().ok().map(str::to_owned)
 }
 
-fn generate(cert_path: &Path, key_path: &Path) -> Result<(), TransportError> {
-    let names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
-    let generated = rcgen::generate_simple_self_signed(names)
+/// The names a self-signed certificate holds whatever else is asked for.
+pub const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
+
+fn generate(cert_path: &Path, key_path: &Path, names: &[String]) -> Result<(), TransportError> {
+    let mut all: Vec<String> = LOOPBACK_NAMES.iter().map(|n| (*n).to_owned()).collect();
+    for name in names {
+        if !all.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            all.push(name.clone());
+        }
+    }
+    let generated = rcgen::generate_simple_self_signed(all)
         .map_err(|e| TransportError::Tls(format!("generating a certificate: {e}")))?;
     let dir = cert_path.parent().unwrap_or(Path::new("."));
     crate::files::create_dir_all(dir).map_err(|e| io_error(dir, &e))?;
@@ -187,20 +286,30 @@ mod tests {
     #[test]
     fn first_start_generates_and_later_starts_reuse() {
         let dir = tempfile::tempdir().unwrap();
-        let first = load_or_generate(None, dir.path()).unwrap();
+        let names = ["edge1.example".to_owned(), "10.1.2.3".to_owned()];
+        let first = load_or_generate(None, dir.path(), &names).unwrap();
         assert_eq!(first.origin, Origin::Generated);
         assert_eq!(first.cert_path, default_cert_path(dir.path()));
-        let second = load_or_generate(None, dir.path()).unwrap();
+        assert_eq!(
+            subject_names(&first.certs[0]),
+            ["localhost", "127.0.0.1", "::1", "edge1.example", "10.1.2.3"]
+        );
+        // Kept as it is, even when asked for another name (it is logged).
+        let more = ["other.example".to_owned()];
+        let second = load_or_generate(None, dir.path(), &more).unwrap();
         assert_eq!(second.origin, Origin::Reused);
         assert_eq!(first.certs, second.certs);
+        let summary = describe(&first.cert_path).unwrap();
+        assert_eq!(summary.names, subject_names(&first.certs[0]));
+        assert_eq!(summary.sha256.len(), 32 * 3 - 1);
     }
 
     #[test]
     fn half_a_pair_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        load_or_generate(None, dir.path()).unwrap();
+        load_or_generate(None, dir.path(), &[]).unwrap();
         fs::remove_file(dir.path().join("tls/key.pem")).unwrap();
-        let err = load_or_generate(None, dir.path()).unwrap_err();
+        let err = load_or_generate(None, dir.path(), &[]).unwrap_err();
         assert!(err.to_string().contains("both exist"), "{err}");
     }
 
@@ -209,7 +318,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bogus = dir.path().join("cert.pem");
         fs::write(&bogus, "not pem").unwrap();
-        let err = load_or_generate(Some((&bogus, &bogus)), dir.path()).unwrap_err();
+        let err = load_or_generate(Some((&bogus, &bogus)), dir.path(), &[]).unwrap_err();
         assert!(err.to_string().contains("no certificate"), "{err}");
     }
 }
