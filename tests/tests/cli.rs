@@ -227,22 +227,34 @@ async fn pub_and_sub_move_records() {
 async fn errors_exit_non_zero_with_a_message() {
     let data = DataDir::new();
     let broker = Broker::start(&data);
-    let failures: [(&[&str], &str); 5] = [
+    // Each with its exit status: 3 not found, 2 usage (`quiver --help` lists them).
+    let failures: [(&[&str], &str, i32); 5] = [
         (
             &["pub", "missing.topic", "x"],
             "topic `missing.topic` does not exist",
+            3,
         ),
-        (&["topic", "create", "bad name"], "invalid topic name"),
-        (&["sub", "a.>.b", "--count", "1"], "invalid pattern"),
-        (&["sub", "x", "--from", "yesterday"], "not earliest, latest"),
+        (&["topic", "create", "bad name"], "invalid topic name", 2),
+        (&["sub", "a.>.b", "--count", "1"], "invalid pattern", 2),
+        (
+            &["sub", "x", "--from", "yesterday"],
+            "not earliest, latest",
+            2,
+        ),
         (
             &["pub", "t", "x", "--header", "novalue"],
             "is not NAME=VALUE",
+            2,
         ),
     ];
-    for (args, message) in failures {
+    for (args, message, status) in failures {
         let output = quiver(&broker, &data, args, "");
-        assert!(!output.status.success(), "{args:?} should fail");
+        assert_eq!(
+            output.status.code(),
+            Some(status),
+            "{args:?}: {}",
+            stderr(&output)
+        );
         assert!(
             stderr(&output).contains(message),
             "{args:?}: expected {message:?} in {}",
@@ -539,4 +551,142 @@ async fn the_self_signed_certificate_names_what_clients_dial_and_shows_its_finge
         error.to_string().contains("does not name `other.example`"),
         "{error}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn day_two_commands_get_records_create_idempotently_and_complete_shells() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let run = |args: &[&str]| quiver(&broker, &data, args, "");
+
+    // Creating what exists fails, unless --if-not-exists says that is fine.
+    succeeded(run(&["topic", "create", "orders"]));
+    let again = run(&["topic", "create", "orders"]);
+    assert_eq!(again.status.code(), Some(1), "{}", stderr(&again));
+    let fine = succeeded(run(&["topic", "create", "orders", "--if-not-exists"]));
+    assert_eq!(fine.trim(), "orders exists already");
+    let group = ["group", "create", "billing", "--topic", "orders"];
+    succeeded(run(&group));
+    let fine = succeeded(run(&[&group[..], &["--if-not-exists"]].concat()));
+    assert_eq!(fine.trim(), "billing exists already");
+
+    // One record by its offset: the payload, or the whole record as JSON.
+    for i in 0..3 {
+        succeeded(run(&["pub", "orders", &format!("order {i}"), "--key", "k"]));
+    }
+    assert_eq!(
+        succeeded(run(&["topic", "get", "orders", "1"])).trim(),
+        "order 1"
+    );
+    let json: Value =
+        serde_json::from_str(&succeeded(run(&["topic", "get", "orders", "2", "--json"]))).unwrap();
+    assert_eq!(json["offset"], 2);
+    assert_eq!(json["payload"], "order 2");
+    assert_eq!(json["key"], "k");
+    let missing = run(&["topic", "get", "orders", "3"]);
+    assert_eq!(missing.status.code(), Some(3));
+    assert!(
+        stderr(&missing).contains("does not exist yet: the next record gets 3"),
+        "{}",
+        stderr(&missing)
+    );
+
+    // Completion scripts for each shell, from the same definitions as --help.
+    for (shell, marker) in [
+        ("bash", "_quiver()"),
+        ("zsh", "#compdef quiver"),
+        ("fish", "complete -c quiver"),
+    ] {
+        let script = succeeded(run(&["completions", shell]));
+        assert!(script.contains(marker), "{shell}");
+        assert!(script.contains("if-not-exists"), "{shell}: every flag");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_redriven_once_with_their_history() {
+    use quiver_client::Stage;
+    use quiver_tests::{example_plugin, read_all, read_plugin};
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    client
+        .create_topic("logs", Retention::default())
+        .await
+        .unwrap();
+    let filter = read_plugin(&example_plugin("json-filter"));
+    client
+        .deploy_plugin("json-filter", filter, None)
+        .await
+        .unwrap();
+    let stage = Stage::new("json-filter")
+        .param("where", "level >= warn")
+        .param("order", "debug,info,warn,error");
+    client.attach_plugin("logs", stage).await.unwrap();
+    // What is not JSON is dead-lettered into dlq.logs.
+    client.publish("logs", r#"{"level":"warn"}"#).await.unwrap();
+    for i in 0..2 {
+        let record = NewRecord::new(format!("not json {i}"))
+            .with_key("k")
+            .with_header("trace", "t1");
+        client.publish_batch("logs", vec![record]).await.unwrap();
+    }
+    let before = read_all(&client, "logs").await.len();
+    assert_eq!(read_all(&client, "dlq.logs").await.len(), 2);
+    // The cause fixed: the filter goes.
+    client.detach_plugin("logs", "json-filter").await.unwrap();
+    let run = |args: &[&str]| quiver(&broker, &data, args, "");
+
+    // A dry run and a filter that matches nothing publish nothing.
+    let dry = succeeded(run(&["dlq", "redrive", "dlq.logs", "--dry-run"]));
+    assert_eq!(dry.lines().count(), 2, "{dry}");
+    let none = run(&["dlq", "redrive", "dlq.logs", "--filter", "plugin=other"]);
+    assert!(none.status.success());
+    assert!(stderr(&none).contains("redrove 0"), "{}", stderr(&none));
+    assert_eq!(read_all(&client, "logs").await.len(), before);
+
+    let out = run(&[
+        "dlq",
+        "redrive",
+        "dlq.logs",
+        "--filter",
+        "plugin=json-filter",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("redrove 2"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--from 2"), "{}", stderr(&out));
+    let logs = read_all(&client, "logs").await;
+    assert_eq!(logs.len(), before + 2);
+    let again = &logs[before];
+    assert_eq!(&again.payload[..], b"not json 0");
+    assert_eq!(again.key.as_deref(), Some(&b"k"[..]));
+    assert_eq!(again.header("trace").map(|v| &v[..]), Some(&b"t1"[..]));
+    assert_eq!(
+        again.header("quiver-redrive-from").map(|v| &v[..]),
+        Some(&b"dlq.logs:0"[..])
+    );
+    assert_eq!(
+        again.header("quiver-redrive-plugin").map(|v| &v[..]),
+        Some(&b"json-filter"[..])
+    );
+    assert!(
+        again.header("quiver-dlq-reason").is_none(),
+        "history, not a dead letter"
+    );
+
+    // Run again (a run cut short and retried): nothing is stored twice.
+    succeeded(run(&["dlq", "redrive", "dlq.logs"]));
+    assert_eq!(read_all(&client, "logs").await.len(), before + 2);
+    // The dead letters stay; --to sends them elsewhere.
+    assert_eq!(read_all(&client, "dlq.logs").await.len(), 2);
+    client
+        .create_topic("retry", Retention::default())
+        .await
+        .unwrap();
+    succeeded(run(&[
+        "dlq", "redrive", "dlq.logs", "--to", "retry", "--from", "1",
+    ]));
+    let retry = read_all(&client, "retry").await;
+    assert_eq!(retry.len(), 1);
+    assert_eq!(&retry[0].payload[..], b"not json 1");
 }

@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use quiver_client::{GroupSettings, StartAt};
+use quiver_client::{ErrorCode, GroupSettings, StartAt};
 
 use super::ConnectArgs;
-use super::args::parse_start;
+use super::args::{IfNotExists, parse_start};
 use super::output;
 
 #[derive(Debug, Subcommand)]
@@ -37,6 +37,8 @@ pub(super) enum GroupCommand {
         /// Records a member holds unsettled at once (members may ask for fewer).
         #[arg(long, default_value_t = GroupSettings::DEFAULT_PREFETCH)]
         prefetch: u32,
+        #[command(flatten)]
+        if_not_exists: IfNotExists,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -88,6 +90,7 @@ pub(super) async fn run(command: GroupCommand) -> anyhow::Result<()> {
             max_deliveries,
             dead_letter,
             prefetch,
+            if_not_exists,
             connect,
         } => {
             let ack_timeout_ms =
@@ -100,12 +103,11 @@ pub(super) async fn run(command: GroupCommand) -> anyhow::Result<()> {
                 prefetch,
                 ..GroupSettings::new(topic)
             };
-            let info = connect
-                .connect()
-                .await?
-                .create_group(&name, settings)
-                .await?;
-            println!("created {} on {}", info.name, info.settings.pattern);
+            let created = connect.connect().await?.create_group(&name, settings).await;
+            match if_not_exists.allow(created, ErrorCode::GroupExists)? {
+                Some(info) => println!("created {} on {}", info.name, info.settings.pattern),
+                None => println!("{name} exists already"),
+            }
         }
         GroupCommand::List { json, connect } => {
             let groups = connect.connect().await?.list_groups().await?;

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use quiver_client::{LinkInfo, LinkState, broker_id_hex};
+use quiver_client::{ErrorCode, LinkInfo, LinkState, broker_id_hex};
 use serde_json::{Value, json};
 
 use super::ConnectArgs;
-use super::args::parse_header;
+use super::args::{IfNotExists, parse_header};
 use super::output;
 use crate::config::{DEFAULT_PORT, LinkConfig};
 use crate::links::spec_of;
@@ -142,6 +142,8 @@ pub(super) struct CreateArgs {
     /// The local broker, host:port.
     #[arg(long, env = "QUIVER_SERVER", default_value_t = format!("127.0.0.1:{DEFAULT_PORT}"))]
     server: String,
+    #[command(flatten)]
+    if_not_exists: IfNotExists,
 }
 
 /// How `link create` reaches the local broker: `--server`, the rest from the
@@ -182,7 +184,11 @@ pub(super) async fn run(command: LinkCommand) -> anyhow::Result<()> {
             let spec = spec_of(&config).map_err(anyhow::Error::msg)?;
             let local = LocalBroker::try_parse_from(["quiver", "--server", &args.server])
                 .context("the local broker's connection settings")?;
-            let info = local.connect.connect().await?.create_link(spec).await?;
+            let created = local.connect.connect().await?.create_link(spec).await;
+            let Some(info) = args.if_not_exists.allow(created, ErrorCode::LinkExists)? else {
+                println!("link {} exists already", config.name);
+                return Ok(());
+            };
             println!(
                 "created link {} ({} {} {})",
                 info.spec.name,

@@ -5,6 +5,7 @@ mod args;
 mod auth;
 mod bench;
 mod cert;
+mod dlq;
 mod group;
 mod link;
 mod output;
@@ -28,7 +29,16 @@ use crate::transport::tls::default_cert_path;
 
 /// Quiver: an event bus over QUIC with durable topics and WebAssembly plugins.
 #[derive(Debug, Parser)]
-#[command(name = "quiver", version)]
+#[command(
+    name = "quiver",
+    version,
+    after_help = "Exit status: 0 done; 1 failed (anything below does not fit); 2 usage (a bad \
+                  argument, name or pattern, a CA file missing); 3 not found (topic, group, \
+                  plugin, link, no responder); 4 denied (authentication or rights); 5 \
+                  unavailable (cannot connect, connection lost, the broker cannot store now, \
+                  a timeout); 6 data refused (too large, invalid plugin, dropped by a plugin); \
+                  130 interrupted (Ctrl-C)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -64,9 +74,18 @@ enum Command {
     /// Manage principals, their rights and tokens (in the data dir's auth file).
     #[command(subcommand)]
     Auth(auth::AuthCommand),
+    /// Dead-letter topics: publish dead letters again once the cause is fixed.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Show the broker's TLS certificate: its names and the fingerprint to pin.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Print a completion script for a shell, e.g. `quiver completions bash >
+    /// /etc/bash_completion.d/quiver`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// How client commands reach a broker.
@@ -239,6 +258,12 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Auth(command) => auth::run(command),
         Command::Cert(command) => cert::run(command),
+        Command::Completions { shell } => {
+            exit_quietly_on_closed_stdout();
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "quiver", &mut std::io::stdout());
+            Ok(())
+        }
         command => run_client(command),
     };
     match result {
@@ -247,10 +272,76 @@ pub fn main() -> ExitCode {
         Err(e) if e.is::<Interrupted>() => ExitCode::from(130),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_status(&e))
         }
     }
 }
+
+/// The exit status of a failed command (`quiver --help` lists them): scripts can tell
+/// a typo from a missing topic, a refusal or a broker that is away.
+fn exit_status(error: &anyhow::Error) -> u8 {
+    use quiver_client::{Error, ErrorCode};
+    const OTHER: u8 = 1;
+    const USAGE: u8 = 2;
+    const NOT_FOUND: u8 = 3;
+    const DENIED: u8 = 4;
+    const UNAVAILABLE: u8 = 5;
+    const DATA: u8 = 6;
+    if error.is::<NotFound>() {
+        return NOT_FOUND;
+    }
+    let Some(client) = error.chain().find_map(|e| e.downcast_ref::<Error>()) else {
+        return OTHER;
+    };
+    match client {
+        Error::InvalidAddress { .. } | Error::CaFile { .. } | Error::NoCa => USAGE,
+        Error::Tls(_)
+        | Error::Connect { .. }
+        | Error::ConnectionLost(_)
+        | Error::OutcomeUnknown(_)
+        | Error::Timeout(_) => UNAVAILABLE,
+        Error::TooLarge { .. } | Error::Transformed(_) => DATA,
+        _ => match client.code() {
+            Some(
+                ErrorCode::InvalidName
+                | ErrorCode::InvalidPattern
+                | ErrorCode::InvalidArgument
+                | ErrorCode::UnsupportedVersion,
+            ) => USAGE,
+            Some(
+                ErrorCode::TopicNotFound
+                | ErrorCode::PluginNotFound
+                | ErrorCode::GroupNotFound
+                | ErrorCode::LinkNotFound
+                | ErrorCode::NoResponders
+                | ErrorCode::NoRequester,
+            ) => NOT_FOUND,
+            Some(ErrorCode::Unauthenticated | ErrorCode::Forbidden) => DENIED,
+            Some(
+                ErrorCode::Storage
+                | ErrorCode::ShuttingDown
+                | ErrorCode::Overloaded
+                | ErrorCode::LimitReached
+                | ErrorCode::RequestTimeout,
+            ) => UNAVAILABLE,
+            Some(
+                ErrorCode::RecordTooLarge
+                | ErrorCode::BatchTooLarge
+                | ErrorCode::InvalidPlugin
+                | ErrorCode::PluginQuarantined
+                | ErrorCode::Malformed
+                | ErrorCode::FrameTooLarge,
+            ) => DATA,
+            _ => OTHER,
+        },
+    }
+}
+
+/// What a command looked for is not there (beyond the broker's own `*NotFound`
+/// errors): exit status 3.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotFound(String);
 
 /// A command stopped by Ctrl-C after saying what it had done.
 #[derive(Debug, thiserror::Error)]
@@ -285,10 +376,14 @@ fn run_client(command: Command) -> anyhow::Result<()> {
             Command::Plugin(command) => plugin::run(command).await,
             Command::Group(command) => group::run(command).await,
             Command::Link(command) => link::run(command).await,
+            Command::Dlq(command) => dlq::run(command).await,
             Command::Request(args) => request::request(args).await,
             Command::Reply(args) => request::reply(args).await,
             Command::Bench(args) => bench::run(args).await,
-            Command::Serve(_) | Command::Auth(_) | Command::Cert(_) => {
+            Command::Serve(_)
+            | Command::Auth(_)
+            | Command::Cert(_)
+            | Command::Completions { .. } => {
                 unreachable!("handled by main")
             }
         }

@@ -2,10 +2,15 @@
 
 use std::time::Duration;
 
+use anyhow::bail;
 use bytesize::ByteSize;
 use clap::{Args, Subcommand};
-use quiver_client::{Retention, TopicConfig, TopicInfo};
+use quiver_client::{
+    Client, ErrorCode, Record, Retention, StartAt, SubscribeOptions, TopicConfig, TopicInfo,
+};
 
+use super::NotFound;
+use super::args::IfNotExists;
 use super::output;
 use super::{ConnectArgs, DurabilityArgs};
 
@@ -30,6 +35,8 @@ pub(super) enum TopicCommand {
         #[command(flatten)]
         durability: DurabilityArgs,
         #[command(flatten)]
+        if_not_exists: IfNotExists,
+        #[command(flatten)]
         connect: ConnectArgs,
     },
     /// List topics with their record count, size and offsets.
@@ -39,6 +46,19 @@ pub(super) enum TopicCommand {
         /// The topic.
         name: String,
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Print the record at OFFSET (its payload, or with --json the whole record,
+    /// pretty-printed).
+    Get {
+        /// The topic.
+        name: String,
+        /// The record's offset.
+        offset: u64,
+        /// Print the record (offset, time, key, headers, payload) as JSON.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -71,6 +91,7 @@ pub(super) async fn run(command: TopicCommand) -> anyhow::Result<()> {
             max_records,
             dead_letter,
             durability,
+            if_not_exists,
             connect,
         } => {
             let retention = Retention {
@@ -83,8 +104,11 @@ pub(super) async fn run(command: TopicCommand) -> anyhow::Result<()> {
                 dead_letter,
                 durability: durability.durability(),
             };
-            let info = connect.connect().await?.create_topic(&name, config).await?;
-            println!("created {}", info.name);
+            let created = connect.connect().await?.create_topic(&name, config).await;
+            match if_not_exists.allow(created, ErrorCode::TopicExists)? {
+                Some(info) => println!("created {}", info.name),
+                None => println!("{name} exists already"),
+            }
         }
         TopicCommand::List(ListArgs { json, connect }) => {
             let topics = connect.connect().await?.list_topics().await?;
@@ -108,10 +132,61 @@ pub(super) async fn run(command: TopicCommand) -> anyhow::Result<()> {
                 print!("{}", output::topic_details(&info));
             }
         }
+        TopicCommand::Get {
+            name,
+            offset,
+            json,
+            connect,
+        } => {
+            let client = connect.connect_streaming().await?;
+            let record = get(&client, &name, offset).await?;
+            if json {
+                println!("{:#}", output::record_json(&record));
+            } else {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(&record.payload)?;
+                stdout.write_all(b"\n")?;
+            }
+        }
         TopicCommand::Delete { name, connect } => {
             connect.connect().await?.delete_topic(&name).await?;
             println!("deleted {name}");
         }
     }
     Ok(())
+}
+
+/// The record at `offset` of `topic`, read with a subscription that starts there; an
+/// offset retention removed, or one not written yet, is refused in words instead of
+/// waited for.
+async fn get(client: &Client, topic: &str, offset: u64) -> anyhow::Result<Record> {
+    use futures::StreamExt;
+    let info = client.describe_topic(topic).await?;
+    let removed = |first: u64| {
+        NotFound(format!(
+            "offset {offset} of {topic} was removed by retention: the topic starts at {first}"
+        ))
+    };
+    if offset < info.first_offset {
+        return Err(removed(info.first_offset).into());
+    }
+    if offset >= info.next_offset {
+        return Err(NotFound(format!(
+            "offset {offset} of {topic} does not exist yet: the next record gets {}",
+            info.next_offset
+        ))
+        .into());
+    }
+    let options = SubscribeOptions {
+        window: 1,
+        ..SubscribeOptions::from(StartAt::Offset(offset))
+    };
+    let mut records = client.subscribe(topic, options).await?;
+    match records.next().await {
+        // Retention moved past it since the topic was described.
+        Some(Ok(record)) if record.offset != offset => Err(removed(record.offset).into()),
+        Some(record) => Ok(record?),
+        None => bail!("the subscription to {topic} ended before offset {offset}"),
+    }
 }
