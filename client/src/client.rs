@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use quiver_protocol::record::headers;
 use quiver_protocol::{
-    GroupInfo, Limits, NewRecord, Op, OpReply, PluginInfo, PluginStatus, Position, PublishId,
-    Receipt, Stage, StartAt, TopicConfig, TopicInfo,
+    Durability, GroupInfo, Limits, NewRecord, Op, OpReply, PluginInfo, PluginStatus, Position,
+    PublishId, PurgeBefore, Receipt, Retention, Stage, StartAt, TopicConfig, TopicInfo,
 };
 
 use crate::connection::{ConnectionState, Mux};
@@ -159,6 +159,33 @@ impl Client {
             config: config.into(),
         };
         self.ask(op).await
+    }
+
+    /// Changes a live topic's retention (all three limits) or durability; what is
+    /// `None` stays as it is. Needs protocol version 3 (a broker that speaks only 2
+    /// refuses the connection).
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        retention: Option<Retention>,
+        durability: Option<Durability>,
+    ) -> Result<TopicInfo> {
+        self.ask(Op::AlterTopic {
+            name: name.to_owned(),
+            retention,
+            durability,
+        })
+        .await
+    }
+
+    /// Removes a topic's records before an offset or a time, or all of them; the
+    /// topic goes on from the offset it had. Durable when this returns.
+    pub async fn purge_topic(&self, name: &str, before: PurgeBefore) -> Result<TopicInfo> {
+        self.ask(Op::PurgeTopic {
+            name: name.to_owned(),
+            before,
+        })
+        .await
     }
 
     /// Deletes a topic and all its records.

@@ -59,7 +59,7 @@ pub use quiver_protocol::{
     AttachmentStatus, BrokerInfo, Delivered, Durability, ErrorCode, Forward, Forwarded,
     ForwardedRecords, GroupInfo, GroupSettings, GroupTopic, Header, JetStreamRemote, Limits,
     LinkAuth, LinkDirection, LinkInfo, LinkSpec, LinkState, LinkTopic, NewRecord, OnError, Origin,
-    Placement, PluginInfo, PluginStatus, Position, PublishId, Receipt, Retention, Skip, Stage,
-    StartAt, StreamRetention, StreamSetup, StreamStorage, TopicConfig, TopicInfo, WireError,
-    broker_id_hex,
+    Placement, PluginInfo, PluginStatus, Position, PublishId, PurgeBefore, Receipt, Retention,
+    Skip, Stage, StartAt, StreamRetention, StreamSetup, StreamStorage, TopicConfig, TopicInfo,
+    WireError, broker_id_hex,
 };

@@ -182,7 +182,16 @@ fn client_frames() -> Vec<(&'static str, ClientFrame)> {
             "settle-runs",
             ClientFrame::SettleRuns(vec![TopicSettlements {
                 topic: "jobs".into(),
-                acks: vec![AckRun { first: 0, count: 256 }, AckRun { first: 300, count: 1 }],
+                acks: vec![
+                    AckRun {
+                        first: 0,
+                        count: 256,
+                    },
+                    AckRun {
+                        first: 300,
+                        count: 1,
+                    },
+                ],
                 others: vec![RecordSettle {
                     offset: 257,
                     action: Settle::Nack { delay_ms: 5000 },

@@ -305,6 +305,35 @@ pub enum Op {
         /// The first publish's id; the next ones count its sequence up.
         first_id: PublishId,
     },
+    /// Change a live topic's retention or durability (protocol version 3); what is
+    /// `None` stays as it is.
+    AlterTopic {
+        /// The topic's name.
+        name: String,
+        /// Its new retention limits, all three.
+        retention: Option<Retention>,
+        /// When its publishes are acknowledged from now on.
+        durability: Option<Durability>,
+    },
+    /// Remove a topic's records before an offset or a time, or all of them (protocol
+    /// version 3). Offsets are never reused: the topic goes on from where it was.
+    PurgeTopic {
+        /// The topic's name.
+        name: String,
+        /// Which records go.
+        before: PurgeBefore,
+    },
+}
+
+/// Which records a [`Op::PurgeTopic`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PurgeBefore {
+    /// Every record the topic holds.
+    All,
+    /// Those with a lower offset.
+    Offset(u64),
+    /// Those stored before this time (ms since the Unix epoch).
+    Time(u64),
 }
 
 /// Consecutive one-record publishes to one topic, within a [`Op::PublishAcross`].

@@ -279,6 +279,21 @@ fn variant_indexes_match_the_documentation() {
             },
             28,
         ),
+        (
+            Op::AlterTopic {
+                name: name(),
+                retention: None,
+                durability: None,
+            },
+            29,
+        ),
+        (
+            Op::PurgeTopic {
+                name: name(),
+                before: PurgeBefore::All,
+            },
+            30,
+        ),
     ];
     for (op, want) in ops {
         assert_eq!(body(&request(op))[2], want);

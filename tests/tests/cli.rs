@@ -690,3 +690,107 @@ async fn dead_letters_are_redriven_once_with_their_history() {
     assert_eq!(retry.len(), 1);
     assert_eq!(&retry[0].payload[..], b"not json 1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_topic_is_altered_and_purged_by_those_with_the_right() {
+    use quiver_tests::{Stop, principal};
+    let data = DataDir::new();
+    let ops = principal(&data, "ops", &["admin:>", "publish:>", "subscribe:>"]);
+    let alice = principal(&data, "alice", &["publish:t", "subscribe:t"]);
+    let broker = Broker::start_with(&data, &[("QUIVER_RETENTION_INTERVAL", "50ms")]);
+    let as_who = |broker: &Broker, token: &str, args: &[&str]| {
+        cli(
+            data.root(),
+            args,
+            &[("QUIVER_SERVER", broker.addr()), ("QUIVER_TOKEN", token)],
+            "",
+        )
+    };
+    let lines: String = (0..10).map(|i| format!("r{i}\n")).collect();
+    succeeded(as_who(&broker, &ops, &["topic", "create", "t"]));
+    succeeded(cli(
+        data.root(),
+        &["pub", "t"],
+        &[("QUIVER_SERVER", broker.addr()), ("QUIVER_TOKEN", &ops)],
+        &lines,
+    ));
+
+    // Both need the admin right on the topic.
+    for args in [
+        &["topic", "alter", "t", "--max-records", "4"][..],
+        &["topic", "purge", "t", "--all"],
+    ] {
+        let denied = as_who(&broker, &alice, args);
+        assert_eq!(
+            denied.status.code(),
+            Some(4),
+            "{args:?}: {}",
+            stderr(&denied)
+        );
+    }
+
+    // A tighter retention applies at the sweep's next pass.
+    let altered = succeeded(as_who(
+        &broker,
+        &ops,
+        &["topic", "alter", "t", "--max-records", "4"],
+    ));
+    assert!(altered.contains("retention:    records 4"), "{altered}");
+    let client = broker.client_as(&ops).await;
+    eventually(
+        Duration::from_secs(30),
+        "retention to 4 records",
+        || async { client.describe_topic("t").await.unwrap().records == 4 },
+    )
+    .await;
+    let args = [
+        "topic",
+        "alter",
+        "t",
+        "--max-records",
+        "none",
+        "--durability",
+        "batched",
+        "--flush-interval",
+        "50ms",
+    ];
+    let altered = succeeded(as_who(&broker, &ops, &args));
+    assert!(altered.contains("batched"), "{altered}");
+    drop(client);
+    // The settings are stored: a restart keeps them.
+    let broker = broker.restart(&data, Stop::Term, &[]);
+    let client = broker.client_as(&ops).await;
+    let info = client.describe_topic("t").await.unwrap();
+    assert_eq!(info.retention.max_records, None);
+    assert!(
+        info.durability.to_string().contains("batched"),
+        "{}",
+        info.durability
+    );
+
+    // Purge before an offset, before a time (nothing is that old), then everything.
+    let out = succeeded(as_who(
+        &broker,
+        &ops,
+        &["topic", "purge", "t", "--before", "8"],
+    ));
+    assert_eq!(out.trim(), "purged 2 records of t; it holds offsets 8..10");
+    let out = succeeded(as_who(
+        &broker,
+        &ops,
+        &["topic", "purge", "t", "--before", "-1h"],
+    ));
+    assert!(out.starts_with("purged 0 records"), "{out}");
+    let out = succeeded(as_who(&broker, &ops, &["topic", "purge", "t", "--all"]));
+    assert_eq!(out.trim(), "purged 2 records of t; it holds offsets 10..10");
+    // Offsets are not reused, and the purge survives a crash (as does a record
+    // acknowledged once the topic is back on fsync).
+    let fsync = ["topic", "alter", "t", "--durability", "fsync"];
+    assert!(succeeded(as_who(&broker, &ops, &fsync)).contains("durability:   fsync"));
+    assert_eq!(client.publish("t", "after").await.unwrap(), 10);
+    drop(client);
+    let broker = broker.restart(&data, Stop::Kill, &[]);
+    let client = broker.client_as(&ops).await;
+    let info = client.describe_topic("t").await.unwrap();
+    assert_eq!((info.first_offset, info.records), (10, 1));
+}

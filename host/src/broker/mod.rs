@@ -21,8 +21,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use quiver_protocol::{
-    Durability, ErrorCode, NameError, PluginInfo, PluginStatus, Stage, TopicConfig, TopicInfo,
-    TopicName, TopicPattern, WireError,
+    Durability, ErrorCode, NameError, PluginInfo, PluginStatus, PurgeBefore, Retention, Stage,
+    TopicConfig, TopicInfo, TopicName, TopicPattern, WireError,
 };
 use tokio::sync::{Notify, broadcast};
 use tracing::info;
@@ -347,25 +347,8 @@ impl Broker {
     ) -> Result<TopicInfo, BrokerError> {
         let name = Self::parse_name(name)?;
         let retention = config.retention;
-        for (key, value) in [
-            ("max_age", retention.max_age_ms),
-            ("max_bytes", retention.max_bytes),
-            ("max_records", retention.max_records),
-        ] {
-            if value == Some(0) {
-                return Err(BrokerError::InvalidArgument(format!(
-                    "retention {key} must be greater than zero (leave it unset for no limit)"
-                )));
-            }
-        }
-        if let Durability::Batched { interval_ms } = config.durability
-            && !(1..=Durability::MAX_INTERVAL_MS).contains(&interval_ms)
-        {
-            return Err(BrokerError::InvalidArgument(format!(
-                "the flush interval of batched durability must be 1 to {} ms, not {interval_ms}",
-                Durability::MAX_INTERVAL_MS
-            )));
-        }
+        check_retention(&retention)?;
+        check_durability(config.durability)?;
         let dead_letter = config
             .dead_letter
             .as_deref()
@@ -404,6 +387,55 @@ impl Broker {
         let info = describe(&log);
         let _ = self.created.send(log); // no receivers is fine
         Ok(info)
+    }
+
+    /// Changes a live topic's retention or durability (what is `None` stays). A
+    /// tighter retention takes effect at the retention sweep's next pass.
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        retention: Option<Retention>,
+        durability: Option<Durability>,
+    ) -> Result<TopicInfo, BrokerError> {
+        let log = self.topic(name)?;
+        if let Some(retention) = &retention {
+            check_retention(retention)?;
+        }
+        if let Some(durability) = durability {
+            check_durability(durability)?;
+        }
+        // One change at a time, so that each starts from the one before.
+        let _creation = self.creation.lock().await;
+        let retention = retention.unwrap_or_else(|| log.retention());
+        let durability = durability.unwrap_or_else(|| log.durability());
+        self.storage
+            .set_settings(Arc::clone(&log), retention, durability)
+            .await?;
+        info!(topic = %log.name(), ?retention, %durability, "topic altered");
+        self.cleanup.notify_one();
+        Ok(describe(&log))
+    }
+
+    /// Removes a topic's records before an offset or a time, or all of them; durable
+    /// when this returns. Offsets are never reused.
+    pub async fn purge_topic(
+        &self,
+        name: &str,
+        before: PurgeBefore,
+    ) -> Result<TopicInfo, BrokerError> {
+        let log = self.topic(name)?;
+        let next = log.stats().next;
+        let first = match before {
+            PurgeBefore::All => next,
+            PurgeBefore::Offset(offset) => offset.min(next),
+            PurgeBefore::Time(ms) => self.storage.offset_for_timestamp(&log, ms)?,
+        };
+        if first > log.stats().first {
+            while self.storage.trim(Arc::clone(&log), first).await?.more {}
+            self.storage.sync().await?;
+            info!(topic = %log.name(), first, "topic purged");
+        }
+        Ok(describe(&log))
     }
 
     /// Deletes a topic; its storage is released in the background.
@@ -585,4 +617,33 @@ pub fn describe(log: &TopicLog) -> TopicInfo {
         dead_letter: dead_letter_name(log),
         pipeline: log.pipeline(),
     }
+}
+
+/// Retention limits, if set, must be above zero.
+fn check_retention(retention: &Retention) -> Result<(), BrokerError> {
+    for (key, value) in [
+        ("max_age", retention.max_age_ms),
+        ("max_bytes", retention.max_bytes),
+        ("max_records", retention.max_records),
+    ] {
+        if value == Some(0) {
+            return Err(BrokerError::InvalidArgument(format!(
+                "retention {key} must be greater than zero (leave it unset for no limit)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Batched durability's interval must be within its bounds.
+fn check_durability(durability: Durability) -> Result<(), BrokerError> {
+    if let Durability::Batched { interval_ms } = durability
+        && !(1..=Durability::MAX_INTERVAL_MS).contains(&interval_ms)
+    {
+        return Err(BrokerError::InvalidArgument(format!(
+            "the flush interval of batched durability must be 1 to {} ms, not {interval_ms}",
+            Durability::MAX_INTERVAL_MS
+        )));
+    }
+    Ok(())
 }

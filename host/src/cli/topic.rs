@@ -6,13 +6,14 @@ use anyhow::bail;
 use bytesize::ByteSize;
 use clap::{Args, Subcommand};
 use quiver_client::{
-    Client, ErrorCode, Record, Retention, StartAt, SubscribeOptions, TopicConfig, TopicInfo,
+    Client, ErrorCode, PurgeBefore, Record, Retention, StartAt, SubscribeOptions, TopicConfig,
+    TopicInfo,
 };
 
 use super::NotFound;
-use super::args::IfNotExists;
+use super::args::{IfNotExists, parse_start};
 use super::output;
-use super::{ConnectArgs, DurabilityArgs};
+use super::{ConnectArgs, DurabilityArgs, DurabilityMode};
 
 #[derive(Debug, Subcommand)]
 pub(super) enum TopicCommand {
@@ -61,6 +62,54 @@ pub(super) enum TopicCommand {
         /// Print the record (offset, time, key, headers, payload) as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Change a topic's retention or durability while it is in use (what is not
+    /// given stays as it is).
+    Alter {
+        /// The topic.
+        name: String,
+        /// Remove records older than this (e.g. 7d), or `none`.
+        #[arg(long, value_name = "AGE|none", value_parser = parse_limit(|s| {
+            humantime::parse_duration(s)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .map_err(|e| e.to_string())
+        }))]
+        max_age: Option<Limit>,
+        /// Keep the topic under this size (e.g. "1 GiB"), or `none`.
+        #[arg(long, value_name = "SIZE|none", value_parser = parse_limit(|s| {
+            s.parse::<ByteSize>().map(|b| b.as_u64())
+        }))]
+        max_bytes: Option<Limit>,
+        /// Keep at most this many records, or `none`.
+        #[arg(long, value_name = "COUNT|none", value_parser = parse_limit(|s| {
+            s.parse::<u64>().map_err(|e| e.to_string())
+        }))]
+        max_records: Option<Limit>,
+        /// fsync: acknowledge once on disk; batched: acknowledge at once and flush
+        /// within --flush-interval.
+        #[arg(long, value_enum)]
+        durability: Option<DurabilityMode>,
+        /// With --durability batched: the longest an acknowledged record waits for its
+        /// flush.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        flush_interval: Duration,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Remove a topic's records: all of them, or those before an offset or a time.
+    /// Offsets are not reused: the topic goes on from where it was.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["all", "before"])))]
+    Purge {
+        /// The topic.
+        name: String,
+        /// Every record.
+        #[arg(long)]
+        all: bool,
+        /// The records before this OFFSET, RFC 3339 time or time ago (-1h).
+        #[arg(long, value_parser = parse_start, allow_hyphen_values = true)]
+        before: Option<StartAt>,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -149,6 +198,68 @@ pub(super) async fn run(command: TopicCommand) -> anyhow::Result<()> {
                 stdout.write_all(b"\n")?;
             }
         }
+        TopicCommand::Alter {
+            name,
+            max_age,
+            max_bytes,
+            max_records,
+            durability,
+            flush_interval,
+            connect,
+        } => {
+            let client = connect.connect().await?;
+            let limits = [max_age, max_bytes, max_records];
+            let retention = match limits.iter().any(Option::is_some) {
+                true => {
+                    let now = client.describe_topic(&name).await?.retention;
+                    let pick = |limit: Option<Limit>, now| limit.map_or(now, |l: Limit| l.0);
+                    Some(Retention {
+                        max_age_ms: pick(max_age, now.max_age_ms),
+                        max_bytes: pick(max_bytes, now.max_bytes),
+                        max_records: pick(max_records, now.max_records),
+                    })
+                }
+                false => None,
+            };
+            let durability = durability.map(|mode| {
+                DurabilityArgs {
+                    durability: mode,
+                    flush_interval,
+                }
+                .durability()
+            });
+            if retention.is_none() && durability.is_none() {
+                bail!(
+                    "nothing to change: give --max-age, --max-bytes, --max-records or --durability"
+                );
+            }
+            let info = client.alter_topic(&name, retention, durability).await?;
+            print!("{}", output::topic_details(&info));
+        }
+        TopicCommand::Purge {
+            name,
+            all,
+            before,
+            connect,
+        } => {
+            let before = match (all, before) {
+                (true, _) | (_, Some(StartAt::Latest)) => PurgeBefore::All,
+                (_, Some(StartAt::Offset(offset))) => PurgeBefore::Offset(offset),
+                (_, Some(StartAt::Timestamp(ms))) => PurgeBefore::Time(ms),
+                (_, Some(StartAt::Earliest) | None) => {
+                    bail!("--before earliest removes nothing: give an offset or a time")
+                }
+            };
+            let client = connect.connect().await?;
+            let was = client.describe_topic(&name).await?;
+            let info = client.purge_topic(&name, before).await?;
+            println!(
+                "purged {} records of {name}; it holds offsets {}..{}",
+                info.first_offset.saturating_sub(was.first_offset),
+                info.first_offset,
+                info.next_offset
+            );
+        }
         TopicCommand::Delete { name, connect } => {
             connect.connect().await?.delete_topic(&name).await?;
             println!("deleted {name}");
@@ -188,5 +299,19 @@ async fn get(client: &Client, topic: &str, offset: u64) -> anyhow::Result<Record
         Some(Ok(record)) if record.offset != offset => Err(removed(record.offset).into()),
         Some(record) => Ok(record?),
         None => bail!("the subscription to {topic} ended before offset {offset}"),
+    }
+}
+
+/// A retention limit on the command line: a value, or `none` to lift it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limit(Option<u64>);
+
+/// A parser of `none` or a value `parse` reads.
+fn parse_limit(
+    parse: fn(&str) -> Result<u64, String>,
+) -> impl Fn(&str) -> Result<Limit, String> + Clone + Send + Sync + 'static {
+    move |s| match s {
+        "none" => Ok(Limit(None)),
+        value => parse(value).map(|v| Limit(Some(v))),
     }
 }

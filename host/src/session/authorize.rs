@@ -35,6 +35,8 @@ pub(super) fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), B
                 .map_or(Ok(()), |dlq| topic(Right::Publish, dlq))
         }
         Op::DeleteTopic { name }
+        | Op::AlterTopic { name, .. }
+        | Op::PurgeTopic { name, .. }
         | Op::AttachPlugin { topic: name, .. }
         | Op::DetachPlugin { topic: name, .. } => topic(Right::Admin, name),
         Op::DescribeTopic { name } => match TopicName::parse(name) {

@@ -207,6 +207,17 @@ async fn execute(broker: &Arc<Broker>, op: Op) -> Result<OpReply, BrokerError> {
             .await
             .map(OpReply::Topic),
         Op::DeleteTopic { name } => broker.delete_topic(&name).await.map(|()| OpReply::Deleted),
+        Op::AlterTopic {
+            name,
+            retention,
+            durability,
+        } => broker
+            .alter_topic(&name, retention, durability)
+            .await
+            .map(OpReply::Topic),
+        Op::PurgeTopic { name, before } => {
+            broker.purge_topic(&name, before).await.map(OpReply::Topic)
+        }
         Op::DescribeTopic { name } => broker.describe_topic(&name).map(OpReply::Topic),
         Op::ListTopics => Ok(OpReply::Topics(broker.list_topics())),
         Op::DeployPlugin {

@@ -202,8 +202,9 @@ impl Tail {
 pub struct TopicLog {
     id: u64,
     name: TopicName,
-    retention: Retention,
-    durability: Durability,
+    /// Retention and durability: changed by `topic alter` (by the writer, once the
+    /// change is durable).
+    settings: Mutex<(Retention, Durability)>,
     created_ms: u64,
     dead_letter: Option<TopicName>,
     pipeline: Mutex<Vec<Stage>>,
@@ -226,8 +227,7 @@ impl TopicLog {
         Self {
             id: meta.id,
             name,
-            retention: meta.retention,
-            durability: meta.durability,
+            settings: Mutex::new((meta.retention, meta.durability)),
             created_ms: meta.created_ms,
             dead_letter,
             pipeline: Mutex::new(meta.pipeline),
@@ -241,14 +241,15 @@ impl TopicLog {
 
     /// What is persisted for this log, with `pipeline` as its pipeline.
     pub(super) fn meta(&self, pipeline: Vec<Stage>) -> TopicMeta {
+        let (retention, durability) = self.settings();
         TopicMeta {
             id: self.id,
             name: self.name.to_string(),
-            retention: self.retention,
+            retention,
             created_ms: self.created_ms,
             dead_letter: self.dead_letter.as_ref().map(ToString::to_string),
             pipeline,
-            durability: self.durability,
+            durability,
         }
     }
 
@@ -264,12 +265,16 @@ impl TopicLog {
 
     /// The topic's retention limits.
     pub fn retention(&self) -> Retention {
-        self.retention
+        self.settings().0
     }
 
     /// When the topic's appends are answered.
     pub fn durability(&self) -> Durability {
-        self.durability
+        self.settings().1
+    }
+
+    fn settings(&self) -> (Retention, Durability) {
+        *self.settings.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// When the topic was created (ms since the Unix epoch).
@@ -325,6 +330,10 @@ impl TopicLog {
 
     pub(super) fn set_stats(&self, stats: LogStats) {
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = stats;
+    }
+
+    pub(super) fn set_settings(&self, retention: Retention, durability: Durability) {
+        *self.settings.lock().unwrap_or_else(PoisonError::into_inner) = (retention, durability);
     }
 
     pub(super) fn set_pipeline(&self, pipeline: Vec<Stage>) {

@@ -54,7 +54,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
-use quiver_protocol::{NewRecord, Stage, TopicName};
+use quiver_protocol::{Durability, NewRecord, Retention, Stage, TopicName};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::StorageError;
@@ -271,6 +271,22 @@ impl Storage {
         self.ask(|reply| Command::SetPipeline {
             log,
             pipeline,
+            reply,
+        })
+        .await
+    }
+
+    /// Replaces a topic's retention and durability, durable when this returns.
+    pub async fn set_settings(
+        &self,
+        log: Arc<TopicLog>,
+        retention: Retention,
+        durability: Durability,
+    ) -> Result<(), StorageError> {
+        self.ask(|reply| Command::SetSettings {
+            log,
+            retention,
+            durability,
             reply,
         })
         .await

@@ -245,6 +245,25 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
             publish_id()
         )
             .prop_map(|(runs, first_id)| Op::PublishAcross { runs, first_id }),
+        (
+            ".{0,8}",
+            proptest::option::of(retention()),
+            proptest::option::of(durability())
+        )
+            .prop_map(|(name, retention, durability)| Op::AlterTopic {
+                name,
+                retention,
+                durability
+            }),
+        (
+            ".{0,8}",
+            prop_oneof![
+                Just(PurgeBefore::All),
+                any::<u64>().prop_map(PurgeBefore::Offset),
+                any::<u64>().prop_map(PurgeBefore::Time),
+            ]
+        )
+            .prop_map(|(name, before)| Op::PurgeTopic { name, before }),
     ]
 }
 

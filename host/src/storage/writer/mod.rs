@@ -54,14 +54,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quiver_protocol::{Durability, PublishId, Receipt, Stage, TopicName};
+use quiver_protocol::{Durability, PublishId, Receipt, Retention, Stage, TopicName};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error};
 
 use super::flusher::Flusher;
 use super::journal::{self, Held, Journal};
 use super::keys;
-use super::log::Piece;
+use super::log::{Piece, TopicMeta};
 use super::{
     Appended, Cleanup, Committed, GroupRecord, GroupWrite, LinkCursor, LinkRecord, Mark, MarkKey,
     MarkWrite, Marks, PluginRecord, PublishLayout, StateWrite, StorageError, StorageMetrics,
@@ -70,7 +70,7 @@ use super::{
 use dedup::stage_receipts;
 use links::{stage_link_cursors, stage_mark};
 use plugins::stage_state;
-use topics::{Staged, stage_delete, stage_pipeline};
+use topics::{Staged, stage_delete, stage_pipeline, stage_settings};
 
 /// Commands queued before senders wait.
 pub(super) const QUEUE_DEPTH: usize = 4096;
@@ -138,6 +138,12 @@ pub(super) enum Command {
     SetPipeline {
         log: Arc<TopicLog>,
         pipeline: Vec<Stage>,
+        reply: Reply<()>,
+    },
+    SetSettings {
+        log: Arc<TopicLog>,
+        retention: Retention,
+        durability: Durability,
         reply: Reply<()>,
     },
     PutPlugin {
@@ -220,6 +226,8 @@ struct CommitGroup {
     /// it), so the group needs `apply_batch`.
     other: bool,
     staged: HashMap<u64, Staged>,
+    /// Topic metadata this group writes, by topic id (pipeline and settings changes).
+    metas: HashMap<u64, TopicMeta>,
     created: HashSet<TopicName>,
     deleted: HashSet<u64>,
     /// Durable groups deleted in this commit (by id), which later writes must not
@@ -306,6 +314,7 @@ impl Writer {
             | Command::DeleteGroup { reply, .. }
             | Command::Delete { reply, .. }
             | Command::SetPipeline { reply, .. }
+            | Command::SetSettings { reply, .. }
             | Command::PutPlugin { reply, .. }
             | Command::RemovePlugin { reply, .. }
             | Command::PutLink { reply, .. }
@@ -480,6 +489,19 @@ impl Writer {
                 group
                     .done
                     .push(answer(reply, (), move || log.set_pipeline(pipeline)));
+            }
+            Command::SetSettings {
+                log,
+                retention,
+                durability,
+                reply,
+            } => {
+                if gone(&log, group) {
+                    return refuse(reply, not_found(&log));
+                }
+                stage_settings(group, &log, retention, durability);
+                let effect = move || log.set_settings(retention, durability);
+                group.done.push(answer(reply, (), effect));
             }
             Command::PutPlugin {
                 record,

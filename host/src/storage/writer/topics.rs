@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use quiver_protocol::record;
-use quiver_protocol::{NewRecord, Stage, TopicName};
+use quiver_protocol::{Durability, NewRecord, Retention, Stage, TopicName};
 
 use super::{CommitGroup, Writer};
 use crate::storage::keys::{self, ChunkMeta, LogStats};
@@ -245,10 +245,34 @@ pub(super) fn stage_delete(group: &mut CommitGroup, log: &TopicLog) {
 
 /// Stages a topic's new ingress pipeline.
 pub(super) fn stage_pipeline(group: &mut CommitGroup, log: &TopicLog, pipeline: &[Stage]) {
-    group.batch.insert(
-        keys::topic(log.name().as_str()),
-        encode_meta(&log.meta(pipeline.to_vec())),
-    );
+    stage_meta(group, log, |meta| meta.pipeline = pipeline.to_vec());
+}
+
+/// Stages a topic's new retention and durability.
+pub(super) fn stage_settings(
+    group: &mut CommitGroup,
+    log: &TopicLog,
+    retention: Retention,
+    durability: Durability,
+) {
+    stage_meta(group, log, |meta| {
+        meta.retention = retention;
+        meta.durability = durability;
+    });
+}
+
+/// Stages a change of a topic's metadata, on top of the changes this group staged
+/// before it (a pipeline change and a settings change in one group both count).
+fn stage_meta(group: &mut CommitGroup, log: &TopicLog, change: impl FnOnce(&mut TopicMeta)) {
+    let meta = group
+        .metas
+        .entry(log.id())
+        .or_insert_with(|| log.meta(log.pipeline()));
+    change(meta);
+    let encoded = encode_meta(meta);
+    group
+        .batch
+        .insert(keys::topic(log.name().as_str()), encoded);
 }
 
 fn encode_meta(meta: &TopicMeta) -> Vec<u8> {
