@@ -75,6 +75,7 @@ expected! {
     Link => Box<quiver_protocol::LinkInfo>,
     Links => Vec<quiver_protocol::LinkInfo>,
     Broker => quiver_protocol::BrokerInfo,
+    Server => Box<quiver_protocol::ServerStatus>,
 }
 
 /// The reply to a deletion.
@@ -186,6 +187,14 @@ impl Client {
             before,
         })
         .await
+    }
+
+    /// How the broker runs: version, uptime, data dir, sizes, listeners (what
+    /// `quiver info` prints). Needs the admin right on every topic.
+    pub async fn describe_server(&self) -> Result<quiver_protocol::ServerStatus> {
+        self.ask::<Box<quiver_protocol::ServerStatus>>(Op::DescribeServer)
+            .await
+            .map(|status| *status)
     }
 
     /// Deletes a topic and all its records.

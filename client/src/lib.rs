@@ -60,6 +60,6 @@ pub use quiver_protocol::{
     ForwardedRecords, GroupInfo, GroupSettings, GroupTopic, Header, JetStreamRemote, Limits,
     LinkAuth, LinkDirection, LinkInfo, LinkSpec, LinkState, LinkTopic, NewRecord, OnError, Origin,
     Placement, PluginInfo, PluginStatus, Position, PublishId, PurgeBefore, Receipt, Retention,
-    Skip, Stage, StartAt, StreamRetention, StreamSetup, StreamStorage, TopicConfig, TopicInfo,
-    WireError, broker_id_hex,
+    ServerStatus, Skip, Stage, StartAt, StreamRetention, StreamSetup, StreamStorage, TopicConfig,
+    TopicInfo, WireError, broker_id_hex,
 };

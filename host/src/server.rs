@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 use tokio::sync::Semaphore;
 
 use crate::auth::{self, AuthError, AuthSettings, Authenticator};
+use crate::broker::ServerFacts;
 use crate::broker::{Broker, BrokerLimits, BrokerSettings};
 use crate::config::Config;
 use crate::http::HttpListener;
@@ -343,6 +344,7 @@ impl Server {
             max_subscriptions: limits.max_subscriptions_per_connection as usize,
             auth: Arc::clone(&auth),
         });
+        let mqtt_addrs = mqtt.addrs();
         if let Err(e) = mqtt
             .serve(Arc::clone(&broker), Arc::clone(&auth), &tasks, stop.clone())
             .await
@@ -362,6 +364,30 @@ impl Server {
             Err(e) => error!(cause = %e, "links could not start"),
         }
         let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
+        let mut listeners = Vec::new();
+        let mut listening = |kind: &str, addr: Option<SocketAddr>| {
+            if let Some(addr) = addr {
+                listeners.push((kind.to_owned(), addr.to_string()));
+            }
+        };
+        listening("quic", listener.local_addr().ok());
+        listening("mqtt", mqtt_addrs.listen);
+        listening("mqtt-tls", mqtt_addrs.tls_listen);
+        if let Some(addr) = http.as_ref().and_then(|h| h.local_addr().ok()) {
+            let kind = if config.http.tls_on(addr) {
+                "https"
+            } else {
+                "http"
+            };
+            listening(kind, Some(addr));
+        }
+        broker.set_server_facts(ServerFacts {
+            started_ms: crate::util::now_ms(),
+            data_dir: config.data.display().to_string(),
+            listeners,
+            connections: Arc::clone(&connections),
+            max_connections: limits.max_connections as usize,
+        });
         if let Some(http) = http {
             http.serve(
                 Arc::clone(&broker),

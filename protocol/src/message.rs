@@ -323,6 +323,9 @@ pub enum Op {
         /// Which records go.
         before: PurgeBefore,
     },
+    /// How the broker runs: version, uptime, data dir, sizes, listeners (protocol
+    /// version 3).
+    DescribeServer,
 }
 
 /// Which records a [`Op::PurgeTopic`] removes.
@@ -390,6 +393,33 @@ pub enum OpReply {
     Links(Vec<LinkInfo>),
     /// Who the broker is.
     Broker(BrokerInfo),
+    /// How the broker runs.
+    Server(Box<ServerStatus>),
+}
+
+/// How a broker runs, for operators (`quiver info`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// Who it is.
+    pub broker: BrokerInfo,
+    /// When this process started serving (ms since the Unix epoch).
+    pub started_ms: u64,
+    /// Its data dir, as it was given.
+    pub data_dir: String,
+    /// What its storage files take on disk.
+    pub disk_bytes: u64,
+    /// Topics, groups, plugins and links it holds.
+    pub topics: u64,
+    /// Durable groups.
+    pub groups: u64,
+    /// Deployed plugins.
+    pub plugins: u64,
+    /// Links.
+    pub links: u64,
+    /// Open QUIC connections.
+    pub connections: u64,
+    /// Where it listens: `quic`, `mqtt`, `mqtt-tls`, `http` or `https`, and the address.
+    pub listeners: Vec<(String, String)>,
 }
 
 /// Who a broker is.

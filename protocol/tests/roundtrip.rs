@@ -294,6 +294,7 @@ fn variant_indexes_match_the_documentation() {
             },
             30,
         ),
+        (Op::DescribeServer, 31),
     ];
     for (op, want) in ops {
         assert_eq!(body(&request(op))[2], want);

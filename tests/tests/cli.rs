@@ -591,6 +591,23 @@ async fn day_two_commands_get_records_create_idempotently_and_complete_shells() 
         stderr(&missing)
     );
 
+    // How the broker runs.
+    let info = succeeded(run(&["info"]));
+    let http = broker.http_url().split("://").nth(1).unwrap();
+    for expected in [
+        "version      quiver/".to_owned(),
+        format!("quic {}", broker.addr()),
+        format!("http {http}"),
+        format!("data dir     {}", data.path().display()),
+        "holds        1 topics, 1 groups, 0 plugins, 0 links".to_owned(),
+    ] {
+        assert!(info.contains(&expected), "{expected} in {info}");
+    }
+    let json: Value = serde_json::from_str(&succeeded(run(&["info", "--json"]))).unwrap();
+    assert_eq!(json["topics"], 1);
+    assert!(json["disk_bytes"].as_u64().unwrap() > 0);
+    assert!(json["uptime_ms"].as_u64().is_some());
+
     // Completion scripts for each shell, from the same definitions as --help.
     for (shell, marker) in [
         ("bash", "_quiver()"),
@@ -715,10 +732,11 @@ async fn a_live_topic_is_altered_and_purged_by_those_with_the_right() {
         &lines,
     ));
 
-    // Both need the admin right on the topic.
+    // Both need the admin right on the topic (and `info` on every topic).
     for args in [
         &["topic", "alter", "t", "--max-records", "4"][..],
         &["topic", "purge", "t", "--all"],
+        &["info"],
     ] {
         let denied = as_who(&broker, &alice, args);
         assert_eq!(

@@ -21,8 +21,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
 use quiver_protocol::{
-    Durability, ErrorCode, NameError, PluginInfo, PluginStatus, PurgeBefore, Retention, Stage,
-    TopicConfig, TopicInfo, TopicName, TopicPattern, WireError,
+    BrokerInfo, Durability, ErrorCode, NameError, PluginInfo, PluginStatus, PurgeBefore, Retention,
+    ServerStatus, Stage, TopicConfig, TopicInfo, TopicName, TopicPattern, WireError,
 };
 use tokio::sync::{Notify, broadcast};
 use tracing::info;
@@ -243,6 +243,23 @@ pub struct Broker {
     pub(crate) cleanup: Notify,
     /// The links, handed over once they are started.
     links: std::sync::OnceLock<Arc<dyn LinkControl>>,
+    /// How the server runs this broker (`quiver info`), handed over once it serves.
+    server: std::sync::OnceLock<ServerFacts>,
+}
+
+/// What the server knows of how it runs the broker, for [`Broker::describe_server`].
+#[derive(Debug)]
+pub struct ServerFacts {
+    /// When it started serving (ms since the Unix epoch).
+    pub started_ms: u64,
+    /// The data dir, as given.
+    pub data_dir: String,
+    /// Each listener's kind (`quic`, `mqtt`, `mqtt-tls`, `http`, `https`) and address.
+    pub listeners: Vec<(String, String)>,
+    /// The open QUIC connections: the permits taken from this, out of `max`.
+    pub connections: Arc<tokio::sync::Semaphore>,
+    /// The most connections.
+    pub max_connections: usize,
 }
 
 impl Broker {
@@ -277,6 +294,7 @@ impl Broker {
             requests_prefix: format!("{:x}", now_ms()),
             cleanup: Notify::new(),
             links: std::sync::OnceLock::new(),
+            server: std::sync::OnceLock::new(),
         })
     }
 
@@ -452,6 +470,39 @@ impl Broker {
         info!(topic = %log.name(), "topic deleted");
         self.cleanup.notify_one();
         Ok(())
+    }
+
+    /// Hands over how the server runs this broker (once; later calls are ignored).
+    pub fn set_server_facts(&self, facts: ServerFacts) {
+        let _ = self.server.set(facts);
+    }
+
+    /// How the broker runs: version, uptime, data dir, sizes, listeners.
+    pub async fn describe_server(&self) -> Result<ServerStatus, BrokerError> {
+        let facts = self
+            .server
+            .get()
+            .ok_or_else(|| BrokerError::InvalidArgument("the broker is not serving yet".into()))?;
+        let count = |n: usize| n as u64;
+        Ok(ServerStatus {
+            broker: BrokerInfo {
+                id: self.storage.broker_id(),
+                version: concat!("quiver/", env!("CARGO_PKG_VERSION")).to_owned(),
+            },
+            started_ms: facts.started_ms,
+            data_dir: facts.data_dir.clone(),
+            disk_bytes: self.storage.size_on_disk()?,
+            topics: count(self.topics().len()),
+            groups: count(self.list_groups().await.len()),
+            plugins: count(self.list_plugins().len()),
+            links: count(self.links().map_or(0, |links| links.list().len())),
+            connections: count(
+                facts
+                    .max_connections
+                    .saturating_sub(facts.connections.available_permits()),
+            ),
+            listeners: facts.listeners.clone(),
+        })
     }
 
     /// Describes one topic.

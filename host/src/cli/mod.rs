@@ -7,6 +7,7 @@ mod bench;
 mod cert;
 mod dlq;
 mod group;
+mod info;
 mod link;
 mod output;
 mod plugin;
@@ -74,6 +75,9 @@ enum Command {
     /// Manage principals, their rights and tokens (in the data dir's auth file).
     #[command(subcommand)]
     Auth(auth::AuthCommand),
+    /// How the broker runs: version, uptime, data dir and its size, listeners, what it
+    /// holds.
+    Info(info::InfoArgs),
     /// Dead-letter topics: publish dead letters again once the cause is fixed.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -377,6 +381,7 @@ fn run_client(command: Command) -> anyhow::Result<()> {
             Command::Group(command) => group::run(command).await,
             Command::Link(command) => link::run(command).await,
             Command::Dlq(command) => dlq::run(command).await,
+            Command::Info(args) => info::run(args).await,
             Command::Request(args) => request::request(args).await,
             Command::Reply(args) => request::reply(args).await,
             Command::Bench(args) => bench::run(args).await,

@@ -44,7 +44,8 @@ pub(super) fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), B
             Err(_) => Ok(()),
         },
         // Plugin binaries serve every topic, and links read and write topics as the
-        // broker itself: managing either takes admin on all.
+        // broker itself: managing either takes admin on all; so does seeing how the
+        // broker runs (its data dir and listeners).
         Op::DeployPlugin { .. }
         | Op::UpgradePlugin { .. }
         | Op::RemovePlugin { .. }
@@ -53,7 +54,8 @@ pub(super) fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), B
         | Op::DescribeLink { .. }
         | Op::ListLinks
         | Op::PauseLink { .. }
-        | Op::ResumeLink { .. } => Ok(access.check_pattern(Right::Admin, &TopicPattern::every())?),
+        | Op::ResumeLink { .. }
+        | Op::DescribeServer => Ok(access.check_pattern(Right::Admin, &TopicPattern::every())?),
         Op::CreateGroup { settings, .. } => {
             check_pattern(access, Right::Group, &settings.pattern)?;
             settings

@@ -188,6 +188,10 @@ async fn execute(broker: &Arc<Broker>, op: Op) -> Result<OpReply, BrokerError> {
             .describe(&name)
             .map(|info| OpReply::Link(Box::new(info))),
         Op::ListLinks => Ok(OpReply::Links(broker.links()?.list())),
+        Op::DescribeServer => broker
+            .describe_server()
+            .await
+            .map(|status| OpReply::Server(Box::new(status))),
         Op::DescribeBroker => Ok(OpReply::Broker(quiver_protocol::BrokerInfo {
             id: broker.storage().broker_id(),
             version: concat!("quiver/", env!("CARGO_PKG_VERSION")).to_owned(),

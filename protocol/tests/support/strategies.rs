@@ -264,6 +264,7 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
             ]
         )
             .prop_map(|(name, before)| Op::PurgeTopic { name, before }),
+        Just(Op::DescribeServer),
     ]
 }
 
@@ -554,6 +555,28 @@ pub(crate) fn op_reply() -> impl Strategy<Value = OpReply> {
         proptest::collection::vec(link_info(), 0..2).prop_map(OpReply::Links),
         (any::<u128>(), ".{0,8}")
             .prop_map(|(id, version)| OpReply::Broker(BrokerInfo { id, version })),
+        (
+            any::<(u128, u64, u64)>(),
+            ".{0,8}",
+            proptest::collection::vec((".{0,4}", ".{0,8}"), 0..3)
+        )
+            .prop_map(|((id, started_ms, disk_bytes), data_dir, listeners)| {
+                OpReply::Server(Box::new(ServerStatus {
+                    broker: BrokerInfo {
+                        id,
+                        version: "quiver/0.1.0".into(),
+                    },
+                    started_ms,
+                    data_dir,
+                    disk_bytes,
+                    topics: 1,
+                    groups: 2,
+                    plugins: 3,
+                    links: 4,
+                    connections: 5,
+                    listeners,
+                }))
+            }),
     ]
 }
 
