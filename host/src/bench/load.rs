@@ -135,6 +135,7 @@ impl Producers {
                     payloads,
                     started,
                     deadline,
+                    progress: settings.progress.clone(),
                 };
                 tokio::spawn(job.run(client))
             })
@@ -177,6 +178,7 @@ struct Job {
     payloads: Payloads,
     started: Instant,
     deadline: Instant,
+    progress: indicatif::ProgressBar,
 }
 
 impl Job {
@@ -231,6 +233,7 @@ impl Job {
                     last = Instant::now();
                     latency.saturating_record(micros(last - sent_at));
                     acked += n;
+                    self.progress.inc(n);
                 }
                 () = tokio::time::sleep_until(due.into()), if pacing => {}
             }

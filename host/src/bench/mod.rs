@@ -92,6 +92,8 @@ pub struct Settings {
     pub keep: bool,
     /// The filter plugin's component (plugin scenario).
     pub plugin: Option<Bytes>,
+    /// Moved on by each acknowledged record (hidden unless someone watches).
+    pub progress: indicatif::ProgressBar,
 }
 
 /// The smallest payload: a timestamp and a sequence number.

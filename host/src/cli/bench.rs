@@ -164,6 +164,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         durability: args.durability.durability(),
         keep: args.keep,
         plugin,
+        progress: super::output::progress(Some(args.count), "acknowledged", false),
     };
     settings.validate()?;
     if args.scenario == Scenario::Link {
@@ -171,6 +172,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             bail!("the link scenario runs two brokers of its own: leave out --server");
         }
         let report = bench::link::run(&settings, args.pin).await?;
+        settings.progress.finish_and_clear();
         match args.json {
             true => println!("{}", report.json()),
             false => print!("{}", report.text()),
@@ -191,7 +193,9 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             (Some(own), connect)
         }
     };
+    let progress = settings.progress.clone();
     let report = bench::run(settings, Arc::new(Connect(connect))).await?;
+    progress.finish_and_clear();
     let rss = own.as_ref().and_then(OwnBroker::rss_kib);
     if args.json {
         let mut json = report.json();

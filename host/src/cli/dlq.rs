@@ -109,10 +109,12 @@ impl Redrive {
         let mut inflight = FuturesOrdered::new();
         let mut stdout = std::io::stdout().lock();
         let mut reading = true;
+        let bar = super::output::progress(Some(end - start), "redriving", true);
         while reading || !inflight.is_empty() {
             tokio::select! {
                 next = records.next(), if reading && inflight.len() < WINDOW => {
                     let record = next.context("the subscription ended")??;
+                    bar.set_position(record.offset + 1 - start);
                     // The end the topic had when the run began: later dead letters wait
                     // for the next run.
                     if record.offset + 1 >= end {
@@ -151,6 +153,7 @@ impl Redrive {
             }
         }
         stdout.flush()?;
+        bar.finish_and_clear();
         let verb = if self.dry_run {
             "would redrive"
         } else {

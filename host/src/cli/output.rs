@@ -415,6 +415,33 @@ pub(super) fn group_details(group: &GroupInfo) -> String {
     out
 }
 
+/// A progress bar on stderr for long work over `total` items (a spinner when the total
+/// is unknown), drawn only when a person watches it: stderr is a terminal, and, for
+/// work that prints a line per item (`lines`), stdout is not (the lines go to a file
+/// or a pipe, not over the bar). Otherwise it is hidden and costs nothing.
+pub(super) fn progress(total: Option<u64>, what: &str, lines: bool) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    use std::io::IsTerminal;
+    let watched = std::io::stderr().is_terminal() && !(lines && std::io::stdout().is_terminal());
+    if !watched {
+        return ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(total) => ProgressBar::new(total).with_style(
+            ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({per_sec}, {eta} left)")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {msg} {pos} ({per_sec})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    bar.set_message(what.to_owned());
+    bar
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

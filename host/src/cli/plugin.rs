@@ -547,6 +547,10 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let end = info.next_offset;
     let mut left = args.count.unwrap_or(u64::MAX);
     let nothing_stored = info.records == 0 || matches!(args.from, StartAt::Latest);
+    let total = args
+        .count
+        .map_or(info.records, |count| count.min(info.records));
+    let bar = output::progress(Some(total), "replaying", true);
     while left > 0 && !nothing_stored {
         let next = tokio::time::timeout(REPLAY_IDLE, subscription.next()).await;
         let Ok(Some(record)) = next else { break };
@@ -555,6 +559,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             break;
         }
         left -= 1;
+        bar.inc(1);
         let stored = record.into_stored();
         batch.push((
             stored.offset,
@@ -573,6 +578,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     if !batch.is_empty() {
         failed |= local.run(&args.topic, &batch, &mut stdout)?;
     }
+    bar.finish_and_clear();
     stdout.flush()?;
     if failed {
         bail!("the plugin failed on some records (see the `error` outcomes above)");

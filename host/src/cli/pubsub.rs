@@ -72,6 +72,7 @@ pub(super) async fn publish(args: PubArgs) -> anyhow::Result<()> {
     let mut inflight = FuturesOrdered::new();
     let mut stdout = std::io::stdout().lock();
     let mut tally = Tally::default();
+    let bar = output::progress(None, "stored", true);
     let mut eof = false;
     let mut interrupted = false;
     let ctrl_c = tokio::signal::ctrl_c();
@@ -105,11 +106,13 @@ pub(super) async fn publish(args: PubArgs) -> anyhow::Result<()> {
                     Err(e) => return Err(e.into()),
                 };
                 tally.stored(&receipt);
+                bar.inc(1);
                 writeln!(stdout, "{}", output::receipt_text(&receipt))?;
             }
         }
     }
     stdout.flush()?;
+    bar.finish_and_clear();
     if interrupted {
         eprintln!("{}", tally.summary());
         return Err(super::Interrupted.into());
