@@ -19,13 +19,14 @@ mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +39,11 @@ use crate::config::HttpConfig;
 use crate::transport::TransportError;
 use crate::transport::tcp::{ByteStream, TcpListener, TcpTls};
 use crate::transport::tls::Identity;
+
+/// HTTP connections open at once, at most.
+const MAX_CONNECTIONS: usize = 256;
+/// How long a client has for its TLS handshake, and for each request's head.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The bound HTTP listener, if one is configured.
 #[derive(Debug)]
@@ -111,6 +117,7 @@ impl HttpListener {
         };
         let router = router(shared);
         let inner = tasks.clone();
+        let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         tasks.spawn(async move {
             loop {
                 let (tcp, addr) = tokio::select! {
@@ -123,13 +130,25 @@ impl HttpListener {
                         }
                     },
                 };
+                // Past the limit a connection is closed at once: scrapers and probes
+                // are few, and a flood must not take the broker's file descriptors.
+                let Ok(slot) = Arc::clone(&open).try_acquire_owned() else {
+                    debug!(%addr, "HTTP connection refused: {MAX_CONNECTIONS} open already");
+                    continue;
+                };
                 let (tls, router, stop) = (self.tls.clone(), router.clone(), stop.clone());
                 inner.spawn(async move {
+                    let _slot = slot;
                     let (stream, cert_name) = match tls {
-                        Some(tls) => match tls.accept(tcp).await {
-                            Ok(accepted) => accepted,
-                            Err(e) => return debug!(cause = %e, %addr, "HTTPS handshake failed"),
-                        },
+                        Some(tls) => {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                                Ok(Ok(accepted)) => accepted,
+                                Ok(Err(e)) => {
+                                    return debug!(cause = %e, %addr, "HTTPS handshake failed");
+                                }
+                                Err(_) => return debug!(%addr, "HTTPS handshake timed out"),
+                            }
+                        }
                         None => (ByteStream::Plain(tcp), None),
                     };
                     serve_connection(stream, Peer { addr, cert_name }, router, stop).await;
@@ -143,8 +162,11 @@ impl HttpListener {
 /// request in hand).
 async fn serve_connection(stream: ByteStream, peer: Peer, router: Router, stop: CancellationToken) {
     let service = TowerToHyperService::new(router.layer(Extension(peer)));
-    let connection =
-        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let connection = hyper::server::conn::http1::Builder::new()
+        // A client that does not finish its request's head in time is dropped.
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => {
