@@ -7,7 +7,7 @@ CARGO ?= cargo
 WASM := wasm32-wasip2
 EXAMPLE_PLUGINS := plugins/target/$(WASM)/release
 
-.PHONY: run test test-tools nats-tools mqtt-tools http-tools bench-tools build plugins example-plugins wasm-target lint fuzz-tools fuzz-smoke
+.PHONY: run test dist test-tools nats-tools mqtt-tools http-tools bench-tools build plugins example-plugins wasm-target lint fuzz-tools fuzz-smoke
 
 run: example-plugins
 	$(CARGO) build --release --package quiver-host --bin quiver
@@ -109,6 +109,25 @@ example-plugins: wasm-target
 
 plugins: example-plugins
 	$(CARGO) build --manifest-path tests/plugins/Cargo.toml --target $(WASM) --release
+
+# A static binary for any x86-64 Linux (musl libc, linked in): target/dist/quiver.
+# Debian's musl-tools gives ring's C code a musl compiler. The binary is then put
+# through the packaging, CLI and HTTP tests (QUIVER_BIN), which start real brokers with
+# it. Not part of `make test`: a second release build of everything.
+MUSL := x86_64-unknown-linux-musl
+MUSL_TOOLS_VERSION := 1.2.3-1
+dist: plugins
+	rustup target add $(MUSL)
+	@dpkg-query -W -f='$${Version}' musl-tools 2>/dev/null | grep -qx '$(MUSL_TOOLS_VERSION)' || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq musl-tools=$(MUSL_TOOLS_VERSION); }
+	$(CARGO) build --release --target $(MUSL) --package quiver-host --bin quiver
+	mkdir -p target/dist
+	cp target/$(MUSL)/release/quiver target/dist/quiver
+	@ldd target/dist/quiver 2>&1 | grep -q 'statically linked' || \
+		{ echo 'target/dist/quiver is not statically linked'; exit 1; }
+	QUIVER_BIN=$(CURDIR)/target/dist/quiver $(CARGO) test --package quiver-tests \
+		--test packaging --test cli --test http
 
 lint:
 	$(CARGO) fmt --all -- --check
