@@ -372,7 +372,14 @@ async fn each_publish_across_topics_is_checked_stored_and_remembered_on_its_own(
     let two = [("a", vec![record("x")]), ("b", vec![record("y")])];
     let overflow = publish_across(&mut control, 4, &two, past_the_end).await;
     assert_eq!(overflow, Err(ErrorCode::InvalidArgument));
-    assert_eq!(client.describe_topic("a").await.unwrap().records, 3);
+    // Ending right at the largest sequence is fine.
+    let last_two = PublishId {
+        producer: 7,
+        sequence: u64::MAX - 1,
+    };
+    let at_the_end = publish_across(&mut control, 5, &two, last_two).await;
+    assert_eq!(at_the_end, Ok(vec![Ok(3), Ok(2)]));
+    assert_eq!(client.describe_topic("a").await.unwrap().records, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

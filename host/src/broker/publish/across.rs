@@ -122,8 +122,9 @@ impl Broker {
                     first: next,
                     records: run.records,
                 };
-                // In range: checked above.
-                next.sequence += resolved.records.len() as u64;
+                // In range (checked above), but the last run may end right at the
+                // largest sequence.
+                next.sequence = next.sequence.saturating_add(resolved.records.len() as u64);
                 resolved
             })
             .collect())
