@@ -7,7 +7,7 @@ CARGO ?= cargo
 WASM := wasm32-wasip2
 EXAMPLE_PLUGINS := plugins/target/$(WASM)/release
 
-.PHONY: run test dist test-tools nats-tools mqtt-tools http-tools bench-tools build plugins example-plugins wasm-target lint fuzz-tools fuzz-smoke
+.PHONY: run test dist test-tools nats-tools mqtt-tools http-tools console-tools bench-tools build plugins example-plugins wasm-target lint fuzz-tools fuzz-smoke
 
 run: example-plugins
 	$(CARGO) build --release --package quiver-host --bin quiver
@@ -32,7 +32,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # systemd: `systemd-analyze verify` checks the unit in dist/ (tests/tests/packaging.rs);
 # installed, never started.
 SYSTEMD_VERSION := 252.38-1~deb12u1
-test-tools: nats-tools mqtt-tools http-tools
+test-tools: nats-tools mqtt-tools http-tools console-tools
 	@dpkg-query -W -f='$${Version}' fuse3 2>/dev/null | grep -qx '$(FUSE3_VERSION)' || { \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fuse3=$(FUSE3_VERSION); }
@@ -79,6 +79,23 @@ http-tools: $(TOOLS_VENV)/bin/pip
 	@$(TOOLS_VENV)/bin/python -c 'from importlib.metadata import version; print(version("prometheus-client"))' 2>/dev/null | \
 		grep -qx '$(PROMETHEUS_CLIENT_VERSION)' || \
 		$(TOOLS_VENV)/bin/pip install --quiet prometheus-client==$(PROMETHEUS_CLIENT_VERSION)
+
+# The web console tests (tests/tests/console.rs) load the console in Debian's real
+# chromium, headless, and drive it over the Chrome DevTools Protocol with
+# tests/console/cdp.py, which talks to chromium's DevTools websocket through
+# websocket-client in the venv. chromium-common is pinned with it (chromium needs
+# exactly its own version); no recommends: headless needs none of them.
+CHROMIUM_VERSION := 156.0.8078.114-1~deb12u1
+WEBSOCKET_CLIENT_VERSION := 1.9.2
+console-tools: $(TOOLS_VENV)/bin/pip
+	@dpkg-query -W -f='$${db:Status-Status} $${Version}' chromium 2>/dev/null | \
+		grep -qxF 'installed $(CHROMIUM_VERSION)' || { \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+			chromium=$(CHROMIUM_VERSION) chromium-common=$(CHROMIUM_VERSION); }
+	@$(TOOLS_VENV)/bin/python -c 'from importlib.metadata import version; print(version("websocket-client"))' 2>/dev/null | \
+		grep -qx '$(WEBSOCKET_CLIENT_VERSION)' || \
+		$(TOOLS_VENV)/bin/pip install --quiet websocket-client==$(WEBSOCKET_CLIENT_VERSION)
 
 # For benchmarks only (not a dependency of `test`): Debian's mosquitto broker, pinned,
 # to compare the MQTT listener against. The benchmark starts mosquitto itself (its own

@@ -335,6 +335,15 @@ impl Client {
         .await
     }
 
+    /// Ends a plugin's quarantine on every attachment (once its cause is fixed): the
+    /// next call runs. Returns the plugin's status.
+    pub async fn lift_quarantine(&self, name: &str) -> Result<PluginStatus> {
+        self.ask(Op::LiftQuarantine {
+            name: name.to_owned(),
+        })
+        .await
+    }
+
     /// Adds a stage to the end of a topic's ingress pipeline; returns the topic.
     pub async fn attach_plugin(&self, topic: &str, stage: Stage) -> Result<TopicInfo> {
         let op = Op::AttachPlugin {

@@ -5,7 +5,7 @@
 //! [`Plugin`] trait with a per-event default, and [`export_plugin!`], so that a filter
 //! is a few lines:
 //!
-//! ```ignore
+//! ```no_run
 //! use quiver_plugin_sdk::{Event, Outcome, Plugin, export_plugin};
 //!
 //! struct OnlyErrors;

@@ -326,6 +326,26 @@ pub enum Op {
     /// How the broker runs: version, uptime, data dir, sizes, listeners (protocol
     /// version 3).
     DescribeServer,
+    /// End a plugin's quarantine on every attachment now, once its cause is fixed
+    /// (protocol version 3): the next call runs.
+    LiftQuarantine {
+        /// The plugin's name.
+        name: String,
+    },
+}
+
+impl Op {
+    /// Whether this stores records in a topic (`Publish`, `PublishEach`,
+    /// `PublishAcross`, `Forward`): the broker keeps a connection's publishes in order.
+    pub fn is_publish(&self) -> bool {
+        matches!(
+            self,
+            Self::Publish { .. }
+                | Self::PublishEach { .. }
+                | Self::PublishAcross { .. }
+                | Self::Forward(_)
+        )
+    }
 }
 
 /// Which records a [`Op::PurgeTopic`] removes.

@@ -295,6 +295,7 @@ fn variant_indexes_match_the_documentation() {
             30,
         ),
         (Op::DescribeServer, 31),
+        (Op::LiftQuarantine { name: name() }, 32),
     ];
     for (op, want) in ops {
         assert_eq!(body(&request(op))[2], want);

@@ -1,9 +1,11 @@
-"""GET a URL of the broker's HTTP listener and print what came back as one JSON line:
-{"status": 200, "body": "..."}; with --metrics, also the samples of the body as the
-Prometheus project's own OpenMetrics parser reads them (a body it cannot parse is an
-error, exit 2).
+"""Request a URL of the broker's HTTP listener and print what came back as one JSON
+line: {"status": 200, "body": "..."}; with --metrics, also the samples of the body as
+the Prometheus project's own OpenMetrics parser reads them (a body it cannot parse is
+an error, exit 2). GET unless --method; --json sends a body as application/json
+(--content-type another type), --host another Host header.
 
-Usage: fetch.py URL [--token TOKEN] [--ca CERT.pem] [--metrics]
+Usage: fetch.py URL [--token TOKEN] [--ca CERT.pem] [--metrics] [--method M]
+                [--json BODY] [--content-type TYPE] [--host HOST]
 """
 
 import argparse
@@ -22,9 +24,18 @@ def main():
     parser.add_argument("--token")
     parser.add_argument("--ca")
     parser.add_argument("--metrics", action="store_true")
+    parser.add_argument("--method", default="GET")
+    parser.add_argument("--json")
+    parser.add_argument("--content-type", default="application/json")
+    parser.add_argument("--host")
     args = parser.parse_args()
 
-    request = urllib.request.Request(args.url)
+    data = args.json.encode() if args.json is not None else None
+    request = urllib.request.Request(args.url, data=data, method=args.method)
+    if data is not None:
+        request.add_header("Content-Type", args.content_type)
+    if args.host:
+        request.add_header("Host", args.host)
     if args.token:
         request.add_header("Authorization", "Bearer " + args.token)
     context = ssl.create_default_context(cafile=args.ca) if args.ca else None

@@ -41,26 +41,62 @@ pub struct As<'a> {
 
 /// GETs `path` from `broker`'s HTTP listener; with `metrics`, its samples are parsed.
 pub fn get(broker: &Broker, path: &str, who: As<'_>, metrics: bool) -> Fetched {
+    let mut command = fetch(broker, path);
+    if metrics {
+        command.arg("--metrics");
+    }
+    run(command, who)
+}
+
+/// A request to the console's JSON API: its status and the JSON it answered.
+pub fn api(
+    broker: &Broker,
+    method: &str,
+    path: &str,
+    who: As<'_>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut command = fetch(broker, path);
+    command.args(["--method", method]);
+    if let Some(body) = body {
+        command.args(["--json", &body.to_string()]);
+    }
+    let fetched = run(command, who);
+    let json = serde_json::from_str(&fetched.body)
+        .unwrap_or_else(|e| panic!("{method} {path} answered no JSON ({e}): {}", fetched.body));
+    (fetched.status, json)
+}
+
+/// A request to `path` with the raw options of `tests/http/fetch.py` (`--host`,
+/// `--content-type`, …).
+pub fn raw(broker: &Broker, path: &str, who: As<'_>, options: &[&str]) -> Fetched {
+    let mut command = fetch(broker, path);
+    command.args(options);
+    run(command, who)
+}
+
+fn fetch(broker: &Broker, path: &str) -> Command {
     let url = format!("{}{path}", broker.http_url());
     let mut command = Command::new(crate::mqtt::python());
     command
         .arg(script())
         .arg(&url)
         .env("PYTHONDONTWRITEBYTECODE", "1");
+    command
+}
+
+fn run(mut command: Command, who: As<'_>) -> Fetched {
     if let Some(token) = who.token {
         command.args(["--token", token]);
     }
     if let Some(ca) = who.ca {
         command.arg("--ca").arg(ca);
     }
-    if metrics {
-        command.arg("--metrics");
-    }
     let output = command.output().expect("python runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "fetching {url} failed: {stdout}{}",
+        "{command:?} failed: {stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let json: Value = serde_json::from_str(stdout.trim()).expect("fetch.py prints JSON");

@@ -4,6 +4,7 @@
 //! The binary is `target/<profile>/quiver` next to the test executable, or `$QUIVER_BIN`.
 //! `make test` builds it before running the tests.
 
+pub mod browser;
 pub mod crash;
 pub mod disk;
 pub mod http;
@@ -85,6 +86,14 @@ fn wasm(workspace: PathBuf, name: &str) -> PathBuf {
         file.display()
     );
     file
+}
+
+/// The example `json-filter` as the tests attach it: keeps JSON records whose `level`
+/// is `warn` or above, drops the rest, rejects what is not JSON (a dead letter).
+pub fn level_filter() -> quiver_client::Stage {
+    quiver_client::Stage::new("json-filter")
+        .param("where", "level >= warn")
+        .param("order", "debug,info,warn,error")
 }
 
 /// Reads a plugin component.

@@ -622,8 +622,7 @@ async fn day_two_commands_get_records_create_idempotently_and_complete_shells() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_redriven_once_with_their_history() {
-    use quiver_client::Stage;
-    use quiver_tests::{example_plugin, read_all, read_plugin};
+    use quiver_tests::{example_plugin, level_filter, read_all, read_plugin};
     let data = DataDir::new();
     let broker = Broker::start(&data);
     let client = broker.client().await;
@@ -636,9 +635,7 @@ async fn dead_letters_are_redriven_once_with_their_history() {
         .deploy_plugin("json-filter", filter, None)
         .await
         .unwrap();
-    let stage = Stage::new("json-filter")
-        .param("where", "level >= warn")
-        .param("order", "debug,info,warn,error");
+    let stage = level_filter();
     client.attach_plugin("logs", stage).await.unwrap();
     // What is not JSON is dead-lettered into dlq.logs.
     client.publish("logs", r#"{"level":"warn"}"#).await.unwrap();

@@ -1,7 +1,9 @@
 //! The HTTP listener: health checks, `/metrics` read by the Prometheus project's own
 //! parser with values that move as records are published, acked and dead-lettered,
-//! its bounded cardinality, and the QUIC side's authentication on it (tokens allowed
-//! and refused, what each principal may see, HTTPS).
+//! its bounded cardinality, the QUIC side's authentication on it (tokens allowed and
+//! refused, what each principal may see, HTTPS), and the console's JSON API acting
+//! as its principal (publish, browse, redrive; refusals). The console's page itself
+//! is driven in a real browser by `console.rs`.
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
@@ -9,8 +11,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use quiver_client::{GroupSettings, NewRecord, Retention, Stage};
-use quiver_tests::http::{As, get, metrics};
+use quiver_tests::http::{As, api, get, metrics, raw};
 use quiver_tests::{Broker, DataDir, eventually, example_plugin, principal, read_plugin};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_as_records_are_published_acked_and_dead_lettered() {
@@ -101,9 +104,47 @@ async fn metrics_move_as_records_are_published_acked_and_dead_lettered() {
         page.value("quiver_plugin_quarantined", &attachment),
         Some(0.0)
     );
+    // Every call is in the call-time histogram.
+    let calls = page.value("quiver_plugin_calls_total", &attachment);
+    assert_eq!(
+        page.value("quiver_plugin_call_seconds_count", &attachment),
+        calls
+    );
+    let every = [
+        ("plugin", "template"),
+        ("target", "topic orders"),
+        ("le", "+Inf"),
+    ];
+    assert_eq!(
+        page.value("quiver_plugin_call_seconds_bucket", &every),
+        calls
+    );
+    assert!(
+        page.value("quiver_plugin_call_seconds_sum", &attachment)
+            .unwrap()
+            > 0.0
+    );
+    let bytes_in = page
+        .value("quiver_topic_appended_bytes_total", &orders)
+        .unwrap();
+    assert!(bytes_in >= 10.0 * "order 0".len() as f64, "{bytes_in}");
+    assert!(
+        page.value("quiver_streams", &[("kind", "control")])
+            .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        page.value("quiver_streams", &[("kind", "member")]),
+        Some(0.0)
+    );
 
     // A member takes them all, acks nine and dead-letters one.
     let mut member = client.join("billing", None).await.unwrap();
+    eventually(Duration::from_secs(30), "the member's stream", || async {
+        let page = metrics(&broker, As::default());
+        page.value("quiver_streams", &[("kind", "member")]) == Some(1.0)
+    })
+    .await;
     for i in 0..10 {
         let delivery = tokio::time::timeout(Duration::from_secs(30), member.next())
             .await
@@ -250,4 +291,186 @@ async fn http_takes_tokens_shows_each_principal_its_own_and_refuses_the_rest() {
         page.value("quiver_topic_records", &[("topic", "sensors.a")]),
         Some(1.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_api_acts_as_its_principal_and_refuses_what_it_may_not() {
+    let data = DataDir::new();
+    let ops = principal(
+        &data,
+        "ops",
+        &["admin:>", "publish:>", "subscribe:>", "group:>"],
+    );
+    let alice = principal(
+        &data,
+        "alice",
+        &["publish:sensors.>", "subscribe:sensors.>"],
+    );
+    let broker = Broker::start(&data);
+    let client = broker.client_as(&ops).await;
+    for topic in ["sensors.a", "orders"] {
+        client
+            .create_topic(topic, Retention::default())
+            .await
+            .unwrap();
+    }
+    let as_ops = As {
+        token: Some(&ops),
+        ..As::default()
+    };
+    let as_alice = As {
+        token: Some(&alice),
+        ..As::default()
+    };
+
+    let (status, who) = api(&broker, "GET", "/api/whoami", as_alice, None);
+    assert_eq!(status, 200, "{who}");
+    assert_eq!(
+        (&who["principal"], &who["admin"]),
+        (&json!("alice"), &json!(false))
+    );
+    let (status, refused) = api(&broker, "GET", "/api/topics", As::default(), None);
+    assert_eq!(status, 401, "anonymous, with principals: {refused}");
+    assert_eq!(refused["error"]["code"], "Unauthenticated");
+    let (_, topics) = api(&broker, "GET", "/api/topics", as_alice, None);
+    let names: Vec<_> = topics
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sensors.a"], "alice sees only her topics");
+
+    // Publishing, then browsing by key and by offset.
+    for (i, (key, payload)) in [("k1", r#"{"t":21.5}"#), ("k2", "plain"), ("k1", "again")]
+        .into_iter()
+        .enumerate()
+    {
+        let record = json!({
+            "key": key,
+            "payload": payload,
+            "headers": [{"name": "source", "value": "console"}],
+        });
+        let path = "/api/topics/sensors.a/records";
+        let (status, receipt) = api(&broker, "POST", path, as_alice, Some(&record));
+        assert_eq!(status, 200, "{receipt}");
+        assert_eq!(receipt["base_offset"], json!(i));
+    }
+    let path = "/api/topics/sensors.a/records?key=k1";
+    let (_, page) = api(&broker, "GET", path, as_alice, None);
+    let records = page["records"].as_array().unwrap();
+    let offsets: Vec<_> = records.iter().map(|r| r["offset"].clone()).collect();
+    assert_eq!(offsets, [json!(0), json!(2)], "{page}");
+    assert_eq!(records[0]["payload"], r#"{"t":21.5}"#);
+    assert_eq!(
+        records[0]["headers"],
+        json!([{"name": "source", "value": "console"}])
+    );
+    let path = "/api/topics/sensors.a/records?from=1&limit=1";
+    let (_, page) = api(&broker, "GET", path, as_alice, None);
+    assert_eq!(page["records"][0]["payload"], "plain");
+    assert_eq!((&page["next"], &page["end"]), (&json!(2), &json!(3)));
+    let (_, topic) = api(&broker, "GET", "/api/topics/sensors.a", as_alice, None);
+    assert!(topic["bytes_in"].as_u64().unwrap() > 0, "{topic}");
+
+    // What alice holds no right for is refused, with the reason.
+    let record = json!({"payload": "x"});
+    let refusals = [
+        ("POST", "/api/topics/orders/records", Some(&record)),
+        ("GET", "/api/topics/orders/records", None),
+        ("DELETE", "/api/topics/sensors.a/plugins/none", None),
+        ("GET", "/api/principals", None),
+        ("GET", "/api/links", None),
+    ];
+    for (method, path, body) in refusals {
+        let (status, refused) = api(&broker, method, path, as_alice, body);
+        assert_eq!(status, 403, "{method} {path}: {refused}");
+        assert_eq!(refused["error"]["code"], "Forbidden", "{method} {path}");
+    }
+    // A body must be JSON: a form of another site cannot post one unasked.
+    let options = [
+        "--method",
+        "POST",
+        "--json",
+        r#"{"payload": "x"}"#,
+        "--content-type",
+        "text/plain",
+    ];
+    let plain = raw(&broker, "/api/topics/sensors.a/records", as_alice, &options);
+    assert_eq!(plain.status, 415, "{}", plain.body);
+
+    // Principals, read only, for admins: token ids, never secrets.
+    let (status, principals) = api(&broker, "GET", "/api/principals", as_ops, None);
+    assert_eq!(status, 200, "{principals}");
+    let names: Vec<_> = principals
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "ops"]);
+    assert_eq!(principals[0]["tokens"].as_array().unwrap().len(), 1);
+    let secret = alice.rsplit('_').next().unwrap();
+    assert!(!principals.to_string().contains(secret), "{principals}");
+
+    // A group gives up a record; the console redrives it to its topic, once.
+    client
+        .create_group("billing", GroupSettings::new("orders"))
+        .await
+        .unwrap();
+    client.publish("orders", "order 1").await.unwrap();
+    let mut member = client.join("billing", None).await.unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(30), member.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the member goes on")
+        .unwrap();
+    delivery.term("no such customer").unwrap();
+    eventually(Duration::from_secs(30), "the dead letter", || async {
+        let (_, list) = api(&broker, "GET", "/api/dead-letters", as_ops, None);
+        list[0]["topic"] == "dlq.orders" && list[0]["records"] == 1
+    })
+    .await;
+    let path = "/api/dead-letters/dlq.orders/redrive";
+    let selected = json!({"offsets": [0]});
+    let (status, refused) = api(&broker, "POST", path, as_alice, Some(&selected));
+    assert_eq!(status, 403, "alice may not read dlq.orders: {refused}");
+    for _ in 0..2 {
+        let (status, report) = api(&broker, "POST", path, as_ops, Some(&selected));
+        assert_eq!(status, 200, "{report}");
+        assert_eq!(
+            report["redriven"],
+            json!([{"offset": 0, "topic": "orders", "base_offset": 1}]),
+            "a second redrive stores nothing new"
+        );
+    }
+    let (_, page) = api(
+        &broker,
+        "GET",
+        "/api/topics/orders/records?from=1",
+        as_ops,
+        None,
+    );
+    assert_eq!(page["end"], 2, "stored once: {page}");
+    let again = &page["records"][0];
+    assert_eq!(again["payload"], "order 1");
+    let header = |name: &str| {
+        again["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == name)
+            .map(|h| h["value"].clone())
+    };
+    assert_eq!(header("quiver-redrive-from"), Some(json!("dlq.orders:0")));
+    assert_eq!(header("quiver-redrive-group"), Some(json!("billing")));
+    assert_eq!(
+        header("quiver-dlq-topic"),
+        None,
+        "history, not a dead letter"
+    );
+
+    let (status, missing) = api(&broker, "POST", "/api/plugins/none/lift", as_ops, None);
+    assert_eq!(status, 404, "{missing}");
+    assert_eq!(missing["error"]["code"], "PluginNotFound");
 }

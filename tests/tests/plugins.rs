@@ -13,7 +13,9 @@ use quiver_client::{
     Client, Error, ErrorCode, NewRecord, OnError, Record, Retention, Stage, StartAt,
     SubscribeOptions,
 };
-use quiver_tests::{Broker, DataDir, example_plugin, read_all, read_plugin, take, test_plugin};
+use quiver_tests::{
+    Broker, DataDir, example_plugin, level_filter, read_all, read_plugin, take, test_plugin,
+};
 
 async fn deploy(client: &Client, name: &str, wasm: std::path::PathBuf) {
     client
@@ -44,12 +46,6 @@ fn payloads(records: &[Record]) -> Vec<String> {
         .iter()
         .map(|r| String::from_utf8(r.payload.to_vec()).unwrap())
         .collect()
-}
-
-fn level_filter() -> Stage {
-    Stage::new("json-filter")
-        .param("where", "level >= warn")
-        .param("order", "debug,info,warn,error")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -683,9 +679,41 @@ async fn a_failing_plugin_is_quarantined_by_its_policy() {
         assert!(attachment.quarantined_until_ms.is_some(), "{attachment:?}");
         assert_eq!(attachment.errors, 2);
     }
-    // Detaching lifts it; upgrading a plugin gives it a fresh start too.
-    client.detach_plugin("closed", "trap").await.unwrap();
-    assert_eq!(client.publish("closed", "fine").await.unwrap(), 0);
+    // Lifting the quarantine lets the next call run: it traps again, a dead letter,
+    // not a refusal (two more failures in a row quarantine it again).
+    let lifted = client.lift_quarantine("trap").await.unwrap();
+    assert!(
+        lifted
+            .attachments
+            .iter()
+            .all(|a| a.quarantined_until_ms.is_none()),
+        "{lifted:?}"
+    );
+    let receipt = client
+        .publish_batch("closed", vec![NewRecord::new("boom")])
+        .await
+        .unwrap();
+    assert!(receipt.dead_letter.is_some(), "{receipt:?}");
+    client
+        .publish_batch("closed", vec![NewRecord::new("boom")])
+        .await
+        .unwrap();
+    let refused = client.publish("closed", "fine").await.unwrap_err();
+    assert_eq!(refused.code(), Some(ErrorCode::PluginQuarantined));
+    // Upgrading to fixed code lifts it too: the fix runs at once.
+    client
+        .upgrade_plugin("trap", read_plugin(&example_plugin("template")), None)
+        .await
+        .unwrap();
+    let receipt = client
+        .publish_batch("closed", vec![NewRecord::new("fine")])
+        .await
+        .unwrap();
+    assert_eq!((receipt.count, receipt.dead_letter), (1, None));
+    let status = client.plugin_status("trap").await.unwrap();
+    for attachment in &status.attachments {
+        assert_eq!(attachment.quarantined_until_ms, None, "{attachment:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,9 @@ use futures::future::join_all;
 use quiver_client::{Client, Error, ErrorCode, NewRecord, Retention, Stage};
 use quiver_protocol::{ClientFrame, Op, OpReply, PublishId, Request, ServerFrame, TopicRun};
 use quiver_tests::raw::RawConnection;
-use quiver_tests::{Broker, DataDir, example_plugin, principal, read_all, read_plugin};
+use quiver_tests::{
+    Broker, DataDir, example_plugin, level_filter, principal, read_all, read_plugin,
+};
 
 /// The outcomes a raw `PublishEach` request got.
 async fn publish_each(
@@ -197,9 +199,7 @@ async fn pipelined_publishes_through_an_ingress_filter_each_get_their_fate() {
     let data = DataDir::new();
     let broker = Broker::start(&data);
     let client = broker.client().await;
-    let filter = Stage::new("json-filter")
-        .param("where", "level >= warn")
-        .param("order", "debug,info,warn,error");
+    let filter = level_filter();
     filtered_topic(&client, "logs", filter).await;
 
     // Every third is kept, every third dropped, every third dead-lettered.
@@ -393,9 +393,7 @@ async fn pipelined_publishes_to_many_topics_keep_their_order_rights_and_plugins(
         ops.create_topic(topic, Retention::default()).await.unwrap();
     }
     // One topic keeps only warnings: a run to it takes its plugin's way.
-    let filter = Stage::new("json-filter")
-        .param("where", "level >= warn")
-        .param("order", "debug,info,warn,error");
+    let filter = level_filter();
     filtered_topic(&ops, "ok.logs", filter).await;
     let writer = broker.client_as(&writer).await;
 

@@ -25,8 +25,8 @@ impl Broker {
             .ok_or_else(|| BrokerError::GroupNotFound(name.to_owned()))
     }
 
-    /// Where `log`'s records start for a group reading it `from`.
-    fn start_offset(&self, log: &TopicLog, from: StartAt) -> Result<u64, StorageError> {
+    /// Where `log`'s records start for a reader (a group, a browse) reading it `from`.
+    pub(super) fn start_offset(&self, log: &TopicLog, from: StartAt) -> Result<u64, StorageError> {
         let stats = log.stats();
         Ok(match from {
             StartAt::Earliest => stats.first,

@@ -7,14 +7,19 @@
 //! channel, subscribed to *before* a pattern subscription takes its snapshot of
 //! existing topics, so a topic created meanwhile is seen at least once.
 
+pub mod authorize;
+pub mod browse;
 pub mod cursors;
 pub mod dedup;
 mod deliver;
+mod execute;
 mod groups;
 mod links;
 pub mod membership;
 mod publish;
+pub mod redrive;
 mod request;
+pub mod streams;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -29,13 +34,15 @@ use tracing::info;
 
 use crate::auth::{Authenticator, Denied};
 use crate::groups::Groups;
+use crate::plugins::stage::CallTimes;
 use crate::plugins::{AdminError, PipelineError, Plugins};
 use crate::storage::{Storage, StorageError, TopicLog, TopicSettings};
 use crate::util::now_ms;
 use dedup::Deduplicator;
 pub use links::LinkControl;
-pub use publish::{Outcomes, PublishOrder, Publishes, Run};
+pub use publish::{Outcomes, PublishOrder, Publishes, Run, one_outcome};
 pub(crate) use publish::{hops, is_provenance, path_before, visited};
+use streams::OpenStreams;
 
 /// Limits the broker enforces on requests.
 #[derive(Debug, Clone, Copy)]
@@ -245,6 +252,8 @@ pub struct Broker {
     links: std::sync::OnceLock<Arc<dyn LinkControl>>,
     /// How the server runs this broker (`quiver info`), handed over once it serves.
     server: std::sync::OnceLock<ServerFacts>,
+    /// QUIC streams open now, by kind (`/metrics`).
+    streams: Arc<OpenStreams>,
 }
 
 /// What the server knows of how it runs the broker, for [`Broker::describe_server`].
@@ -295,6 +304,7 @@ impl Broker {
             cleanup: Notify::new(),
             links: std::sync::OnceLock::new(),
             server: std::sync::OnceLock::new(),
+            streams: Arc::default(),
         })
     }
 
@@ -601,6 +611,21 @@ impl Broker {
     /// A plugin's attachments and figures.
     pub fn plugin_status(&self, name: &str) -> Result<PluginStatus, BrokerError> {
         Ok(self.plugins.status(name)?)
+    }
+
+    /// The QUIC streams open now, by kind: a session counts each it serves.
+    pub fn streams(&self) -> &Arc<OpenStreams> {
+        &self.streams
+    }
+
+    /// Ends a plugin's quarantine on every attachment.
+    pub fn lift_quarantine(&self, name: &str) -> Result<PluginStatus, BrokerError> {
+        Ok(self.plugins.lift_quarantine(name)?)
+    }
+
+    /// Each attachment's call times, by target (`/metrics`).
+    pub fn plugin_call_times(&self, name: &str) -> Result<Vec<(String, CallTimes)>, BrokerError> {
+        Ok(self.plugins.call_times(name)?)
     }
 
     /// Appends a stage to a topic's ingress pipeline.

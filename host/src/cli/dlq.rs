@@ -1,14 +1,12 @@
 //! `quiver dlq`: dead-letter topics. `redrive` publishes dead letters again, each to
-//! the topic it was given up on (or `--to`), once the cause is fixed.
+//! the topic it was given up on (or `--to`), once the cause is fixed: the records and
+//! ids of `broker::redrive` (which says how a redriven record looks), published
+//! through the SDK.
 //!
 //! Each record is published once per run, under an id made from the dead-letter
 //! topic, the target topic and the record's offset, so a run that is cut short and
 //! run again stores nothing twice within the broker's deduplication window (2 minutes
-//! by default); the summary names the offset to go on from. The dead letters stay
-//! where they are. The redriven record keeps its key, headers and payload; its
-//! dead-letter headers (`quiver-dlq-*`) become `quiver-redrive-*`, history that a
-//! second failure's own dead-letter headers do not mix with, and
-//! `quiver-redrive-from` names the dead letter (`DLQ:OFFSET`).
+//! by default); the summary names the offset to go on from.
 
 use std::io::Write;
 
@@ -16,16 +14,14 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use quiver_client::{Client, Header, NewRecord, PublishId, Record, StartAt, SubscribeOptions};
+use quiver_client::{Client, StartAt, SubscribeOptions};
 
 use super::ConnectArgs;
 use super::args::parse_header;
+use crate::broker::redrive::Redrive;
 
 /// Redrives kept in flight at once.
 const WINDOW: usize = 256;
-/// What dead-letter headers start with, and what they become.
-const DLQ_PREFIX: &str = "quiver-dlq-";
-const HISTORY_PREFIX: &str = "quiver-redrive-";
 
 #[derive(Debug, Subcommand)]
 pub(super) enum DlqCommand {
@@ -64,21 +60,17 @@ pub(super) async fn run(command: DlqCommand) -> anyhow::Result<()> {
             connect,
         } => {
             let client = connect.connect_streaming().await?;
-            let redrive = Redrive {
-                dlq,
-                to,
-                filters,
+            let run = Run {
+                redrive: Redrive { dlq, to, filters },
                 dry_run,
             };
-            redrive.run(&client, from).await
+            run.run(&client, from).await
         }
     }
 }
 
-struct Redrive {
-    dlq: String,
-    to: Option<String>,
-    filters: Vec<(String, String)>,
+struct Run {
+    redrive: Redrive,
     dry_run: bool,
 }
 
@@ -90,21 +82,22 @@ struct Tally {
     failed: u64,
 }
 
-impl Redrive {
+impl Run {
     /// Redrives the dead letters from `from` up to the end the topic has now.
     async fn run(&self, client: &Client, from: Option<u64>) -> anyhow::Result<()> {
-        let info = client.describe_topic(&self.dlq).await?;
+        let Self { redrive, dry_run } = self;
+        let info = client.describe_topic(&redrive.dlq).await?;
         let start = from.unwrap_or(0).max(info.first_offset);
         let end = info.next_offset;
         if start >= end {
-            println!("{}: nothing to redrive (offsets end at {end})", self.dlq);
+            println!("{}: nothing to redrive (offsets end at {end})", redrive.dlq);
             return Ok(());
         }
         let options = SubscribeOptions {
             window: u32::try_from(WINDOW).unwrap_or(u32::MAX),
             ..SubscribeOptions::from(StartAt::Offset(start))
         };
-        let mut records = client.subscribe(&self.dlq, options).await?;
+        let mut records = client.subscribe(&redrive.dlq, options).await?;
         let mut tally = Tally::default();
         let mut inflight = FuturesOrdered::new();
         let mut stdout = std::io::stdout().lock();
@@ -123,103 +116,44 @@ impl Redrive {
                     if record.offset >= end {
                         continue;
                     }
-                    let Some(target) = self.target(&record) else {
+                    let Some(target) = redrive.target(&record) else {
                         tally.skipped += 1;
                         continue;
                     };
-                    if self.dry_run {
-                        writeln!(stdout, "{}:{} -> {target}", self.dlq, record.offset)?;
+                    if *dry_run {
+                        writeln!(stdout, "{}:{} -> {target}", redrive.dlq, record.offset)?;
                         tally.redriven += 1;
                         continue;
                     }
-                    let id = PublishId {
-                        producer: producer_of(&self.dlq, info.created_ms, &target),
-                        sequence: record.offset,
-                    };
-                    let publish = client.publish_batch_with_id(&target, vec![self.again(&record)], id);
+                    let id = redrive.id(info.created_ms, &target, record.offset);
+                    let again = redrive.again(&record);
+                    let publish = client.publish_batch_with_id(&target, vec![again], id);
                     let offset = record.offset;
                     inflight.push_back(async move { (offset, target, publish.await) });
                 }
                 Some((offset, target, published)) = inflight.next() => match published {
                     Ok(receipt) => {
                         tally.redriven += 1;
-                        writeln!(stdout, "{}:{offset} -> {target}:{}", self.dlq, receipt.base_offset)?;
+                        writeln!(stdout, "{}:{offset} -> {target}:{}", redrive.dlq, receipt.base_offset)?;
                     }
                     Err(e) => {
                         tally.failed += 1;
-                        eprintln!("{}:{offset} -> {target}: {e}", self.dlq);
+                        eprintln!("{}:{offset} -> {target}: {e}", redrive.dlq);
                     }
                 },
             }
         }
         stdout.flush()?;
         bar.finish_and_clear();
-        let verb = if self.dry_run {
-            "would redrive"
-        } else {
-            "redrove"
-        };
+        let verb = if *dry_run { "would redrive" } else { "redrove" };
         eprintln!(
             "{verb} {} of the dead letters at offsets {start}..{end} of {}; {} left out by \
              --filter or without a topic; {} failed (still in {}). Go on from --from {end}.",
-            tally.redriven, self.dlq, tally.skipped, tally.failed, self.dlq
+            tally.redriven, redrive.dlq, tally.skipped, tally.failed, redrive.dlq
         );
         if tally.failed > 0 {
             bail!("{} dead letters could not be redriven", tally.failed);
         }
         Ok(())
     }
-
-    /// Where `record` goes, if it passes the filters and has somewhere to go.
-    fn target(&self, record: &Record) -> Option<String> {
-        let header = |name: &str| {
-            record
-                .header(&format!("{DLQ_PREFIX}{name}"))
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        };
-        let passes = self.filters.iter().all(|(name, value)| match header(name) {
-            Some(found) if name == "reason" => found.contains(value.as_str()),
-            Some(found) => found == *value,
-            None => false,
-        });
-        if !passes {
-            return None;
-        }
-        self.to.clone().or_else(|| header("topic"))
-    }
-
-    /// The record to publish again: its dead-letter headers as history.
-    fn again(&self, record: &Record) -> NewRecord {
-        let mut headers: Vec<Header> = record
-            .headers
-            .iter()
-            .map(|h| match h.name.strip_prefix(DLQ_PREFIX) {
-                Some(rest) => Header {
-                    name: format!("{HISTORY_PREFIX}{rest}"),
-                    value: h.value.clone(),
-                },
-                None => h.clone(),
-            })
-            .collect();
-        headers.push(Header {
-            name: format!("{HISTORY_PREFIX}from"),
-            value: format!("{}:{}", self.dlq, record.offset).into(),
-        });
-        NewRecord {
-            key: record.key.clone(),
-            headers,
-            payload: record.payload.clone(),
-        }
-    }
-}
-
-/// The producer id a dead-letter topic's redrives to `target` publish under: the same
-/// for every run over the same topic (a new one if it is deleted and made again), so
-/// a dead letter is stored once in each topic it is redriven to.
-fn producer_of(dlq: &str, created_ms: u64, target: &str) -> u64 {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("quiver-redrive\0{dlq}\0{created_ms}\0{target}"));
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(bytes)
 }

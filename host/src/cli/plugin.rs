@@ -105,6 +105,14 @@ pub(super) enum PluginCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// End the plugin's quarantine on every attachment, once its cause is fixed (an
+    /// upgrade does this too): the next call runs.
+    Lift {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Run a component locally over records from a JSON-lines file and print each
     /// outcome (no broker needed).
     Test(TestArgs),
@@ -250,6 +258,10 @@ pub(super) async fn run(command: PluginCommand) -> anyhow::Result<()> {
             } else {
                 print!("{}", status_text(&status));
             }
+        }
+        PluginCommand::Lift { name, connect } => {
+            let status = connect.connect().await?.lift_quarantine(&name).await?;
+            print!("{}", status_text(&status));
         }
         PluginCommand::Test(args) => test(args)?,
         PluginCommand::Replay(args) => replay(args).await?,

@@ -18,10 +18,12 @@
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::TypedMetric;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use quiver_protocol::{
     AttachmentStatus, GroupInfo, GroupTopic, LinkInfo, LinkState, LinkTopic, PluginStatus,
@@ -30,6 +32,8 @@ use quiver_protocol::{
 
 use crate::auth::{Access, Right};
 use crate::broker::Broker;
+use crate::broker::streams::StreamKind;
+use crate::plugins::stage::CallTimes;
 use crate::util::now_ms;
 
 /// The page `/metrics` serves, as the principal of `access` may see it.
@@ -64,12 +68,16 @@ struct Snapshot {
     /// Every topic the principal may see (for the count).
     topic_count: usize,
     /// The topics with series of their own, then `_other` if any were summed.
-    topics: Vec<TopicInfo>,
+    topics: Vec<TopicFigures>,
     groups: Vec<GroupInfo>,
     /// Plugins and links: only for a principal with admin on every topic.
     plugins: Vec<PluginStatus>,
+    /// Each plugin's attachments' call times, by plugin, then target.
+    call_times: Vec<(String, Vec<(String, CallTimes)>)>,
     links: Vec<LinkInfo>,
     connections: usize,
+    /// QUIC streams open, by kind.
+    streams: Vec<(StreamKind, u64)>,
     halted: bool,
     disk_bytes: Option<u64>,
     process: Option<Process>,
@@ -82,16 +90,22 @@ impl Snapshot {
         connections: usize,
         max_topic_series: usize,
     ) -> Self {
-        let mut topics: Vec<TopicInfo> = broker
+        let mut topics: Vec<TopicFigures> = broker
             .list_topics()
             .into_iter()
             .filter(|t| {
                 quiver_protocol::TopicName::parse(&t.name).is_ok_and(|name| access.may_see(&name))
             })
+            .map(|info| TopicFigures {
+                bytes_in: broker.topic(&info.name).map_or(0, |log| log.bytes_in()),
+                info,
+            })
             .collect();
         let topic_count = topics.len();
         if topics.len() > max_topic_series {
-            topics.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+            topics.sort_by(|a, b| {
+                (b.info.bytes.cmp(&a.info.bytes)).then_with(|| a.info.name.cmp(&b.info.name))
+            });
             let others = topics.split_off(max_topic_series);
             topics.push(summed("_other", &others));
         }
@@ -102,7 +116,7 @@ impl Snapshot {
                 .is_ok_and(|group| access.allows_pattern(Right::Group, group.pattern()))
         });
         let admin = access.allows_pattern(Right::Admin, &TopicPattern::every());
-        let plugins = match admin {
+        let plugins: Vec<PluginStatus> = match admin {
             true => broker
                 .list_plugins()
                 .into_iter()
@@ -110,6 +124,13 @@ impl Snapshot {
                 .collect(),
             false => Vec::new(),
         };
+        let call_times = plugins
+            .iter()
+            .filter_map(|p| {
+                let name = &p.info.name;
+                Some((name.clone(), broker.plugin_call_times(name).ok()?))
+            })
+            .collect();
         let links = match (admin, broker.links()) {
             (true, Ok(links)) => links.list(),
             _ => Vec::new(),
@@ -119,8 +140,13 @@ impl Snapshot {
             topics,
             groups,
             plugins,
+            call_times,
             links,
             connections,
+            streams: StreamKind::ALL
+                .into_iter()
+                .map(|kind| (kind, broker.streams().count(kind)))
+                .collect(),
             halted: broker.storage().halted_cause().is_some(),
             disk_bytes: broker.storage().size_on_disk().ok(),
             process: Process::read(),
@@ -128,17 +154,62 @@ impl Snapshot {
     }
 }
 
+/// A topic's state and what only the live broker counts.
+#[derive(Debug)]
+struct TopicFigures {
+    info: TopicInfo,
+    /// Bytes appended since the broker started.
+    bytes_in: u64,
+}
+
 /// The figures of `topics` added up, under `name`.
-fn summed(name: &str, topics: &[TopicInfo]) -> TopicInfo {
-    let sum = |field: fn(&TopicInfo) -> u64| topics.iter().map(field).sum();
-    TopicInfo {
-        name: name.to_owned(),
-        records: sum(|t| t.records),
-        bytes: sum(|t| t.bytes),
-        first_offset: sum(|t| t.first_offset),
-        next_offset: sum(|t| t.next_offset),
-        pipeline: Vec::new(),
-        ..topics[0].clone()
+fn summed(name: &str, topics: &[TopicFigures]) -> TopicFigures {
+    let sum = |field: fn(&TopicInfo) -> u64| topics.iter().map(|t| field(&t.info)).sum();
+    TopicFigures {
+        info: TopicInfo {
+            name: name.to_owned(),
+            records: sum(|t| t.records),
+            bytes: sum(|t| t.bytes),
+            first_offset: sum(|t| t.first_offset),
+            next_offset: sum(|t| t.next_offset),
+            pipeline: Vec::new(),
+            ..topics[0].info.clone()
+        },
+        bytes_in: topics.iter().map(|t| t.bytes_in).sum(),
+    }
+}
+
+/// A histogram whose buckets were counted elsewhere (a plugin attachment's call
+/// times), in seconds.
+#[derive(Debug)]
+struct Seconds<'a>(&'a CallTimes);
+
+impl TypedMetric for Seconds<'_> {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Seconds<'_> {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> std::fmt::Result {
+        let seconds = |micros: u64| micros as f64 / 1e6;
+        let buckets: Vec<(f64, u64)> = self
+            .0
+            .buckets
+            .iter()
+            .map(|&(bound, calls)| match bound {
+                u64::MAX => (f64::MAX, calls),
+                bound => (seconds(bound), calls),
+            })
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(
+            seconds(self.0.sum_micros),
+            self.0.count,
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 
@@ -188,6 +259,15 @@ impl Collector for Snapshot {
             "quiver_connections",
             "Open QUIC connections.",
             gauge(self.connections as u64),
+        )?;
+        family(
+            e,
+            "quiver_streams",
+            "Open QUIC streams, by kind: control, subscription, member.",
+            self.streams.iter().map(|&(kind, open)| {
+                let labels: Labels = vec![("kind", kind.label().to_owned())];
+                (labels, gauge(open))
+            }),
         )?;
         single(
             e,
@@ -259,24 +339,29 @@ fn families<T>(
     Ok(())
 }
 
-const TOPIC_METRICS: &[Spec<TopicInfo>] = &[
+const TOPIC_METRICS: &[Spec<TopicFigures>] = &[
     gauge_of("quiver_topic_records", "Records a topic holds.", |t| {
-        t.records
+        t.info.records
     }),
     gauge_of(
         "quiver_topic_stored_bytes",
         "Bytes of records a topic holds.",
-        |t| t.bytes,
+        |t| t.info.bytes,
     ),
     counter_of(
         "quiver_topic_appended_records",
         "Records ever appended to a topic (its next offset): rate() is its publish rate.",
-        |t| t.next_offset,
+        |t| t.info.next_offset,
+    ),
+    counter_of(
+        "quiver_topic_appended_bytes",
+        "Bytes of records appended to a topic as stored (since the broker started).",
+        |t| t.bytes_in,
     ),
     counter_of(
         "quiver_topic_removed_records",
         "Records removed from the front of a topic (retention), since it was created.",
-        |t| t.first_offset,
+        |t| t.info.first_offset,
     ),
 ];
 
@@ -363,10 +448,10 @@ impl Snapshot {
             "Topics (that the scraping principal may see).",
             gauge(self.topic_count as u64),
         )?;
-        let items: Vec<(Labels, &TopicInfo)> = self
+        let items: Vec<(Labels, &TopicFigures)> = self
             .topics
             .iter()
-            .map(|t| (vec![("topic", t.name.clone())], t))
+            .map(|t| (vec![("topic", t.info.name.clone())], t))
             .collect();
         families(e, TOPIC_METRICS, &items)
     }
@@ -410,7 +495,19 @@ impl Snapshot {
                 })
             })
             .collect();
-        families(e, ATTACHMENT_METRICS, &items)
+        families(e, ATTACHMENT_METRICS, &items)?;
+        family(
+            e,
+            "quiver_plugin_call_seconds",
+            "Time each call of a plugin attachment took (one call per batch).",
+            self.call_times.iter().flat_map(|(plugin, attachments)| {
+                attachments.iter().map(move |(target, times)| {
+                    let labels: Labels =
+                        vec![("plugin", plugin.clone()), ("target", target.clone())];
+                    (labels, Seconds(times))
+                })
+            }),
+        )
     }
 
     fn encode_links(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {

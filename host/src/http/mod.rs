@@ -3,18 +3,23 @@
 //!
 //! - `/healthz`: the process is up and serving (always `200 ok`);
 //! - `/readyz`: storage is open and takes writes (`200 ready`), or why not (`503`);
-//! - `/metrics`: Prometheus metrics in the OpenMetrics text format (`metrics.rs`).
+//! - `/metrics`: Prometheus metrics in the OpenMetrics text format (`metrics.rs`);
+//! - `/console/`: the web console (`console.rs`), and `/api/…`, the JSON API it reads
+//!   and acts through (`api.rs`).
 //!
 //! Authentication is the QUIC side's: a token (`quiver auth token create`) as
 //! `Authorization: Bearer qvt_…`, or a client certificate over HTTPS. A request with
 //! neither is anonymous, which only a loopback peer may be, and then only as the QUIC
 //! side would let it (no principals yet, or `auth.allow_anonymous`). What `/metrics`
-//! shows is cut to what the principal may see. The health checks need no credentials:
+//! and the API show is cut to what the principal may see, and every action the API
+//! takes is checked against its grants. The health checks need no credentials:
 //! they name nothing.
 //!
 //! Off loopback the listener speaks HTTPS with the broker's certificate (unless
 //! `http.tls = false`).
 
+mod api;
+mod console;
 mod metrics;
 
 use std::net::SocketAddr;
@@ -186,6 +191,8 @@ fn router(shared: Shared) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
+        .merge(api::routes())
+        .merge(console::routes())
         .with_state(shared)
 }
 

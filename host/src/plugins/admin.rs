@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::runtime::Compiled;
-use super::stage::StageRunner;
+use super::stage::{CallTimes, StageRunner};
 use super::{AdminError, Deployed, PluginError, Plugins, read, write};
 use crate::storage::{PluginRecord, PluginVersion, TopicLog};
 use crate::util::{hex, now_ms};
@@ -92,7 +92,23 @@ impl Plugins {
             .map_err(|_| AdminError::NotFound(name.to_owned()))?
             .record
             .clone();
-        self.store_version(record, version, wasm).await
+        let info = self.store_version(record, version, wasm).await?;
+        // New code is the fix a quarantine waits for: its next call runs.
+        self.lift_quarantine(name)?;
+        Ok(info)
+    }
+
+    /// Ends the plugin's quarantine on every attachment: the next call runs.
+    pub fn lift_quarantine(&self, name: &str) -> Result<PluginStatus, AdminError> {
+        let lifted = self
+            .attachments(name)?
+            .iter()
+            .filter(|runner| runner.lift_quarantine())
+            .count();
+        if lifted > 0 {
+            info!(plugin = name, attachments = lifted, "quarantine lifted");
+        }
+        self.status(name)
     }
 
     async fn store_version(
@@ -172,27 +188,36 @@ impl Plugins {
         let deployed = self
             .deployed(name)
             .map_err(|_| AdminError::NotFound(name.to_owned()))?;
+        Ok(PluginStatus {
+            info: self.info(&deployed),
+            attachments: self.attachments(name)?.iter().map(|r| r.status()).collect(),
+        })
+    }
+
+    /// Each attachment's call times, in `/metrics`' buckets, by target.
+    pub fn call_times(&self, name: &str) -> Result<Vec<(String, CallTimes)>, AdminError> {
+        Ok(self
+            .attachments(name)?
+            .iter()
+            .map(|r| (r.target.clone(), r.call_times()))
+            .collect())
+    }
+
+    /// Where a plugin runs: topic stages by topic, then live subscriptions' stages.
+    fn attachments(&self, name: &str) -> Result<Vec<Arc<StageRunner>>, AdminError> {
+        self.deployed(name)
+            .map_err(|_| AdminError::NotFound(name.to_owned()))?;
         let mut attachments: Vec<_> = read(&self.topics)
             .values()
-            .flat_map(|t| {
-                t.stages
-                    .iter()
-                    .filter(|s| s.plugin() == name)
-                    .map(|s| s.status())
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|t| t.stages.iter().filter(|s| s.plugin() == name).cloned())
             .collect();
         attachments.sort_by(|a, b| a.target.cmp(&b.target));
         attachments.extend(
             self.live_subscription_runners()
-                .iter()
-                .filter(|r| r.plugin() == name)
-                .map(|r| r.status()),
+                .into_iter()
+                .filter(|r| r.plugin() == name),
         );
-        Ok(PluginStatus {
-            info: self.info(&deployed),
-            attachments,
-        })
+        Ok(attachments)
     }
 
     fn info(&self, deployed: &Deployed) -> PluginInfo {

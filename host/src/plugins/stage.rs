@@ -60,6 +60,25 @@ impl Quarantine {
     }
 }
 
+/// The upper bounds of the call-time buckets `/metrics` shows, in µs: 10 µs to 1 s.
+pub const CALL_TIME_BOUNDS_MICROS: &[u64] = &[
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    1_000_000,
+];
+
+/// One attachment's call times, bucketed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallTimes {
+    /// Calls per bucket (not cumulative), by upper bound in µs, the last `u64::MAX`.
+    /// Counted by a histogram of three significant digits, so a call within 0.1 %
+    /// of a bound may land on either side.
+    pub buckets: Vec<(u64, u64)>,
+    /// Calls.
+    pub count: u64,
+    /// Their times added up, in µs.
+    pub sum_micros: u64,
+}
+
 /// The result of asking a stage to process a batch.
 #[derive(Debug)]
 pub enum StageRun {
@@ -81,6 +100,8 @@ struct Figures {
     records_out: u64,
     errors: u64,
     micros: Histogram<u64>,
+    /// Every call's time added up, in µs.
+    micros_sum: u64,
     last_error: Option<String>,
     version: String,
     quarantine: Quarantine,
@@ -133,6 +154,7 @@ impl StageRunner {
                 // Invariant: 1 µs to 1 hour at 3 significant digits are valid bounds.
                 micros: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                     .expect("valid histogram bounds"),
+                micros_sum: 0,
                 last_error: None,
                 version: String::new(),
                 quarantine: Quarantine::default(),
@@ -170,6 +192,7 @@ impl StageRunner {
         figures.calls += 1;
         figures.records_in += events.len() as u64;
         let _ = figures.micros.record(micros.max(1));
+        figures.micros_sum = figures.micros_sum.saturating_add(micros);
         if let Some(version) = version {
             figures.version = version;
         }
@@ -231,6 +254,37 @@ impl StageRunner {
     /// The version that ran last (empty before the first call).
     pub fn version(&self) -> String {
         lock(&self.figures).version.clone()
+    }
+
+    /// Ends the quarantine now (its cause is fixed): the next call runs. True if the
+    /// stage was quarantined.
+    pub fn lift_quarantine(&self) -> bool {
+        let mut figures = lock(&self.figures);
+        let was = figures
+            .quarantine
+            .quarantined_until(crate::util::now_ms())
+            .is_some();
+        figures.quarantine = Quarantine::default();
+        was
+    }
+
+    /// The call times so far, in the buckets of [`CALL_TIME_BOUNDS_MICROS`].
+    pub fn call_times(&self) -> CallTimes {
+        let figures = lock(&self.figures);
+        let mut buckets = Vec::with_capacity(CALL_TIME_BOUNDS_MICROS.len() + 1);
+        let mut below = 0;
+        for &bound in CALL_TIME_BOUNDS_MICROS {
+            let up_to = figures.micros.count_between(0, bound);
+            buckets.push((bound, up_to.saturating_sub(below)));
+            below = below.max(up_to);
+        }
+        let count = figures.micros.len();
+        buckets.push((u64::MAX, count.saturating_sub(below)));
+        CallTimes {
+            buckets,
+            count,
+            sum_micros: figures.micros_sum,
+        }
     }
 
     /// Figures for `plugin status`.

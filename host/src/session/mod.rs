@@ -5,7 +5,6 @@
 //! - `handshake`: the version handshake and authentication;
 //! - `control`: the control stream's pipelined requests;
 //! - `subscription`: a subscription stream; `member`: a group member's stream;
-//! - `authorize`: the right each request needs, checked before it does anything.
 //!
 //! New listeners (MQTT, HTTP) are siblings of this module, sharing the broker.
 //!
@@ -17,7 +16,6 @@
 //!   read, and QUIC flow control pushes back on the client;
 //! - a bad frame is answered with an error and the stream carries on.
 
-mod authorize;
 mod control;
 mod handshake;
 mod member;
@@ -33,7 +31,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, instrument};
 
 use crate::auth::{Access, Authenticator};
-use crate::broker::Broker;
+use crate::broker::streams::StreamKind;
+use crate::broker::{Broker, authorize};
 use crate::transport::{CloseCode, Connection, FrameStream, Incoming};
 use handshake::handshake;
 
@@ -147,6 +146,7 @@ async fn serve_stream(
         Incoming::Frame(ClientFrame::Subscribe(subscribe)) => {
             match authorize::subscribe(&access, &subscribe.pattern) {
                 Ok(()) => {
+                    let _open = broker.streams().open(StreamKind::Subscription);
                     let start = subscription::Start::Fresh(subscribe);
                     return subscription::serve(broker, reader, writer, start, shutdown).await;
                 }
@@ -156,6 +156,7 @@ async fn serve_stream(
         Incoming::Frame(ClientFrame::SubscribeAt(at)) => {
             match authorize::subscribe(&access, &at.subscribe.pattern) {
                 Ok(()) => {
+                    let _open = broker.streams().open(StreamKind::Subscription);
                     let start = subscription::Start::At(at);
                     return subscription::serve(broker, reader, writer, start, shutdown).await;
                 }
@@ -164,7 +165,10 @@ async fn serve_stream(
         }
         Incoming::Frame(ClientFrame::Join(join)) => {
             match authorize::group(&broker, &access, &join.group) {
-                Ok(()) => return member::serve(broker, reader, writer, join, shutdown).await,
+                Ok(()) => {
+                    let _open = broker.streams().open(StreamKind::Member);
+                    return member::serve(broker, reader, writer, join, shutdown).await;
+                }
                 Err(e) => WireError::from(&e),
             }
         }

@@ -209,6 +209,8 @@ pub struct TopicLog {
     dead_letter: Option<TopicName>,
     pipeline: Mutex<Vec<Stage>>,
     stats: Mutex<LogStats>,
+    /// Bytes of records appended since the broker started (`/metrics`).
+    bytes_in: AtomicU64,
     deleted: AtomicBool,
     waiters: Mutex<HashMap<u64, Arc<Notify>>>,
     /// Locked before `waiters` when both are.
@@ -232,6 +234,7 @@ impl TopicLog {
             dead_letter,
             pipeline: Mutex::new(meta.pipeline),
             stats: Mutex::new(stats),
+            bytes_in: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
             waiters: Mutex::default(),
             tail: Mutex::default(),
@@ -330,6 +333,20 @@ impl TopicLog {
 
     pub(super) fn set_stats(&self, stats: LogStats) {
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = stats;
+    }
+
+    /// Bytes of records appended since the broker started, as stored (entry headers
+    /// included); a commit counts them as it makes them durable.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in.load(Ordering::Relaxed)
+    }
+
+    /// Moves the stats to `stats`, a commit's: its appends count as bytes in.
+    pub(super) fn commit_stats(&self, stats: LogStats) {
+        let mut current = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        let appended = stats.bytes.saturating_sub(current.bytes);
+        self.bytes_in.fetch_add(appended, Ordering::Relaxed);
+        *current = stats;
     }
 
     pub(super) fn set_settings(&self, retention: Retention, durability: Durability) {

@@ -265,6 +265,7 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
         )
             .prop_map(|(name, before)| Op::PurgeTopic { name, before }),
         Just(Op::DescribeServer),
+        ".{0,8}".prop_map(|name| Op::LiftQuarantine { name }),
     ]
 }
 

@@ -73,6 +73,17 @@ pub enum Publishes {
 /// refused.
 pub type Outcomes = Result<Vec<Result<Receipt, WireError>>, BrokerError>;
 
+/// The outcome of a request of one publish (`Publishes::One`): its receipt or error.
+pub fn one_outcome(outcomes: Outcomes) -> Result<Receipt, WireError> {
+    let mut outcomes = outcomes.map_err(|e| WireError::from(&e))?;
+    outcomes.pop().unwrap_or_else(|| {
+        Err(WireError::new(
+            quiver_protocol::ErrorCode::Internal,
+            "the publish was answered with no outcome",
+        ))
+    })
+}
+
 impl Publishes {
     /// Records in all.
     fn records(&self) -> usize {

@@ -654,7 +654,7 @@ impl Writer {
                     sequence,
                 );
                 staged.log.keep_in_tail(staged.sealed);
-                staged.log.set_stats(staged.stats);
+                staged.log.commit_stats(staged.stats);
                 staged.log.wake();
                 held.push(Held {
                     log: staged.log,

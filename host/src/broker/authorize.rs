@@ -1,17 +1,18 @@
-//! The right each request needs: what the session asks [`Access`] before it carries
-//! a request out, and how list answers are cut to what the principal may see.
+//! The right each request needs: what every listener (the QUIC session, the console)
+//! asks [`Access`] before it carries a request out, and how list answers are cut to
+//! what the principal may see.
 //!
 //! A request whose name or pattern does not parse passes here: carrying it out
 //! reports the name with its own error.
 
 use quiver_protocol::{Op, OpReply, TopicName, TopicPattern};
 
+use super::{Broker, BrokerError};
 use crate::auth::{Access, Right};
-use crate::broker::{Broker, BrokerError};
 
 /// Checks that the client's principal may make a request. Requests with an invalid
 /// name pass: carrying them out reports the name.
-pub(super) fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), BrokerError> {
+pub fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), BrokerError> {
     if access.is_unrestricted() {
         return Ok(());
     }
@@ -55,7 +56,10 @@ pub(super) fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), B
         | Op::ListLinks
         | Op::PauseLink { .. }
         | Op::ResumeLink { .. }
-        | Op::DescribeServer => Ok(access.check_pattern(Right::Admin, &TopicPattern::every())?),
+        | Op::DescribeServer
+        | Op::LiftQuarantine { .. } => {
+            Ok(access.check_pattern(Right::Admin, &TopicPattern::every())?)
+        }
         Op::CreateGroup { settings, .. } => {
             check_pattern(access, Right::Group, &settings.pattern)?;
             settings
@@ -79,7 +83,7 @@ pub(super) fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), B
 
 /// Checks that the client's principal may publish to `topic` (a name that does not
 /// parse passes: publishing reports it).
-pub(super) fn publish(access: &Access, topic: &str) -> Result<(), BrokerError> {
+pub fn publish(access: &Access, topic: &str) -> Result<(), BrokerError> {
     match TopicName::parse(topic) {
         Ok(name) if !access.is_unrestricted() => Ok(access.check_topic(Right::Publish, &name)?),
         _ => Ok(()),
@@ -96,13 +100,13 @@ fn check_pattern(access: &Access, right: Right, pattern: &str) -> Result<(), Bro
 }
 
 /// Checks the subscribe right on a subscription's pattern.
-pub(super) fn subscribe(access: &Access, pattern: &str) -> Result<(), BrokerError> {
+pub fn subscribe(access: &Access, pattern: &str) -> Result<(), BrokerError> {
     check_pattern(access, Right::Subscribe, pattern)
 }
 
 /// Checks the group right on the topics a group consumes; an unknown group passes
 /// (the request reports it).
-pub(super) fn group(broker: &Broker, access: &Access, group: &str) -> Result<(), BrokerError> {
+pub fn group(broker: &Broker, access: &Access, group: &str) -> Result<(), BrokerError> {
     match broker.group(group) {
         Ok(group) => Ok(access.check_pattern(Right::Group, group.pattern())?),
         Err(_) => Ok(()),
@@ -110,7 +114,7 @@ pub(super) fn group(broker: &Broker, access: &Access, group: &str) -> Result<(),
 }
 
 /// Leaves out of a list answer what the principal holds no right on.
-pub(super) fn visible(broker: &Broker, access: &Access, answer: OpReply) -> OpReply {
+pub fn visible(broker: &Broker, access: &Access, answer: OpReply) -> OpReply {
     if access.is_unrestricted() {
         return answer;
     }
