@@ -652,9 +652,10 @@
     if (list.length > MAX_SAMPLES) list.splice(0, list.length - MAX_SAMPLES);
   }
 
-  function niceCeil(v) {
+  /** The smallest of 1, 2, 5, 10, 20, 50, … at least `v` (v ≥ 1). */
+  function niceStep(v) {
     const p = 10 ** Math.floor(Math.log10(v));
-    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+    for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
     return 10 * p;
   }
 
@@ -663,7 +664,9 @@
     const W = 720, H = 220, L = 70, R = 16, T = 14, B = 28;
     const el = svg('svg', { id: 'lag-chart', viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': 'Lag and pending over time' });
     if (!samples.length) return el;
-    const top = niceCeil(Math.max(1, ...samples.map((p) => Math.max(p.lag, p.pending))));
+    // Four whole steps up to at least the highest sample: the gridlines are round.
+    const highest = Math.max(...samples.map((p) => Math.max(p.lag, p.pending)));
+    const top = 4 * niceStep(Math.max(1, highest / 4));
     const t0 = samples[0].t;
     const span = samples[samples.length - 1].t - t0;
     const x = (t) => L + (W - L - R) * (span > 0 ? (t - t0) / span : 1);
