@@ -231,6 +231,44 @@ fn json_filter_compares_numbers_words_and_scales() {
 }
 
 #[test]
+fn plugin_test_takes_log_lines_and_json_payloads_as_payloads_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("app.log");
+    let lines = [
+        r#"{"level":"warn","msg":"a JSON log line"}"#,
+        "plain text, not JSON",
+        r#"{"payload": {"level": "error"}}"#,
+        r#"{"payload": "{\"level\":\"debug\"}"}"#,
+    ];
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let plugin = example_plugin("json-filter");
+    let args = [
+        "plugin",
+        "test",
+        path(&plugin),
+        "--input",
+        path(&input),
+        "--param",
+        "where=level >= warn",
+        "--param",
+        "order=debug,info,warn,error",
+    ];
+    let out = cli(dir.path(), &args, &[], "");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let results: Vec<Value> = succeeded(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The log line is the payload, not an empty one: kept; the plain text is not JSON:
+    // rejected; a payload written as JSON is its text.
+    assert_eq!(outcomes(&results), ["keep", "reject", "keep", "drop"]);
+    assert!(
+        stderr.contains("line 1 is not a record") && stderr.contains("whole line"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn router_routes_by_field_or_header() {
     let records = [
         json!({"payload": r#"{"region":"eu"}"#}),

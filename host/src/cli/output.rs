@@ -80,13 +80,28 @@ fn put_record(
     put_bytes(object, "payload", payload);
 }
 
+/// The fields of a record as [`record_json`] writes them: an object with none of them
+/// is not a record (a JSON log line, say).
+pub(super) const RECORD_FIELDS: [&str; 6] = [
+    "payload",
+    "payload_base64",
+    "key",
+    "key_base64",
+    "headers",
+    "headers_base64",
+];
+
 /// Reads a record written the way [`record_json`] writes them (every field optional;
-/// `payload` or `payload_base64`, and likewise `key`).
+/// `payload` or `payload_base64`, and likewise `key`). A `payload` that is JSON but
+/// not a string (an object, say) is the payload as JSON text.
 pub(super) fn record_from_json(value: &Value) -> Result<NewRecord, String> {
     let object = value.as_object().ok_or("a record must be a JSON object")?;
     let bytes = |field: &str| -> Result<Option<Bytes>, String> {
-        if let Some(text) = object.get(field).and_then(Value::as_str) {
-            return Ok(Some(Bytes::from(text.to_owned())));
+        match object.get(field) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(text)) => return Ok(Some(Bytes::from(text.clone()))),
+            Some(json) if field == "payload" => return Ok(Some(Bytes::from(json.to_string()))),
+            Some(_) => return Err(format!("{field} must be a string")),
         }
         match object.get(&format!("{field}_base64")) {
             Some(Value::String(b64)) => BASE64
@@ -492,6 +507,10 @@ mod tests {
         assert_eq!(read.headers.len(), 2);
         assert!(record_from_json(&json!({"payload_base64": "%%"})).is_err());
         assert_eq!(record_from_json(&json!({})).unwrap(), NewRecord::default());
+        // A payload given as JSON is its text; a key must be a string.
+        let record = record_from_json(&json!({"payload": {"level": "warn"}})).unwrap();
+        assert_eq!(&record.payload[..], br#"{"level":"warn"}"#);
+        assert!(record_from_json(&json!({"key": 7})).is_err());
     }
 
     #[test]

@@ -126,7 +126,9 @@ pub(super) struct TestArgs {
     /// The component (.wasm).
     file: PathBuf,
     /// Records, one JSON object per line, as `quiver sub --json` prints them
-    /// (`payload` or `payload_base64`, optional `key`, `headers`, `topic`, `offset`).
+    /// (`payload` or `payload_base64`, optional `key`, `headers`, `topic`, `offset`;
+    /// a `payload` that is a JSON object is its JSON text). Any other line, plain text
+    /// or JSON without those fields, is one record's payload as it is.
     #[arg(long)]
     input: PathBuf,
     /// A parameter, NAME=VALUE (repeatable).
@@ -492,13 +494,40 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening {}", args.input.display()))?;
     let now = crate::util::now_ms();
     let mut records = Vec::new();
+    let mut raw_lines = 0;
     for (n, line) in std::io::BufReader::new(input).lines().enumerate() {
         let line = line.with_context(|| format!("reading {}", args.input.display()))?;
         if line.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(&line)
-            .with_context(|| format!("{} line {}: not JSON", args.input.display(), n + 1))?;
+        // A line that is not a record (plain text, or a JSON log line with no record
+        // field) is a payload as it is: said once, so an outcome is never read off an
+        // empty payload by mistake.
+        let parsed = serde_json::from_str::<Value>(&line).ok();
+        let is_record = parsed
+            .as_ref()
+            .and_then(Value::as_object)
+            .is_some_and(|object| {
+                output::RECORD_FIELDS
+                    .iter()
+                    .any(|field| object.contains_key(*field))
+            });
+        let value = match (is_record, parsed) {
+            (true, Some(value)) => value,
+            _ => {
+                if raw_lines == 0 {
+                    eprintln!(
+                        "note: {} line {} is not a record as `quiver sub --json` prints \
+                         them (no payload, payload_base64, key or headers field): the \
+                         whole line is taken as the payload, as are such lines after it",
+                        args.input.display(),
+                        n + 1
+                    );
+                }
+                raw_lines += 1;
+                json!({"payload": line})
+            }
+        };
         let record = output::record_from_json(&value)
             .map_err(|e| anyhow::anyhow!("{} line {}: {e}", args.input.display(), n + 1))?;
         let topic = args
