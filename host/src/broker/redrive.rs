@@ -98,7 +98,7 @@ impl Redrive {
 /// Which dead letters of the topic a [`Broker::redrive`] takes.
 #[derive(Debug, Clone)]
 pub enum Selection {
-    /// These offsets.
+    /// These offsets (at most [`MAX_SCAN`]).
     Offsets(Vec<u64>),
     /// Every dead letter from this offset on, up to [`MAX_SCAN`] of them.
     From(u64),
@@ -142,6 +142,12 @@ impl Broker {
                 page.records
             }
             Selection::Offsets(mut offsets) => {
+                if offsets.len() as u64 > MAX_SCAN {
+                    return Err(BrokerError::InvalidArgument(format!(
+                        "at most {MAX_SCAN} dead letters per redrive, not {}",
+                        offsets.len()
+                    )));
+                }
                 offsets.sort_unstable();
                 offsets.dedup();
                 let mut records = Vec::with_capacity(offsets.len());

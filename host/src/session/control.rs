@@ -90,7 +90,8 @@ async fn dispatch(
     let Request { id, op } = request;
     let reply = move |result: Result<OpReply, WireError>| ServerFrame::Reply(Reply { id, result });
     let wire = |e: BrokerError| WireError::from(&e);
-    // Everything else is authorized by `Broker::answer`.
+    // Publishes are authorized here (a `PublishAcross` run by run, below), everything
+    // else by `Broker::answer`.
     if op.is_publish()
         && let Err(e) = authorize::request(broker, access, &op)
     {
