@@ -96,6 +96,23 @@ pub fn level_filter() -> quiver_client::Stage {
         .param("order", "debug,info,warn,error")
 }
 
+/// Creates `topic` with the `json-filter` example deployed and attached as `filter`.
+pub async fn filtered_topic(client: &Client, topic: &str, filter: quiver_client::Stage) {
+    client
+        .create_topic(topic, quiver_client::Retention::default())
+        .await
+        .expect("the topic is created");
+    let wasm = read_plugin(&example_plugin("json-filter"));
+    client
+        .deploy_plugin("json-filter", wasm, None)
+        .await
+        .expect("json-filter deploys");
+    client
+        .attach_plugin(topic, filter)
+        .await
+        .expect("json-filter attaches");
+}
+
 /// Reads a plugin component.
 pub fn read_plugin(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))

@@ -622,21 +622,11 @@ async fn day_two_commands_get_records_create_idempotently_and_complete_shells() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_redriven_once_with_their_history() {
-    use quiver_tests::{example_plugin, level_filter, read_all, read_plugin};
+    use quiver_tests::{filtered_topic, level_filter, read_all};
     let data = DataDir::new();
     let broker = Broker::start(&data);
     let client = broker.client().await;
-    client
-        .create_topic("logs", Retention::default())
-        .await
-        .unwrap();
-    let filter = read_plugin(&example_plugin("json-filter"));
-    client
-        .deploy_plugin("json-filter", filter, None)
-        .await
-        .unwrap();
-    let stage = level_filter();
-    client.attach_plugin("logs", stage).await.unwrap();
+    filtered_topic(&client, "logs", level_filter()).await;
     // What is not JSON is dead-lettered into dlq.logs.
     client.publish("logs", r#"{"level":"warn"}"#).await.unwrap();
     for i in 0..2 {

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
-use quiver_client::{Client, GroupSettings, NewRecord, Retention, StartAt, SubscribeOptions};
+use quiver_client::{Client, GroupSettings, NewRecord, StartAt, SubscribeOptions};
 use quiver_tests::browser::Browser;
-use quiver_tests::{Broker, DataDir, example_plugin, level_filter, principal, read_plugin};
+use quiver_tests::{Broker, DataDir, filtered_topic, level_filter, principal};
 
 /// Takes a screenshot of what the page shows now as `name`.png: into a temporary
 /// folder (checked to be a PNG), and into `QUIVER_SCREENSHOTS` if set.
@@ -109,17 +109,7 @@ async fn an_operator_logs_in_browses_publishes_detaches_and_redrives_in_a_real_b
     let viewer = principal(&data, "viewer", &["subscribe:orders"]);
     let broker = Broker::start(&data);
     let client = broker.client_as(&ops).await;
-    client
-        .create_topic("orders", Retention::default())
-        .await
-        .unwrap();
-    let filter = read_plugin(&example_plugin("json-filter"));
-    client
-        .deploy_plugin("json-filter", filter, None)
-        .await
-        .unwrap();
-    let stage = level_filter();
-    client.attach_plugin("orders", stage).await.unwrap();
+    filtered_topic(&client, "orders", level_filter()).await;
     client
         .create_group("billing", GroupSettings::new("orders"))
         .await

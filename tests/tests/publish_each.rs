@@ -5,12 +5,10 @@
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
 use futures::future::join_all;
-use quiver_client::{Client, Error, ErrorCode, NewRecord, Retention, Stage};
+use quiver_client::{Error, ErrorCode, NewRecord, Retention, Stage};
 use quiver_protocol::{ClientFrame, Op, OpReply, PublishId, Request, ServerFrame, TopicRun};
 use quiver_tests::raw::RawConnection;
-use quiver_tests::{
-    Broker, DataDir, example_plugin, level_filter, principal, read_all, read_plugin,
-};
+use quiver_tests::{Broker, DataDir, filtered_topic, level_filter, principal, read_all};
 
 /// The outcomes a raw `PublishEach` request got.
 async fn publish_each(
@@ -73,20 +71,6 @@ async fn published_each(
         Ok(other) => panic!("expected PublishedEach, got {other:?}"),
         Err(e) => Err(e.code),
     }
-}
-
-/// Creates `topic` with the `json-filter` example as its ingress stage.
-async fn filtered_topic(client: &Client, topic: &str, filter: Stage) {
-    client
-        .create_topic(topic, Retention::default())
-        .await
-        .unwrap();
-    let wasm = read_plugin(&example_plugin("json-filter"));
-    client
-        .deploy_plugin("json-filter", wasm, None)
-        .await
-        .unwrap();
-    client.attach_plugin(topic, filter).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
