@@ -7,7 +7,7 @@ CARGO ?= cargo
 WASM := wasm32-wasip2
 EXAMPLE_PLUGINS := plugins/target/$(WASM)/release
 
-.PHONY: run test dist test-tools nats-tools mqtt-tools http-tools console-tools bench-tools build plugins example-plugins wasm-target lint fuzz-tools fuzz-smoke
+.PHONY: run test dist test-tools nats-tools mqtt-tools http-tools console-tools plugin-tools bench-tools build plugins example-plugins language-plugins wasm-target lint fuzz-tools fuzz-smoke
 
 run: example-plugins
 	$(CARGO) build --release --package quiver-host --bin quiver
@@ -32,7 +32,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # systemd: `systemd-analyze verify` checks the unit in dist/ (tests/tests/packaging.rs);
 # installed, never started.
 SYSTEMD_VERSION := 252.38-1~deb12u1
-test-tools: nats-tools mqtt-tools http-tools console-tools
+test-tools: nats-tools mqtt-tools http-tools console-tools plugin-tools
 	@dpkg-query -W -f='$${Version}' fuse3 2>/dev/null | grep -qx '$(FUSE3_VERSION)' || { \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq fuse3=$(FUSE3_VERSION); }
@@ -97,6 +97,20 @@ console-tools: $(TOOLS_VENV)/bin/pip
 		grep -qx '$(WEBSOCKET_CLIENT_VERSION)' || \
 		$(TOOLS_VENV)/bin/pip install --quiet websocket-client==$(WEBSOCKET_CLIENT_VERSION)
 
+# The toolchains of Python and JavaScript plugins, pinned: componentize-py (PyPI) in
+# the venv, componentize-js (npm) in plugin-sdk/js/node_modules from its lock file.
+# They build the examples in plugins/python and plugins/js, and the tests build
+# projects from `quiver plugin new --lang python|js` with them.
+COMPONENTIZE_PY_VERSION := 0.25.1
+JS_TOOLS := plugin-sdk/js/node_modules/.bin/componentize-js
+plugin-tools: $(TOOLS_VENV)/bin/pip $(JS_TOOLS)
+	@$(TOOLS_VENV)/bin/componentize-py --version 2>/dev/null | grep -q ' $(COMPONENTIZE_PY_VERSION)$$' || \
+		$(TOOLS_VENV)/bin/pip install --quiet componentize-py==$(COMPONENTIZE_PY_VERSION)
+
+$(JS_TOOLS): plugin-sdk/js/package.json plugin-sdk/js/package-lock.json
+	npm ci --prefix plugin-sdk/js --no-audit --no-fund
+	@touch $@
+
 # For benchmarks only (not a dependency of `test`): Debian's mosquitto broker, pinned,
 # to compare the MQTT listener against. The benchmark starts mosquitto itself (its own
 # config, port and data dir) and stops it, so the package is installed without starting
@@ -124,8 +138,28 @@ wasm-target:
 example-plugins: wasm-target
 	$(CARGO) build --manifest-path plugins/Cargo.toml --target $(WASM) --release
 
-plugins: example-plugins
+# The examples written in Python and JavaScript (json-filter and dedup), each built only
+# when it or its guest library changed: plugins/target/{python,js}/NAME.wasm. WASI is
+# left out: componentize-py stubs it (--stub-wasi), componentize-js disables it (-d);
+# the components import only the host interface.
+PY_PLUGINS := $(patsubst plugins/python/%.py,plugins/target/python/%.wasm,$(wildcard plugins/python/*.py))
+JS_PLUGINS := $(patsubst plugins/js/%.js,plugins/target/js/%.wasm,$(wildcard plugins/js/*.js))
+language-plugins: $(PY_PLUGINS) $(JS_PLUGINS)
+
+plugins/target/python/%.wasm: plugins/python/%.py $(wildcard plugin-sdk/python/*.py) plugin-sdk/wit/quiver.wit
+	@mkdir -p $(@D)
+	$(TOOLS_VENV)/bin/componentize-py -d plugin-sdk/wit -w plugin componentize --stub-wasi \
+		-p plugin-sdk/python -p plugins/python $* -o $@
+
+# componentize-js reads the modules the entry imports from the folder it runs in.
+plugins/target/js/%.wasm: plugins/js/%.js $(wildcard plugin-sdk/js/*.js) plugin-sdk/wit/quiver.wit
+	@mkdir -p $(@D)
+	$(JS_TOOLS) $(CURDIR)/$< --wit plugin-sdk/wit --world-name plugin \
+		-d stdio random clocks http fetch-event -o $@
+
+plugins: example-plugins plugin-tools
 	$(CARGO) build --manifest-path tests/plugins/Cargo.toml --target $(WASM) --release
+	$(MAKE) language-plugins
 
 # A static binary for any x86-64 Linux (musl libc, linked in): target/dist/quiver.
 # Debian's musl-tools gives ring's C code a musl compiler. The binary is then put

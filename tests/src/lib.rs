@@ -571,6 +571,9 @@ pub fn cli(cwd: &Path, args: &[&str], env: Env<'_>, stdin: &str) -> std::process
         .current_dir(cwd)
         .env_remove("QUIVER_SERVER")
         .env_remove("QUIVER_CA")
+        // Local plugin runs (`plugin test`, `replay`) share the brokers' cache of
+        // compiled components instead of the user's.
+        .env("QUIVER_PLUGIN_CACHE", shared_plugin_cache())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

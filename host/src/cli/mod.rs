@@ -11,6 +11,7 @@ mod info;
 mod link;
 mod output;
 mod plugin;
+mod project;
 mod pubsub;
 mod request;
 mod serve;

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use super::ConnectArgs;
 use super::args::{Policy, parse_header, parse_start};
 use super::output;
+use super::project::{BuildArgs, NewArgs};
 use crate::config::Config;
 use crate::plugins::runtime::{CallContext, Runtime, SandboxLimits};
 use crate::plugins::{InputEvent, Outcome, StateSource};
@@ -113,12 +114,30 @@ pub(super) enum PluginCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// Write a plugin project that builds as it is: the contract, the guest SDK, an
+    /// example plugin, a test over sample records and a README.
+    New(NewArgs),
+    /// Build the plugin project in DIR with its language's toolchain and print the
+    /// component's path.
+    Build(BuildArgs),
     /// Run a component locally over records from a JSON-lines file and print each
     /// outcome (no broker needed).
     Test(TestArgs),
     /// Run a component locally over a topic's stored records and print each outcome;
     /// nothing is published.
     Replay(ReplayArgs),
+}
+
+/// The sandbox of a local run, as a broker's `[plugins]` settings set it.
+#[derive(Debug, Args)]
+pub(super) struct LocalSandbox {
+    /// CPU time one call may take [default: the broker's default, 100ms]. The
+    /// deadline counts elapsed time, so a loaded machine can make a call miss it.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    call_timeout: Option<std::time::Duration>,
+    /// Linear memory the instance may use [default: the broker's default, 64 MiB].
+    #[arg(long)]
+    memory_limit: Option<bytesize::ByteSize>,
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +160,13 @@ pub(super) struct TestArgs {
     /// Records per call.
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// The outcomes expected, one JSON line per record as this command prints them:
+    /// any difference fails the command (exit status 1), naming the first record
+    /// that differs.
+    #[arg(long)]
+    expect: Option<PathBuf>,
+    #[command(flatten)]
+    sandbox: LocalSandbox,
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +189,8 @@ pub(super) struct ReplayArgs {
     /// Records per call.
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    #[command(flatten)]
+    sandbox: LocalSandbox,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -265,6 +293,8 @@ pub(super) async fn run(command: PluginCommand) -> anyhow::Result<()> {
             let status = connect.connect().await?.lift_quarantine(&name).await?;
             print!("{}", status_text(&status));
         }
+        PluginCommand::New(args) => super::project::new(args)?,
+        PluginCommand::Build(args) => super::project::build(args)?,
         PluginCommand::Test(args) => test(args)?,
         PluginCommand::Replay(args) => replay(args).await?,
     }
@@ -388,6 +418,22 @@ impl StateSource for MemoryState {
     }
 }
 
+/// Where local runs cache compiled components, as a broker does in its data dir, so
+/// that only the first run of a component compiles it (seconds for an interpreter's
+/// component): `QUIVER_PLUGIN_CACHE`, else `$XDG_CACHE_HOME/quiver/plugins`, else
+/// `~/.cache/quiver/plugins`; none when none is set or the folder cannot be made.
+fn local_cache_dir() -> Option<PathBuf> {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("QUIVER_PLUGIN_CACHE")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("quiver/plugins")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache/quiver/plugins")))
+        .filter(|dir| std::fs::create_dir_all(dir).is_ok())
+}
+
 /// A plugin loaded into a local runtime.
 struct Local {
     instance: crate::plugins::runtime::Instance,
@@ -398,11 +444,21 @@ struct Local {
 }
 
 impl Local {
-    fn load(file: &Path, params: Vec<(String, String)>) -> anyhow::Result<Self> {
+    fn load(
+        file: &Path,
+        params: Vec<(String, String)>,
+        sandbox: &LocalSandbox,
+    ) -> anyhow::Result<Self> {
         let wasm = read_wasm(file)?;
-        let config = Config::default();
+        let mut config = Config::default();
+        if let Some(timeout) = sandbox.call_timeout {
+            config.plugins.call_timeout = timeout;
+        }
+        if let Some(memory) = sandbox.memory_limit {
+            config.plugins.memory_limit = memory;
+        }
         let limits = SandboxLimits::from_settings(&config.plugins, config.limits.max_record_size);
-        let runtime = Runtime::new(limits, None)?;
+        let runtime = Runtime::new(limits, local_cache_dir())?;
         let sha256: [u8; 32] = Sha256::digest(&wasm).into();
         let compiled = runtime.compile(&wasm, &sha256)?;
         let state = Arc::new(MemoryState::default());
@@ -489,7 +545,7 @@ fn outcome_json(offset: u64, outcome: &Outcome) -> Value {
 }
 
 fn test(args: TestArgs) -> anyhow::Result<()> {
-    let mut local = Local::load(&args.file, args.params)?;
+    let mut local = Local::load(&args.file, args.params, &args.sandbox)?;
     let input = std::fs::File::open(&args.input)
         .with_context(|| format!("opening {}", args.input.display()))?;
     let now = crate::util::now_ms();
@@ -552,6 +608,8 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
     }
     let mut stdout = std::io::stdout().lock();
     let mut failed = false;
+    // What was printed, kept only to compare with --expect.
+    let mut printed = Vec::new();
     // Consecutive records of one topic share a call, up to --batch.
     let mut rest = records.as_slice();
     while let Some((topic, _)) = rest.first() {
@@ -561,18 +619,68 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
             .take_while(|(t, _)| t == topic)
             .count();
         let batch: Vec<_> = rest[..same].iter().map(|(_, r)| r.clone()).collect();
-        failed |= local.run(topic, &batch, &mut stdout)?;
+        let mut lines = Vec::new();
+        failed |= local.run(topic, &batch, &mut lines)?;
+        stdout.write_all(&lines)?;
+        if args.expect.is_some() {
+            printed.extend_from_slice(&lines);
+        }
         rest = &rest[same..];
     }
     stdout.flush()?;
-    if failed {
+    if let Some(expect) = &args.expect {
+        check_expected(expect, &printed)?;
+    } else if failed {
         bail!("the plugin failed on some records (see the `error` outcomes above)");
     }
     Ok(())
 }
 
+/// Compares the outcomes printed with those in `expect`, line by line as JSON values
+/// (so key order and spacing do not matter).
+fn check_expected(expect: &Path, printed: &[u8]) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(expect).with_context(|| format!("reading {}", expect.display()))?;
+    let expected = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(n, line)| {
+            serde_json::from_str::<Value>(line)
+                .with_context(|| format!("{} line {}", expect.display(), n + 1))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let got = String::from_utf8_lossy(printed)
+        .lines()
+        .map(serde_json::from_str::<Value>)
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading back the outcomes printed")?;
+    if let Some((n, (want, have))) = expected
+        .iter()
+        .zip(&got)
+        .enumerate()
+        .find(|(_, (want, have))| want != have)
+    {
+        bail!(
+            "record {n} (line {}) is not as expected in {}:\n  expected {want}\n  got      {have}",
+            n + 1,
+            expect.display()
+        );
+    }
+    if expected.len() != got.len() {
+        bail!(
+            "{} expects {} outcomes; the plugin gave {}",
+            expect.display(),
+            expected.len(),
+            got.len()
+        );
+    }
+    eprintln!("{} outcomes as expected in {}", got.len(), expect.display());
+    Ok(())
+}
+
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    let mut local = Local::load(&args.file, args.params.clone())?;
+    let mut local = Local::load(&args.file, args.params.clone(), &args.sandbox)?;
     let client = args.connect.connect().await?;
     let info = client.describe_topic(&args.topic).await?;
     let options = SubscribeOptions {

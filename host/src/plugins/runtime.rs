@@ -239,8 +239,17 @@ impl Runtime {
         if let Err(e) = crate::files::write_atomically(&path, &compiled, 0o644) {
             warn!(path = %path.display(), cause = %e, "could not cache a compiled plugin");
         }
-        let component = Component::new(&self.engine, wasm).map_err(invalid)?;
+        // Loaded from the code just compiled, not compiled a second time (which took
+        // as long again: a minute for an interpreter's component on a slow machine).
+        let component = self.deserialize_compiled(&compiled).map_err(invalid)?;
         Ok((component, false))
+    }
+
+    #[allow(unsafe_code)]
+    fn deserialize_compiled(&self, compiled: &[u8]) -> wasmtime::Result<Component> {
+        // SAFETY: `compiled` was produced a moment ago by `precompile_component` of
+        // this very engine, and never left this process's memory.
+        unsafe { Component::deserialize(&self.engine, compiled) }
     }
 
     #[allow(unsafe_code)]

@@ -1,14 +1,14 @@
-//! A template for a new plugin: copy this folder, rename the crate, and change
-//! `on_event`. As it stands it adds a header to every record, which is useful on its
-//! own (tag records with where they came in).
+//! A new plugin, as `quiver plugin new NAME --lang rust` writes it: change `on_event`.
+//! As it stands it adds a header to every record, which is useful on its own (tag
+//! records with where they came in).
 //!
 //! Parameters: `name` and `value` of the header to add (default `tagged-by=quiver`).
 
 use quiver_plugin_sdk::{Event, Header, Outcome, Plugin, export_plugin, param};
 
-struct Template;
+struct AddHeader;
 
-impl Plugin for Template {
+impl Plugin for AddHeader {
     fn on_event(_topic: &str, event: &Event) -> Outcome {
         let mut record = event.to_new();
         record.headers.push(Header {
@@ -21,4 +21,4 @@ impl Plugin for Template {
     }
 }
 
-export_plugin!(Template);
+export_plugin!(AddHeader);
