@@ -76,6 +76,7 @@ expected! {
     Links => Vec<quiver_protocol::LinkInfo>,
     Broker => quiver_protocol::BrokerInfo,
     Server => Box<quiver_protocol::ServerStatus>,
+    Sandboxes => Vec<quiver_protocol::SandboxInfo>,
 }
 
 /// The reply to a deletion.
@@ -335,6 +336,15 @@ impl Client {
         .await
     }
 
+    /// The sandbox of each of a plugin's attachments (language, memory cap, call
+    /// deadline, the most memory used), in the order of [`Client::plugin_status`].
+    pub async fn plugin_sandboxes(&self, name: &str) -> Result<Vec<quiver_protocol::SandboxInfo>> {
+        self.ask(Op::PluginSandboxes {
+            name: name.to_owned(),
+        })
+        .await
+    }
+
     /// Ends a plugin's quarantine on every attachment (once its cause is fixed): the
     /// next call runs. Returns the plugin's status.
     pub async fn lift_quarantine(&self, name: &str) -> Result<PluginStatus> {
@@ -349,6 +359,23 @@ impl Client {
         let op = Op::AttachPlugin {
             topic: topic.to_owned(),
             stage,
+        };
+        self.ask(op).await
+    }
+
+    /// Adds a stage to the end of a topic's ingress pipeline with its own memory cap
+    /// and call deadline (within the broker's maxima; what `limits` leaves unset
+    /// follows the plugin's language); returns the topic.
+    pub async fn attach_plugin_sized(
+        &self,
+        topic: &str,
+        stage: Stage,
+        limits: quiver_protocol::StageLimits,
+    ) -> Result<TopicInfo> {
+        let op = Op::AttachSized {
+            topic: topic.to_owned(),
+            stage,
+            limits,
         };
         self.ask(op).await
     }

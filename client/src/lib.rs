@@ -60,6 +60,6 @@ pub use quiver_protocol::{
     ForwardedRecords, GroupInfo, GroupSettings, GroupTopic, Header, JetStreamRemote, Limits,
     LinkAuth, LinkDirection, LinkInfo, LinkSpec, LinkState, LinkTopic, NewRecord, OnError, Origin,
     Placement, PluginInfo, PluginStatus, Position, PublishId, PurgeBefore, Receipt, Retention,
-    ServerStatus, Skip, Stage, StartAt, StreamRetention, StreamSetup, StreamStorage, TopicConfig,
-    TopicInfo, WireError, broker_id_hex,
+    SandboxInfo, ServerStatus, Skip, Stage, StageLimits, StartAt, StreamRetention, StreamSetup,
+    StreamStorage, TopicConfig, TopicInfo, WireError, broker_id_hex,
 };

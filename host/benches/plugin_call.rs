@@ -12,9 +12,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use quiver_host::config::Config;
 use quiver_host::plugins::runtime::{CallContext, Runtime, SandboxLimits};
+use quiver_host::plugins::sandbox::SandboxPolicy;
 use quiver_host::plugins::{InputEvent, StateSource};
-use quiver_protocol::NewRecord;
+use quiver_protocol::{NewRecord, StageLimits};
 use sha2::{Digest, Sha256};
 
 struct NoState;
@@ -66,8 +68,10 @@ fn bench_plugin(c: &mut Criterion, runtime: &Runtime, plugin: &str, params: &[(&
             .into(),
         state: Arc::new(NoState),
     };
+    let sandbox = SandboxPolicy::from_settings(&Config::default().plugins)
+        .resolve(compiled.language, StageLimits::default());
     let mut instance = runtime
-        .instantiate(&compiled, context)
+        .instantiate(&compiled, context, sandbox)
         .expect("it instantiates");
     let records: Vec<NewRecord> = (0..256).map(event).collect();
 
@@ -91,7 +95,7 @@ fn bench_plugin(c: &mut Criterion, runtime: &Runtime, plugin: &str, params: &[(&
 }
 
 fn bench(c: &mut Criterion) {
-    let config = quiver_host::config::Config::default();
+    let config = Config::default();
     let limits = SandboxLimits::from_settings(&config.plugins, config.limits.max_record_size);
     let runtime = Runtime::new(limits, None).expect("the runtime starts");
     bench_plugin(

@@ -434,11 +434,22 @@ impl Default for DedupConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
-    /// Linear memory one plugin instance may use.
+    /// Linear memory one instance of a compiled plugin (Rust, or any language without
+    /// its own defaults) may use, unless its attachment says otherwise.
     pub memory_limit: ByteSize,
-    /// CPU time one call (one batch) may take.
+    /// Time one call (one batch) of a compiled plugin may take, unless its
+    /// attachment says otherwise.
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
+    /// The defaults for Python plugins (componentize-py).
+    pub python: LanguageSandbox,
+    /// The defaults for JavaScript plugins (componentize-js).
+    pub javascript: LanguageSandbox,
+    /// The most memory an attachment may ask for.
+    pub max_memory_limit: ByteSize,
+    /// The longest call deadline an attachment may ask for.
+    #[serde(with = "humantime_serde")]
+    pub max_call_timeout: Duration,
     /// Records one event may be replaced with.
     pub max_outputs_per_event: u32,
     /// Bytes of replacement records one call may return.
@@ -454,11 +465,36 @@ pub struct PluginsConfig {
     pub dir: Option<PathBuf>,
 }
 
+/// The defaults of one plugin language.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanguageSandbox {
+    /// Linear memory one instance may use.
+    pub memory_limit: ByteSize,
+    /// Time one call (one batch) may take.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+}
+
 impl Default for PluginsConfig {
     fn default() -> Self {
         Self {
             memory_limit: ByteSize::mib(64),
             call_timeout: Duration::from_millis(100),
+            // Measured (docs/performance.md, Sandboxes by language): memory about
+            // twice what an example's instance settles at (Python 13-21 MiB,
+            // JavaScript 73-89 MiB), the deadline about ten times the slower example's
+            // p99 call at batch 256 (Rust 11 ms, Python 18 ms, JavaScript 43 ms).
+            python: LanguageSandbox {
+                memory_limit: ByteSize::mib(64),
+                call_timeout: Duration::from_millis(200),
+            },
+            javascript: LanguageSandbox {
+                memory_limit: ByteSize::mib(192),
+                call_timeout: Duration::from_millis(500),
+            },
+            max_memory_limit: ByteSize::gib(1),
+            max_call_timeout: Duration::from_secs(10),
             max_outputs_per_event: 64,
             max_output_bytes: ByteSize::mib(16),
             quarantine_after: 3,
@@ -673,13 +709,36 @@ impl Config {
             return out_of_range("tls.cert and tls.key must be given together".into());
         }
         let plugins = &self.plugins;
-        if plugins.memory_limit.as_u64() < 1 << 20 {
-            return out_of_range("plugins.memory_limit must be at least 1 MiB".into());
+        for (language, memory, timeout) in [
+            ("", plugins.memory_limit, plugins.call_timeout),
+            (
+                "python.",
+                plugins.python.memory_limit,
+                plugins.python.call_timeout,
+            ),
+            (
+                "javascript.",
+                plugins.javascript.memory_limit,
+                plugins.javascript.call_timeout,
+            ),
+        ] {
+            if memory.as_u64() < 1 << 20 || memory > plugins.max_memory_limit {
+                return out_of_range(format!(
+                    "plugins.{language}memory_limit must be at least 1 MiB and at most \
+                     plugins.max_memory_limit ({})",
+                    plugins.max_memory_limit.display().iec()
+                ));
+            }
+            if timeout.is_zero() || timeout > plugins.max_call_timeout {
+                return out_of_range(format!(
+                    "plugins.{language}call_timeout must be longer than zero and at most \
+                     plugins.max_call_timeout ({})",
+                    humantime::format_duration(plugins.max_call_timeout)
+                ));
+            }
         }
-        if plugins.call_timeout.is_zero() || plugins.quarantine_for.is_zero() {
-            return out_of_range(
-                "plugins.call_timeout and plugins.quarantine_for must be longer than zero".into(),
-            );
+        if plugins.quarantine_for.is_zero() {
+            return out_of_range("plugins.quarantine_for must be longer than zero".into());
         }
         if plugins.quarantine_after == 0 || plugins.max_outputs_per_event == 0 {
             return out_of_range(

@@ -35,6 +35,7 @@ use crate::http::HttpListener;
 use crate::links::{self, Links};
 use crate::mqtt::{MqttAddrs, MqttListeners, MqttSettings};
 use crate::plugins::runtime::SandboxLimits;
+use crate::plugins::sandbox::SandboxPolicy;
 use crate::plugins::stage::QuarantinePolicy;
 use crate::plugins::{AdminError, PluginSettings, Plugins};
 use crate::retention;
@@ -103,6 +104,7 @@ fn plugin_settings(config: &Config) -> PluginSettings {
     let p = &config.plugins;
     PluginSettings {
         limits: SandboxLimits::from_settings(p, config.limits.max_record_size),
+        sandbox: SandboxPolicy::from_settings(p),
         quarantine: QuarantinePolicy {
             after_failures: p.quarantine_after,
             duration_ms: u64::try_from(p.quarantine_for.as_millis()).unwrap_or(u64::MAX),

@@ -28,12 +28,12 @@ pub use name::{NameError, TopicName, TopicPattern};
 pub use record::{Header, NewRecord, Record};
 
 /// The ALPN protocol id negotiated on every Quiver QUIC connection. It changes only
-/// with an encoding that is not compatible: versions 2 and 3, of which 3 only adds
+/// with an encoding that is not compatible: versions 2 to 4, of which each only adds
 /// messages, share it and tell each other apart in the hello.
 pub const ALPN: &[u8] = b"quiver/2";
 
 /// The protocol version this crate implements, exchanged in the hello messages.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The oldest protocol version a broker still accepts. Each version only adds messages
 /// to the one before (see docs/protocol.md, Evolving the protocol), so a broker serves

@@ -332,6 +332,21 @@ pub enum Op {
         /// The plugin's name.
         name: String,
     },
+    /// Add a stage at the end of a topic's ingress pipeline, with its own sandbox
+    /// (protocol version 4): [`Op::AttachPlugin`] with limits.
+    AttachSized {
+        /// The topic.
+        topic: String,
+        /// The plugin and how to run it.
+        stage: Stage,
+        /// Its memory cap and call deadline, within the broker's maxima.
+        limits: StageLimits,
+    },
+    /// The sandbox of each of a plugin's attachments (protocol version 4).
+    PluginSandboxes {
+        /// The plugin's name.
+        name: String,
+    },
 }
 
 impl Op {
@@ -415,6 +430,8 @@ pub enum OpReply {
     Broker(BrokerInfo),
     /// How the broker runs.
     Server(Box<ServerStatus>),
+    /// The sandbox of each of a plugin's attachments, in the order of its status.
+    Sandboxes(Vec<SandboxInfo>),
 }
 
 /// How a broker runs, for operators (`quiver info`).
@@ -532,6 +549,42 @@ impl Stage {
         self.on_error = on_error;
         self
     }
+}
+
+/// A stage's own sandbox (protocol version 4): what is not set takes the broker's
+/// default for the plugin's language (`[plugins]` settings, docs/plugins.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageLimits {
+    /// Linear memory one instance may use, in bytes.
+    pub memory: Option<u64>,
+    /// Time one call (one batch) may take, in milliseconds.
+    pub call_timeout_ms: Option<u64>,
+}
+
+impl StageLimits {
+    /// True when nothing is set.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The sandbox one attachment runs in, for `plugin status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    /// Where it runs: `topic NAME` or `subscription PATTERN`.
+    pub target: String,
+    /// The language the running version was built from (`rust`, `python`,
+    /// `javascript`, or `other`), which picks the defaults.
+    pub language: String,
+    /// What the attachment asked for.
+    pub limits: StageLimits,
+    /// The memory cap in force, in bytes.
+    pub memory_limit: u64,
+    /// The call deadline in force, in milliseconds.
+    pub call_timeout_ms: u64,
+    /// The most linear memory an instance of it has reached, in bytes (0 before the
+    /// first call).
+    pub memory_peak: u64,
 }
 
 /// What a stage does while its plugin is quarantined for failing repeatedly.

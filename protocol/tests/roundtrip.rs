@@ -296,6 +296,15 @@ fn variant_indexes_match_the_documentation() {
         ),
         (Op::DescribeServer, 31),
         (Op::LiftQuarantine { name: name() }, 32),
+        (
+            Op::AttachSized {
+                topic: name(),
+                stage: Stage::new("p"),
+                limits: StageLimits::default(),
+            },
+            33,
+        ),
+        (Op::PluginSandboxes { name: name() }, 34),
     ];
     for (op, want) in ops {
         assert_eq!(body(&request(op))[2], want);

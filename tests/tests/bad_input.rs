@@ -281,7 +281,7 @@ async fn handshake_refusals_are_explained() {
         Some(ServerFrame::Error(e)) => {
             assert_eq!(e.code, ErrorCode::UnsupportedVersion);
             assert!(
-                e.message.contains("99") && e.message.contains("versions 2 to 3"),
+                e.message.contains("99") && e.message.contains("versions 2 to 4"),
                 "{e}"
             );
         }

@@ -221,6 +221,32 @@ fn python_and_javascript_plugins_filter_reject_and_keep_state_across_a_restart()
             "0\n",
             "{lang:?}"
         );
+
+        // The broker reads the language from the component and gives the attachment
+        // that language's defaults (docs/plugins.md, The sandbox).
+        let status: Value = serde_json::from_str(&run(
+            &broker,
+            &[
+                "plugin",
+                "status",
+                &format!("json-filter-{suffix}"),
+                "--json",
+            ],
+            "",
+        ))
+        .unwrap();
+        let sandbox = &status["attachments"][0]["sandbox"];
+        let (language, memory, deadline) = match lang {
+            Lang::Python => ("python", 64 << 20, 200),
+            _ => ("javascript", 192 << 20, 500),
+        };
+        assert_eq!(sandbox["language"], language, "{status}");
+        assert_eq!(sandbox["memory_limit"], memory, "{status}");
+        assert_eq!(sandbox["call_timeout_ms"], deadline, "{status}");
+        assert!(
+            sandbox["memory_peak"].as_u64().unwrap() > 1 << 20,
+            "{status}"
+        );
     }
 
     // The plugins' state is the broker's: after a restart a key seen before is still

@@ -39,6 +39,7 @@ pub fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), BrokerEr
         | Op::AlterTopic { name, .. }
         | Op::PurgeTopic { name, .. }
         | Op::AttachPlugin { topic: name, .. }
+        | Op::AttachSized { topic: name, .. }
         | Op::DetachPlugin { topic: name, .. } => topic(Right::Admin, name),
         Op::DescribeTopic { name } => match TopicName::parse(name) {
             Ok(name) => Ok(access.check_visible(&name)?),
@@ -76,6 +77,7 @@ pub fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), BrokerEr
         | Op::ListGroups
         | Op::ListPlugins
         | Op::PluginStatus { .. }
+        | Op::PluginSandboxes { .. }
         | Op::DescribeBroker
         | Op::Reply { .. } => Ok(()),
     }

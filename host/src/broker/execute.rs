@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quiver_protocol::{Op, OpReply, Stage};
+use quiver_protocol::{Op, OpReply, Stage, StageLimits};
 
 use super::{Broker, BrokerError, authorize};
 use crate::auth::Access;
@@ -17,13 +17,24 @@ impl Broker {
     /// routes are checked against that principal's grants).
     pub async fn answer(self: &Arc<Self>, access: &Access, op: Op) -> Result<OpReply, BrokerError> {
         authorize::request(self, access, &op)?;
+        let attached_by = |stage| Stage {
+            attached_by: access.principal().map(str::to_owned),
+            ..stage
+        };
         let op = match op {
-            Op::AttachPlugin { topic, stage } => Op::AttachPlugin {
+            Op::AttachPlugin { topic, stage } => Op::AttachSized {
                 topic,
-                stage: Stage {
-                    attached_by: access.principal().map(str::to_owned),
-                    ..stage
-                },
+                stage: attached_by(stage),
+                limits: StageLimits::default(),
+            },
+            Op::AttachSized {
+                topic,
+                stage,
+                limits,
+            } => Op::AttachSized {
+                topic,
+                stage: attached_by(stage),
+                limits,
             },
             other => other,
         };
@@ -112,9 +123,18 @@ async fn execute(broker: &Arc<Broker>, op: Op) -> Result<OpReply, BrokerError> {
         Op::ListPlugins => Ok(OpReply::Plugins(broker.list_plugins())),
         Op::PluginStatus { name } => broker.plugin_status(&name).map(OpReply::PluginStatus),
         Op::AttachPlugin { topic, stage } => broker
-            .attach_plugin(&topic, stage)
+            .attach_plugin(&topic, stage, StageLimits::default())
             .await
             .map(OpReply::Topic),
+        Op::AttachSized {
+            topic,
+            stage,
+            limits,
+        } => broker
+            .attach_plugin(&topic, stage, limits)
+            .await
+            .map(OpReply::Topic),
+        Op::PluginSandboxes { name } => broker.plugin_sandboxes(&name).map(OpReply::Sandboxes),
         Op::DetachPlugin { topic, plugin } => broker
             .detach_plugin(&topic, &plugin)
             .await

@@ -27,7 +27,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use bytes::Bytes;
 use quiver_protocol::{
     BrokerInfo, Durability, ErrorCode, NameError, PluginInfo, PluginStatus, PurgeBefore, Retention,
-    ServerStatus, Stage, TopicConfig, TopicInfo, TopicName, TopicPattern, WireError,
+    SandboxInfo, ServerStatus, Stage, StageLimits, TopicConfig, TopicInfo, TopicName, TopicPattern,
+    WireError,
 };
 use tokio::sync::{Notify, broadcast};
 use tracing::info;
@@ -36,7 +37,7 @@ use crate::auth::{Authenticator, Denied};
 use crate::groups::Groups;
 use crate::plugins::stage::CallTimes;
 use crate::plugins::{AdminError, PipelineError, Plugins};
-use crate::storage::{Storage, StorageError, TopicLog, TopicSettings};
+use crate::storage::{AttachedStage, Storage, StorageError, TopicLog, TopicSettings};
 use crate::util::now_ms;
 use dedup::Deduplicator;
 pub use links::LinkControl;
@@ -618,6 +619,11 @@ impl Broker {
         &self.streams
     }
 
+    /// The sandbox of each of a plugin's attachments.
+    pub fn plugin_sandboxes(&self, name: &str) -> Result<Vec<SandboxInfo>, BrokerError> {
+        Ok(self.plugins.sandboxes(name)?)
+    }
+
     /// Ends a plugin's quarantine on every attachment.
     pub fn lift_quarantine(&self, name: &str) -> Result<PluginStatus, BrokerError> {
         Ok(self.plugins.lift_quarantine(name)?)
@@ -628,16 +634,22 @@ impl Broker {
         Ok(self.plugins.call_times(name)?)
     }
 
-    /// Appends a stage to a topic's ingress pipeline.
-    pub async fn attach_plugin(&self, topic: &str, stage: Stage) -> Result<TopicInfo, BrokerError> {
+    /// Appends a stage to a topic's ingress pipeline, running in a sandbox of `limits`
+    /// (the language's defaults for what they leave unset).
+    pub async fn attach_plugin(
+        &self,
+        topic: &str,
+        stage: Stage,
+        limits: StageLimits,
+    ) -> Result<TopicInfo, BrokerError> {
         let log = self.topic(topic)?;
         self.plugins
             .edit_topic_pipeline(&log, |mut stages| {
-                stages.push(stage);
+                stages.push(AttachedStage { stage, limits });
                 Ok(stages)
             })
             .await?;
-        info!(topic = %log.name(), pipeline = ?log.pipeline(), "plugin attached");
+        info!(topic = %log.name(), pipeline = ?log.stages(), ?limits, "plugin attached");
         Ok(describe(&log))
     }
 
@@ -647,7 +659,7 @@ impl Broker {
         self.plugins
             .edit_topic_pipeline(&log, |mut stages| {
                 let before = stages.len();
-                stages.retain(|s| s.plugin != plugin);
+                stages.retain(|s| s.stage.plugin != plugin);
                 if stages.len() == before {
                     return Err(AdminError::InvalidArgument(format!(
                         "plugin `{plugin}` is not attached to topic `{topic}`"
@@ -691,7 +703,7 @@ pub fn describe(log: &TopicLog) -> TopicInfo {
         first_offset: stats.first,
         next_offset: stats.next,
         dead_letter: dead_letter_name(log),
-        pipeline: log.pipeline(),
+        pipeline: log.stages(),
     }
 }
 

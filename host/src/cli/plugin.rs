@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
-use quiver_client::{NewRecord, PluginInfo, PluginStatus, Stage, StartAt, SubscribeOptions};
+use quiver_client::{
+    NewRecord, PluginInfo, PluginStatus, SandboxInfo, Stage, StageLimits, StartAt, SubscribeOptions,
+};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -20,6 +22,7 @@ use super::output;
 use super::project::{BuildArgs, NewArgs};
 use crate::config::Config;
 use crate::plugins::runtime::{CallContext, Runtime, SandboxLimits};
+use crate::plugins::sandbox::SandboxPolicy;
 use crate::plugins::{InputEvent, Outcome, StateSource};
 use crate::util::hex;
 
@@ -64,6 +67,14 @@ pub(super) enum PluginCommand {
         /// (fail-open).
         #[arg(long, value_enum, default_value_t = Policy::FailClosed)]
         on_error: Policy,
+        /// Linear memory its instance may use, e.g. `128MiB` [default: the broker's
+        /// default for the plugin's language; at most `plugins.max_memory_limit`].
+        #[arg(long)]
+        memory: Option<bytesize::ByteSize>,
+        /// Time one call (one batch) may take, e.g. `250ms` [default: the broker's
+        /// default for the plugin's language; at most `plugins.max_call_timeout`].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        deadline: Option<std::time::Duration>,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -128,16 +139,30 @@ pub(super) enum PluginCommand {
     Replay(ReplayArgs),
 }
 
-/// The sandbox of a local run, as a broker's `[plugins]` settings set it.
+/// The sandbox of a local run, as an attachment's `--deadline` and `--memory` set it.
 #[derive(Debug, Args)]
 pub(super) struct LocalSandbox {
-    /// CPU time one call may take [default: the broker's default, 100ms]. The
-    /// deadline counts elapsed time, so a loaded machine can make a call miss it.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    /// Time one call may take [default: a broker's default for the plugin's language:
+    /// 100ms for Rust, 200ms for Python, 500ms for JavaScript]. The deadline counts elapsed
+    /// time, so a loaded machine can make a call miss it.
+    #[arg(long, visible_alias = "deadline", value_parser = humantime::parse_duration)]
     call_timeout: Option<std::time::Duration>,
-    /// Linear memory the instance may use [default: the broker's default, 64 MiB].
-    #[arg(long)]
+    /// Linear memory the instance may use [default: a broker's default for the
+    /// plugin's language: 64 MiB for Rust and Python, 192 MiB for JavaScript].
+    #[arg(long, visible_alias = "memory")]
     memory_limit: Option<bytesize::ByteSize>,
+}
+
+impl LocalSandbox {
+    /// What an attachment with these flags would ask for.
+    fn limits(&self) -> StageLimits {
+        StageLimits {
+            memory: self.memory_limit.map(|m| m.as_u64()),
+            call_timeout_ms: self
+                .call_timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +254,8 @@ pub(super) async fn run(command: PluginCommand) -> anyhow::Result<()> {
             topic,
             params,
             on_error,
+            memory,
+            deadline,
             connect,
         } => {
             let stage = Stage {
@@ -237,11 +264,15 @@ pub(super) async fn run(command: PluginCommand) -> anyhow::Result<()> {
                 on_error: on_error.into(),
                 attached_by: None,
             };
-            let info = connect
-                .connect()
-                .await?
-                .attach_plugin(&topic, stage)
-                .await?;
+            let sandbox = LocalSandbox {
+                call_timeout: deadline,
+                memory_limit: memory,
+            };
+            let client = connect.connect().await?;
+            let info = match sandbox.limits() {
+                limits if limits.is_default() => client.attach_plugin(&topic, stage).await?,
+                limits => client.attach_plugin_sized(&topic, stage, limits).await?,
+            };
             println!("{}: {}", info.name, output::pipeline_text(&info.pipeline));
         }
         PluginCommand::Detach {
@@ -282,16 +313,18 @@ pub(super) async fn run(command: PluginCommand) -> anyhow::Result<()> {
             json,
             connect,
         } => {
-            let status = connect.connect().await?.plugin_status(&name).await?;
+            let client = connect.connect().await?;
+            let status = client.plugin_status(&name).await?;
+            let sandboxes = client.plugin_sandboxes(&name).await?;
             if json {
-                println!("{}", status_json(&status));
+                println!("{}", status_json(&status, &sandboxes));
             } else {
-                print!("{}", status_text(&status));
+                print!("{}", status_text(&status, &sandboxes));
             }
         }
         PluginCommand::Lift { name, connect } => {
             let status = connect.connect().await?.lift_quarantine(&name).await?;
-            print!("{}", status_text(&status));
+            print!("{}", status_text(&status, &[]));
         }
         PluginCommand::New(args) => super::project::new(args)?,
         PluginCommand::Build(args) => super::project::build(args)?,
@@ -338,11 +371,28 @@ fn plugin_table(plugins: &[PluginInfo]) -> String {
     output::table(["NAME", "VERSION", "SIZE", "SHA256", "TOPICS"], &rows)
 }
 
-fn status_json(status: &PluginStatus) -> Value {
+/// The sandbox of the attachment at `target`, if the broker named it.
+fn sandbox_of<'a>(sandboxes: &'a [SandboxInfo], target: &str) -> Option<&'a SandboxInfo> {
+    sandboxes.iter().find(|s| s.target == target)
+}
+
+fn status_json(status: &PluginStatus, sandboxes: &[SandboxInfo]) -> Value {
     let attachments: Vec<Value> = status
         .attachments
         .iter()
         .map(|a| {
+            let sandbox = sandbox_of(sandboxes, &a.target).map(|s| {
+                json!({
+                    "language": s.language,
+                    "memory_limit": s.memory_limit,
+                    "call_timeout_ms": s.call_timeout_ms,
+                    "memory_peak": s.memory_peak,
+                    "asked": {
+                        "memory": s.limits.memory,
+                        "call_timeout_ms": s.limits.call_timeout_ms,
+                    },
+                })
+            });
             json!({
                 "target": a.target,
                 "version": a.version,
@@ -355,13 +405,14 @@ fn status_json(status: &PluginStatus) -> Value {
                 "p99_us": a.p99_us,
                 "quarantined_until_ms": a.quarantined_until_ms,
                 "last_error": a.last_error,
+                "sandbox": sandbox,
             })
         })
         .collect();
     json!({ "plugin": plugin_json(&status.info), "attachments": attachments })
 }
 
-fn status_text(status: &PluginStatus) -> String {
+fn status_text(status: &PluginStatus, sandboxes: &[SandboxInfo]) -> String {
     let info = &status.info;
     let mut out = format!(
         "plugin:   {} version {} (sha256 {}, {})\nversions: {}\n",
@@ -396,6 +447,18 @@ fn status_text(status: &PluginStatus) -> String {
             a.p50_us,
             a.p99_us,
         ));
+        if let Some(s) = sandbox_of(sandboxes, &a.target) {
+            let chosen = |set: bool| if set { "" } else { " (default)" };
+            out.push_str(&format!(
+                "  {}: memory {} of {}{}  deadline {}{}\n",
+                s.language,
+                bytesize::ByteSize(s.memory_peak).display().iec(),
+                bytesize::ByteSize(s.memory_limit).display().iec(),
+                chosen(s.limits.memory.is_some()),
+                humantime::format_duration(std::time::Duration::from_millis(s.call_timeout_ms)),
+                chosen(s.limits.call_timeout_ms.is_some()),
+            ));
+        }
         if let Some(e) = &a.last_error {
             out.push_str(&format!("  last error: {e}\n"));
         }
@@ -441,6 +504,10 @@ struct Local {
     compiled: crate::plugins::runtime::Compiled,
     context: CallContext,
     state: Arc<MemoryState>,
+    /// Each call's time, in µs.
+    call_micros: Vec<u64>,
+    /// The most linear memory any instance reached.
+    memory_peak: usize,
 }
 
 impl Local {
@@ -450,17 +517,16 @@ impl Local {
         sandbox: &LocalSandbox,
     ) -> anyhow::Result<Self> {
         let wasm = read_wasm(file)?;
-        let mut config = Config::default();
-        if let Some(timeout) = sandbox.call_timeout {
-            config.plugins.call_timeout = timeout;
-        }
-        if let Some(memory) = sandbox.memory_limit {
-            config.plugins.memory_limit = memory;
-        }
+        let config = Config::default();
+        let policy = SandboxPolicy::from_settings(&config.plugins);
+        policy
+            .check(sandbox.limits())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let limits = SandboxLimits::from_settings(&config.plugins, config.limits.max_record_size);
         let runtime = Runtime::new(limits, local_cache_dir())?;
         let sha256: [u8; 32] = Sha256::digest(&wasm).into();
         let compiled = runtime.compile(&wasm, &sha256)?;
+        let sandbox = policy.resolve(compiled.language, sandbox.limits());
         let state = Arc::new(MemoryState::default());
         let name = file
             .file_stem()
@@ -472,13 +538,15 @@ impl Local {
             params: params.into(),
             state: Arc::clone(&state) as Arc<dyn StateSource>,
         };
-        let instance = runtime.instantiate(&compiled, context.clone())?;
+        let instance = runtime.instantiate(&compiled, context.clone(), sandbox)?;
         Ok(Self {
             instance,
             runtime,
             compiled,
             context,
             state,
+            call_micros: Vec::new(),
+            memory_peak: 0,
         })
     }
 
@@ -497,7 +565,12 @@ impl Local {
                 record,
             })
             .collect();
-        match self.instance.process(topic, &events) {
+        let started = std::time::Instant::now();
+        let result = self.instance.process(topic, &events);
+        self.call_micros
+            .push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        self.memory_peak = self.memory_peak.max(self.instance.memory_peak());
+        match result {
             Ok(output) => {
                 let mut state = self.state.0.lock().unwrap_or_else(PoisonError::into_inner);
                 for (key, value) in output.state {
@@ -520,13 +593,42 @@ impl Local {
                     )?;
                 }
                 if e.poisons_instance() {
-                    self.instance = self
-                        .runtime
-                        .instantiate(&self.compiled, self.context.clone())?;
+                    let sandbox = self.instance.sandbox();
+                    self.instance =
+                        self.runtime
+                            .instantiate(&self.compiled, self.context.clone(), sandbox)?;
                 }
                 Ok(true)
             }
         }
+    }
+}
+
+impl Local {
+    /// One line on what the run used, against the sandbox it ran in: what to size an
+    /// attachment's `--deadline` and `--memory` from.
+    fn summary(&self) -> String {
+        let mut micros = self.call_micros.clone();
+        micros.sort_unstable();
+        let at = |q: f64| {
+            let i = ((micros.len() as f64 * q).ceil() as usize).clamp(1, micros.len().max(1));
+            micros.get(i - 1).copied().unwrap_or(0) as f64 / 1000.0
+        };
+        let sandbox = self.instance.sandbox();
+        format!(
+            "{} calls: per call p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (deadline {}); \
+             memory peak {} of {} ({} plugin)",
+            micros.len(),
+            at(0.5),
+            at(0.99),
+            at(1.0),
+            humantime::format_duration(sandbox.call_timeout),
+            bytesize::ByteSize(self.memory_peak as u64).display().iec(),
+            bytesize::ByteSize(sandbox.memory_bytes as u64)
+                .display()
+                .iec(),
+            self.compiled.language,
+        )
     }
 }
 
@@ -628,6 +730,7 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
         rest = &rest[same..];
     }
     stdout.flush()?;
+    eprintln!("{}", local.summary());
     if let Some(expect) = &args.expect {
         check_expected(expect, &printed)?;
     } else if failed {

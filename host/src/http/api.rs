@@ -27,8 +27,8 @@ use axum::routing::{delete, get, post};
 use bytes::Bytes;
 use quiver_protocol::{
     ErrorCode, GroupInfo, Header, LinkInfo, LinkState, NewRecord, OnError, Op, OpReply,
-    PluginStatus, Receipt, Record, ServerStatus, Stage, StartAt, TopicInfo, TopicPattern,
-    WireError,
+    PluginStatus, Receipt, Record, ServerStatus, Stage, StageLimits, StartAt, TopicInfo,
+    TopicPattern, WireError,
 };
 use serde::{Deserialize, Serialize};
 
@@ -511,6 +511,10 @@ struct Attach {
     params: Vec<(String, String)>,
     #[serde(default)]
     on_error: OnError,
+    /// Its memory cap in bytes and call deadline in milliseconds; unset: the
+    /// defaults of the plugin's language.
+    #[serde(default)]
+    limits: StageLimits,
 }
 
 async fn attach(
@@ -525,7 +529,12 @@ async fn attach(
         on_error: attach.on_error,
         attached_by: None,
     };
-    topic_answer(&shared, &caller, Op::AttachPlugin { topic, stage }).await
+    let op = Op::AttachSized {
+        topic,
+        stage,
+        limits: attach.limits,
+    };
+    topic_answer(&shared, &caller, op).await
 }
 
 async fn detach(

@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, Weak};
 
 use bytes::Bytes;
-use quiver_protocol::{PluginInfo, PluginStatus, Stage, TopicName};
+use quiver_protocol::{PluginInfo, PluginStatus, SandboxInfo, Stage, TopicName};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::runtime::Compiled;
 use super::stage::{CallTimes, StageRunner};
 use super::{AdminError, Deployed, PluginError, Plugins, read, write};
-use crate::storage::{PluginRecord, PluginVersion, TopicLog};
+use crate::storage::{AttachedStage, PluginRecord, PluginVersion, TopicLog};
 use crate::util::{hex, now_ms};
 
 impl Plugins {
@@ -194,6 +194,15 @@ impl Plugins {
         })
     }
 
+    /// The sandbox of each of a plugin's attachments, in the order of [`Self::status`].
+    pub fn sandboxes(&self, name: &str) -> Result<Vec<SandboxInfo>, AdminError> {
+        Ok(self
+            .attachments(name)?
+            .iter()
+            .map(|r| r.sandbox(self))
+            .collect())
+    }
+
     /// Each attachment's call times, in `/metrics`' buckets, by target.
     pub fn call_times(&self, name: &str) -> Result<Vec<(String, CallTimes)>, AdminError> {
         Ok(self
@@ -283,9 +292,15 @@ impl Plugins {
     pub async fn set_topic_pipeline(
         &self,
         log: &Arc<TopicLog>,
-        stages: Vec<Stage>,
+        stages: Vec<AttachedStage>,
     ) -> Result<(), AdminError> {
-        self.check_stages(&stages)?;
+        let plain: Vec<Stage> = stages.iter().map(|a| a.stage.clone()).collect();
+        self.check_stages(&plain)?;
+        for attached in &stages {
+            self.sandbox
+                .check(attached.limits)
+                .map_err(AdminError::InvalidArgument)?;
+        }
         self.storage
             .set_pipeline(Arc::clone(log), stages.clone())
             .await?;
@@ -297,7 +312,7 @@ impl Plugins {
     pub async fn edit_topic_pipeline(
         &self,
         log: &Arc<TopicLog>,
-        edit: impl FnOnce(Vec<Stage>) -> Result<Vec<Stage>, AdminError>,
+        edit: impl FnOnce(Vec<AttachedStage>) -> Result<Vec<AttachedStage>, AdminError>,
     ) -> Result<(), AdminError> {
         let _admin = self.admin.lock().await;
         let stages = edit(log.pipeline())?;

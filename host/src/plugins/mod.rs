@@ -2,6 +2,7 @@
 //! and subscriptions, and running records through them.
 //!
 //! - `runtime`: wasmtime (the only module importing it): compile, cache, sandbox, call;
+//! - `sandbox`: a component's language, and the memory and time each attachment gets;
 //! - `stage`: one attachment: its instance, figures and quarantine;
 //! - `pipeline`: sorting records by the stages' outcomes;
 //! - `executor`: the threads calls run on; `order`: the order a plugin's calls run in;
@@ -26,6 +27,7 @@ mod executor;
 mod order;
 pub mod pipeline;
 pub mod runtime;
+pub mod sandbox;
 pub mod stage;
 mod state;
 
@@ -35,13 +37,14 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
-use quiver_protocol::{NewRecord, Stage, TopicName};
+use quiver_protocol::{NewRecord, Stage, StageLimits, TopicName};
 use tracing::{error, info};
 
-use crate::storage::{PluginRecord, StateWrite, Storage, StorageError, TopicLog};
+use crate::storage::{AttachedStage, PluginRecord, StateWrite, Storage, StorageError, TopicLog};
 use executor::Executor;
 use pipeline::{Item, Refused, Sorted};
 use runtime::{Compiled, Runtime, SandboxLimits};
+use sandbox::SandboxPolicy;
 use stage::{QuarantinePolicy, StageRunner};
 use state::PendingState;
 
@@ -102,7 +105,7 @@ pub enum PluginError {
         timeout: Duration,
     },
     /// The instance tried to grow its memory past the cap.
-    #[error("exceeded its memory limit of {limit} bytes")]
+    #[error("exceeded its memory limit of {}", bytesize::ByteSize(*limit as u64).display().iec())]
     MemoryLimit {
         /// The cap.
         limit: usize,
@@ -188,8 +191,10 @@ pub enum AdminError {
 /// How plugins run.
 #[derive(Debug, Clone)]
 pub struct PluginSettings {
-    /// What each instance and call may use.
+    /// What any call's output may be.
     pub limits: SandboxLimits,
+    /// The memory and time each attachment gets.
+    pub sandbox: SandboxPolicy,
     /// When failing stages are quarantined.
     pub quarantine: QuarantinePolicy,
     /// Where compiled components are cached (`None`: not cached).
@@ -230,6 +235,7 @@ pub struct Plugins {
     subscriptions: Mutex<Vec<Weak<StageRunner>>>,
     state: Arc<PendingState>,
     policy: QuarantinePolicy,
+    sandbox: SandboxPolicy,
     generations: AtomicU64,
     /// Serializes deploy, upgrade, remove, attach and detach.
     admin: tokio::sync::Mutex<()>,
@@ -272,6 +278,7 @@ impl Plugins {
             topics: RwLock::default(),
             subscriptions: Mutex::default(),
             policy: settings.quarantine,
+            sandbox: settings.sandbox,
             generations: AtomicU64::new(0),
             admin: tokio::sync::Mutex::new(()),
             executor: Executor::new(EXECUTOR_THREADS).map_err(|e| {
@@ -315,6 +322,11 @@ impl Plugins {
         self.policy
     }
 
+    /// The memory and time each attachment gets.
+    pub fn sandbox_policy(&self) -> &SandboxPolicy {
+        &self.sandbox
+    }
+
     /// Where stages read plugin state.
     pub fn state_source(&self) -> Arc<dyn StateSource> {
         Arc::clone(&self.state) as Arc<dyn StateSource>
@@ -328,7 +340,7 @@ impl Plugins {
             .ok_or_else(|| PluginError::NotDeployed(name.to_owned()))
     }
 
-    fn build_topic_stages(&self, log: &TopicLog, stages: Vec<Stage>) {
+    fn build_topic_stages(&self, log: &TopicLog, stages: Vec<AttachedStage>) {
         let mut topics = write(&self.topics);
         if stages.is_empty() {
             topics.remove(&log.id());
@@ -337,11 +349,17 @@ impl Plugins {
         let old = topics.remove(&log.id());
         let runners: Vec<Arc<StageRunner>> = stages
             .into_iter()
-            .map(|stage| {
+            .map(|AttachedStage { stage, limits }| {
                 old.as_ref()
-                    .and_then(|o| o.stages.iter().find(|r| r.stage == stage).cloned())
+                    .and_then(|o| {
+                        o.stages
+                            .iter()
+                            .find(|r| r.stage == stage && r.limits == limits)
+                            .cloned()
+                    })
                     .unwrap_or_else(|| {
-                        Arc::new(StageRunner::new(stage, format!("topic {}", log.name())))
+                        let target = format!("topic {}", log.name());
+                        Arc::new(StageRunner::new(stage, limits, target))
                     })
             })
             .collect();
@@ -373,7 +391,10 @@ impl Plugins {
         self.check_stages(&stages)?;
         let runners: Vec<_> = stages
             .into_iter()
-            .map(|stage| Arc::new(StageRunner::new(stage, format!("subscription {pattern}"))))
+            .map(|stage| {
+                let target = format!("subscription {pattern}");
+                Arc::new(StageRunner::new(stage, StageLimits::default(), target))
+            })
             .collect();
         self.subscriptions
             .lock()

@@ -11,8 +11,8 @@
 //! `HashMap` seeds itself from it). Any other import (the WASI interfaces a
 //! `wasm32-wasip2` build pulls in: files, sockets, environment, clocks, stdio) is linked
 //! to a function that traps. Each instance has a memory cap, each
-//! call a deadline (epoch interruption), and outputs are checked against limits before
-//! the broker sees them. Every failure is a [`PluginError`] value; after a trap the
+//! call a deadline (epoch interruption), both given per instance ([`Sandbox`]), and
+//! outputs are checked against limits before the broker sees them. Every failure is a [`PluginError`] value; after a trap the
 //! instance is thrown away.
 //!
 //! Why one file of ~700 lines: it is the wall around wasmtime. Splitting it would put
@@ -34,6 +34,7 @@ use tracing::warn;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 
+use super::sandbox::{Language, Sandbox};
 use super::{InputEvent, Outcome, PluginError, StateSource};
 use crate::config::PluginsConfig;
 
@@ -52,6 +53,9 @@ use bindings::quiver::plugin::{host, types};
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(2);
+/// The least time an instantiation may take (an interpreter's start-up runs then),
+/// whatever the call deadline: it is not charged to the first call.
+const MIN_INSTANTIATE_TIME: Duration = Duration::from_secs(1);
 /// Log lines one call may write before the rest are dropped.
 const MAX_LOG_LINES_PER_CALL: usize = 100;
 /// The longest log line kept.
@@ -67,13 +71,9 @@ const MAX_ROUTES_PER_EVENT: usize = 16;
 /// The longest reject reason kept.
 const MAX_REASON: usize = 1024;
 
-/// What a plugin may use.
+/// What any plugin's output may be.
 #[derive(Debug, Clone, Copy)]
 pub struct SandboxLimits {
-    /// Linear memory per instance.
-    pub memory_bytes: usize,
-    /// CPU time per call.
-    pub call_timeout: Duration,
     /// Records one event may be replaced with.
     pub max_outputs_per_event: usize,
     /// Bytes of replacement records one call may return.
@@ -87,8 +87,6 @@ impl SandboxLimits {
     pub fn from_settings(plugins: &PluginsConfig, max_record_size: ByteSize) -> Self {
         let bytes = |size: ByteSize| usize::try_from(size.as_u64()).unwrap_or(usize::MAX);
         Self {
-            memory_bytes: bytes(plugins.memory_limit),
-            call_timeout: plugins.call_timeout,
             max_outputs_per_event: plugins.max_outputs_per_event as usize,
             max_output_bytes: bytes(plugins.max_output_bytes),
             max_record_size: bytes(max_record_size),
@@ -102,12 +100,15 @@ pub struct Compiled {
     pre: bindings::PluginPre<HostState>,
     /// True when it came from the on-disk cache rather than a fresh compile.
     pub from_cache: bool,
+    /// The language it was built from, which picks its sandbox's defaults.
+    pub language: Language,
 }
 
 impl std::fmt::Debug for Compiled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Compiled")
             .field("from_cache", &self.from_cache)
+            .field("language", &self.language)
             .finish_non_exhaustive()
     }
 }
@@ -117,7 +118,6 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     limits: SandboxLimits,
-    deadline_ticks: u64,
     cache_dir: Option<PathBuf>,
     engine_hash: u64,
     ticker_stop: Arc<AtomicBool>,
@@ -165,21 +165,17 @@ impl Runtime {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let ticker_stop = Arc::new(AtomicBool::new(false));
         start_ticker(engine.clone(), Arc::clone(&ticker_stop))?;
-        let tick_ms = TICK.as_millis().max(1);
         Ok(Self {
             engine,
             linker,
             limits,
-            deadline_ticks: u64::try_from(limits.call_timeout.as_millis().div_ceil(tick_ms))
-                .unwrap_or(u64::MAX)
-                .max(1),
             cache_dir,
             engine_hash: hasher.finish(),
             ticker_stop,
         })
     }
 
-    /// The limits every instance runs under.
+    /// The limits every instance's output is held to.
     pub fn limits(&self) -> SandboxLimits {
         self.limits
     }
@@ -212,7 +208,11 @@ impl Runtime {
                      quiver-plugin-sdk"
                 ))
             })?;
-        Ok(Compiled { pre, from_cache })
+        Ok(Compiled {
+            pre,
+            from_cache,
+            language: Language::of(wasm),
+        })
     }
 
     fn load(&self, wasm: &[u8], sha256: &[u8; 32]) -> Result<(Component, bool), PluginError> {
@@ -263,27 +263,36 @@ impl Runtime {
         unsafe { Component::deserialize_file(&self.engine, path) }
     }
 
-    /// A fresh instance of `compiled` for `context`.
+    /// A fresh instance of `compiled` for `context`, running in `sandbox`.
     pub fn instantiate(
         &self,
         compiled: &Compiled,
         context: CallContext,
+        sandbox: Sandbox,
     ) -> Result<Instance, PluginError> {
-        let state = HostState::new(context, self.limits.memory_bytes);
+        let state = HostState::new(context, sandbox.memory_bytes);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state as &mut dyn ResourceLimiter);
-        store.set_epoch_deadline(self.deadline_ticks);
+        store.set_epoch_deadline(ticks(sandbox.call_timeout.max(MIN_INSTANTIATE_TIME)));
         let plugin = compiled
             .pre
             .instantiate(&mut store)
-            .map_err(|e| classify(e, store.data(), &self.limits))?;
+            .map_err(|e| classify(e, store.data(), sandbox))?;
         Ok(Instance {
             store,
             plugin,
             limits: self.limits,
-            deadline_ticks: self.deadline_ticks,
+            sandbox,
+            deadline_ticks: ticks(sandbox.call_timeout),
         })
     }
+}
+
+/// The epoch ticks of `time` (at least one).
+fn ticks(time: Duration) -> u64 {
+    u64::try_from(time.as_millis().div_ceil(TICK.as_millis().max(1)))
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// The largest random buffer one call to `get-random-bytes` returns.
@@ -367,10 +376,21 @@ pub struct Instance {
     store: Store<HostState>,
     plugin: bindings::Plugin,
     limits: SandboxLimits,
+    sandbox: Sandbox,
     deadline_ticks: u64,
 }
 
 impl Instance {
+    /// The most linear memory this instance has had, in bytes.
+    pub fn memory_peak(&self) -> usize {
+        self.store.data().memory_peak
+    }
+
+    /// The sandbox it runs in.
+    pub fn sandbox(&self) -> Sandbox {
+        self.sandbox
+    }
+
     /// Runs the plugin over a batch of events from `topic`.
     ///
     /// After an error for which [`PluginError::poisons_instance`] holds, the instance
@@ -390,7 +410,7 @@ impl Instance {
         self.store.set_epoch_deadline(self.deadline_ticks);
         let result = self.plugin.call_process(&mut self.store, topic, &inputs);
         let outcomes = match result {
-            Err(e) => return Err(classify(e, self.store.data(), &self.limits)),
+            Err(e) => return Err(classify(e, self.store.data(), self.sandbox)),
             Ok(Err(message)) => return Err(PluginError::Failed(truncate(message, MAX_REASON))),
             Ok(Ok(outcomes)) => outcomes,
         };
@@ -515,16 +535,16 @@ fn truncate(mut s: String, max: usize) -> String {
 }
 
 /// Names what went wrong in a failed call or instantiation.
-fn classify(e: wasmtime::Error, state: &HostState, limits: &SandboxLimits) -> PluginError {
+fn classify(e: wasmtime::Error, state: &HostState, sandbox: Sandbox) -> PluginError {
     if state.memory_exceeded {
         return PluginError::MemoryLimit {
-            limit: limits.memory_bytes,
+            limit: sandbox.memory_bytes,
         };
     }
     let trap = e.chain().find_map(|cause| cause.downcast_ref::<Trap>());
     if trap == Some(&Trap::Interrupt) {
         return PluginError::Deadline {
-            timeout: limits.call_timeout,
+            timeout: sandbox.call_timeout,
         };
     }
     // The root cause, without wasmtime's backtrace, and what the plugin said last (a
@@ -541,6 +561,8 @@ struct HostState {
     context: CallContext,
     memory_limit: usize,
     memory_exceeded: bool,
+    /// The most linear memory granted so far.
+    memory_peak: usize,
     log_lines: usize,
     /// The last error the plugin logged in this call (a panic message, often).
     last_error: Option<String>,
@@ -555,6 +577,7 @@ impl HostState {
             context,
             memory_limit,
             memory_exceeded: false,
+            memory_peak: 0,
             log_lines: 0,
             last_error: None,
             state_bytes: 0,
@@ -598,6 +621,7 @@ impl ResourceLimiter for HostState {
             self.memory_exceeded = true;
             return Ok(false);
         }
+        self.memory_peak = self.memory_peak.max(desired);
         Ok(true)
     }
 
@@ -712,8 +736,6 @@ mod tests {
     use super::*;
 
     const LIMITS: SandboxLimits = SandboxLimits {
-        memory_bytes: 1 << 20,
-        call_timeout: Duration::from_millis(10),
         max_outputs_per_event: 2,
         max_output_bytes: 100,
         max_record_size: 40,

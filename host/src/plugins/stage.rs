@@ -11,9 +11,10 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hdrhistogram::Histogram;
-use quiver_protocol::{AttachmentStatus, OnError, Stage};
+use quiver_protocol::{AttachmentStatus, OnError, SandboxInfo, Stage, StageLimits};
 
 use super::runtime::{CallContext, CallOutput, Instance};
+use super::sandbox::Language;
 use super::{InputEvent, PluginError, Plugins};
 
 /// When a failing stage is quarantined and for how long.
@@ -105,11 +106,16 @@ struct Figures {
     last_error: Option<String>,
     version: String,
     quarantine: Quarantine,
+    /// The language of the version that ran last.
+    language: Option<Language>,
+    /// The most linear memory any of its instances reached, in bytes.
+    memory_peak: usize,
 }
 
 struct Loaded {
     generation: u64,
     version: Arc<str>,
+    language: Language,
     instance: Instance,
 }
 
@@ -117,6 +123,8 @@ struct Loaded {
 pub struct StageRunner {
     /// What was attached.
     pub stage: Stage,
+    /// The sandbox it asked for.
+    pub limits: StageLimits,
     /// Where it runs, for status: `topic NAME` or `subscription PATTERN`.
     pub target: String,
     params: Arc<[(String, String)]>,
@@ -139,10 +147,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl StageRunner {
     /// A stage not yet run.
-    pub fn new(stage: Stage, target: String) -> Self {
+    pub fn new(stage: Stage, limits: StageLimits, target: String) -> Self {
         let params = stage.params.clone().into();
         Self {
             stage,
+            limits,
             target,
             params,
             loaded: Mutex::new(None),
@@ -158,6 +167,8 @@ impl StageRunner {
                 last_error: None,
                 version: String::new(),
                 quarantine: Quarantine::default(),
+                language: None,
+                memory_peak: 0,
             }),
         }
     }
@@ -181,6 +192,8 @@ impl StageRunner {
         let result = self.call(plugins, &mut loaded, topic, events);
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let version = loaded.as_ref().map(|l| l.version.to_string());
+        let language = loaded.as_ref().map(|l| l.language);
+        let memory = loaded.as_ref().map_or(0, |l| l.instance.memory_peak());
         if let Err(e) = &result
             && e.poisons_instance()
         {
@@ -196,6 +209,10 @@ impl StageRunner {
         if let Some(version) = version {
             figures.version = version;
         }
+        if language.is_some() {
+            figures.language = language;
+        }
+        figures.memory_peak = figures.memory_peak.max(memory);
         let policy = plugins.quarantine_policy();
         match result {
             Ok(output) => {
@@ -239,10 +256,15 @@ impl StageRunner {
                 params: Arc::clone(&self.params),
                 state: plugins.state_source(),
             };
+            let sandbox = plugins
+                .sandbox_policy()
+                .resolve(compiled.language, self.limits);
+            *loaded = None;
             *loaded = Some(Loaded {
                 generation: deployed.generation,
                 version: Arc::clone(&deployed.version),
-                instance: plugins.runtime().instantiate(compiled, context)?,
+                language: compiled.language,
+                instance: plugins.runtime().instantiate(compiled, context, sandbox)?,
             });
         }
         let Some(loaded) = loaded.as_mut() else {
@@ -284,6 +306,27 @@ impl StageRunner {
             buckets,
             count,
             sum_micros: figures.micros_sum,
+        }
+    }
+
+    /// The sandbox it runs in, for `plugin status`: that of its instance, or before
+    /// one exists, what the deployed version would get.
+    pub fn sandbox(&self, plugins: &Plugins) -> SandboxInfo {
+        let figures = lock(&self.figures);
+        let language = figures.language.or_else(|| {
+            let deployed = plugins.deployed(&self.stage.plugin).ok()?;
+            deployed.compiled.as_ref().ok().map(|c| c.language)
+        });
+        let sandbox = plugins
+            .sandbox_policy()
+            .resolve(language.unwrap_or(Language::Other), self.limits);
+        SandboxInfo {
+            target: self.target.clone(),
+            language: language.map_or("unknown", Language::name).into(),
+            limits: self.limits,
+            memory_limit: sandbox.memory_bytes as u64,
+            call_timeout_ms: u64::try_from(sandbox.call_timeout.as_millis()).unwrap_or(u64::MAX),
+            memory_peak: figures.memory_peak as u64,
         }
     }
 

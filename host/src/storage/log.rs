@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use quiver_protocol::{Durability, OnError, Retention, Stage, TopicName};
+use quiver_protocol::{Durability, OnError, Retention, Stage, StageLimits, TopicName};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -25,6 +25,39 @@ pub(super) struct TopicMeta {
     /// Added after the first layout: records written before it lack the field (see
     /// [`TopicMeta::decode`]).
     pub(super) durability: Durability,
+    /// The sandbox each stage asked for, by plugin, where it asked for one. Last, so
+    /// that a record of an earlier layout never reads as this one: it ends before.
+    pub(super) stage_limits: Vec<(String, StageLimits)>,
+}
+
+/// A stage of a topic's ingress pipeline with the sandbox it asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedStage {
+    /// The plugin and how to run it.
+    pub stage: Stage,
+    /// Its memory cap and call deadline, where not the defaults.
+    pub limits: StageLimits,
+}
+
+impl From<Stage> for AttachedStage {
+    fn from(stage: Stage) -> Self {
+        Self {
+            stage,
+            limits: StageLimits::default(),
+        }
+    }
+}
+
+/// A [`TopicMeta`] as written before stages had limits of their own.
+#[derive(Deserialize)]
+struct TopicMetaWithoutLimits {
+    id: u64,
+    name: String,
+    retention: Retention,
+    created_ms: u64,
+    dead_letter: Option<String>,
+    pipeline: Vec<Stage>,
+    durability: Durability,
 }
 
 /// A [`TopicMeta`] as written before stages recorded who attached them.
@@ -83,7 +116,7 @@ impl From<TopicMetaWithoutDurability> for TopicMetaWithoutAttachers {
     }
 }
 
-impl From<TopicMetaWithoutAttachers> for TopicMeta {
+impl From<TopicMetaWithoutAttachers> for TopicMetaWithoutLimits {
     fn from(old: TopicMetaWithoutAttachers) -> Self {
         Self {
             id: old.id,
@@ -97,18 +130,63 @@ impl From<TopicMetaWithoutAttachers> for TopicMeta {
     }
 }
 
+impl From<TopicMetaWithoutLimits> for TopicMeta {
+    fn from(old: TopicMetaWithoutLimits) -> Self {
+        Self {
+            id: old.id,
+            name: old.name,
+            retention: old.retention,
+            created_ms: old.created_ms,
+            dead_letter: old.dead_letter,
+            pipeline: old.pipeline,
+            durability: old.durability,
+            stage_limits: Vec::new(),
+        }
+    }
+}
+
 impl TopicMeta {
     /// Decodes a stored topic record, of any of its layouts, newest first.
     pub(super) fn decode(bytes: &[u8]) -> Result<Self, postcard::Error> {
         postcard::from_bytes(bytes).or_else(|e| {
-            let old = postcard::from_bytes::<TopicMetaWithoutAttachers>(bytes)
+            let old = postcard::from_bytes::<TopicMetaWithoutLimits>(bytes)
                 .or_else(|_| {
-                    postcard::from_bytes::<TopicMetaWithoutDurability>(bytes)
-                        .map(TopicMetaWithoutAttachers::from)
+                    postcard::from_bytes::<TopicMetaWithoutAttachers>(bytes)
+                        .or_else(|_| {
+                            postcard::from_bytes::<TopicMetaWithoutDurability>(bytes)
+                                .map(TopicMetaWithoutAttachers::from)
+                        })
+                        .map(TopicMetaWithoutLimits::from)
                 })
                 .map_err(|_| e)?;
             Ok(old.into())
         })
+    }
+
+    /// The pipeline with each stage's limits.
+    pub(super) fn attached(&self) -> Vec<AttachedStage> {
+        self.pipeline
+            .iter()
+            .map(|stage| AttachedStage {
+                stage: stage.clone(),
+                limits: self
+                    .stage_limits
+                    .iter()
+                    .find(|(plugin, _)| *plugin == stage.plugin)
+                    .map(|(_, limits)| *limits)
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Sets the pipeline and each stage's limits.
+    pub(super) fn set_attached(&mut self, pipeline: &[AttachedStage]) {
+        self.pipeline = pipeline.iter().map(|a| a.stage.clone()).collect();
+        self.stage_limits = pipeline
+            .iter()
+            .filter(|a| !a.limits.is_default())
+            .map(|a| (a.stage.plugin.clone(), a.limits))
+            .collect();
     }
 }
 
@@ -207,7 +285,7 @@ pub struct TopicLog {
     settings: Mutex<(Retention, Durability)>,
     created_ms: u64,
     dead_letter: Option<TopicName>,
-    pipeline: Mutex<Vec<Stage>>,
+    pipeline: Mutex<Vec<AttachedStage>>,
     stats: Mutex<LogStats>,
     /// Bytes of records appended since the broker started (`/metrics`).
     bytes_in: AtomicU64,
@@ -232,7 +310,7 @@ impl TopicLog {
             settings: Mutex::new((meta.retention, meta.durability)),
             created_ms: meta.created_ms,
             dead_letter,
-            pipeline: Mutex::new(meta.pipeline),
+            pipeline: Mutex::new(meta.attached()),
             stats: Mutex::new(stats),
             bytes_in: AtomicU64::new(0),
             deleted: AtomicBool::new(false),
@@ -243,17 +321,20 @@ impl TopicLog {
     }
 
     /// What is persisted for this log, with `pipeline` as its pipeline.
-    pub(super) fn meta(&self, pipeline: Vec<Stage>) -> TopicMeta {
+    pub(super) fn meta(&self, pipeline: &[AttachedStage]) -> TopicMeta {
         let (retention, durability) = self.settings();
-        TopicMeta {
+        let mut meta = TopicMeta {
             id: self.id,
             name: self.name.to_string(),
             retention,
             created_ms: self.created_ms,
             dead_letter: self.dead_letter.as_ref().map(ToString::to_string),
-            pipeline,
+            pipeline: Vec::new(),
             durability,
-        }
+            stage_limits: Vec::new(),
+        };
+        meta.set_attached(pipeline);
+        meta
     }
 
     /// The topic's storage id: unique for the life of the data dir, never reused.
@@ -291,11 +372,21 @@ impl TopicLog {
     }
 
     /// The ingress pipeline as last made durable.
-    pub fn pipeline(&self) -> Vec<Stage> {
+    pub fn pipeline(&self) -> Vec<AttachedStage> {
         self.pipeline
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The ingress pipeline's stages, without their limits.
+    pub fn stages(&self) -> Vec<Stage> {
+        self.pipeline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|a| a.stage.clone())
+            .collect()
     }
 
     /// The durable state of the log right now.
@@ -353,7 +444,7 @@ impl TopicLog {
         *self.settings.lock().unwrap_or_else(PoisonError::into_inner) = (retention, durability);
     }
 
-    pub(super) fn set_pipeline(&self, pipeline: Vec<Stage>) {
+    pub(super) fn set_pipeline(&self, pipeline: Vec<AttachedStage>) {
         *self.pipeline.lock().unwrap_or_else(PoisonError::into_inner) = pipeline;
     }
 
@@ -520,6 +611,7 @@ mod tests {
             dead_letter: None,
             pipeline: Vec::new(),
             durability: Durability::Fsync,
+            stage_limits: Vec::new(),
         };
         Arc::new(TopicLog::new(meta, name, None, LogStats::default()))
     }

@@ -54,7 +54,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::{Bytes, BytesMut};
-use quiver_protocol::{Durability, NewRecord, Retention, Stage, TopicName};
+use quiver_protocol::{Durability, NewRecord, Retention, TopicName};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::StorageError;
@@ -63,7 +63,7 @@ pub use groups::{GroupRecord, GroupWrite, StoredGroup, StoredLane};
 pub use journal::DEFAULT_JOURNAL_BYTES;
 pub use keys::LogStats;
 pub use links::{LinkCursor, LinkRecord, Mark, MarkKey, MarkWrite, Marks, Provenance};
-pub use log::{TopicLog, TopicSettings, Watch};
+pub use log::{AttachedStage, TopicLog, TopicSettings, Watch};
 pub use metrics::StorageMetrics;
 pub use plugins::{PluginRecord, PluginVersion, StateWrite};
 use read::LogReader;
@@ -266,7 +266,7 @@ impl Storage {
     pub async fn set_pipeline(
         &self,
         log: Arc<TopicLog>,
-        pipeline: Vec<Stage>,
+        pipeline: Vec<AttachedStage>,
     ) -> Result<(), StorageError> {
         self.ask(|reply| Command::SetPipeline {
             log,

@@ -4,7 +4,9 @@ use std::collections::VecDeque;
 
 use proptest::prelude::*;
 use quiver_protocol::record::decode_batch;
-use quiver_protocol::{Durability, GroupSettings, OnError, PublishId, Receipt, Retention};
+use quiver_protocol::{
+    Durability, GroupSettings, OnError, PublishId, Receipt, Retention, Stage, StageLimits,
+};
 
 use super::log::TopicMeta;
 use super::open::{SEGMENT_BYTES, catch_panic, created_segment_size};
@@ -806,6 +808,90 @@ fn pipelines_written_before_stages_recorded_their_attacher_still_read() {
                 .on_error(OnError::FailOpen)
         ]
     );
+}
+
+#[test]
+fn pipelines_written_before_stages_had_limits_still_read() {
+    #[derive(serde::Serialize)]
+    struct Before {
+        id: u64,
+        name: String,
+        retention: Retention,
+        created_ms: u64,
+        dead_letter: Option<String>,
+        pipeline: Vec<Stage>,
+        durability: Durability,
+    }
+    // Every `durability` form after a stage: none of them may read as limits.
+    for durability in [Durability::Fsync, Durability::Batched { interval_ms: 300 }] {
+        let stages = vec![
+            Stage::new("router").param("to", "a"),
+            Stage::new("filter").on_error(OnError::FailOpen),
+        ];
+        let before = Before {
+            id: 7,
+            name: "old.topic".into(),
+            retention: Retention::default(),
+            created_ms: 1,
+            dead_letter: None,
+            pipeline: stages.clone(),
+            durability,
+        };
+        let meta = TopicMeta::decode(&postcard::to_allocvec(&before).unwrap()).unwrap();
+        assert_eq!(meta.durability, durability);
+        let attached = meta.attached();
+        assert_eq!(
+            attached.iter().map(|a| a.stage.clone()).collect::<Vec<_>>(),
+            stages
+        );
+        assert!(attached.iter().all(|a| a.limits.is_default()));
+    }
+}
+
+#[test]
+fn stage_limits_are_durable_and_kept_by_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let limits = StageLimits {
+        memory: Some(192 << 20),
+        call_timeout_ms: Some(750),
+    };
+    let pipeline = vec![
+        AttachedStage::from(Stage::new("first")),
+        AttachedStage {
+            stage: Stage::new("second").param("k", "v"),
+            limits,
+        },
+    ];
+    rt.block_on(async {
+        let (storage, _) = Storage::open(&config(&dir, 100)).unwrap();
+        let log = storage
+            .create_topic(name("sized"), Retention::default())
+            .await
+            .unwrap();
+        storage
+            .set_pipeline(log.clone(), pipeline.clone())
+            .await
+            .unwrap();
+        assert_eq!(log.pipeline(), pipeline);
+        storage.close().await;
+    });
+    rt.block_on(async {
+        let (storage, topics) = reopen(&config(&dir, 100));
+        assert_eq!(topics[0].pipeline(), pipeline, "limits survive a reopen");
+        assert_eq!(topics[0].stages().len(), 2);
+        // Detaching the sized stage forgets its limits with it.
+        storage
+            .set_pipeline(topics[0].clone(), pipeline[..1].to_vec())
+            .await
+            .unwrap();
+        storage.close().await;
+    });
+    rt.block_on(async {
+        let (storage, topics) = reopen(&config(&dir, 100));
+        assert_eq!(topics[0].pipeline(), pipeline[..1].to_vec());
+        storage.close().await;
+    });
 }
 
 /// Appends record `sequence` as publish 9/`sequence`, and waits until it is durable.

@@ -266,7 +266,24 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(name, before)| Op::PurgeTopic { name, before }),
         Just(Op::DescribeServer),
         ".{0,8}".prop_map(|name| Op::LiftQuarantine { name }),
+        (".{0,8}", stage(), stage_limits()).prop_map(|(topic, stage, limits)| Op::AttachSized {
+            topic,
+            stage,
+            limits
+        }),
+        ".{0,8}".prop_map(|name| Op::PluginSandboxes { name }),
     ]
+}
+
+pub(crate) fn stage_limits() -> impl Strategy<Value = StageLimits> {
+    (
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(|(memory, call_timeout_ms)| StageLimits {
+            memory,
+            call_timeout_ms,
+        })
 }
 
 pub(crate) fn delivered() -> impl Strategy<Value = Delivered> {
@@ -578,6 +595,27 @@ pub(crate) fn op_reply() -> impl Strategy<Value = OpReply> {
                     listeners,
                 }))
             }),
+        proptest::collection::vec(
+            (".{0,8}", ".{0,8}", stage_limits(), any::<(u64, u64, u64)>()),
+            0..3
+        )
+        .prop_map(|sandboxes| OpReply::Sandboxes(
+            sandboxes
+                .into_iter()
+                .map(
+                    |(target, language, limits, (memory_limit, call_timeout_ms, memory_peak))| {
+                        SandboxInfo {
+                            target,
+                            language,
+                            limits,
+                            memory_limit,
+                            call_timeout_ms,
+                            memory_peak,
+                        }
+                    }
+                )
+                .collect()
+        )),
     ]
 }
 

@@ -394,7 +394,7 @@ impl Broker {
         let Ok(target) = TopicName::parse(&route.topic) else {
             return Ok(()); // routing to it fails with the name's own error
         };
-        for stage in log.pipeline().iter().filter(|s| s.plugin == route.plugin) {
+        for stage in log.stages().iter().filter(|s| s.plugin == route.plugin) {
             self.auth
                 .access_of(stage.attached_by.clone())
                 .check_topic(Right::Publish, &target)?;

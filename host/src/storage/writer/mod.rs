@@ -54,14 +54,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use quiver_protocol::{Durability, PublishId, Receipt, Retention, Stage, TopicName};
+use quiver_protocol::{Durability, PublishId, Receipt, Retention, TopicName};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error};
 
 use super::flusher::Flusher;
 use super::journal::{self, Held, Journal};
 use super::keys;
-use super::log::{Piece, TopicMeta};
+use super::log::{AttachedStage, Piece, TopicMeta};
 use super::{
     Appended, Cleanup, Committed, GroupRecord, GroupWrite, LinkCursor, LinkRecord, Mark, MarkKey,
     MarkWrite, Marks, PluginRecord, PublishLayout, StateWrite, StorageError, StorageMetrics,
@@ -137,7 +137,7 @@ pub(super) enum Command {
     },
     SetPipeline {
         log: Arc<TopicLog>,
-        pipeline: Vec<Stage>,
+        pipeline: Vec<AttachedStage>,
         reply: Reply<()>,
     },
     SetSettings {

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use quiver_protocol::record;
-use quiver_protocol::{Durability, NewRecord, Retention, Stage, TopicName};
+use quiver_protocol::{Durability, NewRecord, Retention, TopicName};
 
 use super::{CommitGroup, Writer};
 use crate::storage::keys::{self, ChunkMeta, LogStats};
 use crate::storage::links::with_provenance;
-use crate::storage::log::{Piece, TailChunk, TopicMeta};
+use crate::storage::log::{AttachedStage, Piece, TailChunk, TopicMeta};
 use crate::storage::{Appended, Provenance, StorageError, TopicLog, TopicSettings};
 use crate::util::now_ms;
 
@@ -215,6 +215,7 @@ impl Writer {
             dead_letter: settings.dead_letter.as_ref().map(ToString::to_string),
             pipeline: Vec::new(),
             durability: settings.durability,
+            stage_limits: Vec::new(),
         };
         let stats = LogStats::default();
         group.batch.insert(key, encode_meta(&meta));
@@ -244,8 +245,8 @@ pub(super) fn stage_delete(group: &mut CommitGroup, log: &TopicLog) {
 }
 
 /// Stages a topic's new ingress pipeline.
-pub(super) fn stage_pipeline(group: &mut CommitGroup, log: &TopicLog, pipeline: &[Stage]) {
-    stage_meta(group, log, |meta| meta.pipeline = pipeline.to_vec());
+pub(super) fn stage_pipeline(group: &mut CommitGroup, log: &TopicLog, pipeline: &[AttachedStage]) {
+    stage_meta(group, log, |meta| meta.set_attached(pipeline));
 }
 
 /// Stages a topic's new retention and durability.
@@ -267,7 +268,7 @@ fn stage_meta(group: &mut CommitGroup, log: &TopicLog, change: impl FnOnce(&mut 
     let meta = group
         .metas
         .entry(log.id())
-        .or_insert_with(|| log.meta(log.pipeline()));
+        .or_insert_with(|| log.meta(&log.pipeline()));
     change(meta);
     let encoded = encode_meta(meta);
     group
