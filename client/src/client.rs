@@ -280,6 +280,27 @@ impl Client {
         })
     }
 
+    /// Publishes `records` to `topic` as one publish (under `id`, if given) with the
+    /// topic's pipeline running `plugin` at its deployed `version` instead of the
+    /// version running: re-driving dead letters through a fixed or an earlier version.
+    /// Needs the admin right on the topic as well as publish; refused if the plugin is
+    /// not on the topic's pipeline or has no such version.
+    pub fn publish_through(
+        &self,
+        topic: &str,
+        records: Vec<NewRecord>,
+        id: Option<PublishId>,
+        (plugin, version): (&str, &str),
+    ) -> impl Future<Output = Result<Receipt>> + Send + 'static {
+        self.ask(Op::PublishThrough {
+            topic: topic.to_owned(),
+            records,
+            id,
+            plugin: plugin.to_owned(),
+            version: version.to_owned(),
+        })
+    }
+
     /// Deploys a plugin: the broker validates the component against Quiver's plugin
     /// world, compiles it and stores it with its sha256. `version` defaults to the next
     /// number.

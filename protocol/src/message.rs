@@ -347,6 +347,22 @@ pub enum Op {
         /// The plugin's name.
         name: String,
     },
+    /// A [`Op::Publish`] whose records pass the topic's ingress pipeline with one of
+    /// its plugins at another of its versions (protocol version 4): re-driving dead
+    /// letters through a fixed (or an earlier) version. Takes the admin right on the
+    /// topic besides the publish right: it chooses the code that filters the topic.
+    PublishThrough {
+        /// The topic's name.
+        topic: String,
+        /// The records, as for [`Op::Publish`].
+        records: Vec<NewRecord>,
+        /// As for [`Op::Publish`].
+        id: Option<PublishId>,
+        /// The plugin of the topic's pipeline to run at `version`.
+        plugin: String,
+        /// One of its deployed versions.
+        version: String,
+    },
 }
 
 impl Op {
@@ -358,6 +374,7 @@ impl Op {
             Self::Publish { .. }
                 | Self::PublishEach { .. }
                 | Self::PublishAcross { .. }
+                | Self::PublishThrough { .. }
                 | Self::Forward(_)
         )
     }

@@ -305,6 +305,16 @@ fn variant_indexes_match_the_documentation() {
             33,
         ),
         (Op::PluginSandboxes { name: name() }, 34),
+        (
+            Op::PublishThrough {
+                topic: name(),
+                records: vec![],
+                id: None,
+                plugin: name(),
+                version: name(),
+            },
+            35,
+        ),
     ];
     for (op, want) in ops {
         assert_eq!(body(&request(op))[2], want);

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use quiver_client::{
-    Client, Error, ErrorCode, GroupSettings, NewRecord, Retention, Stage, StartAt,
+    Client, Error, ErrorCode, GroupSettings, NewRecord, Receipt, Retention, Stage, StartAt,
     SubscribeOptions, TopicConfig,
 };
 use quiver_tests::{
@@ -340,6 +340,37 @@ async fn plugins_route_only_where_their_attacher_may_publish() {
         reason.contains("carol") && reason.contains("audit"),
         "{reason}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_through_another_plugin_version_takes_the_topics_admin_right() {
+    let data = DataDir::new();
+    let ops = principal(&data, "ops", &["admin:>", "publish:>", "subscribe:>"]);
+    // dave publishes to `orders` but does not run it.
+    let dave = principal(&data, "dave", &["publish:orders"]);
+    let broker = Broker::start(&data);
+    let ops = connect(&broker, Some(&ops)).await.unwrap();
+    ops.create_topic("orders", Retention::default())
+        .await
+        .unwrap();
+    let filter = read_plugin(&example_plugin("json-filter"));
+    ops.deploy_plugin("gate", filter.clone(), None)
+        .await
+        .unwrap();
+    ops.upgrade_plugin("gate", filter, None).await.unwrap();
+    let gate = Stage::new("gate").param("where", "amount > 0");
+    ops.attach_plugin("orders", gate).await.unwrap();
+    fn through(client: &Client) -> impl Future<Output = Result<Receipt, Error>> + use<'_> {
+        let record = NewRecord::new(r#"{"amount":5}"#);
+        client.publish_through("orders", vec![record], None, ("gate", "1"))
+    }
+    let dave = connect(&broker, Some(&dave)).await.unwrap();
+    // Version 1 may be the one a fix replaced: choosing it is the topic admin's call.
+    forbidden(through(&dave).await, "dave", "orders");
+    dave.publish("orders", r#"{"amount":5}"#).await.unwrap();
+    let receipt = through(&ops).await.unwrap();
+    assert_eq!(receipt.count, 1);
+    assert_eq!(read_all(&ops, "orders").await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -696,6 +696,115 @@ async fn dead_letters_are_redriven_once_with_their_history() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_redriven_through_a_chosen_plugin_version() {
+    use quiver_tests::{example_plugin, read_all, read_plugin};
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    let filter = read_plugin(&example_plugin("json-filter"));
+    let tagger = read_plugin(&example_plugin("template"));
+    // `gate` 1 rejects what is not JSON; 2 tags every record instead; 3, running now,
+    // is 1 again.
+    client
+        .deploy_plugin("gate", filter.clone(), None)
+        .await
+        .unwrap();
+    client
+        .create_topic("orders", Retention::default())
+        .await
+        .unwrap();
+    let stage = quiver_client::Stage::new("gate").param("where", "amount > 0");
+    client.attach_plugin("orders", stage).await.unwrap();
+    for i in 0..2 {
+        let record = NewRecord::new(format!("not json {i}")).with_header("trace", "t1");
+        client.publish_batch("orders", vec![record]).await.unwrap();
+    }
+    client.upgrade_plugin("gate", tagger, None).await.unwrap();
+    client.upgrade_plugin("gate", filter, None).await.unwrap();
+    client
+        .deploy_plugin("other", read_plugin(&example_plugin("template")), None)
+        .await
+        .unwrap();
+    let run = |args: &[&str]| quiver(&broker, &data, args, "");
+
+    // Versions that are not there, or a plugin not on the topic: refused, nothing stored.
+    for (through, says) in [
+        (
+            "gate@9",
+            "plugin `gate` has no version `9` (its versions: 1, 2, 3)",
+        ),
+        (
+            "other@1",
+            "plugin `other` is not on the ingress pipeline of topic `orders`",
+        ),
+        ("gate", "is not NAME@VERSION"),
+    ] {
+        let refused = run(&["dlq", "redrive", "dlq.orders", "--through", through]);
+        assert!(!refused.status.success(), "{through}");
+        assert!(
+            stderr(&refused).contains(says),
+            "{through}: {}",
+            stderr(&refused)
+        );
+    }
+    assert!(read_all(&client, "orders").await.is_empty());
+
+    // Through version 2 the dead letters are stored, tagged by it, with their history.
+    let out = run(&["dlq", "redrive", "dlq.orders", "--through", "gate@2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("redrove 2"), "{}", stderr(&out));
+    let orders = read_all(&client, "orders").await;
+    assert_eq!(orders.len(), 2);
+    for (i, record) in orders.iter().enumerate() {
+        assert_eq!(record.payload, format!("not json {i}").as_bytes());
+        assert_eq!(
+            record.header("tagged-by").map(|v| &v[..]),
+            Some(&b"quiver"[..])
+        );
+        assert_eq!(record.header("trace").map(|v| &v[..]), Some(&b"t1"[..]));
+        assert_eq!(
+            record.header("quiver-redrive-from").map(|v| &v[..]),
+            Some(format!("dlq.orders:{i}").as_bytes())
+        );
+        assert_eq!(
+            record.header("quiver-redrive-version").map(|v| &v[..]),
+            Some(&b"1"[..]),
+            "the version that rejected it, as history"
+        );
+    }
+    // Meanwhile the topic's publishes still meet version 3, which rejects.
+    let receipt = client
+        .publish_batch("orders", vec![NewRecord::new("not json live")])
+        .await
+        .unwrap();
+    assert_eq!(receipt.count, 0);
+    assert!(receipt.dead_letter.is_some());
+    // Again through version 2: the first two are not stored twice, the new one is.
+    succeeded(run(&[
+        "dlq",
+        "redrive",
+        "dlq.orders",
+        "--through",
+        "gate@2",
+    ]));
+    let orders = read_all(&client, "orders").await;
+    assert_eq!(orders.len(), 3);
+    assert_eq!(&orders[2].payload[..], b"not json live");
+    // Through the version running, the dead letters are rejected once more.
+    let dlq = read_all(&client, "dlq.orders").await.len();
+    assert_eq!(dlq, 3);
+    succeeded(run(&[
+        "dlq",
+        "redrive",
+        "dlq.orders",
+        "--through",
+        "gate@3",
+    ]));
+    assert_eq!(read_all(&client, "orders").await.len(), 3);
+    assert_eq!(read_all(&client, "dlq.orders").await.len(), 2 * dlq);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_topic_is_altered_and_purged_by_those_with_the_right() {
     use quiver_tests::{Stop, principal};
     let data = DataDir::new();

@@ -470,6 +470,28 @@ async fn the_console_api_acts_as_its_principal_and_refuses_what_it_may_not() {
         "history, not a dead letter"
     );
 
+    // Through a plugin version: `orders` runs no plugin, so the record fails (and
+    // stays a dead letter); a `through` that is not NAME@VERSION is a bad request.
+    let through = json!({"offsets": [0], "through": "gate@2"});
+    let (status, report) = api(&broker, "POST", path, as_ops, Some(&through));
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["redriven"], json!([]), "{report}");
+    assert_eq!(
+        report["failed"][0]["message"],
+        "plugin `gate` is not on the ingress pipeline of topic `orders`",
+        "{report}"
+    );
+    let malformed = json!({"offsets": [0], "through": "gate"});
+    let (status, refused) = api(&broker, "POST", path, as_ops, Some(&malformed));
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("NAME@VERSION"),
+        "{refused}"
+    );
+
     let (status, missing) = api(&broker, "POST", "/api/plugins/none/lift", as_ops, None);
     assert_eq!(status, 404, "{missing}");
     assert_eq!(missing["error"]["code"], "PluginNotFound");

@@ -6,7 +6,9 @@
 
 use futures::future::join_all;
 use quiver_client::{Error, ErrorCode, NewRecord, Retention, Stage};
-use quiver_protocol::{ClientFrame, Op, OpReply, PublishId, Request, ServerFrame, TopicRun};
+use quiver_protocol::{
+    ClientFrame, Op, OpReply, PROTOCOL_VERSION, PublishId, Request, ServerFrame, TopicRun,
+};
 use quiver_tests::raw::RawConnection;
 use quiver_tests::{Broker, DataDir, filtered_topic, level_filter, principal, read_all};
 
@@ -295,7 +297,7 @@ async fn each_publish_across_topics_is_checked_stored_and_remembered_on_its_own(
     }
     let raw = RawConnection::connect(broker.addr(), broker.cert()).await;
     let (mut control, hello) = raw.handshake().await;
-    assert_eq!(hello.version, 3);
+    assert_eq!(hello.version, PROTOCOL_VERSION);
     let first = PublishId {
         producer: 7,
         sequence: 100,

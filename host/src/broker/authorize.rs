@@ -27,6 +27,10 @@ pub fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), BrokerEr
         | Op::Request { topic: name, .. } => topic(Right::Publish, name),
         // Each run is checked on its own (`publish`), and refused alone.
         Op::PublishAcross { .. } => Ok(()),
+        Op::PublishThrough { topic: name, .. } => {
+            publish(access, name)?;
+            choose_code(access, name)
+        }
         // Dead letters are writes to another topic: its publish right is needed too.
         Op::CreateTopic { name, config } => {
             topic(Right::Admin, name)?;
@@ -80,6 +84,16 @@ pub fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), BrokerEr
         | Op::PluginSandboxes { .. }
         | Op::DescribeBroker
         | Op::Reply { .. } => Ok(()),
+    }
+}
+
+/// Checks that the client's principal may choose which version of a plugin filters
+/// `topic`'s publishes (a publish through a version): the topic's admin right, as
+/// for attaching a plugin to it.
+pub fn choose_code(access: &Access, topic: &str) -> Result<(), BrokerError> {
+    match TopicName::parse(topic) {
+        Ok(name) if !access.is_unrestricted() => Ok(access.check_topic(Right::Admin, &name)?),
+        _ => Ok(()),
     }
 }
 

@@ -47,11 +47,13 @@ impl Broker {
 /// connection's order: `broker::publish`).
 async fn execute(broker: &Arc<Broker>, op: Op) -> Result<OpReply, BrokerError> {
     match op {
-        Op::Publish { .. } | Op::PublishEach { .. } | Op::PublishAcross { .. } | Op::Forward(_) => {
-            Err(BrokerError::InvalidArgument(
-                "a publish is dispatched, not executed".into(),
-            ))
-        }
+        Op::Publish { .. }
+        | Op::PublishEach { .. }
+        | Op::PublishAcross { .. }
+        | Op::PublishThrough { .. }
+        | Op::Forward(_) => Err(BrokerError::InvalidArgument(
+            "a publish is dispatched, not executed".into(),
+        )),
         Op::CreateLink(spec) => broker
             .links()?
             .create(*spec)

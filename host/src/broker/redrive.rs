@@ -10,6 +10,11 @@
 //! time), the target and the dead letter's offset, so redriving the same dead letter
 //! again within the deduplication window stores nothing twice. The dead letters stay
 //! where they are.
+//!
+//! A redrive `through` a plugin version runs the target's pipeline with that plugin at
+//! that deployed version (`Broker::publish_via`), the live version serving every other
+//! publish meanwhile; the version is part of the id, so a dead letter a redrive through
+//! one version dead-lettered again can be redriven through another.
 
 use std::sync::Arc;
 
@@ -34,6 +39,21 @@ pub struct Redrive {
     /// Only dead letters whose header `quiver-dlq-NAME` is VALUE (for `reason`:
     /// contains VALUE); all must hold.
     pub filters: Vec<(String, String)>,
+    /// Run the target's pipeline with this plugin at this version of it.
+    pub through: Option<(String, String)>,
+}
+
+/// Reads `NAME@VERSION`, a plugin and one of its versions.
+pub fn parse_through(s: &str) -> Result<(String, String), String> {
+    match s.split_once('@') {
+        Some((plugin, version)) if !plugin.is_empty() && !version.is_empty() => {
+            Ok((plugin.to_owned(), version.to_owned()))
+        }
+        _ => Err(format!(
+            "`{s}` is not NAME@VERSION (a plugin and one of its versions, as `plugin status` \
+             lists them)"
+        )),
+    }
 }
 
 impl Redrive {
@@ -84,7 +104,10 @@ impl Redrive {
     /// the topic is deleted and made again), so it is stored once in each target.
     pub fn id(&self, created_ms: u64, target: &str, offset: u64) -> PublishId {
         use sha2::Digest;
-        let seed = format!("quiver-redrive\0{}\0{created_ms}\0{target}", self.dlq);
+        let mut seed = format!("quiver-redrive\0{}\0{created_ms}\0{target}", self.dlq);
+        if let Some((plugin, version)) = &self.through {
+            seed.push_str(&format!("\0{plugin}@{version}"));
+        }
         let digest = sha2::Sha256::digest(seed);
         let mut bytes = [0u8; 8];
         bytes.copy_from_slice(&digest[..8]);
@@ -171,7 +194,12 @@ impl Broker {
                 report.skipped += 1;
                 continue;
             };
-            if let Err(e) = authorize::publish(access, &target) {
+            let allowed =
+                authorize::publish(access, &target).and_then(|()| match redrive.through {
+                    Some(_) => authorize::choose_code(access, &target),
+                    None => Ok(()),
+                });
+            if let Err(e) = allowed {
                 report.failed.push((record.offset, WireError::from(&e)));
                 continue;
             }
@@ -179,7 +207,9 @@ impl Broker {
                 records: vec![redrive.again(record)],
                 id: Some(redrive.id(created_ms, &target, record.offset)),
             };
-            let outcome = self.publish(&mut order, &target, publish).await;
+            let outcome = self
+                .publish_via(&mut order, &target, publish, redrive.through.clone())
+                .await;
             publishes.push((record.offset, target, outcome));
         }
         let (offsets, outcomes): (Vec<_>, Vec<_>) = publishes
@@ -259,6 +289,7 @@ mod tests {
                 .iter()
                 .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
                 .collect(),
+            through: None,
         };
         assert!(
             filtered(&[("reason", "deadline")])
@@ -294,5 +325,32 @@ mod tests {
             redrive.id(5, "a", 3).producer,
             redrive.id(6, "a", 3).producer
         );
+        // Through a version: an id of its own, so what one version dead-lettered again
+        // can go through another.
+        let through = |version: &str| Redrive {
+            through: Some(("gate".into(), version.into())),
+            ..redrive.clone()
+        };
+        assert_ne!(through("2").id(5, "a", 3), redrive.id(5, "a", 3));
+        assert_ne!(through("2").id(5, "a", 3), through("3").id(5, "a", 3));
+        assert_eq!(through("2").id(5, "a", 3), through("2").id(5, "a", 3));
+    }
+
+    #[test]
+    fn through_reads_a_plugin_and_a_version() {
+        assert_eq!(
+            parse_through("gate@2"),
+            Ok(("gate".to_owned(), "2".to_owned()))
+        );
+        assert_eq!(
+            parse_through("gate@v2@rc"),
+            Ok(("gate".to_owned(), "v2@rc".to_owned()))
+        );
+        for bad in ["gate", "@2", "gate@", ""] {
+            assert!(
+                parse_through(bad).unwrap_err().contains("NAME@VERSION"),
+                "{bad}"
+            );
+        }
     }
 }

@@ -3,8 +3,11 @@
 //! ids of `broker::redrive` (which says how a redriven record looks), published
 //! through the SDK.
 //!
+//! With `--through NAME@VERSION` the target's pipeline runs that plugin at that
+//! deployed version for these publishes (`Client::publish_through`).
+//!
 //! Each record is published once per run, under an id made from the dead-letter
-//! topic, the target topic and the record's offset, so a run that is cut short and
+//! topic, the target topic, the record's offset (and the version it goes through), so a run that is cut short and
 //! run again stores nothing twice within the broker's deduplication window (2 minutes
 //! by default); the summary names the offset to go on from.
 
@@ -12,13 +15,13 @@ use std::io::Write;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use quiver_client::{Client, StartAt, SubscribeOptions};
 
 use super::ConnectArgs;
 use super::args::parse_header;
-use crate::broker::redrive::Redrive;
+use crate::broker::redrive::{Redrive, parse_through};
 
 /// Redrives kept in flight at once.
 const WINDOW: usize = 256;
@@ -41,6 +44,11 @@ pub(super) enum DlqCommand {
         /// The first offset of DLQ to redrive [default: its first record].
         #[arg(long)]
         from: Option<u64>,
+        /// Run the target topic's pipeline with this plugin at this deployed version
+        /// (`plugin status` lists them), not the one running: a fixed version, or an
+        /// earlier one. Needs the admin right on the target topic.
+        #[arg(long, value_name = "NAME@VERSION", value_parser = parse_through)]
+        through: Option<(String, String)>,
         /// Say what would be redriven, and publish nothing.
         #[arg(long)]
         dry_run: bool,
@@ -56,12 +64,18 @@ pub(super) async fn run(command: DlqCommand) -> anyhow::Result<()> {
             to,
             filters,
             from,
+            through,
             dry_run,
             connect,
         } => {
             let client = connect.connect_streaming().await?;
             let run = Run {
-                redrive: Redrive { dlq, to, filters },
+                redrive: Redrive {
+                    dlq,
+                    to,
+                    filters,
+                    through,
+                },
                 dry_run,
             };
             run.run(&client, from).await
@@ -126,8 +140,13 @@ impl Run {
                         continue;
                     }
                     let id = redrive.id(info.created_ms, &target, record.offset);
-                    let again = redrive.again(&record);
-                    let publish = client.publish_batch_with_id(&target, vec![again], id);
+                    let again = vec![redrive.again(&record)];
+                    let publish = match &redrive.through {
+                        None => client.publish_batch_with_id(&target, again, id).boxed(),
+                        Some((plugin, version)) => client
+                            .publish_through(&target, again, Some(id), (plugin, version))
+                            .boxed(),
+                    };
                     let offset = record.offset;
                     inflight.push_back(async move { (offset, target, publish.await) });
                 }

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::{Peer, Shared, authenticate};
 use crate::auth::file::AuthFile;
 use crate::auth::{Access, Right};
-use crate::broker::redrive::{Redrive, Selection};
+use crate::broker::redrive::{Redrive, Selection, parse_through};
 use crate::broker::{Broker, BrokerError, PublishOrder, Publishes, authorize, one_outcome};
 use crate::util::{hex, now_ms, parse_start};
 
@@ -634,6 +634,8 @@ struct RedriveRequest {
     all: bool,
     from: Option<u64>,
     to: Option<String>,
+    /// `NAME@VERSION`: run the target's pipeline with that plugin version.
+    through: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -672,10 +674,15 @@ async fn redrive(
             ));
         }
     };
+    let through = match request.through.filter(|t| !t.is_empty()) {
+        Some(through) => Some(parse_through(&through).map_err(ApiError::bad_request)?),
+        None => None,
+    };
     let redrive = Redrive {
         dlq,
         to: request.to.filter(|t| !t.is_empty()),
         filters: Vec::new(),
+        through,
     };
     let done = shared
         .broker

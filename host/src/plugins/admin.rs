@@ -28,10 +28,15 @@ impl Plugins {
             record,
             version,
             compiled,
-            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+            generation: self.next_generation(),
         });
         write(&self.registry).insert(deployed.record.name.clone(), Arc::clone(&deployed));
         deployed
+    }
+
+    /// A generation number no deployed code has had.
+    pub(super) fn next_generation(&self) -> u64 {
+        self.generations.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Compiles `wasm` off the async workers.
@@ -173,6 +178,7 @@ impl Plugins {
         }
         self.storage.remove_plugin(name.to_owned()).await?;
         write(&self.registry).remove(name);
+        self.pinned.forget(name);
         info!(plugin = name, "plugin removed");
         Ok(())
     }

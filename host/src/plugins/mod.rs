@@ -7,6 +7,7 @@
 //! - `pipeline`: sorting records by the stages' outcomes;
 //! - `executor`: the threads calls run on; `order`: the order a plugin's calls run in;
 //! - `admin`: deploying, upgrading, removing and attaching plugins;
+//! - `pinned`: a topic's pipeline with one plugin at another of its versions;
 //! - `state`: plugin state written and not yet committed, in front of storage;
 //! - this module: [`Plugins`], which the broker asks to deploy, upgrade, remove, attach
 //!   and run plugins, and the stages of each topic.
@@ -25,6 +26,7 @@
 mod admin;
 mod executor;
 mod order;
+mod pinned;
 pub mod pipeline;
 pub mod runtime;
 pub mod sandbox;
@@ -239,6 +241,8 @@ pub struct Plugins {
     generations: AtomicU64,
     /// Serializes deploy, upgrade, remove, attach and detach.
     admin: tokio::sync::Mutex<()>,
+    /// Stages pinned to another version than the one running, lately used.
+    pinned: pinned::PinnedStages,
     /// Where plugin calls run.
     executor: Executor,
     /// The order calls of each plugin run and queue their results in.
@@ -281,6 +285,7 @@ impl Plugins {
             sandbox: settings.sandbox,
             generations: AtomicU64::new(0),
             admin: tokio::sync::Mutex::new(()),
+            pinned: pinned::PinnedStages::default(),
             executor: Executor::new(EXECUTOR_THREADS).map_err(|e| {
                 AdminError::InvalidArgument(format!("starting the plugin threads: {e}"))
             })?,

@@ -15,7 +15,7 @@ use quiver_protocol::{AttachmentStatus, OnError, SandboxInfo, Stage, StageLimits
 
 use super::runtime::{CallContext, CallOutput, Instance};
 use super::sandbox::Language;
-use super::{InputEvent, PluginError, Plugins};
+use super::{Deployed, InputEvent, PluginError, Plugins};
 
 /// When a failing stage is quarantined and for how long.
 #[derive(Debug, Clone, Copy)]
@@ -128,6 +128,8 @@ pub struct StageRunner {
     /// Where it runs, for status: `topic NAME` or `subscription PATTERN`.
     pub target: String,
     params: Arc<[(String, String)]>,
+    /// The code it runs when not the plugin's running version (see `pinned.rs`).
+    pinned: Option<Arc<Deployed>>,
     loaded: Mutex<Option<Loaded>>,
     figures: Mutex<Figures>,
 }
@@ -154,6 +156,7 @@ impl StageRunner {
             limits,
             target,
             params,
+            pinned: None,
             loaded: Mutex::new(None),
             figures: Mutex::new(Figures {
                 calls: 0,
@@ -171,6 +174,21 @@ impl StageRunner {
                 memory_peak: 0,
             }),
         }
+    }
+
+    /// A stage like `live` running `deployed`'s code instead of the plugin's
+    /// running version, with figures of its own.
+    pub fn pinned(live: &StageRunner, deployed: Arc<Deployed>) -> Self {
+        Self {
+            pinned: Some(deployed),
+            ..Self::new(live.stage.clone(), live.limits, live.target.clone())
+        }
+    }
+
+    /// The sha256 of the code a pinned stage runs.
+    pub fn pinned_sha256(&self) -> Option<&[u8; 32]> {
+        let pinned = self.pinned.as_ref()?;
+        pinned.record.current().map(|v| &v.sha256)
     }
 
     /// The plugin this stage runs.
@@ -244,7 +262,10 @@ impl StageRunner {
         topic: &str,
         events: &[InputEvent<'_>],
     ) -> Result<CallOutput, PluginError> {
-        let deployed = plugins.deployed(&self.stage.plugin)?;
+        let deployed = match &self.pinned {
+            Some(pinned) => Arc::clone(pinned),
+            None => plugins.deployed(&self.stage.plugin)?,
+        };
         if loaded
             .as_ref()
             .is_none_or(|l| l.generation != deployed.generation)

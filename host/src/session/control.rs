@@ -104,6 +104,18 @@ async fn dispatch(
             let outcomes = broker.publish(order, &topic, publishes).await;
             async move { reply(one_outcome(outcomes.await).map(OpReply::Published)) }.boxed()
         }
+        Op::PublishThrough {
+            topic,
+            records,
+            id,
+            plugin,
+            version,
+        } => {
+            let publishes = Publishes::One { records, id };
+            let through = Some((plugin, version));
+            let outcomes = broker.publish_via(order, &topic, publishes, through).await;
+            async move { reply(one_outcome(outcomes.await).map(OpReply::Published)) }.boxed()
+        }
         Op::PublishEach {
             topic,
             records,

@@ -272,6 +272,20 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
             limits
         }),
         ".{0,8}".prop_map(|name| Op::PluginSandboxes { name }),
+        (
+            ".{0,8}",
+            proptest::collection::vec(record(), 0..3),
+            proptest::option::of(any::<(u64, u64)>()),
+            ".{0,8}",
+            ".{0,4}"
+        )
+            .prop_map(|(topic, records, id, plugin, version)| Op::PublishThrough {
+                topic,
+                records,
+                id: id.map(|(producer, sequence)| PublishId { producer, sequence }),
+                plugin,
+                version,
+            }),
     ]
 }
 

@@ -142,6 +142,18 @@ impl Broker {
         topic: &str,
         publishes: Publishes,
     ) -> BoxFuture<'static, Outcomes> {
+        self.publish_via(order, topic, publishes, None).await
+    }
+
+    /// [`Broker::publish`], with `through`'s plugin (a name and one of its deployed
+    /// versions) running that version in the topic's pipeline for these publishes.
+    pub async fn publish_via(
+        self: &Arc<Self>,
+        order: &mut PublishOrder,
+        topic: &str,
+        publishes: Publishes,
+        through: Option<(String, String)>,
+    ) -> BoxFuture<'static, Outcomes> {
         let checked = self.topic(topic).and_then(|log| {
             self.check_request(&publishes)?;
             Ok(log)
@@ -152,11 +164,15 @@ impl Broker {
         };
         // The stages as they are now serve this request, however the pipeline changes.
         // (A forwarded batch may hold no record, only its mark's move: no call.)
-        let stages = match publishes.records() {
-            0 => None,
+        let stages = match (publishes.records(), &through) {
+            (0, None) => None,
             _ => self.plugins.topic_stages(log.id()),
         };
-        if stages.is_none() && !self.would_wait(publishes.ids()) && order.idle() {
+        if through.is_none()
+            && stages.is_none()
+            && !self.would_wait(publishes.ids())
+            && order.idle()
+        {
             let claimed = self.claim(log, publishes).await;
             return match self.queue_plain(claimed).await {
                 Ok(queued) => queued.durable().map(Ok).boxed(),
@@ -175,6 +191,17 @@ impl Broker {
         let mut turn = order.turn(plugins);
         let broker = Arc::clone(self);
         async move {
+            // Pinning may compile the version's code: not before the turn is taken,
+            // which keeps the connection's order, and not on the connection's task.
+            let stages = match through {
+                None => stages,
+                Some((plugin, version)) => Some(
+                    broker
+                        .plugins
+                        .pin(log.name().as_str(), stages, &plugin, &version)
+                        .await?,
+                ),
+            };
             let claimed = broker.claim(log, publishes).await;
             let queued = match stages {
                 None => {
