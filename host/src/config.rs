@@ -915,6 +915,21 @@ mod tests {
             let err = Config::load(Some(Path::new("q.toml")), &Overrides::default()).unwrap_err();
             assert!(err.to_string().contains("max_frame_size"), "{err}");
 
+            // A language's default above the maxima, and a partial language table.
+            jail.create_file("q.toml", "[plugins.javascript]\nmemory_limit = \"2 GiB\"\n")?;
+            let err = Config::load(Some(Path::new("q.toml")), &Overrides::default()).unwrap_err();
+            assert!(
+                err.to_string().contains("plugins.javascript.memory_limit")
+                    && err
+                        .to_string()
+                        .contains("plugins.max_memory_limit (1.0 GiB)"),
+                "{err}"
+            );
+            jail.create_file("q.toml", "[plugins.python]\ncall_timeout = \"1s\"\n")?;
+            let config = Config::load(Some(Path::new("q.toml")), &Overrides::default()).unwrap();
+            assert_eq!(config.plugins.python.call_timeout, Duration::from_secs(1));
+            assert_eq!(config.plugins.python.memory_limit, ByteSize::mib(64));
+
             let err =
                 Config::load(Some(Path::new("missing.toml")), &Overrides::default()).unwrap_err();
             assert!(matches!(err, ConfigError::MissingFile(_)));

@@ -181,4 +181,28 @@ fn each_attachment_runs_in_its_own_sandbox_within_the_maxima() {
             .contains("plugins.max_memory_limit"),
         "{refused}"
     );
+
+    // Maxima lowered below what an attachment asked for: it runs at the new maximum,
+    // and its topic's pipeline can still be changed.
+    assert!(broker.stop().success());
+    let lowered = [
+        ("QUIVER_PLUGINS__MAX_MEMORY_LIMIT", "16MiB"),
+        ("QUIVER_PLUGINS__MEMORY_LIMIT", "16MiB"),
+        ("QUIVER_PLUGINS__PYTHON__MEMORY_LIMIT", "16MiB"),
+        ("QUIVER_PLUGINS__JAVASCRIPT__MEMORY_LIMIT", "16MiB"),
+    ];
+    let broker = Broker::start_with(&data, &lowered);
+    let large = sandbox(&broker, &data, "memory-bomb", "large");
+    assert_eq!(large["memory_limit"], 16 << 20);
+    assert_eq!(large["asked"]["memory"], 24 << 20);
+    run(&broker, &["plugin", "attach", "spin", "--topic", "large"]);
+    run(&broker, &["plugin", "detach", "spin", "--topic", "large"]);
+    let refused = broker.cli(
+        &data,
+        &[
+            "plugin", "attach", "spin", "--topic", "large", "--memory", "24MiB",
+        ],
+        "",
+    );
+    assert!(!refused.status.success(), "new stages meet the new maximum");
 }

@@ -143,8 +143,8 @@ pub(super) enum PluginCommand {
 #[derive(Debug, Args)]
 pub(super) struct LocalSandbox {
     /// Time one call may take [default: a broker's default for the plugin's language:
-    /// 100ms for Rust, 200ms for Python, 500ms for JavaScript]. The deadline counts elapsed
-    /// time, so a loaded machine can make a call miss it.
+    /// 100ms for Rust, 200ms for Python, 500ms for JavaScript], in CPU time of the
+    /// thread running it.
     #[arg(long, visible_alias = "deadline", value_parser = humantime::parse_duration)]
     call_timeout: Option<std::time::Duration>,
     /// Linear memory the instance may use [default: a broker's default for the

@@ -4,7 +4,7 @@
 //!
 //! A pinned stage is a [`StageRunner`] of its own, with the attachment's parameters and
 //! limits and the version's code; it is kept for the next publishes through the same
-//! version (a re-drive sends one publish per dead letter), a few at most.
+//! version (a re-drive sends one publish per dead letter), two at most.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,8 +13,9 @@ use super::stage::StageRunner;
 use super::{AdminError, Deployed, Plugins};
 use crate::storage::PluginRecord;
 
-/// Pinned stages kept for the publishes that follow.
-const KEPT: usize = 8;
+/// Pinned stages kept for the publishes that follow: few, as each may hold an
+/// instance (up to about 90 MiB for a JavaScript one).
+const KEPT: usize = 2;
 
 /// The pinned stages made lately, newest last.
 #[derive(Debug, Default)]

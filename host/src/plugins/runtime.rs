@@ -11,8 +11,9 @@
 //! `HashMap` seeds itself from it). Any other import (the WASI interfaces a
 //! `wasm32-wasip2` build pulls in: files, sockets, environment, clocks, stdio) is linked
 //! to a function that traps. Each instance has a memory cap, each
-//! call a deadline (epoch interruption), both given per instance ([`Sandbox`]), and
-//! outputs are checked against limits before the broker sees them. Every failure is a [`PluginError`] value; after a trap the
+//! call a deadline of CPU time (epoch interruption, checked against the thread's CPU
+//! clock: [`CpuClock`]), both given per instance ([`Sandbox`]), and outputs are checked
+//! against limits before the broker sees them. Every failure is a [`PluginError`] value; after a trap the
 //! instance is thrown away.
 //!
 //! Why one file of ~700 lines: it is the wall around wasmtime. Splitting it would put
@@ -273,7 +274,9 @@ impl Runtime {
         let state = HostState::new(context, sandbox.memory_bytes);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state as &mut dyn ResourceLimiter);
-        store.set_epoch_deadline(ticks(sandbox.call_timeout.max(MIN_INSTANTIATE_TIME)));
+        store.epoch_deadline_callback(|store| Ok(store.data().clock.on_deadline()));
+        store.data_mut().clock = CpuClock::start(sandbox.call_timeout.max(MIN_INSTANTIATE_TIME));
+        store.set_epoch_deadline(store.data().clock.ticks_left());
         let plugin = compiled
             .pre
             .instantiate(&mut store)
@@ -283,9 +286,77 @@ impl Runtime {
             plugin,
             limits: self.limits,
             sandbox,
-            deadline_ticks: ticks(sandbox.call_timeout),
         })
     }
+}
+
+/// The CPU time a call has used, against its budget: the call deadline counts the
+/// time the calling thread ran, not the time it waited for a core, so a busy machine
+/// does not fail calls that did not overrun. The epoch ticker wakes it every [`TICK`]
+/// once the ticks it expected are spent ([`CpuClock::on_deadline`]), and a call is
+/// interrupted when its thread's CPU time is over the budget, or when ten budgets of
+/// elapsed time have passed whatever it used (a call waiting on the host).
+#[derive(Debug, Clone, Copy)]
+struct CpuClock {
+    budget: Duration,
+    cpu_at_start: Duration,
+    started: std::time::Instant,
+}
+
+/// How many budgets of elapsed time a call may take, whatever CPU time it used.
+const MAX_ELAPSED_BUDGETS: u32 = 10;
+
+impl CpuClock {
+    fn start(budget: Duration) -> Self {
+        Self {
+            budget,
+            cpu_at_start: thread_cpu_time(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// The CPU time left, in ticks (at least one).
+    fn ticks_left(&self) -> u64 {
+        let used = thread_cpu_time().saturating_sub(self.cpu_at_start);
+        ticks(self.budget.saturating_sub(used))
+    }
+
+    /// Called on the calling thread when the epoch passes the deadline set: go on for
+    /// the CPU time left, or stop.
+    fn on_deadline(&self) -> wasmtime::UpdateDeadline {
+        let used = thread_cpu_time().saturating_sub(self.cpu_at_start);
+        if used >= self.budget || self.started.elapsed() >= self.budget * MAX_ELAPSED_BUDGETS {
+            return wasmtime::UpdateDeadline::Interrupt;
+        }
+        wasmtime::UpdateDeadline::Continue(self.ticks_left())
+    }
+}
+
+/// The CPU time the calling thread has used.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is always
+    // available on the platforms Quiver runs on (Linux, the BSDs, macOS).
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } == 0;
+    if !ok {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// Elsewhere, elapsed time stands for CPU time.
+#[cfg(not(unix))]
+fn thread_cpu_time() -> Duration {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed()
 }
 
 /// The epoch ticks of `time` (at least one).
@@ -377,7 +448,6 @@ pub struct Instance {
     plugin: bindings::Plugin,
     limits: SandboxLimits,
     sandbox: Sandbox,
-    deadline_ticks: u64,
 }
 
 impl Instance {
@@ -406,8 +476,9 @@ impl Instance {
             .zip(&headers)
             .map(|(event, headers)| to_wit(event, headers))
             .collect();
-        self.store.data_mut().begin_call();
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        self.store.data_mut().begin_call(self.sandbox.call_timeout);
+        let ticks = self.store.data().clock.ticks_left();
+        self.store.set_epoch_deadline(ticks);
         let result = self.plugin.call_process(&mut self.store, topic, &inputs);
         let outcomes = match result {
             Err(e) => return Err(classify(e, self.store.data(), self.sandbox)),
@@ -563,6 +634,8 @@ struct HostState {
     memory_exceeded: bool,
     /// The most linear memory granted so far.
     memory_peak: usize,
+    /// The current call's (or the instantiation's) CPU time against its budget.
+    clock: CpuClock,
     log_lines: usize,
     /// The last error the plugin logged in this call (a panic message, often).
     last_error: Option<String>,
@@ -578,6 +651,7 @@ impl HostState {
             memory_limit,
             memory_exceeded: false,
             memory_peak: 0,
+            clock: CpuClock::start(Duration::ZERO),
             log_lines: 0,
             last_error: None,
             state_bytes: 0,
@@ -585,7 +659,8 @@ impl HostState {
         }
     }
 
-    fn begin_call(&mut self) {
+    fn begin_call(&mut self, budget: Duration) {
+        self.clock = CpuClock::start(budget);
         self.log_lines = 0;
         self.last_error = None;
         self.state_bytes = 0;
@@ -754,6 +829,33 @@ mod tests {
             Err(PluginError::InvalidOutput(why)) => why,
             other => panic!("expected invalid output, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_deadline_counts_cpu_time_not_waiting() {
+        let clock = CpuClock::start(Duration::from_millis(20));
+        // Descheduled, or waiting: twice the budget passes, next to no CPU time.
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(matches!(
+            clock.on_deadline(),
+            wasmtime::UpdateDeadline::Continue(_)
+        ));
+        // Running: past the budget of CPU time, it stops.
+        let until = thread_cpu_time() + Duration::from_millis(25);
+        while thread_cpu_time() < until {
+            std::hint::black_box(0u64);
+        }
+        assert!(matches!(
+            clock.on_deadline(),
+            wasmtime::UpdateDeadline::Interrupt
+        ));
+        // Ten budgets of elapsed time stop it whatever it used.
+        let patient = CpuClock::start(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(matches!(
+            patient.on_deadline(),
+            wasmtime::UpdateDeadline::Interrupt
+        ));
     }
 
     #[test]
