@@ -104,6 +104,16 @@ async fn metrics_move_as_records_are_published_acked_and_dead_lettered() {
         page.value("quiver_plugin_quarantined", &attachment),
         Some(0.0)
     );
+    // The template is a Rust plugin: its instance runs under Rust's default cap.
+    let cap = f64::from(64u32 << 20);
+    assert_eq!(
+        page.value("quiver_plugin_memory_limit_bytes", &attachment),
+        Some(cap)
+    );
+    let peak = page
+        .value("quiver_plugin_memory_peak_bytes", &attachment)
+        .unwrap();
+    assert!(peak > 0.0 && peak < cap, "{peak}");
     // Every call is in the call-time histogram.
     let calls = page.value("quiver_plugin_calls_total", &attachment);
     assert_eq!(

@@ -27,7 +27,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use quiver_protocol::{
     AttachmentStatus, GroupInfo, GroupTopic, LinkInfo, LinkState, LinkTopic, PluginStatus,
-    TopicInfo, TopicPattern,
+    SandboxInfo, TopicInfo, TopicPattern,
 };
 
 use crate::auth::{Access, Right};
@@ -74,6 +74,8 @@ struct Snapshot {
     plugins: Vec<PluginStatus>,
     /// Each plugin's attachments' call times, by plugin, then target.
     call_times: Vec<(String, Vec<(String, CallTimes)>)>,
+    /// Each plugin's attachments' sandboxes, by plugin.
+    sandboxes: Vec<(String, Vec<SandboxInfo>)>,
     links: Vec<LinkInfo>,
     connections: usize,
     /// QUIC streams open, by kind.
@@ -131,6 +133,13 @@ impl Snapshot {
                 Some((name.clone(), broker.plugin_call_times(name).ok()?))
             })
             .collect();
+        let sandboxes = plugins
+            .iter()
+            .filter_map(|p| {
+                let name = &p.info.name;
+                Some((name.clone(), broker.plugin_sandboxes(name).ok()?))
+            })
+            .collect();
         let links = match (admin, broker.links()) {
             (true, Ok(links)) => links.list(),
             _ => Vec::new(),
@@ -141,6 +150,7 @@ impl Snapshot {
             groups,
             plugins,
             call_times,
+            sandboxes,
             links,
             connections,
             streams: StreamKind::ALL
@@ -416,6 +426,19 @@ const ATTACHMENT_METRICS: &[Spec<AttachmentStatus>] = &[
     ),
 ];
 
+const SANDBOX_METRICS: &[Spec<SandboxInfo>] = &[
+    gauge_of(
+        "quiver_plugin_memory_peak_bytes",
+        "The most linear memory an instance of a plugin attachment reached.",
+        |s| s.memory_peak,
+    ),
+    gauge_of(
+        "quiver_plugin_memory_limit_bytes",
+        "The memory cap of a plugin attachment's instance.",
+        |s| s.memory_limit,
+    ),
+];
+
 const LINK_METRICS: &[Spec<LinkInfo>] = &[counter_of(
     "quiver_link_failures",
     "Times a link lost its remote or failed to reach it.",
@@ -496,6 +519,18 @@ impl Snapshot {
             })
             .collect();
         families(e, ATTACHMENT_METRICS, &items)?;
+        let sandboxes: Vec<(Labels, &SandboxInfo)> = self
+            .sandboxes
+            .iter()
+            .flat_map(|(plugin, sandboxes)| {
+                sandboxes.iter().map(move |s| {
+                    let labels: Labels =
+                        vec![("plugin", plugin.clone()), ("target", s.target.clone())];
+                    (labels, s)
+                })
+            })
+            .collect();
+        families(e, SANDBOX_METRICS, &sandboxes)?;
         family(
             e,
             "quiver_plugin_call_seconds",
