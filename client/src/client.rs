@@ -77,6 +77,7 @@ expected! {
     Broker => quiver_protocol::BrokerInfo,
     Server => Box<quiver_protocol::ServerStatus>,
     Sandboxes => Vec<quiver_protocol::SandboxInfo>,
+    Diff => Box<quiver_protocol::PluginDiff>,
 }
 
 /// The reply to a deletion.
@@ -361,6 +362,50 @@ impl Client {
     /// deadline, the most memory used), in the order of [`Client::plugin_status`].
     pub async fn plugin_sandboxes(&self, name: &str) -> Result<Vec<quiver_protocol::SandboxInfo>> {
         self.ask(Op::PluginSandboxes {
+            name: name.to_owned(),
+        })
+        .await
+    }
+
+    /// Starts running `wasm` beside the plugin's live version, wherever it runs, on
+    /// the same batches: its outcomes are compared with the live ones and discarded,
+    /// its state writes never applied (a shadow rollout). Replaces a shadow that ran.
+    /// Returns the (empty) diff.
+    pub async fn shadow_plugin(
+        &self,
+        name: &str,
+        wasm: impl Into<Bytes>,
+        version: Option<&str>,
+    ) -> Result<Box<quiver_protocol::PluginDiff>> {
+        self.ask(Op::ShadowPlugin {
+            name: name.to_owned(),
+            version: version.map(str::to_owned),
+            wasm: wasm.into(),
+        })
+        .await
+    }
+
+    /// How the plugin's shadow has decided against the live version so far: records
+    /// decided differently by kind, samples, call times, the shadow's failures.
+    pub async fn plugin_diff(&self, name: &str) -> Result<Box<quiver_protocol::PluginDiff>> {
+        self.ask(Op::DiffPlugin {
+            name: name.to_owned(),
+        })
+        .await
+    }
+
+    /// Makes the shadow's code the plugin's live version, stored as an upgrade is:
+    /// every batch from then on runs it wholly, none before does. Returns the last diff.
+    pub async fn promote_plugin(&self, name: &str) -> Result<Box<quiver_protocol::PluginDiff>> {
+        self.ask(Op::PromotePlugin {
+            name: name.to_owned(),
+        })
+        .await
+    }
+
+    /// Ends the plugin's shadow; the live version goes on. Returns the last diff.
+    pub async fn rollback_plugin(&self, name: &str) -> Result<Box<quiver_protocol::PluginDiff>> {
+        self.ask(Op::RollbackPlugin {
             name: name.to_owned(),
         })
         .await

@@ -56,10 +56,10 @@ pub use subscription::{Record, Subscription};
 pub use quiver_protocol::Record as StoredRecord;
 pub use quiver_protocol::record::headers;
 pub use quiver_protocol::{
-    AttachmentStatus, BrokerInfo, Delivered, Durability, ErrorCode, Forward, Forwarded,
+    AttachmentStatus, BrokerInfo, Delivered, DiffSample, Durability, ErrorCode, Forward, Forwarded,
     ForwardedRecords, GroupInfo, GroupSettings, GroupTopic, Header, JetStreamRemote, Limits,
     LinkAuth, LinkDirection, LinkInfo, LinkSpec, LinkState, LinkTopic, NewRecord, OnError, Origin,
-    Placement, PluginInfo, PluginStatus, Position, PublishId, PurgeBefore, Receipt, Retention,
-    SandboxInfo, ServerStatus, Skip, Stage, StageLimits, StartAt, StreamRetention, StreamSetup,
-    StreamStorage, TopicConfig, TopicInfo, WireError, broker_id_hex,
+    Placement, PluginDiff, PluginInfo, PluginStatus, Position, PublishId, PurgeBefore, Receipt,
+    Retention, SandboxInfo, ServerStatus, Skip, Stage, StageLimits, StartAt, StreamRetention,
+    StreamSetup, StreamStorage, TopicConfig, TopicInfo, WireError, broker_id_hex,
 };

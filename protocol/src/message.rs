@@ -363,6 +363,32 @@ pub enum Op {
         /// One of its deployed versions.
         version: String,
     },
+    /// Run new code of a plugin beside the live version, on the same batches, its
+    /// outcomes compared and discarded (protocol version 4): a shadow rollout.
+    ShadowPlugin {
+        /// The plugin's name.
+        name: String,
+        /// A version label for the new code (default: the next number).
+        version: Option<String>,
+        /// The new WebAssembly component.
+        wasm: Bytes,
+    },
+    /// How a plugin's shadow has decided against the live version (protocol version 4).
+    DiffPlugin {
+        /// The plugin's name.
+        name: String,
+    },
+    /// Make the shadow's code the live version everywhere the plugin runs, atomically
+    /// (protocol version 4).
+    PromotePlugin {
+        /// The plugin's name.
+        name: String,
+    },
+    /// End the plugin's shadow; the live version goes on (protocol version 4).
+    RollbackPlugin {
+        /// The plugin's name.
+        name: String,
+    },
 }
 
 impl Op {
@@ -449,6 +475,8 @@ pub enum OpReply {
     Server(Box<ServerStatus>),
     /// The sandbox of each of a plugin's attachments, in the order of its status.
     Sandboxes(Vec<SandboxInfo>),
+    /// How a plugin's shadow has decided against the live version.
+    Diff(Box<PluginDiff>),
 }
 
 /// How a broker runs, for operators (`quiver info`).
@@ -602,6 +630,57 @@ pub struct SandboxInfo {
     /// The most linear memory an instance of it has reached, in bytes (0 before the
     /// first call).
     pub memory_peak: u64,
+}
+
+/// How a plugin's shadow (new code run beside the live version on the same batches)
+/// has decided, against the live version, since the shadow began.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginDiff {
+    /// The plugin.
+    pub name: String,
+    /// The live version.
+    pub live: String,
+    /// The shadow's version.
+    pub shadow: String,
+    /// When the shadow began (ms since the Unix epoch).
+    pub started_ms: u64,
+    /// Batches both ran.
+    pub batches: u64,
+    /// Records both decided on.
+    pub records: u64,
+    /// Records they decided differently.
+    pub differing: u64,
+    /// The differing records by the live outcome's kind and the shadow's (`keep`,
+    /// `drop`, `replace`, `route`, `reject`), most first.
+    pub kinds: Vec<(String, String, u64)>,
+    /// A few differing records, the first seen.
+    pub samples: Vec<DiffSample>,
+    /// Time the live version's calls took, in µs, over the batches both ran.
+    pub live_micros: u64,
+    /// Time the shadow's calls took, in µs.
+    pub shadow_micros: u64,
+    /// Batches the live version ran and the shadow failed (a trap, its deadline or
+    /// memory cap, bad output, an error it returned).
+    pub shadow_errors: u64,
+    /// The shadow's last failure.
+    pub last_error: Option<String>,
+}
+
+/// One record the live version and the shadow decided differently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffSample {
+    /// Where: `topic NAME` or `subscription PATTERN`.
+    pub target: String,
+    /// The record's offset (on ingress: its position in the publish).
+    pub offset: u64,
+    /// The record's key, if any.
+    pub key: Option<Bytes>,
+    /// Its payload, cut to 256 bytes.
+    pub payload: Bytes,
+    /// What the live version decided, in words.
+    pub live: String,
+    /// What the shadow decided, in words.
+    pub shadow: String,
 }
 
 /// What a stage does while its plugin is quarantined for failing repeatedly.

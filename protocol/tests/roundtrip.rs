@@ -315,6 +315,17 @@ fn variant_indexes_match_the_documentation() {
             },
             35,
         ),
+        (
+            Op::ShadowPlugin {
+                name: name(),
+                version: None,
+                wasm: Bytes::new(),
+            },
+            36,
+        ),
+        (Op::DiffPlugin { name: name() }, 37),
+        (Op::PromotePlugin { name: name() }, 38),
+        (Op::RollbackPlugin { name: name() }, 39),
     ];
     for (op, want) in ops {
         assert_eq!(body(&request(op))[2], want);

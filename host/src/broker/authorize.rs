@@ -54,6 +54,9 @@ pub fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), BrokerEr
         // broker runs (its data dir and listeners).
         Op::DeployPlugin { .. }
         | Op::UpgradePlugin { .. }
+        | Op::ShadowPlugin { .. }
+        | Op::PromotePlugin { .. }
+        | Op::RollbackPlugin { .. }
         | Op::RemovePlugin { .. }
         | Op::CreateLink(_)
         | Op::DeleteLink { .. }
@@ -82,6 +85,7 @@ pub fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), BrokerEr
         | Op::ListPlugins
         | Op::PluginStatus { .. }
         | Op::PluginSandboxes { .. }
+        | Op::DiffPlugin { .. }
         | Op::DescribeBroker
         | Op::Reply { .. } => Ok(()),
     }

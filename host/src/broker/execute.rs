@@ -43,6 +43,10 @@ impl Broker {
     }
 }
 
+fn diff_reply(diff: quiver_protocol::PluginDiff) -> OpReply {
+    OpReply::Diff(Box::new(diff))
+}
+
 /// Carries out an authorized request. Publishes have their own way (they keep their
 /// connection's order: `broker::publish`).
 async fn execute(broker: &Arc<Broker>, op: Op) -> Result<OpReply, BrokerError> {
@@ -137,6 +141,33 @@ async fn execute(broker: &Arc<Broker>, op: Op) -> Result<OpReply, BrokerError> {
             .await
             .map(OpReply::Topic),
         Op::PluginSandboxes { name } => broker.plugin_sandboxes(&name).map(OpReply::Sandboxes),
+        Op::ShadowPlugin {
+            name,
+            version,
+            wasm,
+        } => broker
+            .plugins()
+            .shadow(&name, version, wasm)
+            .await
+            .map(diff_reply)
+            .map_err(BrokerError::from),
+        Op::DiffPlugin { name } => broker
+            .plugins()
+            .diff(&name)
+            .map(diff_reply)
+            .map_err(BrokerError::from),
+        Op::PromotePlugin { name } => broker
+            .plugins()
+            .promote(&name)
+            .await
+            .map(diff_reply)
+            .map_err(BrokerError::from),
+        Op::RollbackPlugin { name } => broker
+            .plugins()
+            .rollback(&name)
+            .await
+            .map(diff_reply)
+            .map_err(BrokerError::from),
         Op::DetachPlugin { topic, plugin } => broker
             .detach_plugin(&topic, &plugin)
             .await

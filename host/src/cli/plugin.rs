@@ -11,7 +11,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
 use quiver_client::{
-    NewRecord, PluginInfo, PluginStatus, SandboxInfo, Stage, StageLimits, StartAt, SubscribeOptions,
+    NewRecord, PluginDiff, PluginInfo, PluginStatus, SandboxInfo, Stage, StageLimits, StartAt,
+    SubscribeOptions,
 };
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -88,7 +89,8 @@ pub(super) enum PluginCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
-    /// Replace a plugin's code everywhere it runs, atomically, without a restart.
+    /// Replace a plugin's code everywhere it runs, atomically, without a restart
+    /// (or, with --shadow, run it beside the live version first).
     Upgrade {
         /// The plugin.
         name: String,
@@ -97,6 +99,37 @@ pub(super) enum PluginCommand {
         /// A version label [default: the next number].
         #[arg(long)]
         version: Option<String>,
+        /// Run the new code beside the live version on the same batches, its outcomes
+        /// compared (`plugin diff`) and discarded, until `plugin promote` or `plugin
+        /// rollback`.
+        #[arg(long)]
+        shadow: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// How the plugin's shadow has decided against the live version: records decided
+    /// differently, by kind, with samples; call times; the shadow's failures.
+    Diff {
+        /// The plugin.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Make the shadow's code the live version, atomically: every batch after runs it
+    /// wholly, none before does.
+    Promote {
+        /// The plugin.
+        name: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// End the plugin's shadow; the live version goes on.
+    Rollback {
+        /// The plugin.
+        name: String,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -291,6 +324,50 @@ pub(super) async fn run(command: PluginCommand) -> anyhow::Result<()> {
             name,
             file,
             version,
+            shadow: true,
+            connect,
+        } => {
+            let wasm = read_wasm(&file)?;
+            let diff = connect
+                .connect()
+                .await?
+                .shadow_plugin(&name, wasm, version.as_deref())
+                .await?;
+            println!(
+                "shadowing {} version {} with version {}: see `quiver plugin diff {}`",
+                diff.name, diff.live, diff.shadow, diff.name
+            );
+        }
+        PluginCommand::Diff {
+            name,
+            json,
+            connect,
+        } => {
+            let diff = connect.connect().await?.plugin_diff(&name).await?;
+            if json {
+                println!("{}", diff_json(&diff));
+            } else {
+                print!("{}", diff_text(&diff));
+            }
+        }
+        PluginCommand::Promote { name, connect } => {
+            let diff = connect.connect().await?.promote_plugin(&name).await?;
+            print!("{}", diff_text(&diff));
+            println!("promoted {} version {}", diff.name, diff.shadow);
+        }
+        PluginCommand::Rollback { name, connect } => {
+            let diff = connect.connect().await?.rollback_plugin(&name).await?;
+            print!("{}", diff_text(&diff));
+            println!(
+                "rolled back {} version {}; version {} goes on",
+                diff.name, diff.shadow, diff.live
+            );
+        }
+        PluginCommand::Upgrade {
+            name,
+            file,
+            version,
+            shadow: false,
             connect,
         } => {
             let wasm = read_wasm(&file)?;
@@ -369,6 +446,82 @@ fn plugin_table(plugins: &[PluginInfo]) -> String {
         })
         .collect();
     output::table(["NAME", "VERSION", "SIZE", "SHA256", "TOPICS"], &rows)
+}
+
+fn diff_json(diff: &PluginDiff) -> Value {
+    let samples: Vec<Value> = diff
+        .samples
+        .iter()
+        .map(|s| {
+            json!({
+                "target": s.target,
+                "offset": s.offset,
+                "key": s.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+                "payload": String::from_utf8_lossy(&s.payload),
+                "live": s.live,
+                "shadow": s.shadow,
+            })
+        })
+        .collect();
+    json!({
+        "plugin": diff.name,
+        "live": diff.live,
+        "shadow": diff.shadow,
+        "started_ms": diff.started_ms,
+        "batches": diff.batches,
+        "records": diff.records,
+        "differing": diff.differing,
+        "kinds": diff.kinds.iter().map(|(live, shadow, n)| {
+            json!({"live": live, "shadow": shadow, "records": n})
+        }).collect::<Vec<_>>(),
+        "samples": samples,
+        "live_micros": diff.live_micros,
+        "shadow_micros": diff.shadow_micros,
+        "shadow_errors": diff.shadow_errors,
+        "last_error": diff.last_error,
+    })
+}
+
+fn diff_text(diff: &PluginDiff) -> String {
+    let per_batch = |micros: u64| match diff.batches {
+        0 => "-".to_owned(),
+        n => format!("{} µs", micros / n),
+    };
+    let share = match diff.records {
+        0 => 0.0,
+        n => 100.0 * diff.differing as f64 / n as f64,
+    };
+    let mut out = format!(
+        "plugin {}: live version {}, shadow version {}\n\
+         {} batches, {} records: {} decided differently ({share:.1} %)\n\
+         per batch: live {}, shadow {}; shadow failures {}\n",
+        diff.name,
+        diff.live,
+        diff.shadow,
+        diff.batches,
+        diff.records,
+        diff.differing,
+        per_batch(diff.live_micros),
+        per_batch(diff.shadow_micros),
+        diff.shadow_errors,
+    );
+    for (live, shadow, n) in &diff.kinds {
+        out.push_str(&format!("  {live} -> {shadow}: {n}\n"));
+    }
+    for s in &diff.samples {
+        out.push_str(&format!(
+            "  e.g. {} offset {}: live {}; shadow {}; payload {:?}\n",
+            s.target,
+            s.offset,
+            s.live,
+            s.shadow,
+            String::from_utf8_lossy(&s.payload)
+        ));
+    }
+    if let Some(e) = &diff.last_error {
+        out.push_str(&format!("  shadow's last failure: {e}\n"));
+    }
+    out
 }
 
 /// The sandbox of the attachment at `target`, if the broker named it.

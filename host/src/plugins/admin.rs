@@ -29,9 +29,16 @@ impl Plugins {
             version,
             compiled,
             generation: self.next_generation(),
+            shadow: None,
         });
         write(&self.registry).insert(deployed.record.name.clone(), Arc::clone(&deployed));
         deployed
+    }
+
+    /// The deployed plugin called `name`, for an admin request about it.
+    pub(super) fn found(&self, name: &str) -> Result<Arc<Deployed>, AdminError> {
+        self.deployed(name)
+            .map_err(|_| AdminError::NotFound(name.to_owned()))
     }
 
     /// A generation number no deployed code has had.
@@ -92,11 +99,7 @@ impl Plugins {
         wasm: Bytes,
     ) -> Result<PluginInfo, AdminError> {
         let _admin = self.admin.lock().await;
-        let record = self
-            .deployed(name)
-            .map_err(|_| AdminError::NotFound(name.to_owned()))?
-            .record
-            .clone();
+        let record = self.found(name)?.record.clone();
         let info = self.store_version(record, version, wasm).await?;
         // New code is the fix a quarantine waits for: its next call runs.
         self.lift_quarantine(name)?;
@@ -116,30 +119,14 @@ impl Plugins {
         self.status(name)
     }
 
-    async fn store_version(
+    pub(super) async fn store_version(
         &self,
         mut record: PluginRecord,
         version: Option<String>,
         wasm: Bytes,
     ) -> Result<PluginInfo, AdminError> {
         let name = record.name.clone();
-        let version = match version {
-            Some(v) if record.versions.iter().any(|old| old.version == v) => {
-                return Err(AdminError::InvalidArgument(format!(
-                    "plugin `{name}` already has a version `{v}`"
-                )));
-            }
-            Some(v) if v.is_empty() || v.len() > 64 => {
-                return Err(AdminError::InvalidArgument(
-                    "a version label is 1 to 64 characters".into(),
-                ));
-            }
-            Some(v) => v,
-            None => (record.versions.len() + 1..)
-                .map(|n| n.to_string())
-                .find(|n| record.versions.iter().all(|old| old.version != *n))
-                .unwrap_or_default(),
-        };
+        let version = super::shadow::next_version(&record, version)?;
         let sha256: [u8; 32] = Sha256::digest(&wasm).into();
         let compiled = self.compile(&name, wasm.clone(), sha256).await?;
         record.versions.push(PluginVersion {
@@ -157,8 +144,7 @@ impl Plugins {
     /// Removes a plugin attached nowhere, with its state.
     pub async fn remove(&self, name: &str) -> Result<(), AdminError> {
         let _admin = self.admin.lock().await;
-        self.deployed(name)
-            .map_err(|_| AdminError::NotFound(name.to_owned()))?;
+        self.found(name)?;
         let topics = self.topics_using(name);
         if let Some(topic) = topics.first() {
             return Err(AdminError::InUse {
@@ -191,9 +177,7 @@ impl Plugins {
 
     /// A plugin and the figures of each of its attachments.
     pub fn status(&self, name: &str) -> Result<PluginStatus, AdminError> {
-        let deployed = self
-            .deployed(name)
-            .map_err(|_| AdminError::NotFound(name.to_owned()))?;
+        let deployed = self.found(name)?;
         Ok(PluginStatus {
             info: self.info(&deployed),
             attachments: self.attachments(name)?.iter().map(|r| r.status()).collect(),
@@ -220,8 +204,7 @@ impl Plugins {
 
     /// Where a plugin runs: topic stages by topic, then live subscriptions' stages.
     fn attachments(&self, name: &str) -> Result<Vec<Arc<StageRunner>>, AdminError> {
-        self.deployed(name)
-            .map_err(|_| AdminError::NotFound(name.to_owned()))?;
+        self.found(name)?;
         let mut attachments: Vec<_> = read(&self.topics)
             .values()
             .flat_map(|t| t.stages.iter().filter(|s| s.plugin() == name).cloned())

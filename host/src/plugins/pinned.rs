@@ -72,9 +72,7 @@ impl Plugins {
             .iter()
             .position(|s| s.plugin() == plugin)
             .ok_or_else(not_attached)?;
-        let deployed = self
-            .deployed(plugin)
-            .map_err(|_| AdminError::NotFound(plugin.to_owned()))?;
+        let deployed = self.found(plugin)?;
         let record = &deployed.record;
         let Some(at) = record.versions.iter().position(|v| v.version == version) else {
             let known: Vec<&str> = record.versions.iter().map(|v| v.version.as_str()).collect();
@@ -108,6 +106,7 @@ impl Plugins {
                     version: version.into(),
                     compiled: Ok(compiled),
                     generation: self.next_generation(),
+                    shadow: None,
                 });
                 let runner = Arc::new(StageRunner::pinned(live, pinned));
                 self.pinned.keep(Arc::clone(&runner));

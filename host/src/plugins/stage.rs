@@ -6,16 +6,19 @@
 //!   effect only when a call finds a newer generation before it starts, so each batch
 //!   is processed wholly by one version;
 //! - an instance that trapped, ran out of time or memory, or returned invalid output is
-//!   dropped; the next call gets a fresh one.
+//!   dropped; the next call gets a fresh one;
+//! - a shadow (`shadow.rs`) runs after the live call, with an instance of its own, and
+//!   changes nothing the live call returns.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hdrhistogram::Histogram;
 use quiver_protocol::{AttachmentStatus, OnError, SandboxInfo, Stage, StageLimits};
 
-use super::runtime::{CallContext, CallOutput, Instance};
+use super::runtime::{CallContext, CallOutput, Compiled, Instance};
 use super::sandbox::Language;
-use super::{Deployed, InputEvent, PluginError, Plugins};
+use super::shadow::Shadow;
+use super::{Deployed, InputEvent, Outcome, PluginError, Plugins};
 
 /// When a failing stage is quarantined and for how long.
 #[derive(Debug, Clone, Copy)]
@@ -131,6 +134,8 @@ pub struct StageRunner {
     /// The code it runs when not the plugin's running version (see `pinned.rs`).
     pinned: Option<Arc<Deployed>>,
     loaded: Mutex<Option<Loaded>>,
+    /// The instance of the plugin's shadow, if one runs (see `shadow.rs`).
+    shadow: Mutex<Option<Loaded>>,
     figures: Mutex<Figures>,
 }
 
@@ -158,6 +163,7 @@ impl StageRunner {
             params,
             pinned: None,
             loaded: Mutex::new(None),
+            shadow: Mutex::new(None),
             figures: Mutex::new(Figures {
                 calls: 0,
                 records_in: 0,
@@ -218,6 +224,12 @@ impl StageRunner {
             *loaded = None;
         }
         drop(loaded);
+        if let Ok(output) = &result
+            && self.pinned.is_none()
+            && let Some(shadow) = plugins.shadow_of(&self.stage.plugin)
+        {
+            self.run_shadow(plugins, &shadow, topic, events, (&output.outcomes, micros));
+        }
 
         let mut figures = lock(&self.figures);
         figures.calls += 1;
@@ -266,32 +278,70 @@ impl StageRunner {
             Some(pinned) => Arc::clone(pinned),
             None => plugins.deployed(&self.stage.plugin)?,
         };
-        if loaded
-            .as_ref()
-            .is_none_or(|l| l.generation != deployed.generation)
-        {
-            let compiled = deployed.compiled.as_ref().map_err(Clone::clone)?;
+        let compiled = deployed.compiled.as_ref().map_err(Clone::clone)?;
+        let code = (deployed.generation, &deployed.version, compiled);
+        self.load(plugins, loaded, code)?
+            .instance
+            .process(topic, events)
+    }
+
+    /// The instance in `slot`, made anew from `code` (its generation, version and
+    /// compiled form) if it holds none or one of other code.
+    fn load<'a>(
+        &self,
+        plugins: &Plugins,
+        slot: &'a mut Option<Loaded>,
+        (generation, version, compiled): (u64, &Arc<str>, &Compiled),
+    ) -> Result<&'a mut Loaded, PluginError> {
+        if slot.as_ref().is_none_or(|l| l.generation != generation) {
             let context = CallContext {
                 plugin: self.stage.plugin.as_str().into(),
-                version: Arc::clone(&deployed.version),
+                version: Arc::clone(version),
                 params: Arc::clone(&self.params),
                 state: plugins.state_source(),
             };
             let sandbox = plugins
                 .sandbox_policy()
                 .resolve(compiled.language, self.limits);
-            *loaded = None;
-            *loaded = Some(Loaded {
-                generation: deployed.generation,
-                version: Arc::clone(&deployed.version),
+            // The old instance goes first: an interpreter's holds tens of MiB.
+            *slot = None;
+            *slot = Some(Loaded {
+                generation,
+                version: Arc::clone(version),
                 language: compiled.language,
                 instance: plugins.runtime().instantiate(compiled, context, sandbox)?,
             });
         }
-        let Some(loaded) = loaded.as_mut() else {
-            unreachable!("an instance was loaded just above");
-        };
-        loaded.instance.process(topic, events)
+        Ok(slot.get_or_insert_with(|| unreachable!("an instance was loaded just above")))
+    }
+
+    /// Runs the plugin's shadow over the batch the live version just decided on, and
+    /// counts how both decided (`shadow.rs`). Its outcomes and state writes go no
+    /// further; its failures are counted, and its instance replaced after one that
+    /// poisons it.
+    fn run_shadow(
+        &self,
+        plugins: &Plugins,
+        shadow: &Shadow,
+        topic: &str,
+        events: &[InputEvent<'_>],
+        live: (&[Outcome], u64),
+    ) {
+        let started = std::time::Instant::now();
+        let mut slot = lock(&self.shadow);
+        let code = (shadow.generation, &shadow.version, &shadow.compiled);
+        let result = self
+            .load(plugins, &mut slot, code)
+            .and_then(|loaded| loaded.instance.process(topic, events))
+            .map(|output| output.outcomes);
+        if let Err(e) = &result
+            && e.poisons_instance()
+        {
+            *slot = None;
+        }
+        drop(slot);
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        shadow.record(&self.target, events, live, (result, micros));
     }
 
     /// The version that ran last (empty before the first call).

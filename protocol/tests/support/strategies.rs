@@ -286,6 +286,16 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
                 plugin,
                 version,
             }),
+        (".{0,8}", proptest::option::of(".{0,4}"), bytes(64)).prop_map(|(name, version, wasm)| {
+            Op::ShadowPlugin {
+                name,
+                version,
+                wasm,
+            }
+        }),
+        ".{0,8}".prop_map(|name| Op::DiffPlugin { name }),
+        ".{0,8}".prop_map(|name| Op::PromotePlugin { name }),
+        ".{0,8}".prop_map(|name| Op::RollbackPlugin { name }),
     ]
 }
 
@@ -609,6 +619,50 @@ pub(crate) fn op_reply() -> impl Strategy<Value = OpReply> {
                     listeners,
                 }))
             }),
+        (
+            ".{0,8}",
+            any::<(u64, u64, u64, u64)>(),
+            proptest::collection::vec((".{0,4}", ".{0,4}", any::<u64>()), 0..3),
+            proptest::collection::vec(
+                (
+                    ".{0,8}",
+                    any::<u64>(),
+                    proptest::option::of(bytes(8)),
+                    bytes(16)
+                ),
+                0..2
+            ),
+            proptest::option::of(".{0,8}")
+        )
+            .prop_map(
+                |(name, (batches, records, differing, micros), kinds, samples, last_error)| {
+                    OpReply::Diff(Box::new(PluginDiff {
+                        name,
+                        live: "1".into(),
+                        shadow: "2".into(),
+                        started_ms: micros,
+                        batches,
+                        records,
+                        differing,
+                        kinds,
+                        samples: samples
+                            .into_iter()
+                            .map(|(target, offset, key, payload)| DiffSample {
+                                target,
+                                offset,
+                                key,
+                                payload,
+                                live: "keep".into(),
+                                shadow: "drop".into(),
+                            })
+                            .collect(),
+                        live_micros: micros,
+                        shadow_micros: batches,
+                        shadow_errors: differing,
+                        last_error,
+                    }))
+                }
+            ),
         proptest::collection::vec(
             (".{0,8}", ".{0,8}", stage_limits(), any::<(u64, u64, u64)>()),
             0..3
