@@ -385,8 +385,29 @@ impl Client {
         .await
     }
 
-    /// How the plugin's shadow has decided against the live version so far: records
-    /// decided differently by kind, samples, call times, the shadow's failures.
+    /// Gives `wasm` `percent` (1 to 99) of the plugin's records wherever it runs,
+    /// chosen by record key so that one key stays with one version (a canary
+    /// rollout); its outcomes count. Replaces a rollout that ran. Returns the (empty)
+    /// diff.
+    pub async fn canary_plugin(
+        &self,
+        name: &str,
+        wasm: impl Into<Bytes>,
+        version: Option<&str>,
+        percent: u8,
+    ) -> Result<Box<quiver_protocol::PluginDiff>> {
+        self.ask(Op::CanaryPlugin {
+            name: name.to_owned(),
+            version: version.map(str::to_owned),
+            wasm: wasm.into(),
+            percent,
+        })
+        .await
+    }
+
+    /// How the plugin's rollout has gone so far: the records a shadow decided
+    /// otherwise than the live version, by kind, with samples; a canary's records;
+    /// call times; the candidate's failures.
     pub async fn plugin_diff(&self, name: &str) -> Result<Box<quiver_protocol::PluginDiff>> {
         self.ask(Op::DiffPlugin {
             name: name.to_owned(),
@@ -394,7 +415,7 @@ impl Client {
         .await
     }
 
-    /// Makes the shadow's code the plugin's live version, stored as an upgrade is:
+    /// Makes the rollout's code the plugin's live version, stored as an upgrade is:
     /// every batch from then on runs it wholly, none before does. Returns the last diff.
     pub async fn promote_plugin(&self, name: &str) -> Result<Box<quiver_protocol::PluginDiff>> {
         self.ask(Op::PromotePlugin {
@@ -403,7 +424,7 @@ impl Client {
         .await
     }
 
-    /// Ends the plugin's shadow; the live version goes on. Returns the last diff.
+    /// Ends the plugin's rollout; the live version goes on. Returns the last diff.
     pub async fn rollback_plugin(&self, name: &str) -> Result<Box<quiver_protocol::PluginDiff>> {
         self.ask(Op::RollbackPlugin {
             name: name.to_owned(),

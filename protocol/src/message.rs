@@ -373,21 +373,34 @@ pub enum Op {
         /// The new WebAssembly component.
         wasm: Bytes,
     },
-    /// How a plugin's shadow has decided against the live version (protocol version 4).
+    /// How a plugin's rollout (shadow or canary) has gone against the live version
+    /// (protocol version 4).
     DiffPlugin {
         /// The plugin's name.
         name: String,
     },
-    /// Make the shadow's code the live version everywhere the plugin runs, atomically
+    /// Make the rollout's code the live version everywhere the plugin runs, atomically
     /// (protocol version 4).
     PromotePlugin {
         /// The plugin's name.
         name: String,
     },
-    /// End the plugin's shadow; the live version goes on (protocol version 4).
+    /// End the plugin's rollout; the live version goes on (protocol version 4).
     RollbackPlugin {
         /// The plugin's name.
         name: String,
+    },
+    /// Give new code of a plugin a share of the records, chosen by key, wherever it
+    /// runs (protocol version 4): a canary rollout.
+    CanaryPlugin {
+        /// The plugin's name.
+        name: String,
+        /// A version label for the new code (default: the next number).
+        version: Option<String>,
+        /// The new WebAssembly component.
+        wasm: Bytes,
+        /// The share of records, 1 to 99.
+        percent: u8,
     },
 }
 
@@ -475,7 +488,7 @@ pub enum OpReply {
     Server(Box<ServerStatus>),
     /// The sandbox of each of a plugin's attachments, in the order of its status.
     Sandboxes(Vec<SandboxInfo>),
-    /// How a plugin's shadow has decided against the live version.
+    /// How a plugin's rollout has gone against the live version.
     Diff(Box<PluginDiff>),
 }
 
@@ -632,41 +645,44 @@ pub struct SandboxInfo {
     pub memory_peak: u64,
 }
 
-/// How a plugin's shadow (new code run beside the live version on the same batches)
-/// has decided, against the live version, since the shadow began.
+/// How a plugin's rollout has gone since it began: new code (the candidate) run
+/// beside the live version on the same batches (a shadow), or given a share of the
+/// records (a canary).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginDiff {
     /// The plugin.
     pub name: String,
     /// The live version.
     pub live: String,
-    /// The shadow's version.
-    pub shadow: String,
-    /// When the shadow began (ms since the Unix epoch).
+    /// The candidate's version.
+    pub candidate: String,
+    /// A canary's share of the records, in percent; `None` for a shadow.
+    pub canary_percent: Option<u8>,
+    /// When the rollout began (ms since the Unix epoch).
     pub started_ms: u64,
-    /// Batches both ran.
+    /// Batches the candidate ran (a shadow: beside the live version).
     pub batches: u64,
-    /// Records both decided on.
+    /// Records the candidate decided on.
     pub records: u64,
-    /// Records they decided differently.
+    /// A shadow's records it decided otherwise than the live version (a canary: 0).
     pub differing: u64,
-    /// The differing records by the live outcome's kind and the shadow's (`keep`,
-    /// `drop`, `replace`, `route`, `reject`), most first.
+    /// Those records by the live outcome's kind and the candidate's (`keep`, `drop`,
+    /// `replace`, `route`, `reject`), most first.
     pub kinds: Vec<(String, String, u64)>,
-    /// A few differing records, the first seen.
+    /// A few of those records, the first seen.
     pub samples: Vec<DiffSample>,
-    /// Time the live version's calls took, in µs, over the batches both ran.
+    /// Time the live version's calls took, in µs, over the same batches.
     pub live_micros: u64,
-    /// Time the shadow's calls took, in µs.
-    pub shadow_micros: u64,
-    /// Batches the live version ran and the shadow failed (a trap, its deadline or
-    /// memory cap, bad output, an error it returned).
-    pub shadow_errors: u64,
-    /// The shadow's last failure.
+    /// Time the candidate's calls took, in µs.
+    pub candidate_micros: u64,
+    /// Batches the candidate failed (a trap, its deadline or memory cap, bad output,
+    /// an error it returned).
+    pub candidate_errors: u64,
+    /// The candidate's last failure.
     pub last_error: Option<String>,
 }
 
-/// One record the live version and the shadow decided differently.
+/// One record the live version and a shadow decided differently.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiffSample {
     /// Where: `topic NAME` or `subscription PATTERN`.
@@ -680,7 +696,7 @@ pub struct DiffSample {
     /// What the live version decided, in words.
     pub live: String,
     /// What the shadow decided, in words.
-    pub shadow: String,
+    pub candidate: String,
 }
 
 /// What a stage does while its plugin is quarantined for failing repeatedly.

@@ -326,6 +326,15 @@ fn variant_indexes_match_the_documentation() {
         (Op::DiffPlugin { name: name() }, 37),
         (Op::PromotePlugin { name: name() }, 38),
         (Op::RollbackPlugin { name: name() }, 39),
+        (
+            Op::CanaryPlugin {
+                name: name(),
+                version: None,
+                wasm: Bytes::new(),
+                percent: 10,
+            },
+            40,
+        ),
     ];
     for (op, want) in ops {
         assert_eq!(body(&request(op))[2], want);

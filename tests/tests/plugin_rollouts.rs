@@ -1,7 +1,9 @@
-//! Shadow rollouts through the real broker: new code run beside the live version on
-//! the same batches changes nothing stored, `plugin diff` counts how the two decided,
-//! `rollback` drops the shadow and `promote` makes it the live version under a steady
-//! publish load, with no record lost or doubled and every batch wholly one version's.
+//! Rollouts through the real broker: a shadow (new code run beside the live version on
+//! the same batches) changes nothing stored and `plugin diff` counts how the two
+//! decided; a canary takes its share of the records by key, each key staying with one
+//! version; `rollback` drops a rollout and `promote` makes it the live version under a
+//! steady publish load, with no record lost or doubled and every batch wholly one
+//! version's.
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
@@ -43,7 +45,7 @@ async fn a_shadow_is_compared_and_discarded_then_rolled_back() {
             template.to_str().unwrap(),
             "--shadow"
         ]),
-        "shadowing gate version 1 with version 2: see `quiver plugin diff gate`\n"
+        "gate version 1 shadows version 2: see `quiver plugin diff gate`\n"
     );
 
     // Four publishes of 25, 7 warnings in each.
@@ -62,32 +64,36 @@ async fn a_shadow_is_compared_and_discarded_then_rolled_back() {
     assert!(stored.iter().all(|r| r.header("tagged-by").is_none()));
 
     let diff: Value = serde_json::from_str(&run(&["plugin", "diff", "gate", "--json"])).unwrap();
-    assert_eq!((&diff["live"], &diff["shadow"]), (&json!("1"), &json!("2")));
+    assert_eq!(
+        (&diff["live"], &diff["candidate"]),
+        (&json!("1"), &json!("2"))
+    );
+    assert_eq!(diff["canary_percent"], Value::Null);
     assert_eq!(diff["batches"], 4);
     assert_eq!(diff["records"], 100);
     assert_eq!(diff["differing"], 100, "the shadow replaces every record");
     assert_eq!(
         diff["kinds"],
         json!([
-            {"live": "drop", "shadow": "replace", "records": 72},
-            {"live": "keep", "shadow": "replace", "records": 28},
+            {"live": "drop", "candidate": "replace", "records": 72},
+            {"live": "keep", "candidate": "replace", "records": 28},
         ])
     );
-    assert_eq!(diff["shadow_errors"], 0);
+    assert_eq!(diff["candidate_errors"], 0);
     let samples = diff["samples"].as_array().unwrap();
     assert_eq!(samples.len(), 5);
     assert_eq!(samples[0]["target"], "topic logs");
     assert_eq!(samples[0]["offset"], 0);
     assert_eq!(samples[0]["live"], "keep");
     assert!(
-        samples[0]["shadow"]
+        samples[0]["candidate"]
             .as_str()
             .unwrap()
             .starts_with("replace with 1 record(s), 1 header(s)"),
         "{diff}"
     );
     assert!(diff["live_micros"].as_u64().unwrap() > 0);
-    assert!(diff["shadow_micros"].as_u64().unwrap() > 0);
+    assert!(diff["candidate_micros"].as_u64().unwrap() > 0);
     let text = run(&["plugin", "diff", "gate"]);
     assert!(
         text.contains("4 batches, 100 records: 100 decided differently (100.0 %)")
@@ -103,7 +109,7 @@ async fn a_shadow_is_compared_and_discarded_then_rolled_back() {
     );
     let none = broker.cli(&data, &["plugin", "diff", "gate"], "");
     assert!(!none.status.success());
-    assert!(String::from_utf8_lossy(&none.stderr).contains("plugin `gate` runs no shadow"));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("plugin `gate` has no rollout running"));
     let status = client.plugin_status("gate").await.unwrap();
     assert_eq!(status.info.versions, ["1"]);
     let warn = NewRecord::new(r#"{"level":"error"}"#);
@@ -119,33 +125,27 @@ async fn a_shadow_is_compared_and_discarded_then_rolled_back() {
     assert!(last.header("tagged-by").is_none());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_promotion_under_load_loses_and_doubles_nothing() {
-    let data = DataDir::new();
-    let broker = Broker::start(&data);
-    let client = broker.client().await;
-    // The live filter keeps everything (n >= 0), so a record's tag alone tells which
-    // version stored it.
-    gate(
-        &client,
-        "orders",
-        Stage::new("gate").param("where", "n >= 0"),
-    )
-    .await;
-    let template = read_plugin(&example_plugin("template"));
-    client.shadow_plugin("gate", template, None).await.unwrap();
-
-    // A producer publishes one record at a time while the shadow is promoted.
-    const BEFORE: u64 = 150;
+/// Records published one at a time to `orders`, 20 keys in turn, while `switch`
+/// (a promotion or a rollback) runs after the first [`BEFORE`], and one more once it
+/// returned: each stored record's key and whether the template tagged it (the new
+/// code stored it), in the topic's order, each checked stored once.
+async fn switch_under_load<F>(client: &quiver_client::Client, switch: F) -> Vec<(String, bool)>
+where
+    F: std::future::Future<Output = ()>,
+{
     const TOTAL: u64 = 400;
+    let record =
+        |n: u64| NewRecord::new(json!({ "n": n }).to_string()).with_key(format!("k{}", n % 20));
     let (halfway, reached) = tokio::sync::oneshot::channel();
     let producer = {
         let client = client.clone();
         tokio::spawn(async move {
             let mut halfway = Some(halfway);
             for n in 0..TOTAL {
-                let record = NewRecord::new(json!({ "n": n }).to_string());
-                let receipt = client.publish_batch("orders", vec![record]).await.unwrap();
+                let receipt = client
+                    .publish_batch("orders", vec![record(n)])
+                    .await
+                    .unwrap();
                 assert_eq!(receipt.count, 1, "record {n} is stored");
                 if n + 1 == BEFORE {
                     let _ = halfway.take().map(|tx| tx.send(()));
@@ -154,16 +154,16 @@ async fn a_promotion_under_load_loses_and_doubles_nothing() {
         })
     };
     reached.await.unwrap();
-    let promoted = client.promote_plugin("gate").await.unwrap();
-    assert_eq!(promoted.shadow, "2");
-    assert!(promoted.records >= BEFORE, "{promoted:?}");
-    // Published after the promotion returned: the new version's.
-    let after = NewRecord::new(json!({ "n": TOTAL }).to_string());
-    client.publish_batch("orders", vec![after]).await.unwrap();
+    switch.await;
+    // Published after the switch returned.
+    client
+        .publish_batch("orders", vec![record(TOTAL)])
+        .await
+        .unwrap();
     producer.await.unwrap();
 
-    let stored = read_all(&client, "orders").await;
-    let numbers: Vec<u64> = stored
+    let stored = read_all(client, "orders").await;
+    let mut numbers: Vec<u64> = stored
         .iter()
         .map(|r| {
             serde_json::from_slice::<Value>(&r.payload).unwrap()["n"]
@@ -171,16 +171,48 @@ async fn a_promotion_under_load_loses_and_doubles_nothing() {
                 .unwrap()
         })
         .collect();
-    let mut sorted = numbers.clone();
-    sorted.sort_unstable();
+    numbers.sort_unstable();
     assert_eq!(
-        sorted,
+        numbers,
         (0..=TOTAL).collect::<Vec<_>>(),
         "each record stored once"
     );
-    let tagged: Vec<bool> = stored
+    stored
         .iter()
-        .map(|r| r.header("tagged-by").is_some())
+        .map(|r| {
+            let key = String::from_utf8(r.key.as_ref().unwrap().to_vec()).unwrap();
+            (key, r.header("tagged-by").is_some())
+        })
+        .collect()
+}
+
+/// The live filter keeping every record published here (`n >= 0`), so that a
+/// record's tag alone tells which version stored it.
+fn keep_all() -> Stage {
+    Stage::new("gate").param("where", "n >= 0")
+}
+
+/// Records published before the switch began.
+const BEFORE: u64 = 150;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_under_load_loses_and_doubles_nothing() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    gate(&client, "orders", keep_all()).await;
+    let template = read_plugin(&example_plugin("template"));
+    client.shadow_plugin("gate", template, None).await.unwrap();
+
+    let promote = async {
+        let promoted = client.promote_plugin("gate").await.unwrap();
+        assert_eq!(promoted.candidate, "2");
+        assert!(promoted.records >= BEFORE, "{promoted:?}");
+    };
+    let tagged: Vec<bool> = switch_under_load(&client, promote)
+        .await
+        .into_iter()
+        .map(|(_, tagged)| tagged)
         .collect();
     let first_tagged = tagged.iter().position(|&t| t).unwrap();
     assert!(
@@ -191,14 +223,56 @@ async fn a_promotion_under_load_loses_and_doubles_nothing() {
         first_tagged >= BEFORE as usize,
         "what was stored before the promotion began is the old version's"
     );
-    assert!(tagged[stored.len() - 1]);
     let status = client.plugin_status("gate").await.unwrap();
     assert_eq!(status.info.version, "2");
     assert_eq!(status.info.versions, ["1", "2"]);
     assert!(
         client.plugin_diff("gate").await.is_err(),
-        "the shadow is gone"
+        "the rollout is gone"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_rolled_back_under_load_loses_and_doubles_nothing() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    gate(&client, "orders", keep_all()).await;
+    let template = read_plugin(&example_plugin("template"));
+    client
+        .canary_plugin("gate", template, None, 50)
+        .await
+        .unwrap();
+
+    let rollback = async {
+        let rolled = client.rollback_plugin("gate").await.unwrap();
+        assert!(rolled.records > 0, "the canary took records: {rolled:?}");
+    };
+    let stored = switch_under_load(&client, rollback).await;
+    // Each key's records: the canary's first (if the key is one of its), then the live
+    // version's, never the canary's again.
+    let mut canary_keys = 0;
+    for key in 0..20 {
+        let key = format!("k{key}");
+        let tags: Vec<bool> = stored
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, t)| *t)
+            .collect();
+        let first_live = tags.iter().position(|&t| !t).unwrap();
+        assert!(tags[first_live..].iter().all(|&t| !t), "{key}: {tags:?}");
+        canary_keys += usize::from(tags[0]);
+    }
+    assert!(
+        canary_keys > 0,
+        "some keys were the canary's before the rollback"
+    );
+    assert!(
+        !stored.last().unwrap().1,
+        "after the rollback, the live version's"
+    );
+    let status = client.plugin_status("gate").await.unwrap();
+    assert_eq!(status.info.versions, ["1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +301,7 @@ async fn a_failing_shadow_is_counted_and_never_fails_the_live_stage() {
     }
     assert_eq!(read_all(&client, "events").await.len(), 4);
     let diff = client.plugin_diff("gate").await.unwrap();
-    assert_eq!((diff.batches, diff.shadow_errors), (4, 4));
+    assert_eq!((diff.batches, diff.candidate_errors), (4, 4));
     assert!(
         diff.last_error.as_deref().unwrap().contains("panicked at"),
         "{diff:?}"
@@ -235,4 +309,94 @@ async fn a_failing_shadow_is_counted_and_never_fails_the_live_stage() {
     let status = client.plugin_status("gate").await.unwrap();
     assert_eq!(status.attachments[0].errors, 0);
     assert_eq!(status.attachments[0].quarantined_until_ms, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_takes_its_share_by_key_and_rolls_back() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    gate(&client, "orders", keep_all()).await;
+    let template = example_plugin("template");
+    let started = succeeded(broker.cli(
+        &data,
+        &[
+            "plugin",
+            "upgrade",
+            "gate",
+            template.to_str().unwrap(),
+            "--canary",
+            "30",
+        ],
+        "",
+    ));
+    assert_eq!(
+        started,
+        "gate version 1 gives 30 % of the records, by key, to version 2: see `quiver plugin diff gate`\n"
+    );
+    // 200 keys, 5 records each, published in batches of 40 that mix the keys.
+    let records: Vec<NewRecord> = (0..1000)
+        .map(|n| NewRecord::new(json!({ "n": n }).to_string()).with_key(format!("k{}", n % 200)))
+        .collect();
+    for batch in records.chunks(40) {
+        let receipt = client
+            .publish_batch("orders", batch.to_vec())
+            .await
+            .unwrap();
+        assert_eq!(receipt.count, 40);
+    }
+    let stored = read_all(&client, "orders").await;
+    assert_eq!(stored.len(), 1000, "every record stored once");
+    // One key, one version: the canary's records are tagged, the live version's not.
+    let mut by_key = std::collections::BTreeMap::<Vec<u8>, Vec<bool>>::new();
+    for record in &stored {
+        let key = record.key.as_ref().unwrap().to_vec();
+        by_key
+            .entry(key)
+            .or_default()
+            .push(record.header("tagged-by").is_some());
+    }
+    assert_eq!(by_key.len(), 200);
+    assert!(
+        by_key
+            .values()
+            .all(|tags| tags.iter().all(|&t| t == tags[0])),
+        "a key stays with one version"
+    );
+    let canary_keys = by_key.values().filter(|tags| tags[0]).count();
+    assert!(
+        (40..=80).contains(&canary_keys),
+        "about 30 % of 200 keys go to the canary: {canary_keys}"
+    );
+    let diff = client.plugin_diff("gate").await.unwrap();
+    assert_eq!(diff.canary_percent, Some(30));
+    assert_eq!(diff.records, 5 * canary_keys as u64);
+    assert_eq!((diff.differing, diff.candidate_errors), (0, 0));
+
+    // Rolled back: every key is the live version's again.
+    client.rollback_plugin("gate").await.unwrap();
+    let again: Vec<NewRecord> = (0..200)
+        .map(|k| NewRecord::new(json!({ "n": 1000 + k }).to_string()).with_key(format!("k{k}")))
+        .collect();
+    client.publish_batch("orders", again).await.unwrap();
+    let stored = read_all(&client, "orders").await;
+    assert!(
+        stored[1000..]
+            .iter()
+            .all(|r| r.header("tagged-by").is_none())
+    );
+    // Outside 1 to 99 percent: refused.
+    let full = broker.cli(
+        &data,
+        &[
+            "plugin",
+            "upgrade",
+            "gate",
+            template.to_str().unwrap(),
+            "--canary",
+            "100",
+        ],
+        "",
+    );
+    assert!(!full.status.success());
 }

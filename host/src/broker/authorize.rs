@@ -55,6 +55,7 @@ pub fn request(broker: &Broker, access: &Access, op: &Op) -> Result<(), BrokerEr
         Op::DeployPlugin { .. }
         | Op::UpgradePlugin { .. }
         | Op::ShadowPlugin { .. }
+        | Op::CanaryPlugin { .. }
         | Op::PromotePlugin { .. }
         | Op::RollbackPlugin { .. }
         | Op::RemovePlugin { .. }

@@ -147,7 +147,18 @@ async fn execute(broker: &Arc<Broker>, op: Op) -> Result<OpReply, BrokerError> {
             wasm,
         } => broker
             .plugins()
-            .shadow(&name, version, wasm)
+            .roll_out(&name, version, wasm, None)
+            .await
+            .map(diff_reply)
+            .map_err(BrokerError::from),
+        Op::CanaryPlugin {
+            name,
+            version,
+            wasm,
+            percent,
+        } => broker
+            .plugins()
+            .roll_out(&name, version, wasm, Some(percent))
             .await
             .map(diff_reply)
             .map_err(BrokerError::from),

@@ -102,13 +102,18 @@ pub(super) enum PluginCommand {
         /// Run the new code beside the live version on the same batches, its outcomes
         /// compared (`plugin diff`) and discarded, until `plugin promote` or `plugin
         /// rollback`.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "canary")]
         shadow: bool,
+        /// Give the new code this share of the records (1 to 99), chosen by key so
+        /// that one key stays with one version, until `plugin promote` or `plugin
+        /// rollback`.
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=99))]
+        canary: Option<u8>,
         #[command(flatten)]
         connect: ConnectArgs,
     },
-    /// How the plugin's shadow has decided against the live version: records decided
-    /// differently, by kind, with samples; call times; the shadow's failures.
+    /// How the plugin's rollout has gone: records a shadow decided otherwise than the
+    /// live version, by kind, with samples; a canary's records; call times; failures.
     Diff {
         /// The plugin.
         name: String,
@@ -118,7 +123,7 @@ pub(super) enum PluginCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
-    /// Make the shadow's code the live version, atomically: every batch after runs it
+    /// Make the rollout's code the live version, atomically: every batch after runs it
     /// wholly, none before does.
     Promote {
         /// The plugin.
@@ -126,7 +131,7 @@ pub(super) enum PluginCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
-    /// End the plugin's shadow; the live version goes on.
+    /// End the plugin's rollout; the live version goes on.
     Rollback {
         /// The plugin.
         name: String,
@@ -324,20 +329,10 @@ pub(super) async fn run(command: PluginCommand) -> anyhow::Result<()> {
             name,
             file,
             version,
-            shadow: true,
+            shadow,
+            canary,
             connect,
-        } => {
-            let wasm = read_wasm(&file)?;
-            let diff = connect
-                .connect()
-                .await?
-                .shadow_plugin(&name, wasm, version.as_deref())
-                .await?;
-            println!(
-                "shadowing {} version {} with version {}: see `quiver plugin diff {}`",
-                diff.name, diff.live, diff.shadow, diff.name
-            );
-        }
+        } => upgrade(&connect, &name, &file, version.as_deref(), (shadow, canary)).await?,
         PluginCommand::Diff {
             name,
             json,
@@ -353,32 +348,14 @@ pub(super) async fn run(command: PluginCommand) -> anyhow::Result<()> {
         PluginCommand::Promote { name, connect } => {
             let diff = connect.connect().await?.promote_plugin(&name).await?;
             print!("{}", diff_text(&diff));
-            println!("promoted {} version {}", diff.name, diff.shadow);
+            println!("promoted {} version {}", diff.name, diff.candidate);
         }
         PluginCommand::Rollback { name, connect } => {
             let diff = connect.connect().await?.rollback_plugin(&name).await?;
             print!("{}", diff_text(&diff));
             println!(
                 "rolled back {} version {}; version {} goes on",
-                diff.name, diff.shadow, diff.live
-            );
-        }
-        PluginCommand::Upgrade {
-            name,
-            file,
-            version,
-            shadow: false,
-            connect,
-        } => {
-            let wasm = read_wasm(&file)?;
-            let info = connect
-                .connect()
-                .await?
-                .upgrade_plugin(&name, wasm, version.as_deref())
-                .await?;
-            println!(
-                "upgraded {} to version {} (sha256 {})",
-                info.name, info.version, info.sha256
+                diff.name, diff.candidate, diff.live
             );
         }
         PluginCommand::Remove { name, connect } => {
@@ -408,6 +385,39 @@ pub(super) async fn run(command: PluginCommand) -> anyhow::Result<()> {
         PluginCommand::Test(args) => test(args)?,
         PluginCommand::Replay(args) => replay(args).await?,
     }
+    Ok(())
+}
+
+/// `plugin upgrade`: at once, or as a rollout (a shadow, or a canary of a share).
+async fn upgrade(
+    connect: &ConnectArgs,
+    name: &str,
+    file: &Path,
+    version: Option<&str>,
+    (shadow, canary): (bool, Option<u8>),
+) -> anyhow::Result<()> {
+    let wasm = read_wasm(file)?;
+    let client = connect.connect().await?;
+    let rollout = match (shadow, canary) {
+        (false, None) => {
+            let info = client.upgrade_plugin(name, wasm, version).await?;
+            println!(
+                "upgraded {} to version {} (sha256 {})",
+                info.name, info.version, info.sha256
+            );
+            return Ok(());
+        }
+        (_, Some(percent)) => client.canary_plugin(name, wasm, version, percent).await?,
+        (true, None) => client.shadow_plugin(name, wasm, version).await?,
+    };
+    let how = match rollout.canary_percent {
+        Some(percent) => format!("gives {percent} % of the records, by key, to"),
+        None => "shadows".to_owned(),
+    };
+    println!(
+        "{name} version {} {how} version {}: see `quiver plugin diff {name}`",
+        rollout.live, rollout.candidate
+    );
     Ok(())
 }
 
@@ -459,25 +469,26 @@ fn diff_json(diff: &PluginDiff) -> Value {
                 "key": s.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
                 "payload": String::from_utf8_lossy(&s.payload),
                 "live": s.live,
-                "shadow": s.shadow,
+                "candidate": s.candidate,
             })
         })
         .collect();
     json!({
         "plugin": diff.name,
         "live": diff.live,
-        "shadow": diff.shadow,
+        "candidate": diff.candidate,
+        "canary_percent": diff.canary_percent,
         "started_ms": diff.started_ms,
         "batches": diff.batches,
         "records": diff.records,
         "differing": diff.differing,
-        "kinds": diff.kinds.iter().map(|(live, shadow, n)| {
-            json!({"live": live, "shadow": shadow, "records": n})
+        "kinds": diff.kinds.iter().map(|(live, candidate, n)| {
+            json!({"live": live, "candidate": candidate, "records": n})
         }).collect::<Vec<_>>(),
         "samples": samples,
         "live_micros": diff.live_micros,
-        "shadow_micros": diff.shadow_micros,
-        "shadow_errors": diff.shadow_errors,
+        "candidate_micros": diff.candidate_micros,
+        "candidate_errors": diff.candidate_errors,
         "last_error": diff.last_error,
     })
 }
@@ -491,22 +502,36 @@ fn diff_text(diff: &PluginDiff) -> String {
         0 => 0.0,
         n => 100.0 * diff.differing as f64 / n as f64,
     };
+    let (what, decided) = match diff.canary_percent {
+        Some(percent) => (
+            format!(
+                "canary version {} ({percent} % of the records, by key)",
+                diff.candidate
+            ),
+            format!(
+                "{} batches, {} records to the canary",
+                diff.batches, diff.records
+            ),
+        ),
+        None => (
+            format!("shadow version {}", diff.candidate),
+            format!(
+                "{} batches, {} records: {} decided differently ({share:.1} %)",
+                diff.batches, diff.records, diff.differing
+            ),
+        ),
+    };
     let mut out = format!(
-        "plugin {}: live version {}, shadow version {}\n\
-         {} batches, {} records: {} decided differently ({share:.1} %)\n\
-         per batch: live {}, shadow {}; shadow failures {}\n",
+        "plugin {}: live version {}, {what}\n{decided}\n\
+         per batch: live {}, candidate {}; candidate failures {}\n",
         diff.name,
         diff.live,
-        diff.shadow,
-        diff.batches,
-        diff.records,
-        diff.differing,
         per_batch(diff.live_micros),
-        per_batch(diff.shadow_micros),
-        diff.shadow_errors,
+        per_batch(diff.candidate_micros),
+        diff.candidate_errors,
     );
-    for (live, shadow, n) in &diff.kinds {
-        out.push_str(&format!("  {live} -> {shadow}: {n}\n"));
+    for (live, candidate, n) in &diff.kinds {
+        out.push_str(&format!("  {live} -> {candidate}: {n}\n"));
     }
     for s in &diff.samples {
         out.push_str(&format!(
@@ -514,12 +539,12 @@ fn diff_text(diff: &PluginDiff) -> String {
             s.target,
             s.offset,
             s.live,
-            s.shadow,
+            s.candidate,
             String::from_utf8_lossy(&s.payload)
         ));
     }
     if let Some(e) = &diff.last_error {
-        out.push_str(&format!("  shadow's last failure: {e}\n"));
+        out.push_str(&format!("  candidate's last failure: {e}\n"));
     }
     out
 }

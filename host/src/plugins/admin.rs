@@ -29,7 +29,7 @@ impl Plugins {
             version,
             compiled,
             generation: self.next_generation(),
-            shadow: None,
+            candidate: None,
         });
         write(&self.registry).insert(deployed.record.name.clone(), Arc::clone(&deployed));
         deployed
@@ -126,7 +126,7 @@ impl Plugins {
         wasm: Bytes,
     ) -> Result<PluginInfo, AdminError> {
         let name = record.name.clone();
-        let version = super::shadow::next_version(&record, version)?;
+        let version = super::rollout::next_version(&record, version)?;
         let sha256: [u8; 32] = Sha256::digest(&wasm).into();
         let compiled = self.compile(&name, wasm.clone(), sha256).await?;
         record.versions.push(PluginVersion {

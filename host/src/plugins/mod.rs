@@ -8,7 +8,8 @@
 //! - `executor`: the threads calls run on; `order`: the order a plugin's calls run in;
 //! - `admin`: deploying, upgrading, removing and attaching plugins;
 //! - `pinned`: a topic's pipeline with one plugin at another of its versions;
-//! - `shadow`: new code run beside the live version, compared, promoted or dropped;
+//! - `rollout`: new code tried beside the live version (a shadow or a canary),
+//!   promoted or dropped;
 //! - `state`: plugin state written and not yet committed, in front of storage;
 //! - this module: [`Plugins`], which the broker asks to deploy, upgrade, remove, attach
 //!   and run plugins, and the stages of each topic.
@@ -29,9 +30,9 @@ mod executor;
 mod order;
 mod pinned;
 pub mod pipeline;
+pub mod rollout;
 pub mod runtime;
 pub mod sandbox;
-pub mod shadow;
 pub mod stage;
 mod state;
 
@@ -216,8 +217,8 @@ pub struct Deployed {
     pub compiled: Result<Compiled, PluginError>,
     /// Bumped on every deploy and upgrade.
     pub generation: u64,
-    /// New code running beside it, its outcomes compared and discarded.
-    pub shadow: Option<Arc<shadow::Shadow>>,
+    /// New code being rolled out beside it (a shadow or a canary).
+    pub candidate: Option<Arc<rollout::Candidate>>,
 }
 
 /// A topic's ingress stages.

@@ -106,7 +106,7 @@ impl Plugins {
                     version: version.into(),
                     compiled: Ok(compiled),
                     generation: self.next_generation(),
-                    shadow: None,
+                    candidate: None,
                 });
                 let runner = Arc::new(StageRunner::pinned(live, pinned));
                 self.pinned.keep(Arc::clone(&runner));

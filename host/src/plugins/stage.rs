@@ -7,17 +7,18 @@
 //!   is processed wholly by one version;
 //! - an instance that trapped, ran out of time or memory, or returned invalid output is
 //!   dropped; the next call gets a fresh one;
-//! - a shadow (`shadow.rs`) runs after the live call, with an instance of its own, and
-//!   changes nothing the live call returns.
+//! - a rollout's candidate (`rollout.rs`) has an instance of its own: a shadow runs
+//!   after the live call and changes nothing it returns; a canary takes its records
+//!   out of the live call and its outcomes go back in their places.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use hdrhistogram::Histogram;
 use quiver_protocol::{AttachmentStatus, OnError, SandboxInfo, Stage, StageLimits};
 
+use super::rollout::{Candidate, canary_takes};
 use super::runtime::{CallContext, CallOutput, Compiled, Instance};
 use super::sandbox::Language;
-use super::shadow::Shadow;
 use super::{Deployed, InputEvent, Outcome, PluginError, Plugins};
 
 /// When a failing stage is quarantined and for how long.
@@ -134,8 +135,8 @@ pub struct StageRunner {
     /// The code it runs when not the plugin's running version (see `pinned.rs`).
     pinned: Option<Arc<Deployed>>,
     loaded: Mutex<Option<Loaded>>,
-    /// The instance of the plugin's shadow, if one runs (see `shadow.rs`).
-    shadow: Mutex<Option<Loaded>>,
+    /// The instance of the candidate of the plugin's rollout, if one runs.
+    candidate: Mutex<Option<Loaded>>,
     figures: Mutex<Figures>,
 }
 
@@ -146,6 +147,11 @@ impl std::fmt::Debug for StageRunner {
             .field("target", &self.target)
             .finish_non_exhaustive()
     }
+}
+
+/// The µs since `started`.
+fn elapsed_micros(started: std::time::Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -163,7 +169,7 @@ impl StageRunner {
             params,
             pinned: None,
             loaded: Mutex::new(None),
-            shadow: Mutex::new(None),
+            candidate: Mutex::new(None),
             figures: Mutex::new(Figures {
                 calls: 0,
                 records_in: 0,
@@ -211,10 +217,27 @@ impl StageRunner {
                 OnError::FailClosed => StageRun::Refused,
             };
         }
+        // A pinned stage runs its own version, and no rollout.
+        let candidate = match &self.pinned {
+            None => plugins.candidate_of(&self.stage.plugin),
+            Some(_) => None,
+        };
+        if candidate.is_none() {
+            // A rollout that ended (promoted or rolled back) leaves no instance behind.
+            lock(&self.candidate).take();
+        }
         let started = std::time::Instant::now();
         let mut loaded = lock(&self.loaded);
-        let result = self.call(plugins, &mut loaded, topic, events);
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let result = match candidate.as_deref() {
+            Some(
+                canary @ Candidate {
+                    canary_percent: Some(percent),
+                    ..
+                },
+            ) => self.call_with_canary(plugins, &mut loaded, (canary, *percent), topic, events),
+            _ => self.call(plugins, &mut loaded, topic, events),
+        };
+        let micros = elapsed_micros(started);
         let version = loaded.as_ref().map(|l| l.version.to_string());
         let language = loaded.as_ref().map(|l| l.language);
         let memory = loaded.as_ref().map_or(0, |l| l.instance.memory_peak());
@@ -225,8 +248,7 @@ impl StageRunner {
         }
         drop(loaded);
         if let Ok(output) = &result
-            && self.pinned.is_none()
-            && let Some(shadow) = plugins.shadow_of(&self.stage.plugin)
+            && let Some(shadow) = candidate.filter(|c| c.canary_percent.is_none())
         {
             self.run_shadow(plugins, &shadow, topic, events, (&output.outcomes, micros));
         }
@@ -315,33 +337,95 @@ impl StageRunner {
         Ok(slot.get_or_insert_with(|| unreachable!("an instance was loaded just above")))
     }
 
-    /// Runs the plugin's shadow over the batch the live version just decided on, and
-    /// counts how both decided (`shadow.rs`). Its outcomes and state writes go no
-    /// further; its failures are counted, and its instance replaced after one that
-    /// poisons it.
-    fn run_shadow(
+    /// Runs the candidate of the plugin's rollout over `events`, in its own instance
+    /// (replaced after a failure that poisons it); returns what it made of them and
+    /// how long it took.
+    fn call_candidate(
         &self,
         plugins: &Plugins,
-        shadow: &Shadow,
+        candidate: &Candidate,
         topic: &str,
         events: &[InputEvent<'_>],
-        live: (&[Outcome], u64),
-    ) {
+    ) -> (Result<CallOutput, PluginError>, u64) {
         let started = std::time::Instant::now();
-        let mut slot = lock(&self.shadow);
-        let code = (shadow.generation, &shadow.version, &shadow.compiled);
+        let mut slot = lock(&self.candidate);
+        let code = (
+            candidate.generation,
+            &candidate.version,
+            &candidate.compiled,
+        );
         let result = self
             .load(plugins, &mut slot, code)
-            .and_then(|loaded| loaded.instance.process(topic, events))
-            .map(|output| output.outcomes);
+            .and_then(|loaded| loaded.instance.process(topic, events));
         if let Err(e) = &result
             && e.poisons_instance()
         {
             *slot = None;
         }
-        drop(slot);
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        shadow.record(&self.target, events, live, (result, micros));
+        (result, elapsed_micros(started))
+    }
+
+    /// Runs a shadow over the batch the live version just decided on, and counts how
+    /// both decided. Its outcomes and state writes go no further; its failures are
+    /// counted, nothing else.
+    fn run_shadow(
+        &self,
+        plugins: &Plugins,
+        shadow: &Candidate,
+        topic: &str,
+        events: &[InputEvent<'_>],
+        live: (&[Outcome], u64),
+    ) {
+        let (result, micros) = self.call_candidate(plugins, shadow, topic, events);
+        let outcomes = result.map(|output| output.outcomes);
+        shadow.record_shadow(&self.target, events, live, (outcomes, micros));
+    }
+
+    /// Calls the live version with the records a canary of `percent` does not take
+    /// and the canary with those it takes, and puts each outcome back in its record's
+    /// place; the state both write is kept. Either failing fails the batch.
+    fn call_with_canary(
+        &self,
+        plugins: &Plugins,
+        loaded: &mut Option<Loaded>,
+        (canary, percent): (&Candidate, u8),
+        topic: &str,
+        events: &[InputEvent<'_>],
+    ) -> Result<CallOutput, PluginError> {
+        let (taken, left): (Vec<usize>, Vec<usize>) =
+            (0..events.len()).partition(|&i| canary_takes(percent, &events[i]));
+        let pick = |indices: &[usize]| indices.iter().map(|&i| events[i]).collect::<Vec<_>>();
+        if taken.is_empty() {
+            return self.call(plugins, loaded, topic, events);
+        }
+        let started = std::time::Instant::now();
+        let live = match left.is_empty() {
+            true => CallOutput {
+                outcomes: Vec::new(),
+                state: Vec::new(),
+            },
+            false => self.call(plugins, loaded, topic, &pick(&left))?,
+        };
+        let live_micros = elapsed_micros(started);
+        let (result, micros) = self.call_candidate(plugins, canary, topic, &pick(&taken));
+        canary.record_canary(
+            taken.len(),
+            live_micros,
+            (result.as_ref().map(drop), micros),
+        );
+        let taken_output = result?;
+        // Each call returned one outcome per event it was given (`check_outputs`).
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
+        for (i, outcome) in left.iter().zip(live.outcomes) {
+            outcomes[*i] = Some(outcome);
+        }
+        for (i, outcome) in taken.iter().zip(taken_output.outcomes) {
+            outcomes[*i] = Some(outcome);
+        }
+        Ok(CallOutput {
+            outcomes: outcomes.into_iter().flatten().collect(),
+            state: live.state.into_iter().chain(taken_output.state).collect(),
+        })
     }
 
     /// The version that ran last (empty before the first call).

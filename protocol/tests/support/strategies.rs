@@ -296,6 +296,18 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
         ".{0,8}".prop_map(|name| Op::DiffPlugin { name }),
         ".{0,8}".prop_map(|name| Op::PromotePlugin { name }),
         ".{0,8}".prop_map(|name| Op::RollbackPlugin { name }),
+        (
+            ".{0,8}",
+            proptest::option::of(".{0,4}"),
+            bytes(64),
+            any::<u8>()
+        )
+            .prop_map(|(name, version, wasm, percent)| Op::CanaryPlugin {
+                name,
+                version,
+                wasm,
+                percent
+            }),
     ]
 }
 
@@ -639,7 +651,8 @@ pub(crate) fn op_reply() -> impl Strategy<Value = OpReply> {
                     OpReply::Diff(Box::new(PluginDiff {
                         name,
                         live: "1".into(),
-                        shadow: "2".into(),
+                        candidate: "2".into(),
+                        canary_percent: u8::try_from(records % 100).ok(),
                         started_ms: micros,
                         batches,
                         records,
@@ -653,12 +666,12 @@ pub(crate) fn op_reply() -> impl Strategy<Value = OpReply> {
                                 key,
                                 payload,
                                 live: "keep".into(),
-                                shadow: "drop".into(),
+                                candidate: "drop".into(),
                             })
                             .collect(),
                         live_micros: micros,
-                        shadow_micros: batches,
-                        shadow_errors: differing,
+                        candidate_micros: batches,
+                        candidate_errors: differing,
                         last_error,
                     }))
                 }

@@ -1,16 +1,20 @@
-//! Shadow rollouts: new code of a plugin run beside the live version on the same
-//! batches, wherever the plugin runs, its outcomes compared with the live ones and
-//! discarded, until it is promoted (made the live version, as an upgrade is) or rolled
-//! back (dropped).
+//! Rollouts: new code of a plugin (the candidate) tried on live traffic wherever the
+//! plugin runs, until it is promoted (made the live version, as an upgrade is) or
+//! rolled back (dropped). Two kinds:
+//!
+//! - a **shadow** runs beside the live version on the same batches, its outcomes
+//!   compared with the live ones and discarded;
+//! - a **canary** takes a share of the records, chosen by key ([`canary_takes`]), so
+//!   that one key stays with one version; its outcomes count like the live version's.
 //!
 //! Invariants worth naming:
-//! - the shadow never changes what is stored: its outcomes are counted and dropped,
-//!   and its state writes are never applied (it reads the live version's state, as it
-//!   was before the batch, so both decide from the same state);
-//! - the shadow runs after the live call of the same batch, on the same thread, with
-//!   an instance of its own per attachment and the attachment's sandbox; its failures
-//!   are counted, never quarantine the stage and never fail the batch;
-//! - a shadow lives in memory: a restart ends it (the live version goes on).
+//! - a shadow never changes what is stored: its outcomes are counted and dropped, and
+//!   its state writes are never applied (it reads the live version's state, as it was
+//!   before the batch, so both decide from the same state); its failures are counted,
+//!   never quarantine the stage and never fail the batch;
+//! - a candidate runs on the stage's thread with an instance of its own per
+//!   attachment and the attachment's sandbox;
+//! - a rollout lives in memory: a restart ends it (the live version goes on).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,21 +33,23 @@ const SAMPLES: usize = 5;
 /// The longest payload a sample keeps.
 const SAMPLE_PAYLOAD: usize = 256;
 
-/// New code run beside a plugin's live version.
+/// New code tried beside a plugin's live version.
 #[derive(Debug)]
-pub struct Shadow {
+pub struct Candidate {
     /// Its version label.
     pub version: Arc<str>,
     /// Its component, kept to promote it.
     wasm: Bytes,
     /// Its compiled code.
     pub compiled: Compiled,
-    /// Tells its instances from those of a shadow before it.
+    /// Tells its instances from those of a candidate before it.
     pub generation: u64,
+    /// A canary's share of the records, in percent; `None` for a shadow.
+    pub canary_percent: Option<u8>,
     figures: Mutex<Figures>,
 }
 
-/// What the shadow and the live version decided so far.
+/// What the candidate and the live version did so far.
 #[derive(Debug, Default)]
 struct Figures {
     started_ms: u64,
@@ -53,15 +59,50 @@ struct Figures {
     kinds: BTreeMap<(&'static str, &'static str), u64>,
     samples: Vec<DiffSample>,
     live_micros: u64,
-    shadow_micros: u64,
-    shadow_errors: u64,
+    candidate_micros: u64,
+    candidate_errors: u64,
     last_error: Option<String>,
 }
 
-impl Shadow {
-    /// Counts one batch both ran: the live outcomes and what the shadow made of the
-    /// same events, with each call's time.
-    pub fn record(
+/// Whether a canary of `percent` takes `event`: by its key, so that one key stays
+/// with one version (FNV-1a, the same on every broker and run); a record without a
+/// key by its offset.
+pub fn canary_takes(percent: u8, event: &InputEvent<'_>) -> bool {
+    let spot = match &event.record.key {
+        Some(key) => {
+            let hash = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+            });
+            hash % 100
+        }
+        None => event.offset % 100,
+    };
+    spot < u64::from(percent)
+}
+
+impl Candidate {
+    /// Counts one call of a canary: the records it took, how long it took next to
+    /// the live call of the same batch, and whether it failed.
+    pub fn record_canary(
+        &self,
+        records: usize,
+        live_micros: u64,
+        (result, micros): (Result<(), &PluginError>, u64),
+    ) {
+        let mut figures = self.figures.lock().unwrap_or_else(PoisonError::into_inner);
+        figures.batches += 1;
+        figures.records += records as u64;
+        figures.live_micros = figures.live_micros.saturating_add(live_micros);
+        figures.candidate_micros = figures.candidate_micros.saturating_add(micros);
+        if let Err(e) = result {
+            figures.candidate_errors += 1;
+            figures.last_error = Some(e.to_string());
+        }
+    }
+
+    /// Counts one batch a shadow and the live version both ran: the live outcomes and
+    /// what the shadow made of the same events, with each call's time.
+    pub fn record_shadow(
         &self,
         target: &str,
         events: &[InputEvent<'_>],
@@ -71,11 +112,11 @@ impl Shadow {
         let mut figures = self.figures.lock().unwrap_or_else(PoisonError::into_inner);
         figures.batches += 1;
         figures.live_micros = figures.live_micros.saturating_add(live.1);
-        figures.shadow_micros = figures.shadow_micros.saturating_add(shadow.1);
+        figures.candidate_micros = figures.candidate_micros.saturating_add(shadow.1);
         let outcomes = match shadow.0 {
             Ok(outcomes) => outcomes,
             Err(e) => {
-                figures.shadow_errors += 1;
+                figures.candidate_errors += 1;
                 figures.last_error = Some(e.to_string());
                 return;
             }
@@ -95,7 +136,7 @@ impl Shadow {
                     key: event.record.key.clone(),
                     payload: payload.slice(..payload.len().min(SAMPLE_PAYLOAD)),
                     live: describe(live),
-                    shadow: describe(shadow),
+                    candidate: describe(shadow),
                 });
             }
         }
@@ -112,7 +153,8 @@ impl Shadow {
         PluginDiff {
             name: name.to_owned(),
             live: live.to_owned(),
-            shadow: self.version.to_string(),
+            candidate: self.version.to_string(),
+            canary_percent: self.canary_percent,
             started_ms: figures.started_ms,
             batches: figures.batches,
             records: figures.records,
@@ -120,8 +162,8 @@ impl Shadow {
             kinds,
             samples: figures.samples.clone(),
             live_micros: figures.live_micros,
-            shadow_micros: figures.shadow_micros,
-            shadow_errors: figures.shadow_errors,
+            candidate_micros: figures.candidate_micros,
+            candidate_errors: figures.candidate_errors,
             last_error: figures.last_error.clone(),
         }
     }
@@ -157,97 +199,111 @@ fn describe(outcome: &Outcome) -> String {
 }
 
 impl Plugins {
-    /// Starts running `wasm` beside `name`'s live version (replacing a shadow there
-    /// was): compiled and checked like an upgrade, stored only if promoted.
-    pub async fn shadow(
+    /// Starts trying `wasm` beside `name`'s live version (replacing a rollout there
+    /// was): as a shadow, or as a canary of `canary_percent` of the records. Compiled
+    /// and checked as an upgrade is; stored only if promoted.
+    pub async fn roll_out(
         &self,
         name: &str,
         version: Option<String>,
         wasm: Bytes,
+        canary_percent: Option<u8>,
     ) -> Result<PluginDiff, AdminError> {
+        if let Some(percent) = canary_percent
+            && !(1..=99).contains(&percent)
+        {
+            return Err(AdminError::InvalidArgument(format!(
+                "a canary takes 1 to 99 percent of the records, not {percent} (100: \
+                 promote it, or upgrade)"
+            )));
+        }
         let _admin = self.admin.lock().await;
         let deployed = self.found(name)?;
         let version = next_version(&deployed.record, version)?;
         let sha256: [u8; 32] = Sha256::digest(&wasm).into();
         let compiled = self.compile(name, wasm.clone(), sha256).await?;
-        let shadow = Arc::new(Shadow {
+        let candidate = Arc::new(Candidate {
             version: version.as_str().into(),
             wasm,
             compiled,
             generation: self.next_generation(),
+            canary_percent,
             figures: Mutex::new(Figures {
                 started_ms: crate::util::now_ms(),
                 ..Figures::default()
             }),
         });
-        let deployed = self.replace_shadow(&deployed, Some(Arc::clone(&shadow)));
-        info!(plugin = name, live = %deployed.version, shadow = %version, "shadow started");
-        Ok(shadow.diff(name, &deployed.version))
+        let deployed = self.replace_candidate(&deployed, Some(Arc::clone(&candidate)));
+        info!(plugin = name, live = %deployed.version, candidate = %version, ?canary_percent, "rollout started");
+        Ok(candidate.diff(name, &deployed.version))
     }
 
-    /// How `name`'s shadow has decided so far.
+    /// How `name`'s rollout has gone so far.
     pub fn diff(&self, name: &str) -> Result<PluginDiff, AdminError> {
         let deployed = self.found(name)?;
-        let shadow = running(&deployed)?;
-        Ok(shadow.diff(name, &deployed.version))
+        Ok(running(&deployed)?.diff(name, &deployed.version))
     }
 
-    /// Makes the shadow's code `name`'s live version, stored as an upgrade is (every
-    /// batch after runs it wholly, none before does); returns the last diff.
+    /// Makes the candidate's code `name`'s live version, stored as an upgrade is
+    /// (every batch after runs it wholly, none before does); returns the last diff.
     pub async fn promote(&self, name: &str) -> Result<PluginDiff, AdminError> {
         let _admin = self.admin.lock().await;
         let deployed = self.found(name)?;
-        let shadow = Arc::clone(running(&deployed)?);
-        let diff = shadow.diff(name, &deployed.version);
+        let candidate = Arc::clone(running(&deployed)?);
+        let diff = candidate.diff(name, &deployed.version);
         self.store_version(
             deployed.record.clone(),
-            Some(shadow.version.to_string()),
-            shadow.wasm.clone(),
+            Some(candidate.version.to_string()),
+            candidate.wasm.clone(),
         )
         .await?;
         self.lift_quarantine(name)?;
-        info!(plugin = name, version = %shadow.version, "shadow promoted");
+        info!(plugin = name, version = %candidate.version, "rollout promoted");
         Ok(diff)
     }
 
-    /// Ends `name`'s shadow; the live version goes on. Returns the last diff.
+    /// Ends `name`'s rollout; the live version goes on. Returns the last diff.
     pub async fn rollback(&self, name: &str) -> Result<PluginDiff, AdminError> {
         let _admin = self.admin.lock().await;
         let deployed = self.found(name)?;
         let diff = running(&deployed)?.diff(name, &deployed.version);
-        self.replace_shadow(&deployed, None);
-        info!(plugin = name, shadow = %diff.shadow, "shadow rolled back");
+        self.replace_candidate(&deployed, None);
+        info!(plugin = name, candidate = %diff.candidate, "rollout rolled back");
         Ok(diff)
     }
 
-    /// Installs `deployed` with another shadow, keeping its generation: the live
+    /// Installs `deployed` with another candidate, keeping its generation: the live
     /// instances go on as they are.
-    fn replace_shadow(&self, deployed: &Deployed, shadow: Option<Arc<Shadow>>) -> Arc<Deployed> {
+    fn replace_candidate(
+        &self,
+        deployed: &Deployed,
+        candidate: Option<Arc<Candidate>>,
+    ) -> Arc<Deployed> {
         let replaced = Arc::new(Deployed {
             record: deployed.record.clone(),
             version: Arc::clone(&deployed.version),
             compiled: deployed.compiled.clone(),
             generation: deployed.generation,
-            shadow,
+            candidate,
         });
         let mut registry = write(&self.registry);
         registry.insert(deployed.record.name.clone(), Arc::clone(&replaced));
         replaced
     }
 
-    /// The shadow of `name`, if one runs.
-    pub fn shadow_of(&self, name: &str) -> Option<Arc<Shadow>> {
-        read(&self.registry).get(name)?.shadow.clone()
+    /// The candidate of `name`'s rollout, if one runs.
+    pub fn candidate_of(&self, name: &str) -> Option<Arc<Candidate>> {
+        read(&self.registry).get(name)?.candidate.clone()
     }
 }
 
-/// The shadow running beside `deployed`, or why there is none.
-fn running(deployed: &Deployed) -> Result<&Arc<Shadow>, AdminError> {
-    deployed.shadow.as_ref().ok_or_else(|| {
+/// The candidate of the rollout beside `deployed`, or why there is none.
+fn running(deployed: &Deployed) -> Result<&Arc<Candidate>, AdminError> {
+    deployed.candidate.as_ref().ok_or_else(|| {
+        let name = &deployed.record.name;
         AdminError::InvalidArgument(format!(
-            "plugin `{}` runs no shadow (start one with `quiver plugin upgrade {} FILE \
-             --shadow`)",
-            deployed.record.name, deployed.record.name
+            "plugin `{name}` has no rollout running (start one with `quiver plugin \
+             upgrade {name} FILE --shadow` or `--canary PERCENT`)"
         ))
     })
 }
