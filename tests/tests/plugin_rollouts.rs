@@ -400,3 +400,43 @@ async fn a_canary_takes_its_share_by_key_and_rolls_back() {
     );
     assert!(!full.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_dead_letters_its_share_under_its_own_name() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    client
+        .deploy_plugin("gate", read_plugin(&example_plugin("template")), None)
+        .await
+        .unwrap();
+    client
+        .create_topic("events", Retention::default())
+        .await
+        .unwrap();
+    client
+        .attach_plugin("events", Stage::new("gate"))
+        .await
+        .unwrap();
+    // The canary traps on `boom`; key `a` is its (FNV-1a of "a" is 96 modulo 100).
+    let trap = read_plugin(&quiver_tests::test_plugin("trap"));
+    client.canary_plugin("gate", trap, None, 99).await.unwrap();
+    let boom = NewRecord::new("boom").with_key("a");
+    let receipt = client.publish_batch("events", vec![boom]).await.unwrap();
+    assert_eq!(receipt.dead_letter.map(|d| d.count), Some(1));
+    let dead = read_all(&client, "dlq.events").await;
+    let reason = String::from_utf8(dead[0].header("quiver-dlq-reason").unwrap().to_vec()).unwrap();
+    assert!(reason.starts_with("canary version 2: trapped"), "{reason}");
+    // The canary's next record of that key is stored; the failure is in the diff.
+    let fine = NewRecord::new("fine").with_key("a");
+    assert_eq!(
+        client
+            .publish_batch("events", vec![fine])
+            .await
+            .unwrap()
+            .count,
+        1
+    );
+    let diff = client.plugin_diff("gate").await.unwrap();
+    assert_eq!((diff.records, diff.candidate_errors), (2, 1));
+}

@@ -127,6 +127,15 @@ pub enum PluginError {
     /// The runtime itself could not start or compile.
     #[error("plugin runtime: {0}")]
     Runtime(String),
+    /// A canary rollout's new code failed on its share of a batch (the live version's
+    /// instance is not at fault).
+    #[error("canary version {version}: {cause}")]
+    Canary {
+        /// The canary's version.
+        version: String,
+        /// What went wrong.
+        cause: Box<PluginError>,
+    },
 }
 
 impl PluginError {

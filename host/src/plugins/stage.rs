@@ -413,7 +413,11 @@ impl StageRunner {
             live_micros,
             (result.as_ref().map(drop), micros),
         );
-        let taken_output = result?;
+        // The live version's instance is not at fault: a `Canary` error poisons none.
+        let taken_output = result.map_err(|cause| PluginError::Canary {
+            version: canary.version.to_string(),
+            cause: Box::new(cause),
+        })?;
         // Each call returned one outcome per event it was given (`check_outputs`).
         let mut outcomes: Vec<Option<Outcome>> = vec![None; events.len()];
         for (i, outcome) in left.iter().zip(live.outcomes) {
