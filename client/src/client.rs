@@ -369,8 +369,8 @@ impl Client {
 
     /// Starts running `wasm` beside the plugin's live version, wherever it runs, on
     /// the same batches: its outcomes are compared with the live ones and discarded,
-    /// its state writes never applied (a shadow rollout). Replaces a shadow that ran.
-    /// Returns the (empty) diff.
+    /// its state writes kept apart and never stored (a shadow rollout). Replaces a
+    /// rollout that ran. Returns the (empty) diff.
     pub async fn shadow_plugin(
         &self,
         name: &str,

@@ -89,7 +89,7 @@ async fn a_shadow_is_compared_and_discarded_then_rolled_back() {
         samples[0]["candidate"]
             .as_str()
             .unwrap()
-            .starts_with("replace with 1 record(s), 1 header(s)"),
+            .starts_with("replace with 1 record(s); the first: headers [tagged-by=quiver]"),
         "{diff}"
     );
     assert!(diff["live_micros"].as_u64().unwrap() > 0);
@@ -186,6 +186,23 @@ where
         .collect()
 }
 
+/// `topic` created with the template deployed as `gate` and attached: the live
+/// version tags every record and keeps it.
+async fn tagging_gate(client: &quiver_client::Client, topic: &str) {
+    client
+        .deploy_plugin("gate", read_plugin(&example_plugin("template")), None)
+        .await
+        .unwrap();
+    client
+        .create_topic(topic, Retention::default())
+        .await
+        .unwrap();
+    client
+        .attach_plugin(topic, Stage::new("gate"))
+        .await
+        .unwrap();
+}
+
 /// The live filter keeping every record published here (`n >= 0`), so that a
 /// record's tag alone tells which version stored it.
 fn keep_all() -> Stage {
@@ -280,18 +297,7 @@ async fn a_failing_shadow_is_counted_and_never_fails_the_live_stage() {
     let data = DataDir::new();
     let broker = Broker::start(&data);
     let client = broker.client().await;
-    client
-        .deploy_plugin("gate", read_plugin(&example_plugin("template")), None)
-        .await
-        .unwrap();
-    client
-        .create_topic("events", Retention::default())
-        .await
-        .unwrap();
-    client
-        .attach_plugin("events", Stage::new("gate"))
-        .await
-        .unwrap();
+    tagging_gate(&client, "events").await;
     // The shadow traps on `boom`, four times in a row: more than the quarantine takes.
     let trap = read_plugin(&quiver_tests::test_plugin("trap"));
     client.shadow_plugin("gate", trap, None).await.unwrap();
@@ -406,18 +412,7 @@ async fn a_failing_canary_dead_letters_its_share_under_its_own_name() {
     let data = DataDir::new();
     let broker = Broker::start(&data);
     let client = broker.client().await;
-    client
-        .deploy_plugin("gate", read_plugin(&example_plugin("template")), None)
-        .await
-        .unwrap();
-    client
-        .create_topic("events", Retention::default())
-        .await
-        .unwrap();
-    client
-        .attach_plugin("events", Stage::new("gate"))
-        .await
-        .unwrap();
+    tagging_gate(&client, "events").await;
     // The canary traps on `boom`; key `a` is its (FNV-1a of "a" is 96 modulo 100).
     let trap = read_plugin(&quiver_tests::test_plugin("trap"));
     client.canary_plugin("gate", trap, None, 99).await.unwrap();
@@ -439,4 +434,34 @@ async fn a_failing_canary_dead_letters_its_share_under_its_own_name() {
     );
     let diff = client.plugin_diff("gate").await.unwrap();
     assert_eq!((diff.records, diff.candidate_errors), (2, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_keeps_its_state_apart_from_the_live_state() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    tagging_gate(&client, "events").await;
+    // The shadow counts the records it sees in its state: 1, 2, 3… across batches.
+    let counter = read_plugin(&quiver_tests::test_plugin("counter"));
+    client.shadow_plugin("gate", counter, None).await.unwrap();
+    for batch in 0..3 {
+        let records = (0..2)
+            .map(|i| NewRecord::new(format!("{batch}.{i}")))
+            .collect();
+        client.publish_batch("events", records).await.unwrap();
+    }
+    let diff = client.plugin_diff("gate").await.unwrap();
+    assert_eq!(diff.samples.len(), 5);
+    for (n, sample) in diff.samples.iter().enumerate() {
+        assert!(
+            sample.candidate.contains(&format!("count={}", n + 1)),
+            "the shadow read what it wrote itself: {sample:?}"
+        );
+    }
+    // Promoted, it starts from the live state, where none of its writes went.
+    client.promote_plugin("gate").await.unwrap();
+    client.publish("events", "after").await.unwrap();
+    let last = read_all(&client, "events").await.pop().unwrap();
+    assert_eq!(last.header("count").map(|v| &v[..]), Some(&b"1"[..]));
 }

@@ -9,32 +9,38 @@
 //!
 //! Invariants worth naming:
 //! - a shadow never changes what is stored: its outcomes are counted and dropped, and
-//!   its state writes are never applied (it reads the live version's state, as it was
-//!   before the batch, so both decide from the same state); its failures are counted,
-//!   never quarantine the stage and never fail the batch;
+//!   its state writes are kept apart, in memory ([`ShadowState`]): it reads what it
+//!   wrote itself, else the live state as it was before the batch; its failures are
+//!   counted, never quarantine the stage and never fail the batch;
 //! - a candidate runs on the stage's thread with an instance of its own per
 //!   attachment and the attachment's sandbox;
 //! - a rollout lives in memory: a restart ends it (the live version goes on).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use quiver_protocol::{DiffSample, PluginDiff};
 use sha2::{Digest, Sha256};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::runtime::Compiled;
-use super::{AdminError, Deployed, InputEvent, Outcome, PluginError, Plugins, read, write};
+use super::{
+    AdminError, Deployed, InputEvent, Outcome, PluginError, Plugins, StateSource, read, write,
+};
 use crate::storage::PluginRecord;
 
 /// Differing records kept as samples.
 const SAMPLES: usize = 5;
 /// The longest payload a sample keeps.
 const SAMPLE_PAYLOAD: usize = 256;
+/// The longest description of a replacement in a sample.
+const SAMPLE_TEXT: usize = 300;
+/// The most a shadow's own state may hold, in bytes of keys and values; its writes
+/// beyond are dropped (and said once in the log).
+const SHADOW_STATE_BYTES: usize = 64 << 20;
 
 /// New code tried beside a plugin's live version.
-#[derive(Debug)]
 pub struct Candidate {
     /// Its version label.
     pub version: Arc<str>,
@@ -46,7 +52,72 @@ pub struct Candidate {
     pub generation: u64,
     /// A canary's share of the records, in percent; `None` for a shadow.
     pub canary_percent: Option<u8>,
+    /// What a shadow's calls read their state from: what it wrote itself, then the
+    /// live state; a canary reads and writes the live state.
+    state: Arc<dyn StateSource>,
+    /// A shadow's own state (none for a canary).
+    own_state: Option<Arc<ShadowState>>,
     figures: Mutex<Figures>,
+}
+
+/// A shadow's own state: what its calls wrote, read before the live state and never
+/// stored, so that a shadow that keeps state decides from its own history.
+struct ShadowState {
+    live: Arc<dyn StateSource>,
+    written: Mutex<Written>,
+}
+
+#[derive(Default)]
+struct Written {
+    values: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    bytes: usize,
+    full: bool,
+}
+
+impl StateSource for ShadowState {
+    fn get(&self, plugin: &str, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        match written.values.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => {
+                drop(written);
+                self.live.get(plugin, key)
+            }
+        }
+    }
+}
+
+impl ShadowState {
+    /// Keeps what a call wrote, up to [`SHADOW_STATE_BYTES`].
+    fn keep(&self, plugin: &str, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, value) in writes {
+            let size = key.len() + value.as_ref().map_or(0, Vec::len);
+            if !written.values.contains_key(&key) && written.bytes + size > SHADOW_STATE_BYTES {
+                if !written.full {
+                    written.full = true;
+                    warn!(
+                        plugin,
+                        "a shadow's own state passed {SHADOW_STATE_BYTES} bytes: its new keys \
+                         are dropped, and read from the live state"
+                    );
+                }
+                continue;
+            }
+            written.bytes += size;
+            written.values.insert(key, value);
+        }
+    }
+}
+
+impl std::fmt::Debug for Candidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Candidate")
+            .field("version", &self.version)
+            .field("generation", &self.generation)
+            .field("canary_percent", &self.canary_percent)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the candidate and the live version did so far.
@@ -81,6 +152,19 @@ pub fn canary_takes(percent: u8, event: &InputEvent<'_>) -> bool {
 }
 
 impl Candidate {
+    /// Where its calls read the plugin's state.
+    pub fn state(&self) -> Arc<dyn StateSource> {
+        Arc::clone(&self.state)
+    }
+
+    /// Keeps what a shadow's call wrote, for its later calls (a canary's writes are
+    /// stored with its records instead).
+    pub fn keep_shadow_state(&self, plugin: &str, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) {
+        if let Some(own) = &self.own_state {
+            own.keep(plugin, writes);
+        }
+    }
+
     /// Counts one call of a canary: the records it took, how long it took next to
     /// the live call of the same batch, and whether it failed.
     pub fn record_canary(
@@ -180,17 +264,33 @@ fn kind(outcome: &Outcome) -> &'static str {
     }
 }
 
-/// An outcome in words, for a sample.
+/// An outcome in words, for a sample: a replacement by its first record's headers
+/// and size.
 fn describe(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Replace(records) => {
-            let headers: usize = records.iter().map(|r| r.headers.len()).sum();
-            format!(
-                "replace with {} record(s), {} header(s), {} payload bytes",
-                records.len(),
-                headers,
-                records.iter().map(|r| r.payload.len()).sum::<usize>()
-            )
+            let first = records.first().map_or_else(String::new, |record| {
+                let headers: Vec<String> = record
+                    .headers
+                    .iter()
+                    .map(|h| format!("{}={}", h.name, String::from_utf8_lossy(&h.value)))
+                    .collect();
+                let mut first = format!(
+                    "; the first: headers [{}], {} payload bytes",
+                    headers.join(", "),
+                    record.payload.len()
+                );
+                if first.len() > SAMPLE_TEXT {
+                    let mut end = SAMPLE_TEXT;
+                    while !first.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    first.truncate(end);
+                    first.push('…');
+                }
+                first
+            });
+            format!("replace with {} record(s){first}", records.len())
         }
         Outcome::Route(topics) => format!("route to {}", topics.join(", ")),
         Outcome::Reject(reason) => format!("reject: {reason}"),
@@ -222,12 +322,24 @@ impl Plugins {
         let version = next_version(&deployed.record, version)?;
         let sha256: [u8; 32] = Sha256::digest(&wasm).into();
         let compiled = self.compile(name, wasm.clone(), sha256).await?;
+        let own_state = canary_percent.is_none().then(|| {
+            Arc::new(ShadowState {
+                live: self.state_source(),
+                written: Mutex::default(),
+            })
+        });
+        let state = match &own_state {
+            Some(own) => Arc::clone(own) as Arc<dyn StateSource>,
+            None => self.state_source(),
+        };
         let candidate = Arc::new(Candidate {
             version: version.as_str().into(),
             wasm,
             compiled,
             generation: self.next_generation(),
             canary_percent,
+            state,
+            own_state,
             figures: Mutex::new(Figures {
                 started_ms: crate::util::now_ms(),
                 ..Figures::default()

@@ -19,7 +19,7 @@ use quiver_protocol::{AttachmentStatus, OnError, SandboxInfo, Stage, StageLimits
 use super::rollout::{Candidate, canary_takes};
 use super::runtime::{CallContext, CallOutput, Compiled, Instance};
 use super::sandbox::Language;
-use super::{Deployed, InputEvent, Outcome, PluginError, Plugins};
+use super::{Deployed, InputEvent, Outcome, PluginError, Plugins, StateSource};
 
 /// When a failing stage is quarantined and for how long.
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +114,15 @@ struct Figures {
     language: Option<Language>,
     /// The most linear memory any of its instances reached, in bytes.
     memory_peak: usize,
+}
+
+/// Code an instance is made from: its generation (which tells instances of other code
+/// apart), version, compiled form, and where its state is read.
+struct Code<'a> {
+    generation: u64,
+    version: &'a Arc<str>,
+    compiled: &'a Compiled,
+    state: Arc<dyn StateSource>,
 }
 
 struct Loaded {
@@ -300,38 +309,46 @@ impl StageRunner {
             Some(pinned) => Arc::clone(pinned),
             None => plugins.deployed(&self.stage.plugin)?,
         };
-        let compiled = deployed.compiled.as_ref().map_err(Clone::clone)?;
-        let code = (deployed.generation, &deployed.version, compiled);
+        let code = Code {
+            generation: deployed.generation,
+            version: &deployed.version,
+            compiled: deployed.compiled.as_ref().map_err(Clone::clone)?,
+            state: plugins.state_source(),
+        };
         self.load(plugins, loaded, code)?
             .instance
             .process(topic, events)
     }
 
-    /// The instance in `slot`, made anew from `code` (its generation, version and
-    /// compiled form) if it holds none or one of other code.
+    /// The instance in `slot`, made anew from `code` if it holds none or one of other
+    /// code.
     fn load<'a>(
         &self,
         plugins: &Plugins,
         slot: &'a mut Option<Loaded>,
-        (generation, version, compiled): (u64, &Arc<str>, &Compiled),
+        code: Code<'_>,
     ) -> Result<&'a mut Loaded, PluginError> {
-        if slot.as_ref().is_none_or(|l| l.generation != generation) {
+        if slot
+            .as_ref()
+            .is_none_or(|l| l.generation != code.generation)
+        {
             let context = CallContext {
                 plugin: self.stage.plugin.as_str().into(),
-                version: Arc::clone(version),
+                version: Arc::clone(code.version),
                 params: Arc::clone(&self.params),
-                state: plugins.state_source(),
+                state: code.state,
             };
-            let sandbox = plugins
-                .sandbox_policy()
-                .resolve(compiled.language, self.limits);
+            let language = code.compiled.language;
+            let sandbox = plugins.sandbox_policy().resolve(language, self.limits);
             // The old instance goes first: an interpreter's holds tens of MiB.
             *slot = None;
             *slot = Some(Loaded {
-                generation,
-                version: Arc::clone(version),
-                language: compiled.language,
-                instance: plugins.runtime().instantiate(compiled, context, sandbox)?,
+                generation: code.generation,
+                version: Arc::clone(code.version),
+                language,
+                instance: plugins
+                    .runtime()
+                    .instantiate(code.compiled, context, sandbox)?,
             });
         }
         Ok(slot.get_or_insert_with(|| unreachable!("an instance was loaded just above")))
@@ -349,11 +366,12 @@ impl StageRunner {
     ) -> (Result<CallOutput, PluginError>, u64) {
         let started = std::time::Instant::now();
         let mut slot = lock(&self.candidate);
-        let code = (
-            candidate.generation,
-            &candidate.version,
-            &candidate.compiled,
-        );
+        let code = Code {
+            generation: candidate.generation,
+            version: &candidate.version,
+            compiled: &candidate.compiled,
+            state: candidate.state(),
+        };
         let result = self
             .load(plugins, &mut slot, code)
             .and_then(|loaded| loaded.instance.process(topic, events));
@@ -366,8 +384,8 @@ impl StageRunner {
     }
 
     /// Runs a shadow over the batch the live version just decided on, and counts how
-    /// both decided. Its outcomes and state writes go no further; its failures are
-    /// counted, nothing else.
+    /// both decided. Its outcomes go no further, its state writes only to its own
+    /// state (`rollout.rs`); its failures are counted, nothing else.
     fn run_shadow(
         &self,
         plugins: &Plugins,
@@ -377,7 +395,10 @@ impl StageRunner {
         live: (&[Outcome], u64),
     ) {
         let (result, micros) = self.call_candidate(plugins, shadow, topic, events);
-        let outcomes = result.map(|output| output.outcomes);
+        let outcomes = result.map(|output| {
+            shadow.keep_shadow_state(&self.stage.plugin, output.state);
+            output.outcomes
+        });
         shadow.record_shadow(&self.target, events, live, (outcomes, micros));
     }
 
