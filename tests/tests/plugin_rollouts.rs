@@ -379,15 +379,28 @@ async fn a_canary_takes_its_share_by_key_and_rolls_back() {
     assert_eq!(diff.records, 5 * canary_keys as u64);
     assert_eq!((diff.differing, diff.candidate_errors), (0, 0));
 
+    // Records without a key, each its own publish, are dealt out in turn: exactly 30
+    // of each hundred.
+    for n in 0..200 {
+        let record = NewRecord::new(json!({ "n": 1000 + n }).to_string());
+        client.publish_batch("orders", vec![record]).await.unwrap();
+    }
+    let keyless = read_all(&client, "orders").await.split_off(1000);
+    let tagged = keyless
+        .iter()
+        .filter(|r| r.header("tagged-by").is_some())
+        .count();
+    assert_eq!(tagged, 60);
+
     // Rolled back: every key is the live version's again.
     client.rollback_plugin("gate").await.unwrap();
     let again: Vec<NewRecord> = (0..200)
-        .map(|k| NewRecord::new(json!({ "n": 1000 + k }).to_string()).with_key(format!("k{k}")))
+        .map(|k| NewRecord::new(json!({ "n": 1200 + k }).to_string()).with_key(format!("k{k}")))
         .collect();
     client.publish_batch("orders", again).await.unwrap();
     let stored = read_all(&client, "orders").await;
     assert!(
-        stored[1000..]
+        stored[1200..]
             .iter()
             .all(|r| r.header("tagged-by").is_none())
     );

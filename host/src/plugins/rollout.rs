@@ -4,8 +4,8 @@
 //!
 //! - a **shadow** runs beside the live version on the same batches, its outcomes
 //!   compared with the live ones and discarded;
-//! - a **canary** takes a share of the records, chosen by key ([`canary_takes`]), so
-//!   that one key stays with one version; its outcomes count like the live version's.
+//! - a **canary** takes a share of the records, chosen by key ([`Candidate::takes`]),
+//!   so that one key stays with one version; its outcomes count like the live version's.
 //!
 //! Invariants worth naming:
 //! - a shadow never changes what is stored: its outcomes are counted and dropped, and
@@ -17,6 +17,7 @@
 //! - a rollout lives in memory: a restart ends it (the live version goes on).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -57,6 +58,8 @@ pub struct Candidate {
     state: Arc<dyn StateSource>,
     /// A shadow's own state (none for a canary).
     own_state: Option<Arc<ShadowState>>,
+    /// Records without a key a canary was asked about.
+    keyless: AtomicU64,
     figures: Mutex<Figures>,
 }
 
@@ -135,23 +138,30 @@ struct Figures {
     last_error: Option<String>,
 }
 
-/// Whether a canary of `percent` takes `event`: by its key, so that one key stays
-/// with one version (FNV-1a, the same on every broker and run); a record without a
-/// key by its offset.
-pub fn canary_takes(percent: u8, event: &InputEvent<'_>) -> bool {
-    let spot = match &event.record.key {
-        Some(key) => {
-            let hash = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| {
-                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-            });
-            hash % 100
-        }
-        None => event.offset % 100,
-    };
-    spot < u64::from(percent)
-}
-
 impl Candidate {
+    /// Whether this canary takes `event`: by its key, so that one key stays with one
+    /// version (FNV-1a modulo 100, the same on every broker and run); records without
+    /// a key in turn, spread over each hundred of them (a record's offset would not
+    /// do: on ingress it is its place in its publish, 0 for every one-record publish).
+    pub fn takes(&self, percent: u8, event: &InputEvent<'_>) -> bool {
+        let spot = match &event.record.key {
+            Some(key) => {
+                let hash = key.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| {
+                    (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+                });
+                hash % 100
+            }
+            // 37 is prime to 100: each run of 100 keyless records visits every spot.
+            None => {
+                self.keyless
+                    .fetch_add(1, Ordering::Relaxed)
+                    .wrapping_mul(37)
+                    % 100
+            }
+        };
+        spot < u64::from(percent)
+    }
+
     /// Where its calls read the plugin's state.
     pub fn state(&self) -> Arc<dyn StateSource> {
         Arc::clone(&self.state)
@@ -340,6 +350,7 @@ impl Plugins {
             canary_percent,
             state,
             own_state,
+            keyless: AtomicU64::new(0),
             figures: Mutex::new(Figures {
                 started_ms: crate::util::now_ms(),
                 ..Figures::default()

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use hdrhistogram::Histogram;
 use quiver_protocol::{AttachmentStatus, OnError, SandboxInfo, Stage, StageLimits};
 
-use super::rollout::{Candidate, canary_takes};
+use super::rollout::Candidate;
 use super::runtime::{CallContext, CallOutput, Compiled, Instance};
 use super::sandbox::Language;
 use super::{Deployed, InputEvent, Outcome, PluginError, Plugins, StateSource};
@@ -414,7 +414,7 @@ impl StageRunner {
         events: &[InputEvent<'_>],
     ) -> Result<CallOutput, PluginError> {
         let (taken, left): (Vec<usize>, Vec<usize>) =
-            (0..events.len()).partition(|&i| canary_takes(percent, &events[i]));
+            (0..events.len()).partition(|&i| canary.takes(percent, &events[i]));
         let pick = |indices: &[usize]| indices.iter().map(|&i| events[i]).collect::<Vec<_>>();
         if taken.is_empty() {
             return self.call(plugins, loaded, topic, events);
