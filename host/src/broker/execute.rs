@@ -43,8 +43,11 @@ impl Broker {
     }
 }
 
-fn diff_reply(diff: quiver_protocol::PluginDiff) -> OpReply {
-    OpReply::Diff(Box::new(diff))
+/// A rollout request's answer: the plugin's diff.
+fn diff_reply(
+    diff: Result<quiver_protocol::PluginDiff, crate::plugins::AdminError>,
+) -> Result<OpReply, BrokerError> {
+    Ok(OpReply::Diff(Box::new(diff?)))
 }
 
 /// Carries out an authorized request. Publishes have their own way (they keep their
@@ -145,40 +148,21 @@ async fn execute(broker: &Arc<Broker>, op: Op) -> Result<OpReply, BrokerError> {
             name,
             version,
             wasm,
-        } => broker
-            .plugins()
-            .roll_out(&name, version, wasm, None)
-            .await
-            .map(diff_reply)
-            .map_err(BrokerError::from),
+        } => diff_reply(broker.plugins().roll_out(&name, version, wasm, None).await),
         Op::CanaryPlugin {
             name,
             version,
             wasm,
             percent,
-        } => broker
-            .plugins()
-            .roll_out(&name, version, wasm, Some(percent))
-            .await
-            .map(diff_reply)
-            .map_err(BrokerError::from),
-        Op::DiffPlugin { name } => broker
-            .plugins()
-            .diff(&name)
-            .map(diff_reply)
-            .map_err(BrokerError::from),
-        Op::PromotePlugin { name } => broker
-            .plugins()
-            .promote(&name)
-            .await
-            .map(diff_reply)
-            .map_err(BrokerError::from),
-        Op::RollbackPlugin { name } => broker
-            .plugins()
-            .rollback(&name)
-            .await
-            .map(diff_reply)
-            .map_err(BrokerError::from),
+        } => diff_reply(
+            broker
+                .plugins()
+                .roll_out(&name, version, wasm, Some(percent))
+                .await,
+        ),
+        Op::DiffPlugin { name } => diff_reply(broker.plugins().diff(&name)),
+        Op::PromotePlugin { name } => diff_reply(broker.plugins().promote(&name).await),
+        Op::RollbackPlugin { name } => diff_reply(broker.plugins().rollback(&name).await),
         Op::DetachPlugin { topic, plugin } => broker
             .detach_plugin(&topic, &plugin)
             .await
