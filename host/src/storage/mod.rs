@@ -168,6 +168,7 @@ impl Storage {
             topics,
             segment_bytes,
             journal,
+            next_chunk,
         } = open::open(config)?;
         let broker_id = links::broker_id(&tree)?;
         let marks = links::load_marks(&tree)?;
@@ -189,6 +190,7 @@ impl Storage {
             halted_signal,
             marks.clone(),
             journal,
+            next_chunk,
             metrics.clone(),
         );
         let handle = std::thread::Builder::new()

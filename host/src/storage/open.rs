@@ -27,6 +27,8 @@ pub(super) struct Opened {
     pub(super) segment_bytes: usize,
     /// The journal as replayed.
     pub(super) journal: Journal,
+    /// The seal sequence the next chunk gets.
+    pub(super) next_chunk: u64,
 }
 
 /// Opens (or creates) the data dir and checks it.
@@ -47,12 +49,14 @@ pub(super) fn open(config: &StorageConfig) -> Result<Opened, StorageError> {
         take_back_unfinished(&tree, version)?;
         let topics = recover(&tree)?;
         let journal = journal::replay(&tree, &topics, config.journal_bytes)?;
+        let next_chunk = next_chunk(&tree)?;
         Ok(Opened {
             db,
             tree,
             topics,
             segment_bytes,
             journal,
+            next_chunk,
         })
     })
 }
@@ -192,7 +196,7 @@ fn take_back_unfinished(tree: &sled::Tree, version: u32) -> Result<(), StorageEr
     };
     let unreadable = || StorageError::corrupt("the unfinished-commit marker is unreadable");
     let unfinished = match version {
-        keys::FORMAT => keys::Unfinished::decode(&value).ok_or_else(unreadable)?,
+        5.. => keys::Unfinished::decode(&value).ok_or_else(unreadable)?,
         _ => {
             let (topic, next, dedup) =
                 keys::Unfinished::decode_v4(&value).ok_or_else(unreadable)?;
@@ -205,11 +209,13 @@ fn take_back_unfinished(tree: &sled::Tree, version: u32) -> Result<(), StorageEr
                     topics: vec![(topic, stats)],
                     journal: None,
                     dedup,
+                    chunks: None,
                 },
                 _ => keys::Unfinished {
                     topics: Vec::new(),
                     journal: None,
                     dedup: None,
+                    chunks: None,
                 },
             }
         }
@@ -234,6 +240,15 @@ fn take_back_unfinished(tree: &sled::Tree, version: u32) -> Result<(), StorageEr
             batch.insert(&keys::with_id(keys::STATS, id), &stats.encode());
         }
     }
+    if let Some(first) = unfinished.chunks {
+        for key in tree.range(keys::with_id(keys::SEALED, first)..).keys() {
+            let key = key?;
+            if key.first() != Some(&keys::SEALED) {
+                break;
+            }
+            batch.remove(key);
+        }
+    }
     if let Some(sequence) = unfinished.journal {
         for key in tree
             .scan_prefix(keys::with_id(keys::JOURNAL, sequence))
@@ -255,6 +270,22 @@ fn take_back_unfinished(tree: &sled::Tree, version: u32) -> Result<(), StorageEr
     tree.apply_batch(batch)?;
     tree.flush()?;
     Ok(())
+}
+
+/// The seal sequence after the last chunk's (0 if there is none). Sequences freed by
+/// retention at the end of the range may be given again: nothing refers to them.
+fn next_chunk(tree: &sled::Tree) -> Result<u64, StorageError> {
+    match tree
+        .scan_prefix([keys::SEALED])
+        .keys()
+        .next_back()
+        .transpose()?
+    {
+        Some(key) => keys::numbers::<1>(&key)
+            .map(|[sequence]| sequence + 1)
+            .ok_or_else(|| StorageError::corrupt("a chunk part's key of the wrong shape")),
+        None => Ok(0),
+    }
 }
 
 /// Reads every topic and checks that its stats agree with its index.

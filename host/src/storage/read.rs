@@ -119,17 +119,17 @@ impl LogReader<'_> {
         let Some((base, meta)) = found else {
             return Ok(None);
         };
-        let Some(chunk) = self.load_chunk(id, base)? else {
+        let Some(chunk) = self.load_chunk(&keys::chunk_parts(id, base, &meta))? else {
             return Ok(None);
         };
         verify(log, base, &meta, &chunk)?;
         Ok(Some((base, chunk)))
     }
 
-    /// A chunk's bytes, joined from its parts (one part unless it holds a record larger
-    /// than a part). Unchecked: see [`verify`].
-    fn load_chunk(&self, id: u64, base: u64) -> Result<Option<Bytes>, StorageError> {
-        let mut parts = self.0.scan_prefix(keys::with_offset(keys::CHUNK, id, base));
+    /// A chunk's bytes, joined from its parts (`parts`, their prefix: one part unless
+    /// it holds a record larger than a part). Unchecked: see [`verify`].
+    fn load_chunk(&self, parts: &[u8]) -> Result<Option<Bytes>, StorageError> {
+        let mut parts = self.0.scan_prefix(parts);
         let Some((_, first)) = parts.next().transpose()? else {
             return Ok(None);
         };
@@ -158,6 +158,7 @@ impl LogReader<'_> {
                 first_ts: piece.first_ts,
                 last_ts: piece.last_ts,
                 crc: None,
+                sealed: None,
             };
             return Ok(Some((piece.base, meta)));
         }

@@ -207,8 +207,8 @@ fn duplicate_and_deleted_topics_are_refused() {
             }
         }
         assert!(removed > 1);
-        let prefix = keys::with_id(keys::CHUNK, log.id());
-        assert_eq!(storage.tree.scan_prefix(prefix).count(), 0);
+        assert_eq!(count_keys(&storage, keys::SEALED), 0);
+        assert_eq!(count_keys(&storage, keys::INDEX), 0);
         // The name can be used again, for a new, empty log.
         let again = storage
             .create_topic(name("x"), Retention::default())
@@ -643,16 +643,12 @@ fn a_full_chunk_is_one_part_and_only_a_large_record_spans_parts() {
         let large = NewRecord::new(vec![9u8; 40_000]);
         storage.append(log.clone(), vec![large]).await.unwrap();
 
-        let mut parts: Vec<(u64, u32, usize)> = Vec::new();
-        for entry in storage
-            .tree
-            .scan_prefix(keys::with_id(keys::CHUNK, log.id()))
-        {
-            let (key, value) = entry.unwrap();
-            let base = u64::from_be_bytes(key[9..17].try_into().unwrap());
-            let part = u32::from_be_bytes(key[17..21].try_into().unwrap());
-            parts.push((base, part, value.len()));
-        }
+        let parts = parts_of(&storage, log.id());
+        assert_eq!(
+            count_keys(&storage, keys::SEALED),
+            parts.len(),
+            "every part keyed by seal order"
+        );
         let (small, large): (Vec<_>, Vec<_>) = parts.iter().partition(|(base, ..)| *base < 1000);
         assert!(small.len() > 15, "{small:?}");
         assert!(
@@ -683,7 +679,8 @@ fn a_data_dir_created_with_other_segments_still_opens() {
     );
     let rt = rt();
     rt.block_on(async {
-        let (storage, _) = Storage::open(&config(&dir, DEFAULT_CHUNK_BYTES)).unwrap();
+        // sled's threads may hold the lock a moment after the handle drops.
+        let (storage, _) = reopen(&config(&dir, DEFAULT_CHUNK_BYTES));
         let log = storage
             .create_topic(name("old.dir"), Retention::default())
             .await
@@ -945,6 +942,56 @@ fn a_restart_reads_only_the_newest_dedup_entries_it_keeps() {
 
 /// Replaces the value under `key` with what `change` makes of it (the tree directly, as
 /// damage on disk would).
+/// The key of part `part` of topic `id`'s chunk at `base`, where its index entry
+/// places it.
+fn part_key(storage: &Storage, id: u64, base: u64, part: u32) -> Vec<u8> {
+    let index = keys::with_offset(keys::INDEX, id, base);
+    let entry = storage.tree.get(index).unwrap().expect("an index entry");
+    let meta = keys::ChunkMeta::decode(&entry).unwrap();
+    let mut key = keys::chunk_parts(id, base, &meta);
+    key.extend_from_slice(&part.to_be_bytes());
+    key
+}
+
+/// Every part of topic `id`'s chunks: the chunk's base offset, the part, its length.
+fn parts_of(storage: &Storage, id: u64) -> Vec<(u64, u32, usize)> {
+    let mut parts = Vec::new();
+    for entry in storage.tree.scan_prefix(keys::with_id(keys::INDEX, id)) {
+        let (key, value) = entry.unwrap();
+        let (base, meta) = decode_index(&key, &value).unwrap();
+        for part in storage.tree.scan_prefix(keys::chunk_parts(id, base, &meta)) {
+            let (key, value) = part.unwrap();
+            let number = u32::from_be_bytes(key[key.len() - 4..].try_into().unwrap());
+            parts.push((base, number, value.len()));
+        }
+    }
+    parts
+}
+
+/// Moves topic `id`'s chunks to the layout before 6: parts keyed by topic and base
+/// offset, index entries `entry_len` bytes long (28, or 24 before checksums). Returns
+/// how many chunks it moved.
+fn to_parts_by_topic(storage: &Storage, id: u64, entry_len: usize) -> usize {
+    let tree = &storage.tree;
+    let mut moved = 0;
+    for entry in tree.scan_prefix(keys::with_id(keys::INDEX, id)) {
+        let (key, value) = entry.unwrap();
+        let (base, meta) = decode_index(&key, &value).unwrap();
+        let parts: Vec<_> = tree
+            .scan_prefix(keys::chunk_parts(id, base, &meta))
+            .map(Result::unwrap)
+            .collect();
+        for (number, (part, bytes)) in (0u32..).zip(parts) {
+            tree.remove(part).unwrap();
+            tree.insert(keys::chunk_part(id, base, number), bytes)
+                .unwrap();
+        }
+        tree.insert(key, &meta.encode()[..entry_len]).unwrap();
+        moved += 1;
+    }
+    moved
+}
+
 fn tamper(storage: &Storage, key: &[u8], change: impl FnOnce(&mut Vec<u8>)) {
     let mut value = storage.tree.get(key).unwrap().unwrap().to_vec();
     change(&mut value);
@@ -977,7 +1024,7 @@ fn a_watched_topic_serves_its_newest_chunks_from_memory() {
             let last = v.len() - 1;
             v[last] ^= 0x20;
         };
-        tamper(&storage, &keys::chunk_part(log.id(), 20, 0), flip);
+        tamper(&storage, &part_key(&storage, log.id(), 20, 0), flip);
         let slice = storage.read(&log, 22, 100, usize::MAX).unwrap().unwrap();
         assert_eq!((slice.base_offset, slice.count), (22, 8));
         let records = decode_batch(22, &slice.batch).unwrap();
@@ -990,7 +1037,7 @@ fn a_watched_topic_serves_its_newest_chunks_from_memory() {
         // Older chunks still come from sled.
         let old = storage.read(&log, 3, 100, usize::MAX).unwrap().unwrap();
         assert_eq!((old.base_offset, old.count), (3, 7));
-        tamper(&storage, &keys::chunk_part(log.id(), 20, 0), flip);
+        tamper(&storage, &part_key(&storage, log.id(), 20, 0), flip);
 
         // The newest are kept within a budget (see `log::tests`), and every record
         // still reads back.
@@ -1007,7 +1054,7 @@ fn a_watched_topic_serves_its_newest_chunks_from_memory() {
         assert_eq!(all.len(), 130);
 
         // The last reader gone, nothing is kept: damage now shows.
-        tamper(&storage, &keys::chunk_part(log.id(), 129, 0), flip);
+        tamper(&storage, &part_key(&storage, log.id(), 129, 0), flip);
         assert!(storage.read(&log, 129, 1, usize::MAX).is_ok());
         drop(watch);
         assert!(log.tail_chunk(129).is_none());
@@ -1040,7 +1087,7 @@ fn a_chunk_whose_bytes_changed_is_reported_never_served() {
                 .unwrap();
         }
         // One byte of a payload in the middle chunk changes.
-        tamper(&storage, &keys::chunk_part(log.id(), 10, 0), |v| {
+        tamper(&storage, &part_key(&storage, log.id(), 10, 0), |v| {
             let last = v.len() - 1;
             v[last] ^= 0x20;
         });
@@ -1059,14 +1106,14 @@ fn a_chunk_whose_bytes_changed_is_reported_never_served() {
         assert_eq!((last.base_offset, last.count), (20, 10));
 
         // A part too many (say, left over from elsewhere) changes the length.
-        tamper(&storage, &keys::chunk_part(log.id(), 10, 0), |v| {
+        tamper(&storage, &part_key(&storage, log.id(), 10, 0), |v| {
             let last = v.len() - 1;
             v[last] ^= 0x20;
         });
         assert!(storage.read(&log, 10, 100, usize::MAX).is_ok(), "restored");
         storage
             .tree
-            .insert(&keys::chunk_part(log.id(), 10, 1)[..], &b"stale"[..])
+            .insert(part_key(&storage, log.id(), 10, 1), &b"stale"[..])
             .unwrap();
         let e = storage.read(&log, 12, 100, usize::MAX).unwrap_err();
         assert!(
@@ -1089,17 +1136,8 @@ fn chunks_indexed_before_checksums_still_read_and_the_stamp_moves_on() {
             .unwrap();
         storage.append(log.clone(), payloads(0..40)).await.unwrap();
         // Make it a data dir of the first layout: 24-byte index entries, version 1.
-        let index = keys::with_offset(keys::INDEX, log.id(), 0);
-        let entries: Vec<_> = storage
-            .tree
-            .scan_prefix(&index[..9])
-            .keys()
-            .map(Result::unwrap)
-            .collect();
-        assert!(entries.len() > 1, "several chunks");
-        for key in &entries {
-            tamper(&storage, key, |v| v.truncate(24));
-        }
+        let moved = to_parts_by_topic(&storage, log.id(), 24);
+        assert!(moved > 1, "several chunks");
         storage
             .tree
             .insert(keys::VERSION, &keys::FORMAT_V1.to_be_bytes())
@@ -1120,6 +1158,17 @@ fn chunks_indexed_before_checksums_still_read_and_the_stamp_moves_on() {
         );
         storage.append(log.clone(), payloads(40..50)).await.unwrap();
         assert_eq!(read_all(&storage, &log, 1000).len(), 50);
+        // Retention takes old chunks and new alike, each from where its entry says.
+        let by_topic = || storage.tree.scan_prefix([keys::CHUNK]).count();
+        assert!(by_topic() > 1 && count_keys(&storage, keys::SEALED) > 0);
+        while storage.trim(log.clone(), 45).await.unwrap().more {}
+        assert_eq!(by_topic(), 0, "every old chunk is below 45");
+        let left = read_all(&storage, &log, 1000);
+        assert_eq!(left.first(), Some(&(45, Bytes::from("record-45"))));
+        storage.delete_topic(log.clone()).await.unwrap();
+        while storage.purge(log.id()).await.unwrap().more {}
+        assert_eq!(count_keys(&storage, keys::SEALED), 0);
+        assert_eq!(count_keys(&storage, keys::INDEX), 0);
         storage.close().await;
     });
 }
@@ -1196,16 +1245,23 @@ fn a_panic_while_opening_becomes_an_error() {
 /// Writes, straight into the tree, what a commit of records `base` and `base + 1`
 /// writes key by key: the marker, record `base` sealed in a chunk, record `base + 1` in
 /// a journal entry, a dedup entry and the topic's stats, and, if `finished`, the
-/// marker's removal that makes it count.
-fn write_commit(storage: &Storage, log: &TopicLog, base: u64, finished: bool) {
+/// marker's removal that makes it count. Returns the chunk's seal sequence: the next
+/// one, which the writer gives again unless the data dir is reopened.
+fn write_commit(storage: &Storage, log: &TopicLog, base: u64, finished: bool) -> u64 {
     let tree = &storage.tree;
     let id = log.id();
     let dedup = keys::dedup(now_ms(), u64::MAX);
     let sequence = 1000 + base;
+    let sealed = tree
+        .scan_prefix([keys::SEALED])
+        .keys()
+        .next_back()
+        .map_or(0, |key| keys::numbers::<1>(&key.unwrap()).unwrap()[0] + 1);
     let marker = keys::Unfinished {
         topics: vec![(id, log.sealed_stats())],
         journal: Some(sequence),
         dedup: Some(dedup),
+        chunks: Some(sealed),
     };
     tree.insert(keys::UNFINISHED, marker.encode()).unwrap();
     let ts = log.stats().last_ts;
@@ -1219,10 +1275,11 @@ fn write_commit(storage: &Storage, log: &TopicLog, base: u64, finished: bool) {
         first_ts: ts,
         last_ts: ts,
         crc: Some(crc32fast::hash(&chunk)),
+        sealed: Some(sealed),
     };
-    tree.insert(keys::chunk_part(id, base, 0), &chunk[..])
+    tree.insert(keys::sealed_part(sealed, 0), &chunk[..])
         .unwrap();
-    tree.insert(keys::with_offset(keys::INDEX, id, base), &meta.encode())
+    tree.insert(keys::with_offset(keys::INDEX, id, base), &meta.encode()[..])
         .unwrap();
     let piece = log::Piece {
         base: base + 1,
@@ -1256,6 +1313,7 @@ fn write_commit(storage: &Storage, log: &TopicLog, base: u64, finished: bool) {
     if finished {
         tree.remove(keys::UNFINISHED).unwrap();
     }
+    sealed
 }
 
 #[test]
@@ -1268,7 +1326,7 @@ fn a_commit_the_log_cut_short_is_taken_back_and_a_whole_one_kept() {
     };
     // Chunks of one record: every commit seals its records, as a full chunk would.
     let config = config(&dir, 1);
-    rt.block_on(async {
+    let sealed = rt.block_on(async {
         let (storage, _) = Storage::open(&config).unwrap();
         let log = storage
             .create_topic(name("cut"), Retention::default())
@@ -1282,10 +1340,11 @@ fn a_commit_the_log_cut_short_is_taken_back_and_a_whole_one_kept() {
                 "a finished commit leaves no marker"
             );
         }
-        write_commit(&storage, &log, 3, false);
+        let sealed = write_commit(&storage, &log, 3, false);
         assert_eq!(sequences(&storage), [0, 1, 2, 99]);
         storage.sync().await.unwrap();
         storage.close().await;
+        sealed
     });
     rt.block_on(async {
         let (storage, topics) = reopen(&config);
@@ -1303,14 +1362,20 @@ fn a_commit_the_log_cut_short_is_taken_back_and_a_whole_one_kept() {
             0,
             "and its journal entry"
         );
-        for prefix in [keys::INDEX, keys::CHUNK] {
-            let key = keys::with_offset(prefix, log.id(), 3);
-            assert_eq!(
-                storage.tree.scan_prefix(key).count(),
-                0,
-                "nothing at offset 3"
-            );
-        }
+        let index = keys::with_offset(keys::INDEX, log.id(), 3);
+        assert_eq!(
+            storage.tree.get(index).unwrap(),
+            None,
+            "nothing at offset 3"
+        );
+        assert_eq!(
+            storage
+                .tree
+                .scan_prefix(keys::with_id(keys::SEALED, sealed))
+                .count(),
+            0,
+            "nor its chunk's parts"
+        );
         // Offset 3 is free again: the next record takes it and reads back whole.
         let appended = storage.append(log.clone(), payloads(3..4)).await.unwrap();
         assert_eq!(appended.base_offset, 3);
@@ -1498,7 +1563,7 @@ fn a_commit_to_many_topics_writes_one_journal_entry_and_opening_replays_it() {
                     .unwrap(),
             );
         }
-        let before = [keys::CHUNK, keys::INDEX, keys::STATS].map(|p| count_keys(&storage, p));
+        let before = [keys::SEALED, keys::INDEX, keys::STATS].map(|p| count_keys(&storage, p));
         // One record to every topic, in one command: one commit.
         let appends = logs
             .iter()
@@ -1511,7 +1576,7 @@ fn a_commit_to_many_topics_writes_one_journal_entry_and_opening_replays_it() {
             .durable()
             .await
             .unwrap();
-        let after = [keys::CHUNK, keys::INDEX, keys::STATS].map(|p| count_keys(&storage, p));
+        let after = [keys::SEALED, keys::INDEX, keys::STATS].map(|p| count_keys(&storage, p));
         assert_eq!(
             before, after,
             "no chunk, index entry or stats written per topic"
@@ -1577,6 +1642,7 @@ fn a_layout_4_commit_cut_short_is_taken_back_and_the_stamp_moves_on() {
         storage.append(log.clone(), payloads(0..3)).await.unwrap();
         // What a layout-4 broker left: its stamp, and its marker of a one-topic commit
         // at offset 3 whose chunk was written and whose stats were not.
+        to_parts_by_topic(&storage, log.id(), 28);
         let tree = &storage.tree;
         tree.insert(keys::VERSION, &4u32.to_be_bytes()).unwrap();
         let marker = [log.id().to_be_bytes(), 3u64.to_be_bytes()].concat();

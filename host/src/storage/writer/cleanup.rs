@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::Writer;
-use crate::storage::keys;
+use crate::storage::keys::{self, ChunkMeta};
 use crate::storage::read::{LogReader, decode_index};
 use crate::storage::{Cleanup, StorageError, TopicLog};
 
@@ -55,7 +55,7 @@ impl Writer {
                 more = true;
                 break;
             }
-            remove_chunk(&self.tree, &mut batch, log.id(), base)?;
+            remove_chunk(&self.tree, &mut batch, log.id(), base, &meta)?;
             removed += 1;
         }
         self.apply(batch)?;
@@ -70,11 +70,10 @@ impl Writer {
         let lo = keys::with_offset(keys::INDEX, id, 0);
         let hi = keys::with_offset(keys::INDEX, id, u64::MAX);
         let mut removed = 0;
-        for key in self.tree.range(lo..=hi).keys().take(CLEANUP_STEP) {
-            let key = key?;
-            let base = keys::offset_of(&key)
-                .ok_or_else(|| StorageError::corrupt("index key of the wrong shape"))?;
-            remove_chunk(&self.tree, &mut batch, id, base)?;
+        for item in self.tree.range(lo..=hi).take(CLEANUP_STEP) {
+            let (key, value) = item?;
+            let (base, meta) = decode_index(&key, &value)?;
+            remove_chunk(&self.tree, &mut batch, id, base, &meta)?;
             removed += 1;
         }
         let more = removed == CLEANUP_STEP;
@@ -90,18 +89,16 @@ impl Writer {
     }
 }
 
-/// Queues the removal of a chunk: its index entry and every part.
+/// Queues the removal of a chunk: its index entry (`meta`) and every part.
 fn remove_chunk(
     tree: &sled::Tree,
     batch: &mut sled::Batch,
     id: u64,
     base: u64,
+    meta: &ChunkMeta,
 ) -> Result<(), StorageError> {
     batch.remove(&keys::with_offset(keys::INDEX, id, base));
-    for part in tree
-        .scan_prefix(keys::with_offset(keys::CHUNK, id, base))
-        .keys()
-    {
+    for part in tree.scan_prefix(keys::chunk_parts(id, base, meta)).keys() {
         batch.remove(part?);
     }
     Ok(())

@@ -70,7 +70,7 @@ use super::{
 use dedup::stage_receipts;
 use links::{stage_link_cursors, stage_mark};
 use plugins::stage_state;
-use topics::{Staged, stage_delete, stage_pipeline, stage_settings};
+use topics::{SealedChunk, Staged, stage_delete, stage_pipeline, stage_settings};
 
 /// Commands queued before senders wait.
 pub(super) const QUEUE_DEPTH: usize = 4096;
@@ -191,6 +191,8 @@ pub(super) struct Writer {
     marks: Marks,
     /// The live journal entries and who holds pieces in them.
     journal: Journal,
+    /// The seal sequence the next chunk gets.
+    next_chunk: u64,
 }
 
 /// An answer held back until the group is durable: called with `Ok` after the flush
@@ -220,8 +222,8 @@ fn refuse<T>(reply: Reply<T>, e: StorageError) {
 struct CommitGroup {
     /// Everything but the chunks, the dedup entry and the stats.
     batch: sled::Batch,
-    /// Chunk parts and index entries, in the order sealed.
-    chunks: Vec<(sled::IVec, sled::IVec)>,
+    /// The chunks sealed, in order.
+    chunks: Vec<SealedChunk>,
     /// Something other than appends and their dedup entries is staged (`batch` holds
     /// it), so the group needs `apply_batch`.
     other: bool,
@@ -265,6 +267,7 @@ impl Writer {
         halted_signal: watch::Sender<Option<String>>,
         marks: Marks,
         journal: Journal,
+        next_chunk: u64,
         metrics: StorageMetrics,
     ) -> Self {
         Self {
@@ -279,6 +282,7 @@ impl Writer {
             metrics,
             marks,
             journal,
+            next_chunk,
         }
     }
 
@@ -587,18 +591,25 @@ impl Writer {
             })
             .unwrap_or_default();
         let dedup = self.dedup_entry(&group.dedup);
+        let first_chunk = self.next_chunk;
+        let mut chunks = Vec::new();
+        for chunk in group.chunks {
+            chunk.write(self.next_chunk, self.part_bytes, &mut chunks);
+            self.next_chunk += 1;
+        }
         let written = match group.other {
             false => {
                 let marker = keys::Unfinished {
                     topics: moved,
                     journal: entry.is_some().then_some(sequence),
                     dedup: dedup.as_ref().map(|(key, _)| *key),
+                    chunks: (self.next_chunk > first_chunk).then_some(first_chunk),
                 };
-                self.write_appends(&marker, group.chunks, &entry_parts, dedup, &stats)
+                self.write_appends(&marker, chunks, &entry_parts, dedup, &stats)
             }
             true => {
                 let mut batch = group.batch;
-                for (key, value) in group.chunks {
+                for (key, value) in chunks {
                     batch.insert(key, value);
                 }
                 for (key, value) in &entry_parts {
@@ -685,7 +696,7 @@ impl Writer {
             .staged
             .entry(log.id())
             .or_insert_with(|| Staged::new(log))
-            .seal_open(&mut group.chunks, self.part_bytes);
+            .seal_open(&mut group.chunks);
     }
 
     /// Seals these topics' unsealed pieces now, in a commit of their own.

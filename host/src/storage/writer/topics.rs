@@ -62,6 +62,7 @@ impl Staged {
                 first_ts: first.first_ts,
                 last_ts: stats.last_ts,
                 crc: None,
+                sealed: None,
             },
             piece_base: stats.next,
             piece_first_ts: 0,
@@ -78,13 +79,9 @@ impl Staged {
     }
 
     /// Seals the open chunk, if there is one.
-    pub(super) fn seal_open(
-        &mut self,
-        writes: &mut Vec<(sled::IVec, sled::IVec)>,
-        part_bytes: usize,
-    ) {
+    pub(super) fn seal_open(&mut self, sealing: &mut Vec<SealedChunk>) {
         if let Some(chunk) = self.chunk.take() {
-            self.sealed.push(seal(writes, &self.log, chunk, part_bytes));
+            self.sealed.push(seal(sealing, &self.log, chunk));
         }
     }
 
@@ -154,7 +151,7 @@ impl Writer {
                 .as_ref()
                 .is_some_and(|open| open.len() + len > chunk_bytes)
             {
-                staged.seal_open(&mut group.chunks, self.part_bytes);
+                staged.seal_open(&mut group.chunks);
             }
             // Forwarded records keep their original time, unless the topic already
             // holds a later one: timestamps never go backwards in a topic.
@@ -188,7 +185,7 @@ impl Writer {
             staged.stats.bytes += len as u64;
             staged.stats.last_ts = ts;
             if chunk.len() >= chunk_bytes {
-                staged.seal_open(&mut group.chunks, self.part_bytes);
+                staged.seal_open(&mut group.chunks);
             }
         }
         Appended {
@@ -282,14 +279,40 @@ fn encode_meta(meta: &TopicMeta) -> Vec<u8> {
     postcard::to_allocvec(meta).expect("topic metadata always encodes")
 }
 
-/// Stages a chunk's parts and then its index entry, with the checksum of its bytes;
-/// returns the chunk whole.
-fn seal(
-    writes: &mut Vec<(sled::IVec, sled::IVec)>,
-    log: &TopicLog,
-    mut chunk: OpenChunk,
-    part_bytes: usize,
-) -> TailChunk {
+/// A chunk sealed in a group: its parts are keyed by seal sequence, which the commit
+/// gives ([`SealedChunk::write`]).
+pub(super) struct SealedChunk {
+    id: u64,
+    base: u64,
+    meta: ChunkMeta,
+    bytes: Bytes,
+}
+
+impl SealedChunk {
+    /// Stages its parts and then its index entry, as chunk `sequence`.
+    pub(super) fn write(
+        self,
+        sequence: u64,
+        part_bytes: usize,
+        writes: &mut Vec<(sled::IVec, sled::IVec)>,
+    ) {
+        for (part, piece) in (0u32..).zip(self.bytes.chunks(part_bytes)) {
+            writes.push((keys::sealed_part(sequence, part)[..].into(), piece.into()));
+        }
+        let meta = ChunkMeta {
+            sealed: Some(sequence),
+            ..self.meta
+        };
+        writes.push((
+            keys::with_offset(keys::INDEX, self.id, self.base)[..].into(),
+            meta.encode()[..].into(),
+        ));
+    }
+}
+
+/// Seals a chunk with the checksum of its bytes (joined with the topic's unsealed
+/// pieces it starts with); returns it whole.
+fn seal(sealing: &mut Vec<SealedChunk>, log: &TopicLog, mut chunk: OpenChunk) -> TailChunk {
     let (bytes, footprint) = match chunk.prior_bytes {
         0 => {
             let footprint = chunk.buf.capacity();
@@ -305,17 +328,12 @@ fn seal(
         }
     };
     chunk.meta.crc = Some(crc32fast::hash(&bytes));
-    let id = log.id();
-    for (part, piece) in (0u32..).zip(bytes.chunks(part_bytes)) {
-        writes.push((
-            keys::chunk_part(id, chunk.base, part)[..].into(),
-            piece.into(),
-        ));
-    }
-    writes.push((
-        keys::with_offset(keys::INDEX, id, chunk.base)[..].into(),
-        chunk.meta.encode()[..].into(),
-    ));
+    sealing.push(SealedChunk {
+        id: log.id(),
+        base: chunk.base,
+        meta: chunk.meta,
+        bytes: bytes.clone(),
+    });
     TailChunk {
         base: chunk.base,
         count: chunk.meta.count,
