@@ -35,20 +35,37 @@ pub async fn run(broker: Arc<Broker>, interval: Duration, shutdown: Cancellation
     }
 }
 
+/// Topics trimmed by one storage command: their records to seal first share one
+/// commit, and the command stays short.
+const TRIMS_PER_STEP: usize = 256;
+
 /// One pass over every topic and pending purge; returns the topics looked at.
 async fn sweep(broker: &Broker, shutdown: &CancellationToken) -> Result<usize, StorageError> {
     let storage = broker.storage();
     let topics = broker.topics();
     let count = topics.len();
-    for log in topics {
-        if log.retention().is_unlimited() {
+    let limited: Vec<_> = topics
+        .into_iter()
+        .filter(|log| !log.retention().is_unlimited())
+        .collect();
+    for batch in limited.chunks(TRIMS_PER_STEP) {
+        if shutdown.is_cancelled() {
+            break;
+        }
+        let mut points = Vec::new();
+        for log in batch {
+            if let Some(first) = storage.retention_point(log, now_ms())? {
+                points.push((Arc::clone(log), first));
+            }
+        }
+        if points.is_empty() {
             continue;
         }
-        let Some(first) = storage.retention_point(&log, now_ms())? else {
-            continue;
-        };
-        let removed = until_done(shutdown, || storage.trim(Arc::clone(&log), first)).await?;
-        debug!(topic = %log.name(), first, chunks = removed, "retention applied");
+        debug!(topics = points.len(), "retention applied");
+        for (log, first) in storage.trim_all(points).await? {
+            let removed = until_done(shutdown, || storage.trim(Arc::clone(&log), first)).await?;
+            debug!(topic = %log.name(), first, chunks = removed, "retention applied to a long backlog");
+        }
     }
     for id in storage.pending_purges()? {
         let removed = until_done(shutdown, || storage.purge(id)).await?;

@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
-use quiver_tests::{DataDir, cli, example_plugin, succeeded};
+use std::time::Duration;
+
+use quiver_tests::{Broker, DataDir, cli, eventually, example_plugin, succeeded};
 use serde_json::Value;
 
 /// Runs `quiver bench ARGS --json` (on its own broker) and parses the report.
@@ -100,4 +102,57 @@ fn bad_settings_are_refused_with_a_message() {
     let out = cli(dir.root(), &["bench", "publish", "--size", "8"], &[], "");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16 bytes"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_given_to_the_bench_topics_is_applied_by_the_sweep() {
+    let data = DataDir::new();
+    let broker = Broker::start_with(&data, &[("QUIVER_RETENTION_INTERVAL", "50ms")]);
+    let args = [
+        "bench",
+        "publish",
+        "--count",
+        "600",
+        "--topics",
+        "3",
+        "--retain-records",
+        "5",
+        "--keep",
+        "--json",
+    ];
+    let out = succeeded(broker.cli(&data, &args, ""));
+    let report: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["retain_records"], 5);
+    assert_eq!(report["published"], 600);
+    let client = broker.client().await;
+    let topics = client.list_topics().await.unwrap();
+    assert_eq!(topics.len(), 3, "the kept bench topics");
+    for topic in &topics {
+        assert_eq!(topic.retention.max_records, Some(5), "{}", topic.name);
+    }
+    eventually(
+        Duration::from_secs(30),
+        "every bench topic trimmed to its last 5 records",
+        || async {
+            let topics = client.list_topics().await.unwrap();
+            topics
+                .iter()
+                .all(|t| t.records == 5 && t.first_offset == 195)
+        },
+    )
+    .await;
+
+    let dir = DataDir::new();
+    let refused = cli(
+        dir.root(),
+        &["bench", "publish", "--retain-records", "0"],
+        &[],
+        "",
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--retain-records must be at least 1"),
+        "{stderr}"
+    );
 }

@@ -29,7 +29,9 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use hdrhistogram::Histogram;
-use quiver_client::{Client, Durability, GroupSettings, OnError, Stage, StartAt, TopicConfig};
+use quiver_client::{
+    Client, Durability, GroupSettings, OnError, Retention, Stage, StartAt, TopicConfig,
+};
 use serde_json::{Value, json};
 
 use load::{Consumers, Payloads, Producers, Source};
@@ -86,6 +88,9 @@ pub struct Settings {
     pub time_limit: Duration,
     /// Topics the records are spread over.
     pub topics: usize,
+    /// Retention of each topic: at most this many records (the broker's retention
+    /// sweep trims them while the run goes on).
+    pub retain_records: Option<u64>,
     /// When the topics' publishes are acknowledged.
     pub durability: Durability,
     /// Leave the topics and their records on the broker at the end.
@@ -166,6 +171,7 @@ impl Report {
             "batch": s.batch,
             "rate": s.rate,
             "topics": s.topics,
+            "retain_records": s.retain_records,
             "durability": s.durability.to_string(),
             "published": self.published,
             "received_per_consumer": self.received_min,
@@ -221,6 +227,9 @@ impl Settings {
         if self.prefill && self.scenario != Scenario::Group {
             bail!("--prefill is for the group scenario");
         }
+        if self.retain_records == Some(0) {
+            bail!("--retain-records must be at least 1");
+        }
         Ok(())
     }
 }
@@ -244,6 +253,10 @@ pub async fn run(settings: Settings, connector: Arc<dyn Connector>) -> anyhow::R
     let result = async {
         let config = TopicConfig {
             durability: settings.durability,
+            retention: Retention {
+                max_records: settings.retain_records,
+                ..Retention::default()
+            },
             ..TopicConfig::default()
         };
         // Borrowed by every creation future.

@@ -78,6 +78,10 @@ pub(super) struct BenchArgs {
     /// consumers subscribe to a pattern matching them all).
     #[arg(long, default_value_t = 1)]
     topics: usize,
+    /// Give each topic a retention of at most N records, so that the broker's
+    /// retention sweep trims them while the run goes on.
+    #[arg(long, value_name = "N")]
+    retain_records: Option<u64>,
     #[command(flatten)]
     durability: DurabilityArgs,
     /// Stop publishing after this long, whatever --count says.
@@ -161,6 +165,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         prefill: args.prefill,
         time_limit: args.time_limit,
         topics: args.topics,
+        retain_records: args.retain_records,
         durability: args.durability.durability(),
         keep: args.keep,
         plugin,

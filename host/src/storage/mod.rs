@@ -352,6 +352,17 @@ impl Storage {
         self.ask(|reply| Command::Trim { log, first, reply }).await
     }
 
+    /// Trims several topics, each to its point, by one bounded step each (see
+    /// [`Storage::trim`]); returns those with more to remove. The records a trim point
+    /// lies among must first be sealed into a chunk: the topics that need it are sealed
+    /// together, in one commit, where trimming them one by one would pay a flush each.
+    pub async fn trim_all(
+        &self,
+        points: Vec<(Arc<TopicLog>, u64)>,
+    ) -> Result<Vec<(Arc<TopicLog>, u64)>, StorageError> {
+        self.ask(|reply| Command::TrimAll { points, reply }).await
+    }
+
     /// Removes a bounded number of a deleted topic's chunks.
     pub async fn purge(&self, id: u64) -> Result<Cleanup, StorageError> {
         self.ask(|reply| Command::Purge { id, reply }).await

@@ -290,6 +290,53 @@ fn time_lookup_finds_the_first_record_at_or_after() {
 }
 
 #[test]
+fn trimming_many_topics_at_once_seals_what_it_must_and_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let config = config(&dir, DEFAULT_CHUNK_BYTES);
+    rt.block_on(async {
+        let (storage, _) = Storage::open(&config).unwrap();
+        let mut points = Vec::new();
+        for (i, point) in [0u64, 4, 10, 25].into_iter().enumerate() {
+            let log = storage
+                .create_topic(name(&format!("many.{i}")), Retention::default())
+                .await
+                .unwrap();
+            // Small records in a large chunk: all unsealed, in the journal.
+            storage.append(log.clone(), payloads(0..10)).await.unwrap();
+            assert_eq!(log.sealed_stats().next, 0);
+            points.push((log, point));
+        }
+        let unfinished = storage.trim_all(points.clone()).await.unwrap();
+        assert!(unfinished.is_empty());
+        for (log, point) in &points {
+            let first = (*point).min(10);
+            assert_eq!((log.stats().first, log.stats().next), (first, 10));
+            let read = read_all(&storage, log, 100);
+            assert_eq!(read.first().map(|r| r.0), (first < 10).then_some(first));
+            assert_eq!(read.len() as u64, 10 - first);
+            // Only a topic trimmed inside its records needed them sealed.
+            let sealed = log.sealed_stats().next;
+            assert_eq!(sealed, if first > 0 { 10 } else { 0 }, "{}", log.name());
+        }
+        // A deleted topic in the list is passed over.
+        storage.delete_topic(points[3].0.clone()).await.unwrap();
+        let again = storage.trim_all(points.clone()).await.unwrap();
+        assert!(again.is_empty());
+        storage.close().await;
+    });
+    rt.block_on(async {
+        let (storage, logs) = reopen(&config);
+        assert_eq!(logs.len(), 3);
+        let firsts: Vec<u64> = logs.iter().map(|log| log.stats().first).collect();
+        let mut sorted = firsts.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [0, 4, 10], "the trims are durable");
+        storage.close().await;
+    });
+}
+
+#[test]
 fn retention_by_records_and_bytes_is_exact() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {

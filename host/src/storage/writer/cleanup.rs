@@ -63,6 +63,33 @@ impl Writer {
         Ok(Cleanup { removed, more })
     }
 
+    /// Trims each topic to its point by one step of [`Writer::trim`], having sealed
+    /// first, in one commit, the topics whose point lies past their sealed end (each
+    /// would otherwise be sealed by a commit and a flush of its own). Returns the
+    /// topics with more chunks to remove.
+    pub(super) fn trim_all(
+        &mut self,
+        points: Vec<(Arc<TopicLog>, u64)>,
+    ) -> Result<Vec<(Arc<TopicLog>, u64)>, StorageError> {
+        let unsealed: Vec<Arc<TopicLog>> = points
+            .iter()
+            .filter(|(log, first)| {
+                !log.is_deleted() && (*first).min(log.stats().next) > log.sealed_stats().next
+            })
+            .map(|(log, _)| Arc::clone(log))
+            .collect();
+        if !unsealed.is_empty() {
+            self.seal_now(unsealed)?;
+        }
+        let mut unfinished = Vec::new();
+        for (log, first) in points {
+            if self.trim(&log, first)?.more {
+                unfinished.push((log, first));
+            }
+        }
+        Ok(unfinished)
+    }
+
     /// Removes up to [`CLEANUP_STEP`] chunks of a deleted topic; the purge marker goes
     /// with the last of them.
     pub(super) fn purge(&mut self, id: u64) -> Result<Cleanup, StorageError> {

@@ -160,6 +160,10 @@ pub(super) enum Command {
         first: u64,
         reply: Reply<Cleanup>,
     },
+    TrimAll {
+        points: Vec<(Arc<TopicLog>, u64)>,
+        reply: Reply<Vec<(Arc<TopicLog>, u64)>>,
+    },
     Purge {
         id: u64,
         reply: Reply<Cleanup>,
@@ -329,6 +333,7 @@ impl Writer {
             Command::Trim { reply, .. }
             | Command::Purge { reply, .. }
             | Command::PurgeDedup { reply, .. } => refuse(reply, halted()),
+            Command::TrimAll { reply, .. } => refuse(reply, halted()),
             Command::GroupWrites { name, .. } => {
                 debug!(group = %name, "group state not written: storage is halted");
             }
@@ -368,6 +373,11 @@ impl Writer {
                         self.commit(std::mem::take(&mut group));
                         let trimmed = self.trim(&log, first);
                         let _ = reply.send(trimmed);
+                    }
+                    Command::TrimAll { points, reply } => {
+                        self.commit(std::mem::take(&mut group));
+                        let unfinished = self.trim_all(points);
+                        let _ = reply.send(unfinished);
                     }
                     Command::Purge { id, reply } => {
                         self.commit(std::mem::take(&mut group));
@@ -542,6 +552,7 @@ impl Writer {
                 group.done.push(answer(reply, (), || {}));
             }
             Command::Trim { .. }
+            | Command::TrimAll { .. }
             | Command::Purge { .. }
             | Command::PurgeDedup { .. }
             | Command::Shutdown { .. } => {
