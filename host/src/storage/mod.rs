@@ -352,10 +352,11 @@ impl Storage {
         self.ask(|reply| Command::Trim { log, first, reply }).await
     }
 
-    /// Trims several topics, each to its point, by one bounded step each (see
-    /// [`Storage::trim`]); returns those with more to remove. The records a trim point
-    /// lies among must first be sealed into a chunk: the topics that need it are sealed
-    /// together, in one commit, where trimming them one by one would pay a flush each.
+    /// Trims several topics, each to its point: every first offset moves at once, a
+    /// bounded number of chunks is removed in all (see [`Storage::trim`]); returns the
+    /// topics with chunks left to remove. The records a trim point lies among must
+    /// first be sealed into a chunk: the topics that need it are sealed together, in
+    /// one commit, where trimming them one by one would pay a flush each.
     pub async fn trim_all(
         &self,
         points: Vec<(Arc<TopicLog>, u64)>,

@@ -337,6 +337,38 @@ fn trimming_many_topics_at_once_seals_what_it_must_and_is_exact() {
 }
 
 #[test]
+fn trimming_many_topics_at_once_removes_a_bounded_number_of_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        // Chunks of one record: 3 topics of 500 records, 1,500 chunks.
+        let (storage, _) = Storage::open(&config(&dir, 1)).unwrap();
+        let mut points = Vec::new();
+        for i in 0..3 {
+            let log = storage
+                .create_topic(name(&format!("long.{i}")), Retention::default())
+                .await
+                .unwrap();
+            storage.append(log.clone(), payloads(0..500)).await.unwrap();
+            points.push((log, 450));
+        }
+        let unfinished = storage.trim_all(points.clone()).await.unwrap();
+        let left = count_keys(&storage, keys::INDEX);
+        assert!(left > 150, "not all 1,350 chunks at once: {left} left");
+        assert!(!unfinished.is_empty() && unfinished.len() < 3);
+        for (log, _) in &points {
+            assert_eq!(log.stats().first, 450, "every first offset moved at once");
+            assert_eq!(read_all(&storage, log, 1000).len(), 50);
+        }
+        for (log, first) in unfinished {
+            while storage.trim(log.clone(), first).await.unwrap().more {}
+        }
+        assert_eq!(count_keys(&storage, keys::INDEX), 150);
+        assert_eq!(count_keys(&storage, keys::SEALED), 150);
+        storage.close().await;
+    });
+}
+
+#[test]
 fn retention_by_records_and_bytes_is_exact() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {

@@ -12,13 +12,28 @@ use crate::storage::{Cleanup, StorageError, TopicLog};
 /// long.
 pub(super) const CLEANUP_STEP: usize = 256;
 
+/// The most chunks one trim of many topics removes (a few per topic, usually).
+const TRIM_ALL_STEP: usize = 4 * CLEANUP_STEP;
+
 impl Writer {
-    /// Moves a topic's first offset up to `first` and removes chunks below it. Records
-    /// still in unsealed pieces are sealed first, so that only chunks are ever removed.
+    /// Moves a topic's first offset up to `first` and removes up to [`CLEANUP_STEP`]
+    /// chunks below it. Records still in unsealed pieces are sealed first, so that only
+    /// chunks are ever removed.
     pub(super) fn trim(
         &mut self,
         log: &Arc<TopicLog>,
         first: u64,
+    ) -> Result<Cleanup, StorageError> {
+        self.trim_step(log, first, CLEANUP_STEP)
+    }
+
+    /// [`Writer::trim`], removing at most `most` chunks (none: the first offset moves
+    /// all the same).
+    fn trim_step(
+        &mut self,
+        log: &Arc<TopicLog>,
+        first: u64,
+        most: usize,
     ) -> Result<Cleanup, StorageError> {
         if log.is_deleted() {
             return Ok(Cleanup {
@@ -51,7 +66,7 @@ impl Writer {
             if base + u64::from(meta.count) > stats.first {
                 break;
             }
-            if removed == CLEANUP_STEP {
+            if removed == most {
                 more = true;
                 break;
             }
@@ -63,10 +78,11 @@ impl Writer {
         Ok(Cleanup { removed, more })
     }
 
-    /// Trims each topic to its point by one step of [`Writer::trim`], having sealed
-    /// first, in one commit, the topics whose point lies past their sealed end (each
-    /// would otherwise be sealed by a commit and a flush of its own). Returns the
-    /// topics with more chunks to remove.
+    /// Trims each topic to its point, having sealed first, in one commit, the topics
+    /// whose point lies past their sealed end (each would otherwise be sealed by a
+    /// commit and a flush of its own). Every first offset moves; at most
+    /// [`TRIM_ALL_STEP`] chunks are removed in all. Returns the topics with chunks left
+    /// to remove.
     pub(super) fn trim_all(
         &mut self,
         points: Vec<(Arc<TopicLog>, u64)>,
@@ -82,8 +98,11 @@ impl Writer {
             self.seal_now(unsealed)?;
         }
         let mut unfinished = Vec::new();
+        let mut budget = TRIM_ALL_STEP;
         for (log, first) in points {
-            if self.trim(&log, first)?.more {
+            let step = self.trim_step(&log, first, budget)?;
+            budget -= step.removed;
+            if step.more {
                 unfinished.push((log, first));
             }
         }
