@@ -35,9 +35,9 @@
 //! range, as one topic's parts always did, and a commit's seals share its last leaves;
 //! only the small `i` and `s` entries stay spread over the topics.
 //!
-//! Everything lives in one tree so that one
-//! `apply_batch` updates chunks, index and stats atomically, and so that a commit
-//! written key by key (`writer.rs`) is one run of log messages.
+//! Everything lives in one tree so that one `apply_batch` updates chunks, index and
+//! stats atomically, and so that a commit written key by key (`writer.rs`) is one run
+//! of log messages.
 //!
 //! Why chunks are cut into parts: sled 0.34 writes a leaf node (up to 17 entries) as
 //! one log message, and a message over a quarter of a segment goes to a blob file.

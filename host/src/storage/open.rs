@@ -274,7 +274,7 @@ fn take_back_unfinished(tree: &sled::Tree, version: u32) -> Result<(), StorageEr
 
 /// The seal sequence after the last chunk's (0 if there is none). Sequences freed by
 /// retention at the end of the range may be given again: nothing refers to them.
-fn next_chunk(tree: &sled::Tree) -> Result<u64, StorageError> {
+pub(super) fn next_chunk(tree: &sled::Tree) -> Result<u64, StorageError> {
     match tree
         .scan_prefix([keys::SEALED])
         .keys()

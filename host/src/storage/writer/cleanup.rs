@@ -41,10 +41,10 @@ impl Writer {
                 more: false,
             });
         }
-        let first = first.min(log.stats().next);
-        if first > log.sealed_stats().next {
+        if must_seal_to_trim(log, first) {
             self.seal_now([Arc::clone(log)])?;
         }
+        let first = first.min(log.stats().next);
         let mut stats = log.stats();
         let mut sealed = log.sealed_stats();
         let mut batch = sled::Batch::default();
@@ -89,9 +89,7 @@ impl Writer {
     ) -> Result<Vec<(Arc<TopicLog>, u64)>, StorageError> {
         let unsealed: Vec<Arc<TopicLog>> = points
             .iter()
-            .filter(|(log, first)| {
-                !log.is_deleted() && (*first).min(log.stats().next) > log.sealed_stats().next
-            })
+            .filter(|(log, first)| !log.is_deleted() && must_seal_to_trim(log, *first))
             .map(|(log, _)| Arc::clone(log))
             .collect();
         if !unsealed.is_empty() {
@@ -133,6 +131,12 @@ impl Writer {
         self.apply(batch)?;
         Ok(Cleanup { removed, more })
     }
+}
+
+/// True when trimming `log` to `first` moves its first offset past its sealed end:
+/// the records in between must be sealed first, so that only chunks are removed.
+fn must_seal_to_trim(log: &TopicLog, first: u64) -> bool {
+    first.min(log.stats().next) > log.sealed_stats().next
 }
 
 /// Queues the removal of a chunk: its index entry (`meta`) and every part.
