@@ -186,7 +186,7 @@ impl Journal {
 }
 
 /// Encodes one commit's pieces as a journal entry.
-pub(super) fn encode(pieces: &[(u64, Piece)]) -> Vec<u8> {
+pub(super) fn encode(pieces: &[(u64, &Piece)]) -> Vec<u8> {
     let len: usize = pieces
         .iter()
         .map(|(_, p)| PIECE_HEADER + p.bytes.len())
@@ -375,7 +375,8 @@ mod tests {
     #[test]
     fn entries_round_trip_and_damage_is_caught() {
         let pieces = vec![(7, piece(3, b"abc")), (9, piece(0, b""))];
-        let entry = Bytes::from(encode(&pieces));
+        let refs: Vec<(u64, &Piece)> = pieces.iter().map(|(id, p)| (*id, p)).collect();
+        let entry = Bytes::from(encode(&refs));
         let decoded = decode(&entry).unwrap();
         assert_eq!(decoded.len(), 2);
         for ((id, a), (want_id, b)) in decoded.iter().zip(&pieces) {

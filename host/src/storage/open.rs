@@ -3,6 +3,7 @@
 //! [`StorageError`]s, the layout stamp, taking back a commit the log cut short,
 //! checking every topic's stats against its index, and replaying the journal.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -290,6 +291,15 @@ pub(super) fn next_chunk(tree: &sled::Tree) -> Result<u64, StorageError> {
 
 /// Reads every topic and checks that its stats agree with its index.
 fn recover(tree: &sled::Tree) -> Result<Vec<Arc<TopicLog>>, StorageError> {
+    // Every topic's stats in one pass over their key range: with 100,000 topics, a
+    // lookup per topic took a sixth of start-up.
+    let mut all_stats = HashMap::new();
+    for item in tree.scan_prefix([keys::STATS]) {
+        let (key, value) = item?;
+        if let Some([id]) = keys::numbers(&key) {
+            all_stats.insert(id, value);
+        }
+    }
     let mut topics = Vec::new();
     for item in tree.scan_prefix([keys::TOPIC]) {
         let (key, value) = item?;
@@ -305,8 +315,8 @@ fn recover(tree: &sled::Tree) -> Result<Vec<Arc<TopicLog>>, StorageError> {
         };
         let name = parse(&meta.name)?;
         let dead_letter = meta.dead_letter.as_deref().map(parse).transpose()?;
-        let stats = tree
-            .get(keys::with_id(keys::STATS, meta.id))?
+        let stats = all_stats
+            .remove(&meta.id)
             .and_then(|v| LogStats::decode(&v))
             .ok_or_else(|| {
                 StorageError::corrupt(format!("topic `{name}` has no readable stats"))

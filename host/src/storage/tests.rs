@@ -1362,7 +1362,7 @@ fn write_commit(storage: &Storage, log: &TopicLog, base: u64, finished: bool) ->
         last_ts: ts,
         bytes: batch(base + 1),
     };
-    let entry = journal::encode(&[(id, piece)]);
+    let entry = journal::encode(&[(id, &piece)]);
     tree.insert(keys::journal_part(sequence, 0), entry).unwrap();
     let receipt = Receipt {
         base_offset: base,

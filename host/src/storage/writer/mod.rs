@@ -197,6 +197,9 @@ pub(super) struct Writer {
     journal: Journal,
     /// The seal sequence the next chunk gets.
     next_chunk: u64,
+    /// How many topics the last group staged: the next group's table starts that large
+    /// rather than growing (and moving every staged topic) a few times a commit.
+    staged_topics: usize,
 }
 
 /// An answer held back until the group is durable: called with `Ok` after the flush
@@ -287,6 +290,15 @@ impl Writer {
             marks,
             journal,
             next_chunk,
+            staged_topics: 0,
+        }
+    }
+
+    /// An empty group, sized like the last one.
+    fn group(&self) -> CommitGroup {
+        CommitGroup {
+            staged: HashMap::with_capacity(self.staged_topics.min(MAX_GROUP)),
+            ..CommitGroup::default()
         }
     }
 
@@ -346,7 +358,7 @@ impl Writer {
 
     pub(super) fn run(mut self) {
         while let Some(first) = self.rx.blocking_recv() {
-            let mut group = CommitGroup::default();
+            let mut group = self.group();
             let mut next = Some(first);
             let mut taken = 0;
             while let Some(command) = next.take() {
@@ -370,22 +382,22 @@ impl Writer {
                         self.refuse_halted(command, &cause);
                     }
                     Command::Trim { log, first, reply } => {
-                        self.commit(std::mem::take(&mut group));
+                        self.commit(std::mem::replace(&mut group, self.group()));
                         let trimmed = self.trim(&log, first);
                         let _ = reply.send(trimmed);
                     }
                     Command::TrimAll { points, reply } => {
-                        self.commit(std::mem::take(&mut group));
+                        self.commit(std::mem::replace(&mut group, self.group()));
                         let unfinished = self.trim_all(points);
                         let _ = reply.send(unfinished);
                     }
                     Command::Purge { id, reply } => {
-                        self.commit(std::mem::take(&mut group));
+                        self.commit(std::mem::replace(&mut group, self.group()));
                         let purged = self.purge(id);
                         let _ = reply.send(purged);
                     }
                     Command::PurgeDedup { before_ms, reply } => {
-                        self.commit(std::mem::take(&mut group));
+                        self.commit(std::mem::replace(&mut group, self.group()));
                         let purged = self.purge_dedup(before_ms);
                         let _ = reply.send(purged);
                     }
@@ -567,6 +579,7 @@ impl Writer {
         if group.done.is_empty() && !group.touched {
             return;
         }
+        self.staged_topics = group.staged.len();
         let incoming = group.staged.values().map(Staged::piece_len).sum();
         if self.journal.over_budget(incoming) {
             for log in self.journal.to_seal(incoming) {
@@ -574,15 +587,11 @@ impl Writer {
             }
         }
         let sequence = self.journal.next_sequence();
-        let mut pieces = Vec::new();
         let mut moved = Vec::new();
         let mut stats = Vec::new();
-        for (&id, staged) in &group.staged {
+        for (&id, staged) in &mut group.staged {
             if group.deleted.contains(&id) {
                 continue;
-            }
-            if let Some(piece) = staged.piece() {
-                pieces.push((id, piece));
             }
             if !staged.sealed.is_empty() {
                 // The log is as before the group until it commits.
@@ -590,7 +599,13 @@ impl Writer {
                 let key = keys::with_id(keys::STATS, id);
                 stats.push((key, staged.sealed_after().encode()));
             }
+            staged.piece = staged.take_piece();
         }
+        let pieces: Vec<(u64, &Piece)> = group
+            .staged
+            .iter()
+            .filter_map(|(&id, staged)| Some((id, staged.piece.as_ref()?)))
+            .collect();
         let entry = (!pieces.is_empty()).then(|| journal::encode(&pieces));
         let entry_parts: Vec<([u8; 13], &[u8])> = entry
             .as_deref()
@@ -661,7 +676,6 @@ impl Writer {
             for (key, mark) in group.marks {
                 self.marks.set(key, mark);
             }
-            let mut pieces: HashMap<u64, Piece> = pieces.into_iter().collect();
             let mut held = Vec::with_capacity(group.staged.len());
             for &id in &group.deleted {
                 self.journal.forget(id);
@@ -670,11 +684,10 @@ impl Writer {
                 if group.deleted.contains(&id) {
                     continue;
                 }
-                let after = staged.log.commit_pieces(
-                    !staged.sealed.is_empty(),
-                    pieces.remove(&id),
-                    sequence,
-                );
+                let after =
+                    staged
+                        .log
+                        .commit_pieces(!staged.sealed.is_empty(), staged.piece, sequence);
                 staged.log.keep_in_tail(staged.sealed);
                 staged.log.commit_stats(staged.stats);
                 staged.log.wake();

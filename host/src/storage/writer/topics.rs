@@ -45,6 +45,9 @@ pub(super) struct Staged {
     pub(super) sealed: Vec<TailChunk>,
     /// The journal entry of its oldest unsealed piece before the group.
     pub(super) held_since: Option<u64>,
+    /// This group's records that no chunk sealed, once the commit has taken them
+    /// ([`Staged::take_piece`]).
+    pub(super) piece: Option<Piece>,
 }
 
 impl Staged {
@@ -75,6 +78,7 @@ impl Staged {
             chunk,
             sealed: Vec::new(),
             held_since,
+            piece: None,
         }
     }
 
@@ -85,13 +89,17 @@ impl Staged {
         }
     }
 
-    /// This group's records that no chunk sealed: the piece its journal entry holds.
-    pub(super) fn piece(&self) -> Option<Piece> {
-        let chunk = self.chunk.as_ref().filter(|c| !c.buf.is_empty())?;
-        // A buffer much larger than its records would be held as long as the piece.
-        let bytes = match chunk.buf.capacity() > 2 * chunk.buf.len() {
-            true => Bytes::copy_from_slice(&chunk.buf),
-            false => Bytes::from(chunk.buf.clone()),
+    /// Takes this group's records that no chunk sealed, as the piece its journal entry
+    /// holds (the open chunk keeps none of them after: call last).
+    pub(super) fn take_piece(&mut self) -> Option<Piece> {
+        let chunk = self.chunk.as_mut().filter(|c| !c.buf.is_empty())?;
+        let records = std::mem::take(&mut chunk.buf);
+        // Pieces are held until sealed, so they hold no spare capacity: a buffer that
+        // has some is copied (one of a single record, the usual piece with many topics,
+        // is exact).
+        let bytes = match records.capacity() == records.len() {
+            true => records.freeze(),
+            false => Bytes::copy_from_slice(&records),
         };
         Some(Piece {
             base: chunk.piece_base,
@@ -175,6 +183,8 @@ impl Writer {
             if chunk.buf.is_empty() {
                 chunk.piece_first_ts = ts;
             }
+            // Reserved whole: the entry is written field by field.
+            chunk.buf.reserve(len);
             let len = with_provenance(provenance, i, &mut digits, |extra| {
                 record::append_entry_with(&mut chunk.buf, ts, record, extra)
             });
