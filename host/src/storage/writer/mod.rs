@@ -295,7 +295,7 @@ impl Writer {
     }
 
     /// An empty group, sized like the last one.
-    fn group(&self) -> CommitGroup {
+    fn empty_group(&self) -> CommitGroup {
         CommitGroup {
             staged: HashMap::with_capacity(self.staged_topics.min(MAX_GROUP)),
             ..CommitGroup::default()
@@ -358,7 +358,7 @@ impl Writer {
 
     pub(super) fn run(mut self) {
         while let Some(first) = self.rx.blocking_recv() {
-            let mut group = self.group();
+            let mut group = self.empty_group();
             let mut next = Some(first);
             let mut taken = 0;
             while let Some(command) = next.take() {
@@ -382,22 +382,22 @@ impl Writer {
                         self.refuse_halted(command, &cause);
                     }
                     Command::Trim { log, first, reply } => {
-                        self.commit(std::mem::replace(&mut group, self.group()));
+                        self.commit(std::mem::replace(&mut group, self.empty_group()));
                         let trimmed = self.trim(&log, first);
                         let _ = reply.send(trimmed);
                     }
                     Command::TrimAll { points, reply } => {
-                        self.commit(std::mem::replace(&mut group, self.group()));
+                        self.commit(std::mem::replace(&mut group, self.empty_group()));
                         let unfinished = self.trim_all(points);
                         let _ = reply.send(unfinished);
                     }
                     Command::Purge { id, reply } => {
-                        self.commit(std::mem::replace(&mut group, self.group()));
+                        self.commit(std::mem::replace(&mut group, self.empty_group()));
                         let purged = self.purge(id);
                         let _ = reply.send(purged);
                     }
                     Command::PurgeDedup { before_ms, reply } => {
-                        self.commit(std::mem::replace(&mut group, self.group()));
+                        self.commit(std::mem::replace(&mut group, self.empty_group()));
                         let purged = self.purge_dedup(before_ms);
                         let _ = reply.send(purged);
                     }
