@@ -86,6 +86,14 @@ impl AsRef<str> for TopicName {
     }
 }
 
+/// Maps keyed by topic name are searched with a `&str`: a name is compared, ordered and
+/// hashed exactly as its string.
+impl std::borrow::Borrow<str> for TopicName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl std::str::FromStr for TopicName {
     type Err = NameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -349,13 +349,21 @@ impl Broker {
 
     /// A live topic by name.
     pub fn topic(&self, name: &str) -> Result<Arc<TopicLog>, BrokerError> {
-        let parsed = Self::parse_name(name)?;
-        self.topics
+        // Looked up as given: only valid names are stored, so a name that is found is
+        // valid, and one that is not is parsed to say which error it gets.
+        let found = self
+            .topics
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&parsed)
-            .cloned()
-            .ok_or_else(|| BrokerError::TopicNotFound(name.to_owned()))
+            .get(name)
+            .cloned();
+        match found {
+            Some(log) => Ok(log),
+            None => {
+                Self::parse_name(name)?;
+                Err(BrokerError::TopicNotFound(name.to_owned()))
+            }
+        }
     }
 
     /// Every live topic.
