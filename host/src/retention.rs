@@ -71,8 +71,12 @@ async fn sweep(broker: &Broker, shutdown: &CancellationToken) -> Result<usize, S
         let removed = until_done(shutdown, || storage.purge(id)).await?;
         debug!(id, chunks = removed, "deleted topic purged");
     }
-    let horizon = now_ms().saturating_sub(broker.dedup().window_ms());
-    until_done(shutdown, || storage.purge_dedup(horizon)).await?;
+    let dedup = broker.dedup();
+    let horizon = now_ms().saturating_sub(dedup.window_ms());
+    until_done(shutdown, || {
+        storage.purge_dedup(horizon, dedup.max_entries())
+    })
+    .await?;
     Ok(count)
 }
 

@@ -186,6 +186,11 @@ impl Deduplicator {
         self.window_ms
     }
 
+    /// How many publishes are remembered at most.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }

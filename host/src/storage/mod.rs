@@ -531,11 +531,16 @@ impl Storage {
         self.ask(|reply| Command::Sync { reply }).await
     }
 
-    /// Forgets deduplication entries older than `before_ms` (a bounded number per
-    /// call: see [`Cleanup::more`]).
-    pub async fn purge_dedup(&self, before_ms: u64) -> Result<Cleanup, StorageError> {
-        self.ask(|reply| Command::PurgeDedup { before_ms, reply })
-            .await
+    /// Forgets the deduplication entries a restart would not read
+    /// ([`Storage::dedup_entries`]): those older than `before_ms`, and those older
+    /// than the newest `keep` ids (a bounded number per call: see [`Cleanup::more`]).
+    pub async fn purge_dedup(&self, before_ms: u64, keep: usize) -> Result<Cleanup, StorageError> {
+        self.ask(|reply| Command::PurgeDedup {
+            before_ms,
+            keep,
+            reply,
+        })
+        .await
     }
 
     /// Commits what is queued, flushes, and stops the writer thread. Later calls fail

@@ -1,6 +1,7 @@
 //! Storage tests against real sled data dirs in temp dirs.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 
 use proptest::prelude::*;
 use quiver_protocol::record::decode_batch;
@@ -676,7 +677,7 @@ fn groups_and_dedup_entries_survive_reopening() {
         assert_eq!(entries[0].0, id);
         assert_eq!((entries[0].2.base_offset, entries[0].2.count), (0, 5));
         // Entries older than the horizon are purged; deleting the group removes it.
-        let purged = storage.purge_dedup(u64::MAX).await.unwrap();
+        let purged = storage.purge_dedup(u64::MAX, usize::MAX).await.unwrap();
         assert_eq!(purged.removed, 1);
         assert!(storage.dedup_entries(0, usize::MAX).unwrap().is_empty());
         storage
@@ -970,20 +971,23 @@ fn stage_limits_are_durable_and_kept_by_plugin() {
 }
 
 /// Appends record `sequence` as publish 9/`sequence`, and waits until it is durable.
-async fn append_with_id(storage: &Storage, log: &Arc<TopicLog>, sequence: u64) {
-    let dedup = PublishLayout {
-        id: Some(PublishId {
-            producer: 9,
-            sequence,
-        }),
-        layout: ReceiptLayout::default(),
-    };
-    let record = u32::try_from(sequence).unwrap();
+async fn append_with_ids(storage: &Storage, log: &Arc<TopicLog>, sequences: Range<u64>) {
+    let publishes = sequences
+        .clone()
+        .map(|sequence| PublishLayout {
+            id: Some(PublishId {
+                producer: 9,
+                sequence,
+            }),
+            layout: ReceiptLayout::default(),
+        })
+        .collect();
+    let records = u32::try_from(sequences.start).unwrap()..u32::try_from(sequences.end).unwrap();
     storage
         .submit_append(
-            vec![(log.clone(), payloads(record..record + 1))],
+            vec![(log.clone(), payloads(records))],
             Vec::new(),
-            vec![dedup],
+            publishes,
             None,
         )
         .await
@@ -993,27 +997,68 @@ async fn append_with_id(storage: &Storage, log: &Arc<TopicLog>, sequence: u64) {
         .unwrap();
 }
 
+/// Storage opened on `dir` (chunks of 100 bytes) with one topic, `topic`.
+async fn open_with_topic(dir: &tempfile::TempDir, topic: &str) -> (Storage, Arc<TopicLog>) {
+    let (storage, _) = Storage::open(&config(dir, 100)).unwrap();
+    let log = storage
+        .create_topic(name(topic), Retention::default())
+        .await
+        .unwrap();
+    (storage, log)
+}
+
+/// The sequences of the ids a restart reads (at most `max`), oldest first.
+fn remembered(storage: &Storage, max: usize) -> Vec<u64> {
+    let entries = storage.dedup_entries(0, max).unwrap();
+    entries.iter().map(|(id, _, _)| id.sequence).collect()
+}
+
 #[test]
 fn a_restart_reads_only_the_newest_dedup_entries_it_keeps() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     rt.block_on(async {
-        let (storage, _) = Storage::open(&config(&dir, 100)).unwrap();
-        let log = storage
-            .create_topic(name("ids"), Retention::default())
-            .await
-            .unwrap();
+        let (storage, log) = open_with_topic(&dir, "ids").await;
         // Three commits (each awaited before the next), one id each.
         for sequence in 0..3 {
-            append_with_id(&storage, &log, sequence).await;
+            append_with_ids(&storage, &log, sequence..sequence + 1).await;
         }
-        let sequences = |max| -> Vec<u64> {
-            let entries = storage.dedup_entries(0, max).unwrap();
-            entries.iter().map(|(id, _, _)| id.sequence).collect()
-        };
-        assert_eq!(sequences(usize::MAX), [0, 1, 2], "oldest first");
-        assert_eq!(sequences(2), [1, 2], "the newest, still oldest first");
-        assert_eq!(sequences(0), Vec::<u64>::new());
+        assert_eq!(remembered(&storage, usize::MAX), [0, 1, 2], "oldest first");
+        assert_eq!(
+            remembered(&storage, 2),
+            [1, 2],
+            "the newest, still oldest first"
+        );
+        assert_eq!(remembered(&storage, 0), Vec::<u64>::new());
+        storage.close().await;
+    });
+}
+
+#[test]
+fn dedup_entries_past_the_newest_kept_ids_are_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let (storage, log) = open_with_topic(&dir, "ids").await;
+        // Three commits of three, one and two ids.
+        for ids in [0..3, 3..4, 4..6] {
+            append_with_ids(&storage, &log, ids).await;
+        }
+        let purged = storage.purge_dedup(0, usize::MAX).await.unwrap();
+        assert_eq!(
+            purged.removed, 0,
+            "nothing past the window, nor past the count"
+        );
+        // The newest three ids are in the last two commits: the first goes.
+        let purged = storage.purge_dedup(0, 3).await.unwrap();
+        assert_eq!((purged.removed, purged.more), (1, false));
+        assert_eq!(remembered(&storage, usize::MAX), [3, 4, 5]);
+        // A commit is kept whole: two ids asked for, two in the newest commit.
+        storage.purge_dedup(0, 2).await.unwrap();
+        assert_eq!(remembered(&storage, usize::MAX), [4, 5]);
+        // The window still applies whatever the count.
+        storage.purge_dedup(u64::MAX, usize::MAX).await.unwrap();
+        assert_eq!(remembered(&storage, usize::MAX), Vec::<u64>::new());
         storage.close().await;
     });
 }
@@ -1407,7 +1452,7 @@ fn a_commit_the_log_cut_short_is_taken_back_and_a_whole_one_kept() {
             .await
             .unwrap();
         for sequence in 0..3 {
-            append_with_id(&storage, &log, sequence).await;
+            append_with_ids(&storage, &log, sequence..sequence + 1).await;
             assert_eq!(
                 storage.tree.get(keys::UNFINISHED).unwrap(),
                 None,

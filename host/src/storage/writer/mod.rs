@@ -124,6 +124,7 @@ pub(super) enum Command {
     },
     PurgeDedup {
         before_ms: u64,
+        keep: usize,
         reply: Reply<Cleanup>,
     },
     Create {
@@ -396,9 +397,13 @@ impl Writer {
                         let purged = self.purge(id);
                         let _ = reply.send(purged);
                     }
-                    Command::PurgeDedup { before_ms, reply } => {
+                    Command::PurgeDedup {
+                        before_ms,
+                        keep,
+                        reply,
+                    } => {
                         self.commit(std::mem::replace(&mut group, self.empty_group()));
-                        let purged = self.purge_dedup(before_ms);
+                        let purged = self.purge_dedup(before_ms, keep);
                         let _ = reply.send(purged);
                     }
                     staged => self.stage(&mut group, staged),
