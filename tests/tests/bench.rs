@@ -32,6 +32,7 @@ fn every_scenario_runs_and_counts_what_it_moved() {
     ]);
     assert_eq!(publish["scenario"], "publish");
     assert_eq!(publish["published"], 2000);
+    assert_eq!(publish["cut_short"], false);
     assert!(publish["msgs_per_s"].as_f64().unwrap() > 0.0);
     let p = &publish["latency_us"];
     assert!(p["p50"].as_u64().unwrap() <= p["p99"].as_u64().unwrap());
@@ -94,6 +95,34 @@ fn every_scenario_runs_and_counts_what_it_moved() {
     assert_eq!(plugin["published"], 500);
     assert!(plugin["baseline_msgs_per_s"].as_f64().unwrap() > 0.0);
     assert!(plugin["cost_percent"].is_number());
+}
+
+/// A run the time limit stops says so, in both reports: its figures are for fewer
+/// records than asked for.
+#[test]
+fn a_run_cut_short_by_the_time_limit_says_so() {
+    // Paced at 1,000 records a second, a million cannot finish within a second.
+    let args = [
+        "publish",
+        "--count",
+        "1000000",
+        "--rate",
+        "1000",
+        "--time-limit",
+        "1s",
+    ];
+    let report = bench(&args);
+    assert_eq!(report["cut_short"], true, "{report}");
+    let published = report["published"].as_u64().unwrap();
+    assert!(0 < published && published < 1_000_000, "{report}");
+
+    let dir = DataDir::new();
+    let text = succeeded(cli(dir.root(), &[&["bench"], &args[..]].concat(), &[], ""));
+    assert!(
+        text.contains("cut short by --time-limit 1s:")
+            && text.contains("of the 1000000 records asked for"),
+        "{text}"
+    );
 }
 
 #[test]

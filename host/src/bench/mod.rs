@@ -147,6 +147,12 @@ impl Report {
         records as f64 / self.elapsed.as_secs_f64().max(f64::EPSILON)
     }
 
+    /// Whether the time limit stopped the run before `count` records: its figures are
+    /// then for fewer records than asked for.
+    pub fn cut_short(&self) -> bool {
+        self.published < self.settings.count
+    }
+
     /// Payload megabytes (10^6 bytes) per second, by the same count.
     pub fn mb_per_s(&self) -> f64 {
         self.msgs_per_s() * self.settings.size as f64 / 1e6
@@ -174,6 +180,7 @@ impl Report {
             "retain_records": s.retain_records,
             "durability": s.durability.to_string(),
             "published": self.published,
+            "cut_short": self.cut_short(),
             "received_per_consumer": self.received_min,
             "seconds": self.elapsed.as_secs_f64(),
             "msgs_per_s": self.msgs_per_s().round(),

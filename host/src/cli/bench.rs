@@ -84,7 +84,8 @@ pub(super) struct BenchArgs {
     retain_records: Option<u64>,
     #[command(flatten)]
     durability: DurabilityArgs,
-    /// Stop publishing after this long, whatever --count says.
+    /// Stop publishing after this long, whatever --count says (the report then says
+    /// the run was cut short).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     time_limit: Duration,
     /// The json-filter component for the plugin scenario.
@@ -321,6 +322,14 @@ fn text(report: &Report, rss_kib: Option<u64>) -> String {
         }
     } else {
         out.push_str(&line(report, ""));
+    }
+    if report.cut_short() {
+        out.push_str(&format!(
+            "  cut short by --time-limit {}: {} of the {} records asked for\n",
+            humantime::format_duration(report.settings.time_limit),
+            report.published,
+            report.settings.count,
+        ));
     }
     if !report.per_member.is_empty() {
         let counts: Vec<String> = report.per_member.iter().map(u64::to_string).collect();
