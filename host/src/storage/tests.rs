@@ -970,7 +970,8 @@ fn stage_limits_are_durable_and_kept_by_plugin() {
     });
 }
 
-/// Appends record `sequence` as publish 9/`sequence`, and waits until it is durable.
+/// Appends a record for each of `sequences`, as publishes 9/`sequence`, in one commit, and
+/// waits until it is durable.
 async fn append_with_ids(storage: &Storage, log: &Arc<TopicLog>, sequences: Range<u64>) {
     let publishes = sequences
         .clone()
