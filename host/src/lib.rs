@@ -12,6 +12,7 @@ pub mod files;
 pub mod groups;
 pub mod http;
 pub mod links;
+pub mod memory;
 pub mod mqtt;
 pub mod plugins;
 pub mod retention;

@@ -33,6 +33,7 @@ use crate::broker::{Broker, BrokerLimits, BrokerSettings};
 use crate::config::Config;
 use crate::http::HttpListener;
 use crate::links::{self, Links};
+use crate::memory;
 use crate::mqtt::{MqttAddrs, MqttListeners, MqttSettings};
 use crate::plugins::runtime::SandboxLimits;
 use crate::plugins::sandbox::SandboxPolicy;
@@ -334,6 +335,7 @@ impl Server {
             config.retention_interval,
             stop.clone(),
         ));
+        tasks.spawn(memory::trim_periodically(stop.clone()));
         let limits = &config.limits;
         let settings = Arc::new(SessionSettings {
             limits: Limits {

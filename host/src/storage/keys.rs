@@ -45,7 +45,7 @@
 //! and memory grows with every byte written (measured: 1.5 GiB of 256 KiB values held
 //! 1.5 GiB of RSS at a 16 MiB cache). With 2 MiB segments (a quarter is 512 KiB) and
 //! values of at most 16 KiB, every leaf (17 × 16 KiB) stays inline and memory flat
-//! (measured: 3 GiB of 256 KiB records, 205 MiB RSS at the 64 MiB default cache).
+//! (measured: 3 GiB of 256 KiB records, 205 MiB RSS with a 64 MiB cache).
 //! Parts were 4 KiB with sled's default 512 KiB segments; 16 KiB parts mean a quarter
 //! of the keys per byte, and publishing 256-byte records got 11 % faster.
 
