@@ -272,12 +272,12 @@ pub(super) fn replay(
             .ok_or_else(|| StorageError::corrupt("a journal key of the wrong shape"))?;
         let prefix = keys::with_id(keys::JOURNAL, sequence);
         let mut keys_of_entry = vec![key.clone()];
-        let mut joined = value.to_vec();
+        let mut values = vec![value];
         while let Some(Ok((key, _))) = parts.peek()
             && key.starts_with(&prefix)
         {
             let (key, value) = parts.next().transpose()?.unwrap_or_default();
-            joined.extend_from_slice(&value);
+            values.push(value);
             keys_of_entry.push(key);
         }
         let part_of = |key: &sled::IVec| -> Option<u32> {
@@ -303,7 +303,9 @@ pub(super) fn replay(
             )));
         }
         let count = u32::try_from(keys_of_entry.len()).unwrap_or(u32::MAX);
-        let bytes = Bytes::from(joined);
+        // Joined in one allocation of the entry's exact length: its unsealed pieces
+        // hold on to all of it until the last of them is sealed.
+        let bytes = Bytes::from(values.concat());
         let pieces = decode(&bytes).ok_or_else(|| {
             StorageError::corrupt(format!(
                 "journal entry {sequence} is damaged: acknowledged records in it cannot be read"
