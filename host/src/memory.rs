@@ -49,6 +49,16 @@ pub async fn trim_periodically(stop: CancellationToken) {
     }
 }
 
+/// A process's resident memory in KiB, from `/proc/<process>/status` (`process` is
+/// `"self"` or a pid); `None` where /proc does not tell it.
+pub fn resident_kib(process: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Gives the free pages of the allocator's heaps back to the operating system;
 /// whether there were any. Any thread may call it at any time.
 pub fn trim() -> bool {

@@ -45,11 +45,5 @@ fn freed_holes_in_the_heap_are_given_back() {
 }
 
 fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status");
-    kib * 1024
+    quiver_host::memory::resident_kib("self").expect("VmRSS in /proc/self/status") * 1024
 }

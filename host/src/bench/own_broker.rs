@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::memory;
+
 /// How long the broker may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -101,11 +103,7 @@ impl OwnBroker {
 
     /// The broker's resident memory in KiB, where /proc tells it.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        memory::resident_kib(&self.child.id().to_string())
     }
 }
 

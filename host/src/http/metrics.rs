@@ -33,6 +33,7 @@ use quiver_protocol::{
 use crate::auth::{Access, Right};
 use crate::broker::Broker;
 use crate::broker::streams::StreamKind;
+use crate::memory;
 use crate::plugins::stage::CallTimes;
 use crate::util::now_ms;
 
@@ -599,15 +600,7 @@ impl Process {
     fn read() -> Option<Self> {
         // USER_HZ, the unit of /proc's times: 100 on every Linux platform.
         let ticks = 100.0;
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let resident_kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
+        let resident_kib = memory::resident_kib("self")?;
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
         // Fields after the command name, which may hold spaces: it ends at the last ')'.
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
