@@ -13,8 +13,10 @@
 //! order they were made. That matters because a lane's cursor is written as a value: an
 //! older value queued after a newer one would move the stored cursor back (measured:
 //! the power-cut harness saw a caught-up group behind again after a clean restart).
-//! Changes become durable with the next group commit; a crash keeps a prefix of them,
-//! which only means records are delivered again.
+//! Changes become durable with the next group commit; a crash keeps a prefix of them
+//! (within a commit too: storage writes them key by key, in an order that never lets
+//! go of a record not settled, `storage/writer/groups.rs`), which only means records
+//! are delivered again.
 //!
 //! Members are served in turns: whichever member's task asks (a settlement came back,
 //! a topic grew), every member with room is dealt its share of what is available

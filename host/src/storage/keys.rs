@@ -163,7 +163,8 @@ pub(super) fn dedup(at_ms: u64, unique: u64) -> [u8; 17] {
     with_offset(DEDUP, at_ms, unique)
 }
 
-/// A commit being written key by key (appends only, see `writer/mod.rs`): written
+/// A commit being written key by key (appends and group state, see `writer/mod.rs`;
+/// the group state comes after the marker's removal and needs no taking back): written
 /// first and removed last, so that a log cut short inside the commit still holds it
 /// (sled recovers a prefix of its log). Opening then takes back everything the commit
 /// wrote: the chunks it sealed (their parts from its first seal sequence on, and each

@@ -19,10 +19,11 @@
 //! topics holding the oldest entries are sealed too; after it, entries no topic holds a
 //! piece of any more are removed.
 //!
-//! A group is applied as one `sled::Batch`, except when it holds only appends, the
-//! usual case: then it is written key by key behind a marker
-//! ([`Writer::write_appends`]), because a sled batch costs a log write and sync of its
-//! own on top of the flush's.
+//! A group is applied as one `sled::Batch`, except when it holds only appends and
+//! group state (members' cursors, settlements), the usual case: then its appends are
+//! written key by key behind a marker ([`Writer::write_appends`]) and its group state
+//! after them, in an order safe to cut short anywhere (`groups.rs`, `GroupKeys`),
+//! because a sled batch costs a log write and sync of its own on top of the flush's.
 //!
 //! The one exception: a group holding nothing but appends to topics with batched
 //! durability is answered as soon as it is applied, and the flusher thread
@@ -68,6 +69,7 @@ use super::{
     TopicLog, TopicRecords, TopicSettings,
 };
 use dedup::stage_receipts;
+use groups::GroupKeys;
 use links::{stage_link_cursors, stage_mark};
 use plugins::stage_state;
 use topics::{SealedChunk, Staged, stage_delete, stage_pipeline, stage_settings};
@@ -232,9 +234,11 @@ struct CommitGroup {
     batch: sled::Batch,
     /// The chunks sealed, in order.
     chunks: Vec<SealedChunk>,
-    /// Something other than appends and their dedup entries is staged (`batch` holds
-    /// it), so the group needs `apply_batch`.
+    /// Something other than appends, their dedup entries and group state is staged
+    /// (`batch` holds it), so the group needs `apply_batch`.
     other: bool,
+    /// Group state: written after the appends, or into `batch` when there is one.
+    group_keys: GroupKeys,
     staged: HashMap<u64, Staged>,
     /// Topic metadata this group writes, by topic id (pipeline and settings changes).
     metas: HashMap<u64, TopicMeta>,
@@ -424,7 +428,7 @@ impl Writer {
         let not_found = |log: &TopicLog| StorageError::TopicNotFound(log.name().clone());
         if !matches!(command, Command::Append { .. }) {
             group.must_flush = true;
-            group.other = true;
+            group.other |= !matches!(command, Command::GroupWrites { .. });
         }
         match command {
             Command::Append {
@@ -628,6 +632,7 @@ impl Writer {
             chunk.write(self.next_chunk, self.part_bytes, &mut chunks);
             self.next_chunk += 1;
         }
+        let group_state = std::mem::take(&mut group.group_keys).ordered(&group.deleted_groups);
         let written = match group.other {
             false => {
                 let marker = keys::Unfinished {
@@ -637,9 +642,16 @@ impl Writer {
                     chunks: (self.next_chunk > first_chunk).then_some(first_chunk),
                 };
                 self.write_appends(&marker, chunks, &entry_parts, dedup, &stats)
+                    .and_then(|()| self.write_group_state(group_state))
             }
             true => {
                 let mut batch = group.batch;
+                for (key, value) in group_state {
+                    match value {
+                        Some(value) => batch.insert(key, value),
+                        None => batch.remove(key),
+                    }
+                }
                 for (key, value) in chunks {
                     batch.insert(key, value);
                 }
@@ -780,6 +792,19 @@ impl Writer {
             self.tree.insert(key, &value[..])?;
         }
         self.tree.remove(keys::UNFINISHED)?;
+        Ok(())
+    }
+
+    /// Writes group state key by key, in the order [`GroupKeys::ordered`] gives: after
+    /// the commit's appends, so that dead letters land before the state that forgets
+    /// their records, and outside the marker, since any prefix of it is safe.
+    fn write_group_state(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> sled::Result<()> {
+        for (key, value) in writes {
+            match value {
+                Some(value) => self.tree.insert(key, value)?,
+                None => self.tree.remove(key)?,
+            };
+        }
         Ok(())
     }
 }
