@@ -287,9 +287,9 @@ impl Broker {
             .collect();
         let dedup = Deduplicator::new(settings.dedup_window_ms, settings.dedup_max_entries);
         let since = now_ms().saturating_sub(settings.dedup_window_ms);
-        for (id, at, receipt) in storage.dedup_entries(since, settings.dedup_max_entries)? {
+        storage.dedup_entries(since, settings.dedup_max_entries, |id, at, receipt| {
             dedup.remember(id, receipt, at);
-        }
+        })?;
         Ok(Self {
             storage,
             plugins,

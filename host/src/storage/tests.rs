@@ -672,14 +672,14 @@ fn groups_and_dedup_entries_survive_reopening() {
                 pending: vec![(1, 2, 500)],
             }]
         );
-        let entries = storage.dedup_entries(0, usize::MAX).unwrap();
+        let entries = dedup_entries(&storage, usize::MAX);
         assert_eq!(entries.len(), 1);
         assert_eq!(entries[0].0, id);
         assert_eq!((entries[0].2.base_offset, entries[0].2.count), (0, 5));
         // Entries older than the horizon are purged; deleting the group removes it.
         let purged = storage.purge_dedup(u64::MAX, usize::MAX).await.unwrap();
         assert_eq!(purged.removed, 1);
-        assert!(storage.dedup_entries(0, usize::MAX).unwrap().is_empty());
+        assert!(dedup_entries(&storage, usize::MAX).is_empty());
         storage
             .delete_group("workers".into(), group_id)
             .await
@@ -1008,9 +1008,18 @@ async fn open_with_topic(dir: &tempfile::TempDir, topic: &str) -> (Storage, Arc<
     (storage, log)
 }
 
+/// The dedup entries a restart reads (at least `max`, in whole commits), oldest first.
+fn dedup_entries(storage: &Storage, max: usize) -> Vec<(PublishId, u64, Receipt)> {
+    let mut entries = Vec::new();
+    storage
+        .dedup_entries(0, max, |id, at, receipt| entries.push((id, at, receipt)))
+        .unwrap();
+    entries
+}
+
 /// The sequences of the ids a restart reads (at most `max`), oldest first.
 fn remembered(storage: &Storage, max: usize) -> Vec<u64> {
-    let entries = storage.dedup_entries(0, max).unwrap();
+    let entries = dedup_entries(storage, max);
     entries.iter().map(|(id, _, _)| id.sequence).collect()
 }
 
@@ -1441,7 +1450,7 @@ fn a_commit_the_log_cut_short_is_taken_back_and_a_whole_one_kept() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     let sequences = |storage: &Storage| -> Vec<u64> {
-        let entries = storage.dedup_entries(0, usize::MAX).unwrap();
+        let entries = dedup_entries(storage, usize::MAX);
         entries.iter().map(|(id, _, _)| id.sequence).collect()
     };
     // Chunks of one record: every commit seals its records, as a full chunk would.
