@@ -81,7 +81,7 @@ pub(super) const UNFINISHED: &[u8] = b"w";
 
 /// The layout this code writes; a data dir of another is refused, except the versions
 /// from [`FORMAT_V1`] on, which open as they are and are stamped [`FORMAT`].
-pub(super) const FORMAT: u32 = 6;
+pub(super) const FORMAT: u32 = 7;
 
 /// The first layout, before index entries carried a checksum. It reads as it is (its
 /// entries decode without one). Version 2 added the checksums, version 3 the `w` key,
@@ -90,7 +90,10 @@ pub(super) const FORMAT: u32 = 6;
 /// marker names one topic: [`Unfinished::decode_v4`] reads it), and a group's pending
 /// records delivered once as runs in its lane's value (older `u` entries are folded
 /// into them at start-up), version 6 chunk parts keyed by seal sequence (`C`; the
-/// older `c` parts are read where their index entries, 28 bytes or 24, say).
+/// older `c` parts are read where their index entries, 28 bytes or 24, say), version 7
+/// plain keys (plugin state, link marks and cursors, MQTT state) written key by key
+/// behind the marker, which carries their earlier values (a marker of layout 6 reads
+/// as one without them).
 /// Opening an older data dir stamps it [`FORMAT`], so that a broker too old to read
 /// what this one writes refuses the data dir instead of misreading it.
 pub(super) const FORMAT_V1: u32 = 1;
@@ -163,14 +166,19 @@ pub(super) fn dedup(at_ms: u64, unique: u64) -> [u8; 17] {
     with_offset(DEDUP, at_ms, unique)
 }
 
-/// A commit being written key by key (appends and group state, see `writer/mod.rs`;
-/// the group state comes after the marker's removal and needs no taking back): written
-/// first and removed last, so that a log cut short inside the commit still holds it
-/// (sled recovers a prefix of its log). Opening then takes back everything the commit
-/// wrote: the chunks it sealed (their parts from its first seal sequence on, and each
-/// topic's index entries at or above its old `next`, whose old stats are written
-/// back), its journal entry and its dedup entry. Nothing of it
-/// was acknowledged: that waits for the flush after the marker's removal.
+/// A key's write: its value, or `None` for its removal.
+pub(super) type KeyWrite = (Vec<u8>, Option<Vec<u8>>);
+
+/// A commit being written key by key (appends, plain keys and group state, see
+/// `writer/mod.rs`; the group state comes after the marker's removal and needs no
+/// taking back): written first and removed last, so that a log cut short inside the
+/// commit still holds it (sled recovers a prefix of its log). Opening then takes back
+/// everything the commit wrote: the chunks it sealed (their parts from its first seal
+/// sequence on, and each topic's index entries at or above its old `next`, whose old
+/// stats are written back), its journal entry, its dedup entry, and the plain keys it
+/// set (plugin state, link marks and cursors, MQTT state), whose earlier values it
+/// carries. Nothing of it was acknowledged: that waits for the flush after the
+/// marker's removal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Unfinished {
     /// The topics whose sealed end the commit moves, with their stats before it.
@@ -183,9 +191,13 @@ pub(super) struct Unfinished {
     /// and above it are its own (layout 6; a layout-5 marker has none, its chunks'
     /// parts are keyed by topic).
     pub(super) chunks: Option<u64>,
+    /// The plain keys it sets or removes, each with the value it held before (`None`:
+    /// absent), which taking the commit back restores (layout 7).
+    pub(super) earlier: Vec<KeyWrite>,
 }
 
-/// The first byte of an [`Unfinished`] marker of layouts 5 and 6 (6 added a flag). A
+/// The first byte of an [`Unfinished`] marker of layouts 5 to 7 (6 and 7 added a flag
+/// each). A
 /// marker of layout 3 or 4 starts with a topic id, whose first byte is 0 (ids are
 /// counted up from 0).
 const UNFINISHED_V5: u8 = 0xF5;
@@ -195,7 +207,8 @@ impl Unfinished {
         let mut out = Vec::with_capacity(32 + 40 * self.topics.len());
         let flags = u8::from(self.journal.is_some())
             | (u8::from(self.dedup.is_some()) << 1)
-            | (u8::from(self.chunks.is_some()) << 2);
+            | (u8::from(self.chunks.is_some()) << 2)
+            | (u8::from(!self.earlier.is_empty()) << 3);
         out.extend_from_slice(&[UNFINISHED_V5, flags]);
         if let Some(sequence) = self.journal {
             out.extend_from_slice(&sequence.to_be_bytes());
@@ -212,6 +225,26 @@ impl Unfinished {
             out.extend_from_slice(&id.to_be_bytes());
             out.extend_from_slice(&stats.encode());
         }
+        if !self.earlier.is_empty() {
+            let len = |bytes: &[u8]| u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes();
+            out.extend_from_slice(
+                &u32::try_from(self.earlier.len())
+                    .unwrap_or(u32::MAX)
+                    .to_be_bytes(),
+            );
+            for (key, value) in &self.earlier {
+                out.extend_from_slice(&len(key));
+                out.extend_from_slice(key);
+                match value {
+                    Some(value) => {
+                        out.push(1);
+                        out.extend_from_slice(&len(value));
+                        out.extend_from_slice(value);
+                    }
+                    None => out.push(0),
+                }
+            }
+        }
         out
     }
 
@@ -220,7 +253,7 @@ impl Unfinished {
     pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
         let mut reader = Reader(bytes);
         let [tag, flags] = reader.take()?;
-        if tag != UNFINISHED_V5 || flags > 7 {
+        if tag != UNFINISHED_V5 || flags > 15 {
             return None;
         }
         let journal = match flags & 1 {
@@ -243,11 +276,29 @@ impl Unfinished {
                 Some((id, stats))
             })
             .collect::<Option<Vec<_>>>()?;
+        let earlier = match flags & 8 {
+            8 => {
+                let count = u32::from_be_bytes(reader.take()?);
+                (0..count)
+                    .map(|_| {
+                        let key = reader.bytes()?.to_vec();
+                        let value = match reader.take::<1>()? {
+                            [0] => None,
+                            [1] => Some(reader.bytes()?.to_vec()),
+                            _ => return None,
+                        };
+                        Some((key, value))
+                    })
+                    .collect::<Option<Vec<_>>>()?
+            }
+            _ => Vec::new(),
+        };
         reader.0.is_empty().then_some(Self {
             topics,
             journal,
             dedup,
             chunks,
+            earlier,
         })
     }
 
@@ -281,6 +332,12 @@ impl Reader<'_> {
         let (head, rest) = self.0.split_at_checked(len)?;
         self.0 = rest;
         Some(head)
+    }
+
+    /// Bytes after their length (u32).
+    pub(super) fn bytes(&mut self) -> Option<&[u8]> {
+        let len = u32::from_be_bytes(self.take()?);
+        self.take_slice(usize::try_from(len).ok()?)
     }
 }
 
@@ -544,18 +601,32 @@ mod tests {
         assert_eq!(chunk_parts(3, 4, &meta), with_id(SEALED, 10));
         assert_eq!(chunk_parts(3, 4, &old), with_offset(CHUNK, 3, 4));
         assert!(sealed_part(10, 7).starts_with(&chunk_parts(3, 4, &meta)));
-        let cases = [
-            (None, None, None),
-            (Some(12), Some(dedup(10, 11)), Some(13)),
+        let earlier = vec![
+            (state("p", b"seen"), Some(b"earlier".to_vec())),
+            (b"q-absent".to_vec(), None),
+            (Vec::new(), Some(Vec::new())),
         ];
-        for (journal, dedup, chunks) in cases {
+        let cases = [
+            (None, None, None, Vec::new()),
+            (Some(12), Some(dedup(10, 11)), Some(13), Vec::new()),
+            (None, None, None, earlier.clone()),
+            (Some(12), Some(dedup(10, 11)), Some(13), earlier),
+        ];
+        for (journal, dedup, chunks, earlier) in cases {
             let unfinished = Unfinished {
                 topics: vec![(8, stats), (9, LogStats::default())],
                 journal,
                 dedup,
                 chunks,
+                earlier,
             };
-            assert_eq!(Unfinished::decode(&unfinished.encode()), Some(unfinished));
+            let encoded = unfinished.encode();
+            assert_eq!(Unfinished::decode(&encoded), Some(unfinished));
+            // Cut short anywhere, or followed by anything, it is refused.
+            for end in 0..encoded.len() {
+                assert_eq!(Unfinished::decode(&encoded[..end]), None, "{end} bytes");
+            }
+            assert_eq!(Unfinished::decode(&[&encoded[..], &[0]].concat()), None);
         }
         assert_eq!(Unfinished::decode(&[0; 17]), None);
         // A marker of layout 4: topic 8, next 9, and a dedup entry or none.

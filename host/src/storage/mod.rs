@@ -7,8 +7,8 @@
 //! appended, to every topic, is one journal entry (`journal.rs`), and a topic's records
 //! past its last chunk are its unsealed pieces, held in memory for readers. All writes
 //! go through one writer thread (`writer/`) that takes
-//! whatever commands queued up during the last flush, applies them atomically (one sled
-//! batch, or key by key for appends and group state), flushes once with a barrier
+//! whatever commands queued up during the last flush, applies them atomically (key by
+//! key, or one sled batch for rarer commands), flushes once with a barrier
 //! (`fdatasync`; group commit) and only then answers. Topics with batched durability
 //! are the exception: their appends are answered once applied and flushed within the
 //! topic's interval (`flusher.rs`). Readers read sled directly, bounded by each topic's
@@ -27,10 +27,11 @@
 //! - offsets are dense: the writer assigns `next, next + 1, …` and a failed commit
 //!   assigns nothing (the stats in memory change only after a successful flush);
 //! - everything one command writes (chunks, journal entry, index entries, stats, routed
-//!   copies in other topics, plugin state) lands all or none: in one sled batch, or, when
-//!   a group commit holds only appends and group state, key by key between a marker and
-//!   its removal ([`keys::Unfinished`]), which opening uses to take back a commit the
-//!   log cut short (sled recovers a prefix of its log). Group state is the exception:
+//!   copies in other topics, plugin state, link marks, MQTT state) lands all or none: key
+//!   by key between a marker and its removal ([`keys::Unfinished`]), which opening uses
+//!   to take back a commit the log cut short (sled recovers a prefix of its log), or, when
+//!   the group holds a rarer command (a topic, group, plugin or link created, changed or
+//!   removed), in one sled batch. Group state is the exception:
 //!   it follows the marker's removal key by key, in an order any prefix of which
 //!   settles nothing that was not settled (`writer/groups.rs`);
 //! - timestamps never go backwards within a topic, so time lookups can bisect;

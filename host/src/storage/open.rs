@@ -188,7 +188,8 @@ fn check_format(tree: &sled::Tree, path: &Path) -> Result<u32, StorageError> {
 
 /// Takes back a commit that the log cut short while the writer wrote it key by key
 /// (see [`keys::Unfinished`]): the chunks it sealed go and their topics' stats are
-/// written back, and its journal and dedup entries go. Nothing of it was
+/// written back, its journal and dedup entries go, and the plain keys it set get their
+/// earlier values back. Nothing of it was
 /// acknowledged: that waits for the flush after it. A data dir of an older layout
 /// (`version`) has the older marker, of one topic's appends.
 fn take_back_unfinished(tree: &sled::Tree, version: u32) -> Result<(), StorageError> {
@@ -211,12 +212,14 @@ fn take_back_unfinished(tree: &sled::Tree, version: u32) -> Result<(), StorageEr
                     journal: None,
                     dedup,
                     chunks: None,
+                    earlier: Vec::new(),
                 },
                 _ => keys::Unfinished {
                     topics: Vec::new(),
                     journal: None,
                     dedup: None,
                     chunks: None,
+                    earlier: Vec::new(),
                 },
             }
         }
@@ -261,9 +264,17 @@ fn take_back_unfinished(tree: &sled::Tree, version: u32) -> Result<(), StorageEr
     if let Some(dedup) = unfinished.dedup {
         batch.remove(&dedup[..]);
     }
-    if !unfinished.topics.is_empty() || unfinished.journal.is_some() {
+    let plain = unfinished.earlier.len();
+    for (key, value) in unfinished.earlier {
+        match value {
+            Some(value) => batch.insert(key, value),
+            None => batch.remove(key),
+        }
+    }
+    if !unfinished.topics.is_empty() || unfinished.journal.is_some() || plain > 0 {
         warn!(
             topics = unfinished.topics.len(),
+            plain_keys = plain,
             "took back a commit the log cut short (it was never acknowledged)"
         );
     }

@@ -641,18 +641,13 @@ fn groups_and_dedup_entries_survive_reopening() {
             id: Some(id),
             layout: ReceiptLayout::default(),
         };
-        storage
-            .submit_append(
-                vec![(log.clone(), payloads(0..5))],
-                Vec::new(),
-                vec![dedup],
-                None,
-            )
-            .await
-            .unwrap()
-            .durable()
-            .await
-            .unwrap();
+        append_durably(
+            &storage,
+            vec![(log.clone(), payloads(0..5))],
+            Vec::new(),
+            vec![dedup],
+        )
+        .await;
         storage.close().await;
         (record.id, log.id())
     });
@@ -984,18 +979,29 @@ async fn append_with_ids(storage: &Storage, log: &Arc<TopicLog>, sequences: Rang
         })
         .collect();
     let records = u32::try_from(sequences.start).unwrap()..u32::try_from(sequences.end).unwrap();
+    append_durably(
+        storage,
+        vec![(log.clone(), payloads(records))],
+        Vec::new(),
+        publishes,
+    )
+    .await;
+}
+
+/// Appends with plugin state and publish ids, and waits until durable.
+async fn append_durably(
+    storage: &Storage,
+    appends: Vec<TopicRecords>,
+    state: Vec<StateWrite>,
+    publishes: Vec<PublishLayout>,
+) -> Committed {
     storage
-        .submit_append(
-            vec![(log.clone(), payloads(records))],
-            Vec::new(),
-            publishes,
-            None,
-        )
+        .submit_append(appends, state, publishes, None)
         .await
         .unwrap()
         .durable()
         .await
-        .unwrap();
+        .unwrap()
 }
 
 /// Storage opened on `dir` (chunks of 100 bytes) with one topic, `topic`.
@@ -1391,6 +1397,7 @@ fn write_commit(storage: &Storage, log: &TopicLog, base: u64, finished: bool) ->
         journal: Some(sequence),
         dedup: Some(dedup),
         chunks: Some(sealed),
+        earlier: Vec::new(),
     };
     tree.insert(keys::UNFINISHED, marker.encode()).unwrap();
     let ts = log.stats().last_ts;
@@ -1698,13 +1705,7 @@ fn a_commit_to_many_topics_writes_one_journal_entry_and_opening_replays_it() {
             .iter()
             .map(|log| (log.clone(), payloads(0..1)))
             .collect();
-        storage
-            .submit_append(appends, Vec::new(), Vec::new(), None)
-            .await
-            .unwrap()
-            .durable()
-            .await
-            .unwrap();
+        append_durably(&storage, appends, Vec::new(), Vec::new()).await;
         let after = [keys::SEALED, keys::INDEX, keys::STATS].map(|p| count_keys(&storage, p));
         assert_eq!(
             before, after,
@@ -1802,6 +1803,85 @@ fn a_layout_4_commit_cut_short_is_taken_back_and_the_stamp_moves_on() {
         let version = storage.tree.get(keys::VERSION).unwrap().unwrap();
         assert_eq!(version.as_ref(), keys::FORMAT.to_be_bytes());
         assert_eq!(read_all(&storage, log, 10).len(), 3);
+        storage.close().await;
+    });
+}
+
+#[test]
+fn plain_keys_are_written_with_their_commit_and_taken_back_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir, DEFAULT_CHUNK_BYTES);
+    let rt = rt();
+    let set = |key: &str, value: Option<&str>| StateWrite {
+        plugin: "p".into(),
+        key: key.as_bytes().to_vec(),
+        value: value.map(|v| v.as_bytes().to_vec()),
+    };
+    let state = |storage: &Storage, key: &str| {
+        storage
+            .state_get("p", key.as_bytes())
+            .unwrap()
+            .map(|v| String::from_utf8(v).unwrap())
+    };
+    let mqtt = |storage: &Storage| storage.mqtt_entries(b'r').unwrap();
+    rt.block_on(async {
+        let (storage, _) = Storage::open(&config).unwrap();
+        let log = storage
+            .create_topic(name("t"), Retention::default())
+            .await
+            .unwrap();
+        for (records, writes) in [
+            (0..2, vec![set("seen", Some("1")), set("gone", Some("x"))]),
+            (2..3, vec![set("seen", Some("2")), set("gone", None)]),
+        ] {
+            append_durably(
+                &storage,
+                vec![(log.clone(), payloads(records))],
+                writes,
+                Vec::new(),
+            )
+            .await;
+            assert_eq!(storage.tree.get(keys::UNFINISHED).unwrap(), None);
+        }
+        storage
+            .put_mqtt(b'r', vec![(b"status".to_vec(), Some(b"up".to_vec()))])
+            .await
+            .unwrap();
+        assert_eq!(state(&storage, "seen").as_deref(), Some("2"));
+        assert_eq!(state(&storage, "gone"), None);
+        assert_eq!(mqtt(&storage), [(b"status".to_vec(), b"up".to_vec())]);
+        // A commit the log cut short after writing its plain keys: its marker holds
+        // the values they had before.
+        let marker = keys::Unfinished {
+            topics: Vec::new(),
+            journal: None,
+            dedup: None,
+            chunks: None,
+            earlier: vec![
+                (keys::state("p", b"seen"), Some(b"2".to_vec())),
+                (keys::state("p", b"gone"), None),
+                (keys::mqtt(b'r', b"status"), Some(b"up".to_vec())),
+            ],
+        };
+        let tree = &storage.tree;
+        tree.insert(keys::UNFINISHED, marker.encode()).unwrap();
+        tree.insert(keys::state("p", b"seen"), &b"3"[..]).unwrap();
+        tree.insert(keys::state("p", b"gone"), &b"y"[..]).unwrap();
+        tree.remove(keys::mqtt(b'r', b"status")).unwrap();
+        storage.sync().await.unwrap();
+        storage.close().await;
+    });
+    rt.block_on(async {
+        let (storage, topics) = reopen(&config);
+        assert_eq!(storage.tree.get(keys::UNFINISHED).unwrap(), None);
+        assert_eq!(state(&storage, "seen").as_deref(), Some("2"), "set back");
+        assert_eq!(state(&storage, "gone"), None, "removed again");
+        assert_eq!(
+            mqtt(&storage),
+            [(b"status".to_vec(), b"up".to_vec())],
+            "restored"
+        );
+        assert_eq!(topics[0].stats().next, 3, "the commits before it count");
         storage.close().await;
     });
 }

@@ -158,7 +158,7 @@ impl GroupKeys {
     /// record is held by its lane's runs and its own key both (which loading reads as
     /// one pending record, the key's), or a settled one is still pending and comes
     /// again, as after any crash (docs/semantics.md).
-    pub(super) fn ordered(self, deleted: &HashSet<u64>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    pub(super) fn ordered(self, deleted: &HashSet<u64>) -> Vec<keys::KeyWrite> {
         let phase = |key: &[u8], value: &Option<Vec<u8>>| match (key.first(), value) {
             (Some(&keys::UNACKED), Some(_)) => 0,
             (_, Some(_)) => 1,

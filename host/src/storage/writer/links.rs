@@ -59,8 +59,8 @@ impl Writer {
     }
 }
 
-/// Stages a mark's move (it needs the commit's batch: `other`), and returns the
-/// original timestamps of the records it covers and their provenance headers.
+/// Stages a mark's move, and returns the original timestamps of the records it covers
+/// and their provenance headers.
 pub(super) fn stage_mark(
     group: &mut CommitGroup,
     write: MarkWrite,
@@ -69,11 +69,8 @@ pub(super) fn stage_mark(
         next: write.next,
         origin_topic: write.origin_topic,
     };
-    group
-        .batch
-        .insert(&links::mark_key(&write.key)[..], links::mark_value(&mark));
+    group.put(links::mark_key(&write.key), Some(links::mark_value(&mark)));
     group.marks.insert(write.key, mark);
-    group.other = true;
     group.must_flush = true;
     (write.stamps, write.provenance)
 }
@@ -85,9 +82,7 @@ pub(super) fn stage_link_cursors(
     cursors: Vec<(u64, LinkCursor)>,
 ) {
     for (topic, cursor) in cursors {
-        group
-            .batch
-            .insert(links::cursor(link, topic), links::encode(&cursor));
+        group.put(links::cursor(link, topic), Some(links::encode(&cursor)));
     }
     group.touched = true;
 }

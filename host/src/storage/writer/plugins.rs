@@ -65,12 +65,7 @@ impl Writer {
 
 /// Stages the state writes of a plugin call.
 pub(super) fn stage_state(group: &mut CommitGroup, state: Vec<StateWrite>) {
-    group.other |= !state.is_empty();
     for write in state {
-        let key = keys::state(&write.plugin, &write.key);
-        match write.value {
-            Some(value) => group.batch.insert(key, value),
-            None => group.batch.remove(key),
-        }
+        group.put(keys::state(&write.plugin, &write.key), write.value);
     }
 }
