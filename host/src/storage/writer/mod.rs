@@ -25,7 +25,7 @@
 //! ([`Writer::write_appends`]), and its group state (members' cursors, settlements)
 //! after them, in an order safe to cut short anywhere (`groups.rs`, `GroupKeys`). Only
 //! a group holding a rarer command (a topic, group, plugin or link created, changed or
-//! removed, a sync) is applied as one `sled::Batch`.
+//! removed) is applied as one `sled::Batch`.
 //!
 //! The one exception: a group holding nothing but appends to topics with batched
 //! durability is answered as soon as it is applied, and the flusher thread
@@ -228,6 +228,9 @@ fn refuse<T>(reply: Reply<T>, e: StorageError) {
     let _ = reply.send(Err(e));
 }
 
+/// A commit's plain keys, each with its last write (`None`: removed).
+type PlainKeys = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
 /// The writes of one group commit: applied in one sled batch (or key by key, see
 /// [`Writer::write_appends`]), flushed once.
 #[derive(Default)]
@@ -243,7 +246,7 @@ struct CommitGroup {
     /// Plain keys set or removed (plugin state, link marks and cursors, MQTT state),
     /// the last write of each: written key by key with the appends, unless the group
     /// needs its batch, which then holds them ([`CommitGroup::put`]).
-    plain: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    plain: PlainKeys,
     /// Group state: written after the appends, or into `batch` when there is one.
     group_keys: GroupKeys,
     staged: HashMap<u64, Staged>,
@@ -466,7 +469,10 @@ impl Writer {
             group.must_flush = true;
             if !matches!(
                 command,
-                Command::GroupWrites { .. } | Command::LinkCursors { .. } | Command::PutMqtt { .. }
+                Command::GroupWrites { .. }
+                    | Command::LinkCursors { .. }
+                    | Command::PutMqtt { .. }
+                    | Command::Sync { .. }
             ) {
                 group.needs_batch();
             }
@@ -803,10 +809,7 @@ impl Writer {
 
     /// The values these plain keys hold before the commit writes them, for its marker
     /// to take back.
-    fn earlier_values(
-        &self,
-        plain: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    ) -> sled::Result<Vec<keys::KeyWrite>> {
+    fn earlier_values(&self, plain: &PlainKeys) -> sled::Result<Vec<keys::KeyWrite>> {
         plain
             .keys()
             .map(|key| Ok((key.clone(), self.tree.get(key)?.map(|v| v.to_vec()))))
@@ -829,7 +832,7 @@ impl Writer {
         entry: &[([u8; 13], &[u8])],
         dedup: Option<([u8; 17], Vec<u8>)>,
         stats: &[([u8; 9], [u8; 32])],
-        plain: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        plain: PlainKeys,
     ) -> sled::Result<()> {
         if chunks.is_empty() && entry.is_empty() && dedup.is_none() && plain.is_empty() {
             return Ok(());
