@@ -197,9 +197,8 @@ pub(super) struct Unfinished {
 }
 
 /// The first byte of an [`Unfinished`] marker of layouts 5 to 7 (6 and 7 added a flag
-/// each). A
-/// marker of layout 3 or 4 starts with a topic id, whose first byte is 0 (ids are
-/// counted up from 0).
+/// each). A marker of layout 3 or 4 starts with a topic id, whose first byte is 0 (ids
+/// are counted up from 0).
 const UNFINISHED_V5: u8 = 0xF5;
 
 impl Unfinished {

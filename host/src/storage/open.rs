@@ -189,9 +189,9 @@ fn check_format(tree: &sled::Tree, path: &Path) -> Result<u32, StorageError> {
 /// Takes back a commit that the log cut short while the writer wrote it key by key
 /// (see [`keys::Unfinished`]): the chunks it sealed go and their topics' stats are
 /// written back, its journal and dedup entries go, and the plain keys it set get their
-/// earlier values back. Nothing of it was
-/// acknowledged: that waits for the flush after it. A data dir of an older layout
-/// (`version`) has the older marker, of one topic's appends.
+/// earlier values back. Nothing of it was acknowledged: that waits for the flush after
+/// it. A data dir of an older layout (`version`) has the older marker, of one topic's
+/// appends.
 fn take_back_unfinished(tree: &sled::Tree, version: u32) -> Result<(), StorageError> {
     let Some(value) = tree.get(keys::UNFINISHED)? else {
         return Ok(());
