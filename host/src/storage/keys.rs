@@ -169,6 +169,16 @@ pub(super) fn dedup(at_ms: u64, unique: u64) -> [u8; 17] {
 /// A key's write: its value, or `None` for its removal.
 pub(super) type KeyWrite = (Vec<u8>, Option<Vec<u8>>);
 
+/// Stages key writes into a batch (the last write of a key wins).
+pub(super) fn stage_writes(batch: &mut sled::Batch, writes: impl IntoIterator<Item = KeyWrite>) {
+    for (key, value) in writes {
+        match value {
+            Some(value) => batch.insert(key, value),
+            None => batch.remove(key),
+        }
+    }
+}
+
 /// A commit being written key by key (appends, plain keys and group state, see
 /// `writer/mod.rs`; the group state comes after the marker's removal and needs no
 /// taking back): written first and removed last, so that a log cut short inside the

@@ -265,12 +265,7 @@ fn take_back_unfinished(tree: &sled::Tree, version: u32) -> Result<(), StorageEr
         batch.remove(&dedup[..]);
     }
     let plain = unfinished.earlier.len();
-    for (key, value) in unfinished.earlier {
-        match value {
-            Some(value) => batch.insert(key, value),
-            None => batch.remove(key),
-        }
-    }
+    keys::stage_writes(&mut batch, unfinished.earlier);
     if !unfinished.topics.is_empty() || unfinished.journal.is_some() || plain > 0 {
         warn!(
             topics = unfinished.topics.len(),

@@ -279,13 +279,11 @@ struct CommitGroup {
 impl CommitGroup {
     /// Sets (`Some`) or removes (`None`) a plain key.
     fn put(&mut self, key: impl Into<Vec<u8>>, value: Option<Vec<u8>>) {
-        let key = key.into();
-        match (self.other, value) {
-            (false, value) => {
-                self.plain.insert(key, value);
+        match self.other {
+            false => {
+                self.plain.insert(key.into(), value);
             }
-            (true, Some(value)) => self.batch.insert(key, value),
-            (true, None) => self.batch.remove(key),
+            true => keys::stage_writes(&mut self.batch, [(key.into(), value)]),
         }
     }
 
@@ -295,12 +293,7 @@ impl CommitGroup {
     fn needs_batch(&mut self) {
         if !self.other {
             self.other = true;
-            for (key, value) in std::mem::take(&mut self.plain) {
-                match value {
-                    Some(value) => self.batch.insert(key, value),
-                    None => self.batch.remove(key),
-                }
-            }
+            keys::stage_writes(&mut self.batch, std::mem::take(&mut self.plain));
         }
     }
 }
@@ -689,17 +682,15 @@ impl Writer {
                         earlier,
                     };
                     self.write_appends(&marker, chunks, &entry_parts, dedup, &stats, plain)?;
-                    self.write_group_state(group_state)
+                    // After the appends, so that dead letters land before the state that
+                    // forgets their records, and outside the marker: any prefix of it is
+                    // safe.
+                    self.write_keys(group_state)
                 })
             }
             true => {
                 let mut batch = group.batch;
-                for (key, value) in group_state {
-                    match value {
-                        Some(value) => batch.insert(key, value),
-                        None => batch.remove(key),
-                    }
-                }
+                keys::stage_writes(&mut batch, group_state);
                 for (key, value) in chunks {
                     batch.insert(key, value);
                 }
@@ -850,20 +841,14 @@ impl Writer {
         for (key, value) in stats {
             self.tree.insert(key, &value[..])?;
         }
-        for (key, value) in plain {
-            match value {
-                Some(value) => self.tree.insert(key, value)?,
-                None => self.tree.remove(key)?,
-            };
-        }
+        self.write_keys(plain)?;
         self.tree.remove(keys::UNFINISHED)?;
         Ok(())
     }
 
-    /// Writes group state key by key, in the order [`GroupKeys::ordered`] gives: after
-    /// the commit's appends, so that dead letters land before the state that forgets
-    /// their records, and outside the marker, since any prefix of it is safe.
-    fn write_group_state(&self, writes: Vec<keys::KeyWrite>) -> sled::Result<()> {
+    /// Writes keys one by one, in the order given (group state: the order
+    /// [`GroupKeys::ordered`] gives).
+    fn write_keys(&self, writes: impl IntoIterator<Item = keys::KeyWrite>) -> sled::Result<()> {
         for (key, value) in writes {
             match value {
                 Some(value) => self.tree.insert(key, value)?,
