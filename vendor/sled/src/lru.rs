@@ -22,8 +22,16 @@ const MAX_QUEUE_ITEMS: usize = 64;
 #[cfg(any(test, feature = "lock_free_delays"))]
 const N_SHARDS: usize = 2;
 
+// QUIVER PATCH (cache shards): upstream has 256 shards, each with a 256th of the
+// cache's capacity, and counts a page at its size rounded up to a power of two. With
+// Quiver's 16 MiB cache a shard holds 64 KiB, less than one leaf of chunk parts
+// (17 values of up to 16 KiB, counted as 512 KiB), so every such leaf cached emptied
+// its shard, hot small pages (a topic's stats, a group's lane) included, and sled read
+// them back from disk at their next change. With 8 shards of 2 MiB, a shard holds
+// several of the largest leaves; accesses are still combined and the shard's lock only
+// tried, so fewer shards make no thread wait.
 #[cfg(not(any(test, feature = "lock_free_delays")))]
-const N_SHARDS: usize = 256;
+const N_SHARDS: usize = 8;
 
 struct AccessBlock {
     len: AtomicUsize,
