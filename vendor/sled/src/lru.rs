@@ -27,11 +27,15 @@ const N_SHARDS: usize = 2;
 // Quiver's 16 MiB cache a shard holds 64 KiB, less than one leaf of chunk parts
 // (17 values of up to 16 KiB, counted as 512 KiB), so every such leaf cached emptied
 // its shard, hot small pages (a topic's stats, a group's lane) included, and sled read
-// them back from disk at their next change. With 8 shards of 2 MiB, a shard holds
-// several of the largest leaves; accesses are still combined and the shard's lock only
-// tried, so fewer shards make no thread wait.
+// them back from disk at their next change. With at most 8 shards, and none under
+// 2 MiB (a smaller cache gets fewer), a shard holds several of the largest leaves;
+// accesses are still combined and the shard's lock only tried, so fewer shards make
+// no thread wait.
 #[cfg(not(any(test, feature = "lock_free_delays")))]
 const N_SHARDS: usize = 8;
+
+/// QUIVER PATCH (cache shards): the least a shard holds, unless the cache is smaller.
+const MIN_SHARD_CAPACITY: u64 = 2 * 1024 * 1024;
 
 struct AccessBlock {
     len: AtomicUsize,
@@ -228,10 +232,14 @@ impl Lru {
             "Please configure the cache \
              capacity to be at least 256 bytes"
         );
-        let shard_capacity = cache_capacity / N_SHARDS as u64;
+        // QUIVER PATCH (cache shards): fewer shards for a cache under 16 MiB.
+        let n_shards = usize::try_from(cache_capacity / MIN_SHARD_CAPACITY)
+            .unwrap_or(N_SHARDS)
+            .clamp(1, N_SHARDS);
+        let shard_capacity = cache_capacity / n_shards as u64;
 
-        let mut shards = Vec::with_capacity(N_SHARDS);
-        shards.resize_with(N_SHARDS, || {
+        let mut shards = Vec::with_capacity(n_shards);
+        shards.resize_with(n_shards, || {
             (AccessQueue::default(), FastLock::new(Shard::new(shard_capacity)))
         });
 
