@@ -2,10 +2,11 @@
 //!
 //! One [`Runtime`] holds the engine (one per process), the linker with the host
 //! functions of the `quiver:plugin` world, and an epoch ticker that gives every call a
-//! CPU deadline. [`Runtime::compile`] validates a component against the world and
-//! caches its compiled form on disk, keyed by the component's sha256 and the engine's
-//! compatibility hash, so a restart does not recompile. An [`Instance`] is one store
-//! and one instantiation, reused call after call.
+//! CPU deadline (and sleeps while no call runs: [`Ticker`]). [`Runtime::compile`]
+//! validates a component against the world and caches its compiled form on disk, keyed
+//! by the component's sha256 and the engine's compatibility hash, so a restart does not
+//! recompile. An [`Instance`] is one store and one instantiation, reused call after
+//! call.
 //!
 //! The sandbox: a plugin can call only the `host` interface and `wasi:random` (std's
 //! `HashMap` seeds itself from it). Any other import (the WASI interfaces a
@@ -24,8 +25,8 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,6 +55,9 @@ use bindings::quiver::plugin::{host, types};
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(2);
+/// How many ticks the ticker goes on after the last call ends before it sleeps until
+/// the next one: calls in quick succession do not each have to wake it.
+const LINGER_TICKS: u32 = 50;
 /// The least time an instantiation may take (an interpreter's start-up runs then),
 /// whatever the call deadline: it is not charged to the first call.
 const MIN_INSTANTIATE_TIME: Duration = Duration::from_secs(1);
@@ -121,7 +125,7 @@ pub struct Runtime {
     limits: SandboxLimits,
     cache_dir: Option<PathBuf>,
     engine_hash: u64,
-    ticker_stop: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -135,7 +139,7 @@ impl std::fmt::Debug for Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.ticker.stop();
     }
 }
 
@@ -164,15 +168,14 @@ impl Runtime {
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        start_ticker(engine.clone(), Arc::clone(&ticker_stop))?;
+        let ticker = Ticker::start(engine.clone())?;
         Ok(Self {
             engine,
             linker,
             limits,
             cache_dir,
             engine_hash: hasher.finish(),
-            ticker_stop,
+            ticker,
         })
     }
 
@@ -272,6 +275,8 @@ impl Runtime {
         sandbox: Sandbox,
     ) -> Result<Instance, PluginError> {
         let state = HostState::new(context, sandbox.memory_bytes);
+        // Instantiating runs the component's start-up code, under a deadline too.
+        let _running = self.ticker.running();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state as &mut dyn ResourceLimiter);
         store.epoch_deadline_callback(|store| Ok(store.data().clock.on_deadline()));
@@ -284,6 +289,7 @@ impl Runtime {
         Ok(Instance {
             store,
             plugin,
+            ticker: Arc::clone(&self.ticker),
             limits: self.limits,
             sandbox,
         })
@@ -405,18 +411,112 @@ fn add_randomness(linker: &mut Linker<HostState>, name: &str) -> wasmtime::Resul
     instance.func_wrap(number, |_, (): ()| Ok((random_u64()?,)))
 }
 
-/// Advances the engine's epoch every [`TICK`] until `stop`.
-fn start_ticker(engine: Engine, stop: Arc<AtomicBool>) -> Result<(), PluginError> {
-    std::thread::Builder::new()
-        .name("quiver-plugin-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(TICK);
-                engine.increment_epoch();
+/// The thread that advances the engine's epoch every [`TICK`], which is what makes a
+/// running call check its deadline ([`CpuClock::on_deadline`]). It ticks only while
+/// a call may be running: [`LINGER_TICKS`] after the last one ends it waits for the
+/// next, so an idle broker, with plugins or without, does not wake 500 times a second.
+///
+/// A call holds a [`Running`] from before its deadline is set until it returns. Taking
+/// one wakes the thread if it is waiting; the two sides meet as in Dekker's algorithm
+/// (each stores its own flag, then reads the other's, all `SeqCst`), so either the
+/// call sees the thread waiting and wakes it, or the thread sees the call and does
+/// not wait.
+struct Ticker {
+    engine: Engine,
+    /// Calls (and instantiations) in flight.
+    calls: AtomicUsize,
+    /// The thread waits for a call (or is about to: it checks `calls` after setting this).
+    waiting: AtomicBool,
+    stopped: AtomicBool,
+    /// Held to wait on `wake`, and to signal it, so that no wake-up is lost.
+    lock: Mutex<()>,
+    wake: Condvar,
+    /// Signalled each time the thread starts waiting (tests wait for it).
+    idle: Condvar,
+}
+
+/// A call in flight: the ticker keeps ticking until it is dropped.
+struct Running<'a>(&'a Ticker);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.calls.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Result<Arc<Self>, PluginError> {
+        let ticker = Arc::new(Self {
+            engine,
+            calls: AtomicUsize::new(0),
+            waiting: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+            idle: Condvar::new(),
+        });
+        let thread = Arc::clone(&ticker);
+        std::thread::Builder::new()
+            .name("quiver-plugin-epoch".into())
+            .spawn(move || thread.run())
+            .map_err(|e| PluginError::Runtime(format!("starting the deadline ticker: {e}")))?;
+        Ok(ticker)
+    }
+
+    /// Marks a call as running, waking the thread if it waits.
+    fn running(&self) -> Running<'_> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) {
+            let _lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_one();
+        }
+        Running(self)
+    }
+
+    /// Ends the thread (at its next tick, or at once if it waits).
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        let _lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.wake.notify_one();
+    }
+
+    fn run(&self) {
+        let mut idle = 0;
+        while !self.stopped.load(Ordering::SeqCst) {
+            std::thread::sleep(TICK);
+            self.engine.increment_epoch();
+            match self.calls.load(Ordering::SeqCst) {
+                0 => idle += 1,
+                _ => idle = 0,
             }
-        })
-        .map(drop)
-        .map_err(|e| PluginError::Runtime(format!("starting the deadline ticker: {e}")))
+            if idle >= LINGER_TICKS {
+                self.wait_for_a_call();
+                idle = 0;
+            }
+        }
+    }
+
+    /// Waits until a call runs, or the ticker is stopped.
+    fn wait_for_a_call(&self) {
+        let mut lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.waiting.store(true, Ordering::SeqCst);
+        self.idle.notify_all();
+        while self.calls.load(Ordering::SeqCst) == 0 && !self.stopped.load(Ordering::SeqCst) {
+            lock = self.wake.wait(lock).unwrap_or_else(|e| e.into_inner());
+        }
+        self.waiting.store(false, Ordering::SeqCst);
+    }
+
+    /// Waits up to `timeout` for the thread to wait for a call; true if it does.
+    #[cfg(test)]
+    fn until_waiting(&self, timeout: Duration) -> bool {
+        let lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (_lock, result) = self
+            .idle
+            .wait_timeout_while(lock, timeout, |()| !self.waiting.load(Ordering::SeqCst))
+            .unwrap_or_else(|e| e.into_inner());
+        !result.timed_out()
+    }
 }
 
 /// Who is calling, for the host functions: the plugin's identity, its attachment's
@@ -446,6 +546,7 @@ pub struct CallOutput {
 pub struct Instance {
     store: Store<HostState>,
     plugin: bindings::Plugin,
+    ticker: Arc<Ticker>,
     limits: SandboxLimits,
     sandbox: Sandbox,
 }
@@ -476,6 +577,7 @@ impl Instance {
             .zip(&headers)
             .map(|(event, headers)| to_wit(event, headers))
             .collect();
+        let _running = self.ticker.running();
         self.store.data_mut().begin_call(self.sandbox.call_timeout);
         let ticks = self.store.data().clock.ticks_left();
         self.store.set_epoch_deadline(ticks);
@@ -829,6 +931,45 @@ mod tests {
             Err(PluginError::InvalidOutput(why)) => why,
             other => panic!("expected invalid output, got {other:?}"),
         }
+    }
+
+    /// A core module whose export `spin` loops forever.
+    const SPIN: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+        0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // one type: [] -> []
+        0x03, 0x02, 0x01, 0x00, // one function of that type
+        0x07, 0x08, 0x01, 0x04, b's', b'p', b'i', b'n', 0x00, 0x00, // exported as `spin`
+        0x0a, 0x09, 0x01, 0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // loop { br 0 }
+    ];
+
+    #[test]
+    fn the_ticker_waits_while_idle_and_wakes_for_a_call() {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).unwrap();
+        let ticker = Ticker::start(engine.clone()).unwrap();
+        let patience = Duration::from_secs(30);
+        assert!(ticker.until_waiting(patience), "idle, it waits for a call");
+        // A call that never ends by itself: only the ticker's epochs interrupt it.
+        let (done, result) = std::sync::mpsc::channel();
+        let call = Arc::clone(&ticker);
+        std::thread::spawn(move || {
+            let module = wasmtime::Module::new(&engine, SPIN).unwrap();
+            let mut store = Store::new(&engine, ());
+            let _running = call.running();
+            store.set_epoch_deadline(2);
+            let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+            let spin = instance
+                .get_typed_func::<(), ()>(&mut store, "spin")
+                .unwrap();
+            let _ = done.send(spin.call(&mut store, ()).unwrap_err());
+        });
+        let error = result
+            .recv_timeout(patience)
+            .expect("the ticker woke for the call and its deadline interrupted it");
+        assert_eq!(error.downcast_ref::<Trap>(), Some(&Trap::Interrupt));
+        assert!(ticker.until_waiting(patience), "idle again, it waits again");
+        ticker.stop();
     }
 
     #[test]
