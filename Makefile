@@ -84,8 +84,11 @@ http-tools: $(TOOLS_VENV)/bin/pip
 # chromium, headless, and drive it over the Chrome DevTools Protocol with
 # tests/console/cdp.py, which talks to chromium's DevTools websocket through
 # websocket-client in the venv. chromium-common is pinned with it (chromium needs
-# exactly its own version); no recommends: headless needs none of them.
-CHROMIUM_VERSION := 156.0.8078.114-1~deb12u1
+# exactly its own version); no recommends: headless needs none of them. The version is
+# bookworm-security's, whose archive keeps only its newest build: when Debian ships the
+# next one, apt-get says "Version ... was not found" and this pin must follow it
+# (`apt-cache policy chromium` shows the candidate).
+CHROMIUM_VERSION := 156.0.8078.129-1~deb12u1
 WEBSOCKET_CLIENT_VERSION := 1.9.2
 console-tools: $(TOOLS_VENV)/bin/pip
 	@dpkg-query -W -f='$${db:Status-Status} $${Version}' chromium 2>/dev/null | \
