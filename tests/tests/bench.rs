@@ -95,6 +95,36 @@ fn every_scenario_runs_and_counts_what_it_moved() {
     assert_eq!(plugin["published"], 500);
     assert!(plugin["baseline_msgs_per_s"].as_f64().unwrap() > 0.0);
     assert!(plugin["cost_percent"].is_number());
+    assert!(plugin["plugin_calls"].as_u64().unwrap() > 0);
+    assert_eq!(
+        plugin["plugin_kept"], 500,
+        "the default filter keeps every record"
+    );
+}
+
+/// `--param` replaces the plugin scenario's default parameters, and the report says
+/// what the plugin kept; elsewhere it is refused.
+#[test]
+fn the_plugin_scenario_takes_the_attachments_parameters() {
+    let plugin = bench(&["plugin", "--count", "500", "--param", "where=seq < 100"]);
+    assert_eq!(
+        plugin["published"], 500,
+        "dropped records are acknowledged too"
+    );
+    assert_eq!(plugin["plugin_kept"], 100, "{plugin}");
+
+    let dir = DataDir::new();
+    let out = cli(
+        dir.root(),
+        &["bench", "publish", "--param", "where=seq < 100"],
+        &[],
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--param sets the plugin scenario's"),
+        "{out:?}"
+    );
 }
 
 /// A run the time limit stops says so, in both reports: its figures are for fewer

@@ -95,8 +95,11 @@ pub struct Settings {
     pub durability: Durability,
     /// Leave the topics and their records on the broker at the end.
     pub keep: bool,
-    /// The filter plugin's component (plugin scenario).
+    /// The plugin's component (plugin scenario).
     pub plugin: Option<Bytes>,
+    /// Its parameters; none: the json-filter's `where=seq >= 0`, which keeps every
+    /// record (the cost measured is the call, not fewer appends).
+    pub plugin_params: Vec<(String, String)>,
     /// Moved on by each acknowledged record (hidden unless someone watches).
     pub progress: indicatif::ProgressBar,
 }
@@ -123,8 +126,8 @@ pub struct Report {
     pub per_consumer: bool,
     /// For the plugin scenario: the same run without the plugin.
     pub baseline: Option<Box<Report>>,
-    /// For the plugin scenario: how many calls the plugin took for the records.
-    pub plugin_calls: Option<u64>,
+    /// For the plugin scenario: what the plugin did with the records.
+    pub plugin: Option<PluginFigures>,
     /// With several topics: how long creating them took, and deleting them at the end
     /// (`None` with `--keep`).
     pub topics_setup: Option<(Duration, Option<Duration>)>,
@@ -194,8 +197,9 @@ impl Report {
             out["baseline_msgs_per_s"] = baseline.msgs_per_s().round().into();
             out["cost_percent"] = ((cost * 10.0).round() / 10.0).into();
         }
-        if let Some(calls) = self.plugin_calls {
-            out["plugin_calls"] = calls.into();
+        if let Some(plugin) = &self.plugin {
+            out["plugin_calls"] = plugin.calls.into();
+            out["plugin_kept"] = plugin.kept.into();
         }
         if !self.per_member.is_empty() {
             out["per_member"] = self.per_member.clone().into();
@@ -204,6 +208,15 @@ impl Report {
         }
         out
     }
+}
+
+/// What the plugin of the plugin scenario did.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginFigures {
+    /// Calls it took for the records.
+    pub calls: u64,
+    /// Records its topic holds at the end: those it kept, and any it added.
+    pub kept: u64,
 }
 
 /// Connects the bench's clients.
@@ -343,7 +356,7 @@ async fn publish(
         latency: produced.latency,
         per_consumer: false,
         baseline: None,
-        plugin_calls: None,
+        plugin: None,
         topics_setup: None,
         per_member: Vec::new(),
         settings: settings.clone(),
@@ -368,7 +381,7 @@ async fn end_to_end(
         latency: consumed.latency,
         per_consumer: settings.scenario != Scenario::Group,
         baseline: None,
-        plugin_calls: None,
+        plugin: None,
         topics_setup: None,
         per_member: match settings.scenario {
             Scenario::Group => consumed.counts,
@@ -417,7 +430,7 @@ async fn group_run(
         latency: consumed.latency,
         per_consumer: false,
         baseline: None,
-        plugin_calls: None,
+        plugin: None,
         topics_setup: None,
         per_member: consumed.counts,
         settings: settings.clone(),
@@ -443,10 +456,13 @@ async fn plugin(
         ..TopicConfig::default()
     };
     admin.create_topic(&filtered[0], config).await?;
+    let params = match settings.plugin_params.is_empty() {
+        true => vec![("where".into(), "seq >= 0".into())],
+        false => settings.plugin_params.clone(),
+    };
     let stage = Stage {
         plugin: name.clone(),
-        // Keeps every record: the cost measured is the call, not fewer appends.
-        params: vec![("where".into(), "seq >= 0".into())],
+        params,
         on_error: OnError::FailClosed,
         attached_by: None,
     };
@@ -456,7 +472,10 @@ async fn plugin(
         let mut report = publish(settings, connector, &filtered, Payloads::Json).await?;
         report.baseline = Some(Box::new(baseline));
         let status = admin.plugin_status(&name).await?;
-        report.plugin_calls = Some(status.attachments.iter().map(|a| a.calls).sum());
+        report.plugin = Some(PluginFigures {
+            calls: status.attachments.iter().map(|a| a.calls).sum(),
+            kept: admin.describe_topic(&filtered[0]).await?.records,
+        });
         anyhow::Ok(report)
     }
     .await;

@@ -88,13 +88,19 @@ pub(super) struct BenchArgs {
     /// the run was cut short).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     time_limit: Duration,
-    /// The json-filter component for the plugin scenario.
+    /// The component the plugin scenario attaches to its topic [default: the
+    /// json-filter example, with `where=seq >= 0`, which keeps every record].
     #[arg(
         long,
         value_name = "FILE",
         default_value = "plugins/target/wasm32-wasip2/release/json_filter.wasm"
     )]
     plugin: PathBuf,
+    /// A parameter of the plugin scenario's attachment, NAME=VALUE (repeatable;
+    /// replaces the default `where=seq >= 0`). Records are JSON:
+    /// `{"seq":N,"ts":T,"pad":"…"}`.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = super::args::parse_header)]
+    params: Vec<(String, String)>,
     /// Leave the bench's topics and records on the broker (with --server: to measure a
     /// broker holding data).
     #[arg(long)]
@@ -147,6 +153,9 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    if !args.params.is_empty() && args.scenario != Scenario::Plugin {
+        bail!("--param sets the plugin scenario's parameters: use it with `quiver bench plugin`");
+    }
     let default_consumers = match args.scenario {
         Scenario::Publish | Scenario::Plugin => 0,
         Scenario::Fanout => 4,
@@ -170,6 +179,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         durability: args.durability.durability(),
         keep: args.keep,
         plugin,
+        plugin_params: args.params.clone(),
         progress: super::output::progress(Some(args.count), "acknowledged", false),
     };
     settings.validate()?;
@@ -314,10 +324,17 @@ fn text(report: &Report, rss_kib: Option<u64>) -> String {
         if let Some(cost) = report.cost_percent() {
             out.push_str(&format!("  throughput cost of the plugin: {cost:.1} %\n"));
         }
-        if let Some(calls) = report.plugin_calls.filter(|&calls| calls > 0) {
-            let per_call = report.published as f64 / calls as f64;
+        if let Some(plugin) = report.plugin {
+            if plugin.calls > 0 {
+                let per_call = report.published as f64 / plugin.calls as f64;
+                out.push_str(&format!(
+                    "  plugin calls: {} ({per_call:.1} records per call)\n",
+                    plugin.calls
+                ));
+            }
             out.push_str(&format!(
-                "  plugin calls: {calls} ({per_call:.1} records per call)\n"
+                "  records its topic holds: {} of the {} published\n",
+                plugin.kept, report.published
             ));
         }
     } else {
