@@ -19,6 +19,14 @@ fn bench(args: &[&str]) -> Value {
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
+/// Runs `quiver bench ARGS`, which must fail, and returns what it said.
+fn refused(args: &[&str]) -> String {
+    let dir = DataDir::new();
+    let out = cli(dir.root(), &[&["bench"], args].concat(), &[], "");
+    assert!(!out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn every_scenario_runs_and_counts_what_it_moved() {
     let publish = bench(&[
@@ -112,18 +120,10 @@ fn the_plugin_scenario_takes_the_attachments_parameters() {
         "dropped records are acknowledged too"
     );
     assert_eq!(plugin["plugin_kept"], 100, "{plugin}");
-
-    let dir = DataDir::new();
-    let out = cli(
-        dir.root(),
-        &["bench", "publish", "--param", "where=seq < 100"],
-        &[],
-        "",
-    );
-    assert!(!out.status.success());
+    let stderr = refused(&["publish", "--param", "where=seq < 100"]);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--param sets the plugin scenario's"),
-        "{out:?}"
+        stderr.contains("--param sets the plugin scenario's"),
+        "{stderr}"
     );
 }
 
@@ -157,10 +157,8 @@ fn a_run_cut_short_by_the_time_limit_says_so() {
 
 #[test]
 fn bad_settings_are_refused_with_a_message() {
-    let dir = DataDir::new();
-    let out = cli(dir.root(), &["bench", "publish", "--size", "8"], &[], "");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16 bytes"));
+    let stderr = refused(&["publish", "--size", "8"]);
+    assert!(stderr.contains("at least 16 bytes"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,15 +199,7 @@ async fn retention_given_to_the_bench_topics_is_applied_by_the_sweep() {
     )
     .await;
 
-    let dir = DataDir::new();
-    let refused = cli(
-        dir.root(),
-        &["bench", "publish", "--retain-records", "0"],
-        &[],
-        "",
-    );
-    assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let stderr = refused(&["publish", "--retain-records", "0"]);
     assert!(
         stderr.contains("--retain-records must be at least 1"),
         "{stderr}"
