@@ -2,8 +2,9 @@
 //!
 //! Every `interval` (or at once after a delete) each topic with limits is asked for
 //! its retention point, the first offset the limits allow, and trimmed to it; then
-//! deleted topics are purged. Both go through the storage writer in bounded steps, so
-//! publishes never wait behind a large clean-up.
+//! deleted topics are purged, and the state of removed plugins whose purge a restart
+//! cut short. All go through the storage writer in bounded steps, so publishes never
+//! wait behind a large clean-up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +71,10 @@ async fn sweep(broker: &Broker, shutdown: &CancellationToken) -> Result<usize, S
     for id in storage.pending_purges()? {
         let removed = until_done(shutdown, || storage.purge(id)).await?;
         debug!(id, chunks = removed, "deleted topic purged");
+    }
+    for plugin in storage.pending_state_purges()? {
+        let removed = until_done(shutdown, || storage.purge_state(plugin.clone())).await?;
+        debug!(plugin = %plugin, keys = removed, "removed plugin's state purged");
     }
     let dedup = broker.dedup();
     let horizon = now_ms().saturating_sub(dedup.window_ms());

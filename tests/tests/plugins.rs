@@ -340,6 +340,44 @@ async fn plugin_state_survives_a_restart() {
     );
 }
 
+/// Removing a plugin removes its state (in steps, after the plugin itself): deployed
+/// again under its name, it remembers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_deployed_again_after_its_removal_starts_without_state() {
+    let data = DataDir::new();
+    let broker = Broker::start_with(&data, &[]);
+    let client = broker.client().await;
+    create(&client, "events").await;
+    let window = Stage::new("dedup").param("window", "1h");
+    // More keys than one purge step removes.
+    const KEYS: usize = 5000;
+    let keyed = |tag: &str| -> Vec<NewRecord> {
+        (0..KEYS)
+            .map(|i| NewRecord::new(tag.to_owned()).with_key(format!("k{i}")))
+            .collect()
+    };
+    for round in ["first", "second"] {
+        deploy(&client, "dedup", example_plugin("dedup")).await;
+        client
+            .attach_plugin("events", window.clone())
+            .await
+            .unwrap();
+        let receipt = client.publish_batch("events", keyed(round)).await.unwrap();
+        assert_eq!(
+            (receipt.count as usize, receipt.dropped as usize),
+            (KEYS, 0),
+            "{round} deployment: every key is new to it: {receipt:?}"
+        );
+        let again = client
+            .publish_batch("events", keyed("again"))
+            .await
+            .unwrap();
+        assert_eq!(again.dropped as usize, KEYS, "and then remembered");
+        client.detach_plugin("events", "dedup").await.unwrap();
+        client.remove_plugin("dedup").await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_under_load_loses_and_doubles_nothing() {
     let data = DataDir::new();

@@ -84,6 +84,9 @@ impl Plugins {
         if read(&self.registry).contains_key(name) {
             return Err(AdminError::Exists(name.to_owned()));
         }
+        // A plugin removed under this name may have left state to purge (a restart
+        // cut its purge short): the new plugin starts with none.
+        self.storage.purge_all_state(name).await?;
         let record = PluginRecord {
             name: name.to_owned(),
             versions: Vec::new(),
@@ -165,7 +168,17 @@ impl Plugins {
         self.storage.remove_plugin(name.to_owned()).await?;
         write(&self.registry).remove(name);
         self.pinned.forget(name);
-        info!(plugin = name, "plugin removed");
+        // Its state goes in bounded steps, other writes going on between them. Should
+        // a step fail, the marker the removal wrote has the retention task (or the next
+        // deploy under this name) finish it.
+        match self.storage.purge_all_state(name).await {
+            Ok(keys) => info!(plugin = name, state_keys = keys, "plugin removed"),
+            Err(e) => warn!(
+                plugin = name,
+                cause = %e,
+                "plugin removed; purging its state failed, to be retried"
+            ),
+        }
         Ok(())
     }
 

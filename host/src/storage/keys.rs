@@ -12,6 +12,7 @@
 //! | `P` plugin-name                       | [`PluginRecord`](super::PluginRecord) (postcard) |
 //! | `W` sha256 (32 bytes) part (u32 BE)   | up to [`part_bytes`] of a plugin component |
 //! | `K` name-length (u8) plugin-name key  | a plugin's state value |
+//! | `k` plugin-name                       | empty: the removed plugin's state is still to be purged |
 //! | `g` group-name                        | [`GroupRecord`](super::GroupRecord) (postcard) |
 //! | `o` group-id topic-id                 | a group's cursor and counters in a topic (24 bytes), then its pending records delivered once and never nacked, as runs (varints; none before FORMAT 5) |
 //! | `u` group-id topic-id offset          | a pending record not in its lane's runs (delivered again, or nacked; before FORMAT 5, every one): deliveries (u32), not-before (u64) |
@@ -61,6 +62,7 @@ pub(super) const PURGE: u8 = b'p';
 pub(super) const PLUGIN: u8 = b'P';
 pub(super) const WASM: u8 = b'W';
 pub(super) const STATE: u8 = b'K';
+pub(super) const STATE_PURGE: u8 = b'k';
 pub(super) const GROUP: u8 = b'g';
 pub(super) const LANE: u8 = b'o';
 pub(super) const UNACKED: u8 = b'u';
@@ -128,6 +130,14 @@ pub(super) fn state_prefix(plugin: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(2 + plugin.len());
     key.push(STATE);
     key.push(len);
+    key.extend_from_slice(plugin.as_bytes());
+    key
+}
+
+/// The marker of a removed plugin whose state is still to be purged.
+pub(super) fn state_purge(plugin: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(1 + plugin.len());
+    key.push(STATE_PURGE);
     key.extend_from_slice(plugin.as_bytes());
     key
 }

@@ -387,11 +387,44 @@ impl Storage {
         .await
     }
 
-    /// Removes a plugin: its record, its state, and its components unless another
-    /// plugin uses the same bytes.
+    /// Removes a plugin: its record, and its components unless another plugin uses
+    /// the same bytes. Its state is left for [`Storage::purge_state`] (a marker
+    /// remembers it across restarts: [`Storage::pending_state_purges`]).
     pub async fn remove_plugin(&self, name: String) -> Result<(), StorageError> {
         self.ask(|reply| Command::RemovePlugin { name, reply })
             .await
+    }
+
+    /// Removes a bounded number of a removed plugin's state keys.
+    pub async fn purge_state(&self, plugin: String) -> Result<Cleanup, StorageError> {
+        self.ask(|reply| Command::PurgeState { plugin, reply })
+            .await
+    }
+
+    /// Removes all that is left of a removed plugin's state, a bounded step at a time
+    /// (nothing if there is none); returns the keys removed.
+    pub async fn purge_all_state(&self, plugin: &str) -> Result<usize, StorageError> {
+        let mut removed = 0;
+        loop {
+            let step = self.purge_state(plugin.to_owned()).await?;
+            removed += step.removed;
+            if !step.more {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Removed plugins whose state is still to be purged.
+    pub fn pending_state_purges(&self) -> Result<Vec<String>, StorageError> {
+        self.tree
+            .scan_prefix([keys::STATE_PURGE])
+            .keys()
+            .map(|key| {
+                let key = key?;
+                String::from_utf8(key[1..].to_vec())
+                    .map_err(|_| StorageError::corrupt("state purge marker of the wrong shape"))
+            })
+            .collect()
     }
 
     /// Creates a group with a lane per topic (topic id, cursor), durable when this

@@ -1885,3 +1885,69 @@ fn plain_keys_are_written_with_their_commit_and_taken_back_with_it() {
         storage.close().await;
     });
 }
+
+#[test]
+fn a_removed_plugins_state_is_purged_in_steps_that_outlive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // What `open_with_topic` opens.
+    let config = config(&dir, 100);
+    let rt = rt();
+    let set = |plugin: &str, key: u32| StateWrite {
+        plugin: plugin.into(),
+        key: key.to_be_bytes().to_vec(),
+        value: Some(b"seen".to_vec()),
+    };
+    let has = |storage: &Storage, plugin: &str, key: u32| {
+        storage
+            .state_get(plugin, &key.to_be_bytes())
+            .unwrap()
+            .is_some()
+    };
+    const KEYS: u32 = 10_000;
+    rt.block_on(async {
+        let (storage, log) = open_with_topic(&dir, "t").await;
+        for plugin in ["p", "q"] {
+            let record = PluginRecord {
+                name: plugin.into(),
+                versions: Vec::new(),
+            };
+            storage.put_plugin(record, None).await.unwrap();
+        }
+        let mut writes: Vec<StateWrite> = (0..KEYS).map(|key| set("p", key)).collect();
+        writes.push(set("q", 7));
+        append_durably(&storage, vec![(log, payloads(0..1))], writes, Vec::new()).await;
+
+        // The removal itself leaves the state, behind a marker.
+        storage.remove_plugin("p".into()).await.unwrap();
+        assert!(has(&storage, "p", 0) && has(&storage, "p", KEYS - 1));
+        assert_eq!(storage.pending_state_purges().unwrap(), ["p"]);
+        let step = storage.purge_state("p".into()).await.unwrap();
+        assert!(step.more && 0 < step.removed && step.removed < KEYS as usize);
+        storage.close().await;
+        drop(storage);
+
+        // A restart keeps the marker: the purge goes on where it stopped.
+        let (storage, topics) = reopen(&config);
+        assert_eq!(storage.pending_state_purges().unwrap(), ["p"]);
+        let rest = storage.purge_all_state("p").await.unwrap();
+        assert_eq!(step.removed + rest, KEYS as usize);
+        assert!(storage.pending_state_purges().unwrap().is_empty());
+        assert!((0..KEYS).all(|key| !has(&storage, "p", key)));
+        assert!(has(&storage, "q", 7), "another plugin's state stays");
+
+        // Without a marker a purge touches nothing: state written since belongs to a
+        // plugin deployed under the name again.
+        let log = topics[0].clone();
+        append_durably(
+            &storage,
+            vec![(log, payloads(1..2))],
+            vec![set("p", 1)],
+            Vec::new(),
+        )
+        .await;
+        let step = storage.purge_state("p".into()).await.unwrap();
+        assert_eq!((step.removed, step.more), (0, false));
+        assert!(has(&storage, "p", 1));
+        storage.close().await;
+    });
+}

@@ -173,6 +173,11 @@ pub(super) enum Command {
         id: u64,
         reply: Reply<Cleanup>,
     },
+    /// A step of purging a removed plugin's state.
+    PurgeState {
+        plugin: String,
+        reply: Reply<Cleanup>,
+    },
     /// Answered once everything queued before it is durable.
     Sync {
         reply: Reply<()>,
@@ -381,6 +386,7 @@ impl Writer {
             Command::Create { reply, .. } => refuse(reply, halted()),
             Command::Trim { reply, .. }
             | Command::Purge { reply, .. }
+            | Command::PurgeState { reply, .. }
             | Command::PurgeDedup { reply, .. } => refuse(reply, halted()),
             Command::TrimAll { reply, .. } => refuse(reply, halted()),
             Command::GroupWrites { name, .. } => {
@@ -431,6 +437,11 @@ impl Writer {
                     Command::Purge { id, reply } => {
                         self.commit(std::mem::replace(&mut group, self.empty_group()));
                         let purged = self.purge(id);
+                        let _ = reply.send(purged);
+                    }
+                    Command::PurgeState { plugin, reply } => {
+                        self.commit(std::mem::replace(&mut group, self.empty_group()));
+                        let purged = self.purge_state(&plugin);
                         let _ = reply.send(purged);
                     }
                     Command::PurgeDedup {
@@ -612,6 +623,7 @@ impl Writer {
             Command::Trim { .. }
             | Command::TrimAll { .. }
             | Command::Purge { .. }
+            | Command::PurgeState { .. }
             | Command::PurgeDedup { .. }
             | Command::Shutdown { .. } => {
                 unreachable!("run() handles clean-up and shutdown itself")
