@@ -479,7 +479,9 @@ async fn plugin(
         anyhow::Ok(report)
     }
     .await;
-    let _ = admin.delete_topic(&filtered[0]).await;
-    let _ = admin.remove_plugin(&name).await;
+    if !settings.keep {
+        let _ = admin.delete_topic(&filtered[0]).await;
+        let _ = admin.remove_plugin(&name).await;
+    }
     outcome
 }

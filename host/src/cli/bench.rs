@@ -101,8 +101,8 @@ pub(super) struct BenchArgs {
     /// `{"seq":N,"ts":T,"pad":"…"}`.
     #[arg(long = "param", value_name = "NAME=VALUE", value_parser = super::args::parse_header)]
     params: Vec<(String, String)>,
-    /// Leave the bench's topics and records on the broker (with --server: to measure a
-    /// broker holding data).
+    /// Leave the bench's topics and records on the broker, and the plugin scenario's
+    /// plugin (with --server: to measure a broker holding data).
     #[arg(long)]
     keep: bool,
     /// Print one JSON object instead of text.
