@@ -1,16 +1,11 @@
 //! Staging plugin writes: a plugin's record and component (in parts), its removal
-//! (with the components no other plugin uses; its state is purged after, in steps),
-//! and the state writes of a call, in the commit of the records it produced.
+//! (with the components no other plugin uses; its state is purged after, in steps, by
+//! `cleanup.rs`), and the state writes of a call, in the commit of the records it
+//! produced.
 
 use super::{CommitGroup, Writer};
 use crate::storage::keys;
-use crate::storage::{Cleanup, PluginRecord, StateWrite, StorageError};
-
-/// The most state keys one purge step removes: a step is one sled batch, and sled
-/// holds a copy of every tree node a batch changes until the batch is done (measured:
-/// removing a plugin with 200,000 state keys in one batch took the broker from 86 to
-/// 744–775 MiB; docs/performance.md, "A plugin's state removed in steps").
-pub(super) const STATE_PURGE_STEP: usize = 4096;
+use crate::storage::{PluginRecord, StateWrite, StorageError};
 
 impl Writer {
     /// Stages a plugin's record and, if given, its current component in parts.
@@ -74,37 +69,6 @@ impl Writer {
         }
         group.batch.remove(keys::plugin(name));
         Ok(())
-    }
-
-    /// Removes up to [`STATE_PURGE_STEP`] state keys of a removed plugin; its purge
-    /// marker goes with the last of them. Applied, not flushed: the next commit's flush
-    /// covers it, and a step the log loses leaves the marker, so the purge goes on.
-    /// Without a marker it does nothing: the state is that of a plugin deployed since
-    /// (a deploy finishes the purge first).
-    pub(super) fn purge_state(&mut self, plugin: &str) -> Result<Cleanup, StorageError> {
-        if !self.tree.contains_key(keys::state_purge(plugin))? {
-            return Ok(Cleanup {
-                removed: 0,
-                more: false,
-            });
-        }
-        let mut batch = sled::Batch::default();
-        let mut removed = 0;
-        for key in self
-            .tree
-            .scan_prefix(keys::state_prefix(plugin))
-            .keys()
-            .take(STATE_PURGE_STEP)
-        {
-            batch.remove(key?);
-            removed += 1;
-        }
-        let more = removed == STATE_PURGE_STEP;
-        if !more {
-            batch.remove(keys::state_purge(plugin));
-        }
-        self.apply(batch)?;
-        Ok(Cleanup { removed, more })
     }
 }
 
