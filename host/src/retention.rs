@@ -2,8 +2,9 @@
 //!
 //! Every `interval` (or at once after a delete) each topic with limits is asked for
 //! its retention point, the first offset the limits allow, and trimmed to it; then
-//! deleted topics are purged, and the state of removed plugins whose purge a restart
-//! cut short. All go through the storage writer in bounded steps, so publishes never
+//! deleted topics are purged, the lanes and pending records of deleted groups (and of
+//! lanes whose topic was deleted), and the state of removed plugins whose purge a
+//! restart cut short. All go through the storage writer in bounded steps, so publishes never
 //! wait behind a large clean-up.
 
 use std::sync::Arc;
@@ -71,6 +72,10 @@ async fn sweep(broker: &Broker, shutdown: &CancellationToken) -> Result<usize, S
     for id in storage.pending_purges()? {
         let removed = until_done(shutdown, || storage.purge(id)).await?;
         debug!(id, chunks = removed, "deleted topic purged");
+    }
+    for purge in storage.pending_group_purges()? {
+        let removed = until_done(shutdown, || storage.purge_group(purge)).await?;
+        debug!(group = purge.group, topic = ?purge.topic, keys = removed, "deleted group state purged");
     }
     for plugin in storage.pending_state_purges()? {
         let removed = until_done(shutdown, || storage.purge_state(plugin.clone())).await?;

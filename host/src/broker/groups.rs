@@ -107,6 +107,8 @@ impl Broker {
             .delete_group(name.to_owned(), group.record.id)
             .await?;
         self.groups.remove(name);
+        // Its lanes and pending records are purged in the background, in steps.
+        self.cleanup.notify_one();
         info!(group = name, "group deleted");
         Ok(())
     }

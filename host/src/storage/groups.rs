@@ -79,7 +79,61 @@ pub enum GroupWrite {
     },
 }
 
+/// Group keys left behind by a delete, purged later in bounded steps: a sled batch holds
+/// a copy of every tree node it changes, so removing a group's keys in the commit that
+/// deletes it would take memory in proportion to its pending records. A marker
+/// (`G` + ids) remembers the purge across restarts; group and topic ids are never
+/// reused, so nothing written since can match what a purge removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupPurge {
+    /// The group.
+    pub group: u64,
+    /// One lane, whose topic was deleted (its `u` keys), or the whole group (`None`: its
+    /// `o` and `u` keys).
+    pub topic: Option<u64>,
+}
+
+impl GroupPurge {
+    pub(super) fn marker(self) -> Vec<u8> {
+        keys::group_purge(self.group, self.topic)
+    }
+
+    /// The key prefixes it removes.
+    pub(super) fn prefixes(self) -> Vec<Vec<u8>> {
+        match self.topic {
+            None => vec![
+                keys::with_id(keys::LANE, self.group).to_vec(),
+                keys::with_id(keys::UNACKED, self.group).to_vec(),
+            ],
+            Some(topic) => vec![keys::with_offset(keys::UNACKED, self.group, topic).to_vec()],
+        }
+    }
+
+    fn from_marker(key: &[u8]) -> Option<Self> {
+        match key.len() {
+            9 => keys::numbers::<1>(key).map(|[group]| Self { group, topic: None }),
+            17 => keys::numbers::<2>(key).map(|[group, topic]| Self {
+                group,
+                topic: Some(topic),
+            }),
+            _ => None,
+        }
+    }
+}
+
 impl Storage {
+    /// Deleted groups and dropped lanes whose keys are still to be purged.
+    pub fn pending_group_purges(&self) -> Result<Vec<GroupPurge>, StorageError> {
+        self.tree
+            .scan_prefix([keys::GROUP_PURGE])
+            .keys()
+            .map(|key| {
+                GroupPurge::from_marker(&key?)
+                    .ok_or_else(|| StorageError::corrupt("group purge marker of the wrong shape"))
+            })
+            .collect()
+    }
+
     /// Every group with its lanes.
     pub fn groups(&self) -> Result<Vec<StoredGroup>, StorageError> {
         let corrupt =

@@ -16,6 +16,7 @@
 //! | `g` group-name                        | [`GroupRecord`](super::GroupRecord) (postcard) |
 //! | `o` group-id topic-id                 | a group's cursor and counters in a topic (24 bytes), then its pending records delivered once and never nacked, as runs (varints; none before FORMAT 5) |
 //! | `u` group-id topic-id offset          | a pending record not in its lane's runs (delivered again, or nacked; before FORMAT 5, every one): deliveries (u32), not-before (u64) |
+//! | `G` group-id [topic-id]               | empty: the `o` and `u` keys of a deleted group (or, with a topic id, the `u` keys of a lane whose topic was deleted) are still to be purged |
 //! | `d` time (ms) unique-id               | the ids and receipts of one commit's publishes, for deduplicating retries (postcard) |
 //! | `m` topic-id broker-id (u128 BE) origin-topic-id | a link mark: the origin offset expected next (u64 BE), the origin topic's name |
 //! | `l` link-name                         | [`LinkRecord`](super::LinkRecord) (postcard) |
@@ -66,6 +67,7 @@ pub(super) const STATE_PURGE: u8 = b'k';
 pub(super) const GROUP: u8 = b'g';
 pub(super) const LANE: u8 = b'o';
 pub(super) const UNACKED: u8 = b'u';
+pub(super) const GROUP_PURGE: u8 = b'G';
 pub(super) const DEDUP: u8 = b'd';
 pub(super) const MARK: u8 = b'm';
 pub(super) const LINK: u8 = b'l';
@@ -161,6 +163,15 @@ pub(super) fn group(name: &str) -> Vec<u8> {
     key.push(GROUP);
     key.extend_from_slice(name.as_bytes());
     key
+}
+
+/// The marker of a deleted group (no topic), or of a lane dropped with its topic, whose
+/// keys are still to be purged.
+pub(super) fn group_purge(group: u64, topic: Option<u64>) -> Vec<u8> {
+    match topic {
+        None => with_id(GROUP_PURGE, group).to_vec(),
+        Some(topic) => with_offset(GROUP_PURGE, group, topic).to_vec(),
+    }
 }
 
 pub(super) fn unacked(group: u64, topic: u64, offset: u64) -> [u8; 25] {

@@ -62,7 +62,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use error::StorageError;
 use flusher::Flusher;
-pub use groups::{GroupRecord, GroupWrite, StoredGroup, StoredLane};
+pub use groups::{GroupPurge, GroupRecord, GroupWrite, StoredGroup, StoredLane};
 pub use journal::DEFAULT_JOURNAL_BYTES;
 pub use keys::LogStats;
 pub use links::{LinkCursor, LinkRecord, Mark, MarkKey, MarkWrite, Marks, Provenance};
@@ -442,10 +442,17 @@ impl Storage {
         .await
     }
 
-    /// Deletes a group with its lanes and pending records, durable when this returns.
+    /// Deletes a group, durable when this returns. Its lanes and pending records are
+    /// left for [`Storage::purge_group`] (a marker remembers them across restarts:
+    /// [`Storage::pending_group_purges`]).
     pub async fn delete_group(&self, name: String, id: u64) -> Result<(), StorageError> {
         self.ask(|reply| Command::DeleteGroup { name, id, reply })
             .await
+    }
+
+    /// Removes a bounded number of a deleted group's keys, or of a dropped lane's.
+    pub async fn purge_group(&self, purge: GroupPurge) -> Result<Cleanup, StorageError> {
+        self.ask(|reply| Command::PurgeGroup { purge, reply }).await
     }
 
     /// Queues changes to a group's state; they become durable with the next group

@@ -1951,3 +1951,135 @@ fn a_removed_plugins_state_is_purged_in_steps_that_outlive_a_restart() {
         storage.close().await;
     });
 }
+
+#[test]
+fn a_deleted_groups_keys_are_purged_in_steps_that_outlive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // What `open_with_topic` opens.
+    let config = config(&dir, 100);
+    let rt = rt();
+    const PENDING: u64 = 10_000;
+    let keys_of = |storage: &Storage, prefix: &[u8]| storage.tree.scan_prefix(prefix).count();
+    rt.block_on(async {
+        let (storage, log) = open_with_topic(&dir, "t").await;
+        let other = storage
+            .create_topic(name("u"), Retention::default())
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for group in ["deleted", "kept"] {
+            let record = GroupRecord {
+                id: storage.generate_id().unwrap(),
+                name: group.into(),
+                settings: GroupSettings::new("*"),
+                created_ms: 1,
+            };
+            let lanes = vec![(log.id(), PENDING), (other.id(), PENDING)];
+            storage.create_group(record.clone(), lanes).await.unwrap();
+            // Every record of both lanes nacked: a key of its own each.
+            let writes = [log.id(), other.id()]
+                .into_iter()
+                .flat_map(|topic| {
+                    (0..PENDING).map(move |offset| GroupWrite::Pending {
+                        topic,
+                        offset,
+                        entry: Some((1, u64::MAX)),
+                    })
+                })
+                .collect();
+            storage
+                .group_writes(group.into(), record.id, writes)
+                .await
+                .unwrap();
+            ids.push(record.id);
+        }
+        storage.sync().await.unwrap();
+        let [deleted, kept] = ids[..] else {
+            unreachable!()
+        };
+
+        // The deletion itself leaves the keys, behind a marker.
+        storage
+            .delete_group("deleted".into(), deleted)
+            .await
+            .unwrap();
+        assert_eq!(storage.groups().unwrap().len(), 1);
+        let whole = GroupPurge {
+            group: deleted,
+            topic: None,
+        };
+        assert_eq!(storage.pending_group_purges().unwrap(), [whole]);
+        let unacked = keys::with_id(keys::UNACKED, deleted);
+        assert_eq!(keys_of(&storage, &unacked), 2 * PENDING as usize);
+        let step = storage.purge_group(whole).await.unwrap();
+        assert!(step.more && 0 < step.removed && step.removed < PENDING as usize);
+        storage.close().await;
+        drop(storage);
+
+        // A restart keeps the marker: the purge goes on where it stopped.
+        let (storage, _) = reopen(&config);
+        assert_eq!(storage.pending_group_purges().unwrap(), [whole]);
+        // Two lanes and their pending records.
+        let rest = purge_group_to_the_end(&storage, whole).await;
+        assert_eq!(step.removed + rest, 2 + 2 * PENDING as usize);
+        assert!(storage.pending_group_purges().unwrap().is_empty());
+        assert_eq!(keys_of(&storage, &keys::with_id(keys::LANE, deleted)), 0);
+        assert_eq!(keys_of(&storage, &unacked), 0);
+
+        // The other group is whole. Dropping one of its lanes (its topic deleted)
+        // leaves that lane's pending records to a purge of their own.
+        let lanes = &storage.groups().unwrap()[0].lanes;
+        assert_eq!(lanes.len(), 2);
+        assert!(
+            lanes
+                .iter()
+                .all(|lane| lane.pending.len() == PENDING as usize)
+        );
+        let drop = vec![GroupWrite::DropLane { topic: other.id() }];
+        storage
+            .group_writes("kept".into(), kept, drop)
+            .await
+            .unwrap();
+        storage.sync().await.unwrap();
+        let lane = GroupPurge {
+            group: kept,
+            topic: Some(other.id()),
+        };
+        assert_eq!(storage.pending_group_purges().unwrap(), [lane]);
+        let lanes = &storage.groups().unwrap()[0].lanes;
+        assert_eq!((lanes.len(), lanes[0].topic), (1, log.id()));
+        assert_eq!(
+            purge_group_to_the_end(&storage, lane).await,
+            PENDING as usize
+        );
+        assert!(storage.pending_group_purges().unwrap().is_empty());
+        let unacked = keys::with_id(keys::UNACKED, kept);
+        assert_eq!(
+            keys_of(&storage, &unacked),
+            PENDING as usize,
+            "the other lane's stay"
+        );
+
+        // Without a marker a purge touches nothing.
+        let unmarked = GroupPurge {
+            group: kept,
+            topic: Some(log.id()),
+        };
+        let step = storage.purge_group(unmarked).await.unwrap();
+        assert_eq!((step.removed, step.more), (0, false));
+        assert_eq!(keys_of(&storage, &unacked), PENDING as usize);
+        storage.close().await;
+    });
+}
+
+/// Runs a group purge's steps until none is left; returns the keys removed.
+async fn purge_group_to_the_end(storage: &Storage, purge: GroupPurge) -> usize {
+    let mut removed = 0;
+    loop {
+        let step = storage.purge_group(purge).await.unwrap();
+        removed += step.removed;
+        if !step.more {
+            return removed;
+        }
+    }
+}

@@ -1,13 +1,13 @@
 //! The background clean-up's writes, each a bounded step run alone between group
-//! commits: trimming a topic to its retention, purging a deleted topic's chunks and a
-//! removed plugin's state.
+//! commits: trimming a topic to its retention, purging a deleted topic's chunks, a
+//! removed plugin's state and a deleted group's keys.
 
 use std::sync::Arc;
 
 use super::Writer;
 use crate::storage::keys::{self, ChunkMeta};
 use crate::storage::read::{LogReader, decode_index};
-use crate::storage::{Cleanup, StorageError, TopicLog};
+use crate::storage::{Cleanup, GroupPurge, StorageError, TopicLog};
 
 /// The most chunks (or dedup entries) one clean-up step removes, so appends never wait
 /// long.
@@ -16,11 +16,12 @@ pub(super) const CLEANUP_STEP: usize = 256;
 /// The most chunks one trim of many topics removes (a few per topic, usually).
 const TRIM_ALL_STEP: usize = 4 * CLEANUP_STEP;
 
-/// The most state keys one purge step removes: a step is one sled batch, and sled
-/// holds a copy of every tree node a batch changes until the batch is done (measured:
-/// removing a plugin with 200,000 state keys in one batch took the broker from 86 to
-/// 744–775 MiB; docs/performance.md, "A plugin's state removed in steps").
-const STATE_PURGE_STEP: usize = 4096;
+/// The most keys one purge of a removed plugin's state or a deleted group's keys
+/// removes: a step is one sled batch, and sled holds a copy of every tree node a batch
+/// changes until the batch is done (measured: removing a plugin with 200,000 state keys
+/// in one batch took the broker from 86 to 744–775 MiB; docs/performance.md, "A
+/// plugin's state removed in steps").
+const KEY_PURGE_STEP: usize = 4096;
 
 impl Writer {
     /// Moves a topic's first offset up to `first` and removes up to [`CLEANUP_STEP`]
@@ -139,13 +140,29 @@ impl Writer {
         Ok(Cleanup { removed, more })
     }
 
-    /// Removes up to [`STATE_PURGE_STEP`] state keys of a removed plugin; its purge
-    /// marker goes with the last of them. Applied, not flushed: the next commit's flush
-    /// covers it, and a step the log loses leaves the marker, so the purge goes on.
-    /// Without a marker it does nothing: the state is that of a plugin deployed since
-    /// (a deploy finishes the purge first).
+    /// Removes up to [`KEY_PURGE_STEP`] state keys of a removed plugin; its purge
+    /// marker goes with the last of them. Without a marker it does nothing: the state
+    /// is that of a plugin deployed since (a deploy finishes the purge first).
     pub(super) fn purge_state(&mut self, plugin: &str) -> Result<Cleanup, StorageError> {
-        if !self.tree.contains_key(keys::state_purge(plugin))? {
+        self.purge_marked(&keys::state_purge(plugin), &[keys::state_prefix(plugin)])
+    }
+
+    /// Removes up to [`KEY_PURGE_STEP`] keys of a deleted group, or of a lane dropped
+    /// with its topic; the marker goes with the last of them.
+    pub(super) fn purge_group(&mut self, purge: GroupPurge) -> Result<Cleanup, StorageError> {
+        self.purge_marked(&purge.marker(), &purge.prefixes())
+    }
+
+    /// Removes up to [`KEY_PURGE_STEP`] keys under `prefixes`, and `marker` with the
+    /// last of them; nothing if there is no `marker`. Applied, not flushed: the next
+    /// commit's flush covers it, and a step the log loses leaves the marker, so the
+    /// purge goes on.
+    fn purge_marked(
+        &mut self,
+        marker: &[u8],
+        prefixes: &[Vec<u8>],
+    ) -> Result<Cleanup, StorageError> {
+        if !self.tree.contains_key(marker)? {
             return Ok(Cleanup {
                 removed: 0,
                 more: false,
@@ -153,18 +170,17 @@ impl Writer {
         }
         let mut batch = sled::Batch::default();
         let mut removed = 0;
-        for key in self
-            .tree
-            .scan_prefix(keys::state_prefix(plugin))
-            .keys()
-            .take(STATE_PURGE_STEP)
-        {
+        let keys = prefixes
+            .iter()
+            .flat_map(|prefix| self.tree.scan_prefix(prefix).keys())
+            .take(KEY_PURGE_STEP);
+        for key in keys {
             batch.remove(key?);
             removed += 1;
         }
-        let more = removed == STATE_PURGE_STEP;
+        let more = removed == KEY_PURGE_STEP;
         if !more {
-            batch.remove(keys::state_purge(plugin));
+            batch.remove(marker);
         }
         self.apply(batch)?;
         Ok(Cleanup { removed, more })

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use super::{CommitGroup, Writer};
 use crate::storage::groups::encode_lane;
 use crate::storage::keys;
-use crate::storage::{GroupRecord, GroupWrite, StorageError};
+use crate::storage::{GroupPurge, GroupRecord, GroupWrite, StorageError};
 
 impl Writer {
     /// Stages a new group with a lane per topic (topic id, cursor), refusing a name
@@ -66,14 +66,12 @@ impl Writer {
         }
         group.deleted_groups.insert(id);
         group.batch.remove(keys::group(name));
-        for prefix in [
-            keys::with_id(keys::LANE, id),
-            keys::with_id(keys::UNACKED, id),
-        ] {
-            for key in self.tree.scan_prefix(prefix).keys() {
-                group.batch.remove(key?);
-            }
-        }
+        // Its lanes and pending records go later, in steps (see `GroupPurge`).
+        let purge = GroupPurge {
+            group: id,
+            topic: None,
+        };
+        group.batch.insert(purge.marker(), &[]);
         group.touched = true;
         Ok(())
     }
@@ -119,12 +117,14 @@ impl Writer {
                 } => state.set(&keys::unacked(id, topic, offset), None),
                 GroupWrite::DropLane { topic } => {
                     state.set(&keys::with_offset(keys::LANE, id, topic), None);
-                    for key in self
-                        .tree
-                        .scan_prefix(keys::with_offset(keys::UNACKED, id, topic))
-                        .keys()
-                    {
-                        state.set(&key?, None);
+                    // Its pending records go later, in steps (see `GroupPurge`).
+                    let purge = GroupPurge {
+                        group: id,
+                        topic: Some(topic),
+                    };
+                    let prefix = &purge.prefixes()[0];
+                    if self.tree.scan_prefix(prefix).next().is_some() {
+                        state.set(&purge.marker(), Some(Vec::new()));
                     }
                 }
             }

@@ -66,9 +66,9 @@ use super::journal::{self, Held, Journal};
 use super::keys;
 use super::log::{AttachedStage, Piece, TopicMeta};
 use super::{
-    Appended, Cleanup, Committed, GroupRecord, GroupWrite, LinkCursor, LinkRecord, Mark, MarkKey,
-    MarkWrite, Marks, PluginRecord, PublishLayout, StateWrite, StorageError, StorageMetrics,
-    TopicLog, TopicRecords, TopicSettings,
+    Appended, Cleanup, Committed, GroupPurge, GroupRecord, GroupWrite, LinkCursor, LinkRecord,
+    Mark, MarkKey, MarkWrite, Marks, PluginRecord, PublishLayout, StateWrite, StorageError,
+    StorageMetrics, TopicLog, TopicRecords, TopicSettings,
 };
 use dedup::stage_receipts;
 use groups::GroupKeys;
@@ -176,6 +176,11 @@ pub(super) enum Command {
     /// A step of purging a removed plugin's state.
     PurgeState {
         plugin: String,
+        reply: Reply<Cleanup>,
+    },
+    /// A step of purging a deleted group's keys, or a dropped lane's.
+    PurgeGroup {
+        purge: GroupPurge,
         reply: Reply<Cleanup>,
     },
     /// Answered once everything queued before it is durable.
@@ -387,6 +392,7 @@ impl Writer {
             Command::Trim { reply, .. }
             | Command::Purge { reply, .. }
             | Command::PurgeState { reply, .. }
+            | Command::PurgeGroup { reply, .. }
             | Command::PurgeDedup { reply, .. } => refuse(reply, halted()),
             Command::TrimAll { reply, .. } => refuse(reply, halted()),
             Command::GroupWrites { name, .. } => {
@@ -442,6 +448,11 @@ impl Writer {
                     Command::PurgeState { plugin, reply } => {
                         self.commit(std::mem::replace(&mut group, self.empty_group()));
                         let purged = self.purge_state(&plugin);
+                        let _ = reply.send(purged);
+                    }
+                    Command::PurgeGroup { purge, reply } => {
+                        self.commit(std::mem::replace(&mut group, self.empty_group()));
+                        let purged = self.purge_group(purge);
                         let _ = reply.send(purged);
                     }
                     Command::PurgeDedup {
@@ -624,6 +635,7 @@ impl Writer {
             | Command::TrimAll { .. }
             | Command::Purge { .. }
             | Command::PurgeState { .. }
+            | Command::PurgeGroup { .. }
             | Command::PurgeDedup { .. }
             | Command::Shutdown { .. } => {
                 unreachable!("run() handles clean-up and shutdown itself")
