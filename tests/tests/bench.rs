@@ -205,3 +205,62 @@ async fn retention_given_to_the_bench_topics_is_applied_by_the_sweep() {
         "{stderr}"
     );
 }
+
+/// `--nack-delay`: the members nack every delivery instead of acking it, so a delay
+/// longer than the run leaves each record delivered once and pending (`--keep` keeps
+/// the group to show it); without `--keep` the bench deletes its group and topics,
+/// leaving no dead-letter topic behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_can_nack_everything() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let run = |keep: bool| {
+        let mut args = vec![
+            "bench",
+            "group",
+            "--prefill",
+            "--count",
+            "3000",
+            "--consumers",
+            "2",
+            "--nack-delay",
+            "1h",
+            "--json",
+        ];
+        if keep {
+            args.push("--keep");
+        }
+        let out = succeeded(broker.cli(&data, &args, ""));
+        let report: Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+        assert_eq!(report["nack_delay_ms"], 3_600_000, "{report}");
+        let per_member: Vec<u64> = serde_json::from_value(report["per_member"].clone()).unwrap();
+        assert_eq!(
+            per_member.iter().sum::<u64>(),
+            3000,
+            "each record delivered once: {report}"
+        );
+    };
+    let client = broker.client().await;
+    run(true);
+    let groups = client.list_groups().await.unwrap();
+    assert_eq!(groups.len(), 1);
+    let group = client.describe_group(&groups[0].name).await.unwrap();
+    let pending: u64 = group.topics.iter().map(|lane| lane.pending).sum();
+    assert_eq!(pending, 3000, "every record nacked and waiting: {group:?}");
+    client.delete_group(&group.name).await.unwrap();
+    for topic in client.list_topics().await.unwrap() {
+        client.delete_topic(&topic.name).await.unwrap();
+    }
+
+    run(false);
+    assert!(client.list_groups().await.unwrap().is_empty());
+    let topics = client.list_topics().await.unwrap();
+    assert!(topics.is_empty(), "nothing left behind: {topics:?}");
+
+    let stderr = refused(&["publish", "--nack-delay", "1s"]);
+    assert!(
+        stderr.contains("--nack-delay is for the group scenario"),
+        "{stderr}"
+    );
+}

@@ -308,7 +308,9 @@ impl Consumers {
                     };
                     Stream::Subscription(client.subscribe(topic, options).await?)
                 }
-                Source::Group(name) => Stream::Member(client.join(name, None).await?),
+                Source::Group(name) => {
+                    Stream::Member(client.join(name, None).await?, settings.nack_delay)
+                }
             };
             let consumer = Consumer {
                 client,
@@ -364,7 +366,8 @@ impl Consumers {
 
 enum Stream {
     Subscription(quiver_client::Subscription),
-    Member(quiver_client::Member),
+    /// A group member, and the delay it nacks every delivery with (none: it acks).
+    Member(quiver_client::Member, Option<Duration>),
 }
 
 struct Consumer {
@@ -386,7 +389,7 @@ impl Consumer {
         };
         match self.stream {
             Stream::Subscription(_) => received >= expected,
-            Stream::Member(_) => self.group_received.load(Ordering::Acquire) >= expected,
+            Stream::Member(..) => self.group_received.load(Ordering::Acquire) >= expected,
         }
     }
 
@@ -420,7 +423,7 @@ impl Consumer {
             }
             tally.last = Some(Instant::now());
         }
-        if let Stream::Member(member) = self.stream {
+        if let Stream::Member(member, _) = self.stream {
             // The other members wait for more: the group has had everything.
             self.group_complete.cancel();
             member.leave().await?;
@@ -443,15 +446,18 @@ impl Consumer {
     }
 }
 
-/// The next record, acknowledged at once when it came from a group.
+/// The next record, settled at once when it came from a group.
 async fn next_record(stream: &mut Stream) -> anyhow::Result<Option<Record>> {
     match stream {
         Stream::Subscription(sub) => Ok(sub.next().await.transpose()?),
-        Stream::Member(member) => match member.next().await {
+        Stream::Member(member, nack_delay) => match member.next().await {
             Some(delivery) => {
                 let delivery = delivery?;
                 let record = delivery.record.clone();
-                delivery.ack()?;
+                match *nack_delay {
+                    Some(delay) => delivery.nack(delay)?,
+                    None => delivery.ack()?,
+                }
                 Ok(Some(record))
             }
             None => Ok(None),

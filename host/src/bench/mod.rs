@@ -84,6 +84,8 @@ pub struct Settings {
     /// group: publish every record first, then start the members and time only their
     /// drain of the queue.
     pub prefill: bool,
+    /// group: members nack every delivery with this delay instead of acking it.
+    pub nack_delay: Option<Duration>,
     /// The run stops publishing after this long.
     pub time_limit: Duration,
     /// Topics the records are spread over.
@@ -93,7 +95,8 @@ pub struct Settings {
     pub retain_records: Option<u64>,
     /// When the topics' publishes are acknowledged.
     pub durability: Durability,
-    /// Leave the topics and their records on the broker at the end.
+    /// Leave the topics and their records on the broker at the end, and the group or
+    /// plugin the scenario made.
     pub keep: bool,
     /// The plugin's component (plugin scenario).
     pub plugin: Option<Bytes>,
@@ -205,6 +208,9 @@ impl Report {
             out["per_member"] = self.per_member.clone().into();
             out["prefetch"] = s.prefetch.into();
             out["prefill"] = s.prefill.into();
+            if let Some(delay) = s.nack_delay {
+                out["nack_delay_ms"] = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).into();
+            }
         }
         out
     }
@@ -246,6 +252,9 @@ impl Settings {
         }
         if self.prefill && self.scenario != Scenario::Group {
             bail!("--prefill is for the group scenario");
+        }
+        if self.nack_delay.is_some() && self.scenario != Scenario::Group {
+            bail!("--nack-delay is for the group scenario");
         }
         if self.retain_records == Some(0) {
             bail!("--retain-records must be at least 1");
@@ -302,7 +311,9 @@ pub async fn run(settings: Settings, connector: Arc<dyn Connector>) -> anyhow::R
                 let group = format!("bench-{suffix}");
                 let result =
                     group_run(&settings, &connector, &admin, &topics, &pattern, &group).await;
-                let _ = admin.delete_group(&group).await;
+                if !settings.keep {
+                    let _ = admin.delete_group(&group).await;
+                }
                 result
             }
             Scenario::Plugin => plugin(&settings, &connector, &admin, &topics, &suffix).await,
@@ -402,6 +413,12 @@ async fn group_run(
     let group_settings = GroupSettings {
         from: StartAt::Earliest,
         prefetch: settings.prefetch,
+        // Members that nack everything would otherwise fill dead-letter topics,
+        // which the bench would leave behind.
+        max_deliveries: match settings.nack_delay {
+            Some(_) => u32::MAX,
+            None => GroupSettings::DEFAULT_MAX_DELIVERIES,
+        },
         ..GroupSettings::new(pattern)
     };
     admin.create_group(group, group_settings).await?;

@@ -74,6 +74,11 @@ pub(super) struct BenchArgs {
     /// their drain of the queue.
     #[arg(long)]
     prefill: bool,
+    /// group: members nack every delivery with this delay instead of acking it, the
+    /// load of a queue whose downstream is down (nothing is dead-lettered; a delay
+    /// longer than the run leaves every record pending when the group is deleted).
+    #[arg(long, value_name = "DELAY", value_parser = humantime::parse_duration)]
+    nack_delay: Option<Duration>,
     /// Topics to spread the records over (each publish goes to the next in turn;
     /// consumers subscribe to a pattern matching them all).
     #[arg(long, default_value_t = 1)]
@@ -101,8 +106,9 @@ pub(super) struct BenchArgs {
     /// `{"seq":N,"ts":T,"pad":"…"}`.
     #[arg(long = "param", value_name = "NAME=VALUE", value_parser = super::args::parse_header)]
     params: Vec<(String, String)>,
-    /// Leave the bench's topics and records on the broker, and the plugin scenario's
-    /// plugin (with --server: to measure a broker holding data).
+    /// Leave the bench's topics and records on the broker, the group scenario's group
+    /// and the plugin scenario's plugin (with --server: to measure a broker holding
+    /// data).
     #[arg(long)]
     keep: bool,
     /// Print one JSON object instead of text.
@@ -173,6 +179,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         batch: args.batch,
         prefetch: args.prefetch,
         prefill: args.prefill,
+        nack_delay: args.nack_delay,
         time_limit: args.time_limit,
         topics: args.topics,
         retain_records: args.retain_records,
@@ -351,7 +358,11 @@ fn text(report: &Report, rss_kib: Option<u64>) -> String {
     if !report.per_member.is_empty() {
         let counts: Vec<String> = report.per_member.iter().map(u64::to_string).collect();
         out.push_str(&format!(
-            "  acked per member (prefetch {}{}): {}\n",
+            "  {} per member (prefetch {}{}): {}\n",
+            match report.settings.nack_delay {
+                Some(_) => "nacked",
+                None => "acked",
+            },
             report.settings.prefetch,
             match report.settings.prefill {
                 true => ", queue filled first, drain timed",

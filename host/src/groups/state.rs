@@ -78,6 +78,10 @@ pub struct Lane {
     pub dead_lettered: u64,
     /// Free records whose `not_before` has passed, by offset.
     free: BTreeSet<u64>,
+    /// The plain records among the pending ones (see [`Pending::is_plain`]), so that
+    /// writing the lane costs what it holds, not every record waiting to be delivered
+    /// again (a queue nacking everything with a delay holds all its records pending).
+    plain: BTreeSet<u64>,
 }
 
 impl Lane {
@@ -88,23 +92,27 @@ impl Lane {
         redelivered: u64,
         dead_lettered: u64,
     ) -> Self {
+        let plain = pending
+            .iter()
+            .filter(|(_, p)| p.is_plain())
+            .map(|(&offset, _)| offset)
+            .collect();
         Self {
             cursor,
             pending,
             redelivered,
             dead_lettered,
             free: BTreeSet::new(),
+            plain,
         }
     }
 
     /// The plain pending records (see [`Pending::is_plain`]) as runs of consecutive
-    /// offsets: (first, count), in offset order.
+    /// offsets: (first, count), in offset order. Costs the plain records, not every
+    /// pending one.
     pub fn plain_runs(&self) -> Vec<(u64, u64)> {
         let mut runs: Vec<(u64, u64)> = Vec::new();
-        for (&offset, pending) in &self.pending {
-            if !pending.is_plain() {
-                continue;
-            }
+        for &offset in &self.plain {
             match runs.last_mut() {
                 Some((first, count)) if *first + *count == offset => *count += 1,
                 _ => runs.push((offset, 1)),
@@ -299,11 +307,17 @@ impl GroupState {
     /// Notes for storage that a pending record changed from `before` (what was stored
     /// of it: `None` when plain or new) to what it is now.
     fn changed(&mut self, topic: TopicId, offset: u64, before: Option<(u32, u64)>) {
-        let now = self
-            .lanes
-            .get(&topic)
-            .and_then(|lane| lane.pending.get(&offset))
+        let Some(lane) = self.lanes.get_mut(&topic) else {
+            return;
+        };
+        let now = lane
+            .pending
+            .get(&offset)
             .map(|p| (p.is_plain(), p.stored()));
+        match now {
+            Some((true, _)) => lane.plain.insert(offset),
+            _ => lane.plain.remove(&offset),
+        };
         match now {
             Some((true, _)) => {
                 // A plain record lives in its lane's runs.
@@ -333,6 +347,9 @@ impl GroupState {
                 self.dirty_pending.insert((topic, offset));
             }
             None => {
+                if let Some(lane) = self.lanes.get_mut(&topic) {
+                    lane.plain.remove(&offset);
+                }
                 self.dirty_lanes.insert(topic);
             }
         }
@@ -428,6 +445,7 @@ impl GroupState {
                     not_before: 0,
                 },
             );
+            lane.plain.insert(offset);
             before = None;
             deliveries = 1;
         } else {

@@ -372,6 +372,15 @@ proptest! {
                 }
             }
             prop_assert!(lane.pending.keys().all(|o| model.recs.contains_key(o)));
+            // The plain records' index agrees with the pending records it indexes.
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for (&offset, _) in lane.pending.iter().filter(|(_, p)| p.is_plain()) {
+                match runs.last_mut() {
+                    Some((first, count)) if *first + *count == offset => *count += 1,
+                    _ => runs.push((offset, 1)),
+                }
+            }
+            prop_assert_eq!(lane.plain_runs(), runs);
             prop_assert_eq!(&dead, &model.dead);
             for member in 0..3 {
                 prop_assert_eq!(state.held(member), model.held_by(member).len());
@@ -392,6 +401,8 @@ fn records_trimmed_away_leave_the_pending_set() {
     let again = state.assign(2, 5, 0, POLICY, |_| (3, 5));
     assert_eq!(again.iter().map(|d| d.offset).collect::<Vec<_>>(), [3, 4]);
     assert_eq!(state.held(2), 2);
+    // Delivered twice now, so no plain record is left to store with the lane.
+    assert_eq!(state.lanes()[&TOPIC].plain_runs(), []);
 }
 
 #[test]
