@@ -4,8 +4,8 @@
 //! its retention point, the first offset the limits allow, and trimmed to it; then
 //! deleted topics are purged, the lanes and pending records of deleted groups (and of
 //! lanes whose topic was deleted), and the state of removed plugins whose purge a
-//! restart cut short. All go through the storage writer in bounded steps, so publishes never
-//! wait behind a large clean-up.
+//! restart cut short. All go through the storage writer in bounded steps, so publishes
+//! never wait behind a large clean-up.
 
 use std::sync::Arc;
 use std::time::Duration;

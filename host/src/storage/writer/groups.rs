@@ -117,15 +117,13 @@ impl Writer {
                 } => state.set(&keys::unacked(id, topic, offset), None),
                 GroupWrite::DropLane { topic } => {
                     state.set(&keys::with_offset(keys::LANE, id, topic), None);
-                    // Its pending records go later, in steps (see `GroupPurge`).
+                    // Its pending records go later, in steps (see `GroupPurge`): those
+                    // stored, and any this commit writes before the drop.
                     let purge = GroupPurge {
                         group: id,
                         topic: Some(topic),
                     };
-                    let prefix = &purge.prefixes()[0];
-                    if self.tree.scan_prefix(prefix).next().is_some() {
-                        state.set(&purge.marker(), Some(Vec::new()));
-                    }
+                    state.set(&purge.marker(), Some(Vec::new()));
                 }
             }
         }
