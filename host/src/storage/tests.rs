@@ -1830,6 +1830,12 @@ fn plain_keys_are_written_with_their_commit_and_taken_back_with_it() {
             .create_topic(name("t"), Retention::default())
             .await
             .unwrap();
+        // State is written only for a deployed plugin.
+        let record = PluginRecord {
+            name: "p".into(),
+            versions: Vec::new(),
+        };
+        storage.put_plugin(record, None).await.unwrap();
         for (records, writes) in [
             (0..2, vec![set("seen", Some("1")), set("gone", Some("x"))]),
             (2..3, vec![set("seen", Some("2")), set("gone", None)]),
@@ -1935,16 +1941,25 @@ fn a_removed_plugins_state_is_purged_in_steps_that_outlive_a_restart() {
         assert!((0..KEYS).all(|key| !has(&storage, "p", key)));
         assert!(has(&storage, "q", 7), "another plugin's state stays");
 
+        // A call that ran before the removal and commits after it writes no state:
+        // it would outlive the purge.
+        let log = topics[0].clone();
+        let late = vec![(log.clone(), payloads(1..2))];
+        append_durably(&storage, late, vec![set("p", 1)], Vec::new()).await;
+        assert!(
+            !has(&storage, "p", 1),
+            "a removed plugin's late state is dropped"
+        );
+
         // Without a marker a purge touches nothing: state written since belongs to a
         // plugin deployed under the name again.
-        let log = topics[0].clone();
-        append_durably(
-            &storage,
-            vec![(log, payloads(1..2))],
-            vec![set("p", 1)],
-            Vec::new(),
-        )
-        .await;
+        let record = PluginRecord {
+            name: "p".into(),
+            versions: Vec::new(),
+        };
+        storage.put_plugin(record, None).await.unwrap();
+        let again = vec![(log, payloads(2..3))];
+        append_durably(&storage, again, vec![set("p", 1)], Vec::new()).await;
         let step = storage.purge_state("p".into()).await.unwrap();
         assert_eq!((step.removed, step.more), (0, false));
         assert!(has(&storage, "p", 1));
@@ -2027,7 +2042,8 @@ fn a_deleted_groups_keys_are_purged_in_steps_that_outlive_a_restart() {
         assert_eq!(keys_of(&storage, &unacked), 0);
 
         // The other group is whole. Dropping one of its lanes (its topic deleted)
-        // leaves that lane's pending records to a purge of their own.
+        // leaves that lane's pending records to a purge of their own, with one the
+        // same commit writes just before the drop.
         let lanes = &storage.groups().unwrap()[0].lanes;
         assert_eq!(lanes.len(), 2);
         assert!(
@@ -2035,7 +2051,14 @@ fn a_deleted_groups_keys_are_purged_in_steps_that_outlive_a_restart() {
                 .iter()
                 .all(|lane| lane.pending.len() == PENDING as usize)
         );
-        let drop = vec![GroupWrite::DropLane { topic: other.id() }];
+        let drop = vec![
+            GroupWrite::Pending {
+                topic: other.id(),
+                offset: PENDING,
+                entry: Some((1, u64::MAX)),
+            },
+            GroupWrite::DropLane { topic: other.id() },
+        ];
         storage
             .group_writes("kept".into(), kept, drop)
             .await
@@ -2050,7 +2073,7 @@ fn a_deleted_groups_keys_are_purged_in_steps_that_outlive_a_restart() {
         assert_eq!((lanes.len(), lanes[0].topic), (1, log.id()));
         assert_eq!(
             purge_group_to_the_end(&storage, lane).await,
-            PENDING as usize
+            PENDING as usize + 1
         );
         assert!(storage.pending_group_purges().unwrap().is_empty());
         let unacked = keys::with_id(keys::UNACKED, kept);

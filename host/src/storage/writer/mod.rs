@@ -73,7 +73,6 @@ use super::{
 use dedup::stage_receipts;
 use groups::GroupKeys;
 use links::{stage_link_cursors, stage_mark};
-use plugins::stage_state;
 use topics::{SealedChunk, Staged, stage_delete, stage_pipeline, stage_settings};
 
 /// Commands queued before senders wait.
@@ -269,6 +268,9 @@ struct CommitGroup {
     deleted_groups: HashSet<u64>,
     /// Components written in this group, which a removal must not take away.
     components: HashSet<[u8; 32]>,
+    /// Whether each plugin whose state this group writes, stores or removes is
+    /// deployed (read once per group; see [`Writer::stage_state`]).
+    plugins: HashMap<String, bool>,
     /// Ids and receipts of the publishes in this commit that carried an id: stored
     /// as one entry (one sled key per commit, not per publish).
     dedup: Vec<(PublishId, Receipt)>,
@@ -529,7 +531,7 @@ impl Writer {
                         _ => self.stage_records(group, log, &records, &[], None),
                     })
                     .collect();
-                stage_state(group, state);
+                self.stage_state(group, state);
                 let receipts = stage_receipts(group, &publishes, &appended);
                 let committed = Committed { appended, receipts };
                 group.done.push(answer(reply, committed, || {}));

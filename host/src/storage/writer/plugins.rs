@@ -1,7 +1,7 @@
 //! Staging plugin writes: a plugin's record and component (in parts), its removal
 //! (with the components no other plugin uses; its state is purged after, in steps, by
 //! `cleanup.rs`), and the state writes of a call, in the commit of the records it
-//! produced.
+//! produced (unless the plugin was removed since).
 
 use super::{CommitGroup, Writer};
 use crate::storage::keys;
@@ -27,12 +27,15 @@ impl Writer {
         // postcard always encodes.
         let encoded = postcard::to_allocvec(record).expect("plugin records always encode");
         group.batch.insert(keys::plugin(&record.name), encoded);
+        group.plugins.insert(record.name.clone(), true);
     }
 
     /// Removes a plugin's record, and each of its components that no other plugin
     /// uses. Its state stays, behind a purge marker, for [`Writer::purge_state`] to
     /// remove in steps: all of it in this commit would hold memory in proportion to
-    /// it.
+    /// it. The marker is written whether or not state is stored: this commit may
+    /// write some of its calls' state too, and later commits write none
+    /// ([`Writer::stage_state`]).
     pub(super) fn stage_remove_plugin(
         &self,
         group: &mut CommitGroup,
@@ -58,23 +61,31 @@ impl Writer {
                 }
             }
         }
-        if self
-            .tree
-            .scan_prefix(keys::state_prefix(name))
-            .next()
-            .transpose()?
-            .is_some()
-        {
-            group.batch.insert(keys::state_purge(name), &[][..]);
-        }
+        group.batch.insert(keys::state_purge(name), &[][..]);
         group.batch.remove(keys::plugin(name));
+        group.plugins.insert(name.to_owned(), false);
         Ok(())
     }
-}
 
-/// Stages the state writes of a plugin call.
-pub(super) fn stage_state(group: &mut CommitGroup, state: Vec<StateWrite>) {
-    for write in state {
-        group.put(keys::state(&write.plugin, &write.key), write.value);
+    /// Stages the state writes of plugin calls, but not those of a plugin removed
+    /// since the call ran: they would outlive its state's purge, and a plugin deployed
+    /// again under the name would find them.
+    pub(super) fn stage_state(&self, group: &mut CommitGroup, state: Vec<StateWrite>) {
+        for write in state {
+            let deployed = match group.plugins.get(&write.plugin) {
+                Some(&deployed) => deployed,
+                None => {
+                    // A read that fails keeps the write, as before this check: storage
+                    // is failing anyway, and the commit will say so.
+                    let key = keys::plugin(&write.plugin);
+                    let deployed = self.tree.contains_key(key).unwrap_or(true);
+                    group.plugins.insert(write.plugin.clone(), deployed);
+                    deployed
+                }
+            };
+            if deployed {
+                group.put(keys::state(&write.plugin, &write.key), write.value);
+            }
+        }
     }
 }
