@@ -2082,6 +2082,27 @@ fn a_deleted_groups_keys_are_purged_in_steps_that_outlive_a_restart() {
             PENDING as usize,
             "the other lane's stay"
         );
+        // A lane with nothing stored, whose only pending key the dropping commit
+        // writes, still leaves a marker for it.
+        let fresh = vec![
+            GroupWrite::Pending {
+                topic: 999,
+                offset: 0,
+                entry: Some((2, 0)),
+            },
+            GroupWrite::DropLane { topic: 999 },
+        ];
+        storage
+            .group_writes("kept".into(), kept, fresh)
+            .await
+            .unwrap();
+        storage.sync().await.unwrap();
+        let lane = GroupPurge {
+            group: kept,
+            topic: Some(999),
+        };
+        assert_eq!(storage.pending_group_purges().unwrap(), [lane]);
+        assert_eq!(purge_group_to_the_end(&storage, lane).await, 1);
 
         // Without a marker a purge touches nothing.
         let unmarked = GroupPurge {
