@@ -457,6 +457,42 @@ async fn a_group_over_a_pattern_takes_in_topics_created_later() {
     );
 }
 
+/// A topic deleted while a member holds its records lets go of them: the member, its
+/// prefetch full of them, goes on with the group's other topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_deleted_under_a_member_frees_what_it_held() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    topic_with(&client, "sensors.a", 0).await;
+    topic_with(&client, "sensors.b", 2).await;
+    let settings = GroupSettings {
+        prefetch: 2,
+        ..GroupSettings::new("sensors.>")
+    };
+    client.create_group("ingest", settings).await.unwrap();
+    let mut member = client.join("ingest", None).await.unwrap();
+    let held = deliveries(&mut member, 2).await;
+    assert!(held.iter().all(|d| &*d.record.topic == "sensors.b"));
+    client.delete_topic("sensors.b").await.unwrap();
+    publish(&client, "sensors.a", 0..1).await;
+    let next = next_delivery(&mut member).await;
+    assert_eq!((&*next.record.topic, next.record.offset), ("sensors.a", 0));
+    next.ack().unwrap();
+    let topics: Vec<String> = client
+        .describe_group("ingest")
+        .await
+        .unwrap()
+        .topics
+        .into_iter()
+        .map(|t| t.topic)
+        .collect();
+    assert_eq!(topics, ["sensors.a"]);
+    for delivery in held {
+        delivery.ack().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resetting_a_group_replays_from_an_offset() {
     let Jobs { client, .. } = &jobs(5, GroupSettings::new("jobs")).await;

@@ -30,8 +30,12 @@ pub struct Membership {
     member: MemberId,
     notify: Arc<Notify>,
     watches: BTreeMap<u64, Watch>,
+    /// The version of the group's topics `watches` follows.
+    watched: Option<u64>,
     created: broadcast::Receiver<Arc<TopicLog>>,
     topics_created: bool,
+    /// [`Broker::topic_deletions`] as of the last look for deleted topics.
+    deletions: u64,
 }
 
 impl Membership {
@@ -54,8 +58,10 @@ impl Membership {
             member,
             notify,
             watches: BTreeMap::new(),
+            watched: None,
             created,
             topics_created: false,
+            deletions: 0,
         };
         membership.watch_topics();
         Ok(membership)
@@ -101,10 +107,14 @@ impl Membership {
         }
         let group = Arc::clone(&self.group);
         let changes = group.changes().await;
+        // Each looks at every topic of the group: only when one may have come or gone.
+        let deletions = self.broker.topic_deletions();
         let mut writes = match std::mem::take(&mut self.topics_created) {
             true => self.broker.sync_group_topics(&changes),
-            false => changes.drop_deleted_topics(),
+            false if deletions != self.deletions => changes.drop_deleted_topics(),
+            false => Vec::new(),
         };
+        self.deletions = deletions;
         self.watch_topics();
         let now = now_ms();
         let (dead, released) = changes.release_expired(now);
@@ -204,14 +214,20 @@ impl Membership {
             .await;
     }
 
-    /// Watches every topic of the group, so new records wake this member.
+    /// Watches every topic of the group, so new records wake this member (a look at
+    /// each only when the group's topics changed).
     fn watch_topics(&mut self) {
-        for log in self.group.logs() {
+        let topics = self.group.topics();
+        if self.watched == Some(topics.version()) {
+            return;
+        }
+        for log in topics.logs() {
             self.watches
                 .entry(log.id())
                 .or_insert_with(|| log.watch(Arc::clone(&self.notify)));
         }
-        self.watches.retain(|id, _| self.group.log(*id).is_some());
+        self.watches.retain(|id, _| topics.get(*id).is_some());
+        self.watched = Some(topics.version());
     }
 }
 

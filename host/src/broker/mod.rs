@@ -241,6 +241,9 @@ pub struct Broker {
     /// registry does not hold yet.
     creation: tokio::sync::Mutex<()>,
     created: broadcast::Sender<Arc<TopicLog>>,
+    /// Topics deleted so far: a group looks for deleted topics among its own only
+    /// when this moved ([`Broker::topic_deletions`]).
+    deletions: std::sync::atomic::AtomicU64,
     limits: BrokerLimits,
     dedup: Arc<Deduplicator>,
     groups: Groups,
@@ -303,6 +306,7 @@ impl Broker {
             requests: request::Requests::default(),
             requests_prefix: format!("{:x}", now_ms()),
             cleanup: Notify::new(),
+            deletions: std::sync::atomic::AtomicU64::new(0),
             links: std::sync::OnceLock::new(),
             server: std::sync::OnceLock::new(),
             streams: Arc::default(),
@@ -475,6 +479,12 @@ impl Broker {
         Ok(describe(&log))
     }
 
+    /// Topics deleted since the broker started: when it has not moved, no topic was
+    /// deleted in between.
+    pub fn topic_deletions(&self) -> u64 {
+        self.deletions.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Deletes a topic; its storage is released in the background.
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
         let log = self.topic(name)?;
@@ -486,6 +496,9 @@ impl Broker {
             }
         }
         self.plugins.forget_topic(log.id());
+        // After the topic is marked deleted: whoever reads the new count sees it so.
+        self.deletions
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         info!(topic = %log.name(), "topic deleted");
         self.cleanup.notify_one();
         Ok(())

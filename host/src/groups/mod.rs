@@ -49,12 +49,53 @@ pub struct Group {
     pattern: TopicPattern,
     policy: Policy,
     state: Mutex<GroupState>,
-    logs: Mutex<HashMap<TopicId, Arc<TopicLog>>>,
+    /// Its topics: a snapshot each round reads whole, changed in place when nobody
+    /// reads it (topics come and go rarely; rounds are many).
+    topics: Mutex<Arc<Topics>>,
     members: Mutex<Members>,
     next_member: AtomicU64,
     deleted: AtomicBool,
     /// Held by [`Changes`].
     persist_order: tokio::sync::Mutex<()>,
+}
+
+/// The topics a group consumes, by id and by name.
+#[derive(Debug, Clone, Default)]
+pub struct Topics {
+    by_id: HashMap<TopicId, Arc<TopicLog>>,
+    by_name: HashMap<String, TopicId>,
+    /// Moves with every topic added or dropped.
+    version: u64,
+}
+
+impl Topics {
+    fn insert(&mut self, log: &Arc<TopicLog>) {
+        self.by_id.insert(log.id(), Arc::clone(log));
+        self.by_name.insert(log.name().to_string(), log.id());
+        self.version += 1;
+    }
+
+    fn remove(&mut self, topic: TopicId) {
+        if let Some(log) = self.by_id.remove(&topic) {
+            self.by_name.remove(log.name().as_str());
+            self.version += 1;
+        }
+    }
+
+    /// The log of a topic, by id.
+    pub fn get(&self, topic: TopicId) -> Option<&Arc<TopicLog>> {
+        self.by_id.get(&topic)
+    }
+
+    /// Every topic's log.
+    pub fn logs(&self) -> impl Iterator<Item = &Arc<TopicLog>> {
+        self.by_id.values()
+    }
+
+    /// Moves with every topic added or dropped: equal versions, same topics.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
 }
 
 /// The members of a group and their turns.
@@ -113,10 +154,10 @@ impl Group {
             ack_timeout_ms: record.settings.ack_timeout_ms,
             max_deliveries: record.settings.max_deliveries,
         };
-        let logs = lanes
-            .iter()
-            .map(|(log, _)| (log.id(), Arc::clone(log)))
-            .collect();
+        let mut topics = Topics::default();
+        for (log, _) in &lanes {
+            topics.insert(log);
+        }
         let lanes = lanes
             .into_iter()
             .map(|(log, lane)| (log.id(), lane))
@@ -127,7 +168,7 @@ impl Group {
             pattern,
             policy,
             state: Mutex::new(state),
-            logs: Mutex::new(logs),
+            topics: Mutex::new(Arc::new(topics)),
             members: Mutex::default(),
             next_member: AtomicU64::new(1),
             deleted: AtomicBool::new(false),
@@ -170,22 +211,19 @@ impl Group {
         self.wake_members();
     }
 
+    /// The topics the group consumes, as they are now.
+    pub fn topics(&self) -> Arc<Topics> {
+        Arc::clone(&lock(&self.topics))
+    }
+
     /// The log of a topic the group consumes.
     pub fn log(&self, topic: TopicId) -> Option<Arc<TopicLog>> {
-        lock(&self.logs).get(&topic).cloned()
+        lock(&self.topics).get(topic).cloned()
     }
 
     /// The topic the group consumes under `name`.
     pub fn topic_named(&self, name: &str) -> Option<TopicId> {
-        lock(&self.logs)
-            .values()
-            .find(|log| log.name().as_str() == name)
-            .map(|log| log.id())
-    }
-
-    /// Every topic the group consumes.
-    pub fn logs(&self) -> Vec<Arc<TopicLog>> {
-        lock(&self.logs).values().cloned().collect()
+        lock(&self.topics).by_name.get(name).copied()
     }
 
     /// Registers a member; it is woken whenever records may be available to it.
@@ -249,13 +287,13 @@ impl Group {
 
     /// The group as `group describe` shows it.
     pub fn info(&self) -> GroupInfo {
-        let logs = lock(&self.logs).clone();
+        let topics = self.topics();
         let state = lock(&self.state);
         let mut topics: Vec<GroupTopic> = state
             .lanes()
             .iter()
             .filter_map(|(topic, lane)| {
-                let log = logs.get(topic)?;
+                let log = topics.get(*topic)?;
                 let next = log.stats().next;
                 Some(GroupTopic {
                     topic: log.name().to_string(),
@@ -294,28 +332,37 @@ impl Changes<'_> {
         if !state.add_lane(log.id(), cursor) {
             return None;
         }
-        lock(&self.group.logs).insert(log.id(), Arc::clone(log));
+        Arc::make_mut(&mut lock(&self.group.topics)).insert(log);
         Some(self.group.writes(&mut state))
     }
 
     /// Forgets topics that were deleted.
     pub fn drop_deleted_topics(&self) -> Vec<GroupWrite> {
-        let gone: Vec<TopicId> = lock(&self.group.logs)
-            .iter()
-            .filter(|(_, log)| log.is_deleted())
-            .map(|(id, _)| *id)
+        let gone: Vec<TopicId> = self
+            .group
+            .topics()
+            .logs()
+            .filter(|log| log.is_deleted())
+            .map(|log| log.id())
             .collect();
         if gone.is_empty() {
             return Vec::new();
         }
-        let mut state = lock(&self.group.state);
-        let mut logs = lock(&self.group.logs);
-        let mut writes = self.group.writes(&mut state);
-        for topic in gone {
-            state.remove_lane(topic);
-            logs.remove(&topic);
-            writes.push(GroupWrite::DropLane { topic });
-        }
+        let writes = {
+            let mut state = lock(&self.group.state);
+            let mut topics = lock(&self.group.topics);
+            let topics = Arc::make_mut(&mut topics);
+            let mut writes = self.group.writes(&mut state);
+            for topic in gone {
+                state.remove_lane(topic);
+                topics.remove(topic);
+                writes.push(GroupWrite::DropLane { topic });
+            }
+            writes
+        };
+        // What members held of those topics is let go: they have room again, which a
+        // round that started with none would not use.
+        self.group.wake_members();
         writes
     }
 
@@ -352,9 +399,9 @@ impl Changes<'_> {
         room: usize,
         now: u64,
     ) -> (Vec<Delivery>, Vec<GroupWrite>) {
-        let logs = lock(&self.group.logs).clone();
+        let topics = self.group.topics();
         let bounds = |topic: TopicId| {
-            logs.get(&topic).map_or((0, 0), |log| {
+            topics.get(topic).map_or((0, 0), |log| {
                 let stats = log.stats();
                 (stats.first, stats.next)
             })
@@ -445,10 +492,10 @@ impl Changes<'_> {
         &self,
         cursor: impl Fn(&TopicLog) -> Result<u64, StorageError>,
     ) -> Result<Vec<GroupWrite>, StorageError> {
-        let logs = lock(&self.group.logs).clone();
+        let topics = self.group.topics();
         let mut state = lock(&self.group.state);
-        for (topic, log) in &logs {
-            state.reset(*topic, cursor(log)?);
+        for log in topics.logs() {
+            state.reset(log.id(), cursor(log)?);
         }
         let writes = self.group.writes(&mut state);
         drop(state);

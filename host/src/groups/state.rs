@@ -386,10 +386,25 @@ impl GroupState {
     ) -> Vec<(TopicId, u64, bool)> {
         self.promote(now);
         let mut out = Vec::new();
-        let topics: Vec<TopicId> = self.lanes.keys().copied().collect();
-        let n = topics.len();
+        // The lanes in key order, each with whether it holds pending records: one
+        // pass over them, not a lookup of each.
+        let lanes: Vec<(TopicId, bool)> = self
+            .lanes
+            .iter()
+            .map(|(&topic, lane)| (topic, !lane.pending.is_empty()))
+            .collect();
+        let n = lanes.len();
+        if n == 0 {
+            return out;
+        }
+        let turn = self.turn % n;
         for i in 0..n {
-            let topic = topics[(self.turn + i) % n];
+            let (topic, pending) = lanes[(turn + i) % n];
+            // Most lanes of a group over many topics hold nothing: skipped before
+            // their topic is looked up.
+            if !pending {
+                continue;
+            }
             let (first, _) = bounds(topic);
             // Records retention removed are gone: nothing left to settle.
             self.drop_trimmed(topic, first);
@@ -403,11 +418,16 @@ impl GroupState {
                 out.push((topic, offset, false));
             }
         }
+        // The next pick starts one lane on, or past the last lane that gave new
+        // records: lanes take turns, and those drained are not walked again before
+        // the turn comes round.
+        let mut next = (turn + 1) % n;
         for i in 0..n {
             if out.len() >= max {
                 break;
             }
-            let topic = topics[(self.turn + i) % n];
+            let index = (turn + i) % n;
+            let topic = lanes[index].0;
             let (first, end) = bounds(topic);
             let Some(lane) = self.lanes.get_mut(&topic) else {
                 continue;
@@ -415,14 +435,15 @@ impl GroupState {
             let start = lane.cursor.max(first);
             let take = (end.saturating_sub(start)).min((max - out.len()) as u64);
             out.extend((start..start + take).map(|offset| (topic, offset, true)));
+            if take > 0 {
+                next = (index + 1) % n;
+            }
             if start + take != lane.cursor {
                 lane.cursor = start + take;
                 self.dirty_lanes.insert(topic);
             }
         }
-        if n > 0 {
-            self.turn = (self.turn + 1) % n;
-        }
+        self.turn = next;
         out
     }
 

@@ -419,6 +419,24 @@ fn lanes_take_turns() {
 }
 
 #[test]
+fn a_pick_goes_on_past_the_last_lane_it_took_from() {
+    let mut state = GroupState::default();
+    for topic in 1..=3 {
+        state.add_lane(topic, 0);
+    }
+    let taken = |got: Vec<Delivery>| got.iter().map(|d| (d.topic, d.offset)).collect::<Vec<_>>();
+    // Lane 1 whole and two of lane 2's five records.
+    let first = taken(state.assign(1, 7, 0, POLICY, |_| (0, 5)));
+    assert_eq!(
+        first[..],
+        [(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (2, 0), (2, 1)]
+    );
+    // Lane 3, which had none yet, comes before the rest of lane 2; then lane 2.
+    assert_eq!(taken(state.assign(1, 1, 0, POLICY, |_| (0, 5))), [(3, 0)]);
+    assert_eq!(taken(state.assign(1, 1, 0, POLICY, |_| (0, 5))), [(2, 2)]);
+}
+
+#[test]
 fn plain_records_are_stored_with_their_lane_only() {
     let mut state = GroupState::default();
     state.add_lane(TOPIC, 0);
