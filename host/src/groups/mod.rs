@@ -287,13 +287,13 @@ impl Group {
 
     /// The group as `group describe` shows it.
     pub fn info(&self) -> GroupInfo {
-        let topics = self.topics();
+        let consumed = self.topics();
         let state = lock(&self.state);
         let mut topics: Vec<GroupTopic> = state
             .lanes()
             .iter()
             .filter_map(|(topic, lane)| {
-                let log = topics.get(*topic)?;
+                let log = consumed.get(*topic)?;
                 let next = log.stats().next;
                 Some(GroupTopic {
                     topic: log.name().to_string(),
