@@ -124,14 +124,7 @@ impl GroupPurge {
 impl Storage {
     /// Deleted groups and dropped lanes whose keys are still to be purged.
     pub fn pending_group_purges(&self) -> Result<Vec<GroupPurge>, StorageError> {
-        self.tree
-            .scan_prefix([keys::GROUP_PURGE])
-            .keys()
-            .map(|key| {
-                GroupPurge::from_marker(&key?)
-                    .ok_or_else(|| StorageError::corrupt("group purge marker of the wrong shape"))
-            })
-            .collect()
+        self.markers(keys::GROUP_PURGE, "group purge", GroupPurge::from_marker)
     }
 
     /// Every group with its lanes.

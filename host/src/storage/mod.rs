@@ -416,13 +416,26 @@ impl Storage {
 
     /// Removed plugins whose state is still to be purged.
     pub fn pending_state_purges(&self) -> Result<Vec<String>, StorageError> {
+        self.markers(keys::STATE_PURGE, "state purge", |key| {
+            String::from_utf8(key[1..].to_vec()).ok()
+        })
+    }
+
+    /// Every marker of a clean-up still to do (keys of `kind`), each as `decode`
+    /// reads it from its key.
+    fn markers<T>(
+        &self,
+        kind: u8,
+        what: &str,
+        decode: impl Fn(&[u8]) -> Option<T>,
+    ) -> Result<Vec<T>, StorageError> {
         self.tree
-            .scan_prefix([keys::STATE_PURGE])
+            .scan_prefix([kind])
             .keys()
             .map(|key| {
-                let key = key?;
-                String::from_utf8(key[1..].to_vec())
-                    .map_err(|_| StorageError::corrupt("state purge marker of the wrong shape"))
+                decode(&key?).ok_or_else(|| {
+                    StorageError::corrupt(format!("{what} marker of the wrong shape"))
+                })
             })
             .collect()
     }
@@ -643,16 +656,9 @@ impl Storage {
 
     /// Ids of deleted topics whose records are still to be removed.
     pub fn pending_purges(&self) -> Result<Vec<u64>, StorageError> {
-        self.tree
-            .scan_prefix([keys::PURGE])
-            .keys()
-            .map(|key| {
-                key?.get(1..9)
-                    .and_then(|b| b.try_into().ok())
-                    .map(u64::from_be_bytes)
-                    .ok_or_else(|| StorageError::corrupt("purge marker of the wrong shape"))
-            })
-            .collect()
+        self.markers(keys::PURGE, "purge", |key| {
+            keys::numbers::<1>(key).map(|[id]| id)
+        })
     }
 
     /// Every deployed plugin.
