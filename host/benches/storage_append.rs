@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use quiver_host::storage::{
-    DEFAULT_CHUNK_BYTES, DEFAULT_JOURNAL_BYTES, Storage, StorageConfig, TopicLog, TopicRecords,
-    TopicSettings,
+    DEFAULT_CHUNK_BYTES, DEFAULT_GROUP_DELTAS, DEFAULT_JOURNAL_BYTES, Storage, StorageConfig,
+    TopicLog, TopicRecords, TopicSettings,
 };
 use quiver_protocol::{Durability, NewRecord, TopicName};
 use tokio::runtime::Runtime;
@@ -134,6 +134,7 @@ fn bench(c: &mut Criterion) {
         cache_capacity: 64 << 20,
         chunk_bytes: DEFAULT_CHUNK_BYTES,
         journal_bytes: DEFAULT_JOURNAL_BYTES,
+        group_deltas: DEFAULT_GROUP_DELTAS,
     };
     let (storage, _topics) = Storage::open(&config).expect("the storage opens");
     bench_durability(c, &runtime, &storage, "fsync", Durability::Fsync);

@@ -191,6 +191,7 @@ impl Server {
             barrier: !config.storage.unsafe_skip_barrier,
             journal_bytes: usize::try_from(config.storage.journal_size.as_u64())
                 .unwrap_or(usize::MAX),
+            group_deltas: storage::DEFAULT_GROUP_DELTAS,
         };
         if !storage_config.barrier {
             warn!(

@@ -224,7 +224,7 @@ impl Membership {
         for log in topics.logs() {
             self.watches
                 .entry(log.id())
-                .or_insert_with(|| log.watch(Arc::clone(&self.notify)));
+                .or_insert_with(|| self.group.watch(log, &self.notify));
         }
         self.watches.retain(|id, _| topics.get(*id).is_some());
         self.watched = Some(topics.version());

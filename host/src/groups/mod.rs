@@ -14,9 +14,8 @@
 //! older value queued after a newer one would move the stored cursor back (measured:
 //! the power-cut harness saw a caught-up group behind again after a clean restart).
 //! Changes become durable with the next group commit; a crash keeps a prefix of them
-//! (within a commit too: storage writes them key by key, in an order that never lets
-//! go of a record not settled, `storage/writer/groups.rs`), which only means records
-//! are delivered again.
+//! (each commit's whole: storage writes them as one delta, `storage/writer/groups.rs`),
+//! which only means records are delivered again.
 //!
 //! Members are served in turns: whichever member's task asks (a settlement came back,
 //! a topic grew), every member with room is dealt its share of what is available
@@ -25,10 +24,16 @@
 //! slot, counted as held, and that member is woken to take it. So the member whose task
 //! happens to run first does not take everything, and a member that joins late or
 //! settles slowly gets its share of what it has room for.
+//!
+//! A round looks for new records only in the lanes whose topic grew since it last
+//! found them drained ([`GroupState::grew`]): each member's watch of a topic notes the
+//! topic before waking the member ([`Group::watch`]), and a new watch notes it too,
+//! for what was appended while no member watched. A group over 10,000 topics does not
+//! read 10,000 topics' bounds each round.
 
 pub mod state;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -36,7 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use quiver_protocol::{GroupInfo, GroupTopic, TopicPattern};
 use tokio::sync::Notify;
 
-use crate::storage::{GroupRecord, GroupWrite, StorageError, StoredGroup, TopicLog};
+use crate::storage::{GroupRecord, GroupWrite, StorageError, StoredGroup, TopicLog, Waiter, Watch};
 use state::{
     Action, Change, DeadLetter, Delivery, GroupState, Lane, MemberId, Pending, Policy, TopicId,
 };
@@ -57,6 +62,29 @@ pub struct Group {
     deleted: AtomicBool,
     /// Held by [`Changes`].
     persist_order: tokio::sync::Mutex<()>,
+    /// The topics that grew since the last round, as the members' watches tell
+    /// ([`Group::watch`]): a round opens their lanes ([`GroupState::grew`]) and looks
+    /// for new records in those, not in every lane.
+    grown: Arc<Grown>,
+}
+
+/// Topics that grew, by id.
+#[derive(Debug, Default)]
+struct Grown(Mutex<HashSet<TopicId>>);
+
+/// A member's watch of one of its group's topics: notes the topic as grown, then wakes
+/// the member's task.
+#[derive(Debug)]
+struct MemberWaiter {
+    grown: Arc<Grown>,
+    notify: Arc<Notify>,
+}
+
+impl Waiter for MemberWaiter {
+    fn wake(&self, topic: u64) {
+        lock(&self.grown.0).insert(topic);
+        self.notify.notify_one();
+    }
 }
 
 /// The topics a group consumes, by id and by name.
@@ -173,6 +201,7 @@ impl Group {
             next_member: AtomicU64::new(1),
             deleted: AtomicBool::new(false),
             persist_order: tokio::sync::Mutex::new(()),
+            grown: Arc::default(),
         });
         (group, dead)
     }
@@ -240,6 +269,20 @@ impl Group {
         );
         members.queue.push_back(member);
         member
+    }
+
+    /// Watches one of the group's topics for a member's task (woken by `notify`):
+    /// each time the topic grows, the next round looks for its new records.
+    pub fn watch(&self, log: &Arc<TopicLog>, notify: &Arc<Notify>) -> Watch {
+        let watch = log.watch(Arc::new(MemberWaiter {
+            grown: Arc::clone(&self.grown),
+            notify: Arc::clone(notify),
+        }));
+        // The topic may have grown while nobody watched it (no member was connected):
+        // the next round looks. After the watch is in place, so that growth is either
+        // seen by that look or told by the watch.
+        lock(&self.grown.0).insert(log.id());
+        watch
     }
 
     /// Wakes every member (records were freed, or the group changed).
@@ -418,6 +461,9 @@ impl Changes<'_> {
             .filter(|(_, want)| *want > 0)
             .collect();
         let mut state = lock(&self.group.state);
+        for topic in std::mem::take(&mut *lock(&self.group.grown.0)) {
+            state.grew(topic);
+        }
         let dealt = state.deal(&wants, now, self.group.policy, bounds);
         let writes = self.group.writes(&mut state);
         drop(state);

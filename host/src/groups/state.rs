@@ -22,6 +22,10 @@
 //! - every held record is in the deadline index, every free one in its lane's free set
 //!   or the delayed index (until its `not_before`): releasing, waking up and assigning
 //!   look at what is due, never at every pending record;
+//! - a lane's new records are looked for only while it is *open*: from when it is
+//!   loaded, added or reset, or its topic grew ([`GroupState::grew`]), until a pick
+//!   finds nothing past its cursor; so a round over many topics looks at those that
+//!   grew, not at every lane;
 //! - several members asking at once are dealt records in turns ([`GroupState::deal`]):
 //!   each gets a contiguous share, equal to the others' unless its room is smaller.
 
@@ -184,8 +188,11 @@ pub struct GroupState {
     deadlines: BTreeSet<(u64, TopicId, u64)>,
     /// Free records not yet in their lane's free set: (not_before, topic, offset).
     delayed: BTreeSet<(u64, TopicId, u64)>,
-    /// Round-robin position among lanes.
-    turn: usize,
+    /// Round-robin position among lanes: the pick starts at the first lane at or
+    /// after this topic id (wrapping round).
+    turn: TopicId,
+    /// The lanes that may have records past their cursor (see the module docs).
+    open: BTreeSet<TopicId>,
     dirty_lanes: BTreeSet<TopicId>,
     dirty_pending: BTreeSet<(TopicId, u64)>,
 }
@@ -196,6 +203,7 @@ impl GroupState {
     /// letters, since they may not be delivered again.
     pub fn load(lanes: BTreeMap<TopicId, Lane>, policy: Policy) -> (Self, Vec<DeadLetter>) {
         let mut state = Self {
+            open: lanes.keys().copied().collect(),
             lanes,
             ..Self::default()
         };
@@ -240,11 +248,22 @@ impl GroupState {
         self.lanes
             .insert(topic, Lane::new(cursor, BTreeMap::new(), 0, 0));
         self.dirty_lanes.insert(topic);
+        self.open.insert(topic);
         true
+    }
+
+    /// Notes that a topic grew: the next pick looks for its new records. Until then,
+    /// and after a pick found none left past the lane's cursor, its bounds' end is not
+    /// read.
+    pub fn grew(&mut self, topic: TopicId) {
+        if self.lanes.contains_key(&topic) {
+            self.open.insert(topic);
+        }
     }
 
     /// Stops consuming a deleted topic.
     pub fn remove_lane(&mut self, topic: TopicId) {
+        self.open.remove(&topic);
         if let Some(lane) = self.lanes.remove(&topic) {
             for (&offset, pending) in &lane.pending {
                 self.unindex(topic, offset, pending);
@@ -376,8 +395,8 @@ impl GroupState {
     }
 
     /// Picks up to `max` records to hand out: free ones first (oldest first, lane by
-    /// lane in turn), then new ones from each lane's cursor (lanes in turn). Picked
-    /// records are taken out of the free sets; new ones are not yet pending.
+    /// lane in turn), then new ones from the cursors of the open lanes (in turn).
+    /// Picked records are taken out of the free sets; new ones are not yet pending.
     fn pick(
         &mut self,
         max: usize,
@@ -386,27 +405,23 @@ impl GroupState {
     ) -> Vec<(TopicId, u64, bool)> {
         self.promote(now);
         let mut out = Vec::new();
-        // The lanes in key order, each with whether it holds pending records: one
-        // pass over them, not a lookup of each.
-        let lanes: Vec<(TopicId, bool)> = self
-            .lanes
-            .iter()
-            .map(|(&topic, lane)| (topic, !lane.pending.is_empty()))
-            .collect();
-        let n = lanes.len();
-        if n == 0 {
+        let Some(first_lane) = in_turn(&self.lanes, self.turn).next().map(|(&t, _)| t) else {
             return out;
-        }
-        let turn = self.turn % n;
-        for i in 0..n {
-            let (topic, pending) = lanes[(turn + i) % n];
-            // Most lanes of a group over many topics hold nothing: skipped before
-            // their topic is looked up.
-            if !pending {
-                continue;
+        };
+        // Lanes with free records: most lanes of a group over many topics have none
+        // (their pending records are held), and are passed over before their topic's
+        // bounds are read.
+        let free: Vec<TopicId> = in_turn(&self.lanes, self.turn)
+            .filter(|(_, lane)| !lane.free.is_empty())
+            .map(|(&topic, _)| topic)
+            .collect();
+        for topic in free {
+            if out.len() >= max {
+                break;
             }
             let (first, _) = bounds(topic);
-            // Records retention removed are gone: nothing left to settle.
+            // Records retention removed are gone: nothing left to settle. (Those held
+            // go when they are settled or released.)
             self.drop_trimmed(topic, first);
             let Some(lane) = self.lanes.get_mut(&topic) else {
                 continue;
@@ -421,22 +436,29 @@ impl GroupState {
         // The next pick starts one lane on, or past the last lane that gave new
         // records: lanes take turns, and those drained are not walked again before
         // the turn comes round.
-        let mut next = (turn + 1) % n;
-        for i in 0..n {
+        let mut next = first_lane.wrapping_add(1);
+        let turn = self.turn;
+        let open: Vec<TopicId> = (self.open.range(turn..).chain(self.open.range(..turn)))
+            .copied()
+            .collect();
+        for topic in open {
             if out.len() >= max {
                 break;
             }
-            let index = (turn + i) % n;
-            let topic = lanes[index].0;
             let (first, end) = bounds(topic);
             let Some(lane) = self.lanes.get_mut(&topic) else {
+                self.open.remove(&topic);
                 continue;
             };
             let start = lane.cursor.max(first);
             let take = (end.saturating_sub(start)).min((max - out.len()) as u64);
             out.extend((start..start + take).map(|offset| (topic, offset, true)));
             if take > 0 {
-                next = (index + 1) % n;
+                next = topic.wrapping_add(1);
+            }
+            if start + take >= end {
+                // Drained: looked at again once its topic grows.
+                self.open.remove(&topic);
             }
             if start + take != lane.cursor {
                 lane.cursor = start + take;
@@ -739,6 +761,7 @@ impl GroupState {
         lane.free.clear();
         lane.cursor = cursor;
         self.dirty_lanes.insert(topic);
+        self.open.insert(topic);
         for (offset, p) in pending {
             self.unindex(topic, offset, &p);
             self.forgotten(topic, offset, p.stored());
@@ -762,6 +785,11 @@ impl GroupState {
         }
         changes
     }
+}
+
+/// The entries of `map` in turn: from the first key at or after `turn`, wrapping round.
+fn in_turn<K: Ord + Copy, V>(map: &BTreeMap<K, V>, turn: K) -> impl Iterator<Item = (&K, &V)> {
+    map.range(turn..).chain(map.range(..turn))
 }
 
 /// Splits `available` records among members with room `rooms`, in turns: equal

@@ -8,13 +8,17 @@ use crate::storage::tests::reopen;
 use crate::storage::{Storage, StorageConfig};
 use crate::util::now_ms;
 
-/// A group over a topic holding `records`, with `members` joined.
+/// Members joined to a test's group, each with its watch of the topic.
+type Joined = Vec<(MemberId, Watch)>;
+
+/// A group over a topic holding `records`, with `members` joined, each watching the
+/// topic as a member's task does.
 fn group_with(
     rt: &tokio::runtime::Runtime,
     dir: &tempfile::TempDir,
     records: u32,
     members: usize,
-) -> (Storage, Arc<TopicLog>, Arc<Group>, Vec<MemberId>) {
+) -> (Storage, Arc<TopicLog>, Arc<Group>, Joined) {
     rt.block_on(async {
         let (storage, _) = Storage::open(&config(dir)).unwrap();
         let log = storage
@@ -33,7 +37,11 @@ fn group_with(
         let lane = Lane::new(0, BTreeMap::new(), 0, 0);
         let (group, _) = Group::new(record, pattern, vec![(Arc::clone(&log), lane)]);
         let members = (0..members)
-            .map(|_| group.join(Arc::new(Notify::new())))
+            .map(|_| {
+                let notify = Arc::new(Notify::new());
+                let watch = group.watch(&log, &notify);
+                (group.join(notify), watch)
+            })
             .collect();
         (storage, log, group, members)
     })
@@ -60,6 +68,7 @@ fn config(dir: &tempfile::TempDir) -> StorageConfig {
         cache_capacity: 8 << 20,
         chunk_bytes: 64 << 10,
         journal_bytes: crate::storage::DEFAULT_JOURNAL_BYTES,
+        group_deltas: crate::storage::DEFAULT_GROUP_DELTAS,
     }
 }
 
@@ -68,6 +77,7 @@ fn the_first_member_to_ask_does_not_take_everything() {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let (storage, log, group, members) = group_with(&rt, &dir, 0, 4);
+    let members: Vec<MemberId> = members.iter().map(|(m, _)| *m).collect();
     rt.block_on(async {
         // Every member waits with room (its task asked, and there was nothing).
         for &member in &members {
@@ -95,6 +105,7 @@ fn records_arriving_one_at_a_time_go_to_members_in_turn() {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let (storage, log, group, members) = group_with(&rt, &dir, 0, 3);
+    let members: Vec<MemberId> = members.iter().map(|(m, _)| *m).collect();
     rt.block_on(async {
         let mut got = Vec::new();
         for _ in 0..6 {
@@ -115,6 +126,32 @@ fn records_arriving_one_at_a_time_go_to_members_in_turn() {
             got.push(holder.expect("someone got the record"));
         }
         assert_eq!(got, [0, 1, 2, 0, 1, 2]);
+        storage.close().await;
+    });
+}
+
+#[test]
+fn records_appended_while_nobody_watched_reach_the_next_member() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, log, group, mut members) = group_with(&rt, &dir, 3, 1);
+    rt.block_on(async {
+        let (first, _) = members.pop().unwrap();
+        let (taken, _) = group.changes().await.assign(first, 256, now_ms());
+        assert_eq!(taken.len(), 3, "the lane is drained");
+        group.changes().await.leave(first, now_ms());
+        // With no member connected, no watch tells the group the topic grew.
+        append(&storage, &log, 4).await;
+        let notify = Arc::new(Notify::new());
+        let _watch = group.watch(&log, &notify);
+        let next = group.join(notify);
+        let (taken, _) = group.changes().await.assign(next, 256, now_ms());
+        let offsets: Vec<u64> = taken.iter().map(|d| d.offset).collect();
+        assert_eq!(
+            offsets,
+            [0, 1, 2, 3, 4, 5, 6],
+            "the three left unsettled, and the four new"
+        );
         storage.close().await;
     });
 }

@@ -1,10 +1,13 @@
 //! What storage keeps for durable groups, and loading it at start-up (the writer
 //! stages group writes in `writer/groups.rs`).
 
+use std::collections::{BTreeMap, HashSet};
+
 use quiver_protocol::GroupSettings;
 use serde::{Deserialize, Serialize};
 
-use super::{Storage, StorageError, keys};
+use super::keys::{self, KeyWrite};
+use super::{Storage, StorageError};
 
 /// A group's identity and settings (`g` + name).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,18 +130,34 @@ impl Storage {
         self.markers(keys::GROUP_PURGE, "group purge", GroupPurge::from_marker)
     }
 
-    /// Every group with its lanes.
+    /// Every group with its lanes: the `o` and `u` keys as stored, with the group
+    /// deltas not yet applied to them laid over.
     pub fn groups(&self) -> Result<Vec<StoredGroup>, StorageError> {
         let corrupt =
             |what: &str| StorageError::corrupt(format!("group {what} of the wrong shape"));
+        let records = group_records(&self.tree)?;
+        let ids: HashSet<u64> = records.iter().map(|r| r.id).collect();
+        let deltas = read_deltas(&self.tree, |id| ids.contains(&id))?;
         let mut groups = Vec::new();
-        for value in self.tree.scan_prefix([keys::GROUP]).values() {
-            let record: GroupRecord = postcard::from_bytes(&value?)
-                .map_err(|e| StorageError::corrupt(format!("group record: {e}")))?;
+        for record in records {
+            // The group's keys as they read once every delta is applied.
+            let mut stored = BTreeMap::new();
+            for kind in [keys::LANE, keys::UNACKED] {
+                let prefix = keys::with_id(kind, record.id);
+                for item in self.tree.scan_prefix(prefix) {
+                    let (key, value) = item?;
+                    stored.insert(key.to_vec(), value.to_vec());
+                }
+                for (key, value) in with_prefix(&deltas.writes, &prefix) {
+                    match value {
+                        Some(value) => stored.insert(key.clone(), value.clone()),
+                        None => stored.remove(key),
+                    };
+                }
+            }
             let mut lanes = Vec::new();
-            for item in self.tree.scan_prefix(keys::with_id(keys::LANE, record.id)) {
-                let (key, value) = item?;
-                let [_, topic] = keys::numbers::<2>(&key).ok_or_else(|| corrupt("lane key"))?;
+            for (key, value) in with_prefix(&stored, &keys::with_id(keys::LANE, record.id)) {
+                let [_, topic] = keys::numbers::<2>(key).ok_or_else(|| corrupt("lane key"))?;
                 let n = |i: usize| {
                     value
                         .get(i * 8..i * 8 + 8)
@@ -157,13 +176,10 @@ impl Storage {
                     plain,
                     pending: Vec::new(),
                 };
-                for item in
-                    self.tree
-                        .scan_prefix(keys::with_offset(keys::UNACKED, record.id, topic))
-                {
-                    let (key, value) = item?;
+                let pending = keys::with_offset(keys::UNACKED, record.id, topic);
+                for (key, value) in with_prefix(&stored, &pending) {
                     let [_, _, offset] =
-                        keys::numbers::<3>(&key).ok_or_else(|| corrupt("pending key"))?;
+                        keys::numbers::<3>(key).ok_or_else(|| corrupt("pending key"))?;
                     if value.len() != 12 {
                         return Err(corrupt("pending record"));
                     }
@@ -179,6 +195,76 @@ impl Storage {
         }
         Ok(groups)
     }
+}
+
+/// The entries of `map` whose keys start with `prefix`, in key order.
+fn with_prefix<'a, V>(
+    map: &'a BTreeMap<Vec<u8>, V>,
+    prefix: &'a [u8],
+) -> impl Iterator<Item = (&'a Vec<u8>, &'a V)> {
+    map.range(prefix.to_vec()..)
+        .take_while(move |(key, _)| key.starts_with(prefix))
+}
+
+/// The group deltas on disk (`O` + sequence), merged: each key's last write.
+#[derive(Debug, Default)]
+pub(super) struct StoredDeltas {
+    /// The last write of each key, of the groups kept (`None`: removed).
+    pub(super) writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The sequence of the oldest delta on disk.
+    pub(super) first: u64,
+    /// The sequence after the newest (0 when there are none).
+    pub(super) next: u64,
+}
+
+/// One commit's group writes as a delta's value.
+pub(super) fn encode_delta(writes: &[KeyWrite]) -> Vec<u8> {
+    // Invariant: byte strings and options of them always encode.
+    postcard::to_allocvec(writes).expect("key writes always encode")
+}
+
+/// Reads every group delta in the order written, keeping the writes of the groups
+/// whose id `keep` accepts (a deleted group's deltas stay on disk until the next
+/// apply removes them; its keys must not come back).
+pub(super) fn read_deltas(
+    tree: &sled::Tree,
+    keep: impl Fn(u64) -> bool,
+) -> Result<StoredDeltas, StorageError> {
+    let mut deltas = StoredDeltas::default();
+    for item in tree.scan_prefix([keys::GROUP_DELTA]) {
+        let (key, value) = item?;
+        let [sequence] = keys::numbers::<1>(&key)
+            .ok_or_else(|| StorageError::corrupt("a group delta's key of the wrong shape"))?;
+        let writes: Vec<KeyWrite> = postcard::from_bytes(&value).map_err(|e| {
+            StorageError::corrupt(format!("group delta {sequence} is unreadable: {e}"))
+        })?;
+        if deltas.next == 0 {
+            deltas.first = sequence;
+        }
+        deltas.next = sequence + 1;
+        for (key, value) in writes {
+            if keys::numbers::<1>(&key).is_some_and(|[id]| keep(id)) {
+                deltas.writes.insert(key, value);
+            }
+        }
+    }
+    Ok(deltas)
+}
+
+/// The ids of the groups that exist.
+pub(super) fn group_ids(tree: &sled::Tree) -> Result<HashSet<u64>, StorageError> {
+    Ok(group_records(tree)?.iter().map(|r| r.id).collect())
+}
+
+/// Every group's record (`g` keys).
+fn group_records(tree: &sled::Tree) -> Result<Vec<GroupRecord>, StorageError> {
+    tree.scan_prefix([keys::GROUP])
+        .values()
+        .map(|value| {
+            postcard::from_bytes(&value?)
+                .map_err(|e| StorageError::corrupt(format!("group record: {e}")))
+        })
+        .collect()
 }
 
 /// A lane's value: cursor, redeliveries and dead letters (u64 BE each), then its plain

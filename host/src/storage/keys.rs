@@ -17,6 +17,7 @@
 //! | `o` group-id topic-id                 | a group's cursor and counters in a topic (24 bytes), then its pending records delivered once and never nacked, as runs (varints; none before FORMAT 5) |
 //! | `u` group-id topic-id offset          | a pending record not in its lane's runs (delivered again, or nacked; before FORMAT 5, every one): deliveries (u32), not-before (u64) |
 //! | `G` group-id [topic-id]               | empty: the `o` and `u` keys of a deleted group (or, with a topic id, the `u` keys of a lane whose topic was deleted) are still to be purged |
+//! | `O` sequence (u64 BE)                 | a group delta: the `o`, `u` and `G` keys one commit set or removed, not yet applied to them (postcard; `writer/groups.rs`) |
 //! | `d` time (ms) unique-id               | the ids and receipts of one commit's publishes, for deduplicating retries (postcard) |
 //! | `m` topic-id broker-id (u128 BE) origin-topic-id | a link mark: the origin offset expected next (u64 BE), the origin topic's name |
 //! | `l` link-name                         | [`LinkRecord`](super::LinkRecord) (postcard) |
@@ -68,6 +69,7 @@ pub(super) const GROUP: u8 = b'g';
 pub(super) const LANE: u8 = b'o';
 pub(super) const UNACKED: u8 = b'u';
 pub(super) const GROUP_PURGE: u8 = b'G';
+pub(super) const GROUP_DELTA: u8 = b'O';
 pub(super) const DEDUP: u8 = b'd';
 pub(super) const MARK: u8 = b'm';
 pub(super) const LINK: u8 = b'l';
@@ -85,7 +87,7 @@ pub(super) const UNFINISHED: &[u8] = b"w";
 
 /// The layout this code writes; a data dir of another is refused, except the versions
 /// from [`FORMAT_V1`] on, which open as they are and are stamped [`FORMAT`].
-pub(super) const FORMAT: u32 = 7;
+pub(super) const FORMAT: u32 = 8;
 
 /// The first layout, before index entries carried a checksum. It reads as it is (its
 /// entries decode without one). Version 2 added the checksums, version 3 the `w` key,
@@ -97,7 +99,9 @@ pub(super) const FORMAT: u32 = 7;
 /// older `c` parts are read where their index entries, 28 bytes or 24, say), version 7
 /// plain keys (plugin state, link marks and cursors, MQTT state) written key by key
 /// behind the marker, which carries their earlier values (a marker of layout 6 reads
-/// as one without them).
+/// as one without them), version 8 group deltas (`O`): group state written as one
+/// key per commit and applied to the `o` and `u` keys later (a broker of layout 7
+/// would read the group state without them).
 /// Opening an older data dir stamps it [`FORMAT`], so that a broker too old to read
 /// what this one writes refuses the data dir instead of misreading it.
 pub(super) const FORMAT_V1: u32 = 1;
@@ -198,6 +202,20 @@ pub(super) fn stage_writes(batch: &mut sled::Batch, writes: impl IntoIterator<It
             None => batch.remove(key),
         }
     }
+}
+
+/// Writes keys one by one, in the order given.
+pub(super) fn write(
+    tree: &sled::Tree,
+    writes: impl IntoIterator<Item = KeyWrite>,
+) -> sled::Result<()> {
+    for (key, value) in writes {
+        match value {
+            Some(value) => tree.insert(key, value)?,
+            None => tree.remove(key)?,
+        };
+    }
+    Ok(())
 }
 
 /// A commit being written key by key (appends, plain keys and group state, see

@@ -290,7 +290,7 @@ pub struct TopicLog {
     /// Bytes of records appended since the broker started (`/metrics`).
     bytes_in: AtomicU64,
     deleted: AtomicBool,
-    waiters: Mutex<HashMap<u64, Arc<Notify>>>,
+    waiters: Mutex<HashMap<u64, Arc<dyn Waiter>>>,
     /// Locked before `waiters` when both are.
     tail: Mutex<Tail>,
     /// Changed only by the storage writer (and by opening, before it starts).
@@ -399,15 +399,15 @@ impl TopicLog {
         self.deleted.load(Ordering::Acquire)
     }
 
-    /// Wakes `notify` whenever records become durable or the topic is deleted, until
+    /// Wakes `waiter` whenever records become durable or the topic is deleted, until
     /// the returned guard is dropped.
-    pub fn watch(self: &Arc<Self>, notify: Arc<Notify>) -> Watch {
+    pub fn watch(self: &Arc<Self>, waiter: Arc<impl Waiter + 'static>) -> Watch {
         static NEXT_WATCH: AtomicU64 = AtomicU64::new(0);
         let key = NEXT_WATCH.fetch_add(1, Ordering::Relaxed);
         self.waiters
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, notify);
+            .insert(key, waiter);
         Watch {
             log: Arc::clone(self),
             key,
@@ -562,14 +562,28 @@ impl TopicLog {
     }
 
     pub(super) fn wake(&self) {
-        for notify in self
+        for waiter in self
             .waiters
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
         {
-            notify.notify_one();
+            waiter.wake(self.id);
         }
+    }
+}
+
+/// What a [`Watch`] wakes: told the topic's id each time its records become durable
+/// or it is deleted. A waiter must not block: it is called by the storage writer, with
+/// the topic's waiters locked.
+pub trait Waiter: Send + Sync + std::fmt::Debug {
+    /// The topic with this id grew or was deleted.
+    fn wake(&self, topic: u64);
+}
+
+impl Waiter for Notify {
+    fn wake(&self, _topic: u64) {
+        self.notify_one();
     }
 }
 

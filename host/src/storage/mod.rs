@@ -32,8 +32,9 @@
 //!   to take back a commit the log cut short (sled recovers a prefix of its log), or, when
 //!   the group holds a rarer command (a topic, group, plugin or link created, changed or
 //!   removed), in one sled batch. Group state is the exception:
-//!   it follows the marker's removal key by key, in an order any prefix of which
-//!   settles nothing that was not settled (`writer/groups.rs`);
+//!   it follows the marker's removal as one key, a delta applied to the group's keys
+//!   later, so that a crash keeps a prefix of a group's commits, each whole
+//!   (`writer/groups.rs`);
 //! - timestamps never go backwards within a topic, so time lookups can bisect;
 //! - a chunk is served only if its bytes match its index entry (length and CRC-32),
 //!   so bytes that changed on disk are reported, never served (`read.rs`);
@@ -66,11 +67,12 @@ pub use groups::{GroupPurge, GroupRecord, GroupWrite, StoredGroup, StoredLane};
 pub use journal::DEFAULT_JOURNAL_BYTES;
 pub use keys::LogStats;
 pub use links::{LinkCursor, LinkRecord, Mark, MarkKey, MarkWrite, Marks, Provenance};
-pub use log::{AttachedStage, TopicLog, TopicSettings, Watch};
+pub use log::{AttachedStage, TopicLog, TopicSettings, Waiter, Watch};
 pub use metrics::StorageMetrics;
 pub use plugins::{PluginRecord, PluginVersion, StateWrite};
 use read::LogReader;
 pub use receipts::{Committed, PublishLayout, ReceiptLayout};
+pub use writer::DEFAULT_GROUP_DELTAS;
 use writer::{Command, Writer};
 
 /// The size a chunk is sealed at: one part, so that reads of small records are a
@@ -95,6 +97,10 @@ pub struct StorageConfig {
     /// The journal's budget (normally [`DEFAULT_JOURNAL_BYTES`]): beyond it, the
     /// topics holding the oldest unsealed records are sealed.
     pub journal_bytes: usize,
+    /// Commits whose group state is written as deltas before the deltas are applied
+    /// to the group's keys (normally [`DEFAULT_GROUP_DELTAS`]; tests use 1, to apply
+    /// at every commit, or more than they write, to read everything from deltas).
+    pub group_deltas: u64,
 }
 
 /// Where a successful append put one topic's records.
@@ -175,6 +181,8 @@ impl Storage {
         } = open::open(config)?;
         let broker_id = links::broker_id(&tree)?;
         let marks = links::load_marks(&tree)?;
+        let ids = groups::group_ids(&tree)?;
+        let group_deltas = groups::read_deltas(&tree, |id| ids.contains(&id))?;
         let (commands, rx) = mpsc::channel(writer::QUEUE_DEPTH);
         let flusher = Flusher::start({
             let db = db.clone();
@@ -194,6 +202,7 @@ impl Storage {
             marks.clone(),
             journal,
             next_chunk,
+            (group_deltas, config.group_deltas),
             metrics.clone(),
         );
         let handle = std::thread::Builder::new()

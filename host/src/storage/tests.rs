@@ -1,6 +1,6 @@
 //! Storage tests against real sled data dirs in temp dirs.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 
 use proptest::prelude::*;
@@ -22,6 +22,7 @@ fn config(dir: &tempfile::TempDir, chunk_bytes: usize) -> StorageConfig {
         cache_capacity: 8 << 20,
         chunk_bytes,
         journal_bytes: DEFAULT_JOURNAL_BYTES,
+        group_deltas: DEFAULT_GROUP_DELTAS,
     }
 }
 
@@ -477,6 +478,31 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Closes `storage` and opens it again; with `crash`, opens instead a copy of the data
+/// dir taken after the last flush, as a `kill -9` would leave it: no clean close, no
+/// snapshot.
+fn restart(
+    rt: &tokio::runtime::Runtime,
+    storage: Storage,
+    dir: &mut tempfile::TempDir,
+    config: &mut StorageConfig,
+    crash: bool,
+) -> (Storage, Vec<Arc<TopicLog>>) {
+    if crash {
+        rt.block_on(storage.sync()).unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        copy_tree(&config.path, &copy.path().join("db"));
+        rt.block_on(storage.close());
+        drop(storage);
+        *dir = copy;
+        config.path = dir.path().join("db");
+    } else {
+        rt.block_on(storage.close());
+        drop(storage);
+    }
+    reopen(config)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
@@ -526,19 +552,8 @@ proptest! {
                 }
                 Op::Reopen | Op::Crash => {
                     let watching = watch.take().is_some();
-                    if matches!(op, Op::Crash) {
-                        rt.block_on(storage.sync()).unwrap();
-                        let copy = tempfile::tempdir().unwrap();
-                        copy_tree(&config.path, &copy.path().join("db"));
-                        rt.block_on(storage.close());
-                        drop(storage);
-                        dir = copy;
-                        config.path = dir.path().join("db");
-                    } else {
-                        rt.block_on(storage.close());
-                        drop(storage);
-                    }
-                    let (s, mut topics) = reopen(&config);
+                    let crash = matches!(op, Op::Crash);
+                    let (s, mut topics) = restart(&rt, storage, &mut dir, &mut config, crash);
                     storage = s;
                     topics.sort_by(|a, b| a.name().as_str().cmp(b.name().as_str()));
                     logs = topics;
@@ -1970,13 +1985,20 @@ fn a_removed_plugins_state_is_purged_in_steps_that_outlive_a_restart() {
 #[test]
 fn a_deleted_groups_keys_are_purged_in_steps_that_outlive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    // What `open_with_topic` opens.
-    let config = config(&dir, 100);
+    // Group deltas applied at every commit: the purge reads the keys they write.
+    let config = StorageConfig {
+        group_deltas: 1,
+        ..config(&dir, 100)
+    };
     let rt = rt();
     const PENDING: u64 = 10_000;
     let keys_of = |storage: &Storage, prefix: &[u8]| storage.tree.scan_prefix(prefix).count();
     rt.block_on(async {
-        let (storage, log) = open_with_topic(&dir, "t").await;
+        let (storage, _) = Storage::open(&config).unwrap();
+        let log = storage
+            .create_topic(name("t"), Retention::default())
+            .await
+            .unwrap();
         let other = storage
             .create_topic(name("u"), Retention::default())
             .await
@@ -2126,4 +2148,244 @@ async fn purge_group_to_the_end(storage: &Storage, purge: GroupPurge) -> usize {
             return removed;
         }
     }
+}
+
+#[derive(Debug, Clone)]
+enum GroupOp {
+    /// A lane of group 0 or 1 moves in topic 1 to 3: its cursor (+ 10), its counters,
+    /// and its first half plain pending or not.
+    Lane(bool, u8, u8, bool),
+    /// A pending record's own key set (with deliveries − 1) or removed.
+    Pending(bool, u8, u8, Option<u8>),
+    /// Topic 1 to 3 deleted: both groups drop its lane.
+    Drop(u8),
+    /// The group deleted and created again under its name: a new id, lanes at 0.
+    Recreate(bool),
+    Reopen,
+    /// Reopen a copy of the data dir taken after the last flush.
+    Crash,
+}
+
+fn group_op() -> impl Strategy<Value = GroupOp> {
+    let topic = || 1u8..4;
+    prop_oneof![
+        6 => (any::<bool>(), topic(), any::<u8>(), any::<bool>())
+            .prop_map(|(g, t, c, plain)| GroupOp::Lane(g, t, c, plain)),
+        6 => (any::<bool>(), topic(), 0u8..8, proptest::option::of(0u8..4))
+            .prop_map(|(g, t, o, d)| GroupOp::Pending(g, t, o, d)),
+        1 => topic().prop_map(GroupOp::Drop),
+        1 => any::<bool>().prop_map(GroupOp::Recreate),
+        1 => Just(GroupOp::Reopen),
+        1 => Just(GroupOp::Crash),
+    ]
+}
+
+/// What `Storage::groups` should read for one group: its lanes by topic, each with its
+/// pending keys by offset.
+type GroupModel = BTreeMap<u64, (StoredLane, BTreeMap<u64, (u32, u64)>)>;
+
+fn lanes_of(model: &GroupModel) -> Vec<StoredLane> {
+    model
+        .values()
+        .map(|(lane, pending)| StoredLane {
+            pending: pending.iter().map(|(&o, &(d, n))| (o, d, n)).collect(),
+            ..lane.clone()
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// Group state against a model: lanes moving, pending keys set and removed, lanes
+    /// dropped, groups deleted and created again, restarts and crashes, with the
+    /// deltas applied at every commit, every few, or never in the run.
+    #[test]
+    fn group_state_matches_a_simple_model(
+        every in prop_oneof![Just(1u64), Just(2), Just(5), Just(1000)],
+        ops in proptest::collection::vec(group_op(), 1..60),
+    ) {
+        let mut dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        let mut config = StorageConfig { group_deltas: every, ..config(&dir, 100) };
+        let (mut storage, _) = Storage::open(&config).unwrap();
+        let names = ["g0", "g1"];
+        let mut live: Vec<u64> = vec![1, 2, 3];
+        let mut ids = [0u64; 2];
+        let mut models: [GroupModel; 2] = Default::default();
+        let create = |storage: &Storage, name: &str, live: &[u64]| {
+            let record = GroupRecord {
+                id: storage.generate_id().unwrap(),
+                name: name.into(),
+                settings: GroupSettings::new("*"),
+                created_ms: 1,
+            };
+            let lanes = live.iter().map(|&t| (t, 0)).collect();
+            rt.block_on(storage.create_group(record.clone(), lanes)).unwrap();
+            let model: GroupModel = live
+                .iter()
+                .map(|&topic| (topic, (StoredLane { topic, ..StoredLane::default() }, BTreeMap::new())))
+                .collect();
+            (record.id, model)
+        };
+        for g in 0..2 {
+            (ids[g], models[g]) = create(&storage, names[g], &live);
+        }
+        for op in ops {
+            let write = |storage: &Storage, g: usize, writes: Vec<GroupWrite>| {
+                rt.block_on(storage.group_writes(names[g].into(), ids[g], writes)).unwrap();
+            };
+            match op {
+                GroupOp::Lane(g, t, c, plain) => {
+                    let (g, topic) = (usize::from(g), u64::from(t));
+                    if let Some((lane, _)) = models[g].get_mut(&topic) {
+                        let cursor = u64::from(c) + 10;
+                        lane.cursor = cursor;
+                        lane.redelivered = u64::from(c);
+                        lane.dead_lettered = u64::from(c / 3);
+                        lane.plain = if plain { vec![(0, cursor / 2)] } else { Vec::new() };
+                        let write_lane = GroupWrite::Lane {
+                            topic,
+                            cursor,
+                            redelivered: lane.redelivered,
+                            dead_lettered: lane.dead_lettered,
+                            plain: lane.plain.clone(),
+                        };
+                        write(&storage, g, vec![write_lane]);
+                    }
+                }
+                GroupOp::Pending(g, t, offset, deliveries) => {
+                    let (g, topic, offset) = (usize::from(g), u64::from(t), u64::from(offset));
+                    if let Some((_, pending)) = models[g].get_mut(&topic) {
+                        let entry = deliveries.map(|d| (u32::from(d) + 1, u64::from(d) * 100));
+                        match entry {
+                            Some(entry) => pending.insert(offset, entry),
+                            None => pending.remove(&offset),
+                        };
+                        write(&storage, g, vec![GroupWrite::Pending { topic, offset, entry }]);
+                    }
+                }
+                GroupOp::Drop(t) => {
+                    let topic = u64::from(t);
+                    if live.contains(&topic) {
+                        live.retain(|&l| l != topic);
+                        for (g, model) in models.iter_mut().enumerate() {
+                            model.remove(&topic);
+                            write(&storage, g, vec![GroupWrite::DropLane { topic }]);
+                        }
+                    }
+                }
+                GroupOp::Recreate(g) => {
+                    let g = usize::from(g);
+                    rt.block_on(storage.delete_group(names[g].into(), ids[g])).unwrap();
+                    (ids[g], models[g]) = create(&storage, names[g], &live);
+                }
+                GroupOp::Reopen | GroupOp::Crash => {
+                    let crash = matches!(op, GroupOp::Crash);
+                    storage = restart(&rt, storage, &mut dir, &mut config, crash).0;
+                }
+            }
+            rt.block_on(storage.sync()).unwrap();
+            let mut stored = storage.groups().unwrap();
+            stored.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+            prop_assert_eq!(stored.len(), 2);
+            for g in 0..2 {
+                prop_assert_eq!(stored[g].record.id, ids[g]);
+                prop_assert_eq!(&stored[g].lanes, &lanes_of(&models[g]));
+            }
+            // Deltas on disk: fewer than `every` (unless the keys they hold were many).
+            let deltas = storage.tree.scan_prefix([keys::GROUP_DELTA]).count() as u64;
+            prop_assert!(deltas < every, "{} deltas on disk, applied every {}", deltas, every);
+        }
+        rt.block_on(storage.close());
+    }
+}
+
+/// An apply of the group deltas writes each key's last value, then removes the
+/// deltas oldest first; a power cut keeps a prefix of that. Every prefix reads as the
+/// whole: the deltas left lay the newest values over whatever was written.
+#[test]
+fn every_prefix_of_an_apply_reads_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    // Never applied in the run: the test applies them itself, a step at a time.
+    let config = StorageConfig {
+        group_deltas: u64::MAX,
+        ..config(&dir, 100)
+    };
+    let (storage, _) = Storage::open(&config).unwrap();
+    let mut ids = Vec::new();
+    for name in ["kept", "deleted"] {
+        let record = GroupRecord {
+            id: storage.generate_id().unwrap(),
+            name: name.into(),
+            settings: GroupSettings::new("*"),
+            created_ms: 1,
+        };
+        rt.block_on(storage.create_group(record.clone(), vec![(1, 0), (2, 0)]))
+            .unwrap();
+        ids.push(record.id);
+    }
+    let lane = |topic, cursor| GroupWrite::Lane {
+        topic,
+        cursor,
+        redelivered: 0,
+        dead_lettered: 0,
+        plain: vec![(0, 1)],
+    };
+    let pending = |offset, entry| GroupWrite::Pending {
+        topic: 1,
+        offset,
+        entry,
+    };
+    let commits = [
+        vec![lane(1, 5), pending(3, Some((2, 0)))],
+        vec![lane(2, 7), pending(4, Some((2, 9)))],
+        vec![lane(1, 9), pending(3, None)],
+        vec![GroupWrite::DropLane { topic: 2 }],
+    ];
+    for (name, id) in [("kept", ids[0]), ("deleted", ids[1])] {
+        for writes in commits.clone() {
+            rt.block_on(storage.group_writes(name.into(), id, writes))
+                .unwrap();
+            rt.block_on(storage.sync()).unwrap();
+        }
+    }
+    rt.block_on(storage.delete_group("deleted".into(), ids[1]))
+        .unwrap();
+    rt.block_on(storage.sync()).unwrap();
+    let whole = storage.groups().unwrap();
+    assert_eq!(whole.len(), 1);
+    assert_eq!(
+        whole[0].lanes,
+        [StoredLane {
+            topic: 1,
+            cursor: 9,
+            plain: vec![(0, 1)],
+            pending: vec![(4, 2, 9)],
+            ..StoredLane::default()
+        }]
+    );
+    // The apply's steps, as the writer would take them after a restart.
+    let deltas = super::groups::read_deltas(&storage.tree, |id| id == ids[0]).unwrap();
+    assert_eq!((deltas.first, deltas.next), (0, 8), "a delta per commit");
+    let steps = writer::groups::GroupDeltas::new(deltas, 1).steps();
+    for (i, (key, value)) in steps.into_iter().enumerate() {
+        keys::write(&storage.tree, [(key, value)]).unwrap();
+        assert_eq!(
+            storage.groups().unwrap()[0].lanes,
+            whole[0].lanes,
+            "after step {i}"
+        );
+    }
+    assert_eq!(storage.tree.scan_prefix([keys::GROUP_DELTA]).count(), 0);
+    assert_eq!(
+        storage
+            .tree
+            .scan_prefix(keys::with_id(keys::LANE, ids[1]))
+            .count(),
+        2,
+        "the deleted group's lanes as created, left to its purge"
+    );
+    rt.block_on(storage.close());
 }

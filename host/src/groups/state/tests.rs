@@ -265,7 +265,10 @@ proptest! {
         let mut dead = Vec::new();
         for op in ops {
             match op {
-                Op::Append(n) => model.end += u64::from(n),
+                Op::Append(n) => {
+                    model.end += u64::from(n);
+                    state.grew(TOPIC);
+                }
                 Op::Assign(member, max) => {
                     let end = model.end;
                     let got: Vec<(u64, u32)> = state
@@ -437,6 +440,35 @@ fn a_pick_goes_on_past_the_last_lane_it_took_from() {
 }
 
 #[test]
+fn new_records_are_looked_for_in_lanes_whose_topic_grew() {
+    let mut state = GroupState::default();
+    for topic in 1..=3 {
+        state.add_lane(topic, 0);
+    }
+    let looked = std::cell::RefCell::new(Vec::new());
+    let pick = |state: &mut GroupState, end: u64| {
+        looked.borrow_mut().clear();
+        let got = state.assign(1, 100, 0, POLICY, |topic| {
+            looked.borrow_mut().push(topic);
+            (0, end)
+        });
+        got.iter().map(|d| (d.topic, d.offset)).collect::<Vec<_>>()
+    };
+    assert_eq!(pick(&mut state, 1), [(1, 0), (2, 0), (3, 0)], "added: open");
+    // Every lane drained. Records appended to all three topics are not looked for
+    // until a topic says it grew.
+    assert_eq!(pick(&mut state, 2), []);
+    assert_eq!(*looked.borrow(), [] as [TopicId; 0]);
+    state.grew(2);
+    state.grew(99); // not a lane of the group: ignored
+    assert_eq!(pick(&mut state, 2), [(2, 1)]);
+    assert_eq!(*looked.borrow(), [2]);
+    // A reset opens its lane again.
+    state.reset(1, 0);
+    assert_eq!(pick(&mut state, 2), [(1, 0), (1, 1)]);
+}
+
+#[test]
 fn plain_records_are_stored_with_their_lane_only() {
     let mut state = GroupState::default();
     state.add_lane(TOPIC, 0);
@@ -474,6 +506,7 @@ fn a_round_deals_equal_contiguous_shares_within_each_room() {
         assert!(share.windows(2).all(|w| w[1].offset == w[0].offset + 1));
     }
     // A member with less room gets all it has room for; the rest goes to the others.
+    state.grew(TOPIC);
     let dealt = state.deal(&[(5, 3), (6, 256)], 0, POLICY, |_| (0, 202));
     assert_eq!(dealt.iter().map(Vec::len).collect::<Vec<_>>(), [3, 97]);
     assert_eq!(state.held(5), 3);

@@ -23,7 +23,8 @@
 //! its own on top of the flush's: its appends and the plain keys it sets (plugin
 //! state, link marks and cursors, MQTT state) behind a marker that can take them back
 //! ([`Writer::write_appends`]), and its group state (members' cursors, settlements)
-//! after them, in an order safe to cut short anywhere (`groups.rs`, `GroupKeys`). Only
+//! after them, as one delta key applied to the group's keys later (`groups.rs`,
+//! `GroupDeltas`). Only
 //! a group holding a rarer command (a topic, group, plugin or link created, changed or
 //! removed) is applied as one `sled::Batch`.
 //!
@@ -47,7 +48,7 @@
 
 mod cleanup;
 mod dedup;
-mod groups;
+pub(super) mod groups;
 mod links;
 mod plugins;
 mod topics;
@@ -62,6 +63,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error};
 
 use super::flusher::Flusher;
+use super::groups::StoredDeltas;
 use super::journal::{self, Held, Journal};
 use super::keys;
 use super::log::{AttachedStage, Piece, TopicMeta};
@@ -71,7 +73,8 @@ use super::{
     StorageMetrics, TopicLog, TopicRecords, TopicSettings,
 };
 use dedup::stage_receipts;
-use groups::GroupKeys;
+pub use groups::DEFAULT_GROUP_DELTAS;
+use groups::{GroupDeltas, GroupKeys};
 use links::{stage_link_cursors, stage_mark};
 use topics::{SealedChunk, Staged, stage_delete, stage_pipeline, stage_settings};
 
@@ -214,6 +217,8 @@ pub(super) struct Writer {
     /// How many topics the last group staged: the next group's table starts that large
     /// rather than growing (and moving every staged topic) a few times a commit.
     staged_topics: usize,
+    /// Group state written and not yet applied to the group's keys.
+    group_deltas: GroupDeltas,
 }
 
 /// An answer held back until the group is durable: called with `Ok` after the flush
@@ -324,6 +329,7 @@ impl Writer {
         marks: Marks,
         journal: Journal,
         next_chunk: u64,
+        (group_deltas, every): (StoredDeltas, u64),
         metrics: StorageMetrics,
     ) -> Self {
         Self {
@@ -340,6 +346,7 @@ impl Writer {
             journal,
             next_chunk,
             staged_topics: 0,
+            group_deltas: GroupDeltas::new(group_deltas, every),
         }
     }
 
@@ -695,7 +702,9 @@ impl Writer {
             chunk.write(self.next_chunk, self.part_bytes, &mut chunks);
             self.next_chunk += 1;
         }
-        let group_state = std::mem::take(&mut group.group_keys).ordered(&group.deleted_groups);
+        let group_delta = self
+            .group_deltas
+            .stage(std::mem::take(&mut group.group_keys), &group.deleted_groups);
         let written = match group.other {
             false => {
                 let plain = std::mem::take(&mut group.plain);
@@ -709,14 +718,14 @@ impl Writer {
                     };
                     self.write_appends(&marker, chunks, &entry_parts, dedup, &stats, plain)?;
                     // After the appends, so that dead letters land before the state that
-                    // forgets their records, and outside the marker: any prefix of it is
-                    // safe.
-                    self.write_keys(group_state)
+                    // forgets their records, and outside the marker: one key, all or
+                    // none.
+                    keys::write(&self.tree, group_delta)
                 })
             }
             true => {
                 let mut batch = group.batch;
-                keys::stage_writes(&mut batch, group_state);
+                keys::stage_writes(&mut batch, group_delta);
                 for (key, value) in chunks {
                     batch.insert(key, value);
                 }
@@ -733,6 +742,10 @@ impl Writer {
             }
         };
         let result = written
+            .and_then(|()| match self.group_deltas.due() {
+                true => self.group_deltas.apply(&self.tree),
+                false => Ok(()),
+            })
             .and_then(|()| {
                 if group.must_flush {
                     let started = std::time::Instant::now();
@@ -867,20 +880,8 @@ impl Writer {
         for (key, value) in stats {
             self.tree.insert(key, &value[..])?;
         }
-        self.write_keys(plain)?;
+        keys::write(&self.tree, plain)?;
         self.tree.remove(keys::UNFINISHED)?;
-        Ok(())
-    }
-
-    /// Writes keys one by one, in the order given (group state: the order
-    /// [`GroupKeys::ordered`] gives).
-    fn write_keys(&self, writes: impl IntoIterator<Item = keys::KeyWrite>) -> sled::Result<()> {
-        for (key, value) in writes {
-            match value {
-                Some(value) => self.tree.insert(key, value)?,
-                None => self.tree.remove(key)?,
-            };
-        }
         Ok(())
     }
 }
