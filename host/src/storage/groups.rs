@@ -241,7 +241,9 @@ pub(super) fn read_deltas(
         if deltas.next == 0 {
             deltas.first = sequence;
         }
-        deltas.next = sequence + 1;
+        // Sequences start at 0 and go up by one; a key at the very end is damage, not
+        // a reason to overflow.
+        deltas.next = sequence.saturating_add(1);
         for (key, value) in writes {
             if keys::numbers::<1>(&key).is_some_and(|[id]| keep(id)) {
                 deltas.writes.insert(key, value);

@@ -24,9 +24,8 @@
 //! state, link marks and cursors, MQTT state) behind a marker that can take them back
 //! ([`Writer::write_appends`]), and its group state (members' cursors, settlements)
 //! after them, as one delta key applied to the group's keys later (`groups.rs`,
-//! `GroupDeltas`). Only
-//! a group holding a rarer command (a topic, group, plugin or link created, changed or
-//! removed) is applied as one `sled::Batch`.
+//! `GroupDeltas`). Only a group holding a rarer command (a topic, group, plugin or
+//! link created, changed or removed) is applied as one `sled::Batch`.
 //!
 //! The one exception: a group holding nothing but appends to topics with batched
 //! durability is answered as soon as it is applied, and the flusher thread
