@@ -356,10 +356,17 @@ async fn a_plugin_deployed_again_after_its_removal_starts_without_state() {
             .map(|i| NewRecord::new(tag.to_owned()).with_key(format!("k{i}")))
             .collect()
     };
+    // The test is about state, not speed: a call reading or writing 5,000 keys through
+    // this debug-build broker's host functions takes near the Rust default deadline
+    // (100 ms of CPU) on a loaded machine, and a call past it dead-letters its batch.
+    let patient = quiver_protocol::StageLimits {
+        memory: None,
+        call_timeout_ms: Some(10_000),
+    };
     for round in ["first", "second"] {
         deploy(&client, "dedup", example_plugin("dedup")).await;
         client
-            .attach_plugin("events", window.clone())
+            .attach_plugin_sized("events", window.clone(), patient)
             .await
             .unwrap();
         let receipt = client.publish_batch("events", keyed(round)).await.unwrap();

@@ -2283,6 +2283,10 @@ proptest! {
                 GroupOp::Reopen | GroupOp::Crash => {
                     let crash = matches!(op, GroupOp::Crash);
                     storage = restart(&rt, storage, &mut dir, &mut config, crash).0;
+                    if !crash {
+                        let left = storage.tree.scan_prefix([keys::GROUP_DELTA]).count();
+                        prop_assert_eq!(left, 0, "a clean stop applies the deltas");
+                    }
                 }
             }
             rt.block_on(storage.sync()).unwrap();

@@ -166,9 +166,9 @@ const HELD_KEYS: usize = 16_384;
 /// sequence (the writes themselves, key and value, as postcard), and the writer keeps
 /// each key's last write in memory. (A commit writing a single key that no delta
 /// holds writes it as it is: that is as atomic, and no delta can undo it.) Every
-/// [`StorageConfig::group_deltas`] commits (or once [`HELD_KEYS`] keys are held) it
-/// applies them: writes each key's last value, then removes the deltas, oldest first,
-/// all before the commit's flush.
+/// [`StorageConfig::group_deltas`] commits (or once [`HELD_KEYS`] keys are held), and
+/// at a clean stop, it applies them: writes each key's last value, then removes the
+/// deltas, oldest first, all before the commit's flush.
 ///
 /// Any prefix of that reads the same: until a delta is removed, every key it wrote
 /// has either its value or a newer one, and reading lays the deltas left over the keys

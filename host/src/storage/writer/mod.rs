@@ -423,10 +423,15 @@ impl Writer {
                 match command {
                     Command::Shutdown { reply } => {
                         self.commit(group);
-                        // What batched topics have not flushed yet (nothing can be,
-                        // once halted).
+                        // The group deltas applied, so that a clean stop leaves the
+                        // groups' keys whole (and the purge markers they hold where
+                        // the next start finds them), and what batched topics have not
+                        // flushed yet. Nothing can be, once halted.
                         if self.halted.is_none()
-                            && let Err(e) = self.db.flush()
+                            && let Err(e) = self
+                                .group_deltas
+                                .apply(&self.tree)
+                                .and_then(|()| self.db.flush().map(drop))
                         {
                             error!(cause = %e, "final flush failed");
                         }
