@@ -461,7 +461,8 @@ impl Changes<'_> {
             .filter(|(_, want)| *want > 0)
             .collect();
         let mut state = lock(&self.group.state);
-        for topic in std::mem::take(&mut *lock(&self.group.grown.0)) {
+        // Drained in place: the set keeps its room for the next commit's topics.
+        for topic in lock(&self.group.grown.0).drain() {
             state.grew(topic);
         }
         let dealt = state.deal(&wants, now, self.group.policy, bounds);
