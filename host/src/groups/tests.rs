@@ -156,6 +156,35 @@ fn records_appended_while_nobody_watched_reach_the_next_member() {
     });
 }
 
+#[test]
+fn a_topic_is_noted_once_per_round_however_many_members_watch_it() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, log, group, members) = group_with(&rt, &dir, 0, 3);
+    rt.block_on(async {
+        let noted = || lock(&group.grown.0).len();
+        let (first, _) = members[0];
+        // Joining noted the topic once, for all three watches.
+        assert_eq!(noted(), 1);
+        group.changes().await.assign(first, 256, now_ms());
+        assert_eq!(noted(), 0, "a round takes what was noted");
+        for round in 1..=3u64 {
+            append(&storage, &log, 2).await;
+            append(&storage, &log, 2).await;
+            assert_eq!(noted(), 1, "two commits, three watches: one note");
+            let (taken, _) = group.changes().await.assign(first, 256, now_ms());
+            let offsets: Vec<u64> = taken.iter().map(|d| d.offset).collect();
+            let from = (round - 1) * 4;
+            assert_eq!(
+                offsets,
+                (from..from + 4).collect::<Vec<_>>(),
+                "the mark was cleared, so round {round} sees the topic grow again"
+            );
+        }
+        storage.close().await;
+    });
+}
+
 /// A data dir written before plain runs: a 24-byte lane and a `u` key for every
 /// pending record. It loads as it was, and its plain records move into the lane's runs
 /// (their keys removed in the same commit).
