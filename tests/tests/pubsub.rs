@@ -318,6 +318,63 @@ async fn topic_admin_lists_describes_and_deletes() {
     assert_eq!((fresh.offset, &fresh.payload[..]), (0, &b"fresh"[..]));
 }
 
+/// Creations arriving together share commits now; each still happens once, a name
+/// created twice at once is refused once, and every topic created is there after a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_created_at_once_each_exist_once() {
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    let names: Vec<String> = (0..64)
+        .map(|i| format!("burst.{i}"))
+        .chain((0..8).map(|_| "burst.same".to_owned()))
+        .collect();
+    let creations = names.iter().map(|name| {
+        let client = client.clone();
+        let name = name.clone();
+        tokio::spawn(async move { client.create_topic(&name, Retention::default()).await })
+    });
+    let mut same = 0;
+    for (name, outcome) in names.iter().zip(futures::future::join_all(creations).await) {
+        match (name.as_str(), outcome.unwrap()) {
+            (_, Ok(info)) => {
+                assert_eq!(&info.name, name);
+                same += usize::from(name == "burst.same");
+            }
+            ("burst.same", Err(e)) => {
+                assert_eq!(e.code(), Some(quiver_client::ErrorCode::TopicExists), "{e}");
+                // Refused because it exists: then it is there to use.
+                client.describe_topic(name).await.unwrap();
+            }
+            (_, Err(e)) => panic!("creating `{name}` failed: {e}"),
+        }
+    }
+    assert_eq!(same, 1, "one of the eight creations of one name made it");
+    // Each is usable at once, and they are different topics.
+    for i in 0..64u64 {
+        let topic = format!("burst.{i}");
+        for _ in 0..=i % 3 {
+            client.publish(&topic, NewRecord::new("x")).await.unwrap();
+        }
+    }
+    let broker = broker.restart(&data, quiver_tests::Stop::Term, &[]);
+    let client = broker.client().await;
+    let topics: BTreeMap<String, u64> = client
+        .list_topics()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.name.starts_with("burst."))
+        .map(|t| (t.name, t.next_offset))
+        .collect();
+    assert_eq!(topics.len(), 65, "{topics:?}");
+    for i in 0..64u64 {
+        assert_eq!(topics[&format!("burst.{i}")], i % 3 + 1, "burst.{i}");
+    }
+    assert_eq!(topics["burst.same"], 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_trims_the_oldest_records_in_the_background() {
     let data = DataDir::new();

@@ -67,8 +67,9 @@ impl Broker {
             return invalid(&format!("prefetch must be 1 to {MAX_PREFETCH}"));
         }
         // Held until the group is in the registry: a concurrent creation of the same
-        // name waits, then finds it there (not only in storage).
-        let _creating = self.creation.lock().await;
+        // name waits, then finds it there (not only in storage). Exclusive: topics
+        // being created are in the registry before the group looks for its topics.
+        let _creating = self.creation.write().await;
         if self.groups.get(name).is_some() {
             return Err(BrokerError::GroupExists(name.to_owned()));
         }

@@ -21,7 +21,7 @@ pub mod redrive;
 mod request;
 pub mod streams;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
@@ -235,11 +235,12 @@ pub struct Broker {
     /// Rights, for work done on a principal's behalf (an attached plugin's routes).
     auth: Arc<Authenticator>,
     topics: RwLock<BTreeMap<TopicName, Arc<TopicLog>>>,
-    /// Held by a topic (or group) creation from its checks until the topic is in
-    /// `topics` (the group in `groups`), so concurrent creations neither overshoot
-    /// `limits.max_topics` nor see a topic or group storage has created but the
-    /// registry does not hold yet.
-    creation: tokio::sync::Mutex<()>,
+    /// Held by a creation from its checks until what it created is in the registry:
+    /// shared by topic creations (which [`Creations`] keeps apart), so that topics
+    /// created together share commits; exclusive for a group's creation (which must
+    /// see every topic storage holds) and a topic's change (one at a time).
+    creation: tokio::sync::RwLock<()>,
+    creations: Creations,
     created: broadcast::Sender<Arc<TopicLog>>,
     /// Topics deleted so far: a group looks for deleted topics among its own only
     /// when this moved ([`Broker::topic_deletions`]).
@@ -298,7 +299,8 @@ impl Broker {
             plugins,
             auth,
             topics: RwLock::new(topics),
-            creation: tokio::sync::Mutex::new(()),
+            creation: tokio::sync::RwLock::new(()),
+            creations: Creations::default(),
             created: broadcast::channel(1024).0,
             limits: settings.limits,
             dedup,
@@ -400,20 +402,8 @@ impl Broker {
                 "a topic cannot be its own dead-letter topic".into(),
             ));
         }
-        let _creation = self.creation.lock().await;
-        let held = {
-            let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
-            if topics.contains_key(&name) {
-                return Err(BrokerError::TopicExists(name.to_string()));
-            }
-            topics.len()
-        };
-        if held >= self.limits.max_topics {
-            return Err(BrokerError::LimitReached(format!(
-                "the broker holds {held} topics, its maximum (limits.max_topics); delete some \
-                 first"
-            )));
-        }
+        let _creation = self.creation.read().await;
+        let _reserved = self.reserve_topic(&name).await?;
         let settings = TopicSettings {
             retention,
             dead_letter,
@@ -428,6 +418,40 @@ impl Broker {
         let info = describe(&log);
         let _ = self.created.send(log); // no receivers is fine
         Ok(info)
+    }
+
+    /// Reserves `name` for a creation: refused if the registry holds it or the
+    /// topics held and under way reach `limits.max_topics`; waits while another
+    /// creation of the same name is under way, then looks again.
+    async fn reserve_topic(&self, name: &TopicName) -> Result<Reserved<'_>, BrokerError> {
+        loop {
+            let finished = self.creations.finished.notified();
+            tokio::pin!(finished);
+            // Before looking, so that a creation finishing meanwhile wakes this one.
+            finished.as_mut().enable();
+            {
+                let mut names = lock(&self.creations.names);
+                if !names.contains(name) {
+                    let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
+                    if topics.contains_key(name) {
+                        return Err(BrokerError::TopicExists(name.to_string()));
+                    }
+                    let held = topics.len() + names.len();
+                    if held >= self.limits.max_topics {
+                        return Err(BrokerError::LimitReached(format!(
+                            "the broker holds {held} topics, its maximum (limits.max_topics); \
+                             delete some first"
+                        )));
+                    }
+                    names.insert(name.clone());
+                    return Ok(Reserved {
+                        creations: &self.creations,
+                        name: name.clone(),
+                    });
+                }
+            }
+            finished.await;
+        }
     }
 
     /// Changes a live topic's retention or durability (what is `None` stays). A
@@ -446,7 +470,7 @@ impl Broker {
             check_durability(durability)?;
         }
         // One change at a time, so that each starts from the one before.
-        let _creation = self.creation.lock().await;
+        let _creation = self.creation.write().await;
         let retention = retention.unwrap_or_else(|| log.retention());
         let durability = durability.unwrap_or_else(|| log.durability());
         self.storage
@@ -692,6 +716,34 @@ impl Broker {
         info!(topic = %log.name(), plugin, "plugin detached");
         Ok(describe(&log))
     }
+}
+
+/// Topic creations under way, by name: concurrent creations share group commits, yet
+/// neither overshoot `limits.max_topics` nor race for one name (the second waits for
+/// the first, then finds its topic in the registry, as `topic_or_create` relies on).
+#[derive(Debug, Default)]
+struct Creations {
+    names: std::sync::Mutex<BTreeSet<TopicName>>,
+    /// Told whenever a creation ends, done or failed.
+    finished: Notify,
+}
+
+/// A name reserved for a creation under way: let go when dropped, after the topic is
+/// in the registry (or the creation failed).
+struct Reserved<'a> {
+    creations: &'a Creations,
+    name: TopicName,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        lock(&self.creations.names).remove(&self.name);
+        self.creations.finished.notify_waiters();
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The dead-letter topic's name: the one chosen at creation, or `dlq.<topic>`.
