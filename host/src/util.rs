@@ -1,10 +1,18 @@
-//! Small helpers every part of the broker uses and none owns: the process clock and
-//! hex encoding, and where to start reading (`parse_start`, for the CLI and the
+//! Small helpers every part of the broker uses and none owns: the process clock, hex
+//! encoding, a mutex lock that outlives a panicking holder, and where to start reading (`parse_start`, for the CLI and the
 //! config file). (Storage, plugins and auth import them from here, not from each
 //! other.)
 
 use quiver_protocol::StartAt;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Locks `mutex`, taking the data as it is if a holder panicked: the broker's mutexes
+/// guard state that stays consistent between statements, and one panicking task must
+/// not take the others down with it.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Milliseconds since the Unix epoch, by the system clock.
 pub fn now_ms() -> u64 {

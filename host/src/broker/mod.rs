@@ -38,7 +38,7 @@ use crate::groups::Groups;
 use crate::plugins::stage::CallTimes;
 use crate::plugins::{AdminError, PipelineError, Plugins};
 use crate::storage::{AttachedStage, Storage, StorageError, TopicLog, TopicSettings};
-use crate::util::now_ms;
+use crate::util::{lock, now_ms};
 use dedup::Deduplicator;
 pub use links::LinkControl;
 pub use publish::{Outcomes, PublishOrder, Publishes, Run, one_outcome};
@@ -740,10 +740,6 @@ impl Drop for Reserved<'_> {
         lock(&self.creations.names).remove(&self.name);
         self.creations.finished.notify_waiters();
     }
-}
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The dead-letter topic's name: the one chosen at creation, or `dlq.<topic>`.

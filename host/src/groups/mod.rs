@@ -36,12 +36,13 @@ pub mod state;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use quiver_protocol::{GroupInfo, GroupTopic, TopicPattern};
 use tokio::sync::Notify;
 
 use crate::storage::{GroupRecord, GroupWrite, StorageError, StoredGroup, TopicLog, Waiter, Watch};
+use crate::util::lock;
 use state::{
     Action, Change, DeadLetter, Delivery, GroupState, Lane, MemberId, Pending, Policy, TopicId,
 };
@@ -209,10 +210,6 @@ pub enum Settling {
 pub struct Changes<'a> {
     group: &'a Group,
     _held: tokio::sync::MutexGuard<'a, ()>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Group {

@@ -17,13 +17,10 @@
 //! as waking a task and a thread).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use super::stage::StageRunner;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+use crate::util::lock;
 
 /// The lines of every plugin that was called.
 #[derive(Debug, Default)]

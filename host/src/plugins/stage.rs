@@ -11,7 +11,7 @@
 //!   after the live call and changes nothing it returns; a canary takes its records
 //!   out of the live call and its outcomes go back in their places.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use hdrhistogram::Histogram;
 use quiver_protocol::{AttachmentStatus, OnError, SandboxInfo, Stage, StageLimits};
@@ -20,6 +20,7 @@ use super::rollout::Candidate;
 use super::runtime::{CallContext, CallOutput, Compiled, Instance};
 use super::sandbox::Language;
 use super::{Deployed, InputEvent, Outcome, PluginError, Plugins, StateSource};
+use crate::util::lock;
 
 /// When a failing stage is quarantined and for how long.
 #[derive(Debug, Clone, Copy)]
@@ -161,10 +162,6 @@ impl std::fmt::Debug for StageRunner {
 /// The µs since `started`.
 fn elapsed_micros(started: std::time::Instant) -> u64 {
     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl StageRunner {
