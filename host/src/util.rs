@@ -1,6 +1,7 @@
 //! Small helpers every part of the broker uses and none owns: the process clock, hex
-//! encoding, a mutex lock that outlives a panicking holder, and where to start reading (`parse_start`, for the CLI and the
-//! config file). (Storage, plugins and auth import them from here, not from each
+//! encoding, a mutex lock that outlives a panicking holder, work that outlives its
+//! caller, and where to start reading (`parse_start`, for the CLI and the config
+//! file). (Storage, plugins and auth import them from here, not from each
 //! other.)
 
 use quiver_protocol::StartAt;
@@ -12,6 +13,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// not take the others down with it.
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `work` on a task of its own and waits for it, so that the work goes on to its
+/// end if the caller's future is dropped (as an HTTP request's is when its client goes
+/// away): a change that storage commits must also reach the broker's memory. A panic
+/// in `work` is the caller's.
+pub async fn to_the_end<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -> T {
+    match tokio::spawn(work).await {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: only by the runtime shutting down, which drops the caller as well.
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// Milliseconds since the Unix epoch, by the system clock.

@@ -100,6 +100,12 @@ impl RawConnection {
         self.conn.closed().await
     }
 
+    /// Closes the connection at once, as a client that goes away does: nothing sent
+    /// and not yet delivered is delivered, and nothing more is read.
+    pub fn close(&self) {
+        self.conn.close(quinn::VarInt::from_u32(0), b"gone");
+    }
+
     /// Whether the broker lets the client open a unidirectional stream now.
     pub fn can_open_unidirectional(&self) -> bool {
         use futures::FutureExt;

@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
-use quiver_client::{Client, NewRecord, PublishId, Retention};
+use quiver_client::{Client, ErrorCode, NewRecord, PublishId, Retention};
+use quiver_protocol::{ClientFrame, Op, Request, ServerFrame, TopicConfig};
+use quiver_tests::raw::RawConnection;
 use quiver_tests::{Broker, DataDir};
 
 async fn records(client: &Client, topic: &str) -> u64 {
@@ -152,4 +154,90 @@ async fn a_retry_sent_while_the_first_attempt_is_in_flight_gets_its_receipt() {
     assert_eq!(first, again);
     assert_eq!(first.offsets(), 0..2);
     assert_eq!(records(&client, "orders").await, 2);
+}
+
+/// Requests in flight when their client goes away still run to their end: a publish
+/// stored is remembered (a producer that reconnects and retries it gets its receipt,
+/// and nothing is stored twice), and a topic created is in the broker's registry as
+/// well as in storage. The connection's requests were once dropped as soon as a reply
+/// could not be written, while storage went on to commit them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_off_by_a_lost_connection_still_complete() {
+    const PUBLISHES: u64 = 2_000;
+    const CREATIONS: u64 = 64;
+    let data = DataDir::new();
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    client
+        .create_topic("orders", Retention::default())
+        .await
+        .unwrap();
+    let producer = client.next_publish_id().producer.wrapping_add(1);
+    let id = |sequence| PublishId { producer, sequence };
+    let record = |sequence: u64| NewRecord::new(format!("order {sequence}"));
+    let name = |n: u64| format!("cut.t{n}");
+
+    let raw = RawConnection::connect(broker.addr(), broker.cert()).await;
+    let (mut control, _) = raw.handshake().await;
+    for sequence in 0..PUBLISHES {
+        let op = Op::Publish {
+            topic: "orders".into(),
+            records: vec![record(sequence)],
+            id: Some(id(sequence)),
+        };
+        control
+            .send(&ClientFrame::Request(Request { id: sequence, op }))
+            .await;
+        // Creations among the last publishes, so that some are in flight at the cut.
+        if sequence >= PUBLISHES - CREATIONS {
+            let n = sequence - (PUBLISHES - CREATIONS);
+            let op = Op::CreateTopic {
+                name: name(n),
+                config: TopicConfig::default(),
+            };
+            let request = Request {
+                id: PUBLISHES + n,
+                op,
+            };
+            control.send(&ClientFrame::Request(request)).await;
+        }
+    }
+    // The broker is answering: the rest are being stored. Then the client is gone.
+    assert!(matches!(control.recv().await, Some(ServerFrame::Reply(_))));
+    raw.close();
+
+    // The producer reconnects and sends every publish again: each gets one offset of
+    // its own, whichever attempt stored it.
+    let mut offsets = Vec::new();
+    for sequence in 0..PUBLISHES {
+        let receipt = client
+            .publish_batch_with_id("orders", vec![record(sequence)], id(sequence))
+            .await
+            .unwrap();
+        assert_eq!(receipt.count, 1);
+        offsets.push(receipt.base_offset);
+    }
+    offsets.sort_unstable();
+    assert_eq!(
+        offsets,
+        (0..PUBLISHES).collect::<Vec<_>>(),
+        "one offset each"
+    );
+    assert_eq!(
+        records(&client, "orders").await,
+        PUBLISHES,
+        "each publish stored once"
+    );
+
+    // Each topic is either created (then the broker knows it) or was never sent.
+    for n in 0..CREATIONS {
+        match client.create_topic(&name(n), Retention::default()).await {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::TopicExists), "{e}"),
+        }
+        client
+            .describe_topic(&name(n))
+            .await
+            .unwrap_or_else(|e| panic!("{} is stored but not served: {e}", name(n)));
+    }
 }

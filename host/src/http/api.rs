@@ -37,7 +37,7 @@ use crate::auth::file::AuthFile;
 use crate::auth::{Access, Right};
 use crate::broker::redrive::{Redrive, Selection, parse_through};
 use crate::broker::{Broker, BrokerError, PublishOrder, Publishes, authorize, one_outcome};
-use crate::util::{hex, now_ms, parse_start};
+use crate::util::{hex, now_ms, parse_start, to_the_end};
 
 /// Records a browse returns at most.
 const MAX_PAGE: usize = 500;
@@ -199,9 +199,10 @@ impl Caller {
     }
 }
 
-/// Carries out `op` as the caller.
+/// Carries out `op` as the caller, to its end even if the client goes away.
 async fn ask(broker: &Arc<Broker>, caller: &Caller, op: Op) -> Result<OpReply, ApiError> {
-    Ok(broker.answer(&caller.0, op).await?)
+    let (broker, access) = (Arc::clone(broker), caller.0.clone());
+    Ok(to_the_end(async move { broker.answer(&access, op).await }).await?)
 }
 
 #[derive(Debug, Serialize)]
@@ -501,7 +502,8 @@ async fn publish(
     };
     let mut order = PublishOrder::default();
     let outcomes = shared.broker.publish(&mut order, &name, publishes).await;
-    Ok(Json(one_outcome(outcomes.await)?))
+    // Handed to storage: what follows the commit is done even if the client goes away.
+    Ok(Json(one_outcome(to_the_end(outcomes).await)?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -684,10 +686,9 @@ async fn redrive(
         filters: Vec::new(),
         through,
     };
-    let done = shared
-        .broker
-        .redrive(&caller.0, &redrive, selection)
-        .await?;
+    let (broker, access) = (Arc::clone(&shared.broker), caller.0);
+    let done =
+        to_the_end(async move { broker.redrive(&access, &redrive, selection).await }).await?;
     Ok(Json(RedriveReport {
         redriven: done
             .stored

@@ -1,6 +1,12 @@
 //! The control stream: pipelined requests (topic admin, publishes, plugins, groups,
 //! request-reply), each authorized first and answered by a reply carrying its id as
 //! soon as it completes, in any order.
+//!
+//! A request once started runs to its end, even when its client is gone: storage
+//! commits what it was handed whatever happens to the request, and what follows the
+//! commit (remembering a publish's id for retries, putting a created topic in the
+//! registry) must happen too, or a retry is stored twice and a topic is in storage but
+//! unknown to the broker. So a failed write only stops the reading and the answers.
 
 use std::sync::Arc;
 
@@ -33,45 +39,53 @@ pub(super) async fn serve(
     let mut inflight: FuturesUnordered<BoxFuture<'static, ServerFrame>> = FuturesUnordered::new();
     let mut order = PublishOrder::default();
     let mut reading = true;
+    // Cleared when a write fails: the client is gone, and nothing more is answered.
+    let mut answering = true;
     while reading || !inflight.is_empty() {
         tokio::select! {
             biased;
             Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                if !answering {
+                    continue;
+                }
                 writer.feed(&reply);
                 // Replies that are ready too share the write.
                 while let Some(Some(reply)) = inflight.next().now_or_never() {
                     writer.feed(&reply);
                 }
                 if writer.flush().await.is_err() {
-                    return;
+                    (reading, answering) = (false, false);
                 }
             }
             incoming = reader.next(), if reading && inflight.len() < max_inflight => {
-                match incoming {
+                let error = match incoming {
                     Incoming::Frame(ClientFrame::Request(request)) => {
                         let started = dispatch(&broker, &access, request, &mut order).await;
                         inflight.push(started);
+                        continue;
                     }
-                    Incoming::Frame(other) => {
-                        let error = WireError::new(
-                            ErrorCode::UnexpectedMessage,
-                            format!("{} is not valid on the control stream", other.kind()),
-                        );
-                        if writer.send(&ServerFrame::Error(error)).await.is_err() {
-                            return;
-                        }
-                    }
+                    Incoming::Frame(other) => WireError::new(
+                        ErrorCode::UnexpectedMessage,
+                        format!("{} is not valid on the control stream", other.kind()),
+                    ),
                     Incoming::Bad(e) => {
                         debug!(error = %e, "bad frame on the control stream");
-                        if writer.send(&ServerFrame::Error(WireError::from(&e))).await.is_err() {
-                            return;
-                        }
+                        WireError::from(&e)
                     }
-                    Incoming::End => reading = false,
+                    Incoming::End => {
+                        reading = false;
+                        continue;
+                    }
+                };
+                if writer.send(&ServerFrame::Error(error)).await.is_err() {
+                    (reading, answering) = (false, false);
                 }
             }
             () = shutdown.cancelled(), if reading => reading = false,
         }
+    }
+    if !answering {
+        return;
     }
     if shutdown.is_cancelled() {
         return writer.refuse(super::shutting_down()).await;
