@@ -509,11 +509,25 @@ impl Connection {
     /// hands the last packets to the writer.
     async fn end(&mut self, ended: Ended) -> Ended {
         // Publishes already read are answered where possible (they are stored
-        // anyway), before any DISCONNECT.
-        while let Ok(Some(acked)) =
-            tokio::time::timeout(Duration::from_secs(5), self.publishes.next()).await
-        {
-            let _ = self.acknowledge(acked).await;
+        // anyway), before any DISCONNECT. Any storage has not finished within the wait
+        // still runs to its end, unanswered: a retained message it sets is set.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), self.publishes.next()).await {
+                Ok(Some(acked)) => {
+                    let _ = self.acknowledge(acked).await;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    let unanswered = std::mem::take(&mut self.publishes);
+                    debug!(
+                        publishes = unanswered.len(),
+                        "the connection ends with publishes still being stored: \
+                         they finish unanswered"
+                    );
+                    tokio::spawn(unanswered.for_each(|_| std::future::ready(())));
+                    break;
+                }
+            }
         }
         // MQTT 5 says why the broker closes; 3.1.1 just closes.
         let bye = match &ended {
