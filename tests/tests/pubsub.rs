@@ -375,6 +375,46 @@ async fn topics_created_at_once_each_exist_once() {
     assert_eq!(topics["burst.same"], 0);
 }
 
+/// Waits until retention has trimmed `topic` (100 records) to its last 10.
+async fn trimmed_to_the_last_ten(client: &Client, topic: &str) {
+    quiver_tests::eventually(
+        Duration::from_secs(30),
+        "retention trims to 10 records",
+        || async { client.describe_topic(topic).await.unwrap().records == 10 },
+    )
+    .await;
+    let info = client.describe_topic(topic).await.unwrap();
+    assert_eq!((info.first_offset, info.next_offset), (90, 100));
+}
+
+/// Tightening a live topic's retention wakes the sweep: it applies at once, not at the
+/// next interval (an hour here). Deletes wake it too, for their purges alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tightened_retention_applies_without_waiting_for_the_interval() {
+    let data = DataDir::new();
+    let broker = Broker::start_with(&data, &[("QUIVER_RETENTION_INTERVAL", "1h")]);
+    let client = broker.client().await;
+    for topic in ["bounded", "doomed"] {
+        client
+            .create_topic(topic, Retention::default())
+            .await
+            .unwrap();
+        let records = (0..100).map(|i| NewRecord::new(format!("{i}"))).collect();
+        client.publish_batch(topic, records).await.unwrap();
+    }
+    // A delete's purge, woken first, must not stand in for the retention pass.
+    client.delete_topic("doomed").await.unwrap();
+    let keep_ten = Retention {
+        max_records: Some(10),
+        ..Retention::default()
+    };
+    client
+        .alter_topic("bounded", Some(keep_ten), None)
+        .await
+        .unwrap();
+    trimmed_to_the_last_ten(&client, "bounded").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_trims_the_oldest_records_in_the_background() {
     let data = DataDir::new();
@@ -392,17 +432,7 @@ async fn retention_trims_the_oldest_records_in_the_background() {
         )
         .await
         .unwrap();
-    quiver_tests::eventually(
-        Duration::from_secs(30),
-        "retention trims to 10 records",
-        || {
-            let client = client.clone();
-            async move { client.describe_topic("bounded").await.unwrap().records == 10 }
-        },
-    )
-    .await;
-    let info = client.describe_topic("bounded").await.unwrap();
-    assert_eq!((info.first_offset, info.next_offset), (90, 100));
+    trimmed_to_the_last_ten(&client, "bounded").await;
     let mut sub = client
         .subscribe("bounded", SubscribeOptions::from(StartAt::Earliest))
         .await

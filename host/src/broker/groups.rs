@@ -109,7 +109,7 @@ impl Broker {
             .await?;
         self.groups.remove(name);
         // Its lanes and pending records are purged in the background, in steps.
-        self.cleanup.notify_one();
+        self.cleanup.purge();
         info!(group = name, "group deleted");
         Ok(())
     }

@@ -251,8 +251,8 @@ pub struct Broker {
     requests: request::Requests,
     /// Makes reply tokens unique across restarts.
     requests_prefix: String,
-    /// Wakes the background clean-up early (after a delete).
-    pub(crate) cleanup: Notify,
+    /// Wakes the background clean-up early (after a delete, or a retention change).
+    pub(crate) cleanup: crate::retention::Wake,
     /// The links, handed over once they are started.
     links: std::sync::OnceLock<Arc<dyn LinkControl>>,
     /// How the server runs this broker (`quiver info`), handed over once it serves.
@@ -307,7 +307,7 @@ impl Broker {
             groups: Groups::default(),
             requests: request::Requests::default(),
             requests_prefix: format!("{:x}", now_ms()),
-            cleanup: Notify::new(),
+            cleanup: crate::retention::Wake::default(),
             deletions: std::sync::atomic::AtomicU64::new(0),
             links: std::sync::OnceLock::new(),
             server: std::sync::OnceLock::new(),
@@ -477,7 +477,7 @@ impl Broker {
             .set_settings(Arc::clone(&log), retention, durability)
             .await?;
         info!(topic = %log.name(), ?retention, %durability, "topic altered");
-        self.cleanup.notify_one();
+        self.cleanup.retention();
         Ok(describe(&log))
     }
 
@@ -524,7 +524,7 @@ impl Broker {
         self.deletions
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         info!(topic = %log.name(), "topic deleted");
-        self.cleanup.notify_one();
+        self.cleanup.purge();
         Ok(())
     }
 

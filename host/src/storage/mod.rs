@@ -376,9 +376,10 @@ impl Storage {
         self.ask(|reply| Command::TrimAll { points, reply }).await
     }
 
-    /// Removes a bounded number of a deleted topic's chunks.
-    pub async fn purge(&self, id: u64) -> Result<Cleanup, StorageError> {
-        self.ask(|reply| Command::Purge { id, reply }).await
+    /// Removes a bounded number of deleted topics' chunks (of `ids`, in order), and
+    /// the purge marker of each topic left without any.
+    pub async fn purge(&self, ids: Vec<u64>) -> Result<Cleanup, StorageError> {
+        self.ask(|reply| Command::Purge { ids, reply }).await
     }
 
     /// Stores a plugin record and, when given, a component (kept under its sha256),

@@ -12,6 +12,7 @@ use quiver_protocol::{
 use super::log::TopicMeta;
 use super::open::{SEGMENT_BYTES, catch_panic, created_segment_size, next_chunk};
 use super::read::decode_index;
+use super::writer::CLEANUP_STEP;
 use super::*;
 use crate::util::now_ms;
 
@@ -202,7 +203,7 @@ fn duplicate_and_deleted_topics_are_refused() {
         // The purge removes every chunk, a step at a time.
         let mut removed = 0;
         loop {
-            let step = storage.purge(log.id()).await.unwrap();
+            let step = storage.purge(vec![log.id()]).await.unwrap();
             removed += step.removed;
             if !step.more {
                 break;
@@ -365,6 +366,66 @@ fn trimming_many_topics_at_once_removes_a_bounded_number_of_chunks() {
         }
         assert_eq!(count_keys(&storage, keys::INDEX), 150);
         assert_eq!(count_keys(&storage, keys::SEALED), 150);
+        storage.close().await;
+    });
+}
+
+#[test]
+fn deleted_topics_are_purged_together_in_bounded_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        // Chunks of one record: 300 topics of 2 records and one of 300, deleted; one
+        // more of 10 kept.
+        let (storage, _) = Storage::open(&config(&dir, 1)).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..301 {
+            let log = storage
+                .create_topic(name(&format!("gone.{i}")), Retention::default())
+                .await
+                .unwrap();
+            let records = if i == 150 { 0..300 } else { 0..2 };
+            storage
+                .append(log.clone(), payloads(records))
+                .await
+                .unwrap();
+            storage.delete_topic(log.clone()).await.unwrap();
+            ids.push(log.id());
+        }
+        let kept = storage
+            .create_topic(name("kept"), Retention::default())
+            .await
+            .unwrap();
+        storage.append(kept.clone(), payloads(0..10)).await.unwrap();
+        assert_eq!(storage.pending_purges().unwrap().len(), 301);
+        assert_eq!(count_keys(&storage, keys::INDEX), 300 * 2 + 300 + 10);
+
+        // A step removes at most its bound of chunks, over as many topics as it can.
+        let first = storage.purge(ids.clone()).await.unwrap();
+        assert_eq!(first.removed, CLEANUP_STEP);
+        assert!(first.more);
+        let purged = 301 - storage.pending_purges().unwrap().len();
+        assert_eq!(
+            purged,
+            CLEANUP_STEP / 2,
+            "every topic done in the step is unmarked"
+        );
+        let mut removed = first.removed;
+        loop {
+            // A topic that is not deleted is never touched, whatever the ids say.
+            let mut asked = ids.clone();
+            asked.push(kept.id());
+            let step = storage.purge(asked).await.unwrap();
+            assert!(step.removed <= CLEANUP_STEP);
+            removed += step.removed;
+            if !step.more {
+                break;
+            }
+        }
+        assert_eq!(removed, 900);
+        assert!(storage.pending_purges().unwrap().is_empty());
+        assert_eq!(count_keys(&storage, keys::INDEX), 10);
+        assert_eq!(count_keys(&storage, keys::SEALED), 10);
+        assert_eq!(read_all(&storage, &kept, 1000).len(), 10);
         storage.close().await;
     });
 }
@@ -1320,7 +1381,7 @@ fn chunks_indexed_before_checksums_still_read_and_the_stamp_moves_on() {
         let left = read_all(&storage, &log, 1000);
         assert_eq!(left.first(), Some(&(45, Bytes::from("record-45"))));
         storage.delete_topic(log.clone()).await.unwrap();
-        while storage.purge(log.id()).await.unwrap().more {}
+        while storage.purge(vec![log.id()]).await.unwrap().more {}
         assert_eq!(count_keys(&storage, keys::SEALED), 0);
         assert_eq!(count_keys(&storage, keys::INDEX), 0);
         storage.close().await;

@@ -11,7 +11,7 @@ use crate::storage::{Cleanup, GroupPurge, StorageError, TopicLog};
 
 /// The most chunks (or dedup entries) one clean-up step removes, so appends never wait
 /// long.
-pub(super) const CLEANUP_STEP: usize = 256;
+pub(in crate::storage) const CLEANUP_STEP: usize = 256;
 
 /// The most chunks one trim of many topics removes (a few per topic, usually).
 const TRIM_ALL_STEP: usize = 4 * CLEANUP_STEP;
@@ -115,26 +115,39 @@ impl Writer {
         Ok(unfinished)
     }
 
-    /// Removes up to [`CLEANUP_STEP`] chunks of a deleted topic; the purge marker goes
-    /// with the last of them.
-    pub(super) fn purge(&mut self, id: u64) -> Result<Cleanup, StorageError> {
+    /// Removes deleted topics' chunks, topic after topic, up to [`CLEANUP_STEP`] in
+    /// all, in one batch: a topic whose last chunk goes loses its link marks and its
+    /// purge marker with it. Topics without a marker (purged already) are skipped.
+    /// `more`: the step ran out before the last topic was done.
+    pub(super) fn purge(&mut self, ids: &[u64]) -> Result<Cleanup, StorageError> {
         let mut batch = sled::Batch::default();
-        let lo = keys::with_offset(keys::INDEX, id, 0);
-        let hi = keys::with_offset(keys::INDEX, id, u64::MAX);
         let mut removed = 0;
-        for item in self.tree.range(lo..=hi).take(CLEANUP_STEP) {
-            let (key, value) = item?;
-            let (base, meta) = decode_index(&key, &value)?;
-            remove_chunk(&self.tree, &mut batch, id, base, &meta)?;
-            removed += 1;
-        }
-        let more = removed == CLEANUP_STEP;
-        if !more {
+        let mut more = false;
+        for &id in ids {
+            let marker = keys::with_id(keys::PURGE, id);
+            if !self.tree.contains_key(marker)? {
+                continue;
+            }
+            let lo = keys::with_offset(keys::INDEX, id, 0);
+            let hi = keys::with_offset(keys::INDEX, id, u64::MAX);
+            for item in self.tree.range(lo..=hi) {
+                if removed == CLEANUP_STEP {
+                    more = true;
+                    break;
+                }
+                let (key, value) = item?;
+                let (base, meta) = decode_index(&key, &value)?;
+                remove_chunk(&self.tree, &mut batch, id, base, &meta)?;
+                removed += 1;
+            }
+            if more {
+                break;
+            }
             // The marks of origins forwarded to it (a handful per link).
             for key in self.tree.scan_prefix(keys::with_id(keys::MARK, id)).keys() {
                 batch.remove(key?);
             }
-            batch.remove(&keys::with_id(keys::PURGE, id));
+            batch.remove(&marker);
         }
         self.apply(batch)?;
         Ok(Cleanup { removed, more })

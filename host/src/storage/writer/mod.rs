@@ -46,6 +46,8 @@
 //! is still full (sled writes while opening) and leave nothing to read from.
 
 mod cleanup;
+#[cfg(test)]
+pub(super) use cleanup::CLEANUP_STEP;
 mod dedup;
 pub(super) mod groups;
 mod links;
@@ -171,7 +173,7 @@ pub(super) enum Command {
         reply: Reply<Vec<(Arc<TopicLog>, u64)>>,
     },
     Purge {
-        id: u64,
+        ids: Vec<u64>,
         reply: Reply<Cleanup>,
     },
     /// A step of purging a removed plugin's state.
@@ -453,9 +455,9 @@ impl Writer {
                         let unfinished = self.trim_all(points);
                         let _ = reply.send(unfinished);
                     }
-                    Command::Purge { id, reply } => {
+                    Command::Purge { ids, reply } => {
                         self.commit(std::mem::replace(&mut group, self.empty_group()));
-                        let purged = self.purge(id);
+                        let purged = self.purge(&ids);
                         let _ = reply.send(purged);
                     }
                     Command::PurgeState { plugin, reply } => {
