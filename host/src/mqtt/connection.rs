@@ -509,8 +509,8 @@ impl Connection {
     /// hands the last packets to the writer.
     async fn end(&mut self, ended: Ended) -> Ended {
         // Publishes already read are answered where possible (they are stored
-        // anyway), before any DISCONNECT. Any storage has not finished within the wait
-        // still runs to its end, unanswered: a retained message it sets is set.
+        // anyway), before any DISCONNECT. Those still being stored after the wait run
+        // to their end unanswered, so that a retained message they set is set.
         loop {
             match tokio::time::timeout(Duration::from_secs(5), self.publishes.next()).await {
                 Ok(Some(acked)) => {

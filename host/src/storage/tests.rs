@@ -526,6 +526,9 @@ enum Op {
     Crash,
     /// Start or stop watching topic 0 (reads then go through its tail).
     Watch,
+    /// Delete topic 0 or 1, take one step of the pending purges, and create the topic
+    /// again under its name (empty, with a new id).
+    Recreate(bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -536,6 +539,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         1 => Just(Op::Crash),
         1 => Just(Op::Watch),
+        1 => any::<bool>().prop_map(Op::Recreate),
     ]
 }
 
@@ -568,7 +572,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     /// Storage against a `VecDeque` model per topic: appends to two topics, trims,
-    /// restarts, crashes and readers coming and going, in any order; with chunks sealed as they
+    /// restarts, crashes, readers coming and going, and topics deleted, purged and
+    /// created again, in any order; with chunks sealed as they
     /// fill, by trims, and by a journal budget small enough to be passed often.
     #[test]
     fn storage_matches_a_simple_model(ops in proptest::collection::vec(op(), 1..40)) {
@@ -628,6 +633,19 @@ proptest! {
                         None => Some(logs[0].watch(Arc::new(tokio::sync::Notify::new()))),
                     };
                 }
+                Op::Recreate(topic) => {
+                    let t = usize::from(topic);
+                    rt.block_on(storage.delete_topic(logs[t].clone())).unwrap();
+                    let pending = storage.pending_purges().unwrap();
+                    rt.block_on(storage.purge(pending)).unwrap();
+                    let again = storage.create_topic(name(&format!("m{t}")), Retention::default());
+                    logs[t] = rt.block_on(again).unwrap();
+                    models[t].clear();
+                    nexts[t] = 0;
+                    if t == 0 && watch.take().is_some() {
+                        watch = Some(logs[0].watch(Arc::new(tokio::sync::Notify::new())));
+                    }
+                }
             }
             for (log, model) in logs.iter().zip(&models) {
                 let stored: Vec<(u64, Vec<u8>)> = read_all(&storage, log, 5)
@@ -647,6 +665,26 @@ proptest! {
                 .sum();
             prop_assert!(journal <= 300 + 300, "journal of {} bytes", journal);
         }
+        // Purges cut short, by a step's end or a crash, go on to the end, and leave no
+        // chunk of a deleted topic behind.
+        loop {
+            let pending = storage.pending_purges().unwrap();
+            if pending.is_empty() {
+                break;
+            }
+            rt.block_on(storage.purge(pending)).unwrap();
+        }
+        let live: Vec<u64> = logs.iter().map(|log| log.id()).collect();
+        let stray = storage
+            .tree
+            .scan_prefix([keys::INDEX])
+            .keys()
+            .filter(|key| {
+                let id = keys::numbers::<1>(&key.as_ref().unwrap()[..]).unwrap()[0];
+                !live.contains(&id)
+            })
+            .count();
+        prop_assert_eq!(stray, 0, "index entries of deleted topics");
         drop(watch);
         rt.block_on(storage.close());
     }
