@@ -234,7 +234,10 @@ pub struct Broker {
     plugins: Arc<Plugins>,
     /// Rights, for work done on a principal's behalf (an attached plugin's routes).
     auth: Arc<Authenticator>,
-    topics: RwLock<BTreeMap<TopicName, Arc<TopicLog>>>,
+    /// The live topics by name. Storage's writer updates it as a creation or deletion
+    /// commits (`Storage::create_topic_then`), so that it never disagrees with storage,
+    /// even when whoever asked went away meanwhile (a link stopped, say).
+    topics: Arc<RwLock<BTreeMap<TopicName, Arc<TopicLog>>>>,
     /// Held by a creation from its checks until what it created is in the registry:
     /// shared by topic creations (which [`Creations`] keeps apart), so that topics
     /// created together share commits; exclusive for a group's creation (which must
@@ -244,7 +247,7 @@ pub struct Broker {
     created: broadcast::Sender<Arc<TopicLog>>,
     /// Topics deleted so far: a group looks for deleted topics among its own only
     /// when this moved ([`Broker::topic_deletions`]).
-    deletions: std::sync::atomic::AtomicU64,
+    deletions: Arc<std::sync::atomic::AtomicU64>,
     limits: BrokerLimits,
     dedup: Arc<Deduplicator>,
     groups: Groups,
@@ -298,7 +301,7 @@ impl Broker {
             storage,
             plugins,
             auth,
-            topics: RwLock::new(topics),
+            topics: Arc::new(RwLock::new(topics)),
             creation: tokio::sync::RwLock::new(()),
             creations: Creations::default(),
             created: broadcast::channel(1024).0,
@@ -308,7 +311,7 @@ impl Broker {
             requests: request::Requests::default(),
             requests_prefix: format!("{:x}", now_ms()),
             cleanup: crate::retention::Wake::default(),
-            deletions: std::sync::atomic::AtomicU64::new(0),
+            deletions: Arc::default(),
             links: std::sync::OnceLock::new(),
             server: std::sync::OnceLock::new(),
             streams: Arc::default(),
@@ -409,15 +412,19 @@ impl Broker {
             dead_letter,
             durability: config.durability,
         };
-        let log = self.storage.create_topic(name.clone(), settings).await?;
-        self.topics
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(name, Arc::clone(&log));
+        let (registry, created) = (Arc::clone(&self.topics), self.created.clone());
+        let log = self
+            .storage
+            .create_topic_then(name, settings, move |log| {
+                registry
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(log.name().clone(), Arc::clone(log));
+                let _ = created.send(Arc::clone(log)); // no receivers is fine
+            })
+            .await?;
         info!(topic = %log.name(), ?retention, durability = %log.durability(), "topic created");
-        let info = describe(&log);
-        let _ = self.created.send(log); // no receivers is fine
-        Ok(info)
+        Ok(describe(&log))
     }
 
     /// Reserves `name` for a creation: refused if the registry holds it or the
@@ -512,17 +519,21 @@ impl Broker {
     /// Deletes a topic; its storage is released in the background.
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
         let log = self.topic(name)?;
-        self.storage.delete_topic(Arc::clone(&log)).await?;
-        {
-            let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
+        let (registry, deletions) = (Arc::clone(&self.topics), Arc::clone(&self.deletions));
+        let plugins = Arc::clone(&self.plugins);
+        let deleted = move |log: &Arc<TopicLog>| {
+            let mut topics = registry.write().unwrap_or_else(PoisonError::into_inner);
             if topics.get(log.name()).is_some_and(|l| l.id() == log.id()) {
                 topics.remove(log.name());
             }
-        }
-        self.plugins.forget_topic(log.id());
-        // After the topic is marked deleted: whoever reads the new count sees it so.
-        self.deletions
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            drop(topics);
+            plugins.forget_topic(log.id());
+            // After the topic is marked deleted: whoever reads the new count sees it so.
+            deletions.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        };
+        self.storage
+            .delete_topic_then(Arc::clone(&log), deleted)
+            .await?;
         info!(topic = %log.name(), "topic deleted");
         self.cleanup.purge();
         Ok(())

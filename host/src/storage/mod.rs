@@ -261,10 +261,22 @@ impl Storage {
         name: TopicName,
         settings: impl Into<TopicSettings>,
     ) -> Result<Arc<TopicLog>, StorageError> {
+        self.create_topic_then(name, settings, |_| {}).await
+    }
+
+    /// Creates a topic, durable when this returns; `then` runs once it is durable,
+    /// before the answer, whether or not the caller still waits for it.
+    pub async fn create_topic_then(
+        &self,
+        name: TopicName,
+        settings: impl Into<TopicSettings>,
+        then: impl FnOnce(&Arc<TopicLog>) + Send + 'static,
+    ) -> Result<Arc<TopicLog>, StorageError> {
         let settings = settings.into();
         self.ask(|reply| Command::Create {
             name,
             settings,
+            then: Box::new(then),
             reply,
         })
         .await
@@ -273,7 +285,22 @@ impl Storage {
     /// Deletes a topic: it disappears at once (durably); its records are removed in the
     /// background by [`Storage::purge`].
     pub async fn delete_topic(&self, log: Arc<TopicLog>) -> Result<(), StorageError> {
-        self.ask(|reply| Command::Delete { log, reply }).await
+        self.delete_topic_then(log, |_| {}).await
+    }
+
+    /// Deletes a topic as [`Storage::delete_topic`] does; `then` runs once the deletion
+    /// is durable, before the answer, whether or not the caller still waits for it.
+    pub async fn delete_topic_then(
+        &self,
+        log: Arc<TopicLog>,
+        then: impl FnOnce(&Arc<TopicLog>) + Send + 'static,
+    ) -> Result<(), StorageError> {
+        self.ask(|reply| Command::Delete {
+            log,
+            then: Box::new(then),
+            reply,
+        })
+        .await
     }
 
     /// Replaces a topic's ingress pipeline, durable when this returns.

@@ -223,6 +223,53 @@ fn duplicate_and_deleted_topics_are_refused() {
     });
 }
 
+/// What follows a creation or a deletion (the broker's registry) is done by storage as
+/// it commits, also when the caller gave up waiting once the command was sent.
+#[test]
+fn what_follows_a_creation_or_deletion_is_done_when_its_caller_is_gone() {
+    use futures::FutureExt;
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let (storage, _) = Storage::open(&config(&dir, 100)).unwrap();
+        let (tx, mut done) = tokio::sync::mpsc::unbounded_channel();
+        let created = tx.clone();
+        let creating = storage.create_topic_then(name("t"), Retention::default(), move |log| {
+            let _ = created.send(("created", Arc::clone(log)));
+        });
+        // Sent on the first poll, then dropped before the answer.
+        assert!(creating.now_or_never().is_none());
+        storage.sync().await.unwrap();
+        let (what, log) = done.try_recv().expect("the creation's follow-up ran");
+        assert_eq!((what, log.name().as_str()), ("created", "t"));
+
+        let deleting = storage.delete_topic_then(Arc::clone(&log), move |log| {
+            let _ = tx.send(("deleted", Arc::clone(log)));
+        });
+        assert!(deleting.now_or_never().is_none());
+        storage.sync().await.unwrap();
+        let (what, deleted) = done.try_recv().expect("the deletion's follow-up ran");
+        assert_eq!((what, deleted.id()), ("deleted", log.id()));
+        assert!(
+            deleted.is_deleted(),
+            "it runs after the topic is marked deleted"
+        );
+
+        // A refused creation has no follow-up.
+        let kept = storage
+            .create_topic(name("kept"), Retention::default())
+            .await
+            .unwrap();
+        let refused = storage
+            .create_topic_then(name("kept"), Retention::default(), |_| {
+                panic!("a refused creation has no follow-up")
+            })
+            .await;
+        assert!(matches!(refused, Err(StorageError::TopicExists(_))));
+        assert_eq!(kept.name().as_str(), "kept");
+        storage.close().await;
+    });
+}
+
 #[test]
 fn reads_respect_record_and_byte_limits() {
     let dir = tempfile::tempdir().unwrap();

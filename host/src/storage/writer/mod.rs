@@ -86,6 +86,11 @@ const MAX_GROUP: usize = 4096;
 
 type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 
+/// What the caller of a topic's creation or deletion has done once it is durable: run
+/// by the writer before it answers, so that it is done even if the caller went away
+/// meanwhile (the broker's registry follows storage this way).
+type Then = Box<dyn FnOnce(&Arc<TopicLog>) + Send>;
+
 pub(super) enum Command {
     Append {
         appends: Vec<TopicRecords>,
@@ -137,10 +142,12 @@ pub(super) enum Command {
     Create {
         name: TopicName,
         settings: TopicSettings,
+        then: Then,
         reply: Reply<Arc<TopicLog>>,
     },
     Delete {
         log: Arc<TopicLog>,
+        then: Then,
         reply: Reply<()>,
     },
     SetPipeline {
@@ -572,12 +579,16 @@ impl Writer {
             Command::Create {
                 name,
                 settings,
+                then,
                 reply,
             } => match self.stage_create(group, name, settings) {
-                Ok(log) => group.done.push(answer(reply, log, || {})),
+                Ok(log) => {
+                    let created = Arc::clone(&log);
+                    group.done.push(answer(reply, log, move || then(&created)));
+                }
                 Err(e) => refuse(reply, e),
             },
-            Command::Delete { log, reply } => {
+            Command::Delete { log, then, reply } => {
                 if gone(&log, group) {
                     return refuse(reply, not_found(&log));
                 }
@@ -587,6 +598,7 @@ impl Writer {
                     marks.forget_topic(log.id());
                     log.mark_deleted();
                     log.wake();
+                    then(&log);
                 }));
             }
             Command::SetPipeline {
