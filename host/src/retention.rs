@@ -50,17 +50,18 @@ pub async fn run(broker: Arc<Broker>, interval: Duration, shutdown: Cancellation
         let started = Instant::now();
         let asked = broker.cleanup.retention.swap(false, Ordering::AcqRel);
         let whole = asked || started >= due;
+        // The topics a whole pass looked at; none for the purges alone.
         let done = match whole {
-            true => sweep(&broker, &shutdown).await,
-            false => purge(broker.storage(), &shutdown).await.map(|()| 0),
+            true => sweep(&broker, &shutdown).await.map(Some),
+            false => purge(broker.storage(), &shutdown).await.map(|()| None),
         };
         match done {
-            Ok(topics) if whole => debug!(
+            Ok(Some(topics)) => debug!(
                 topics,
                 ms = started.elapsed().as_millis(),
                 "retention sweep done"
             ),
-            Ok(_) => {}
+            Ok(None) => {}
             Err(e) => warn!(cause = %e, "retention sweep failed; retrying next interval"),
         }
         if whole {

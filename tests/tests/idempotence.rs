@@ -6,7 +6,19 @@
 use quiver_client::{Client, ErrorCode, NewRecord, PublishId, Retention};
 use quiver_protocol::{ClientFrame, Op, Request, ServerFrame, TopicConfig};
 use quiver_tests::raw::RawConnection;
-use quiver_tests::{Broker, DataDir};
+use quiver_tests::{Broker, DataDir, Env};
+
+/// A broker started with `env`, a client, and the topic `orders`.
+async fn with_orders(env: Env<'_>) -> (DataDir, Broker, Client) {
+    let data = DataDir::new();
+    let broker = Broker::start_with(&data, env);
+    let client = broker.client().await;
+    client
+        .create_topic("orders", Retention::default())
+        .await
+        .unwrap();
+    (data, broker, client)
+}
 
 async fn records(client: &Client, topic: &str) -> u64 {
     client.describe_topic(topic).await.unwrap().records
@@ -14,13 +26,7 @@ async fn records(client: &Client, topic: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_publish_is_stored_once() {
-    let data = DataDir::new();
-    let broker = Broker::start(&data);
-    let client = broker.client().await;
-    client
-        .create_topic("orders", Retention::default())
-        .await
-        .unwrap();
+    let (_data, broker, client) = with_orders(&[]).await;
     client.publish("orders", "before").await.unwrap();
 
     let id = client.next_publish_id();
@@ -66,13 +72,7 @@ async fn a_retried_publish_is_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_retried_across_a_restart_or_a_crash_is_stored_once() {
-    let data = DataDir::new();
-    let broker = Broker::start(&data);
-    let client = broker.client().await;
-    client
-        .create_topic("orders", Retention::default())
-        .await
-        .unwrap();
+    let (data, broker, client) = with_orders(&[]).await;
     let before_stop = client.next_publish_id();
     let stopped = client
         .publish_batch_with_id("orders", vec![NewRecord::new("x")], before_stop)
@@ -108,14 +108,8 @@ async fn a_publish_retried_across_a_restart_or_a_crash_is_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_after_the_dedup_window_is_a_new_publish() {
-    let data = DataDir::new();
     // A window of zero: nothing is remembered.
-    let broker = Broker::start_with(&data, &[("QUIVER_DEDUP__WINDOW", "0s")]);
-    let client = broker.client().await;
-    client
-        .create_topic("orders", Retention::default())
-        .await
-        .unwrap();
+    let (_data, _broker, client) = with_orders(&[("QUIVER_DEDUP__WINDOW", "0s")]).await;
     let id = client.next_publish_id();
     let batch = vec![NewRecord::new("x")];
     let first = client
@@ -131,13 +125,7 @@ async fn a_retry_after_the_dedup_window_is_a_new_publish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_sent_while_the_first_attempt_is_in_flight_gets_its_receipt() {
-    let data = DataDir::new();
-    let broker = Broker::start(&data);
-    let client = broker.client().await;
-    client
-        .create_topic("orders", Retention::default())
-        .await
-        .unwrap();
+    let (_data, _broker, client) = with_orders(&[]).await;
     // The same id twice on one connection, the second sent before the first is
     // answered (an application retrying after its own timeout): both get the first
     // receipt, and neither waits forever on the other.
@@ -165,13 +153,7 @@ async fn a_retry_sent_while_the_first_attempt_is_in_flight_gets_its_receipt() {
 async fn requests_cut_off_by_a_lost_connection_still_complete() {
     const PUBLISHES: u64 = 2_000;
     const CREATIONS: u64 = 64;
-    let data = DataDir::new();
-    let broker = Broker::start(&data);
-    let client = broker.client().await;
-    client
-        .create_topic("orders", Retention::default())
-        .await
-        .unwrap();
+    let (_data, broker, client) = with_orders(&[]).await;
     let producer = client.next_publish_id().producer.wrapping_add(1);
     let id = |sequence| PublishId { producer, sequence };
     let record = |sequence: u64| NewRecord::new(format!("order {sequence}"));
