@@ -101,7 +101,8 @@ pub enum ServeError {
     },
 }
 
-fn plugin_settings(config: &Config) -> PluginSettings {
+/// The plugin subsystem's settings from the `[plugins]` section and the record-size limit.
+pub(crate) fn plugin_settings(config: &Config) -> PluginSettings {
     let p = &config.plugins;
     PluginSettings {
         limits: SandboxLimits::from_settings(p, config.limits.max_record_size),

@@ -69,7 +69,8 @@ impl Broker {
         // Held until the group is in the registry: a concurrent creation of the same
         // name waits, then finds it there (not only in storage). Exclusive: topics
         // being created are in the registry before the group looks for its topics.
-        let _creating = self.creation.write().await;
+        // Let go with the follow-up below, even when this caller is gone before then.
+        let creating = Arc::clone(&self.creation).write_owned().await;
         if self.groups.get(name).is_some() {
             return Err(BrokerError::GroupExists(name.to_owned()));
         }
@@ -92,11 +93,14 @@ impl Broker {
             .iter()
             .map(|(log, lane)| (log.id(), lane.cursor))
             .collect();
+        let (group, _) = Group::new(record.clone(), pattern, lanes);
+        let (groups, created) = (Arc::clone(&self.groups), Arc::clone(&group));
         self.storage
-            .create_group(record.clone(), stored_lanes)
+            .create_group_then(record, stored_lanes, move || {
+                groups.insert(created);
+                drop(creating);
+            })
             .await?;
-        let (group, _) = Group::new(record, pattern, lanes);
-        self.groups.insert(Arc::clone(&group));
         info!(group = name, pattern = %group.pattern(), "group created");
         Ok(group.info())
     }
@@ -104,10 +108,12 @@ impl Broker {
     /// Deletes a group; its members are told and its state is removed.
     pub async fn delete_group(&self, name: &str) -> Result<(), BrokerError> {
         let group = self.group(name)?;
+        let (groups, deleted) = (Arc::clone(&self.groups), name.to_owned());
         self.storage
-            .delete_group(name.to_owned(), group.record.id)
+            .delete_group_then(name.to_owned(), group.record.id, move || {
+                groups.remove(&deleted);
+            })
             .await?;
-        self.groups.remove(name);
         // Its lanes and pending records are purged in the background, in steps.
         self.cleanup.purge();
         info!(group = name, "group deleted");

@@ -20,6 +20,8 @@ mod publish;
 pub mod redrive;
 mod request;
 pub mod streams;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -242,15 +244,15 @@ pub struct Broker {
     /// shared by topic creations (which [`Creations`] keeps apart), so that topics
     /// created together share commits; exclusive for a group's creation (which must
     /// see every topic storage holds) and a topic's change (one at a time).
-    creation: tokio::sync::RwLock<()>,
-    creations: Creations,
+    creation: Arc<tokio::sync::RwLock<()>>,
+    creations: Arc<Creations>,
     created: broadcast::Sender<Arc<TopicLog>>,
     /// Topics deleted so far: a group looks for deleted topics among its own only
     /// when this moved ([`Broker::topic_deletions`]).
     deletions: Arc<std::sync::atomic::AtomicU64>,
     limits: BrokerLimits,
     dedup: Arc<Deduplicator>,
-    groups: Groups,
+    groups: Arc<Groups>,
     requests: request::Requests,
     /// Makes reply tokens unique across restarts.
     requests_prefix: String,
@@ -302,12 +304,12 @@ impl Broker {
             plugins,
             auth,
             topics: Arc::new(RwLock::new(topics)),
-            creation: tokio::sync::RwLock::new(()),
-            creations: Creations::default(),
+            creation: Arc::default(),
+            creations: Arc::default(),
             created: broadcast::channel(1024).0,
             limits: settings.limits,
             dedup,
-            groups: Groups::default(),
+            groups: Arc::default(),
             requests: request::Requests::default(),
             requests_prefix: format!("{:x}", now_ms()),
             cleanup: crate::retention::Wake::default(),
@@ -405,8 +407,10 @@ impl Broker {
                 "a topic cannot be its own dead-letter topic".into(),
             ));
         }
-        let _creation = self.creation.read().await;
-        let _reserved = self.reserve_topic(&name).await?;
+        // Both let go with the follow-up below, once the topic is in the registry (or
+        // the creation failed), even when this caller is gone before then.
+        let creation = Arc::clone(&self.creation).read_owned().await;
+        let reserved = self.reserve_topic(&name).await?;
         let settings = TopicSettings {
             retention,
             dead_letter,
@@ -421,6 +425,7 @@ impl Broker {
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(log.name().clone(), Arc::clone(log));
                 let _ = created.send(Arc::clone(log)); // no receivers is fine
+                drop((reserved, creation));
             })
             .await?;
         info!(topic = %log.name(), ?retention, durability = %log.durability(), "topic created");
@@ -430,7 +435,7 @@ impl Broker {
     /// Reserves `name` for a creation: refused if the registry holds it or the
     /// topics held and under way reach `limits.max_topics`; waits while another
     /// creation of the same name is under way, then looks again.
-    async fn reserve_topic(&self, name: &TopicName) -> Result<Reserved<'_>, BrokerError> {
+    async fn reserve_topic(&self, name: &TopicName) -> Result<Reserved, BrokerError> {
         loop {
             let finished = self.creations.finished.notified();
             tokio::pin!(finished);
@@ -452,7 +457,7 @@ impl Broker {
                     }
                     names.insert(name.clone());
                     return Ok(Reserved {
-                        creations: &self.creations,
+                        creations: Arc::clone(&self.creations),
                         name: name.clone(),
                     });
                 }
@@ -740,13 +745,14 @@ struct Creations {
 }
 
 /// A name reserved for a creation under way: let go when dropped, after the topic is
-/// in the registry (or the creation failed).
-struct Reserved<'a> {
-    creations: &'a Creations,
+/// in the registry (or the creation failed). Storage's writer drops it, with the
+/// creation's follow-up, so a caller that goes away does not let it go early.
+struct Reserved {
+    creations: Arc<Creations>,
     name: TopicName,
 }
 
-impl Drop for Reserved<'_> {
+impl Drop for Reserved {
     fn drop(&mut self) {
         lock(&self.creations.names).remove(&self.name);
         self.creations.finished.notify_waiters();

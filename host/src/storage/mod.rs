@@ -484,9 +484,21 @@ impl Storage {
         record: GroupRecord,
         lanes: Vec<(u64, u64)>,
     ) -> Result<(), StorageError> {
+        self.create_group_then(record, lanes, || {}).await
+    }
+
+    /// Creates a group as [`Storage::create_group`] does; `then` runs once it is
+    /// durable, before the answer, whether or not the caller still waits for it.
+    pub async fn create_group_then(
+        &self,
+        record: GroupRecord,
+        lanes: Vec<(u64, u64)>,
+        then: impl FnOnce() + Send + 'static,
+    ) -> Result<(), StorageError> {
         self.ask(|reply| Command::CreateGroup {
             record,
             lanes,
+            then: Box::new(then),
             reply,
         })
         .await
@@ -496,8 +508,24 @@ impl Storage {
     /// left for [`Storage::purge_group`] (a marker remembers them across restarts:
     /// [`Storage::pending_group_purges`]).
     pub async fn delete_group(&self, name: String, id: u64) -> Result<(), StorageError> {
-        self.ask(|reply| Command::DeleteGroup { name, id, reply })
-            .await
+        self.delete_group_then(name, id, || {}).await
+    }
+
+    /// Deletes a group as [`Storage::delete_group`] does; `then` runs once the
+    /// deletion is durable, before the answer, whether or not the caller still waits.
+    pub async fn delete_group_then(
+        &self,
+        name: String,
+        id: u64,
+        then: impl FnOnce() + Send + 'static,
+    ) -> Result<(), StorageError> {
+        self.ask(|reply| Command::DeleteGroup {
+            name,
+            id,
+            then: Box::new(then),
+            reply,
+        })
+        .await
     }
 
     /// Removes a bounded number of a deleted group's keys, or of a dropped lane's.

@@ -91,6 +91,9 @@ type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
 /// meanwhile (the broker's registry follows storage this way).
 type Then = Box<dyn FnOnce(&Arc<TopicLog>) + Send>;
 
+/// The same for a group's creation or deletion.
+type ThenGroup = Box<dyn FnOnce() + Send>;
+
 pub(super) enum Command {
     Append {
         appends: Vec<TopicRecords>,
@@ -122,11 +125,13 @@ pub(super) enum Command {
     CreateGroup {
         record: GroupRecord,
         lanes: Vec<(u64, u64)>,
+        then: ThenGroup,
         reply: Reply<()>,
     },
     DeleteGroup {
         name: String,
         id: u64,
+        then: ThenGroup,
         reply: Reply<()>,
     },
     GroupWrites {
@@ -559,17 +564,21 @@ impl Writer {
             Command::CreateGroup {
                 record,
                 lanes,
+                then,
                 reply,
             } => match self.stage_create_group(group, &record, lanes) {
-                Ok(()) => group.done.push(answer(reply, (), || {})),
+                Ok(()) => group.done.push(answer(reply, (), then)),
                 Err(e) => refuse(reply, e),
             },
-            Command::DeleteGroup { name, id, reply } => {
-                match self.stage_delete_group(group, &name, id) {
-                    Ok(()) => group.done.push(answer(reply, (), || {})),
-                    Err(e) => refuse(reply, e),
-                }
-            }
+            Command::DeleteGroup {
+                name,
+                id,
+                then,
+                reply,
+            } => match self.stage_delete_group(group, &name, id) {
+                Ok(()) => group.done.push(answer(reply, (), then)),
+                Err(e) => refuse(reply, e),
+            },
             Command::Sync { reply } => group.done.push(answer(reply, (), || {})),
             Command::GroupWrites { name, id, writes } => {
                 if let Err(e) = self.stage_group_writes(group, &name, id, writes) {
