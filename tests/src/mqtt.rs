@@ -691,6 +691,19 @@ pub mod packet {
         packet(0x62, &id.to_be_bytes())
     }
 
+    /// A 3.1.1 QoS 1 PUBLISH with packet id `id` and the retain flag.
+    pub fn publish_qos1_retained(topic: &str, payload: &[u8], id: u16) -> Vec<u8> {
+        let mut body = string(topic);
+        body.extend_from_slice(&id.to_be_bytes());
+        body.extend_from_slice(payload);
+        packet(0x33, &body)
+    }
+
+    /// A 3.1.1 DISCONNECT.
+    pub fn disconnect() -> Vec<u8> {
+        packet(DISCONNECT, &[])
+    }
+
     /// A QoS 0 PUBLISH of `payload` to `topic` (an MQTT topic name); `v5` adds the
     /// (empty) properties.
     pub fn publish(topic: &str, payload: &[u8], v5: bool) -> Vec<u8> {

@@ -4,14 +4,16 @@
 //! which must exist unless `[[mqtt.auto_create]]` covers them; QoS 0, 1 and 2 both
 //! ways; retained messages across restarts and `kill -9`; wills; persistent sessions;
 //! shared subscriptions; ingress plugins; principals proven by token or client
-//! certificate, and their grants; acknowledged QoS 1 publishes surviving `kill -9`; and
+//! certificate, and their grants; acknowledged QoS 1 publishes surviving `kill -9`; a
+//! retained publish finished after its connection ended, on a disk that stalls; and
 //! malformed, late, oversized and unknown-version input closing only its own
 //! connection.
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use quiver_tests::disk::Disk;
 use quiver_tests::mqtt::{
     self, MosquittoSub, Paho, RawOutcome, Step, WAIT, acked, distinct, event_payloads, events,
     mosquitto_pub, mosquitto_pub_ok, numbered, of, packet, paho, paho_ok, payloads, quiver_sub,
@@ -303,6 +305,45 @@ fn mqtt5_properties_reach_subscribers() {
     assert_eq!(message["user_properties"], serde_json::json!([]));
 }
 
+/// What a new subscriber to `status/#` gets as retained: it subscribes, then `marker` is
+/// published (not retained) to `marker_topic` (under `status/`); whatever came before the
+/// marker was retained, as (topic, payload, retain flag).
+fn retained_before(addr: &str, marker_topic: &str, marker: &str) -> Vec<(String, String, bool)> {
+    let sub = Paho::spawn(
+        "sub.py",
+        &client(
+            addr,
+            "5",
+            &["--topic", "status/#", "--qos", "1", "--timeout", "60"],
+        ),
+    );
+    sub.ready();
+    mosquitto_pub_ok(addr, &["-t", marker_topic, "-q", "1", "-m", marker]);
+    let events = sub.wait_until("the marker", WAIT, |events| {
+        events.iter().any(|e| e["payload"] == marker)
+    });
+    sub.kill();
+    let messages = of(&events, "message");
+    let at = messages
+        .iter()
+        .position(|m| m["payload"] == marker)
+        .unwrap();
+    assert_eq!(
+        messages[at]["retain"], false,
+        "a live message is not retained"
+    );
+    messages[..at]
+        .iter()
+        .map(|m| {
+            (
+                m["topic"].as_str().unwrap().to_owned(),
+                m["payload"].as_str().unwrap().to_owned(),
+                m["retain"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn retained_messages_reach_later_subscribers_and_survive_restarts() {
     let data = DataDir::new();
@@ -328,44 +369,7 @@ fn retained_messages_reach_later_subscribers_and_survive_restarts() {
         );
         assert_eq!(acked(&sent), [payload]);
     };
-    // A subscriber to status/# that takes the retained messages, then one live
-    // message (`marker` on status/dev1, published once it is subscribed): whatever it
-    // got before the marker is what was retained, as (topic, payload, retain flag).
-    let retained_then = |addr: &str, marker: &str| -> Vec<(String, String, bool)> {
-        let sub = Paho::spawn(
-            "sub.py",
-            &client(
-                addr,
-                "5",
-                &["--topic", "status/#", "--qos", "1", "--timeout", "60"],
-            ),
-        );
-        sub.ready();
-        mosquitto_pub_ok(addr, &["-t", "status/dev1", "-q", "1", "-m", marker]);
-        let events = sub.wait_until("the marker", WAIT, |events| {
-            events.iter().any(|e| e["payload"] == marker)
-        });
-        sub.kill();
-        let messages = of(&events, "message");
-        let at = messages
-            .iter()
-            .position(|m| m["payload"] == marker)
-            .unwrap();
-        assert_eq!(
-            messages[at]["retain"], false,
-            "a live message is not retained"
-        );
-        messages[..at]
-            .iter()
-            .map(|m| {
-                (
-                    m["topic"].as_str().unwrap().to_owned(),
-                    m["payload"].as_str().unwrap().to_owned(),
-                    m["retain"].as_bool().unwrap(),
-                )
-            })
-            .collect()
-    };
+    let retained_then = |addr: &str, marker: &str| retained_before(addr, "status/dev1", marker);
 
     let addr = broker.mqtt_addr().to_owned();
     publish_retained(&addr, "status/dev1", "online");
@@ -394,6 +398,70 @@ fn retained_messages_reach_later_subscribers_and_survive_restarts() {
         retained_then(&addr, "marker-4"),
         [("status/dev2".to_owned(), "v3".to_owned(), true)]
     );
+}
+
+/// A retained QoS 1 publish whose connection ends while storage still waits on the
+/// disk (its sync held past the few seconds a closing connection waits for its
+/// publishes) is stored, and retained, once the disk answers, with nobody left to
+/// answer.
+#[test]
+fn a_retained_publish_still_being_stored_when_its_connection_ends_is_retained() {
+    let data = DataDir::new();
+    std::fs::create_dir_all(data.path()).unwrap();
+    let disk = Disk::mount(data.path()).expect(
+        "mounting the power-cut disk (needs /dev/fuse and root or fusermount3; `make test` \
+         installs fuse3)",
+    );
+    let broker = mqtt::start(&data);
+    mqtt::create_topics(&broker, &data, &["status.stalled", "status.marker"], &[]);
+    let addr = broker.mqtt_addr().to_owned();
+
+    disk.hold_syncs();
+    let outcome = raw(
+        &addr,
+        &[
+            Step::Send(packet::connect(4, "stalled")),
+            Step::Packets(1),
+            Step::Send(
+                [
+                    packet::publish_qos1_retained("status/stalled", b"kept", 1),
+                    packet::disconnect(),
+                ]
+                .concat(),
+            ),
+        ],
+        CLOSE_WAIT,
+    );
+    assert!(
+        outcome.closed,
+        "the broker ends the connection: {outcome:?}"
+    );
+    assert_eq!(
+        outcome.packets(),
+        [(packet::CONNACK, vec![0, 0])],
+        "no PUBACK: the publish was still being stored when the connection ended"
+    );
+    assert!(disk.release_syncs() > 0, "storage was waiting on the disk");
+
+    // Retained once its commit and the retained message's own are done, soon after.
+    let deadline = Instant::now() + WAIT;
+    for attempt in 1.. {
+        let marker = format!("marker-{attempt}");
+        let retained = retained_before(&addr, "status/marker", &marker);
+        if !retained.is_empty() {
+            assert_eq!(
+                retained,
+                [("status/stalled".to_owned(), "kept".to_owned(), true)]
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retained message was never set"
+        );
+    }
+    assert_eq!(mqtt::records(&broker, &data, "status.stalled", &[]), 1);
+    drop(broker);
 }
 
 #[test]

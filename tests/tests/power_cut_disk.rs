@@ -8,6 +8,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::time::Duration;
 
 use quiver_tests::disk::{Disk, Tear};
 
@@ -63,5 +64,39 @@ fn the_simulated_disk_keeps_only_what_was_synced() {
     assert!(
         counts.bytes_lost > 0 && counts.entries_lost == 2,
         "{counts:?}"
+    );
+}
+
+/// Held syncs: the caller waits in `fdatasync` while other requests go on, and the sync
+/// makes the data durable once released.
+#[test]
+fn held_syncs_wait_until_released_and_then_count() {
+    let root = tempfile::tempdir().unwrap();
+    let mut disk = Disk::mount(root.path()).expect("mounting the power-cut disk");
+    let path = root.path().join("log");
+    let mut log = fs::File::create(&path).unwrap();
+    fs::File::open(root.path()).unwrap().sync_all().unwrap();
+    log.write_all(b"held").unwrap();
+
+    disk.hold_syncs();
+    let syncing = std::thread::spawn(move || {
+        let synced = log.sync_data();
+        (log, synced)
+    });
+    assert_eq!(disk.wait_for_held_syncs(1, Duration::from_secs(30)), 1);
+    // The disk still serves everything but syncs meanwhile.
+    assert_eq!(fs::read(&path).unwrap(), b"held");
+    assert!(!syncing.is_finished(), "the sync waits while held");
+    assert_eq!(disk.release_syncs(), 1);
+    let (log, synced) = syncing.join().unwrap();
+    synced.unwrap();
+    drop(log);
+
+    disk.cut(Tear::None);
+    disk.remount().unwrap();
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        b"held",
+        "the released sync counted"
     );
 }

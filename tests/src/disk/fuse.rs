@@ -3,7 +3,7 @@
 //! `epoch`) fail with `EIO`, like a dead disk, until it is unmounted.
 
 use std::ffi::OsStr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -23,12 +23,38 @@ const TTL: Duration = Duration::from_secs(1);
 pub(super) struct Shared {
     pub(super) model: Model,
     pub(super) epoch: u64,
+    pub(super) held: HeldSyncs,
+}
+
+/// Syncs held back unanswered ([`Disk::hold_syncs`](super::Disk::hold_syncs)): whoever
+/// called `fsync` waits, as on a disk that stalls, while other requests go on.
+#[derive(Default)]
+pub(super) struct HeldSyncs {
+    pub(super) holding: bool,
+    /// Each held sync's file and the reply its caller waits for, oldest first.
+    pub(super) syncs: Vec<(Ino, ReplyEmpty)>,
+}
+
+impl std::fmt::Debug for HeldSyncs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldSyncs")
+            .field("holding", &self.holding)
+            .field("syncs", &self.syncs.len())
+            .finish()
+    }
+}
+
+/// Answers a sync: done as the model says, or failed.
+pub(super) fn answer_sync(reply: ReplyEmpty, result: Result<(), model::Errno>) {
+    empty(reply, result.map_err(Errno::from_i32));
 }
 
 /// One mount's view of the shared model.
 pub(super) struct PowerCutFs {
     pub(super) shared: Arc<Mutex<Shared>>,
     pub(super) epoch: u64,
+    /// Told when a sync is held.
+    pub(super) held: Arc<Condvar>,
 }
 
 impl PowerCutFs {
@@ -249,7 +275,16 @@ impl Filesystem for PowerCutFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        empty(reply, self.with(|m| m.sync(ino(n))));
+        let mut shared = match self.model() {
+            Ok(shared) => shared,
+            Err(e) => return reply.error(e),
+        };
+        if shared.held.holding {
+            shared.held.syncs.push((ino(n), reply));
+            self.held.notify_all();
+            return;
+        }
+        answer_sync(reply, shared.model.sync(ino(n)));
     }
 
     fn readdir(

@@ -3,7 +3,9 @@
 //! [`Disk::cut`], throws away whatever no `fsync`/`fdatasync` made durable, file data,
 //! sizes and directory entries alike (`model.rs` has the rules). The broker runs
 //! with its data dir on it; the harness cuts the power under load, then
-//! [`Disk::remount`]s what survived and restarts the broker on it.
+//! [`Disk::remount`]s what survived and restarts the broker on it. A test can also
+//! stall it: [`Disk::hold_syncs`] leaves every sync waiting until
+//! [`Disk::release_syncs`].
 //!
 //! `sync_file_range`, what sled 0.34 flushes with upstream, never reaches a FUSE
 //! filesystem: data only it covered counts as unsynced here, as on a real disk
@@ -14,7 +16,8 @@ mod model;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
 use fuser::{BackgroundSession, Config, MountOption};
 
@@ -25,6 +28,8 @@ use fuse::{PowerCutFs, Shared};
 /// A mounted power-cut filesystem; unmounted when dropped.
 pub struct Disk {
     shared: Arc<Mutex<Shared>>,
+    /// Told when a sync is held ([`Disk::hold_syncs`]).
+    held: Arc<Condvar>,
     mountpoint: PathBuf,
     session: Option<BackgroundSession>,
 }
@@ -45,6 +50,7 @@ impl Disk {
     pub fn mount(mountpoint: &Path) -> io::Result<Self> {
         let mut disk = Self {
             shared: Arc::default(),
+            held: Arc::default(),
             mountpoint: mountpoint.to_owned(),
             session: None,
         };
@@ -57,6 +63,7 @@ impl Disk {
         let fs = PowerCutFs {
             shared: Arc::clone(&self.shared),
             epoch,
+            held: Arc::clone(&self.held),
         };
         let mut config = Config::default();
         config.mount_options = vec![
@@ -73,11 +80,47 @@ impl Disk {
 
     /// Cuts the power: from this instant every request to the mount fails with `EIO`,
     /// and what it holds is what the last syncs made durable (torn as `tear` says).
-    /// Kill whatever uses the mount, then [`Disk::remount`].
+    /// Syncs held by [`Disk::hold_syncs`] fail. Kill whatever uses the mount, then
+    /// [`Disk::remount`].
     pub fn cut(&self, tear: Tear) {
         let mut shared = self.lock();
         shared.epoch += 1;
         shared.model.power_cut(tear);
+        shared.held.holding = false;
+        for (_, reply) in std::mem::take(&mut shared.held.syncs) {
+            reply.error(fuser::Errno::EIO);
+        }
+    }
+
+    /// Stalls the disk's syncs: from now on each `fsync`/`fdatasync` waits, unanswered,
+    /// until [`Disk::release_syncs`] (reads and writes go on). For tests of what the
+    /// broker does while its storage waits on the disk.
+    pub fn hold_syncs(&self) {
+        self.lock().held.holding = true;
+    }
+
+    /// Waits until at least `count` syncs are held, for at most `limit`; returns how
+    /// many are.
+    pub fn wait_for_held_syncs(&self, count: usize, limit: Duration) -> usize {
+        let shared = self.lock();
+        let (shared, _) = self
+            .held
+            .wait_timeout_while(shared, limit, |shared| shared.held.syncs.len() < count)
+            .unwrap_or_else(PoisonError::into_inner);
+        shared.held.syncs.len()
+    }
+
+    /// Carries out the held syncs, oldest first, answers them, and answers syncs at
+    /// once again. Returns how many were held.
+    pub fn release_syncs(&self) -> usize {
+        let mut shared = self.lock();
+        shared.held.holding = false;
+        let held = std::mem::take(&mut shared.held.syncs);
+        let count = held.len();
+        for (ino, reply) in held {
+            fuse::answer_sync(reply, shared.model.sync(ino));
+        }
+        count
     }
 
     /// Unmounts the dead mount and mounts what survived the cut in its place.
