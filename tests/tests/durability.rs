@@ -1,15 +1,18 @@
 //! What survives: a clean restart keeps everything; SIGKILL right after acks keeps
 //! every acknowledged record; SIGTERM answers in-flight publishes before exiting;
-//! topics with batched durability are flushed by a stop and by any later fsync.
+//! topics with batched durability are flushed by a stop and by any later fsync; a disk
+//! that stalls its syncs holds back only the publishes waiting on them.
 
 #![allow(clippy::unwrap_used)] // in tests a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use quiver_client::{Client, Durability, ErrorCode, Retention, SubscribeOptions, TopicConfig};
+use quiver_tests::disk::Disk;
 use quiver_tests::{Broker, DataDir};
 
 /// Every record of a topic, as offset -> payload.
@@ -270,4 +273,54 @@ async fn batched_topics_are_flushed_by_stops_and_by_later_fsyncs() {
         "{refused}"
     );
     assert!(refused.to_string().contains("flush interval"), "{refused}");
+}
+
+/// A disk that stalls holds back what waits on it, publishes, and nothing else: while a
+/// sync is held, another client connects, lists and reads what is durable, and the
+/// stalled publish is neither acknowledged nor readable; once the disk answers it
+/// completes at its offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_disk_holds_back_publishes_and_nothing_else() {
+    let data = DataDir::new();
+    let disk = Arc::new(Disk::mount_data_dir(&data));
+    let broker = Broker::start(&data);
+    let client = broker.client().await;
+    client
+        .create_topic("slow", Retention::default())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        client.publish("slow", format!("r{i}")).await.unwrap();
+    }
+
+    disk.hold_syncs();
+    let stalled = tokio::spawn(client.publish("slow", "stalled"));
+    let waiting = Arc::clone(&disk);
+    let held = tokio::task::spawn_blocking(move || {
+        waiting.wait_for_held_syncs(1, Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert!(held >= 1, "the publish's commit waits on the disk");
+
+    let limit = Duration::from_secs(30);
+    let other = tokio::time::timeout(limit, broker.client())
+        .await
+        .expect("a new client connects while the disk stalls");
+    let topics = tokio::time::timeout(limit, other.list_topics())
+        .await
+        .expect("listing does not wait on the disk")
+        .unwrap();
+    assert_eq!(topics.len(), 1);
+    assert_eq!(topics[0].records, 10, "the stalled record is not counted");
+    let durable = tokio::time::timeout(limit, read_all(&other, "slow"))
+        .await
+        .expect("reading what is durable does not wait on the disk");
+    let expected: Vec<Vec<u8>> = (0..10).map(|i| format!("r{i}").into_bytes()).collect();
+    assert_eq!(durable.into_values().collect::<Vec<_>>(), expected);
+    assert!(!stalled.is_finished(), "not acknowledged before its sync");
+
+    assert!(disk.release_syncs() >= 1);
+    assert_eq!(stalled.await.unwrap().unwrap(), 10, "done at its offset");
+    assert_eq!(read_all(&other, "slow").await.len(), 11);
 }

@@ -407,11 +407,7 @@ fn retained_messages_reach_later_subscribers_and_survive_restarts() {
 #[test]
 fn a_retained_publish_still_being_stored_when_its_connection_ends_is_retained() {
     let data = DataDir::new();
-    std::fs::create_dir_all(data.path()).unwrap();
-    let disk = Disk::mount(data.path()).expect(
-        "mounting the power-cut disk (needs /dev/fuse and root or fusermount3; `make test` \
-         installs fuse3)",
-    );
+    let disk = Disk::mount_data_dir(&data);
     let broker = mqtt::start(&data);
     mqtt::create_topics(&broker, &data, &["status.stalled", "status.marker"], &[]);
     let addr = broker.mqtt_addr().to_owned();

@@ -58,6 +58,16 @@ impl Disk {
         Ok(disk)
     }
 
+    /// Mounts an empty disk where `data`'s data dir goes, for a broker started on
+    /// it; panics, saying what mounting needs, where it cannot.
+    pub fn mount_data_dir(data: &crate::DataDir) -> Self {
+        std::fs::create_dir_all(data.path()).expect("the data dir's mount point");
+        Self::mount(data.path()).expect(
+            "mounting the power-cut disk (needs /dev/fuse and root or fusermount3; `make \
+             test` installs fuse3)",
+        )
+    }
+
     fn mount_session(&mut self) -> io::Result<()> {
         let epoch = self.lock().epoch;
         let fs = PowerCutFs {
