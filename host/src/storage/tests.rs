@@ -1578,15 +1578,16 @@ fn write_commit(storage: &Storage, log: &TopicLog, base: u64, finished: bool) ->
         .unwrap();
     tree.insert(keys::with_offset(keys::INDEX, id, base), &meta.encode()[..])
         .unwrap();
-    let piece = log::Piece {
+    let mut piece = log::Piece {
         base: base + 1,
         count: 1,
         first_ts: ts,
         last_ts: ts,
         bytes: batch(base + 1),
     };
-    let entry = journal::encode(&[(id, &piece)]);
-    tree.insert(keys::journal_part(sequence, 0), entry).unwrap();
+    let entry = journal::encode(&mut [(id, &mut piece)]);
+    tree.insert(keys::journal_part(sequence, 0), &entry[..])
+        .unwrap();
     let receipt = Receipt {
         base_offset: base,
         count: 2,

@@ -707,12 +707,13 @@ impl Writer {
             }
             staged.piece = staged.take_piece();
         }
-        let pieces: Vec<(u64, &Piece)> = group
+        let mut pieces: Vec<(u64, &mut Piece)> = group
             .staged
-            .iter()
-            .filter_map(|(&id, staged)| Some((id, staged.piece.as_ref()?)))
+            .iter_mut()
+            .filter_map(|(&id, staged)| Some((id, staged.piece.as_mut()?)))
             .collect();
-        let entry = (!pieces.is_empty()).then(|| journal::encode(&pieces));
+        let entry = (!pieces.is_empty()).then(|| journal::encode(&mut pieces));
+        drop(pieces);
         let entry_parts: Vec<([u8; 13], &[u8])> = entry
             .as_deref()
             .map(|entry| {
@@ -819,7 +820,7 @@ impl Writer {
                     after,
                 });
             }
-            let bytes = entry.as_ref().map_or(0, Vec::len);
+            let bytes = entry.as_ref().map_or(0, Bytes::len);
             let parts = u32::try_from(entry_parts.len()).unwrap_or(u32::MAX);
             self.journal.committed(parts, bytes, held);
             if let Err(e) = self.journal.truncate(&self.tree) {

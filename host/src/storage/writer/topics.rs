@@ -93,14 +93,9 @@ impl Staged {
     /// holds (the open chunk keeps none of them after: call last).
     pub(super) fn take_piece(&mut self) -> Option<Piece> {
         let chunk = self.chunk.as_mut().filter(|c| !c.buf.is_empty())?;
-        let records = std::mem::take(&mut chunk.buf);
-        // Pieces are held until sealed, so they hold no spare capacity: a buffer that
-        // has some is copied (one of a single record, the usual piece with many topics,
-        // is exact).
-        let bytes = match records.capacity() == records.len() {
-            true => records.freeze(),
-            false => Bytes::copy_from_slice(&records),
-        };
+        // Held only until the commit's journal entry is encoded, which the piece then
+        // points into (`journal::encode`).
+        let bytes = std::mem::take(&mut chunk.buf).freeze();
         Some(Piece {
             base: chunk.piece_base,
             count: u32::try_from(self.stats.next - chunk.piece_base).unwrap_or(u32::MAX),
