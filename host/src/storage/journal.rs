@@ -185,18 +185,24 @@ impl Journal {
     }
 }
 
+/// A piece as a commit hands it to [`encode`]: its topic, its fields, and its records,
+/// which stay in the buffer they were staged in until `encode` copies them.
+pub(super) struct Encoding<'a> {
+    pub(super) topic: u64,
+    pub(super) piece: &'a mut Piece,
+    pub(super) records: &'a [u8],
+}
+
 /// Encodes one commit's pieces as a journal entry, and points each piece's bytes into
 /// it: a commit's pieces share the entry's one allocation, as replayed ones do
 /// ([`replay`]), and it goes once the last of them is sealed. (Held each in a buffer of
 /// its own, the pieces of a commit over many topics were as many small allocations,
 /// freed one by one as their topics sealed, far apart: with 1,000 topics, a third of the
 /// 27 % of the storage thread's time spent in the allocator. See performance.md, "A
-/// commit's pieces share its journal entry".)
-pub(super) fn encode(pieces: &mut [(u64, &mut Piece)]) -> Bytes {
-    let len: usize = pieces
-        .iter()
-        .map(|(_, p)| PIECE_HEADER + p.bytes.len())
-        .sum();
+/// commit's pieces share its journal entry".) The buffers the records were staged in
+/// are the caller's, to use again.
+pub(super) fn encode(pieces: &mut [Encoding<'_>]) -> Bytes {
+    let len: usize = pieces.iter().map(|p| PIECE_HEADER + p.records.len()).sum();
     let mut out = Vec::with_capacity(1 + 4 + len + 4);
     out.push(VERSION);
     out.extend_from_slice(
@@ -205,22 +211,27 @@ pub(super) fn encode(pieces: &mut [(u64, &mut Piece)]) -> Bytes {
             .to_be_bytes(),
     );
     let mut at = Vec::with_capacity(pieces.len());
-    for (id, piece) in pieces.iter() {
-        out.extend_from_slice(&id.to_be_bytes());
+    for Encoding {
+        topic,
+        piece,
+        records,
+    } in pieces.iter()
+    {
+        out.extend_from_slice(&topic.to_be_bytes());
         out.extend_from_slice(&piece.base.to_be_bytes());
         out.extend_from_slice(&piece.count.to_be_bytes());
         out.extend_from_slice(&piece.first_ts.to_be_bytes());
         out.extend_from_slice(&piece.last_ts.to_be_bytes());
-        let bytes = u32::try_from(piece.bytes.len()).unwrap_or(u32::MAX);
+        let bytes = u32::try_from(records.len()).unwrap_or(u32::MAX);
         out.extend_from_slice(&bytes.to_be_bytes());
         at.push(out.len());
-        out.extend_from_slice(&piece.bytes);
+        out.extend_from_slice(records);
     }
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_be_bytes());
     let entry = Bytes::from(out);
-    for ((_, piece), at) in pieces.iter_mut().zip(at) {
-        piece.bytes = entry.slice(at..at + piece.bytes.len());
+    for (encoding, at) in pieces.iter_mut().zip(at) {
+        encoding.piece.bytes = entry.slice(at..at + encoding.records.len());
     }
     entry
 }
@@ -389,8 +400,23 @@ mod tests {
     #[test]
     fn entries_round_trip_and_damage_is_caught() {
         let pieces = vec![(7, piece(3, b"abc")), (9, piece(0, b""))];
-        let mut encoded = pieces.clone();
-        let mut refs: Vec<(u64, &mut Piece)> = encoded.iter_mut().map(|(id, p)| (*id, p)).collect();
+        // The pieces as staged: fields set, bytes still in the staging buffers.
+        let mut encoded: Vec<(u64, Piece)> = pieces
+            .iter()
+            .map(|(id, p)| {
+                let bytes = Bytes::new();
+                (*id, Piece { bytes, ..p.clone() })
+            })
+            .collect();
+        let mut refs: Vec<Encoding<'_>> = encoded
+            .iter_mut()
+            .zip(&pieces)
+            .map(|((topic, piece), (_, staged))| Encoding {
+                topic: *topic,
+                piece,
+                records: &staged.bytes,
+            })
+            .collect();
         let entry = encode(&mut refs);
         // The pieces now point into the entry, with the bytes they had.
         for ((_, a), (_, b)) in encoded.iter().zip(&pieces) {

@@ -1578,14 +1578,19 @@ fn write_commit(storage: &Storage, log: &TopicLog, base: u64, finished: bool) ->
         .unwrap();
     tree.insert(keys::with_offset(keys::INDEX, id, base), &meta.encode()[..])
         .unwrap();
+    let records = batch(base + 1);
     let mut piece = log::Piece {
         base: base + 1,
         count: 1,
         first_ts: ts,
         last_ts: ts,
-        bytes: batch(base + 1),
+        bytes: Bytes::new(),
     };
-    let entry = journal::encode(&mut [(id, &mut piece)]);
+    let entry = journal::encode(&mut [journal::Encoding {
+        topic: id,
+        piece: &mut piece,
+        records: &records,
+    }]);
     tree.insert(keys::journal_part(sequence, 0), &entry[..])
         .unwrap();
     let receipt = Receipt {

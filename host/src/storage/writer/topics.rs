@@ -33,6 +33,19 @@ impl OpenChunk {
     fn len(&self) -> usize {
         self.prior_bytes + self.buf.len()
     }
+
+    /// This group's records in the chunk, as staged.
+    pub(super) fn records(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The buffer this group's records were staged in, emptied: once the journal entry
+    /// holds a copy of them, the next group can stage in it.
+    pub(super) fn into_buffer(self) -> BytesMut {
+        let mut buf = self.buf;
+        buf.clear();
+        buf
+    }
 }
 
 /// One topic's state while a group is staged.
@@ -45,8 +58,9 @@ pub(super) struct Staged {
     pub(super) sealed: Vec<TailChunk>,
     /// The journal entry of its oldest unsealed piece before the group.
     pub(super) held_since: Option<u64>,
-    /// This group's records that no chunk sealed, once the commit has taken them
-    /// ([`Staged::take_piece`]).
+    /// The piece of this group's records that no chunk sealed, once the commit has
+    /// made it ([`Staged::journal_piece`]): its bytes are set when the journal entry is
+    /// encoded.
     pub(super) piece: Option<Piece>,
 }
 
@@ -89,19 +103,17 @@ impl Staged {
         }
     }
 
-    /// Takes this group's records that no chunk sealed, as the piece its journal entry
-    /// holds (the open chunk keeps none of them after: call last).
-    pub(super) fn take_piece(&mut self) -> Option<Piece> {
-        let chunk = self.chunk.as_mut().filter(|c| !c.buf.is_empty())?;
-        // Held only until the commit's journal entry is encoded, which the piece then
-        // points into (`journal::encode`).
-        let bytes = std::mem::take(&mut chunk.buf).freeze();
+    /// The piece of this group's records that no chunk sealed, for its journal entry:
+    /// its bytes are empty until `journal::encode` copies the records from
+    /// [`OpenChunk::records`] into the entry and points the piece there (call last).
+    pub(super) fn journal_piece(&self) -> Option<Piece> {
+        let chunk = self.chunk.as_ref().filter(|c| !c.buf.is_empty())?;
         Some(Piece {
             base: chunk.piece_base,
             count: u32::try_from(self.stats.next - chunk.piece_base).unwrap_or(u32::MAX),
             first_ts: chunk.piece_first_ts,
             last_ts: chunk.meta.last_ts,
-            bytes,
+            bytes: Bytes::new(),
         })
     }
 
@@ -177,6 +189,11 @@ impl Writer {
             });
             if chunk.buf.is_empty() {
                 chunk.piece_first_ts = ts;
+            }
+            if chunk.buf.capacity() == 0
+                && let Some(spare) = group.buffers.pop()
+            {
+                chunk.buf = spare;
             }
             // Reserved whole: the entry is written field by field.
             chunk.buf.reserve(len);
