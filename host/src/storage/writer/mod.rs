@@ -384,7 +384,7 @@ impl Writer {
     /// and the buffers of its unsealed records, which the journal entry holds copies
     /// of. A commit over many topics then neither allocates and grows that table
     /// (moving every topic staged so far) nor allocates a buffer for each topic it
-    /// touches and frees it after: with 1,000 topics, each was about 4 % of the
+    /// touches and frees it after: with 1,000 topics, each was 3–4 % of the
     /// storage thread's samples (see performance.md, "What a commit stages in, kept").
     fn empty_group(&mut self) -> CommitGroup {
         let Spares { staged, buffers } = std::mem::take(&mut self.spares);
