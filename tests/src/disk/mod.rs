@@ -141,7 +141,16 @@ impl Disk {
 
     fn unmount(&mut self) -> io::Result<()> {
         match self.session.take() {
-            Some(session) => session.umount_and_join(),
+            Some(session) => match session.umount_and_join() {
+                // A request the kernel hands over just as the unmount shuts the
+                // connection down fails with ECONNABORTED (`fuse_dev_do_read`), where
+                // an idle connection ends with ENODEV, and fuser ends its session
+                // cleanly only on ENODEV. Either way the session ended because we
+                // unmounted; the request was the killed broker's. (Seen once in CI,
+                // under load: a power-cut run stopped at "remounting the disk".)
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => Ok(()),
+                result => result,
+            },
             None => Ok(()),
         }
     }
