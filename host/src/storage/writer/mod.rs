@@ -414,13 +414,13 @@ impl Writer {
         if staged.capacity() <= MAX_GROUP {
             self.spares.staged = staged;
         }
+        let room = SPARE_BUFFERS.saturating_sub(self.spares.buffers.len());
         self.spares.buffers.extend(
             buffers
                 .into_iter()
                 .filter(|buf| buf.capacity() <= SPARE_BUFFER_BYTES)
-                .take(SPARE_BUFFERS),
+                .take(room),
         );
-        self.spares.buffers.truncate(SPARE_BUFFERS);
     }
 
     /// Stops all writes after `cause` (a failed sled write), once.
