@@ -1,5 +1,6 @@
 //! The integration-test harness: starts the real `quiver` binary on a temp data dir and
-//! port 0, waits for its ready line, and hands out real SDK clients.
+//! a free loopback port ([`ports`]), waits for its ready line, and hands out real SDK
+//! clients.
 //!
 //! The binary is `target/<profile>/quiver` next to the test executable, or `$QUIVER_BIN`.
 //! `make test` builds it before running the tests.
@@ -11,6 +12,7 @@ pub mod http;
 pub mod live;
 pub mod mqtt;
 pub mod nats;
+pub mod ports;
 pub mod raw;
 pub mod relay;
 pub mod rng;
@@ -274,7 +276,8 @@ impl Drop for Background {
 pub type Env<'a> = &'a [(&'a str, &'a str)];
 
 impl Broker {
-    /// Starts a broker on `data` with port 0 and waits for its ready line.
+    /// Starts a broker on `data` at a [`ports::stable_addr`] and waits for its ready
+    /// line.
     pub fn start(data: &DataDir) -> Self {
         Self::start_with(data, &[])
     }
@@ -284,9 +287,10 @@ impl Broker {
         Self::launch(data, &[], env)
     }
 
-    /// Starts `quiver serve --listen 127.0.0.1:0 --data DATA ARGS…` with `env`.
+    /// Starts `quiver serve --listen ADDR --data DATA ARGS…` with `env`, at a
+    /// [`ports::stable_addr`]: one it can be restarted at however long it is down.
     pub fn launch(data: &DataDir, args: &[&str], env: Env<'_>) -> Self {
-        Self::launch_at(data, "127.0.0.1:0", args, env)
+        Self::launch_at(data, &ports::stable_addr(), args, env)
     }
 
     /// Starts `quiver serve --listen LISTEN --data DATA ARGS…` with `env`.
@@ -800,7 +804,7 @@ impl Broker {
         bytes: u64,
     ) -> Self {
         use std::os::unix::process::CommandExt;
-        let mut command = Self::serve_command(data, "127.0.0.1:0", args, env);
+        let mut command = Self::serve_command(data, &ports::stable_addr(), args, env);
         #[allow(unsafe_code)]
         // SAFETY: runs in the forked child before exec, and calls only `setrlimit` and
         // `signal`, which are async-signal-safe; it touches no memory but its own stack.
@@ -862,7 +866,10 @@ impl Broker {
     /// [`Broker::launch`], returning how the broker ended if it exits instead of
     /// printing its ready line.
     pub fn try_launch(data: &DataDir, args: &[&str], env: Env<'_>) -> Result<Self, Refused> {
-        Self::spawn(Self::serve_command(data, "127.0.0.1:0", args, env), data)
+        Self::spawn(
+            Self::serve_command(data, &ports::stable_addr(), args, env),
+            data,
+        )
     }
 }
 

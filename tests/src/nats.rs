@@ -17,7 +17,6 @@
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
@@ -622,20 +621,10 @@ fn transient(error: &jetstream::Error) -> bool {
     matches!(error.error_code().0, 10008 | 10023)
 }
 
-/// `n` distinct free TCP ports on 127.0.0.1: all bound at once (so none repeats), then
-/// released for the servers to take.
+/// `n` distinct free loopback ports that stay free for a server stopped and started
+/// again ([`crate::ports`]).
 fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a free loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| {
-            l.local_addr()
-                .expect("a bound socket has an address")
-                .port()
-        })
-        .collect()
+    (0..n).map(|_| crate::ports::stable_port()).collect()
 }
 
 #[cfg(test)]
