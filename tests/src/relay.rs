@@ -432,9 +432,10 @@ mod tests {
         })
     }
 
-    /// An echo server on a fresh loopback port, and its address.
+    /// An echo server on a fresh loopback port (one it can be restarted at:
+    /// [`crate::ports`]), and its address.
     async fn echo(tag: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-        let addr = socket().await.local_addr().expect("a bound address");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, crate::ports::stable_port()));
         (addr, echo_at(addr, tag).await)
     }
 
