@@ -52,10 +52,21 @@ pub async fn trim_periodically(stop: CancellationToken) {
 /// A process's resident memory in KiB, from `/proc/<process>/status` (`process` is
 /// `"self"` or a pid); `None` where /proc does not tell it.
 pub fn resident_kib(process: &str) -> Option<u64> {
+    status_kib(process, "VmRSS:")
+}
+
+/// The most resident memory a process has held, in KiB (`VmHWM`), like
+/// [`resident_kib`].
+pub fn peak_resident_kib(process: &str) -> Option<u64> {
+    status_kib(process, "VmHWM:")
+}
+
+/// A field of `/proc/<process>/status` given in kB.
+fn status_kib(process: &str, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 

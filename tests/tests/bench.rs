@@ -45,7 +45,22 @@ fn every_scenario_runs_and_counts_what_it_moved() {
     let p = &publish["latency_us"];
     assert!(p["p50"].as_u64().unwrap() <= p["p99"].as_u64().unwrap());
     assert!(p["p99"].as_u64().unwrap() <= p["max"].as_u64().unwrap());
-    assert!(publish["broker_rss_kib"].as_u64().unwrap() > 0);
+    // What the bench's own broker used: its CPU by kind of thread within the whole.
+    let rss = publish["broker_rss_kib"].as_u64().unwrap();
+    assert!(rss > 0);
+    assert!(publish["broker_peak_rss_kib"].as_u64().unwrap() >= rss);
+    let cpu = publish["broker_cpu_s"].as_f64().unwrap();
+    assert!(
+        cpu > 0.0,
+        "2,000 publishes cost the broker some CPU: {publish}"
+    );
+    let by_thread = publish["broker_cpu_s_by_thread"].as_object().unwrap();
+    let listed: f64 = by_thread.values().map(|s| s.as_f64().unwrap()).sum();
+    // Threads' times are read after the process's, a tick (10 ms) apart at most each.
+    assert!(
+        listed <= cpu + 0.01 * (by_thread.len() + 1) as f64,
+        "{publish}"
+    );
 
     let e2e = bench(&["e2e", "--count", "2000", "--size", "64", "--rate", "20000"]);
     assert_eq!(

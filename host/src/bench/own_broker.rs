@@ -3,6 +3,7 @@
 //! CPU and memory are its own), stopped when the bench ends. The restart scenario
 //! stops and starts it again on the same data dir and port.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bytesize::ByteSize;
 
 use crate::memory;
 
@@ -101,9 +103,38 @@ impl OwnBroker {
         self.child.id()
     }
 
-    /// The broker's resident memory in KiB, where /proc tells it.
-    pub fn rss_kib(&self) -> Option<u64> {
-        memory::resident_kib(&self.child.id().to_string())
+    /// The broker's CPU now, to measure a run from ([`OwnBroker::usage_since`]).
+    pub fn cpu_snapshot(&self) -> CpuSnapshot {
+        let pid = self.child.id();
+        CpuSnapshot {
+            total: cpu_time(pid),
+            threads: threads_cpu_time(pid).unwrap_or_default(),
+        }
+    }
+
+    /// What the broker used since `start`, and its memory now and at its peak.
+    pub fn usage_since(&self, start: &CpuSnapshot) -> Usage {
+        let pid = self.child.id();
+        let mut threads: Vec<(String, Duration)> = threads_cpu_time(pid)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(kind, used)| {
+                let before = start.threads.get(&kind).copied().unwrap_or_default();
+                (kind, used.saturating_sub(before))
+            })
+            .filter(|(_, used)| *used >= Duration::from_millis(10))
+            .collect();
+        threads.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let process = pid.to_string();
+        Usage {
+            cpu: start
+                .total
+                .zip(cpu_time(pid))
+                .map(|(before, now)| now.saturating_sub(before)),
+            threads,
+            rss_kib: memory::resident_kib(&process),
+            peak_rss_kib: memory::peak_resident_kib(&process),
+        }
     }
 }
 
@@ -176,14 +207,128 @@ fn spawn(data: &Path, listen: &str, args: &[String]) -> anyhow::Result<(Child, R
 /// CPU time process `pid` has used (user and system), where /proc tells it.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces, inside parentheses):
-    // utime and stime are the 12th and 13th of them, in clock ticks.
-    let rest = stat.rsplit_once(')')?.1;
+    parse_stat(&stat).map(|(_, used)| used)
+}
+
+/// CPU time the live threads of process `pid` have used, summed by kind: a thread's
+/// name without its number (`sled-io-3` counts as `sled-io`). `None` where /proc does
+/// not tell it. Threads that have ended are in [`cpu_time`] only.
+pub fn threads_cpu_time(pid: u32) -> Option<BTreeMap<String, Duration>> {
+    let mut by_kind = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        // A thread may end between the listing and the read.
+        let Some(stat) = task
+            .ok()
+            .and_then(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        else {
+            continue;
+        };
+        if let Some((name, used)) = parse_stat(&stat) {
+            *by_kind.entry(thread_kind(name).to_owned()).or_default() += used;
+        }
+    }
+    Some(by_kind)
+}
+
+/// The command name and the CPU time (user and system) in a `/proc/…/stat` line.
+fn parse_stat(stat: &str) -> Option<(&str, Duration)> {
+    // The name may hold spaces and parentheses: it runs to the last `)`. Of the fields
+    // after it, utime and stime are the 12th and 13th, in clock ticks.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1;
     let mut fields = rest.split_whitespace().skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
     // Linux reports these in USER_HZ, 100 on every architecture it supports.
-    Some(Duration::from_millis((utime + stime) * 10))
+    Some((name, Duration::from_millis((utime + stime) * 10)))
+}
+
+/// A thread's name without the number that tells threads of one pool apart.
+fn thread_kind(name: &str) -> &str {
+    match name.rsplit_once('-') {
+        Some((kind, n)) if !kind.is_empty() && n.parse::<u32>().is_ok() => kind,
+        _ => name,
+    }
+}
+
+/// The bench's own broker's CPU at one moment, for [`OwnBroker::usage_since`].
+#[derive(Debug, Clone)]
+pub struct CpuSnapshot {
+    total: Option<Duration>,
+    threads: BTreeMap<String, Duration>,
+}
+
+/// What the bench's own broker used between a [`CpuSnapshot`] and the end of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    /// CPU time of the whole process (threads that ended meanwhile included).
+    pub cpu: Option<Duration>,
+    /// CPU time by kind of thread, most first; kinds under 10 ms are left out.
+    pub threads: Vec<(String, Duration)>,
+    /// Resident memory at the end, KiB.
+    pub rss_kib: Option<u64>,
+    /// The most it was ever resident, KiB (`VmHWM`: start-up and the run).
+    pub peak_rss_kib: Option<u64>,
+}
+
+impl Usage {
+    /// The usage as JSON fields: `broker_cpu_s` (with `by_thread`), `broker_rss_kib`
+    /// and `broker_peak_rss_kib`.
+    pub fn add_json(&self, json: &mut serde_json::Value) {
+        let threads: serde_json::Map<String, serde_json::Value> = self
+            .threads
+            .iter()
+            .map(|(kind, used)| (kind.clone(), round_ms(*used).into()))
+            .collect();
+        json["broker_cpu_s"] = self.cpu.map(round_ms).into();
+        json["broker_cpu_s_by_thread"] = threads.into();
+        json["broker_rss_kib"] = self.rss_kib.into();
+        json["broker_peak_rss_kib"] = self.peak_rss_kib.into();
+    }
+
+    /// CPU time of the process that no kind in `threads` accounts for: threads that
+    /// ended during the run (sled's IO pool ends idle ones) and kinds under 10 ms.
+    pub fn other_threads(&self) -> Duration {
+        let listed: Duration = self.threads.iter().map(|(_, used)| *used).sum();
+        self.cpu.unwrap_or_default().saturating_sub(listed)
+    }
+
+    /// The usage as report lines.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        if let Some(cpu) = self.cpu {
+            let mut threads: Vec<String> = self
+                .threads
+                .iter()
+                .map(|(kind, used)| format!("{kind} {:.2} s", used.as_secs_f64()))
+                .collect();
+            let other = self.other_threads();
+            if other >= Duration::from_millis(10) {
+                threads.push(format!(
+                    "threads that ended or used less {:.2} s",
+                    other.as_secs_f64()
+                ));
+            }
+            out.push_str(&format!(
+                "  broker CPU during the bench: {:.2} s ({})\n",
+                cpu.as_secs_f64(),
+                threads.join(", ")
+            ));
+        }
+        if let Some(kib) = self.rss_kib {
+            out.push_str(&format!("  broker RSS at the end: {}", ByteSize::kib(kib)));
+            if let Some(peak) = self.peak_rss_kib {
+                out.push_str(&format!(", at most {}", ByteSize::kib(peak)));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Seconds to the millisecond, for JSON.
+fn round_ms(used: Duration) -> f64 {
+    used.as_millis() as f64 / 1000.0
 }
 
 /// Keeps every thread of process `pid` on `cpus` (a `taskset` list, `0-2`), with
@@ -198,4 +343,42 @@ pub fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
         bail!("taskset could not pin process {pid} to CPUs {cpus} ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_gives_its_name_and_cpu_time() {
+        // A name with a space and a parenthesis; utime 150 and stime 25 ticks.
+        let stat = "42 (odd) name) S 1 42 42 0 -1 4194560 100 0 0 0 150 25 0 0 20 0 1 0";
+        assert_eq!(
+            parse_stat(stat),
+            Some(("odd) name", Duration::from_millis(1_750)))
+        );
+        assert_eq!(parse_stat("42 (cut short"), None);
+        assert_eq!(parse_stat("42 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn threads_of_one_pool_count_as_one_kind() {
+        assert_eq!(thread_kind("sled-io-3"), "sled-io");
+        assert_eq!(thread_kind("quiver-storage"), "quiver-storage");
+        assert_eq!(thread_kind("quiver-worker"), "quiver-worker");
+        assert_eq!(thread_kind("-7"), "-7");
+        assert_eq!(thread_kind("io-"), "io-");
+    }
+
+    #[test]
+    fn this_process_has_its_own_threads_cpu_time() {
+        let pid = std::process::id();
+        let total = cpu_time(pid).expect("/proc tells this process's CPU time");
+        let threads = threads_cpu_time(pid).expect("and its threads'");
+        assert!(!threads.is_empty());
+        let listed: Duration = threads.values().sum();
+        // Each thread's time is read after the process's: it may have grown since, by
+        // a tick per thread at most while this runs.
+        assert!(listed <= total + Duration::from_millis(10 * threads.len() as u64 + 10));
+    }
 }

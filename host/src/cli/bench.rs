@@ -217,15 +217,26 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     let progress = settings.progress.clone();
+    let start = own.as_ref().map(OwnBroker::cpu_snapshot);
     let report = bench::run(settings, Arc::new(Connect(connect))).await?;
     progress.finish_and_clear();
-    let rss = own.as_ref().and_then(OwnBroker::rss_kib);
+    // What the bench's own broker used; a broker of `--server` is not this process's to
+    // measure.
+    let usage = own
+        .as_ref()
+        .zip(start)
+        .map(|(own, start)| own.usage_since(&start));
     if args.json {
         let mut json = report.json();
-        json["broker_rss_kib"] = rss.into();
+        if let Some(usage) = &usage {
+            usage.add_json(&mut json);
+        }
         println!("{json}");
     } else {
-        print!("{}", text(&report, rss));
+        print!("{}", text(&report));
+        if let Some(usage) = &usage {
+            print!("{}", usage.text());
+        }
     }
     Ok(())
 }
@@ -295,7 +306,7 @@ async fn mqtt(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 /// The report as a few lines of text.
-fn text(report: &Report, rss_kib: Option<u64>) -> String {
+fn text(report: &Report) -> String {
     let s = &report.settings;
     let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     let mut out = format!(
@@ -397,12 +408,6 @@ fn text(report: &Report, rss_kib: Option<u64>) -> String {
             deleted
                 .map(|d| format!(", deleted in {:.2} s", d.as_secs_f64()))
                 .unwrap_or_default()
-        ));
-    }
-    if let Some(kib) = rss_kib {
-        out.push_str(&format!(
-            "  broker RSS at the end: {}\n",
-            ByteSize::kib(kib)
         ));
     }
     out
