@@ -7,10 +7,10 @@
 //! queues records for it made this real.
 //!
 //! So servers listen on ports from just below the kernel's ephemeral range
-//! (`net.ipv4.ip_local_port_range`), which a bind to port 0 never picks: only an
-//! explicit bind takes one. Each port handed out is probed free (UDP and TCP) and is
-//! handed out once per test process; the pool starts at a random place, so test
-//! processes running at the same time rarely meet.
+//! (`net.ipv4.ip_local_port_range`; just above it where it starts too low), which a
+//! bind to port 0 never picks: only an explicit bind takes one. Each port handed out
+//! is probed free (UDP and TCP) and is handed out once per test process; the pool
+//! starts at a random place, so test processes running at the same time rarely meet.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -18,11 +18,14 @@ use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// How many ports below the ephemeral range the pool holds.
-const POOL_SIZE: u16 = 8_192;
+/// How many ports the pool holds at most.
+const POOL_SIZE: u32 = 8_192;
 
-/// Where the ephemeral range starts when `/proc` does not say (Linux's default).
-const EPHEMERAL_FIRST: u16 = 32_768;
+/// The fewest ports a pool beside the ephemeral range is taken with.
+const MIN_POOL: u32 = 1_024;
+
+/// Linux's default ephemeral range, when `/proc` does not say.
+const EPHEMERAL: (u16, u16) = (32_768, 60_999);
 
 /// The lowest port the pool uses: below it are well-known and registered services.
 const LOWEST: u16 = 10_000;
@@ -60,9 +63,7 @@ struct Pool {
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let end = ephemeral_first().max(LOWEST + 1);
-        let first = end.saturating_sub(POOL_SIZE).max(LOWEST);
-        let len = u32::from(end - first);
+        let (first, len) = pool_range(ephemeral_range());
         let start = (RandomState::new().hash_one(std::process::id()) % u64::from(len)) as u32;
         Pool {
             first,
@@ -72,12 +73,37 @@ fn pool() -> &'static Pool {
     })
 }
 
-/// The first port of the kernel's ephemeral range.
-fn ephemeral_first() -> u16 {
+/// The pool's first port and length for the ephemeral range `(first, last)`: the
+/// ports just below it, or just above it where the range starts too low to leave
+/// room. Where it leaves none on either side, every port from [`LOWEST`] up, and a
+/// bind to port 0 may take one of them while its server is down, as before.
+fn pool_range((first, last): (u16, u16)) -> (u16, u32) {
+    let below_end = u32::from(first);
+    let below_start = below_end.saturating_sub(POOL_SIZE).max(u32::from(LOWEST));
+    let above_start = (u32::from(last) + 1).max(u32::from(LOWEST));
+    let above_end = (above_start + POOL_SIZE).min(1 << 16);
+    let below = (below_start, below_end.saturating_sub(below_start));
+    let above = (above_start, above_end.saturating_sub(above_start));
+    let (start, len) = [below, above]
+        .into_iter()
+        .find(|&(_, len)| len >= MIN_POOL)
+        .unwrap_or_else(|| match below.1.max(above.1) {
+            0 => (u32::from(LOWEST), (1 << 16) - u32::from(LOWEST)),
+            _ if below.1 >= above.1 => below,
+            _ => above,
+        });
+    (u16::try_from(start).expect("a pool starts at a port"), len)
+}
+
+/// The kernel's ephemeral range, first and last port.
+fn ephemeral_range() -> (u16, u16) {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse().ok())
-        .unwrap_or(EPHEMERAL_FIRST)
+        .and_then(|range| {
+            let mut ports = range.split_whitespace().map(|p| p.parse().ok());
+            Some((ports.next()??, ports.next()??))
+        })
+        .unwrap_or(EPHEMERAL)
 }
 
 /// Whether nothing on loopback holds `port`, for UDP (QUIC) and TCP (MQTT, HTTP,
@@ -99,10 +125,26 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), ports.len(), "{ports:?}");
-        let ephemeral = ephemeral_first();
+        let (first, last) = ephemeral_range();
         for port in ports {
-            assert!((LOWEST..ephemeral).contains(&port), "{port}");
+            assert!(!(first..=last).contains(&port), "{port} is ephemeral");
+            assert!(port >= LOWEST, "{port}");
             assert!(free(port), "{port} was free when handed out");
         }
+    }
+
+    #[test]
+    fn the_pool_sits_beside_the_ephemeral_range_where_there_is_room() {
+        // Linux's default: the 8,192 ports just below it.
+        assert_eq!(pool_range((32_768, 60_999)), (24_576, 8_192));
+        // A range starting low: above it.
+        assert_eq!(pool_range((1_024, 49_151)), (49_152, 8_192));
+        // Little room below, more above: the side with at least MIN_POOL.
+        assert_eq!(pool_range((10_500, 63_000)), (63_001, 2_535));
+        // No side with MIN_POOL: the larger one.
+        assert_eq!(pool_range((10_600, 65_000)), (10_000, 600));
+        assert_eq!(pool_range((10_500, 65_000)), (65_001, 535));
+        // No room at all: every port from LOWEST up.
+        assert_eq!(pool_range((1_024, 65_535)), (10_000, 55_536));
     }
 }
