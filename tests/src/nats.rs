@@ -621,8 +621,8 @@ fn transient(error: &jetstream::Error) -> bool {
     matches!(error.error_code().0, 10008 | 10023)
 }
 
-/// `n` distinct free loopback ports that stay free for a server stopped and started
-/// again ([`crate::ports`]).
+/// `n` distinct free loopback ports, which no bind to port 0 takes while their server
+/// is stopped for a restart ([`crate::ports`]).
 fn free_ports(n: usize) -> Vec<u16> {
     (0..n).map(|_| crate::ports::stable_port()).collect()
 }

@@ -272,8 +272,8 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// The usage as JSON fields: `broker_cpu_s` (with `by_thread`), `broker_rss_kib`
-    /// and `broker_peak_rss_kib`.
+    /// The usage as JSON fields: `broker_cpu_s`, `broker_cpu_s_by_thread` (an object
+    /// of the kinds listed), `broker_rss_kib` and `broker_peak_rss_kib`.
     pub fn add_json(&self, json: &mut serde_json::Value) {
         let threads: serde_json::Map<String, serde_json::Value> = self
             .threads
