@@ -32,7 +32,7 @@ const LOWEST: u16 = 10_000;
 
 /// A loopback port that is free now for both UDP and TCP, that no bind to port 0
 /// will take while its server is down, and that no other call in this process
-/// returns.
+/// returns (until the pool, thousands of ports, has gone round once).
 pub fn stable_port() -> u16 {
     let pool = pool();
     for _ in 0..pool.len {
