@@ -288,7 +288,7 @@ impl Usage {
 
     /// CPU time of the process that no kind in `threads` accounts for: threads that
     /// ended during the run (sled's IO pool ends idle ones) and kinds under 10 ms.
-    pub fn other_threads(&self) -> Duration {
+    fn other_threads(&self) -> Duration {
         let listed: Duration = self.threads.iter().map(|(_, used)| *used).sum();
         self.cpu.unwrap_or_default().saturating_sub(listed)
     }

@@ -217,15 +217,12 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     let progress = settings.progress.clone();
-    let start = own.as_ref().map(OwnBroker::cpu_snapshot);
+    // What the bench's own broker uses during the run; a broker of `--server` is not
+    // this process's to measure.
+    let start = own.as_ref().map(|own| (own, own.cpu_snapshot()));
     let report = bench::run(settings, Arc::new(Connect(connect))).await?;
     progress.finish_and_clear();
-    // What the bench's own broker used; a broker of `--server` is not this process's to
-    // measure.
-    let usage = own
-        .as_ref()
-        .zip(start)
-        .map(|(own, start)| own.usage_since(&start));
+    let usage = start.map(|(own, start)| own.usage_since(&start));
     if args.json {
         let mut json = report.json();
         if let Some(usage) = &usage {
