@@ -68,7 +68,11 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // QUIVER PATCH (one wake-up per task): upstream woke every idle IO
+        // thread (seven are kept waiting) for each task queued, and all but one
+        // went back to sleep. One task needs one thread: a thread woken finds it,
+        // and a busy thread takes what is queued when its task is done.
+        self.cv.notify_one();
 
         len
     }
