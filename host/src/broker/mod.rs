@@ -18,12 +18,13 @@ mod links;
 pub mod membership;
 mod publish;
 pub mod redrive;
+mod registry;
 mod request;
 pub mod streams;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use bytes::Bytes;
@@ -45,6 +46,7 @@ use dedup::Deduplicator;
 pub use links::LinkControl;
 pub use publish::{Outcomes, PublishOrder, Publishes, Run, one_outcome};
 pub(crate) use publish::{hops, is_provenance, path_before, visited};
+use registry::Registry;
 use streams::OpenStreams;
 
 /// Limits the broker enforces on requests.
@@ -239,7 +241,7 @@ pub struct Broker {
     /// The live topics by name. Storage's writer updates it as a creation or deletion
     /// commits (`Storage::create_topic_then`), so that it never disagrees with storage,
     /// even when whoever asked went away meanwhile (a link stopped, say).
-    topics: Arc<RwLock<BTreeMap<TopicName, Arc<TopicLog>>>>,
+    topics: Arc<RwLock<Registry>>,
     /// Held by a creation from its checks until what it created is in the registry:
     /// shared by topic creations (which [`Creations`] keeps apart), so that topics
     /// created together share commits; exclusive for a group's creation (which must
@@ -290,10 +292,7 @@ impl Broker {
         auth: Arc<Authenticator>,
         settings: BrokerSettings,
     ) -> Result<Self, StorageError> {
-        let topics = recovered
-            .iter()
-            .map(|log| (log.name().clone(), Arc::clone(log)))
-            .collect();
+        let topics: Registry = recovered.iter().cloned().collect();
         let dedup = Deduplicator::new(settings.dedup_window_ms, settings.dedup_max_entries);
         let since = now_ms().saturating_sub(settings.dedup_window_ms);
         storage.dedup_entries(since, settings.dedup_max_entries, |id, at, receipt| {
@@ -377,12 +376,20 @@ impl Broker {
         }
     }
 
-    /// Every live topic.
+    /// How many topics are live.
+    fn topic_count(&self) -> usize {
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Every live topic, in name order.
     pub fn topics(&self) -> Vec<Arc<TopicLog>> {
         self.topics
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .values()
+            .in_order()
             .cloned()
             .collect()
     }
@@ -423,7 +430,7 @@ impl Broker {
                 registry
                     .write()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .insert(log.name().clone(), Arc::clone(log));
+                    .insert(log);
                 let _ = created.send(Arc::clone(log)); // no receivers is fine
                 drop((reserved, creation));
             })
@@ -445,7 +452,7 @@ impl Broker {
                 let mut names = lock(&self.creations.names);
                 if !names.contains(name) {
                     let topics = self.topics.read().unwrap_or_else(PoisonError::into_inner);
-                    if topics.contains_key(name) {
+                    if topics.contains(name.as_str()) {
                         return Err(BrokerError::TopicExists(name.to_string()));
                     }
                     let held = topics.len() + names.len();
@@ -527,11 +534,10 @@ impl Broker {
         let (registry, deletions) = (Arc::clone(&self.topics), Arc::clone(&self.deletions));
         let plugins = Arc::clone(&self.plugins);
         let deleted = move |log: &Arc<TopicLog>| {
-            let mut topics = registry.write().unwrap_or_else(PoisonError::into_inner);
-            if topics.get(log.name()).is_some_and(|l| l.id() == log.id()) {
-                topics.remove(log.name());
-            }
-            drop(topics);
+            registry
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(log);
             plugins.forget_topic(log.id());
             // After the topic is marked deleted: whoever reads the new count sees it so.
             deletions.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -564,7 +570,7 @@ impl Broker {
             started_ms: facts.started_ms,
             data_dir: facts.data_dir.clone(),
             disk_bytes: self.storage.size_on_disk()?,
-            topics: count(self.topics().len()),
+            topics: count(self.topic_count()),
             groups: count(self.list_groups().await.len()),
             plugins: count(self.list_plugins().len()),
             links: count(self.links().map_or(0, |links| links.list().len())),

@@ -1,4 +1,5 @@
-//! The broker's registries against storage when callers go away mid-request.
+//! The broker's registries: lookups and order, and agreement with storage when callers
+//! go away mid-request.
 
 use std::sync::Arc;
 
@@ -113,4 +114,40 @@ async fn a_group_created_or_deleted_for_a_caller_that_went_away_is_so_in_the_reg
     ));
     assert!(group.is_deleted(), "its members are told");
     broker.create_group("workers", settings).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_registry_finds_topics_by_name_and_lists_them_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = broker(&dir, 10);
+    let config = TopicConfig::default();
+    for name in ["c", "a", "d", "b"] {
+        broker.create_topic(name, &config).await.unwrap();
+    }
+    let first_b = broker.topic("b").unwrap().id();
+    broker.delete_topic("b").await.unwrap();
+    assert!(matches!(
+        broker.topic("b"),
+        Err(BrokerError::TopicNotFound(_))
+    ));
+    broker.create_topic("b", &config).await.unwrap();
+
+    let names: Vec<String> = broker
+        .topics()
+        .iter()
+        .map(|l| l.name().to_string())
+        .collect();
+    assert_eq!(names, ["a", "b", "c", "d"]);
+    for name in ["a", "b", "c", "d"] {
+        assert_eq!(broker.topic(name).unwrap().name().as_str(), name);
+    }
+    assert_ne!(
+        broker.topic("b").unwrap().id(),
+        first_b,
+        "the new topic, not the old"
+    );
+    assert!(matches!(
+        broker.topic("e"),
+        Err(BrokerError::TopicNotFound(_))
+    ));
 }
