@@ -26,10 +26,12 @@ impl Registry {
         self.by_name.get(name)
     }
 
+    /// Whether a topic is named `name`.
     pub(super) fn contains(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
     }
 
+    /// How many topics there are.
     pub(super) fn len(&self) -> usize {
         self.by_name.len()
     }
