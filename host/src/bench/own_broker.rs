@@ -18,6 +18,10 @@ use crate::memory;
 /// How long the broker may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The least CPU time a kind of thread is reported with (one clock tick): less is
+/// counted with the threads that ended.
+const LEAST_REPORTED: Duration = Duration::from_millis(10);
+
 /// A broker child process on a temp data dir.
 #[derive(Debug)]
 pub struct OwnBroker {
@@ -122,7 +126,7 @@ impl OwnBroker {
                 let before = start.threads.get(&kind).copied().unwrap_or_default();
                 (kind, used.saturating_sub(before))
             })
-            .filter(|(_, used)| *used >= Duration::from_millis(10))
+            .filter(|(_, used)| *used >= LEAST_REPORTED)
             .collect();
         threads.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let process = pid.to_string();
@@ -303,7 +307,7 @@ impl Usage {
                 .map(|(kind, used)| format!("{kind} {:.2} s", used.as_secs_f64()))
                 .collect();
             let other = self.other_threads();
-            if other >= Duration::from_millis(10) {
+            if other >= LEAST_REPORTED {
                 threads.push(format!(
                     "threads that ended or used less {:.2} s",
                     other.as_secs_f64()
