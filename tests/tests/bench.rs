@@ -61,6 +61,14 @@ fn every_scenario_runs_and_counts_what_it_moved() {
         listed <= cpu + 0.01 * (by_thread.len() + 1) as f64,
         "{publish}"
     );
+    // Its disk traffic: every record reached its log, and every publish waited for a
+    // flush (concurrent ones share one).
+    let written = publish["broker_written_bytes"].as_u64().unwrap();
+    assert!(written >= 2000 * 256, "{publish}");
+    assert!(publish["broker_read_bytes"].is_u64(), "{publish}");
+    let flushes = publish["broker_flushes"].as_u64().unwrap();
+    assert!((1..=2000).contains(&flushes), "{publish}");
+    assert!(publish["broker_flush_s"].is_f64(), "{publish}");
 
     let e2e = bench(&["e2e", "--count", "2000", "--size", "64", "--rate", "20000"]);
     assert_eq!(

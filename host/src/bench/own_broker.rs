@@ -1,10 +1,16 @@
 //! The broker `quiver bench` starts for itself when no `--server` is given: this same
 //! binary running `serve` on a temp data dir and port 0, in its own process (so its
-//! CPU and memory are its own), stopped when the bench ends. The restart scenario
-//! stops and starts it again on the same data dir and port.
+//! CPU, memory and disk traffic are its own), stopped when the bench ends. The restart
+//! scenario stops and starts it again on the same data dir and port.
+//!
+//! What a run cost the broker is read from outside, as an operator would: CPU and
+//! memory from `/proc/PID/stat` and `status`, bytes written and read from
+//! `/proc/PID/io`, and the flushes its storage writer waited for from its own
+//! `/metrics` (on an HTTP listener at port 0).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -32,6 +38,8 @@ pub struct OwnBroker {
     pub cert: PathBuf,
     /// Its MQTT address, when started with `--mqtt`.
     pub mqtt: Option<String>,
+    /// Its HTTP listener's address (`/metrics`).
+    http: Option<String>,
     data: PathBuf,
     args: Vec<String>,
     _dir: tempfile::TempDir,
@@ -63,6 +71,7 @@ impl OwnBroker {
             addr: ready.addr,
             cert: data.join("tls").join("cert.pem"),
             mqtt: ready.mqtt,
+            http: ready.http,
             data,
             args,
             _dir: dir,
@@ -94,6 +103,7 @@ impl OwnBroker {
         let (child, ready) = spawn(&self.data, &self.addr, &self.args)?;
         self.child = child;
         self.addr = ready.addr;
+        self.http = ready.http;
         Ok(ready.at)
     }
 
@@ -107,17 +117,31 @@ impl OwnBroker {
         self.child.id()
     }
 
-    /// The broker's CPU now, to measure a run from ([`OwnBroker::usage_since`]).
-    pub fn cpu_snapshot(&self) -> CpuSnapshot {
+    /// The broker's CPU and disk traffic now, to measure a run from
+    /// ([`OwnBroker::usage_since`]).
+    pub fn snapshot(&self) -> Snapshot {
         let pid = self.child.id();
-        CpuSnapshot {
+        Snapshot {
             total: cpu_time(pid),
             threads: threads_cpu_time(pid).unwrap_or_default(),
+            disk: self.disk(),
+        }
+    }
+
+    /// Bytes through the broker's write and read calls, and the flushes its storage
+    /// writer waited for, so far.
+    fn disk(&self) -> Disk {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.child.id())).ok();
+        let metrics = self.http.as_deref().and_then(|http| get_metrics(http).ok());
+        Disk {
+            written: io.as_deref().and_then(|io| io_field(io, "wchar")),
+            read: io.as_deref().and_then(|io| io_field(io, "rchar")),
+            flushes: metrics.as_deref().and_then(flush_totals),
         }
     }
 
     /// What the broker used since `start`, and its memory now and at its peak.
-    pub fn usage_since(&self, start: &CpuSnapshot) -> Usage {
+    pub fn usage_since(&self, start: &Snapshot) -> Usage {
         let pid = self.child.id();
         let mut threads: Vec<(String, Duration)> = threads_cpu_time(pid)
             .unwrap_or_default()
@@ -130,7 +154,18 @@ impl OwnBroker {
             .collect();
         threads.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         let process = pid.to_string();
+        let disk = self.disk();
+        let since = |now: Option<u64>, then: Option<u64>| Some(now?.saturating_sub(then?));
         Usage {
+            written_bytes: since(disk.written, start.disk.written),
+            read_bytes: since(disk.read, start.disk.read),
+            flushes: disk
+                .flushes
+                .zip(start.disk.flushes)
+                .map(|(now, then)| Flushes {
+                    count: now.count.saturating_sub(then.count),
+                    time: now.time.saturating_sub(then.time),
+                }),
             cpu: start
                 .total
                 .zip(cpu_time(pid))
@@ -153,6 +188,7 @@ impl Drop for OwnBroker {
 struct Ready {
     addr: String,
     mqtt: Option<String>,
+    http: Option<String>,
     at: Instant,
 }
 
@@ -163,8 +199,8 @@ fn spawn(data: &Path, listen: &str, args: &[String]) -> anyhow::Result<(Child, R
     let mut child = Command::new(exe)
         .args(["serve", "--listen", listen, "--data"])
         .arg(data)
-        // No HTTP listener: the default port may be another broker's.
-        .args(["--http", "off"])
+        // Port 0: the default port may be another broker's.
+        .args(["--http", "127.0.0.1:0"])
         .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -188,10 +224,10 @@ fn spawn(data: &Path, listen: &str, args: &[String]) -> anyhow::Result<(Child, R
                     .next()
                     .unwrap_or_default()
                     .to_owned();
-                let mqtt = word_after(", mqtt ");
                 let _ = tx.send(Some(Ready {
                     addr,
-                    mqtt,
+                    mqtt: word_after(", mqtt "),
+                    http: word_after(", http "),
                     at: Instant::now(),
                 }));
                 // Keep draining so the broker never blocks on a full pipe.
@@ -255,14 +291,75 @@ fn thread_kind(name: &str) -> &str {
     }
 }
 
-/// The bench's own broker's CPU at one moment, for [`OwnBroker::usage_since`].
-#[derive(Debug, Clone)]
-pub struct CpuSnapshot {
-    total: Option<Duration>,
-    threads: BTreeMap<String, Duration>,
+/// A field of `/proc/PID/io` (`wchar`, `rchar`: bytes through the process's write and
+/// read calls, to files or not).
+fn io_field(io: &str, field: &str) -> Option<u64> {
+    io.lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| value.trim().parse().ok())
 }
 
-/// What the bench's own broker used between a [`CpuSnapshot`] and the end of a run.
+/// `GET /metrics` from the HTTP listener at `addr`, over HTTP/1.0 so that the body
+/// comes whole (no chunks) and the connection closes after it.
+fn get_metrics(addr: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(READY_TIMEOUT))?;
+    stream.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("an HTTP response without a body")?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        bail!("GET /metrics answered {status}");
+    }
+    Ok(body.to_owned())
+}
+
+/// The flushes the storage writer waited for, from a `/metrics` page.
+fn flush_totals(metrics: &str) -> Option<Flushes> {
+    let sample = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+    };
+    let count = sample("quiver_storage_flush_seconds_count")?;
+    let seconds = sample("quiver_storage_flush_seconds_sum")?;
+    Some(Flushes {
+        count: count as u64,
+        time: Duration::try_from_secs_f64(seconds).ok()?,
+    })
+}
+
+/// The bench's own broker's CPU and disk traffic at one moment, for
+/// [`OwnBroker::usage_since`].
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    total: Option<Duration>,
+    threads: BTreeMap<String, Duration>,
+    disk: Disk,
+}
+
+/// Counters of the broker's disk traffic (each `None` where it could not be read).
+#[derive(Debug, Clone, Copy, Default)]
+struct Disk {
+    written: Option<u64>,
+    read: Option<u64>,
+    flushes: Option<Flushes>,
+}
+
+/// Flushes the storage writer waited for before it answered, and their time in all.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Flushes {
+    /// How many.
+    pub count: u64,
+    /// Their time in all.
+    pub time: Duration,
+}
+
+/// What the bench's own broker used between a [`Snapshot`] and the end of a run.
 #[derive(Debug, Clone, Default)]
 pub struct Usage {
     /// CPU time of the whole process (threads that ended meanwhile included).
@@ -273,11 +370,19 @@ pub struct Usage {
     pub rss_kib: Option<u64>,
     /// The most it was ever resident, KiB (`VmHWM`: start-up and the run).
     pub peak_rss_kib: Option<u64>,
+    /// Bytes through its write calls (`wchar`): nearly all of them sled's log.
+    pub written_bytes: Option<u64>,
+    /// Bytes through its read calls (`rchar`): sled reading back pages its cache let go.
+    pub read_bytes: Option<u64>,
+    /// The flushes its storage writer waited for (`/metrics`).
+    pub flushes: Option<Flushes>,
 }
 
 impl Usage {
     /// The usage as JSON fields: `broker_cpu_s`, `broker_cpu_s_by_thread` (an object
-    /// of the kinds listed), `broker_rss_kib` and `broker_peak_rss_kib`.
+    /// of the kinds listed), `broker_rss_kib`, `broker_peak_rss_kib`,
+    /// `broker_written_bytes`, `broker_read_bytes`, `broker_flushes` and
+    /// `broker_flush_s` (null where not known).
     pub fn add_json(&self, json: &mut serde_json::Value) {
         let threads: serde_json::Map<String, serde_json::Value> = self
             .threads
@@ -288,6 +393,10 @@ impl Usage {
         json["broker_cpu_s_by_thread"] = threads.into();
         json["broker_rss_kib"] = self.rss_kib.into();
         json["broker_peak_rss_kib"] = self.peak_rss_kib.into();
+        json["broker_written_bytes"] = self.written_bytes.into();
+        json["broker_read_bytes"] = self.read_bytes.into();
+        json["broker_flushes"] = self.flushes.map(|f| f.count).into();
+        json["broker_flush_s"] = self.flushes.map(|f| round_ms(f.time)).into();
     }
 
     /// CPU time of the process that no kind in `threads` accounts for: threads that
@@ -323,6 +432,24 @@ impl Usage {
             out.push_str(&format!("  broker RSS at the end: {}", ByteSize::kib(kib)));
             if let Some(peak) = self.peak_rss_kib {
                 out.push_str(&format!(", at most {}", ByteSize::kib(peak)));
+            }
+            out.push('\n');
+        }
+        if let (Some(written), Some(read)) = (self.written_bytes, self.read_bytes) {
+            out.push_str(&format!(
+                "  broker disk traffic during the bench: wrote {}, read back {}",
+                ByteSize(written),
+                ByteSize(read)
+            ));
+            if let Some(Flushes { count, time }) = self.flushes {
+                out.push_str(&format!(
+                    "; waited for {count} flushes, {:.2} s in all",
+                    time.as_secs_f64()
+                ));
+                if count > 0 {
+                    let each = time.as_secs_f64() * 1000.0 / count as f64;
+                    out.push_str(&format!(" ({each:.2} ms each)"));
+                }
             }
             out.push('\n');
         }
@@ -363,6 +490,33 @@ mod tests {
         );
         assert_eq!(parse_stat("42 (cut short"), None);
         assert_eq!(parse_stat("42 (x) S 1 2"), None);
+    }
+
+    #[test]
+    fn proc_io_gives_bytes_written_and_read() {
+        let io = "rchar: 160812345\nwchar: 645200000\nsyscr: 12\nsyscw: 554\n\
+                  read_bytes: 0\nwrite_bytes: 923312128\ncancelled_write_bytes: 0\n";
+        assert_eq!(io_field(io, "wchar"), Some(645_200_000));
+        assert_eq!(io_field(io, "rchar"), Some(160_812_345));
+        // `write_bytes` is a field of its own, not a prefix match of `wchar`'s kind.
+        assert_eq!(io_field(io, "write"), None);
+        assert_eq!(io_field("wchar: many\n", "wchar"), None);
+    }
+
+    #[test]
+    fn a_metrics_page_gives_the_flushes_waited_for() {
+        let page = "# TYPE quiver_storage_flush_seconds histogram\n\
+                    quiver_storage_flush_seconds_sum 0.9232374690000004\n\
+                    quiver_storage_flush_seconds_count 815\n\
+                    quiver_storage_flush_seconds_bucket{le=\"0.00005\"} 0\n";
+        assert_eq!(
+            flush_totals(page),
+            Some(Flushes {
+                count: 815,
+                time: Duration::from_secs_f64(0.9232374690000004),
+            })
+        );
+        assert_eq!(flush_totals("quiver_storage_flush_seconds_count 3\n"), None);
     }
 
     #[test]

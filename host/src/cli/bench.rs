@@ -219,7 +219,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let progress = settings.progress.clone();
     // What the bench's own broker uses during the run; a broker of `--server` is not
     // this process's to measure.
-    let start = own.as_ref().map(|own| (own, own.cpu_snapshot()));
+    let start = own.as_ref().map(|own| (own, own.snapshot()));
     let report = bench::run(settings, Arc::new(Connect(connect))).await?;
     progress.finish_and_clear();
     let usage = start.map(|(own, start)| own.usage_since(&start));
