@@ -968,7 +968,8 @@ pub(in crate::pagecache) fn make_stable_inner(
             // nothing to write, don't bother sealing
             // current IO buffer.
         } else {
-            maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false)?;
+            // QUIVER PATCH (a flush writes its own buffer): see `seal_and_write_iobuf`.
+            seal_and_write_iobuf(iobufs, &iobuf, header, false, true)?;
             stable = iobufs.stable();
             // NB we have to continue here to possibly clear
             // the next io buffer, which may have dirty
@@ -1057,6 +1058,24 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     iobuf: &Arc<IoBuf>,
     header: Header,
     from_reserve: bool,
+) -> Result<()> {
+    seal_and_write_iobuf(iobufs, iobuf, header, from_reserve, false)
+}
+
+/// QUIVER PATCH (a flush writes its own buffer): `maybe_seal_and_write_iobuf`, where
+/// `here` says that the buffer, once sealed with no writer left in it, is written (and
+/// synced) on this thread rather than handed to the IO pool. `make_stable_inner` asks
+/// for that: its caller blocks until the buffer is stable anyway, and handing the
+/// write over cost two thread wake-ups per flush, one for an IO thread to take the
+/// task and one for the caller once it was done. Buffers sealed because they filled
+/// up (`from_reserve`) still go to the pool, so that a writer filling several does not
+/// wait for each. What is written, and when it counts as stable, does not change.
+fn seal_and_write_iobuf(
+    iobufs: &Arc<IoBufs>,
+    iobuf: &Arc<IoBuf>,
+    header: Header,
+    from_reserve: bool,
+    here: bool,
 ) -> Result<()> {
     if header::is_sealed(header) {
         // this buffer is already sealed. nothing to do here.
@@ -1209,6 +1228,21 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     // if writers is 0, it's our responsibility to write the buffer.
     if header::n_writers(sealed) == 0 {
         iobufs.config.global_error()?;
+        if here {
+            trace!("writing iobuf with lsn {} to log from make_stable", lsn);
+            return iobufs.write_to_log(iobuf).map_err(|e| {
+                error!(
+                    "hit error while writing iobuf with lsn {}: {:?}",
+                    lsn, e
+                );
+                // as below: stored before notifying, so that waiting threads see it
+                iobufs.config.set_global_error(e.clone());
+                let intervals = iobufs.intervals.lock();
+                drop(intervals);
+                let _notified = iobufs.interval_updated.notify_all();
+                e
+            });
+        }
         trace!(
             "asynchronously writing iobuf with lsn {} to log from maybe_seal",
             lsn
