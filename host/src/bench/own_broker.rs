@@ -498,7 +498,7 @@ mod tests {
                   read_bytes: 0\nwrite_bytes: 923312128\ncancelled_write_bytes: 0\n";
         assert_eq!(io_field(io, "wchar"), Some(645_200_000));
         assert_eq!(io_field(io, "rchar"), Some(160_812_345));
-        // `write_bytes` is a field of its own, not a prefix match of `wchar`'s kind.
+        // A name matches a whole field only: `write` is not `write_bytes`.
         assert_eq!(io_field(io, "write"), None);
         assert_eq!(io_field("wchar: many\n", "wchar"), None);
     }
