@@ -343,7 +343,7 @@ pub struct Snapshot {
 }
 
 /// Counters of the broker's disk traffic (each `None` where it could not be read).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone)]
 struct Disk {
     written: Option<u64>,
     read: Option<u64>,
@@ -351,7 +351,7 @@ struct Disk {
 }
 
 /// Flushes the storage writer waited for before it answered, and their time in all.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Flushes {
     /// How many.
     pub count: u64,
