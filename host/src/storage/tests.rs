@@ -2545,3 +2545,121 @@ fn every_prefix_of_an_apply_reads_the_same() {
     );
     rt.block_on(storage.close());
 }
+
+/// A change to a sled tree in [`sled_keeps_appended_and_scattered_keys`].
+#[derive(Debug, Clone)]
+enum TreeOp {
+    /// Appends this many keys after the last appended, with values of this size.
+    Append(u8, u16),
+    /// Sets a key before (`false`) or after (`true`) the appended ones.
+    Set(bool, u16, u16),
+    /// Removes this many of the oldest appended keys.
+    RemoveOldest(u8),
+    /// Removes a key set before or after the appended ones, if it is there.
+    Remove(bool, u16),
+    /// Closes the tree and opens it again.
+    Reopen,
+    /// Flushes, and opens a copy of the files as they are then, as after `kill -9`.
+    Crash,
+}
+
+fn tree_op() -> impl Strategy<Value = TreeOp> {
+    let size = || prop_oneof![3 => 0u16..64, 1 => 0u16..16_384];
+    prop_oneof![
+        6 => (1u8..40, size()).prop_map(|(n, size)| TreeOp::Append(n, size)),
+        3 => (any::<bool>(), 0u16..64, size()).prop_map(|(after, k, size)| TreeOp::Set(after, k, size)),
+        2 => (1u8..40).prop_map(TreeOp::RemoveOldest),
+        1 => (any::<bool>(), 0u16..64).prop_map(|(after, k)| TreeOp::Remove(after, k)),
+        1 => Just(TreeOp::Reopen),
+        1 => Just(TreeOp::Crash),
+    ]
+}
+
+fn open_tree(path: &std::path::Path) -> sled::Db {
+    // A small cache, so that leaves are evicted and read back from disk with their
+    // changes.
+    sled::Config::new()
+        .path(path)
+        .segment_size(SEGMENT_BYTES)
+        .cache_capacity(1 << 20)
+        .open()
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// sled patch 8 (vendor/sled/QUIVER.md) splits a leaf that keys are appended to
+    /// where the appends go, and lets it take more changes before it is rewritten
+    /// whole. Against a `BTreeMap`: runs of appends (as the journal's and the chunks'
+    /// keys are), with keys before and after them that can share their leaves, values
+    /// up to a chunk part's size, the oldest appends removed (merging leaves), and
+    /// reopening, cleanly or after a crash.
+    #[test]
+    fn sled_keeps_appended_and_scattered_keys(ops in proptest::collection::vec(tree_op(), 1..60)) {
+        let mut dir = tempfile::tempdir().unwrap();
+        let mut db = open_tree(dir.path());
+        let mut model = BTreeMap::<Vec<u8>, Vec<u8>>::new();
+        let (mut oldest, mut next) = (0u64, 0u64);
+        let appended = |seq: u64| [&b"j"[..], &seq.to_be_bytes()].concat();
+        let scattered = |after: bool, k: u16| [&[if after { b'k' } else { b'a' }][..], &k.to_be_bytes()].concat();
+        let value = |key: &[u8], size: u16| {
+            let seed = key.iter().fold(7u8, |h, b| h.wrapping_mul(31).wrapping_add(*b));
+            vec![seed; usize::from(size)]
+        };
+        for op in ops {
+            match op {
+                TreeOp::Append(n, size) => {
+                    for _ in 0..n {
+                        let key = appended(next);
+                        next += 1;
+                        let value = value(&key, size);
+                        db.insert(&key, &value[..]).unwrap();
+                        model.insert(key, value);
+                    }
+                }
+                TreeOp::Set(after, k, size) => {
+                    let key = scattered(after, k);
+                    let value = value(&key, size);
+                    db.insert(&key, &value[..]).unwrap();
+                    model.insert(key, value);
+                }
+                TreeOp::RemoveOldest(n) => {
+                    for _ in 0..n {
+                        if oldest < next {
+                            let key = appended(oldest);
+                            oldest += 1;
+                            db.remove(&key).unwrap();
+                            model.remove(&key);
+                        }
+                    }
+                }
+                TreeOp::Remove(after, k) => {
+                    let key = scattered(after, k);
+                    db.remove(&key).unwrap();
+                    model.remove(&key);
+                }
+                TreeOp::Reopen => {
+                    db.flush().unwrap();
+                    drop(db);
+                    db = open_tree(dir.path());
+                }
+                TreeOp::Crash => {
+                    db.flush().unwrap();
+                    let copy = tempfile::tempdir().unwrap();
+                    copy_tree(dir.path(), copy.path());
+                    drop(db);
+                    dir = copy;
+                    db = open_tree(dir.path());
+                }
+            }
+        }
+        let stored: BTreeMap<Vec<u8>, Vec<u8>> = db
+            .iter()
+            .map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        prop_assert_eq!(stored.len(), model.len());
+        prop_assert!(stored == model, "sled's keys differ from the model's");
+    }
+}

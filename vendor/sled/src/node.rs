@@ -11,6 +11,95 @@ pub struct Node {
     pub(crate) lo: IVec,
     pub(crate) hi: IVec,
     pub(crate) data: Data,
+    // QUIVER PATCH (appends split where they go): see `AppendRun`.
+    pub(crate) appends: AppendRun,
+}
+
+/// QUIVER PATCH (appends split where they go): the latest run of inserts into a
+/// leaf that each went just after the one before (sequence numbers, offsets: keys
+/// appended to a range), kept in memory only. It is never serialized (a node read
+/// back from disk has none), and nodes compare equal whatever their runs.
+///
+/// Upstream splits a full leaf in half. When keys are appended, the appends then go
+/// on into the right half, which fills and is split again, each split writing every
+/// value of the leaf anew: every value was written about three times over (its
+/// insert, then two splits) before its leaf stopped changing. A leaf with a run
+/// ([`AppendRun::is_long`]) is split where the run goes on instead
+/// ([`AppendRun::split_point`]), so that the leaf the appends go on into holds few
+/// keys, and it is rewritten whole less often while it fills (`PageCache::cas_page`).
+#[derive(Default, Debug, Clone, Copy)]
+pub(crate) struct AppendRun {
+    /// Inserts in the run.
+    len: u8,
+    /// The index of the run's last key in the leaf.
+    last: u16,
+}
+
+impl PartialEq for AppendRun {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl AppendRun {
+    /// Inserts in a run that make it one of appends.
+    const LONG: u8 = 4;
+
+    pub(crate) fn is_long(&self) -> bool {
+        self.len >= Self::LONG
+    }
+
+    fn inserted(&mut self, idx: usize) {
+        let idx = u16::try_from(idx).unwrap_or(u16::MAX);
+        self.len = match self.len > 0 && idx == self.last.saturating_add(1) {
+            true => self.len.saturating_add(1),
+            false => 1,
+        };
+        self.last = idx;
+    }
+
+    fn removed(&mut self, idx: usize) {
+        match usize::from(self.last).cmp(&idx) {
+            std::cmp::Ordering::Greater => self.last -= 1,
+            std::cmp::Ordering::Equal => *self = Self::default(),
+            std::cmp::Ordering::Less => {}
+        }
+    }
+
+    /// Where a leaf of `len` keys with this run is split (`None`: in half). If
+    /// enough keys follow the run for a leaf of their own, they go: the run goes on
+    /// at the end of the left node. Otherwise the right node starts at the run's
+    /// last key, or before it to hold as many keys as a leaf must, and the run goes
+    /// on there.
+    fn split_point(&self, len: usize) -> Option<usize> {
+        if !self.is_long() {
+            return None;
+        }
+        let keep = leaf_merge_below().max(1);
+        let after = usize::from(self.last) + 1;
+        let at = match len.checked_sub(after)? >= keep {
+            true => after,
+            false => usize::from(self.last).min(len.checked_sub(keep)?),
+        };
+        (at >= keep).then_some(at)
+    }
+
+    /// The runs of the left and the right node of a split at `at`.
+    fn split_at(self, at: usize) -> (Self, Self) {
+        match usize::from(self.last).checked_sub(at) {
+            Some(last) => {
+                let last = u16::try_from(last).unwrap_or(u16::MAX);
+                (Self::default(), Self { last, ..self })
+            }
+            None => (self, Self::default()),
+        }
+    }
+}
+
+/// QUIVER PATCH (appends split where they go): a leaf with fewer keys is merged
+/// into its left neighbour (`Node::should_merge`).
+fn leaf_merge_below() -> usize {
+    if cfg!(any(test, feature = "lock_free_delays")) { 1 } else { 4 }
 }
 
 impl Node {
@@ -115,6 +204,8 @@ impl Node {
             match search {
                 Ok(idx) => leaf.values[idx] = val,
                 Err(idx) => {
+                    // QUIVER PATCH (appends split where they go).
+                    self.appends.inserted(idx);
                     leaf.keys.insert(idx, key);
                     leaf.values.insert(idx, val);
                 }
@@ -129,6 +220,8 @@ impl Node {
         if let Data::Leaf(ref mut leaf) = self.data {
             let search = leaf.keys.binary_search_by(|k| fastcmp(k, key));
             if let Ok(idx) = search {
+                // QUIVER PATCH (appends split where they go).
+                self.appends.removed(idx);
                 leaf.keys.remove(idx);
                 leaf.values.remove(idx);
             }
@@ -170,11 +263,13 @@ impl Node {
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
+            // QUIVER PATCH (appends split where they go): upstream always split at
+            // `keys.len() / 2 + 1`.
+            split_point: usize,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            let split_point = keys.len() / 2 + 1;
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -241,6 +336,16 @@ impl Node {
             )
         }
 
+        // QUIVER PATCH (appends split where they go).
+        let half = self.data.len() / 2 + 1;
+        let split_point = match self.data {
+            Data::Leaf(ref leaf) => {
+                self.appends.split_point(leaf.keys.len()).unwrap_or(half)
+            }
+            Data::Index(_) => half,
+        };
+        let (left_run, right_run) = self.appends.split_at(split_point);
+        self.appends = left_run;
         let prefixed_lo = &self.lo[..self.prefix_len as usize];
         let prefixed_hi = &self.hi;
         let (split, right_prefix_len, right_data) = match self.data {
@@ -252,6 +357,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         false,
+                        split_point,
                     );
 
                 (
@@ -271,6 +377,7 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
+                        split_point,
                     );
 
                 (
@@ -289,6 +396,8 @@ impl Node {
             merging_child: None,
             merging: false,
             prefix_len: right_prefix_len,
+            // QUIVER PATCH (appends split where they go).
+            appends: right_run,
         };
 
         self.hi = split;
@@ -612,12 +721,13 @@ impl Node {
     }
 
     pub(crate) fn should_merge(&self) -> bool {
+        // QUIVER PATCH (appends split where they go): the leaves' threshold named.
         let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
             1
         } else if self.data.is_index() {
             64
         } else {
-            4
+            leaf_merge_below()
         };
 
         let size_checks = self.data.len() < threshold;
@@ -742,6 +852,7 @@ fn merge_uneven_nodes() {
         merging_child: None,
         merging: false,
         prefix_len: 0,
+        appends: AppendRun::default(),
     };
 
     let right = Node {
@@ -755,6 +866,7 @@ fn merge_uneven_nodes() {
         merging_child: None,
         merging: false,
         prefix_len: 1,
+        appends: AppendRun::default(),
     };
 
     left.receive_merge(&right);

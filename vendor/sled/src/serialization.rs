@@ -7,7 +7,7 @@ use std::{
 };
 
 use crate::{
-    node::{Index, Leaf},
+    node::{AppendRun, Index, Leaf},
     pagecache::{
         BatchManifest, MessageHeader, PageState, SegmentNumber, Snapshot,
     },
@@ -459,6 +459,8 @@ impl Serialize for Node {
             lo: IVec::deserialize(buf)?,
             hi: IVec::deserialize(buf)?,
             data: Data::deserialize(buf)?,
+            // QUIVER PATCH (appends split where they go): never on disk.
+            appends: AppendRun::default(),
         })
     }
 }
@@ -900,6 +902,7 @@ mod qc {
                 lo: IVec::arbitrary(g),
                 hi: IVec::arbitrary(g),
                 data: Data::arbitrary(g),
+                appends: AppendRun::default(),
             }
         }
 
@@ -1120,6 +1123,7 @@ mod qc {
             merging: true,
             prefix_len: 0,
             data: Data::Index(Index::default()),
+            appends: AppendRun::default(),
         };
 
         prop_serialize(&node);

@@ -1036,7 +1036,16 @@ impl PageCache {
         node.apply(&new);
 
         // see if we should short-circuit replace
-        if old.cache_infos.len() >= PAGE_CONSOLIDATION_THRESHOLD {
+        //
+        // QUIVER PATCH (appends split where they go): a leaf being appended to
+        // takes twice the changes before it is rewritten whole, so that it fills
+        // from a split to the next (which rewrites it anyway) without being
+        // rewritten on the way.
+        let threshold = match node.appends.is_long() {
+            true => 2 * PAGE_CONSOLIDATION_THRESHOLD,
+            false => PAGE_CONSOLIDATION_THRESHOLD,
+        };
+        if old.cache_infos.len() >= threshold {
             let short_circuit = self.replace(pid, old, node, guard)?;
             return Ok(short_circuit.map_err(|a| a.map(|b| (b.0, new))));
         }
