@@ -2567,7 +2567,8 @@ fn tree_op() -> impl Strategy<Value = TreeOp> {
     let size = || prop_oneof![3 => 0u16..64, 1 => 0u16..16_384];
     prop_oneof![
         6 => (1u8..40, size()).prop_map(|(n, size)| TreeOp::Append(n, size)),
-        3 => (any::<bool>(), 0u16..64, size()).prop_map(|(after, k, size)| TreeOp::Set(after, k, size)),
+        3 => (any::<bool>(), 0u16..64, size())
+            .prop_map(|(after, k, size)| TreeOp::Set(after, k, size)),
         2 => (1u8..40).prop_map(TreeOp::RemoveOldest),
         1 => (any::<bool>(), 0u16..64).prop_map(|(after, k)| TreeOp::Remove(after, k)),
         1 => Just(TreeOp::Reopen),
@@ -2602,7 +2603,10 @@ proptest! {
         let mut model = BTreeMap::<Vec<u8>, Vec<u8>>::new();
         let (mut oldest, mut next) = (0u64, 0u64);
         let appended = |seq: u64| [&b"j"[..], &seq.to_be_bytes()].concat();
-        let scattered = |after: bool, k: u16| [&[if after { b'k' } else { b'a' }][..], &k.to_be_bytes()].concat();
+        let scattered = |after: bool, k: u16| {
+            let prefix = if after { b'k' } else { b'a' };
+            [&[prefix][..], &k.to_be_bytes()].concat()
+        };
         let value = |key: &[u8], size: u16| {
             let seed = key.iter().fold(7u8, |h, b| h.wrapping_mul(31).wrapping_add(*b));
             vec![seed; usize::from(size)]
