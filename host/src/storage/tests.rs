@@ -27,19 +27,34 @@ fn config(dir: &tempfile::TempDir, chunk_bytes: usize) -> StorageConfig {
     }
 }
 
-/// Opens a data dir a closed `Storage` used. sled releases its directory lock when
-/// the last handle inside it drops, and its IO threads may still hold one for a moment
-/// after `close` returns: retry on that error alone, a bounded number of times.
+/// Opens a data dir a closed `Storage` used.
 pub(crate) fn reopen(config: &StorageConfig) -> (Storage, Vec<Arc<TopicLog>>) {
+    while_locked(
+        || Storage::open(config),
+        |e| matches!(e, StorageError::Sled(e) if sled_lock(e)),
+    )
+}
+
+/// Runs `open` until it fails on something other than `locked`. sled releases its
+/// directory lock when the last handle inside it drops, and its IO threads may still
+/// hold one for a moment after it is closed or dropped: retry on that error alone, a
+/// bounded number of times.
+fn while_locked<T, E: std::fmt::Debug>(
+    mut open: impl FnMut() -> Result<T, E>,
+    locked: impl Fn(&E) -> bool,
+) -> T {
     for _ in 0..500 {
-        match Storage::open(config) {
-            Err(StorageError::Sled(sled::Error::Io(e))) if e.to_string().contains("lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
+        match open() {
+            Err(e) if locked(&e) => std::thread::sleep(std::time::Duration::from_millis(2)),
             opened => return opened.unwrap(),
         }
     }
     panic!("the data dir stayed locked after its storage was closed")
+}
+
+/// sled's error for a data dir another handle still locks.
+fn sled_lock(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(e) if e.to_string().contains("lock"))
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -2576,15 +2591,16 @@ fn tree_op() -> impl Strategy<Value = TreeOp> {
     ]
 }
 
+/// A sled tree configured as storage opens one (`open.rs`), with a small cache so that
+/// leaves are evicted and read back from disk with their changes; opened as
+/// [`reopen`] opens, since a dropped `Db` can hold its lock for a moment.
 fn open_tree(path: &std::path::Path) -> sled::Db {
-    // A small cache, so that leaves are evicted and read back from disk with their
-    // changes.
-    sled::Config::new()
+    let config = sled::Config::new()
         .path(path)
         .segment_size(SEGMENT_BYTES)
         .cache_capacity(1 << 20)
-        .open()
-        .unwrap()
+        .flush_every_ms(None);
+    while_locked(|| config.open(), sled_lock)
 }
 
 proptest! {
