@@ -336,14 +336,10 @@ impl Node {
             )
         }
 
-        // QUIVER PATCH (appends split where they go).
+        // QUIVER PATCH (appends split where they go): only leaves have runs
+        // (`set_leaf`), so an index is split in half as upstream does.
         let half = self.data.len() / 2 + 1;
-        let split_point = match self.data {
-            Data::Leaf(ref leaf) => {
-                self.appends.split_point(leaf.keys.len()).unwrap_or(half)
-            }
-            Data::Index(_) => half,
-        };
+        let split_point = self.appends.split_point(self.data.len()).unwrap_or(half);
         let (left_run, right_run) = self.appends.split_at(split_point);
         self.appends = left_run;
         let prefixed_lo = &self.lo[..self.prefix_len as usize];
