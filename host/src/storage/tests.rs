@@ -1492,27 +1492,28 @@ fn chunks_indexed_before_checksums_still_read_and_the_stamp_moves_on() {
 fn a_data_dir_of_an_unknown_layout_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
+    let unknown = keys::FORMAT + 1;
     rt.block_on(async {
         let (storage, _) = Storage::open(&config(&dir, 200)).unwrap();
         storage
             .tree
-            .insert(keys::VERSION, &9u32.to_be_bytes())
+            .insert(keys::VERSION, &unknown.to_be_bytes())
             .unwrap();
         storage.sync().await.unwrap();
         storage.close().await;
     });
-    let mut opened = Storage::open(&config(&dir, 200));
-    for _ in 0..500 {
-        match &opened {
-            Err(StorageError::Sled(sled::Error::Io(e))) if e.to_string().contains("lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(2));
-                opened = Storage::open(&config(&dir, 200));
-            }
-            _ => break,
-        }
-    }
-    let e = opened.unwrap_err();
-    assert!(e.to_string().contains("layout version 9"), "{e}");
+    let e = while_locked(
+        || match Storage::open(&config(&dir, 200)) {
+            Ok(_) => panic!("a data dir of layout {unknown} opened"),
+            Err(StorageError::Sled(e)) if sled_lock(&e) => Err(e),
+            Err(e) => Ok(e),
+        },
+        sled_lock,
+    );
+    assert!(
+        e.to_string().contains(&format!("layout version {unknown}")),
+        "{e}"
+    );
     assert!(e.remedy().contains("backup"), "{}", e.remedy());
 }
 
