@@ -75,7 +75,7 @@ impl AppendRun {
         if !self.is_long() {
             return None;
         }
-        let keep = leaf_merge_below().max(1);
+        let keep = leaf_merge_below();
         let after = usize::from(self.last) + 1;
         let at = match len.checked_sub(after)? >= keep {
             true => after,
