@@ -553,11 +553,14 @@ impl GroupState {
             .iter()
             .zip(shares)
             .map(|(&(member, _), share)| {
-                picked
-                    .by_ref()
-                    .take(share)
-                    .filter_map(|record| self.hold(member, record, deadline))
-                    .collect()
+                let mut deliveries = Vec::with_capacity(share);
+                deliveries.extend(
+                    picked
+                        .by_ref()
+                        .take(share)
+                        .filter_map(|record| self.hold(member, record, deadline)),
+                );
+                deliveries
             })
             .collect()
     }
