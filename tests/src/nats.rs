@@ -73,6 +73,8 @@ pub struct ClusterOptions {
     jetstream: bool,
     /// Extra configuration text per server.
     config: Vec<String>,
+    /// Extra text inside every server's `jetstream` block.
+    jetstream_config: String,
     /// The user the harness's own clients log in as.
     user: Option<(String, String)>,
 }
@@ -89,6 +91,7 @@ impl ClusterOptions {
             servers,
             jetstream: true,
             config: vec![String::new(); servers],
+            jetstream_config: String::new(),
             user: None,
         }
     }
@@ -106,6 +109,14 @@ impl ClusterOptions {
             config.push_str(text);
             config.push('\n');
         }
+        self
+    }
+
+    /// Appends `text` inside every server's `jetstream` block (e.g. `sync_interval:
+    /// always`, to sync every write before acknowledging it).
+    pub fn jetstream_config(mut self, text: &str) -> Self {
+        self.jetstream_config.push_str(text);
+        self.jetstream_config.push('\n');
         self
     }
 
@@ -186,7 +197,11 @@ impl Cluster {
                 client_ports[i]
             );
             if options.jetstream {
-                let _ = writeln!(config, "jetstream {{\n  store_dir: {:?}\n}}", store_dir);
+                let _ = writeln!(
+                    config,
+                    "jetstream {{\n  store_dir: {:?}\n{}}}",
+                    store_dir, options.jetstream_config
+                );
             }
             if n > 1 {
                 let _ = writeln!(
