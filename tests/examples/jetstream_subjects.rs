@@ -50,8 +50,9 @@ async fn main() {
                 server.wait_jetstream_ready().await;
                 let took = publish(&server, records, subjects, window).await;
                 println!(
-                    "round {round}: sync {sync}, {subjects} subjects, {records} records of 256 B, \
+                    "round {round}: sync {sync}, {subjects} subject{}, {records} records of 256 B, \
                      {window} PubAcks in flight: {:.2} s, {:.0} msgs/s",
+                    if subjects == 1 { "" } else { "s" },
                     took.as_secs_f64(),
                     records as f64 / took.as_secs_f64()
                 );
