@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use quiver_protocol::Record;
@@ -19,7 +19,7 @@ use tokio::sync::{Notify, broadcast};
 use super::{Broker, BrokerError};
 use crate::groups::state::{Action, Delivery, MemberId};
 use crate::groups::{Group, Settling};
-use crate::storage::{Storage, StorageError, TopicLog, Watch};
+use crate::storage::{ChunkCache, Storage, StorageError, TopicLog, Watch};
 use crate::util::now_ms;
 
 /// A joined member of a group.
@@ -36,6 +36,9 @@ pub struct Membership {
     topics_created: bool,
     /// [`Broker::topic_deletions`] as of the last look for deleted topics.
     deletions: u64,
+    /// The last chunk read from sled for this member's deliveries: a member taking a
+    /// few records at a time from a backlog reads each chunk once.
+    chunks: Arc<Mutex<ChunkCache>>,
 }
 
 impl Membership {
@@ -62,6 +65,7 @@ impl Membership {
             created,
             topics_created: false,
             deletions: 0,
+            chunks: Arc::default(),
         };
         membership.watch_topics();
         Ok(membership)
@@ -164,6 +168,7 @@ impl Membership {
         }
         DeliveryReader {
             storage: self.broker.storage().clone(),
+            chunks: Arc::clone(&self.chunks),
             max_bytes: self.broker.limits().max_buffered_per_subscription,
             runs,
             ready: VecDeque::new(),
@@ -265,6 +270,8 @@ pub struct Assignment {
 #[derive(Debug)]
 pub struct DeliveryReader {
     storage: Storage,
+    /// The member's kept chunk ([`Membership`]'s `chunks`).
+    chunks: Arc<Mutex<ChunkCache>>,
     max_bytes: usize,
     runs: VecDeque<Run>,
     ready: VecDeque<Assignment>,
@@ -286,7 +293,12 @@ impl Iterator for DeliveryReader {
                 continue;
             }
             let count = u32::try_from(end - run.next).unwrap_or(u32::MAX);
-            let slice = match self.storage.read(&run.log, run.next, count, self.max_bytes) {
+            let mut chunks = self.chunks.lock().unwrap_or_else(PoisonError::into_inner);
+            let read =
+                self.storage
+                    .read_cached(&run.log, run.next, count, self.max_bytes, &mut chunks);
+            drop(chunks);
+            let slice = match read {
                 Ok(Some(slice)) => slice,
                 Ok(None) => {
                     self.runs.pop_front();

@@ -70,6 +70,7 @@ pub use links::{LinkCursor, LinkRecord, Mark, MarkKey, MarkWrite, Marks, Provena
 pub use log::{AttachedStage, TopicLog, TopicSettings, Waiter, Watch};
 pub use metrics::StorageMetrics;
 pub use plugins::{PluginRecord, PluginVersion, StateWrite};
+pub use read::ChunkCache;
 use read::LogReader;
 pub use receipts::{Committed, PublishLayout, ReceiptLayout};
 pub use writer::DEFAULT_GROUP_DELTAS;
@@ -697,7 +698,20 @@ impl Storage {
         max_records: u32,
         max_bytes: usize,
     ) -> Result<Option<Slice>, StorageError> {
-        LogReader(&self.tree).read(log, from, max_records, max_bytes)
+        LogReader(&self.tree).read(log, from, max_records, max_bytes, None)
+    }
+
+    /// [`read`](Self::read) for a reader that comes back to the same chunk: the last
+    /// chunk taken from sled is kept in `cache` (see [`ChunkCache`]).
+    pub fn read_cached(
+        &self,
+        log: &TopicLog,
+        from: u64,
+        max_records: u32,
+        max_bytes: usize,
+        cache: &mut ChunkCache,
+    ) -> Result<Option<Slice>, StorageError> {
+        LogReader(&self.tree).read(log, from, max_records, max_bytes, Some(cache))
     }
 
     /// The first offset whose record was appended at or after `timestamp` (ms), or the

@@ -9,6 +9,10 @@
 //! anything older. The writer changes memory only after sled, so a record leaving
 //! memory is already in sled.
 //!
+//! A reader that comes back to the same chunk a few records at a time (a group member
+//! with prefetch 1 over a backlog) keeps the last chunk it took from sled
+//! ([`ChunkCache`]), so that it loads and checks each chunk once.
+//!
 //! Every chunk read from sled is checked against its index entry before any of it is
 //! used: its length always, its CRC-32 when the entry has one (all entries written
 //! since checksums exist). A chunk that fails is reported as [`StorageError::Corrupt`]
@@ -24,16 +28,51 @@ use super::{Slice, StorageError, TopicLog};
 /// Read access to the `log` tree.
 pub(super) struct LogReader<'a>(pub(super) &'a sled::Tree);
 
+/// The last chunk a reader took from sled, checked, kept for its next read: a reader
+/// that takes a chunk's records a few at a time from behind the head of the log (a
+/// group member with prefetch 1 over a backlog) loads and checks each chunk once, not
+/// once a read. Sealed chunks never change and topic ids are never reused, so a kept
+/// chunk stays right; what retention trimmed from it is below the topic's first offset,
+/// which every read starts at or after.
+#[derive(Debug, Default)]
+pub struct ChunkCache(Option<CachedChunk>);
+
+#[derive(Debug)]
+struct CachedChunk {
+    topic: u64,
+    base: u64,
+    /// One past its last offset.
+    end: u64,
+    chunk: Bytes,
+}
+
+impl ChunkCache {
+    /// The kept chunk, if it is `topic`'s and holds `offset`.
+    fn get(&self, topic: u64, offset: u64) -> Option<(u64, Bytes)> {
+        self.0
+            .as_ref()
+            .filter(|kept| kept.topic == topic && (kept.base..kept.end).contains(&offset))
+            .map(|kept| (kept.base, kept.chunk.clone()))
+    }
+}
+
+/// A chunk found for a read: its base offset, its bytes, and its record count when it
+/// came from sled (chunks still in memory are not worth keeping).
+type Found = (u64, Bytes, Option<u32>);
+
 impl LogReader<'_> {
     /// Reads up to `max_records` records (and about `max_bytes`, at least one record)
     /// starting at `from`, or at the oldest record if `from` has been trimmed.
-    /// `None` when no durable record exists at or after `from`.
+    /// `None` when no durable record exists at or after `from`. A chunk taken from sled
+    /// is kept in `cache`, when there is one, and a read that falls in the chunk kept
+    /// there takes it from there.
     pub(super) fn read(
         &self,
         log: &TopicLog,
         from: u64,
         max_records: u32,
         max_bytes: usize,
+        mut cache: Option<&mut ChunkCache>,
     ) -> Result<Option<Slice>, StorageError> {
         // A chunk can vanish between the index lookup and the read when retention trims
         // it; the stats have moved on by then, so look again.
@@ -44,13 +83,25 @@ impl LogReader<'_> {
             if from >= stats.next || max_records == 0 {
                 return Ok(None);
             }
-            let found = self.chunk_at(log, from)?;
-            if let Some((base, chunk)) = found {
+            let kept = cache.as_deref().and_then(|cache| cache.get(log.id(), from));
+            let found = match kept {
+                Some((base, chunk)) => Some((base, chunk, None)),
+                None => self.find_chunk(log, from)?,
+            };
+            if let Some((base, chunk, count)) = found {
                 if base >= stats.next {
                     // Everything from `from` was trimmed while we looked, and the next
                     // chunk is one the writer has not committed yet (its commit wakes
                     // the topic's watchers once it counts).
                     return Ok(None);
+                }
+                if let (Some(cache), Some(count)) = (cache.as_deref_mut(), count) {
+                    cache.0 = Some(CachedChunk {
+                        topic: log.id(),
+                        base,
+                        end: base + u64::from(count),
+                        chunk: chunk.clone(),
+                    });
                 }
                 break (stats, base, chunk, from.max(base));
             }
@@ -99,8 +150,15 @@ impl LogReader<'_> {
     /// before it were trimmed while we looked), as its base offset and bytes. `None`
     /// when the chunk was removed between reading the index and reading it.
     fn chunk_at(&self, log: &TopicLog, offset: u64) -> Result<Option<(u64, Bytes)>, StorageError> {
-        if let Some(kept) = log.in_memory(offset) {
-            return Ok(Some(kept));
+        Ok(self
+            .find_chunk(log, offset)?
+            .map(|(base, chunk, _)| (base, chunk)))
+    }
+
+    /// [`chunk_at`](Self::chunk_at), with the record count of a chunk taken from sled.
+    fn find_chunk(&self, log: &TopicLog, offset: u64) -> Result<Option<Found>, StorageError> {
+        if let Some((base, chunk)) = log.in_memory(offset) {
+            return Ok(Some((base, chunk, None)));
         }
         let id = log.id();
         let found = match self.index_at(id, offset)? {
@@ -123,7 +181,7 @@ impl LogReader<'_> {
             return Ok(None);
         };
         verify(log, base, &meta, &chunk)?;
-        Ok(Some((base, chunk)))
+        Ok(Some((base, chunk, Some(meta.count))))
     }
 
     /// A chunk's bytes, joined from its parts (`parts`, their prefix: one part unless

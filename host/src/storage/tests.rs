@@ -1335,11 +1335,7 @@ fn a_watched_topic_serves_its_newest_chunks_from_memory() {
         assert!(log.tail_chunk(19).is_none() && log.tail_chunk(30).is_none());
 
         // The kept chunk is what is served: damage to its copy in sled is not seen.
-        let flip = |v: &mut Vec<u8>| {
-            let last = v.len() - 1;
-            v[last] ^= 0x20;
-        };
-        tamper(&storage, &part_key(&storage, log.id(), 20, 0), flip);
+        flip_last_byte(&storage, &part_key(&storage, log.id(), 20, 0));
         let slice = storage.read(&log, 22, 100, usize::MAX).unwrap().unwrap();
         assert_eq!((slice.base_offset, slice.count), (22, 8));
         let records = decode_batch(22, &slice.batch).unwrap();
@@ -1352,7 +1348,7 @@ fn a_watched_topic_serves_its_newest_chunks_from_memory() {
         // Older chunks still come from sled.
         let old = storage.read(&log, 3, 100, usize::MAX).unwrap().unwrap();
         assert_eq!((old.base_offset, old.count), (3, 7));
-        tamper(&storage, &part_key(&storage, log.id(), 20, 0), flip);
+        flip_last_byte(&storage, &part_key(&storage, log.id(), 20, 0));
 
         // The newest are kept within a budget (see `log::tests`), and every record
         // still reads back.
@@ -1369,7 +1365,7 @@ fn a_watched_topic_serves_its_newest_chunks_from_memory() {
         assert_eq!(all.len(), 130);
 
         // The last reader gone, nothing is kept: damage now shows.
-        tamper(&storage, &part_key(&storage, log.id(), 129, 0), flip);
+        flip_last_byte(&storage, &part_key(&storage, log.id(), 129, 0));
         assert!(storage.read(&log, 129, 1, usize::MAX).is_ok());
         drop(watch);
         assert!(log.tail_chunk(129).is_none());
@@ -1385,27 +1381,38 @@ fn ten_records() -> usize {
     10 * quiver_protocol::record::entry_len(&payloads(10..11)[0])
 }
 
+/// A topic of ten-record chunks (open storage with [`ten_records`]) holding three:
+/// three commits, at offsets 0, 10 and 20.
+async fn three_chunks(storage: &Storage, topic: &str) -> Arc<TopicLog> {
+    let log = storage
+        .create_topic(name(topic), Retention::default())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        storage
+            .append(log.clone(), payloads(i * 10..i * 10 + 10))
+            .await
+            .unwrap();
+    }
+    log
+}
+
+/// Changes one byte of a stored value (its last), or changes it back.
+fn flip_last_byte(storage: &Storage, key: &[u8]) {
+    tamper(storage, key, |v| {
+        let last = v.len() - 1;
+        v[last] ^= 0x20;
+    });
+}
+
 #[test]
 fn a_chunk_whose_bytes_changed_is_reported_never_served() {
     let dir = tempfile::tempdir().unwrap();
     rt().block_on(async {
         let (storage, _) = Storage::open(&config(&dir, ten_records())).unwrap();
-        let log = storage
-            .create_topic(name("guarded"), Retention::default())
-            .await
-            .unwrap();
-        // Three commits: three chunks, at offsets 0, 10 and 20.
-        for i in 0..3 {
-            storage
-                .append(log.clone(), payloads(i * 10..i * 10 + 10))
-                .await
-                .unwrap();
-        }
+        let log = three_chunks(&storage, "guarded").await;
         // One byte of a payload in the middle chunk changes.
-        tamper(&storage, &part_key(&storage, log.id(), 10, 0), |v| {
-            let last = v.len() - 1;
-            v[last] ^= 0x20;
-        });
+        flip_last_byte(&storage, &part_key(&storage, log.id(), 10, 0));
         for from in [10, 15, 19] {
             let e = storage.read(&log, from, 100, usize::MAX).unwrap_err();
             assert!(
@@ -1421,10 +1428,7 @@ fn a_chunk_whose_bytes_changed_is_reported_never_served() {
         assert_eq!((last.base_offset, last.count), (20, 10));
 
         // A part too many (say, left over from elsewhere) changes the length.
-        tamper(&storage, &part_key(&storage, log.id(), 10, 0), |v| {
-            let last = v.len() - 1;
-            v[last] ^= 0x20;
-        });
+        flip_last_byte(&storage, &part_key(&storage, log.id(), 10, 0));
         assert!(storage.read(&log, 10, 100, usize::MAX).is_ok(), "restored");
         storage
             .tree
@@ -1435,6 +1439,58 @@ fn a_chunk_whose_bytes_changed_is_reported_never_served() {
             matches!(&e, StorageError::Corrupt(m) if m.contains("bytes long")),
             "{e}"
         );
+        storage.close().await;
+    });
+}
+
+/// One record of `log` at `from`, read through `cache`: (offset, payload).
+fn read_one(storage: &Storage, log: &TopicLog, from: u64, cache: &mut ChunkCache) -> (u64, Bytes) {
+    let slice = storage
+        .read_cached(log, from, 1, usize::MAX, cache)
+        .unwrap()
+        .unwrap();
+    let record = decode_batch(slice.base_offset, &slice.batch)
+        .unwrap()
+        .remove(0);
+    (record.offset, record.payload)
+}
+
+fn record(offset: u64) -> (u64, Bytes) {
+    (offset, Bytes::from(format!("record-{offset}")))
+}
+
+#[test]
+fn a_reader_that_keeps_its_chunk_takes_it_from_sled_once() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let (storage, _) = Storage::open(&config(&dir, ten_records())).unwrap();
+        let a = &three_chunks(&storage, "kept.a").await;
+        let b = &three_chunks(&storage, "kept.b").await;
+        let mut cache = ChunkCache::default();
+        assert_eq!(read_one(&storage, a, 10, &mut cache), record(10));
+        // The chunk's bytes change on disk: the kept copy, checked when it was read,
+        // serves the rest of the chunk, so sled was not read again; a reader without
+        // it is refused.
+        flip_last_byte(&storage, &part_key(&storage, a.id(), 10, 0));
+        for from in 11..20 {
+            assert_eq!(read_one(&storage, a, from, &mut cache), record(from));
+        }
+        assert!(matches!(
+            storage.read(a, 15, 1, usize::MAX),
+            Err(StorageError::Corrupt(_))
+        ));
+        // Another topic's chunk at the same offsets is its own, and takes the place:
+        // `a`'s chunk at 10 is read from sled again, and refused.
+        assert_eq!(read_one(&storage, b, 12, &mut cache), record(12));
+        assert!(matches!(
+            storage.read_cached(a, 13, 1, usize::MAX, &mut cache),
+            Err(StorageError::Corrupt(_))
+        ));
+        assert_eq!(read_one(&storage, a, 20, &mut cache), record(20));
+        // Records trimmed from the kept chunk are not served from it.
+        assert_eq!(read_one(&storage, b, 3, &mut cache), record(3));
+        storage.trim(Arc::clone(b), 5).await.unwrap();
+        assert_eq!(read_one(&storage, b, 3, &mut cache), record(5));
         storage.close().await;
     });
 }
