@@ -147,9 +147,12 @@ impl Broker {
         let group = self.group(name)?;
         let changes = group.changes().await;
         let mut writes = self.sync_group_topics(&changes);
-        writes.extend(changes.reset(|log| self.start_offset(log, to))?);
+        let reset = changes.reset(|log| self.start_offset(log, to));
+        // The topics taken in or dropped above are stored even if no cursor moved.
+        let reset = reset.map(|moved| writes.extend(moved));
         self.persist_group(&group, writes).await;
         drop(changes);
+        reset?;
         info!(group = name, ?to, "group reset");
         Ok(group.info())
     }

@@ -48,6 +48,12 @@ use state::{
 };
 
 /// A durable group, live.
+///
+/// Lock order: `members` before `state`, and `state` before `topics`, `grown` and a
+/// topic's own locks. A round holds `members` while it deals from `state`; whatever
+/// else needs both takes them in that order or one after the other, never `members`
+/// while holding `state` (two runtime workers, one each way, wait on each other for
+/// ever and the broker stops answering).
 #[derive(Debug)]
 pub struct Group {
     /// What storage keeps of it.
@@ -382,6 +388,8 @@ impl Group {
     /// The group as `group describe` shows it.
     pub fn info(&self) -> GroupInfo {
         let consumed = self.topics();
+        // Before the state is locked (see the lock order on `Group`).
+        let members = u32::try_from(self.member_count()).unwrap_or(u32::MAX);
         let state = lock(&self.state);
         let mut topics: Vec<GroupTopic> = state
             .lanes()
@@ -404,7 +412,7 @@ impl Group {
             name: self.record.name.clone(),
             settings: self.record.settings.clone(),
             created_ms: self.record.created_ms,
-            members: u32::try_from(self.member_count()).unwrap_or(u32::MAX),
+            members,
             topics,
         }
     }
@@ -587,10 +595,16 @@ impl Changes<'_> {
         &self,
         cursor: impl Fn(&TopicLog) -> Result<u64, StorageError>,
     ) -> Result<Vec<GroupWrite>, StorageError> {
-        let topics = self.group.topics();
+        // Looked up before the state is locked: a cursor by timestamp reads storage.
+        let cursors = self
+            .group
+            .topics()
+            .logs()
+            .map(|log| Ok((log.id(), cursor(log)?)))
+            .collect::<Result<Vec<_>, StorageError>>()?;
         let mut state = lock(&self.group.state);
-        for log in topics.logs() {
-            state.reset(log.id(), cursor(log)?);
+        for (topic, cursor) in cursors {
+            state.reset(topic, cursor);
         }
         let writes = self.group.writes(&mut state);
         drop(state);

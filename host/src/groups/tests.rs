@@ -185,6 +185,55 @@ fn a_topic_is_noted_once_per_round_however_many_members_watch_it() {
     });
 }
 
+/// `group describe` reads a group while its members' rounds run, on other threads: the
+/// two take the group's locks in the same order, so neither waits on the other for
+/// ever. (`Group::info` used to hold the state while it counted the members, the
+/// reverse of a round's order: with one runtime worker in each, the broker stopped
+/// answering anyone.)
+#[test]
+fn describing_a_group_while_its_members_take_rounds_does_not_deadlock() {
+    const ROUNDS: usize = 20_000;
+    let runtime = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, _log, group, members) = group_with(&runtime, &dir, 100, 2);
+    let (done, finished) = std::sync::mpsc::channel();
+    let describer = {
+        let (group, done) = (Arc::clone(&group), done.clone());
+        std::thread::spawn(move || {
+            for _ in 0..ROUNDS {
+                assert_eq!(group.info().members, 2);
+            }
+            let _ = done.send("describing");
+        })
+    };
+    let member = members[0].0;
+    let rounds = {
+        let group = Arc::clone(&group);
+        std::thread::spawn(move || {
+            rt().block_on(async {
+                for _ in 0..ROUNDS {
+                    group.changes().await.assign(member, 1, now_ms());
+                }
+            });
+            let _ = done.send("rounds");
+        })
+    };
+    // A deadlock never ends: wait for each side for a bounded while instead of joining.
+    for _ in 0..2 {
+        if let Err(e) = finished.recv_timeout(std::time::Duration::from_secs(60)) {
+            panic!("describing the group and a member's rounds wait on each other: {e}");
+        }
+    }
+    describer.join().unwrap();
+    rounds.join().unwrap();
+    assert_eq!(
+        group.held(member),
+        100,
+        "the rounds ran: the member holds every record"
+    );
+    runtime.block_on(storage.close());
+}
+
 /// A data dir written before plain runs: a 24-byte lane and a `u` key for every
 /// pending record. It loads as it was, and its plain records move into the lane's runs
 /// (their keys removed in the same commit).

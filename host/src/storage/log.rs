@@ -575,7 +575,8 @@ impl TopicLog {
 
 /// What a [`Watch`] wakes: told the topic's id each time its records become durable
 /// or it is deleted. A waiter must not block: it is called by the storage writer, with
-/// the topic's waiters locked.
+/// the topic's waiters locked, so the only locks it may take are ones under which
+/// nothing else is locked (a group member's `Grown`).
 pub trait Waiter: Send + Sync + std::fmt::Debug {
     /// The topic with this id grew or was deleted.
     fn wake(&self, topic: u64);
